@@ -1,0 +1,253 @@
+//! The pipe's view of its key/value state.
+
+use std::collections::BTreeMap;
+
+use crate::StateError;
+
+/// Key/value state in the pipe's own namespace.
+///
+/// Inside a component every call goes to the host; [`State::in_memory`] gives
+/// the same API over a map, for native unit tests.
+pub struct State {
+    backend: Backend,
+}
+
+enum Backend {
+    Host,
+    Memory(BTreeMap<String, Vec<u8>>),
+}
+
+impl State {
+    /// The host's state, for use inside a component.
+    #[doc(hidden)]
+    pub fn host() -> Self {
+        State {
+            backend: Backend::Host,
+        }
+    }
+
+    /// An empty in-memory state, for native tests.
+    pub fn in_memory() -> Self {
+        State {
+            backend: Backend::Memory(BTreeMap::new()),
+        }
+    }
+
+    /// The entries of an in-memory state, in key order (empty for the host's).
+    pub fn entries(&self) -> Vec<(&str, &[u8])> {
+        match &self.backend {
+            Backend::Host => Vec::new(),
+            Backend::Memory(map) => map
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
+        }
+    }
+
+    /// Reads a key.
+    ///
+    /// # Errors
+    ///
+    /// The host's backend failed.
+    pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        match &mut self.backend {
+            Backend::Host => host::get(key),
+            Backend::Memory(map) => Ok(map.get(key).cloned()),
+        }
+    }
+
+    /// Reads many keys in one host call.
+    ///
+    /// # Errors
+    ///
+    /// The host's backend failed.
+    pub fn get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        match &mut self.backend {
+            Backend::Host => host::get_many(keys),
+            Backend::Memory(map) => Ok(keys.iter().map(|k| map.get(k).cloned()).collect()),
+        }
+    }
+
+    /// Writes a key.
+    ///
+    /// # Errors
+    ///
+    /// The host's backend failed or a size limit was exceeded.
+    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        match &mut self.backend {
+            Backend::Host => host::set(key, value),
+            Backend::Memory(map) => {
+                map.insert(key.to_owned(), value.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a key.
+    ///
+    /// # Errors
+    ///
+    /// The host's backend failed.
+    pub fn delete(&mut self, key: &str) -> Result<(), StateError> {
+        match &mut self.backend {
+            Backend::Host => host::delete(key),
+            Backend::Memory(map) => {
+                map.remove(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `delta` to the integer at `key` (absent is 0) and returns the new value.
+    ///
+    /// # Errors
+    ///
+    /// The stored value is not a decimal integer, or the backend failed.
+    pub fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
+        match &mut self.backend {
+            Backend::Host => host::add(key, delta),
+            Backend::Memory(map) => {
+                let current = match map.get(key) {
+                    Some(bytes) => parse_integer(key, bytes)?,
+                    None => 0,
+                };
+                let next = current.checked_add(delta).ok_or_else(|| {
+                    StateError::Invalid(format!("adding {delta} to `{key}` overflows"))
+                })?;
+                map.insert(key.to_owned(), next.to_string().into_bytes());
+                Ok(next)
+            }
+        }
+    }
+
+    /// Reads a UTF-8 string.
+    ///
+    /// # Errors
+    ///
+    /// The value is not UTF-8, or the backend failed.
+    pub fn get_string(&mut self, key: &str) -> Result<Option<String>, StateError> {
+        self.get(key)?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| StateError::Invalid(format!("value at `{key}` is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    /// Writes a string.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    pub fn set_string(&mut self, key: &str, value: &str) -> Result<(), StateError> {
+        self.set(key, value.as_bytes())
+    }
+
+    /// Reads an integer written by [`State::add`] or [`State::set_i64`].
+    ///
+    /// # Errors
+    ///
+    /// The value is not a decimal integer, or the backend failed.
+    pub fn get_i64(&mut self, key: &str) -> Result<Option<i64>, StateError> {
+        self.get(key)?
+            .map(|bytes| parse_integer(key, &bytes))
+            .transpose()
+    }
+
+    /// Writes an integer (as decimal text, the encoding `add` uses).
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    pub fn set_i64(&mut self, key: &str, value: i64) -> Result<(), StateError> {
+        self.set(key, value.to_string().as_bytes())
+    }
+
+    /// Reads a JSON value into `T`.
+    ///
+    /// # Errors
+    ///
+    /// The value is not JSON for `T`, or the backend failed.
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, StateError> {
+        self.get(key)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    StateError::Invalid(format!("value at `{key}` is not the JSON expected: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes `value` as JSON.
+    ///
+    /// # Errors
+    ///
+    /// `value` cannot be serialised, or the backend failed.
+    pub fn set_json<T: serde::Serialize>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StateError::Invalid(format!("cannot serialise value for `{key}`: {e}")))?;
+        self.set(key, &bytes)
+    }
+}
+
+fn parse_integer(key: &str, bytes: &[u8]) -> Result<i64, StateError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| StateError::Invalid(format!("value at `{key}` is not an integer")))
+}
+
+/// Calls into the host. Natively (unit tests) there is no host: only
+/// [`State::in_memory`] is usable there, and a host state reports that.
+#[cfg(target_arch = "wasm32")]
+mod host {
+    use crate::bindings::plumber::pipe::state;
+    use crate::StateError;
+
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        state::get(key)
+    }
+    pub fn get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        state::get_many(keys)
+    }
+    pub fn set(key: &str, value: &[u8]) -> Result<(), StateError> {
+        state::set(key, value)
+    }
+    pub fn delete(key: &str) -> Result<(), StateError> {
+        state::delete(key)
+    }
+    pub fn add(key: &str, delta: i64) -> Result<i64, StateError> {
+        state::add(key, delta)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod host {
+    use crate::StateError;
+
+    fn no_host() -> StateError {
+        StateError::Backend("no plumber host outside WebAssembly: use State::in_memory()".into())
+    }
+    pub fn get(_: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Err(no_host())
+    }
+    pub fn get_many(_: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        Err(no_host())
+    }
+    pub fn set(_: &str, _: &[u8]) -> Result<(), StateError> {
+        Err(no_host())
+    }
+    pub fn delete(_: &str) -> Result<(), StateError> {
+        Err(no_host())
+    }
+    pub fn add(_: &str, _: i64) -> Result<i64, StateError> {
+        Err(no_host())
+    }
+}

@@ -1,0 +1,203 @@
+//! `plumber bench`: a WASM pipe against the same logic in native Rust, run
+//! through the same pipeline engine in the same process on the same input.
+//!
+//! The scenario is the upper-case map of the seed's example: an array
+//! source of generated text events, one step, a sink that drops events.
+//! Each line reports events/s, the ratio of WASM to native, and the peak
+//! resident memory of the process during that run (Linux: VmHWM, reset
+//! between runs through `/proc/self/clear_refs`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::checkpoint::CheckpointPolicy;
+use crate::pipeline::Pipeline;
+use crate::runtime::{LoadError, Runtime};
+use crate::state::MemoryState;
+use crate::step::{NativeStep, WasmPipe};
+use crate::streams::{ArraySource, DiscardSink};
+use crate::Event;
+
+/// Options of `plumber bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The upper-case pipe's component.
+    #[arg(
+        long,
+        default_value = "examples/guests/target/wasm32-wasip2/release/upper.wasm"
+    )]
+    pub module: PathBuf,
+    /// Events per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 64, 1024])]
+    pub batch_sizes: Vec<usize>,
+    /// Seed of the generated input.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// "native" or "wasm".
+    pub kind: &'static str,
+    /// Events per batch.
+    pub batch_size: usize,
+    /// Events processed.
+    pub events: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process during the run, in KiB (0 when unknown).
+    pub peak_rss_kib: u64,
+}
+
+impl Measurement {
+    /// Events per second.
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+/// Deterministic text events: words drawn from a fixed vocabulary by a
+/// linear congruential generator seeded with `seed`.
+pub fn generate_events(count: usize, seed: u64) -> Vec<Event> {
+    const WORDS: &[&str] = &[
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+    ];
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..count)
+        .map(|_| {
+            let words: Vec<&str> = (0..5).map(|_| WORDS[next() % WORDS.len()]).collect();
+            Event::new(words.join(" "))
+        })
+        .collect()
+}
+
+fn reset_peak_rss() {
+    // Writing 5 resets the peak resident set size (Linux 4.0+); elsewhere a no-op.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process in KiB, from `/proc/self/status`.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs one scenario: `events` through a native or a WASM upper-case step.
+///
+/// # Errors
+///
+/// The pipeline failed (e.g. the module could not be loaded).
+pub async fn measure(
+    runtime: &Runtime,
+    module: Option<&PathBuf>,
+    events: &[Event],
+    batch_size: usize,
+) -> Result<Measurement, crate::pipeline::PipelineError> {
+    let builder = Pipeline::builder("bench")
+        .state(Arc::new(MemoryState::new()))
+        .checkpoint(CheckpointPolicy::at_end_only())
+        .batch_size(batch_size)
+        .runtime(runtime.clone())
+        .from(ArraySource::new(events.to_vec()))
+        .to(DiscardSink::new());
+    let (kind, builder) = match module {
+        Some(module) => ("wasm", builder.then(WasmPipe::new("upper", module))),
+        None => (
+            "native",
+            builder.then(NativeStep::map("upper", |mut event: Event| {
+                if event.value.is_ascii() {
+                    event.value.make_ascii_uppercase();
+                } else {
+                    event.value = String::from_utf8_lossy(&event.value)
+                        .to_uppercase()
+                        .into_bytes();
+                }
+                event
+            })),
+        ),
+    };
+    reset_peak_rss();
+    let started = Instant::now();
+    let report = builder.run().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Measurement {
+        kind,
+        batch_size,
+        events: report.events_out,
+        seconds,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+pub(crate) async fn run(
+    args: BenchArgs,
+    runtime: impl Fn() -> Result<Runtime, LoadError>,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let events = generate_events(args.events, args.seed);
+    println!(
+        "upper-case map, {} events of 5 words (seed {}), array source -> step -> discard sink, memory state",
+        args.events, args.seed
+    );
+    println!(
+        "{:<8} {:>6} {:>14} {:>10} {:>14}",
+        "step", "batch", "events/s", "vs native", "peak RSS MiB"
+    );
+    for &batch_size in &args.batch_sizes {
+        let mut native_rate = None;
+        for module in [None, Some(&args.module)] {
+            match measure(&rt, module, &events, batch_size).await {
+                Ok(m) => {
+                    let ratio = match native_rate {
+                        None => {
+                            native_rate = Some(m.rate());
+                            "1.00".to_owned()
+                        }
+                        Some(native) => format!("{:.2}", m.rate() / native),
+                    };
+                    println!(
+                        "{:<8} {:>6} {:>14.0} {:>10} {:>14.1}",
+                        m.kind,
+                        m.batch_size,
+                        m.rate(),
+                        ratio,
+                        m.peak_rss_kib as f64 / 1024.0
+                    );
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

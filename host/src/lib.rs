@@ -1,0 +1,74 @@
+//! plumber: data pipelines and stream processing whose pipe logic runs as
+//! WebAssembly components.
+//!
+//! A [`pipeline::Pipeline`] reads batches of [`Event`]s from a source, passes
+//! them through steps (WASM pipes, native steps) and writes them to a sink.
+//! Pipes keep key/value state through host functions; the host saves that
+//! state and the source's position together at each checkpoint, so a
+//! restarted pipeline resumes where the last checkpoint left it.
+//!
+//! The modules follow the words of the design brief:
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`config`] | the JSON config of the `plumber` binary and its validation |
+//! | [`runtime`] | loading components, the compile cache, the host side of the WIT |
+//! | [`step`] | the `Step` trait: WASM pipes and native steps |
+//! | [`state`] | the `StateBackend` trait and its backends (memory, sled) |
+//! | [`streams`] | sources and sinks (array, channel, file, stdout) |
+//! | [`checkpoint`] | checkpoint records and strategies |
+//! | [`pipeline`] | the fluent builder and the engine that runs it |
+//! | [`bench`] | the `plumber bench` figures |
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod runtime;
+pub mod state;
+pub mod step;
+pub mod streams;
+
+pub use runtime::bindings::plumber::pipe::types::{Batch, Event, PipeError, WindowInfo};
+
+impl Event {
+    /// An event with this value and nothing else.
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Event {
+            key: None,
+            value: value.into(),
+            timestamp: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same event with a key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The same event with a timestamp (ms since the Unix epoch).
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp: u64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// The value as text, replacing invalid UTF-8.
+    pub fn value_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.value)
+    }
+}
+
+impl Batch {
+    /// A batch of events outside any window.
+    pub fn new(events: Vec<Event>) -> Self {
+        Batch {
+            events,
+            window: None,
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! Pipelines: the fluent builder and the engine that runs it.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), plumber::pipeline::PipelineError> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use plumber::checkpoint::CheckpointPolicy;
+//! use plumber::pipeline::Pipeline;
+//! use plumber::state::MemoryState;
+//! use plumber::step::WasmPipe;
+//! use plumber::streams::{ArraySource, StdoutSink};
+//!
+//! let report = Pipeline::builder("names")
+//!     .state(Arc::new(MemoryState::new()))
+//!     .checkpoint(CheckpointPolicy::every(Duration::from_secs(1)))
+//!     .from(ArraySource::from_strings(["ada", "bob", "ada"]))
+//!     .then(WasmPipe::new("upper", "upper.wasm"))
+//!     .then(WasmPipe::new("count", "count.wasm"))
+//!     .to(StdoutSink::new())
+//!     .run()
+//!     .await?;
+//! println!("{} events in", report.events_in);
+//! # Ok(()) }
+//! ```
+//!
+//! Each stage runs as its own tokio task; stages are joined by bounded
+//! channels that carry whole batches, so a slow stage holds back the ones
+//! before it (backpressure) and no event crosses a channel alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Position};
+use crate::runtime::{LoadError, Runtime};
+use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteSet};
+use crate::step::{NativeStep, Step, StepError, WasmPipe, WasmStep};
+use crate::streams::{Sink, Source, StreamError};
+use crate::Batch;
+
+/// Why a pipeline could not be built or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The builder is missing something.
+    #[error("pipeline `{pipeline}`: {message}")]
+    Incomplete {
+        /// The pipeline.
+        pipeline: String,
+        /// What is missing.
+        message: String,
+    },
+    /// A pipe's component could not be loaded or initialised.
+    #[error("pipeline `{pipeline}`, pipe `{pipe}`: {source}")]
+    Load {
+        /// The pipeline.
+        pipeline: String,
+        /// The pipe.
+        pipe: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// A step failed on a batch.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Step {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        #[source]
+        source: StepError,
+    },
+    /// The source or the sink failed.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Stream {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        #[source]
+        source: StreamError,
+    },
+    /// The state backend failed.
+    #[error("pipeline `{pipeline}`: {source}")]
+    State {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        #[source]
+        source: StateError,
+    },
+    /// A stage ended because a neighbour stopped (the neighbour's own error
+    /// is the one reported).
+    #[error("pipeline `{pipeline}`: stage `{stage}` lost its neighbour")]
+    Disconnected {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage that noticed.
+        stage: String,
+    },
+    /// A stage's task panicked or was cancelled.
+    #[error("pipeline `{pipeline}`: stage task failed: {message}")]
+    Task {
+        /// The pipeline.
+        pipeline: String,
+        /// What the runtime said.
+        message: String,
+    },
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Events read from the source in this run.
+    pub events_in: u64,
+    /// Events written to the sink in this run.
+    pub events_out: u64,
+    /// Checkpoints committed in this run.
+    pub checkpoints: u64,
+    /// The last committed checkpoint, if any (from this run or an earlier one).
+    pub last_checkpoint: Option<CheckpointRecord>,
+    /// The checkpoint this run resumed from.
+    pub resumed_from: Option<CheckpointRecord>,
+}
+
+/// A step to be created when the pipeline starts.
+pub enum StepSpec {
+    /// A WASM pipe, loaded and instantiated at start.
+    Wasm(WasmPipe),
+    /// A step that already exists.
+    Ready(Box<dyn Step>),
+}
+
+impl From<WasmPipe> for StepSpec {
+    fn from(pipe: WasmPipe) -> Self {
+        StepSpec::Wasm(pipe)
+    }
+}
+
+impl From<NativeStep> for StepSpec {
+    fn from(step: NativeStep) -> Self {
+        StepSpec::Ready(Box::new(step))
+    }
+}
+
+/// Asks a running pipeline to stop: it takes a final checkpoint and returns.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Requests a clean stop.
+    pub fn shutdown(&self) {
+        self.sender.send_replace(true);
+    }
+}
+
+/// The entry point: `Pipeline::builder(name)`.
+pub struct Pipeline;
+
+impl Pipeline {
+    /// Starts building the pipeline `name` (the name keys its checkpoints and state).
+    pub fn builder(name: impl Into<String>) -> PipelineBuilder {
+        let (sender, receiver) = watch::channel(false);
+        PipelineBuilder {
+            name: name.into(),
+            state: None,
+            checkpoint: CheckpointPolicy::every(Duration::from_secs(1)),
+            source: None,
+            steps: Vec::new(),
+            sink: None,
+            runtime: None,
+            batch_size: 1024,
+            channel_capacity: 8,
+            shutdown: (Arc::new(sender), receiver),
+        }
+    }
+}
+
+/// Collects a pipeline's parts; [`PipelineBuilder::run`] starts it.
+pub struct PipelineBuilder {
+    name: String,
+    state: Option<SharedState>,
+    checkpoint: CheckpointPolicy,
+    source: Option<Box<dyn Source>>,
+    steps: Vec<StepSpec>,
+    sink: Option<Box<dyn Sink>>,
+    runtime: Option<Runtime>,
+    batch_size: usize,
+    channel_capacity: usize,
+    shutdown: (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
+}
+
+impl PipelineBuilder {
+    /// The state backend (default: an in-memory map).
+    #[must_use]
+    pub fn state(mut self, state: SharedState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// When to checkpoint (default: every second, and at the end).
+    #[must_use]
+    pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoint = policy;
+        self
+    }
+
+    /// Where events come from.
+    #[must_use]
+    pub fn from(mut self, source: impl Source + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Adds a step after the ones already added.
+    #[must_use]
+    pub fn then(mut self, step: impl Into<StepSpec>) -> Self {
+        self.steps.push(step.into());
+        self
+    }
+
+    /// Where events go to.
+    #[must_use]
+    pub fn to(mut self, sink: impl Sink + 'static) -> Self {
+        self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// The WebAssembly runtime to load pipes with (default: one with the
+    /// default compile cache).
+    #[must_use]
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The most events a source puts in one batch (default 1024).
+    #[must_use]
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.batch_size = events.max(1);
+        self
+    }
+
+    /// How many batches may wait between two stages (default 8).
+    #[must_use]
+    pub fn channel_capacity(mut self, batches: usize) -> Self {
+        self.channel_capacity = batches.max(1);
+        self
+    }
+
+    /// A handle that stops the pipeline cleanly from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            sender: self.shutdown.0.clone(),
+        }
+    }
+
+    /// Loads the pipes, restores the last checkpoint and runs until the
+    /// source ends or a shutdown is requested; either way a final
+    /// checkpoint is committed.
+    ///
+    /// # Errors
+    ///
+    /// A part is missing or fails to load, or a stage fails; then nothing
+    /// after the last committed checkpoint is committed.
+    pub async fn run(self) -> Result<RunReport, PipelineError> {
+        let name = self.name;
+        let incomplete = |message: &str| PipelineError::Incomplete {
+            pipeline: name.clone(),
+            message: message.to_owned(),
+        };
+        let mut source = self
+            .source
+            .ok_or_else(|| incomplete("no source: call `from`"))?;
+        let sink = self.sink.ok_or_else(|| incomplete("no sink: call `to`"))?;
+        let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
+
+        let steps = instantiate_steps(&name, self.steps, self.runtime, &state).await?;
+
+        let state_error = |source| PipelineError::State {
+            pipeline: name.clone(),
+            source,
+        };
+        let resumed_from = state.last_checkpoint(&name).await.map_err(state_error)?;
+        let (epoch, position) = match &resumed_from {
+            Some(record) => {
+                tracing::info!(pipeline = %name, epoch = record.epoch, position = ?record.position,
+                    "resuming from the last checkpoint");
+                (record.epoch + 1, record.position.clone())
+            }
+            None => (1, Position::Start),
+        };
+        source
+            .seek(&position)
+            .await
+            .map_err(|source| PipelineError::Stream {
+                pipeline: name.clone(),
+                source,
+            })?;
+
+        // source driver -> step 0 -> ... -> step n-1 -> sink
+        let (first_tx, mut next_rx) = mpsc::channel::<Message>(self.channel_capacity);
+        let mut tasks: Vec<JoinHandle<Result<u64, PipelineError>>> = Vec::new();
+        for step in steps {
+            let (tx, rx) = mpsc::channel::<Message>(self.channel_capacity);
+            tasks.push(tokio::spawn(run_step(name.clone(), step, next_rx, tx)));
+            next_rx = rx;
+        }
+        let sink_task = tokio::spawn(run_sink(name.clone(), sink, next_rx));
+
+        let driver = SourceDriver {
+            pipeline: name.clone(),
+            state: state.clone(),
+            policy: self.checkpoint,
+            epoch,
+            position,
+            events_in: 0,
+            events_since_checkpoint: 0,
+            checkpoints: 0,
+            last_checkpoint: resumed_from.clone(),
+            batch_size: self.batch_size,
+        };
+        let driven = driver.run(source, first_tx, self.shutdown.1).await;
+
+        // Collect every stage's outcome; report the first real error.
+        let mut first_error: Option<PipelineError> = None;
+        let mut note = |result: Result<u64, PipelineError>| -> u64 {
+            match result {
+                Ok(count) => count,
+                Err(error) => {
+                    let replace = match &first_error {
+                        None => true,
+                        Some(PipelineError::Disconnected { .. }) => {
+                            !matches!(error, PipelineError::Disconnected { .. })
+                        }
+                        Some(_) => false,
+                    };
+                    if replace {
+                        first_error = Some(error);
+                    }
+                    0
+                }
+            }
+        };
+        let joined = |r: Result<Result<u64, PipelineError>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| {
+                Err(PipelineError::Task {
+                    pipeline: name.clone(),
+                    message: e.to_string(),
+                })
+            })
+        };
+        for task in tasks {
+            note(joined(task.await));
+        }
+        let events_out = note(joined(sink_task.await));
+        let driver = match driven {
+            Ok(driver) => Some(driver),
+            Err(error) => {
+                note(Err(error));
+                None
+            }
+        };
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        let Some(driver) = driver else {
+            return Err(PipelineError::Task {
+                pipeline: name,
+                message: "the source driver stopped without a reason".to_owned(),
+            });
+        };
+        Ok(RunReport {
+            events_in: driver.events_in,
+            events_out,
+            checkpoints: driver.checkpoints,
+            last_checkpoint: driver.last_checkpoint,
+            resumed_from,
+        })
+    }
+}
+
+async fn instantiate_steps(
+    pipeline: &str,
+    specs: Vec<StepSpec>,
+    runtime: Option<Runtime>,
+    state: &SharedState,
+) -> Result<Vec<Box<dyn Step>>, PipelineError> {
+    let mut runtime = runtime;
+    let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match spec {
+            StepSpec::Ready(step) => steps.push(step),
+            StepSpec::Wasm(pipe) => {
+                let load_error = |source| PipelineError::Load {
+                    pipeline: pipeline.to_owned(),
+                    pipe: pipe.name.clone(),
+                    source,
+                };
+                if runtime.is_none() {
+                    runtime = Some(Runtime::with_default_cache().map_err(load_error)?);
+                }
+                let Some(rt) = runtime.as_ref() else {
+                    continue;
+                };
+                let component = rt.load(&pipe.module, &pipe.grants).map_err(load_error)?;
+                let instance = component
+                    .instantiate(
+                        rt,
+                        &pipe.name,
+                        state.clone(),
+                        Namespace::for_pipe(pipeline, &pipe.name),
+                        &pipe.config.to_string(),
+                    )
+                    .await
+                    .map_err(load_error)?;
+                steps.push(Box::new(WasmStep::new(pipe.name.clone(), instance)));
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// What flows between stages.
+enum Message {
+    /// A batch of events.
+    Data(Batch),
+    /// A checkpoint barrier: every stage adds its pending writes as it
+    /// passes; the sink flushes and sends the writes back to the source driver.
+    Barrier(Barrier),
+    /// The finite source has ended: steps push what they still hold.
+    End,
+}
+
+struct Barrier {
+    writes: Vec<WriteSet>,
+    reply: oneshot::Sender<Vec<WriteSet>>,
+}
+
+async fn run_step(
+    pipeline: String,
+    mut step: Box<dyn Step>,
+    mut input: mpsc::Receiver<Message>,
+    output: mpsc::Sender<Message>,
+) -> Result<u64, PipelineError> {
+    let stage = step.name().to_owned();
+    let disconnected = || PipelineError::Disconnected {
+        pipeline: pipeline.clone(),
+        stage: stage.clone(),
+    };
+    let mut produced: Vec<Batch> = Vec::new();
+    while let Some(message) = input.recv().await {
+        match message {
+            Message::Data(batch) => {
+                step.process(batch, &mut produced)
+                    .await
+                    .map_err(|source| PipelineError::Step {
+                        pipeline: pipeline.clone(),
+                        source,
+                    })?;
+            }
+            Message::Barrier(mut barrier) => {
+                barrier.writes.push(step.take_writes());
+                output
+                    .send(Message::Barrier(barrier))
+                    .await
+                    .map_err(|_| disconnected())?;
+                continue;
+            }
+            Message::End => {
+                step.finish(&mut produced)
+                    .await
+                    .map_err(|source| PipelineError::Step {
+                        pipeline: pipeline.clone(),
+                        source,
+                    })?;
+                for batch in produced.drain(..) {
+                    output
+                        .send(Message::Data(batch))
+                        .await
+                        .map_err(|_| disconnected())?;
+                }
+                output
+                    .send(Message::End)
+                    .await
+                    .map_err(|_| disconnected())?;
+                continue;
+            }
+        }
+        for batch in produced.drain(..) {
+            output
+                .send(Message::Data(batch))
+                .await
+                .map_err(|_| disconnected())?;
+        }
+    }
+    Ok(0)
+}
+
+async fn run_sink(
+    pipeline: String,
+    mut sink: Box<dyn Sink>,
+    mut input: mpsc::Receiver<Message>,
+) -> Result<u64, PipelineError> {
+    let stream_error = |source| PipelineError::Stream {
+        pipeline: pipeline.clone(),
+        source,
+    };
+    let mut events_out = 0u64;
+    while let Some(message) = input.recv().await {
+        match message {
+            Message::Data(batch) => {
+                events_out += batch.events.len() as u64;
+                sink.write(batch).await.map_err(stream_error)?;
+            }
+            Message::Barrier(barrier) => {
+                sink.flush().await.map_err(stream_error)?;
+                // The driver may be gone if it failed; its error is reported.
+                let _ = barrier.reply.send(barrier.writes);
+            }
+            Message::End => {}
+        }
+    }
+    Ok(events_out)
+}
+
+/// Reads the source, injects barriers, and commits checkpoints.
+struct SourceDriver {
+    pipeline: String,
+    state: SharedState,
+    policy: CheckpointPolicy,
+    epoch: u64,
+    position: Position,
+    events_in: u64,
+    events_since_checkpoint: u64,
+    checkpoints: u64,
+    last_checkpoint: Option<CheckpointRecord>,
+    batch_size: usize,
+}
+
+type ReadResult = Result<Option<(Vec<crate::Event>, Position)>, StreamError>;
+
+impl SourceDriver {
+    async fn run(
+        mut self,
+        mut source: Box<dyn Source>,
+        output: mpsc::Sender<Message>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<SourceDriver, PipelineError> {
+        // Reading happens in its own task, so that waiting for input never
+        // holds back a due checkpoint or a shutdown.
+        let (read_tx, mut read_rx) = mpsc::channel::<ReadResult>(2);
+        let batch_size = self.batch_size;
+        let reader = tokio::spawn(async move {
+            loop {
+                let result = source.next_batch(batch_size).await;
+                let last = !matches!(result, Ok(Some(_)));
+                if read_tx.send(result).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let result = self.drive(&mut read_rx, &output, &mut shutdown).await;
+        reader.abort();
+        result.map(|()| self)
+    }
+
+    async fn drive(
+        &mut self,
+        read_rx: &mut mpsc::Receiver<ReadResult>,
+        output: &mpsc::Sender<Message>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
+        let mut ticker = self.policy.interval.map(|interval| {
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+        loop {
+            tokio::select! {
+                biased;
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        tracing::info!(pipeline = %self.pipeline, "shutdown requested");
+                        return self.checkpoint(output, true).await;
+                    }
+                }
+                _ = tick(&mut ticker) => {
+                    self.checkpoint(output, false).await?;
+                }
+                read = read_rx.recv() => match read {
+                    Some(Ok(Some((events, position)))) => {
+                        let count = events.len() as u64;
+                        output
+                            .send(Message::Data(Batch::new(events)))
+                            .await
+                            .map_err(|_| self.disconnected())?;
+                        self.position = position;
+                        self.events_in += count;
+                        self.events_since_checkpoint += count;
+                        if self
+                            .policy
+                            .every_events
+                            .is_some_and(|every| self.events_since_checkpoint >= every)
+                        {
+                            self.checkpoint(output, false).await?;
+                        }
+                    }
+                    Some(Ok(None)) | None => {
+                        output.send(Message::End).await.map_err(|_| self.disconnected())?;
+                        return self.checkpoint(output, true).await;
+                    }
+                    Some(Err(source)) => {
+                        return Err(PipelineError::Stream { pipeline: self.pipeline.clone(), source });
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnected(&self) -> PipelineError {
+        PipelineError::Disconnected {
+            pipeline: self.pipeline.clone(),
+            stage: "source".to_owned(),
+        }
+    }
+
+    /// Sends a barrier, waits until it has passed every stage and the sink
+    /// has flushed, then commits the writes and the position atomically.
+    async fn checkpoint(
+        &mut self,
+        output: &mpsc::Sender<Message>,
+        last: bool,
+    ) -> Result<(), PipelineError> {
+        // Nothing read since the last checkpoint: nothing to save, except at
+        // the end of a run that read something, where steps may have written
+        // while finishing.
+        if self.events_since_checkpoint == 0 && !(last && self.events_in > 0) {
+            return Ok(());
+        }
+        let (reply, replied) = oneshot::channel();
+        output
+            .send(Message::Barrier(Barrier {
+                writes: Vec::new(),
+                reply,
+            }))
+            .await
+            .map_err(|_| self.disconnected())?;
+        let writes = replied.await.map_err(|_| self.disconnected())?;
+        let record = CheckpointRecord::new(&self.pipeline, self.epoch, self.position.clone());
+        self.state
+            .commit(&record, &writes)
+            .await
+            .map_err(|source| PipelineError::State {
+                pipeline: self.pipeline.clone(),
+                source,
+            })?;
+        tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
+        self.epoch += 1;
+        self.checkpoints += 1;
+        self.events_since_checkpoint = 0;
+        self.last_checkpoint = Some(record);
+        Ok(())
+    }
+}
+
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

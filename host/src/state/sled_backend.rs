@@ -1,0 +1,143 @@
+//! The sled backend: embedded, durable, the default of the `plumber` binary.
+//!
+//! One tree holds everything. State keys are stored under `s` + full key,
+//! checkpoint records under `c` + pipeline name, so a checkpoint is one
+//! atomic `apply_batch` followed by a flush to disk.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{StateBackend, StateError, WriteSet};
+use crate::checkpoint::CheckpointRecord;
+
+const STATE_PREFIX: u8 = b's';
+const CHECKPOINT_PREFIX: u8 = b'c';
+
+/// State in a sled database directory.
+pub struct SledState {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl SledState {
+    /// Opens (or creates) the database at `path`.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created or is locked by another process.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::open(&path).map_err(|source| StateError::Sled {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(SledState { db, path })
+    }
+
+    fn error(&self, source: sled::Error) -> StateError {
+        StateError::Sled {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+}
+
+fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(key.len() + 1);
+    full.push(prefix);
+    full.extend_from_slice(key);
+    full
+}
+
+#[async_trait]
+impl StateBackend for SledState {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get(prefixed(STATE_PREFIX, key))
+            .map(|value| value.map(|v| v.to_vec()))
+            .map_err(|e| self.error(e))
+    }
+
+    async fn commit(
+        &self,
+        record: &CheckpointRecord,
+        writes: &[WriteSet],
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for set in writes {
+            for (key, value) in set {
+                let full = prefixed(STATE_PREFIX, key);
+                match value {
+                    Some(value) => batch.insert(full, value.as_slice()),
+                    None => batch.remove(full),
+                }
+            }
+        }
+        batch.insert(
+            prefixed(CHECKPOINT_PREFIX, record.pipeline.as_bytes()),
+            record.to_bytes(),
+        );
+        self.db.apply_batch(batch).map_err(|e| self.error(e))?;
+        self.db.flush_async().await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn last_checkpoint(
+        &self,
+        pipeline: &str,
+    ) -> Result<Option<CheckpointRecord>, StateError> {
+        let Some(bytes) = self
+            .db
+            .get(prefixed(CHECKPOINT_PREFIX, pipeline.as_bytes()))
+            .map_err(|e| self.error(e))?
+        else {
+            return Ok(None);
+        };
+        CheckpointRecord::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|message| StateError::CorruptCheckpoint {
+                pipeline: pipeline.to_owned(),
+                message,
+            })
+    }
+
+    async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        self.db
+            .scan_prefix(prefixed(STATE_PREFIX, prefix))
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
+                    .map_err(|e| self.error(e))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Position;
+
+    #[tokio::test]
+    async fn commit_is_durable_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let state = SledState::open(dir.path()).unwrap();
+            let mut writes = WriteSet::new();
+            writes.insert(b"k".to_vec(), Some(b"v".to_vec()));
+            writes.insert(b"gone".to_vec(), None);
+            let record = CheckpointRecord::new("p", 3, Position::Offset(42));
+            state.commit(&record, &[writes]).await.unwrap();
+        }
+        let state = SledState::open(dir.path()).unwrap();
+        assert_eq!(state.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+        let record = state.last_checkpoint("p").await.unwrap().unwrap();
+        assert_eq!((record.epoch, record.position), (3, Position::Offset(42)));
+        assert!(state.last_checkpoint("other").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! Newline-delimited files: one event per line.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+
+use super::{push_line, Sink, Source, StreamError};
+use crate::checkpoint::Position;
+use crate::{Batch, Event};
+
+/// Reads a file line by line; each line (without its newline) is an event's
+/// value. The position is the byte offset after the last line handed out.
+pub struct FileSource {
+    path: PathBuf,
+    reader: Option<BufReader<File>>,
+    offset: u64,
+    line: Vec<u8>,
+}
+
+impl FileSource {
+    /// A source over the file at `path` (opened on first use).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        FileSource {
+            path: path.as_ref().to_path_buf(),
+            reader: None,
+            offset: 0,
+            line: Vec::new(),
+        }
+    }
+
+    fn io(&self, action: &'static str, source: std::io::Error) -> StreamError {
+        StreamError::Io {
+            stream: self.describe(),
+            action,
+            source,
+        }
+    }
+
+    async fn open(&mut self) -> Result<(), StreamError> {
+        if self.reader.is_some() {
+            return Ok(());
+        }
+        let mut file = File::open(&self.path)
+            .await
+            .map_err(|e| self.io("open", e))?;
+        if self.offset > 0 {
+            let len = file.metadata().await.map_err(|e| self.io("stat", e))?.len();
+            if self.offset > len {
+                return Err(StreamError::Seek {
+                    stream: self.describe(),
+                    position: Position::Offset(self.offset),
+                    reason: format!("the file has only {len} bytes"),
+                });
+            }
+            file.seek(std::io::SeekFrom::Start(self.offset))
+                .await
+                .map_err(|e| self.io("seek", e))?;
+        }
+        self.reader = Some(BufReader::with_capacity(256 * 1024, file));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn describe(&self) -> String {
+        format!("file source `{}`", self.path.display())
+    }
+
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        self.offset = match position {
+            Position::Start => 0,
+            Position::Offset(offset) => *offset,
+        };
+        self.reader = None;
+        // Open now, so that a bad position is reported at start.
+        self.open().await
+    }
+
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        self.open().await?;
+        let stream = self.describe();
+        let FileSource {
+            reader: Some(reader),
+            line,
+            offset,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let mut events = Vec::with_capacity(max.clamp(1, 4096));
+        while events.len() < max.max(1) {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', line)
+                .await
+                .map_err(|source| StreamError::Io {
+                    stream: stream.clone(),
+                    action: "read",
+                    source,
+                })?;
+            if read == 0 {
+                break;
+            }
+            *offset += read as u64;
+            let mut value = line.as_slice();
+            if let Some(rest) = value.strip_suffix(b"\n") {
+                value = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            events.push(Event::new(value.to_vec()));
+        }
+        if events.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((events, Position::Offset(*offset))))
+    }
+}
+
+/// Appends each event's value and a newline to a file; `flush` syncs it to disk.
+pub struct FileSink {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    buffer: Vec<u8>,
+}
+
+impl FileSink {
+    /// A sink appending to the file at `path` (created on first write).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        FileSink {
+            path: path.as_ref().to_path_buf(),
+            writer: None,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn io(&self, action: &'static str, source: std::io::Error) -> StreamError {
+        StreamError::Io {
+            stream: self.describe(),
+            action,
+            source,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!("file sink `{}`", self.path.display())
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        if self.writer.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(|e| self.io("open", e))?;
+            self.writer = Some(BufWriter::with_capacity(256 * 1024, file));
+        }
+        self.buffer.clear();
+        for event in &batch.events {
+            push_line(&mut self.buffer, event);
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(e) = writer.write_all(&self.buffer).await {
+                return Err(self.io("write", e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        let flushed = writer.flush().await;
+        let synced = match flushed {
+            Ok(()) => writer.get_ref().sync_data().await,
+            Err(e) => Err(e),
+        };
+        synced.map_err(|e| self.io("flush", e))
+    }
+}

@@ -1,0 +1,106 @@
+//! Streams: where events come from (sources) and go to (sinks).
+//!
+//! A [`Source`] hands out batches with the position after each, and can
+//! seek to a stored position on restart. A [`Sink`] writes batches and makes
+//! them durable on [`Sink::flush`], which the engine calls before each
+//! checkpoint commits.
+
+mod array;
+mod channel;
+mod file;
+mod stdout;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::Position;
+use crate::{Batch, Event};
+
+pub use array::ArraySource;
+pub use channel::{channel_sink, channel_source, ChannelSink, ChannelSource};
+pub use file::{FileSink, FileSource};
+pub use stdout::{DiscardSink, StdoutSink};
+
+/// Why a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// An I/O operation on a file or stream failed.
+    #[error("{stream}: {action}: {source}")]
+    Io {
+        /// The stream, e.g. "file source `in.txt`".
+        stream: String,
+        /// What was being done.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored position does not fit this stream.
+    #[error("{stream}: cannot seek to {position:?}: {reason}")]
+    Seek {
+        /// The stream.
+        stream: String,
+        /// The position asked for.
+        position: Position,
+        /// Why not.
+        reason: String,
+    },
+    /// The receiving end of a channel sink is gone.
+    #[error("{stream}: the receiver was dropped")]
+    Closed {
+        /// The stream.
+        stream: String,
+    },
+}
+
+/// Where events come from.
+#[async_trait]
+pub trait Source: Send {
+    /// The source's description for logs and errors.
+    fn describe(&self) -> String;
+
+    /// Moves to a position stored by a checkpoint, before the first read.
+    ///
+    /// # Errors
+    ///
+    /// The position does not fit the source (e.g. past the end of a file).
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError>;
+
+    /// The next batch of at most `max` events and the position after its
+    /// last event; `None` when a finite source has ended.
+    ///
+    /// # Errors
+    ///
+    /// Reading failed.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError>;
+}
+
+/// Where events go to.
+#[async_trait]
+pub trait Sink: Send {
+    /// The sink's description for logs and errors.
+    fn describe(&self) -> String;
+
+    /// Writes one batch (it may stay buffered until [`Sink::flush`]).
+    ///
+    /// # Errors
+    ///
+    /// Writing failed.
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError>;
+
+    /// Makes everything written so far durable; called before each checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// Flushing failed; the checkpoint is not committed.
+    async fn flush(&mut self) -> Result<(), StreamError>;
+}
+
+/// Appends one event's value and a newline: the line format of file and
+/// stdout sinks.
+pub(crate) fn push_line(buffer: &mut Vec<u8>, event: &Event) {
+    buffer.extend_from_slice(&event.value);
+    buffer.push(b'\n');
+}
