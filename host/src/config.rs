@@ -422,7 +422,7 @@ mod tests {
             parse(r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"printer"}}"#)
                 .unwrap_err();
         let text = unknown_sink.to_string();
-        assert!(text.contains("`to`") && text.contains("printer"), "{text}");
+        assert!(text.contains("`to.type`") && text.contains("printer"), "{text}");
 
         let typo = parse(r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"stdout"},"batchsize":3}"#)
             .unwrap_err();

@@ -1,0 +1,128 @@
+//! The `plumber` binary: exit codes and messages for good and bad input.
+
+#[path = "../../tests/src/lib.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn plumber(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber")
+}
+
+fn write_config(dir: &Path, config: serde_json::Value) -> std::path::PathBuf {
+    let path = dir.join("pipeline.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+fn names_config(dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "name": "names",
+        "state": { "type": "sled", "path": "state" },
+        "from": { "type": "array", "values": ["Ada", "grace", "ada"] },
+        "pipeline": [
+            { "name": "upper", "type": "wasm", "module": harness::guest("upper") },
+            { "name": "lower", "type": "wasm", "module": harness::guest("lower") },
+            { "name": "count", "type": "wasm", "module": harness::guest("count") }
+        ],
+        "to": { "type": "file", "path": dir.join("out.txt") }
+    })
+}
+
+#[test]
+fn run_prints_counts_and_state_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), names_config(dir.path()));
+    let output = plumber(&["run"], &config);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "ada 1\ngrace 1\nada 2\n");
+    // The state lives beside the config, as the config says.
+    let state = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .args(["state", "--pipe", "count"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout), "ada\t2\ngrace\t1\n");
+}
+
+#[test]
+fn validate_accepts_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), names_config(dir.path()));
+    let output = plumber(&["validate"], &config);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn expect_exit_2(config: serde_json::Value, command: &str, wanted: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), config);
+    let output = plumber(&[command], &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for text in wanted {
+        assert!(stderr.contains(text), "`{text}` not in: {stderr}");
+    }
+}
+
+#[test]
+fn bad_fields_exit_2_with_their_json_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["checkpoint"] = serde_json::json!({ "interval_ms": 0 });
+    expect_exit_2(config, "validate", &["checkpoint.interval_ms", "positive interval"]);
+
+    let mut config = names_config(dir.path());
+    config["batch_size"] = serde_json::json!("many");
+    expect_exit_2(config, "run", &["batch_size", "invalid type"]);
+
+    let mut config = names_config(dir.path());
+    config["pipeline"][1]["name"] = serde_json::json!("upper");
+    expect_exit_2(config, "validate", &["pipeline[1].name", "used twice"]);
+
+    let mut config = names_config(dir.path());
+    config["to"] = serde_json::json!({ "type": "printer" });
+    expect_exit_2(config, "validate", &["`to.type`", "unknown variant `printer`"]);
+}
+
+#[test]
+fn a_missing_or_invalid_module_names_the_file_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["pipeline"][2]["module"] = serde_json::json!("nowhere/count.wasm");
+    expect_exit_2(config.clone(), "validate", &["pipeline[2].module", "nowhere/count.wasm", "No such file"]);
+    expect_exit_2(config, "run", &["pipeline[2].module", "nowhere/count.wasm"]);
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm").unwrap();
+    let mut config = names_config(dir.path());
+    config["pipeline"][0]["module"] = serde_json::json!(garbage);
+    expect_exit_2(config, "validate", &["pipeline[0].module", "garbage.wasm", "not a WebAssembly component"]);
+
+    // A core module (no component layer).
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let mut config = names_config(dir.path());
+    config["pipeline"][0]["module"] = serde_json::json!(core);
+    expect_exit_2(config, "validate", &["core module"]);
+}
+
+#[test]
+fn a_guest_importing_the_filesystem_is_refused_naming_the_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["pipeline"][1]["module"] = serde_json::json!(harness::guest("file-reader"));
+    // It needs the wall clock first: not granted by default.
+    expect_exit_2(config.clone(), "validate", &["pipeline[1].module", "imports `wasi:clocks/wall-clock", "not granted"]);
+    // Granting clocks leaves the filesystem, which no config can grant.
+    config["pipeline"][1]["grants"] = serde_json::json!(["clocks"]);
+    expect_exit_2(config, "validate", &["pipeline[1].module", "imports `wasi:filesystem/", "wasi:clocks/*"]);
+}
