@@ -211,7 +211,8 @@ impl PipelineConfig {
                     } else {
                         path
                     },
-                    message: describe_serde_error(&inner),
+                    // serde_json's text ends with "at line L column C", which helps find typos.
+                    message: inner.to_string(),
                 }
             })?;
         config.check(origin)?;
@@ -358,12 +359,6 @@ impl PipelineConfig {
     }
 }
 
-fn describe_serde_error(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    // serde_json appends " at line L column C"; keep it, it helps locate typos.
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,7 +417,10 @@ mod tests {
             parse(r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"printer"}}"#)
                 .unwrap_err();
         let text = unknown_sink.to_string();
-        assert!(text.contains("`to.type`") && text.contains("printer"), "{text}");
+        assert!(
+            text.contains("`to.type`") && text.contains("printer"),
+            "{text}"
+        );
 
         let typo = parse(r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"stdout"},"batchsize":3}"#)
             .unwrap_err();

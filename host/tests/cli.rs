@@ -42,9 +42,30 @@ fn names_config(dir: &Path) -> serde_json::Value {
 fn run_prints_counts_and_state_shows_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), names_config(dir.path()));
-    let output = plumber(&["run"], &config);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "ada 1\ngrace 1\nada 2\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("run")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "ada 1\ngrace 1\nada 2\n"
+    );
+    // The guest's log line reached the host's log, tagged with the pipe.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("count ready"))
+        .unwrap_or_else(|| panic!("no guest log in: {stderr}"));
+    assert!(
+        line.contains("plumber::guest") && line.contains("pipe") && line.contains("count"),
+        "{line}"
+    );
     // The state lives beside the config, as the config says.
     let state = Command::new(env!("CARGO_BIN_EXE_plumber"))
         .args(["state", "--pipe", "count"])
@@ -59,7 +80,11 @@ fn validate_accepts_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), names_config(dir.path()));
     let output = plumber(&["validate"], &config);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn expect_exit_2(config: serde_json::Value, command: &str, wanted: &[&str]) {
@@ -78,7 +103,11 @@ fn bad_fields_exit_2_with_their_json_path() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = names_config(dir.path());
     config["checkpoint"] = serde_json::json!({ "interval_ms": 0 });
-    expect_exit_2(config, "validate", &["checkpoint.interval_ms", "positive interval"]);
+    expect_exit_2(
+        config,
+        "validate",
+        &["checkpoint.interval_ms", "positive interval"],
+    );
 
     let mut config = names_config(dir.path());
     config["batch_size"] = serde_json::json!("many");
@@ -90,7 +119,11 @@ fn bad_fields_exit_2_with_their_json_path() {
 
     let mut config = names_config(dir.path());
     config["to"] = serde_json::json!({ "type": "printer" });
-    expect_exit_2(config, "validate", &["`to.type`", "unknown variant `printer`"]);
+    expect_exit_2(
+        config,
+        "validate",
+        &["`to.type`", "unknown variant `printer`"],
+    );
 }
 
 #[test]
@@ -98,14 +131,26 @@ fn a_missing_or_invalid_module_names_the_file_and_why() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = names_config(dir.path());
     config["pipeline"][2]["module"] = serde_json::json!("nowhere/count.wasm");
-    expect_exit_2(config.clone(), "validate", &["pipeline[2].module", "nowhere/count.wasm", "No such file"]);
+    expect_exit_2(
+        config.clone(),
+        "validate",
+        &["pipeline[2].module", "nowhere/count.wasm", "No such file"],
+    );
     expect_exit_2(config, "run", &["pipeline[2].module", "nowhere/count.wasm"]);
 
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm").unwrap();
     let mut config = names_config(dir.path());
     config["pipeline"][0]["module"] = serde_json::json!(garbage);
-    expect_exit_2(config, "validate", &["pipeline[0].module", "garbage.wasm", "not a WebAssembly component"]);
+    expect_exit_2(
+        config,
+        "validate",
+        &[
+            "pipeline[0].module",
+            "garbage.wasm",
+            "not a WebAssembly component",
+        ],
+    );
 
     // A core module (no component layer).
     let core = dir.path().join("core.wasm");
@@ -121,8 +166,24 @@ fn a_guest_importing_the_filesystem_is_refused_naming_the_import() {
     let mut config = names_config(dir.path());
     config["pipeline"][1]["module"] = serde_json::json!(harness::guest("file-reader"));
     // It needs the wall clock first: not granted by default.
-    expect_exit_2(config.clone(), "validate", &["pipeline[1].module", "imports `wasi:clocks/wall-clock", "not granted"]);
+    expect_exit_2(
+        config.clone(),
+        "validate",
+        &[
+            "pipeline[1].module",
+            "imports `wasi:clocks/wall-clock",
+            "not granted",
+        ],
+    );
     // Granting clocks leaves the filesystem, which no config can grant.
     config["pipeline"][1]["grants"] = serde_json::json!(["clocks"]);
-    expect_exit_2(config, "validate", &["pipeline[1].module", "imports `wasi:filesystem/", "wasi:clocks/*"]);
+    expect_exit_2(
+        config,
+        "validate",
+        &[
+            "pipeline[1].module",
+            "imports `wasi:filesystem/",
+            "wasi:clocks/*",
+        ],
+    );
 }

@@ -32,7 +32,11 @@ pub fn guest(name: &str) -> PathBuf {
     match dir {
         Ok(dir) => {
             let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-            assert!(path.exists(), "guest component {} was not built", path.display());
+            assert!(
+                path.exists(),
+                "guest component {} was not built",
+                path.display()
+            );
             path
         }
         Err(message) => panic!("{message}"),
@@ -45,7 +49,13 @@ fn build_guests() -> Result<PathBuf, String> {
     let target_dir = guests.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(guests.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)

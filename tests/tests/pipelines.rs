@@ -23,7 +23,11 @@ fn runtime() -> Runtime {
 }
 
 /// The committed state of one pipe, as text.
-async fn pipe_state(state: &dyn StateBackend, pipeline: &str, pipe: &str) -> BTreeMap<String, String> {
+async fn pipe_state(
+    state: &dyn StateBackend,
+    pipeline: &str,
+    pipe: &str,
+) -> BTreeMap<String, String> {
     let namespace = Namespace::for_pipe(pipeline, pipe);
     state
         .scan_prefix(namespace.prefix())
@@ -40,7 +44,10 @@ async fn pipe_state(state: &dyn StateBackend, pipeline: &str, pipe: &str) -> BTr
 }
 
 fn strings(events: &[Event]) -> Vec<String> {
-    events.iter().map(|e| e.value_lossy().into_owned()).collect()
+    events
+        .iter()
+        .map(|e| e.value_lossy().into_owned())
+        .collect()
 }
 
 async fn drain(receiver: &mut mpsc::Receiver<Event>) -> Vec<Event> {
@@ -58,7 +65,9 @@ fn names_pipeline(name: &str, state: SharedState) -> plumber::pipeline::Pipeline
         .from(ArraySource::from_strings(NAMES))
         .then(WasmPipe::new("upper", guest("upper")))
         .then(WasmPipe::new("lower", guest("lower")))
-        .then(WasmPipe::new("count", guest("count")).config(serde_json::json!({ "separator": ": " })))
+        .then(
+            WasmPipe::new("count", guest("count")).config(serde_json::json!({ "separator": ": " })),
+        )
 }
 
 #[tokio::test]
@@ -73,15 +82,31 @@ async fn names_example_prints_exact_counts_and_keeps_them_in_state() {
         .expect("run");
     assert_eq!(
         strings(&drain(&mut out).await),
-        ["ada: 1", "grace: 1", "alan: 1", "ada: 2", "grace: 2", "ada: 3", "barbara: 1"]
+        [
+            "ada: 1",
+            "grace: 1",
+            "alan: 1",
+            "ada: 2",
+            "grace: 2",
+            "ada: 3",
+            "barbara: 1"
+        ]
     );
     assert_eq!((report.events_in, report.events_out), (7, 7));
-    assert_eq!(report.last_checkpoint.expect("checkpoint").position, Position::Offset(7));
+    assert_eq!(
+        report.last_checkpoint.expect("checkpoint").position,
+        Position::Offset(7)
+    );
     let counts = pipe_state(&*state, "names", "count").await;
-    let expected: BTreeMap<String, String> = [("ada", "3"), ("alan", "1"), ("barbara", "1"), ("grace", "2")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let expected: BTreeMap<String, String> = [
+        ("ada", "3"),
+        ("alan", "1"),
+        ("barbara", "1"),
+        ("grace", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     assert_eq!(counts, expected);
     // The stateless pipes wrote nothing.
     assert!(pipe_state(&*state, "names", "upper").await.is_empty());
@@ -92,14 +117,28 @@ async fn pipelines_sharing_a_backend_keep_their_own_keys() {
     let state: SharedState = Arc::new(MemoryState::new());
     for name in ["first", "second"] {
         let (sink, _out) = channel_sink(100);
-        names_pipeline(name, state.clone()).to(sink).run().await.expect("run");
+        names_pipeline(name, state.clone())
+            .to(sink)
+            .run()
+            .await
+            .expect("run");
     }
     // A second run of "first" resumes after the end: its counts do not double.
     let (sink, _out) = channel_sink(100);
-    let report = names_pipeline("first", state.clone()).to(sink).run().await.expect("rerun");
+    let report = names_pipeline("first", state.clone())
+        .to(sink)
+        .run()
+        .await
+        .expect("rerun");
     assert_eq!(report.events_in, 0);
     for name in ["first", "second"] {
-        assert_eq!(pipe_state(&*state, name, "count").await.get("ada").map(String::as_str), Some("3"));
+        assert_eq!(
+            pipe_state(&*state, name, "count")
+                .await
+                .get("ada")
+                .map(String::as_str),
+            Some("3")
+        );
     }
 }
 
@@ -121,18 +160,32 @@ async fn json_config_runs_the_names_example_into_a_file() {
     });
     let config = PipelineConfig::parse(&config.to_string(), "inline", dir.path()).expect("config");
     let state = config.open_state().expect("state");
-    config.builder(state.clone()).runtime(runtime()).run().await.expect("run");
+    config
+        .builder(state.clone())
+        .runtime(runtime())
+        .run()
+        .await
+        .expect("run");
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "ada=1\ngrace=1\nalan=1\nada=2\ngrace=2\nada=3\nbarbara=1\n"
     );
-    assert_eq!(pipe_state(&*state, "names", "count").await.get("grace").map(String::as_str), Some("2"));
+    assert_eq!(
+        pipe_state(&*state, "names", "count")
+            .await
+            .get("grace")
+            .map(String::as_str),
+        Some("2")
+    );
 }
 
 /// The words `split` emits for a line, computed natively.
 fn words(line: &str) -> impl Iterator<Item = String> + '_ {
     line.split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
         .filter(|w| !w.is_empty())
 }
 
@@ -159,7 +212,10 @@ async fn word_count_over_a_file_with_sled_state() {
             .checkpoint(CheckpointPolicy::at_end_only().and_every_events(3))
             .from(FileSource::new(&text_path))
             .then(WasmPipe::new("split", guest("split")))
-            .then(WasmPipe::new("count", guest("count")).config(serde_json::json!({ "separator": "\t" })))
+            .then(
+                WasmPipe::new("count", guest("count"))
+                    .config(serde_json::json!({ "separator": "\t" })),
+            )
             .to(FileSink::new(&out))
             .run()
             .await
@@ -175,7 +231,10 @@ async fn word_count_over_a_file_with_sled_state() {
     // Reopen the database: the counts are durable.
     let state = SledState::open(dir.path().join("state")).unwrap();
     let stored = pipe_state(&state, "wordcount", "count").await;
-    let expected: BTreeMap<String, String> = expected.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let expected: BTreeMap<String, String> = expected
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
     assert_eq!(stored, expected);
 }
 
@@ -233,14 +292,21 @@ async fn a_pipeline_stopped_midway_resumes_from_its_checkpoint() {
         }
         let report = running.await.unwrap().expect("first run");
         assert_eq!(report.events_out, first.len() as u64);
-        assert!(report.events_in < EVENTS as u64, "stopped before the end: {report:?}");
+        assert!(
+            report.events_in < EVENTS as u64,
+            "stopped before the end: {report:?}"
+        );
     }
 
     // Second run on the same directory: resumes, and the two outputs add up
     // to one uninterrupted run, with nothing twice and nothing missing.
     let state: SharedState = Arc::new(SledState::open(&state_dir).unwrap());
     let (sink, mut out) = channel_sink(EVENTS);
-    let report = counting_pipeline(&input, state.clone()).to(sink).run().await.expect("second run");
+    let report = counting_pipeline(&input, state.clone())
+        .to(sink)
+        .run()
+        .await
+        .expect("second run");
     let resumed = report.resumed_from.expect("resumed from a checkpoint");
     assert!(matches!(resumed.position, Position::Offset(p) if p > 0));
     let mut all = strings(&first);
@@ -248,8 +314,16 @@ async fn a_pipeline_stopped_midway_resumes_from_its_checkpoint() {
     assert_eq!(all, expected_counts(EVENTS, KEYS));
     let stored = pipe_state(&*state, "resume", "count").await;
     assert_eq!(stored.len(), KEYS);
-    assert!(stored.values().all(|v| v.parse::<usize>().unwrap() >= EVENTS / KEYS));
-    assert_eq!(stored.values().map(|v| v.parse::<usize>().unwrap()).sum::<usize>(), EVENTS);
+    assert!(stored
+        .values()
+        .all(|v| v.parse::<usize>().unwrap() >= EVENTS / KEYS));
+    assert_eq!(
+        stored
+            .values()
+            .map(|v| v.parse::<usize>().unwrap())
+            .sum::<usize>(),
+        EVENTS
+    );
 }
 
 #[tokio::test]
@@ -271,9 +345,17 @@ async fn a_crashed_run_leaves_state_that_counts_every_event_once() {
     assert!(running.await.unwrap_err().is_cancelled());
     drop(out);
 
-    let committed = state.last_checkpoint("resume").await.unwrap().expect("a checkpoint before the crash");
+    let committed = state
+        .last_checkpoint("resume")
+        .await
+        .unwrap()
+        .expect("a checkpoint before the crash");
     let (sink, mut out) = channel_sink(EVENTS);
-    let report = counting_pipeline(&input, state.clone()).to(sink).run().await.expect("recovery run");
+    let report = counting_pipeline(&input, state.clone())
+        .to(sink)
+        .run()
+        .await
+        .expect("recovery run");
     assert_eq!(report.resumed_from.as_ref(), Some(&committed));
     // The recovery replays from the checkpoint: its output is exactly the
     // uninterrupted run's output after the committed position.
@@ -281,7 +363,10 @@ async fn a_crashed_run_leaves_state_that_counts_every_event_once() {
         panic!("file position is an offset")
     };
     let skipped = usize::try_from(offset).unwrap() / "key-0\n".len();
-    assert_eq!(strings(&drain(&mut out).await), expected_counts(EVENTS, KEYS)[skipped..]);
+    assert_eq!(
+        strings(&drain(&mut out).await),
+        expected_counts(EVENTS, KEYS)[skipped..]
+    );
     let stored = pipe_state(&*state, "resume", "count").await;
     for value in stored.values() {
         assert_eq!(value, &(EVENTS / KEYS).to_string());
@@ -365,13 +450,68 @@ async fn a_full_sink_holds_back_the_source() {
     let mut accepted = 0;
     for i in 0..10_000 {
         let send = sender.send(Event::new(format!("event {i}")));
-        if tokio::time::timeout(Duration::from_millis(200), send).await.is_err() {
+        if tokio::time::timeout(Duration::from_millis(200), send)
+            .await
+            .is_err()
+        {
             break;
         }
         accepted += 1;
     }
-    assert!(accepted < 50, "accepted {accepted} events with a blocked sink");
+    assert!(
+        accepted < 50,
+        "accepted {accepted} events with a blocked sink"
+    );
     drop(out);
     drop(sender);
     let _ = running.await;
+}
+
+#[tokio::test]
+async fn time_based_checkpoints_commit_while_the_pipeline_runs() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let (sender, source) = channel_source(16);
+    let (sink, mut out) = channel_sink(16);
+    let running = tokio::spawn(
+        Pipeline::builder("ticking")
+            .state(state.clone())
+            .runtime(runtime())
+            .checkpoint(CheckpointPolicy::every(Duration::from_millis(20)))
+            .from(source)
+            .then(WasmPipe::new("count", guest("count")))
+            .to(sink)
+            .run(),
+    );
+    for name in ["ada", "bob", "ada"] {
+        sender.send(Event::new(name)).await.unwrap();
+    }
+    for _ in 0..3 {
+        out.recv().await.expect("output");
+    }
+    // The source stays open; only the interval can commit these events.
+    let mut committed = None;
+    for _ in 0..500 {
+        committed = state.last_checkpoint("ticking").await.unwrap();
+        if committed
+            .as_ref()
+            .is_some_and(|c| c.position == Position::Offset(3))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        committed.expect("an interval checkpoint").position,
+        Position::Offset(3)
+    );
+    assert_eq!(
+        pipe_state(&*state, "ticking", "count")
+            .await
+            .get("ada")
+            .map(String::as_str),
+        Some("2")
+    );
+    drop(sender);
+    let report = running.await.unwrap().expect("run");
+    assert_eq!(report.events_out, 3);
 }

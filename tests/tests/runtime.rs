@@ -15,7 +15,9 @@ async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
     first.load(&guest("upper"), &[]).expect("load");
     let stats = first.cache().expect("cache");
     assert_eq!((stats.hits(), stats.misses()), (0, 1));
-    assert!(stats.entry_path(&std::fs::read(guest("upper")).unwrap()).exists());
+    assert!(stats
+        .entry_path(&std::fs::read(guest("upper")).unwrap())
+        .exists());
 
     // A new runtime (as after a restart) finds the compiled form on disk.
     let second = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
@@ -26,7 +28,13 @@ async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
     // And what it loaded runs.
     let state: SharedState = Arc::new(MemoryState::new());
     let mut instance = component
-        .instantiate(&second, "upper", state, Namespace::for_pipe("p", "upper"), "{}")
+        .instantiate(
+            &second,
+            "upper",
+            state,
+            Namespace::for_pipe("p", "upper"),
+            "{}",
+        )
         .await
         .expect("instantiate");
     let out = instance
@@ -72,10 +80,19 @@ async fn init_rejects_a_bad_pipe_config_with_the_guests_message() {
     let component = runtime.load(&guest("count"), &[]).unwrap();
     let state: SharedState = Arc::new(MemoryState::new());
     let error = component
-        .instantiate(&runtime, "count", state, Namespace::for_pipe("p", "count"), r#"{"sep": 1}"#)
+        .instantiate(
+            &runtime,
+            "count",
+            state,
+            Namespace::for_pipe("p", "count"),
+            r#"{"sep": 1}"#,
+        )
         .await
         .err()
         .expect("init fails");
     let text = error.to_string();
-    assert!(text.contains("pipe `count` failed in init") && text.contains("unknown field `sep`"), "{text}");
+    assert!(
+        text.contains("pipe `count` failed in init") && text.contains("unknown field `sep`"),
+        "{text}"
+    );
 }

@@ -16,14 +16,20 @@ use plumber::streams::{ArraySource, StdoutSink};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let guests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests/target/wasm32-wasip2/release");
+    let guests =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests/target/wasm32-wasip2/release");
     let report = Pipeline::builder("names")
         .state(Arc::new(MemoryState::new()))
         .checkpoint(CheckpointPolicy::every(Duration::from_secs(1)))
-        .from(ArraySource::from_strings(["Ada", "grace", "ALAN", "ada", "Grace", "ada", "Barbara"]))
+        .from(ArraySource::from_strings([
+            "Ada", "grace", "ALAN", "ada", "Grace", "ada", "Barbara",
+        ]))
         .then(WasmPipe::new("upper", guests.join("upper.wasm")))
         .then(WasmPipe::new("lower", guests.join("lower.wasm")))
-        .then(WasmPipe::new("count", guests.join("count.wasm")).config(serde_json::json!({ "separator": ": " })))
+        .then(
+            WasmPipe::new("count", guests.join("count.wasm"))
+                .config(serde_json::json!({ "separator": ": " })),
+        )
         .to(StdoutSink::new())
         .run()
         .await?;

@@ -41,6 +41,7 @@ mod state;
 pub use state::State;
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated canonical-ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
         world: "stateful-pipe",
@@ -233,10 +234,10 @@ macro_rules! export_pipe {
                             .ok_or_else(|| $crate::PipeError::new("process called before init"))?;
                         <$pipe as $crate::Pipe>::process(pipe, batch, &mut $crate::State::host())
                     })
-        }
+                }
             }
 
-            $crate::bindings::__plumber_export_world!(PlumberExport with_types_in $crate::bindings);
+    $crate::bindings::__plumber_export_world!(PlumberExport with_types_in $crate::bindings);
         };
     };
 }

@@ -251,3 +251,52 @@ mod host {
         Err(no_host())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_helpers_round_trip_in_memory() {
+        let mut state = State::in_memory();
+        state.set_string("name", "ada").unwrap();
+        assert_eq!(state.get_string("name").unwrap().as_deref(), Some("ada"));
+        state.set_i64("n", 40).unwrap();
+        assert_eq!(state.add("n", 2).unwrap(), 42);
+        assert_eq!(state.get_i64("n").unwrap(), Some(42));
+        state.set_json("point", &(1, "x")).unwrap();
+        assert_eq!(
+            state.get_json::<(i32, String)>("point").unwrap(),
+            Some((1, "x".to_owned()))
+        );
+        assert_eq!(
+            state
+                .get_many(&["name".to_owned(), "absent".to_owned()])
+                .unwrap(),
+            vec![Some(b"ada".to_vec()), None]
+        );
+        state.delete("name").unwrap();
+        assert_eq!(state.get("name").unwrap(), None);
+    }
+
+    #[test]
+    fn type_mismatches_are_errors_not_panics() {
+        let mut state = State::in_memory();
+        state.set("text", b"not a number").unwrap();
+        assert!(matches!(state.add("text", 1), Err(StateError::Invalid(_))));
+        assert!(matches!(state.get_i64("text"), Err(StateError::Invalid(_))));
+        state.set("bytes", &[0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            state.get_string("bytes"),
+            Err(StateError::Invalid(_))
+        ));
+        state.set_i64("max", i64::MAX).unwrap();
+        assert!(matches!(state.add("max", 1), Err(StateError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_host_state_outside_wasm_says_so() {
+        let mut state = State::host();
+        assert!(matches!(state.get("k"), Err(StateError::Backend(m)) if m.contains("in_memory")));
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Config: `{"separator": " "}` (default a single space).
 
-use plumber_guest::{parse_config, Batch, Event, Pipe, PipeError, State};
+use plumber_guest::{log, parse_config, Batch, Event, Level, Pipe, PipeError, State};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -27,6 +27,7 @@ pub struct Count {
 impl Pipe for Count {
     fn init(config: &str) -> Result<Self, PipeError> {
         let config: Config = parse_config(config)?;
+        log(Level::Info, "count ready", &[("separator", &config.separator)]);
         Ok(Count {
             separator: config.separator,
         })
