@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint::CheckpointPolicy;
+use crate::checkpoint::Position;
 use crate::pipeline::Pipeline;
 use crate::runtime::{LoadError, Runtime};
 use crate::state::MemoryState;
 use crate::step::{NativeStep, WasmPipe};
-use crate::streams::{ArraySource, DiscardSink};
+use crate::streams::{DiscardSink, Source, StreamError};
 use crate::Event;
 
 /// Options of `plumber bench`.
@@ -31,7 +32,7 @@ pub struct BenchArgs {
     pub module: PathBuf,
     /// Events per run.
     #[arg(long, default_value_t = 1_000_000)]
-    pub events: usize,
+    pub events: u64,
     /// Batch sizes to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 64, 1024])]
     pub batch_sizes: Vec<usize>,
@@ -62,28 +63,86 @@ impl Measurement {
     }
 }
 
-/// Deterministic text events: words drawn from a fixed vocabulary by a
-/// linear congruential generator seeded with `seed`.
-pub fn generate_events(count: usize, seed: u64) -> Vec<Event> {
-    const WORDS: &[&str] = &[
-        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
-    ];
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state
+const WORDS: &[&str] = &[
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+];
+
+/// A finite source of deterministic text events: five words each, drawn
+/// from a fixed vocabulary by a linear congruential generator seeded with
+/// `seed`. Events are made as they are read, so the input costs no memory.
+pub struct GeneratedSource {
+    total: u64,
+    produced: u64,
+    seed: u64,
+    rng: u64,
+}
+
+impl GeneratedSource {
+    /// `total` events from `seed`.
+    pub fn new(total: u64, seed: u64) -> Self {
+        GeneratedSource {
+            total,
+            produced: 0,
+            seed,
+            rng: seed,
+        }
+    }
+
+    fn next_word(&mut self) -> &'static str {
+        self.rng = self
+            .rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    (0..count)
-        .map(|_| {
-            let words: Vec<&str> = (0..5).map(|_| WORDS[next() % WORDS.len()]).collect();
-            Event::new(words.join(" "))
-        })
-        .collect()
+        WORDS[(self.rng >> 33) as usize % WORDS.len()]
+    }
+
+    fn next_event(&mut self) -> Event {
+        let mut value = Vec::with_capacity(48);
+        for i in 0..5 {
+            if i > 0 {
+                value.push(b' ');
+            }
+            value.extend_from_slice(self.next_word().as_bytes());
+        }
+        self.produced += 1;
+        Event::new(value)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for GeneratedSource {
+    fn describe(&self) -> String {
+        format!(
+            "generated source ({} events, seed {})",
+            self.total, self.seed
+        )
+    }
+
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        let target = match position {
+            Position::Start => 0,
+            Position::Offset(n) => (*n).min(self.total),
+        };
+        self.rng = self.seed;
+        self.produced = 0;
+        while self.produced < target {
+            self.next_event();
+        }
+        Ok(())
+    }
+
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        let count = (self.total - self.produced).min(max as u64);
+        if count == 0 {
+            return Ok(None);
+        }
+        let events = (0..count).map(|_| self.next_event()).collect();
+        Ok(Some((events, Position::Offset(self.produced))))
+    }
 }
 
 fn reset_peak_rss() {
@@ -112,7 +171,8 @@ pub fn peak_rss_kib() -> u64 {
 pub async fn measure(
     runtime: &Runtime,
     module: Option<&PathBuf>,
-    events: &[Event],
+    events: u64,
+    seed: u64,
     batch_size: usize,
 ) -> Result<Measurement, crate::pipeline::PipelineError> {
     let builder = Pipeline::builder("bench")
@@ -120,7 +180,7 @@ pub async fn measure(
         .checkpoint(CheckpointPolicy::at_end_only())
         .batch_size(batch_size)
         .runtime(runtime.clone())
-        .from(ArraySource::new(events.to_vec()))
+        .from(GeneratedSource::new(events, seed))
         .to(DiscardSink::new());
     let (kind, builder) = match module {
         Some(module) => ("wasm", builder.then(WasmPipe::new("upper", module))),
@@ -162,9 +222,8 @@ pub(crate) async fn run(
             return ExitCode::from(1);
         }
     };
-    let events = generate_events(args.events, args.seed);
     println!(
-        "upper-case map, {} events of 5 words (seed {}), array source -> step -> discard sink, memory state",
+        "upper-case map, {} events of 5 words (seed {}), generated source -> step -> discard sink, memory state",
         args.events, args.seed
     );
     println!(
@@ -174,7 +233,7 @@ pub(crate) async fn run(
     for &batch_size in &args.batch_sizes {
         let mut native_rate = None;
         for module in [None, Some(&args.module)] {
-            match measure(&rt, module, &events, batch_size).await {
+            match measure(&rt, module, args.events, args.seed, batch_size).await {
                 Ok(m) => {
                     let ratio = match native_rate {
                         None => {
