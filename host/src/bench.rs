@@ -8,14 +8,13 @@
 //! between runs through `/proc/self/clear_refs`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint::CheckpointPolicy;
 use crate::checkpoint::Position;
 use crate::pipeline::Pipeline;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::Runtime;
 use crate::state::MemoryState;
 use crate::step::{NativeStep, WasmPipe};
 use crate::streams::{DiscardSink, Source, StreamError};
@@ -211,17 +210,12 @@ pub async fn measure(
     })
 }
 
-pub(crate) async fn run(
-    args: BenchArgs,
-    runtime: impl Fn() -> Result<Runtime, LoadError>,
-) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(1);
-        }
-    };
+/// Runs every scenario of `args` and prints the table.
+///
+/// # Errors
+///
+/// A scenario's pipeline failed.
+pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), crate::pipeline::PipelineError> {
     println!(
         "upper-case map, {} events of 5 words (seed {}), generated source -> step -> discard sink, memory state",
         args.events, args.seed
@@ -231,32 +225,18 @@ pub(crate) async fn run(
         "step", "batch", "events/s", "vs native", "peak RSS MiB"
     );
     for &batch_size in &args.batch_sizes {
-        let mut native_rate = None;
-        for module in [None, Some(&args.module)] {
-            match measure(&rt, module, args.events, args.seed, batch_size).await {
-                Ok(m) => {
-                    let ratio = match native_rate {
-                        None => {
-                            native_rate = Some(m.rate());
-                            "1.00".to_owned()
-                        }
-                        Some(native) => format!("{:.2}", m.rate() / native),
-                    };
-                    println!(
-                        "{:<8} {:>6} {:>14.0} {:>10} {:>14.1}",
-                        m.kind,
-                        m.batch_size,
-                        m.rate(),
-                        ratio,
-                        m.peak_rss_kib as f64 / 1024.0
-                    );
-                }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(1);
-                }
-            }
+        let native = measure(&rt, None, args.events, args.seed, batch_size).await?;
+        let wasm = measure(&rt, Some(&args.module), args.events, args.seed, batch_size).await?;
+        for m in [&native, &wasm] {
+            println!(
+                "{:<8} {:>6} {:>14.0} {:>10.2} {:>14.1}",
+                m.kind,
+                m.batch_size,
+                m.rate(),
+                m.rate() / native.rate(),
+                m.peak_rss_kib as f64 / 1024.0
+            );
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigError, PipelineConfig, StepConfig};
+use crate::config::{PipelineConfig, StepConfig};
 use crate::pipeline::PipelineError;
 use crate::runtime::Runtime;
 use crate::state::Namespace;
@@ -67,51 +67,67 @@ pub fn main() -> ExitCode {
     runtime.block_on(dispatch(cli))
 }
 
-async fn dispatch(cli: Cli) -> ExitCode {
-    let cache_dir = cli.cache_dir.clone();
-    let runtime = || match &cache_dir {
-        Some(dir) => Runtime::new(Some(dir.clone())),
-        None => Runtime::with_default_cache(),
-    };
-    match cli.command {
-        Command::Run { config } => run(&config, runtime).await,
-        Command::Validate { config } => validate(&config, runtime),
-        Command::State { config, pipe } => dump_state(&config, &pipe).await,
-        Command::Bench(args) => crate::bench::run(args, runtime).await,
+/// A failed command: its exit status and what to print.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    /// Bad input: a config field or a module (exit 2).
+    fn input(message: impl std::fmt::Display) -> Self {
+        Failure {
+            status: 2,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure while running (exit 1).
+    fn run(message: impl std::fmt::Display) -> Self {
+        Failure {
+            status: 1,
+            message: message.to_string(),
+        }
     }
 }
 
-fn config_failure(error: &ConfigError) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::from(2)
+async fn dispatch(cli: Cli) -> ExitCode {
+    let cache_dir = cli.cache_dir.clone();
+    let runtime = || {
+        match &cache_dir {
+            Some(dir) => Runtime::new(Some(dir.clone())),
+            None => Runtime::with_default_cache(),
+        }
+        .map_err(Failure::run)
+    };
+    let result = match cli.command {
+        Command::Run { config } => run(&config, runtime).await,
+        Command::Validate { config } => validate(&config, runtime),
+        Command::State { config, pipe } => dump_state(&config, &pipe).await,
+        Command::Bench(args) => match runtime() {
+            Ok(rt) => crate::bench::run(args, rt).await.map_err(Failure::run),
+            Err(failure) => Err(failure),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
 }
 
-fn load_config(path: &Path) -> Result<PipelineConfig, ExitCode> {
-    PipelineConfig::load(path).map_err(|e| config_failure(&e))
+fn open_state(path: &Path, config: &PipelineConfig) -> Result<crate::state::SharedState, Failure> {
+    config
+        .open_state()
+        .map_err(|error| Failure::input(format!("{}: at `state`: {error}", path.display())))
 }
 
-async fn run(
-    path: &Path,
-    runtime: impl Fn() -> Result<Runtime, crate::runtime::LoadError>,
-) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    let state = match config.open_state() {
-        Ok(state) => state,
-        Err(error) => {
-            eprintln!("error: {}: at `state`: {error}", path.display());
-            return ExitCode::from(2);
-        }
-    };
+async fn run(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Result<(), Failure> {
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let rt = runtime()?;
+    let state = open_state(path, &config)?;
     tracing::warn!(
         pipeline = %config.name,
         "sinks stdout and file write before the checkpoint commits: after a crash, output since \
@@ -133,40 +149,24 @@ async fn run(
                 checkpoints = report.checkpoints,
                 "pipeline finished"
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
         Err(PipelineError::Load { pipe, source, .. }) => {
             let field = config
                 .module_field(&pipe)
                 .unwrap_or_else(|| "pipeline".to_owned());
-            eprintln!(
-                "error: {}: at `{field}` (pipe `{pipe}`): {source}",
+            Err(Failure::input(format!(
+                "{}: at `{field}` (pipe `{pipe}`): {source}",
                 path.display()
-            );
-            ExitCode::from(2)
+            )))
         }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(1)
-        }
+        Err(error) => Err(Failure::run(error)),
     }
 }
 
-fn validate(
-    path: &Path,
-    runtime: impl Fn() -> Result<Runtime, crate::runtime::LoadError>,
-) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(1);
-        }
-    };
+fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Result<(), Failure> {
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let rt = runtime()?;
     for (index, step) in config.pipeline.iter().enumerate() {
         let StepConfig::Wasm {
             name,
@@ -174,13 +174,12 @@ fn validate(
             grants,
             ..
         } = step;
-        if let Err(error) = rt.load(module, grants) {
-            eprintln!(
-                "error: {}: at `pipeline[{index}].module` (pipe `{name}`): {error}",
+        rt.load(module, grants).map_err(|error| {
+            Failure::input(format!(
+                "{}: at `pipeline[{index}].module` (pipe `{name}`): {error}",
                 path.display()
-            );
-            return ExitCode::from(2);
-        }
+            ))
+        })?;
     }
     println!(
         "{}: ok (pipeline `{}`, {} pipes)",
@@ -188,37 +187,24 @@ fn validate(
         config.name,
         config.pipeline.len()
     );
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-async fn dump_state(path: &Path, pipe: &str) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let state = match config.open_state() {
-        Ok(state) => state,
-        Err(error) => {
-            eprintln!("error: {}: at `state`: {error}", path.display());
-            return ExitCode::from(2);
-        }
-    };
+async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let state = open_state(path, &config)?;
     let namespace = Namespace::for_pipe(&config.name, pipe);
-    match state.scan_prefix(namespace.prefix()).await {
-        Ok(entries) => {
-            let prefix_len = namespace.prefix().len();
-            for (key, value) in entries {
-                println!(
-                    "{}\t{}",
-                    String::from_utf8_lossy(&key[prefix_len..]),
-                    String::from_utf8_lossy(&value)
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(1)
-        }
+    let entries = state
+        .scan_prefix(namespace.prefix())
+        .await
+        .map_err(Failure::run)?;
+    let prefix_len = namespace.prefix().len();
+    for (key, value) in entries {
+        println!(
+            "{}\t{}",
+            String::from_utf8_lossy(&key[prefix_len..]),
+            String::from_utf8_lossy(&value)
+        );
     }
+    Ok(())
 }

@@ -399,16 +399,18 @@ async fn instantiate_steps(
                     pipe: pipe.name.clone(),
                     source,
                 };
-                if runtime.is_none() {
-                    runtime = Some(Runtime::with_default_cache().map_err(load_error)?);
-                }
-                let Some(rt) = runtime.as_ref() else {
-                    continue;
+                let rt = match &runtime {
+                    Some(rt) => rt.clone(),
+                    None => {
+                        let rt = Runtime::with_default_cache().map_err(load_error)?;
+                        runtime = Some(rt.clone());
+                        rt
+                    }
                 };
                 let component = rt.load(&pipe.module, &pipe.grants).map_err(load_error)?;
                 let instance = component
                     .instantiate(
-                        rt,
+                        &rt,
                         &pipe.name,
                         state.clone(),
                         Namespace::for_pipe(pipeline, &pipe.name),
