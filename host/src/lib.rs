@@ -17,6 +17,8 @@
 //! | [`state`] | the `StateBackend` trait and its backends (memory, sled) |
 //! | [`streams`] | sources and sinks (array, channel, file, stdout) |
 //! | [`checkpoint`] | checkpoint records and strategies |
+//! | [`window`] | count, time, sliding, session and signal windows |
+//! | [`dead_letter`] | the dead-letter sink for events that cannot go on |
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
 //! | [`bench`] | the `plumber bench` figures |
 
@@ -24,11 +26,13 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod pipeline;
 pub mod runtime;
 pub mod state;
 pub mod step;
 pub mod streams;
+pub mod window;
 
 pub use runtime::bindings::plumber::pipe::types::{Batch, Event, PipeError, WindowInfo};
 

@@ -34,10 +34,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Position};
+use crate::dead_letter::DeadLetters;
 use crate::runtime::{LoadError, Runtime};
 use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteSet};
 use crate::step::{NativeStep, Step, StepError, WasmPipe, WasmStep};
 use crate::streams::{Sink, Source, StreamError};
+use crate::window::{Window, WindowStep};
 use crate::Batch;
 
 /// Why a pipeline could not be built or stopped with an error.
@@ -127,6 +129,8 @@ pub struct RunReport {
 pub enum StepSpec {
     /// A WASM pipe, loaded and instantiated at start.
     Wasm(WasmPipe),
+    /// A window, restored from the last checkpoint at start.
+    Window(Window),
     /// A step that already exists.
     Ready(Box<dyn Step>),
 }
@@ -134,6 +138,12 @@ pub enum StepSpec {
 impl From<WasmPipe> for StepSpec {
     fn from(pipe: WasmPipe) -> Self {
         StepSpec::Wasm(pipe)
+    }
+}
+
+impl From<Window> for StepSpec {
+    fn from(window: Window) -> Self {
+        StepSpec::Window(window)
     }
 }
 
@@ -170,6 +180,7 @@ impl Pipeline {
             source: None,
             steps: Vec::new(),
             sink: None,
+            dead_letter: None,
             runtime: None,
             batch_size: 1024,
             channel_capacity: 8,
@@ -186,6 +197,7 @@ pub struct PipelineBuilder {
     source: Option<Box<dyn Source>>,
     steps: Vec<StepSpec>,
     sink: Option<Box<dyn Sink>>,
+    dead_letter: Option<Box<dyn Sink>>,
     runtime: Option<Runtime>,
     batch_size: usize,
     channel_capacity: usize,
@@ -225,6 +237,14 @@ impl PipelineBuilder {
     #[must_use]
     pub fn to(mut self, sink: impl Sink + 'static) -> Self {
         self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Where events that cannot go on are sent (late events of a window
+    /// whose late policy is `dead_letter`), with headers saying why.
+    #[must_use]
+    pub fn dead_letter(mut self, sink: impl Sink + 'static) -> Self {
+        self.dead_letter = Some(Box::new(sink));
         self
     }
 
@@ -277,7 +297,21 @@ impl PipelineBuilder {
         let sink = self.sink.ok_or_else(|| incomplete("no sink: call `to`"))?;
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
 
-        let steps = instantiate_steps(&name, self.steps, self.runtime, &state).await?;
+        let (dead_letters, dead_letter_task) = match self.dead_letter {
+            Some(sink) => {
+                let (letters, task) = crate::dead_letter::spawn(sink);
+                (Some(letters), Some(task))
+            }
+            None => (None, None),
+        };
+        let steps = instantiate_steps(
+            &name,
+            self.steps,
+            self.runtime,
+            &state,
+            dead_letters.as_ref(),
+        )
+        .await?;
 
         let state_error = |source| PipelineError::State {
             pipeline: name.clone(),
@@ -308,7 +342,7 @@ impl PipelineBuilder {
             tasks.push(tokio::spawn(run_step(name.clone(), step, next_rx, tx)));
             next_rx = rx;
         }
-        let sink_task = tokio::spawn(run_sink(name.clone(), sink, next_rx));
+        let sink_task = tokio::spawn(run_sink(name.clone(), sink, next_rx, dead_letters));
 
         let driver = SourceDriver {
             pipeline: name.clone(),
@@ -356,6 +390,19 @@ impl PipelineBuilder {
             note(joined(task.await));
         }
         let events_out = note(joined(sink_task.await));
+        if let Some(task) = dead_letter_task {
+            let result = match task.await {
+                Ok(result) => result.map_err(|source| PipelineError::Stream {
+                    pipeline: name.clone(),
+                    source,
+                }),
+                Err(e) => Err(PipelineError::Task {
+                    pipeline: name.clone(),
+                    message: e.to_string(),
+                }),
+            };
+            note(result);
+        }
         let driver = match driven {
             Ok(driver) => Some(driver),
             Err(error) => {
@@ -387,12 +434,22 @@ async fn instantiate_steps(
     specs: Vec<StepSpec>,
     runtime: Option<Runtime>,
     state: &SharedState,
+    dead_letters: Option<&DeadLetters>,
 ) -> Result<Vec<Box<dyn Step>>, PipelineError> {
     let mut runtime = runtime;
     let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
     for spec in specs {
         match spec {
             StepSpec::Ready(step) => steps.push(step),
+            StepSpec::Window(window) => {
+                let step = WindowStep::restore(window, pipeline, state, dead_letters.cloned())
+                    .await
+                    .map_err(|source| PipelineError::Step {
+                        pipeline: pipeline.to_owned(),
+                        source,
+                    })?;
+                steps.push(Box::new(step));
+            }
             StepSpec::Wasm(pipe) => {
                 let load_error = |source| PipelineError::Load {
                     pipeline: pipeline.to_owned(),
@@ -452,16 +509,38 @@ async fn run_step(
         pipeline: pipeline.clone(),
         stage: stage.clone(),
     };
+    let step_error = |source| PipelineError::Step {
+        pipeline: pipeline.clone(),
+        source,
+    };
     let mut produced: Vec<Batch> = Vec::new();
-    while let Some(message) = input.recv().await {
+    let trigger = step.trigger();
+    loop {
+        let timer = step.timer();
+        let message = tokio::select! {
+            message = input.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            () = sleep_until(timer), if timer.is_some() => {
+                step.wake(&mut produced).await.map_err(step_error)?;
+                send_all(&output, &mut produced).await.map_err(|_| disconnected())?;
+                continue;
+            }
+            () = notified(trigger.as_deref()), if trigger.is_some() => {
+                step.wake(&mut produced).await.map_err(step_error)?;
+                send_all(&output, &mut produced).await.map_err(|_| disconnected())?;
+                continue;
+            }
+        };
         match message {
             Message::Data(batch) => {
                 step.process(batch, &mut produced)
                     .await
-                    .map_err(|source| PipelineError::Step {
-                        pipeline: pipeline.clone(),
-                        source,
-                    })?;
+                    .map_err(step_error)?;
+                send_all(&output, &mut produced)
+                    .await
+                    .map_err(|_| disconnected())?;
             }
             Message::Barrier(mut barrier) => {
                 barrier.writes.push(step.take_writes());
@@ -469,42 +548,51 @@ async fn run_step(
                     .send(Message::Barrier(barrier))
                     .await
                     .map_err(|_| disconnected())?;
-                continue;
             }
             Message::End => {
-                step.finish(&mut produced)
+                step.finish(&mut produced).await.map_err(step_error)?;
+                send_all(&output, &mut produced)
                     .await
-                    .map_err(|source| PipelineError::Step {
-                        pipeline: pipeline.clone(),
-                        source,
-                    })?;
-                for batch in produced.drain(..) {
-                    output
-                        .send(Message::Data(batch))
-                        .await
-                        .map_err(|_| disconnected())?;
-                }
+                    .map_err(|_| disconnected())?;
                 output
                     .send(Message::End)
                     .await
                     .map_err(|_| disconnected())?;
-                continue;
             }
-        }
-        for batch in produced.drain(..) {
-            output
-                .send(Message::Data(batch))
-                .await
-                .map_err(|_| disconnected())?;
         }
     }
     Ok(0)
+}
+
+async fn send_all(
+    output: &mpsc::Sender<Message>,
+    produced: &mut Vec<Batch>,
+) -> Result<(), mpsc::error::SendError<Message>> {
+    for batch in produced.drain(..) {
+        output.send(Message::Data(batch)).await?;
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn notified(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run_sink(
     pipeline: String,
     mut sink: Box<dyn Sink>,
     mut input: mpsc::Receiver<Message>,
+    dead_letters: Option<DeadLetters>,
 ) -> Result<u64, PipelineError> {
     let stream_error = |source| PipelineError::Stream {
         pipeline: pipeline.clone(),
@@ -519,6 +607,18 @@ async fn run_sink(
             }
             Message::Barrier(barrier) => {
                 sink.flush().await.map_err(stream_error)?;
+                if let Some(dead_letters) = &dead_letters {
+                    // Dead letters sent before the barrier are durable with the checkpoint.
+                    match dead_letters.flush().await {
+                        Ok(flushed) => flushed.map_err(stream_error)?,
+                        Err(_) => {
+                            return Err(PipelineError::Disconnected {
+                                pipeline: pipeline.clone(),
+                                stage: "dead-letter sink".to_owned(),
+                            })
+                        }
+                    }
+                }
                 // The driver may be gone if it failed; its error is reported.
                 let _ = barrier.reply.send(barrier.writes);
             }

@@ -5,8 +5,10 @@
 //! in the same place (library use, and the baseline of `plumber bench`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use crate::runtime::{CallError, Grant, PipeInstance};
 use crate::state::WriteSet;
@@ -77,6 +79,26 @@ pub trait Step: Send {
     ///
     /// The step failed while flushing.
     async fn finish(&mut self, _out: &mut Vec<Batch>) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    /// When the step wants [`Step::wake`] called even if no batch arrives
+    /// (a time window's end, an idle timeout).
+    fn timer(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// A notification that also calls [`Step::wake`] (a signal trigger).
+    fn trigger(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// Called when the timer is due or the trigger fired: push what is due.
+    ///
+    /// # Errors
+    ///
+    /// The step failed while releasing.
+    async fn wake(&mut self, _out: &mut Vec<Batch>) -> Result<(), StepError> {
         Ok(())
     }
 }

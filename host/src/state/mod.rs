@@ -109,6 +109,20 @@ impl Namespace {
         Namespace(format!("{}:{pipeline}{}:{pipe}/", pipeline.len(), pipe.len()).into_bytes())
     }
 
+    /// The namespace of window `window`'s saved buffers in `pipeline`.
+    /// (`#` cannot follow the pipeline part of a pipe's namespace, which
+    /// continues with a digit, so the two never meet.)
+    pub fn for_window(pipeline: &str, window: &str) -> Self {
+        Namespace(
+            format!(
+                "{}:{pipeline}#window{}:{window}/",
+                pipeline.len(),
+                window.len()
+            )
+            .into_bytes(),
+        )
+    }
+
     /// The prefix bytes.
     pub fn prefix(&self) -> &[u8] {
         &self.0

@@ -99,3 +99,35 @@ impl Sink for ChannelSink {
         Ok(())
     }
 }
+
+/// A sink that sends whole batches, window bounds included, to an
+/// [`mpsc::Receiver`] (for library use after a window, and tests).
+pub struct BatchChannelSink {
+    sender: mpsc::Sender<Batch>,
+}
+
+/// A batch channel sink and the receiver of its batches (`capacity` in flight).
+pub fn batch_channel_sink(capacity: usize) -> (BatchChannelSink, mpsc::Receiver<Batch>) {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    (BatchChannelSink { sender }, receiver)
+}
+
+#[async_trait]
+impl Sink for BatchChannelSink {
+    fn describe(&self) -> String {
+        "batch channel sink".to_owned()
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        self.sender
+            .send(batch)
+            .await
+            .map_err(|_| StreamError::Closed {
+                stream: self.describe(),
+            })
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+}

@@ -16,7 +16,9 @@ use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
 pub use array::ArraySource;
-pub use channel::{channel_sink, channel_source, ChannelSink, ChannelSource};
+pub use channel::{
+    batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
+};
 pub use file::{FileSink, FileSource};
 pub use stdout::{DiscardSink, StdoutSink};
 
