@@ -2,6 +2,7 @@
 # Runs an example pipeline end to end on the embedded defaults (no server):
 #   examples/run.sh            the seed's names example from examples/names.json
 #   examples/run.sh wordcount  word count over examples/data/words.txt, sled state
+#   examples/run.sh windowed   per-word counts per 10-second event-time window over timestamped events
 #   examples/run.sh library    the names example through the Rust builder API
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +26,17 @@ case "$example" in
     echo "--- final counts in the sled state (top 5):"
     cargo run --quiet -p plumber -- state examples/wordcount.json --pipe count | sort -t$'\t' -k2,2nr | head -n 5
     ;;
+  windowed)
+    rm -rf target/example-state/windowed-wordcount target/example-state/windowed-wordcount.out target/example-state/windowed-wordcount.late
+    cargo run --quiet -p plumber -- run examples/windowed-wordcount.json
+    echo "--- per-word counts per 10-second event-time window (first 12 lines of target/example-state/windowed-wordcount.out):"
+    head -n 12 target/example-state/windowed-wordcount.out
+    ;;
   library)
     cargo run --quiet -p plumber-examples --bin names
     ;;
   *)
-    echo "unknown example '$example' (names, wordcount, library)" >&2
+    echo "unknown example '$example' (names, wordcount, windowed, library)" >&2
     exit 2
     ;;
 esac

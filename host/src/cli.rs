@@ -168,21 +168,19 @@ fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Resu
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
     let rt = runtime()?;
     for (index, step) in config.pipeline.iter().enumerate() {
-        let StepConfig::Wasm {
-            name,
-            module,
-            grants,
-            ..
-        } = step;
-        rt.load(module, grants).map_err(|error| {
+        let StepConfig::Wasm(pipe) = step else {
+            continue;
+        };
+        rt.load(&pipe.module, &pipe.grants).map_err(|error| {
             Failure::input(format!(
-                "{}: at `pipeline[{index}].module` (pipe `{name}`): {error}",
-                path.display()
+                "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
+                path.display(),
+                pipe.name
             ))
         })?;
     }
     println!(
-        "{}: ok (pipeline `{}`, {} pipes)",
+        "{}: ok (pipeline `{}`, {} steps)",
         path.display(),
         config.name,
         config.pipeline.len()

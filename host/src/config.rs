@@ -28,7 +28,8 @@ use crate::pipeline::{Pipeline, PipelineBuilder};
 use crate::runtime::Grant;
 use crate::state::{MemoryState, SharedState, SledState, StateError};
 use crate::step::WasmPipe;
-use crate::streams::{ArraySource, DiscardSink, FileSink, FileSource, StdoutSink};
+use crate::streams::{ArraySource, DiscardSink, FileSink, FileSource, LineFormat, StdoutSink};
+use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,28 @@ pub struct PipelineConfig {
     pub pipeline: Vec<StepConfig>,
     /// The sink.
     pub to: SinkConfig,
+    /// Where events that cannot go on are sent (late window events with
+    /// `"late": "dead_letter"`), with headers saying why.
+    #[serde(default)]
+    pub dead_letter: Option<SinkConfig>,
+}
+
+impl SinkConfig {
+    fn attach(&self, builder: PipelineBuilder) -> PipelineBuilder {
+        match self {
+            SinkConfig::Stdout {} => builder.to(StdoutSink::new()),
+            SinkConfig::File { path } => builder.to(FileSink::new(path)),
+            SinkConfig::Discard {} => builder.to(DiscardSink::new()),
+        }
+    }
+
+    fn attach_dead_letter(&self, builder: PipelineBuilder) -> PipelineBuilder {
+        match self {
+            SinkConfig::Stdout {} => builder.dead_letter(StdoutSink::new()),
+            SinkConfig::File { path } => builder.dead_letter(FileSink::new(path)),
+            SinkConfig::Discard {} => builder.dead_letter(DiscardSink::new()),
+        }
+    }
 }
 
 fn default_batch_size() -> usize {
@@ -134,6 +157,10 @@ pub enum SourceConfig {
     File {
         /// The file.
         path: PathBuf,
+        /// `lines` (default: each line is a value) or `json` (each line an
+        /// event object: `value`, and optionally `key`, `timestamp`, `headers`).
+        #[serde(default)]
+        format: LineFormat,
     },
 }
 
@@ -142,18 +169,319 @@ pub enum SourceConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StepConfig {
     /// A WebAssembly component pipe.
-    Wasm {
-        /// The pipe's name (unique in the pipeline; it keys the pipe's state).
-        name: String,
-        /// The component file.
-        module: PathBuf,
-        /// Passed to the guest's `init` as JSON text.
-        #[serde(default = "empty_object")]
-        config: serde_json::Value,
-        /// Optional WASI capabilities: `"clocks"`, `"random"`.
-        #[serde(default)]
-        grants: Vec<Grant>,
-    },
+    Wasm(WasmStepConfig),
+    /// A native window.
+    Window(WindowConfig),
+}
+
+impl StepConfig {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        match self {
+            StepConfig::Wasm(pipe) => &pipe.name,
+            StepConfig::Window(window) => &window.name,
+        }
+    }
+}
+
+/// `{"type": "wasm", ...}`: a pipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmStepConfig {
+    /// The pipe's name (unique in the pipeline; it keys the pipe's state).
+    pub name: String,
+    /// The component file.
+    pub module: PathBuf,
+    /// Passed to the guest's `init` as JSON text.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Optional WASI capabilities: `"clocks"`, `"random"`.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// `{"type": "window", ...}`: a window. Which fields apply depends on `window`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// The window's name (unique in the pipeline; it keys its saved buffers).
+    pub name: String,
+    /// `count`, `tumbling`, `sliding`, `session` or `signal`.
+    pub window: WindowType,
+    /// count: events per window.
+    pub events: Option<usize>,
+    /// tumbling, sliding: window length in ms.
+    pub size_ms: Option<u64>,
+    /// sliding: distance between window starts in ms.
+    pub slide_ms: Option<u64>,
+    /// session: the gap that closes a session, in ms.
+    pub gap_ms: Option<u64>,
+    /// tumbling, sliding, session: `processing` (default) or `event`.
+    #[serde(default)]
+    pub time: TimeDomain,
+    /// event time: how far the watermark trails the highest timestamp (default 0).
+    pub max_out_of_orderness_ms: Option<u64>,
+    /// event time: how long after its end a window accepts late events (default 0).
+    pub allowed_lateness_ms: Option<u64>,
+    /// event time: after this long without events the watermark follows processing time.
+    pub idle_timeout_ms: Option<u64>,
+    /// `"key"`: one buffer per event key.
+    pub key_by: Option<KeyBy>,
+    /// Most events in one buffer.
+    pub max_events: Option<usize>,
+    /// Most bytes (keys, values, headers) in one buffer.
+    pub max_bytes: Option<usize>,
+    /// `fail` (default) or `release` (release the buffer early).
+    #[serde(default)]
+    pub on_overflow: OverflowConfig,
+    /// event time: `drop` (default, counted) or `dead_letter`.
+    #[serde(default)]
+    pub late: LateConfig,
+    /// signal: what releases the buffers.
+    pub on: Option<SignalOn>,
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowType {
+    /// Every N events.
+    Count,
+    /// Fixed windows.
+    Tumbling,
+    /// Overlapping windows.
+    Sliding,
+    /// Bursts separated by a gap.
+    Session,
+    /// Released by triggers.
+    Signal,
+}
+
+/// Which time a time window uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeDomain {
+    /// The host's clock.
+    #[default]
+    Processing,
+    /// The events' timestamps.
+    Event,
+}
+
+/// What a keyed window keys by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyBy {
+    /// The event's key.
+    Key,
+}
+
+/// `on_overflow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowConfig {
+    /// Fail the pipeline.
+    #[default]
+    Fail,
+    /// Release early.
+    Release,
+}
+
+/// `late`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateConfig {
+    /// Drop and count.
+    #[default]
+    Drop,
+    /// Send to `dead_letter`.
+    DeadLetter,
+}
+
+/// `on`: the triggers of a signal window.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalOn {
+    /// `"SIGUSR1"`: the only signal a window listens to.
+    pub unix_signal: Option<String>,
+    /// A control event carrying this header releases the buffers.
+    pub header: Option<String>,
+    /// A control event with this key releases the buffers.
+    pub key: Option<String>,
+}
+
+impl WindowConfig {
+    /// The window these settings describe.
+    ///
+    /// # Errors
+    ///
+    /// A field is missing for this kind of window, set where it does not
+    /// apply, or has a value that cannot work; the error names the field.
+    pub fn to_window(&self) -> Result<Window, WindowSpecError> {
+        let error = |field: &'static str, message: String| WindowSpecError { field, message };
+        let kind = self.window;
+        let needs = |field: &'static str, value: Option<u64>| {
+            value.ok_or_else(|| {
+                error(
+                    field,
+                    format!("a {kind:?} window needs `{field}`").to_lowercase(),
+                )
+            })
+        };
+        let only = |field: &'static str, set: bool, applies: bool, to: &str| {
+            if set && !applies {
+                Err(error(field, format!("`{field}` applies to {to} only")))
+            } else {
+                Ok(())
+            }
+        };
+        let time_window = matches!(
+            kind,
+            WindowType::Tumbling | WindowType::Sliding | WindowType::Session
+        );
+        only(
+            "events",
+            self.events.is_some(),
+            kind == WindowType::Count,
+            "count windows",
+        )?;
+        only(
+            "size_ms",
+            self.size_ms.is_some(),
+            matches!(kind, WindowType::Tumbling | WindowType::Sliding),
+            "tumbling and sliding windows",
+        )?;
+        only(
+            "slide_ms",
+            self.slide_ms.is_some(),
+            kind == WindowType::Sliding,
+            "sliding windows",
+        )?;
+        only(
+            "gap_ms",
+            self.gap_ms.is_some(),
+            kind == WindowType::Session,
+            "session windows",
+        )?;
+        only(
+            "on",
+            self.on.is_some(),
+            kind == WindowType::Signal,
+            "signal windows",
+        )?;
+        only(
+            "time",
+            self.time == TimeDomain::Event,
+            time_window,
+            "tumbling, sliding and session windows",
+        )?;
+        let event_time = self.time == TimeDomain::Event;
+        let event_only = "windows with \"time\": \"event\"";
+        only(
+            "max_out_of_orderness_ms",
+            self.max_out_of_orderness_ms.is_some(),
+            event_time,
+            event_only,
+        )?;
+        only(
+            "allowed_lateness_ms",
+            self.allowed_lateness_ms.is_some(),
+            event_time,
+            event_only,
+        )?;
+        only(
+            "idle_timeout_ms",
+            self.idle_timeout_ms.is_some(),
+            event_time,
+            event_only,
+        )?;
+        only(
+            "late",
+            self.late != LateConfig::Drop,
+            event_time,
+            event_only,
+        )?;
+        if self.idle_timeout_ms == Some(0) {
+            return Err(error(
+                "idle_timeout_ms",
+                "expected a positive timeout in ms".to_owned(),
+            ));
+        }
+        let name = self.name.clone();
+        let mut window = match kind {
+            WindowType::Count => Window::count(
+                name,
+                usize::try_from(needs("events", self.events.map(|e| e as u64))?)
+                    .unwrap_or(usize::MAX),
+            ),
+            WindowType::Tumbling => {
+                Window::tumbling(name, Duration::from_millis(needs("size_ms", self.size_ms)?))
+            }
+            WindowType::Sliding => Window::sliding(
+                name,
+                Duration::from_millis(needs("size_ms", self.size_ms)?),
+                Duration::from_millis(needs("slide_ms", self.slide_ms)?),
+            ),
+            WindowType::Session => {
+                Window::session(name, Duration::from_millis(needs("gap_ms", self.gap_ms)?))
+            }
+            WindowType::Signal => {
+                let on = self.on.clone().unwrap_or_default();
+                let mut window = Window::signal(name);
+                match on.unix_signal.as_deref() {
+                    None => {}
+                    Some("SIGUSR1") => window = window.on_unix_signal(),
+                    Some(other) => {
+                        return Err(error(
+                            "on",
+                            format!("unix_signal `{other}` is not supported; expected \"SIGUSR1\""),
+                        ))
+                    }
+                }
+                if let Some(header) = on.header {
+                    window = window.on_header(header);
+                }
+                if let Some(key) = on.key {
+                    window = window.on_key(key.into_bytes());
+                }
+                if !matches!(&window.kind, WindowKind::Signal { triggers } if triggers.unix_signal || triggers.header.is_some() || triggers.key.is_some())
+                {
+                    return Err(error(
+                        "on",
+                        "a signal window needs a trigger: `unix_signal`, `header` or `key`"
+                            .to_owned(),
+                    ));
+                }
+                window
+            }
+        };
+        if event_time {
+            window = window.event_time(EventTime {
+                max_out_of_orderness_ms: self.max_out_of_orderness_ms.unwrap_or(0),
+                allowed_lateness_ms: self.allowed_lateness_ms.unwrap_or(0),
+                idle_timeout_ms: self.idle_timeout_ms,
+            });
+        }
+        if self.key_by == Some(KeyBy::Key) {
+            window = window.keyed();
+        }
+        if let Some(max) = self.max_events {
+            window = window.max_events(max);
+        }
+        if let Some(max) = self.max_bytes {
+            window = window.max_bytes(max);
+        }
+        window = window.on_overflow(match self.on_overflow {
+            OverflowConfig::Fail => Overflow::Fail,
+            OverflowConfig::Release => Overflow::Release,
+        });
+        window = window.late(match self.late {
+            LateConfig::Drop => LatePolicy::Drop,
+            LateConfig::DeadLetter => LatePolicy::DeadLetter,
+        });
+        window.validate()?;
+        Ok(window)
+    }
 }
 
 fn empty_object() -> serde_json::Value {
@@ -249,24 +577,38 @@ impl PipelineConfig {
         }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {
-            let StepConfig::Wasm { name, module, .. } = step;
+            let name = step.name();
             if name.trim().is_empty() {
                 return Err(invalid(
                     &format!("pipeline[{index}].name"),
-                    "expected a non-empty pipe name".into(),
+                    "expected a non-empty step name".into(),
                 ));
             }
-            if !names.insert(name.as_str()) {
+            if !names.insert(name) {
                 return Err(invalid(
                     &format!("pipeline[{index}].name"),
-                    format!("pipe name `{name}` is used twice; names key each pipe's state and must be unique"),
+                    format!("step name `{name}` is used twice; names key each step's state and must be unique"),
                 ));
             }
-            if module.as_os_str().is_empty() {
-                return Err(invalid(
-                    &format!("pipeline[{index}].module"),
-                    "expected the path of a .wasm component".into(),
-                ));
+            match step {
+                StepConfig::Wasm(pipe) if pipe.module.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        &format!("pipeline[{index}].module"),
+                        "expected the path of a .wasm component".into(),
+                    ));
+                }
+                StepConfig::Wasm(_) => {}
+                StepConfig::Window(window) => {
+                    let spec = window.to_window().map_err(|e| {
+                        invalid(&format!("pipeline[{index}].{}", e.field), e.message)
+                    })?;
+                    if spec.late == LatePolicy::DeadLetter && self.dead_letter.is_none() {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].late"),
+                            "late events go to the dead-letter sink, but the config has no `dead_letter`".into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -287,15 +629,18 @@ impl PipelineConfig {
                 })
             }
         }
-        if let SourceConfig::File { path } = &mut self.from {
+        if let SourceConfig::File { path, .. } = &mut self.from {
             resolve(path);
         }
         for step in &mut self.pipeline {
-            let StepConfig::Wasm { module, .. } = step;
-            resolve(module);
+            if let StepConfig::Wasm(pipe) = step {
+                resolve(&mut pipe.module);
+            }
         }
-        if let SinkConfig::File { path } = &mut self.to {
-            resolve(path);
+        for sink in std::iter::once(&mut self.to).chain(self.dead_letter.as_mut()) {
+            if let SinkConfig::File { path } = sink {
+                resolve(path);
+            }
         }
     }
 
@@ -303,10 +648,7 @@ impl PipelineConfig {
     pub fn module_field(&self, name: &str) -> Option<String> {
         self.pipeline
             .iter()
-            .position(|step| {
-                let StepConfig::Wasm { name: n, .. } = step;
-                n == name
-            })
+            .position(|step| matches!(step, StepConfig::Wasm(pipe) if pipe.name == name))
             .map(|index| format!("pipeline[{index}].module"))
     }
 
@@ -336,26 +678,31 @@ impl PipelineConfig {
             SourceConfig::Array { values } => {
                 builder.from(ArraySource::from_strings(values.clone()))
             }
-            SourceConfig::File { path } => builder.from(FileSource::new(path)),
+            SourceConfig::File { path, format } => {
+                builder.from(FileSource::new(path).format(*format))
+            }
         };
         for step in &self.pipeline {
-            let StepConfig::Wasm {
-                name,
-                module,
-                config,
-                grants,
-            } = step;
-            let mut pipe = WasmPipe::new(name, module).config(config.clone());
-            for grant in grants {
-                pipe = pipe.grant(*grant);
-            }
-            builder = builder.then(pipe);
+            builder = match step {
+                StepConfig::Wasm(pipe) => {
+                    let mut wasm =
+                        WasmPipe::new(&pipe.name, &pipe.module).config(pipe.config.clone());
+                    for grant in &pipe.grants {
+                        wasm = wasm.grant(*grant);
+                    }
+                    builder.then(wasm)
+                }
+                // `check` has validated every window when the config was read.
+                StepConfig::Window(window) => match window.to_window() {
+                    Ok(window) => builder.then(window),
+                    Err(_) => builder,
+                },
+            };
         }
-        match &self.to {
-            SinkConfig::Stdout {} => builder.to(StdoutSink::new()),
-            SinkConfig::File { path } => builder.to(FileSink::new(path)),
-            SinkConfig::Discard {} => builder.to(DiscardSink::new()),
+        if let Some(sink) = &self.dead_letter {
+            builder = sink.attach_dead_letter(builder);
         }
+        self.to.attach(builder)
     }
 }
 
@@ -387,13 +734,144 @@ mod tests {
         assert!(
             matches!(&config.state, Some(StateConfig::Sled { path }) if path == Path::new("/base/p.state"))
         );
-        let StepConfig::Wasm {
-            module,
-            config: pipe_config,
-            ..
-        } = &config.pipeline[0];
-        assert_eq!(module, Path::new("/base/u.wasm"));
-        assert_eq!(pipe_config, &serde_json::json!({}));
+        let StepConfig::Wasm(pipe) = &config.pipeline[0] else {
+            panic!("a wasm step")
+        };
+        assert_eq!(pipe.module, Path::new("/base/u.wasm"));
+        assert_eq!(pipe.config, serde_json::json!({}));
+    }
+
+    fn with_step(step: &str) -> Result<PipelineConfig, ConfigError> {
+        parse(&format!(
+            r#"{{"name":"p","from":{{"type":"array","values":[]}},"pipeline":[{{"type":"wasm","name":"u","module":"u.wasm"}},{step}],"to":{{"type":"stdout"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn every_window_type_reads_from_config() {
+        let cases = [
+            (
+                r#"{"type":"window","name":"w","window":"count","events":3,"key_by":"key"}"#,
+                WindowKind::Count { events: 3 },
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"tumbling","size_ms":10000}"#,
+                WindowKind::Tumbling {
+                    size_ms: 10_000,
+                    time: crate::window::TimeMode::Processing,
+                },
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"sliding","size_ms":10000,"slide_ms":5000,"time":"event","max_out_of_orderness_ms":2000,"allowed_lateness_ms":1000,"idle_timeout_ms":3000}"#,
+                WindowKind::Sliding {
+                    size_ms: 10_000,
+                    slide_ms: 5_000,
+                    time: crate::window::TimeMode::Event(EventTime {
+                        max_out_of_orderness_ms: 2_000,
+                        allowed_lateness_ms: 1_000,
+                        idle_timeout_ms: Some(3_000),
+                    }),
+                },
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"session","gap_ms":500}"#,
+                WindowKind::Session {
+                    gap_ms: 500,
+                    time: crate::window::TimeMode::Processing,
+                },
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"signal","on":{"header":"flush","unix_signal":"SIGUSR1"}}"#,
+                WindowKind::Signal {
+                    triggers: crate::window::SignalTriggers {
+                        unix_signal: true,
+                        header: Some("flush".into()),
+                        key: None,
+                    },
+                },
+            ),
+        ];
+        for (step, kind) in cases {
+            let config = with_step(step).unwrap_or_else(|e| panic!("{step}: {e}"));
+            let StepConfig::Window(window) = &config.pipeline[1] else {
+                panic!("a window step")
+            };
+            assert_eq!(window.to_window().unwrap().kind, kind, "{step}");
+        }
+    }
+
+    #[test]
+    fn bad_windows_are_refused_with_the_json_path() {
+        let cases = [
+            (
+                r#"{"type":"window","name":"w","window":"count","events":0}"#,
+                "pipeline[1].events",
+                "at least 1",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"count"}"#,
+                "pipeline[1].events",
+                "needs `events`",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"sliding","size_ms":1000,"slide_ms":2000}"#,
+                "pipeline[1].slide_ms",
+                "larger than the size",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"tumbling","size_ms":1000,"gap_ms":5}"#,
+                "pipeline[1].gap_ms",
+                "session windows only",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"tumbling","size_ms":1000,"allowed_lateness_ms":5}"#,
+                "pipeline[1].allowed_lateness_ms",
+                "\"time\": \"event\"",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"signal"}"#,
+                "pipeline[1].on",
+                "needs a trigger",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"signal","on":{"unix_signal":"SIGHUP"}}"#,
+                "pipeline[1].on",
+                "SIGUSR1",
+            ),
+            (
+                r#"{"type":"window","name":"w","window":"tumbling","size_ms":10,"time":"event","late":"dead_letter"}"#,
+                "pipeline[1].late",
+                "no `dead_letter`",
+            ),
+            (
+                r#"{"type":"window","name":"u","window":"count","events":1}"#,
+                "pipeline[1].name",
+                "used twice",
+            ),
+        ];
+        for (step, path, message) in cases {
+            match with_step(step) {
+                Err(ConfigError::Invalid {
+                    path: p,
+                    message: m,
+                    ..
+                }) => {
+                    assert_eq!(p, path, "{step}: {m}");
+                    assert!(m.contains(message), "{step}: {m}");
+                }
+                other => panic!("{step}: expected an error, got {other:?}"),
+            }
+        }
+        let typo =
+            with_step(r#"{"type":"window","name":"w","window":"count","events":1,"size":3}"#)
+                .unwrap_err();
+        assert!(typo.to_string().contains("unknown field `size`"), "{typo}");
+        let pipe_typo =
+            with_step(r#"{"type":"wasm","name":"v","module":"v.wasm","grant":[]}"#).unwrap_err();
+        assert!(
+            pipe_typo.to_string().contains("unknown field `grant`"),
+            "{pipe_typo}"
+        );
     }
 
     #[test]

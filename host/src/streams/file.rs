@@ -10,10 +10,46 @@ use super::{push_line, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
-/// Reads a file line by line; each line (without its newline) is an event's
-/// value. The position is the byte offset after the last line handed out.
+/// How a file source reads a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// The line (without its newline) is the event's value.
+    #[default]
+    Lines,
+    /// The line is a JSON object: `{"value": "..."}` with optional `key`
+    /// (string), `timestamp` (ms since the Unix epoch) and `headers` (an
+    /// object of strings).
+    Json,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    value: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    timestamp: Option<u64>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_json_line(line: &[u8]) -> Result<Event, serde_json::Error> {
+    let parsed: JsonLine = serde_json::from_slice(line)?;
+    Ok(Event {
+        key: parsed.key.map(String::into_bytes),
+        value: parsed.value.into_bytes(),
+        timestamp: parsed.timestamp,
+        headers: parsed.headers.into_iter().collect(),
+    })
+}
+
+/// Reads a file line by line, one event per line ([`LineFormat`]). The
+/// position is the byte offset after the last line handed out.
 pub struct FileSource {
     path: PathBuf,
+    format: LineFormat,
     reader: Option<BufReader<File>>,
     offset: u64,
     line: Vec<u8>,
@@ -24,10 +60,18 @@ impl FileSource {
     pub fn new(path: impl AsRef<Path>) -> Self {
         FileSource {
             path: path.as_ref().to_path_buf(),
+            format: LineFormat::Lines,
             reader: None,
             offset: 0,
             line: Vec::new(),
         }
+    }
+
+    /// Reads lines in `format`.
+    #[must_use]
+    pub fn format(mut self, format: LineFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn io(&self, action: &'static str, source: std::io::Error) -> StreamError {
@@ -85,6 +129,7 @@ impl Source for FileSource {
     ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
         self.open().await?;
         let stream = self.describe();
+        let format = self.format;
         let FileSource {
             reader: Some(reader),
             line,
@@ -108,12 +153,28 @@ impl Source for FileSource {
             if read == 0 {
                 break;
             }
+            let line_start = *offset;
             *offset += read as u64;
             let mut value = line.as_slice();
             if let Some(rest) = value.strip_suffix(b"\n") {
                 value = rest.strip_suffix(b"\r").unwrap_or(rest);
             }
-            events.push(Event::new(value.to_vec()));
+            match format {
+                LineFormat::Lines => events.push(Event::new(value.to_vec())),
+                LineFormat::Json if value.iter().all(u8::is_ascii_whitespace) => {}
+                LineFormat::Json => match parse_json_line(value) {
+                    Ok(event) => events.push(event),
+                    Err(error) => {
+                        // Keep the position at the bad line: a restart fails on it again.
+                        *offset = line_start;
+                        return Err(StreamError::Parse {
+                            stream: stream.clone(),
+                            offset: line_start,
+                            message: error.to_string(),
+                        });
+                    }
+                },
+            }
         }
         if events.is_empty() {
             return Ok(None);

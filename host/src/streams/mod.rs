@@ -19,7 +19,7 @@ pub use array::ArraySource;
 pub use channel::{
     batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
 };
-pub use file::{FileSink, FileSource};
+pub use file::{FileSink, FileSource, LineFormat};
 pub use stdout::{DiscardSink, StdoutSink};
 
 /// Why a stream failed.
@@ -45,6 +45,16 @@ pub enum StreamError {
         position: Position,
         /// Why not.
         reason: String,
+    },
+    /// A line could not be read as an event.
+    #[error("{stream}: the line at byte {offset} is not a JSON event: {message}")]
+    Parse {
+        /// The stream.
+        stream: String,
+        /// Where the line starts.
+        offset: u64,
+        /// What is wrong.
+        message: String,
     },
     /// The receiving end of a channel sink is gone.
     #[error("{stream}: the receiver was dropped")]

@@ -408,6 +408,31 @@ impl Buffer {
     }
 }
 
+/// A window due for release.
+struct Release {
+    end: u64,
+    start: u64,
+    key: Option<Vec<u8>>,
+    events: Vec<Event>,
+}
+
+fn emit(key: Option<Vec<u8>>, start: u64, end: u64, events: Vec<Event>, out: &mut Vec<Batch>) {
+    out.push(Batch {
+        events,
+        window: Some(WindowInfo { start, end, key }),
+    });
+}
+
+/// Releases windows in a fixed order: by end, then start, then key.
+fn emit_in_order(mut due: Vec<Release>, out: &mut Vec<Batch>) {
+    due.sort_by(|a, b| (a.end, a.start, &a.key).cmp(&(b.end, b.start, &b.key)));
+    for release in due {
+        if !release.events.is_empty() {
+            emit(release.key, release.start, release.end, release.events, out);
+        }
+    }
+}
+
 /// What a checkpoint saves of a window.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Snapshot {
@@ -540,20 +565,6 @@ impl WindowStep {
         }
     }
 
-    fn emit(
-        &self,
-        key: Option<Vec<u8>>,
-        start: u64,
-        end: u64,
-        events: Vec<Event>,
-        out: &mut Vec<Batch>,
-    ) {
-        out.push(Batch {
-            events,
-            window: Some(WindowInfo { start, end, key }),
-        });
-    }
-
     /// Adds `event` to the buffer `index` of `key`, enforcing the bounds.
     fn push(
         &mut self,
@@ -596,7 +607,7 @@ impl WindowStep {
                     let events = std::mem::take(&mut buffer.events);
                     buffer.bytes = 0;
                     let (start, end) = (buffer.start, buffer.end);
-                    self.emit(key.clone(), start, end, events, out);
+                    emit(key.clone(), start, end, events, out);
                 }
             }
         }
@@ -701,7 +712,7 @@ impl WindowStep {
                     buffer.end = buffer.end.max(time.saturating_add(1));
                     if buffer.events.len() >= events {
                         let buffer = self.remove(&key, index);
-                        self.emit(key, buffer.start, buffer.end, buffer.events, out);
+                        emit(key, buffer.start, buffer.end, buffer.events, out);
                     }
                 }
             }
@@ -797,7 +808,7 @@ impl WindowStep {
         };
         if buffer.fired {
             let (start, end, events) = (buffer.start, buffer.end, buffer.events.clone());
-            self.emit(key.clone(), start, end, events, out);
+            emit(key.clone(), start, end, events, out);
         }
     }
 
@@ -835,7 +846,7 @@ impl WindowStep {
 
     fn fire_until(&mut self, horizon: u64, out: &mut Vec<Batch>) {
         let lateness = self.event_time.map_or(0, |s| s.allowed_lateness_ms);
-        let mut due: Vec<(u64, u64, Option<Vec<u8>>, Vec<Event>)> = Vec::new();
+        let mut due: Vec<Release> = Vec::new();
         let mut emptied = Vec::new();
         for (key, list) in &mut self.open {
             list.retain_mut(|buffer| {
@@ -849,7 +860,12 @@ impl WindowStep {
                     } else {
                         std::mem::take(&mut buffer.events)
                     };
-                    due.push((buffer.end, buffer.start, key.clone(), events));
+                    due.push(Release {
+                        end: buffer.end,
+                        start: buffer.start,
+                        key: key.clone(),
+                        events,
+                    });
                     buffer.fired = true;
                 }
                 keep
@@ -864,12 +880,7 @@ impl WindowStep {
         if !due.is_empty() {
             self.changed = true;
         }
-        due.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-        for (end, start, key, events) in due {
-            if !events.is_empty() {
-                self.emit(key, start, end, events, out);
-            }
-        }
+        emit_in_order(due, out);
     }
 
     /// Releases every open buffer (signal trigger; end of a finite source).
@@ -886,14 +897,16 @@ impl WindowStep {
                     WindowKind::Signal { .. } => now.max(buffer.start),
                     _ => buffer.end,
                 };
-                due.push((end, buffer.start, key.clone(), buffer.events));
+                due.push(Release {
+                    end,
+                    start: buffer.start,
+                    key: key.clone(),
+                    events: buffer.events,
+                });
             }
         }
-        due.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
         self.changed = true;
-        for (end, start, key, events) in due {
-            self.emit(key, start, end, events, out);
-        }
+        emit_in_order(due, out);
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -927,15 +940,15 @@ impl Step for WindowStep {
             }
             self.add(event, now, out).await?;
         }
-        if self.event_time.is_none() {
-            if matches!(
+        if self.event_time.is_none()
+            && matches!(
                 self.spec.kind,
                 WindowKind::Tumbling { .. }
                     | WindowKind::Sliding { .. }
                     | WindowKind::Session { .. }
-            ) {
-                self.fire_due(out);
-            }
+            )
+        {
+            self.fire_due(out);
         }
         Ok(())
     }
