@@ -34,6 +34,13 @@ pub struct CheckpointRecord {
     pub position: Position,
     /// Wall-clock time of the commit, ms since the Unix epoch.
     pub committed_at_ms: u64,
+    /// The sink's committed position (bytes of a file sink), when it has one.
+    #[serde(default)]
+    pub sink_position: Option<u64>,
+    /// The fencing token of the process that committed it (see
+    /// [`crate::state::StateBackend::claim`]).
+    #[serde(default)]
+    pub fence: u64,
 }
 
 impl CheckpointRecord {
@@ -48,6 +55,8 @@ impl CheckpointRecord {
             epoch,
             position,
             committed_at_ms,
+            sink_position: None,
+            fence: 0,
         }
     }
 
@@ -65,6 +74,26 @@ impl CheckpointRecord {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
+}
+
+/// What a pipeline promises about the effect of each event on state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The source position is committed before a batch is processed: after a
+    /// crash events may be missing, none is applied twice. State writes go
+    /// straight to the backend.
+    AtMostOnce,
+    /// State writes go straight to the backend; positions are committed at
+    /// checkpoints. After a crash, events since the last checkpoint are
+    /// replayed: nothing is lost, effects may repeat.
+    AtLeastOnce,
+    /// State writes are held in a write set and committed with the source
+    /// position in one atomic operation at each checkpoint. After a crash,
+    /// the last checkpoint is restored and replayed: every event's effect on
+    /// state happens once.
+    #[default]
+    ExactlyOnce,
 }
 
 /// When checkpoints are taken. Strategies combine: a checkpoint is taken

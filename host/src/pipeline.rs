@@ -33,10 +33,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Position};
+use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
 use crate::runtime::{LoadError, Runtime};
-use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteSet};
+use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteMode, WriteSet};
 use crate::step::{NativeStep, Step, StepError, WasmPipe, WasmStep};
 use crate::streams::{Sink, Source, StreamError};
 use crate::window::{Window, WindowStep};
@@ -177,6 +177,7 @@ impl Pipeline {
             name: name.into(),
             state: None,
             checkpoint: CheckpointPolicy::every(Duration::from_secs(1)),
+            delivery: Delivery::ExactlyOnce,
             source: None,
             steps: Vec::new(),
             sink: None,
@@ -194,6 +195,7 @@ pub struct PipelineBuilder {
     name: String,
     state: Option<SharedState>,
     checkpoint: CheckpointPolicy,
+    delivery: Delivery,
     source: Option<Box<dyn Source>>,
     steps: Vec<StepSpec>,
     sink: Option<Box<dyn Sink>>,
@@ -216,6 +218,13 @@ impl PipelineBuilder {
     #[must_use]
     pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
         self.checkpoint = policy;
+        self
+    }
+
+    /// The delivery guarantee (default: exactly-once effect on state).
+    #[must_use]
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
         self
     }
 
@@ -304,12 +313,17 @@ impl PipelineBuilder {
             }
             None => (None, None),
         };
+        let mode = match self.delivery {
+            Delivery::ExactlyOnce => WriteMode::Checkpointed,
+            Delivery::AtLeastOnce | Delivery::AtMostOnce => WriteMode::WriteThrough,
+        };
         let steps = instantiate_steps(
             &name,
             self.steps,
             self.runtime,
             &state,
             dead_letters.as_ref(),
+            mode,
         )
         .await?;
 
@@ -435,6 +449,7 @@ async fn instantiate_steps(
     runtime: Option<Runtime>,
     state: &SharedState,
     dead_letters: Option<&DeadLetters>,
+    mode: WriteMode,
 ) -> Result<Vec<Box<dyn Step>>, PipelineError> {
     let mut runtime = runtime;
     let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
@@ -471,6 +486,7 @@ async fn instantiate_steps(
                         &pipe.name,
                         state.clone(),
                         Namespace::for_pipe(pipeline, &pipe.name),
+                        mode,
                         &pipe.config.to_string(),
                     )
                     .await

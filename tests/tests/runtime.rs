@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use plumber::runtime::{Grant, LoadError, Runtime};
-use plumber::state::{MemoryState, Namespace, SharedState};
+use plumber::state::{MemoryState, Namespace, SharedState, WriteMode};
 use plumber::Batch;
 use plumber::Event;
 use plumber_tests::guest;
@@ -33,6 +33,7 @@ async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
             "upper",
             state,
             Namespace::for_pipe("p", "upper"),
+            WriteMode::Checkpointed,
             "{}",
         )
         .await
@@ -85,6 +86,7 @@ async fn init_rejects_a_bad_pipe_config_with_the_guests_message() {
             "count",
             state,
             Namespace::for_pipe("p", "count"),
+            WriteMode::Checkpointed,
             r#"{"sep": 1}"#,
         )
         .await

@@ -64,13 +64,11 @@ impl state::Host for HostCtx {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitStateError> {
-        self.state.set(&key, value);
-        Ok(())
+        self.state.set(&key, value).await.map_err(to_wit)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), WitStateError> {
-        self.state.delete(&key);
-        Ok(())
+        self.state.delete(&key).await.map_err(to_wit)
     }
 
     async fn add(&mut self, key: String, delta: i64) -> Result<i64, WitStateError> {

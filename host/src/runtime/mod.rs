@@ -19,7 +19,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{ResourceTable, WasiCtxBuilder};
 
-use crate::state::{Namespace, PipeState, SharedState};
+use crate::state::{Namespace, PipeState, SharedState, WriteMode};
 pub use cache::ComponentCache;
 pub use host::HostCtx;
 
@@ -336,6 +336,7 @@ impl PipeComponent {
         name: &str,
         state: SharedState,
         namespace: Namespace,
+        mode: WriteMode,
         config_json: &str,
     ) -> Result<PipeInstance, LoadError> {
         // Environment, args, preopens: none. Stdio: empty stdin, discarded
@@ -344,7 +345,7 @@ impl PipeComponent {
         let wasi = WasiCtxBuilder::new().build();
         let ctx = HostCtx::new(
             name,
-            PipeState::new(state, namespace),
+            PipeState::new(state, namespace, mode),
             wasi,
             ResourceTable::new(),
         );

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{StateBackend, StateError, WriteSet};
+use super::{checked_sum, parse_integer, StateBackend, StateError, WriteSet};
 use crate::checkpoint::CheckpointRecord;
 
 /// State kept in the process's memory.
@@ -44,6 +44,34 @@ impl StateBackend for MemoryState {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.lock().entries.get(key).cloned())
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.lock().entries.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<(), StateError> {
+        self.lock().entries.remove(key);
+        Ok(())
+    }
+
+    async fn add(&self, key: &[u8], delta: i64) -> Result<i64, StateError> {
+        let mut inner = self.lock();
+        let current = match inner.entries.get(key) {
+            Some(bytes) => parse_integer(key, bytes)?,
+            None => 0,
+        };
+        let next = checked_sum(key, current, delta)?;
+        inner
+            .entries
+            .insert(key.to_vec(), next.to_string().into_bytes());
+        Ok(next)
+    }
+
+    async fn claim(&self, _pipeline: &str) -> Result<u64, StateError> {
+        // One process owns a memory state: nothing to fence.
+        Ok(0)
     }
 
     async fn commit(

@@ -35,6 +35,27 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// Another process claimed the pipeline after this one: this process's
+    /// commits are refused so it cannot overwrite newer checkpoints.
+    #[error("pipeline `{pipeline}` was claimed by a newer process (fence {newer} > ours {ours}); stopping")]
+    Fenced {
+        /// The pipeline.
+        pipeline: String,
+        /// Our token.
+        ours: u64,
+        /// The token in force.
+        newer: u64,
+    },
+    /// The backend could not be reached in time.
+    #[error("{backend} state at {address}: {message}")]
+    Unavailable {
+        /// "redis", ...
+        backend: &'static str,
+        /// Where it was.
+        address: String,
+        /// What happened.
+        message: String,
+    },
     /// A stored checkpoint record could not be read.
     #[error("checkpoint record of pipeline `{pipeline}` is corrupt: {message}")]
     CorruptCheckpoint {
@@ -65,6 +86,39 @@ pub trait StateBackend: Send + Sync + 'static {
     /// The backend failed.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
 
+    /// Writes a full key now, outside any checkpoint (at-least-once and
+    /// at-most-once pipelines write through).
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
+
+    /// Deletes a full key now.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    async fn delete(&self, key: &[u8]) -> Result<(), StateError>;
+
+    /// Atomically adds `delta` to the decimal integer at a full key (absent
+    /// is 0) and returns the new value.
+    ///
+    /// # Errors
+    ///
+    /// The value is not an integer, or the backend failed.
+    async fn add(&self, key: &[u8], delta: i64) -> Result<i64, StateError>;
+
+    /// Claims `pipeline` for this process and returns its fencing token,
+    /// higher than any earlier claim's. Commits carry the token
+    /// ([`CheckpointRecord::fence`]); a backend shared between processes
+    /// refuses a commit whose token is older than the last claim.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    async fn claim(&self, pipeline: &str) -> Result<u64, StateError>;
+
     /// Applies every write set and stores `record` as the pipeline's last
     /// checkpoint, in one atomic operation: after a crash either all of it is
     /// there or none of it.
@@ -93,6 +147,37 @@ pub trait StateBackend: Send + Sync + 'static {
     ///
     /// The backend failed.
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+}
+
+/// Reads a stored integer (decimal ASCII, the encoding of `add`).
+///
+/// # Errors
+///
+/// The bytes are not a decimal integer.
+pub fn parse_integer(key: &[u8], bytes: &[u8]) -> Result<i64, StateError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| {
+            StateError::Invalid(format!(
+                "value at `{}` is not an integer",
+                String::from_utf8_lossy(key)
+            ))
+        })
+}
+
+/// `current + delta`, or an error naming the key on overflow.
+///
+/// # Errors
+///
+/// The sum overflows an `i64`.
+pub fn checked_sum(key: &[u8], current: i64, delta: i64) -> Result<i64, StateError> {
+    current.checked_add(delta).ok_or_else(|| {
+        StateError::Invalid(format!(
+            "adding {delta} to `{}` overflows",
+            String::from_utf8_lossy(key)
+        ))
+    })
 }
 
 /// A shared state backend.
@@ -137,21 +222,33 @@ impl Namespace {
     }
 }
 
+/// How a pipe's writes reach the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Into a write set that the next checkpoint commits atomically with the
+    /// source position (exactly-once effect on state).
+    Checkpointed,
+    /// Straight to the backend (at-least-once and at-most-once).
+    WriteThrough,
+}
+
 /// One pipe's view of state: its namespace, its uncommitted writes, and the
 /// backend behind them. Reads see the pipe's own pending writes first.
 pub struct PipeState {
     backend: SharedState,
     namespace: Namespace,
     writes: WriteSet,
+    mode: WriteMode,
 }
 
 impl PipeState {
     /// A view of `backend` in `namespace` with no pending writes.
-    pub fn new(backend: SharedState, namespace: Namespace) -> Self {
+    pub fn new(backend: SharedState, namespace: Namespace, mode: WriteMode) -> Self {
         PipeState {
             backend,
             namespace,
             writes: WriteSet::new(),
+            mode,
         }
     }
 
@@ -168,14 +265,36 @@ impl PipeState {
         }
     }
 
-    /// Writes a guest key (pending until the next checkpoint).
-    pub fn set(&mut self, key: &str, value: Vec<u8>) {
-        self.writes.insert(self.namespace.key(key), Some(value));
+    /// Writes a guest key.
+    ///
+    /// # Errors
+    ///
+    /// Write-through: the backend failed.
+    pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
+        let full = self.namespace.key(key);
+        match self.mode {
+            WriteMode::Checkpointed => {
+                self.writes.insert(full, Some(value));
+                Ok(())
+            }
+            WriteMode::WriteThrough => self.backend.set(&full, &value).await,
+        }
     }
 
-    /// Deletes a guest key (pending until the next checkpoint).
-    pub fn delete(&mut self, key: &str) {
-        self.writes.insert(self.namespace.key(key), None);
+    /// Deletes a guest key.
+    ///
+    /// # Errors
+    ///
+    /// Write-through: the backend failed.
+    pub async fn delete(&mut self, key: &str) -> Result<(), StateError> {
+        let full = self.namespace.key(key);
+        match self.mode {
+            WriteMode::Checkpointed => {
+                self.writes.insert(full, None);
+                Ok(())
+            }
+            WriteMode::WriteThrough => self.backend.delete(&full).await,
+        }
     }
 
     /// Adds `delta` to the decimal integer at a guest key; absent counts as 0.
@@ -185,22 +304,18 @@ impl PipeState {
     /// The stored value is not an integer, the sum overflows, or the backend failed.
     pub async fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
         let full = self.namespace.key(key);
+        if self.mode == WriteMode::WriteThrough {
+            return self.backend.add(&full, delta).await;
+        }
         let current = match self.writes.get(&full) {
             Some(pending) => pending.clone(),
             None => self.backend.get(&full).await?,
         };
         let current = match current {
             None => 0,
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|text| text.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    StateError::Invalid(format!("value at `{key}` is not an integer"))
-                })?,
+            Some(bytes) => parse_integer(key.as_bytes(), &bytes)?,
         };
-        let next = current
-            .checked_add(delta)
-            .ok_or_else(|| StateError::Invalid(format!("adding {delta} to `{key}` overflows")))?;
+        let next = checked_sum(key.as_bytes(), current, delta)?;
         self.writes
             .insert(full, Some(next.to_string().into_bytes()));
         Ok(next)
@@ -232,18 +347,42 @@ mod tests {
     #[tokio::test]
     async fn reads_see_pending_writes_and_add_counts() {
         let backend: SharedState = Arc::new(MemoryState::new());
-        let mut state = PipeState::new(backend.clone(), Namespace::for_pipe("p", "count"));
+        let mut state = PipeState::new(
+            backend.clone(),
+            Namespace::for_pipe("p", "count"),
+            WriteMode::Checkpointed,
+        );
         assert_eq!(state.add("ada", 1).await.unwrap(), 1);
         assert_eq!(state.add("ada", 2).await.unwrap(), 3);
         assert_eq!(state.get("ada").await.unwrap(), Some(b"3".to_vec()));
-        state.delete("ada");
+        state.delete("ada").await.unwrap();
         assert_eq!(state.get("ada").await.unwrap(), None);
-        state.set("name", b"not a number".to_vec());
+        state.set("name", b"not a number".to_vec()).await.unwrap();
         assert!(matches!(
             state.add("name", 1).await,
             Err(StateError::Invalid(_))
         ));
         // Nothing reached the backend before a commit.
         assert_eq!(backend.scan_prefix(b"").await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn write_through_reaches_the_backend_at_once() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let namespace = Namespace::for_pipe("p", "count");
+        let mut state = PipeState::new(backend.clone(), namespace.clone(), WriteMode::WriteThrough);
+        assert_eq!(state.add("ada", 2).await.unwrap(), 2);
+        state.set("bob", b"x".to_vec()).await.unwrap();
+        assert_eq!(
+            backend.get(&namespace.key("ada")).await.unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(
+            backend.get(&namespace.key("bob")).await.unwrap(),
+            Some(b"x".to_vec())
+        );
+        state.delete("bob").await.unwrap();
+        assert_eq!(backend.get(&namespace.key("bob")).await.unwrap(), None);
+        assert!(state.take_writes().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{StateBackend, StateError, WriteSet};
+use super::{checked_sum, parse_integer, StateBackend, StateError, WriteSet};
 use crate::checkpoint::CheckpointRecord;
 
 const STATE_PREFIX: u8 = b's';
@@ -61,6 +61,45 @@ impl StateBackend for SledState {
             .get(prefixed(STATE_PREFIX, key))
             .map(|value| value.map(|v| v.to_vec()))
             .map_err(|e| self.error(e))
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.db
+            .insert(prefixed(STATE_PREFIX, key), value)
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<(), StateError> {
+        self.db
+            .remove(prefixed(STATE_PREFIX, key))
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    async fn add(&self, key: &[u8], delta: i64) -> Result<i64, StateError> {
+        let full = prefixed(STATE_PREFIX, key);
+        // Compare-and-swap until no one else changed the value in between.
+        loop {
+            let current = self.db.get(&full).map_err(|e| self.error(e))?;
+            let value = match &current {
+                Some(bytes) => parse_integer(key, bytes)?,
+                None => 0,
+            };
+            let next = checked_sum(key, value, delta)?;
+            let swapped = self
+                .db
+                .compare_and_swap(&full, current, Some(next.to_string().into_bytes()))
+                .map_err(|e| self.error(e))?;
+            if swapped.is_ok() {
+                return Ok(next);
+            }
+        }
+    }
+
+    async fn claim(&self, _pipeline: &str) -> Result<u64, StateError> {
+        // sled locks its directory: only one process can have it open.
+        Ok(0)
     }
 
     async fn commit(
