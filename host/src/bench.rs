@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::CheckpointPolicy;
 use crate::checkpoint::Position;
+use crate::checkpoint::{CheckpointPolicy, Delivery};
 use crate::pipeline::Pipeline;
 use crate::runtime::Runtime;
 use crate::state::MemoryState;
@@ -38,6 +38,22 @@ pub struct BenchArgs {
     /// Seed of the generated input.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Which scenarios: `map` (stateless upper-case), `stateful` (word
+    /// count under each delivery guarantee and backend), or `all`.
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// The stateful count pipe's component.
+    #[arg(
+        long,
+        default_value = "examples/guests/target/wasm32-wasip2/release/count.wasm"
+    )]
+    pub count_module: PathBuf,
+    /// A Redis server for the stateful scenarios (e.g. redis://127.0.0.1:6379/); skipped when absent.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Checkpoint interval of the stateful scenarios, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_ms: u64,
 }
 
 /// One measured run.
@@ -66,6 +82,52 @@ const WORDS: &[&str] = &[
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
     "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
 ];
+
+/// One generated word per event, keyed by the word (the stateful scenarios).
+pub struct WordSource {
+    inner: GeneratedSource,
+}
+
+impl WordSource {
+    /// `total` words from `seed`.
+    pub fn new(total: u64, seed: u64) -> Self {
+        WordSource {
+            inner: GeneratedSource::new(total, seed),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for WordSource {
+    fn describe(&self) -> String {
+        format!(
+            "generated words ({} events, seed {})",
+            self.inner.total, self.inner.seed
+        )
+    }
+
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        self.inner.seek(position).await
+    }
+
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        let count = (self.inner.total - self.inner.produced).min(max as u64);
+        if count == 0 {
+            return Ok(None);
+        }
+        let events = (0..count)
+            .map(|_| {
+                self.inner.produced += 1;
+                let word = self.inner.next_word();
+                Event::new(word).with_key(word)
+            })
+            .collect();
+        Ok(Some((events, Position::Offset(self.inner.produced))))
+    }
+}
 
 /// A finite source of deterministic text events: five words each, drawn
 /// from a fixed vocabulary by a linear congruential generator seeded with
@@ -210,12 +272,192 @@ pub async fn measure(
     })
 }
 
+/// The stateful word count through one backend and guarantee.
+///
+/// # Errors
+///
+/// The pipeline failed.
+pub async fn measure_stateful(
+    runtime: &Runtime,
+    module: Option<&PathBuf>,
+    state: crate::state::SharedState,
+    delivery: Delivery,
+    args: &BenchArgs,
+    batch_size: usize,
+) -> Result<(Measurement, Vec<std::time::Duration>), crate::pipeline::PipelineError> {
+    let builder = Pipeline::builder(format!("bench-{delivery:?}"))
+        .state(state)
+        .delivery(delivery)
+        .checkpoint(CheckpointPolicy::every(std::time::Duration::from_millis(
+            args.checkpoint_ms,
+        )))
+        .batch_size(batch_size)
+        .runtime(runtime.clone())
+        .from(WordSource::new(args.events, args.seed))
+        .to(DiscardSink::new());
+    let (kind, builder) = match module {
+        Some(module) => ("wasm", builder.then(WasmPipe::new("count", module))),
+        None => {
+            let mut counts: std::collections::HashMap<Vec<u8>, i64> =
+                std::collections::HashMap::new();
+            (
+                "native",
+                builder.then(NativeStep::map("count", move |event: Event| {
+                    let key = event.key.clone().unwrap_or_default();
+                    let count = counts.entry(key).or_default();
+                    *count += 1;
+                    let mut value = event.value.clone();
+                    value.push(b' ');
+                    value.extend_from_slice(count.to_string().as_bytes());
+                    Event { value, ..event }
+                })),
+            )
+        }
+    };
+    reset_peak_rss();
+    let started = Instant::now();
+    let report = builder.run().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        Measurement {
+            kind,
+            batch_size,
+            events: report.events_out,
+            seconds,
+            peak_rss_kib: peak_rss_kib(),
+        },
+        report.checkpoint_pauses,
+    ))
+}
+
+fn percentile(pauses: &[std::time::Duration], p: f64) -> f64 {
+    if pauses.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = pauses.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+async fn run_stateful(
+    args: &BenchArgs,
+    rt: &Runtime,
+) -> Result<(), crate::pipeline::PipelineError> {
+    println!();
+    println!(
+        "stateful word count: {} one-word events (18-word vocabulary, seed {}), state add per event, \
+         checkpoint every {} ms, batch 1024, discard sink",
+        args.events, args.seed, args.checkpoint_ms
+    );
+    println!(
+        "{:<8} {:<8} {:<14} {:>12} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "step",
+        "backend",
+        "delivery",
+        "events/s",
+        "vs native",
+        "ckpts",
+        "pause p50",
+        "pause p99",
+        "RSS MiB"
+    );
+    let native = measure_stateful(
+        rt,
+        None,
+        std::sync::Arc::new(MemoryState::new()),
+        Delivery::ExactlyOnce,
+        args,
+        1024,
+    )
+    .await?;
+    let native_rate = native.0.rate();
+    let print = |backend: &str,
+                 delivery: Delivery,
+                 (m, pauses): &(Measurement, Vec<std::time::Duration>)| {
+        println!(
+            "{:<8} {:<8} {:<14} {:>12.0} {:>10.2} {:>8} {:>8.2}ms {:>8.2}ms {:>8.1}",
+            m.kind,
+            backend,
+            format!("{delivery:?}"),
+            m.rate(),
+            m.rate() / native_rate,
+            pauses.len(),
+            percentile(pauses, 0.5),
+            percentile(pauses, 0.99),
+            m.peak_rss_kib as f64 / 1024.0
+        );
+    };
+    print("memory", Delivery::ExactlyOnce, &native);
+    for delivery in [
+        Delivery::ExactlyOnce,
+        Delivery::AtLeastOnce,
+        Delivery::AtMostOnce,
+    ] {
+        let memory: crate::state::SharedState = std::sync::Arc::new(MemoryState::new());
+        let m =
+            measure_stateful(rt, Some(&args.count_module), memory, delivery, args, 1024).await?;
+        print("memory", delivery, &m);
+        let dir = std::env::temp_dir().join(format!(
+            "plumber-bench-sled-{}-{delivery:?}",
+            std::process::id()
+        ));
+        let sled = crate::state::SledState::open(&dir).map_err(|source| {
+            crate::pipeline::PipelineError::State {
+                pipeline: "bench".to_owned(),
+                source,
+            }
+        })?;
+        let m = measure_stateful(
+            rt,
+            Some(&args.count_module),
+            std::sync::Arc::new(sled),
+            delivery,
+            args,
+            1024,
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        print("sled", delivery, &m);
+        if let Some(url) = &args.redis {
+            let redis =
+                crate::state::RedisState::connect(url, crate::state::RedisOptions::default())
+                    .await
+                    .map_err(|source| crate::pipeline::PipelineError::State {
+                        pipeline: "bench".to_owned(),
+                        source,
+                    })?;
+            let m = measure_stateful(
+                rt,
+                Some(&args.count_module),
+                std::sync::Arc::new(redis),
+                delivery,
+                args,
+                1024,
+            )
+            .await?;
+            print("redis", delivery, &m);
+        }
+    }
+    Ok(())
+}
+
 /// Runs every scenario of `args` and prints the table.
 ///
 /// # Errors
 ///
 /// A scenario's pipeline failed.
 pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), crate::pipeline::PipelineError> {
+    if args.scenario == "map" || args.scenario == "all" {
+        run_map(&args, &rt).await?;
+    }
+    if args.scenario == "stateful" || args.scenario == "all" {
+        run_stateful(&args, &rt).await?;
+    }
+    Ok(())
+}
+
+async fn run_map(args: &BenchArgs, rt: &Runtime) -> Result<(), crate::pipeline::PipelineError> {
     println!(
         "upper-case map, {} events of 5 words (seed {}), generated source -> step -> discard sink, memory state",
         args.events, args.seed
@@ -225,8 +467,8 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), crate::pipeline::Pi
         "step", "batch", "events/s", "vs native", "peak RSS MiB"
     );
     for &batch_size in &args.batch_sizes {
-        let native = measure(&rt, None, args.events, args.seed, batch_size).await?;
-        let wasm = measure(&rt, Some(&args.module), args.events, args.seed, batch_size).await?;
+        let native = measure(rt, None, args.events, args.seed, batch_size).await?;
+        let wasm = measure(rt, Some(&args.module), args.events, args.seed, batch_size).await?;
         for m in [&native, &wasm] {
             println!(
                 "{:<8} {:>6} {:>14.0} {:>10.2} {:>14.1}",

@@ -105,6 +105,9 @@ pub struct CheckpointPolicy {
     pub interval: Option<Duration>,
     /// Every this many source events.
     pub every_events: Option<u64>,
+    /// Whenever a window releases (so a window's output and the state its
+    /// aggregation wrote are committed together promptly).
+    pub on_window_close: bool,
 }
 
 impl CheckpointPolicy {
@@ -112,13 +115,20 @@ impl CheckpointPolicy {
     pub fn every(interval: Duration) -> Self {
         CheckpointPolicy {
             interval: Some(interval),
-            every_events: None,
+            ..CheckpointPolicy::default()
         }
     }
 
     /// Only the final checkpoint at a clean stop.
     pub fn at_end_only() -> Self {
         CheckpointPolicy::default()
+    }
+
+    /// The same policy, also checkpointing whenever a window releases.
+    #[must_use]
+    pub fn and_on_window_close(mut self) -> Self {
+        self.on_window_close = true;
+        self
     }
 
     /// The same policy, also checkpointing every `events` source events.

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{PipelineConfig, StepConfig};
+use crate::checkpoint::Delivery;
+use crate::config::{PipelineConfig, SinkConfig, StepConfig};
 use crate::pipeline::PipelineError;
 use crate::runtime::Runtime;
 use crate::state::Namespace;
@@ -118,28 +119,34 @@ async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-fn open_state(path: &Path, config: &PipelineConfig) -> Result<crate::state::SharedState, Failure> {
+async fn open_state(
+    path: &Path,
+    config: &PipelineConfig,
+) -> Result<crate::state::SharedState, Failure> {
     config
         .open_state()
+        .await
         .map_err(|error| Failure::input(format!("{}: at `state`: {error}", path.display())))
 }
 
 async fn run(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Result<(), Failure> {
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
     let rt = runtime()?;
-    let state = open_state(path, &config)?;
-    tracing::warn!(
-        pipeline = %config.name,
-        "sinks stdout and file write before the checkpoint commits: after a crash, output since \
-         the last checkpoint is written again (at-least-once output; state is exactly-once)"
-    );
+    let state = open_state(path, &config).await?;
+    log_guarantees(&config);
     let builder = config.builder(state).runtime(rt);
-    let shutdown = builder.shutdown_handle();
+    let handle = builder.handle();
+    let on_ctrl_c = handle.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            shutdown.shutdown();
+            on_ctrl_c.shutdown();
         }
     });
+    if config.checkpoint.on_signal {
+        handle
+            .checkpoint_on_sigusr2()
+            .map_err(|e| Failure::run(format!("cannot listen for SIGUSR2: {e}")))?;
+    }
     match builder.run().await {
         Ok(report) => {
             tracing::info!(
@@ -161,6 +168,35 @@ async fn run(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Res
             )))
         }
         Err(error) => Err(Failure::run(error)),
+    }
+}
+
+/// Says at start what this pipeline promises, sink by sink.
+fn log_guarantees(config: &PipelineConfig) {
+    let pipeline = config.name.as_str();
+    match config.delivery {
+        Delivery::ExactlyOnce => match &config.to {
+            SinkConfig::File { .. } => tracing::info!(
+                pipeline,
+                "exactly-once: state and the file sink's output (truncated to the last checkpoint on recovery)"
+            ),
+            SinkConfig::Stdout {} => tracing::warn!(
+                pipeline,
+                "exactly-once on state, but the stdout sink cannot take output back: after a crash, \
+                 output since the last checkpoint is printed again (at-least-once output)"
+            ),
+            SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
+        },
+        Delivery::AtLeastOnce => tracing::info!(
+            pipeline,
+            "at-least-once: after a crash, events since the last checkpoint are replayed; \
+             their effects on state and output may repeat"
+        ),
+        Delivery::AtMostOnce => tracing::info!(
+            pipeline,
+            "at-most-once: positions are committed before processing; after a crash, events \
+             in flight are skipped"
+        ),
     }
 }
 
@@ -190,7 +226,7 @@ fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Resu
 
 async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
-    let state = open_state(path, &config)?;
+    let state = open_state(path, &config).await?;
     let namespace = Namespace::for_pipe(&config.name, pipe);
     let entries = state
         .scan_prefix(namespace.prefix())

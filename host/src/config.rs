@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::checkpoint::CheckpointPolicy;
+use crate::checkpoint::{CheckpointPolicy, Delivery};
 use crate::pipeline::{Pipeline, PipelineBuilder};
 use crate::runtime::Grant;
-use crate::state::{MemoryState, SharedState, SledState, StateError};
+use crate::state::{MemoryState, RedisOptions, RedisState, SharedState, SledState, StateError};
 use crate::step::WasmPipe;
 use crate::streams::{ArraySource, DiscardSink, FileSink, FileSource, LineFormat, StdoutSink};
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
@@ -67,6 +67,9 @@ pub struct PipelineConfig {
     /// When to checkpoint (default: every 1000 ms, and at the end).
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// `at_most_once`, `at_least_once` or `exactly_once` (default).
+    #[serde(default)]
+    pub delivery: Delivery,
     /// The most events in one batch (default 1024).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -109,13 +112,29 @@ fn default_batch_size() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StateConfig {
-    /// In the process's memory: lost at exit.
+    /// In the process's memory; durable only with `snapshot`: each
+    /// checkpoint then writes the whole map to that file (atomically replaced).
     #[serde(rename = "memory")]
-    Memory {},
+    Memory {
+        /// The snapshot file.
+        #[serde(default)]
+        snapshot: Option<PathBuf>,
+    },
     /// An embedded sled database directory.
     Sled {
         /// The directory.
         path: PathBuf,
+    },
+    /// A Redis server.
+    Redis {
+        /// e.g. `redis://127.0.0.1:6379/`.
+        url: String,
+        /// Put in front of every key (default `plumber:`).
+        #[serde(default)]
+        key_prefix: Option<String>,
+        /// How long to keep retrying a lost connection before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
 }
 
@@ -129,6 +148,12 @@ pub struct CheckpointConfig {
     /// Checkpoint every this many source events.
     #[serde(default)]
     pub every_events: Option<u64>,
+    /// Checkpoint whenever a window releases.
+    #[serde(default)]
+    pub on_window_close: bool,
+    /// Checkpoint when the process receives SIGUSR2 (`plumber run` only).
+    #[serde(default)]
+    pub on_signal: bool,
 }
 
 fn default_interval_ms() -> Option<u64> {
@@ -140,6 +165,8 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             interval_ms: default_interval_ms(),
             every_events: None,
+            on_window_close: false,
+            on_signal: false,
         }
     }
 }
@@ -622,7 +649,12 @@ impl PipelineConfig {
         };
         match &mut self.state {
             Some(StateConfig::Sled { path }) => resolve(path),
-            Some(StateConfig::Memory {}) => {}
+            Some(StateConfig::Redis { .. }) => {}
+            Some(StateConfig::Memory { snapshot }) => {
+                if let Some(path) = snapshot {
+                    resolve(path);
+                }
+            }
             None => {
                 self.state = Some(StateConfig::Sled {
                     path: base.join(format!("{}.state", self.name)),
@@ -657,10 +689,27 @@ impl PipelineConfig {
     /// # Errors
     ///
     /// The backend cannot be opened.
-    pub fn open_state(&self) -> Result<SharedState, StateError> {
+    pub async fn open_state(&self) -> Result<SharedState, StateError> {
         Ok(match &self.state {
             Some(StateConfig::Sled { path }) => Arc::new(SledState::open(path)?),
-            Some(StateConfig::Memory {}) | None => Arc::new(MemoryState::new()),
+            Some(StateConfig::Redis {
+                url,
+                key_prefix,
+                reconnect_timeout_ms,
+            }) => {
+                let mut options = RedisOptions::default();
+                if let Some(prefix) = key_prefix {
+                    options.key_prefix = prefix.clone();
+                }
+                if let Some(ms) = reconnect_timeout_ms {
+                    options.reconnect_timeout = Duration::from_millis(*ms);
+                }
+                Arc::new(RedisState::connect(url, options).await?)
+            }
+            Some(StateConfig::Memory {
+                snapshot: Some(path),
+            }) => Arc::new(MemoryState::with_snapshot(path)?),
+            Some(StateConfig::Memory { snapshot: None }) | None => Arc::new(MemoryState::new()),
         })
     }
 
@@ -669,10 +718,12 @@ impl PipelineConfig {
         let policy = CheckpointPolicy {
             interval: self.checkpoint.interval_ms.map(Duration::from_millis),
             every_events: self.checkpoint.every_events,
+            on_window_close: self.checkpoint.on_window_close,
         };
         let mut builder = Pipeline::builder(&self.name)
             .state(state)
             .checkpoint(policy)
+            .delivery(self.delivery)
             .batch_size(self.batch_size);
         builder = match &self.from {
             SourceConfig::Array { values } => {

@@ -30,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
@@ -39,7 +39,7 @@ use crate::runtime::{LoadError, Runtime};
 use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteMode, WriteSet};
 use crate::step::{NativeStep, Step, StepError, WasmPipe, WasmStep};
 use crate::streams::{Sink, Source, StreamError};
-use crate::window::{Window, WindowStep};
+use crate::window::{Window, WindowOptions, WindowStep};
 use crate::Batch;
 
 /// Why a pipeline could not be built or stopped with an error.
@@ -123,6 +123,9 @@ pub struct RunReport {
     pub last_checkpoint: Option<CheckpointRecord>,
     /// The checkpoint this run resumed from.
     pub resumed_from: Option<CheckpointRecord>,
+    /// How long each checkpoint of this run held the source back (barrier
+    /// sent to commit done).
+    pub checkpoint_pauses: Vec<Duration>,
 }
 
 /// A step to be created when the pipeline starts.
@@ -153,16 +156,51 @@ impl From<NativeStep> for StepSpec {
     }
 }
 
-/// Asks a running pipeline to stop: it takes a final checkpoint and returns.
+/// Controls a running pipeline from elsewhere: a clean stop, or a
+/// checkpoint on demand.
 #[derive(Clone)]
-pub struct ShutdownHandle {
-    sender: Arc<watch::Sender<bool>>,
+pub struct PipelineHandle {
+    shutdown: Arc<watch::Sender<bool>>,
+    checkpoint: Arc<Notify>,
 }
 
-impl ShutdownHandle {
-    /// Requests a clean stop.
+impl PipelineHandle {
+    /// Requests a clean stop: a final checkpoint, then `run` returns.
     pub fn shutdown(&self) {
-        self.sender.send_replace(true);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Requests a checkpoint after the batch in flight.
+    pub fn checkpoint(&self) {
+        self.checkpoint.notify_one();
+    }
+
+    /// Requests a checkpoint whenever the process receives SIGUSR2.
+    ///
+    /// # Errors
+    ///
+    /// The signal handler cannot be installed (or this is not Unix).
+    pub fn checkpoint_on_sigusr2(&self) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut signals = signal(SignalKind::user_defined2())?;
+            let handle = self.clone();
+            tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    tracing::info!("SIGUSR2: checkpoint requested");
+                    handle.checkpoint();
+                }
+            });
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "Unix signals are not available on this platform",
+            ))
+        }
     }
 }
 
@@ -186,6 +224,7 @@ impl Pipeline {
             batch_size: 1024,
             channel_capacity: 8,
             shutdown: (Arc::new(sender), receiver),
+            checkpoint_requests: Arc::new(Notify::new()),
         }
     }
 }
@@ -204,6 +243,7 @@ pub struct PipelineBuilder {
     batch_size: usize,
     channel_capacity: usize,
     shutdown: (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
+    checkpoint_requests: Arc<Notify>,
 }
 
 impl PipelineBuilder {
@@ -279,10 +319,11 @@ impl PipelineBuilder {
         self
     }
 
-    /// A handle that stops the pipeline cleanly from elsewhere.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            sender: self.shutdown.0.clone(),
+    /// A handle that stops the pipeline or asks for a checkpoint from elsewhere.
+    pub fn handle(&self) -> PipelineHandle {
+        PipelineHandle {
+            shutdown: self.shutdown.0.clone(),
+            checkpoint: self.checkpoint_requests.clone(),
         }
     }
 
@@ -324,6 +365,15 @@ impl PipelineBuilder {
             &state,
             dead_letters.as_ref(),
             mode,
+            WindowOptions {
+                // Under at-most-once a window's saved buffer may hold events
+                // already released after it was saved: start empty instead.
+                restore: self.delivery != Delivery::AtMostOnce,
+                checkpoint_on_close: self
+                    .checkpoint
+                    .on_window_close
+                    .then(|| self.checkpoint_requests.clone()),
+            },
         )
         .await?;
 
@@ -331,14 +381,34 @@ impl PipelineBuilder {
             pipeline: name.clone(),
             source,
         };
+        let fence = state.claim(&name).await.map_err(state_error)?;
+        let mut sink = sink;
         let resumed_from = state.last_checkpoint(&name).await.map_err(state_error)?;
+        let stream_error = |source| PipelineError::Stream {
+            pipeline: name.clone(),
+            source,
+        };
         let (epoch, position) = match &resumed_from {
             Some(record) => {
                 tracing::info!(pipeline = %name, epoch = record.epoch, position = ?record.position,
                     "resuming from the last checkpoint");
+                if self.delivery == Delivery::ExactlyOnce {
+                    // Output past the checkpoint belongs to replayed events: drop it.
+                    sink.recover(record.sink_position)
+                        .await
+                        .map_err(stream_error)?;
+                }
                 (record.epoch + 1, record.position.clone())
             }
-            None => (1, Position::Start),
+            None => {
+                // Checkpoint 0 records where the sink starts, so that a crash
+                // before the first real checkpoint can be recovered exactly too.
+                let mut record = CheckpointRecord::new(&name, 0, Position::Start);
+                record.sink_position = sink.position().await.map_err(stream_error)?;
+                record.fence = fence;
+                state.commit(&record, &[]).await.map_err(state_error)?;
+                (1, Position::Start)
+            }
         };
         source
             .seek(&position)
@@ -369,6 +439,10 @@ impl PipelineBuilder {
             checkpoints: 0,
             last_checkpoint: resumed_from.clone(),
             batch_size: self.batch_size,
+            delivery: self.delivery,
+            fence,
+            pauses: Vec::new(),
+            requests: self.checkpoint_requests.clone(),
         };
         let driven = driver.run(source, first_tx, self.shutdown.1).await;
 
@@ -439,6 +513,7 @@ impl PipelineBuilder {
             checkpoints: driver.checkpoints,
             last_checkpoint: driver.last_checkpoint,
             resumed_from,
+            checkpoint_pauses: driver.pauses,
         })
     }
 }
@@ -450,6 +525,7 @@ async fn instantiate_steps(
     state: &SharedState,
     dead_letters: Option<&DeadLetters>,
     mode: WriteMode,
+    window_options: WindowOptions,
 ) -> Result<Vec<Box<dyn Step>>, PipelineError> {
     let mut runtime = runtime;
     let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
@@ -457,12 +533,18 @@ async fn instantiate_steps(
         match spec {
             StepSpec::Ready(step) => steps.push(step),
             StepSpec::Window(window) => {
-                let step = WindowStep::restore(window, pipeline, state, dead_letters.cloned())
-                    .await
-                    .map_err(|source| PipelineError::Step {
-                        pipeline: pipeline.to_owned(),
-                        source,
-                    })?;
+                let step = WindowStep::restore(
+                    window,
+                    pipeline,
+                    state,
+                    dead_letters.cloned(),
+                    &window_options,
+                )
+                .await
+                .map_err(|source| PipelineError::Step {
+                    pipeline: pipeline.to_owned(),
+                    source,
+                })?;
                 steps.push(Box::new(step));
             }
             StepSpec::Wasm(pipe) => {
@@ -511,7 +593,13 @@ enum Message {
 
 struct Barrier {
     writes: Vec<WriteSet>,
-    reply: oneshot::Sender<Vec<WriteSet>>,
+    reply: oneshot::Sender<BarrierReply>,
+}
+
+/// What comes back to the source driver when a barrier reaches the sink.
+struct BarrierReply {
+    writes: Vec<WriteSet>,
+    sink_position: Option<u64>,
 }
 
 async fn run_step(
@@ -635,8 +723,12 @@ async fn run_sink(
                         }
                     }
                 }
+                let sink_position = sink.position().await.map_err(stream_error)?;
                 // The driver may be gone if it failed; its error is reported.
-                let _ = barrier.reply.send(barrier.writes);
+                let _ = barrier.reply.send(BarrierReply {
+                    writes: barrier.writes,
+                    sink_position,
+                });
             }
             Message::End => {}
         }
@@ -656,6 +748,10 @@ struct SourceDriver {
     checkpoints: u64,
     last_checkpoint: Option<CheckpointRecord>,
     batch_size: usize,
+    delivery: Delivery,
+    fence: u64,
+    pauses: Vec<Duration>,
+    requests: Arc<Notify>,
 }
 
 type ReadResult = Result<Option<(Vec<crate::Event>, Position)>, StreamError>;
@@ -709,9 +805,25 @@ impl SourceDriver {
                 _ = tick(&mut ticker) => {
                     self.checkpoint(output, false).await?;
                 }
+                () = self.requests.notified() => {
+                    self.checkpoint(output, false).await?;
+                }
                 read = read_rx.recv() => match read {
                     Some(Ok(Some((events, position)))) => {
                         let count = events.len() as u64;
+                        if self.delivery == Delivery::AtMostOnce {
+                            // Commit the position first: after a crash these
+                            // events are skipped, never applied twice.
+                            let mut record = CheckpointRecord::new(&self.pipeline, self.epoch, position.clone());
+                            record.fence = self.fence;
+                            record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
+                            self.state.commit(&record, &[]).await.map_err(|source| PipelineError::State {
+                                pipeline: self.pipeline.clone(),
+                                source,
+                            })?;
+                            self.epoch += 1;
+                            self.last_checkpoint = Some(record);
+                        }
                         output
                             .send(Message::Data(Batch::new(events)))
                             .await
@@ -759,6 +871,7 @@ impl SourceDriver {
         if self.events_since_checkpoint == 0 && !(last && self.events_in > 0) {
             return Ok(());
         }
+        let started = tokio::time::Instant::now();
         let (reply, replied) = oneshot::channel();
         output
             .send(Message::Barrier(Barrier {
@@ -767,16 +880,19 @@ impl SourceDriver {
             }))
             .await
             .map_err(|_| self.disconnected())?;
-        let writes = replied.await.map_err(|_| self.disconnected())?;
-        let record = CheckpointRecord::new(&self.pipeline, self.epoch, self.position.clone());
+        let reply = replied.await.map_err(|_| self.disconnected())?;
+        let mut record = CheckpointRecord::new(&self.pipeline, self.epoch, self.position.clone());
+        record.sink_position = reply.sink_position;
+        record.fence = self.fence;
         self.state
-            .commit(&record, &writes)
+            .commit(&record, &reply.writes)
             .await
             .map_err(|source| PipelineError::State {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
+        self.pauses.push(started.elapsed());
         self.epoch += 1;
         self.checkpoints += 1;
         self.events_since_checkpoint = 0;

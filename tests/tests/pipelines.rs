@@ -159,7 +159,7 @@ async fn json_config_runs_the_names_example_into_a_file() {
         "to": { "type": "file", "path": out }
     });
     let config = PipelineConfig::parse(&config.to_string(), "inline", dir.path()).expect("config");
-    let state = config.open_state().expect("state");
+    let state = config.open_state().await.expect("state");
     config
         .builder(state.clone())
         .runtime(runtime())
@@ -280,7 +280,7 @@ async fn a_pipeline_stopped_midway_resumes_from_its_checkpoint() {
         let state: SharedState = Arc::new(SledState::open(&state_dir).unwrap());
         let (sink, mut out) = channel_sink(64);
         let builder = counting_pipeline(&input, state).to(sink);
-        let shutdown = builder.shutdown_handle();
+        let shutdown = builder.handle();
         let running = tokio::spawn(builder.run());
         while first.len() < 1000 {
             first.push(out.recv().await.expect("output"));
@@ -398,7 +398,13 @@ async fn a_trapping_guest_fails_the_pipeline_with_its_name() {
     assert!(text.contains("faulty") && text.contains("trap"), "{text}");
     // Nothing of the failed epoch was committed.
     assert!(pipe_state(&*state, "faults", "count").await.is_empty());
-    assert!(state.last_checkpoint("faults").await.unwrap().is_none());
+    // Only checkpoint 0, taken at start before any event.
+    let committed = state
+        .last_checkpoint("faults")
+        .await
+        .unwrap()
+        .expect("checkpoint 0");
+    assert_eq!((committed.epoch, committed.position), (0, Position::Start));
 }
 
 #[tokio::test]
@@ -514,4 +520,107 @@ async fn time_based_checkpoints_commit_while_the_pipeline_runs() {
     drop(sender);
     let report = running.await.unwrap().expect("run");
     assert_eq!(report.events_out, 3);
+}
+
+/// Waits (up to 5 s) until the pipeline's last checkpoint is at `position`.
+async fn committed_at(state: &SharedState, pipeline: &str, position: Position) -> bool {
+    for _ in 0..500 {
+        let committed = state.last_checkpoint(pipeline).await.unwrap();
+        if committed.is_some_and(|c| c.position == position) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn checkpoints_on_demand_by_call_and_by_sigusr2() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let (sender, source) = channel_source(16);
+    let (sink, mut out) = channel_sink(16);
+    let builder = Pipeline::builder("on-demand")
+        .state(state.clone())
+        .runtime(runtime())
+        .checkpoint(CheckpointPolicy::at_end_only())
+        .from(source)
+        .then(WasmPipe::new("count", guest("count")))
+        .to(sink);
+    let handle = builder.handle();
+    handle.checkpoint_on_sigusr2().expect("signal handler");
+    let running = tokio::spawn(builder.run());
+    sender.send(Event::new("ada")).await.unwrap();
+    out.recv().await.expect("output");
+    // Only checkpoint 0 so far: no interval, no count.
+    assert_eq!(
+        state
+            .last_checkpoint("on-demand")
+            .await
+            .unwrap()
+            .map(|c| c.epoch),
+        Some(0)
+    );
+    handle.checkpoint();
+    assert!(
+        committed_at(&state, "on-demand", Position::Offset(1)).await,
+        "the call took no checkpoint"
+    );
+
+    sender.send(Event::new("bob")).await.unwrap();
+    out.recv().await.expect("output");
+    let status = std::process::Command::new("kill")
+        .args(["-USR2", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        committed_at(&state, "on-demand", Position::Offset(2)).await,
+        "SIGUSR2 took no checkpoint"
+    );
+    drop(sender);
+    running.await.unwrap().expect("run");
+}
+
+#[tokio::test]
+async fn a_window_closing_takes_a_checkpoint() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let (sender, source) = channel_source(16);
+    let (sink, mut out) = channel_sink(16);
+    let running = tokio::spawn(
+        Pipeline::builder("on-close")
+            .state(state.clone())
+            .runtime(runtime())
+            .checkpoint(CheckpointPolicy::at_end_only().and_on_window_close())
+            .from(source)
+            .then(plumber::window::Window::count("pairs", 2))
+            .then(WasmPipe::new("count", guest("count")))
+            .to(sink)
+            .run(),
+    );
+    sender.send(Event::new("ada")).await.unwrap();
+    // One event: the window is open, nothing to checkpoint for it yet.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        state
+            .last_checkpoint("on-close")
+            .await
+            .unwrap()
+            .map(|c| c.epoch),
+        Some(0)
+    );
+    sender.send(Event::new("ada")).await.unwrap();
+    out.recv().await.expect("output");
+    assert!(
+        committed_at(&state, "on-close", Position::Offset(2)).await,
+        "the window's release took no checkpoint"
+    );
+    assert_eq!(
+        pipe_state(&*state, "on-close", "count")
+            .await
+            .get("ada")
+            .map(String::as_str),
+        Some("2")
+    );
+    drop(sender);
+    running.await.unwrap().expect("run");
 }

@@ -53,7 +53,7 @@ async fn windowed_word_count_example_counts_each_window_exactly() {
     config["pipeline"][2]["module"] = serde_json::json!(guest("window-count"));
     let config = PipelineConfig::parse(&config.to_string(), "windowed-wordcount.json", &examples)
         .expect("config");
-    let state = config.open_state().unwrap();
+    let state = config.open_state().await.unwrap();
     let report = config
         .builder(state)
         .runtime(Runtime::new(Some(cache_dir())).unwrap())

@@ -1,30 +1,131 @@
-//! The in-memory backend: a map behind a mutex. Not durable; for tests,
-//! library use and pipelines whose state may start empty.
+//! The in-memory backend: a map behind a mutex.
+//!
+//! Without a snapshot file it is not durable (tests, library use, pipelines
+//! whose state may start empty). With one, every checkpoint writes the whole
+//! map and the checkpoint records to `<file>.tmp`, syncs it, keeps the
+//! current snapshot as `<file>.prev` and renames the new one into place. Each
+//! snapshot ends with the SHA-256 of its contents, so a corrupt or
+//! half-written snapshot is detected at start, and the previous one is used
+//! instead (state and positions always come from the same snapshot).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use async_trait::async_trait;
 
 use super::{checked_sum, parse_integer, StateBackend, StateError, WriteSet};
 use crate::checkpoint::CheckpointRecord;
 
-/// State kept in the process's memory.
+/// State kept in the process's memory, optionally snapshotted to a file.
 #[derive(Default)]
 pub struct MemoryState {
     inner: Mutex<Inner>,
+    snapshot: Option<PathBuf>,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Inner {
     entries: BTreeMap<Vec<u8>, Vec<u8>>,
     checkpoints: HashMap<String, CheckpointRecord>,
 }
 
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn snapshot_error(path: &Path, message: impl std::fmt::Display) -> StateError {
+    StateError::Snapshot {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads and verifies one snapshot file.
+fn read_snapshot(path: &Path) -> Result<Inner, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (payload, digest) = bytes
+        .split_at_checked(bytes.len().saturating_sub(32))
+        .filter(|(_, digest)| digest.len() == 32)
+        .ok_or("the file is too short to be a snapshot")?;
+    if Sha256::digest(payload).as_slice() != digest {
+        return Err("its checksum does not match: the file is corrupt or was cut short".to_owned());
+    }
+    postcard::from_bytes(payload).map_err(|e| e.to_string())
+}
+
 impl MemoryState {
-    /// An empty state.
+    /// An empty state that is not saved anywhere.
     pub fn new() -> Self {
         MemoryState::default()
+    }
+
+    /// A state saved to `path` at every checkpoint, loaded from it (or from
+    /// the previous snapshot, when the last one is corrupt) if it exists.
+    ///
+    /// # Errors
+    ///
+    /// Snapshots exist but none of them can be read.
+    pub fn with_snapshot(path: impl AsRef<Path>) -> Result<Self, StateError> {
+        let path = path.as_ref().to_path_buf();
+        let previous = sibling(&path, ".prev");
+        let inner = if path.exists() || previous.exists() {
+            match read_snapshot(&path) {
+                Ok(inner) => inner,
+                Err(newest) => {
+                    let inner = read_snapshot(&previous).map_err(|older| {
+                        snapshot_error(
+                            &path,
+                            format!(
+                                "{newest}; the previous snapshot cannot be used either: {older}"
+                            ),
+                        )
+                    })?;
+                    tracing::warn!(
+                        snapshot = %path.display(),
+                        previous = %previous.display(),
+                        "the last checkpoint snapshot is unusable ({newest}); resuming from the previous one"
+                    );
+                    inner
+                }
+            }
+        } else {
+            Inner::default()
+        };
+        Ok(MemoryState {
+            inner: Mutex::new(inner),
+            snapshot: Some(path),
+        })
+    }
+
+    fn write_snapshot(&self, path: &Path, inner: &Inner) -> Result<(), StateError> {
+        let mut bytes = postcard::to_allocvec(inner).map_err(|e| snapshot_error(path, e))?;
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+        let tmp = sibling(path, ".tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            if path.exists() {
+                std::fs::rename(path, sibling(path, ".prev"))?;
+            }
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| snapshot_error(path, e))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -91,7 +192,10 @@ impl StateBackend for MemoryState {
         inner
             .checkpoints
             .insert(record.pipeline.clone(), record.clone());
-        Ok(())
+        match &self.snapshot {
+            Some(path) => self.write_snapshot(path, &inner),
+            None => Ok(()),
+        }
     }
 
     async fn last_checkpoint(
@@ -109,5 +213,54 @@ impl StateBackend for MemoryState {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Position;
+
+    async fn commit(state: &MemoryState, epoch: u64, key: &[u8], value: &[u8]) {
+        let mut writes = WriteSet::new();
+        writes.insert(key.to_vec(), Some(value.to_vec()));
+        let record = CheckpointRecord::new("p", epoch, Position::Offset(epoch * 10));
+        state.commit(&record, &[writes]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.snap");
+        commit(&MemoryState::with_snapshot(&path).unwrap(), 1, b"k", b"v").await;
+        let state = MemoryState::with_snapshot(&path).unwrap();
+        assert_eq!(state.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(state.last_checkpoint("p").await.unwrap().unwrap().epoch, 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.snap");
+        {
+            let state = MemoryState::with_snapshot(&path).unwrap();
+            commit(&state, 1, b"k", b"one").await;
+            commit(&state, 2, b"k", b"two").await;
+        }
+        // Cut the last snapshot short, as a crash in the middle of a write would.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let state = MemoryState::with_snapshot(&path).unwrap();
+        // State and position both come from checkpoint 1.
+        assert_eq!(state.get(b"k").await.unwrap(), Some(b"one".to_vec()));
+        let record = state.last_checkpoint("p").await.unwrap().unwrap();
+        assert_eq!((record.epoch, record.position), (1, Position::Offset(10)));
+
+        // Both unusable: a clear error naming the file.
+        std::fs::write(sibling(&path, ".prev"), b"garbage").unwrap();
+        let error = MemoryState::with_snapshot(&path)
+            .err()
+            .expect("no usable snapshot");
+        assert!(error.to_string().contains("state.snap"), "{error}");
     }
 }

@@ -11,6 +11,7 @@
 //! key string of one pipe equals a key of another.
 
 mod memory;
+mod redis_backend;
 mod sled_backend;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use crate::checkpoint::CheckpointRecord;
 
 pub use memory::MemoryState;
+pub use redis_backend::{RedisOptions, RedisState};
 pub use sled_backend::SledState;
 
 /// Why a state operation failed.
@@ -54,6 +56,14 @@ pub enum StateError {
         /// Where it was.
         address: String,
         /// What happened.
+        message: String,
+    },
+    /// A memory state's snapshot file could not be written or read.
+    #[error("memory state snapshot `{path}`: {message}")]
+    Snapshot {
+        /// The snapshot file.
+        path: String,
+        /// What went wrong.
         message: String,
     },
     /// A stored checkpoint record could not be read.

@@ -184,10 +184,16 @@ impl Source for FileSource {
 }
 
 /// Appends each event's value and a newline to a file; `flush` syncs it to disk.
+///
+/// Its position is the file's length after the last flush. Under
+/// exactly-once a restart truncates the file to the length stored in the
+/// checkpoint it resumes, so the output holds every result exactly once.
 pub struct FileSink {
     path: PathBuf,
     writer: Option<BufWriter<File>>,
     buffer: Vec<u8>,
+    /// The file's length including everything written, once opened.
+    length: Option<u64>,
 }
 
 impl FileSink {
@@ -197,6 +203,7 @@ impl FileSink {
             path: path.as_ref().to_path_buf(),
             writer: None,
             buffer: Vec::new(),
+            length: None,
         }
     }
 
@@ -223,6 +230,8 @@ impl Sink for FileSink {
                 .open(&self.path)
                 .await
                 .map_err(|e| self.io("open", e))?;
+            let length = file.metadata().await.map_err(|e| self.io("stat", e))?.len();
+            self.length = Some(length);
             self.writer = Some(BufWriter::with_capacity(256 * 1024, file));
         }
         self.buffer.clear();
@@ -233,6 +242,7 @@ impl Sink for FileSink {
             if let Err(e) = writer.write_all(&self.buffer).await {
                 return Err(self.io("write", e));
             }
+            self.length = self.length.map(|l| l + self.buffer.len() as u64);
         }
         Ok(())
     }
@@ -247,5 +257,46 @@ impl Sink for FileSink {
             Err(e) => Err(e),
         };
         synced.map_err(|e| self.io("flush", e))
+    }
+
+    async fn position(&mut self) -> Result<Option<u64>, StreamError> {
+        if let Some(length) = self.length {
+            return Ok(Some(length));
+        }
+        match tokio::fs::metadata(&self.path).await {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(0)),
+            Err(e) => Err(self.io("stat", e)),
+        }
+    }
+
+    async fn recover(&mut self, position: Option<u64>) -> Result<(), StreamError> {
+        let Some(committed) = position else {
+            return Ok(());
+        };
+        let file = match OpenOptions::new().write(true).open(&self.path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && committed == 0 => return Ok(()),
+            Err(e) => return Err(self.io("open for recovery", e)),
+        };
+        let length = file.metadata().await.map_err(|e| self.io("stat", e))?.len();
+        if length < committed {
+            return Err(StreamError::Seek {
+                stream: self.describe(),
+                position: Position::Offset(committed),
+                reason: format!(
+                    "the file has only {length} bytes, less than the checkpoint committed"
+                ),
+            });
+        }
+        if length > committed {
+            tracing::info!(sink = %self.describe(), committed, dropped = length - committed,
+                "dropping output written after the last checkpoint");
+            file.set_len(committed)
+                .await
+                .map_err(|e| self.io("truncate", e))?;
+            file.sync_all().await.map_err(|e| self.io("sync", e))?;
+        }
+        Ok(())
     }
 }

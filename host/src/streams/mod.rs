@@ -108,6 +108,27 @@ pub trait Sink: Send {
     ///
     /// Flushing failed; the checkpoint is not committed.
     async fn flush(&mut self) -> Result<(), StreamError>;
+
+    /// Where the sink is after the last flush, for sinks that can go back
+    /// to it (a file sink's length); stored in each checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// The position cannot be read.
+    async fn position(&mut self) -> Result<Option<u64>, StreamError> {
+        Ok(None)
+    }
+
+    /// On an exactly-once restart: drop what was written after `position`,
+    /// the sink's position at the checkpoint being resumed. Sinks that
+    /// cannot take output back ignore it (and are at-least-once).
+    ///
+    /// # Errors
+    ///
+    /// The sink could not be brought back to `position`.
+    async fn recover(&mut self, _position: Option<u64>) -> Result<(), StreamError> {
+        Ok(())
+    }
 }
 
 /// Appends one event's value and a newline: the line format of file and

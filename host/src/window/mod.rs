@@ -468,6 +468,16 @@ pub struct WindowStep {
     triggers_seen: u64,
     dead_letters: Option<DeadLetters>,
     changed: bool,
+    checkpoint_on_close: Option<Arc<Notify>>,
+}
+
+/// How the pipeline runs its windows.
+#[derive(Debug, Clone, Default)]
+pub struct WindowOptions {
+    /// Restore buffers from the last checkpoint (not under at-most-once).
+    pub restore: bool,
+    /// Poked whenever the window releases, when the pipeline checkpoints on window close.
+    pub checkpoint_on_close: Option<Arc<Notify>>,
 }
 
 impl WindowStep {
@@ -484,6 +494,7 @@ impl WindowStep {
         pipeline: &str,
         state: &SharedState,
         dead_letters: Option<DeadLetters>,
+        options: &WindowOptions,
     ) -> Result<Self, StepError> {
         let native = |message: String| StepError::Native {
             step: spec.name.clone(),
@@ -504,10 +515,14 @@ impl WindowStep {
             }
         }
         let namespace = Namespace::for_window(pipeline, &spec.name);
-        let saved = state
-            .get(&namespace.key(SNAPSHOT_KEY))
-            .await
-            .map_err(|e: StateError| native(format!("cannot read the saved buffers: {e}")))?;
+        let saved = if options.restore {
+            state
+                .get(&namespace.key(SNAPSHOT_KEY))
+                .await
+                .map_err(|e: StateError| native(format!("cannot read the saved buffers: {e}")))?
+        } else {
+            None
+        };
         let snapshot = match saved {
             Some(bytes) => postcard::from_bytes::<Snapshot>(&bytes)
                 .map_err(|e| native(format!("the saved buffers are corrupt: {e}")))?,
@@ -530,6 +545,7 @@ impl WindowStep {
             triggers_seen,
             dead_letters,
             changed: false,
+            checkpoint_on_close: options.checkpoint_on_close.clone(),
         })
     }
 
@@ -930,6 +946,53 @@ impl Step for WindowStep {
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        let released = out.len();
+        let result = self.add_batch(batch, out).await;
+        self.released(released, out);
+        result
+    }
+
+    fn take_writes(&mut self) -> WriteSet {
+        self.snapshot_writes()
+    }
+
+    async fn finish(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        let released = out.len();
+        self.release_all(out);
+        self.released(released, out);
+        Ok(())
+    }
+
+    fn timer(&self) -> Option<tokio::time::Instant> {
+        self.next_timer()
+    }
+
+    fn trigger(&self) -> Option<Arc<Notify>> {
+        match self.spec.kind {
+            WindowKind::Signal { .. } => Some(self.spec.shared.notify.clone()),
+            _ => None,
+        }
+    }
+
+    async fn wake(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        let released = out.len();
+        self.on_wake(out);
+        self.released(released, out);
+        Ok(())
+    }
+}
+
+impl WindowStep {
+    /// Asks for a checkpoint when windows were released since `before`.
+    fn released(&self, before: usize, out: &[Batch]) {
+        if out.len() > before {
+            if let Some(requests) = &self.checkpoint_on_close {
+                requests.notify_one();
+            }
+        }
+    }
+
+    async fn add_batch(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let now = self.clock.now_ms();
         self.last_arrival_ms = now;
         self.changed = true;
@@ -953,7 +1016,7 @@ impl Step for WindowStep {
         Ok(())
     }
 
-    fn take_writes(&mut self) -> WriteSet {
+    fn snapshot_writes(&mut self) -> WriteSet {
         let mut writes = WriteSet::new();
         if !self.changed {
             return writes;
@@ -973,12 +1036,7 @@ impl Step for WindowStep {
         writes
     }
 
-    async fn finish(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
-        self.release_all(out);
-        Ok(())
-    }
-
-    fn timer(&self) -> Option<tokio::time::Instant> {
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
         let unfired_end = self
             .open
             .values()
@@ -1009,14 +1067,7 @@ impl Step for WindowStep {
         }
     }
 
-    fn trigger(&self) -> Option<Arc<Notify>> {
-        match self.spec.kind {
-            WindowKind::Signal { .. } => Some(self.spec.shared.notify.clone()),
-            _ => None,
-        }
-    }
-
-    async fn wake(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
+    fn on_wake(&mut self, out: &mut Vec<Batch>) {
         let now = self.clock.now_ms();
         match self.spec.kind {
             WindowKind::Signal { .. } => {
@@ -1047,7 +1098,6 @@ impl Step for WindowStep {
                 }
             },
         }
-        Ok(())
     }
 }
 

@@ -444,7 +444,7 @@ async fn a_restart_continues_a_half_filled_window() {
             .from(source)
             .then(Window::count("w", 5).clock(clock()))
             .to(sink);
-        let shutdown = builder.shutdown_handle();
+        let shutdown = builder.handle();
         let running = tokio::spawn(builder.run());
         for v in ["1", "2", "3"] {
             input.send(Event::new(v)).await.unwrap();

@@ -1,0 +1,651 @@
+//! The Redis backend: state on a Redis server, shared by every process that
+//! points at it, with fencing so that only the newest claimant of a pipeline
+//! can commit.
+//!
+//! # Keys
+//!
+//! Every key starts with [`RedisOptions::key_prefix`] (`plumber:` unless
+//! set), so several deployments can share one server:
+//!
+//! | key                      | holds                                                 |
+//! |--------------------------|-------------------------------------------------------|
+//! | `<prefix>s:` + state key | a state value (keys and values are binary-safe)       |
+//! | `<prefix>c:<pipeline>`   | the last [`CheckpointRecord`] (its JSON bytes)        |
+//! | `<prefix>e:<pipeline>`   | that record's epoch, a decimal integer                |
+//! | `<prefix>f:<pipeline>`   | the fencing counter [`StateBackend::claim`] increments |
+//!
+//! # Commits
+//!
+//! [`StateBackend::commit`] is one Lua script (`EVALSHA`, falling back to
+//! `EVAL` after a server restart emptied the script cache). Redis runs a
+//! script atomically, the way it runs a `MULTI`/`EXEC` block: no other
+//! client's command runs while it executes, and replicas and the append-only
+//! file receive its writes as one transaction. Unlike `MULTI`/`EXEC`, the
+//! script can read before it writes, so the checks happen inside the same
+//! atomic step as the writes, with no window for a `claim` to slip in
+//! between:
+//!
+//! 1. If the fencing counter is greater than the record's
+//!    [`CheckpointRecord::fence`], a newer process has claimed the pipeline:
+//!    the script answers with an error reply and writes nothing
+//!    ([`StateError::Fenced`]).
+//! 2. If the stored epoch (`<prefix>e:<pipeline>`, kept beside the record so
+//!    the script need not parse JSON) is at least the record's epoch, this
+//!    epoch was committed already: the script writes nothing and answers
+//!    `already`. A commit retried after its reply was lost is therefore a
+//!    no-op rather than a second application.
+//! 3. Otherwise it applies every `SET` and `DEL` of the write sets (later sets
+//!    win on a shared key), then stores the record and its epoch.
+//!
+//! All checks come before the first write, and `SET`/`DEL` cannot fail on a
+//! key's type, so a script that starts writing finishes. Whether a commit
+//! survives a crash of the server is up to the server's persistence settings
+//! (`appendonly yes` with `appendfsync always` or `everysec`).
+//!
+//! # Reconnecting
+//!
+//! The connection is a [`redis::aio::ConnectionManager`], which replaces a
+//! dropped connection by itself; its own retries are switched off (one
+//! connection attempt per reconnect) so that this backend decides how long
+//! to wait. Every operation runs in a retry loop: on a connection or I/O
+//! error it logs one warning with the server's address, waits (50 ms,
+//! doubling up to 2 s) and tries again, until
+//! [`RedisOptions::reconnect_timeout`] has passed since the first failure;
+//! then it fails with [`StateError::Unavailable`] saying how long it waited.
+//! Errors that are not about the connection (a value of the wrong type, a
+//! script error, a refused fence) are returned at once.
+//!
+//! Nothing waits much longer than that: a connection attempt times out after
+//! `reconnect_timeout` (at least 1 s, at most 5 s) and a command after
+//! `reconnect_timeout` (at least 1 s), and every attempt after a failure is
+//! cut off when the time is up, so a server that accepts connections but
+//! never answers cannot hold an operation either.
+//!
+//! Retrying is safe for every operation except that an `add` (`INCRBY`)
+//! whose reply was lost with the connection may be applied twice; `add` is
+//! only used by write-through pipelines, which promise at-least-once effects.
+//! A `claim` retried the same way skips a token, which is harmless: tokens
+//! only need to grow.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use tokio::time::Instant;
+
+use super::{StateBackend, StateError, WriteSet};
+use crate::checkpoint::CheckpointRecord;
+
+/// The first wait after a connection error.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The connection attempt and command timeouts follow `reconnect_timeout`,
+/// but are never shorter than this...
+const MIN_IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// ...and a connection attempt never takes longer than this, so that a
+/// server that comes back is found soon.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many keys one `SCAN` step and one `MGET` cover.
+const SCAN_BATCH: usize = 1000;
+
+/// The error code the commit script answers with when a newer process holds
+/// the pipeline; the detail is the fencing counter in force.
+const FENCED_CODE: &str = "PLUMBER_FENCED";
+
+/// The commit script. `KEYS[1]` is the fencing counter, `KEYS[2]` the stored
+/// epoch, `KEYS[3]` the checkpoint record, `KEYS[4..]` the state keys;
+/// `ARGV[1]` is our fencing token, `ARGV[2]` the epoch, `ARGV[3]` the record,
+/// and `ARGV[i]` for `i >= 4` says what to do with `KEYS[i]`: `s` followed by
+/// the value to set, or `d` to delete it.
+///
+/// Integers are compared as decimal strings: Lua numbers are doubles, exact
+/// only up to 2^53.
+const COMMIT_SCRIPT: &str = r"
+local function decimal(text)
+  if not text then return nil end
+  return string.match(text, '^0*(%d+)$')
+end
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+
+local ours = decimal(ARGV[1])
+local epoch = decimal(ARGV[2])
+if not ours or not epoch then
+  return redis.error_reply('ERR plumber commit: fence and epoch must be integers')
+end
+
+local fence = redis.call('GET', KEYS[1])
+if fence then
+  local newer = decimal(fence)
+  if not newer then
+    return redis.error_reply('ERR plumber commit: the fencing counter is not an integer')
+  end
+  if greater(newer, ours) then
+    return redis.error_reply('PLUMBER_FENCED ' .. newer)
+  end
+end
+
+local committed = redis.call('GET', KEYS[2])
+if committed then
+  local stored = decimal(committed)
+  if not stored then
+    return redis.error_reply('ERR plumber commit: the stored epoch is not an integer')
+  end
+  if not greater(epoch, stored) then
+    return 'already'
+  end
+end
+
+for i = 4, #KEYS do
+  local op = ARGV[i]
+  if string.sub(op, 1, 1) == 's' then
+    redis.call('SET', KEYS[i], string.sub(op, 2))
+  else
+    redis.call('DEL', KEYS[i])
+  end
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('SET', KEYS[2], epoch)
+return 'committed'
+";
+
+/// Settings of a [`RedisState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Put in front of every key this backend uses (default `plumber:`).
+    pub key_prefix: String,
+    /// How long an operation keeps retrying after the connection failed
+    /// before it gives up with [`StateError::Unavailable`] (default 30 s).
+    pub reconnect_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            key_prefix: "plumber:".to_owned(),
+            reconnect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State on a Redis server.
+pub struct RedisState {
+    connection: ConnectionManager,
+    /// `host:port` (or socket path) for messages; never the URL, which may
+    /// hold a password.
+    address: String,
+    key_prefix: Vec<u8>,
+    reconnect_timeout: Duration,
+    commit_script: Script,
+}
+
+/// Why one attempt of an operation failed for good.
+enum Failure {
+    /// The server answered with an error, or the client refused the request:
+    /// not a connection problem, so not retried.
+    Redis(RedisError),
+    /// The server stayed unreachable for the whole reconnect timeout.
+    GaveUp(StateError),
+}
+
+impl RedisState {
+    /// Connects to the server at `url` (`redis://[:password@]host[:port][/db]`,
+    /// `unix:///path/to/socket`) and checks that it answers, waiting for it
+    /// up to [`RedisOptions::reconnect_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// The URL is malformed ([`StateError::Invalid`]), or the server did not
+    /// answer in time or refused the connection (for example a wrong
+    /// password) ([`StateError::Unavailable`]).
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<RedisState, StateError> {
+        // The client's message never repeats the URL, which may hold a password.
+        let client = redis::Client::open(url)
+            .map_err(|e| StateError::Invalid(format!("redis state: bad URL: {e}")))?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            // One connection attempt per reconnect: the retry loop here waits
+            // and retries, bounded by `reconnect_timeout`.
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(
+                options
+                    .reconnect_timeout
+                    .clamp(MIN_IO_TIMEOUT, MAX_CONNECT_TIMEOUT),
+            ))
+            .set_response_timeout(Some(options.reconnect_timeout.max(MIN_IO_TIMEOUT)));
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            StateError::Unavailable {
+                backend: "redis",
+                address: address.clone(),
+                message: format!("cannot set up the connection: {e}"),
+            }
+        })?;
+        let state = RedisState {
+            connection,
+            address,
+            key_prefix: options.key_prefix.into_bytes(),
+            reconnect_timeout: options.reconnect_timeout,
+            commit_script: Script::new(COMMIT_SCRIPT),
+        };
+        state
+            .run("PING", |mut conn| async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await?;
+        Ok(state)
+    }
+
+    /// The server's address, as messages name it.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The Redis key of a state key.
+    fn state_key(&self, key: &[u8]) -> Vec<u8> {
+        self.prefixed(b"s:", key)
+    }
+
+    /// The Redis key of one of a pipeline's own entries (`c`, `e`, `f`).
+    fn pipeline_key(&self, kind: &[u8], pipeline: &str) -> Vec<u8> {
+        self.prefixed(kind, pipeline.as_bytes())
+    }
+
+    fn prefixed(&self, kind: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.key_prefix.len() + kind.len() + rest.len());
+        full.extend_from_slice(&self.key_prefix);
+        full.extend_from_slice(kind);
+        full.extend_from_slice(rest);
+        full
+    }
+
+    /// Runs `attempt` on the connection, retrying connection errors with
+    /// backoff until the reconnect timeout has passed since the first one.
+    async fn attempt<T, F, Fut>(&self, operation: &str, mut attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let mut first_failure: Option<Instant> = None;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let outcome = match first_failure {
+                // The first attempt is bounded by the connection's own
+                // connection and response timeouts.
+                None => Ok(attempt(self.connection.clone()).await),
+                Some(since) => {
+                    let left = self.reconnect_timeout.saturating_sub(since.elapsed());
+                    tokio::time::timeout(left, attempt(self.connection.clone())).await
+                }
+            };
+            attempts = attempts.saturating_add(1);
+            let error = match outcome {
+                Ok(Ok(value)) => {
+                    if let Some(since) = first_failure {
+                        tracing::info!(
+                            "redis state at {}: `{operation}` succeeded after {:.1?} of retries",
+                            self.address,
+                            since.elapsed()
+                        );
+                    }
+                    return Ok(value);
+                }
+                Ok(Err(error)) if is_connection_error(&error) => error.to_string(),
+                Ok(Err(error)) => return Err(Failure::Redis(error)),
+                Err(_elapsed) => "no answer before the time was up".to_owned(),
+            };
+            let since = match first_failure {
+                Some(since) => since,
+                None => {
+                    tracing::warn!(
+                        "redis state at {}: `{operation}` failed ({error}); retrying for up to {:?}",
+                        self.address,
+                        self.reconnect_timeout
+                    );
+                    *first_failure.insert(started)
+                }
+            };
+            let waited = since.elapsed();
+            let left = self.reconnect_timeout.saturating_sub(waited);
+            if left.is_zero() {
+                return Err(Failure::GaveUp(self.unavailable(format!(
+                    "`{operation}` gave up after waiting {waited:.1?} for the server \
+                     ({attempts} attempts, reconnect timeout {:?}); last error: {error}",
+                    self.reconnect_timeout
+                ))));
+            }
+            tracing::debug!(
+                "redis state at {}: `{operation}` attempt {attempts} failed ({error}); \
+                 next in {backoff:?}",
+                self.address
+            );
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// [`attempt`](Self::attempt) with the usual translation of server errors.
+    async fn run<T, F, Fut>(&self, operation: &str, attempt: F) -> Result<T, StateError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.attempt(operation, attempt)
+            .await
+            .map_err(|failure| self.failure(operation, failure))
+    }
+
+    fn failure(&self, operation: &str, failure: Failure) -> StateError {
+        match failure {
+            Failure::GaveUp(error) => error,
+            Failure::Redis(error) => self.refused(operation, &error),
+        }
+    }
+
+    /// A server or client error that is not about the connection.
+    fn refused(&self, operation: &str, error: &RedisError) -> StateError {
+        if error.code() == Some("WRONGTYPE") {
+            return StateError::Invalid(format!(
+                "redis state at {}: `{operation}`: {error}",
+                self.address
+            ));
+        }
+        self.unavailable(format!("`{operation}` refused: {error}"))
+    }
+
+    fn unavailable(&self, message: String) -> StateError {
+        StateError::Unavailable {
+            backend: "redis",
+            address: self.address.clone(),
+            message,
+        }
+    }
+}
+
+/// Whether an error means the server could not be reached (worth waiting
+/// for) rather than that it refused the request.
+fn is_connection_error(error: &RedisError) -> bool {
+    // I/O errors include a refused or dropped connection, a connection
+    // attempt that timed out and a command whose answer did not come in time.
+    error.is_io_error()
+        // A restarted server answers LOADING while it reads its data back.
+        || error.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+}
+
+/// `bytes` as a glob pattern matching exactly them (`SCAN ... MATCH`).
+fn escape_glob(bytes: &[u8]) -> Vec<u8> {
+    let mut escaped = Vec::with_capacity(bytes.len() + 8);
+    for &byte in bytes {
+        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+            escaped.push(b'\\');
+        }
+        escaped.push(byte);
+    }
+    escaped
+}
+
+#[async_trait]
+impl StateBackend for RedisState {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let full = &self.state_key(key);
+        self.run("GET", |mut conn| async move {
+            redis::cmd("GET")
+                .arg(full)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        let full = &self.state_key(key);
+        self.run("SET", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(full)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<(), StateError> {
+        let full = &self.state_key(key);
+        self.run("DEL", |mut conn| async move {
+            redis::cmd("DEL")
+                .arg(full)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn add(&self, key: &[u8], delta: i64) -> Result<i64, StateError> {
+        let full = &self.state_key(key);
+        let outcome = self
+            .attempt("INCRBY", |mut conn| async move {
+                redis::cmd("INCRBY")
+                    .arg(full)
+                    .arg(delta)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(Failure::Redis(error))
+                if error.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) =>
+            {
+                // INCRBY answers "ERR value is not an integer or out of range"
+                // or "ERR increment or decrement would overflow".
+                let key = String::from_utf8_lossy(key);
+                let detail = error.detail().unwrap_or_default();
+                Err(StateError::Invalid(if detail.contains("overflow") {
+                    format!("adding {delta} to `{key}` overflows")
+                } else {
+                    format!("value at `{key}` is not an integer")
+                }))
+            }
+            Err(failure) => Err(self.failure("INCRBY", failure)),
+        }
+    }
+
+    async fn claim(&self, pipeline: &str) -> Result<u64, StateError> {
+        let fence = &self.pipeline_key(b"f:", pipeline);
+        let outcome = self
+            .attempt("INCR", |mut conn| async move {
+                redis::cmd("INCR")
+                    .arg(fence)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        match outcome {
+            Ok(token) => u64::try_from(token).map_err(|_| {
+                StateError::Invalid(format!(
+                    "redis state at {}: the fencing counter of pipeline `{pipeline}` is negative ({token})",
+                    self.address
+                ))
+            }),
+            Err(Failure::Redis(error))
+                if error.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) =>
+            {
+                Err(StateError::Invalid(format!(
+                    "redis state at {}: the fencing counter of pipeline `{pipeline}` \
+                     is not an integer: {error}",
+                    self.address
+                )))
+            }
+            Err(failure) => Err(self.failure("INCR", failure)),
+        }
+    }
+
+    /// Runs the commit script (see the module documentation): the fence
+    /// check, the epoch check and every write happen in one atomic step of
+    /// the server. Committing an epoch that is already stored does nothing
+    /// and succeeds, so a retry after a lost reply is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Fenced`] when a newer process claimed the pipeline;
+    /// [`StateError::Unavailable`] when the server stayed unreachable or
+    /// refused the script. In both cases nothing was written.
+    async fn commit(
+        &self,
+        record: &CheckpointRecord,
+        writes: &[WriteSet],
+    ) -> Result<(), StateError> {
+        let mut invocation = self.commit_script.prepare_invoke();
+        invocation
+            .key(self.pipeline_key(b"f:", &record.pipeline))
+            .key(self.pipeline_key(b"e:", &record.pipeline))
+            .key(self.pipeline_key(b"c:", &record.pipeline))
+            .arg(record.fence)
+            .arg(record.epoch)
+            .arg(record.to_bytes());
+        for set in writes {
+            for (key, value) in set {
+                invocation.key(self.state_key(key));
+                match value {
+                    Some(value) => {
+                        let mut op = Vec::with_capacity(value.len() + 1);
+                        op.push(b's');
+                        op.extend_from_slice(value);
+                        invocation.arg(op);
+                    }
+                    None => {
+                        invocation.arg(&b"d"[..]);
+                    }
+                }
+            }
+        }
+        let invocation = &invocation;
+        let outcome = self
+            .attempt("commit", |mut conn| async move {
+                invocation.invoke_async::<String>(&mut conn).await
+            })
+            .await;
+        match outcome {
+            Ok(reply) => {
+                if reply == "already" {
+                    tracing::debug!(
+                        pipeline = %record.pipeline,
+                        epoch = record.epoch,
+                        "redis state: epoch already committed; nothing to do"
+                    );
+                }
+                Ok(())
+            }
+            Err(Failure::Redis(error)) if error.code() == Some(FENCED_CODE) => {
+                match error.detail().and_then(|d| d.trim().parse::<u64>().ok()) {
+                    Some(newer) => Err(StateError::Fenced {
+                        pipeline: record.pipeline.clone(),
+                        ours: record.fence,
+                        newer,
+                    }),
+                    None => Err(self.refused("commit", &error)),
+                }
+            }
+            Err(failure) => Err(self.failure("commit", failure)),
+        }
+    }
+
+    async fn last_checkpoint(
+        &self,
+        pipeline: &str,
+    ) -> Result<Option<CheckpointRecord>, StateError> {
+        let key = &self.pipeline_key(b"c:", pipeline);
+        let stored = self
+            .run("GET", |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        CheckpointRecord::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|message| StateError::CorruptCheckpoint {
+                pipeline: pipeline.to_owned(),
+                message,
+            })
+    }
+
+    /// `SCAN`s for the keys under `prefix` (glob characters in it are
+    /// escaped), then reads them with `MGET`. A key deleted between the two
+    /// steps is left out.
+    async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let base = &self.state_key(b"");
+        let mut pattern = escape_glob(&self.state_key(prefix));
+        pattern.push(b'*');
+        let pattern = &pattern;
+        // The whole scan is one attempt: after a reconnect it starts over.
+        self.run("SCAN", |mut conn| async move {
+            // SCAN may return a key more than once; the set also sorts.
+            let mut keys = BTreeSet::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async::<(u64, Vec<Vec<u8>>)>(&mut conn)
+                    .await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+            let mut entries = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(SCAN_BATCH) {
+                let values = redis::cmd("MGET")
+                    .arg(chunk)
+                    .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                    .await?;
+                for (full, value) in chunk.iter().zip(values) {
+                    if let (Some(key), Some(value)) = (full.strip_prefix(base.as_slice()), value) {
+                        entries.push((key.to_vec(), value));
+                    }
+                }
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(
+            escape_glob(b"a*b?c[d]e\\f"),
+            b"a\\*b\\?c\\[d\\]e\\\\f".to_vec()
+        );
+        assert_eq!(escape_glob(b"plain:\x00\xff"), b"plain:\x00\xff".to_vec());
+    }
+}

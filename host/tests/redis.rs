@@ -1,0 +1,614 @@
+//! The Redis state backend against a real `redis-server`.
+//!
+//! Each test starts its own server on a free loopback port, without
+//! persistence, in a temporary directory, and stops it when done. The tests
+//! need `redis-server` on the `PATH` (or its path in `PLUMBER_REDIS_SERVER`)
+//! and fail if it is missing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use plumber::checkpoint::{CheckpointRecord, Position};
+use plumber::state::{RedisOptions, RedisState, StateBackend, StateError, WriteSet};
+
+/// A `redis-server` child process, killed on drop.
+struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Arc<Mutex<Option<Child>>>,
+    restarter: Option<JoinHandle<()>>,
+}
+
+fn server_binary() -> String {
+    std::env::var("PLUMBER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// Starts `redis-server` on `port` with its files in `dir` and waits until it
+/// answers PING.
+fn spawn_server(port: u16, dir: &Path) -> Result<Child, String> {
+    let binary = server_binary();
+    let log = dir.join("redis.log");
+    let mut child = Command::new(&binary)
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start `{binary}` ({e}): the Redis tests need a Redis server; \
+                 install it (e.g. `apt-get install redis-server`) or set \
+                 PLUMBER_REDIS_SERVER to its path"
+            )
+        });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on port {port} exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        if raw_command(port, &[b"PING"]).is_ok_and(|reply| reply == "+PONG") {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not answer PING within 10 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that nothing listens on (at the time of asking).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// Sends one command over a fresh connection and returns the reply: its first
+/// line (`+PONG`, `:1`, `-ERR ...`), or a bulk string's content.
+fn raw_command(port: u16, parts: &[&[u8]]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        request.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        request.extend_from_slice(part);
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if line.starts_with('$') && !line.starts_with("$-1") {
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // Another process may take the free port before the server binds it:
+        // try a few.
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match spawn_server(port, dir.path()) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        dir,
+                        child: Arc::new(Mutex::new(Some(child))),
+                        restarter: None,
+                    }
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        panic!("cannot start redis-server:\n{}", errors.join("\n"));
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing.
+    fn freeze(&self) {
+        let slot = self.child.lock().unwrap();
+        let pid = slot.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP {pid}: {status}");
+    }
+
+    /// Starts a new server on the same port after `delay`, in a background thread.
+    fn restart_after(&mut self, delay: Duration) {
+        let port = self.port;
+        let dir: PathBuf = self.dir.path().to_path_buf();
+        let slot = Arc::clone(&self.child);
+        self.restarter = Some(std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let child = spawn_server(port, &dir).unwrap_or_else(|e| panic!("restart: {e}"));
+            *slot.lock().unwrap() = Some(child);
+        }));
+    }
+
+    async fn connect(&self, reconnect_timeout: Duration) -> RedisState {
+        connect_to(&self.url(), reconnect_timeout).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(restarter) = self.restarter.take() {
+            let _ = restarter.join();
+        }
+        if let Ok(mut slot) = self.child.lock() {
+            if let Some(mut child) = slot.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Shows the backend's log lines in a failing test's output.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("plumber=debug")
+        .try_init();
+}
+
+async fn connect_to(url: &str, reconnect_timeout: Duration) -> RedisState {
+    init_logs();
+    let options = RedisOptions {
+        reconnect_timeout,
+        ..RedisOptions::default()
+    };
+    match RedisState::connect(url, options).await {
+        Ok(state) => state,
+        Err(error) => panic!("connect to {url}: {error}"),
+    }
+}
+
+fn record(pipeline: &str, epoch: u64, offset: u64, fence: u64) -> CheckpointRecord {
+    let mut record = CheckpointRecord::new(pipeline, epoch, Position::Offset(offset));
+    record.fence = fence;
+    record
+}
+
+fn writes(entries: &[(&[u8], Option<&[u8]>)]) -> WriteSet {
+    entries
+        .iter()
+        .map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec)))
+        .collect()
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn get_set_delete_and_add() {
+    let server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    assert_eq!(state.kind(), "redis");
+    assert_eq!(state.address(), server.address());
+
+    assert_eq!(state.get(b"k").await.unwrap(), None);
+    state.set(b"k", b"v").await.unwrap();
+    assert_eq!(state.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+    // Keys and values are binary-safe.
+    let odd_key: &[u8] = b"\x00bin\r\n\xff";
+    state.set(odd_key, b"\x00\xff\r\n").await.unwrap();
+    assert_eq!(
+        state.get(odd_key).await.unwrap(),
+        Some(b"\x00\xff\r\n".to_vec())
+    );
+    state.delete(b"k").await.unwrap();
+    assert_eq!(state.get(b"k").await.unwrap(), None);
+    state.delete(b"never there").await.unwrap();
+
+    assert_eq!(state.add(b"n", 5).await.unwrap(), 5);
+    assert_eq!(state.add(b"n", -7).await.unwrap(), -2);
+    assert_eq!(state.get(b"n").await.unwrap(), Some(b"-2".to_vec()));
+
+    state.set(b"name", b"ada").await.unwrap();
+    match state.add(b"name", 1).await {
+        Err(StateError::Invalid(message)) => assert!(message.contains("name"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    state
+        .set(b"big", i64::MAX.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert!(matches!(
+        state.add(b"big", 1).await,
+        Err(StateError::Invalid(message)) if message.contains("overflow")
+    ));
+
+    // The keys live under the default prefix.
+    assert_eq!(
+        raw_command(server.port, &[b"EXISTS", b"plumber:s:name"]).unwrap(),
+        ":1"
+    );
+}
+
+#[tokio::test]
+async fn commit_applies_write_sets_and_record() {
+    let server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    state.set(b"gone", b"old").await.unwrap();
+    state.set(b"shared", b"old").await.unwrap();
+    assert!(state.last_checkpoint("p").await.unwrap().is_none());
+
+    let token = state.claim("p").await.unwrap();
+    assert_eq!(token, 1);
+    let first = writes(&[
+        (b"a", Some(b"1")),
+        (b"gone", None),
+        (b"shared", Some(b"first")),
+    ]);
+    let second = writes(&[(b"b", Some(b"\x00two")), (b"shared", Some(b"second"))]);
+    let committed = record("p", 1, 42, token);
+    state.commit(&committed, &[first, second]).await.unwrap();
+
+    assert_eq!(state.get(b"a").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(state.get(b"b").await.unwrap(), Some(b"\x00two".to_vec()));
+    assert_eq!(state.get(b"gone").await.unwrap(), None);
+    // A later write set wins on a key both wrote.
+    assert_eq!(
+        state.get(b"shared").await.unwrap(),
+        Some(b"second".to_vec())
+    );
+    assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(committed));
+    assert!(state.last_checkpoint("other").await.unwrap().is_none());
+    assert_eq!(
+        raw_command(server.port, &[b"GET", b"plumber:e:p"]).unwrap(),
+        "1"
+    );
+
+    // The next epoch commits on top.
+    let next = record("p", 2, 50, token);
+    state
+        .commit(&next, &[writes(&[(b"a", Some(b"2"))])])
+        .await
+        .unwrap();
+    assert_eq!(state.get(b"a").await.unwrap(), Some(b"2".to_vec()));
+    assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(next));
+
+    // A commit without writes stores the record alone.
+    let bare = record("p", 3, 60, token);
+    state.commit(&bare, &[]).await.unwrap();
+    assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(bare));
+}
+
+#[tokio::test]
+async fn commit_with_an_older_fence_is_refused_and_changes_nothing() {
+    let server = RedisServer::start();
+    let old = server.connect(LONG).await;
+    let new = server.connect(LONG).await;
+
+    let ours = old.claim("p").await.unwrap();
+    let first = record("p", 1, 10, ours);
+    old.commit(&first, &[writes(&[(b"k", Some(b"old-1"))])])
+        .await
+        .unwrap();
+
+    let newer = new.claim("p").await.unwrap();
+    assert!(newer > ours);
+
+    let stale = record("p", 2, 20, ours);
+    match old
+        .commit(
+            &stale,
+            &[writes(&[(b"k", Some(b"old-2")), (b"x", Some(b"x"))])],
+        )
+        .await
+    {
+        Err(StateError::Fenced {
+            pipeline,
+            ours: got_ours,
+            newer: got_newer,
+        }) => {
+            assert_eq!(pipeline, "p");
+            assert_eq!((got_ours, got_newer), (ours, newer));
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert_eq!(old.get(b"k").await.unwrap(), Some(b"old-1".to_vec()));
+    assert_eq!(old.get(b"x").await.unwrap(), None);
+    assert_eq!(old.last_checkpoint("p").await.unwrap(), Some(first));
+
+    // The new owner commits with its token; another pipeline is not fenced.
+    let taken_over = record("p", 2, 20, newer);
+    new.commit(&taken_over, &[writes(&[(b"k", Some(b"new-2"))])])
+        .await
+        .unwrap();
+    assert_eq!(new.get(b"k").await.unwrap(), Some(b"new-2".to_vec()));
+    old.commit(&record("q", 1, 1, 0), &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_commit_of_an_epoch_is_a_no_op() {
+    let server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    let first = record("p", 1, 10, 0);
+    state
+        .commit(&first, &[writes(&[(b"k", Some(b"v1"))])])
+        .await
+        .unwrap();
+
+    // The same epoch again (a retry whose reply was lost), with other content
+    // to show that nothing of it lands.
+    let again = record("p", 1, 99, 0);
+    state
+        .commit(
+            &again,
+            &[writes(&[(b"k", Some(b"v2")), (b"extra", Some(b"e"))])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.get(b"k").await.unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(state.get(b"extra").await.unwrap(), None);
+    assert_eq!(
+        state.last_checkpoint("p").await.unwrap(),
+        Some(first.clone())
+    );
+
+    // An older epoch is ignored too.
+    let second = record("p", 2, 20, 0);
+    state
+        .commit(&second, &[writes(&[(b"k", Some(b"v3"))])])
+        .await
+        .unwrap();
+    state
+        .commit(&record("p", 1, 5, 0), &[writes(&[(b"k", Some(b"v0"))])])
+        .await
+        .unwrap();
+    assert_eq!(state.get(b"k").await.unwrap(), Some(b"v3".to_vec()));
+    assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(second));
+}
+
+#[tokio::test]
+async fn scan_prefix_returns_keys_in_order_with_glob_characters() {
+    let server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    let entries: &[(&[u8], &[u8])] = &[
+        (b"1:p*x/b", b"2"),
+        (b"1:p*x/a", b"1"),
+        (b"1:p*x/[c]", b"3"),
+        (b"1:p*x/\\?", b"4"),
+        (b"1:p*x/\x00\xff", b"5"),
+        // Would match the prefix if `*` were a wildcard.
+        (b"1:pyyx/a", b"no"),
+        (b"1:p*y/a", b"no"),
+        (b"1:p", b"no"),
+    ];
+    for (key, value) in entries {
+        state.set(key, value).await.unwrap();
+    }
+    // Many keys, so SCAN takes several steps.
+    for i in 0..2500 {
+        state
+            .set(format!("1:p*x/n{i:05}").as_bytes(), b"n")
+            .await
+            .unwrap();
+    }
+
+    let found = state.scan_prefix(b"1:p*x/").await.unwrap();
+    assert_eq!(found.len(), 2505);
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = entries[..5]
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    expected.extend((0..2500).map(|i| (format!("1:p*x/n{i:05}").into_bytes(), b"n".to_vec())));
+    expected.sort();
+    assert_eq!(found, expected);
+
+    assert_eq!(
+        state.scan_prefix(b"1:p*x/[").await.unwrap(),
+        vec![(b"1:p*x/[c]".to_vec(), b"3".to_vec())]
+    );
+    assert_eq!(
+        state.scan_prefix(b"1:p*x/\\").await.unwrap(),
+        vec![(b"1:p*x/\\?".to_vec(), b"4".to_vec())]
+    );
+    assert!(state.scan_prefix(b"nothing").await.unwrap().is_empty());
+    assert_eq!(state.scan_prefix(b"").await.unwrap().len(), 2508);
+
+    // Another key prefix (another deployment on the same server) sees none of it.
+    let other = RedisState::connect(
+        &server.url(),
+        RedisOptions {
+            key_prefix: "other*:".to_owned(),
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(other.scan_prefix(b"").await.unwrap().is_empty());
+    other.set(b"1:p*x/zzz", b"o").await.unwrap();
+    assert_eq!(state.scan_prefix(b"1:p*x/").await.unwrap().len(), 2505);
+    assert_eq!(other.scan_prefix(b"").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_operation_waits_for_the_server_to_come_back() {
+    let mut server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    state.set(b"before", b"1").await.unwrap();
+    // Load the commit script into the first server's script cache.
+    state.commit(&record("p", 1, 1, 0), &[]).await.unwrap();
+
+    server.stop();
+    server.restart_after(Duration::from_secs(1));
+    let started = Instant::now();
+    // Issued while the server is down; the new server has an empty script
+    // cache, so this also exercises the EVALSHA → EVAL fallback.
+    state
+        .commit(&record("p", 2, 2, 0), &[writes(&[(b"after", Some(b"2"))])])
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "waited only {waited:?}"
+    );
+    assert!(waited < LONG, "waited {waited:?}");
+
+    assert_eq!(state.get(b"after").await.unwrap(), Some(b"2".to_vec()));
+    // The new server started empty (no persistence).
+    assert_eq!(state.get(b"before").await.unwrap(), None);
+    assert_eq!(
+        state.last_checkpoint("p").await.unwrap().map(|r| r.epoch),
+        Some(2)
+    );
+}
+
+fn assert_unavailable(error: StateError, address: &str) {
+    let text = error.to_string();
+    match error {
+        StateError::Unavailable {
+            backend,
+            address: named,
+            message,
+        } => {
+            assert_eq!(backend, "redis");
+            assert_eq!(named, address);
+            assert!(message.contains("gave up after waiting"), "{message}");
+            assert!(text.contains(address), "{text}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_after_the_timeout() {
+    init_logs();
+    let short = Duration::from_millis(300);
+
+    // No server at all: connecting gives up.
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let outcome = RedisState::connect(
+        &format!("redis://{address}/"),
+        RedisOptions {
+            reconnect_timeout: short,
+            ..RedisOptions::default()
+        },
+    )
+    .await;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(_) => panic!("connected to {address}, where no server runs"),
+        Err(error) => assert_unavailable(error, &address),
+    }
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+
+    // A server that goes away: an operation gives up.
+    let server = RedisServer::start();
+    let state = server.connect(short).await;
+    state.set(b"k", b"v").await.unwrap();
+    server.stop();
+    let started = Instant::now();
+    let outcome = state.get(b"k").await;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(value) => panic!("read {value:?} from a stopped server"),
+        Err(error) => assert_unavailable(error, &server.address()),
+    }
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_other_than_connection_errors_are_not_retried() {
+    let server = RedisServer::start();
+    let state = server.connect(LONG).await;
+    // A list where a string belongs.
+    assert_eq!(
+        raw_command(server.port, &[b"RPUSH", b"plumber:s:list", b"x"]).unwrap(),
+        ":1"
+    );
+    let started = Instant::now();
+    assert!(matches!(
+        state.get(b"list").await,
+        Err(StateError::Invalid(message)) if message.contains("WRONGTYPE")
+    ));
+    assert!(matches!(
+        state.add(b"list", 1).await,
+        Err(StateError::Invalid(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // A fencing counter that is not an integer makes the script refuse.
+    raw_command(server.port, &[b"SET", b"plumber:f:p", b"junk"]).unwrap();
+    let started = Instant::now();
+    match state.commit(&record("p", 1, 1, 1), &[]).await {
+        Err(StateError::Unavailable { message, .. }) => {
+            assert!(message.contains("not an integer"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(matches!(
+        state.claim("p").await,
+        Err(StateError::Invalid(message)) if message.contains("not an integer")
+    ));
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_is_unavailable_after_the_timeout() {
+    let server = RedisServer::start();
+    let state = server.connect(Duration::from_millis(300)).await;
+    state.set(b"k", b"v").await.unwrap();
+    server.freeze();
+    let started = Instant::now();
+    let outcome = state.get(b"k").await;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(value) => panic!("read {value:?} from a frozen server"),
+        Err(error) => assert_unavailable(error, &server.address()),
+    }
+    // The command timeout is at least 1 s; nothing waits much beyond it.
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+}
