@@ -1,189 +1,20 @@
 //! The Redis state backend against a real `redis-server`.
 //!
-//! Each test starts its own server on a free loopback port, without
-//! persistence, in a temporary directory, and stops it when done. The tests
+//! Each test starts its own server on a free loopback port, in a temporary
+//! directory, and stops it when done. The tests
 //! need `redis-server` on the `PATH` (or its path in `PLUMBER_REDIS_SERVER`)
 //! and fail if it is missing.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+#[path = "../../tests/src/lib.rs"]
+#[allow(dead_code)]
+mod harness;
+
 use std::time::{Duration, Instant};
+
+use harness::{free_port, raw_command, RedisServer};
 
 use plumber::checkpoint::{CheckpointRecord, Position};
 use plumber::state::{RedisOptions, RedisState, StateBackend, StateError, WriteSet};
-
-/// A `redis-server` child process, killed on drop.
-struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Arc<Mutex<Option<Child>>>,
-    restarter: Option<JoinHandle<()>>,
-}
-
-fn server_binary() -> String {
-    std::env::var("PLUMBER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
-}
-
-/// Starts `redis-server` on `port` with its files in `dir` and waits until it
-/// answers PING.
-fn spawn_server(port: u16, dir: &Path) -> Result<Child, String> {
-    let binary = server_binary();
-    let log = dir.join("redis.log");
-    let mut child = Command::new(&binary)
-        .args(["--bind", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start `{binary}` ({e}): the Redis tests need a Redis server; \
-                 install it (e.g. `apt-get install redis-server`) or set \
-                 PLUMBER_REDIS_SERVER to its path"
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "redis-server on port {port} exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        if raw_command(port, &[b"PING"]).is_ok_and(|reply| reply == "+PONG") {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "redis-server on port {port} did not answer PING within 10 s: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A loopback port that nothing listens on (at the time of asking).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
-
-/// Sends one command over a fresh connection and returns the reply: its first
-/// line (`+PONG`, `:1`, `-ERR ...`), or a bulk string's content.
-fn raw_command(port: u16, parts: &[&[u8]]) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut request = format!("*{}\r\n", parts.len()).into_bytes();
-    for part in parts {
-        request.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-        request.extend_from_slice(part);
-        request.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&request)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if line.starts_with('$') && !line.starts_with("$-1") {
-        line.clear();
-        reader.read_line(&mut line)?;
-    }
-    Ok(line.trim_end().to_owned())
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        // Another process may take the free port before the server binds it:
-        // try a few.
-        let mut errors = Vec::new();
-        for _ in 0..5 {
-            let port = free_port();
-            match spawn_server(port, dir.path()) {
-                Ok(child) => {
-                    return RedisServer {
-                        port,
-                        dir,
-                        child: Arc::new(Mutex::new(Some(child))),
-                        restarter: None,
-                    }
-                }
-                Err(error) => errors.push(error),
-            }
-        }
-        panic!("cannot start redis-server:\n{}", errors.join("\n"));
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing.
-    fn freeze(&self) {
-        let slot = self.child.lock().unwrap();
-        let pid = slot.as_ref().expect("a running server").id();
-        let status = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -STOP {pid}: {status}");
-    }
-
-    /// Starts a new server on the same port after `delay`, in a background thread.
-    fn restart_after(&mut self, delay: Duration) {
-        let port = self.port;
-        let dir: PathBuf = self.dir.path().to_path_buf();
-        let slot = Arc::clone(&self.child);
-        self.restarter = Some(std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let child = spawn_server(port, &dir).unwrap_or_else(|e| panic!("restart: {e}"));
-            *slot.lock().unwrap() = Some(child);
-        }));
-    }
-
-    async fn connect(&self, reconnect_timeout: Duration) -> RedisState {
-        connect_to(&self.url(), reconnect_timeout).await
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(restarter) = self.restarter.take() {
-            let _ = restarter.join();
-        }
-        if let Ok(mut slot) = self.child.lock() {
-            if let Some(mut child) = slot.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
 
 /// Shows the backend's log lines in a failing test's output.
 fn init_logs() {
@@ -223,7 +54,7 @@ const LONG: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn get_set_delete_and_add() {
     let server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     assert_eq!(state.kind(), "redis");
     assert_eq!(state.address(), server.address());
 
@@ -261,7 +92,7 @@ async fn get_set_delete_and_add() {
 
     // The keys live under the default prefix.
     assert_eq!(
-        raw_command(server.port, &[b"EXISTS", b"plumber:s:name"]).unwrap(),
+        raw_command(server.port(), &[b"EXISTS", b"plumber:s:name"]).unwrap(),
         ":1"
     );
 }
@@ -269,7 +100,7 @@ async fn get_set_delete_and_add() {
 #[tokio::test]
 async fn commit_applies_write_sets_and_record() {
     let server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     state.set(b"gone", b"old").await.unwrap();
     state.set(b"shared", b"old").await.unwrap();
     assert!(state.last_checkpoint("p").await.unwrap().is_none());
@@ -296,7 +127,7 @@ async fn commit_applies_write_sets_and_record() {
     assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(committed));
     assert!(state.last_checkpoint("other").await.unwrap().is_none());
     assert_eq!(
-        raw_command(server.port, &[b"GET", b"plumber:e:p"]).unwrap(),
+        raw_command(server.port(), &[b"GET", b"plumber:e:p"]).unwrap(),
         "1"
     );
 
@@ -318,8 +149,8 @@ async fn commit_applies_write_sets_and_record() {
 #[tokio::test]
 async fn commit_with_an_older_fence_is_refused_and_changes_nothing() {
     let server = RedisServer::start();
-    let old = server.connect(LONG).await;
-    let new = server.connect(LONG).await;
+    let old = connect_to(&server.url(), LONG).await;
+    let new = connect_to(&server.url(), LONG).await;
 
     let ours = old.claim("p").await.unwrap();
     let first = record("p", 1, 10, ours);
@@ -364,7 +195,7 @@ async fn commit_with_an_older_fence_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn repeated_commit_of_an_epoch_is_a_no_op() {
     let server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     let first = record("p", 1, 10, 0);
     state
         .commit(&first, &[writes(&[(b"k", Some(b"v1"))])])
@@ -405,7 +236,7 @@ async fn repeated_commit_of_an_epoch_is_a_no_op() {
 #[tokio::test]
 async fn scan_prefix_returns_keys_in_order_with_glob_characters() {
     let server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     let entries: &[(&[u8], &[u8])] = &[
         (b"1:p*x/b", b"2"),
         (b"1:p*x/a", b"1"),
@@ -468,7 +299,7 @@ async fn scan_prefix_returns_keys_in_order_with_glob_characters() {
 #[tokio::test]
 async fn an_operation_waits_for_the_server_to_come_back() {
     let mut server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     state.set(b"before", b"1").await.unwrap();
     // Load the commit script into the first server's script cache.
     state.commit(&record("p", 1, 1, 0), &[]).await.unwrap();
@@ -490,8 +321,8 @@ async fn an_operation_waits_for_the_server_to_come_back() {
     assert!(waited < LONG, "waited {waited:?}");
 
     assert_eq!(state.get(b"after").await.unwrap(), Some(b"2".to_vec()));
-    // The new server started empty (no persistence).
-    assert_eq!(state.get(b"before").await.unwrap(), None);
+    // The restarted server replayed its append-only file: nothing acknowledged was lost.
+    assert_eq!(state.get(b"before").await.unwrap(), Some(b"1".to_vec()));
     assert_eq!(
         state.last_checkpoint("p").await.unwrap().map(|r| r.epoch),
         Some(2)
@@ -544,7 +375,7 @@ async fn an_unreachable_server_is_unavailable_after_the_timeout() {
 
     // A server that goes away: an operation gives up.
     let server = RedisServer::start();
-    let state = server.connect(short).await;
+    let state = connect_to(&server.url(), short).await;
     state.set(b"k", b"v").await.unwrap();
     server.stop();
     let started = Instant::now();
@@ -563,10 +394,10 @@ async fn an_unreachable_server_is_unavailable_after_the_timeout() {
 #[tokio::test]
 async fn errors_other_than_connection_errors_are_not_retried() {
     let server = RedisServer::start();
-    let state = server.connect(LONG).await;
+    let state = connect_to(&server.url(), LONG).await;
     // A list where a string belongs.
     assert_eq!(
-        raw_command(server.port, &[b"RPUSH", b"plumber:s:list", b"x"]).unwrap(),
+        raw_command(server.port(), &[b"RPUSH", b"plumber:s:list", b"x"]).unwrap(),
         ":1"
     );
     let started = Instant::now();
@@ -581,7 +412,7 @@ async fn errors_other_than_connection_errors_are_not_retried() {
     assert!(started.elapsed() < Duration::from_secs(1));
 
     // A fencing counter that is not an integer makes the script refuse.
-    raw_command(server.port, &[b"SET", b"plumber:f:p", b"junk"]).unwrap();
+    raw_command(server.port(), &[b"SET", b"plumber:f:p", b"junk"]).unwrap();
     let started = Instant::now();
     match state.commit(&record("p", 1, 1, 1), &[]).await {
         Err(StateError::Unavailable { message, .. }) => {
@@ -599,7 +430,7 @@ async fn errors_other_than_connection_errors_are_not_retried() {
 #[tokio::test]
 async fn a_server_that_does_not_answer_is_unavailable_after_the_timeout() {
     let server = RedisServer::start();
-    let state = server.connect(Duration::from_millis(300)).await;
+    let state = connect_to(&server.url(), Duration::from_millis(300)).await;
     state.set(b"k", b"v").await.unwrap();
     server.freeze();
     let started = Instant::now();

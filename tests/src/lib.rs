@@ -4,9 +4,13 @@
 //! Also included by `host/tests/cli.rs` through `#[path]`, so it depends on
 //! nothing but `std`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {
@@ -78,48 +82,131 @@ pub fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("plumber-test-cache")
 }
 
-/// A real `redis-server` on a free loopback port, stopped when dropped.
+/// A `redis-server` child process, killed on drop.
 pub struct RedisServer {
-    child: std::process::Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    child: Arc<Mutex<Option<Child>>>,
+    restarter: Option<JoinHandle<()>>,
+}
+
+pub fn server_binary() -> String {
+    std::env::var("PLUMBER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// Starts `redis-server` on `port` with its files in `dir` (an append-only
+/// file synced on every write, so a restarted server has every acknowledged
+/// write) and waits until it answers PING.
+fn spawn_server(port: u16, dir: &Path) -> Result<Child, String> {
+    let binary = server_binary();
+    let log = dir.join("redis.log");
+    let mut child = Command::new(&binary)
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start `{binary}` ({e}): the Redis tests need a Redis server; \
+                 install it (e.g. `apt-get install redis-server`) or set \
+                 PLUMBER_REDIS_SERVER to its path"
+            )
+        });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on port {port} exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        if raw_command(port, &[b"PING"]).is_ok_and(|reply| reply == "+PONG") {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not answer PING within 10 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that nothing listens on (at the time of asking).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// Sends one command over a fresh connection and returns the reply: its first
+/// line (`+PONG`, `:1`, `-ERR ...`), or a bulk string's content.
+pub fn raw_command(port: u16, parts: &[&[u8]]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        request.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        request.extend_from_slice(part);
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if line.starts_with('$') && !line.starts_with("$-1") {
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
+    Ok(line.trim_end().to_owned())
 }
 
 impl RedisServer {
-    /// Starts `redis-server` and waits until it answers `PING`.
-    ///
-    /// # Panics
-    ///
-    /// When `redis-server` is not installed or does not come up: tests that
-    /// need Redis fail rather than skip (`.ci/run` installs it).
-    pub fn start() -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server (install it: apt-get install redis-server): {e}")
-            });
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        server.wait_until_ready();
-        server
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // Another process may take the free port before the server binds it:
+        // try a few.
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match spawn_server(port, dir.path()) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        dir,
+                        child: Arc::new(Mutex::new(Some(child))),
+                        restarter: None,
+                    }
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        panic!("cannot start redis-server:\n{}", errors.join("\n"));
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The server's URL.
@@ -127,39 +214,51 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    fn wait_until_ready(&self) {
-        use std::io::{Read, Write};
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                let mut reply = [0u8; 5];
-                if stream.write_all(b"PING\r\n").is_ok()
-                    && stream.read_exact(&mut reply).is_ok()
-                    && &reply == b"+PONG"
-                {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing.
+    pub fn freeze(&self) {
+        let slot = self.child.lock().unwrap();
+        let pid = slot.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP {pid}: {status}");
+    }
+
+    /// Starts a new server on the same port after `delay`, in a background thread.
+    pub fn restart_after(&mut self, delay: Duration) {
+        let port = self.port;
+        let dir: PathBuf = self.dir.path().to_path_buf();
+        let slot = Arc::clone(&self.child);
+        self.restarter = Some(std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let child = spawn_server(port, &dir).unwrap_or_else(|e| panic!("restart: {e}"));
+            *slot.lock().unwrap() = Some(child);
+        }));
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(restarter) = self.restarter.take() {
+            let _ = restarter.join();
+        }
+        if let Ok(mut slot) = self.child.lock() {
+            if let Some(mut child) = slot.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
 }

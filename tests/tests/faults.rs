@@ -1,0 +1,136 @@
+//! Backend faults: a Redis server that restarts mid-stream, and one that
+//! stays down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plumber::checkpoint::{CheckpointPolicy, Delivery};
+use plumber::pipeline::{Pipeline, PipelineBuilder, PipelineError};
+use plumber::runtime::Runtime;
+use plumber::state::{Namespace, RedisOptions, RedisState, SharedState, StateError};
+use plumber::step::WasmPipe;
+use plumber::streams::{channel_sink, FileSource};
+use plumber_tests::{cache_dir, guest, RedisServer};
+
+const KEYS: u64 = 5;
+
+async fn redis(server: &RedisServer, reconnect_timeout: Duration) -> SharedState {
+    let options = RedisOptions {
+        reconnect_timeout,
+        ..RedisOptions::default()
+    };
+    Arc::new(
+        RedisState::connect(&server.url(), options)
+            .await
+            .expect("connect"),
+    )
+}
+
+fn pipeline(input: &std::path::Path, state: SharedState) -> PipelineBuilder {
+    Pipeline::builder("faults")
+        .state(state)
+        .delivery(Delivery::ExactlyOnce)
+        .runtime(Runtime::new(Some(cache_dir())).unwrap())
+        .checkpoint(CheckpointPolicy::every(Duration::from_millis(20)))
+        .batch_size(10)
+        .channel_capacity(1)
+        .from(FileSource::new(input))
+        .then(
+            WasmPipe::new("counter", guest("key-counter"))
+                .config(serde_json::json!({ "keys": KEYS })),
+        )
+}
+
+fn ids(dir: &std::path::Path, events: u64) -> std::path::PathBuf {
+    let input = dir.join("ids.txt");
+    std::fs::write(
+        &input,
+        (0..events).map(|id| format!("{id}\n")).collect::<String>(),
+    )
+    .unwrap();
+    input
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_loses_nothing_and_stays_exact() {
+    const EVENTS: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = ids(dir.path(), EVENTS);
+    let mut server = RedisServer::start();
+    let state = redis(&server, Duration::from_secs(30)).await;
+    let (sink, mut out) = channel_sink(1);
+    let running = tokio::spawn(pipeline(&input, state.clone()).to(sink).run());
+
+    let mut lines = Vec::new();
+    while lines.len() < 500 {
+        lines.push(out.recv().await.expect("output").value_lossy().into_owned());
+    }
+    // The pipeline is held back by the sink; take Redis away under it.
+    server.stop();
+    server.restart_after(Duration::from_millis(1500));
+    let stopped = Instant::now();
+    while let Some(event) = out.recv().await {
+        lines.push(event.value_lossy().into_owned());
+    }
+    let report = running
+        .await
+        .unwrap()
+        .expect("the pipeline rode out the restart");
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(1),
+        "the outage was not felt"
+    );
+    assert!(report.checkpoints >= 1);
+
+    // Every id once, each key's counts 1..n in order.
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        let parts: Vec<u64> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+        assert!(seen.insert(parts[0]), "id {} twice", parts[0]);
+        let previous = last.insert(parts[1], parts[2]).unwrap_or(0);
+        assert_eq!(parts[2], previous + 1, "{line}");
+    }
+    assert_eq!(seen.len() as u64, EVENTS);
+    let namespace = Namespace::for_pipe("faults", "counter");
+    for key in 0..KEYS {
+        let stored = state.get(&namespace.key(&format!("k{key}"))).await.unwrap();
+        assert_eq!(
+            stored,
+            Some((EVENTS / KEYS).to_string().into_bytes()),
+            "key {key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_down_past_the_timeout_stops_the_pipeline_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = ids(dir.path(), 3_000);
+    let server = RedisServer::start();
+    let state = redis(&server, Duration::from_millis(500)).await;
+    let (sink, mut out) = channel_sink(1);
+    let running = tokio::spawn(pipeline(&input, state).to(sink).run());
+    for _ in 0..100 {
+        out.recv().await.expect("output");
+    }
+    server.stop();
+    let stopped = Instant::now();
+    // Keep reading so that nothing but the backend holds the pipeline back.
+    let drain = tokio::spawn(async move { while out.recv().await.is_some() {} });
+    let error = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the pipeline gave up instead of spinning")
+        .unwrap()
+        .expect_err("Redis is gone");
+    drain.await.unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(30));
+    match &error {
+        PipelineError::State {
+            source: StateError::Unavailable { address, .. },
+            ..
+        } => assert_eq!(address, &server.address()),
+        other => panic!("expected the backend to be unavailable, got: {other}"),
+    }
+}
