@@ -420,8 +420,12 @@ async fn run_stateful(
         let _ = std::fs::remove_dir_all(&dir);
         print("sled", delivery, &m);
         if let Some(url) = &args.redis {
-            let redis =
-                crate::state::RedisState::connect(url, crate::state::RedisOptions::default())
+            // A fresh prefix per run: a pipeline resumes from its last checkpoint.
+            let options = crate::state::RedisOptions {
+                key_prefix: format!("plumber-bench:{}:{delivery:?}:", std::process::id()),
+                ..crate::state::RedisOptions::default()
+            };
+            let redis = crate::state::RedisState::connect(url, options)
                     .await
                     .map_err(|source| crate::pipeline::PipelineError::State {
                         pipeline: "bench".to_owned(),
