@@ -14,7 +14,7 @@
 //! | [`config`] | the JSON config of the `plumber` binary and its validation |
 //! | [`runtime`] | loading components, the compile cache, the host side of the WIT |
 //! | [`step`] | the `Step` trait: WASM pipes and native steps |
-//! | [`state`] | the `StateBackend` trait and its backends (memory, sled) |
+//! | [`state`] | the `StateBackend` trait and its backends (memory, sled, Redis) |
 //! | [`streams`] | sources and sinks (array, channel, file, stdout) |
 //! | [`checkpoint`] | checkpoint records and strategies |
 //! | [`window`] | count, time, sliding, session and signal windows |
