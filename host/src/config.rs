@@ -86,11 +86,19 @@ pub struct PipelineConfig {
     pub dead_letter: Option<SinkConfig>,
 }
 
+fn file_sink(path: &Path, rotate_bytes: Option<u64>) -> FileSink {
+    let sink = FileSink::new(path);
+    match rotate_bytes {
+        Some(bytes) => sink.rotate_at(bytes),
+        None => sink,
+    }
+}
+
 impl SinkConfig {
     fn attach(&self, builder: PipelineBuilder) -> PipelineBuilder {
         match self {
             SinkConfig::Stdout {} => builder.to(StdoutSink::new()),
-            SinkConfig::File { path } => builder.to(FileSink::new(path)),
+            SinkConfig::File { path, rotate_bytes } => builder.to(file_sink(path, *rotate_bytes)),
             SinkConfig::Discard {} => builder.to(DiscardSink::new()),
         }
     }
@@ -98,7 +106,9 @@ impl SinkConfig {
     fn attach_dead_letter(&self, builder: PipelineBuilder) -> PipelineBuilder {
         match self {
             SinkConfig::Stdout {} => builder.dead_letter(StdoutSink::new()),
-            SinkConfig::File { path } => builder.dead_letter(FileSink::new(path)),
+            SinkConfig::File { path, rotate_bytes } => {
+                builder.dead_letter(file_sink(path, *rotate_bytes))
+            }
             SinkConfig::Discard {} => builder.dead_letter(DiscardSink::new()),
         }
     }
@@ -188,6 +198,10 @@ pub enum SourceConfig {
         /// event object: `value`, and optionally `key`, `timestamp`, `headers`).
         #[serde(default)]
         format: LineFormat,
+        /// Follow the file as it grows and across rotations, polling every
+        /// this many ms (the source then never ends).
+        #[serde(default)]
+        follow_ms: Option<u64>,
     },
 }
 
@@ -525,6 +539,9 @@ pub enum SinkConfig {
     File {
         /// The file.
         path: PathBuf,
+        /// Rotate the file (to `<path>.1`, `.2`, …) once it reaches this many bytes.
+        #[serde(default)]
+        rotate_bytes: Option<u64>,
     },
     /// Drops events (for pipelines run for their state, and benchmarks).
     Discard {},
@@ -670,7 +687,7 @@ impl PipelineConfig {
             }
         }
         for sink in std::iter::once(&mut self.to).chain(self.dead_letter.as_mut()) {
-            if let SinkConfig::File { path } = sink {
+            if let SinkConfig::File { path, .. } = sink {
                 resolve(path);
             }
         }
@@ -729,8 +746,16 @@ impl PipelineConfig {
             SourceConfig::Array { values } => {
                 builder.from(ArraySource::from_strings(values.clone()))
             }
-            SourceConfig::File { path, format } => {
-                builder.from(FileSource::new(path).format(*format))
+            SourceConfig::File {
+                path,
+                format,
+                follow_ms,
+            } => {
+                let mut source = FileSource::new(path).format(*format);
+                if let Some(ms) = follow_ms {
+                    source = source.follow(Duration::from_millis((*ms).max(1)));
+                }
+                builder.from(source)
             }
         };
         for step in &self.pipeline {

@@ -428,6 +428,7 @@ impl PipelineBuilder {
         }
         let sink_task = tokio::spawn(run_sink(name.clone(), sink, next_rx, dead_letters));
 
+        let commit_listener = source.commit_listener();
         let driver = SourceDriver {
             pipeline: name.clone(),
             state: state.clone(),
@@ -443,6 +444,7 @@ impl PipelineBuilder {
             fence,
             pauses: Vec::new(),
             requests: self.checkpoint_requests.clone(),
+            commit_listener,
         };
         let driven = driver.run(source, first_tx, self.shutdown.1).await;
 
@@ -752,6 +754,7 @@ struct SourceDriver {
     fence: u64,
     pauses: Vec<Duration>,
     requests: Arc<Notify>,
+    commit_listener: Option<Box<dyn crate::streams::CommitListener>>,
 }
 
 type ReadResult = Result<Option<(Vec<crate::Event>, Position)>, StreamError>;
@@ -823,6 +826,7 @@ impl SourceDriver {
                             })?;
                             self.epoch += 1;
                             self.last_checkpoint = Some(record);
+                            self.notify_committed().await?;
                         }
                         output
                             .send(Message::Data(Batch::new(events)))
@@ -897,7 +901,23 @@ impl SourceDriver {
         self.checkpoints += 1;
         self.events_since_checkpoint = 0;
         self.last_checkpoint = Some(record);
-        Ok(())
+        self.notify_committed().await
+    }
+
+    /// Tells the source's commit listener that the last checkpoint is committed.
+    async fn notify_committed(&mut self) -> Result<(), PipelineError> {
+        let (Some(listener), Some(record)) =
+            (self.commit_listener.as_mut(), self.last_checkpoint.as_ref())
+        else {
+            return Ok(());
+        };
+        listener
+            .committed(&record.position)
+            .await
+            .map_err(|source| PipelineError::Stream {
+                pipeline: self.pipeline.clone(),
+                source,
+            })
     }
 }
 

@@ -111,7 +111,16 @@ impl Scenario {
         let mut rng = Lcg(seed);
         let mut landed = 0;
         let full = self.full_output_len();
-        let length = || std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
+        // Output so far, rotated files included.
+        let length = || {
+            let rotated: u64 = (1..)
+                .map_while(|n| {
+                    std::fs::metadata(self.out.with_file_name(format!("out.txt.{n}"))).ok()
+                })
+                .map(|m| m.len())
+                .sum();
+            rotated + std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0)
+        };
         for _ in 0..kills {
             let mut child = self.command().spawn().expect("spawn plumber");
             let target = length() + full * rng.next_in(3, 25) / 100;
@@ -147,11 +156,18 @@ impl Scenario {
         landed
     }
 
-    /// The output lines as (id, key, count).
+    /// The output lines as (id, key, count), rotated files first.
     fn output(&self) -> Vec<(u64, u64, u64)> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
+        let mut text = String::new();
+        for n in 1.. {
+            let rotated = self.out.with_file_name(format!("out.txt.{n}"));
+            match std::fs::read_to_string(&rotated) {
+                Ok(part) => text.push_str(&part),
+                Err(_) => break,
+            }
+        }
+        text.push_str(&std::fs::read_to_string(&self.out).unwrap_or_default());
+        text.lines()
             .map(|line| {
                 let mut parts = line.split(' ').map(|p| p.parse::<u64>().expect("a number"));
                 let mut next = || parts.next().expect("three numbers");
@@ -367,4 +383,22 @@ fn at_most_once_on_redis_applies_nothing_twice() {
     );
     let landed = scenario.run_with_kills(kills(), seed(7));
     check_at_most_once(&scenario, landed);
+}
+
+#[test]
+fn exactly_once_with_a_rotating_file_sink_survives_sigkill() {
+    let scenario =
+        Scenario::with_state(Scenario::new("exactly_once", serde_json::Value::Null), sled);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&scenario.config).unwrap()).unwrap();
+    config["to"]["rotate_bytes"] = serde_json::json!(20_000);
+    // A checkpoint every 2000 events (about 28 kB of output): a rotation at each.
+    config["checkpoint"]["every_events"] = serde_json::json!(2_000);
+    std::fs::write(&scenario.config, config.to_string()).unwrap();
+    let landed = scenario.run_with_kills(kills(), seed(8));
+    check_exactly_once(&scenario, landed);
+    assert!(
+        scenario.out.with_file_name("out.txt.3").exists(),
+        "the sink did not rotate"
+    );
 }

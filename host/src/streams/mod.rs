@@ -8,6 +8,9 @@
 mod array;
 mod channel;
 mod file;
+pub mod http;
+pub mod nats;
+pub mod sql;
 mod stdout;
 
 use async_trait::async_trait;
@@ -87,6 +90,25 @@ pub trait Source: Send {
         &mut self,
         max: usize,
     ) -> Result<Option<(Vec<Event>, Position)>, StreamError>;
+
+    /// A listener the pipeline tells about committed positions, for sources
+    /// that must acknowledge what they delivered. Called once, before reading.
+    fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
+        None
+    }
+}
+
+/// Told when a checkpoint covering a source position has been committed
+/// (e.g. to acknowledge JetStream messages only once they are safe).
+#[async_trait]
+pub trait CommitListener: Send {
+    /// Everything up to and including `position` is committed.
+    ///
+    /// # Errors
+    ///
+    /// The acknowledgement failed; the pipeline stops (the messages will be
+    /// redelivered and replayed).
+    async fn committed(&mut self, position: &Position) -> Result<(), StreamError>;
 }
 
 /// Where events go to.

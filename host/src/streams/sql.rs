@@ -1,0 +1,1128 @@
+//! SQL databases, SQLite and PostgreSQL: a source that reads a table
+//! incrementally by a monotonic integer column, and a sink that inserts or
+//! upserts rows, exactly-once for inserts through an epoch column.
+//!
+//! URLs: `sqlite://path/to/file.db` (or `sqlite:file.db`, `sqlite::memory:`,
+//! with sqlx's query parameters such as `?mode=rwc`) and
+//! `postgres://user:password@host:port/database` (or `postgresql://…`).
+//! Descriptions and errors name the URL without its password.
+//!
+//! Table and column names from the configuration must be plain SQL
+//! identifiers (`[A-Za-z_][A-Za-z0-9_]*`; a table may be `schema.table`).
+//! They are always quoted in the statements, so on PostgreSQL they are
+//! case-sensitive: `Events` names the table created as `"Events"`, not one
+//! created as `CREATE TABLE Events` (which PostgreSQL folds to `events`).
+//! Values from events are always bound as parameters, never put in SQL text.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Sink, Source, StreamError};
+use crate::checkpoint::Position;
+use crate::{Batch, Event};
+
+/// The header a [`SqlSource`] puts on each event: the row's position
+/// column, in decimal.
+pub const POSITION_HEADER: &str = "plumber-sql-position";
+
+/// The default name of the epoch column an inserting [`SqlSink`] writes.
+pub const DEFAULT_EPOCH_COLUMN: &str = "plumber_epoch";
+
+/// The most bind parameters one SQLite statement gets (SQLite's historical
+/// lower limit of `SQLITE_MAX_VARIABLE_NUMBER`).
+const SQLITE_MAX_PARAMETERS: usize = 999;
+
+/// The most rows one PostgreSQL statement gets (they travel as one JSON
+/// parameter).
+const POSTGRES_MAX_ROWS: usize = 1000;
+
+/// The shortest poll interval of a source, so that a zero interval does not
+/// hammer the database.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A connection pool of either supported database.
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Pool {
+    /// The placeholder of the `n`th (1-based) bind parameter.
+    fn placeholder(&self, n: usize) -> String {
+        match self {
+            Pool::Sqlite(_) => "?".to_owned(),
+            Pool::Postgres(_) => format!("${n}"),
+        }
+    }
+}
+
+/// Connects to `url` with a pool of one connection (a source reads and a
+/// sink writes one statement at a time).
+async fn connect_pool(url: &str, stream: &str) -> Result<Pool, StreamError> {
+    let connect_error = |error: sqlx::Error| db_error(stream, "connect", error);
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url).map_err(connect_error)?;
+        // One connection, never closed: an in-memory database lives as long
+        // as its connection.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Pool::Sqlite(pool))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Pool::Postgres(pool))
+    } else {
+        Err(invalid_input(
+            stream,
+            "configure",
+            "unsupported database URL: expected `sqlite:…` or `postgres://…`".to_owned(),
+        ))
+    }
+}
+
+/// `url` without its password (in the user info or a `password` query
+/// parameter), for descriptions and errors.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    let location = match location.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            format!("{user}@{host}")
+        }
+        None => location.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{location}");
+    if let Some(query) = query {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !name.eq_ignore_ascii_case("password")
+            })
+            .collect();
+        if !kept.is_empty() {
+            redacted.push('?');
+            redacted.push_str(&kept.join("&"));
+        }
+    }
+    redacted
+}
+
+fn db_error(stream: &str, action: &'static str, error: sqlx::Error) -> StreamError {
+    StreamError::Io {
+        stream: stream.to_owned(),
+        action,
+        source: std::io::Error::other(error),
+    }
+}
+
+fn invalid_input(stream: &str, action: &'static str, message: String) -> StreamError {
+    StreamError::Io {
+        stream: stream.to_owned(),
+        action,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message),
+    }
+}
+
+fn invalid_data(stream: &str, action: &'static str, message: String) -> StreamError {
+    StreamError::Io {
+        stream: stream.to_owned(),
+        action,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, message),
+    }
+}
+
+/// Whether `name` is a plain SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `name` quoted as an identifier, if it is a plain one.
+fn quote_identifier(name: &str, what: &str) -> Result<String, String> {
+    if is_plain_identifier(name) {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(format!(
+            "{what} `{name}` is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        ))
+    }
+}
+
+/// A table name, `table` or `schema.table`, quoted.
+fn quote_table(name: &str) -> Result<String, String> {
+    match name.split_once('.') {
+        Some((schema, table)) => Ok(format!(
+            "{}.{}",
+            quote_identifier(schema, "schema")?,
+            quote_identifier(table, "table")?
+        )),
+        None => quote_identifier(name, "table"),
+    }
+}
+
+/// The names and types (as `format_type` prints them) of a PostgreSQL
+/// table's columns; fails when the table does not exist.
+async fn postgres_columns(
+    pool: &PgPool,
+    table: &str,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as::<_, (String, String)>(
+        "SELECT CAST(a.attname AS TEXT), format_type(a.atttypid, NULL) \
+         FROM pg_attribute a \
+         WHERE a.attrelid = CAST($1 AS regclass) AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(table.to_owned())
+    .fetch_all(pool)
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Source
+
+/// Reads a table incrementally, in the order of a monotonic integer column
+/// (an auto-increment id, a sequence): each poll runs
+/// `SELECT … WHERE position_column > last ORDER BY position_column LIMIT max`.
+///
+/// Each row becomes an [`Event`] whose value is the value column (text as
+/// UTF-8; a BLOB/`bytea` column as its bytes; other types as their text;
+/// NULL as an empty value), whose key is the key column when one is
+/// configured (NULL: no key), with no timestamp and a header
+/// [`POSITION_HEADER`] holding the row's position. The source's position is
+/// [`Position::Offset`] of the last row's position column. When there are
+/// no new rows it polls every `poll_interval`; it never ends.
+///
+/// The position column must be unique, not negative, and grow in commit
+/// order: a row committed later with a smaller value than one already read
+/// is never read (on PostgreSQL, concurrent transactions drawing from one
+/// sequence can commit out of order; have a single writer, or read rows
+/// only once their writers are done).
+pub struct SqlSource {
+    pool: Pool,
+    description: String,
+    /// The select after a position: binds the position, then the limit.
+    select_after: Arc<str>,
+    /// The select from the start: binds the limit.
+    select_all: Arc<str>,
+    has_key: bool,
+    last: Option<i64>,
+    poll_interval: Duration,
+}
+
+/// One row as read: position, value, key.
+type SourceRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+impl SqlSource {
+    /// Connects to the database at `url` and prepares to read `table` in the
+    /// order of `position_column`, taking each event's value from
+    /// `value_column` and its key from `key_column`. It checks that the
+    /// table and the columns exist.
+    ///
+    /// # Errors
+    ///
+    /// A name is not a plain SQL identifier, the URL is not a SQLite or
+    /// PostgreSQL one, the database cannot be reached, or the table or a
+    /// column does not exist. Errors name the URL without its password.
+    pub async fn connect(
+        url: &str,
+        table: &str,
+        position_column: &str,
+        value_column: &str,
+        key_column: Option<String>,
+        poll_interval: Duration,
+    ) -> Result<Self, StreamError> {
+        let description = format!("sql source `{table}` at {}", redact_url(url));
+        let configure = |message| invalid_input(&description, "configure", message);
+        let quoted_table = quote_table(table).map_err(configure)?;
+        let position = quote_identifier(position_column, "position column").map_err(configure)?;
+        let value = quote_identifier(value_column, "value column").map_err(configure)?;
+        let key = key_column
+            .as_deref()
+            .map(|key| quote_identifier(key, "key column"))
+            .transpose()
+            .map_err(configure)?;
+        let pool = connect_pool(url, &description).await?;
+        let (value_expr, key_expr) = match &pool {
+            Pool::Sqlite(_) => (
+                format!("CAST({value} AS BLOB)"),
+                key.as_ref().map(|key| format!("CAST({key} AS BLOB)")),
+            ),
+            Pool::Postgres(pg) => {
+                let columns = postgres_columns(pg, &quoted_table)
+                    .await
+                    .map_err(|e| db_error(&description, "read the table's columns", e))?;
+                let type_of = |name: &str| {
+                    columns
+                        .iter()
+                        .find(|(column, _)| column == name)
+                        .map(|(_, ty)| ty.as_str())
+                };
+                let mut wanted = vec![position_column, value_column];
+                wanted.extend(key_column.as_deref());
+                for name in wanted {
+                    if type_of(name).is_none() {
+                        return Err(invalid_input(
+                            &description,
+                            "configure",
+                            format!("the table has no column `{name}`"),
+                        ));
+                    }
+                }
+                // Everything is read as bytes: `bytea` as is, other types as
+                // their text in UTF-8.
+                let as_bytes = |quoted: &str, name: &str| {
+                    if type_of(name) == Some("bytea") {
+                        quoted.to_owned()
+                    } else {
+                        format!("convert_to(CAST({quoted} AS TEXT), 'UTF8')")
+                    }
+                };
+                (
+                    as_bytes(&value, value_column),
+                    key.as_ref()
+                        .zip(key_column.as_deref())
+                        .map(|(quoted, name)| as_bytes(quoted, name)),
+                )
+            }
+        };
+        let cast = match &pool {
+            Pool::Sqlite(_) => "INTEGER",
+            Pool::Postgres(_) => "BIGINT",
+        };
+        let columns = match &key_expr {
+            Some(key_expr) => format!("CAST({position} AS {cast}), {value_expr}, {key_expr}"),
+            None => format!("CAST({position} AS {cast}), {value_expr}"),
+        };
+        let select_after = format!(
+            "SELECT {columns} FROM {quoted_table} WHERE {position} > {} ORDER BY {position} LIMIT {}",
+            pool.placeholder(1),
+            pool.placeholder(2)
+        );
+        let select_all = format!(
+            "SELECT {columns} FROM {quoted_table} ORDER BY {position} LIMIT {}",
+            pool.placeholder(1)
+        );
+        let mut source = SqlSource {
+            pool,
+            description,
+            select_after: select_after.into(),
+            select_all: select_all.into(),
+            has_key: key.is_some(),
+            last: None,
+            poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+        };
+        // Runs the query once, so that a missing table or column (or a
+        // position column that is not an integer) is reported now.
+        source
+            .fetch(0)
+            .await
+            .map_err(|e| db_error(&source.description, "query the table", e))?;
+        Ok(source)
+    }
+
+    /// Reads at most `limit` rows after the current position.
+    async fn fetch(&mut self, limit: i64) -> Result<Vec<SourceRow>, sqlx::Error> {
+        let sql = match self.last {
+            Some(_) => self.select_after.clone(),
+            None => self.select_all.clone(),
+        };
+        let has_key = self.has_key;
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                if let Some(last) = self.last {
+                    query = query.bind(last);
+                }
+                let rows = query.bind(limit).fetch_all($pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let key = if has_key {
+                            row.try_get::<Option<Vec<u8>>, _>(2)?
+                        } else {
+                            None
+                        };
+                        Ok((row.try_get::<i64, _>(0)?, row.try_get(1)?, key))
+                    })
+                    .collect()
+            }};
+        }
+        match &self.pool {
+            Pool::Sqlite(pool) => run!(pool),
+            Pool::Postgres(pool) => run!(pool),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for SqlSource {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        self.last = match position {
+            Position::Start => None,
+            Position::Offset(offset) => {
+                Some(i64::try_from(*offset).map_err(|_| StreamError::Seek {
+                    stream: self.describe(),
+                    position: position.clone(),
+                    reason: "the position is past the largest 64-bit signed integer".to_owned(),
+                })?)
+            }
+        };
+        Ok(())
+    }
+
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        loop {
+            let rows = self
+                .fetch(limit)
+                .await
+                .map_err(|e| db_error(&self.description, "query the table", e))?;
+            if rows.is_empty() {
+                tokio::time::sleep(self.poll_interval).await;
+                continue;
+            }
+            let mut events = Vec::with_capacity(rows.len());
+            let mut offset = 0;
+            for (position, value, key) in rows {
+                offset = u64::try_from(position).map_err(|_| {
+                    invalid_data(
+                        &self.description,
+                        "read a row",
+                        format!("the position column holds {position}, which is negative"),
+                    )
+                })?;
+                events.push(Event {
+                    key,
+                    value: value.unwrap_or_default(),
+                    timestamp: None,
+                    headers: vec![(POSITION_HEADER.to_owned(), position.to_string())],
+                });
+                self.last = Some(position);
+            }
+            return Ok(Some((events, Position::Offset(offset))));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sink
+
+/// How a [`SqlSink`] writes its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlSinkMode {
+    /// `INSERT` every row. Exactly-once through the epoch column (see
+    /// [`SqlSink`]).
+    Insert,
+    /// `INSERT … ON CONFLICT (key_columns) DO UPDATE` the other columns: a
+    /// row replaces the one with the same key. Replays write the same rows
+    /// again, so the result is idempotent by key; no epoch column is used.
+    /// The key columns need a unique index or primary key.
+    Upsert {
+        /// The columns of the conflict target, each written by every row.
+        key_columns: Vec<String>,
+    },
+}
+
+/// Where a column's value comes from, in a configured mapping of a
+/// [`SqlSink`]. Written as text: `value`, `key`, `timestamp`,
+/// `header:<name>`, `json:<field>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum ColumnSource {
+    /// The event's value as text (invalid UTF-8 replaced).
+    Value,
+    /// The event's key as text; NULL without a key.
+    Key,
+    /// The event's timestamp, ms since the Unix epoch; NULL without one.
+    Timestamp,
+    /// The first header of this name; NULL without one.
+    Header(String),
+    /// A top-level field of the event's value, which must then be a JSON
+    /// object; NULL when the field is missing. Strings, numbers and
+    /// booleans are written as such; objects and arrays as JSON.
+    Json(String),
+}
+
+impl FromStr for ColumnSource {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "value" => Ok(ColumnSource::Value),
+            "key" => Ok(ColumnSource::Key),
+            "timestamp" => Ok(ColumnSource::Timestamp),
+            _ => {
+                if let Some(name) = text.strip_prefix("header:").filter(|n| !n.is_empty()) {
+                    Ok(ColumnSource::Header(name.to_owned()))
+                } else if let Some(field) = text.strip_prefix("json:").filter(|f| !f.is_empty()) {
+                    Ok(ColumnSource::Json(field.to_owned()))
+                } else {
+                    Err(format!(
+                        "`{text}` is not a column source: expected `value`, `key`, \
+                         `timestamp`, `header:<name>` or `json:<field>`"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for ColumnSource {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl fmt::Display for ColumnSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnSource::Value => f.write_str("value"),
+            ColumnSource::Key => f.write_str("key"),
+            ColumnSource::Timestamp => f.write_str("timestamp"),
+            ColumnSource::Header(name) => write!(f, "header:{name}"),
+            ColumnSource::Json(field) => write!(f, "json:{field}"),
+        }
+    }
+}
+
+/// A value for one column of one row.
+#[derive(Debug, Clone, PartialEq)]
+enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// A JSON object or array.
+    Json(serde_json::Value),
+}
+
+impl SqlValue {
+    fn from_json(value: serde_json::Value) -> SqlValue {
+        match value {
+            serde_json::Value::Null => SqlValue::Null,
+            serde_json::Value::Bool(b) => SqlValue::Bool(b),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => SqlValue::Int(i),
+                // Integers past i64 keep every digit as text.
+                _ if n.is_u64() => SqlValue::Text(n.to_string()),
+                (None, Some(f)) => SqlValue::Float(f),
+                (None, None) => SqlValue::Text(n.to_string()),
+            },
+            serde_json::Value::String(s) => SqlValue::Text(s),
+            other => SqlValue::Json(other),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            SqlValue::Null => serde_json::Value::Null,
+            SqlValue::Bool(b) => serde_json::Value::Bool(*b),
+            SqlValue::Int(i) => serde_json::Value::from(*i),
+            SqlValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            SqlValue::Text(s) => serde_json::Value::String(s.clone()),
+            SqlValue::Json(v) => v.clone(),
+        }
+    }
+}
+
+/// A row waiting for the next flush.
+struct PendingRow {
+    /// Column names (validated identifiers, unquoted), shared by the rows
+    /// of a configured mapping.
+    columns: Arc<[String]>,
+    values: Vec<SqlValue>,
+}
+
+/// Writes events as rows of a table; `flush` writes everything buffered in
+/// one transaction.
+///
+/// By default each event's value must be a JSON object whose fields are the
+/// columns (field names must be plain identifiers). With
+/// [`SqlSink::mapping`] the columns come from the event instead
+/// ([`ColumnSource`]).
+///
+/// **Exactly-once for inserts**: the table has an extra integer column,
+/// `plumber_epoch` unless [`SqlSink::epoch_column`] says otherwise. The
+/// sink keeps an epoch counter, at start the table's largest epoch (or 0);
+/// each flush that writes rows increments it and writes it in every row, in
+/// the same transaction. [`Sink::position`] is the counter, stored in every
+/// checkpoint; on an exactly-once restart [`Sink::recover`] deletes the rows
+/// of epochs after the checkpoint's (written after it, and about to be
+/// replayed), so every result is in the table exactly once. One pipeline
+/// should write to a table (two would share and delete each other's
+/// epochs). Upserts need no epoch: they are idempotent by key.
+///
+/// On PostgreSQL each value is converted to its column's type by the
+/// column's input function (so text `"42"` fills an integer column and a
+/// JSON object a `jsonb` one); on SQLite, by the column's type affinity.
+pub struct SqlSink {
+    pool: Pool,
+    description: String,
+    /// The table, quoted.
+    table: String,
+    /// The key columns of an upsert (unquoted), empty for inserts.
+    key_columns: Vec<String>,
+    mapping: Option<(Arc<[String]>, Vec<ColumnSource>)>,
+    /// The epoch column (unquoted), for inserts.
+    epoch_column: Option<String>,
+    /// The epoch of the last flush, once known.
+    epoch: Option<u64>,
+    rows: Vec<PendingRow>,
+}
+
+impl SqlSink {
+    /// Connects to the database at `url` to write rows to `table`. The
+    /// table is not checked until the first statement runs.
+    ///
+    /// # Errors
+    ///
+    /// The table or a key column is not a plain SQL identifier, an upsert
+    /// has no key column, the URL is not a SQLite or PostgreSQL one, or the
+    /// database cannot be reached. Errors name the URL without its password.
+    pub async fn connect(url: &str, table: &str, mode: SqlSinkMode) -> Result<Self, StreamError> {
+        let description = format!("sql sink `{table}` at {}", redact_url(url));
+        let configure = |message| invalid_input(&description, "configure", message);
+        let quoted_table = quote_table(table).map_err(configure)?;
+        let (key_columns, epoch_column) = match mode {
+            SqlSinkMode::Insert => (Vec::new(), Some(DEFAULT_EPOCH_COLUMN.to_owned())),
+            SqlSinkMode::Upsert { key_columns } => {
+                if key_columns.is_empty() {
+                    return Err(configure(
+                        "an upsert needs at least one key column".to_owned(),
+                    ));
+                }
+                for column in &key_columns {
+                    quote_identifier(column, "key column").map_err(configure)?;
+                }
+                (key_columns, None)
+            }
+        };
+        let pool = connect_pool(url, &description).await?;
+        Ok(SqlSink {
+            pool,
+            description,
+            table: quoted_table,
+            key_columns,
+            mapping: None,
+            epoch_column,
+            epoch: None,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Takes each row's columns from the event as `mapping` says, instead
+    /// of from the fields of a JSON value.
+    ///
+    /// # Errors
+    ///
+    /// The mapping is empty, names a column twice, names one that is not a
+    /// plain SQL identifier or is the epoch column, or (for an upsert) lacks
+    /// a key column.
+    pub fn mapping(mut self, mapping: Vec<(String, ColumnSource)>) -> Result<Self, StreamError> {
+        let configure = |message| invalid_input(&self.description, "configure", message);
+        if mapping.is_empty() {
+            return Err(configure("the column mapping is empty".to_owned()));
+        }
+        let mut seen = HashSet::new();
+        for (column, _) in &mapping {
+            quote_identifier(column, "column").map_err(configure)?;
+            if !seen.insert(column.as_str()) {
+                return Err(configure(format!(
+                    "the mapping names column `{column}` twice"
+                )));
+            }
+            if self.epoch_column.as_deref() == Some(column.as_str()) {
+                return Err(configure(format!(
+                    "column `{column}` is the epoch column, which the sink writes itself"
+                )));
+            }
+        }
+        if let Some(key) = self.key_columns.iter().find(|k| !seen.contains(k.as_str())) {
+            return Err(configure(format!(
+                "the mapping has no source for key column `{key}`"
+            )));
+        }
+        let (columns, sources): (Vec<String>, Vec<ColumnSource>) = mapping.into_iter().unzip();
+        self.mapping = Some((columns.into(), sources));
+        Ok(self)
+    }
+
+    /// Names the epoch column of an inserting sink (default
+    /// [`DEFAULT_EPOCH_COLUMN`]); `None` writes no epoch, which makes the
+    /// sink at-least-once ([`Sink::position`] is then `None`).
+    ///
+    /// # Errors
+    ///
+    /// The name is not a plain SQL identifier, is a column of the mapping,
+    /// or the sink upserts (upserts take no epoch).
+    pub fn epoch_column(mut self, column: Option<String>) -> Result<Self, StreamError> {
+        let configure = |message| invalid_input(&self.description, "configure", message);
+        if !self.key_columns.is_empty() {
+            return Err(configure(
+                "an upsert is idempotent by its key and takes no epoch column".to_owned(),
+            ));
+        }
+        if let Some(column) = &column {
+            quote_identifier(column, "epoch column").map_err(configure)?;
+            if let Some((columns, _)) = &self.mapping {
+                if columns.contains(column) {
+                    return Err(configure(format!(
+                        "column `{column}` is in the mapping and cannot be the epoch column"
+                    )));
+                }
+            }
+        }
+        self.epoch_column = column;
+        self.epoch = None;
+        Ok(self)
+    }
+
+    /// One event as a row.
+    fn row(&self, event: &Event) -> Result<PendingRow, String> {
+        let Some((columns, sources)) = &self.mapping else {
+            return self.json_row(event);
+        };
+        let mut parsed: Option<serde_json::Map<String, serde_json::Value>> = None;
+        let mut values = Vec::with_capacity(sources.len());
+        for source in sources {
+            let value = match source {
+                ColumnSource::Value => SqlValue::Text(event.value_lossy().into_owned()),
+                ColumnSource::Key => event.key.as_ref().map_or(SqlValue::Null, |key| {
+                    SqlValue::Text(String::from_utf8_lossy(key).into_owned())
+                }),
+                ColumnSource::Timestamp => match event.timestamp {
+                    None => SqlValue::Null,
+                    Some(ms) => i64::try_from(ms)
+                        .map_or_else(|_| SqlValue::Text(ms.to_string()), SqlValue::Int),
+                },
+                ColumnSource::Header(name) => event
+                    .headers
+                    .iter()
+                    .find(|(header, _)| header == name)
+                    .map_or(SqlValue::Null, |(_, value)| SqlValue::Text(value.clone())),
+                ColumnSource::Json(field) => {
+                    if parsed.is_none() {
+                        parsed = Some(json_object(event)?);
+                    }
+                    parsed
+                        .as_mut()
+                        .and_then(|object| object.get(field))
+                        .cloned()
+                        .map_or(SqlValue::Null, SqlValue::from_json)
+                }
+            };
+            values.push(value);
+        }
+        Ok(PendingRow {
+            columns: columns.clone(),
+            values,
+        })
+    }
+
+    /// One event whose value is a JSON object as a row of its fields.
+    fn json_row(&self, event: &Event) -> Result<PendingRow, String> {
+        let object = json_object(event)?;
+        let mut columns = Vec::with_capacity(object.len());
+        let mut values = Vec::with_capacity(object.len());
+        for (field, value) in object {
+            if !is_plain_identifier(&field) {
+                return Err(format!(
+                    "field `{field}` is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)"
+                ));
+            }
+            if self.epoch_column.as_deref() == Some(field.as_str()) {
+                return Err(format!(
+                    "field `{field}` is the epoch column, which the sink writes itself"
+                ));
+            }
+            columns.push(field);
+            values.push(SqlValue::from_json(value));
+        }
+        if columns.is_empty() {
+            return Err("the value is an empty JSON object".to_owned());
+        }
+        if let Some(key) = self.key_columns.iter().find(|k| !columns.contains(k)) {
+            return Err(format!("the value has no field for key column `{key}`"));
+        }
+        Ok(PendingRow {
+            columns: columns.into(),
+            values,
+        })
+    }
+
+    /// The epoch of the last flush: loaded from the table the first time.
+    async fn current_epoch(&mut self) -> Result<Option<u64>, StreamError> {
+        let Some(column) = &self.epoch_column else {
+            return Ok(None);
+        };
+        if let Some(epoch) = self.epoch {
+            return Ok(Some(epoch));
+        }
+        let sql = format!(
+            "SELECT CAST(COALESCE(MAX(\"{column}\"), 0) AS BIGINT) FROM {}",
+            self.table
+        );
+        let max = match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .map_err(|e| db_error(&self.description, "read the largest epoch", e))?;
+        let epoch = u64::try_from(max).map_err(|_| {
+            invalid_data(
+                &self.description,
+                "read the largest epoch",
+                format!("the epoch column `{column}` holds {max}, which is negative"),
+            )
+        })?;
+        self.epoch = Some(epoch);
+        Ok(Some(epoch))
+    }
+
+    /// Splits the buffered rows into statements: consecutive rows with the
+    /// same columns, up to the backend's size limit, and (for upserts) no
+    /// key twice in one statement.
+    fn statements(&self) -> Vec<Range<usize>> {
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        while start < self.rows.len() {
+            let columns = &self.rows[start].columns;
+            let width = columns.len() + usize::from(self.epoch_column.is_some());
+            let max_rows = match self.pool {
+                Pool::Sqlite(_) => (SQLITE_MAX_PARAMETERS / width.max(1)).max(1),
+                Pool::Postgres(_) => POSTGRES_MAX_ROWS,
+            };
+            let key_indexes: Vec<usize> = self
+                .key_columns
+                .iter()
+                .filter_map(|key| columns.iter().position(|c| c == key))
+                .collect();
+            let mut keys = HashSet::new();
+            let mut end = start;
+            while end < self.rows.len() && end - start < max_rows {
+                let row = &self.rows[end];
+                if !(Arc::ptr_eq(&row.columns, columns) || row.columns == *columns) {
+                    break;
+                }
+                if !key_indexes.is_empty() {
+                    let key: Vec<&SqlValue> = key_indexes.iter().map(|&i| &row.values[i]).collect();
+                    if !keys.insert(format!("{key:?}")) {
+                        break;
+                    }
+                }
+                end += 1;
+            }
+            ranges.push(start..end);
+            start = end;
+        }
+        ranges
+    }
+
+    /// The statement writing `rows` rows with `columns` (each row's values,
+    /// then the epoch): SQLite binds every value, PostgreSQL the rows as one
+    /// JSON array.
+    fn insert_sql(&self, columns: &[String], rows: usize) -> String {
+        let mut all: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        if let Some(epoch) = &self.epoch_column {
+            all.push(format!("\"{epoch}\""));
+        }
+        let list = all.join(", ");
+        let mut sql = format!("INSERT INTO {} ({list}) ", self.table);
+        match self.pool {
+            Pool::Sqlite(_) => {
+                let tuple = format!("({})", vec!["?"; all.len()].join(", "));
+                sql.push_str("VALUES ");
+                sql.push_str(&vec![tuple.as_str(); rows].join(", "));
+            }
+            Pool::Postgres(_) => {
+                sql.push_str(&format!(
+                    "SELECT {list} FROM json_populate_recordset(CAST(NULL AS {}), CAST($1 AS json))",
+                    self.table
+                ));
+            }
+        }
+        if !self.key_columns.is_empty() {
+            let keys: Vec<String> = self
+                .key_columns
+                .iter()
+                .map(|k| format!("\"{k}\""))
+                .collect();
+            sql.push_str(&format!(" ON CONFLICT ({})", keys.join(", ")));
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|c| !self.key_columns.contains(c))
+                .map(|c| format!("\"{c}\" = excluded.\"{c}\""))
+                .collect();
+            if updates.is_empty() {
+                sql.push_str(" DO NOTHING");
+            } else {
+                sql.push_str(&format!(" DO UPDATE SET {}", updates.join(", ")));
+            }
+        }
+        sql
+    }
+
+    /// Writes every buffered row, with `epoch` when there is an epoch
+    /// column, in one transaction.
+    async fn write_rows(&self, epoch: Option<u64>) -> Result<(), sqlx::Error> {
+        let epoch = epoch.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
+        let statements = self.statements();
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut transaction = pool.begin().await?;
+                for range in statements {
+                    let rows = &self.rows[range];
+                    let sql = self.insert_sql(&rows[0].columns, rows.len());
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for row in rows {
+                        for value in &row.values {
+                            query = match value {
+                                SqlValue::Null => query.bind(None::<String>),
+                                SqlValue::Bool(b) => query.bind(*b),
+                                SqlValue::Int(i) => query.bind(*i),
+                                SqlValue::Float(f) => query.bind(*f),
+                                SqlValue::Text(s) => query.bind(s.clone()),
+                                SqlValue::Json(v) => query.bind(v.to_string()),
+                            };
+                        }
+                        if let Some(epoch) = epoch {
+                            query = query.bind(epoch);
+                        }
+                    }
+                    query.execute(&mut *transaction).await?;
+                }
+                transaction.commit().await
+            }
+            Pool::Postgres(pool) => {
+                let mut transaction = pool.begin().await?;
+                for range in statements {
+                    let rows = &self.rows[range];
+                    let columns = &rows[0].columns;
+                    let array: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|row| {
+                            let mut object: serde_json::Map<String, serde_json::Value> = columns
+                                .iter()
+                                .cloned()
+                                .zip(row.values.iter().map(SqlValue::to_json))
+                                .collect();
+                            if let (Some(column), Some(epoch)) = (&self.epoch_column, epoch) {
+                                object.insert(column.clone(), epoch.into());
+                            }
+                            serde_json::Value::Object(object)
+                        })
+                        .collect();
+                    let sql = self.insert_sql(columns, rows.len());
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(serde_json::Value::Array(array).to_string())
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                transaction.commit().await
+            }
+        }
+    }
+}
+
+/// The event's value as a JSON object.
+fn json_object(event: &Event) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_slice(&event.value) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err("the value is not a JSON object".to_owned()),
+        Err(error) => Err(format!("the value is not JSON: {error}")),
+    }
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    /// Turns each event into a row and buffers it until the next flush.
+    ///
+    /// # Errors
+    ///
+    /// An event does not fit the mapping (by default: its value is not a
+    /// JSON object of plain-identifier fields; an upsert's key is missing);
+    /// nothing of the batch is buffered then.
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        let mut rows = Vec::with_capacity(batch.events.len());
+        for (index, event) in batch.events.iter().enumerate() {
+            let row = self.row(event).map_err(|message| {
+                invalid_data(
+                    &self.description,
+                    "map an event to a row",
+                    format!("event {index} of the batch: {message}"),
+                )
+            })?;
+            rows.push(row);
+        }
+        self.rows.append(&mut rows);
+        Ok(())
+    }
+
+    /// Writes every buffered row in one transaction (with the next epoch,
+    /// when there is an epoch column).
+    ///
+    /// # Errors
+    ///
+    /// A statement or the commit failed (a row violates a constraint, a
+    /// column does not exist, the database is unreachable): nothing of this
+    /// flush is in the table, the epoch is unchanged, and the rows stay
+    /// buffered.
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.current_epoch().await?.map(|epoch| epoch + 1);
+        self.write_rows(epoch)
+            .await
+            .map_err(|e| db_error(&self.description, "write rows", e))?;
+        tracing::debug!(sink = %self.description, rows = self.rows.len(), ?epoch, "rows written");
+        self.rows.clear();
+        if epoch.is_some() {
+            self.epoch = epoch;
+        }
+        Ok(())
+    }
+
+    /// The epoch of the last flush (at start, the table's largest epoch or
+    /// 0); `None` without an epoch column.
+    ///
+    /// # Errors
+    ///
+    /// The largest epoch cannot be read (no such table or column).
+    async fn position(&mut self) -> Result<Option<u64>, StreamError> {
+        self.current_epoch().await
+    }
+
+    /// Deletes the rows of epochs after `position` and continues from it.
+    ///
+    /// # Errors
+    ///
+    /// The delete failed.
+    async fn recover(&mut self, position: Option<u64>) -> Result<(), StreamError> {
+        let (Some(column), Some(committed)) = (&self.epoch_column, position) else {
+            return Ok(());
+        };
+        let committed_i64 = i64::try_from(committed).map_err(|_| {
+            invalid_input(
+                &self.description,
+                "recover",
+                format!("epoch {committed} is past the largest 64-bit signed integer"),
+            )
+        })?;
+        let sql = format!(
+            "DELETE FROM {} WHERE \"{column}\" > {}",
+            self.table,
+            self.pool.placeholder(1)
+        );
+        let deleted = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
+                .bind(committed_i64)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Pool::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
+                .bind(committed_i64)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| db_error(&self.description, "recover", e))?;
+        if deleted > 0 {
+            tracing::info!(sink = %self.description, committed, deleted,
+                "dropping rows written after the last checkpoint");
+        }
+        self.epoch = Some(committed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_validated_and_quoted() {
+        assert_eq!(quote_table("events").unwrap(), "\"events\"");
+        assert_eq!(
+            quote_table("public.events").unwrap(),
+            "\"public\".\"events\""
+        );
+        assert_eq!(quote_identifier("_a1", "column").unwrap(), "\"_a1\"");
+        for bad in ["", "1a", "a-b", "a b", "a\"b", "x; DROP TABLE y", "é"] {
+            assert!(quote_identifier(bad, "column").is_err(), "{bad}");
+        }
+        assert!(quote_table("a.b.c").is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:secret@127.0.0.1:5432/db?sslmode=disable&password=x"),
+            "postgres://u@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn column_sources_parse_and_print() {
+        for text in ["value", "key", "timestamp", "header:h", "json:f"] {
+            assert_eq!(text.parse::<ColumnSource>().unwrap().to_string(), text);
+        }
+        assert!("header:".parse::<ColumnSource>().is_err());
+        assert!("other".parse::<ColumnSource>().is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Files: a followed source (growth, partial lines, rotation by rename) and
+//! a sink rotated by size, recovered exactly after a crash.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::pipeline::Pipeline;
+use plumber::state::{MemoryState, SharedState};
+use plumber::streams::{channel_sink, FileSource};
+use plumber::Event;
+use tokio::sync::mpsc;
+
+fn append(path: &std::path::Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+}
+
+async fn take(out: &mut mpsc::Receiver<Event>, n: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    for _ in 0..n {
+        let event = tokio::time::timeout(Duration::from_secs(10), out.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the pipeline is running");
+        values.push(event.value_lossy().into_owned());
+    }
+    values
+}
+
+#[tokio::test]
+async fn a_followed_file_is_read_as_it_grows_and_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, "one\ntwo\n");
+    let state: SharedState = Arc::new(MemoryState::new());
+    let (sink, mut out) = channel_sink(16);
+    let builder = Pipeline::builder("follow")
+        .state(state.clone())
+        .checkpoint(CheckpointPolicy::every(Duration::from_millis(20)))
+        .from(FileSource::new(&path).follow(Duration::from_millis(10)))
+        .to(sink);
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+
+    assert_eq!(take(&mut out, 2).await, ["one", "two"]);
+    // A line is taken only once its newline is written.
+    append(&path, "thr");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(out.try_recv().is_err(), "a partial line was taken");
+    append(&path, "ee\n");
+    assert_eq!(take(&mut out, 1).await, ["three"]);
+
+    // Rotation by rename: the last lines of the old file, then the new file.
+    append(&path, "four\n");
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&path, "five\nsix\n");
+    assert_eq!(take(&mut out, 3).await, ["four", "five", "six"]);
+
+    handle.shutdown();
+    let report = running.await.unwrap().expect("run");
+    assert_eq!(report.events_out, 6);
+    // The committed position is in the new file, after "six".
+    assert_eq!(
+        report.last_checkpoint.unwrap().position,
+        Position::Offset(9)
+    );
+}
+
+#[tokio::test]
+async fn a_followed_file_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.txt");
+    append(&path, "a\nb\n");
+    let state: SharedState = Arc::new(MemoryState::new());
+    for expected in [vec!["a", "b"], vec!["c"]] {
+        let (sink, mut out) = channel_sink(16);
+        let builder = Pipeline::builder("resume-follow")
+            .state(state.clone())
+            .from(FileSource::new(&path).follow(Duration::from_millis(10)))
+            .to(sink);
+        let handle = builder.handle();
+        let running = tokio::spawn(builder.run());
+        assert_eq!(take(&mut out, expected.len()).await, expected);
+        handle.shutdown();
+        running.await.unwrap().expect("run");
+        append(&path, "c\n");
+    }
+}
