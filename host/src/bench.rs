@@ -426,11 +426,11 @@ async fn run_stateful(
                 ..crate::state::RedisOptions::default()
             };
             let redis = crate::state::RedisState::connect(url, options)
-                    .await
-                    .map_err(|source| crate::pipeline::PipelineError::State {
-                        pipeline: "bench".to_owned(),
-                        source,
-                    })?;
+                .await
+                .map_err(|source| crate::pipeline::PipelineError::State {
+                    pipeline: "bench".to_owned(),
+                    source,
+                })?;
             let m = measure_stateful(
                 rt,
                 Some(&args.count_module),
