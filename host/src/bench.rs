@@ -389,36 +389,26 @@ async fn run_stateful(
         );
     };
     print("memory", Delivery::ExactlyOnce, &native);
+    let state_error = |source| crate::pipeline::PipelineError::State {
+        pipeline: "bench".to_owned(),
+        source,
+    };
     for delivery in [
         Delivery::ExactlyOnce,
         Delivery::AtLeastOnce,
         Delivery::AtMostOnce,
     ] {
-        let memory: crate::state::SharedState = std::sync::Arc::new(MemoryState::new());
-        let m =
-            measure_stateful(rt, Some(&args.count_module), memory, delivery, args, 1024).await?;
-        print("memory", delivery, &m);
-        let dir = std::env::temp_dir().join(format!(
+        let sled_dir = std::env::temp_dir().join(format!(
             "plumber-bench-sled-{}-{delivery:?}",
             std::process::id()
         ));
-        let sled = crate::state::SledState::open(&dir).map_err(|source| {
-            crate::pipeline::PipelineError::State {
-                pipeline: "bench".to_owned(),
-                source,
-            }
-        })?;
-        let m = measure_stateful(
-            rt,
-            Some(&args.count_module),
-            std::sync::Arc::new(sled),
-            delivery,
-            args,
-            1024,
-        )
-        .await?;
-        let _ = std::fs::remove_dir_all(&dir);
-        print("sled", delivery, &m);
+        let mut backends: Vec<(&str, crate::state::SharedState)> = vec![
+            ("memory", std::sync::Arc::new(MemoryState::new())),
+            (
+                "sled",
+                std::sync::Arc::new(crate::state::SledState::open(&sled_dir).map_err(state_error)?),
+            ),
+        ];
         if let Some(url) = &args.redis {
             // A fresh prefix per run: a pipeline resumes from its last checkpoint.
             let options = crate::state::RedisOptions {
@@ -427,21 +417,15 @@ async fn run_stateful(
             };
             let redis = crate::state::RedisState::connect(url, options)
                 .await
-                .map_err(|source| crate::pipeline::PipelineError::State {
-                    pipeline: "bench".to_owned(),
-                    source,
-                })?;
-            let m = measure_stateful(
-                rt,
-                Some(&args.count_module),
-                std::sync::Arc::new(redis),
-                delivery,
-                args,
-                1024,
-            )
-            .await?;
-            print("redis", delivery, &m);
+                .map_err(state_error)?;
+            backends.push(("redis", std::sync::Arc::new(redis)));
         }
+        for (name, state) in backends {
+            let m =
+                measure_stateful(rt, Some(&args.count_module), state, delivery, args, 1024).await?;
+            print(name, delivery, &m);
+        }
+        let _ = std::fs::remove_dir_all(&sled_dir);
     }
     Ok(())
 }
