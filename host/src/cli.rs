@@ -134,7 +134,11 @@ async fn run(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Res
     let rt = runtime()?;
     let state = open_state(path, &config).await?;
     log_guarantees(&config);
-    let builder = config.builder(state).runtime(rt);
+    let builder = config
+        .builder(state)
+        .await
+        .map_err(|e| Failure::run(format!("{}: {e}", path.display())))?
+        .runtime(rt);
     let handle = builder.handle();
     let on_ctrl_c = handle.clone();
     tokio::spawn(async move {
@@ -186,6 +190,11 @@ fn log_guarantees(config: &PipelineConfig) {
                  output since the last checkpoint is printed again (at-least-once output)"
             ),
             SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
+            SinkConfig::Http { .. } => tracing::warn!(
+                pipeline,
+                "exactly-once on state, but the HTTP sink is at-least-once: a retried or replayed \
+                 POST may deliver events twice"
+            ),
         },
         Delivery::AtLeastOnce => tracing::info!(
             pipeline,

@@ -28,7 +28,11 @@ use crate::pipeline::{Pipeline, PipelineBuilder};
 use crate::runtime::Grant;
 use crate::state::{MemoryState, RedisOptions, RedisState, SharedState, SledState, StateError};
 use crate::step::WasmPipe;
-use crate::streams::{ArraySource, DiscardSink, FileSink, FileSource, LineFormat, StdoutSink};
+use crate::streams::http::{HttpSink, HttpSource};
+use crate::streams::{
+    ArraySource, DiscardSink, FileSink, FileSource, LineFormat, Sink, Source, StdoutSink,
+    StreamError,
+};
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
 /// A config that cannot be used.
@@ -95,22 +99,71 @@ fn file_sink(path: &Path, rotate_bytes: Option<u64>) -> FileSink {
 }
 
 impl SinkConfig {
-    fn attach(&self, builder: PipelineBuilder) -> PipelineBuilder {
-        match self {
-            SinkConfig::Stdout {} => builder.to(StdoutSink::new()),
-            SinkConfig::File { path, rotate_bytes } => builder.to(file_sink(path, *rotate_bytes)),
-            SinkConfig::Discard {} => builder.to(DiscardSink::new()),
-        }
-    }
-
-    fn attach_dead_letter(&self, builder: PipelineBuilder) -> PipelineBuilder {
-        match self {
-            SinkConfig::Stdout {} => builder.dead_letter(StdoutSink::new()),
-            SinkConfig::File { path, rotate_bytes } => {
-                builder.dead_letter(file_sink(path, *rotate_bytes))
+    /// Opens the sink (connecting where it has to); `pipeline` names its output.
+    ///
+    /// # Errors
+    ///
+    /// A connection failed.
+    pub async fn open(&self, _pipeline: &str) -> Result<Box<dyn Sink>, StreamError> {
+        Ok(match self {
+            SinkConfig::Stdout {} => Box::new(StdoutSink::new()),
+            SinkConfig::File { path, rotate_bytes } => Box::new(file_sink(path, *rotate_bytes)),
+            SinkConfig::Discard {} => Box::new(DiscardSink::new()),
+            SinkConfig::Http {
+                url,
+                timeout_ms,
+                max_retries,
+                max_buffered,
+            } => {
+                let mut sink = HttpSink::new(url);
+                if let Some(ms) = timeout_ms {
+                    sink = sink.timeout(Duration::from_millis(*ms));
+                }
+                if let Some(retries) = max_retries {
+                    sink = sink.max_retries(*retries);
+                }
+                if let Some(events) = max_buffered {
+                    sink = sink.max_buffered(*events);
+                }
+                Box::new(sink)
             }
-            SinkConfig::Discard {} => builder.dead_letter(DiscardSink::new()),
-        }
+        })
+    }
+}
+
+impl SourceConfig {
+    /// Opens the source (binding or connecting where it has to).
+    ///
+    /// # Errors
+    ///
+    /// A bind or connection failed.
+    pub async fn open(&self) -> Result<Box<dyn Source>, StreamError> {
+        Ok(match self {
+            SourceConfig::Array { values } => Box::new(ArraySource::from_strings(values.clone())),
+            SourceConfig::File {
+                path,
+                format,
+                follow_ms,
+            } => {
+                let mut source = FileSource::new(path).format(*format);
+                if let Some(ms) = follow_ms {
+                    source = source.follow(Duration::from_millis((*ms).max(1)));
+                }
+                Box::new(source)
+            }
+            SourceConfig::Http {
+                listen,
+                path,
+                capacity,
+                max_batch,
+            } => {
+                let mut source = HttpSource::bind(*listen, path, capacity.unwrap_or(64)).await?;
+                if let Some(events) = max_batch {
+                    source = source.max_batch(*events);
+                }
+                Box::new(source)
+            }
+        })
     }
 }
 
@@ -203,6 +256,24 @@ pub enum SourceConfig {
         #[serde(default)]
         follow_ms: Option<u64>,
     },
+    /// An HTTP endpoint that accepts POSTed events (answered 202 once committed).
+    Http {
+        /// Address to listen on, e.g. `127.0.0.1:8080`.
+        listen: std::net::SocketAddr,
+        /// The path events are POSTed to (default `/events`).
+        #[serde(default = "default_http_path")]
+        path: String,
+        /// Requests that may wait for the pipeline before it answers 503 (default 64).
+        #[serde(default)]
+        capacity: Option<usize>,
+        /// Most events in one request (429 past it).
+        #[serde(default)]
+        max_batch: Option<usize>,
+    },
+}
+
+fn default_http_path() -> String {
+    "/events".to_owned()
 }
 
 /// One entry of `"pipeline"`.
@@ -545,6 +616,20 @@ pub enum SinkConfig {
     },
     /// Drops events (for pipelines run for their state, and benchmarks).
     Discard {},
+    /// POSTs each checkpoint's events as one JSON array, with retries.
+    Http {
+        /// Where to POST.
+        url: String,
+        /// Per-request timeout (default 10 000).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+        /// Retries after the first attempt (default 5).
+        #[serde(default)]
+        max_retries: Option<u32>,
+        /// POST early once this many events are buffered (default 10 000).
+        #[serde(default)]
+        max_buffered: Option<usize>,
+    },
 }
 
 impl PipelineConfig {
@@ -730,8 +815,13 @@ impl PipelineConfig {
         })
     }
 
-    /// A builder for this pipeline on `state`.
-    pub fn builder(&self, state: SharedState) -> PipelineBuilder {
+    /// A builder for this pipeline on `state`, with its source and sinks
+    /// opened.
+    ///
+    /// # Errors
+    ///
+    /// The source or a sink could not be opened (bind or connection failed).
+    pub async fn builder(&self, state: SharedState) -> Result<PipelineBuilder, StreamError> {
         let policy = CheckpointPolicy {
             interval: self.checkpoint.interval_ms.map(Duration::from_millis),
             every_events: self.checkpoint.every_events,
@@ -741,23 +831,8 @@ impl PipelineConfig {
             .state(state)
             .checkpoint(policy)
             .delivery(self.delivery)
-            .batch_size(self.batch_size);
-        builder = match &self.from {
-            SourceConfig::Array { values } => {
-                builder.from(ArraySource::from_strings(values.clone()))
-            }
-            SourceConfig::File {
-                path,
-                format,
-                follow_ms,
-            } => {
-                let mut source = FileSource::new(path).format(*format);
-                if let Some(ms) = follow_ms {
-                    source = source.follow(Duration::from_millis((*ms).max(1)));
-                }
-                builder.from(source)
-            }
-        };
+            .batch_size(self.batch_size)
+            .from_boxed(self.from.open().await?);
         for step in &self.pipeline {
             builder = match step {
                 StepConfig::Wasm(pipe) => {
@@ -776,9 +851,9 @@ impl PipelineConfig {
             };
         }
         if let Some(sink) = &self.dead_letter {
-            builder = sink.attach_dead_letter(builder);
+            builder = builder.dead_letter_boxed(sink.open(&self.name).await?);
         }
-        self.to.attach(builder)
+        Ok(builder.to_boxed(self.to.open(&self.name).await?))
     }
 }
 

@@ -275,6 +275,27 @@ impl PipelineBuilder {
         self
     }
 
+    /// Where events come from, already boxed (configs).
+    #[must_use]
+    pub fn from_boxed(mut self, source: Box<dyn Source>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Where events go to, already boxed (configs).
+    #[must_use]
+    pub fn to_boxed(mut self, sink: Box<dyn Sink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The dead-letter sink, already boxed (configs).
+    #[must_use]
+    pub fn dead_letter_boxed(mut self, sink: Box<dyn Sink>) -> Self {
+        self.dead_letter = Some(sink);
+        self
+    }
+
     /// Adds a step after the ones already added.
     #[must_use]
     pub fn then(mut self, step: impl Into<StepSpec>) -> Self {

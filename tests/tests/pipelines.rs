@@ -162,6 +162,8 @@ async fn json_config_runs_the_names_example_into_a_file() {
     let state = config.open_state().await.expect("state");
     config
         .builder(state.clone())
+        .await
+        .expect("open")
         .runtime(runtime())
         .run()
         .await

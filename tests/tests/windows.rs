@@ -56,6 +56,8 @@ async fn windowed_word_count_example_counts_each_window_exactly() {
     let state = config.open_state().await.unwrap();
     let report = config
         .builder(state)
+        .await
+        .expect("open")
         .runtime(Runtime::new(Some(cache_dir())).unwrap())
         .run()
         .await
