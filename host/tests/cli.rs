@@ -187,3 +187,62 @@ fn a_guest_importing_the_filesystem_is_refused_naming_the_import() {
         ],
     );
 }
+
+#[tokio::test]
+async fn run_serves_an_http_source_and_answers_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let out = dir.path().join("out.txt");
+    let config = write_config(
+        dir.path(),
+        serde_json::json!({
+            "name": "http-count",
+            "state": { "type": "sled", "path": "state" },
+            "checkpoint": { "interval_ms": 50 },
+            "from": { "type": "http", "listen": format!("127.0.0.1:{port}"), "path": "/events" },
+            "pipeline": [ { "name": "count", "type": "wasm", "module": harness::guest("count") } ],
+            "to": { "type": "file", "path": out }
+        }),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("run")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/events");
+    // Wait for the server to listen.
+    let mut answer = None;
+    for _ in 0..200 {
+        match client
+            .post(&url)
+            .json(&serde_json::json!([{ "value": "ada" }, { "value": "bob" }, { "value": "ada" }]))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                answer = Some(response);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let answer = answer.expect("the HTTP source listens");
+    assert_eq!(answer.status(), 202);
+    // 202 means committed: the counts are in the file already.
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "ada 1\nbob 1\nada 2\n"
+    );
+    // Ctrl-C stops it cleanly.
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{status}");
+}
