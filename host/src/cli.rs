@@ -190,6 +190,15 @@ fn log_guarantees(config: &PipelineConfig) {
                  output since the last checkpoint is printed again (at-least-once output)"
             ),
             SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
+            SinkConfig::Jetstream { .. } => tracing::info!(
+                pipeline,
+                "exactly-once: state, and the JetStream sink within the stream's duplicate window"
+            ),
+            SinkConfig::Nats { .. } => tracing::warn!(
+                pipeline,
+                "exactly-once on state, but core NATS output is at-least-once at best: replayed \
+                 events are published again"
+            ),
             SinkConfig::Http { .. } => tracing::warn!(
                 pipeline,
                 "exactly-once on state, but the HTTP sink is at-least-once: a retried or replayed \

@@ -29,6 +29,9 @@ use crate::runtime::Grant;
 use crate::state::{MemoryState, RedisOptions, RedisState, SharedState, SledState, StateError};
 use crate::step::WasmPipe;
 use crate::streams::http::{HttpSink, HttpSource};
+use crate::streams::nats::{
+    JetStreamConsumerOptions, JetStreamSink, JetStreamSource, NatsSink, NatsSource,
+};
 use crate::streams::{
     ArraySource, DiscardSink, FileSink, FileSource, LineFormat, Sink, Source, StdoutSink,
     StreamError,
@@ -104,7 +107,7 @@ impl SinkConfig {
     /// # Errors
     ///
     /// A connection failed.
-    pub async fn open(&self, _pipeline: &str) -> Result<Box<dyn Sink>, StreamError> {
+    pub async fn open(&self, pipeline: &str) -> Result<Box<dyn Sink>, StreamError> {
         Ok(match self {
             SinkConfig::Stdout {} => Box::new(StdoutSink::new()),
             SinkConfig::File { path, rotate_bytes } => Box::new(file_sink(path, *rotate_bytes)),
@@ -126,6 +129,20 @@ impl SinkConfig {
                     sink = sink.max_buffered(*events);
                 }
                 Box::new(sink)
+            }
+            SinkConfig::Nats {
+                url,
+                subject,
+                subject_from_header,
+            } => {
+                let mut sink = NatsSink::connect(url, subject).await?;
+                if let Some(header) = subject_from_header {
+                    sink = sink.subject_from_header(header);
+                }
+                Box::new(sink)
+            }
+            SinkConfig::Jetstream { url, subject } => {
+                Box::new(JetStreamSink::connect(url, subject, pipeline).await?)
             }
         })
     }
@@ -162,6 +179,37 @@ impl SourceConfig {
                     source = source.max_batch(*events);
                 }
                 Box::new(source)
+            }
+            SourceConfig::Nats {
+                url,
+                subject,
+                queue_group,
+            } => Box::new(NatsSource::connect(url, subject, queue_group.clone()).await?),
+            SourceConfig::Jetstream {
+                url,
+                stream,
+                consumer,
+                filter_subject,
+                ack_wait_ms,
+                max_ack_pending,
+            } => {
+                let mut options = JetStreamConsumerOptions::default();
+                if let Some(ms) = ack_wait_ms {
+                    options.ack_wait = Duration::from_millis(*ms);
+                }
+                if let Some(max) = max_ack_pending {
+                    options.max_ack_pending = *max;
+                }
+                Box::new(
+                    JetStreamSource::connect_with(
+                        url,
+                        stream,
+                        consumer,
+                        filter_subject.clone(),
+                        options,
+                    )
+                    .await?,
+                )
             }
         })
     }
@@ -270,6 +318,42 @@ pub enum SourceConfig {
         #[serde(default)]
         max_batch: Option<usize>,
     },
+    /// Core NATS: what is published while the pipeline runs (at-most-once).
+    Nats {
+        /// Server URL (default `nats://127.0.0.1:4222`).
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Subject (wildcards allowed).
+        subject: String,
+        /// Queue group, to share the subject between workers.
+        #[serde(default)]
+        queue_group: Option<String>,
+    },
+    /// A JetStream durable pull consumer; messages are acked once a
+    /// checkpoint covers them, and the position is the stream sequence.
+    Jetstream {
+        /// Server URL (default `nats://127.0.0.1:4222`).
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// The stream.
+        stream: String,
+        /// The durable consumer (created if missing).
+        consumer: String,
+        /// Only this subject of the stream.
+        #[serde(default)]
+        filter_subject: Option<String>,
+        /// Redelivery wait for unacked messages (default 30 000).
+        #[serde(default)]
+        ack_wait_ms: Option<u64>,
+        /// Most unacked messages in flight (default 100 000).
+        #[serde(default)]
+        max_ack_pending: Option<i64>,
+    },
+}
+
+/// Settings shared by the NATS connectors.
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
 }
 
 fn default_http_path() -> String {
@@ -629,6 +713,26 @@ pub enum SinkConfig {
         /// POST early once this many events are buffered (default 10 000).
         #[serde(default)]
         max_buffered: Option<usize>,
+    },
+    /// Core NATS publish (at-least-once at best).
+    Nats {
+        /// Server URL (default `nats://127.0.0.1:4222`).
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Subject.
+        subject: String,
+        /// Take each event's subject from this header when it has it.
+        #[serde(default)]
+        subject_from_header: Option<String>,
+    },
+    /// JetStream publish with `Nats-Msg-Id` from the pipeline and the
+    /// source sequence: exactly-once within the stream's duplicate window.
+    Jetstream {
+        /// Server URL (default `nats://127.0.0.1:4222`).
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Subject (captured by a stream).
+        subject: String,
     },
 }
 

@@ -1,1 +1,860 @@
+//! NATS: core NATS subjects and JetStream streams, as sources and sinks.
+//!
+//! | type | reads / writes | guarantee |
+//! | --- | --- | --- |
+//! | [`NatsSource`] | a core NATS subscription (optionally in a queue group) | at-most-once: core NATS keeps nothing, so what arrived while no pipeline listened, or was in flight at a crash, is gone |
+//! | [`NatsSink`] | core NATS publishes | at-most-once / at-least-once: a replay after a crash publishes again |
+//! | [`JetStreamSource`] | a durable pull consumer with explicit acks | messages are acknowledged only once a checkpoint covering them is committed, so none is lost; with a replayable pipeline, exactly-once effect on state |
+//! | [`JetStreamSink`] | JetStream publishes with a `Nats-Msg-Id` | exactly-once output into the stream within its duplicate window |
+//!
+//! Events and NATS messages map one to one: the payload is the event's
+//! value, headers are the event's headers, and the event's key travels in a
+//! [`KEY_HEADER`] (`plumber-key`) header. Sinks do not copy event headers
+//! whose names start with `Nats-` (server directives such as
+//! `Nats-Expected-Last-Sequence` must not leak from one stream into another);
+//! the JetStream sink sets its own `Nats-Msg-Id`.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::{Acker, PublishMessage};
+use async_nats::jetstream::AckKind;
+use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Subscriber};
+use async_trait::async_trait;
+use futures_core::Stream;
+use sha2::{Digest, Sha256};
+
+use super::{CommitListener, Sink, Source, StreamError};
+use crate::checkpoint::Position;
+use crate::{Batch, Event};
+
+/// The header that carries an event's key.
+pub const KEY_HEADER: &str = "plumber-key";
+/// The header that carries an event's timestamp (ms since the Unix epoch).
+pub const TIMESTAMP_HEADER: &str = "plumber-timestamp";
+
+/// The header a [`JetStreamSource`] puts on each event: the message's stream
+/// sequence. A [`JetStreamSink`] derives its message ids from it.
+pub const SOURCE_SEQ_HEADER: &str = "plumber-source-seq";
+
+/// How long a [`JetStreamSource`] waits for a first message per pull request
+/// before asking again.
+const PULL_WAIT: Duration = Duration::from_millis(100);
+
+/// The most JetStream publishes a sink leaves unacknowledged before it waits
+/// for the oldest ack (below async-nats' default of 5,000 in flight).
+const MAX_PENDING_ACKS: usize = 4096;
+
+/// How many per-sequence output counters a [`JetStreamSink`] remembers.
+const MAX_SEQ_COUNTERS: usize = 100_000;
+
+fn io_error(
+    stream: String,
+    action: &'static str,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> StreamError {
+    StreamError::Io {
+        stream,
+        action,
+        source: std::io::Error::other(error),
+    }
+}
+
+fn invalid(stream: String, action: &'static str, message: String) -> StreamError {
+    StreamError::Io {
+        stream,
+        action,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message),
+    }
+}
+
+/// Waits for the next item of a stream.
+async fn next_item<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// The next item of a stream if one is ready now, without waiting.
+fn ready_item<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(stream).poll_next(&mut cx) {
+        Poll::Ready(item) => item,
+        Poll::Pending => None,
+    }
+}
+
+/// An event from a NATS message: payload, headers (sorted by name), the key
+/// from [`KEY_HEADER`] and the timestamp from [`TIMESTAMP_HEADER`].
+fn event_from(message: &async_nats::Message) -> Event {
+    let mut event = Event::new(message.payload.to_vec());
+    if let Some(map) = &message.headers {
+        let mut entries: Vec<(&HeaderName, &Vec<HeaderValue>)> = map.iter().collect();
+        entries.sort_by(|a, b| AsRef::<str>::as_ref(a.0).cmp(b.0.as_ref()));
+        for (name, values) in entries {
+            let name: &str = name.as_ref();
+            for value in values {
+                if name == KEY_HEADER {
+                    if event.key.is_none() {
+                        event.key = Some(value.as_str().as_bytes().to_vec());
+                    }
+                } else if name == TIMESTAMP_HEADER && event.timestamp.is_none() {
+                    match value.as_str().parse() {
+                        Ok(timestamp) => event.timestamp = Some(timestamp),
+                        // Not a timestamp after all: keep it as a plain header.
+                        Err(_) => event
+                            .headers
+                            .push((name.to_owned(), value.as_str().to_owned())),
+                    }
+                } else {
+                    event
+                        .headers
+                        .push((name.to_owned(), value.as_str().to_owned()));
+                }
+            }
+        }
+    }
+    event
+}
+
+/// The NATS headers of an event: its headers (except `Nats-*`) and its key;
+/// or why the event cannot be a NATS message.
+fn headers_of(event: &Event) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (name, value) in &event.headers {
+        if name
+            .as_bytes()
+            .get(..5)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"))
+        {
+            continue;
+        }
+        if name == KEY_HEADER && event.key.is_some()
+            || name == TIMESTAMP_HEADER && event.timestamp.is_some()
+        {
+            continue;
+        }
+        let header: HeaderName = name
+            .parse()
+            .map_err(|_| format!("header name {name:?} is not a valid NATS header name"))?;
+        let value: HeaderValue = value
+            .parse()
+            .map_err(|_| format!("the value of header {name:?} contains a line break"))?;
+        map.append(header, value);
+    }
+    if let Some(key) = &event.key {
+        let value = std::str::from_utf8(key)
+            .ok()
+            .and_then(|key| key.parse::<HeaderValue>().ok())
+            .ok_or_else(|| {
+                "the event key must be UTF-8 text without line breaks to travel in the \
+                 `plumber-key` header"
+                    .to_owned()
+            })?;
+        map.insert(HeaderName::from_static(KEY_HEADER), value);
+    }
+    if let Some(timestamp) = event.timestamp {
+        if let Ok(value) = timestamp.to_string().parse::<HeaderValue>() {
+            map.insert(HeaderName::from_static(TIMESTAMP_HEADER), value);
+        }
+    }
+    Ok(map)
+}
+
+async fn connect(url: &str, stream: impl FnOnce() -> String) -> Result<Client, StreamError> {
+    async_nats::connect(url)
+        .await
+        .map_err(|e| io_error(stream(), "connect", e))
+}
+
+// ---------------------------------------------------------------------------
+// Core NATS
+// ---------------------------------------------------------------------------
+
+/// Reads a core NATS subject: each message is an event (value = payload,
+/// key from the `plumber-key` header, the other headers copied, no
+/// timestamp).
+///
+/// **At-most-once by nature**: core NATS keeps nothing, so a restarted
+/// pipeline cannot get back what was in flight at a crash, nor what was
+/// published while it was down. The position is the count of messages
+/// received; seeking to a stored count only makes the count continue from
+/// there.
+///
+/// With a queue group, the subject's messages are shared among the group's
+/// members (each goes to one of them).
+pub struct NatsSource {
+    url: String,
+    subject: String,
+    queue_group: Option<String>,
+    // Kept so that the connection lives as long as the subscription.
+    _client: Client,
+    subscriber: Subscriber,
+    received: u64,
+}
+
+impl NatsSource {
+    /// Connects to the server at `url` and subscribes to `subject` (in
+    /// `queue_group`, if given). Messages published from now on are received.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached, or the subject is invalid.
+    pub async fn connect(
+        url: &str,
+        subject: &str,
+        queue_group: Option<String>,
+    ) -> Result<Self, StreamError> {
+        let describe = || describe_source(url, subject, queue_group.as_deref());
+        let client = connect(url, describe).await?;
+        let subscribed = match &queue_group {
+            Some(group) => {
+                client
+                    .queue_subscribe(subject.to_owned(), group.clone())
+                    .await
+            }
+            None => client.subscribe(subject.to_owned()).await,
+        };
+        let subscriber = subscribed.map_err(|e| io_error(describe(), "subscribe", e))?;
+        // The subscription is registered with the server once this returns.
+        client
+            .flush()
+            .await
+            .map_err(|e| io_error(describe(), "subscribe", e))?;
+        Ok(NatsSource {
+            url: url.to_owned(),
+            subject: subject.to_owned(),
+            queue_group,
+            _client: client,
+            subscriber,
+            received: 0,
+        })
+    }
+}
+
+fn describe_source(url: &str, subject: &str, queue_group: Option<&str>) -> String {
+    match queue_group {
+        Some(group) => format!("NATS source `{subject}` (queue group `{group}`) at {url}"),
+        None => format!("NATS source `{subject}` at {url}"),
+    }
+}
+
+#[async_trait]
+impl Source for NatsSource {
+    fn describe(&self) -> String {
+        describe_source(&self.url, &self.subject, self.queue_group.as_deref())
+    }
+
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        self.received = match position {
+            Position::Start => 0,
+            Position::Offset(count) => *count,
+        };
+        Ok(())
+    }
+
+    /// Waits for the first message, then takes what is already waiting (up
+    /// to `max`) without waiting for more. Ends only if the subscription is
+    /// closed (e.g. drained by the server).
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        let Some(first) = next_item(&mut self.subscriber).await else {
+            return Ok(None);
+        };
+        let mut events = Vec::with_capacity(max.clamp(1, 1024));
+        events.push(event_from(&first));
+        while events.len() < max {
+            match ready_item(&mut self.subscriber) {
+                Some(message) => events.push(event_from(&message)),
+                None => break,
+            }
+        }
+        self.received += events.len() as u64;
+        Ok(Some((events, Position::Offset(self.received))))
+    }
+}
+
+/// Publishes each event to a core NATS subject (payload = value, headers
+/// copied, key as the `plumber-key` header); `flush` flushes the client's
+/// buffer to the server.
+///
+/// Core NATS does not store messages, and a publish cannot be taken back:
+/// this sink is **at-most-once or at-least-once** with the pipeline (a
+/// replay after a crash publishes the replayed events again), never
+/// exactly-once.
+pub struct NatsSink {
+    url: String,
+    subject: String,
+    subject_header: Option<String>,
+    client: Client,
+}
+
+impl NatsSink {
+    /// Connects to the server at `url`; events go to `subject`.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached.
+    pub async fn connect(url: &str, subject: &str) -> Result<Self, StreamError> {
+        let client = connect(url, || format!("NATS sink `{subject}` at {url}")).await?;
+        Ok(NatsSink {
+            url: url.to_owned(),
+            subject: subject.to_owned(),
+            subject_header: None,
+            client,
+        })
+    }
+
+    /// Publishes each event to the subject in its header `name`, when it
+    /// has one (else to the configured subject).
+    #[must_use]
+    pub fn subject_from_header(mut self, name: impl Into<String>) -> Self {
+        self.subject_header = Some(name.into());
+        self
+    }
+}
+
+/// The subject of an event: from its header `header`, else `default`.
+fn subject_for<'a>(event: &'a Event, header: Option<&str>, default: &'a str) -> &'a str {
+    header
+        .and_then(|header| {
+            event
+                .headers
+                .iter()
+                .find(|(name, _)| name == header)
+                .map(|(_, value)| value.as_str())
+        })
+        .unwrap_or(default)
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    fn describe(&self) -> String {
+        format!("NATS sink `{}` at {}", self.subject, self.url)
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        for event in batch.events {
+            let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
+            let subject = subject_for(&event, self.subject_header.as_deref(), &self.subject);
+            let published = self
+                .client
+                .publish_with_headers(subject.to_owned(), headers, event.value.into())
+                .await;
+            published.map_err(|e| io_error(self.describe(), "publish", e))?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| io_error(self.describe(), "flush", e))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JetStream
+// ---------------------------------------------------------------------------
+
+/// How a [`JetStreamSource`] creates its durable consumer when it does not
+/// exist yet (an existing consumer keeps its own settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConsumerOptions {
+    /// How long the server waits for the ack of a delivered message before
+    /// delivering it again. Messages are acked only after the checkpoint
+    /// covering them commits, so this must be well above the checkpoint
+    /// interval plus the pipeline's latency (default 30 s).
+    pub ack_wait: Duration,
+    /// The most delivered, unacknowledged messages; the server stops
+    /// delivering past it until a checkpoint acks some (default 100,000). A
+    /// pipeline that checkpoints only every N events needs N below this.
+    pub max_ack_pending: i64,
+}
+
+impl Default for JetStreamConsumerOptions {
+    fn default() -> Self {
+        JetStreamConsumerOptions {
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 100_000,
+        }
+    }
+}
+
+/// Messages handed out and not yet covered by a committed checkpoint, by
+/// stream sequence, with what acknowledges each.
+type Pending = Arc<Mutex<BTreeMap<u64, Acker>>>;
+
+/// Reads a JetStream stream through a durable pull consumer with explicit
+/// acks.
+///
+/// Each message is an event as for [`NatsSource`], with the message's
+/// stream sequence in a [`SOURCE_SEQ_HEADER`] (`plumber-source-seq`)
+/// header. The position is the stream sequence of the last event handed
+/// out.
+///
+/// Messages are **not** acknowledged when read: the pipeline's commit
+/// listener ([`Source::commit_listener`]) acks every delivered message whose
+/// sequence is at or below a committed checkpoint's position. A crash before
+/// that leaves them unacknowledged, and the server delivers them again (after
+/// the consumer's ack wait); after a restart, [`Source::seek`] to the
+/// committed position acks and skips redelivered messages it already covers.
+/// So nothing is lost, and nothing covered by a checkpoint is processed
+/// twice. When the source is dropped, the messages it handed out and that no
+/// checkpoint covered are negatively acknowledged, so that the next run gets
+/// them at once rather than after the ack wait (except at most one message
+/// that a pull request open at that moment may still take: it comes back
+/// after the ack wait).
+///
+/// A JetStream source never ends; stop its pipeline with
+/// [`crate::pipeline::PipelineHandle::shutdown`]. One durable consumer
+/// belongs to one pipeline.
+pub struct JetStreamSource {
+    url: String,
+    stream: String,
+    consumer_name: String,
+    client: Client,
+    consumer: PullConsumer,
+    pending: Pending,
+    /// The highest sequence handed out or covered by the seek position.
+    handed_out: u64,
+}
+
+impl JetStreamSource {
+    /// Connects to the server at `url` and binds the durable pull consumer
+    /// `durable_consumer` of `stream`, creating it (explicit acks, deliver
+    /// all, [`JetStreamConsumerOptions::default`]) if it does not exist,
+    /// restricted to `filter_subject` if given.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached, the stream does not exist, or the
+    /// consumer cannot be created or does not fit (not a pull consumer with
+    /// explicit acks, or another filter subject).
+    pub async fn connect(
+        url: &str,
+        stream: &str,
+        durable_consumer: &str,
+        filter_subject: Option<String>,
+    ) -> Result<Self, StreamError> {
+        Self::connect_with(
+            url,
+            stream,
+            durable_consumer,
+            filter_subject,
+            JetStreamConsumerOptions::default(),
+        )
+        .await
+    }
+
+    /// As [`JetStreamSource::connect`], creating a missing consumer with
+    /// `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`JetStreamSource::connect`].
+    pub async fn connect_with(
+        url: &str,
+        stream: &str,
+        durable_consumer: &str,
+        filter_subject: Option<String>,
+        options: JetStreamConsumerOptions,
+    ) -> Result<Self, StreamError> {
+        let describe = || describe_js_source(url, stream, durable_consumer);
+        let client = connect(url, describe).await?;
+        let context = async_nats::jetstream::new(client.clone());
+        let js_stream = context
+            .get_stream(stream)
+            .await
+            .map_err(|e| io_error(describe(), "get stream", e))?;
+        let config = pull::Config {
+            durable_name: Some(durable_consumer.to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: options.ack_wait,
+            max_ack_pending: options.max_ack_pending,
+            filter_subject: filter_subject.clone().unwrap_or_default(),
+            ..pull::Config::default()
+        };
+        let consumer: PullConsumer = js_stream
+            .get_or_create_consumer(durable_consumer, config)
+            .await
+            .map_err(|e| io_error(describe(), "bind consumer", e))?;
+        let existing = &consumer.cached_info().config;
+        if existing.ack_policy != AckPolicy::Explicit {
+            return Err(invalid(
+                describe(),
+                "bind consumer",
+                format!(
+                    "the consumer acks with {:?}; it must use explicit acks",
+                    existing.ack_policy
+                ),
+            ));
+        }
+        if let Some(filter) = &filter_subject {
+            if &existing.filter_subject != filter {
+                return Err(invalid(
+                    describe(),
+                    "bind consumer",
+                    format!(
+                        "the consumer filters `{}`, not `{filter}`",
+                        existing.filter_subject
+                    ),
+                ));
+            }
+        }
+        Ok(JetStreamSource {
+            url: url.to_owned(),
+            stream: stream.to_owned(),
+            consumer_name: durable_consumer.to_owned(),
+            client,
+            consumer,
+            pending: Arc::default(),
+            handed_out: 0,
+        })
+    }
+
+    /// Pulls up to `max` messages: what is there now, or, with `wait`, the
+    /// first within `wait`. Adds the new ones to `events`.
+    async fn pull(
+        &mut self,
+        max: usize,
+        wait: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StreamError> {
+        let requested = match wait {
+            Some(wait) => {
+                self.consumer
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait)
+                    .messages()
+                    .await
+            }
+            None => self.consumer.fetch().max_messages(max).messages().await,
+        };
+        let mut batch = requested.map_err(|e| io_error(self.describe(), "pull", e))?;
+        // Read the request to its end, so that no message is delivered to an
+        // abandoned inbox (it would only come back after the ack wait).
+        while let Some(item) = next_item(&mut batch).await {
+            let message = item.map_err(|e| io_error(self.describe(), "pull", e))?;
+            self.accept(message, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands out a delivered message, unless it is a redelivery: of one in
+    /// flight (its new delivery is the one to ack later) or of one already
+    /// committed (acked now and skipped).
+    async fn accept(
+        &mut self,
+        message: async_nats::jetstream::Message,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StreamError> {
+        let sequence = message
+            .info()
+            .map_err(|e| io_error(self.describe(), "read message metadata", e))?
+            .stream_sequence;
+        let (message, acker) = message.split();
+        if sequence <= self.handed_out {
+            let committed = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                match pending.get_mut(&sequence) {
+                    Some(slot) => {
+                        *slot = acker;
+                        None
+                    }
+                    None => Some(acker),
+                }
+            };
+            if let Some(acker) = committed {
+                if let Err(error) = acker.ack().await {
+                    // It comes back again and is skipped again.
+                    tracing::warn!(source = %self.describe(), sequence, %error,
+                        "cannot ack a redelivered message that is already committed");
+                }
+            }
+            return Ok(());
+        }
+        self.handed_out = sequence;
+        let mut event = event_from(&message);
+        event.headers.retain(|(name, _)| name != SOURCE_SEQ_HEADER);
+        event
+            .headers
+            .push((SOURCE_SEQ_HEADER.to_owned(), sequence.to_string()));
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sequence, acker);
+        events.push(event);
+        Ok(())
+    }
+}
+
+fn describe_js_source(url: &str, stream: &str, consumer: &str) -> String {
+    format!("JetStream source `{stream}` (consumer `{consumer}`) at {url}")
+}
+
+#[async_trait]
+impl Source for JetStreamSource {
+    fn describe(&self) -> String {
+        describe_js_source(&self.url, &self.stream, &self.consumer_name)
+    }
+
+    /// Records the committed position: redelivered messages at or below it
+    /// are acked and skipped.
+    async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        self.handed_out = match position {
+            Position::Start => 0,
+            Position::Offset(sequence) => *sequence,
+        };
+        Ok(())
+    }
+
+    /// Pulls up to `max` messages: what is waiting, else the first to come
+    /// (asking the server again every 100 ms, so that no request is left
+    /// open for long). Returns once at least one new message has arrived;
+    /// never `None`.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
+        let max = max.max(1);
+        let mut events = Vec::new();
+        loop {
+            self.pull(max, None, &mut events).await?;
+            if events.is_empty() {
+                self.pull(1, Some(PULL_WAIT), &mut events).await?;
+                if !events.is_empty() && max > 1 {
+                    self.pull(max - 1, None, &mut events).await?;
+                }
+            }
+            if !events.is_empty() {
+                return Ok(Some((events, Position::Offset(self.handed_out))));
+            }
+        }
+    }
+
+    fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
+        Some(Box::new(JetStreamCommitListener {
+            describe: self.describe(),
+            client: self.client.clone(),
+            pending: self.pending.clone(),
+        }))
+    }
+}
+
+impl Drop for JetStreamSource {
+    fn drop(&mut self) {
+        let uncommitted =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if uncommitted.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let describe = self.describe();
+        // Best effort: without it they come back after the ack wait.
+        runtime.spawn(async move {
+            for acker in uncommitted.values() {
+                if let Err(error) = acker.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(source = %describe, %error, "cannot nak an uncommitted message");
+                    return;
+                }
+            }
+            let _ = client.flush().await;
+        });
+    }
+}
+
+/// Acks the messages a [`JetStreamSource`] handed out once a checkpoint
+/// covers them.
+struct JetStreamCommitListener {
+    describe: String,
+    client: Client,
+    pending: Pending,
+}
+
+#[async_trait]
+impl CommitListener for JetStreamCommitListener {
+    async fn committed(&mut self, position: &Position) -> Result<(), StreamError> {
+        let Position::Offset(sequence) = position else {
+            return Ok(());
+        };
+        let covered = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match sequence.checked_add(1) {
+                Some(next) => {
+                    let later = pending.split_off(&next);
+                    std::mem::replace(&mut *pending, later)
+                }
+                None => std::mem::take(&mut *pending),
+            }
+        };
+        if covered.is_empty() {
+            return Ok(());
+        }
+        for acker in covered.values() {
+            acker
+                .ack()
+                .await
+                .map_err(|e| io_error(self.describe.clone(), "ack", e))?;
+        }
+        self.client
+            .flush()
+            .await
+            .map_err(|e| io_error(self.describe.clone(), "ack", e))
+    }
+}
+
+/// Publishes each event to a JetStream subject (payload = value, headers
+/// copied, key as the `plumber-key` header), with a `Nats-Msg-Id` header
+/// that a replay reproduces:
+///
+/// - `<pipeline>:<seq>:<n>` when the event has a [`SOURCE_SEQ_HEADER`]
+///   (`<seq>`, the stream sequence of the source message it derives from),
+///   `<n>` numbering the outputs with that header in order (0, 1, …);
+/// - `<pipeline>:<sha256 of the value, hex>` otherwise, so that equal values
+///   are one message within the duplicate window.
+///
+/// `flush` waits for the server's ack of every publish, so a checkpoint
+/// commits only after its output is stored. After a crash the pipeline
+/// replays from its last checkpoint and publishes the same messages with the
+/// same ids, which the server drops as duplicates: **exactly-once output
+/// into JetStream**, as long as the replay comes within the stream's
+/// duplicate window (`duplicate_window`, 2 minutes by default) and the pipes
+/// are deterministic. Outputs of a window that carry the sequence header of
+/// an event from an earlier checkpoint epoch may be numbered differently in
+/// a replay; give such outputs their own ids upstream, or none (and
+/// distinct values).
+pub struct JetStreamSink {
+    url: String,
+    subject: String,
+    pipeline: String,
+    client: Client,
+    context: async_nats::jetstream::Context,
+    acks: VecDeque<PublishAckFuture>,
+    counters: HashMap<String, u64>,
+    counter_order: VecDeque<String>,
+}
+
+impl JetStreamSink {
+    /// Connects to the server at `url`; events go to `subject` (which a
+    /// stream must capture), with message ids prefixed by `pipeline`.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached, or `pipeline` contains a line break
+    /// (it cannot be part of a header).
+    pub async fn connect(url: &str, subject: &str, pipeline: &str) -> Result<Self, StreamError> {
+        let describe = || format!("JetStream sink `{subject}` at {url}");
+        if pipeline.contains(['\r', '\n']) {
+            return Err(invalid(
+                describe(),
+                "connect",
+                format!("the pipeline name {pipeline:?} cannot be part of a message id"),
+            ));
+        }
+        let client = connect(url, describe).await?;
+        let context = async_nats::jetstream::new(client.clone());
+        Ok(JetStreamSink {
+            url: url.to_owned(),
+            subject: subject.to_owned(),
+            pipeline: pipeline.to_owned(),
+            client,
+            context,
+            acks: VecDeque::new(),
+            counters: HashMap::new(),
+            counter_order: VecDeque::new(),
+        })
+    }
+
+    /// The message id of `event`.
+    fn message_id(&mut self, event: &Event) -> String {
+        let sequence = event
+            .headers
+            .iter()
+            .find(|(name, _)| name == SOURCE_SEQ_HEADER)
+            .map(|(_, value)| value);
+        let Some(sequence) = sequence else {
+            let digest = Sha256::digest(&event.value);
+            return format!("{}:{}", self.pipeline, hex::encode(digest));
+        };
+        let n = match self.counters.get_mut(sequence) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                if self.counter_order.len() >= MAX_SEQ_COUNTERS {
+                    if let Some(oldest) = self.counter_order.pop_front() {
+                        self.counters.remove(&oldest);
+                    }
+                }
+                self.counters.insert(sequence.clone(), 0);
+                self.counter_order.push_back(sequence.clone());
+                0
+            }
+        };
+        format!("{}:{sequence}:{n}", self.pipeline)
+    }
+
+    /// Waits for the oldest unacknowledged publish.
+    async fn await_oldest(&mut self) -> Result<(), StreamError> {
+        let Some(ack) = self.acks.pop_front() else {
+            return Ok(());
+        };
+        ack.await
+            .map(|_| ())
+            .map_err(|e| io_error(self.describe(), "publish", e))
+    }
+}
+
+#[async_trait]
+impl Sink for JetStreamSink {
+    fn describe(&self) -> String {
+        format!("JetStream sink `{}` at {}", self.subject, self.url)
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        for event in batch.events {
+            let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
+            let id = self.message_id(&event);
+            while self.acks.len() >= MAX_PENDING_ACKS {
+                self.await_oldest().await?;
+            }
+            let publish = PublishMessage::build()
+                .payload(event.value.into())
+                .headers(headers)
+                .message_id(id);
+            let ack = self
+                .context
+                .send_publish(self.subject.clone(), publish)
+                .await
+                .map_err(|e| io_error(self.describe(), "publish", e))?;
+            self.acks.push_back(ack);
+        }
+        Ok(())
+    }
+
+    /// Waits until the server has acknowledged (stored, or recognised as a
+    /// duplicate) every message published so far.
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        while !self.acks.is_empty() {
+            self.await_oldest().await?;
+        }
+        self.client
+            .flush()
+            .await
+            .map_err(|e| io_error(self.describe(), "flush", e))
+    }
+}

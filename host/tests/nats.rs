@@ -1,0 +1,892 @@
+//! NATS and JetStream sources and sinks against a real `nats-server`.
+//!
+//! Each test starts its own server with JetStream enabled on a free loopback
+//! port, with its store in a temporary directory, and kills it when done.
+//! The tests need `nats-server` (Debian: `apt-get install nats-server`; or
+//! its path in `PLUMBER_NATS_SERVER`) and fail if it is missing.
+
+#[path = "../../tests/src/lib.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::future::poll_fn;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use futures_core::Stream;
+
+use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::pipeline::Pipeline;
+use plumber::runtime::Runtime;
+use plumber::state::MemoryState;
+use plumber::step::WasmPipe;
+use plumber::streams::nats::{
+    JetStreamConsumerOptions, JetStreamSink, JetStreamSource, NatsSink, NatsSource,
+};
+use plumber::streams::{Sink, Source, StreamError};
+use plumber::{Batch, Event};
+
+/// A `nats-server` child process with JetStream, killed on drop.
+pub struct NatsServer {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("PLUMBER_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    // Debian installs it in /usr/sbin, which is not on every user's PATH.
+    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|dir| dir.join("nats-server"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`nats-server` not found: the NATS tests need a NATS server with JetStream; \
+                 install it (e.g. `apt-get install nats-server`) or set PLUMBER_NATS_SERVER \
+                 to its path"
+            )
+        })
+}
+
+/// Whether a NATS server answers on `port` (it greets with `INFO`).
+fn greets(port: u16) -> bool {
+    let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO")
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let binary = nats_server_binary();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut errors = Vec::new();
+        // Another process may take the free port first: try a few.
+        for _ in 0..5 {
+            let port = harness::free_port();
+            let log = dir.path().join(format!("nats-{port}.log"));
+            let mut child = Command::new(&binary)
+                .arg("-js")
+                .arg("-sd")
+                .arg(dir.path().join("store"))
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-l")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start `{}` ({e}): install it (e.g. `apt-get install \
+                         nats-server`) or set PLUMBER_NATS_SERVER to its path",
+                        binary.display()
+                    )
+                });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let started = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Err(format!("exited ({status})"));
+                }
+                if greets(port) {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err("did not answer within 10 s".to_owned());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match started {
+                Ok(()) => {
+                    return NatsServer {
+                        port,
+                        child,
+                        _dir: dir,
+                    }
+                }
+                Err(error) => errors.push(format!(
+                    "nats-server on port {port} {error}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
+            }
+        }
+        panic!("cannot start nats-server:\n{}", errors.join("\n"));
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+async fn client(server: &NatsServer) -> async_nats::Client {
+    async_nats::connect(server.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.url()))
+}
+
+async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+        ..stream::Config::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("create stream {name}: {e}"))
+}
+
+async fn publish_js(js: &jetstream::Context, subject: &str, values: &[&str]) {
+    for value in values {
+        js.publish(subject.to_owned(), value.as_bytes().to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+    }
+}
+
+/// The stream's messages in order: (value, headers).
+async fn stream_messages(js: &jetstream::Context, name: &str) -> Vec<(String, HeaderMap)> {
+    let stream = js.get_stream(name).await.expect("get stream");
+    let state = stream.get_info().await.expect("stream info").state;
+    let mut messages = Vec::new();
+    for sequence in state.first_sequence..=state.last_sequence {
+        if state.messages == 0 {
+            break;
+        }
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("message {sequence} of {name}: {e}"));
+        messages.push((
+            String::from_utf8_lossy(&message.payload).into_owned(),
+            message.headers,
+        ));
+    }
+    messages
+}
+
+async fn message_count(js: &jetstream::Context, name: &str) -> u64 {
+    js.get_stream(name)
+        .await
+        .expect("get stream")
+        .get_info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|value| value.as_str())
+}
+
+/// Waits until the consumer's (ack pending, ack floor) are as expected.
+async fn wait_for_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    ack_pending: usize,
+    ack_floor: u64,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = js
+            .get_stream(stream)
+            .await
+            .expect("get stream")
+            .consumer_info(consumer)
+            .await
+            .expect("consumer info");
+        let seen = (info.num_ack_pending, info.ack_floor.stream_sequence);
+        if seen == (ack_pending, ack_floor) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer {consumer}: (ack pending, ack floor) stayed {seen:?}, expected \
+             {:?}",
+            (ack_pending, ack_floor)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads batches until `count` events came; returns them and the position
+/// after each batch.
+async fn read_events(
+    source: &mut dyn Source,
+    max: usize,
+    count: usize,
+) -> (Vec<Event>, Vec<Position>) {
+    let mut events = Vec::new();
+    let mut positions = Vec::new();
+    while events.len() < count {
+        let batch = tokio::time::timeout(PATIENCE, source.next_batch(max))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: only {} of {count} events came",
+                    source.describe(),
+                    events.len()
+                )
+            })
+            .expect("next_batch")
+            .expect("a NATS source does not end");
+        assert!(!batch.0.is_empty(), "an empty batch");
+        events.extend(batch.0);
+        positions.push(batch.1);
+    }
+    assert_eq!(events.len(), count, "more events than expected");
+    (events, positions)
+}
+
+fn values(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.value_lossy().into_owned())
+        .collect()
+}
+
+fn seq_headers(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            e.headers
+                .iter()
+                .find(|(name, _)| name == "plumber-source-seq")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+async fn next_message(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(
+        PATIENCE,
+        poll_fn(|cx| Pin::new(&mut *subscriber).poll_next(cx)),
+    )
+    .await
+    .expect("a message in time")
+    .expect("the subscription is open")
+}
+
+fn event(value: &str, headers: &[(&str, &str)]) -> Event {
+    let mut event = Event::new(value);
+    event.headers = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    event
+}
+
+#[tokio::test]
+async fn core_source_receives_published_messages() {
+    let server = NatsServer::start();
+    let mut source = NatsSource::connect(&server.url(), "in.>", None)
+        .await
+        .expect("connect source");
+    assert_eq!(
+        source.describe(),
+        format!("NATS source `in.>` at {}", server.url())
+    );
+    let publisher = client(&server).await;
+    let mut headers = HeaderMap::new();
+    headers.insert("plumber-key", "k1");
+    headers.insert("x-trace", "t1");
+    publisher
+        .publish_with_headers("in.a", headers, "ada".into())
+        .await
+        .unwrap();
+    publisher.publish("in.b", "grace".into()).await.unwrap();
+    publisher
+        .publish("other", "not for us".into())
+        .await
+        .unwrap();
+    publisher.publish("in.c", "alan".into()).await.unwrap();
+    publisher.flush().await.unwrap();
+
+    let (events, positions) = read_events(&mut source, 10, 3).await;
+    assert_eq!(values(&events), ["ada", "grace", "alan"]);
+    assert_eq!(events[0].key.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(events[0].headers, [("x-trace".to_owned(), "t1".to_owned())]);
+    assert_eq!(events[0].timestamp, None);
+    assert_eq!(events[1].key, None);
+    assert!(events[1].headers.is_empty());
+    assert_eq!(positions.last(), Some(&Position::Offset(3)));
+
+    // It cannot replay: seeking only moves the count.
+    source.seek(&Position::Offset(40)).await.unwrap();
+    publisher.publish("in.d", "barbara".into()).await.unwrap();
+    publisher.flush().await.unwrap();
+    let (events, positions) = read_events(&mut source, 10, 1).await;
+    assert_eq!(values(&events), ["barbara"]);
+    assert_eq!(positions, [Position::Offset(41)]);
+
+    // A batch takes what is waiting, up to max.
+    for i in 0..5 {
+        publisher
+            .publish("in.e", format!("e{i}").into())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let batch = source.next_batch(2).await.unwrap().unwrap();
+    assert_eq!(values(&batch.0), ["e0", "e1"]);
+    assert_eq!(batch.1, Position::Offset(43));
+    let batch = source.next_batch(10).await.unwrap().unwrap();
+    assert_eq!(values(&batch.0), ["e2", "e3", "e4"]);
+    assert_eq!(batch.1, Position::Offset(46));
+}
+
+#[tokio::test]
+async fn core_sources_in_a_queue_group_share_the_messages() {
+    let server = NatsServer::start();
+    let group = Some("workers".to_owned());
+    let mut first = NatsSource::connect(&server.url(), "jobs", group.clone())
+        .await
+        .unwrap();
+    let mut second = NatsSource::connect(&server.url(), "jobs", group)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.describe(),
+        format!(
+            "NATS source `jobs` (queue group `workers`) at {}",
+            server.url()
+        )
+    );
+    let publisher = client(&server).await;
+    for i in 0..20 {
+        publisher
+            .publish("jobs", format!("{i}").into())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+
+    let mut received: Vec<String> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while received.len() < 20 {
+        assert!(Instant::now() < deadline, "only {received:?} came");
+        for source in [&mut first, &mut second] {
+            if let Ok(batch) =
+                tokio::time::timeout(Duration::from_millis(50), source.next_batch(100)).await
+            {
+                received.extend(values(&batch.unwrap().unwrap().0));
+            }
+        }
+    }
+    // Each message went to exactly one member.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for source in [&mut first, &mut second] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), source.next_batch(100))
+                .await
+                .is_err(),
+            "a message was delivered twice"
+        );
+    }
+    received.sort_by_key(|v| v.parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(received, expected);
+}
+
+#[tokio::test]
+async fn core_sink_publishes_to_its_subject_and_to_subjects_from_a_header() {
+    let server = NatsServer::start();
+    let listener = client(&server).await;
+    let mut subscriber = listener.subscribe("out.>").await.unwrap();
+    listener.flush().await.unwrap();
+
+    let mut sink = NatsSink::connect(&server.url(), "out.default")
+        .await
+        .unwrap()
+        .subject_from_header("route");
+    assert_eq!(
+        sink.describe(),
+        format!("NATS sink `out.default` at {}", server.url())
+    );
+    sink.write(Batch::new(vec![
+        event("ada", &[("x-trace", "t1"), ("Nats-Msg-Id", "not copied")]).with_key("k1"),
+        event("grace", &[("route", "out.special")]),
+        Event::new("alan"),
+    ]))
+    .await
+    .unwrap();
+    sink.flush().await.unwrap();
+
+    let first = next_message(&mut subscriber).await;
+    assert_eq!(first.subject.as_str(), "out.default");
+    assert_eq!(&first.payload[..], b"ada");
+    let headers = first.headers.expect("headers");
+    assert_eq!(header(&headers, "plumber-key"), Some("k1"));
+    assert_eq!(header(&headers, "x-trace"), Some("t1"));
+    assert_eq!(header(&headers, "Nats-Msg-Id"), None);
+    assert_eq!(headers.len(), 2);
+
+    let second = next_message(&mut subscriber).await;
+    assert_eq!(second.subject.as_str(), "out.special");
+    assert_eq!(&second.payload[..], b"grace");
+    let headers = second.headers.expect("headers");
+    assert_eq!(header(&headers, "route"), Some("out.special"));
+    assert_eq!(header(&headers, "plumber-key"), None);
+
+    let third = next_message(&mut subscriber).await;
+    assert_eq!(third.subject.as_str(), "out.default");
+    assert_eq!(&third.payload[..], b"alan");
+    assert!(third.headers.is_none_or(|h| h.is_empty()));
+
+    // An event whose header cannot be a NATS header fails the write,
+    // naming the sink and the server.
+    let error = sink
+        .write(Batch::new(vec![event("bad", &[("a:b", "v")])]))
+        .await
+        .expect_err("an invalid header name");
+    assert!(matches!(error, StreamError::Io { .. }));
+    let message = error.to_string();
+    assert!(
+        message.contains(&server.url()) && message.contains("a:b"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn connecting_to_a_missing_server_names_it() {
+    let port = harness::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let error = match NatsSink::connect(&url, "x").await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(error) => error,
+    };
+    assert!(matches!(
+        error,
+        StreamError::Io {
+            action: "connect",
+            ..
+        }
+    ));
+    assert!(error.to_string().contains(&url), "{error}");
+}
+
+fn quick_redelivery() -> JetStreamConsumerOptions {
+    JetStreamConsumerOptions {
+        ack_wait: Duration::from_secs(1),
+        ..JetStreamConsumerOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "EVENTS", &["events.>"]).await;
+    publish_js(&js, "events.a", &["m1", "m2", "m3", "m4", "m5"]).await;
+
+    let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
+        .await
+        .expect("connect");
+    assert_eq!(
+        source.describe(),
+        format!(
+            "JetStream source `EVENTS` (consumer `plumber`) at {}",
+            server.url()
+        )
+    );
+    let mut listener = source.commit_listener().expect("a commit listener");
+    source.seek(&Position::Start).await.unwrap();
+    let (events, positions) = read_events(&mut source, 3, 5).await;
+    assert_eq!(values(&events), ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(seq_headers(&events), ["1", "2", "3", "4", "5"]);
+    assert_eq!(positions.first(), Some(&Position::Offset(3)));
+    assert_eq!(positions.last(), Some(&Position::Offset(5)));
+    // Read, not acknowledged.
+    wait_for_consumer(&js, "EVENTS", "plumber", 5, 0).await;
+
+    // A checkpoint at 2 acks 1 and 2 only.
+    listener.committed(&Position::Offset(2)).await.unwrap();
+    wait_for_consumer(&js, "EVENTS", "plumber", 3, 2).await;
+
+    // Dropped without committing the rest: the same durable gets 3..5 again
+    // (at once: the dropped source gave them back).
+    drop(listener);
+    drop(source);
+    let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
+        .await
+        .expect("reconnect");
+    let mut listener = source.commit_listener().unwrap();
+    let started = Instant::now();
+    let (events, positions) = read_events(&mut source, 10, 3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "redelivery waited for the 30 s ack wait"
+    );
+    assert_eq!(values(&events), ["m3", "m4", "m5"]);
+    assert_eq!(seq_headers(&events), ["3", "4", "5"]);
+    assert_eq!(positions.last(), Some(&Position::Offset(5)));
+    listener.committed(&Position::Offset(5)).await.unwrap();
+    wait_for_consumer(&js, "EVENTS", "plumber", 0, 5).await;
+    drop(listener);
+    drop(source);
+
+    // Once acked, a new source on the durable gets only later messages.
+    publish_js(&js, "events.b", &["m6"]).await;
+    let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
+        .await
+        .unwrap();
+    let (events, positions) = read_events(&mut source, 10, 1).await;
+    assert_eq!(values(&events), ["m6"]);
+    assert_eq!(positions, [Position::Offset(6)]);
+    // Nothing else comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), source.next_batch(10))
+            .await
+            .is_err(),
+        "a committed message came again"
+    );
+}
+
+#[tokio::test]
+async fn jetstream_source_after_a_crash_gets_redeliveries_and_seek_skips_committed_ones() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "ORDERS", &["orders"]).await;
+    publish_js(&js, "orders", &["o1", "o2", "o3", "o4"]).await;
+
+    // A run reads everything, then "crashes": no ack, no nak.
+    let mut crashed = JetStreamSource::connect_with(
+        &server.url(),
+        "ORDERS",
+        "orders",
+        Some("orders".to_owned()),
+        quick_redelivery(),
+    )
+    .await
+    .unwrap();
+    let (events, _) = read_events(&mut crashed, 10, 4).await;
+    assert_eq!(values(&events), ["o1", "o2", "o3", "o4"]);
+    wait_for_consumer(&js, "ORDERS", "orders", 4, 0).await;
+    std::mem::forget(crashed);
+
+    // Its last checkpoint covered 2: the restart seeks there; 1 and 2 come
+    // again after the ack wait and are acked and skipped, 3 and 4 handed out.
+    let mut source =
+        JetStreamSource::connect(&server.url(), "ORDERS", "orders", Some("orders".to_owned()))
+            .await
+            .unwrap();
+    let mut listener = source.commit_listener().unwrap();
+    source.seek(&Position::Offset(2)).await.unwrap();
+    let (events, positions) = read_events(&mut source, 10, 2).await;
+    assert_eq!(values(&events), ["o3", "o4"]);
+    assert_eq!(seq_headers(&events), ["3", "4"]);
+    assert_eq!(positions.last(), Some(&Position::Offset(4)));
+    wait_for_consumer(&js, "ORDERS", "orders", 2, 2).await;
+    let info = js
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .consumer_info("orders")
+        .await
+        .unwrap();
+    assert!(info.num_redelivered >= 2, "{info:?}");
+
+    listener.committed(&Position::Offset(4)).await.unwrap();
+    wait_for_consumer(&js, "ORDERS", "orders", 0, 4).await;
+
+    // The durable already exists with another filter: refused, naming it.
+    let error = match JetStreamSource::connect(
+        &server.url(),
+        "ORDERS",
+        "orders",
+        Some("orders.other".to_owned()),
+    )
+    .await
+    {
+        Ok(_) => panic!("a consumer with another filter was accepted"),
+        Err(error) => error,
+    };
+    assert!(error.to_string().contains("orders.other"), "{error}");
+    // A missing stream is an error naming the server.
+    let error = match JetStreamSource::connect(&server.url(), "NOPE", "c", None).await {
+        Ok(_) => panic!("bound a missing stream"),
+        Err(error) => error,
+    };
+    assert!(matches!(
+        error,
+        StreamError::Io {
+            action: "get stream",
+            ..
+        }
+    ));
+    assert!(error.to_string().contains(&server.url()), "{error}");
+}
+
+#[tokio::test]
+async fn jetstream_sink_replay_is_deduplicated_and_flush_waits_for_acks() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "OUT", &["out"]).await;
+
+    let batch = || {
+        Batch::new(vec![
+            event("a", &[("plumber-source-seq", "1")]).with_key("k"),
+            event("b", &[("plumber-source-seq", "1")]),
+            event("c", &[("plumber-source-seq", "2"), ("x", "y")]),
+            Event::new("d"),
+        ])
+    };
+    let mut sink = JetStreamSink::connect(&server.url(), "out", "p")
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.describe(),
+        format!("JetStream sink `out` at {}", server.url())
+    );
+    sink.write(batch()).await.unwrap();
+    sink.flush().await.unwrap();
+    // Flushed means stored: no waiting needed.
+    assert_eq!(message_count(&js, "OUT").await, 4);
+
+    // A restarted pipeline replays the same events: nothing new is stored.
+    let mut replay = JetStreamSink::connect(&server.url(), "out", "p")
+        .await
+        .unwrap();
+    replay.write(batch()).await.unwrap();
+    replay.flush().await.unwrap();
+    assert_eq!(message_count(&js, "OUT").await, 4);
+
+    let messages = stream_messages(&js, "OUT").await;
+    let got: Vec<(&str, Option<&str>)> = messages
+        .iter()
+        .map(|(value, headers)| (value.as_str(), header(headers, "Nats-Msg-Id")))
+        .collect();
+    let digest = "18ac3e7343f016890c510e93f935261169d9e3f565436429830faf0934f4f8e4";
+    let d_id = format!("p:{digest}");
+    assert_eq!(
+        got,
+        [
+            ("a", Some("p:1:0")),
+            ("b", Some("p:1:1")),
+            ("c", Some("p:2:0")),
+            ("d", Some(d_id.as_str())),
+        ]
+    );
+    assert_eq!(header(&messages[0].1, "plumber-key"), Some("k"));
+    assert_eq!(header(&messages[2].1, "x"), Some("y"));
+    assert_eq!(header(&messages[2].1, "plumber-source-seq"), Some("2"));
+
+    // New outputs of a known sequence get new numbers.
+    replay
+        .write(Batch::new(vec![event("e", &[("plumber-source-seq", "2")])]))
+        .await
+        .unwrap();
+    replay.flush().await.unwrap();
+    assert_eq!(message_count(&js, "OUT").await, 5);
+
+    // No stream captures the subject: flush fails, naming sink and server.
+    let mut lost = JetStreamSink::connect(&server.url(), "nowhere", "p")
+        .await
+        .unwrap();
+    lost.write(Batch::new(vec![Event::new("x")])).await.unwrap();
+    let error = lost.flush().await.expect_err("no stream for `nowhere`");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("JetStream sink `nowhere` at {}", server.url())),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn pipeline_moves_jetstream_messages_through_a_wasm_pipe_exactly_once() {
+    let upper = harness::guest("upper");
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "IN", &["in"]).await;
+    create_stream(&js, "UPPER", &["upper"]).await;
+    publish_js(&js, "in", &["ada", "grace", "alan"]).await;
+    let state = Arc::new(MemoryState::new());
+
+    let run = |expected: u64| {
+        let url = server.url();
+        let state = state.clone();
+        let upper = upper.clone();
+        let js = js.clone();
+        async move {
+            let builder = Pipeline::builder("js")
+                .state(state)
+                .checkpoint(CheckpointPolicy::every(Duration::from_millis(100)))
+                .runtime(Runtime::new(Some(harness::cache_dir())).expect("runtime"))
+                .from(
+                    JetStreamSource::connect(&url, "IN", "js", None)
+                        .await
+                        .expect("source"),
+                )
+                .then(WasmPipe::new("upper", upper))
+                .to(JetStreamSink::connect(&url, "upper", "js")
+                    .await
+                    .expect("sink"));
+            let handle = builder.handle();
+            let running = tokio::spawn(builder.run());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while message_count(&js, "UPPER").await < expected {
+                assert!(Instant::now() < deadline, "the output never had {expected}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            handle.shutdown();
+            running.await.expect("join").expect("the pipeline ran")
+        }
+    };
+
+    let report = run(3).await;
+    assert_eq!(report.events_in, 3);
+    assert_eq!(report.events_out, 3);
+    // The final checkpoint acked everything.
+    wait_for_consumer(&js, "IN", "js", 0, 3).await;
+
+    // A second run resumes after the committed position.
+    publish_js(&js, "in", &["barbara"]).await;
+    let report = run(4).await;
+    assert_eq!(report.events_in, 1);
+    assert_eq!(
+        report.resumed_from.map(|r| r.position),
+        Some(Position::Offset(3))
+    );
+    wait_for_consumer(&js, "IN", "js", 0, 4).await;
+
+    let messages = stream_messages(&js, "UPPER").await;
+    let got: Vec<(&str, Option<&str>, Option<&str>)> = messages
+        .iter()
+        .map(|(value, headers)| {
+            (
+                value.as_str(),
+                header(headers, "Nats-Msg-Id"),
+                header(headers, "plumber-source-seq"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ADA", Some("js:1:0"), Some("1")),
+            ("GRACE", Some("js:2:0"), Some("2")),
+            ("ALAN", Some("js:3:0"), Some("3")),
+            ("BARBARA", Some("js:4:0"), Some("4")),
+        ]
+    );
+}
+
+/// The `examples/jetstream-windowed.json` pipeline: timestamped sentences
+/// from a JetStream stream, split into words, counted per 10-second
+/// event-time window, published to another stream.
+#[tokio::test]
+async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "WORDS", &["words"]).await;
+    create_stream(&js, "COUNTS", &["counts"]).await;
+    let base = 1_800_000_000_000u64;
+    let sentences = [
+        (base + 1_000, "the cat"),
+        (base + 4_000, "the dog"),
+        (base + 10_500, "a cat"),
+        (base + 9_000, "the end"), // out of order, within the 2 s the watermark trails
+        (base + 25_000, "late night"),
+    ];
+    for (timestamp, text) in sentences {
+        let mut headers = HeaderMap::new();
+        headers.insert("plumber-timestamp", timestamp.to_string().as_str());
+        js.publish_with_headers("words", headers, text.as_bytes().to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+
+    let examples = harness::workspace_root().join("examples");
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(examples.join("jetstream-windowed.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config["state"] = serde_json::json!({ "type": "sled", "path": dir.path().join("state") });
+    config["from"]["url"] = serde_json::json!(server.url());
+    config["to"]["url"] = serde_json::json!(server.url());
+    config["pipeline"][0]["module"] = serde_json::json!(harness::guest("split"));
+    config["pipeline"][2]["module"] = serde_json::json!(harness::guest("window-count"));
+    let config = plumber::config::PipelineConfig::parse(
+        &config.to_string(),
+        "jetstream-windowed.json",
+        &examples,
+    )
+    .expect("config");
+    let state = config.open_state().await.unwrap();
+    let builder = config
+        .builder(state)
+        .await
+        .expect("connect")
+        .runtime(Runtime::new(Some(harness::cache_dir())).unwrap());
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+
+    // Three windows: [0, 10 s), [10, 20 s) and, once the source is idle, [20, 30 s).
+    let expected = [
+        "1800000000000-1800000010000\tthe\t3",
+        "1800000000000-1800000010000\tcat\t1",
+        "1800000000000-1800000010000\tdog\t1",
+        "1800000000000-1800000010000\tend\t1",
+        "1800000010000-1800000020000\ta\t1",
+        "1800000010000-1800000020000\tcat\t1",
+        "1800000020000-1800000030000\tlate\t1",
+        "1800000020000-1800000030000\tnight\t1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while message_count(&js, "COUNTS").await < expected.len() as u64 {
+        if Instant::now() > deadline {
+            let got = stream_messages(&js, "COUNTS").await;
+            panic!(
+                "the windows did not all arrive: {:?}",
+                got.iter().map(|m| &m.0).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown();
+    running.await.unwrap().expect("run");
+    let messages = stream_messages(&js, "COUNTS").await;
+    let values: Vec<&str> = messages.iter().map(|(value, _)| value.as_str()).collect();
+    assert_eq!(values, expected);
+    // Each carries the window's end as its timestamp and a de-duplication id.
+    assert_eq!(
+        header(&messages[0].1, "plumber-timestamp"),
+        Some("1800000010000")
+    );
+    assert!(header(&messages[0].1, "Nats-Msg-Id")
+        .is_some_and(|id| id.starts_with("jetstream-windowed:")));
+}
