@@ -190,6 +190,16 @@ fn log_guarantees(config: &PipelineConfig) {
                  output since the last checkpoint is printed again (at-least-once output)"
             ),
             SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
+            SinkConfig::Sql { epoch_column: Some(_), .. } => tracing::info!(
+                pipeline,
+                "exactly-once: state, and the SQL sink (rows of epochs after the last checkpoint \
+                 are deleted on recovery; upserts are idempotent by key)"
+            ),
+            SinkConfig::Sql { epoch_column: None, .. } => tracing::warn!(
+                pipeline,
+                "exactly-once on state, but the SQL sink has no epoch column: replayed inserts \
+                 may repeat (at-least-once)"
+            ),
             SinkConfig::Jetstream { .. } => tracing::info!(
                 pipeline,
                 "exactly-once: state, and the JetStream sink within the stream's duplicate window"

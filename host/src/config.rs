@@ -32,6 +32,7 @@ use crate::streams::http::{HttpSink, HttpSource};
 use crate::streams::nats::{
     JetStreamConsumerOptions, JetStreamSink, JetStreamSource, NatsSink, NatsSource,
 };
+use crate::streams::sql::{ColumnSource, SqlSink, SqlSinkMode, SqlSource};
 use crate::streams::{
     ArraySource, DiscardSink, FileSink, FileSource, LineFormat, Sink, Source, StdoutSink,
     StreamError,
@@ -141,6 +142,29 @@ impl SinkConfig {
                 }
                 Box::new(sink)
             }
+            SinkConfig::Sql {
+                url,
+                table,
+                mode,
+                key_columns,
+                columns,
+                epoch_column,
+            } => {
+                let mode = match mode {
+                    SqlModeConfig::Insert => SqlSinkMode::Insert,
+                    SqlModeConfig::Upsert => SqlSinkMode::Upsert {
+                        key_columns: key_columns.clone(),
+                    },
+                };
+                let upsert = matches!(mode, SqlSinkMode::Upsert { .. });
+                let mut sink = SqlSink::connect(url, table, mode).await?;
+                if let Some(columns) = columns {
+                    sink = sink.mapping(columns.clone().into_iter().collect())?;
+                }
+                // An upsert is idempotent by key and takes no epoch column.
+                sink = sink.epoch_column(if upsert { None } else { epoch_column.clone() })?;
+                Box::new(sink)
+            }
             SinkConfig::Jetstream { url, subject } => {
                 Box::new(JetStreamSink::connect(url, subject, pipeline).await?)
             }
@@ -180,6 +204,24 @@ impl SourceConfig {
                 }
                 Box::new(source)
             }
+            SourceConfig::Sql {
+                url,
+                table,
+                position_column,
+                value_column,
+                key_column,
+                poll_interval_ms,
+            } => Box::new(
+                SqlSource::connect(
+                    url,
+                    table,
+                    position_column,
+                    value_column,
+                    key_column.clone(),
+                    Duration::from_millis(poll_interval_ms.unwrap_or(1000).max(1)),
+                )
+                .await?,
+            ),
             SourceConfig::Nats {
                 url,
                 subject,
@@ -318,6 +360,24 @@ pub enum SourceConfig {
         #[serde(default)]
         max_batch: Option<usize>,
     },
+    /// Rows of an SQL table (SQLite or PostgreSQL), read incrementally by a
+    /// monotonic integer column (the position).
+    Sql {
+        /// `sqlite://file.db` or `postgres://user@host/db`.
+        url: String,
+        /// The table.
+        table: String,
+        /// The monotonic integer column.
+        position_column: String,
+        /// The column that becomes the event's value.
+        value_column: String,
+        /// The column that becomes the event's key.
+        #[serde(default)]
+        key_column: Option<String>,
+        /// How often to look for new rows (default 1000).
+        #[serde(default)]
+        poll_interval_ms: Option<u64>,
+    },
     /// Core NATS: what is published while the pipeline runs (at-most-once).
     Nats {
         /// Server URL (default `nats://127.0.0.1:4222`).
@@ -349,6 +409,21 @@ pub enum SourceConfig {
         #[serde(default)]
         max_ack_pending: Option<i64>,
     },
+}
+
+/// `mode` of an SQL sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlModeConfig {
+    /// Plain inserts.
+    #[default]
+    Insert,
+    /// Insert or update by key.
+    Upsert,
+}
+
+fn default_epoch_column() -> Option<String> {
+    Some(crate::streams::sql::DEFAULT_EPOCH_COLUMN.to_owned())
 }
 
 /// Settings shared by the NATS connectors.
@@ -713,6 +788,28 @@ pub enum SinkConfig {
         /// POST early once this many events are buffered (default 10 000).
         #[serde(default)]
         max_buffered: Option<usize>,
+    },
+    /// Rows into an SQL table, one transaction per checkpoint.
+    Sql {
+        /// `sqlite://file.db` or `postgres://user@host/db`.
+        url: String,
+        /// The table.
+        table: String,
+        /// `insert` (default; exactly-once through `epoch_column`) or
+        /// `upsert` (idempotent by `key_columns`).
+        #[serde(default)]
+        mode: SqlModeConfig,
+        /// The upsert's conflict target.
+        #[serde(default)]
+        key_columns: Vec<String>,
+        /// Column → source (`value`, `key`, `timestamp`, `header:<name>`,
+        /// `json:<field>`); default: the value is a JSON object of columns.
+        #[serde(default)]
+        columns: Option<std::collections::BTreeMap<String, ColumnSource>>,
+        /// The insert's epoch column (default `plumber_epoch`; `null`: none,
+        /// and inserts are at-least-once).
+        #[serde(default = "default_epoch_column")]
+        epoch_column: Option<String>,
     },
     /// Core NATS publish (at-least-once at best).
     Nats {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use super::{Sink, Source, StreamError};
 use crate::checkpoint::Position;
@@ -44,6 +44,10 @@ const SQLITE_MAX_PARAMETERS: usize = 999;
 /// The most rows one PostgreSQL statement gets (they travel as one JSON
 /// parameter).
 const POSTGRES_MAX_ROWS: usize = 1000;
+
+/// How long connecting (or, later, getting the connection back) may take,
+/// retrying meanwhile, before an operation fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shortest poll interval of a source, so that a zero interval does not
 /// hammer the database.
@@ -79,17 +83,24 @@ async fn connect_pool(url: &str, stream: &str) -> Result<Pool, StreamError> {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(connect_error)?;
         Ok(Pool::Sqlite(pool))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        // One attempt now, so that an unreachable server fails at once with
+        // the driver's own reason (the pool retries, and then reports only
+        // that it timed out).
+        let probe = options.connect().await.map_err(connect_error)?;
+        if let Err(error) = probe.close().await {
+            tracing::debug!(stream, %error, "closing the first connection failed");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(connect_error)?;
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(Pool::Postgres(pool))
     } else {
         Err(invalid_input(
@@ -265,11 +276,16 @@ impl SqlSource {
         let description = format!("sql source `{table}` at {}", redact_url(url));
         let configure = |message| invalid_input(&description, "configure", message);
         let quoted_table = quote_table(table).map_err(configure)?;
-        let position = quote_identifier(position_column, "position column").map_err(configure)?;
-        let value = quote_identifier(value_column, "value column").map_err(configure)?;
+        // Columns are qualified with the table: SQLite reads an unqualified
+        // double-quoted name that matches no column as a string literal.
+        let qualified = |column: &str, what: &str| {
+            quote_identifier(column, what).map(|quoted| format!("{quoted_table}.{quoted}"))
+        };
+        let position = qualified(position_column, "position column").map_err(configure)?;
+        let value = qualified(value_column, "value column").map_err(configure)?;
         let key = key_column
             .as_deref()
-            .map(|key| quote_identifier(key, "key column"))
+            .map(|key| qualified(key, "key column"))
             .transpose()
             .map_err(configure)?;
         let pool = connect_pool(url, &description).await?;
@@ -342,17 +358,18 @@ impl SqlSource {
             last: None,
             poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
         };
-        // Runs the query once, so that a missing table or column (or a
-        // position column that is not an integer) is reported now.
-        source
-            .fetch(0)
-            .await
-            .map_err(|e| db_error(&source.description, "query the table", e))?;
+        // Runs the query once (with a position, reading no row), so that a
+        // missing table or column, or a position column that does not
+        // compare with an integer, is reported now.
+        source.last = Some(0);
+        let probe = source.fetch(0).await;
+        source.last = None;
+        probe.map_err(|e| db_error(&source.description, "query the table", e))?;
         Ok(source)
     }
 
     /// Reads at most `limit` rows after the current position.
-    async fn fetch(&mut self, limit: i64) -> Result<Vec<SourceRow>, sqlx::Error> {
+    async fn fetch(&self, limit: i64) -> Result<Vec<SourceRow>, sqlx::Error> {
         let sql = match self.last {
             Some(_) => self.select_after.clone(),
             None => self.select_all.clone(),
@@ -800,8 +817,8 @@ impl SqlSink {
             return Ok(Some(epoch));
         }
         let sql = format!(
-            "SELECT CAST(COALESCE(MAX(\"{column}\"), 0) AS BIGINT) FROM {}",
-            self.table
+            "SELECT CAST(COALESCE(MAX({table}.\"{column}\"), 0) AS BIGINT) FROM {table}",
+            table = self.table
         );
         let max = match &self.pool {
             Pool::Sqlite(pool) => {
@@ -1062,9 +1079,9 @@ impl Sink for SqlSink {
             )
         })?;
         let sql = format!(
-            "DELETE FROM {} WHERE \"{column}\" > {}",
-            self.table,
-            self.pool.placeholder(1)
+            "DELETE FROM {table} WHERE {table}.\"{column}\" > {}",
+            self.pool.placeholder(1),
+            table = self.table
         );
         let deleted = match &self.pool {
             Pool::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
