@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
-use super::{push_line, Sink, Source, StreamError};
+use super::{push_line, JsonEvent, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
@@ -23,26 +23,8 @@ pub enum LineFormat {
     Json,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonLine {
-    value: String,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    timestamp: Option<u64>,
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-}
-
 fn parse_json_line(line: &[u8]) -> Result<Event, serde_json::Error> {
-    let parsed: JsonLine = serde_json::from_slice(line)?;
-    Ok(Event {
-        key: parsed.key.map(String::into_bytes),
-        value: parsed.value.into_bytes(),
-        timestamp: parsed.timestamp,
-        headers: parsed.headers.into_iter().collect(),
-    })
+    serde_json::from_slice::<JsonEvent>(line).map(Event::from)
 }
 
 /// Reads a file line by line, one event per line ([`LineFormat`]). The

@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::sync::{mpsc, oneshot};
 
+use super::JsonEvent;
 use super::{CommitListener, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
@@ -42,30 +43,6 @@ use crate::{Batch, Event};
 /// The most events one request may carry unless [`HttpSource::max_batch`]
 /// says otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
-
-/// One event in the JSON form (the same as a file source's JSON lines).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonEvent {
-    value: String,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    timestamp: Option<u64>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-}
-
-impl From<JsonEvent> for Event {
-    fn from(parsed: JsonEvent) -> Self {
-        Event {
-            key: parsed.key.map(String::into_bytes),
-            value: parsed.value.into_bytes(),
-            timestamp: parsed.timestamp,
-            headers: parsed.headers.into_iter().collect(),
-        }
-    }
-}
 
 /// One request's events on their way to the source, and how to tell the
 /// request that they are committed.

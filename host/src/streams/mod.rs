@@ -153,6 +153,32 @@ pub trait Sink: Send {
     }
 }
 
+/// One event in the JSON form shared by file JSON lines and HTTP bodies:
+/// `{"value": "...", "key": "...", "timestamp": N, "headers": {...}}`,
+/// only `value` required.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JsonEvent {
+    value: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    timestamp: Option<u64>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+impl From<JsonEvent> for Event {
+    fn from(parsed: JsonEvent) -> Self {
+        Event {
+            key: parsed.key.map(String::into_bytes),
+            value: parsed.value.into_bytes(),
+            timestamp: parsed.timestamp,
+            headers: parsed.headers.into_iter().collect(),
+        }
+    }
+}
+
 /// Appends one event's value and a newline: the line format of file and
 /// stdout sinks.
 pub(crate) fn push_line(buffer: &mut Vec<u8>, event: &Event) {
