@@ -137,6 +137,25 @@ impl PostgresServer {
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// Stops the server (a fast shutdown: clients are disconnected); its
+    /// data stays, for [`PostgresServer::restart`].
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_postgres(&mut child, self.dir.path());
+        }
+    }
+
+    /// Stops the server if it runs, and starts a new one on the same port
+    /// and data directory.
+    fn restart(&mut self) {
+        self.stop();
+        let bin = postgres_bin_dir();
+        match spawn_postgres(&bin, running_as_root(), self.dir.path(), self.port) {
+            Ok(child) => self.child = Some(child),
+            Err(error) => panic!("cannot restart postgres: {error}"),
+        }
+    }
 }
 
 fn spawn_postgres(bin: &Path, root: bool, dir: &Path, port: u16) -> Result<Child, String> {
@@ -265,7 +284,7 @@ struct TestDb {
     admin: Admin,
     _dir: tempfile::TempDir,
     // Declared last: the server stops after the pool is gone.
-    _server: Option<PostgresServer>,
+    server: Option<PostgresServer>,
 }
 
 impl TestDb {
@@ -283,7 +302,7 @@ impl TestDb {
                     url: format!("sqlite://{}", path.display()),
                     admin: Admin::Sqlite(admin),
                     _dir: dir,
-                    _server: None,
+                    server: None,
                 }
             }
             Backend::Postgres => {
@@ -297,10 +316,17 @@ impl TestDb {
                     url,
                     admin: Admin::Postgres(admin),
                     _dir: dir,
-                    _server: Some(server),
+                    server: Some(server),
                 }
             }
         }
+    }
+
+    /// The PostgreSQL server, to stop and restart it.
+    fn server(&mut self) -> &mut PostgresServer {
+        self.server
+            .as_mut()
+            .expect("only a PostgreSQL test database has a server")
     }
 
     /// Runs statements (`;`-separated).
@@ -1209,6 +1235,153 @@ async fn pipeline_rerun_after_abort_writes_every_row_exactly_once(backend: Backe
         .collect();
     assert_eq!(rows.len(), expected.len());
     assert_eq!(rows, expected);
+}
+
+/// [`sql_pipeline`] on its own state, reading all of `names`, with a
+/// checkpoint every 50 ms, small batches, slowed down so that it runs for a
+/// while, and the source and sink retrying for `reconnect_timeout` while
+/// the database is unreachable.
+async fn reconnecting_pipeline(
+    db: &TestDb,
+    state: &Path,
+    reconnect_timeout: Duration,
+) -> PipelineBuilder {
+    let source = source(db, "names", "name", None)
+        .await
+        .reconnect_timeout(reconnect_timeout);
+    let sink = sink(db, "shouted", SqlSinkMode::Insert)
+        .await
+        .reconnect_timeout(reconnect_timeout)
+        .mapping(vec![
+            (
+                "source_id".to_owned(),
+                ColumnSource::Header(POSITION_HEADER.to_owned()),
+            ),
+            ("name".to_owned(), ColumnSource::Value),
+        ])
+        .unwrap();
+    Pipeline::builder("sql-reconnect")
+        .state(Arc::new(open_sled(state).await))
+        .runtime(Runtime::new(Some(harness::cache_dir())).unwrap())
+        .checkpoint(CheckpointPolicy::every(Duration::from_millis(50)))
+        .batch_size(5)
+        .channel_capacity(2)
+        .from(source)
+        .then(WasmPipe::new("upper", harness::guest("upper")))
+        .then(NativeStep::batch("slow", |batch| {
+            std::thread::sleep(Duration::from_millis(10));
+            Ok(batch.events)
+        }))
+        .to(sink)
+}
+
+/// The `names` and `shouted` tables, with `rows` names.
+async fn create_names_and_shouted(db: &TestDb, rows: u64) {
+    db.exec(
+        "CREATE TABLE names (id BIGINT PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE shouted (source_id BIGINT NOT NULL, name TEXT NOT NULL,
+                               plumber_epoch BIGINT NOT NULL)",
+    )
+    .await;
+    insert_names(db, 1..=rows).await;
+}
+
+/// PostgreSQL goes away for a second while the pipeline runs: the source
+/// and the sink wait for it and carry on, and every row arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipeline_survives_a_postgres_restart() {
+    const ROWS: u64 = 400;
+    let upper = tokio::task::spawn_blocking(|| harness::guest("upper"));
+    upper.await.unwrap();
+    let mut db = TestDb::new(Backend::Postgres).await;
+    create_names_and_shouted(&db, ROWS).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let builder = reconnecting_pipeline(
+        &db,
+        &state_dir.path().join("state"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+
+    let seen = wait_for_rows(&db, 50, "before the restart").await;
+    assert!(!running.is_finished(), "the pipeline must still be going");
+    tokio::task::block_in_place(|| db.server().stop());
+    // Longer than one attempt to get a connection back (at most 2 s, while
+    // the pool retries by itself), so that the source and the sink see the
+    // database fail and retry.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !running.is_finished(),
+        "the pipeline waits for the database"
+    );
+    tokio::task::block_in_place(|| db.server().restart());
+    assert!(
+        seen < ROWS,
+        "the database went away midway ({seen} rows before)"
+    );
+
+    wait_for_rows(&db, ROWS, "after the restart").await;
+    // A little longer, so that anything written twice would show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.shutdown();
+    let report = match tokio::time::timeout(Duration::from_secs(30), running).await {
+        Ok(joined) => match joined.unwrap() {
+            Ok(report) => report,
+            Err(error) => panic!("run: {error}"),
+        },
+        Err(_) => panic!("the pipeline did not stop within 30 s of the shutdown"),
+    };
+    assert_eq!(report.events_in, ROWS);
+    let rows = db
+        .rows("SELECT CAST(source_id AS TEXT), name FROM shouted ORDER BY shouted.source_id, name")
+        .await;
+    let expected: Vec<Vec<Option<String>>> = (1..=ROWS)
+        .map(|id| vec![Some(id.to_string()), Some(format!("NAME-{id}"))])
+        .collect();
+    assert_eq!(rows.len(), expected.len(), "every row exactly once");
+    assert_eq!(rows, expected);
+}
+
+/// PostgreSQL goes away for good: after the reconnect timeout the pipeline
+/// stops with an error naming the database, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipeline_gives_up_when_postgres_stays_down() {
+    let upper = tokio::task::spawn_blocking(|| harness::guest("upper"));
+    upper.await.unwrap();
+    let mut db = TestDb::new(Backend::Postgres).await;
+    create_names_and_shouted(&db, 400).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let running = tokio::spawn(
+        reconnecting_pipeline(
+            &db,
+            &state_dir.path().join("state"),
+            Duration::from_millis(500),
+        )
+        .await
+        .run(),
+    );
+    wait_for_rows(&db, 20, "before the stop").await;
+    tokio::task::block_in_place(|| db.server().stop());
+    let stopped_at = Instant::now();
+    let error = match tokio::time::timeout(Duration::from_secs(30), running).await {
+        Ok(joined) => match joined.unwrap() {
+            Ok(report) => panic!("the pipeline ended without an error: {report:?}"),
+            Err(error) => error.to_string(),
+        },
+        Err(_) => panic!("the pipeline still runs 30 s after the database went away"),
+    };
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(error.contains(&db.url), "names the database: {error}");
+    assert!(
+        error.contains("gave up after waiting"),
+        "says how long it waited: {error}"
+    );
 }
 
 /// `examples/http-to-postgres.json`: events POSTed over HTTP, counted per

@@ -13,9 +13,26 @@
 //! case-sensitive: `Events` names the table created as `"Events"`, not one
 //! created as `CREATE TABLE Events` (which PostgreSQL folds to `events`).
 //! Values from events are always bound as parameters, never put in SQL text.
+//!
+//! # Reconnecting
+//!
+//! Once connected, the source's query and the sink's flush, position and
+//! recover statements are retried when the database is unreachable (an I/O
+//! error, a connection pool that timed out or closed, a PostgreSQL error of
+//! class 08 or 57P01–57P03, as when the server shuts down): one warning
+//! naming the database when it starts failing, waits of 50 ms doubling up
+//! to 2 s, and one info line when it works again; after the reconnect
+//! timeout (default 30 s, [`SqlSource::reconnect_timeout`],
+//! [`SqlSink::reconnect_timeout`]) the operation fails with an error naming
+//! the database and how long it waited. Other errors (a constraint
+//! violation, bad SQL) fail at once. A failed flush is rolled back, so it
+//! is retried whole; a retry first checks whether the failed attempt's
+//! commit went through after all (rows of its epoch are in the table), so
+//! that an inserting sink with an epoch column never writes a flush twice.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +42,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
+use tokio::time::Instant;
 
 use super::{Sink, Source, StreamError};
 use crate::checkpoint::Position;
@@ -45,9 +63,28 @@ const SQLITE_MAX_PARAMETERS: usize = 999;
 /// parameter).
 const POSTGRES_MAX_ROWS: usize = 1000;
 
-/// How long connecting (or, later, getting the connection back) may take,
+/// How long connecting to SQLite (or getting its connection back) may take,
 /// retrying meanwhile, before an operation fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an operation keeps retrying while the database is unreachable,
+/// unless the source or sink is told otherwise.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first wait after the database was found unreachable.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A PostgreSQL pool's acquire timeout (how long one attempt may spend
+/// getting a connection back) follows the reconnect timeout, but is never
+/// shorter than this...
+const MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// ...nor longer than this, so that a failure is noticed (and logged) soon
+/// (the pool retries a refused connection by itself meanwhile).
+const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shortest poll interval of a source, so that a zero interval does not
 /// hammer the database.
@@ -97,17 +134,168 @@ async fn connect_pool(url: &str, stream: &str) -> Result<Pool, StreamError> {
         if let Err(error) = probe.close().await {
             tracing::debug!(stream, %error, "closing the first connection failed");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Pool::Postgres(pool))
+        Ok(Pool::Postgres(postgres_pool(
+            options,
+            DEFAULT_RECONNECT_TIMEOUT,
+        )))
     } else {
         Err(invalid_input(
             stream,
             "configure",
             "unsupported database URL: expected `sqlite:…` or `postgres://…`".to_owned(),
         ))
+    }
+}
+
+/// A lazy PostgreSQL pool of one connection, whose acquire timeout follows
+/// `reconnect_timeout`.
+fn postgres_pool(options: PgConnectOptions, reconnect_timeout: Duration) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(reconnect_timeout.clamp(MIN_ACQUIRE_TIMEOUT, MAX_ACQUIRE_TIMEOUT))
+        .connect_lazy_with(options)
+}
+
+/// `pool` with attempts that fit `reconnect_timeout`: a PostgreSQL pool is
+/// replaced by a new one (its connection is opened again on first use).
+fn with_reconnect_timeout(pool: Pool, reconnect_timeout: Duration) -> Pool {
+    match pool {
+        Pool::Postgres(pool) => Pool::Postgres(postgres_pool(
+            pool.connect_options().as_ref().clone(),
+            reconnect_timeout,
+        )),
+        sqlite @ Pool::Sqlite(_) => sqlite,
+    }
+}
+
+/// Whether `error` says that the database is unreachable (rather than that
+/// the statement is wrong), so that the operation is worth retrying.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// The retry state of one operation: retries it with backoff while the
+/// database is unreachable, until the reconnect timeout has passed since
+/// the first failure.
+struct Reconnect<'a> {
+    /// The source or sink, naming the database.
+    stream: &'a str,
+    action: &'static str,
+    timeout: Duration,
+    first_failure: Option<Instant>,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl<'a> Reconnect<'a> {
+    fn new(stream: &'a str, action: &'static str, timeout: Duration) -> Self {
+        Reconnect {
+            stream,
+            action,
+            timeout,
+            first_failure: None,
+            backoff: FIRST_BACKOFF,
+            attempts: 0,
+        }
+    }
+
+    /// Whether an attempt has failed already.
+    fn retrying(&self) -> bool {
+        self.first_failure.is_some()
+    }
+
+    /// Runs one attempt: `Some` with its result when it succeeded, `None`
+    /// (after waiting) when it should be tried again.
+    ///
+    /// # Errors
+    ///
+    /// The attempt failed for another reason than an unreachable database,
+    /// or the reconnect timeout has passed.
+    async fn attempt<T>(
+        &mut self,
+        attempt: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<Option<T>, StreamError> {
+        let started = Instant::now();
+        // The first attempt is bounded by the pool's acquire timeout (a
+        // long statement on a working connection is not cut off); later
+        // ones also by the time left.
+        let outcome = match self.first_failure {
+            None => attempt.await,
+            Some(since) => {
+                let left = self.timeout.saturating_sub(since.elapsed());
+                tokio::time::timeout(left, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer before the reconnect timeout",
+                        )))
+                    })
+            }
+        };
+        self.attempts = self.attempts.saturating_add(1);
+        let error = match outcome {
+            Ok(value) => {
+                if let Some(since) = self.first_failure {
+                    tracing::info!(
+                        "{}: the database is reachable again: `{}` succeeded after {:.1?} \
+                         ({} attempts)",
+                        self.stream,
+                        self.action,
+                        since.elapsed(),
+                        self.attempts
+                    );
+                }
+                return Ok(Some(value));
+            }
+            Err(error) if is_unreachable(&error) => error,
+            Err(error) => return Err(db_error(self.stream, self.action, error)),
+        };
+        let since = match self.first_failure {
+            Some(since) => since,
+            None => {
+                tracing::warn!(
+                    "{}: `{}` failed, the database is unreachable ({error}); \
+                     retrying for up to {:?}",
+                    self.stream,
+                    self.action,
+                    self.timeout
+                );
+                *self.first_failure.insert(started)
+            }
+        };
+        let waited = since.elapsed();
+        let left = self.timeout.saturating_sub(waited);
+        if left.is_zero() {
+            return Err(StreamError::Io {
+                stream: self.stream.to_owned(),
+                action: self.action,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "gave up after waiting {waited:.1?} for the database to come back \
+                         ({} attempts, reconnect timeout {:?}); last error: {error}",
+                        self.attempts, self.timeout
+                    ),
+                ),
+            });
+        }
+        tracing::debug!(
+            "{}: `{}` attempt {} failed ({error}); next in {:?}",
+            self.stream,
+            self.action,
+            self.attempts,
+            self.backoff
+        );
+        tokio::time::sleep(self.backoff.min(left)).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(None)
     }
 }
 
@@ -249,6 +437,7 @@ pub struct SqlSource {
     has_key: bool,
     last: Option<i64>,
     poll_interval: Duration,
+    reconnect_timeout: Duration,
 }
 
 /// One row as read: position, value, key.
@@ -357,6 +546,7 @@ impl SqlSource {
             has_key: key.is_some(),
             last: None,
             poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
         };
         // Runs the query once (with a position, reading no row), so that a
         // missing table or column, or a position column that does not
@@ -366,6 +556,15 @@ impl SqlSource {
         source.last = None;
         probe.map_err(|e| db_error(&source.description, "query the table", e))?;
         Ok(source)
+    }
+
+    /// How long a poll keeps retrying while the database is unreachable
+    /// before it fails (default [`DEFAULT_RECONNECT_TIMEOUT`]).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self.pool = with_reconnect_timeout(self.pool, timeout);
+        self
     }
 
     /// Reads at most `limit` rows after the current position.
@@ -427,10 +626,13 @@ impl Source for SqlSource {
     ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         loop {
-            let rows = self
-                .fetch(limit)
-                .await
-                .map_err(|e| db_error(&self.description, "query the table", e))?;
+            let mut reconnect =
+                Reconnect::new(&self.description, "query the table", self.reconnect_timeout);
+            let rows = loop {
+                if let Some(rows) = reconnect.attempt(self.fetch(limit)).await? {
+                    break rows;
+                }
+            };
             if rows.is_empty() {
                 tokio::time::sleep(self.poll_interval).await;
                 continue;
@@ -626,6 +828,7 @@ pub struct SqlSink {
     /// The epoch of the last flush, once known.
     epoch: Option<u64>,
     rows: Vec<PendingRow>,
+    reconnect_timeout: Duration,
 }
 
 impl SqlSink {
@@ -665,7 +868,18 @@ impl SqlSink {
             epoch_column,
             epoch: None,
             rows: Vec::new(),
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
         })
+    }
+
+    /// How long a flush (or reading the position, or recovering) keeps
+    /// retrying while the database is unreachable before it fails (default
+    /// [`DEFAULT_RECONNECT_TIMEOUT`]).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self.pool = with_reconnect_timeout(self.pool, timeout);
+        self
     }
 
     /// Takes each row's columns from the event as `mapping` says, instead
@@ -816,11 +1030,34 @@ impl SqlSink {
         if let Some(epoch) = self.epoch {
             return Ok(Some(epoch));
         }
+        let mut reconnect = Reconnect::new(
+            &self.description,
+            "read the largest epoch",
+            self.reconnect_timeout,
+        );
+        let max = loop {
+            if let Some(max) = reconnect.attempt(self.max_epoch(column)).await? {
+                break max;
+            }
+        };
+        let epoch = u64::try_from(max).map_err(|_| {
+            invalid_data(
+                &self.description,
+                "read the largest epoch",
+                format!("the epoch column `{column}` holds {max}, which is negative"),
+            )
+        })?;
+        self.epoch = Some(epoch);
+        Ok(Some(epoch))
+    }
+
+    /// The largest epoch in the table, 0 when it is empty.
+    async fn max_epoch(&self, column: &str) -> Result<i64, sqlx::Error> {
         let sql = format!(
             "SELECT CAST(COALESCE(MAX({table}.\"{column}\"), 0) AS BIGINT) FROM {table}",
             table = self.table
         );
-        let max = match &self.pool {
+        match &self.pool {
             Pool::Sqlite(pool) => {
                 sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
                     .fetch_one(pool)
@@ -832,16 +1069,21 @@ impl SqlSink {
                     .await
             }
         }
-        .map_err(|e| db_error(&self.description, "read the largest epoch", e))?;
-        let epoch = u64::try_from(max).map_err(|_| {
-            invalid_data(
-                &self.description,
-                "read the largest epoch",
-                format!("the epoch column `{column}` holds {max}, which is negative"),
-            )
-        })?;
-        self.epoch = Some(epoch);
-        Ok(Some(epoch))
+    }
+
+    /// One attempt of a flush: writes the buffered rows, unless `retrying`
+    /// finds that a failed attempt's commit of `epoch` went through after
+    /// all (the connection was lost before its answer came).
+    async fn flush_attempt(&self, epoch: Option<u64>, retrying: bool) -> Result<(), sqlx::Error> {
+        if let (true, Some(column), Some(epoch)) = (retrying, &self.epoch_column, epoch) {
+            let max = self.max_epoch(column).await?;
+            if u64::try_from(max).is_ok_and(|max| max >= epoch) {
+                tracing::info!(sink = %self.description, epoch,
+                    "the interrupted flush was committed; not writing it again");
+                return Ok(());
+            }
+        }
+        self.write_rows(epoch).await
     }
 
     /// Splits the buffered rows into statements: consecutive rows with the
@@ -1041,9 +1283,14 @@ impl Sink for SqlSink {
             return Ok(());
         }
         let epoch = self.current_epoch().await?.map(|epoch| epoch + 1);
-        self.write_rows(epoch)
-            .await
-            .map_err(|e| db_error(&self.description, "write rows", e))?;
+        // A failed attempt was rolled back (or committed whole, which the
+        // next attempt finds out), so the whole flush can be tried again.
+        let mut reconnect = Reconnect::new(&self.description, "write rows", self.reconnect_timeout);
+        while reconnect
+            .attempt(self.flush_attempt(epoch, reconnect.retrying()))
+            .await?
+            .is_none()
+        {}
         tracing::debug!(sink = %self.description, rows = self.rows.len(), ?epoch, "rows written");
         self.rows.clear();
         if epoch.is_some() {
@@ -1083,19 +1330,26 @@ impl Sink for SqlSink {
             self.pool.placeholder(1),
             table = self.table
         );
-        let deleted = match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
-                .bind(committed_i64)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-            Pool::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
-                .bind(committed_i64)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-        }
-        .map_err(|e| db_error(&self.description, "recover", e))?;
+        let delete = || async {
+            match &self.pool {
+                Pool::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(committed_i64)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected()),
+                Pool::Postgres(pool) => sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(committed_i64)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected()),
+            }
+        };
+        let mut reconnect = Reconnect::new(&self.description, "recover", self.reconnect_timeout);
+        let deleted = loop {
+            if let Some(deleted) = reconnect.attempt(delete()).await? {
+                break deleted;
+            }
+        };
         if deleted > 0 {
             tracing::info!(sink = %self.description, committed, deleted,
                 "dropping rows written after the last checkpoint");
