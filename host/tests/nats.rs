@@ -12,7 +12,7 @@ mod harness;
 use std::future::poll_fn;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,11 +33,13 @@ use plumber::streams::nats::{
 use plumber::streams::{Sink, Source, StreamError};
 use plumber::{Batch, Event};
 
-/// A `nats-server` child process with JetStream, killed on drop.
+/// A `nats-server` child process with JetStream, killed on drop. It can be
+/// stopped and started again on the same port with the same store.
 pub struct NatsServer {
     port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 fn nats_server_binary() -> PathBuf {
@@ -71,6 +73,51 @@ fn greets(port: u16) -> bool {
     BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO")
 }
 
+/// Starts `nats-server` with JetStream on `port`, its store in `dir`, and
+/// waits until it answers.
+fn spawn_nats_server(binary: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+    let log = dir.join(format!("nats-{port}.log"));
+    let mut child = Command::new(binary)
+        .arg("-js")
+        .arg("-sd")
+        .arg(dir.join("store"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-l")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start `{}` ({e}): install it (e.g. `apt-get install \
+                 nats-server`) or set PLUMBER_NATS_SERVER to its path",
+                binary.display()
+            )
+        });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let started = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("exited ({status})"));
+        }
+        if greets(port) {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err("did not answer within 10 s".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    started.map(|()| child).map_err(|error| {
+        format!(
+            "nats-server on port {port} {error}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
+}
+
 impl NatsServer {
     pub fn start() -> NatsServer {
         let binary = nats_server_binary();
@@ -79,52 +126,16 @@ impl NatsServer {
         // Another process may take the free port first: try a few.
         for _ in 0..5 {
             let port = harness::free_port();
-            let log = dir.path().join(format!("nats-{port}.log"));
-            let mut child = Command::new(&binary)
-                .arg("-js")
-                .arg("-sd")
-                .arg(dir.path().join("store"))
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .arg("-l")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start `{}` ({e}): install it (e.g. `apt-get install \
-                         nats-server`) or set PLUMBER_NATS_SERVER to its path",
-                        binary.display()
-                    )
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let started = loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    break Err(format!("exited ({status})"));
-                }
-                if greets(port) {
-                    break Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err("did not answer within 10 s".to_owned());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            match started {
-                Ok(()) => {
+            match spawn_nats_server(&binary, dir.path(), port) {
+                Ok(child) => {
                     return NatsServer {
                         port,
-                        child,
-                        _dir: dir,
+                        child: Some(child),
+                        binary,
+                        dir,
                     }
                 }
-                Err(error) => errors.push(format!(
-                    "nats-server on port {port} {error}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )),
+                Err(error) => errors.push(error),
             }
         }
         panic!("cannot start nats-server:\n{}", errors.join("\n"));
@@ -133,12 +144,38 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Kills the server (as a crash would); its store stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs, then starts a new one on the same port
+    /// with the same store: streams, consumers and their state survive.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut errors = Vec::new();
+        // The port was just released: give it a few tries.
+        for _ in 0..5 {
+            match spawn_nats_server(&self.binary, self.dir.path(), self.port) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(error) => errors.push(error),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("cannot restart nats-server:\n{}", errors.join("\n"));
+    }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -594,8 +631,10 @@ async fn jetstream_source_after_a_crash_gets_redeliveries_and_seek_skips_committ
     wait_for_consumer(&js, "ORDERS", "orders", 4, 0).await;
     std::mem::forget(crashed);
 
-    // Its last checkpoint covered 2: the restart seeks there; 1 and 2 come
-    // again after the ack wait and are acked and skipped, 3 and 4 handed out.
+    // Its last checkpoint covered 2: the restart seeks there. 3 and 4, which
+    // the crashed run took past its checkpoint, are asked for again and
+    // handed out at once; 1 and 2 come again after the ack wait and are
+    // acked and skipped.
     let mut source =
         JetStreamSource::connect(&server.url(), "ORDERS", "orders", Some("orders".to_owned()))
             .await
@@ -606,6 +645,12 @@ async fn jetstream_source_after_a_crash_gets_redeliveries_and_seek_skips_committ
     assert_eq!(values(&events), ["o3", "o4"]);
     assert_eq!(seq_headers(&events), ["3", "4"]);
     assert_eq!(positions.last(), Some(&Position::Offset(4)));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), source.next_batch(10))
+            .await
+            .is_err(),
+        "a committed message was handed out again"
+    );
     wait_for_consumer(&js, "ORDERS", "orders", 2, 2).await;
     let info = js
         .get_stream("ORDERS")
@@ -889,4 +934,179 @@ async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
     );
     assert!(header(&messages[0].1, "Nats-Msg-Id")
         .is_some_and(|id| id.starts_with("jetstream-windowed:")));
+}
+
+/// The number of messages in a stream, or `None` while the server cannot
+/// answer (e.g. it is restarting).
+async fn try_message_count(js: &jetstream::Context, name: &str) -> Option<u64> {
+    let mut stream = js.get_stream(name).await.ok()?;
+    Some(stream.info().await.ok()?.state.messages)
+}
+
+/// Waits until the stream holds at least `count` messages.
+async fn wait_for_messages(js: &jetstream::Context, name: &str, count: u64, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let seen = try_message_count(js, name).await;
+        if seen.is_some_and(|seen| seen >= count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} holds {seen:?} messages, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn pipeline_rides_out_a_server_restart_without_losing_or_repeating_a_message() {
+    let upper = harness::guest("upper");
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "IN", &["in"]).await;
+    create_stream(&js, "OUT", &["out"]).await;
+    let inputs: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    publish_js(&js, "in", &refs).await;
+
+    let builder = Pipeline::builder("restart")
+        .state(Arc::new(MemoryState::new()))
+        .checkpoint(CheckpointPolicy::every(Duration::from_millis(50)))
+        .batch_size(2)
+        .runtime(Runtime::new(Some(harness::cache_dir())).expect("runtime"))
+        .from(
+            JetStreamSource::connect(&url, "IN", "restart", None)
+                .await
+                .expect("source"),
+        )
+        .then(WasmPipe::new("upper", upper))
+        .to(JetStreamSink::connect(&url, "out", "restart")
+            .await
+            .expect("sink"));
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+
+    // Some output, not all of it: then the server goes away for a second.
+    wait_for_messages(&js, "OUT", 20, PATIENCE).await;
+    let before = try_message_count(&js, "OUT").await;
+    server.stop();
+    assert!(
+        before.is_some_and(|before| before < 300),
+        "the pipeline was done before the server stopped: {before:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !running.is_finished(),
+        "the pipeline stopped without its server"
+    );
+    server.restart();
+
+    // The pipeline carries on by itself.
+    wait_for_messages(&js, "OUT", 300, Duration::from_secs(60)).await;
+    handle.shutdown();
+    let report = tokio::time::timeout(PATIENCE, running)
+        .await
+        .expect("the pipeline shut down")
+        .expect("join")
+        .expect("the pipeline ran");
+    assert!(report.events_out >= 300, "{report:?}");
+
+    let expected: Vec<String> = inputs.iter().map(|v| v.to_uppercase()).collect();
+    let messages = stream_messages(&js, "OUT").await;
+    let got: Vec<&str> = messages.iter().map(|(value, _)| value.as_str()).collect();
+    assert_eq!(got, expected, "each message once, in order");
+    wait_for_consumer(&js, "IN", "restart", 0, 300).await;
+}
+
+#[tokio::test]
+async fn pipeline_fails_naming_the_server_once_the_reconnect_timeout_passes() {
+    let upper = harness::guest("upper");
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "IN", &["in"]).await;
+    create_stream(&js, "OUT", &["out"]).await;
+    publish_js(&js, "in", &["ada", "grace", "alan"]).await;
+
+    let timeout = Duration::from_millis(500);
+    let builder = Pipeline::builder("gone")
+        .state(Arc::new(MemoryState::new()))
+        .checkpoint(CheckpointPolicy::every(Duration::from_millis(50)))
+        .runtime(Runtime::new(Some(harness::cache_dir())).expect("runtime"))
+        .from(
+            JetStreamSource::connect(&url, "IN", "gone", None)
+                .await
+                .expect("source")
+                .reconnect_timeout(timeout),
+        )
+        .then(WasmPipe::new("upper", upper))
+        .to(JetStreamSink::connect(&url, "out", "gone")
+            .await
+            .expect("sink")
+            .reconnect_timeout(timeout));
+    let running = tokio::spawn(builder.run());
+    wait_for_messages(&js, "OUT", 3, PATIENCE).await;
+
+    server.stop();
+    let stopped = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the pipeline gave up instead of hanging")
+        .expect("join");
+    let error = outcome.expect_err("the server is gone for good");
+    let message = format!("{error:#}");
+    assert!(message.contains(&url), "{message}");
+    assert!(message.contains("gave up after waiting"), "{message}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        stopped.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn core_sink_flush_retries_until_the_server_is_back_or_the_timeout_passes() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let mut sink = NatsSink::connect(&url, "out")
+        .await
+        .unwrap()
+        .reconnect_timeout(Duration::from_secs(20));
+    sink.write(Batch::new(vec![Event::new("a")])).await.unwrap();
+    sink.flush().await.unwrap();
+
+    // Down for a second: the flush waits for it and works.
+    server.stop();
+    let restarting = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.restart();
+        server
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.write(Batch::new(vec![Event::new("b")])).await.unwrap();
+    tokio::time::timeout(PATIENCE, sink.flush())
+        .await
+        .expect("the flush finished")
+        .expect("the flush worked once the server was back");
+    let mut server = restarting.await.unwrap();
+
+    // Down for good: it gives up after the reconnect timeout, naming the server.
+    let mut sink = NatsSink::connect(&url, "out")
+        .await
+        .unwrap()
+        .reconnect_timeout(Duration::from_millis(300));
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sink.write(Batch::new(vec![Event::new("c")])).await.unwrap();
+    let error = tokio::time::timeout(PATIENCE, sink.flush())
+        .await
+        .expect("the flush gave up in time")
+        .expect_err("no server");
+    let message = error.to_string();
+    assert!(
+        message.contains(&url) && message.contains("gave up after waiting"),
+        "{message}"
+    );
 }

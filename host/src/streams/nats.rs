@@ -17,15 +17,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::message::{Acker, PublishMessage};
-use async_nats::jetstream::AckKind;
-use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Subscriber};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Subject, Subscriber};
 use async_trait::async_trait;
 use futures_core::Stream;
 use sha2::{Digest, Sha256};
@@ -172,6 +172,150 @@ async fn connect(url: &str, stream: impl FnOnce() -> String) -> Result<Client, S
 }
 
 // ---------------------------------------------------------------------------
+// Riding out lost connections
+// ---------------------------------------------------------------------------
+
+/// How long an operation keeps retrying while the server is unreachable,
+/// unless set with `reconnect_timeout`.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The wait before the first retry; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest a pull from a [`JetStreamSource`] may take before it counts
+/// as a failure (it normally takes about [`PULL_WAIT`]).
+const PULL_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why an attempt failed: the server could not be reached (worth retrying),
+/// or anything else (fails at once).
+enum Failure {
+    Unreachable(String),
+    Fatal(StreamError),
+}
+
+/// Retries of one operation while the server is unreachable: exponential
+/// backoff (50 ms doubling to 2 s), one warning when failures start and one
+/// info line when it works again, and an error naming the server once the
+/// reconnect timeout has passed since the first failure.
+struct Retry {
+    stream: String,
+    url: String,
+    action: &'static str,
+    timeout: Duration,
+    started: Instant,
+    first_failure: Option<Instant>,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Retry {
+    fn new(stream: String, url: &str, action: &'static str, timeout: Duration) -> Retry {
+        Retry {
+            stream,
+            url: url.to_owned(),
+            action,
+            timeout,
+            started: Instant::now(),
+            first_failure: None,
+            backoff: FIRST_BACKOFF,
+            attempts: 0,
+        }
+    }
+
+    /// Starts an attempt; returns the most it may take: `first`, or once
+    /// failing what is left of the reconnect timeout.
+    fn attempt(&mut self, first: Duration) -> Duration {
+        self.started = Instant::now();
+        self.attempts = self.attempts.saturating_add(1);
+        match self.first_failure {
+            None => first.min(self.timeout).max(Duration::from_millis(1)),
+            Some(since) => self
+                .timeout
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(1)),
+        }
+    }
+
+    /// The attempt worked: says so if earlier ones failed.
+    fn succeeded(&mut self) {
+        if let Some(since) = self.first_failure.take() {
+            tracing::info!(
+                "{}: `{}` works again: reconnected to {} after {:.1?} ({} attempts)",
+                self.stream,
+                self.action,
+                self.url,
+                since.elapsed(),
+                self.attempts
+            );
+        }
+        self.backoff = FIRST_BACKOFF;
+        self.attempts = 0;
+    }
+
+    /// The attempt failed with `failure`: waits before the next attempt, or
+    /// returns the error to fail with.
+    async fn failed(&mut self, failure: Failure) -> Result<(), StreamError> {
+        let error = match failure {
+            Failure::Unreachable(error) => error,
+            Failure::Fatal(error) => return Err(error),
+        };
+        let since = match self.first_failure {
+            Some(since) => since,
+            None => {
+                tracing::warn!(
+                    "{}: `{}` failed, the NATS server at {} is unreachable ({error}); \
+                     retrying for up to {:?}",
+                    self.stream,
+                    self.action,
+                    self.url,
+                    self.timeout
+                );
+                *self.first_failure.insert(self.started)
+            }
+        };
+        let waited = since.elapsed();
+        let left = self.timeout.saturating_sub(waited);
+        if left.is_zero() {
+            return Err(StreamError::Io {
+                stream: self.stream.clone(),
+                action: self.action,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "gave up after waiting {waited:.1?} for the NATS server at {} \
+                         ({} attempts, reconnect timeout {:?}); last error: {error}",
+                        self.url, self.attempts, self.timeout
+                    ),
+                ),
+            });
+        }
+        tracing::debug!(
+            "{}: `{}` attempt {} failed ({error}); next in {:?}",
+            self.stream,
+            self.action,
+            self.attempts,
+            self.backoff
+        );
+        tokio::time::sleep(self.backoff.min(left)).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(())
+    }
+}
+
+/// The failure of an attempt that did not finish within its time.
+fn no_answer(limit: Duration) -> Failure {
+    Failure::Unreachable(format!("no answer within {limit:.1?}"))
+}
+
+/// Fails at once unless the client is connected.
+fn check_connected(client: &Client) -> Result<(), Failure> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(Failure::Unreachable(format!("not connected ({state})"))),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Core NATS
 // ---------------------------------------------------------------------------
 
@@ -288,11 +432,18 @@ impl Source for NatsSource {
 /// this sink is **at-most-once or at-least-once** with the pipeline (a
 /// replay after a crash publishes the replayed events again), never
 /// exactly-once.
+///
+/// While the server is unreachable, publishes wait in the client until it
+/// reconnects, and `flush` retries with backoff (50 ms doubling to 2 s) until
+/// the reconnect timeout ([`NatsSink::reconnect_timeout`], 30 s by default),
+/// then fails naming the server. What was on the wire when the connection
+/// broke is lost (at-most-once).
 pub struct NatsSink {
     url: String,
     subject: String,
     subject_header: Option<String>,
     client: Client,
+    reconnect_timeout: Duration,
 }
 
 impl NatsSink {
@@ -308,7 +459,16 @@ impl NatsSink {
             subject: subject.to_owned(),
             subject_header: None,
             client,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
         })
+    }
+
+    /// How long a publish or flush keeps retrying while the server is
+    /// unreachable before it fails (default 30 s).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
     }
 
     /// Publishes each event to the subject in its header `name`, when it
@@ -343,20 +503,54 @@ impl Sink for NatsSink {
         for event in batch.events {
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let subject = subject_for(&event, self.subject_header.as_deref(), &self.subject);
-            let published = self
-                .client
-                .publish_with_headers(subject.to_owned(), headers, event.value.into())
-                .await;
-            published.map_err(|e| io_error(self.describe(), "publish", e))?;
+            let mut retry = Retry::new(
+                self.describe(),
+                &self.url,
+                "publish",
+                self.reconnect_timeout,
+            );
+            loop {
+                // While the connection is down, publishes queue in the
+                // client (sent once it reconnects) until its buffer is full.
+                let limit = retry.attempt(self.reconnect_timeout);
+                let publish = self.client.publish_with_headers(
+                    subject.to_owned(),
+                    headers.clone(),
+                    event.value.clone().into(),
+                );
+                let failure = match tokio::time::timeout(limit, publish).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => Failure::Fatal(io_error(self.describe(), "publish", e)),
+                    Err(_) => no_answer(limit),
+                };
+                retry.failed(failure).await?;
+            }
+            retry.succeeded();
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), StreamError> {
-        self.client
-            .flush()
-            .await
-            .map_err(|e| io_error(self.describe(), "flush", e))
+        let mut retry = Retry::new(self.describe(), &self.url, "flush", self.reconnect_timeout);
+        loop {
+            let limit = retry.attempt(self.reconnect_timeout);
+            let attempt = async {
+                check_connected(&self.client)?;
+                self.client
+                    .flush()
+                    .await
+                    .map_err(|e| Failure::Unreachable(e.to_string()))
+            };
+            let failure = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(())) => {
+                    retry.succeeded();
+                    return Ok(());
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => no_answer(limit),
+            };
+            retry.failed(failure).await?;
+        }
     }
 }
 
@@ -390,7 +584,7 @@ impl Default for JetStreamConsumerOptions {
 
 /// Messages handed out and not yet covered by a committed checkpoint, by
 /// stream sequence, with what acknowledges each.
-type Pending = Arc<Mutex<BTreeMap<u64, Acker>>>;
+type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 
 /// Reads a JetStream stream through a durable pull consumer with explicit
 /// acks.
@@ -409,9 +603,17 @@ type Pending = Arc<Mutex<BTreeMap<u64, Acker>>>;
 /// So nothing is lost, and nothing covered by a checkpoint is processed
 /// twice. When the source is dropped, the messages it handed out and that no
 /// checkpoint covered are negatively acknowledged, so that the next run gets
-/// them at once rather than after the ack wait (except at most one message
-/// that a pull request open at that moment may still take: it comes back
-/// after the ack wait).
+/// them at once rather than after the ack wait.
+///
+/// **Lost connections**: pulls and acks that fail because the server is
+/// unreachable are retried with backoff (50 ms doubling to 2 s) until the
+/// reconnect timeout ([`JetStreamSource::reconnect_timeout`], 30 s by
+/// default) has passed, then fail naming the server. The client reconnects
+/// by itself. Messages the server delivered but that never arrived (lost
+/// with the connection, or taken by a request of an earlier run) are asked
+/// for again, in order, before anything later is handed out; this is also
+/// checked before the first pull. Acks count only once the server confirmed
+/// them over one unbroken connection; else they are sent again.
 ///
 /// A JetStream source never ends; stop its pipeline with
 /// [`crate::pipeline::PipelineHandle::shutdown`]. One durable consumer
@@ -425,6 +627,12 @@ pub struct JetStreamSource {
     pending: Pending,
     /// The highest sequence handed out or covered by the seek position.
     handed_out: u64,
+    reconnect_timeout: Duration,
+    /// Whether to look for delivered messages that never arrived before
+    /// the next pull (at the start, and after a failure or a gap).
+    resync: bool,
+    /// The consumer (delivery) sequence of the last message received.
+    last_delivery: Option<u64>,
 }
 
 impl JetStreamSource {
@@ -518,7 +726,81 @@ impl JetStreamSource {
             consumer,
             pending: Arc::default(),
             handed_out: 0,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            resync: true,
+            last_delivery: None,
         })
+    }
+
+    /// How long a pull or an ack keeps retrying while the server is
+    /// unreachable before it fails (default 30 s).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// One attempt at a batch: what is waiting, else the first to come
+    /// within [`PULL_WAIT`] and what is waiting after it. Adds the new
+    /// messages to `events`.
+    async fn pull_some(&mut self, max: usize, events: &mut Vec<Event>) -> Result<(), Failure> {
+        if self.resync {
+            self.resync().await?;
+        }
+        self.pull(max, None, events).await?;
+        if events.is_empty() {
+            self.pull(1, Some(PULL_WAIT), events).await?;
+            let rest = max.saturating_sub(events.len());
+            if !events.is_empty() && rest > 0 {
+                self.pull(rest, None, events).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks again, in order, for the messages after the last handed out that
+    /// the server delivered but that never arrived (a negative ack makes the
+    /// server deliver them again before anything new).
+    async fn resync(&mut self) -> Result<(), Failure> {
+        check_connected(&self.client)?;
+        let info = self.consumer.get_info().await.map_err(|e| {
+            use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+            match e.kind() {
+                Kind::TimedOut | Kind::NoResponders | Kind::Request | Kind::Offline => {
+                    Failure::Unreachable(e.to_string())
+                }
+                _ => Failure::Fatal(io_error(self.describe(), "read consumer info", e)),
+            }
+        })?;
+        let delivered = info.delivered.stream_sequence;
+        let from = self
+            .handed_out
+            .max(info.ack_floor.stream_sequence)
+            .saturating_add(1);
+        if from <= delivered {
+            tracing::info!(
+                source = %self.describe(),
+                "messages {from}..={delivered} were delivered but never handed out; \
+                 asking for them again"
+            );
+            for sequence in from..=delivered {
+                // The ack subject of the server's delivery (ADR-15, v1 form).
+                let subject = format!(
+                    "$JS.ACK.{}.{}.1.{sequence}.{}.0.0",
+                    self.stream, self.consumer_name, info.delivered.consumer_sequence
+                );
+                self.client
+                    .publish(subject, "-NAK".into())
+                    .await
+                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            }
+            self.client
+                .flush()
+                .await
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        }
+        self.resync = false;
+        Ok(())
     }
 
     /// Pulls up to `max` messages: what is there now, or, with `wait`, the
@@ -528,7 +810,10 @@ impl JetStreamSource {
         max: usize,
         wait: Option<Duration>,
         events: &mut Vec<Event>,
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), Failure> {
+        // A request sent now would only be sent after a reconnect, to an
+        // inbox perhaps abandoned by then.
+        check_connected(&self.client)?;
         let requested = match wait {
             Some(wait) => {
                 self.consumer
@@ -540,11 +825,19 @@ impl JetStreamSource {
             }
             None => self.consumer.fetch().max_messages(max).messages().await,
         };
-        let mut batch = requested.map_err(|e| io_error(self.describe(), "pull", e))?;
+        let mut batch = requested.map_err(|e| Failure::Unreachable(e.to_string()))?;
         // Read the request to its end, so that no message is delivered to an
         // abandoned inbox (it would only come back after the ack wait).
         while let Some(item) = next_item(&mut batch).await {
-            let message = item.map_err(|e| io_error(self.describe(), "pull", e))?;
+            let message = item.map_err(|e| {
+                let text = e.to_string();
+                // 503: no responders, JetStream is not (yet) there.
+                if text.contains("503") {
+                    Failure::Unreachable(text)
+                } else {
+                    Failure::Fatal(io_error(self.describe(), "pull", e))
+                }
+            })?;
             self.accept(message, events).await?;
         }
         Ok(())
@@ -552,35 +845,57 @@ impl JetStreamSource {
 
     /// Hands out a delivered message, unless it is a redelivery: of one in
     /// flight (its new delivery is the one to ack later) or of one already
-    /// committed (acked now and skipped).
+    /// committed (acked now and skipped). After a gap in the deliveries, new
+    /// messages wait for the resync that asks for the missing ones first.
     async fn accept(
         &mut self,
         message: async_nats::jetstream::Message,
         events: &mut Vec<Event>,
-    ) -> Result<(), StreamError> {
-        let sequence = message
+    ) -> Result<(), Failure> {
+        let info = message
             .info()
-            .map_err(|e| io_error(self.describe(), "read message metadata", e))?
-            .stream_sequence;
-        let (message, acker) = message.split();
+            .map_err(|e| Failure::Fatal(io_error(self.describe(), "read message metadata", e)))?;
+        let (sequence, delivery) = (info.stream_sequence, info.consumer_sequence);
+        let message = message.message;
+        let Some(reply) = message.reply.clone() else {
+            return Err(Failure::Fatal(invalid(
+                self.describe(),
+                "pull",
+                format!("message {sequence} has no ack subject"),
+            )));
+        };
+        let previous = self.last_delivery.replace(delivery);
         if sequence <= self.handed_out {
             let committed = {
                 let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
                 match pending.get_mut(&sequence) {
                     Some(slot) => {
-                        *slot = acker;
+                        *slot = reply;
                         None
                     }
-                    None => Some(acker),
+                    None => Some(reply),
                 }
             };
-            if let Some(acker) = committed {
-                if let Err(error) = acker.ack().await {
+            if let Some(reply) = committed {
+                if let Err(error) = self.client.publish(reply, "".into()).await {
                     // It comes back again and is skipped again.
                     tracing::warn!(source = %self.describe(), sequence, %error,
                         "cannot ack a redelivered message that is already committed");
                 }
             }
+            return Ok(());
+        }
+        if previous.is_some_and(|last| delivery > last.saturating_add(1)) && !self.resync {
+            tracing::warn!(
+                source = %self.describe(),
+                sequence,
+                "deliveries {}..{delivery} never arrived; asking for them again",
+                previous.unwrap_or_default().saturating_add(1)
+            );
+            self.resync = true;
+        }
+        if self.resync {
+            // Delivered to us, so the resync asks for it again, in order.
             return Ok(());
         }
         self.handed_out = sequence;
@@ -592,7 +907,7 @@ impl JetStreamSource {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(sequence, acker);
+            .insert(sequence, reply);
         events.push(event);
         Ok(())
     }
@@ -621,19 +936,32 @@ impl Source for JetStreamSource {
     /// Pulls up to `max` messages: what is waiting, else the first to come
     /// (asking the server again every 100 ms, so that no request is left
     /// open for long). Returns once at least one new message has arrived;
-    /// never `None`.
+    /// never `None`. While the server is unreachable, retries until the
+    /// reconnect timeout.
     async fn next_batch(
         &mut self,
         max: usize,
     ) -> Result<Option<(Vec<Event>, Position)>, StreamError> {
         let max = max.max(1);
         let mut events = Vec::new();
+        let mut retry = Retry::new(self.describe(), &self.url, "pull", self.reconnect_timeout);
         loop {
-            self.pull(max, None, &mut events).await?;
-            if events.is_empty() {
-                self.pull(1, Some(PULL_WAIT), &mut events).await?;
-                if !events.is_empty() && max > 1 {
-                    self.pull(max - 1, None, &mut events).await?;
+            let limit = retry.attempt(PULL_ATTEMPT_LIMIT);
+            let outcome = match tokio::time::timeout(limit, self.pull_some(max, &mut events)).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(no_answer(limit)),
+            };
+            match outcome {
+                Ok(()) => retry.succeeded(),
+                Err(failure) => {
+                    // Deliveries may have been lost with the connection.
+                    self.resync = true;
+                    if events.is_empty() || matches!(failure, Failure::Fatal(_)) {
+                        retry.failed(failure).await?;
+                        continue;
+                    }
+                    // Hand out what arrived; the next batch retries.
                 }
             }
             if !events.is_empty() {
@@ -645,8 +973,10 @@ impl Source for JetStreamSource {
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
         Some(Box::new(JetStreamCommitListener {
             describe: self.describe(),
+            url: self.url.clone(),
             client: self.client.clone(),
             pending: self.pending.clone(),
+            reconnect_timeout: self.reconnect_timeout,
         }))
     }
 }
@@ -665,8 +995,8 @@ impl Drop for JetStreamSource {
         let describe = self.describe();
         // Best effort: without it they come back after the ack wait.
         runtime.spawn(async move {
-            for acker in uncommitted.values() {
-                if let Err(error) = acker.ack_with(AckKind::Nak(None)).await {
+            for reply in uncommitted.into_values() {
+                if let Err(error) = client.publish(reply, "-NAK".into()).await {
                     tracing::debug!(source = %describe, %error, "cannot nak an uncommitted message");
                     return;
                 }
@@ -680,8 +1010,45 @@ impl Drop for JetStreamSource {
 /// covers them.
 struct JetStreamCommitListener {
     describe: String,
+    url: String,
     client: Client,
     pending: Pending,
+    reconnect_timeout: Duration,
+}
+
+impl JetStreamCommitListener {
+    /// Acks every message of `covered`; done once the server confirmed the
+    /// last one over the connection that carried the others (it handles the
+    /// acks of a connection in order).
+    async fn ack_all(&self, covered: &BTreeMap<u64, Subject>) -> Result<(), Failure> {
+        check_connected(&self.client)?;
+        let statistics = self.client.statistics();
+        let connects = statistics.connects.load(Ordering::SeqCst);
+        let mut replies = covered.values();
+        let Some(last) = replies.next_back() else {
+            return Ok(());
+        };
+        for reply in replies {
+            self.client
+                .publish(reply.clone(), "".into())
+                .await
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        }
+        if let Err(error) = self.client.request(last.clone(), "+ACK".into()).await {
+            return Err(match error.kind() {
+                async_nats::RequestErrorKind::InvalidSubject => {
+                    Failure::Fatal(io_error(self.describe.clone(), "ack", error))
+                }
+                _ => Failure::Unreachable(error.to_string()),
+            });
+        }
+        if statistics.connects.load(Ordering::SeqCst) != connects {
+            return Err(Failure::Unreachable(
+                "the connection was re-established while acking".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -703,16 +1070,24 @@ impl CommitListener for JetStreamCommitListener {
         if covered.is_empty() {
             return Ok(());
         }
-        for acker in covered.values() {
-            acker
-                .ack()
-                .await
-                .map_err(|e| io_error(self.describe.clone(), "ack", e))?;
+        let mut retry = Retry::new(
+            self.describe.clone(),
+            &self.url,
+            "ack",
+            self.reconnect_timeout,
+        );
+        loop {
+            let limit = retry.attempt(self.reconnect_timeout);
+            let failure = match tokio::time::timeout(limit, self.ack_all(&covered)).await {
+                Ok(Ok(())) => {
+                    retry.succeeded();
+                    return Ok(());
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => no_answer(limit),
+            };
+            retry.failed(failure).await?;
         }
-        self.client
-            .flush()
-            .await
-            .map_err(|e| io_error(self.describe.clone(), "ack", e))
     }
 }
 
@@ -736,15 +1111,35 @@ impl CommitListener for JetStreamCommitListener {
 /// an event from an earlier checkpoint epoch may be numbered differently in
 /// a replay; give such outputs their own ids upstream, or none (and
 /// distinct values).
+///
+/// **Lost connections**: while the server is unreachable (no ack in time,
+/// no responders while JetStream restarts), the messages not yet
+/// acknowledged are sent again, oldest first, with backoff (50 ms doubling
+/// to 2 s) until the reconnect timeout ([`JetStreamSink::reconnect_timeout`],
+/// 30 s by default), then `flush` fails naming the server. Sending a message
+/// again is safe: its id makes the server drop it if it was stored. A
+/// subject that no stream captures fails at once.
 pub struct JetStreamSink {
     url: String,
     subject: String,
     pipeline: String,
     client: Client,
     context: async_nats::jetstream::Context,
-    acks: VecDeque<PublishAckFuture>,
+    in_flight: VecDeque<InFlight>,
     counters: HashMap<String, u64>,
     counter_order: VecDeque<String>,
+    reconnect_timeout: Duration,
+}
+
+/// A JetStream publish not acknowledged yet.
+struct InFlight {
+    message: PublishMessage,
+    /// The client's connection count when it was sent: after a reconnect,
+    /// its ack cannot come any more.
+    connects: u64,
+    /// `None` when it was not sent (the connection was down), or the ack is
+    /// being waited for.
+    ack: Option<PublishAckFuture>,
 }
 
 impl JetStreamSink {
@@ -772,10 +1167,19 @@ impl JetStreamSink {
             pipeline: pipeline.to_owned(),
             client,
             context,
-            acks: VecDeque::new(),
+            in_flight: VecDeque::new(),
             counters: HashMap::new(),
             counter_order: VecDeque::new(),
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
         })
+    }
+
+    /// How long publishing keeps retrying while the server is unreachable
+    /// before it fails (default 30 s).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
     }
 
     /// The message id of `event`.
@@ -808,14 +1212,141 @@ impl JetStreamSink {
         format!("{}:{sequence}:{n}", self.pipeline)
     }
 
-    /// Waits for the oldest unacknowledged publish.
-    async fn await_oldest(&mut self) -> Result<(), StreamError> {
-        let Some(ack) = self.acks.pop_front() else {
-            return Ok(());
-        };
-        ack.await
-            .map(|_| ())
-            .map_err(|e| io_error(self.describe(), "publish", e))
+    /// Sends `message`, unless an earlier message still waits to be sent
+    /// (it must not be overtaken) or the connection is down: then it is sent
+    /// again with the others once the connection is back.
+    async fn send(&self, message: PublishMessage) -> Result<Option<PublishAckFuture>, StreamError> {
+        if self.in_flight.back().is_some_and(|last| last.ack.is_none()) {
+            return Ok(None);
+        }
+        self.send_now(message).await
+    }
+
+    /// How many times the client has connected so far.
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the client has connected again since `connects`.
+    async fn reconnected_since(&self, connects: u64) {
+        while self.connects() == connects {
+            tokio::time::sleep(FIRST_BACKOFF).await;
+        }
+    }
+
+    /// Sends `message` unless the connection is down.
+    async fn send_now(
+        &self,
+        message: PublishMessage,
+    ) -> Result<Option<PublishAckFuture>, StreamError> {
+        if check_connected(&self.client).is_err() {
+            return Ok(None);
+        }
+        let send = self.context.send_publish(self.subject.clone(), message);
+        match tokio::time::timeout(MAX_BACKOFF, send).await {
+            Ok(Ok(ack)) => Ok(Some(ack)),
+            Ok(Err(e)) => Err(io_error(self.describe(), "publish", e)),
+            // The client's buffer stays full: the connection is down.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends every message in flight again, in order (their ids make the
+    /// server drop those it already stored).
+    async fn resend_all(&mut self) -> Result<(), StreamError> {
+        for entry in &mut self.in_flight {
+            entry.ack = None;
+        }
+        for index in 0..self.in_flight.len() {
+            let message = self.in_flight[index].message.clone();
+            let connects = self.connects();
+            let ack = self.send_now(message).await?;
+            if ack.is_none() {
+                break;
+            }
+            self.in_flight[index].ack = ack;
+            self.in_flight[index].connects = connects;
+        }
+        Ok(())
+    }
+
+    /// What a failed publish means: the server is unreachable (retry), or
+    /// it refused the message.
+    async fn classify(&self, error: async_nats::jetstream::context::PublishError) -> Failure {
+        use async_nats::jetstream::context::PublishErrorKind as Kind;
+        match error.kind() {
+            Kind::TimedOut | Kind::BrokenPipe => Failure::Unreachable(error.to_string()),
+            // No responders: no stream captures the subject, or JetStream is
+            // not there (yet); ask it which.
+            Kind::StreamNotFound => {
+                if let Err(failure) = check_connected(&self.client) {
+                    return failure;
+                }
+                let probe = self.context.stream_by_subject(self.subject.clone());
+                match tokio::time::timeout(MAX_BACKOFF, probe).await {
+                    Ok(Err(e))
+                        if e.kind()
+                            == async_nats::jetstream::context::GetStreamByNameErrorKind::NotFound =>
+                    {
+                        Failure::Fatal(io_error(self.describe(), "publish", error))
+                    }
+                    Ok(Ok(_)) | Ok(Err(_)) | Err(_) => Failure::Unreachable(error.to_string()),
+                }
+            }
+            _ => Failure::Fatal(io_error(self.describe(), "publish", error)),
+        }
+    }
+
+    /// Waits for the ack of the oldest publish in flight; while the server
+    /// is unreachable, sends everything in flight again with backoff until
+    /// the reconnect timeout.
+    async fn settle_oldest(&mut self) -> Result<(), StreamError> {
+        let mut retry = Retry::new(
+            self.describe(),
+            &self.url,
+            "publish",
+            self.reconnect_timeout,
+        );
+        loop {
+            // Held back while the connection was down: send them now.
+            if self
+                .in_flight
+                .front()
+                .is_some_and(|oldest| oldest.ack.is_none())
+                && check_connected(&self.client).is_ok()
+            {
+                self.resend_all().await?;
+            }
+            let Some(front) = self.in_flight.front_mut() else {
+                return Ok(());
+            };
+            let (ack, connects) = (front.ack.take(), front.connects);
+            let limit = retry.attempt(self.reconnect_timeout);
+            let failure = match ack {
+                None => Failure::Unreachable("not connected".to_owned()),
+                Some(ack) => {
+                    let outcome = tokio::select! {
+                        outcome = tokio::time::timeout(limit, ack) => outcome,
+                        () = self.reconnected_since(connects) => {
+                            Ok(Err(async_nats::jetstream::context::PublishError::new(
+                                async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
+                            )))
+                        }
+                    };
+                    match outcome {
+                        Ok(Ok(_)) => {
+                            self.in_flight.pop_front();
+                            retry.succeeded();
+                            return Ok(());
+                        }
+                        Ok(Err(error)) => self.classify(error).await,
+                        Err(_) => no_answer(limit),
+                    }
+                }
+            };
+            retry.failed(failure).await?;
+            self.resend_all().await?;
+        }
     }
 }
 
@@ -829,19 +1360,20 @@ impl Sink for JetStreamSink {
         for event in batch.events {
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let id = self.message_id(&event);
-            while self.acks.len() >= MAX_PENDING_ACKS {
-                self.await_oldest().await?;
+            while self.in_flight.len() >= MAX_PENDING_ACKS {
+                self.settle_oldest().await?;
             }
-            let publish = PublishMessage::build()
+            let message = PublishMessage::build()
                 .payload(event.value.into())
                 .headers(headers)
                 .message_id(id);
-            let ack = self
-                .context
-                .send_publish(self.subject.clone(), publish)
-                .await
-                .map_err(|e| io_error(self.describe(), "publish", e))?;
-            self.acks.push_back(ack);
+            let connects = self.connects();
+            let ack = self.send(message.clone()).await?;
+            self.in_flight.push_back(InFlight {
+                message,
+                connects,
+                ack,
+            });
         }
         Ok(())
     }
@@ -849,12 +1381,9 @@ impl Sink for JetStreamSink {
     /// Waits until the server has acknowledged (stored, or recognised as a
     /// duplicate) every message published so far.
     async fn flush(&mut self) -> Result<(), StreamError> {
-        while !self.acks.is_empty() {
-            self.await_oldest().await?;
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
         }
-        self.client
-            .flush()
-            .await
-            .map_err(|e| io_error(self.describe(), "flush", e))
+        Ok(())
     }
 }
