@@ -10,6 +10,7 @@ mod channel;
 mod file;
 pub mod http;
 pub mod nats;
+mod reconnect;
 pub mod sql;
 mod stdout;
 

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use futures_core::Stream;
 use sha2::{Digest, Sha256};
 
+use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
@@ -175,13 +176,7 @@ async fn connect(url: &str, stream: impl FnOnce() -> String) -> Result<Client, S
 // Riding out lost connections
 // ---------------------------------------------------------------------------
 
-/// How long an operation keeps retrying while the server is unreachable,
-/// unless set with `reconnect_timeout`.
-pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The wait before the first retry; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between two retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub use super::reconnect::DEFAULT_RECONNECT_TIMEOUT;
 /// The longest a pull from a [`JetStreamSource`] may take before it counts
 /// as a failure (it normally takes about [`PULL_WAIT`]).
 const PULL_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
@@ -193,112 +188,36 @@ enum Failure {
     Fatal(StreamError),
 }
 
-/// Retries of one operation while the server is unreachable: exponential
-/// backoff (50 ms doubling to 2 s), one warning when failures start and one
-/// info line when it works again, and an error naming the server once the
-/// reconnect timeout has passed since the first failure.
-struct Retry {
-    stream: String,
-    url: String,
-    action: &'static str,
-    timeout: Duration,
-    started: Instant,
-    first_failure: Option<Instant>,
-    backoff: Duration,
-    attempts: u32,
-}
+/// Retries of one operation while the NATS server is unreachable (see
+/// [`Reconnect`]); a [`Failure::Fatal`] fails at once.
+struct Retry(Reconnect);
 
 impl Retry {
     fn new(stream: String, url: &str, action: &'static str, timeout: Duration) -> Retry {
-        Retry {
+        Retry(Reconnect::new(
             stream,
-            url: url.to_owned(),
+            format!("the NATS server at {url}"),
             action,
             timeout,
-            started: Instant::now(),
-            first_failure: None,
-            backoff: FIRST_BACKOFF,
-            attempts: 0,
-        }
+        ))
     }
 
-    /// Starts an attempt; returns the most it may take: `first`, or once
-    /// failing what is left of the reconnect timeout.
+    /// Starts an attempt; returns the most it may take.
     fn attempt(&mut self, first: Duration) -> Duration {
-        self.started = Instant::now();
-        self.attempts = self.attempts.saturating_add(1);
-        match self.first_failure {
-            None => first.min(self.timeout).max(Duration::from_millis(1)),
-            Some(since) => self
-                .timeout
-                .saturating_sub(since.elapsed())
-                .max(Duration::from_millis(1)),
-        }
+        self.0.attempt(first)
     }
 
-    /// The attempt worked: says so if earlier ones failed.
+    /// The attempt worked.
     fn succeeded(&mut self) {
-        if let Some(since) = self.first_failure.take() {
-            tracing::info!(
-                "{}: `{}` works again: reconnected to {} after {:.1?} ({} attempts)",
-                self.stream,
-                self.action,
-                self.url,
-                since.elapsed(),
-                self.attempts
-            );
-        }
-        self.backoff = FIRST_BACKOFF;
-        self.attempts = 0;
+        self.0.succeeded();
     }
 
-    /// The attempt failed with `failure`: waits before the next attempt, or
-    /// returns the error to fail with.
+    /// The attempt failed: waits before the next one, or returns the error.
     async fn failed(&mut self, failure: Failure) -> Result<(), StreamError> {
-        let error = match failure {
-            Failure::Unreachable(error) => error,
-            Failure::Fatal(error) => return Err(error),
-        };
-        let since = match self.first_failure {
-            Some(since) => since,
-            None => {
-                tracing::warn!(
-                    "{}: `{}` failed, the NATS server at {} is unreachable ({error}); \
-                     retrying for up to {:?}",
-                    self.stream,
-                    self.action,
-                    self.url,
-                    self.timeout
-                );
-                *self.first_failure.insert(self.started)
-            }
-        };
-        let waited = since.elapsed();
-        let left = self.timeout.saturating_sub(waited);
-        if left.is_zero() {
-            return Err(StreamError::Io {
-                stream: self.stream.clone(),
-                action: self.action,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "gave up after waiting {waited:.1?} for the NATS server at {} \
-                         ({} attempts, reconnect timeout {:?}); last error: {error}",
-                        self.url, self.attempts, self.timeout
-                    ),
-                ),
-            });
+        match failure {
+            Failure::Unreachable(error) => self.0.failed(&error).await,
+            Failure::Fatal(error) => Err(error),
         }
-        tracing::debug!(
-            "{}: `{}` attempt {} failed ({error}); next in {:?}",
-            self.stream,
-            self.action,
-            self.attempts,
-            self.backoff
-        );
-        tokio::time::sleep(self.backoff.min(left)).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Ok(())
     }
 }
 

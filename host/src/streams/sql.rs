@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
-use tokio::time::Instant;
 
+use super::reconnect::Reconnect;
 use super::{Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
@@ -67,15 +67,7 @@ const POSTGRES_MAX_ROWS: usize = 1000;
 /// retrying meanwhile, before an operation fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an operation keeps retrying while the database is unreachable,
-/// unless the source or sink is told otherwise.
-pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The first wait after the database was found unreachable.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-
-/// The longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub use super::reconnect::DEFAULT_RECONNECT_TIMEOUT;
 
 /// A PostgreSQL pool's acquire timeout (how long one attempt may spend
 /// getting a connection back) follows the reconnect timeout, but is never
@@ -180,34 +172,27 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// The retry state of one operation: retries it with backoff while the
-/// database is unreachable, until the reconnect timeout has passed since
-/// the first failure.
-struct Reconnect<'a> {
+/// The retry state of one database operation (see [`Reconnect`]): errors
+/// that say the database is unreachable are retried, others fail at once.
+struct DbRetry<'a> {
     /// The source or sink, naming the database.
     stream: &'a str,
     action: &'static str,
-    timeout: Duration,
-    first_failure: Option<Instant>,
-    backoff: Duration,
-    attempts: u32,
+    reconnect: Reconnect,
 }
 
-impl<'a> Reconnect<'a> {
+impl<'a> DbRetry<'a> {
     fn new(stream: &'a str, action: &'static str, timeout: Duration) -> Self {
-        Reconnect {
+        DbRetry {
             stream,
             action,
-            timeout,
-            first_failure: None,
-            backoff: FIRST_BACKOFF,
-            attempts: 0,
+            reconnect: Reconnect::new(stream, "the database", action, timeout),
         }
     }
 
     /// Whether an attempt has failed already.
     fn retrying(&self) -> bool {
-        self.first_failure.is_some()
+        self.reconnect.retrying()
     }
 
     /// Runs one attempt: `Some` with its result when it succeeded, `None`
@@ -221,81 +206,34 @@ impl<'a> Reconnect<'a> {
         &mut self,
         attempt: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<Option<T>, StreamError> {
-        let started = Instant::now();
-        // The first attempt is bounded by the pool's acquire timeout (a
-        // long statement on a working connection is not cut off); later
-        // ones also by the time left.
-        let outcome = match self.first_failure {
-            None => attempt.await,
-            Some(since) => {
-                let left = self.timeout.saturating_sub(since.elapsed());
-                tokio::time::timeout(left, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(sqlx::Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no answer before the reconnect timeout",
-                        )))
-                    })
-            }
+        let retrying = self.reconnect.retrying();
+        let left = self.reconnect.attempt(Duration::MAX);
+        // The first attempt is bounded by the pool's acquire timeout (a long
+        // statement on a working connection is not cut off); later ones
+        // also by the time left.
+        let outcome = if retrying {
+            tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer before the reconnect timeout",
+                    )))
+                })
+        } else {
+            attempt.await
         };
-        self.attempts = self.attempts.saturating_add(1);
-        let error = match outcome {
+        match outcome {
             Ok(value) => {
-                if let Some(since) = self.first_failure {
-                    tracing::info!(
-                        "{}: the database is reachable again: `{}` succeeded after {:.1?} \
-                         ({} attempts)",
-                        self.stream,
-                        self.action,
-                        since.elapsed(),
-                        self.attempts
-                    );
-                }
-                return Ok(Some(value));
+                self.reconnect.succeeded();
+                Ok(Some(value))
             }
-            Err(error) if is_unreachable(&error) => error,
-            Err(error) => return Err(db_error(self.stream, self.action, error)),
-        };
-        let since = match self.first_failure {
-            Some(since) => since,
-            None => {
-                tracing::warn!(
-                    "{}: `{}` failed, the database is unreachable ({error}); \
-                     retrying for up to {:?}",
-                    self.stream,
-                    self.action,
-                    self.timeout
-                );
-                *self.first_failure.insert(started)
+            Err(error) if is_unreachable(&error) => {
+                self.reconnect.failed(&error.to_string()).await?;
+                Ok(None)
             }
-        };
-        let waited = since.elapsed();
-        let left = self.timeout.saturating_sub(waited);
-        if left.is_zero() {
-            return Err(StreamError::Io {
-                stream: self.stream.to_owned(),
-                action: self.action,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "gave up after waiting {waited:.1?} for the database to come back \
-                         ({} attempts, reconnect timeout {:?}); last error: {error}",
-                        self.attempts, self.timeout
-                    ),
-                ),
-            });
+            Err(error) => Err(db_error(self.stream, self.action, error)),
         }
-        tracing::debug!(
-            "{}: `{}` attempt {} failed ({error}); next in {:?}",
-            self.stream,
-            self.action,
-            self.attempts,
-            self.backoff
-        );
-        tokio::time::sleep(self.backoff.min(left)).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Ok(None)
     }
 }
 
@@ -627,7 +565,7 @@ impl Source for SqlSource {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         loop {
             let mut reconnect =
-                Reconnect::new(&self.description, "query the table", self.reconnect_timeout);
+                DbRetry::new(&self.description, "query the table", self.reconnect_timeout);
             let rows = loop {
                 if let Some(rows) = reconnect.attempt(self.fetch(limit)).await? {
                     break rows;
@@ -1030,7 +968,7 @@ impl SqlSink {
         if let Some(epoch) = self.epoch {
             return Ok(Some(epoch));
         }
-        let mut reconnect = Reconnect::new(
+        let mut reconnect = DbRetry::new(
             &self.description,
             "read the largest epoch",
             self.reconnect_timeout,
@@ -1285,7 +1223,7 @@ impl Sink for SqlSink {
         let epoch = self.current_epoch().await?.map(|epoch| epoch + 1);
         // A failed attempt was rolled back (or committed whole, which the
         // next attempt finds out), so the whole flush can be tried again.
-        let mut reconnect = Reconnect::new(&self.description, "write rows", self.reconnect_timeout);
+        let mut reconnect = DbRetry::new(&self.description, "write rows", self.reconnect_timeout);
         while reconnect
             .attempt(self.flush_attempt(epoch, reconnect.retrying()))
             .await?
@@ -1344,7 +1282,7 @@ impl Sink for SqlSink {
                     .map(|r| r.rows_affected()),
             }
         };
-        let mut reconnect = Reconnect::new(&self.description, "recover", self.reconnect_timeout);
+        let mut reconnect = DbRetry::new(&self.description, "recover", self.reconnect_timeout);
         let deleted = loop {
             if let Some(deleted) = reconnect.attempt(delete()).await? {
                 break deleted;
