@@ -135,10 +135,14 @@ impl SinkConfig {
                 url,
                 subject,
                 subject_from_header,
+                reconnect_timeout_ms,
             } => {
                 let mut sink = NatsSink::connect(url, subject).await?;
                 if let Some(header) = subject_from_header {
                     sink = sink.subject_from_header(header);
+                }
+                if let Some(ms) = reconnect_timeout_ms {
+                    sink = sink.reconnect_timeout(Duration::from_millis(*ms));
                 }
                 Box::new(sink)
             }
@@ -149,6 +153,7 @@ impl SinkConfig {
                 key_columns,
                 columns,
                 epoch_column,
+                reconnect_timeout_ms,
             } => {
                 let mode = match mode {
                     SqlModeConfig::Insert => SqlSinkMode::Insert,
@@ -163,10 +168,21 @@ impl SinkConfig {
                 }
                 // An upsert is idempotent by key and takes no epoch column.
                 sink = sink.epoch_column(if upsert { None } else { epoch_column.clone() })?;
+                if let Some(ms) = reconnect_timeout_ms {
+                    sink = sink.reconnect_timeout(Duration::from_millis(*ms));
+                }
                 Box::new(sink)
             }
-            SinkConfig::Jetstream { url, subject } => {
-                Box::new(JetStreamSink::connect(url, subject, pipeline).await?)
+            SinkConfig::Jetstream {
+                url,
+                subject,
+                reconnect_timeout_ms,
+            } => {
+                let mut sink = JetStreamSink::connect(url, subject, pipeline).await?;
+                if let Some(ms) = reconnect_timeout_ms {
+                    sink = sink.reconnect_timeout(Duration::from_millis(*ms));
+                }
+                Box::new(sink)
             }
         })
     }
@@ -211,8 +227,9 @@ impl SourceConfig {
                 value_column,
                 key_column,
                 poll_interval_ms,
-            } => Box::new(
-                SqlSource::connect(
+                reconnect_timeout_ms,
+            } => {
+                let mut source = SqlSource::connect(
                     url,
                     table,
                     position_column,
@@ -220,8 +237,12 @@ impl SourceConfig {
                     key_column.clone(),
                     Duration::from_millis(poll_interval_ms.unwrap_or(1000).max(1)),
                 )
-                .await?,
-            ),
+                .await?;
+                if let Some(ms) = reconnect_timeout_ms {
+                    source = source.reconnect_timeout(Duration::from_millis(*ms));
+                }
+                Box::new(source)
+            }
             SourceConfig::Nats {
                 url,
                 subject,
@@ -234,6 +255,7 @@ impl SourceConfig {
                 filter_subject,
                 ack_wait_ms,
                 max_ack_pending,
+                reconnect_timeout_ms,
             } => {
                 let mut options = JetStreamConsumerOptions::default();
                 if let Some(ms) = ack_wait_ms {
@@ -242,16 +264,18 @@ impl SourceConfig {
                 if let Some(max) = max_ack_pending {
                     options.max_ack_pending = *max;
                 }
-                Box::new(
-                    JetStreamSource::connect_with(
-                        url,
-                        stream,
-                        consumer,
-                        filter_subject.clone(),
-                        options,
-                    )
-                    .await?,
+                let mut source = JetStreamSource::connect_with(
+                    url,
+                    stream,
+                    consumer,
+                    filter_subject.clone(),
+                    options,
                 )
+                .await?;
+                if let Some(ms) = reconnect_timeout_ms {
+                    source = source.reconnect_timeout(Duration::from_millis(*ms));
+                }
+                Box::new(source)
             }
         })
     }
@@ -377,6 +401,9 @@ pub enum SourceConfig {
         /// How often to look for new rows (default 1000).
         #[serde(default)]
         poll_interval_ms: Option<u64>,
+        /// How long to keep retrying a lost database before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
     /// Core NATS: what is published while the pipeline runs (at-most-once).
     Nats {
@@ -408,6 +435,9 @@ pub enum SourceConfig {
         /// Most unacked messages in flight (default 100 000).
         #[serde(default)]
         max_ack_pending: Option<i64>,
+        /// How long to keep retrying a lost server before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
 }
 
@@ -810,6 +840,9 @@ pub enum SinkConfig {
         /// and inserts are at-least-once).
         #[serde(default = "default_epoch_column")]
         epoch_column: Option<String>,
+        /// How long to keep retrying a lost database before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
     /// Core NATS publish (at-least-once at best).
     Nats {
@@ -821,6 +854,9 @@ pub enum SinkConfig {
         /// Take each event's subject from this header when it has it.
         #[serde(default)]
         subject_from_header: Option<String>,
+        /// How long to keep retrying a lost server before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
     /// JetStream publish with `Nats-Msg-Id` from the pipeline and the
     /// source sequence: exactly-once within the stream's duplicate window.
@@ -830,6 +866,9 @@ pub enum SinkConfig {
         url: String,
         /// Subject (captured by a stream).
         subject: String,
+        /// How long to keep retrying a lost server before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
 }
 

@@ -1030,22 +1030,28 @@ async fn pipeline_fails_naming_the_server_once_the_reconnect_timeout_passes() {
     create_stream(&js, "OUT", &["out"]).await;
     publish_js(&js, "in", &["ada", "grace", "alan"]).await;
 
-    let timeout = Duration::from_millis(500);
-    let builder = Pipeline::builder("gone")
-        .state(Arc::new(MemoryState::new()))
-        .checkpoint(CheckpointPolicy::every(Duration::from_millis(50)))
-        .runtime(Runtime::new(Some(harness::cache_dir())).expect("runtime"))
-        .from(
-            JetStreamSource::connect(&url, "IN", "gone", None)
-                .await
-                .expect("source")
-                .reconnect_timeout(timeout),
-        )
-        .then(WasmPipe::new("upper", upper))
-        .to(JetStreamSink::connect(&url, "out", "gone")
-            .await
-            .expect("sink")
-            .reconnect_timeout(timeout));
+    // Built from a JSON config, so that `reconnect_timeout_ms` is shown to
+    // reach the connectors (the default would wait 30 s).
+    let config = serde_json::json!({
+        "name": "gone",
+        "state": { "type": "memory" },
+        "checkpoint": { "interval_ms": 50 },
+        "from": { "type": "jetstream", "url": url, "stream": "IN", "consumer": "gone",
+                  "reconnect_timeout_ms": 500 },
+        "pipeline": [ { "name": "upper", "type": "wasm", "module": upper } ],
+        "to": { "type": "jetstream", "url": url, "subject": "out", "reconnect_timeout_ms": 500 }
+    });
+    let config = plumber::config::PipelineConfig::parse(
+        &config.to_string(),
+        "gone.json",
+        std::path::Path::new("."),
+    )
+    .expect("config");
+    let builder = config
+        .builder(Arc::new(MemoryState::new()))
+        .await
+        .expect("connect")
+        .runtime(Runtime::new(Some(harness::cache_dir())).expect("runtime"));
     let running = tokio::spawn(builder.run());
     wait_for_messages(&js, "OUT", 3, PATIENCE).await;
 
