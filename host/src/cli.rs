@@ -3,16 +3,22 @@
 //! Exit status: 0 on success, 2 when the config or a pipe's module is bad
 //! (the message names the JSON path or the file), 1 when a run fails.
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::{AdminOptions, AdminServer};
 use crate::checkpoint::Delivery;
-use crate::config::{PipelineConfig, SinkConfig, StepConfig};
+use crate::config::{HostConfig, PipelineConfig, SinkConfig, StateConfig, StepConfig};
 use crate::pipeline::PipelineError;
 use crate::runtime::Runtime;
-use crate::state::Namespace;
+use crate::state::{Namespace, SharedState, DEFAULT_TENANT};
+use crate::supervisor::Supervisor;
+use crate::tenant::Tenants;
 
 /// Data pipelines whose pipes are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -32,8 +38,15 @@ pub struct Cli {
 pub enum Command {
     /// Runs a pipeline until its source ends or Ctrl-C; resumes from its last checkpoint.
     Run {
-        /// The pipeline's JSON config.
-        config: PathBuf,
+        /// Pipeline JSON configs (several run side by side in one process).
+        configs: Vec<PathBuf>,
+        /// A host config: more pipelines, tenant quotas, the admin server.
+        #[arg(long)]
+        host: Option<PathBuf>,
+        /// Serve the admin and metrics API on this address (e.g.
+        /// 127.0.0.1:9464); the token, if any, comes from $PLUMBER_ADMIN_TOKEN.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Checks a config and loads its pipes' modules, without running anything.
     Validate {
@@ -102,7 +115,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         .map_err(Failure::run)
     };
     let result = match cli.command {
-        Command::Run { config } => run(&config, runtime).await,
+        Command::Run {
+            configs,
+            host,
+            admin,
+        } => run(configs, host, admin, runtime).await,
         Command::Validate { config } => validate(&config, runtime),
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
         Command::Bench(args) => match runtime() {
@@ -129,49 +146,154 @@ async fn open_state(
         .map_err(|error| Failure::input(format!("{}: at `state`: {error}", path.display())))
 }
 
-async fn run(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Result<(), Failure> {
-    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+async fn run(
+    configs: Vec<PathBuf>,
+    host: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+    runtime: impl Fn() -> Result<Runtime, Failure>,
+) -> Result<(), Failure> {
+    let host_config = match &host {
+        Some(path) => HostConfig::load(path).map_err(Failure::input)?,
+        None => HostConfig::default(),
+    };
+    let paths: Vec<PathBuf> = configs
+        .into_iter()
+        .chain(host_config.pipelines.iter().cloned())
+        .collect();
+    if paths.is_empty() {
+        return Err(Failure::input(
+            "nothing to run: give a pipeline config, or a --host config with `pipelines`",
+        ));
+    }
+    let mut loaded = Vec::with_capacity(paths.len());
+    for path in paths {
+        let config = PipelineConfig::load(&path).map_err(Failure::input)?;
+        loaded.push((path, config));
+    }
     let rt = runtime()?;
-    let state = open_state(path, &config).await?;
-    log_guarantees(&config);
-    let builder = config
-        .builder(state)
-        .await
-        .map_err(|e| Failure::run(format!("{}: {e}", path.display())))?
-        .runtime(rt);
-    let handle = builder.handle();
-    let on_ctrl_c = handle.clone();
+    let supervisor = Supervisor::new(Tenants::new(host_config.tenants.clone()));
+    // Pipelines sharing a sled directory share one open database (sled
+    // locks its directory).
+    let mut sled_states: HashMap<PathBuf, SharedState> = HashMap::new();
+    let mut running = Vec::with_capacity(loaded.len());
+    for (path, config) in &loaded {
+        let state = match &config.state {
+            Some(StateConfig::Sled { path: dir }) => match sled_states.get(dir) {
+                Some(state) => state.clone(),
+                None => {
+                    let state = open_state(path, config).await?;
+                    sled_states.insert(dir.clone(), state.clone());
+                    state
+                }
+            },
+            _ => open_state(path, config).await?,
+        };
+        log_guarantees(config);
+        let builder = config
+            .builder(state)
+            .await
+            .map_err(|e| Failure::run(format!("{}: {e}", path.display())))?
+            .runtime(rt.clone());
+        let tenant = config.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        let (handle, task) = supervisor
+            .start(&config.name, tenant, builder)
+            .map_err(|e| Failure::input(format!("{}: at `name`: {e}", path.display())))?;
+        if config.checkpoint.on_signal {
+            handle
+                .checkpoint_on_sigusr2()
+                .map_err(|e| Failure::run(format!("cannot listen for SIGUSR2: {e}")))?;
+        }
+        running.push((path, config, task));
+    }
+    let on_ctrl_c = supervisor.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             on_ctrl_c.shutdown();
         }
     });
-    if config.checkpoint.on_signal {
-        handle
-            .checkpoint_on_sigusr2()
-            .map_err(|e| Failure::run(format!("cannot listen for SIGUSR2: {e}")))?;
+    let admin_listen = admin.or(host_config.admin.as_ref().map(|a| a.listen));
+    let admin_server = match admin_listen {
+        Some(listen) => {
+            let token_env = host_config
+                .admin
+                .as_ref()
+                .and_then(|a| a.token_env.clone())
+                .unwrap_or_else(|| "PLUMBER_ADMIN_TOKEN".to_owned());
+            let token = std::env::var(&token_env).ok().filter(|t| !t.is_empty());
+            let server = AdminServer::start(AdminOptions { listen, token }, supervisor.clone())
+                .await
+                .map_err(Failure::input)?;
+            // Tests and scripts read the bound address (port 0 picks one).
+            eprintln!("admin server listening on http://{}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let status_every = host_config.status_interval_ms.unwrap_or(5000);
+    let status_task = (status_every > 0 && std::io::stderr().is_terminal()).then(|| {
+        let supervisor = supervisor.clone();
+        let every = Duration::from_millis(status_every);
+        tokio::spawn(async move {
+            let mut previous = HashMap::new();
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticker.tick().await;
+                eprintln!("{}", supervisor.status_line(&mut previous, every));
+            }
+        })
+    });
+
+    let mut failure: Option<Failure> = None;
+    for (path, config, task) in running {
+        let result = task.await.unwrap_or_else(|e| {
+            Err(PipelineError::Task {
+                pipeline: config.name.clone(),
+                message: e.to_string(),
+            })
+        });
+        let outcome = match result {
+            Ok(report) => {
+                tracing::info!(
+                    pipeline = %config.name,
+                    events_in = report.events_in,
+                    events_out = report.events_out,
+                    checkpoints = report.checkpoints,
+                    "pipeline finished"
+                );
+                Ok(())
+            }
+            Err(PipelineError::Load { pipe, source, .. }) => {
+                let field = config
+                    .module_field(&pipe)
+                    .unwrap_or_else(|| "pipeline".to_owned());
+                Err(Failure::input(format!(
+                    "{}: at `{field}` (pipe `{pipe}`): {source}",
+                    path.display()
+                )))
+            }
+            Err(error) => Err(Failure::run(error)),
+        };
+        if let Err(error) = outcome {
+            if loaded.len() > 1 {
+                // The others keep running; every failure is reported.
+                eprintln!("error: {}", error.message);
+            }
+            failure.get_or_insert(error);
+        }
     }
-    match builder.run().await {
-        Ok(report) => {
-            tracing::info!(
-                pipeline = %config.name,
-                events_in = report.events_in,
-                events_out = report.events_out,
-                checkpoints = report.checkpoints,
-                "pipeline finished"
-            );
-            Ok(())
-        }
-        Err(PipelineError::Load { pipe, source, .. }) => {
-            let field = config
-                .module_field(&pipe)
-                .unwrap_or_else(|| "pipeline".to_owned());
-            Err(Failure::input(format!(
-                "{}: at `{field}` (pipe `{pipe}`): {source}",
-                path.display()
-            )))
-        }
-        Err(error) => Err(Failure::run(error)),
+    if let Some(task) = status_task {
+        task.abort();
+    }
+    if let Some(server) = admin_server {
+        server.stop().await;
+    }
+    match failure {
+        Some(failure) if loaded.len() > 1 => Err(Failure {
+            status: failure.status,
+            message: "one or more pipelines failed (see above)".to_owned(),
+        }),
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
 }
 
@@ -235,13 +357,14 @@ fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Resu
         let StepConfig::Wasm(pipe) = step else {
             continue;
         };
-        rt.load(&pipe.module, &pipe.grants).map_err(|error| {
-            Failure::input(format!(
-                "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
-                path.display(),
-                pipe.name
-            ))
-        })?;
+        rt.load(&pipe.module, &pipe.capabilities())
+            .map_err(|error| {
+                Failure::input(format!(
+                    "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
+                    path.display(),
+                    pipe.name
+                ))
+            })?;
     }
     println!(
         "{}: ok (pipeline `{}`, {} steps)",
@@ -255,7 +378,11 @@ fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Resu
 async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
     let state = open_state(path, &config).await?;
-    let namespace = Namespace::for_pipe(&config.name, pipe);
+    let tenant = config
+        .tenant
+        .as_deref()
+        .unwrap_or(crate::state::DEFAULT_TENANT);
+    let namespace = Namespace::for_tenant_pipe(tenant, &config.name, pipe);
     let entries = state
         .scan_prefix(namespace.prefix())
         .await

@@ -25,8 +25,9 @@ use serde::Deserialize;
 
 use crate::checkpoint::{CheckpointPolicy, Delivery};
 use crate::pipeline::{Pipeline, PipelineBuilder};
-use crate::runtime::Grant;
+use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
 use crate::state::{MemoryState, RedisOptions, RedisState, SharedState, SledState, StateError};
+use crate::step::OnError;
 use crate::step::WasmPipe;
 use crate::streams::http::{HttpSink, HttpSource};
 use crate::streams::nats::{
@@ -69,6 +70,10 @@ pub enum ConfigError {
 pub struct PipelineConfig {
     /// The pipeline's name: it keys its checkpoints and state.
     pub name: String,
+    /// The tenant it belongs to (default `default`): the first part of its
+    /// state keys and checkpoint records.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// The state backend (default: sled in `<name>.state` beside the config).
     #[serde(default)]
     pub state: Option<StateConfig>,
@@ -499,6 +504,57 @@ pub struct WasmStepConfig {
     /// Optional WASI capabilities: `"clocks"`, `"random"`.
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Host environment variables the guest may read (only these).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// One host directory the guest may read, never write:
+    /// `{"host": "data", "guest": "/data"}`.
+    #[serde(default)]
+    pub read_only_dir: Option<ReadOnlyDir>,
+    /// Limits of one call (defaults: see [`PipeLimits`]).
+    #[serde(default)]
+    pub limits: Option<PipeLimits>,
+    /// What to do with an event the pipe fails on: `"fail"` (default),
+    /// `"skip"`, `"dead_letter"`, or
+    /// `{"retry": {"attempts": 3, "backoff_ms": 100, "then": "dead_letter"}}`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Swap the module in whenever its file changes, checking every this
+    /// many milliseconds (default: off).
+    #[serde(default)]
+    pub watch_module_ms: Option<u64>,
+}
+
+impl WasmStepConfig {
+    /// The pipe as the builder takes it.
+    pub fn to_pipe(&self) -> WasmPipe {
+        let mut pipe = WasmPipe::new(&self.name, &self.module)
+            .config(self.config.clone())
+            .limits(self.limits.clone().unwrap_or_default())
+            .on_error(self.on_error);
+        for grant in &self.grants {
+            pipe = pipe.grant(*grant);
+        }
+        for name in &self.env {
+            pipe = pipe.env(name);
+        }
+        if let Some(dir) = &self.read_only_dir {
+            pipe = pipe.read_only_dir(&dir.host, &dir.guest);
+        }
+        if let Some(ms) = self.watch_module_ms {
+            pipe = pipe.watch_module(Duration::from_millis(ms));
+        }
+        pipe
+    }
+
+    /// The capabilities the pipe is granted.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            grants: self.grants.clone(),
+            env: self.env.clone(),
+            read_only_dir: self.read_only_dir.clone(),
+        }
+    }
 }
 
 /// `{"type": "window", ...}`: a window. Which fields apply depends on `window`.
@@ -926,6 +982,10 @@ impl PipelineConfig {
         if self.name.trim().is_empty() {
             return Err(invalid("name", "expected a non-empty pipeline name".into()));
         }
+        if let Some(tenant) = &self.tenant {
+            crate::tenant::check_tenant_name(tenant)
+                .map_err(|message| invalid("tenant", message))?;
+        }
         if self.batch_size == 0 {
             return Err(invalid(
                 "batch_size",
@@ -966,7 +1026,39 @@ impl PipelineConfig {
                         "expected the path of a .wasm component".into(),
                     ));
                 }
-                StepConfig::Wasm(_) => {}
+                StepConfig::Wasm(pipe) => {
+                    if let Some((field, message)) =
+                        pipe.limits.as_ref().and_then(PipeLimits::invalid_field)
+                    {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].limits.{field}"),
+                            message.into(),
+                        ));
+                    }
+                    if pipe.on_error.uses_dead_letter() && self.dead_letter.is_none() {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].on_error"),
+                            "failed events go to the dead-letter sink, but the config has no `dead_letter`".into(),
+                        ));
+                    }
+                    if pipe.watch_module_ms == Some(0) {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].watch_module_ms"),
+                            "expected a positive interval in milliseconds".into(),
+                        ));
+                    }
+                    if let Some(dir) = &pipe.read_only_dir {
+                        if !dir.guest.starts_with('/') {
+                            return Err(invalid(
+                                &format!("pipeline[{index}].read_only_dir.guest"),
+                                format!(
+                                    "expected an absolute guest path such as `/data`, not `{}`",
+                                    dir.guest
+                                ),
+                            ));
+                        }
+                    }
+                }
                 StepConfig::Window(window) => {
                     let spec = window.to_window().map_err(|e| {
                         invalid(&format!("pipeline[{index}].{}", e.field), e.message)
@@ -1009,6 +1101,9 @@ impl PipelineConfig {
         for step in &mut self.pipeline {
             if let StepConfig::Wasm(pipe) = step {
                 resolve(&mut pipe.module);
+                if let Some(dir) = &mut pipe.read_only_dir {
+                    resolve(&mut dir.host);
+                }
             }
         }
         for sink in std::iter::once(&mut self.to).chain(self.dead_letter.as_mut()) {
@@ -1068,6 +1163,11 @@ impl PipelineConfig {
             on_window_close: self.checkpoint.on_window_close,
         };
         let mut builder = Pipeline::builder(&self.name)
+            .tenant(
+                self.tenant
+                    .as_deref()
+                    .unwrap_or(crate::state::DEFAULT_TENANT),
+            )
             .state(state)
             .checkpoint(policy)
             .delivery(self.delivery)
@@ -1075,14 +1175,7 @@ impl PipelineConfig {
             .from_boxed(self.from.open().await?);
         for step in &self.pipeline {
             builder = match step {
-                StepConfig::Wasm(pipe) => {
-                    let mut wasm =
-                        WasmPipe::new(&pipe.name, &pipe.module).config(pipe.config.clone());
-                    for grant in &pipe.grants {
-                        wasm = wasm.grant(*grant);
-                    }
-                    builder.then(wasm)
-                }
+                StepConfig::Wasm(pipe) => builder.then(pipe.to_pipe()),
                 // `check` has validated every window when the config was read.
                 StepConfig::Window(window) => match window.to_window() {
                     Ok(window) => builder.then(window),
@@ -1094,6 +1187,100 @@ impl PipelineConfig {
             builder = builder.dead_letter_boxed(sink.open(&self.name).await?);
         }
         Ok(builder.to_boxed(self.to.open(&self.name).await?))
+    }
+}
+
+/// The config of a host running many pipelines (`plumber run --host`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Pipeline config files to run (relative: against this file's directory).
+    #[serde(default)]
+    pub pipelines: Vec<PathBuf>,
+    /// The admin and metrics server (default: off).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Quotas per tenant; tenants not listed are unlimited.
+    #[serde(default)]
+    pub tenants: std::collections::HashMap<String, crate::tenant::TenantQuota>,
+    /// Milliseconds between status lines on stderr when it is a terminal
+    /// (default 5000; 0: never).
+    #[serde(default)]
+    pub status_interval_ms: Option<u64>,
+}
+
+/// `"admin"`: where the admin server listens and its token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (default `127.0.0.1:9464`). A non-loopback
+    /// address needs a token.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The environment variable holding the bearer token the mutating
+    /// calls need (a token is not written in the file itself).
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    crate::admin::DEFAULT_LISTEN
+}
+
+impl HostConfig {
+    /// Reads and checks a host config, resolving relative pipeline paths
+    /// against its directory.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or a field is bad (the error names its JSON path).
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let origin = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let deserializer = &mut serde_json::Deserializer::from_str(&text);
+        let mut config: HostConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                ConfigError::Invalid {
+                    file: origin.clone(),
+                    path: if path == "." {
+                        "(top level)".to_owned()
+                    } else {
+                        path
+                    },
+                    message: error.into_inner().to_string(),
+                }
+            })?;
+        for tenant in config.tenants.keys() {
+            crate::tenant::check_tenant_name(tenant).map_err(|message| ConfigError::Invalid {
+                file: origin.clone(),
+                path: format!("tenants.{tenant}"),
+                message,
+            })?;
+        }
+        if let Some(AdminConfig {
+            token_env: Some(name),
+            ..
+        }) = &config.admin
+        {
+            if std::env::var(name).map_or(true, |token| token.trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    file: origin,
+                    path: "admin.token_env".to_owned(),
+                    message: format!("the environment variable `{name}` is not set or empty"),
+                });
+            }
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        for path in &mut config.pipelines {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -1136,6 +1323,90 @@ mod tests {
         parse(&format!(
             r#"{{"name":"p","from":{{"type":"array","values":[]}},"pipeline":[{{"type":"wasm","name":"u","module":"u.wasm"}},{step}],"to":{{"type":"stdout"}}}}"#
         ))
+    }
+
+    #[test]
+    fn sandbox_fields_read_and_bad_ones_name_their_path() {
+        let config = with_step(
+            r#"{"type":"wasm","name":"w","module":"w.wasm","grants":["clocks"],"env":["TZ"],
+                "read_only_dir":{"host":"data","guest":"/data"},
+                "limits":{"call_timeout_ms":250},"on_error":{"retry":{"attempts":2,"then":"skip"}},
+                "watch_module_ms":500}"#,
+        )
+        .unwrap();
+        let StepConfig::Wasm(pipe) = &config.pipeline[1] else {
+            panic!("not a pipe");
+        };
+        assert_eq!(pipe.limits.as_ref().unwrap().call_timeout_ms, 250);
+        assert_eq!(
+            pipe.limits.as_ref().unwrap().memory_bytes,
+            PipeLimits::default().memory_bytes
+        );
+        assert_eq!(
+            pipe.on_error,
+            OnError::Retry {
+                attempts: 2,
+                backoff_ms: 100,
+                then: crate::step::Exhausted::Skip
+            }
+        );
+        assert_eq!(
+            pipe.read_only_dir.as_ref().unwrap().host,
+            Path::new("/base/data")
+        );
+        assert_eq!(pipe.capabilities().env, vec!["TZ".to_owned()]);
+
+        // Checks of ours name the field; serde's own errors inside a step
+        // (whose `type` tag makes serde buffer it) name the step and say
+        // which field or value in the message.
+        let cases = [
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","limits":{"call_timeout_ms":0}}"#,
+                "pipeline[1].limits.call_timeout_ms",
+                "positive",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","limits":{"memory_bytes":1000}}"#,
+                "pipeline[1].limits.memory_bytes",
+                "at least 1048576",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","limits":{"cpu":1}}"#,
+                "pipeline[1]",
+                "unknown field `cpu`",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","on_error":"dead_letter"}"#,
+                "pipeline[1].on_error",
+                "no `dead_letter`",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","on_error":"ignore"}"#,
+                "pipeline[1]",
+                "unknown variant `ignore`",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","read_only_dir":{"host":"d","guest":"data"}}"#,
+                "pipeline[1].read_only_dir.guest",
+                "absolute guest path",
+            ),
+            (
+                r#"{"type":"wasm","name":"w","module":"w.wasm","grants":["sockets"]}"#,
+                "pipeline[1]",
+                "unknown variant `sockets`",
+            ),
+        ];
+        for (step, path, text) in cases {
+            let error = with_step(step).unwrap_err();
+            let message = error.to_string();
+            assert_eq!(path_of(error), path, "{step}");
+            assert!(message.contains(text), "{step}: {message}");
+        }
+        let tenant = parse(
+            r#"{"name":"p","tenant":"a/b","from":{"type":"array","values":[]},"to":{"type":"stdout"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(path_of(tenant), "tenant");
     }
 
     #[test]

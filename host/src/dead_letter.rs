@@ -19,6 +19,8 @@ pub const REASON_HEADER: &str = "plumber-dead-letter-reason";
 pub const STEP_HEADER: &str = "plumber-dead-letter-step";
 /// Header with the time it was dead-lettered, ms since the Unix epoch.
 pub const TIME_HEADER: &str = "plumber-dead-letter-time-ms";
+/// Header with the error a pipe failed with.
+pub const ERROR_HEADER: &str = "plumber-dead-letter-error";
 
 enum Message {
     Letter(Event),
@@ -62,6 +64,26 @@ impl DeadLetters {
             .send(Message::Letter(event))
             .await
             .map_err(|_| DeadLetterClosed)
+    }
+
+    /// Sends `event`, which pipe `step` failed on, with the `reason`
+    /// ("error", "trap", "limit:time", ...) and the error's text.
+    ///
+    /// # Errors
+    ///
+    /// The dead-letter task has stopped.
+    pub async fn send_failed(
+        &self,
+        mut event: Event,
+        step: &str,
+        reason: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), DeadLetterClosed> {
+        event
+            .headers
+            .push((ERROR_HEADER.to_owned(), error.to_owned()));
+        self.send(event, step, reason, now_ms).await
     }
 
     /// Waits until every dead letter sent so far is written and flushed.

@@ -20,18 +20,28 @@
 //! | [`window`] | count, time, sliding, session and signal windows |
 //! | [`dead_letter`] | the dead-letter sink for events that cannot go on |
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
+//! | [`tenant`] | tenants: key isolation and quotas |
+//! | [`swap`] | hot swap of a running pipe's module |
+//! | [`supervisor`] | many pipelines in one process; the admin view |
+//! | [`admin`] | the admin and metrics HTTP server |
+//! | [`metrics`] | a small Prometheus registry |
 //! | [`bench`] | the `plumber bench` figures |
 
+pub mod admin;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod dead_letter;
+pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
 pub mod state;
 pub mod step;
 pub mod streams;
+pub mod supervisor;
+pub mod swap;
+pub mod tenant;
 pub mod window;
 
 pub use runtime::bindings::plumber::pipe::types::{Batch, Event, PipeError, WindowInfo};
@@ -59,6 +69,17 @@ impl Event {
     pub fn with_timestamp(mut self, timestamp: u64) -> Self {
         self.timestamp = Some(timestamp);
         self
+    }
+
+    /// Bytes of key, value and headers (what limits and bounds count).
+    pub fn size_bytes(&self) -> usize {
+        self.value.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 
     /// The value as text, replacing invalid UTF-8.

@@ -27,7 +27,8 @@
 //! channels that carry whole batches, so a slow stage holds back the ones
 //! before it (backpressure) and no event crosses a channel alone.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -35,10 +36,15 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
-use crate::runtime::{LoadError, Runtime};
-use crate::state::{MemoryState, Namespace, SharedState, StateError, WriteMode, WriteSet};
-use crate::step::{NativeStep, Step, StepError, WasmPipe, WasmStep};
+use crate::runtime::{InstanceSettings, LoadError, Runtime};
+use crate::state::{
+    checkpoint_scope, MemoryState, Namespace, PipeState, SharedState, StateError, WriteMode,
+    WriteSet, DEFAULT_TENANT,
+};
+use crate::step::{NativeStep, Step, StepCounters, StepError, WasmPipe, WasmStep};
 use crate::streams::{Sink, Source, StreamError};
+use crate::swap::{ModuleInfo, ModuleSource, PipeSlot, SwapError, Swapped};
+use crate::tenant::{QuotaError, TenantLease, Tenants};
 use crate::window::{Window, WindowOptions, WindowStep};
 use crate::Batch;
 
@@ -108,6 +114,15 @@ pub enum PipelineError {
         /// What the runtime said.
         message: String,
     },
+    /// The tenant may not start this pipeline.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Quota {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        #[source]
+        source: QuotaError,
+    },
 }
 
 /// What a finished run did.
@@ -156,12 +171,173 @@ impl From<NativeStep> for StepSpec {
     }
 }
 
-/// Controls a running pipeline from elsewhere: a clean stop, or a
-/// checkpoint on demand.
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading pipes and restoring the last checkpoint.
+    Starting,
+    /// Processing.
+    Running,
+    /// Ended cleanly.
+    Stopped,
+    /// Ended with an error.
+    Failed,
+}
+
+impl Phase {
+    /// Its name in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Counters of one stage, updated as batches pass.
+#[derive(Debug)]
+pub struct StageStats {
+    /// The step's name.
+    pub name: String,
+    /// Events in.
+    pub events_in: AtomicU64,
+    /// Events out.
+    pub events_out: AtomicU64,
+    /// Events held (a window's buffers).
+    pub buffered: AtomicU64,
+    /// A WASM step's own counters.
+    pub counters: Option<Arc<StepCounters>>,
+}
+
+/// What a running pipeline is doing, readable while it runs.
+#[derive(Debug)]
+pub struct LiveStatus {
+    phase: AtomicU8,
+    /// Events read from the source in this run.
+    pub events_in: AtomicU64,
+    /// Events written to the sink in this run.
+    pub events_out: AtomicU64,
+    /// Checkpoints committed in this run.
+    pub checkpoints: AtomicU64,
+    /// Epoch of the last committed checkpoint (`u64::MAX`: none).
+    last_epoch: AtomicU64,
+    /// When it was committed, ms since the Unix epoch.
+    last_commit_ms: AtomicU64,
+    /// How long its barrier took, microseconds.
+    pub last_checkpoint_micros: AtomicU64,
+    /// What the source says is still waiting (-1: it does not say).
+    pub source_lag: AtomicI64,
+    error: Mutex<Option<String>>,
+    stages: Mutex<Vec<Arc<StageStats>>>,
+    pipes: Mutex<Vec<Arc<PipeSlot>>>,
+}
+
+impl Default for LiveStatus {
+    fn default() -> Self {
+        LiveStatus {
+            phase: AtomicU8::new(0),
+            events_in: AtomicU64::new(0),
+            events_out: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            last_epoch: AtomicU64::new(u64::MAX),
+            last_commit_ms: AtomicU64::new(0),
+            last_checkpoint_micros: AtomicU64::new(0),
+            source_lag: AtomicI64::new(-1),
+            error: Mutex::new(None),
+            stages: Mutex::new(Vec::new()),
+            pipes: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LiveStatus {
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            2 => Phase::Stopped,
+            _ => Phase::Failed,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let value = match phase {
+            Phase::Starting => 0,
+            Phase::Running => 1,
+            Phase::Stopped => 2,
+            Phase::Failed => 3,
+        };
+        self.phase.store(value, Ordering::Release);
+    }
+
+    /// The error a failed run ended with.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The last committed checkpoint's epoch and its age.
+    pub fn last_checkpoint(&self) -> Option<(u64, Duration)> {
+        let epoch = self.last_epoch.load(Ordering::Acquire);
+        (epoch != u64::MAX).then(|| {
+            let at = self.last_commit_ms.load(Ordering::Acquire);
+            (epoch, Duration::from_millis(now_ms().saturating_sub(at)))
+        })
+    }
+
+    fn committed(&self, epoch: u64, took: Duration) {
+        self.last_commit_ms.store(now_ms(), Ordering::Release);
+        self.last_epoch.store(epoch, Ordering::Release);
+        self.last_checkpoint_micros.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Every stage's counters, in pipeline order.
+    pub fn stages(&self) -> Vec<Arc<StageStats>> {
+        self.stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The swap points of the WASM pipes.
+    pub fn pipes(&self) -> Vec<Arc<PipeSlot>> {
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Controls a running pipeline from elsewhere: a clean stop, a checkpoint
+/// on demand, a module swap, and its live status.
 #[derive(Clone)]
 pub struct PipelineHandle {
     shutdown: Arc<watch::Sender<bool>>,
     checkpoint: Arc<Notify>,
+    committed: watch::Receiver<u64>,
+    status: Arc<LiveStatus>,
+}
+
+/// Why a handle call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The pipeline has no WASM pipe of that name.
+    #[error("the pipeline has no WASM pipe `{0}`")]
+    UnknownPipe(String),
+    /// The pipeline is not running.
+    #[error("the pipeline is not running")]
+    NotRunning,
+    /// The swap was refused or could not happen.
+    #[error(transparent)]
+    Swap(#[from] SwapError),
 }
 
 impl PipelineHandle {
@@ -173,6 +349,70 @@ impl PipelineHandle {
     /// Requests a checkpoint after the batch in flight.
     pub fn checkpoint(&self) {
         self.checkpoint.notify_one();
+    }
+
+    /// Requests a checkpoint and waits until one is committed; returns its epoch.
+    ///
+    /// # Errors
+    ///
+    /// The pipeline stopped first.
+    pub async fn checkpoint_now(&self) -> Result<u64, HandleError> {
+        let mut committed = self.committed.clone();
+        committed.borrow_and_update();
+        self.checkpoint();
+        committed
+            .changed()
+            .await
+            .map_err(|_| HandleError::NotRunning)?;
+        let epoch = *committed.borrow();
+        Ok(epoch)
+    }
+
+    /// Replaces the module of WASM pipe `pipe`: the new module is checked
+    /// off the hot path, then switched in at the next checkpoint barrier
+    /// (requested here). Returns once it runs.
+    ///
+    /// # Errors
+    ///
+    /// No such pipe, the pipeline is not running, or the module was refused
+    /// (the old one keeps running).
+    pub async fn swap_module(
+        &self,
+        pipe: &str,
+        source: ModuleSource,
+    ) -> Result<Swapped, HandleError> {
+        let slot = self
+            .status
+            .pipes()
+            .into_iter()
+            .find(|slot| slot.pipe() == pipe)
+            .ok_or_else(|| match self.status.phase() {
+                Phase::Running => HandleError::UnknownPipe(pipe.to_owned()),
+                _ => HandleError::NotRunning,
+            })?;
+        let answer = slot.prepare(source).await?;
+        self.checkpoint();
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SwapError::Stopped {
+                pipe: pipe.to_owned(),
+            }
+            .into()),
+        }
+    }
+
+    /// The module each WASM pipe runs now.
+    pub fn modules(&self) -> Vec<(String, ModuleInfo)> {
+        self.status
+            .pipes()
+            .iter()
+            .map(|slot| (slot.pipe().to_owned(), slot.current()))
+            .collect()
+    }
+
+    /// The live status.
+    pub fn status(&self) -> &Arc<LiveStatus> {
+        &self.status
     }
 
     /// Requests a checkpoint whenever the process receives SIGUSR2.
@@ -211,8 +451,13 @@ impl Pipeline {
     /// Starts building the pipeline `name` (the name keys its checkpoints and state).
     pub fn builder(name: impl Into<String>) -> PipelineBuilder {
         let (sender, receiver) = watch::channel(false);
+        let (committed_tx, committed_rx) = watch::channel(0u64);
         PipelineBuilder {
             name: name.into(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            tenants: None,
+            committed: (committed_tx, committed_rx),
+            status: Arc::new(LiveStatus::default()),
             state: None,
             checkpoint: CheckpointPolicy::every(Duration::from_secs(1)),
             delivery: Delivery::ExactlyOnce,
@@ -232,6 +477,10 @@ impl Pipeline {
 /// Collects a pipeline's parts; [`PipelineBuilder::run`] starts it.
 pub struct PipelineBuilder {
     name: String,
+    tenant: String,
+    tenants: Option<Arc<Tenants>>,
+    committed: (watch::Sender<u64>, watch::Receiver<u64>),
+    status: Arc<LiveStatus>,
     state: Option<SharedState>,
     checkpoint: CheckpointPolicy,
     delivery: Delivery,
@@ -247,6 +496,23 @@ pub struct PipelineBuilder {
 }
 
 impl PipelineBuilder {
+    /// The tenant the pipeline belongs to (default `default`): the first
+    /// part of all its state keys and of its checkpoint records. The name
+    /// is checked by [`crate::tenant::check_tenant_name`] when it runs.
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = tenant.into();
+        self
+    }
+
+    /// The host's tenant registry: the pipeline counts against its tenant's
+    /// quotas (pipelines and state bytes) while it runs.
+    #[must_use]
+    pub fn tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = Some(tenants);
+        self
+    }
+
     /// The state backend (default: an in-memory map).
     #[must_use]
     pub fn state(mut self, state: SharedState) -> Self {
@@ -345,6 +611,8 @@ impl PipelineBuilder {
         PipelineHandle {
             shutdown: self.shutdown.0.clone(),
             checkpoint: self.checkpoint_requests.clone(),
+            committed: self.committed.1.clone(),
+            status: self.status.clone(),
         }
     }
 
@@ -357,7 +625,30 @@ impl PipelineBuilder {
     /// A part is missing or fails to load, or a stage fails; then nothing
     /// after the last committed checkpoint is committed.
     pub async fn run(self) -> Result<RunReport, PipelineError> {
+        let status = self.status.clone();
+        let result = self.run_inner().await;
+        match &result {
+            Ok(_) => status.set_phase(Phase::Stopped),
+            Err(error) => {
+                *status.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                status.set_phase(Phase::Failed);
+            }
+        }
+        result
+    }
+
+    async fn run_inner(self) -> Result<RunReport, PipelineError> {
         let name = self.name;
+        let tenant = self.tenant;
+        let status = self.status;
+        if let Err(message) = crate::tenant::check_tenant_name(&tenant) {
+            return Err(PipelineError::Incomplete {
+                pipeline: name,
+                message,
+            });
+        }
+        // Checkpoint records are kept per tenant and pipeline.
+        let scope = checkpoint_scope(&tenant, &name);
         let incomplete = |message: &str| PipelineError::Incomplete {
             pipeline: name.clone(),
             message: message.to_owned(),
@@ -367,6 +658,15 @@ impl PipelineBuilder {
             .ok_or_else(|| incomplete("no source: call `from`"))?;
         let sink = self.sink.ok_or_else(|| incomplete("no sink: call `to`"))?;
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
+        let lease = match &self.tenants {
+            Some(tenants) => Some(tenants.admit(&tenant, &state).await.map_err(|source| {
+                PipelineError::Quota {
+                    pipeline: name.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
 
         let (dead_letters, dead_letter_task) = match self.dead_letter {
             Some(sink) => {
@@ -379,13 +679,20 @@ impl PipelineBuilder {
             Delivery::ExactlyOnce => WriteMode::Checkpointed,
             Delivery::AtLeastOnce | Delivery::AtMostOnce => WriteMode::WriteThrough,
         };
+        let context = StepContext {
+            tenant: &tenant,
+            pipeline: &name,
+            state: &state,
+            dead_letters: dead_letters.as_ref(),
+            mode,
+            lease: lease.as_ref(),
+            status: &status,
+            checkpoint_requests: &self.checkpoint_requests,
+        };
         let steps = instantiate_steps(
-            &name,
+            &context,
             self.steps,
             self.runtime,
-            &state,
-            dead_letters.as_ref(),
-            mode,
             WindowOptions {
                 // Under at-most-once a window's saved buffer may hold events
                 // already released after it was saved: start empty instead.
@@ -402,9 +709,9 @@ impl PipelineBuilder {
             pipeline: name.clone(),
             source,
         };
-        let fence = state.claim(&name).await.map_err(state_error)?;
+        let fence = state.claim(&scope).await.map_err(state_error)?;
         let mut sink = sink;
-        let resumed_from = state.last_checkpoint(&name).await.map_err(state_error)?;
+        let resumed_from = state.last_checkpoint(&scope).await.map_err(state_error)?;
         let stream_error = |source| PipelineError::Stream {
             pipeline: name.clone(),
             source,
@@ -424,7 +731,7 @@ impl PipelineBuilder {
             None => {
                 // Checkpoint 0 records where the sink starts, so that a crash
                 // before the first real checkpoint can be recovered exactly too.
-                let mut record = CheckpointRecord::new(&name, 0, Position::Start);
+                let mut record = CheckpointRecord::new(&scope, 0, Position::Start);
                 record.sink_position = sink.position().await.map_err(stream_error)?;
                 record.fence = fence;
                 state.commit(&record, &[]).await.map_err(state_error)?;
@@ -444,14 +751,42 @@ impl PipelineBuilder {
         let mut tasks: Vec<JoinHandle<Result<u64, PipelineError>>> = Vec::new();
         for step in steps {
             let (tx, rx) = mpsc::channel::<Message>(self.channel_capacity);
-            tasks.push(tokio::spawn(run_step(name.clone(), step, next_rx, tx)));
+            let stats = Arc::new(StageStats {
+                name: step.name().to_owned(),
+                events_in: AtomicU64::new(0),
+                events_out: AtomicU64::new(0),
+                buffered: AtomicU64::new(0),
+                counters: step.counters(),
+            });
+            status
+                .stages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stats.clone());
+            tasks.push(tokio::spawn(run_step(
+                name.clone(),
+                step,
+                next_rx,
+                tx,
+                stats,
+            )));
             next_rx = rx;
         }
-        let sink_task = tokio::spawn(run_sink(name.clone(), sink, next_rx, dead_letters));
+        let sink_task = tokio::spawn(run_sink(
+            name.clone(),
+            sink,
+            next_rx,
+            dead_letters,
+            status.clone(),
+        ));
+        status.set_phase(Phase::Running);
 
         let commit_listener = source.commit_listener();
         let driver = SourceDriver {
             pipeline: name.clone(),
+            scope: scope.clone(),
+            status: status.clone(),
+            committed: self.committed.0,
             state: state.clone(),
             policy: self.checkpoint,
             epoch,
@@ -468,6 +803,8 @@ impl PipelineBuilder {
             commit_listener,
         };
         let driven = driver.run(source, first_tx, self.shutdown.1).await;
+        // The tenant's place is held until every stage has stopped.
+        let _lease = lease;
 
         // Collect every stage's outcome; report the first real error.
         let mut first_error: Option<PipelineError> = None;
@@ -541,15 +878,25 @@ impl PipelineBuilder {
     }
 }
 
+/// What every step of one pipeline is created with.
+struct StepContext<'a> {
+    tenant: &'a str,
+    pipeline: &'a str,
+    state: &'a SharedState,
+    dead_letters: Option<&'a DeadLetters>,
+    mode: WriteMode,
+    lease: Option<&'a TenantLease>,
+    status: &'a Arc<LiveStatus>,
+    checkpoint_requests: &'a Arc<Notify>,
+}
+
 async fn instantiate_steps(
-    pipeline: &str,
+    context: &StepContext<'_>,
     specs: Vec<StepSpec>,
     runtime: Option<Runtime>,
-    state: &SharedState,
-    dead_letters: Option<&DeadLetters>,
-    mode: WriteMode,
     window_options: WindowOptions,
 ) -> Result<Vec<Box<dyn Step>>, PipelineError> {
+    let pipeline = context.pipeline;
     let mut runtime = runtime;
     let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -558,9 +905,10 @@ async fn instantiate_steps(
             StepSpec::Window(window) => {
                 let step = WindowStep::restore(
                     window,
+                    context.tenant,
                     pipeline,
-                    state,
-                    dead_letters.cloned(),
+                    context.state,
+                    context.dead_letters.cloned(),
                     &window_options,
                 )
                 .await
@@ -584,19 +932,39 @@ async fn instantiate_steps(
                         rt
                     }
                 };
-                let component = rt.load(&pipe.module, &pipe.grants).map_err(load_error)?;
+                let component = rt
+                    .load(&pipe.module, &pipe.capabilities)
+                    .map_err(load_error)?;
+                let namespace = Namespace::for_tenant_pipe(context.tenant, pipeline, &pipe.name);
+                let state = PipeState::new(context.state.clone(), namespace.clone(), context.mode)
+                    .with_quota(context.lease.and_then(TenantLease::state_quota));
+                let settings = Arc::new(InstanceSettings {
+                    tenant: context.tenant.into(),
+                    pipe: pipe.name.as_str().into(),
+                    limits: Arc::new(pipe.limits.clone()),
+                    capabilities: pipe.capabilities.clone(),
+                    config_json: pipe.config.to_string(),
+                });
                 let instance = component
-                    .instantiate(
-                        &rt,
-                        &pipe.name,
-                        state.clone(),
-                        Namespace::for_pipe(pipeline, &pipe.name),
-                        mode,
-                        &pipe.config.to_string(),
-                    )
+                    .instantiate(&rt, settings, state)
                     .await
                     .map_err(load_error)?;
-                steps.push(Box::new(WasmStep::new(pipe.name.clone(), instance)));
+                let slot = Arc::new(PipeSlot::new(&instance, context.state.clone(), namespace));
+                context
+                    .status
+                    .pipes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(slot.clone());
+                if let Some(every) = pipe.watch_module {
+                    let requests = context.checkpoint_requests.clone();
+                    crate::swap::watch_module(slot.clone(), every, move || requests.notify_one());
+                }
+                steps.push(Box::new(
+                    WasmStep::new(pipe.name.clone(), instance)
+                        .with_policy(pipe.on_error, context.dead_letters.cloned())
+                        .with_slot(slot),
+                ));
             }
         }
     }
@@ -630,6 +998,7 @@ async fn run_step(
     mut step: Box<dyn Step>,
     mut input: mpsc::Receiver<Message>,
     output: mpsc::Sender<Message>,
+    stats: Arc<StageStats>,
 ) -> Result<u64, PipelineError> {
     let stage = step.name().to_owned();
     let disconnected = || PipelineError::Disconnected {
@@ -662,15 +1031,25 @@ async fn run_step(
         };
         match message {
             Message::Data(batch) => {
+                stats
+                    .events_in
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
                 step.process(batch, &mut produced)
                     .await
                     .map_err(step_error)?;
+                let out: usize = produced.iter().map(|b| b.events.len()).sum();
+                stats.events_out.fetch_add(out as u64, Ordering::Relaxed);
                 send_all(&output, &mut produced)
                     .await
                     .map_err(|_| disconnected())?;
             }
             Message::Barrier(mut barrier) => {
                 barrier.writes.push(step.take_writes());
+                step.at_barrier().await;
+                // Sampled at barriers: counting a window's buffers is not free.
+                if let Some(held) = step.buffered_events() {
+                    stats.buffered.store(held as u64, Ordering::Relaxed);
+                }
                 output
                     .send(Message::Barrier(barrier))
                     .await
@@ -720,6 +1099,7 @@ async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut input: mpsc::Receiver<Message>,
     dead_letters: Option<DeadLetters>,
+    status: Arc<LiveStatus>,
 ) -> Result<u64, PipelineError> {
     let stream_error = |source| PipelineError::Stream {
         pipeline: pipeline.clone(),
@@ -730,6 +1110,9 @@ async fn run_sink(
         match message {
             Message::Data(batch) => {
                 events_out += batch.events.len() as u64;
+                status
+                    .events_out
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
                 sink.write(batch).await.map_err(stream_error)?;
             }
             Message::Barrier(barrier) => {
@@ -762,6 +1145,10 @@ async fn run_sink(
 /// Reads the source, injects barriers, and commits checkpoints.
 struct SourceDriver {
     pipeline: String,
+    /// The name its checkpoints are kept under (tenant and pipeline).
+    scope: String,
+    status: Arc<LiveStatus>,
+    committed: watch::Sender<u64>,
     state: SharedState,
     policy: CheckpointPolicy,
     epoch: u64,
@@ -780,6 +1167,17 @@ struct SourceDriver {
 
 type ReadResult = Result<Option<(Vec<crate::Event>, Position)>, StreamError>;
 
+/// Why a checkpoint is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckpointCause {
+    /// By the policy (interval, count): skipped when nothing was read.
+    Due,
+    /// At the end of the run.
+    Last,
+    /// On demand: always.
+    Forced,
+}
+
 impl SourceDriver {
     async fn run(
         mut self,
@@ -791,9 +1189,14 @@ impl SourceDriver {
         // holds back a due checkpoint or a shutdown.
         let (read_tx, mut read_rx) = mpsc::channel::<ReadResult>(2);
         let batch_size = self.batch_size;
+        let status = self.status.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let result = source.next_batch(batch_size).await;
+                if let Some(lag) = source.lag() {
+                    let lag = i64::try_from(lag).unwrap_or(i64::MAX);
+                    status.source_lag.store(lag, Ordering::Relaxed);
+                }
                 let last = !matches!(result, Ok(Some(_)));
                 if read_tx.send(result).await.is_err() || last {
                     break;
@@ -823,14 +1226,16 @@ impl SourceDriver {
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         tracing::info!(pipeline = %self.pipeline, "shutdown requested");
-                        return self.checkpoint(output, true).await;
+                        return self.checkpoint(output, CheckpointCause::Last).await;
                     }
                 }
                 _ = tick(&mut ticker) => {
-                    self.checkpoint(output, false).await?;
+                    self.checkpoint(output, CheckpointCause::Due).await?;
                 }
                 () = self.requests.notified() => {
-                    self.checkpoint(output, false).await?;
+                    // On demand (a signal, the admin API, a module swap):
+                    // a barrier goes through even when nothing was read.
+                    self.checkpoint(output, CheckpointCause::Forced).await?;
                 }
                 read = read_rx.recv() => match read {
                     Some(Ok(Some((events, position)))) => {
@@ -838,13 +1243,14 @@ impl SourceDriver {
                         if self.delivery == Delivery::AtMostOnce {
                             // Commit the position first: after a crash these
                             // events are skipped, never applied twice.
-                            let mut record = CheckpointRecord::new(&self.pipeline, self.epoch, position.clone());
+                            let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
                             record.fence = self.fence;
                             record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
                             self.state.commit(&record, &[]).await.map_err(|source| PipelineError::State {
                                 pipeline: self.pipeline.clone(),
                                 source,
                             })?;
+                            self.status.committed(self.epoch, Duration::ZERO);
                             self.epoch += 1;
                             self.last_checkpoint = Some(record);
                             self.notify_committed().await?;
@@ -855,18 +1261,19 @@ impl SourceDriver {
                             .map_err(|_| self.disconnected())?;
                         self.position = position;
                         self.events_in += count;
+                        self.status.events_in.fetch_add(count, Ordering::Relaxed);
                         self.events_since_checkpoint += count;
                         if self
                             .policy
                             .every_events
                             .is_some_and(|every| self.events_since_checkpoint >= every)
                         {
-                            self.checkpoint(output, false).await?;
+                            self.checkpoint(output, CheckpointCause::Due).await?;
                         }
                     }
                     Some(Ok(None)) | None => {
                         output.send(Message::End).await.map_err(|_| self.disconnected())?;
-                        return self.checkpoint(output, true).await;
+                        return self.checkpoint(output, CheckpointCause::Last).await;
                     }
                     Some(Err(source)) => {
                         return Err(PipelineError::Stream { pipeline: self.pipeline.clone(), source });
@@ -888,12 +1295,17 @@ impl SourceDriver {
     async fn checkpoint(
         &mut self,
         output: &mpsc::Sender<Message>,
-        last: bool,
+        why: CheckpointCause,
     ) -> Result<(), PipelineError> {
         // Nothing read since the last checkpoint: nothing to save, except at
         // the end of a run that read something, where steps may have written
-        // while finishing.
-        if self.events_since_checkpoint == 0 && !(last && self.events_in > 0) {
+        // while finishing, or when asked for one.
+        let needed = match why {
+            CheckpointCause::Due => self.events_since_checkpoint > 0,
+            CheckpointCause::Last => self.events_since_checkpoint > 0 || self.events_in > 0,
+            CheckpointCause::Forced => true,
+        };
+        if !needed {
             return Ok(());
         }
         let started = tokio::time::Instant::now();
@@ -906,7 +1318,7 @@ impl SourceDriver {
             .await
             .map_err(|_| self.disconnected())?;
         let reply = replied.await.map_err(|_| self.disconnected())?;
-        let mut record = CheckpointRecord::new(&self.pipeline, self.epoch, self.position.clone());
+        let mut record = CheckpointRecord::new(&self.scope, self.epoch, self.position.clone());
         record.sink_position = reply.sink_position;
         record.fence = self.fence;
         self.state
@@ -918,6 +1330,9 @@ impl SourceDriver {
             })?;
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
         self.pauses.push(started.elapsed());
+        self.status.committed(self.epoch, started.elapsed());
+        self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.committed.send_replace(self.epoch);
         self.epoch += 1;
         self.checkpoints += 1;
         self.events_since_checkpoint = 0;

@@ -5,13 +5,20 @@
 //! in the same place (library use, and the baseline of `plumber bench`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::runtime::{CallError, Grant, PipeInstance};
+use crate::dead_letter::DeadLetters;
+use crate::runtime::{
+    CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
+};
 use crate::state::WriteSet;
+use crate::swap::PipeSlot;
 use crate::{Batch, Event};
 
 /// Why a step failed.
@@ -42,6 +49,37 @@ pub enum StepError {
         /// A short rendering of the batch's first event.
         first_event: String,
         /// The trap and its WebAssembly backtrace.
+        message: String,
+    },
+    /// The guest went past one of its limits.
+    #[error("pipe `{step}` went past its {kind} limit on a batch of {batch_len} events (first event: {first_event}): {message}")]
+    Limit {
+        /// The pipe's name.
+        step: String,
+        /// Which limit.
+        kind: LimitKind,
+        /// Events in the batch.
+        batch_len: usize,
+        /// A short rendering of the batch's first event.
+        first_event: String,
+        /// What happened.
+        message: String,
+    },
+    /// An instance could not be created again after a trap.
+    #[error("pipe `{step}` could not be restarted after a failure: {source}")]
+    Restart {
+        /// The pipe's name.
+        step: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// The dead-letter sink is needed but has stopped or is not configured.
+    #[error("pipe `{step}`: cannot dead-letter a failed event: {message}")]
+    DeadLetter {
+        /// The pipe's name.
+        step: String,
+        /// Why.
         message: String,
     },
     /// A native step failed.
@@ -101,6 +139,128 @@ pub trait Step: Send {
     async fn wake(&mut self, _out: &mut Vec<Batch>) -> Result<(), StepError> {
         Ok(())
     }
+
+    /// Called at each checkpoint barrier after [`Step::take_writes`]: the
+    /// one point where a pipe may switch modules.
+    async fn at_barrier(&mut self) {}
+
+    /// Counters of this step, for metrics.
+    fn counters(&self) -> Option<Arc<StepCounters>> {
+        None
+    }
+
+    /// Events the step holds (a window's buffers), for metrics.
+    fn buffered_events(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// What a WASM step did, readable from elsewhere (metrics, status).
+#[derive(Debug, Default)]
+pub struct StepCounters {
+    /// Events skipped by `on_error: skip`.
+    pub skipped: AtomicU64,
+    /// Events sent to the dead-letter sink by the error policy.
+    pub dead_lettered: AtomicU64,
+    /// Retries made by `on_error: retry`.
+    pub retries: AtomicU64,
+    /// Instances created again after a trap or limit.
+    pub restarts: AtomicU64,
+    /// Failures by kind: guest error, trap, and each limit.
+    pub guest_errors: AtomicU64,
+    /// Traps.
+    pub traps: AtomicU64,
+    /// Limit failures, indexed like [`LIMIT_KINDS`].
+    pub limits: [AtomicU64; 7],
+    /// Nanoseconds spent in the guest.
+    pub guest_nanos: AtomicU64,
+    /// Largest linear memory of the instance, bytes.
+    pub memory_bytes: AtomicU64,
+}
+
+/// Every limit kind, in the order of [`StepCounters::limits`].
+pub const LIMIT_KINDS: [LimitKind; 7] = [
+    LimitKind::Time,
+    LimitKind::Memory,
+    LimitKind::OutputEvents,
+    LimitKind::OutputBytes,
+    LimitKind::StateKey,
+    LimitKind::StateValue,
+    LimitKind::StateQuota,
+];
+
+impl StepCounters {
+    fn count(&self, error: &CallError) {
+        let counter = match error {
+            CallError::Guest(_) => &self.guest_errors,
+            CallError::Trap(_) => &self.traps,
+            CallError::Limit { kind, .. } => {
+                let index = LIMIT_KINDS.iter().position(|k| k == kind).unwrap_or(0);
+                &self.limits[index]
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a pipe does with an event (or a window's batch) it fails on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OnError {
+    /// Stop the pipeline with the error (nothing after the last checkpoint
+    /// is committed).
+    #[default]
+    Fail,
+    /// Drop the event, count it and log it.
+    Skip,
+    /// Send the event to the pipeline's dead-letter sink with the error,
+    /// the pipe and the time.
+    DeadLetter,
+    /// Try again, with exponential backoff, then do `then`.
+    Retry {
+        /// Tries after the first failure.
+        attempts: u32,
+        /// Wait before the first retry, doubled at each next one.
+        #[serde(default = "default_backoff_ms")]
+        backoff_ms: u64,
+        /// What to do once the retries are used up.
+        #[serde(default = "default_exhausted")]
+        then: Exhausted,
+    },
+}
+
+/// What `on_error: retry` does after its last retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exhausted {
+    /// Stop the pipeline.
+    Fail,
+    /// Drop the event and count it.
+    Skip,
+    /// Send it to the dead-letter sink.
+    DeadLetter,
+}
+
+fn default_backoff_ms() -> u64 {
+    100
+}
+
+fn default_exhausted() -> Exhausted {
+    Exhausted::DeadLetter
+}
+
+impl OnError {
+    /// Whether the policy sends events to the dead-letter sink.
+    pub fn uses_dead_letter(&self) -> bool {
+        matches!(
+            self,
+            OnError::DeadLetter
+                | OnError::Retry {
+                    then: Exhausted::DeadLetter,
+                    ..
+                }
+        )
+    }
 }
 
 /// How to make a WASM pipe: the `.wasm`, its config and its grants.
@@ -109,7 +269,10 @@ pub struct WasmPipe {
     pub(crate) name: String,
     pub(crate) module: PathBuf,
     pub(crate) config: serde_json::Value,
-    pub(crate) grants: Vec<Grant>,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) limits: PipeLimits,
+    pub(crate) on_error: OnError,
+    pub(crate) watch_module: Option<Duration>,
 }
 
 impl WasmPipe {
@@ -119,7 +282,10 @@ impl WasmPipe {
             name: name.into(),
             module: module.into(),
             config: serde_json::Value::Object(Default::default()),
-            grants: Vec::new(),
+            capabilities: Capabilities::default(),
+            limits: PipeLimits::default(),
+            on_error: OnError::Fail,
+            watch_module: None,
         }
     }
 
@@ -133,15 +299,62 @@ impl WasmPipe {
     /// Grants an optional WASI capability.
     #[must_use]
     pub fn grant(mut self, grant: Grant) -> Self {
-        self.grants.push(grant);
+        self.capabilities.grants.push(grant);
         self
+    }
+
+    /// Passes the host's environment variable `name` to the guest (when set).
+    #[must_use]
+    pub fn env(mut self, name: impl Into<String>) -> Self {
+        self.capabilities.env.push(name.into());
+        self
+    }
+
+    /// Lets the guest read (never write) the host directory `host` as `guest`.
+    #[must_use]
+    pub fn read_only_dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.capabilities.read_only_dir = Some(ReadOnlyDir {
+            host: host.into(),
+            guest: guest.into(),
+        });
+        self
+    }
+
+    /// The pipe's limits (default: [`PipeLimits::default`]).
+    #[must_use]
+    pub fn limits(mut self, limits: PipeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What to do with an event the pipe fails on (default: fail).
+    #[must_use]
+    pub fn on_error(mut self, policy: OnError) -> Self {
+        self.on_error = policy;
+        self
+    }
+
+    /// Swaps the module in whenever its file changes (checked every `every`).
+    #[must_use]
+    pub fn watch_module(mut self, every: Duration) -> Self {
+        self.watch_module = Some(every);
+        self
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// A running WASM pipe.
+/// A running WASM pipe with its error policy.
 pub struct WasmStep {
     name: String,
     instance: PipeInstance,
+    policy: OnError,
+    dead_letters: Option<DeadLetters>,
+    slot: Option<Arc<PipeSlot>>,
+    counters: Arc<StepCounters>,
 }
 
 impl WasmStep {
@@ -150,7 +363,184 @@ impl WasmStep {
         WasmStep {
             name: name.into(),
             instance,
+            policy: OnError::Fail,
+            dead_letters: None,
+            slot: None,
+            counters: Arc::new(StepCounters::default()),
         }
+    }
+
+    /// Sets the error policy and where dead letters go.
+    #[must_use]
+    pub fn with_policy(mut self, policy: OnError, dead_letters: Option<DeadLetters>) -> Self {
+        self.policy = policy;
+        self.dead_letters = dead_letters;
+        self
+    }
+
+    /// Lets the module be swapped through `slot` at barriers.
+    #[must_use]
+    pub fn with_slot(mut self, slot: Arc<PipeSlot>) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    fn step_error(&self, error: CallError, unit: &Batch) -> StepError {
+        let step = self.name.clone();
+        let batch_len = unit.events.len();
+        match error {
+            CallError::Guest(error) => StepError::Guest {
+                step,
+                message: error.message,
+                retryable: error.retryable,
+                event_index: error.event_index,
+                batch_len,
+            },
+            CallError::Trap(message) => StepError::Trap {
+                step,
+                batch_len,
+                first_event: describe(unit.events.first()),
+                message,
+            },
+            CallError::Limit { kind, message } => StepError::Limit {
+                step,
+                kind,
+                batch_len,
+                first_event: describe(unit.events.first()),
+                message,
+            },
+        }
+    }
+
+    /// One call; after a failure that leaves the instance unusable, a new
+    /// instance is created (pending writes of earlier calls are kept).
+    async fn call(&mut self, unit: &Batch) -> Result<Result<Vec<Event>, CallError>, StepError> {
+        let result = self.instance.process(unit).await;
+        self.counters.guest_nanos.store(
+            u64::try_from(self.instance.guest_time().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.counters
+            .memory_bytes
+            .fetch_max(self.instance.memory_bytes() as u64, Ordering::Relaxed);
+        if let Err(error) = &result {
+            self.counters.count(error);
+            if error.needs_new_instance() {
+                self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                self.instance
+                    .recreate()
+                    .await
+                    .map_err(|source| StepError::Restart {
+                        step: self.name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Runs one unit (an event, or a window's whole batch) under the policy,
+    /// appending its output to `output`.
+    /// `failed` is the unit's first failure when it was already tried.
+    async fn run_unit(
+        &mut self,
+        unit: Batch,
+        mut failed: Option<CallError>,
+        output: &mut Vec<Event>,
+    ) -> Result<(), StepError> {
+        let mut retries_done = 0u32;
+        loop {
+            let error = match failed.take() {
+                Some(error) => error,
+                None => match self.call(&unit).await? {
+                    Ok(events) => {
+                        output.extend(events);
+                        return Ok(());
+                    }
+                    Err(error) => error,
+                },
+            };
+            let final_action = match self.policy {
+                OnError::Fail => Exhausted::Fail,
+                OnError::Skip => Exhausted::Skip,
+                OnError::DeadLetter => Exhausted::DeadLetter,
+                OnError::Retry {
+                    attempts,
+                    backoff_ms,
+                    then,
+                } => {
+                    let retryable = !matches!(&error, CallError::Guest(e) if !e.retryable);
+                    if retryable && retries_done < attempts {
+                        let wait = backoff_ms.saturating_mul(1u64 << retries_done.min(20));
+                        tracing::debug!(pipe = %self.name, retry = retries_done + 1, wait_ms = wait, "retrying a failed event");
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        retries_done += 1;
+                        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    then
+                }
+            };
+            let error = self.step_error(error, &unit);
+            return match final_action {
+                Exhausted::Fail => Err(error),
+                Exhausted::Skip => {
+                    tracing::warn!(pipe = %self.name, events = unit.events.len(), %error, "skipping events the pipe failed on");
+                    self.counters
+                        .skipped
+                        .fetch_add(unit.events.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+                Exhausted::DeadLetter => self.dead_letter(unit, &error).await,
+            };
+        }
+    }
+
+    // `&mut self`: a `&WasmStep` is not `Send` (its store is not `Sync`).
+    async fn dead_letter(&mut self, unit: Batch, error: &StepError) -> Result<(), StepError> {
+        let Some(dead_letters) = &self.dead_letters else {
+            return Err(StepError::DeadLetter {
+                step: self.name.clone(),
+                message: format!("the pipeline has no dead-letter sink (the failure: {error})"),
+            });
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let reason = error_reason(error);
+        let message = error.to_string();
+        let count = unit.events.len() as u64;
+        for event in unit.events {
+            dead_letters
+                .send_failed(event, &self.name, reason, &message, now_ms)
+                .await
+                .map_err(|e| StepError::DeadLetter {
+                    step: self.name.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        self.counters
+            .dead_lettered
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The dead-letter reason of a policy failure.
+fn error_reason(error: &StepError) -> &'static str {
+    match error {
+        StepError::Guest { .. } => "error",
+        StepError::Trap { .. } => "trap",
+        StepError::Limit { kind, .. } => match kind {
+            LimitKind::Time => "limit:time",
+            LimitKind::Memory => "limit:memory",
+            LimitKind::OutputEvents => "limit:output_events",
+            LimitKind::OutputBytes => "limit:output_bytes",
+            LimitKind::StateKey => "limit:state_key",
+            LimitKind::StateValue => "limit:state_value",
+            LimitKind::StateQuota => "limit:state_quota",
+        },
+        _ => "error",
     }
 }
 
@@ -173,7 +563,7 @@ impl Step for WasmStep {
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
-        match self.instance.process(&batch).await {
+        let error = match self.call(&batch).await? {
             Ok(events) => {
                 if !events.is_empty() {
                     out.push(Batch {
@@ -181,26 +571,44 @@ impl Step for WasmStep {
                         window: batch.window,
                     });
                 }
-                Ok(())
+                return Ok(());
             }
-            Err(CallError::Guest(error)) => Err(StepError::Guest {
-                step: self.name.clone(),
-                message: error.message,
-                retryable: error.retryable,
-                event_index: error.event_index,
-                batch_len: batch.events.len(),
-            }),
-            Err(CallError::Trap(message)) => Err(StepError::Trap {
-                step: self.name.clone(),
-                batch_len: batch.events.len(),
-                first_event: describe(batch.events.first()),
-                message,
-            }),
+            Err(error) => error,
+        };
+        if self.policy == OnError::Fail {
+            return Err(self.step_error(error, &batch));
         }
+        // The failed call was undone. A window's batch is one unit (its
+        // pipe aggregates it); a source batch is split into its events, so
+        // only the ones that fail meet the policy.
+        let window = batch.window.clone();
+        let mut events = Vec::new();
+        if window.is_some() || batch.events.len() == 1 {
+            self.run_unit(batch, Some(error), &mut events).await?;
+        } else {
+            for event in batch.events {
+                self.run_unit(Batch::new(vec![event]), None, &mut events)
+                    .await?;
+            }
+        }
+        if !events.is_empty() {
+            out.push(Batch { events, window });
+        }
+        Ok(())
     }
 
     fn take_writes(&mut self) -> WriteSet {
         self.instance.state_mut().take_writes()
+    }
+
+    async fn at_barrier(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.apply(&mut self.instance).await;
+        }
+    }
+
+    fn counters(&self) -> Option<Arc<StepCounters>> {
+        Some(self.counters.clone())
     }
 }
 

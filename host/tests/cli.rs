@@ -246,3 +246,129 @@ async fn run_serves_an_http_source_and_answers_once_committed() {
     let status = child.wait().await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn guest_output_goes_to_the_log_tagged_never_to_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let config = write_config(
+        dir.path(),
+        serde_json::json!({
+            "name": "printer",
+            "tenant": "acme",
+            "state": { "type": "memory" },
+            "from": { "type": "array", "values": ["hello"] },
+            "pipeline": [ { "name": "loud", "type": "wasm", "module": harness::guest("probe"),
+                            "config": { "mode": "print" } } ],
+            "to": { "type": "file", "path": out }
+        }),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("run")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("hello"),
+        "guest output reached stdout: {stdout}"
+    );
+    for stream in ["stdout", "stderr"] {
+        let line = stderr
+            .lines()
+            .find(|line| line.contains(&format!("{stream}: hello")))
+            .unwrap_or_else(|| panic!("no log line for the guest's {stream}: {stderr}"));
+        assert!(
+            line.contains("tenant=acme") && line.contains("pipe=loud"),
+            "{line}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
+}
+
+#[test]
+fn one_process_runs_two_tenants_pipelines_and_enforces_the_pipeline_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |name: &str, tenant: &str| {
+        let path = dir.path().join(format!("{name}.json"));
+        let config = serde_json::json!({
+            "name": name,
+            "tenant": tenant,
+            // Both share one sled directory: the host opens it once.
+            "state": { "type": "sled", "path": "state" },
+            "from": { "type": "array", "values": ["ada", "bob", "ada"] },
+            "pipeline": [ { "name": "count", "type": "wasm", "module": harness::guest("count") } ],
+            "to": { "type": "file", "path": dir.path().join(format!("{name}.out")) }
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    };
+    let a = pipeline("a", "acme");
+    let b = pipeline("b", "globex");
+    let host = dir.path().join("host.json");
+    std::fs::write(
+        &host,
+        serde_json::json!({ "pipelines": [a, b], "tenants": { "acme": { "max_pipelines": 1 } } })
+            .to_string(),
+    )
+    .unwrap();
+    let output = plumber(&["run", "--host"], &host);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["a", "b"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(format!("{name}.out"))).unwrap(),
+            "ada 1\nbob 1\nada 2\n"
+        );
+    }
+    // Two never-ending pipelines of acme at once: whichever starts second
+    // is refused by the quota.
+    std::fs::write(dir.path().join("never.txt"), "").unwrap();
+    let follower = |name: &str| {
+        let path = dir.path().join(format!("{name}.json"));
+        let config = serde_json::json!({
+            "name": name, "tenant": "acme",
+            "state": { "type": "memory" },
+            "from": { "type": "file", "path": dir.path().join("never.txt"), "follow_ms": 50 },
+            "to": { "type": "discard" }
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    };
+    let slow = follower("slow");
+    let a2 = follower("slow2");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(["run", "--host"])
+        .arg(&host)
+        .arg(&slow)
+        .arg(&a2)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The quota error arrives while `slow` keeps running; stop it then.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tenant `acme` already runs 1 pipelines, its quota"),
+        "{stderr}"
+    );
+}

@@ -348,7 +348,7 @@ async fn a_crashed_run_leaves_state_that_counts_every_event_once() {
     drop(out);
 
     let committed = state
-        .last_checkpoint("resume")
+        .last_checkpoint("default/resume")
         .await
         .unwrap()
         .expect("a checkpoint before the crash");
@@ -402,7 +402,7 @@ async fn a_trapping_guest_fails_the_pipeline_with_its_name() {
     assert!(pipe_state(&*state, "faults", "count").await.is_empty());
     // Only checkpoint 0, taken at start before any event.
     let committed = state
-        .last_checkpoint("faults")
+        .last_checkpoint("default/faults")
         .await
         .unwrap()
         .expect("checkpoint 0");
@@ -499,7 +499,7 @@ async fn time_based_checkpoints_commit_while_the_pipeline_runs() {
     // The source stays open; only the interval can commit these events.
     let mut committed = None;
     for _ in 0..500 {
-        committed = state.last_checkpoint("ticking").await.unwrap();
+        committed = state.last_checkpoint("default/ticking").await.unwrap();
         if committed
             .as_ref()
             .is_some_and(|c| c.position == Position::Offset(3))
@@ -527,7 +527,10 @@ async fn time_based_checkpoints_commit_while_the_pipeline_runs() {
 /// Waits (up to 5 s) until the pipeline's last checkpoint is at `position`.
 async fn committed_at(state: &SharedState, pipeline: &str, position: Position) -> bool {
     for _ in 0..500 {
-        let committed = state.last_checkpoint(pipeline).await.unwrap();
+        let committed = state
+            .last_checkpoint(&plumber::state::checkpoint_scope("default", pipeline))
+            .await
+            .unwrap();
         if committed.is_some_and(|c| c.position == position) {
             return true;
         }
@@ -556,7 +559,7 @@ async fn checkpoints_on_demand_by_call_and_by_sigusr2() {
     // Only checkpoint 0 so far: no interval, no count.
     assert_eq!(
         state
-            .last_checkpoint("on-demand")
+            .last_checkpoint("default/on-demand")
             .await
             .unwrap()
             .map(|c| c.epoch),
@@ -604,7 +607,7 @@ async fn a_window_closing_takes_a_checkpoint() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         state
-            .last_checkpoint("on-close")
+            .last_checkpoint("default/on-close")
             .await
             .unwrap()
             .map(|c| c.epoch),

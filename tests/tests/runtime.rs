@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use plumber::runtime::{Grant, LoadError, Runtime};
-use plumber::state::{MemoryState, Namespace, SharedState, WriteMode};
+use plumber::runtime::{Capabilities, Grant, InstanceSettings, LoadError, Runtime};
+use plumber::state::{MemoryState, Namespace, PipeState, SharedState, WriteMode};
 use plumber::Batch;
 use plumber::Event;
 use plumber_tests::guest;
@@ -12,7 +12,9 @@ use plumber_tests::guest;
 async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
     let cache = tempfile::tempdir().unwrap();
     let first = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
-    first.load(&guest("upper"), &[]).expect("load");
+    first
+        .load(&guest("upper"), &Capabilities::default())
+        .expect("load");
     let stats = first.cache().expect("cache");
     assert_eq!((stats.hits(), stats.misses()), (0, 1));
     assert!(stats
@@ -21,7 +23,9 @@ async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
 
     // A new runtime (as after a restart) finds the compiled form on disk.
     let second = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
-    let component = second.load(&guest("upper"), &[]).expect("load from cache");
+    let component = second
+        .load(&guest("upper"), &Capabilities::default())
+        .expect("load from cache");
     let stats = second.cache().expect("cache");
     assert_eq!((stats.hits(), stats.misses()), (1, 0));
 
@@ -30,11 +34,12 @@ async fn a_second_runtime_loads_from_the_disk_cache_without_compiling() {
     let mut instance = component
         .instantiate(
             &second,
-            "upper",
-            state,
-            Namespace::for_pipe("p", "upper"),
-            WriteMode::Checkpointed,
-            "{}",
+            Arc::new(InstanceSettings::new("default", "upper", "{}")),
+            PipeState::new(
+                state,
+                Namespace::for_pipe("p", "upper"),
+                WriteMode::Checkpointed,
+            ),
         )
         .await
         .expect("instantiate");
@@ -54,7 +59,9 @@ fn a_corrupt_cache_entry_is_recompiled() {
         .unwrap()
         .entry_path(&std::fs::read(guest("lower")).unwrap());
     std::fs::write(&entry, b"garbage").unwrap();
-    runtime.load(&guest("lower"), &[]).expect("recompiled");
+    runtime
+        .load(&guest("lower"), &Capabilities::default())
+        .expect("recompiled");
     assert_eq!(runtime.cache().unwrap().misses(), 1);
     assert_ne!(std::fs::read(&entry).unwrap(), b"garbage");
 }
@@ -62,7 +69,13 @@ fn a_corrupt_cache_entry_is_recompiled() {
 #[test]
 fn imports_beyond_the_grants_are_refused_by_name() {
     let runtime = Runtime::new(None).unwrap();
-    match runtime.load(&guest("file-reader"), &[Grant::Clocks, Grant::Random]) {
+    match runtime.load(
+        &guest("file-reader"),
+        &Capabilities {
+            grants: vec![Grant::Clocks, Grant::Random],
+            ..Capabilities::default()
+        },
+    ) {
         Err(LoadError::ImportNotGranted { import, .. }) => {
             assert!(import.starts_with("wasi:filesystem/"), "{import}");
         }
@@ -71,23 +84,28 @@ fn imports_beyond_the_grants_are_refused_by_name() {
     }
     // The stateless and stateful guests need nothing beyond the defaults.
     for name in ["upper", "count", "split"] {
-        runtime.load(&guest(name), &[]).expect(name);
+        runtime
+            .load(&guest(name), &Capabilities::default())
+            .expect(name);
     }
 }
 
 #[tokio::test]
 async fn init_rejects_a_bad_pipe_config_with_the_guests_message() {
     let runtime = Runtime::new(None).unwrap();
-    let component = runtime.load(&guest("count"), &[]).unwrap();
+    let component = runtime
+        .load(&guest("count"), &Capabilities::default())
+        .unwrap();
     let state: SharedState = Arc::new(MemoryState::new());
     let error = component
         .instantiate(
             &runtime,
-            "count",
-            state,
-            Namespace::for_pipe("p", "count"),
-            WriteMode::Checkpointed,
-            r#"{"sep": 1}"#,
+            Arc::new(InstanceSettings::new("default", "count", r#"{"sep": 1}"#)),
+            PipeState::new(
+                state,
+                Namespace::for_pipe("p", "count"),
+                WriteMode::Checkpointed,
+            ),
         )
         .await
         .err()

@@ -1,34 +1,97 @@
 //! The host side of the `state` and `log` interfaces, and the store data of
 //! every pipe instance.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plumber::pipe::log::{self, Level};
 use super::bindings::plumber::pipe::state::{self, StateError as WitStateError};
 use super::bindings::plumber::pipe::types;
+use super::limits::{LimitKind, MemoryLimiter, PipeLimits};
 use crate::state::{PipeState, StateError};
 
-/// What a pipe instance's store holds: its name, its state view and an
-/// empty WASI context.
+/// What a pipe instance's store holds: who it is, its state view, its
+/// limits and what it used, and its WASI context.
 pub struct HostCtx {
-    pipe: String,
+    tenant: Arc<str>,
+    pipe: Arc<str>,
     state: PipeState,
+    pub(crate) limits: Arc<PipeLimits>,
+    pub(crate) limiter: MemoryLimiter,
+    /// When the call in progress started (for the time limit).
+    pub(crate) call_started: Instant,
+    /// The limit the call in progress went past, if any.
+    pub(crate) limit_hit: Option<LimitKind>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl HostCtx {
-    pub(crate) fn new(pipe: &str, state: PipeState, wasi: WasiCtx, table: ResourceTable) -> Self {
+    pub(crate) fn new(
+        tenant: Arc<str>,
+        pipe: Arc<str>,
+        state: PipeState,
+        limits: Arc<PipeLimits>,
+        wasi: WasiCtx,
+    ) -> Self {
         HostCtx {
-            pipe: pipe.to_owned(),
+            tenant,
+            pipe,
             state,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            limits,
+            call_started: Instant::now(),
+            limit_hit: None,
             wasi,
-            table,
+            table: ResourceTable::new(),
         }
     }
 
     pub(crate) fn state_mut(&mut self) -> &mut PipeState {
         &mut self.state
+    }
+
+    fn over(&mut self, kind: LimitKind, message: String) -> WitStateError {
+        self.limit_hit = Some(kind);
+        WitStateError::Limit(message)
+    }
+
+    fn check_key(&mut self, key: &str) -> Result<(), WitStateError> {
+        let max = self.limits.max_key_bytes;
+        if key.len() as u64 > max {
+            return Err(self.over(
+                LimitKind::StateKey,
+                format!(
+                    "state key of {} bytes is longer than the limit of {max}",
+                    key.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&mut self, value: &[u8]) -> Result<(), WitStateError> {
+        let max = self.limits.max_value_bytes;
+        if value.len() as u64 > max {
+            return Err(self.over(
+                LimitKind::StateValue,
+                format!(
+                    "state value of {} bytes is longer than the limit of {max}",
+                    value.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn state_error(&mut self, error: StateError) -> WitStateError {
+        match error {
+            StateError::Invalid(message) => WitStateError::Invalid(message),
+            quota @ StateError::Quota { .. } => self.over(LimitKind::StateQuota, quota.to_string()),
+            other => WitStateError::Backend(other.to_string()),
+        }
     }
 }
 
@@ -41,51 +104,76 @@ impl WasiView for HostCtx {
     }
 }
 
-fn to_wit(error: StateError) -> WitStateError {
-    match error {
-        StateError::Invalid(message) => WitStateError::Invalid(message),
-        other => WitStateError::Backend(other.to_string()),
-    }
-}
-
 impl types::Host for HostCtx {}
 
 impl state::Host for HostCtx {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitStateError> {
-        self.state.get(&key).await.map_err(to_wit)
+        self.check_key(&key)?;
+        match self.state.get(&key).await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.state_error(error)),
+        }
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, WitStateError> {
         let mut values = Vec::with_capacity(keys.len());
         for key in &keys {
-            values.push(self.state.get(key).await.map_err(to_wit)?);
+            self.check_key(key)?;
+            match self.state.get(key).await {
+                Ok(value) => values.push(value),
+                Err(error) => return Err(self.state_error(error)),
+            }
         }
         Ok(values)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), WitStateError> {
-        self.state.set(&key, value).await.map_err(to_wit)
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        match self.state.set(&key, value).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.state_error(error)),
+        }
     }
 
     async fn delete(&mut self, key: String) -> Result<(), WitStateError> {
-        self.state.delete(&key).await.map_err(to_wit)
+        self.check_key(&key)?;
+        match self.state.delete(&key).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.state_error(error)),
+        }
     }
 
     async fn add(&mut self, key: String, delta: i64) -> Result<i64, WitStateError> {
-        self.state.add(&key, delta).await.map_err(to_wit)
+        self.check_key(&key)?;
+        match self.state.add(&key, delta).await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.state_error(error)),
+        }
     }
 }
 
 impl log::Host for HostCtx {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        let pipe = self.pipe.as_str();
+        let tenant = &*self.tenant;
+        let pipe = &*self.pipe;
         let fields = FieldList(&fields);
         match level {
-            Level::Trace => tracing::trace!(target: "plumber::guest", pipe, %fields, "{message}"),
-            Level::Debug => tracing::debug!(target: "plumber::guest", pipe, %fields, "{message}"),
-            Level::Info => tracing::info!(target: "plumber::guest", pipe, %fields, "{message}"),
-            Level::Warn => tracing::warn!(target: "plumber::guest", pipe, %fields, "{message}"),
-            Level::Error => tracing::error!(target: "plumber::guest", pipe, %fields, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            }
         }
     }
 }

@@ -9,19 +9,24 @@
 
 pub mod bindings;
 mod cache;
+mod capabilities;
+mod guest_output;
 mod host;
+pub mod limits;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{ResourceTable, WasiCtxBuilder};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 
-use crate::state::{Namespace, PipeState, SharedState, WriteMode};
+use crate::state::PipeState;
 pub use cache::ComponentCache;
+pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
 pub use host::HostCtx;
+pub use limits::{LimitExceeded, LimitKind, PipeLimits};
 
 /// Why a component could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +60,8 @@ pub enum LoadError {
     #[error(
         "component `{path}` imports `{import}`, which this pipe is not granted \
          (granted: plumber:pipe/*, wasi:io/*, wasi:cli stdio/environment/exit/terminal{extra}); \
-         remove the import from the guest or grant it in the pipe's config"
+         remove the import from the guest or grant it in the pipe's config \
+         (grantable: clocks, random, env, read_only_dir)"
     )]
     ImportNotGranted {
         /// The file.
@@ -101,61 +107,15 @@ pub enum LoadError {
     /// The engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-}
-
-/// Optional WASI capabilities a pipe may be granted in its config.
-/// Nothing else (filesystem, sockets, HTTP) is ever linked for a guest.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Grant {
-    /// `wasi:clocks/*`: wall and monotonic clocks.
-    Clocks,
-    /// `wasi:random/*`: random bytes (e.g. for `HashMap`'s seed).
-    Random,
-}
-
-impl Grant {
-    fn allows(self, interface: &str) -> bool {
-        match self {
-            Grant::Clocks => interface.starts_with("wasi:clocks/"),
-            Grant::Random => interface.starts_with("wasi:random/"),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Grant::Clocks => "wasi:clocks",
-            Grant::Random => "wasi:random",
-        }
-    }
-}
-
-/// Imports every pipe may have: our own interfaces, and the WASI plumbing
-/// that a Rust `std` guest imports even when it never uses it. The guest's
-/// environment is empty, stdin is empty and stdout/stderr are discarded, so
-/// none of these gives access to anything of the host's.
-fn always_granted(interface: &str) -> bool {
-    const CLI: &[&str] = &[
-        "environment",
-        "exit",
-        "stdin",
-        "stdout",
-        "stderr",
-        "terminal-input",
-        "terminal-output",
-        "terminal-stdin",
-        "terminal-stdout",
-        "terminal-stderr",
-    ];
-    if interface.starts_with("plumber:pipe/") || interface.starts_with("wasi:io/") {
-        return true;
-    }
-    interface
-        .strip_prefix("wasi:cli/")
-        .map(|rest| rest.split('@').next().unwrap_or(rest))
-        .is_some_and(|name| CLI.contains(&name))
+    /// The pipe's capabilities could not be set up (a read-only directory
+    /// that cannot be opened).
+    #[error("pipe `{pipe}`: {message}")]
+    Capability {
+        /// The pipe's name.
+        pipe: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The process-wide WebAssembly engine, linker and compile cache.
@@ -168,6 +128,8 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostCtx>,
     cache: Option<ComponentCache>,
+    /// Advances the epoch that time limits count in; stops when dropped.
+    _ticker: limits::EpochTicker,
 }
 
 impl Runtime {
@@ -180,7 +142,11 @@ impl Runtime {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        // Time limits: guests check the epoch at loop heads and calls.
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let ticker = limits::EpochTicker::start(&engine)
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         let mut linker = Linker::<HostCtx>::new(&engine);
         bindings::StatefulPipe::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |ctx| ctx)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
@@ -192,6 +158,7 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
+                _ticker: ticker,
             }),
         })
     }
@@ -211,18 +178,22 @@ impl Runtime {
         self.inner.cache.as_ref()
     }
 
-    /// Loads the component at `path` for a pipe with these grants.
+    /// Loads the component at `path` for a pipe with these capabilities.
     ///
     /// # Errors
     ///
     /// The file is missing or not a component, it imports something not
     /// granted, or it does not export `init` and `process`.
-    pub fn load(&self, path: &Path, grants: &[Grant]) -> Result<PipeComponent, LoadError> {
+    pub fn load(
+        &self,
+        path: &Path,
+        capabilities: &Capabilities,
+    ) -> Result<PipeComponent, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        self.load_bytes(path, &bytes, grants)
+        self.load_bytes(path, &bytes, capabilities)
     }
 
     /// Loads a component from its bytes; `path` names it in errors.
@@ -234,7 +205,7 @@ impl Runtime {
         &self,
         path: &Path,
         bytes: &[u8],
-        grants: &[Grant],
+        capabilities: &Capabilities,
     ) -> Result<PipeComponent, LoadError> {
         check_is_component(path, bytes)?;
         let engine = &self.inner.engine;
@@ -245,14 +216,12 @@ impl Runtime {
                 message: format!("{e:#}"),
             })?,
         };
-        let grants: BTreeSet<Grant> = grants.iter().copied().collect();
         for (import, _) in component.component_type().imports(engine) {
-            if !always_granted(import) && !grants.iter().any(|g| g.allows(import)) {
-                let extra: String = grants.iter().map(|g| format!(", {}/*", g.name())).collect();
+            if !capabilities.allows(import) {
                 return Err(LoadError::ImportNotGranted {
                     path: path.to_path_buf(),
                     import: import.to_owned(),
-                    extra,
+                    extra: capabilities.describe(),
                 });
             }
         }
@@ -269,8 +238,10 @@ impl Runtime {
                 path: path.to_path_buf(),
                 message: format!("{e:#}"),
             })?;
+        let digest = Sha256::digest(bytes);
         Ok(PipeComponent {
             path: path.to_path_buf(),
+            version: hex::encode(&digest[..6]),
             pre,
         })
     }
@@ -315,8 +286,40 @@ fn check_is_component(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 #[derive(Clone)]
 pub struct PipeComponent {
     path: PathBuf,
+    version: String,
     pre: bindings::StatefulPipePre<HostCtx>,
 }
+
+/// Who an instance is and what it may use: everything needed to create it
+/// again after a trap or with another module.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    /// The tenant (tags its log lines).
+    pub tenant: Arc<str>,
+    /// The pipe's name.
+    pub pipe: Arc<str>,
+    /// Its limits.
+    pub limits: Arc<PipeLimits>,
+    /// Its capabilities.
+    pub capabilities: Capabilities,
+    /// The config passed to `init`, as JSON text.
+    pub config_json: String,
+}
+
+impl InstanceSettings {
+    /// Settings with default limits and no capabilities.
+    pub fn new(tenant: &str, pipe: &str, config_json: impl Into<String>) -> Self {
+        InstanceSettings {
+            tenant: tenant.into(),
+            pipe: pipe.into(),
+            limits: Arc::new(PipeLimits::default()),
+            capabilities: Capabilities::default(),
+            config_json: config_json.into(),
+        }
+    }
+}
+
+type Started = (Store<HostCtx>, bindings::StatefulPipe);
 
 impl PipeComponent {
     /// The file it was loaded from.
@@ -324,65 +327,146 @@ impl PipeComponent {
         &self.path
     }
 
-    /// Creates an instance for pipe `name` with its state view, and calls
-    /// the guest's `init` with `config_json`.
+    /// A short hex digest of the module's bytes: its version in logs,
+    /// metrics and the admin API.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Creates an instance with this state view, and calls the guest's
+    /// `init` with the settings' config.
     ///
     /// # Errors
     ///
-    /// Instantiation failed, or `init` returned an error or trapped.
+    /// Instantiation failed, or `init` returned an error, trapped or went
+    /// past a limit.
     pub async fn instantiate(
         &self,
         runtime: &Runtime,
-        name: &str,
-        state: SharedState,
-        namespace: Namespace,
-        mode: WriteMode,
-        config_json: &str,
+        settings: Arc<InstanceSettings>,
+        state: PipeState,
     ) -> Result<PipeInstance, LoadError> {
-        // Environment, args, preopens: none. Stdio: empty stdin, discarded
-        // output. Clocks and random exist in every context; only a grant lets
-        // a component import them (checked in `load_bytes`).
-        let wasi = WasiCtxBuilder::new().build();
+        let (store, bindings) = self
+            .start(runtime, &settings, state)
+            .await
+            .map_err(|(error, _)| error)?;
+        Ok(PipeInstance {
+            store,
+            bindings,
+            component: self.clone(),
+            runtime: runtime.clone(),
+            settings,
+            guest_time: Duration::ZERO,
+        })
+    }
+
+    /// Instantiates and runs `init`; on failure the state view comes back.
+    async fn start(
+        &self,
+        runtime: &Runtime,
+        settings: &InstanceSettings,
+        state: PipeState,
+    ) -> Result<Started, (LoadError, PipeState)> {
+        let pipe = &*settings.pipe;
+        let wasi = match settings.capabilities.wasi_ctx(&settings.tenant, pipe) {
+            Ok(wasi) => wasi,
+            Err(message) => {
+                return Err((
+                    LoadError::Capability {
+                        pipe: pipe.to_owned(),
+                        message,
+                    },
+                    state,
+                ))
+            }
+        };
         let ctx = HostCtx::new(
-            name,
-            PipeState::new(state, namespace, mode),
+            settings.tenant.clone(),
+            settings.pipe.clone(),
+            state,
+            settings.limits.clone(),
             wasi,
-            ResourceTable::new(),
         );
         let mut store = Store::new(runtime.engine(), ctx);
-        let bindings =
-            self.pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| LoadError::Instantiate {
-                    pipe: name.to_owned(),
-                    message: format!("{e:#}"),
-                })?;
-        let init = bindings.call_init(&mut store, config_json).await;
-        match init {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                return Err(LoadError::Init {
-                    pipe: name.to_owned(),
-                    message: error.message,
-                })
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.epoch_deadline_callback(|mut context| {
+            let ctx = context.data_mut();
+            if ctx.call_started.elapsed() >= ctx.limits.call_timeout() {
+                ctx.limit_hit = Some(LimitKind::Time);
+                return Err(LimitExceeded(LimitKind::Time).into());
             }
-            Err(trap) => {
-                return Err(LoadError::Init {
-                    pipe: name.to_owned(),
-                    message: format!("trapped: {trap:#}"),
-                })
+            // Give the worker thread back to tokio at every tick, so a
+            // spinning guest cannot starve other pipelines.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        begin_call(&mut store);
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => bindings,
+            Err(e) => {
+                let state = store.data_mut().state_mut().take();
+                return Err((
+                    LoadError::Instantiate {
+                        pipe: pipe.to_owned(),
+                        message: format!("{e:#}"),
+                    },
+                    state,
+                ));
             }
+        };
+        let init = bindings.call_init(&mut store, &settings.config_json).await;
+        let failure = match init {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.message),
+            Err(trap) => Some(match limit_of(&store) {
+                Some(kind) => format!("went past its {kind} limit in init"),
+                None => format!("trapped: {trap:#}"),
+            }),
+        };
+        if let Some(message) = failure {
+            let state = store.data_mut().state_mut();
+            state.end_call(false);
+            let state = state.take();
+            return Err((
+                LoadError::Init {
+                    pipe: pipe.to_owned(),
+                    message,
+                },
+                state,
+            ));
         }
         // Writes made in init belong to the first epoch like any other.
-        Ok(PipeInstance { store, bindings })
+        store.data_mut().state_mut().end_call(true);
+        Ok((store, bindings))
     }
 }
 
-/// A live instance of a pipe: its store and its exports.
+fn begin_call(store: &mut Store<HostCtx>) {
+    let ctx = store.data_mut();
+    ctx.call_started = Instant::now();
+    ctx.limit_hit = None;
+    ctx.limiter.refused = false;
+    store.set_epoch_deadline(1);
+}
+
+/// The limit the last call went past, if it did.
+fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
+    let ctx = store.data();
+    ctx.limit_hit
+        .or(ctx.limiter.refused.then_some(LimitKind::Memory))
+}
+
+/// A live instance of a pipe: its store, its exports, and what is needed to
+/// create it again.
 pub struct PipeInstance {
     store: Store<HostCtx>,
     bindings: bindings::StatefulPipe,
+    component: PipeComponent,
+    runtime: Runtime,
+    settings: Arc<InstanceSettings>,
+    guest_time: Duration,
 }
 
 /// How a call into a pipe failed.
@@ -393,21 +477,167 @@ pub enum CallError {
     /// The guest trapped (panic, out-of-bounds, unreachable, ...); the
     /// instance cannot be used again.
     Trap(String),
+    /// The call went past one of the pipe's limits.
+    Limit {
+        /// Which.
+        kind: LimitKind,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// Whether the instance is unusable and must be created again.
+    pub fn needs_new_instance(&self) -> bool {
+        match self {
+            CallError::Guest(_) => false,
+            CallError::Trap(_) => true,
+            CallError::Limit { kind, .. } => matches!(kind, LimitKind::Time | LimitKind::Memory),
+        }
+    }
 }
 
 impl PipeInstance {
-    /// Calls `process` with one batch.
+    /// Calls `process` with one batch. A failed call's state writes are
+    /// undone (write-through writes excepted).
     ///
     /// # Errors
     ///
-    /// The guest returned an error or trapped. Either way the writes of this
-    /// call are discarded by the caller's policy, not here.
+    /// The guest returned an error, trapped, or went past a limit.
     pub async fn process(&mut self, batch: &crate::Batch) -> Result<Vec<crate::Event>, CallError> {
-        match self.bindings.call_process(&mut self.store, batch).await {
-            Ok(Ok(events)) => Ok(events),
-            Ok(Err(error)) => Err(CallError::Guest(error)),
-            Err(trap) => Err(CallError::Trap(format!("{trap:?}"))),
+        begin_call(&mut self.store);
+        let result = self.bindings.call_process(&mut self.store, batch).await;
+        self.guest_time += self.store.data().call_started.elapsed();
+        let outcome = match result {
+            Ok(Ok(events)) => self.check_output(events),
+            Ok(Err(error)) => Err(match limit_of(&self.store) {
+                // The guest gave up because a state call hit a limit.
+                Some(kind) => CallError::Limit {
+                    kind,
+                    message: error.message,
+                },
+                None => CallError::Guest(error),
+            }),
+            Err(trap) => Err(match limit_of(&self.store) {
+                Some(LimitKind::Time) => CallError::Limit {
+                    kind: LimitKind::Time,
+                    message: format!(
+                        "stopped after {} ms, its call_timeout_ms",
+                        self.settings.limits.call_timeout_ms
+                    ),
+                },
+                Some(kind) => CallError::Limit {
+                    kind,
+                    message: format!("trapped after going past its {kind} limit: {trap:#}"),
+                },
+                None => CallError::Trap(format!("{trap:?}")),
+            }),
+        };
+        self.store.data_mut().state_mut().end_call(outcome.is_ok());
+        outcome
+    }
+
+    fn check_output(&self, events: Vec<crate::Event>) -> Result<Vec<crate::Event>, CallError> {
+        let limits = &self.settings.limits;
+        if events.len() as u64 > limits.max_output_events {
+            return Err(CallError::Limit {
+                kind: LimitKind::OutputEvents,
+                message: format!(
+                    "returned {} events; the limit is {}",
+                    events.len(),
+                    limits.max_output_events
+                ),
+            });
         }
+        let bytes: usize = events.iter().map(crate::Event::size_bytes).sum();
+        if bytes as u64 > limits.max_output_bytes {
+            return Err(CallError::Limit {
+                kind: LimitKind::OutputBytes,
+                message: format!(
+                    "returned {bytes} bytes of events; the limit is {}",
+                    limits.max_output_bytes
+                ),
+            });
+        }
+        Ok(events)
+    }
+
+    /// Replaces the instance by a fresh one of the same component (after a
+    /// trap); pending writes of earlier calls are kept.
+    ///
+    /// # Errors
+    ///
+    /// Instantiation or `init` failed; the old (unusable) instance stays.
+    pub async fn recreate(&mut self) -> Result<(), LoadError> {
+        let component = self.component.clone();
+        self.replace(component).await
+    }
+
+    /// Switches to another component; pending writes are kept. Call it at a
+    /// checkpoint barrier, so no batch sees both.
+    ///
+    /// # Errors
+    ///
+    /// Instantiation or `init` of the new component failed; the old
+    /// instance keeps running.
+    pub async fn replace(&mut self, component: PipeComponent) -> Result<(), LoadError> {
+        let state = self.store.data_mut().state_mut().take();
+        match component.start(&self.runtime, &self.settings, state).await {
+            Ok((store, bindings)) => {
+                self.store = store;
+                self.bindings = bindings;
+                self.component = component;
+                Ok(())
+            }
+            Err((error, state)) => {
+                *self.store.data_mut().state_mut() = state;
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks that `component` would start as this pipe: instantiates it
+    /// on a scratch state view and runs its `init`, touching nothing real.
+    ///
+    /// # Errors
+    ///
+    /// Instantiation or `init` failed.
+    pub async fn check_candidate(
+        runtime: &Runtime,
+        settings: &InstanceSettings,
+        component: &PipeComponent,
+        state: PipeState,
+    ) -> Result<(), LoadError> {
+        component
+            .start(runtime, settings, state)
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error)
+    }
+
+    /// The component running now.
+    pub fn component(&self) -> &PipeComponent {
+        &self.component
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &Arc<InstanceSettings> {
+        &self.settings
+    }
+
+    /// The runtime it runs on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Time spent inside `process` calls so far.
+    pub fn guest_time(&self) -> Duration {
+        self.guest_time
+    }
+
+    /// The largest linear memory the current instance has grown to.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.peak_bytes
     }
 
     /// The instance's view of state (its pending writes).

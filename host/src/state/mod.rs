@@ -25,6 +25,8 @@ pub use memory::MemoryState;
 pub use redis_backend::{RedisOptions, RedisState};
 pub use sled_backend::SledState;
 
+use crate::tenant::StateQuota;
+
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -77,6 +79,14 @@ pub enum StateError {
     /// The value at a key is not what the operation needs.
     #[error("{0}")]
     Invalid(String),
+    /// A write would take a tenant past its state quota.
+    #[error("tenant `{tenant}` would go past its state quota of {quota} bytes")]
+    Quota {
+        /// The tenant.
+        tenant: String,
+        /// Its quota in bytes.
+        quota: u64,
+    },
 }
 
 /// Pending writes of one epoch: `Some(value)` sets, `None` deletes.
@@ -193,29 +203,59 @@ pub fn checked_sum(key: &[u8], current: i64, delta: i64) -> Result<i64, StateErr
 /// A shared state backend.
 pub type SharedState = Arc<dyn StateBackend>;
 
+/// The tenant of pipelines that do not name one.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The name a pipeline's checkpoints are kept under: `tenant/pipeline`
+/// (tenant names cannot contain `/`, so two pipelines never share it).
+pub fn checkpoint_scope(tenant: &str, pipeline: &str) -> String {
+    format!("{tenant}/{pipeline}")
+}
+
 /// The key prefix that isolates one pipe's keys.
+///
+/// Tenant, pipeline and pipe are each written with their length first, so
+/// the prefix is unambiguous whatever the names contain, and no key string
+/// a guest passes (`..`, `/`, NUL, another prefix) can leave it: the guest's
+/// key is only ever appended after it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace(Vec<u8>);
 
+fn length_prefixed(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|part| format!("{}:{part}", part.len()))
+        .collect()
+}
+
 impl Namespace {
-    /// The namespace of `pipe` in `pipeline`.
+    /// The namespace of `pipe` in `pipeline` of the default tenant.
     pub fn for_pipe(pipeline: &str, pipe: &str) -> Self {
-        // Length-prefixed parts make the prefix unambiguous whatever the names contain.
-        Namespace(format!("{}:{pipeline}{}:{pipe}/", pipeline.len(), pipe.len()).into_bytes())
+        Namespace::for_tenant_pipe(DEFAULT_TENANT, pipeline, pipe)
     }
 
-    /// The namespace of window `window`'s saved buffers in `pipeline`.
-    /// (`#` cannot follow the pipeline part of a pipe's namespace, which
-    /// continues with a digit, so the two never meet.)
-    pub fn for_window(pipeline: &str, window: &str) -> Self {
+    /// The namespace of `pipe` in `pipeline` of `tenant`.
+    pub fn for_tenant_pipe(tenant: &str, pipeline: &str, pipe: &str) -> Self {
+        Namespace(format!("{}/", length_prefixed(&[tenant, pipeline, pipe])).into_bytes())
+    }
+
+    /// The namespace of window `window`'s saved buffers in `pipeline` of
+    /// `tenant`. (`#` cannot follow the pipeline part of a pipe's namespace,
+    /// which continues with a digit, so the two never meet.)
+    pub fn for_window(tenant: &str, pipeline: &str, window: &str) -> Self {
         Namespace(
             format!(
-                "{}:{pipeline}#window{}:{window}/",
-                pipeline.len(),
-                window.len()
+                "{}#window{}/",
+                length_prefixed(&[tenant, pipeline]),
+                length_prefixed(&[window])
             )
             .into_bytes(),
         )
+    }
+
+    /// The prefix under which every key of `tenant` lies (pipes and windows).
+    pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
+        length_prefixed(&[tenant]).into_bytes()
     }
 
     /// The prefix bytes.
@@ -244,11 +284,21 @@ pub enum WriteMode {
 
 /// One pipe's view of state: its namespace, its uncommitted writes, and the
 /// backend behind them. Reads see the pipe's own pending writes first.
+///
+/// Writes of the call in progress are kept apart from the epoch's earlier
+/// ones, so a call that fails (a guest error, a trap, a limit) can be undone
+/// without touching what earlier calls wrote ([`PipeState::end_call`]).
 pub struct PipeState {
     backend: SharedState,
     namespace: Namespace,
+    /// Writes of finished calls since the last checkpoint.
     writes: WriteSet,
+    /// Writes of the call in progress.
+    call: WriteSet,
     mode: WriteMode,
+    quota: Option<StateQuota>,
+    /// Bytes charged to the quota by the call in progress.
+    charged: i64,
 }
 
 impl PipeState {
@@ -258,8 +308,83 @@ impl PipeState {
             backend,
             namespace,
             writes: WriteSet::new(),
+            call: WriteSet::new(),
             mode,
+            quota: None,
+            charged: 0,
         }
+    }
+
+    /// Charges the size of every write to a tenant's state quota.
+    #[must_use]
+    pub fn with_quota(mut self, quota: Option<StateQuota>) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// The same view with the pending writes moved into it (an instance
+    /// re-created after a trap, or a swapped module, keeps them).
+    pub fn take(&mut self) -> PipeState {
+        PipeState {
+            backend: self.backend.clone(),
+            namespace: self.namespace.clone(),
+            writes: std::mem::take(&mut self.writes),
+            call: std::mem::take(&mut self.call),
+            mode: self.mode,
+            quota: self.quota.clone(),
+            charged: std::mem::take(&mut self.charged),
+        }
+    }
+
+    /// A view of the same namespace whose writes go nowhere: for checking
+    /// that a new module's `init` succeeds without touching real state.
+    pub fn scratch(&self) -> PipeState {
+        PipeState::new(
+            self.backend.clone(),
+            self.namespace.clone(),
+            WriteMode::Checkpointed,
+        )
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    fn pending(&self, full: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.call.get(full).or_else(|| self.writes.get(full))
+    }
+
+    async fn current(&self, full: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match self.pending(full) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.backend.get(full).await,
+        }
+    }
+
+    /// Charges a write that turns an entry of `old` value bytes into one of
+    /// `new` (None: absent) to the quota.
+    fn charge(
+        &mut self,
+        full: &[u8],
+        old: Option<usize>,
+        new: Option<usize>,
+    ) -> Result<(), StateError> {
+        let Some(quota) = &self.quota else {
+            return Ok(());
+        };
+        let size = |value: Option<usize>| value.map_or(0, |len| (full.len() + len) as i64);
+        let delta = size(new) - size(old);
+        quota.try_charge(delta)?;
+        self.charged += delta;
+        Ok(())
+    }
+
+    async fn old_len(&self, full: &[u8]) -> Result<Option<usize>, StateError> {
+        if self.quota.is_none() {
+            return Ok(None);
+        }
+        Ok(self.current(full).await?.map(|value| value.len()))
     }
 
     /// Reads a guest key.
@@ -269,22 +394,21 @@ impl PipeState {
     /// The backend failed.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let full = self.namespace.key(key);
-        match self.writes.get(&full) {
-            Some(pending) => Ok(pending.clone()),
-            None => self.backend.get(&full).await,
-        }
+        self.current(&full).await
     }
 
     /// Writes a guest key.
     ///
     /// # Errors
     ///
-    /// Write-through: the backend failed.
+    /// The tenant's quota would be exceeded, or (write-through) the backend failed.
     pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
         let full = self.namespace.key(key);
+        let old = self.old_len(&full).await?;
+        self.charge(&full, old, Some(value.len()))?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.writes.insert(full, Some(value));
+                self.call.insert(full, Some(value));
                 Ok(())
             }
             WriteMode::WriteThrough => self.backend.set(&full, &value).await,
@@ -298,9 +422,11 @@ impl PipeState {
     /// Write-through: the backend failed.
     pub async fn delete(&mut self, key: &str) -> Result<(), StateError> {
         let full = self.namespace.key(key);
+        let old = self.old_len(&full).await?;
+        self.charge(&full, old, None)?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.writes.insert(full, None);
+                self.call.insert(full, None);
                 Ok(())
             }
             WriteMode::WriteThrough => self.backend.delete(&full).await,
@@ -311,33 +437,57 @@ impl PipeState {
     ///
     /// # Errors
     ///
-    /// The stored value is not an integer, the sum overflows, or the backend failed.
+    /// The stored value is not an integer, the sum overflows, the tenant's
+    /// quota would be exceeded, or the backend failed.
     pub async fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
         let full = self.namespace.key(key);
-        if self.mode == WriteMode::WriteThrough {
+        if self.mode == WriteMode::WriteThrough && self.quota.is_none() {
             return self.backend.add(&full, delta).await;
         }
-        let current = match self.writes.get(&full) {
-            Some(pending) => pending.clone(),
-            None => self.backend.get(&full).await?,
-        };
+        let current = self.current(&full).await?;
+        let old_len = current.as_ref().map(Vec::len);
         let current = match current {
             None => 0,
             Some(bytes) => parse_integer(key.as_bytes(), &bytes)?,
         };
         let next = checked_sum(key.as_bytes(), current, delta)?;
-        self.writes
-            .insert(full, Some(next.to_string().into_bytes()));
+        let text = next.to_string().into_bytes();
+        self.charge(&full, old_len, Some(text.len()))?;
+        if self.mode == WriteMode::WriteThrough {
+            return self.backend.add(&full, delta).await;
+        }
+        self.call.insert(full, Some(text));
         Ok(next)
+    }
+
+    /// Ends a call into the guest: its writes join the epoch's when it
+    /// succeeded, and are dropped (with their quota charge) when it failed.
+    /// Write-through writes have already landed either way.
+    pub fn end_call(&mut self, succeeded: bool) {
+        if succeeded {
+            if self.writes.is_empty() {
+                std::mem::swap(&mut self.writes, &mut self.call);
+            } else {
+                self.writes.extend(self.call.drain());
+            }
+        } else {
+            self.call.clear();
+            if let Some(quota) = &self.quota {
+                quota.refund(self.charged);
+            }
+        }
+        self.charged = 0;
     }
 
     /// Hands over the pending writes for a checkpoint, leaving none.
     pub fn take_writes(&mut self) -> WriteSet {
+        self.end_call(true);
         std::mem::take(&mut self.writes)
     }
 
     /// Drops the pending writes (after a failed call whose effects must not land).
     pub fn discard_writes(&mut self) {
+        self.end_call(false);
         self.writes.clear();
     }
 }
@@ -352,6 +502,21 @@ mod tests {
         let b = Namespace::for_pipe("p", "a/b");
         assert_ne!(a.key("x"), b.key("x"));
         assert!(!a.prefix().starts_with(b.prefix()) && !b.prefix().starts_with(a.prefix()));
+        // Tenants: no pipe of one tenant lies under another tenant's prefix.
+        let acme = Namespace::for_tenant_pipe("acme", "p", "count");
+        let other = Namespace::for_tenant_pipe("acme2", "p", "count");
+        let window = Namespace::for_window("acme", "p", "count");
+        assert!(acme.prefix().starts_with(&Namespace::tenant_prefix("acme")));
+        assert!(window
+            .prefix()
+            .starts_with(&Namespace::tenant_prefix("acme")));
+        assert!(!other
+            .prefix()
+            .starts_with(&Namespace::tenant_prefix("acme")));
+        assert!(!acme
+            .prefix()
+            .starts_with(&Namespace::tenant_prefix("acme2")));
+        assert_ne!(acme.prefix(), window.prefix());
     }
 
     #[tokio::test]

@@ -97,6 +97,12 @@ pub trait Source: Send {
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
         None
     }
+
+    /// How much is still waiting at the source after the last batch, when
+    /// it knows (messages for JetStream, bytes for a file), for metrics.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Told when a checkpoint covering a source position has been committed

@@ -445,13 +445,7 @@ struct Snapshot {
 const SNAPSHOT_KEY: &str = "buffers";
 
 fn event_bytes(event: &Event) -> usize {
-    event.value.len()
-        + event.key.as_ref().map_or(0, Vec::len)
-        + event
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
+    event.size_bytes()
 }
 
 /// A running window.
@@ -491,6 +485,7 @@ impl WindowStep {
     /// buffers cannot be read.
     pub async fn restore(
         spec: Window,
+        tenant: &str,
         pipeline: &str,
         state: &SharedState,
         dead_letters: Option<DeadLetters>,
@@ -514,7 +509,7 @@ impl WindowStep {
                     .map_err(|e| native(format!("cannot listen for SIGUSR1: {e}")))?;
             }
         }
-        let namespace = Namespace::for_window(pipeline, &spec.name);
+        let namespace = Namespace::for_window(tenant, pipeline, &spec.name);
         let saved = if options.restore {
             state
                 .get(&namespace.key(SNAPSHOT_KEY))
@@ -943,6 +938,16 @@ impl WindowStep {
 impl Step for WindowStep {
     fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    fn buffered_events(&self) -> Option<usize> {
+        Some(
+            self.open
+                .values()
+                .flat_map(|buffers| buffers.iter())
+                .map(|buffer| buffer.events.len())
+                .sum(),
+        )
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {

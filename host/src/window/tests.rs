@@ -450,7 +450,7 @@ async fn a_restart_continues_a_half_filled_window() {
             input.send(Event::new(v)).await.unwrap();
         }
         while state
-            .last_checkpoint("restart")
+            .last_checkpoint("default/restart")
             .await
             .unwrap()
             .map(|c| c.position)

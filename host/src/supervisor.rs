@@ -1,0 +1,468 @@
+//! The supervisor: many pipelines of many tenants in one process, one
+//! WebAssembly runtime, tenant quotas, and the view the admin server and
+//! the status line read.
+//!
+//! Metrics are pulled, not pushed: the engine keeps plain atomic counters
+//! ([`LiveStatus`], [`StageStats`], [`StepCounters`]) and a scrape turns
+//! them into Prometheus text, so the hot path never touches a registry.
+//!
+//! [`StageStats`]: crate::pipeline::StageStats
+//! [`StepCounters`]: crate::step::StepCounters
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::admin::{
+    AdminControl, AdminError, CheckpointDone, ModuleUpload, PipeStatus, PipelineStatus, SwapDone,
+};
+use crate::metrics::Metrics;
+use crate::pipeline::{
+    HandleError, LiveStatus, Phase, PipelineBuilder, PipelineError, PipelineHandle, RunReport,
+};
+use crate::step::LIMIT_KINDS;
+use crate::swap::{ModuleSource, SwapError};
+use crate::tenant::Tenants;
+
+/// Why a pipeline could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// Pipelines are addressed by name in the admin API: names are unique.
+    #[error("a pipeline named `{0}` is already supervised")]
+    Duplicate(String),
+}
+
+struct Supervised {
+    name: String,
+    tenant: String,
+    handle: PipelineHandle,
+}
+
+/// Runs pipelines and answers for them.
+pub struct Supervisor {
+    tenants: Arc<Tenants>,
+    pipelines: Mutex<Vec<Supervised>>,
+}
+
+impl Supervisor {
+    /// A supervisor whose pipelines count against `tenants`' quotas.
+    pub fn new(tenants: Arc<Tenants>) -> Arc<Self> {
+        Arc::new(Supervisor {
+            tenants,
+            pipelines: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The tenant registry.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.tenants
+    }
+
+    /// Starts `builder` (of pipeline `name` for `tenant`) in its own task.
+    ///
+    /// # Errors
+    ///
+    /// A pipeline of that name is already supervised.
+    pub fn start(
+        &self,
+        name: &str,
+        tenant: &str,
+        builder: PipelineBuilder,
+    ) -> Result<(PipelineHandle, JoinHandle<Result<RunReport, PipelineError>>), SuperviseError>
+    {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if pipelines.iter().any(|p| p.name == name) {
+            return Err(SuperviseError::Duplicate(name.to_owned()));
+        }
+        let builder = builder.tenant(tenant).tenants(self.tenants.clone());
+        let handle = builder.handle();
+        pipelines.push(Supervised {
+            name: name.to_owned(),
+            tenant: tenant.to_owned(),
+            handle: handle.clone(),
+        });
+        Ok((handle, tokio::spawn(builder.run())))
+    }
+
+    /// Asks every pipeline to stop cleanly.
+    pub fn shutdown(&self) {
+        for pipeline in self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            pipeline.handle.shutdown();
+        }
+    }
+
+    fn handle(&self, name: &str) -> Result<PipelineHandle, AdminError> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.handle.clone())
+            .ok_or_else(|| AdminError::UnknownPipeline(name.to_owned()))
+    }
+
+    fn each<T>(&self, mut f: impl FnMut(&str, &str, &Arc<LiveStatus>) -> T) -> Vec<T> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| f(&p.name, &p.tenant, p.handle.status()))
+            .collect()
+    }
+
+    /// One line for people: per pipeline, events in and out, rate since
+    /// `previous` (the `events_in` of the last call, by name), lag and the
+    /// last checkpoint's age.
+    pub fn status_line(&self, previous: &mut HashMap<String, u64>, every: Duration) -> String {
+        let parts = self.each(|name, _, status| {
+            let events_in = status.events_in.load(Ordering::Relaxed);
+            let events_out = status.events_out.load(Ordering::Relaxed);
+            let before = previous.insert(name.to_owned(), events_in).unwrap_or(0);
+            let rate = events_in.saturating_sub(before) as f64 / every.as_secs_f64().max(0.001);
+            let lag = status.source_lag.load(Ordering::Relaxed);
+            let lag = if lag < 0 {
+                "-".to_owned()
+            } else {
+                lag.to_string()
+            };
+            let checkpoint = match status.last_checkpoint() {
+                Some((epoch, age)) => format!("checkpoint {epoch} {:.1}s ago", age.as_secs_f64()),
+                None => "no checkpoint yet".to_owned(),
+            };
+            format!(
+                "{name} [{}]: in {events_in} ({rate:.0}/s) out {events_out} lag {lag} {checkpoint}",
+                status.phase().as_str()
+            )
+        });
+        parts.join(" | ")
+    }
+
+    /// Prometheus text for every pipeline, pipe and tenant.
+    pub fn render_metrics(&self) -> String {
+        let metrics = Metrics::new();
+        let mut tenant_in: HashMap<String, u64> = HashMap::new();
+        let mut tenant_out: HashMap<String, u64> = HashMap::new();
+        let mut tenant_errors: HashMap<String, u64> = HashMap::new();
+        self.each(|name, tenant, status| {
+            let labels = [("tenant", tenant), ("pipeline", name)];
+            let up = f64::from(u8::from(status.phase() == Phase::Running));
+            metrics
+                .gauge("plumber_pipeline_up", "1 while the pipeline runs", &labels)
+                .set(up);
+            let events_in = status.events_in.load(Ordering::Relaxed);
+            let events_out = status.events_out.load(Ordering::Relaxed);
+            *tenant_in.entry(tenant.to_owned()).or_default() += events_in;
+            *tenant_out.entry(tenant.to_owned()).or_default() += events_out;
+            metrics
+                .counter(
+                    "plumber_source_events_total",
+                    "Events read from the source",
+                    &labels,
+                )
+                .add(events_in);
+            metrics
+                .counter(
+                    "plumber_sink_events_total",
+                    "Events written to the sink",
+                    &labels,
+                )
+                .add(events_out);
+            metrics
+                .counter(
+                    "plumber_checkpoints_total",
+                    "Checkpoints committed",
+                    &labels,
+                )
+                .add(status.checkpoints.load(Ordering::Relaxed));
+            metrics
+                .gauge(
+                    "plumber_checkpoint_duration_seconds",
+                    "How long the last checkpoint held the source back",
+                    &labels,
+                )
+                .set(status.last_checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6);
+            if let Some((epoch, age)) = status.last_checkpoint() {
+                metrics
+                    .gauge(
+                        "plumber_checkpoint_age_seconds",
+                        "Time since the last committed checkpoint",
+                        &labels,
+                    )
+                    .set(age.as_secs_f64());
+                metrics
+                    .gauge(
+                        "plumber_checkpoint_epoch",
+                        "Epoch of the last committed checkpoint",
+                        &labels,
+                    )
+                    .set(epoch as f64);
+            }
+            let lag = status.source_lag.load(Ordering::Relaxed);
+            if lag >= 0 {
+                metrics
+                    .gauge(
+                        "plumber_source_lag",
+                        "What the source says is still waiting (messages or bytes)",
+                        &labels,
+                    )
+                    .set(lag as f64);
+            }
+            for stage in status.stages() {
+                let labels = [
+                    ("tenant", tenant),
+                    ("pipeline", name),
+                    ("step", stage.name.as_str()),
+                ];
+                metrics
+                    .counter(
+                        "plumber_step_events_in_total",
+                        "Events into a step",
+                        &labels,
+                    )
+                    .add(stage.events_in.load(Ordering::Relaxed));
+                metrics
+                    .counter(
+                        "plumber_step_events_out_total",
+                        "Events out of a step",
+                        &labels,
+                    )
+                    .add(stage.events_out.load(Ordering::Relaxed));
+                let Some(counters) = &stage.counters else {
+                    metrics
+                        .gauge(
+                            "plumber_window_buffered_events",
+                            "Events held in a window's buffers (sampled at checkpoints)",
+                            &labels,
+                        )
+                        .set(stage.buffered.load(Ordering::Relaxed) as f64);
+                    continue;
+                };
+                let mut errors = |kind: &str, value: u64| {
+                    *tenant_errors.entry(tenant.to_owned()).or_default() += value;
+                    metrics
+                        .counter(
+                            "plumber_pipe_errors_total",
+                            "Failed calls into a pipe, by kind",
+                            &[
+                                ("tenant", tenant),
+                                ("pipeline", name),
+                                ("step", stage.name.as_str()),
+                                ("kind", kind),
+                            ],
+                        )
+                        .add(value);
+                };
+                errors("guest", counters.guest_errors.load(Ordering::Relaxed));
+                errors("trap", counters.traps.load(Ordering::Relaxed));
+                for (kind, count) in LIMIT_KINDS.iter().zip(&counters.limits) {
+                    errors(
+                        &format!("limit_{}", kind.as_str()),
+                        count.load(Ordering::Relaxed),
+                    );
+                }
+                for (metric, help, value) in [
+                    (
+                        "plumber_pipe_skipped_total",
+                        "Events skipped by on_error",
+                        &counters.skipped,
+                    ),
+                    (
+                        "plumber_pipe_dead_lettered_total",
+                        "Events dead-lettered by on_error",
+                        &counters.dead_lettered,
+                    ),
+                    (
+                        "plumber_pipe_retries_total",
+                        "Retries made by on_error",
+                        &counters.retries,
+                    ),
+                    (
+                        "plumber_pipe_restarts_total",
+                        "Instances created again after a trap or limit",
+                        &counters.restarts,
+                    ),
+                ] {
+                    metrics
+                        .counter(metric, help, &labels)
+                        .add(value.load(Ordering::Relaxed));
+                }
+                metrics
+                    .gauge(
+                        "plumber_pipe_guest_seconds",
+                        "Time spent inside the pipe's process calls",
+                        &labels,
+                    )
+                    .set(counters.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+                metrics
+                    .gauge(
+                        "plumber_pipe_memory_bytes",
+                        "Largest linear memory of the pipe's instance",
+                        &labels,
+                    )
+                    .set(counters.memory_bytes.load(Ordering::Relaxed) as f64);
+            }
+            for slot in status.pipes() {
+                let module = slot.current();
+                metrics
+                    .gauge(
+                        "plumber_pipe_module_info",
+                        "The module version a pipe runs (value 1)",
+                        &[
+                            ("tenant", tenant),
+                            ("pipeline", name),
+                            ("pipe", slot.pipe()),
+                            ("version", module.version.as_str()),
+                        ],
+                    )
+                    .set(1.0);
+            }
+        });
+        for usage in self.tenants.all() {
+            let labels = [("tenant", usage.tenant())];
+            metrics
+                .gauge(
+                    "plumber_tenant_pipelines",
+                    "Pipelines a tenant runs",
+                    &labels,
+                )
+                .set(usage.pipelines() as f64);
+            metrics
+                .gauge(
+                    "plumber_tenant_state_bytes",
+                    "Bytes of state charged to a tenant (measured when it has a quota)",
+                    &labels,
+                )
+                .set(usage.state_bytes() as f64);
+            let tenant = usage.tenant().to_owned();
+            for (metric, help, map) in [
+                (
+                    "plumber_tenant_events_in_total",
+                    "Events read by a tenant's pipelines",
+                    &tenant_in,
+                ),
+                (
+                    "plumber_tenant_events_out_total",
+                    "Events written by a tenant's pipelines",
+                    &tenant_out,
+                ),
+                (
+                    "plumber_tenant_errors_total",
+                    "Failed calls into a tenant's pipes",
+                    &tenant_errors,
+                ),
+            ] {
+                metrics
+                    .counter(metric, help, &labels)
+                    .add(map.get(&tenant).copied().unwrap_or(0));
+            }
+        }
+        metrics.render()
+    }
+}
+
+fn pipeline_status(name: &str, tenant: &str, status: &Arc<LiveStatus>) -> PipelineStatus {
+    let last = status.last_checkpoint();
+    PipelineStatus {
+        name: name.to_owned(),
+        tenant: tenant.to_owned(),
+        state: status.phase().as_str().to_owned(),
+        events_in: status.events_in.load(Ordering::Relaxed),
+        events_out: status.events_out.load(Ordering::Relaxed),
+        last_checkpoint_epoch: last.map(|(epoch, _)| epoch),
+        last_checkpoint_age_ms: last.map(|(_, age)| age.as_millis() as u64),
+        error: status.error(),
+        pipes: status
+            .pipes()
+            .iter()
+            .map(|slot| {
+                let module = slot.current();
+                PipeStatus {
+                    name: slot.pipe().to_owned(),
+                    module: module.path.display().to_string(),
+                    version: module.version,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn admin_error(pipeline: &str, error: HandleError) -> AdminError {
+    match error {
+        HandleError::UnknownPipe(pipe) => AdminError::UnknownPipe {
+            pipeline: pipeline.to_owned(),
+            pipe,
+        },
+        HandleError::NotRunning => {
+            AdminError::Unavailable(format!("pipeline `{pipeline}` is not running"))
+        }
+        HandleError::Swap(SwapError::Refused { message, .. }) => AdminError::Refused(message),
+        HandleError::Swap(stopped @ SwapError::Stopped { .. }) => {
+            AdminError::Unavailable(stopped.to_string())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AdminControl for Supervisor {
+    fn pipelines(&self) -> Vec<PipelineStatus> {
+        self.each(pipeline_status)
+    }
+
+    fn ready(&self) -> bool {
+        self.each(|_, _, status| status.phase() != Phase::Starting)
+            .into_iter()
+            .all(|started| started)
+    }
+
+    fn metrics(&self) -> String {
+        self.render_metrics()
+    }
+
+    async fn checkpoint(&self, pipeline: &str) -> Result<CheckpointDone, AdminError> {
+        let handle = self.handle(pipeline)?;
+        if handle.status().phase() != Phase::Running {
+            return Err(AdminError::Unavailable(format!(
+                "pipeline `{pipeline}` is not running"
+            )));
+        }
+        let epoch = handle
+            .checkpoint_now()
+            .await
+            .map_err(|e| admin_error(pipeline, e))?;
+        Ok(CheckpointDone {
+            pipeline: pipeline.to_owned(),
+            epoch,
+        })
+    }
+
+    async fn swap_module(
+        &self,
+        pipeline: &str,
+        pipe: &str,
+        module: ModuleUpload,
+    ) -> Result<SwapDone, AdminError> {
+        let handle = self.handle(pipeline)?;
+        let source = match module {
+            ModuleUpload::Path(path) => ModuleSource::Path(path),
+            ModuleUpload::Bytes(bytes) => ModuleSource::Bytes(bytes),
+        };
+        let swapped = handle
+            .swap_module(pipe, source)
+            .await
+            .map_err(|e| admin_error(pipeline, e))?;
+        Ok(SwapDone {
+            pipeline: pipeline.to_owned(),
+            pipe: pipe.to_owned(),
+            version: swapped.version,
+            previous_version: swapped.previous_version,
+        })
+    }
+}
