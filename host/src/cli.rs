@@ -63,6 +63,15 @@ pub enum Command {
     },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(crate::bench::BenchArgs),
+    /// Builds a pipe project (Rust, Go, Python or JavaScript) into a
+    /// component and checks it is a pipe.
+    Build {
+        /// The project's directory.
+        dir: PathBuf,
+        /// Where to write the component (default: <dir>/<dir name>.wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; the return value is the process's exit status.
@@ -122,6 +131,25 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => run(configs, host, admin, runtime).await,
         Command::Validate { config } => validate(&config, runtime),
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
+        Command::Build { dir, out } => match runtime() {
+            Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
+                Ok(built) => {
+                    println!(
+                        "{}: {} pipe, {} bytes, built in {:.1} s",
+                        built.component.display(),
+                        built.language.name(),
+                        built.bytes,
+                        built.took.as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Err(error @ crate::build::BuildError::UnknownProject { .. }) => {
+                    Err(Failure::input(error))
+                }
+                Err(error) => Err(Failure::run(error)),
+            },
+            Err(failure) => Err(failure),
+        },
         Command::Bench(args) => match runtime() {
             Ok(rt) => crate::bench::run(args, rt).await.map_err(Failure::run),
             Err(failure) => Err(failure),
@@ -171,7 +199,15 @@ async fn run(
         loaded.push((path, config));
     }
     let rt = runtime()?;
-    let supervisor = Supervisor::new(Tenants::new(host_config.tenants.clone()));
+    let tenants = Tenants::new(host_config.tenants.clone());
+    let distinct: std::collections::HashSet<&str> = loaded
+        .iter()
+        .map(|(_, c)| c.tenant.as_deref().unwrap_or(DEFAULT_TENANT))
+        .collect();
+    if distinct.len() > 1 {
+        tenants.set_multi_tenant();
+    }
+    let supervisor = Supervisor::new(tenants);
     // Pipelines sharing a sled directory share one open database (sled
     // locks its directory).
     let mut sled_states: HashMap<PathBuf, SharedState> = HashMap::new();

@@ -478,6 +478,10 @@ pub enum StepConfig {
     Wasm(WasmStepConfig),
     /// A native window.
     Window(WindowConfig),
+    /// A WASI preview 1 command module speaking the line protocol.
+    Command(CommandStepConfig),
+    /// A host executable speaking the line protocol (unsandboxed).
+    Exec(ExecStepConfig),
 }
 
 impl StepConfig {
@@ -486,8 +490,49 @@ impl StepConfig {
         match self {
             StepConfig::Wasm(pipe) => &pipe.name,
             StepConfig::Window(window) => &window.name,
+            StepConfig::Command(command) => &command.name,
+            StepConfig::Exec(exec) => &exec.name,
         }
     }
+}
+
+/// `{"type": "command", ...}`: a WASI preview 1 command module (e.g. Go's
+/// `GOOS=wasip1` build) that reads one event per line on stdin and writes
+/// one line per event on stdout; sandboxed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandStepConfig {
+    /// The step's name.
+    pub name: String,
+    /// The core module file.
+    pub module: PathBuf,
+    /// Arguments after `argv[0]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `memory_bytes` and `call_timeout_ms` (per batch) apply.
+    #[serde(default)]
+    pub limits: Option<PipeLimits>,
+}
+
+/// `{"type": "exec", ...}`: a host executable with the same line protocol,
+/// NOT sandboxed: refused unless `"allow_unsandboxed": true`, and never in
+/// a multi-tenant host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStepConfig {
+    /// The step's name.
+    pub name: String,
+    /// The program (a path, or a name looked up on PATH).
+    pub path: PathBuf,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// How long one batch may take, ms (default 10 000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Must be `true`: the program runs with the host's rights.
+    #[serde(default)]
+    pub allow_unsandboxed: bool,
 }
 
 /// `{"type": "wasm", ...}`: a pipe.
@@ -1059,6 +1104,34 @@ impl PipelineConfig {
                         }
                     }
                 }
+                StepConfig::Command(command) => {
+                    if let Some((field, message)) =
+                        command.limits.as_ref().and_then(PipeLimits::invalid_field)
+                    {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].limits.{field}"),
+                            message.into(),
+                        ));
+                    }
+                }
+                StepConfig::Exec(exec) => {
+                    if !exec.allow_unsandboxed {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].allow_unsandboxed"),
+                            format!(
+                                "`{}` would run outside the sandbox with the host's rights; \
+                                 set \"allow_unsandboxed\": true to allow it (never in a multi-tenant host)",
+                                exec.path.display()
+                            ),
+                        ));
+                    }
+                    if exec.timeout_ms == Some(0) {
+                        return Err(invalid(
+                            &format!("pipeline[{index}].timeout_ms"),
+                            "expected a positive number of milliseconds".into(),
+                        ));
+                    }
+                }
                 StepConfig::Window(window) => {
                     let spec = window.to_window().map_err(|e| {
                         invalid(&format!("pipeline[{index}].{}", e.field), e.message)
@@ -1099,11 +1172,20 @@ impl PipelineConfig {
             resolve(path);
         }
         for step in &mut self.pipeline {
-            if let StepConfig::Wasm(pipe) = step {
-                resolve(&mut pipe.module);
-                if let Some(dir) = &mut pipe.read_only_dir {
-                    resolve(&mut dir.host);
+            match step {
+                StepConfig::Wasm(pipe) => {
+                    resolve(&mut pipe.module);
+                    if let Some(dir) = &mut pipe.read_only_dir {
+                        resolve(&mut dir.host);
+                    }
                 }
+                StepConfig::Command(command) => resolve(&mut command.module),
+                // A bare program name is looked up on PATH; a path with a
+                // directory part is relative to the config.
+                StepConfig::Exec(exec) if exec.path.components().count() > 1 => {
+                    resolve(&mut exec.path)
+                }
+                StepConfig::Exec(_) | StepConfig::Window(_) => {}
             }
         }
         for sink in std::iter::once(&mut self.to).chain(self.dead_letter.as_mut()) {
@@ -1176,6 +1258,19 @@ impl PipelineConfig {
         for step in &self.pipeline {
             builder = match step {
                 StepConfig::Wasm(pipe) => builder.then(pipe.to_pipe()),
+                StepConfig::Command(command) => builder.then(crate::pipeline::CommandPipe {
+                    name: command.name.clone(),
+                    module: command.module.clone(),
+                    args: command.args.clone(),
+                    limits: command.limits.clone().unwrap_or_default(),
+                }),
+                StepConfig::Exec(exec) => builder.then(crate::pipeline::ExecPipe {
+                    name: exec.name.clone(),
+                    path: exec.path.clone(),
+                    args: exec.args.clone(),
+                    timeout: Duration::from_millis(exec.timeout_ms.unwrap_or(10_000)),
+                    allow_unsandboxed: exec.allow_unsandboxed,
+                }),
                 // `check` has validated every window when the config was read.
                 StepConfig::Window(window) => match window.to_window() {
                     Ok(window) => builder.then(window),

@@ -14,6 +14,7 @@
 //! | [`config`] | the JSON config of the `plumber` binary and its validation |
 //! | [`runtime`] | loading components, the compile cache, the host side of the WIT |
 //! | [`step`] | the `Step` trait: WASM pipes and native steps |
+//! | [`command`] | command pipes: WASI command modules and host executables |
 //! | [`state`] | the `StateBackend` trait and its backends (memory, sled, Redis) |
 //! | [`streams`] | sources and sinks (array, channel, file, stdout) |
 //! | [`checkpoint`] | checkpoint records and strategies |
@@ -26,11 +27,14 @@
 //! | [`admin`] | the admin and metrics HTTP server |
 //! | [`metrics`] | a small Prometheus registry |
 //! | [`bench`] | the `plumber bench` figures |
+//! | [`build`] | `plumber build`: a Rust, Go, Python or JS project to a component |
 
 pub mod admin;
 pub mod bench;
+pub mod build;
 pub mod checkpoint;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod dead_letter;
 pub mod metrics;

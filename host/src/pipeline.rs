@@ -143,10 +143,43 @@ pub struct RunReport {
     pub checkpoint_pauses: Vec<Duration>,
 }
 
+/// A command pipe: a WASI preview 1 command module speaking the line
+/// protocol of [`crate::command`], sandboxed.
+#[derive(Debug, Clone)]
+pub struct CommandPipe {
+    /// The step's name.
+    pub name: String,
+    /// The core module (`.wasm`) with a `_start`.
+    pub module: std::path::PathBuf,
+    /// Its arguments after `argv[0]`.
+    pub args: Vec<String>,
+    /// Memory cap and time per batch (the other limits do not apply).
+    pub limits: crate::runtime::PipeLimits,
+}
+
+/// An executable of the host speaking the line protocol, unsandboxed.
+#[derive(Debug, Clone)]
+pub struct ExecPipe {
+    /// The step's name.
+    pub name: String,
+    /// The program.
+    pub path: std::path::PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// How long one batch may take.
+    pub timeout: Duration,
+    /// The explicit permission to run outside the sandbox.
+    pub allow_unsandboxed: bool,
+}
+
 /// A step to be created when the pipeline starts.
 pub enum StepSpec {
     /// A WASM pipe, loaded and instantiated at start.
     Wasm(WasmPipe),
+    /// A WASI command module, started at start.
+    Command(CommandPipe),
+    /// A host executable, started at start (when allowed).
+    Exec(ExecPipe),
     /// A window, restored from the last checkpoint at start.
     Window(Window),
     /// A step that already exists.
@@ -156,6 +189,18 @@ pub enum StepSpec {
 impl From<WasmPipe> for StepSpec {
     fn from(pipe: WasmPipe) -> Self {
         StepSpec::Wasm(pipe)
+    }
+}
+
+impl From<CommandPipe> for StepSpec {
+    fn from(pipe: CommandPipe) -> Self {
+        StepSpec::Command(pipe)
+    }
+}
+
+impl From<ExecPipe> for StepSpec {
+    fn from(pipe: ExecPipe) -> Self {
+        StepSpec::Exec(pipe)
     }
 }
 
@@ -686,6 +731,8 @@ impl PipelineBuilder {
             dead_letters: dead_letters.as_ref(),
             mode,
             lease: lease.as_ref(),
+            multi_tenant: tenant != DEFAULT_TENANT
+                || self.tenants.as_ref().is_some_and(|t| t.is_multi_tenant()),
             status: &status,
             checkpoint_requests: &self.checkpoint_requests,
         };
@@ -886,6 +933,7 @@ struct StepContext<'a> {
     dead_letters: Option<&'a DeadLetters>,
     mode: WriteMode,
     lease: Option<&'a TenantLease>,
+    multi_tenant: bool,
     status: &'a Arc<LiveStatus>,
     checkpoint_requests: &'a Arc<Notify>,
 }
@@ -900,8 +948,52 @@ async fn instantiate_steps(
     let mut runtime = runtime;
     let mut steps: Vec<Box<dyn Step>> = Vec::with_capacity(specs.len());
     for spec in specs {
+        let command_error = |source: crate::command::CommandError| PipelineError::Step {
+            pipeline: pipeline.to_owned(),
+            source: StepError::Native {
+                step: "command".to_owned(),
+                message: source.to_string(),
+            },
+        };
         match spec {
             StepSpec::Ready(step) => steps.push(step),
+            StepSpec::Command(pipe) => steps.push(Box::new(
+                crate::command::WasiCommandStep::start(
+                    &shared_runtime(&mut runtime).map_err(|source| PipelineError::Load {
+                        pipeline: pipeline.to_owned(),
+                        pipe: pipe.name.clone(),
+                        source,
+                    })?,
+                    context.tenant,
+                    &pipe.name,
+                    &pipe.module,
+                    &pipe.args,
+                    &pipe.limits,
+                )
+                .map_err(command_error)?,
+            )),
+            StepSpec::Exec(pipe) => {
+                let allowed = if !pipe.allow_unsandboxed {
+                    Err(format!(
+                        "`{}` would run outside the sandbox; set \"allow_unsandboxed\": true on the step to allow it",
+                        pipe.path.display()
+                    ))
+                } else if context.multi_tenant {
+                    Err("unsandboxed executables never run in a multi-tenant host".to_owned())
+                } else {
+                    Ok(())
+                };
+                steps.push(Box::new(
+                    crate::command::ExecStep::start(
+                        &pipe.name,
+                        &pipe.path,
+                        &pipe.args,
+                        pipe.timeout,
+                        allowed,
+                    )
+                    .map_err(command_error)?,
+                ));
+            }
             StepSpec::Window(window) => {
                 let step = WindowStep::restore(
                     window,
@@ -924,14 +1016,7 @@ async fn instantiate_steps(
                     pipe: pipe.name.clone(),
                     source,
                 };
-                let rt = match &runtime {
-                    Some(rt) => rt.clone(),
-                    None => {
-                        let rt = Runtime::with_default_cache().map_err(load_error)?;
-                        runtime = Some(rt.clone());
-                        rt
-                    }
-                };
+                let rt = shared_runtime(&mut runtime).map_err(load_error)?;
                 let component = rt
                     .load(&pipe.module, &pipe.capabilities)
                     .map_err(load_error)?;
@@ -969,6 +1054,18 @@ async fn instantiate_steps(
         }
     }
     Ok(steps)
+}
+
+/// The pipeline's runtime, created with the default cache on first need.
+fn shared_runtime(runtime: &mut Option<Runtime>) -> Result<Runtime, LoadError> {
+    match runtime {
+        Some(rt) => Ok(rt.clone()),
+        None => {
+            let rt = Runtime::with_default_cache()?;
+            *runtime = Some(rt.clone());
+            Ok(rt)
+        }
+    }
 }
 
 /// What flows between stages.

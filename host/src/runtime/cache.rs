@@ -96,6 +96,40 @@ impl ComponentCache {
         })
     }
 
+    /// As [`ComponentCache::get_or_compile`], for a core module (command pipes).
+    pub(crate) fn get_or_compile_module(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<wasmtime::Module, LoadError> {
+        let entry = self.entry_path(bytes).with_extension("module.cwasm");
+        if entry.exists() {
+            // SAFETY: as for components: written only by `store` below from
+            // `Engine::precompile_module` output for these engine settings.
+            match unsafe { wasmtime::Module::deserialize_file(engine, &entry) } {
+                Ok(module) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(module);
+                }
+                Err(error) => {
+                    tracing::warn!(entry = %entry.display(), "unusable cache entry, recompiling: {error:#}");
+                }
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let compile_error = |e: wasmtime::Error| LoadError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let compiled = engine.precompile_module(bytes).map_err(compile_error)?;
+        if let Err(error) = self.store(&entry, &compiled) {
+            tracing::warn!(dir = %self.dir.display(), "cannot write component cache: {error}");
+        }
+        // SAFETY: `compiled` was produced just above by this engine.
+        unsafe { wasmtime::Module::deserialize(engine, &compiled) }.map_err(compile_error)
+    }
+
     fn store(&self, entry: &Path, compiled: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let tmp = entry.with_extension(format!("tmp{}", std::process::id()));

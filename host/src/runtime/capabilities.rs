@@ -23,6 +23,11 @@ pub enum Grant {
     Clocks,
     /// `wasi:random/*`: random bytes (e.g. for `HashMap`'s seed).
     Random,
+    /// `wasi:filesystem/*` with no directory in it (unless `read_only_dir`
+    /// gives one): for guests that import the interfaces without using
+    /// them, as Go does through the WASI preview 1 adapter. Gives no access
+    /// to any file.
+    FilesystemInterfaces,
 }
 
 impl Grant {
@@ -30,6 +35,7 @@ impl Grant {
         match self {
             Grant::Clocks => interface.starts_with("wasi:clocks/"),
             Grant::Random => interface.starts_with("wasi:random/"),
+            Grant::FilesystemInterfaces => interface.starts_with("wasi:filesystem/"),
         }
     }
 
@@ -37,6 +43,7 @@ impl Grant {
         match self {
             Grant::Clocks => "wasi:clocks",
             Grant::Random => "wasi:random",
+            Grant::FilesystemInterfaces => "wasi:filesystem (no directories)",
         }
     }
 }
@@ -170,5 +177,11 @@ mod tests {
         assert!(granted.allows("wasi:random/insecure-seed@0.2.6"));
         assert!(granted.allows("wasi:filesystem/types@0.2.6"));
         assert!(!granted.allows("wasi:sockets/tcp@0.2.6"));
+        let go = Capabilities {
+            grants: vec![Grant::FilesystemInterfaces],
+            ..Capabilities::default()
+        };
+        assert!(go.allows("wasi:filesystem/preopens@0.2.12"));
+        assert!(!go.allows("wasi:sockets/tcp@0.2.12"));
     }
 }

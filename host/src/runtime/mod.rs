@@ -61,7 +61,7 @@ pub enum LoadError {
         "component `{path}` imports `{import}`, which this pipe is not granted \
          (granted: plumber:pipe/*, wasi:io/*, wasi:cli stdio/environment/exit/terminal{extra}); \
          remove the import from the guest or grant it in the pipe's config \
-         (grantable: clocks, random, env, read_only_dir)"
+         (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)"
     )]
     ImportNotGranted {
         /// The file.
@@ -246,9 +246,36 @@ impl Runtime {
         })
     }
 
-    fn engine(&self) -> &Engine {
+    /// Loads a WASI preview 1 core module (a command pipe), through the
+    /// compile cache.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or is not a core module wasmtime accepts.
+    pub fn load_module(&self, path: &Path) -> Result<wasmtime::Module, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let engine = &self.inner.engine;
+        match &self.inner.cache {
+            Some(cache) => cache.get_or_compile_module(engine, path, &bytes),
+            None => wasmtime::Module::new(engine, &bytes).map_err(|e| LoadError::Compile {
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+
+    /// The engine (shared by every pipe of this runtime).
+    pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
     }
+}
+
+/// A guest's stderr that goes to the log, tagged (for command modules).
+pub(crate) fn guest_stderr(tenant: &str, pipe: &str) -> impl wasmtime_wasi::cli::StdoutStream {
+    guest_output::GuestOutput::new(tenant, pipe, "stderr")
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

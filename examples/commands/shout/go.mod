@@ -1,0 +1,3 @@
+module plumber.dev/examples/shout
+
+go 1.24

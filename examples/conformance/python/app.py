@@ -1,0 +1,87 @@
+"""The conformance pipes in Python; init config ``{"pipe": "<name>"}`` selects one.
+
+- ``transform``: each value ASCII-upper-cased (only a-z change).
+- ``counter``: per event ``n = state.add(value, 1)``; emits key = value, value ``<value>=<n>``.
+- ``aggregate``: per distinct value of the batch (order of first appearance)
+  with count ``c``: ``total = stored + c``; emits ``<start>:<end>:<value>:<c>:<total>``.
+- ``fail``: events pass unchanged; a ``bad`` event fails the batch at its index.
+
+The logic takes the state as an argument (tested natively in test_app.py with
+MemoryState); ``WitWorld`` at the bottom is what componentize-py exports.
+"""
+
+import json
+
+import plumber_pipe
+from plumber_pipe import Event, PipeError
+
+
+def transform(batch, state):
+    # bytes.upper() changes only the ASCII letters a-z.
+    return [Event(key=e.key, value=e.value.upper(), timestamp=e.timestamp, headers=e.headers) for e in batch.events]
+
+
+def counter(batch, state):
+    out = []
+    for i, e in enumerate(batch.events):
+        k = e.value.decode("utf-8", "replace")
+        try:
+            n = state.add(k, 1)
+        except PipeError as error:  # StateError: point at the event
+            raise error.at_event(i)
+        out.append(Event(key=e.value, value=f"{k}={n}".encode("utf-8"), timestamp=e.timestamp, headers=e.headers))
+    return out
+
+
+def aggregate(batch, state):
+    counts = {}  # dicts keep insertion order: order of first appearance
+    for e in batch.events:
+        counts[e.value] = counts.get(e.value, 0) + 1
+    window = batch.window
+    start, end = (window.start, window.end) if window is not None else (0, 0)
+    out = []
+    for value, c in counts.items():
+        v = value.decode("utf-8", "replace")
+        total = (state.get_int(v) or 0) + c
+        state.set_int(v, total)
+        out.append(Event(key=value, value=f"{start}:{end}:{v}:{c}:{total}".encode("utf-8"), timestamp=None, headers=[]))
+    return out
+
+
+def fail(batch, state):
+    for i, e in enumerate(batch.events):
+        if e.value == b"bad":
+            raise PipeError(f"bad event at {i}", retryable=False, event_index=i)
+    return batch.events
+
+
+PIPES = {"transform": transform, "counter": counter, "aggregate": aggregate, "fail": fail}
+
+
+def pipe_name(config: str) -> str:
+    """The ``pipe`` field: '' when missing, its JSON text when not a string."""
+    try:
+        parsed = json.loads(config)
+    except ValueError as e:
+        raise PipeError(f"invalid pipe config: {e}") from None
+    if not isinstance(parsed, dict):
+        return ""
+    name = parsed.get("pipe")
+    if name is None:
+        return ""
+    return name if isinstance(name, str) else json.dumps(name, ensure_ascii=False, separators=(",", ":"))
+
+
+class Conformance:
+    def __init__(self, config: str):
+        self.name = pipe_name(config)
+        if self.name not in PIPES:
+            raise PipeError(f'unknown pipe "{self.name}"')
+        self.run = PIPES[self.name]
+
+    def process(self, batch, state):
+        return self.run(batch, state)
+
+
+# componentize-py exports the class named WitWorld.
+WitWorld = plumber_pipe.export(Conformance)

@@ -1,0 +1,3 @@
+module plumber.dev/pipe
+
+go 1.24

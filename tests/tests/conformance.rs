@@ -1,0 +1,316 @@
+//! The conformance suite: the same four pipes written in Rust, Go, Python
+//! and JavaScript (`examples/guests/conformance`, `examples/conformance/*`),
+//! each language's component built from source — Go and Python by
+//! `plumber build`, JavaScript by its build script (componentize-js), Rust by
+//! the guest harness — and run through the same pipelines. Every language
+//! must give the same output events and the same final state.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use plumber::build::Language;
+use plumber::checkpoint::CheckpointPolicy;
+use plumber::pipeline::{Pipeline, PipelineError, RunReport};
+use plumber::runtime::{LoadError, Runtime};
+use plumber::state::{MemoryState, Namespace, SharedState};
+use plumber::step::{OnError, StepError, WasmPipe};
+use plumber::streams::{channel_sink, ArraySource};
+use plumber::window::Window;
+use plumber::Event;
+use plumber_tests::{cache_dir, guest, workspace_root};
+
+const LANGUAGES: [&str; 4] = ["rust", "go", "python", "js"];
+
+/// Every language's component, built once per test process, and compiled
+/// once into the shared cache (so the tests do not all compile at once).
+fn components() -> &'static BTreeMap<&'static str, PathBuf> {
+    static BUILT: OnceLock<BTreeMap<&'static str, PathBuf>> = OnceLock::new();
+    // Built on a thread of its own: the tests call this from inside tokio.
+    BUILT.get_or_init(|| {
+        std::thread::spawn(build_all)
+            .join()
+            .unwrap_or_else(|_| panic!("building the conformance pipes failed (see above)"))
+    })
+}
+
+fn build_all() -> BTreeMap<&'static str, PathBuf> {
+    {
+        let root = workspace_root();
+        let out = root.join("target").join("conformance");
+        std::fs::create_dir_all(&out).unwrap();
+        let js_out = out.join("conformance-js.wasm");
+        // JavaScript: its build script (the toolchain is pinned in guest-sdk/js).
+        let js = std::thread::spawn({
+            let script = root.join("examples/conformance/js/build.sh");
+            let js_out = js_out.clone();
+            move || {
+                let output = std::process::Command::new("bash")
+                    .arg(&script)
+                    .arg(&js_out)
+                    .output()
+                    .expect("run the JS build script");
+                assert!(
+                    output.status.success(),
+                    "building the JS conformance pipe failed:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        });
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let runtime = Runtime::new(Some(cache_dir())).unwrap();
+        let mut built = BTreeMap::new();
+        built.insert("rust", guest("conformance"));
+        for (language, dir) in [("go", "go"), ("python", "python")] {
+            let file = out.join(format!("conformance-{language}.wasm"));
+            let result = tokio.block_on(plumber::build::build(
+                &root.join("examples/conformance").join(dir),
+                Some(&file),
+                &runtime,
+            ));
+            let built_one = result
+                .unwrap_or_else(|e| panic!("plumber build of the {language} pipe failed: {e}"));
+            println!(
+                "{language}: {} bytes, built in {:.1} s",
+                built_one.bytes,
+                built_one.took.as_secs_f64()
+            );
+            built.insert(language, file);
+        }
+        js.join().expect("JS build thread");
+        built.insert("js", js_out);
+        for (language, file) in &built {
+            runtime
+                .load(file, &capabilities(language))
+                .unwrap_or_else(|e| panic!("{language}: {e}"));
+        }
+        built
+    }
+}
+
+fn capabilities(language: &str) -> plumber::runtime::Capabilities {
+    match language {
+        "go" => Language::Go.capabilities(),
+        _ => plumber::runtime::Capabilities::default(),
+    }
+}
+
+fn pipe(language: &str, behaviour: &str) -> WasmPipe {
+    let mut pipe = WasmPipe::new("pipe", &components()[language])
+        .config(serde_json::json!({ "pipe": behaviour }));
+    for grant in capabilities(language).grants {
+        pipe = pipe.grant(grant);
+    }
+    pipe
+}
+
+/// What one language's run gave: the result, the events out, and the state.
+struct Outcome {
+    result: Result<RunReport, PipelineError>,
+    events: Vec<Event>,
+    state: BTreeMap<String, String>,
+}
+
+async fn run(
+    language: &str,
+    events: Vec<Event>,
+    window: Option<Window>,
+    step: WasmPipe,
+) -> Outcome {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let mut builder = Pipeline::builder("conformance")
+        .state(state.clone())
+        .runtime(Runtime::new(Some(cache_dir())).unwrap())
+        .checkpoint(CheckpointPolicy::every(Duration::from_secs(60)))
+        .from(ArraySource::new(events));
+    if let Some(window) = window {
+        builder = builder.then(window);
+    }
+    let (sink, mut receiver) = channel_sink(1024);
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            events.push(event);
+        }
+        events
+    });
+    let result = builder.then(step).to(sink).run().await;
+    let namespace = Namespace::for_pipe("conformance", "pipe");
+    let state = state
+        .scan_prefix(namespace.prefix())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k[namespace.prefix().len()..]).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    let events = collector.await.unwrap();
+    let _ = language;
+    Outcome {
+        result,
+        events,
+        state,
+    }
+}
+
+fn values(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        .collect()
+}
+
+fn sample() -> Vec<Event> {
+    vec![
+        Event::new("ada")
+            .with_key("k1")
+            .with_timestamp(1_800_000_000_000),
+        Event {
+            headers: vec![("h".into(), "v".into())],
+            ..Event::new("Bob-ü")
+        },
+        Event::new("ada"),
+        Event::new(vec![0xff, b'x']),
+        Event::new("ada").with_timestamp(7),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_is_the_same_in_every_language() {
+    let mut outputs = Vec::new();
+    for language in LANGUAGES {
+        let outcome = run(language, sample(), None, pipe(language, "transform")).await;
+        outcome.result.unwrap_or_else(|e| panic!("{language}: {e}"));
+        outputs.push((language, outcome.events));
+    }
+    let expected: Vec<Event> = sample()
+        .into_iter()
+        .map(|mut e| {
+            e.value.make_ascii_uppercase();
+            e
+        })
+        .collect();
+    for (language, events) in outputs {
+        assert_eq!(events, expected, "{language}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_gives_the_same_events_and_state_in_every_language() {
+    for language in LANGUAGES {
+        let outcome = run(language, sample(), None, pipe(language, "counter")).await;
+        outcome.result.unwrap_or_else(|e| panic!("{language}: {e}"));
+        assert_eq!(
+            values(&outcome.events),
+            ["ada=1", "Bob-ü=1", "ada=2", "\u{fffd}x=1", "ada=3"],
+            "{language}"
+        );
+        // The output key is the value's bytes; the rest of the event is kept.
+        let keys: Vec<Option<Vec<u8>>> = outcome.events.iter().map(|e| e.key.clone()).collect();
+        let expected_keys: Vec<Option<Vec<u8>>> =
+            sample().into_iter().map(|e| Some(e.value)).collect();
+        assert_eq!(keys, expected_keys, "{language}");
+        assert_eq!(
+            outcome.events[0].timestamp,
+            Some(1_800_000_000_000),
+            "{language}"
+        );
+        assert_eq!(outcome.events[1].headers, sample()[1].headers, "{language}");
+        let expected_state: BTreeMap<String, String> =
+            [("ada", "3"), ("Bob-ü", "1"), ("\u{fffd}x", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        assert_eq!(outcome.state, expected_state, "{language}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_aggregator_gives_the_same_results_in_every_language() {
+    let input: Vec<Event> = ["x", "y", "x", "x", "z", "z", "y"]
+        .into_iter()
+        .map(Event::new)
+        .collect();
+    for language in LANGUAGES {
+        let outcome = run(
+            language,
+            input.clone(),
+            Some(Window::count("triples", 3)),
+            pipe(language, "aggregate"),
+        )
+        .await;
+        outcome.result.unwrap_or_else(|e| panic!("{language}: {e}"));
+        // Count windows are in processing time: compare what follows the
+        // window's bounds, and check the bounds are ordered.
+        let mut rest = Vec::new();
+        for value in values(&outcome.events) {
+            let parts: Vec<&str> = value.splitn(3, ':').collect();
+            let (start, end): (u64, u64) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+            assert!(start <= end && end > 0, "{language}: {value}");
+            rest.push(parts[2].to_owned());
+        }
+        assert_eq!(
+            rest,
+            ["x:2:2", "y:1:1", "x:1:3", "z:2:2", "y:1:2"],
+            "{language}"
+        );
+        let state: Vec<(&str, &str)> = outcome
+            .state
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(state, [("x", "3"), ("y", "2"), ("z", "2")], "{language}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_is_the_same_pipe_error_in_every_language() {
+    let input = || -> Vec<Event> { ["ok", "bad", "fine"].into_iter().map(Event::new).collect() };
+    for language in LANGUAGES {
+        let outcome = run(language, input(), None, pipe(language, "fail")).await;
+        match outcome.result {
+            Err(PipelineError::Step {
+                source:
+                    StepError::Guest {
+                        message,
+                        retryable,
+                        event_index,
+                        ..
+                    },
+                ..
+            }) => {
+                assert_eq!(message, "bad event at 1", "{language}");
+                assert!(!retryable, "{language}");
+                assert_eq!(event_index, Some(1), "{language}");
+            }
+            other => panic!("{language}: {:?}", other.map(|r| r.events_out)),
+        }
+        assert!(outcome.events.is_empty(), "{language}");
+
+        // With `skip`, only the bad event is dropped.
+        let outcome = run(
+            language,
+            input(),
+            None,
+            pipe(language, "fail").on_error(OnError::Skip),
+        )
+        .await;
+        outcome.result.unwrap_or_else(|e| panic!("{language}: {e}"));
+        assert_eq!(values(&outcome.events), ["ok", "fine"], "{language}");
+
+        // And a config naming no known pipe fails in init, the same way.
+        let outcome = run(language, input(), None, pipe(language, "nope")).await;
+        match outcome.result {
+            Err(PipelineError::Load {
+                source: LoadError::Init { message, .. },
+                ..
+            }) => assert_eq!(message, "unknown pipe \"nope\"", "{language}"),
+            other => panic!("{language}: {:?}", other.map(|r| r.events_out)),
+        }
+    }
+}
