@@ -63,6 +63,20 @@ pub enum Command {
     },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(crate::bench::BenchArgs),
+    /// Creates a pipe project: a word counter with a native test and a
+    /// pipeline to run it.
+    New {
+        /// The project's name (and directory).
+        name: String,
+        /// `rust`, `go`, `python` or `js`.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// The plumber checkout's `guest-sdk` directory (Rust and Go
+        /// projects depend on their SDK by path; default: the one this
+        /// binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Builds a pipe project (Rust, Go, Python or JavaScript) into a
     /// component and checks it is a pipe.
     Build {
@@ -131,6 +145,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => run(configs, host, admin, runtime).await,
         Command::Validate { config } => validate(&config, runtime),
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
+        Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
             Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
                 Ok(built) => {
@@ -162,6 +177,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::from(failure.status)
         }
     }
+}
+
+fn new_project(name: &str, lang: &str, sdk: Option<PathBuf>) -> Result<(), Failure> {
+    let language = match lang {
+        "rust" => crate::build::Language::Rust,
+        "go" => crate::build::Language::Go,
+        "python" => crate::build::Language::Python,
+        "js" | "javascript" => crate::build::Language::JavaScript,
+        other => {
+            return Err(Failure::input(format!(
+                "unknown language `{other}`: use rust, go, python or js"
+            )))
+        }
+    };
+    let sdk = sdk.unwrap_or_else(crate::new::default_sdk_root);
+    let dir = crate::new::create(Path::new("."), name, language, &sdk).map_err(Failure::input)?;
+    println!(
+        "created {} ({} pipe): see its README.md; `plumber build {}` then `plumber run {}/pipeline.json`",
+        dir.display(),
+        language.name(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }
 
 async fn open_state(

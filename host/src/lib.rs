@@ -28,6 +28,7 @@
 //! | [`metrics`] | a small Prometheus registry |
 //! | [`bench`] | the `plumber bench` figures |
 //! | [`build`] | `plumber build`: a Rust, Go, Python or JS project to a component |
+//! | [`new`] | `plumber new`: a pipe project from a template |
 
 pub mod admin;
 pub mod bench;
@@ -38,6 +39,7 @@ pub mod command;
 pub mod config;
 pub mod dead_letter;
 pub mod metrics;
+pub mod new;
 pub mod pipeline;
 pub mod runtime;
 pub mod state;

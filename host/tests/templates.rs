@@ -1,0 +1,91 @@
+//! `plumber new` for every language, then the project's own native test,
+//! `plumber build`, and `plumber run` of the pipeline it comes with.
+
+#[path = "../../tests/src/lib.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+
+fn plumber(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .current_dir(dir)
+        // Rust projects share one target directory across test runs.
+        .env(
+            "CARGO_TARGET_DIR",
+            harness::workspace_root().join("target").join("templates"),
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber");
+    assert!(
+        output.status.success(),
+        "plumber {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn native(dir: &Path, program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "CARGO_TARGET_DIR",
+            harness::workspace_root().join("target").join("templates"),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+fn new_build_run(lang: &str, native_test: &[(&str, &[&str])]) {
+    let parent = tempfile::tempdir().unwrap();
+    let name = format!("wc-{lang}");
+    plumber(parent.path(), &["new", &name, "--lang", lang]);
+    let dir = parent.path().join(&name);
+    for (program, args) in native_test {
+        native(&dir, program, args);
+    }
+    let built = plumber(parent.path(), &["build", &name]);
+    assert!(built.contains(&format!("{lang} pipe")), "{built}");
+    let out = plumber(parent.path(), &["run", &format!("{name}/pipeline.json")]);
+    assert_eq!(out, "ada 1\nbob 1\nada 2\n", "{lang}");
+}
+
+#[test]
+fn a_new_rust_pipe_tests_builds_and_runs() {
+    new_build_run("rust", &[("cargo", &["test", "--quiet"])]);
+}
+
+#[test]
+fn a_new_go_pipe_tests_builds_and_runs() {
+    new_build_run("go", &[("go", &["test", "./..."])]);
+}
+
+#[test]
+fn a_new_python_pipe_tests_builds_and_runs() {
+    new_build_run("python", &[("python3", &["-m", "unittest", "-q"])]);
+}
+
+#[test]
+fn a_new_js_pipe_tests_builds_and_runs() {
+    new_build_run(
+        "js",
+        &[
+            ("npm", &["ci", "--no-audit", "--no-fund"]),
+            ("node", &["--test"]),
+        ],
+    );
+}
