@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Checkpoint interval of the stateful scenarios, in ms.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_ms: u64,
+    /// The `languages` scenario's components, as `language=path` (default:
+    /// the conformance pipes the conformance suite builds under
+    /// `target/conformance/`, and the Rust one from `examples/guests`).
+    #[arg(long = "component", value_delimiter = ',')]
+    pub components: Vec<String>,
 }
 
 /// One measured run.
@@ -441,6 +446,125 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), crate::pipeline::Pi
     }
     if args.scenario == "stateful" || args.scenario == "all" {
         run_stateful(&args, &rt).await?;
+    }
+    if args.scenario == "languages" {
+        run_languages(&args).await?;
+    }
+    Ok(())
+}
+
+/// The conformance pipe of each language: its size, how long a first
+/// compile and a start from the compile cache take, and events/s through
+/// its stateless (`transform`) and stateful (`counter`) behaviours.
+async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipeline::PipelineError> {
+    let failed = |message: String| crate::pipeline::PipelineError::Incomplete {
+        pipeline: "bench".to_owned(),
+        message,
+    };
+    let components: Vec<(String, PathBuf)> = if args.components.is_empty() {
+        vec![
+            (
+                "rust".to_owned(),
+                "examples/guests/target/wasm32-wasip2/release/conformance.wasm".into(),
+            ),
+            (
+                "go".to_owned(),
+                "target/conformance/conformance-go.wasm".into(),
+            ),
+            (
+                "python".to_owned(),
+                "target/conformance/conformance-python.wasm".into(),
+            ),
+            (
+                "js".to_owned(),
+                "target/conformance/conformance-js.wasm".into(),
+            ),
+        ]
+    } else {
+        args.components
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((language, path)) => Ok((language.to_owned(), PathBuf::from(path))),
+                None => Err(failed(format!(
+                    "--component {spec}: expected language=path"
+                ))),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    println!(
+        "conformance pipes, {} events (words from a 1,000-word vocabulary), batch 1024, memory state, exactly-once",
+        args.events
+    );
+    println!(
+        "{:<8} {:>10} {:>14} {:>13} {:>16} {:>16}",
+        "language", "size KiB", "first compile", "cached start", "stateless ev/s", "stateful ev/s"
+    );
+    for (language, path) in components {
+        let capabilities = if language == "go" {
+            crate::build::Language::Go.capabilities()
+        } else {
+            crate::runtime::Capabilities::default()
+        };
+        let size = std::fs::metadata(&path)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?
+            .len();
+        let cache = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
+        let load_error = |e: crate::runtime::LoadError| failed(e.to_string());
+        let started = Instant::now();
+        Runtime::new(Some(cache.path().to_path_buf()))
+            .map_err(load_error)?
+            .load(&path, &capabilities)
+            .map_err(load_error)?;
+        let first_compile = started.elapsed();
+        // A restart: a new runtime loads from the cache and starts an instance.
+        let started = Instant::now();
+        let runtime = Runtime::new(Some(cache.path().to_path_buf())).map_err(load_error)?;
+        let component = runtime.load(&path, &capabilities).map_err(load_error)?;
+        let settings = Arc::new(crate::runtime::InstanceSettings {
+            capabilities: capabilities.clone(),
+            ..crate::runtime::InstanceSettings::new("bench", "pipe", r#"{"pipe":"transform"}"#)
+        });
+        let state = crate::state::PipeState::new(
+            Arc::new(MemoryState::new()),
+            crate::state::Namespace::for_pipe("bench", "pipe"),
+            crate::state::WriteMode::Checkpointed,
+        );
+        component
+            .instantiate(&runtime, settings, state)
+            .await
+            .map_err(load_error)?;
+        let cached_start = started.elapsed();
+        let mut rates = Vec::new();
+        for behaviour in ["transform", "counter"] {
+            let mut pipe =
+                WasmPipe::new("pipe", &path).config(serde_json::json!({ "pipe": behaviour }));
+            for grant in &capabilities.grants {
+                pipe = pipe.grant(*grant);
+            }
+            let started = Instant::now();
+            let report = Pipeline::builder(format!("bench-{language}-{behaviour}"))
+                .state(Arc::new(MemoryState::new()))
+                .checkpoint(CheckpointPolicy::every(std::time::Duration::from_millis(
+                    args.checkpoint_ms,
+                )))
+                .batch_size(1024)
+                .runtime(runtime.clone())
+                .from(WordSource::new(args.events, args.seed))
+                .then(pipe)
+                .to(DiscardSink::new())
+                .run()
+                .await?;
+            rates.push(report.events_out as f64 / started.elapsed().as_secs_f64());
+        }
+        println!(
+            "{:<8} {:>10} {:>12.2} s {:>10.1} ms {:>16.0} {:>16.0}",
+            language,
+            size / 1024,
+            first_compile.as_secs_f64(),
+            cached_start.as_secs_f64() * 1000.0,
+            rates[0],
+            rates[1]
+        );
     }
     Ok(())
 }

@@ -429,17 +429,28 @@ fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Resu
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
     let rt = runtime()?;
     for (index, step) in config.pipeline.iter().enumerate() {
-        let StepConfig::Wasm(pipe) = step else {
-            continue;
-        };
-        rt.load(&pipe.module, &pipe.capabilities())
-            .map_err(|error| {
-                Failure::input(format!(
-                    "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
-                    path.display(),
-                    pipe.name
-                ))
-            })?;
+        match step {
+            StepConfig::Wasm(pipe) => {
+                rt.load(&pipe.module, &pipe.capabilities())
+                    .map_err(|error| {
+                        Failure::input(format!(
+                            "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
+                            path.display(),
+                            pipe.name
+                        ))
+                    })?;
+            }
+            StepConfig::Command(command) => {
+                rt.load_module(&command.module).map_err(|error| {
+                    Failure::input(format!(
+                        "{}: at `pipeline[{index}].module` (command `{}`): {error}",
+                        path.display(),
+                        command.name
+                    ))
+                })?;
+            }
+            StepConfig::Window(_) | StepConfig::Exec(_) => {}
+        }
     }
     println!(
         "{}: ok (pipeline `{}`, {} steps)",
