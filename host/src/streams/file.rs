@@ -144,6 +144,12 @@ impl Source for FileSource {
         format!("file source `{}`", self.path.display())
     }
 
+    /// Bytes of the file not read yet.
+    fn lag(&self) -> Option<u64> {
+        let length = std::fs::metadata(&self.path).ok()?.len();
+        Some(length.saturating_sub(self.offset))
+    }
+
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
         self.offset = match position {
             Position::Start => 0,
@@ -462,5 +468,25 @@ impl Sink for FileSink {
             file.sync_all().await.map_err(|e| self.io("sync", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lag_is_the_bytes_not_read_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "ada\nbob\ncy\n").unwrap();
+        let mut source = FileSource::new(&path);
+        source.seek(&Position::Start).await.unwrap();
+        assert_eq!(source.lag(), Some(11));
+        let (events, _) = source.next_batch(1).await.unwrap().unwrap();
+        assert_eq!(events[0].value, b"ada");
+        assert_eq!(source.lag(), Some(7));
+        source.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(source.lag(), Some(0));
     }
 }

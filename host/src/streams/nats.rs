@@ -546,6 +546,8 @@ pub struct JetStreamSource {
     pending: Pending,
     /// The highest sequence handed out or covered by the seek position.
     handed_out: u64,
+    /// Messages the server said were still pending after the last delivery.
+    pending_after: u64,
     reconnect_timeout: Duration,
     /// Whether to look for delivered messages that never arrived before
     /// the next pull (at the start, and after a failure or a gap).
@@ -648,6 +650,7 @@ impl JetStreamSource {
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             resync: true,
             last_delivery: None,
+            pending_after: 0,
         })
     }
 
@@ -775,6 +778,7 @@ impl JetStreamSource {
             .info()
             .map_err(|e| Failure::Fatal(io_error(self.describe(), "read message metadata", e)))?;
         let (sequence, delivery) = (info.stream_sequence, info.consumer_sequence);
+        self.pending_after = info.pending;
         let message = message.message;
         let Some(reply) = message.reply.clone() else {
             return Err(Failure::Fatal(invalid(
@@ -840,6 +844,11 @@ fn describe_js_source(url: &str, stream: &str, consumer: &str) -> String {
 impl Source for JetStreamSource {
     fn describe(&self) -> String {
         describe_js_source(&self.url, &self.stream, &self.consumer_name)
+    }
+
+    /// Messages still pending for the consumer, as the server last said.
+    fn lag(&self) -> Option<u64> {
+        Some(self.pending_after)
     }
 
     /// Records the committed position: redelivered messages at or below it
