@@ -23,6 +23,16 @@ pub enum Position {
     Offset(u64),
 }
 
+impl Position {
+    /// The offset, with `Start` as 0.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Position::Start => 0,
+            Position::Offset(offset) => *offset,
+        }
+    }
+}
+
 /// The record a checkpoint stores for its pipeline, beside the state writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {

@@ -38,10 +38,7 @@ impl Source for ChannelSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.received = match position {
-            Position::Start => 0,
-            Position::Offset(count) => *count,
-        };
+        self.received = position.offset();
         Ok(())
     }
 

@@ -151,10 +151,7 @@ impl Source for FileSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.offset = match position {
-            Position::Start => 0,
-            Position::Offset(offset) => *offset,
-        };
+        self.offset = position.offset();
         self.reader = None;
         // Open now, so that a bad position is reported at start.
         self.open().await

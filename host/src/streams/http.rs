@@ -210,10 +210,7 @@ impl Source for HttpSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.handed_out = match position {
-            Position::Start => 0,
-            Position::Offset(count) => *count,
-        };
+        self.handed_out = position.offset();
         Ok(())
     }
 
@@ -269,10 +266,7 @@ struct HttpCommitListener {
 #[async_trait]
 impl CommitListener for HttpCommitListener {
     async fn committed(&mut self, position: &Position) -> Result<(), StreamError> {
-        let committed = match position {
-            Position::Start => 0,
-            Position::Offset(count) => *count,
-        };
+        let committed = position.offset();
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         while waiters.front().is_some_and(|(last, _)| *last <= committed) {
             if let Some((_, ack)) = waiters.pop_front() {

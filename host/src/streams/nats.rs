@@ -313,10 +313,7 @@ impl Source for NatsSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.received = match position {
-            Position::Start => 0,
-            Position::Offset(count) => *count,
-        };
+        self.received = position.offset();
         Ok(())
     }
 
@@ -854,10 +851,7 @@ impl Source for JetStreamSource {
     /// Records the committed position: redelivered messages at or below it
     /// are acked and skipped.
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.handed_out = match position {
-            Position::Start => 0,
-            Position::Offset(sequence) => *sequence,
-        };
+        self.handed_out = position.offset();
         Ok(())
     }
 
