@@ -1,11 +1,7 @@
-//! `plumber bench`: a WASM pipe against the same logic in native Rust, run
-//! through the same pipeline engine in the same process on the same input.
-//!
-//! The scenario is the upper-case map of the seed's example: an array
-//! source of generated text events, one step, a sink that drops events.
-//! Each line reports events/s, the ratio of WASM to native, and the peak
-//! resident memory of the process during that run (Linux: VmHWM, reset
-//! between runs through `/proc/self/clear_refs`).
+//! The earlier scenarios of `plumber bench`: the upper-case map over a
+//! sweep of batch sizes (`batches`), the one-word count under every
+//! guarantee and backend (`guarantees`), and the conformance pipe of each
+//! language (`languages`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,46 +16,7 @@ use crate::step::{NativeStep, WasmPipe};
 use crate::streams::{DiscardSink, Source, StreamError};
 use crate::Event;
 
-/// Options of `plumber bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// The upper-case pipe's component.
-    #[arg(
-        long,
-        default_value = "examples/guests/target/wasm32-wasip2/release/upper.wasm"
-    )]
-    pub module: PathBuf,
-    /// Events per run.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: u64,
-    /// Batch sizes to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 64, 1024])]
-    pub batch_sizes: Vec<usize>,
-    /// Seed of the generated input.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Which scenarios: `map` (stateless upper-case), `stateful` (word
-    /// count under each delivery guarantee and backend), or `all`.
-    #[arg(long, default_value = "all")]
-    pub scenario: String,
-    /// The stateful count pipe's component.
-    #[arg(
-        long,
-        default_value = "examples/guests/target/wasm32-wasip2/release/count.wasm"
-    )]
-    pub count_module: PathBuf,
-    /// A Redis server for the stateful scenarios (e.g. redis://127.0.0.1:6379/); skipped when absent.
-    #[arg(long)]
-    pub redis: Option<String>,
-    /// Checkpoint interval of the stateful scenarios, in ms.
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_ms: u64,
-    /// The `languages` scenario's components, as `language=path` (default:
-    /// the conformance pipes the conformance suite builds under
-    /// `target/conformance/`, and the Rust one from `examples/guests`).
-    #[arg(long = "component", value_delimiter = ',')]
-    pub components: Vec<String>,
-}
+use super::{peak_rss_kib, reset_peak_rss, BenchArgs};
 
 /// One measured run.
 #[derive(Debug, Clone)]
@@ -211,24 +168,6 @@ impl Source for GeneratedSource {
     }
 }
 
-fn reset_peak_rss() {
-    // Writing 5 resets the peak resident set size (Linux 4.0+); elsewhere a no-op.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident memory of this process in KiB, from `/proc/self/status`.
-pub fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Runs one scenario: `events` through a native or a WASM upper-case step.
 ///
 /// # Errors
@@ -345,7 +284,7 @@ fn percentile(pauses: &[std::time::Duration], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-async fn run_stateful(
+pub(super) async fn run_stateful(
     args: &BenchArgs,
     rt: &Runtime,
 ) -> Result<(), crate::pipeline::PipelineError> {
@@ -435,28 +374,10 @@ async fn run_stateful(
     Ok(())
 }
 
-/// Runs every scenario of `args` and prints the table.
-///
-/// # Errors
-///
-/// A scenario's pipeline failed.
-pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), crate::pipeline::PipelineError> {
-    if args.scenario == "map" || args.scenario == "all" {
-        run_map(&args, &rt).await?;
-    }
-    if args.scenario == "stateful" || args.scenario == "all" {
-        run_stateful(&args, &rt).await?;
-    }
-    if args.scenario == "languages" {
-        run_languages(&args).await?;
-    }
-    Ok(())
-}
-
 /// The conformance pipe of each language: its size, how long a first
 /// compile and a start from the compile cache take, and events/s through
 /// its stateless (`transform`) and stateful (`counter`) behaviours.
-async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipeline::PipelineError> {
+pub(super) async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipeline::PipelineError> {
     let failed = |message: String| crate::pipeline::PipelineError::Incomplete {
         pipeline: "bench".to_owned(),
         message,
@@ -569,7 +490,10 @@ async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipeline::Pipeline
     Ok(())
 }
 
-async fn run_map(args: &BenchArgs, rt: &Runtime) -> Result<(), crate::pipeline::PipelineError> {
+pub(super) async fn run_map(
+    args: &BenchArgs,
+    rt: &Runtime,
+) -> Result<(), crate::pipeline::PipelineError> {
     println!(
         "upper-case map, {} events of 5 words (seed {}), generated source -> step -> discard sink, memory state",
         args.events, args.seed

@@ -1,0 +1,516 @@
+//! `plumber bench`: the same logic as a WASM pipe and as native Rust steps,
+//! run through the same pipeline engine, in the same process, on the same
+//! generated input.
+//!
+//! Every input is generated from `--seed` as it is read (so the input costs
+//! no memory and is the same for every run). Each measured run gets its own
+//! single-threaded tokio runtime on its own thread, so a pipeline's source,
+//! steps and sink share one core; the `scaling` scenario runs one and then
+//! two pipelines on a two-worker runtime. For each run the table gives:
+//! events in and out, wall time, events/s (input events), CPU seconds of the
+//! whole process (`getrusage`, so the epoch ticker and sled's threads count
+//! too), input events per CPU second, the process's peak resident memory
+//! during the run (`VmHWM`, reset before each run through
+//! `/proc/self/clear_refs`), and the ratio of events/s to the native run of
+//! the same scenario.
+//!
+//! Scenarios (`--scenario`, comma-separated):
+//!
+//! | name | what |
+//! | --- | --- |
+//! | `wordcount` | 2M generated lines × 5 words (10,000-word vocabulary): upper-case map, running count per word in state (memory and sled, exactly-once), final counts per tumbling window |
+//! | `nexmark` | the Nexmark generator and queries q0, q1, q2, q5, q7 |
+//! | `scaling` | one and two pipelines in parallel |
+//! | `memory` | peak RSS at 1× and 5× the input |
+//! | `suite` | all four above (the default) |
+//! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
+
+mod legacy;
+pub mod nexmark;
+pub mod wordcount;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::pipeline::{PipelineBuilder, PipelineError};
+use crate::runtime::Runtime;
+
+pub use legacy::{GeneratedSource, Measurement, WordSource};
+
+/// Where the example guests are after
+/// `cargo build --release --target wasm32-wasip2 --manifest-path examples/guests/Cargo.toml`.
+pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
+
+/// Options of `plumber bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
+    /// memory), wordcount, nexmark, scaling, memory, batches, guarantees, languages.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
+    pub scenario: Vec<String>,
+    /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
+    /// text, 5,000,000 Nexmark events).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Events per batch in the suite.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+    /// Seed of the generated inputs.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where the example guests' components are.
+    #[arg(long, default_value = GUESTS_DIR)]
+    pub guests: PathBuf,
+    /// Print the tables as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Events per run (`batches`, `guarantees`, `languages`).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Batch sizes to measure (`batches`), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 64, 1024])]
+    pub batch_sizes: Vec<usize>,
+    /// The upper-case pipe's component (`batches`).
+    #[arg(
+        long,
+        default_value = "examples/guests/target/wasm32-wasip2/release/upper.wasm"
+    )]
+    pub module: PathBuf,
+    /// The one-word count pipe's component (`guarantees`).
+    #[arg(
+        long,
+        default_value = "examples/guests/target/wasm32-wasip2/release/count.wasm"
+    )]
+    pub count_module: PathBuf,
+    /// A Redis server for `guarantees` (e.g. redis://127.0.0.1:6379/); skipped when absent.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Checkpoint interval in ms (`guarantees`, `languages`, and the suite's stateful runs).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_ms: u64,
+    /// The `languages` scenario's components, as `language=path` (default:
+    /// the conformance pipes the conformance suite builds under
+    /// `target/conformance/`, and the Rust one from `examples/guests`).
+    #[arg(long = "component", value_delimiter = ',')]
+    pub components: Vec<String>,
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A scenario's pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// A guest component is not built.
+    #[error(
+        "guest `{name}` not found at {path}: build the example guests first \
+         (cargo build --release --target wasm32-wasip2 --manifest-path examples/guests/Cargo.toml)"
+    )]
+    MissingGuest {
+        /// The guest's name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// An option or the machine refused (e.g. a thread could not start).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What ran a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Native Rust steps (the baseline).
+    Native,
+    /// WASM pipes (and native windows).
+    Wasm,
+    /// The source into the sink with no step: the floor of the scenario.
+    SourceOnly,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Native => "native",
+            Engine::Wasm => "wasm",
+            Engine::SourceOnly => "source only",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The scenario, e.g. `wordcount map`.
+    pub scenario: String,
+    /// Native, WASM or the source alone.
+    pub engine: Engine,
+    /// Events read from the source.
+    pub events_in: u64,
+    /// Events written to the sink.
+    pub events_out: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// User + system CPU time of the process during the run.
+    pub cpu_seconds: f64,
+    /// Peak resident memory of the process during the run, in KiB (0 when unknown).
+    pub peak_rss_kib: u64,
+}
+
+impl Row {
+    /// Input events per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.events_in as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// Input events per CPU second.
+    pub fn rate_per_cpu(&self) -> f64 {
+        self.events_in as f64 / self.cpu_seconds.max(f64::EPSILON)
+    }
+}
+
+/// The rows of a run of `plumber bench`, printed as they come.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Row>,
+    markdown: bool,
+    header_printed: bool,
+}
+
+impl Table {
+    /// An empty table; `markdown` selects the output format.
+    pub fn new(markdown: bool) -> Self {
+        Table {
+            markdown,
+            ..Table::default()
+        }
+    }
+
+    /// The rows so far.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Adds a row and prints it, with its ratio to the native row of the same scenario.
+    pub fn push(&mut self, row: Row) {
+        if !self.header_printed {
+            self.header_printed = true;
+            println!("{}", self.header());
+        }
+        let ratio = self
+            .rows
+            .iter()
+            .find(|r| r.scenario == row.scenario && r.engine == Engine::Native)
+            .map(|native| row.rate() / native.rate().max(f64::EPSILON));
+        println!("{}", self.format(&row, ratio));
+        self.rows.push(row);
+    }
+
+    fn header(&self) -> String {
+        let columns = [
+            "scenario",
+            "engine",
+            "events in",
+            "events out",
+            "seconds",
+            "events/s",
+            "CPU s",
+            "events/CPU s",
+            "peak RSS MiB",
+            "vs native",
+        ];
+        if self.markdown {
+            format!(
+                "| {} |\n| --- | --- |{}",
+                columns.join(" | "),
+                " ---: |".repeat(columns.len() - 2)
+            )
+        } else {
+            format!(
+                "{:<26} {:<11} {:>11} {:>11} {:>8} {:>12} {:>7} {:>13} {:>12} {:>9}",
+                columns[0],
+                columns[1],
+                columns[2],
+                columns[3],
+                columns[4],
+                columns[5],
+                columns[6],
+                columns[7],
+                columns[8],
+                columns[9]
+            )
+        }
+    }
+
+    fn format(&self, row: &Row, ratio: Option<f64>) -> String {
+        let ratio = ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        let rss = row.peak_rss_kib as f64 / 1024.0;
+        if self.markdown {
+            format!(
+                "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {} |",
+                row.scenario,
+                row.engine.name(),
+                thousands(row.events_in),
+                thousands(row.events_out),
+                row.seconds,
+                thousands(row.rate() as u64),
+                row.cpu_seconds,
+                thousands(row.rate_per_cpu() as u64),
+                rss,
+                ratio
+            )
+        } else {
+            format!(
+                "{:<26} {:<11} {:>11} {:>11} {:>8.2} {:>12.0} {:>7.2} {:>13.0} {:>12.1} {:>9}",
+                row.scenario,
+                row.engine.name(),
+                row.events_in,
+                row.events_out,
+                row.seconds,
+                row.rate(),
+                row.cpu_seconds,
+                row.rate_per_cpu(),
+                rss,
+                ratio
+            )
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The path of an example guest's component, checked to exist.
+///
+/// # Errors
+///
+/// [`BenchError::MissingGuest`] when the guests are not built.
+pub fn guest(dir: &Path, name: &str) -> Result<PathBuf, BenchError> {
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BenchError::MissingGuest {
+            name: name.to_owned(),
+            path,
+        })
+    }
+}
+
+pub(crate) fn reset_peak_rss() {
+    // Writing 5 resets the peak resident set size (Linux 4.0+); elsewhere a no-op.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process in KiB, from `/proc/self/status`.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of the whole process so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we hand it and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage; RUSAGE_SELF is always accepted.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Runs pipelines on a fresh tokio runtime with `workers` threads (1: a
+/// single-threaded runtime, so a pipeline's tasks share one core) and
+/// measures them together: the row's events are their sums.
+///
+/// # Errors
+///
+/// A pipeline failed, or the runtime or its thread could not start.
+pub async fn measure(
+    scenario: impl Into<String>,
+    engine: Engine,
+    workers: usize,
+    pipelines: Vec<PipelineBuilder>,
+) -> Result<Row, BenchError> {
+    let scenario = scenario.into();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut builder = if workers <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        };
+        let runtime = builder
+            .enable_all()
+            .build()
+            .map_err(|e| BenchError::Setup(format!("cannot start a tokio runtime: {e}")))?;
+        reset_peak_rss();
+        let cpu_before = cpu_seconds();
+        let started = Instant::now();
+        let reports = runtime.block_on(async move {
+            let tasks: Vec<_> = pipelines
+                .into_iter()
+                .map(|pipeline| tokio::spawn(pipeline.run()))
+                .collect();
+            let mut reports = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                match task.await {
+                    Ok(report) => reports.push(report?),
+                    Err(join) => {
+                        return Err(BenchError::Setup(format!("a pipeline task failed: {join}")))
+                    }
+                }
+            }
+            Ok(reports)
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_before;
+        Ok::<_, BenchError>((reports, seconds, cpu, peak_rss_kib()))
+    })
+    .await
+    .map_err(|e| BenchError::Setup(format!("the benchmark thread failed: {e}")))?;
+    let (reports, seconds, cpu_seconds, peak_rss_kib) = outcome?;
+    Ok(Row {
+        scenario,
+        engine,
+        events_in: reports.iter().map(|r| r.events_in).sum(),
+        events_out: reports.iter().map(|r| r.events_out).sum(),
+        seconds,
+        cpu_seconds,
+        peak_rss_kib,
+    })
+}
+
+/// `n` scaled by `--scale`, at least 1.
+pub fn scaled(n: u64, scale: f64) -> u64 {
+    ((n as f64 * scale).round() as u64).max(1)
+}
+
+/// Runs the scenarios of `args` and prints their tables.
+///
+/// # Errors
+///
+/// An unknown scenario, a guest that is not built, or a failed pipeline.
+pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
+    let mut scenarios: Vec<&str> = Vec::new();
+    for name in &args.scenario {
+        match name.as_str() {
+            "suite" | "all" => scenarios.extend(["wordcount", "nexmark", "scaling", "memory"]),
+            "wordcount" | "nexmark" | "scaling" | "memory" | "batches" | "guarantees"
+            | "languages" => scenarios.push(name),
+            // The earlier names of two scenarios.
+            "map" => scenarios.push("batches"),
+            "stateful" => scenarios.push("guarantees"),
+            other => {
+                return Err(BenchError::Setup(format!(
+                    "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
+                     batches, guarantees or languages"
+                )))
+            }
+        }
+    }
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        return Err(BenchError::Setup(format!(
+            "--scale {}: expected a positive number",
+            args.scale
+        )));
+    }
+    if args.batch_size == 0 {
+        return Err(BenchError::Setup(
+            "--batch-size 0: expected at least 1".to_owned(),
+        ));
+    }
+    println!("{}", machine_line(&args));
+    let mut table = Table::new(args.markdown);
+    for scenario in scenarios {
+        match scenario {
+            "wordcount" => wordcount::run(&args, &rt, &mut table).await?,
+            "nexmark" => nexmark::run(&args, &rt, &mut table).await?,
+            "scaling" => wordcount::run_scaling(&args, &rt, &mut table).await?,
+            "memory" => wordcount::run_memory(&args, &rt, &mut table).await?,
+            "batches" => legacy::run_map(&args, &rt).await?,
+            "guarantees" => legacy::run_stateful(&args, &rt).await?,
+            "languages" => legacy::run_languages(&args).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What the figures were measured on.
+fn machine_line(args: &BenchArgs) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut line = format!(
+        "plumber bench: {cpu}, {cores} cores; batch {}, seed {}, scale {}; one core per pipeline \
+         (single-threaded runtime) unless stated",
+        args.batch_size, args.seed, args.scale
+    );
+    if cfg!(debug_assertions) {
+        let _ = write!(line, "; DEBUG BUILD (use --release for figures)");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn cpu_seconds_advance_with_work() {
+        let before = cpu_seconds();
+        let mut x = 0u64;
+        let started = Instant::now();
+        while started.elapsed().as_millis() < 50 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_seconds() > before);
+    }
+
+    #[test]
+    fn a_missing_guest_says_how_to_build_it() {
+        let error = guest(Path::new("/nonexistent"), "word-count").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("/nonexistent/word_count.wasm"), "{text}");
+        assert!(
+            text.contains("cargo build --release --target wasm32-wasip2"),
+            "{text}"
+        );
+    }
+}
