@@ -101,7 +101,7 @@ pub struct BenchArgs {
 pub enum BenchError {
     /// A scenario's pipeline failed.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
     /// A guest component is not built.
     #[error(
         "guest `{name}` not found at {path}: build the example guests first \
@@ -116,6 +116,12 @@ pub enum BenchError {
     /// An option or the machine refused (e.g. a thread could not start).
     #[error("{0}")]
     Setup(String),
+}
+
+impl From<PipelineError> for BenchError {
+    fn from(error: PipelineError) -> Self {
+        BenchError::Pipeline(Box::new(error))
+    }
 }
 
 /// What ran a scenario.
@@ -283,7 +289,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
