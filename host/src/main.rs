@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// Events are many small buffers: mimalloc allocates and frees them about
+// twice as fast as glibc's malloc on the hot path (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

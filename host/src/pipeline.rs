@@ -1029,6 +1029,7 @@ async fn instantiate_steps(
                     limits: Arc::new(pipe.limits.clone()),
                     capabilities: pipe.capabilities.clone(),
                     config_json: pipe.config.to_string(),
+                    packed: pipe.packed,
                 });
                 let instance = component
                     .instantiate(&rt, settings, state)

@@ -273,6 +273,7 @@ pub struct WasmPipe {
     pub(crate) limits: PipeLimits,
     pub(crate) on_error: OnError,
     pub(crate) watch_module: Option<Duration>,
+    pub(crate) packed: bool,
 }
 
 impl WasmPipe {
@@ -286,7 +287,17 @@ impl WasmPipe {
             limits: PipeLimits::default(),
             on_error: OnError::Fail,
             watch_module: None,
+            packed: true,
         }
+    }
+
+    /// Whether batches cross as one packed buffer when the component
+    /// exports `process-packed` (the default), or always through the
+    /// canonical-ABI `process` (for comparisons).
+    #[must_use]
+    pub fn packed(mut self, packed: bool) -> Self {
+        self.packed = packed;
+        self
     }
 
     /// The config object passed to the guest's `init`.

@@ -38,17 +38,21 @@
 
 mod state;
 
+/// The packed batch encoding ([`BatchReader`], [`BatchWriter`] and their errors).
+pub use plumber_wire as wire;
+pub use plumber_wire::{BatchReader, BatchWriter, EventRef, WindowRef};
 pub use state::State;
 
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)] // generated canonical-ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "stateful-pipe",
+        world: "packed-pipe",
         path: "../../wit",
         pub_export_macro: true,
         export_macro_name: "__plumber_export_world",
         default_bindings_module: "plumber_guest::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
@@ -75,6 +79,70 @@ pub trait Pipe: Sized + 'static {
     ///
     /// A failure the host handles by the pipe's error policy.
     fn process(&mut self, batch: Batch, state: &mut State) -> Result<Vec<Event>, PipeError>;
+
+    /// Processes one batch in its packed form (see [`BatchReader`]) and
+    /// writes the events to pass on into `out` with a [`BatchWriter`].
+    ///
+    /// The host calls this instead of [`Pipe::process`] (one buffer crosses
+    /// each way instead of every event's fields). The default decodes the
+    /// batch, calls [`Pipe::process`] and encodes its answer; override it to
+    /// work on the bytes in place (see `examples/guests/upper`). Both must
+    /// give the same events.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipe::process`].
+    fn process_packed(
+        &mut self,
+        batch: BatchReader<'_>,
+        out: &mut Vec<u8>,
+        state: &mut State,
+    ) -> Result<(), PipeError> {
+        let events = self.process(unpack(&batch)?, state)?;
+        let mut writer = BatchWriter::new(out, None);
+        for event in &events {
+            writer.push(
+                event.key.as_deref(),
+                &event.value,
+                event.timestamp,
+                event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+        }
+        writer.finish();
+        Ok(())
+    }
+}
+
+/// Decodes a packed batch into an owned [`Batch`].
+///
+/// # Errors
+///
+/// The bytes are not a packed batch (a host bug; reported, not trapped).
+pub fn unpack(batch: &BatchReader<'_>) -> Result<Batch, PipeError> {
+    let malformed = |e: plumber_wire::DecodeError| PipeError::new(e.to_string());
+    let mut events = Vec::with_capacity(batch.len());
+    for event in batch.events() {
+        let event = event.map_err(malformed)?;
+        let headers = event
+            .headers()
+            .map(|h| h.map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(malformed)?;
+        events.push(Event {
+            key: event.key.map(<[u8]>::to_vec),
+            value: event.value.to_vec(),
+            timestamp: event.timestamp,
+            headers,
+        });
+    }
+    Ok(Batch {
+        events,
+        window: batch.window.map(|w| WindowInfo {
+            start: w.start,
+            end: w.end,
+            key: w.key.map(<[u8]>::to_vec),
+        }),
+    })
 }
 
 /// Parses a pipe's JSON config into `T`.
@@ -233,6 +301,28 @@ macro_rules! export_pipe {
                             .as_mut()
                             .ok_or_else(|| $crate::PipeError::new("process called before init"))?;
                         <$pipe as $crate::Pipe>::process(pipe, batch, &mut $crate::State::host())
+                    })
+                }
+
+                fn process_packed(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::PipeError> {
+                    PIPE.with(|slot| {
+                        let mut slot = slot.borrow_mut();
+                        let pipe = slot
+                            .as_mut()
+                            .ok_or_else(|| $crate::PipeError::new("process called before init"))?;
+                        let reader = $crate::BatchReader::new(&batch)
+                            .map_err(|e| $crate::PipeError::new(e.to_string()))?;
+                        // Room for an answer as large as the input without regrowing.
+                        let mut out = ::std::vec::Vec::with_capacity(batch.len());
+                        <$pipe as $crate::Pipe>::process_packed(
+                            pipe,
+                            reader,
+                            &mut out,
+                            &mut $crate::State::host(),
+                        )?;
+                        ::std::result::Result::Ok(out)
                     })
                 }
             }

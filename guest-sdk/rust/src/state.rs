@@ -120,6 +120,23 @@ impl State {
         }
     }
 
+    /// Applies each `(key, delta)` in order, as that many [`State::add`]
+    /// calls would, in one host call; returns the new values in order.
+    ///
+    /// # Errors
+    ///
+    /// A stored value is not a decimal integer, or the backend failed; then
+    /// none of the additions count (the host undoes the whole call).
+    pub fn add_many(&mut self, ops: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+        match &mut self.backend {
+            Backend::Host => host::add_many(ops),
+            Backend::Memory(_) => ops
+                .iter()
+                .map(|(key, delta)| self.add(key, *delta))
+                .collect(),
+        }
+    }
+
     /// Reads a UTF-8 string.
     ///
     /// # Errors
@@ -226,6 +243,9 @@ mod host {
     pub fn add(key: &str, delta: i64) -> Result<i64, StateError> {
         state::add(key, delta)
     }
+    pub fn add_many(ops: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+        state::add_many(ops)
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -250,11 +270,26 @@ mod host {
     pub fn add(_: &str, _: i64) -> Result<i64, StateError> {
         Err(no_host())
     }
+    pub fn add_many(_: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+        Err(no_host())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_many_is_adds_in_order() {
+        let mut state = State::in_memory();
+        let ops = [
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 5),
+            ("a".to_owned(), 2),
+        ];
+        assert_eq!(state.add_many(&ops).unwrap(), [1, 5, 3]);
+        assert_eq!(state.get_i64("a").unwrap(), Some(3));
+    }
 
     #[test]
     fn typed_helpers_round_trip_in_memory() {

@@ -168,54 +168,6 @@ impl Source for GeneratedSource {
     }
 }
 
-/// Runs one scenario: `events` through a native or a WASM upper-case step.
-///
-/// # Errors
-///
-/// The pipeline failed (e.g. the module could not be loaded).
-pub async fn measure(
-    runtime: &Runtime,
-    module: Option<&PathBuf>,
-    events: u64,
-    seed: u64,
-    batch_size: usize,
-) -> Result<Measurement, crate::pipeline::PipelineError> {
-    let builder = Pipeline::builder("bench")
-        .state(Arc::new(MemoryState::new()))
-        .checkpoint(CheckpointPolicy::at_end_only())
-        .batch_size(batch_size)
-        .runtime(runtime.clone())
-        .from(GeneratedSource::new(events, seed))
-        .to(DiscardSink::new());
-    let (kind, builder) = match module {
-        Some(module) => ("wasm", builder.then(WasmPipe::new("upper", module))),
-        None => (
-            "native",
-            builder.then(NativeStep::map("upper", |mut event: Event| {
-                if event.value.is_ascii() {
-                    event.value.make_ascii_uppercase();
-                } else {
-                    event.value = String::from_utf8_lossy(&event.value)
-                        .to_uppercase()
-                        .into_bytes();
-                }
-                event
-            })),
-        ),
-    };
-    reset_peak_rss();
-    let started = Instant::now();
-    let report = builder.run().await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Measurement {
-        kind,
-        batch_size,
-        events: report.events_out,
-        seconds,
-        peak_rss_kib: peak_rss_kib(),
-    })
-}
-
 /// The stateful word count through one backend and guarantee.
 ///
 /// # Errors
@@ -493,28 +445,48 @@ pub(super) async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipelin
 pub(super) async fn run_map(
     args: &BenchArgs,
     rt: &Runtime,
-) -> Result<(), crate::pipeline::PipelineError> {
-    println!(
-        "upper-case map, {} events of 5 words (seed {}), generated source -> step -> discard sink, memory state",
-        args.events, args.seed
-    );
-    println!(
-        "{:<8} {:>6} {:>14} {:>10} {:>14}",
-        "step", "batch", "events/s", "vs native", "peak RSS MiB"
-    );
+    table: &mut super::Table,
+) -> Result<(), super::BenchError> {
+    use super::Engine;
     for &batch_size in &args.batch_sizes {
-        let native = measure(rt, None, args.events, args.seed, batch_size).await?;
-        let wasm = measure(rt, Some(&args.module), args.events, args.seed, batch_size).await?;
-        for m in [&native, &wasm] {
-            println!(
-                "{:<8} {:>6} {:>14.0} {:>10.2} {:>14.1}",
-                m.kind,
-                m.batch_size,
-                m.rate(),
-                m.rate() / native.rate(),
-                m.peak_rss_kib as f64 / 1024.0
-            );
+        let scenario = format!("upper map, batch {batch_size}");
+        for engine in [Engine::Native, Engine::Wasm, Engine::WasmCanonical] {
+            let name = match engine {
+                Engine::Native => "native",
+                Engine::WasmCanonical => "canonical",
+                _ => "wasm",
+            };
+            if !args.engines.is_empty() && !args.engines.iter().any(|e| e == name) {
+                continue;
+            }
+            let builder = Pipeline::builder("bench")
+                .state(Arc::new(MemoryState::new()))
+                .checkpoint(CheckpointPolicy::at_end_only())
+                .batch_size(batch_size)
+                .runtime(rt.clone())
+                .from(GeneratedSource::new(args.events, args.seed))
+                .to(DiscardSink::new());
+            let builder = match engine {
+                Engine::Native => builder.then(NativeStep::map("upper", upper_case)),
+                Engine::WasmCanonical => {
+                    builder.then(WasmPipe::new("upper", &args.module).packed(false))
+                }
+                _ => builder.then(WasmPipe::new("upper", &args.module)),
+            };
+            table.push(super::measure(&scenario, engine, 1, vec![builder]).await?);
         }
     }
     Ok(())
+}
+
+/// The native upper-case step of the map scenarios.
+pub(crate) fn upper_case(mut event: Event) -> Event {
+    if event.value.is_ascii() {
+        event.value.make_ascii_uppercase();
+    } else {
+        event.value = String::from_utf8_lossy(&event.value)
+            .to_uppercase()
+            .into_bytes();
+    }
+    event
 }

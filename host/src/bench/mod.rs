@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Where the example guests' components are.
     #[arg(long, default_value = GUESTS_DIR)]
     pub guests: PathBuf,
+    /// Only these engines in `batches` (native, wasm, canonical), for profiling one of them.
+    #[arg(long, value_delimiter = ',')]
+    pub engines: Vec<String>,
     /// Print the tables as Markdown.
     #[arg(long)]
     pub markdown: bool,
@@ -131,6 +134,9 @@ pub enum Engine {
     Native,
     /// WASM pipes (and native windows).
     Wasm,
+    /// WASM pipes called through the canonical-ABI `process` even when they
+    /// export `process-packed` (what the packed crossing saves).
+    WasmCanonical,
     /// The source into the sink with no step: the floor of the scenario.
     SourceOnly,
 }
@@ -140,6 +146,7 @@ impl Engine {
         match self {
             Engine::Native => "native",
             Engine::Wasm => "wasm",
+            Engine::WasmCanonical => "wasm (canonical ABI)",
             Engine::SourceOnly => "source only",
         }
     }
@@ -234,7 +241,7 @@ impl Table {
             )
         } else {
             format!(
-                "{:<26} {:<11} {:>11} {:>11} {:>8} {:>12} {:>7} {:>13} {:>12} {:>9}",
+                "{:<26} {:<20} {:>11} {:>11} {:>8} {:>12} {:>7} {:>13} {:>12} {:>9}",
                 columns[0],
                 columns[1],
                 columns[2],
@@ -268,7 +275,7 @@ impl Table {
             )
         } else {
             format!(
-                "{:<26} {:<11} {:>11} {:>11} {:>8.2} {:>12.0} {:>7.2} {:>13.0} {:>12.1} {:>9}",
+                "{:<26} {:<20} {:>11} {:>11} {:>8.2} {:>12.0} {:>7.2} {:>13.0} {:>12.1} {:>9}",
                 row.scenario,
                 row.engine.name(),
                 row.events_in,
@@ -454,7 +461,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "nexmark" => nexmark::run(&args, &rt, &mut table).await?,
             "scaling" => wordcount::run_scaling(&args, &rt, &mut table).await?,
             "memory" => wordcount::run_memory(&args, &rt, &mut table).await?,
-            "batches" => legacy::run_map(&args, &rt).await?,
+            "batches" => legacy::run_map(&args, &rt, &mut table).await?,
             "guarantees" => legacy::run_stateful(&args, &rt).await?,
             "languages" => legacy::run_languages(&args).await?,
             _ => {}

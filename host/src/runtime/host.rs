@@ -151,6 +151,18 @@ impl state::Host for HostCtx {
             Err(error) => Err(self.state_error(error)),
         }
     }
+
+    async fn add_many(&mut self, ops: Vec<(String, i64)>) -> Result<Vec<i64>, WitStateError> {
+        let mut values = Vec::with_capacity(ops.len());
+        for (key, delta) in &ops {
+            self.check_key(key)?;
+            match self.state.add(key, *delta).await {
+                Ok(value) => values.push(value),
+                Err(error) => return Err(self.state_error(error)),
+            }
+        }
+        Ok(values)
+    }
 }
 
 impl log::Host for HostCtx {

@@ -13,6 +13,7 @@ mod capabilities;
 mod guest_output;
 mod host;
 pub mod limits;
+mod packed;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -331,6 +332,9 @@ pub struct InstanceSettings {
     pub capabilities: Capabilities,
     /// The config passed to `init`, as JSON text.
     pub config_json: String,
+    /// Whether to call `process-packed` when the component exports it
+    /// (the default); `false` always uses the canonical-ABI `process`.
+    pub packed: bool,
 }
 
 impl InstanceSettings {
@@ -342,11 +346,23 @@ impl InstanceSettings {
             limits: Arc::new(PipeLimits::default()),
             capabilities: Capabilities::default(),
             config_json: config_json.into(),
+            packed: true,
         }
     }
 }
 
-type Started = (Store<HostCtx>, bindings::StatefulPipe);
+/// The exports of a live instance.
+struct Exports {
+    bindings: bindings::StatefulPipe,
+    /// `process-packed`, when the component has it and the settings allow it.
+    packed: Option<wasmtime::component::Func>,
+}
+
+/// The guest side of `process-packed`: one byte list in, one out.
+type PackedProcess<'a> =
+    wasmtime::component::TypedFunc<(&'a [u8],), (Result<Vec<u8>, crate::PipeError>,)>;
+
+type Started = (Store<HostCtx>, Exports);
 
 impl PipeComponent {
     /// The file it was loaded from.
@@ -373,13 +389,14 @@ impl PipeComponent {
         settings: Arc<InstanceSettings>,
         state: PipeState,
     ) -> Result<PipeInstance, LoadError> {
-        let (store, bindings) = self
+        let (store, exports) = self
             .start(runtime, &settings, state)
             .await
             .map_err(|(error, _)| error)?;
         Ok(PipeInstance {
             store,
-            bindings,
+            exports,
+            packed_in: Vec::new(),
             component: self.clone(),
             runtime: runtime.clone(),
             settings,
@@ -430,8 +447,27 @@ impl PipeComponent {
             ))
         });
         begin_call(&mut store);
-        let bindings = match self.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => bindings,
+        let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
+            Ok(instance) => {
+                bindings::StatefulPipe::new(&mut store, &instance).and_then(|bindings| {
+                    let packed = match instance.get_func(&mut store, "process-packed") {
+                        Some(func) if settings.packed => {
+                            // Checked once here; calls use it unchecked.
+                            func.typed::<(&[u8],), (Result<Vec<u8>, crate::PipeError>,)>(&store)
+                                .map_err(|e| {
+                                    e.context("its `process-packed` export has the wrong type")
+                                })?;
+                            Some(func)
+                        }
+                        _ => None,
+                    };
+                    Ok(Exports { bindings, packed })
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let exports = match instantiated {
+            Ok(exports) => exports,
             Err(e) => {
                 let state = store.data_mut().state_mut().take();
                 return Err((
@@ -443,7 +479,10 @@ impl PipeComponent {
                 ));
             }
         };
-        let init = bindings.call_init(&mut store, &settings.config_json).await;
+        let init = exports
+            .bindings
+            .call_init(&mut store, &settings.config_json)
+            .await;
         let failure = match init {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.message),
@@ -466,7 +505,7 @@ impl PipeComponent {
         }
         // Writes made in init belong to the first epoch like any other.
         store.data_mut().state_mut().end_call(true);
-        Ok((store, bindings))
+        Ok((store, exports))
     }
 }
 
@@ -489,7 +528,9 @@ fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
 /// create it again.
 pub struct PipeInstance {
     store: Store<HostCtx>,
-    bindings: bindings::StatefulPipe,
+    exports: Exports,
+    /// The packed form of the batch being processed, reused across calls.
+    packed_in: Vec<u8>,
     component: PipeComponent,
     runtime: Runtime,
     settings: Arc<InstanceSettings>,
@@ -533,7 +574,38 @@ impl PipeInstance {
     /// The guest returned an error, trapped, or went past a limit.
     pub async fn process(&mut self, batch: &crate::Batch) -> Result<Vec<crate::Event>, CallError> {
         begin_call(&mut self.store);
-        let result = self.bindings.call_process(&mut self.store, batch).await;
+        let result = match self.exports.packed {
+            Some(func) => {
+                packed::encode_batch(&mut self.packed_in, batch);
+                // SAFETY: the type was checked when the instance started.
+                let typed: PackedProcess<'_> = unsafe { PackedProcess::new_unchecked(func) };
+                let max_events = self.settings.limits.max_output_events;
+                match typed.call_async(&mut self.store, (&self.packed_in,)).await {
+                    Ok((Ok(bytes),)) => match packed::decode_events(&bytes, max_events) {
+                        Ok(events) => Ok(Ok(events)),
+                        Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
+                        Err(packed::DecodeFailure::TooMany(count)) => {
+                            self.guest_time += self.store.data().call_started.elapsed();
+                            self.store.data_mut().state_mut().end_call(false);
+                            return Err(CallError::Limit {
+                                kind: LimitKind::OutputEvents,
+                                message: format!(
+                                    "returned {count} events; the limit is {max_events}"
+                                ),
+                            });
+                        }
+                    },
+                    Ok((Err(error),)) => Ok(Err(error)),
+                    Err(trap) => Err(trap),
+                }
+            }
+            None => {
+                self.exports
+                    .bindings
+                    .call_process(&mut self.store, batch)
+                    .await
+            }
+        };
         self.guest_time += self.store.data().call_started.elapsed();
         let outcome = match result {
             Ok(Ok(events)) => self.check_output(events),
@@ -610,9 +682,9 @@ impl PipeInstance {
     pub async fn replace(&mut self, component: PipeComponent) -> Result<(), LoadError> {
         let state = self.store.data_mut().state_mut().take();
         match component.start(&self.runtime, &self.settings, state).await {
-            Ok((store, bindings)) => {
+            Ok((store, exports)) => {
                 self.store = store;
-                self.bindings = bindings;
+                self.exports = exports;
                 self.component = component;
                 Ok(())
             }

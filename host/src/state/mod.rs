@@ -200,6 +200,24 @@ pub fn checked_sum(key: &[u8], current: i64, delta: i64) -> Result<i64, StateErr
     })
 }
 
+/// Writes `n` as decimal ASCII into `out` (cleared first), reusing its capacity.
+fn write_integer(out: &mut Vec<u8>, n: i64) {
+    out.clear();
+    if n < 0 {
+        out.push(b'-');
+    }
+    let start = out.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        out.push(b'0' + (rest % 10) as u8);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out[start..].reverse();
+}
+
 /// A shared state backend.
 pub type SharedState = Arc<dyn StateBackend>;
 
@@ -299,6 +317,8 @@ pub struct PipeState {
     quota: Option<StateQuota>,
     /// Bytes charged to the quota by the call in progress.
     charged: i64,
+    /// Where full keys are built for lookups, so a lookup allocates nothing.
+    key_buffer: Vec<u8>,
 }
 
 impl PipeState {
@@ -312,6 +332,7 @@ impl PipeState {
             mode,
             quota: None,
             charged: 0,
+            key_buffer: Vec::new(),
         }
     }
 
@@ -333,6 +354,7 @@ impl PipeState {
             mode: self.mode,
             quota: self.quota.clone(),
             charged: std::mem::take(&mut self.charged),
+            key_buffer: Vec::new(),
         }
     }
 
@@ -440,6 +462,25 @@ impl PipeState {
     /// The stored value is not an integer, the sum overflows, the tenant's
     /// quota would be exceeded, or the backend failed.
     pub async fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
+        if self.mode == WriteMode::Checkpointed && self.quota.is_none() {
+            // The hot path of counters: a key this call already wrote is
+            // updated where it lies, with no allocation.
+            let PipeState {
+                namespace,
+                call,
+                key_buffer,
+                ..
+            } = self;
+            key_buffer.clear();
+            key_buffer.extend_from_slice(namespace.prefix());
+            key_buffer.extend_from_slice(key.as_bytes());
+            if let Some(Some(bytes)) = call.get_mut(key_buffer.as_slice()) {
+                let next =
+                    checked_sum(key.as_bytes(), parse_integer(key.as_bytes(), bytes)?, delta)?;
+                write_integer(bytes, next);
+                return Ok(next);
+            }
+        }
         let full = self.namespace.key(key);
         if self.mode == WriteMode::WriteThrough && self.quota.is_none() {
             return self.backend.add(&full, delta).await;
@@ -517,6 +558,44 @@ mod tests {
             .prefix()
             .starts_with(&Namespace::tenant_prefix("acme2")));
         assert_ne!(acme.prefix(), window.prefix());
+    }
+
+    #[test]
+    fn integers_are_written_as_decimal_text() {
+        let mut out = b"garbage".to_vec();
+        for n in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            write_integer(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_adds_in_one_call_and_across_calls_agree() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let namespace = Namespace::for_pipe("p", "count");
+        backend.set(&namespace.key("old"), b"40").await.unwrap();
+        let mut state = PipeState::new(backend, namespace, WriteMode::Checkpointed);
+        assert_eq!(state.add("old", 1).await.unwrap(), 41);
+        assert_eq!(state.add("old", 1).await.unwrap(), 42);
+        state.end_call(true);
+        assert_eq!(state.add("old", -50).await.unwrap(), -8);
+        assert_eq!(state.add("old", 10).await.unwrap(), 2);
+        // A failed call's adds are undone, earlier calls' kept.
+        state.end_call(false);
+        assert_eq!(state.get("old").await.unwrap(), Some(b"42".to_vec()));
+        state.set("text", b"x".to_vec()).await.unwrap();
+        assert!(matches!(
+            state.add("text", 1).await,
+            Err(StateError::Invalid(_))
+        ));
+        state
+            .set("max", i64::MAX.to_string().into_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            state.add("max", 1).await,
+            Err(StateError::Invalid(_))
+        ));
     }
 
     #[tokio::test]

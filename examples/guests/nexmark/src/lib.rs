@@ -1,0 +1,484 @@
+//! The Nexmark queries of `plumber bench` (q0, q1, q2, q5, q7) as one pipe,
+//! the query chosen by the config: `{"query": "q0"}`.
+//!
+//! Events are the comma-separated text of the host's Nexmark generator
+//! (`host/src/bench/nexmark.rs`), first field the kind:
+//! `B,auction,bidder,price,channel,url,date_time,extra` (persons `P,…`,
+//! auctions `A,…`). The host's native baselines implement the same logic;
+//! the benchmark's equivalence test checks both give the same output.
+//!
+//! | query | input | output |
+//! | --- | --- | --- |
+//! | `q0` | events | the same events (pass-through) |
+//! | `q1` | events | bids, price converted to euros (`price * 908 / 1000`) |
+//! | `q2` | events | `auction,price` of bids with `auction % 123 == 0` |
+//! | `q5-bids` | events | per bid: key = auction, empty value, same timestamp |
+//! | `q5` | a sliding window of `q5-bids` | `window_start,auction,count` of the auction(s) with the most bids |
+//! | `q7-bids` | events | per bid: `auction,bidder,price,date_time`, same timestamp |
+//! | `q7` | a tumbling window of `q7-bids` | `window_end,auction,bidder,price` of the bid(s) with the highest price |
+//!
+//! Fields are found by splitting byte slices and integers parsed by hand,
+//! so a bid costs no allocation beyond its output value.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
+use plumber_guest::{Batch, Event, Pipe, PipeError, State};
+
+/// Which query the pipe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    Q0,
+    Q1,
+    Q2,
+    Q5Bids,
+    Q5,
+    Q7Bids,
+    Q7,
+}
+
+#[derive(serde::Deserialize)]
+struct Config {
+    query: String,
+}
+
+pub struct Nexmark {
+    query: Query,
+}
+
+impl Pipe for Nexmark {
+    fn init(config: &str) -> Result<Self, PipeError> {
+        let config: Config = plumber_guest::parse_config(config)?;
+        let query = match config.query.as_str() {
+            "q0" => Query::Q0,
+            "q1" => Query::Q1,
+            "q2" => Query::Q2,
+            "q5-bids" => Query::Q5Bids,
+            "q5" => Query::Q5,
+            "q7-bids" => Query::Q7Bids,
+            "q7" => Query::Q7,
+            other => {
+                return Err(PipeError::new(format!(
+                    "unknown query `{other}`: expected q0, q1, q2, q5-bids, q5, q7-bids or q7"
+                )))
+            }
+        };
+        Ok(Nexmark { query })
+    }
+
+    fn process(&mut self, batch: Batch, _state: &mut State) -> Result<Vec<Event>, PipeError> {
+        match self.query {
+            Query::Q0 => Ok(batch.events),
+            Query::Q1 => q1(batch.events),
+            Query::Q2 => q2(batch.events),
+            Query::Q5Bids => q5_bids(batch.events),
+            Query::Q7Bids => q7_bids(batch.events),
+            Query::Q5 | Query::Q7 => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new("q5 and q7 must follow a window: the batch has no window-info")
+                })?;
+                if self.query == Query::Q5 {
+                    q5(&batch.events, window.start, window.end)
+                } else {
+                    q7(&batch.events, window.end)
+                }
+            }
+        }
+    }
+}
+
+plumber_guest::export_pipe!(Nexmark);
+
+// Bid fields: B,auction,bidder,price,channel,url,date_time,extra
+const AUCTION: usize = 1;
+const PRICE: usize = 3;
+const DATE_TIME: usize = 6;
+
+/// The byte ranges of the first `N` comma-separated fields of `line`;
+/// `None` when it has fewer.
+fn fields<const N: usize>(line: &[u8]) -> Option<[(usize, usize); N]> {
+    let mut out = [(0, 0); N];
+    let mut start = 0;
+    let mut i = 0;
+    for (pos, &byte) in line.iter().enumerate() {
+        if byte == b',' {
+            out[i] = (start, pos);
+            i += 1;
+            if i == N {
+                return Some(out);
+            }
+            start = pos + 1;
+        }
+    }
+    // The last field runs to the end of the line.
+    out[i] = (start, line.len());
+    (i + 1 == N).then_some(out)
+}
+
+/// A decimal integer without sign; `None` when empty, not digits, or too big.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(n)
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(digits(n, &mut [0; 20]));
+}
+
+fn is_bid(value: &[u8]) -> bool {
+    value.starts_with(b"B,")
+}
+
+/// The fields of a bid up to its date_time, or an error naming the event.
+fn bid_fields(value: &[u8], index: usize) -> Result<[(usize, usize); 7], PipeError> {
+    fields::<7>(value)
+        .ok_or_else(|| PipeError::new("malformed bid: fewer than 7 fields").at_event(index))
+}
+
+fn number(value: &[u8], range: (usize, usize), what: &str, index: usize) -> Result<u64, PipeError> {
+    parse_u64(&value[range.0..range.1]).ok_or_else(|| {
+        PipeError::new(format!("malformed bid: {what} is not a number")).at_event(index)
+    })
+}
+
+/// Currency conversion: bids only, price in euros, other fields kept.
+fn q1(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, mut event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        let price = number(&event.value, f[PRICE], "price", index)?;
+        // Rewrite the price in place: the euro price never has more digits.
+        let mut buf = [0; 20];
+        let euros = digits(price * 908 / 1000, &mut buf);
+        event
+            .value
+            .splice(f[PRICE].0..f[PRICE].1, euros.iter().copied());
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// Selection: `auction,price` of the bids on every 123rd auction.
+fn q2(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::new();
+    for (index, mut event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        let auction = number(&event.value, f[AUCTION], "auction", index)?;
+        if auction % 123 != 0 {
+            continue;
+        }
+        let price = number(&event.value, f[PRICE], "price", index)?;
+        // Reuse the bid's buffer for the (shorter) output.
+        event.value.clear();
+        push_u64(&mut event.value, auction);
+        event.value.push(b',');
+        push_u64(&mut event.value, price);
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// Projection before q5's window: key = auction, no value.
+fn q5_bids(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        let (start, end) = f[AUCTION];
+        number(&event.value, f[AUCTION], "auction", index)?;
+        out.push(Event {
+            key: Some(event.value[start..end].to_vec()),
+            value: Vec::new(),
+            timestamp: event.timestamp,
+            headers: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Hot items: the auction(s) with the most bids in the window.
+fn q5(events: &[Event], start: u64, end: u64) -> Result<Vec<Event>, PipeError> {
+    // SipHash with fixed keys: std's random keys would import wasi:random in the guest.
+    let mut counts: HashMap<u64, u64, BuildHasherDefault<DefaultHasher>> = HashMap::default();
+    for (index, event) in events.iter().enumerate() {
+        let auction = event.key.as_deref().and_then(parse_u64).ok_or_else(|| {
+            PipeError::new("q5: the event's key is not an auction id").at_event(index)
+        })?;
+        *counts.entry(auction).or_default() += 1;
+    }
+    let Some(max) = counts.values().copied().max() else {
+        return Ok(Vec::new());
+    };
+    let mut hot: Vec<u64> = counts
+        .into_iter()
+        .filter(|&(_, c)| c == max)
+        .map(|(a, _)| a)
+        .collect();
+    hot.sort_unstable();
+    Ok(hot
+        .into_iter()
+        .map(|auction| {
+            let mut value = Vec::with_capacity(40);
+            push_u64(&mut value, start);
+            value.push(b',');
+            push_u64(&mut value, auction);
+            value.push(b',');
+            push_u64(&mut value, max);
+            Event::new(value).with_timestamp(end)
+        })
+        .collect())
+}
+
+/// Projection before q7's window: `auction,bidder,price,date_time`.
+fn q7_bids(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        number(&event.value, f[PRICE], "price", index)?;
+        // auction, bidder and price are adjacent fields.
+        let head = &event.value[f[AUCTION].0..f[PRICE].1];
+        let date_time = &event.value[f[DATE_TIME].0..f[DATE_TIME].1];
+        let mut value = Vec::with_capacity(head.len() + 1 + date_time.len());
+        value.extend_from_slice(head);
+        value.push(b',');
+        value.extend_from_slice(date_time);
+        out.push(Event {
+            key: None,
+            value,
+            timestamp: event.timestamp,
+            headers: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Highest bid: every bid of the window at the window's highest price.
+fn q7(events: &[Event], end: u64) -> Result<Vec<Event>, PipeError> {
+    // q7-bids fields: auction,bidder,price,date_time
+    let mut max = None;
+    for (index, event) in events.iter().enumerate() {
+        let price = fields::<4>(&event.value)
+            .and_then(|f| parse_u64(&event.value[f[2].0..f[2].1]))
+            .ok_or_else(|| {
+                PipeError::new("q7: expected auction,bidder,price,date_time").at_event(index)
+            })?;
+        max = max.max(Some(price));
+    }
+    let Some(max) = max else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for event in events {
+        let Some(f) = fields::<4>(&event.value) else {
+            continue;
+        };
+        if parse_u64(&event.value[f[2].0..f[2].1]) == Some(max) {
+            let head = &event.value[..f[2].1];
+            let mut value = Vec::with_capacity(21 + head.len());
+            push_u64(&mut value, end);
+            value.push(b',');
+            value.extend_from_slice(head);
+            out.push(Event::new(value).with_timestamp(end));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumber_guest::WindowInfo;
+
+    fn pipe(query: &str) -> Nexmark {
+        Nexmark::init(&format!(r#"{{"query":"{query}"}}"#)).unwrap()
+    }
+
+    fn bid(auction: u64, bidder: u64, price: u64, time: u64) -> Event {
+        Event::new(format!(
+            "B,{auction},{bidder},{price},Google,https://www.nexmark.com/abc/def/ghi/item.htm?query=1,{time},xyz"
+        ))
+        .with_timestamp(time)
+    }
+
+    fn person() -> Event {
+        Event::new("P,1000,Peter Shultz,abc@def.com,1234 5678 9012 3456,Boise,ID,1436918400000,xx")
+            .with_timestamp(1_436_918_400_000)
+    }
+
+    fn auction() -> Event {
+        Event::new("A,1000,item,description,100,200,1436918400000,1436918400100,1000,10,xx")
+            .with_timestamp(1_436_918_400_000)
+    }
+
+    fn run(query: &str, batch: Batch) -> Vec<Event> {
+        pipe(query).process(batch, &mut State::in_memory()).unwrap()
+    }
+
+    fn values(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.value_str().unwrap()).collect()
+    }
+
+    fn windowed(events: Vec<Event>, start: u64, end: u64) -> Batch {
+        Batch {
+            events,
+            window: Some(WindowInfo {
+                start,
+                end,
+                key: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn q0_passes_everything_through() {
+        let input = vec![person(), auction(), bid(1000, 1001, 5, 7)];
+        let out = run("q0", Batch::new(input.clone()));
+        assert_eq!(values(&out), values(&input));
+        assert_eq!(out[2].timestamp, Some(7));
+    }
+
+    #[test]
+    fn q1_converts_bid_prices_and_drops_the_rest() {
+        let out = run(
+            "q1",
+            Batch::new(vec![
+                person(),
+                bid(1000, 1001, 12_345, 7),
+                auction(),
+                bid(1001, 1002, 1, 8),
+            ]),
+        );
+        assert_eq!(
+            values(&out),
+            [
+                "B,1000,1001,11209,Google,https://www.nexmark.com/abc/def/ghi/item.htm?query=1,7,xyz",
+                "B,1001,1002,0,Google,https://www.nexmark.com/abc/def/ghi/item.htm?query=1,8,xyz"
+            ]
+        );
+        assert_eq!(out[0].timestamp, Some(7));
+    }
+
+    #[test]
+    fn q2_selects_auctions_divisible_by_123() {
+        // 1107 = 9 × 123, 1230 = 10 × 123.
+        let out = run(
+            "q2",
+            Batch::new(vec![
+                bid(1107, 1, 50, 1),
+                bid(1108, 1, 60, 2),
+                person(),
+                bid(1230, 2, 70, 3),
+            ]),
+        );
+        assert_eq!(values(&out), ["1107,50", "1230,70"]);
+        assert_eq!(out[1].timestamp, Some(3));
+    }
+
+    #[test]
+    fn q5_bids_keys_bids_by_auction() {
+        let out = run("q5-bids", Batch::new(vec![auction(), bid(1042, 1, 50, 9)]));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key_str(), Some("1042"));
+        assert!(out[0].value.is_empty());
+        assert_eq!(out[0].timestamp, Some(9));
+    }
+
+    #[test]
+    fn q5_emits_the_auctions_with_the_most_bids() {
+        let keyed = |a: &str| Event::new("").with_key(a);
+        let events = ["7", "3", "7", "3", "5"].into_iter().map(keyed).collect();
+        let out = run("q5", windowed(events, 100, 200));
+        assert_eq!(values(&out), ["100,3,2", "100,7,2"]);
+        assert_eq!(out[0].timestamp, Some(200));
+        assert!(run("q5", windowed(vec![], 0, 10)).is_empty());
+        assert!(pipe("q5")
+            .process(Batch::new(vec![]), &mut State::in_memory())
+            .is_err());
+    }
+
+    #[test]
+    fn q7_bids_projects_bids() {
+        let out = run(
+            "q7-bids",
+            Batch::new(vec![person(), bid(1042, 1001, 50, 9)]),
+        );
+        assert_eq!(values(&out), ["1042,1001,50,9"]);
+        assert_eq!(out[0].timestamp, Some(9));
+    }
+
+    #[test]
+    fn q7_emits_every_bid_at_the_highest_price() {
+        let events = ["1,2,30,5", "3,4,90,6", "5,6,10,7", "7,8,90,8"]
+            .into_iter()
+            .map(Event::new)
+            .collect();
+        let out = run("q7", windowed(events, 0, 10_000));
+        assert_eq!(values(&out), ["10000,3,4,90", "10000,7,8,90"]);
+    }
+
+    #[test]
+    fn malformed_bids_and_unknown_queries_are_errors() {
+        assert!(pipe("q1")
+            .process(
+                Batch::new(vec![Event::new("B,1,2")]),
+                &mut State::in_memory()
+            )
+            .is_err());
+        assert!(pipe("q2")
+            .process(
+                Batch::new(vec![Event::new("B,x,2,3,c,u,1,e")]),
+                &mut State::in_memory()
+            )
+            .is_err());
+        assert!(Nexmark::init(r#"{"query":"q9"}"#).is_err());
+    }
+
+    #[test]
+    fn fields_and_numbers_parse_by_hand() {
+        assert_eq!(fields::<3>(b"a,bc,d"), Some([(0, 1), (2, 4), (5, 6)]));
+        assert_eq!(fields::<2>(b"a,bc,d"), Some([(0, 1), (2, 4)]));
+        assert_eq!(fields::<4>(b"a,bc,d"), None);
+        assert_eq!(parse_u64(b"0123"), Some(123));
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"99999999999999999999"), None);
+        let mut out = Vec::new();
+        push_u64(&mut out, 0);
+        push_u64(&mut out, 18_446_744_073_709_551_615);
+        assert_eq!(out, b"018446744073709551615");
+    }
+}

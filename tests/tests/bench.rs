@@ -1,0 +1,90 @@
+//! The Nexmark benchmark compares like with like: each query's WASM pipes
+//! (the `nexmark` guest) give exactly the output of its native steps, on
+//! the same generated input, around the same native windows.
+
+use std::path::Path;
+
+use plumber::bench::nexmark::{builder, NexmarkSource, Query};
+use plumber::bench::Engine;
+use plumber::runtime::Runtime;
+use plumber::streams::channel_sink;
+use plumber::Event;
+use plumber_tests::{cache_dir, guest};
+
+/// Runs `query` over `events` generated events and returns what reached the sink.
+async fn run(query: Query, engine: Engine, events: u64, guest: &Path) -> Vec<Event> {
+    let rt = Runtime::new(Some(cache_dir())).expect("runtime");
+    let (sink, mut out) = channel_sink(1_000_000);
+    // A batch size that does not divide the input: the last batch is partial.
+    let source = NexmarkSource::new(events, 42);
+    let report = query
+        .add_steps(builder("nexmark-test", source, 999, &rt), engine, guest)
+        .to(sink)
+        .run()
+        .await
+        .unwrap_or_else(|e| panic!("{} {engine:?}: {e}", query.name()));
+    assert_eq!(report.events_in, events);
+    let mut received = Vec::new();
+    while let Ok(event) = out.try_recv() {
+        received.push(event);
+    }
+    assert_eq!(report.events_out, received.len() as u64);
+    received
+}
+
+#[tokio::test]
+async fn wasm_and_native_queries_give_the_same_output() {
+    let guest = guest("nexmark");
+    for query in Query::ALL {
+        // The windowed queries get 12 s of event time: two tumbling windows, several sliding ones.
+        let events = match query {
+            Query::Q5 | Query::Q7 => 120_000,
+            _ => 20_000,
+        };
+        let native = run(query, Engine::Native, events, &guest).await;
+        assert!(!native.is_empty(), "{}: no output", query.name());
+        // Both crossings: the packed buffer (the default) and the canonical ABI.
+        for engine in [Engine::Wasm, Engine::WasmCanonical] {
+            let wasm = run(query, engine, events, &guest).await;
+            assert_eq!(
+                native.len(),
+                wasm.len(),
+                "{} {engine:?}: event counts differ",
+                query.name()
+            );
+            for (i, (n, w)) in native.iter().zip(&wasm).enumerate() {
+                assert_eq!(
+                    n,
+                    w,
+                    "{} {engine:?}: event {i} differs: native {:?}, wasm {:?}",
+                    query.name(),
+                    String::from_utf8_lossy(&n.value),
+                    String::from_utf8_lossy(&w.value)
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_windowed_queries_emit_one_result_set_per_window() {
+    let guest = guest("nexmark");
+    // 12 s of event time: q7 fires [0, 10 s) and [10 s, 20 s) from the base time.
+    let q7 = run(Query::Q7, Engine::Wasm, 120_000, &guest).await;
+    let mut ends: Vec<u64> = q7.iter().filter_map(|e| e.timestamp).collect();
+    ends.dedup();
+    let base = plumber::bench::nexmark::BASE_TIME_MS;
+    assert_eq!(ends, [base + 10_000, base + 20_000]);
+    // q5: sliding windows of 10 s every 2 s that cover 0..12 s: starts from -8 s to 10 s.
+    let q5 = run(Query::Q5, Engine::Wasm, 120_000, &guest).await;
+    let mut starts: Vec<u64> = q5
+        .iter()
+        .map(|e| {
+            let value = String::from_utf8_lossy(&e.value);
+            value.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    starts.dedup();
+    let expected: Vec<u64> = (0..10).map(|k| base - 8_000 + k * 2_000).collect();
+    assert_eq!(starts, expected);
+}
