@@ -108,7 +108,7 @@ pub trait Step: Send {
 
     /// Hands over the state writes made since the last checkpoint.
     fn take_writes(&mut self) -> WriteSet {
-        WriteSet::new()
+        WriteSet::default()
     }
 
     /// Called once when a finite source has ended: push anything still held.
@@ -582,6 +582,7 @@ impl Step for WasmStep {
                         window: batch.window,
                     });
                 }
+                self.instance.recycle(batch.events);
                 return Ok(());
             }
             Err(error) => error,

@@ -116,24 +116,19 @@ impl<'b> BatchWriter<'b> {
         timestamp: Option<u64>,
         headers: impl IntoIterator<Item = (&'h str, &'h str)>,
     ) {
-        let value_at = self.start_event(key, value.len(), timestamp);
-        self.buffer[value_at..value_at + value.len()].copy_from_slice(value);
+        self.start_event(key, value.len(), timestamp);
+        self.buffer.extend_from_slice(value);
         self.end_event(timestamp, headers);
     }
 
     /// Appends a copy of `event` and returns its value's bytes in the
     /// buffer, for a pipe that rewrites values in place.
     pub fn push_copy(&mut self, event: &EventRef<'_>) -> &mut [u8] {
-        let value_at = self.start_event(event.key, event.value.len(), event.timestamp);
-        let value_end = value_at + event.value.len();
-        self.buffer[value_at..value_end].copy_from_slice(event.value);
-        if let Some(timestamp) = event.timestamp {
-            self.buffer.extend_from_slice(&timestamp.to_le_bytes());
-        }
-        self.buffer
-            .extend_from_slice(&event.header_count.to_le_bytes());
-        self.buffer.extend_from_slice(event.raw_headers);
-        &mut self.buffer[value_at..value_end]
+        // The event's encoding is the same in both batches: one copy.
+        self.count += 1;
+        let value_at = self.buffer.len() + event.value_offset;
+        self.buffer.extend_from_slice(event.raw);
+        &mut self.buffer[value_at..value_at + event.value.len()]
     }
 
     /// Events written so far.
@@ -151,8 +146,8 @@ impl<'b> BatchWriter<'b> {
         self.buffer[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
     }
 
-    /// Writes flags, key and the value's length, and reserves the value's
-    /// bytes; returns where the value starts.
+    /// Writes flags, key and the value's length; returns where the value
+    /// (which the caller appends next) starts.
     fn start_event(
         &mut self,
         key: Option<&[u8]>,
@@ -173,9 +168,7 @@ impl<'b> BatchWriter<'b> {
         }
         self.buffer
             .extend_from_slice(&len_u32(value_len).to_le_bytes());
-        let value_at = self.buffer.len();
-        self.buffer.resize(value_at + value_len, 0);
-        value_at
+        self.buffer.len()
     }
 
     fn end_event<'h>(
@@ -222,6 +215,9 @@ pub struct EventRef<'a> {
     pub timestamp: Option<u64>,
     header_count: u32,
     raw_headers: &'a [u8],
+    /// The whole encoded event, and where its value starts in it.
+    raw: &'a [u8],
+    value_offset: usize,
 }
 
 impl<'a> EventRef<'a> {
@@ -350,6 +346,7 @@ pub struct Events<'a> {
 
 impl<'a> Events<'a> {
     fn read(&mut self) -> Result<EventRef<'a>, DecodeError> {
+        let start = self.cursor.offset;
         let flags = self.cursor.u8()?;
         if flags & !(FLAG_KEY | FLAG_TIMESTAMP) != 0 {
             return Err(self.cursor.error("unknown event flags"));
@@ -360,6 +357,7 @@ impl<'a> Events<'a> {
             None
         };
         let value = self.cursor.bytes()?;
+        let value_offset = self.cursor.offset - value.len() - start;
         let timestamp = if flags & FLAG_TIMESTAMP != 0 {
             Some(self.cursor.u64()?)
         } else {
@@ -377,6 +375,8 @@ impl<'a> Events<'a> {
             timestamp,
             header_count,
             raw_headers: &self.cursor.bytes[headers_at..self.cursor.offset],
+            raw: &self.cursor.bytes[start..self.cursor.offset],
+            value_offset,
         })
     }
 }

@@ -53,6 +53,8 @@ pub mod bindings {
         export_macro_name: "__plumber_export_world",
         default_bindings_module: "plumber_guest::bindings",
         additional_derives: [PartialEq],
+        // Imports take borrowed strings: no copy of a key to call the host.
+        ownership: Borrowing { duplicate_if_necessary: false },
     });
 }
 
@@ -256,11 +258,7 @@ impl From<StateError> for PipeError {
 pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
     #[cfg(target_arch = "wasm32")]
     {
-        let fields: Vec<(String, String)> = fields
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        bindings::plumber::pipe::log::log(level, message, &fields);
+        bindings::plumber::pipe::log::log(level, message, fields);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {

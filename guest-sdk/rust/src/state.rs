@@ -127,7 +127,7 @@ impl State {
     ///
     /// A stored value is not a decimal integer, or the backend failed; then
     /// none of the additions count (the host undoes the whole call).
-    pub fn add_many(&mut self, ops: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+    pub fn add_many(&mut self, ops: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
         match &mut self.backend {
             Backend::Host => host::add_many(ops),
             Backend::Memory(_) => ops
@@ -232,7 +232,8 @@ mod host {
         state::get(key)
     }
     pub fn get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        state::get_many(keys)
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        state::get_many(&keys)
     }
     pub fn set(key: &str, value: &[u8]) -> Result<(), StateError> {
         state::set(key, value)
@@ -243,7 +244,7 @@ mod host {
     pub fn add(key: &str, delta: i64) -> Result<i64, StateError> {
         state::add(key, delta)
     }
-    pub fn add_many(ops: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+    pub fn add_many(ops: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
         state::add_many(ops)
     }
 }
@@ -270,7 +271,7 @@ mod host {
     pub fn add(_: &str, _: i64) -> Result<i64, StateError> {
         Err(no_host())
     }
-    pub fn add_many(_: &[(String, i64)]) -> Result<Vec<i64>, StateError> {
+    pub fn add_many(_: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
         Err(no_host())
     }
 }
@@ -282,11 +283,7 @@ mod tests {
     #[test]
     fn add_many_is_adds_in_order() {
         let mut state = State::in_memory();
-        let ops = [
-            ("a".to_owned(), 1),
-            ("b".to_owned(), 5),
-            ("a".to_owned(), 2),
-        ];
+        let ops = [("a", 1), ("b", 5), ("a", 2)];
         assert_eq!(state.add_many(&ops).unwrap(), [1, 5, 3]);
         assert_eq!(state.get_i64("a").unwrap(), Some(3));
     }

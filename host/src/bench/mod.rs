@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Only these engines in `batches` (native, wasm, canonical), for profiling one of them.
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
+    /// Measure only the runs whose `scenario/engine` contains one of these
+    /// (e.g. `count (memory)/wasm`), for profiling one run.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Print the tables as Markdown.
     #[arg(long)]
     pub markdown: bool,
@@ -207,6 +211,9 @@ impl Table {
 
     /// Adds a row and prints it, with its ratio to the native row of the same scenario.
     pub fn push(&mut self, row: Row) {
+        if !selected(&row.scenario, row.engine) {
+            return;
+        }
         if !self.header_printed {
             self.header_printed = true;
             println!("{}", self.header());
@@ -365,6 +372,18 @@ pub async fn measure(
     pipelines: Vec<PipelineBuilder>,
 ) -> Result<Row, BenchError> {
     let scenario = scenario.into();
+    if !selected(&scenario, engine) {
+        // Not measured: an empty row, which the table leaves out.
+        return Ok(Row {
+            scenario,
+            engine,
+            events_in: 0,
+            events_out: 0,
+            seconds: 0.0,
+            cpu_seconds: 0.0,
+            peak_rss_kib: 0,
+        });
+    }
     let outcome = tokio::task::spawn_blocking(move || {
         let mut builder = if workers <= 1 {
             tokio::runtime::Builder::new_current_thread()
@@ -414,6 +433,19 @@ pub async fn measure(
     })
 }
 
+/// `--only`, set once by [`run`].
+static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn selected(scenario: &str, engine: Engine) -> bool {
+    match ONLY.get() {
+        Some(only) if !only.is_empty() => {
+            let name = format!("{scenario}/{}", engine.name());
+            only.iter().any(|part| name.contains(part.as_str()))
+        }
+        _ => true,
+    }
+}
+
 /// `n` scaled by `--scale`, at least 1.
 pub fn scaled(n: u64, scale: f64) -> u64 {
     ((n as f64 * scale).round() as u64).max(1)
@@ -453,7 +485,16 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "--batch-size 0: expected at least 1".to_owned(),
         ));
     }
+    let _ = ONLY.set(args.only.clone());
     println!("{}", machine_line(&args));
+    // Compile the example guests into the cache first, so that no measured
+    // run pays a first compile (each run still loads from the cache).
+    for name in ["upper", "wordcount", "nexmark"] {
+        if let Ok(path) = guest(&args.guests, name) {
+            rt.load(&path, &crate::runtime::Capabilities::default())
+                .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+        }
+    }
     let mut table = Table::new(args.markdown);
     for scenario in scenarios {
         match scenario {

@@ -397,6 +397,7 @@ impl PipeComponent {
             store,
             exports,
             packed_in: Vec::new(),
+            spare: packed::SpareValues::default(),
             component: self.clone(),
             runtime: runtime.clone(),
             settings,
@@ -531,6 +532,8 @@ pub struct PipeInstance {
     exports: Exports,
     /// The packed form of the batch being processed, reused across calls.
     packed_in: Vec<u8>,
+    /// Buffers of consumed events, for the values of answers.
+    spare: packed::SpareValues,
     component: PipeComponent,
     runtime: Runtime,
     settings: Arc<InstanceSettings>,
@@ -581,20 +584,22 @@ impl PipeInstance {
                 let typed: PackedProcess<'_> = unsafe { PackedProcess::new_unchecked(func) };
                 let max_events = self.settings.limits.max_output_events;
                 match typed.call_async(&mut self.store, (&self.packed_in,)).await {
-                    Ok((Ok(bytes),)) => match packed::decode_events(&bytes, max_events) {
-                        Ok(events) => Ok(Ok(events)),
-                        Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
-                        Err(packed::DecodeFailure::TooMany(count)) => {
-                            self.guest_time += self.store.data().call_started.elapsed();
-                            self.store.data_mut().state_mut().end_call(false);
-                            return Err(CallError::Limit {
-                                kind: LimitKind::OutputEvents,
-                                message: format!(
-                                    "returned {count} events; the limit is {max_events}"
-                                ),
-                            });
+                    Ok((Ok(bytes),)) => {
+                        match packed::decode_events(&bytes, max_events, &mut self.spare) {
+                            Ok(events) => Ok(Ok(events)),
+                            Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
+                            Err(packed::DecodeFailure::TooMany(count)) => {
+                                self.guest_time += self.store.data().call_started.elapsed();
+                                self.store.data_mut().state_mut().end_call(false);
+                                return Err(CallError::Limit {
+                                    kind: LimitKind::OutputEvents,
+                                    message: format!(
+                                        "returned {count} events; the limit is {max_events}"
+                                    ),
+                                });
+                            }
                         }
-                    },
+                    }
                     Ok((Err(error),)) => Ok(Err(error)),
                     Err(trap) => Err(trap),
                 }
@@ -634,6 +639,14 @@ impl PipeInstance {
         };
         self.store.data_mut().state_mut().end_call(outcome.is_ok());
         outcome
+    }
+
+    /// Hands over a batch the pipe has consumed: its buffers are reused
+    /// for the next answer's events (packed calls).
+    pub fn recycle(&mut self, events: Vec<crate::Event>) {
+        if self.exports.packed.is_some() {
+            self.spare.keep(events);
+        }
     }
 
     fn check_output(&self, events: Vec<crate::Event>) -> Result<Vec<crate::Event>, CallError> {

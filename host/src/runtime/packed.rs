@@ -25,6 +25,44 @@ pub(super) fn encode_batch(buffer: &mut Vec<u8>, batch: &Batch) {
     writer.finish();
 }
 
+/// Value buffers of events a pipe has consumed, reused for the values of
+/// the events it answers with: a map then costs no allocation per event.
+#[derive(Debug, Default)]
+pub(super) struct SpareValues {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl SpareValues {
+    /// At most this many buffers are kept...
+    const MAX_BUFFERS: usize = 4096;
+    /// ...of at most this capacity, so the pool stays under 4 MiB.
+    const MAX_CAPACITY: usize = 1024;
+
+    /// Keeps the value buffers of consumed events.
+    pub(super) fn keep(&mut self, events: Vec<Event>) {
+        for event in events {
+            if self.buffers.len() >= Self::MAX_BUFFERS {
+                break;
+            }
+            if event.value.capacity() <= Self::MAX_CAPACITY && event.value.capacity() > 0 {
+                self.buffers.push(event.value);
+            }
+        }
+    }
+
+    /// A copy of `bytes`, in a spare buffer when there is one.
+    fn filled_with(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match self.buffers.pop() {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer.extend_from_slice(bytes);
+                buffer
+            }
+            None => bytes.to_vec(),
+        }
+    }
+}
+
 /// Why a packed answer was not turned into events.
 #[derive(Debug)]
 pub(super) enum DecodeFailure {
@@ -39,7 +77,11 @@ pub(super) enum DecodeFailure {
 /// # Errors
 ///
 /// A malformed buffer, or more than `max_events` events.
-pub(super) fn decode_events(bytes: &[u8], max_events: u64) -> Result<Vec<Event>, DecodeFailure> {
+pub(super) fn decode_events(
+    bytes: &[u8],
+    max_events: u64,
+    spare: &mut SpareValues,
+) -> Result<Vec<Event>, DecodeFailure> {
     let malformed = |error: plumber_wire::DecodeError| {
         DecodeFailure::Malformed(PipeError {
             message: format!("process-packed returned {error}"),
@@ -61,7 +103,7 @@ pub(super) fn decode_events(bytes: &[u8], max_events: u64) -> Result<Vec<Event>,
         }
         events.push(Event {
             key: event.key.map(<[u8]>::to_vec),
-            value: event.value.to_vec(),
+            value: spare.filled_with(event.value),
             timestamp: event.timestamp,
             headers,
         });
@@ -92,7 +134,25 @@ mod tests {
         };
         let mut buffer = vec![9; 3];
         encode_batch(&mut buffer, &batch);
-        assert_eq!(decode_events(&buffer, 10).unwrap(), batch.events);
+        assert_eq!(
+            decode_events(&buffer, 10, &mut SpareValues::default()).unwrap(),
+            batch.events
+        );
+    }
+
+    #[test]
+    fn spare_buffers_are_reused_and_bounded() {
+        let mut spare = SpareValues::default();
+        let consumed: Vec<Event> = (0..5000).map(|_| Event::new(vec![b'x'; 16])).collect();
+        spare.keep(consumed);
+        assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS);
+        spare.keep(vec![Event::new(vec![0; 4096])]);
+        assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS);
+        let mut buffer = Vec::new();
+        encode_batch(&mut buffer, &Batch::new(vec![Event::new("abc")]));
+        let events = decode_events(&buffer, 10, &mut spare).unwrap();
+        assert_eq!(events[0].value, b"abc");
+        assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS - 1);
     }
 
     #[test]
@@ -101,14 +161,14 @@ mod tests {
         let mut buffer = Vec::new();
         encode_batch(&mut buffer, &batch);
         assert!(matches!(
-            decode_events(&buffer, 1),
+            decode_events(&buffer, 1, &mut SpareValues::default()),
             Err(DecodeFailure::TooMany(2))
         ));
     }
 
     #[test]
     fn garbage_is_the_guests_error() {
-        match decode_events(b"\x07garbage", 10) {
+        match decode_events(b"\x07garbage", 10, &mut SpareValues::default()) {
             Err(DecodeFailure::Malformed(error)) => {
                 assert!(
                     error.message.contains("malformed packed batch"),

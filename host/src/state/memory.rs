@@ -222,7 +222,7 @@ mod tests {
     use crate::checkpoint::Position;
 
     async fn commit(state: &MemoryState, epoch: u64, key: &[u8], value: &[u8]) {
-        let mut writes = WriteSet::new();
+        let mut writes = WriteSet::default();
         writes.insert(key.to_vec(), Some(value.to_vec()));
         let record = CheckpointRecord::new("p", epoch, Position::Offset(epoch * 10));
         state.commit(&record, &[writes]).await.unwrap();

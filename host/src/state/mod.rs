@@ -91,7 +91,25 @@ pub enum StateError {
 
 /// Pending writes of one epoch: `Some(value)` sets, `None` deletes.
 /// Keys are full keys (namespace prefix included).
-pub type WriteSet = HashMap<Vec<u8>, Option<Vec<u8>>>;
+pub type WriteSet = HashMap<Vec<u8>, Option<Vec<u8>>, KeyHasher>;
+
+/// The hasher of write sets: foldhash, seeded per process. Keys are short
+/// and hashed several times per event on the state hot path, where SipHash
+/// (std's default) was a tenth of the time.
+pub type KeyHasher = foldhash::fast::RandomState;
+
+/// A pending write of a [`PipeState`], with what the call in progress
+/// replaced (so a failed call can be undone without a copy per write).
+#[derive(Debug)]
+struct Pending {
+    /// `Some(value)` sets, `None` deletes.
+    value: Option<Vec<u8>>,
+    /// The number of the call that last wrote it.
+    call: u64,
+    /// What the pending write was before the call numbered `call` first
+    /// wrote it: `None` when it had none.
+    before: Option<Option<Vec<u8>>>,
+}
 
 /// A key/value store that can commit a checkpoint atomically.
 #[async_trait]
@@ -309,16 +327,15 @@ pub enum WriteMode {
 pub struct PipeState {
     backend: SharedState,
     namespace: Namespace,
-    /// Writes of finished calls since the last checkpoint.
-    writes: WriteSet,
-    /// Writes of the call in progress.
-    call: WriteSet,
+    /// Writes since the last checkpoint, the call in progress's included,
+    /// by guest key (the namespace is added when they are handed over).
+    writes: HashMap<Vec<u8>, Pending, KeyHasher>,
+    /// The number of the call in progress.
+    call: u64,
     mode: WriteMode,
     quota: Option<StateQuota>,
     /// Bytes charged to the quota by the call in progress.
     charged: i64,
-    /// Where full keys are built for lookups, so a lookup allocates nothing.
-    key_buffer: Vec<u8>,
 }
 
 impl PipeState {
@@ -327,12 +344,11 @@ impl PipeState {
         PipeState {
             backend,
             namespace,
-            writes: WriteSet::new(),
-            call: WriteSet::new(),
+            writes: HashMap::default(),
+            call: 0,
             mode,
             quota: None,
             charged: 0,
-            key_buffer: Vec::new(),
         }
     }
 
@@ -350,11 +366,10 @@ impl PipeState {
             backend: self.backend.clone(),
             namespace: self.namespace.clone(),
             writes: std::mem::take(&mut self.writes),
-            call: std::mem::take(&mut self.call),
+            call: self.call,
             mode: self.mode,
             quota: self.quota.clone(),
             charged: std::mem::take(&mut self.charged),
-            key_buffer: Vec::new(),
         }
     }
 
@@ -373,40 +388,38 @@ impl PipeState {
         &self.namespace
     }
 
-    fn pending(&self, full: &[u8]) -> Option<&Option<Vec<u8>>> {
-        self.call.get(full).or_else(|| self.writes.get(full))
-    }
-
-    async fn current(&self, full: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.pending(full) {
-            Some(pending) => Ok(pending.clone()),
-            None => self.backend.get(full).await,
+    /// The value of a guest key: the pipe's own pending write, or the backend's.
+    async fn current(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        match self.writes.get(key.as_bytes()) {
+            Some(pending) => Ok(pending.value.clone()),
+            None => self.backend.get(&self.namespace.key(key)).await,
         }
     }
 
     /// Charges a write that turns an entry of `old` value bytes into one of
-    /// `new` (None: absent) to the quota.
+    /// `new` (None: absent) to the quota; an entry costs its full key too.
     fn charge(
         &mut self,
-        full: &[u8],
+        key: &str,
         old: Option<usize>,
         new: Option<usize>,
     ) -> Result<(), StateError> {
         let Some(quota) = &self.quota else {
             return Ok(());
         };
-        let size = |value: Option<usize>| value.map_or(0, |len| (full.len() + len) as i64);
+        let key_len = self.namespace.prefix().len() + key.len();
+        let size = |value: Option<usize>| value.map_or(0, |len| (key_len + len) as i64);
         let delta = size(new) - size(old);
         quota.try_charge(delta)?;
         self.charged += delta;
         Ok(())
     }
 
-    async fn old_len(&self, full: &[u8]) -> Result<Option<usize>, StateError> {
+    async fn old_len(&self, key: &str) -> Result<Option<usize>, StateError> {
         if self.quota.is_none() {
             return Ok(None);
         }
-        Ok(self.current(full).await?.map(|value| value.len()))
+        Ok(self.current(key).await?.map(|value| value.len()))
     }
 
     /// Reads a guest key.
@@ -415,8 +428,7 @@ impl PipeState {
     ///
     /// The backend failed.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let full = self.namespace.key(key);
-        self.current(&full).await
+        self.current(key).await
     }
 
     /// Writes a guest key.
@@ -425,15 +437,14 @@ impl PipeState {
     ///
     /// The tenant's quota would be exceeded, or (write-through) the backend failed.
     pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
-        let full = self.namespace.key(key);
-        let old = self.old_len(&full).await?;
-        self.charge(&full, old, Some(value.len()))?;
+        let old = self.old_len(key).await?;
+        self.charge(key, old, Some(value.len()))?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.call.insert(full, Some(value));
+                self.write(key, Some(value));
                 Ok(())
             }
-            WriteMode::WriteThrough => self.backend.set(&full, &value).await,
+            WriteMode::WriteThrough => self.backend.set(&self.namespace.key(key), &value).await,
         }
     }
 
@@ -443,15 +454,14 @@ impl PipeState {
     ///
     /// Write-through: the backend failed.
     pub async fn delete(&mut self, key: &str) -> Result<(), StateError> {
-        let full = self.namespace.key(key);
-        let old = self.old_len(&full).await?;
-        self.charge(&full, old, None)?;
+        let old = self.old_len(key).await?;
+        self.charge(key, old, None)?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.call.insert(full, None);
+                self.write(key, None);
                 Ok(())
             }
-            WriteMode::WriteThrough => self.backend.delete(&full).await,
+            WriteMode::WriteThrough => self.backend.delete(&self.namespace.key(key)).await,
         }
     }
 
@@ -463,41 +473,42 @@ impl PipeState {
     /// quota would be exceeded, or the backend failed.
     pub async fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
         if self.mode == WriteMode::Checkpointed && self.quota.is_none() {
-            // The hot path of counters: a key this call already wrote is
-            // updated where it lies, with no allocation.
-            let PipeState {
-                namespace,
-                call,
-                key_buffer,
-                ..
-            } = self;
-            key_buffer.clear();
-            key_buffer.extend_from_slice(namespace.prefix());
-            key_buffer.extend_from_slice(key.as_bytes());
-            if let Some(Some(bytes)) = call.get_mut(key_buffer.as_slice()) {
-                let next =
-                    checked_sum(key.as_bytes(), parse_integer(key.as_bytes(), bytes)?, delta)?;
-                write_integer(bytes, next);
-                return Ok(next);
+            // The hot path of counters: a key written since the checkpoint
+            // is updated where it lies (allocating only on a call's first
+            // write, to keep the old value for an undo).
+            if let Some(pending) = self.writes.get_mut(key.as_bytes()) {
+                if let Some(bytes) = &mut pending.value {
+                    let next =
+                        checked_sum(key.as_bytes(), parse_integer(key.as_bytes(), bytes)?, delta)?;
+                    if pending.call == self.call {
+                        write_integer(bytes, next);
+                    } else {
+                        let mut text = Vec::with_capacity(bytes.len() + 1);
+                        write_integer(&mut text, next);
+                        pending.before = Some(pending.value.replace(text));
+                        pending.call = self.call;
+                    }
+                    return Ok(next);
+                }
             }
         }
-        let full = self.namespace.key(key);
         if self.mode == WriteMode::WriteThrough && self.quota.is_none() {
-            return self.backend.add(&full, delta).await;
+            return self.backend.add(&self.namespace.key(key), delta).await;
         }
-        let current = self.current(&full).await?;
+        let current = self.current(key).await?;
         let old_len = current.as_ref().map(Vec::len);
         let current = match current {
             None => 0,
             Some(bytes) => parse_integer(key.as_bytes(), &bytes)?,
         };
         let next = checked_sum(key.as_bytes(), current, delta)?;
-        let text = next.to_string().into_bytes();
-        self.charge(&full, old_len, Some(text.len()))?;
+        let mut text = Vec::new();
+        write_integer(&mut text, next);
+        self.charge(key, old_len, Some(text.len()))?;
         if self.mode == WriteMode::WriteThrough {
-            return self.backend.add(&full, delta).await;
+            return self.backend.add(&self.namespace.key(key), delta).await;
         }
-        self.call.insert(full, Some(text));
+        self.write(key, Some(text));
         Ok(next)
     }
 
@@ -505,25 +516,79 @@ impl PipeState {
     /// succeeded, and are dropped (with their quota charge) when it failed.
     /// Write-through writes have already landed either way.
     pub fn end_call(&mut self, succeeded: bool) {
-        if succeeded {
-            if self.writes.is_empty() {
-                std::mem::swap(&mut self.writes, &mut self.call);
-            } else {
-                self.writes.extend(self.call.drain());
-            }
-        } else {
-            self.call.clear();
+        if !succeeded {
+            // Failures are rare: a scan of the epoch's writes finds the
+            // call's own and puts back what they replaced.
+            let call = self.call;
+            self.writes.retain(|_, pending| {
+                if pending.call != call {
+                    return true;
+                }
+                match pending.before.take() {
+                    Some(before) => {
+                        pending.value = before;
+                        // Not this call's any more (and not undone twice).
+                        pending.call = call.wrapping_sub(1);
+                        true
+                    }
+                    None => false,
+                }
+            });
             if let Some(quota) = &self.quota {
                 quota.refund(self.charged);
             }
         }
+        // A new call number: what this call replaced is no longer needed for
+        // an undo (it is dropped when the key is next written, or at the checkpoint).
+        self.call += 1;
         self.charged = 0;
+    }
+
+    /// Records a write of the call in progress.
+    fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let call = self.call;
+        if let Some(pending) = self.writes.get_mut(key.as_bytes()) {
+            if pending.call == call {
+                pending.value = value;
+            } else {
+                pending.before = Some(std::mem::replace(&mut pending.value, value));
+                pending.call = call;
+            }
+            return;
+        }
+        match self.writes.entry(key.as_bytes().to_vec()) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                let pending = entry.get_mut();
+                if pending.call == call {
+                    pending.value = value;
+                } else {
+                    pending.before = Some(std::mem::replace(&mut pending.value, value));
+                    pending.call = call;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Pending {
+                    value,
+                    call,
+                    before: None,
+                });
+            }
+        }
     }
 
     /// Hands over the pending writes for a checkpoint, leaving none.
     pub fn take_writes(&mut self) -> WriteSet {
         self.end_call(true);
-        std::mem::take(&mut self.writes)
+        let mut writes =
+            WriteSet::with_capacity_and_hasher(self.writes.len(), KeyHasher::default());
+        let prefix = self.namespace.prefix();
+        writes.extend(self.writes.drain().map(|(key, pending)| {
+            let mut full = Vec::with_capacity(prefix.len() + key.len());
+            full.extend_from_slice(prefix);
+            full.extend_from_slice(&key);
+            (full, pending.value)
+        }));
+        writes
     }
 
     /// Drops the pending writes (after a failed call whose effects must not land).
@@ -596,6 +661,38 @@ mod tests {
             state.add("max", 1).await,
             Err(StateError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_puts_back_exactly_what_it_replaced() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let namespace = Namespace::for_pipe("p", "undo");
+        backend.set(&namespace.key("stored"), b"s").await.unwrap();
+        let mut state = PipeState::new(backend, namespace, WriteMode::Checkpointed);
+        state.set("a", b"1".to_vec()).await.unwrap();
+        state.add("n", 5).await.unwrap();
+        state.end_call(true);
+        // The failed call overwrites, deletes, adds and creates.
+        state.set("a", b"2".to_vec()).await.unwrap();
+        state.set("a", b"3".to_vec()).await.unwrap();
+        state.delete("stored").await.unwrap();
+        state.add("n", 1).await.unwrap();
+        state.add("n", 1).await.unwrap();
+        state.set("new", b"x".to_vec()).await.unwrap();
+        state.end_call(false);
+        assert_eq!(state.get("a").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(state.get("stored").await.unwrap(), Some(b"s".to_vec()));
+        assert_eq!(state.get("n").await.unwrap(), Some(b"5".to_vec()));
+        assert_eq!(state.get("new").await.unwrap(), None);
+        // A later failed call that wrote nothing undoes nothing more.
+        state.end_call(false);
+        assert_eq!(state.get("a").await.unwrap(), Some(b"1".to_vec()));
+        // A successful call after the failure counts from the restored value.
+        assert_eq!(state.add("n", 1).await.unwrap(), 6);
+        let writes = state.take_writes();
+        let mut keys: Vec<_> = writes.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys.len(), 2, "only a and n are pending: {keys:?}");
     }
 
     #[tokio::test]

@@ -167,7 +167,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let state = SledState::open(dir.path()).unwrap();
-            let mut writes = WriteSet::new();
+            let mut writes = WriteSet::default();
             writes.insert(b"k".to_vec(), Some(b"v".to_vec()));
             writes.insert(b"gone".to_vec(), None);
             let record = CheckpointRecord::new("p", 3, Position::Offset(42));

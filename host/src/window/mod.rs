@@ -1022,7 +1022,7 @@ impl WindowStep {
     }
 
     fn snapshot_writes(&mut self) -> WriteSet {
-        let mut writes = WriteSet::new();
+        let mut writes = WriteSet::default();
         if !self.changed {
             return writes;
         }

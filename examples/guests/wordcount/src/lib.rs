@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use plumber_guest::{parse_config, Batch, Event, Pipe, PipeError, State};
+use plumber_guest::{
+    parse_config, Batch, BatchReader, BatchWriter, Event, EventRef, Pipe, PipeError, State,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,14 +83,14 @@ impl WordCount {
     fn count(&mut self, batch: Batch, state: &mut State) -> Result<Vec<Event>, PipeError> {
         // One `add-many` host call for the whole batch's words instead of
         // one `add` per word; `lines[i]` is the event the i-th word came from.
-        let mut ops: Vec<(String, i64)> = Vec::with_capacity(batch.events.len() * 5);
+        let mut ops: Vec<(&str, i64)> = Vec::with_capacity(batch.events.len() * 5);
         let mut lines: Vec<usize> = Vec::with_capacity(ops.capacity());
         for (index, event) in batch.events.iter().enumerate() {
             for word in words(&event.value) {
                 // State keys are strings: a word that is not UTF-8 is the event's fault.
                 let key = std::str::from_utf8(word)
                     .map_err(|_| PipeError::new("a word is not UTF-8").at_event(index))?;
-                ops.push((key.to_owned(), 1));
+                ops.push((key, 1));
                 lines.push(index);
             }
         }
@@ -144,6 +146,89 @@ impl Pipe for WordCount {
             Mode::Window => WordCount::window(&batch),
         }
     }
+
+    /// The same as `process`, on the packed bytes: words are slices of the
+    /// input buffer and answers are written straight into the output one,
+    /// so nothing is allocated per word.
+    fn process_packed(
+        &mut self,
+        batch: BatchReader<'_>,
+        out: &mut Vec<u8>,
+        state: &mut State,
+    ) -> Result<(), PipeError> {
+        let malformed = |e: plumber_guest::wire::DecodeError| PipeError::new(e.to_string());
+        let events: Vec<EventRef<'_>> = batch.events().collect::<Result<_, _>>().map_err(malformed)?;
+        let mut writer = BatchWriter::new(out, None);
+        let mut text = Vec::with_capacity(32);
+        match self.mode {
+            Mode::Count => {
+                let mut ops: Vec<(&str, i64)> = Vec::with_capacity(events.len() * 5);
+                let mut lines: Vec<u32> = Vec::with_capacity(ops.capacity());
+                for (index, event) in events.iter().enumerate() {
+                    for word in words(event.value) {
+                        let key = std::str::from_utf8(word)
+                            .map_err(|_| PipeError::new("a word is not UTF-8").at_event(index))?;
+                        ops.push((key, 1));
+                        lines.push(index as u32);
+                    }
+                }
+                let counts = state.add_many(&ops).map_err(PipeError::from)?;
+                if counts.len() != ops.len() {
+                    return Err(PipeError::new(format!(
+                        "add-many returned {} values for {} additions",
+                        counts.len(),
+                        ops.len()
+                    )));
+                }
+                for (((word, _), count), line) in ops.iter().zip(counts).zip(lines) {
+                    word_text(&mut text, word.as_bytes(), count);
+                    let timestamp = events[line as usize].timestamp;
+                    writer.push(Some(word.as_bytes()), &text, timestamp, []);
+                }
+            }
+            Mode::Window => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new(
+                        "wordcount in window mode must follow a window: the batch has no window-info",
+                    )
+                })?;
+                let mut counts: FnvMap<&[u8], u64> = FnvMap::default();
+                for event in &events {
+                    for word in words(event.value) {
+                        *counts.entry(word).or_default() += 1;
+                    }
+                }
+                let mut counts: Vec<(&[u8], u64)> = counts.into_iter().collect();
+                counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (word, count) in counts {
+                    word_text(&mut text, word, i64::try_from(count).unwrap_or(i64::MAX));
+                    writer.push(Some(word), &text, Some(window.end), []);
+                }
+            }
+        }
+        writer.finish();
+        Ok(())
+    }
+}
+
+/// `<word> <count>` into `out` (cleared first).
+fn word_text(out: &mut Vec<u8>, word: &[u8], count: i64) {
+    out.clear();
+    out.extend_from_slice(word);
+    out.push(b' ');
+    if count < 0 {
+        out.push(b'-');
+    }
+    let start = out.len();
+    let mut rest = count.unsigned_abs();
+    loop {
+        out.push(b'0' + (rest % 10) as u8);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out[start..].reverse();
 }
 
 plumber_guest::export_pipe!(WordCount);
@@ -155,6 +240,51 @@ mod tests {
 
     fn values(events: &[Event]) -> Vec<&str> {
         events.iter().map(|e| e.value_str().unwrap()).collect()
+    }
+
+    fn packed(batch: &Batch) -> Vec<u8> {
+        let mut buffer = Vec::new();
+        let window = batch.window.as_ref().map(|w| plumber_guest::WindowRef {
+            start: w.start,
+            end: w.end,
+            key: w.key.as_deref(),
+        });
+        let mut writer = BatchWriter::new(&mut buffer, window);
+        for e in &batch.events {
+            writer.push(e.key.as_deref(), &e.value, e.timestamp, []);
+        }
+        writer.finish();
+        buffer
+    }
+
+    #[test]
+    fn the_packed_path_gives_what_process_gives() {
+        for (config, window) in [
+            (r#"{"mode": "count"}"#, None),
+            (
+                r#"{"mode": "window"}"#,
+                Some(WindowInfo { start: 0, end: 9, key: None }),
+            ),
+        ] {
+            let batch = Batch {
+                events: vec![
+                    Event::new("kalo mire kalo").with_timestamp(7),
+                    Event::new("mire  tup"),
+                ],
+                window,
+            };
+            let mut state = State::in_memory();
+            state.set_i64("tup", -3).unwrap();
+            let mut pipe = WordCount::init(config).unwrap();
+            let mut out = Vec::new();
+            pipe.process_packed(BatchReader::new(&packed(&batch)).unwrap(), &mut out, &mut state)
+                .unwrap();
+            let from_packed = plumber_guest::unpack(&BatchReader::new(&out).unwrap()).unwrap().events;
+            let mut state = State::in_memory();
+            state.set_i64("tup", -3).unwrap();
+            let from_process = WordCount::init(config).unwrap().process(batch, &mut state).unwrap();
+            assert_eq!(from_packed, from_process, "{config}");
+        }
     }
 
     #[test]
