@@ -794,10 +794,10 @@ impl PipelineBuilder {
             })?;
 
         // source driver -> step 0 -> ... -> step n-1 -> sink
-        let (first_tx, mut next_rx) = mpsc::channel::<Message>(self.channel_capacity);
+        let (first_tx, mut next_rx) = Output::channel(self.channel_capacity, self.batch_size);
         let mut tasks: Vec<JoinHandle<Result<u64, PipelineError>>> = Vec::new();
         for step in steps {
-            let (tx, rx) = mpsc::channel::<Message>(self.channel_capacity);
+            let (tx, rx) = Output::channel(self.channel_capacity, self.batch_size);
             let stats = Arc::new(StageStats {
                 name: step.name().to_owned(),
                 events_in: AtomicU64::new(0),
@@ -1071,13 +1071,59 @@ fn shared_runtime(runtime: &mut Option<Runtime>) -> Result<Runtime, LoadError> {
 
 /// What flows between stages.
 enum Message {
-    /// A batch of events.
-    Data(Batch),
+    /// A batch of events, with its share of the channel's room.
+    Data(Batch, Room),
     /// A checkpoint barrier: every stage adds its pending writes as it
     /// passes; the sink flushes and sends the writes back to the source driver.
     Barrier(Barrier),
     /// The finite source has ended: steps push what they still hold.
     End,
+}
+
+/// A batch's share of a channel's room, given back when it is received.
+type Room = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// The sending end of a channel between stages. Channels are bounded in
+/// batches and, because one batch can be a whole window, in events too: a
+/// batch takes one unit of room per event (a batch larger than the room
+/// waits for the channel to be empty), so what waits between two stages
+/// stays under `capacity × batch_size` events.
+#[derive(Clone)]
+struct Output {
+    sender: mpsc::Sender<Message>,
+    room: Arc<tokio::sync::Semaphore>,
+    max_room: u32,
+}
+
+impl Output {
+    fn channel(capacity: usize, batch_size: usize) -> (Output, mpsc::Receiver<Message>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let max_room =
+            u32::try_from(capacity.saturating_mul(batch_size).max(1)).unwrap_or(u32::MAX);
+        let room = Arc::new(tokio::sync::Semaphore::new(max_room as usize));
+        (
+            Output {
+                sender,
+                room,
+                max_room,
+            },
+            receiver,
+        )
+    }
+
+    async fn send_batch(&self, batch: Batch) -> Result<(), mpsc::error::SendError<Message>> {
+        let units = u32::try_from(batch.events.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_room);
+        // The semaphore is never closed, so this cannot fail; sending
+        // without room would only loosen the bound.
+        let room = self.room.clone().acquire_many_owned(units).await.ok();
+        self.sender.send(Message::Data(batch, room)).await
+    }
+
+    async fn send(&self, message: Message) -> Result<(), mpsc::error::SendError<Message>> {
+        self.sender.send(message).await
+    }
 }
 
 struct Barrier {
@@ -1095,7 +1141,7 @@ async fn run_step(
     pipeline: String,
     mut step: Box<dyn Step>,
     mut input: mpsc::Receiver<Message>,
-    output: mpsc::Sender<Message>,
+    output: Output,
     stats: Arc<StageStats>,
 ) -> Result<u64, PipelineError> {
     let stage = step.name().to_owned();
@@ -1128,7 +1174,8 @@ async fn run_step(
             }
         };
         match message {
-            Message::Data(batch) => {
+            Message::Data(batch, room) => {
+                drop(room);
                 stats
                     .events_in
                     .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
@@ -1169,11 +1216,11 @@ async fn run_step(
 }
 
 async fn send_all(
-    output: &mpsc::Sender<Message>,
+    output: &Output,
     produced: &mut Vec<Batch>,
 ) -> Result<(), mpsc::error::SendError<Message>> {
     for batch in produced.drain(..) {
-        output.send(Message::Data(batch)).await?;
+        output.send_batch(batch).await?;
     }
     Ok(())
 }
@@ -1206,7 +1253,8 @@ async fn run_sink(
     let mut events_out = 0u64;
     while let Some(message) = input.recv().await {
         match message {
-            Message::Data(batch) => {
+            Message::Data(batch, room) => {
+                drop(room);
                 events_out += batch.events.len() as u64;
                 status
                     .events_out
@@ -1280,7 +1328,7 @@ impl SourceDriver {
     async fn run(
         mut self,
         mut source: Box<dyn Source>,
-        output: mpsc::Sender<Message>,
+        output: Output,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<SourceDriver, PipelineError> {
         // Reading happens in its own task, so that waiting for input never
@@ -1309,7 +1357,7 @@ impl SourceDriver {
     async fn drive(
         &mut self,
         read_rx: &mut mpsc::Receiver<ReadResult>,
-        output: &mpsc::Sender<Message>,
+        output: &Output,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), PipelineError> {
         let mut ticker = self.policy.interval.map(|interval| {
@@ -1354,7 +1402,7 @@ impl SourceDriver {
                             self.notify_committed().await?;
                         }
                         output
-                            .send(Message::Data(Batch::new(events)))
+                            .send_batch(Batch::new(events))
                             .await
                             .map_err(|_| self.disconnected())?;
                         self.position = position;
@@ -1392,7 +1440,7 @@ impl SourceDriver {
     /// has flushed, then commits the writes and the position atomically.
     async fn checkpoint(
         &mut self,
-        output: &mpsc::Sender<Message>,
+        output: &Output,
         why: CheckpointCause,
     ) -> Result<(), PipelineError> {
         // Nothing read since the last checkpoint: nothing to save, except at

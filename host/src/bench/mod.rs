@@ -173,6 +173,8 @@ pub struct Row {
     pub cpu_seconds: f64,
     /// Peak resident memory of the process during the run, in KiB (0 when unknown).
     pub peak_rss_kib: u64,
+    /// The WASM pipes' linear memories at their largest, summed, in KiB.
+    pub guest_memory_kib: u64,
 }
 
 impl Row {
@@ -211,7 +213,8 @@ impl Table {
 
     /// Adds a row and prints it, with its ratio to the native row of the same scenario.
     pub fn push(&mut self, row: Row) {
-        if !selected(&row.scenario, row.engine) {
+        // Left out by --only (a run not measured has taken no time).
+        if !selected(&row.scenario, row.engine) || (row.seconds == 0.0 && row.events_in == 0) {
             return;
         }
         if !self.header_printed {
@@ -238,6 +241,7 @@ impl Table {
             "CPU s",
             "events/CPU s",
             "peak RSS MiB",
+            "guest MiB",
             "vs native",
         ];
         if self.markdown {
@@ -248,7 +252,7 @@ impl Table {
             )
         } else {
             format!(
-                "{:<26} {:<20} {:>11} {:>11} {:>8} {:>12} {:>7} {:>13} {:>12} {:>9}",
+                "{:<26} {:<20} {:>11} {:>11} {:>8} {:>12} {:>7} {:>13} {:>12} {:>9} {:>9}",
                 columns[0],
                 columns[1],
                 columns[2],
@@ -258,7 +262,8 @@ impl Table {
                 columns[6],
                 columns[7],
                 columns[8],
-                columns[9]
+                columns[9],
+                columns[10]
             )
         }
     }
@@ -266,9 +271,10 @@ impl Table {
     fn format(&self, row: &Row, ratio: Option<f64>) -> String {
         let ratio = ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         let rss = row.peak_rss_kib as f64 / 1024.0;
+        let guest = row.guest_memory_kib as f64 / 1024.0;
         if self.markdown {
             format!(
-                "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {:.1} | {} |",
                 row.scenario,
                 row.engine.name(),
                 thousands(row.events_in),
@@ -278,11 +284,12 @@ impl Table {
                 row.cpu_seconds,
                 thousands(row.rate_per_cpu() as u64),
                 rss,
+                guest,
                 ratio
             )
         } else {
             format!(
-                "{:<26} {:<20} {:>11} {:>11} {:>8.2} {:>12.0} {:>7.2} {:>13.0} {:>12.1} {:>9}",
+                "{:<26} {:<20} {:>11} {:>11} {:>8.2} {:>12.0} {:>7.2} {:>13.0} {:>12.1} {:>9.1} {:>9}",
                 row.scenario,
                 row.engine.name(),
                 row.events_in,
@@ -292,6 +299,7 @@ impl Table {
                 row.cpu_seconds,
                 row.rate_per_cpu(),
                 rss,
+                guest,
                 ratio
             )
         }
@@ -382,8 +390,10 @@ pub async fn measure(
             seconds: 0.0,
             cpu_seconds: 0.0,
             peak_rss_kib: 0,
+            guest_memory_kib: 0,
         });
     }
+    let handles: Vec<_> = pipelines.iter().map(PipelineBuilder::handle).collect();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut builder = if workers <= 1 {
             tokio::runtime::Builder::new_current_thread()
@@ -396,6 +406,9 @@ pub async fn measure(
             .enable_all()
             .build()
             .map_err(|e| BenchError::Setup(format!("cannot start a tokio runtime: {e}")))?;
+        if let Some(release) = RELEASE_MEMORY.get() {
+            release();
+        }
         reset_peak_rss();
         let cpu_before = cpu_seconds();
         let started = Instant::now();
@@ -422,6 +435,16 @@ pub async fn measure(
     .await
     .map_err(|e| BenchError::Setup(format!("the benchmark thread failed: {e}")))?;
     let (reports, seconds, cpu_seconds, peak_rss_kib) = outcome?;
+    let guest_memory_bytes: u64 = handles
+        .iter()
+        .flat_map(|handle| handle.status().stages())
+        .filter_map(|stage| stage.counters.clone())
+        .map(|counters| {
+            counters
+                .memory_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
     Ok(Row {
         scenario,
         engine,
@@ -430,7 +453,18 @@ pub async fn measure(
         seconds,
         cpu_seconds,
         peak_rss_kib,
+        guest_memory_kib: guest_memory_bytes / 1024,
     })
+}
+
+/// How the binary's allocator gives freed memory back (see [`on_release_memory`]).
+static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers how to give freed memory back to the OS before each measured
+/// run (the binary's allocator may keep it, which would show as a later
+/// run's peak RSS).
+pub fn on_release_memory(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
 }
 
 /// `--only`, set once by [`run`].
@@ -501,7 +535,10 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "wordcount" => wordcount::run(&args, &rt, &mut table).await?,
             "nexmark" => nexmark::run(&args, &rt, &mut table).await?,
             "scaling" => wordcount::run_scaling(&args, &rt, &mut table).await?,
-            "memory" => wordcount::run_memory(&args, &rt, &mut table).await?,
+            "memory" => {
+                wordcount::run_memory(&args, &rt, &mut table).await?;
+                nexmark::run_memory(&args, &rt, &mut table).await?;
+            }
             "batches" => legacy::run_map(&args, &rt, &mut table).await?,
             "guarantees" => legacy::run_stateful(&args, &rt).await?,
             "languages" => legacy::run_languages(&args).await?,

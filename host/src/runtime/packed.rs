@@ -50,16 +50,22 @@ impl SpareValues {
         }
     }
 
-    /// A copy of `bytes`, in a spare buffer when there is one.
+    /// A copy of `bytes`, in a spare buffer when there is one that fits
+    /// well: an event may live long in a window, so it must not hold a
+    /// buffer much larger than its value.
     fn filled_with(&mut self, bytes: &[u8]) -> Vec<u8> {
-        match self.buffers.pop() {
-            Some(mut buffer) => {
-                buffer.clear();
-                buffer.extend_from_slice(bytes);
-                buffer
+        if let Some(buffer) = self.buffers.last() {
+            let fits = buffer.capacity() >= bytes.len()
+                && buffer.capacity() <= bytes.len().saturating_mul(2).max(16);
+            if fits {
+                if let Some(mut buffer) = self.buffers.pop() {
+                    buffer.clear();
+                    buffer.extend_from_slice(bytes);
+                    return buffer;
+                }
             }
-            None => bytes.to_vec(),
         }
+        bytes.to_vec()
     }
 }
 
@@ -152,7 +158,16 @@ mod tests {
         encode_batch(&mut buffer, &Batch::new(vec![Event::new("abc")]));
         let events = decode_events(&buffer, 10, &mut spare).unwrap();
         assert_eq!(events[0].value, b"abc");
+        // 16 bytes of room for 3: reused.
         assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS - 1);
+        assert_eq!(events[0].value.capacity(), 16);
+        // An empty value does not take (and keep alive) a spare buffer.
+        spare.keep(vec![Event::new(vec![0; 1000])]);
+        let before = spare.buffers.len();
+        encode_batch(&mut buffer, &Batch::new(vec![Event::new("")]));
+        let events = decode_events(&buffer, 10, &mut spare).unwrap();
+        assert_eq!(events[0].value.capacity(), 0);
+        assert_eq!(spare.buffers.len(), before);
     }
 
     #[test]

@@ -37,9 +37,9 @@ impl SledState {
             .cache_capacity(Self::CACHE_BYTES)
             .open()
             .map_err(|source| StateError::Sled {
-            path: path.display().to_string(),
-            source,
-        })?;
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(SledState { db, path })
     }
 
