@@ -372,3 +372,84 @@ fn one_process_runs_two_tenants_pipelines_and_enforces_the_pipeline_quota() {
         "{stderr}"
     );
 }
+
+/// `plumber bench` on a fresh clone: the whole suite, at a small scale,
+/// prints a row for every scenario with a ratio to its native baseline.
+#[test]
+fn bench_runs_the_suite_and_prints_every_scenario() {
+    let guests = harness::guest("upper")
+        .parent()
+        .expect("the guests' directory")
+        .to_path_buf();
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args([
+            "bench",
+            "--scale",
+            "0.002",
+            "--checkpoint-ms",
+            "20",
+            "--guests",
+        ])
+        .arg(&guests)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for scenario in [
+        "wordcount source",
+        "wordcount map",
+        "wordcount count (memory)",
+        "wordcount count (sled)",
+        "wordcount window",
+        "nexmark source",
+        "nexmark q0",
+        "nexmark q1",
+        "nexmark q2",
+        "nexmark q5",
+        "nexmark q7",
+        "scaling map x2",
+        "scaling count x2",
+        "memory count 5x",
+        "memory window 5x",
+        "memory nexmark q5 5x",
+        "memory nexmark q7 5x",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line.starts_with(scenario)),
+            "no `{scenario}` row in:\n{stdout}"
+        );
+    }
+    // Every WASM row of a scenario with a native baseline has a ratio.
+    let wasm_rows: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("wordcount map") && line.contains(" wasm "))
+        .collect();
+    assert_eq!(wasm_rows.len(), 1, "{stdout}");
+    let ratio = wasm_rows[0].split_whitespace().last().unwrap_or_default();
+    assert!(
+        ratio.parse::<f64>().is_ok(),
+        "no ratio in `{}`",
+        wasm_rows[0]
+    );
+}
+
+#[test]
+fn bench_names_a_missing_guest_and_how_to_build_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .args(["bench", "--scenario", "wordcount", "--guests"])
+        .arg(empty.path())
+        .output()
+        .expect("run plumber bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("upper.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("cargo build --release --target wasm32-wasip2"),
+        "{stderr}"
+    );
+}

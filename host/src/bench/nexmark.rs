@@ -915,6 +915,42 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
     Ok(())
 }
 
+/// Peak RSS of the windowed queries (q5, q7) as WASM at 1× and 5× the input
+/// (1× is a fifth of the suite's Nexmark input): the windows' memory must
+/// not grow with the stream.
+///
+/// # Errors
+///
+/// The guest is missing or a pipeline failed.
+pub async fn run_memory(
+    args: &BenchArgs,
+    rt: &Runtime,
+    table: &mut Table,
+) -> Result<(), BenchError> {
+    let guest = guest(&args.guests, "nexmark")?;
+    let base = scaled(EVENTS / 5, args.scale);
+    for query in [Query::Q5, Query::Q7] {
+        for factor in [1, 5] {
+            let name = format!("nexmark-memory-{}-{factor}x", query.name());
+            let pipeline = query
+                .add_steps(
+                    builder(
+                        &name,
+                        NexmarkSource::new(base * factor, args.seed),
+                        args.batch_size,
+                        rt,
+                    ),
+                    Engine::Wasm,
+                    &guest,
+                )
+                .to(DiscardSink::new());
+            let scenario = format!("memory nexmark {} {factor}x", query.name());
+            table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1208,40 +1244,4 @@ mod tests {
         push_u64(&mut out, u64::MAX);
         assert_eq!(out, b"018446744073709551615");
     }
-}
-
-/// Peak RSS of the windowed queries (q5, q7) as WASM at 1× and 5× the input
-/// (1× is a fifth of the suite's Nexmark input): the windows' memory must
-/// not grow with the stream.
-///
-/// # Errors
-///
-/// The guest is missing or a pipeline failed.
-pub async fn run_memory(
-    args: &BenchArgs,
-    rt: &Runtime,
-    table: &mut Table,
-) -> Result<(), BenchError> {
-    let guest = guest(&args.guests, "nexmark")?;
-    let base = scaled(EVENTS / 5, args.scale);
-    for query in [Query::Q5, Query::Q7] {
-        for factor in [1, 5] {
-            let name = format!("nexmark-memory-{}-{factor}x", query.name());
-            let pipeline = query
-                .add_steps(
-                    builder(
-                        &name,
-                        NexmarkSource::new(base * factor, args.seed),
-                        args.batch_size,
-                        rt,
-                    ),
-                    Engine::Wasm,
-                    &guest,
-                )
-                .to(DiscardSink::new());
-            let scenario = format!("memory nexmark {} {factor}x", query.name());
-            table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
-        }
-    }
-    Ok(())
 }
