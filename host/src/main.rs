@@ -15,11 +15,5 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // `plumber bench` gives freed memory back to the OS between runs, so
-    // each run's peak RSS is its own.
-    plumber::bench::on_release_memory(|| {
-        // SAFETY: mi_collect only walks mimalloc's own heaps.
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    });
     plumber::cli::main()
 }

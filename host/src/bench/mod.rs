@@ -69,6 +69,14 @@ pub struct BenchArgs {
     /// (e.g. `count (memory)/wasm`), for profiling one run.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Measure every run in this process instead of one child process per
+    /// run (a child's peak RSS and CPU time are its run's alone).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Internal: measure only the run named `scenario/engine` and print its
+    /// figures for the parent process.
+    #[arg(long, hide = true)]
+    pub child_run: Option<String>,
     /// Print the tables as Markdown.
     #[arg(long)]
     pub markdown: bool,
@@ -213,8 +221,12 @@ impl Table {
 
     /// Adds a row and prints it, with its ratio to the native row of the same scenario.
     pub fn push(&mut self, row: Row) {
-        // Left out by --only (a run not measured has taken no time).
-        if !selected(&row.scenario, row.engine) || (row.seconds == 0.0 && row.events_in == 0) {
+        // Left out by --only (a run not measured has taken no time); a
+        // child process reports to its parent instead.
+        if !selected(&row.scenario, row.engine)
+            || (row.seconds == 0.0 && row.events_in == 0)
+            || CHILD_RUN.get().is_some_and(Option::is_some)
+        {
             return;
         }
         if !self.header_printed {
@@ -380,7 +392,9 @@ pub async fn measure(
     pipelines: Vec<PipelineBuilder>,
 ) -> Result<Row, BenchError> {
     let scenario = scenario.into();
-    if !selected(&scenario, engine) {
+    let run_name = format!("{scenario}/{}", engine.name());
+    let child_run = CHILD_RUN.get().and_then(Option::as_deref);
+    if !will_measure(&scenario, engine) {
         // Not measured: an empty row, which the table leaves out.
         return Ok(Row {
             scenario,
@@ -393,6 +407,102 @@ pub async fn measure(
             guest_memory_kib: 0,
         });
     }
+    if child_run.is_none() && !IN_PROCESS.get().copied().unwrap_or(true) {
+        drop(pipelines);
+        return measure_in_child(scenario, engine, &run_name).await;
+    }
+    let row = measure_here(scenario, engine, workers, pipelines).await?;
+    if child_run.is_some() {
+        println!(
+            "{CHILD_ROW} {} {} {} {} {} {}",
+            row.events_in,
+            row.events_out,
+            row.seconds,
+            row.cpu_seconds,
+            row.peak_rss_kib,
+            row.guest_memory_kib
+        );
+    }
+    Ok(row)
+}
+
+/// Whether this process will measure the run `scenario/engine` (scenario
+/// code checks it before setting up something costly, such as a database,
+/// that a skipped run does not need).
+pub fn will_measure(scenario: &str, engine: Engine) -> bool {
+    match CHILD_RUN.get().and_then(Option::as_deref) {
+        Some(wanted) => wanted == format!("{scenario}/{}", engine.name()),
+        None => selected(scenario, engine),
+    }
+}
+
+/// How a child process reports its run.
+const CHILD_ROW: &str = "plumber-bench-row";
+
+/// Runs `plumber bench` again with the same options, measuring only `run_name`.
+async fn measure_in_child(
+    scenario: String,
+    engine: Engine,
+    run_name: &str,
+) -> Result<Row, BenchError> {
+    let failed = |message: String| BenchError::Setup(format!("run `{run_name}`: {message}"));
+    let exe =
+        std::env::current_exe().map_err(|e| failed(format!("cannot find this program: {e}")))?;
+    let output = tokio::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--child-run")
+        .arg(run_name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| failed(format!("cannot start a child process: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        let message = stderr
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("no message");
+        return Err(failed(format!(
+            "the child process failed ({}): {message}",
+            output.status
+        )));
+    }
+    let figures: Vec<&str> = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(CHILD_ROW))
+        .map(|rest| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let number = |i: usize| -> Result<f64, BenchError> {
+        figures
+            .get(i)
+            .and_then(|text| text.parse::<f64>().ok())
+            .ok_or_else(|| {
+                failed(format!(
+                    "the child process printed no figures:\n{stdout}{stderr}"
+                ))
+            })
+    };
+    Ok(Row {
+        scenario,
+        engine,
+        events_in: number(0)? as u64,
+        events_out: number(1)? as u64,
+        seconds: number(2)?,
+        cpu_seconds: number(3)?,
+        peak_rss_kib: number(4)? as u64,
+        guest_memory_kib: number(5)? as u64,
+    })
+}
+
+/// Measures pipelines in this process.
+async fn measure_here(
+    scenario: String,
+    engine: Engine,
+    workers: usize,
+    pipelines: Vec<PipelineBuilder>,
+) -> Result<Row, BenchError> {
     let handles: Vec<_> = pipelines.iter().map(PipelineBuilder::handle).collect();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut builder = if workers <= 1 {
@@ -406,9 +516,6 @@ pub async fn measure(
             .enable_all()
             .build()
             .map_err(|e| BenchError::Setup(format!("cannot start a tokio runtime: {e}")))?;
-        if let Some(release) = RELEASE_MEMORY.get() {
-            release();
-        }
         reset_peak_rss();
         let cpu_before = cpu_seconds();
         let started = Instant::now();
@@ -457,15 +564,11 @@ pub async fn measure(
     })
 }
 
-/// How the binary's allocator gives freed memory back (see [`on_release_memory`]).
-static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+/// `--child-run`, set once by [`run`].
+static CHILD_RUN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-/// Registers how to give freed memory back to the OS before each measured
-/// run (the binary's allocator may keep it, which would show as a later
-/// run's peak RSS).
-pub fn on_release_memory(release: fn()) {
-    let _ = RELEASE_MEMORY.set(release);
-}
+/// `--in-process`, set once by [`run`].
+static IN_PROCESS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// `--only`, set once by [`run`].
 static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -520,10 +623,20 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
         ));
     }
     let _ = ONLY.set(args.only.clone());
-    println!("{}", machine_line(&args));
+    let _ = CHILD_RUN.set(args.child_run.clone());
+    let _ = IN_PROCESS.set(args.in_process);
+    if args.child_run.is_none() {
+        println!("{}", machine_line(&args));
+    }
     // Compile the example guests into the cache first, so that no measured
     // run pays a first compile (each run still loads from the cache).
-    for name in ["upper", "wordcount", "nexmark"] {
+    let guests: &[&str] = if args.child_run.is_some() {
+        // The parent has compiled them.
+        &[]
+    } else {
+        &["upper", "wordcount", "nexmark"]
+    };
+    for name in guests {
         if let Ok(path) = guest(&args.guests, name) {
             rt.load(&path, &crate::runtime::Capabilities::default())
                 .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
@@ -561,8 +674,15 @@ fn machine_line(args: &BenchArgs) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut line = format!(
         "plumber bench: {cpu}, {cores} cores; batch {}, seed {}, scale {}; one core per pipeline \
-         (single-threaded runtime) unless stated",
-        args.batch_size, args.seed, args.scale
+         (single-threaded runtime) unless stated; {}",
+        args.batch_size,
+        args.seed,
+        args.scale,
+        if args.in_process {
+            "all runs in this process"
+        } else {
+            "each run in its own process"
+        }
     );
     if cfg!(debug_assertions) {
         let _ = write!(line, "; DEBUG BUILD (use --release for figures)");

@@ -23,7 +23,32 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 
-use plumber_guest::{Batch, Event, Pipe, PipeError, State};
+use plumber_guest::{Batch, BatchReader, BatchWriter, Event, EventRef, Pipe, PipeError, State};
+
+/// What the window aggregators read of an event: owned (`process`) or
+/// borrowed from a packed batch (`process_packed`).
+trait View {
+    fn key(&self) -> Option<&[u8]>;
+    fn value(&self) -> &[u8];
+}
+
+impl View for Event {
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
+impl View for EventRef<'_> {
+    fn key(&self) -> Option<&[u8]> {
+        self.key
+    }
+    fn value(&self) -> &[u8] {
+        self.value
+    }
+}
 
 /// Which query the pipe runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +91,15 @@ impl Pipe for Nexmark {
         Ok(Nexmark { query })
     }
 
+    fn process_packed(
+        &mut self,
+        batch: BatchReader<'_>,
+        out: &mut Vec<u8>,
+        _state: &mut State,
+    ) -> Result<(), PipeError> {
+        self.packed(&batch, out)
+    }
+
     fn process(&mut self, batch: Batch, _state: &mut State) -> Result<Vec<Event>, PipeError> {
         match self.query {
             Query::Q0 => Ok(batch.events),
@@ -84,6 +118,87 @@ impl Pipe for Nexmark {
                 }
             }
         }
+    }
+}
+
+impl Nexmark {
+    /// `process` on a packed batch: bids are read in place and answers
+    /// written straight into the output buffer.
+    fn packed(&self, batch: &BatchReader<'_>, out: &mut Vec<u8>) -> Result<(), PipeError> {
+        let malformed = |e: plumber_guest::wire::DecodeError| PipeError::new(e.to_string());
+        let mut writer = BatchWriter::new(out, None);
+        let mut value = Vec::with_capacity(256);
+        match self.query {
+            Query::Q5 | Query::Q7 => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new("q5 and q7 must follow a window: the batch has no window-info")
+                })?;
+                let events: Vec<EventRef<'_>> =
+                    batch.events().collect::<Result<_, _>>().map_err(malformed)?;
+                let answer = if self.query == Query::Q5 {
+                    q5(&events, window.start, window.end)?
+                } else {
+                    q7(&events, window.end)?
+                };
+                for event in &answer {
+                    writer.push(event.key.as_deref(), &event.value, event.timestamp, []);
+                }
+            }
+            query => {
+                for (index, event) in batch.events().enumerate() {
+                    let event = event.map_err(malformed)?;
+                    if query == Query::Q0 {
+                        writer.push_copy(&event);
+                        continue;
+                    }
+                    if !is_bid(event.value) {
+                        continue;
+                    }
+                    let v = event.value;
+                    let f = bid_fields(v, index)?;
+                    value.clear();
+                    match query {
+                        Query::Q1 => {
+                            let price = number(v, f[PRICE], "price", index)?;
+                            value.extend_from_slice(&v[..f[PRICE].0]);
+                            push_u64(&mut value, price * 908 / 1000);
+                            value.extend_from_slice(&v[f[PRICE].1..]);
+                            let headers =
+                                event.headers().collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                            writer.push(event.key, &value, event.timestamp, headers);
+                        }
+                        Query::Q2 => {
+                            let auction = number(v, f[AUCTION], "auction", index)?;
+                            if auction % 123 != 0 {
+                                continue;
+                            }
+                            let price = number(v, f[PRICE], "price", index)?;
+                            push_u64(&mut value, auction);
+                            value.push(b',');
+                            push_u64(&mut value, price);
+                            let headers =
+                                event.headers().collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                            writer.push(event.key, &value, event.timestamp, headers);
+                        }
+                        Query::Q5Bids => {
+                            number(v, f[AUCTION], "auction", index)?;
+                            let (start, end) = f[AUCTION];
+                            writer.push(Some(&v[start..end]), &[], event.timestamp, []);
+                        }
+                        _ => {
+                            // q7-bids: auction, bidder and price are adjacent fields.
+                            number(v, f[PRICE], "price", index)?;
+                            value.extend_from_slice(&v[f[AUCTION].0..f[PRICE].1]);
+                            value.push(b',');
+                            value.extend_from_slice(&v[f[DATE_TIME].0..f[DATE_TIME].1]);
+                            writer.push(None, &value, event.timestamp, []);
+                        }
+                    }
+                }
+            }
+        }
+        writer.finish();
+        Ok(())
     }
 }
 
@@ -229,11 +344,11 @@ fn q5_bids(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
 }
 
 /// Hot items: the auction(s) with the most bids in the window.
-fn q5(events: &[Event], start: u64, end: u64) -> Result<Vec<Event>, PipeError> {
+fn q5<E: View>(events: &[E], start: u64, end: u64) -> Result<Vec<Event>, PipeError> {
     // SipHash with fixed keys: std's random keys would import wasi:random in the guest.
     let mut counts: HashMap<u64, u64, BuildHasherDefault<DefaultHasher>> = HashMap::default();
     for (index, event) in events.iter().enumerate() {
-        let auction = event.key.as_deref().and_then(parse_u64).ok_or_else(|| {
+        let auction = event.key().and_then(parse_u64).ok_or_else(|| {
             PipeError::new("q5: the event's key is not an auction id").at_event(index)
         })?;
         *counts.entry(auction).or_default() += 1;
@@ -288,12 +403,12 @@ fn q7_bids(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
 }
 
 /// Highest bid: every bid of the window at the window's highest price.
-fn q7(events: &[Event], end: u64) -> Result<Vec<Event>, PipeError> {
+fn q7<E: View>(events: &[E], end: u64) -> Result<Vec<Event>, PipeError> {
     // q7-bids fields: auction,bidder,price,date_time
     let mut max = None;
     for (index, event) in events.iter().enumerate() {
-        let price = fields::<4>(&event.value)
-            .and_then(|f| parse_u64(&event.value[f[2].0..f[2].1]))
+        let price = fields::<4>(event.value())
+            .and_then(|f| parse_u64(&event.value()[f[2].0..f[2].1]))
             .ok_or_else(|| {
                 PipeError::new("q7: expected auction,bidder,price,date_time").at_event(index)
             })?;
@@ -304,11 +419,11 @@ fn q7(events: &[Event], end: u64) -> Result<Vec<Event>, PipeError> {
     };
     let mut out = Vec::new();
     for event in events {
-        let Some(f) = fields::<4>(&event.value) else {
+        let Some(f) = fields::<4>(event.value()) else {
             continue;
         };
-        if parse_u64(&event.value[f[2].0..f[2].1]) == Some(max) {
-            let head = &event.value[..f[2].1];
+        if parse_u64(&event.value()[f[2].0..f[2].1]) == Some(max) {
+            let head = &event.value()[..f[2].1];
             let mut value = Vec::with_capacity(21 + head.len());
             push_u64(&mut value, end);
             value.push(b',');
