@@ -62,7 +62,7 @@ pub enum Command {
         pipe: String,
     },
     /// Measures a WASM pipe against the same logic in native Rust.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Creates a pipe project: a word counter with a native test and a
     /// pipeline to run it.
     New {
@@ -166,7 +166,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Err(failure) => Err(failure),
         },
         Command::Bench(args) => match runtime() {
-            Ok(rt) => crate::bench::run(args, rt).await.map_err(Failure::run),
+            Ok(rt) => crate::bench::run(*args, rt).await.map_err(Failure::run),
             Err(failure) => Err(failure),
         },
     };
