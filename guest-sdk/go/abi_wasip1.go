@@ -255,15 +255,7 @@ func arenaAlloc(old, oldSize, align, newSize uint32) uint32 {
 	if end > arenaEnd || p < arenaNext {
 		return overflowAlloc(old, oldSize, align, newSize)
 	}
-	windowBytes += end - arenaNext
-	arenaNext = end
-	if windowBytes > highWater {
-		highWater = windowBytes
-	}
-	if old != 0 {
-		copyMem(p, uintptr(old), uintptr(min(oldSize, newSize)))
-	}
-	return uint32(p)
+	return bump(&arenaNext, p, end, old, oldSize, newSize)
 }
 
 // overflowAlloc serves a request that does not fit in the arena from the
@@ -282,8 +274,16 @@ func overflowAlloc(old, oldSize, align, newSize uint32) uint32 {
 	if !growTo(end) {
 		panic("plumber: out of memory for a value the host is passing in")
 	}
-	windowBytes += end - ovNext
-	ovNext = end
+	return bump(&ovNext, p, end, old, oldSize, newSize)
+}
+
+// bump hands out [p, end) from the area whose next free byte is *next,
+// counting it in this batch's window and copying a reallocated value in.
+//
+//go:nosplit
+func bump(next *uintptr, p, end uintptr, old, oldSize, newSize uint32) uint32 {
+	windowBytes += end - *next
+	*next = end
 	if windowBytes > highWater {
 		highWater = windowBytes
 	}

@@ -2,7 +2,7 @@
 //! source and locating them.
 //!
 //! Also included by `host/tests/cli.rs` through `#[path]`, so it depends on
-//! nothing but `std`.
+//! nothing but `std`, `tokio` and `plumber` (which both places have).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -298,4 +298,28 @@ impl Drop for RedisServer {
             }
         }
     }
+}
+
+/// Runs `builder` into a channel sink; returns the run's result and the
+/// value of every event written, as text.
+///
+/// # Panics
+///
+/// When the task collecting the output panics.
+pub async fn run_collect(
+    builder: plumber::pipeline::PipelineBuilder,
+) -> (
+    Result<plumber::pipeline::RunReport, plumber::pipeline::PipelineError>,
+    Vec<String>,
+) {
+    let (sink, mut receiver) = plumber::streams::channel_sink(1024);
+    let collector = tokio::spawn(async move {
+        let mut values = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            values.push(String::from_utf8_lossy(&event.value).into_owned());
+        }
+        values
+    });
+    let result = builder.to(sink).run().await;
+    (result, collector.await.expect("collector"))
 }

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use plumber::config::PipelineConfig;
-use plumber::pipeline::{
-    CommandPipe, ExecPipe, Pipeline, PipelineBuilder, PipelineError, RunReport,
-};
+use plumber::pipeline::{CommandPipe, ExecPipe, Pipeline, PipelineBuilder, PipelineError};
 use plumber::runtime::{PipeLimits, Runtime};
 use plumber::step::StepError;
-use plumber::streams::{channel_sink, ArraySource};
-use plumber_tests::{cache_dir, go_command};
+use plumber::streams::ArraySource;
+use plumber_tests::{cache_dir, go_command, run_collect};
 
 fn pipeline(values: &[&str]) -> PipelineBuilder {
     Pipeline::builder("commands")
@@ -27,26 +25,15 @@ fn shout(limits: PipeLimits) -> CommandPipe {
     }
 }
 
-async fn run(builder: PipelineBuilder) -> (Result<RunReport, PipelineError>, Vec<String>) {
-    let (sink, mut receiver) = channel_sink(1024);
-    let collector = tokio::spawn(async move {
-        let mut values = Vec::new();
-        while let Some(event) = receiver.recv().await {
-            values.push(String::from_utf8_lossy(&event.value).into_owned());
-        }
-        values
-    });
-    let result = builder.to(sink).run().await;
-    (result, collector.await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_wasi_command_answers_line_by_line_and_exits_cleanly() {
     let values: Vec<String> = (0..5000).map(|i| format!("event {i}")).collect();
     let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-    let (result, out) = run(pipeline(&refs)
-        .batch_size(100)
-        .then(shout(PipeLimits::default())))
+    let (result, out) = run_collect(
+        pipeline(&refs)
+            .batch_size(100)
+            .then(shout(PipeLimits::default())),
+    )
     .await;
     let report = result.expect("the command ends with exit 0 when its input closes");
     assert_eq!(report.events_out, 5000);
@@ -56,18 +43,21 @@ async fn a_go_wasi_command_answers_line_by_line_and_exits_cleanly() {
 
 #[tokio::test]
 async fn the_command_is_sandboxed() {
-    let (result, out) =
-        run(pipeline(&["read:/etc/passwd", "read:/", "ok"]).then(shout(PipeLimits::default())))
-            .await;
+    let (result, out) = run_collect(
+        pipeline(&["read:/etc/passwd", "read:/", "ok"]).then(shout(PipeLimits::default())),
+    )
+    .await;
     result.expect("runs");
     assert_eq!(out, vec!["read failed", "read failed", "OK!"]);
 }
 
 #[tokio::test]
 async fn an_exit_with_an_error_status_stops_the_pipeline_saying_so() {
-    let (result, out) = run(pipeline(&["a", "exit", "b"])
-        .batch_size(1)
-        .then(shout(PipeLimits::default())))
+    let (result, out) = run_collect(
+        pipeline(&["a", "exit", "b"])
+            .batch_size(1)
+            .then(shout(PipeLimits::default())),
+    )
     .await;
     let text = result.unwrap_err().to_string();
     assert!(text.contains("exited with status 3"), "{text}");
@@ -80,7 +70,7 @@ async fn a_spinning_command_is_stopped_at_its_time_limit() {
         call_timeout_ms: 300,
         ..PipeLimits::default()
     };
-    let (result, _) = run(pipeline(&["spin"]).then(shout(limits))).await;
+    let (result, _) = run_collect(pipeline(&["spin"]).then(shout(limits))).await;
     assert!(
         matches!(
             result,
@@ -108,15 +98,15 @@ fn echo_exec(allow: bool) -> ExecPipe {
 
 #[tokio::test]
 async fn a_host_executable_runs_only_when_allowed_and_never_for_a_tenant() {
-    let (result, out) = run(pipeline(&["ada", "bob"]).then(echo_exec(true))).await;
+    let (result, out) = run_collect(pipeline(&["ada", "bob"]).then(echo_exec(true))).await;
     result.expect("allowed");
     assert_eq!(out, vec!["ada?", "bob?"]);
 
-    let (result, _) = run(pipeline(&["ada"]).then(echo_exec(false))).await;
+    let (result, _) = run_collect(pipeline(&["ada"]).then(echo_exec(false))).await;
     let text = result.unwrap_err().to_string();
     assert!(text.contains("allow_unsandboxed"), "{text}");
 
-    let (result, _) = run(pipeline(&["ada"]).tenant("acme").then(echo_exec(true))).await;
+    let (result, _) = run_collect(pipeline(&["ada"]).tenant("acme").then(echo_exec(true))).await;
     let text = result.unwrap_err().to_string();
     assert!(text.contains("never run in a multi-tenant host"), "{text}");
 }

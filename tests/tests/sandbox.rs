@@ -15,7 +15,7 @@ use plumber::state::{MemoryState, Namespace, SharedState};
 use plumber::step::{Exhausted, OnError, StepError, WasmPipe};
 use plumber::streams::{batch_channel_sink, channel_sink, ArraySource};
 use plumber::tenant::{QuotaError, TenantQuota, Tenants};
-use plumber_tests::{cache_dir, guest};
+use plumber_tests::{cache_dir, guest, run_collect};
 
 fn runtime() -> Runtime {
     Runtime::new(Some(cache_dir())).expect("runtime")
@@ -36,21 +36,6 @@ fn pipeline(name: &str, values: &[&str]) -> PipelineBuilder {
         .runtime(runtime())
         .checkpoint(CheckpointPolicy::every(Duration::from_secs(60)))
         .from(ArraySource::from_strings(values.iter().copied()))
-}
-
-/// Runs `builder` into a channel sink; returns the run's result and every
-/// event value written.
-async fn run_collect(builder: PipelineBuilder) -> (Result<RunReport, PipelineError>, Vec<String>) {
-    let (sink, mut receiver) = channel_sink(1024);
-    let collector = tokio::spawn(async move {
-        let mut values = Vec::new();
-        while let Some(event) = receiver.recv().await {
-            values.push(String::from_utf8_lossy(&event.value).into_owned());
-        }
-        values
-    });
-    let result = builder.to(sink).run().await;
-    (result, collector.await.expect("collector"))
 }
 
 fn limit_of(result: &Result<RunReport, PipelineError>) -> Option<LimitKind> {

@@ -143,10 +143,7 @@ impl Source for GeneratedSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let target = match position {
-            Position::Start => 0,
-            Position::Offset(n) => (*n).min(self.total),
-        };
+        let target = position.offset().min(self.total);
         self.rng = self.seed;
         self.produced = 0;
         while self.produced < target {

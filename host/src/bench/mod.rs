@@ -694,6 +694,18 @@ fn machine_line(args: &BenchArgs) -> String {
 mod tests {
     use super::*;
 
+    /// Every event a source gives, read `batch` at a time.
+    pub(super) async fn read_all(
+        source: &mut impl crate::streams::Source,
+        batch: usize,
+    ) -> Vec<crate::Event> {
+        let mut events = Vec::new();
+        while let Some((batch, _)) = source.next_batch(batch).await.unwrap() {
+            events.extend(batch);
+        }
+        events
+    }
+
     #[test]
     fn thousands_groups_digits() {
         assert_eq!(thousands(0), "0");

@@ -482,10 +482,7 @@ impl Source for NexmarkSource {
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
         // Every event has its own random stream: no need to replay the ones before.
-        self.next = match position {
-            Position::Start => 0,
-            Position::Offset(n) => (*n).min(self.total),
-        };
+        self.next = position.offset().min(self.total);
         Ok(())
     }
 
@@ -953,18 +950,11 @@ pub async fn run_memory(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::read_all;
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::streams::channel_sink;
-
-    async fn read_all(source: &mut NexmarkSource, batch: usize) -> Vec<Event> {
-        let mut events = Vec::new();
-        while let Some((batch, _)) = source.next_batch(batch).await.unwrap() {
-            events.extend(batch);
-        }
-        events
-    }
 
     fn generated(events: u64, seed: u64) -> Vec<Event> {
         (0..events).map(|id| nexmark_event(seed, id)).collect()

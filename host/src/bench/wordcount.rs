@@ -172,10 +172,7 @@ impl Source for TextSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let line = match position {
-            Position::Start => 0,
-            Position::Offset(n) => (*n).min(self.total),
-        };
+        let line = position.offset().min(self.total);
         self.produced = line;
         self.rng = lcg_jump(
             Self::initial_state(self.seed),
@@ -596,15 +593,8 @@ pub async fn run_memory(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::read_all;
     use super::*;
-
-    async fn read_all(source: &mut TextSource, batch: usize) -> Vec<Event> {
-        let mut events = Vec::new();
-        while let Some((batch, _)) = source.next_batch(batch).await.unwrap() {
-            events.extend(batch);
-        }
-        events
-    }
 
     #[test]
     fn the_vocabulary_has_10000_distinct_words_of_3_to_10_letters() {

@@ -589,14 +589,15 @@ impl PipeInstance {
                             Ok(events) => Ok(Ok(events)),
                             Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
                             Err(packed::DecodeFailure::TooMany(count)) => {
-                                self.guest_time += self.store.data().call_started.elapsed();
-                                self.store.data_mut().state_mut().end_call(false);
-                                return Err(CallError::Limit {
-                                    kind: LimitKind::OutputEvents,
+                                // Reported like a limit a state call hit (below).
+                                self.store.data_mut().limit_hit = Some(LimitKind::OutputEvents);
+                                Ok(Err(crate::PipeError {
                                     message: format!(
                                         "returned {count} events; the limit is {max_events}"
                                     ),
-                                });
+                                    retryable: false,
+                                    event_index: None,
+                                }))
                             }
                         }
                     }
@@ -615,7 +616,8 @@ impl PipeInstance {
         let outcome = match result {
             Ok(Ok(events)) => self.check_output(events),
             Ok(Err(error)) => Err(match limit_of(&self.store) {
-                // The guest gave up because a state call hit a limit.
+                // The guest gave up because a state call hit a limit, or
+                // its packed answer went past the output limit.
                 Some(kind) => CallError::Limit {
                     kind,
                     message: error.message,
