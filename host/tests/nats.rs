@@ -9,6 +9,7 @@
 #[allow(dead_code)]
 mod harness;
 
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
@@ -570,14 +571,15 @@ async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
     listener.committed(&Position::Offset(2)).await.unwrap();
     wait_for_consumer(&js, "EVENTS", "plumber", 3, 2).await;
 
-    // Dropped without committing the rest: the same durable gets 3..5 again
-    // (at once: the dropped source gave them back).
+    // A new run resumes from the committed position, whatever the consumer
+    // holds: 3..5 come again at once, in order, and 1..2 never.
     drop(listener);
     drop(source);
     let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
         .await
         .expect("reconnect");
     let mut listener = source.commit_listener().unwrap();
+    source.seek(&Position::Offset(2)).await.unwrap();
     let started = Instant::now();
     let (events, positions) = read_events(&mut source, 10, 3).await;
     assert!(
@@ -592,11 +594,12 @@ async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
     drop(listener);
     drop(source);
 
-    // Once acked, a new source on the durable gets only later messages.
+    // Resumed at 5, a new source gets only later messages.
     publish_js(&js, "events.b", &["m6"]).await;
     let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
         .await
         .unwrap();
+    source.seek(&Position::Offset(5)).await.unwrap();
     let (events, positions) = read_events(&mut source, 10, 1).await;
     assert_eq!(values(&events), ["m6"]);
     assert_eq!(positions, [Position::Offset(6)]);
@@ -607,16 +610,29 @@ async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
             .is_err(),
         "a committed message came again"
     );
+    drop(source);
+
+    // The checkpoint owns the position, not the consumer: from the start,
+    // everything comes again although the consumer acked it all.
+    let mut source = JetStreamSource::connect(&server.url(), "EVENTS", "plumber", None)
+        .await
+        .unwrap();
+    source.seek(&Position::Start).await.unwrap();
+    let (events, _) = read_events(&mut source, 10, 6).await;
+    assert_eq!(values(&events), ["m1", "m2", "m3", "m4", "m5", "m6"]);
 }
 
 #[tokio::test]
-async fn jetstream_source_after_a_crash_gets_redeliveries_and_seek_skips_committed_ones() {
+async fn jetstream_source_after_a_crash_resumes_exactly_after_the_checkpoint() {
     let server = NatsServer::start();
     let js = jetstream::new(client(&server).await);
     create_stream(&js, "ORDERS", &["orders"]).await;
-    publish_js(&js, "orders", &["o1", "o2", "o3", "o4"]).await;
+    let orders: Vec<String> = (1..=400).map(|i| format!("o{i}")).collect();
+    let refs: Vec<&str> = orders.iter().map(String::as_str).collect();
+    publish_js(&js, "orders", &refs[..300]).await;
 
-    // A run reads everything, then "crashes": no ack, no nak.
+    // A run reads everything, acks up to its checkpoint at 100, then
+    // "crashes": no ack, no nak, its deliveries pending in the server.
     let mut crashed = JetStreamSource::connect_with(
         &server.url(),
         "ORDERS",
@@ -626,57 +642,58 @@ async fn jetstream_source_after_a_crash_gets_redeliveries_and_seek_skips_committ
     )
     .await
     .unwrap();
-    let (events, _) = read_events(&mut crashed, 10, 4).await;
-    assert_eq!(values(&events), ["o1", "o2", "o3", "o4"]);
-    wait_for_consumer(&js, "ORDERS", "orders", 4, 0).await;
+    let mut crashed_listener = crashed.commit_listener().unwrap();
+    crashed.seek(&Position::Start).await.unwrap();
+    let (events, _) = read_events(&mut crashed, 7, 300).await;
+    assert_eq!(values(&events), orders[..300]);
+    crashed_listener
+        .committed(&Position::Offset(100))
+        .await
+        .unwrap();
+    wait_for_consumer(&js, "ORDERS", "orders", 200, 100).await;
+    std::mem::forget(crashed_listener);
     std::mem::forget(crashed);
 
-    // Its last checkpoint covered 2: the restart seeks there. 3 and 4, which
-    // the crashed run took past its checkpoint, are asked for again and
-    // handed out at once; 1 and 2 come again after the ack wait and are
-    // acked and skipped.
-    let mut source =
-        JetStreamSource::connect(&server.url(), "ORDERS", "orders", Some("orders".to_owned()))
-            .await
-            .unwrap();
+    // Restarted at its checkpoint (100) while more is published: 101..400
+    // come exactly once each, in stream order, at once; nothing at or below
+    // the checkpoint comes back, even after the crashed run's ack wait.
+    let mut source = JetStreamSource::connect_with(
+        &server.url(),
+        "ORDERS",
+        "orders",
+        Some("orders".to_owned()),
+        quick_redelivery(),
+    )
+    .await
+    .unwrap();
+    let created = source.consumers_created();
     let mut listener = source.commit_listener().unwrap();
-    source.seek(&Position::Offset(2)).await.unwrap();
-    let (events, positions) = read_events(&mut source, 10, 2).await;
-    assert_eq!(values(&events), ["o3", "o4"]);
-    assert_eq!(seq_headers(&events), ["3", "4"]);
-    assert_eq!(positions.last(), Some(&Position::Offset(4)));
+    source.seek(&Position::Offset(100)).await.unwrap();
+    let publisher = {
+        let js = js.clone();
+        let rest: Vec<String> = orders[300..].to_vec();
+        tokio::spawn(async move {
+            let refs: Vec<&str> = rest.iter().map(String::as_str).collect();
+            publish_js(&js, "orders", &refs).await;
+        })
+    };
+    let (events, positions) = read_events(&mut source, 13, 300).await;
+    publisher.await.unwrap();
+    assert_eq!(values(&events), orders[100..]);
+    let expected_seqs: Vec<String> = (101..=400).map(|s| s.to_string()).collect();
+    assert_eq!(seq_headers(&events), expected_seqs);
+    assert_eq!(positions.last(), Some(&Position::Offset(400)));
     assert!(
         tokio::time::timeout(Duration::from_secs(3), source.next_batch(10))
             .await
             .is_err(),
-        "a committed message was handed out again"
+        "a message was handed out twice"
     );
-    wait_for_consumer(&js, "ORDERS", "orders", 2, 2).await;
-    let info = js
-        .get_stream("ORDERS")
-        .await
-        .unwrap()
-        .consumer_info("orders")
-        .await
-        .unwrap();
-    assert!(info.num_redelivered >= 2, "{info:?}");
+    assert_eq!(created.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // One ack covers the checkpoint.
+    listener.committed(&Position::Offset(400)).await.unwrap();
+    wait_for_consumer(&js, "ORDERS", "orders", 0, 400).await;
 
-    listener.committed(&Position::Offset(4)).await.unwrap();
-    wait_for_consumer(&js, "ORDERS", "orders", 0, 4).await;
-
-    // The durable already exists with another filter: refused, naming it.
-    let error = match JetStreamSource::connect(
-        &server.url(),
-        "ORDERS",
-        "orders",
-        Some("orders.other".to_owned()),
-    )
-    .await
-    {
-        Ok(_) => panic!("a consumer with another filter was accepted"),
-        Err(error) => error,
-    };
-    assert!(error.to_string().contains("orders.other"), "{error}");
     // A missing stream is an error naming the server.
     let error = match JetStreamSource::connect(&server.url(), "NOPE", "c", None).await {
         Ok(_) => panic!("bound a missing stream"),
@@ -1114,5 +1131,196 @@ async fn core_sink_flush_retries_until_the_server_is_back_or_the_timeout_passes(
     assert!(
         message.contains(&url) && message.contains("gave up after waiting"),
         "{message}"
+    );
+}
+
+/// A number from the environment, or `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `plumber run` on a JetStream source → `key_counter` → JetStream sink
+/// pipeline, SIGKILLed again and again while a publisher is still sending:
+/// every id reaches the output exactly once, each key's counts are exactly
+/// 1..n, and the committed state equals the truth.
+///
+/// `PLUMBER_JS_KILL_IDS` (default 30,000) and `PLUMBER_JS_KILLS` (default 3)
+/// make it longer; e.g. 100,000 ids and 5 kills for a soak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
+    const KEYS: u64 = 7;
+    let ids = env_or("PLUMBER_JS_KILL_IDS", 30_000);
+    let kills = env_or("PLUMBER_JS_KILLS", 3);
+    let key_counter = harness::guest("key-counter");
+    let server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out"]).await;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("pipeline.json");
+    let json = serde_json::json!({
+        "name": "jskill",
+        "state": { "type": "sled", "path": dir.path().join("state") },
+        "checkpoint": { "interval_ms": 500 },
+        "from": { "type": "jetstream", "url": url, "stream": "IN", "consumer": "jskill",
+                  "ack_wait_ms": 10000 },
+        "pipeline": [{ "name": "counter", "type": "wasm", "module": key_counter,
+                       "config": { "keys": KEYS } }],
+        "to": { "type": "jetstream", "url": url, "subject": "out" }
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_plumber"))
+            .arg("run")
+            .arg(&config)
+            .env("PLUMBER_CACHE_DIR", harness::cache_dir())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn plumber run")
+    };
+
+    // 2,500 ids a second, each with its own message id, over the kills.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            for id in 0..ids {
+                let due = started + Duration::from_micros(id * 400);
+                tokio::time::sleep_until(due).await;
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.to_string().as_str());
+                js.publish_with_headers(format!("in.{}", id % 3), headers, id.to_string().into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("publish ack");
+            }
+        })
+    };
+
+    let mut killed = 0;
+    for _ in 0..kills {
+        let mut child = run();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if child.try_wait().expect("poll").is_some() {
+            let output = child.wait_with_output().await.expect("wait");
+            panic!(
+                "plumber stopped by itself: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("wait");
+        killed += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !publisher.is_finished(),
+        "the producer was done before the last kill: raise PLUMBER_JS_KILL_IDS"
+    );
+
+    // The last run takes everything in, then stops cleanly.
+    let child = run();
+    publisher.await.expect("the producer");
+    // Until everything is out, or nothing more came for 20 s.
+    let (mut last_seen, mut last_growth) = (0, Instant::now());
+    loop {
+        let seen = try_message_count(&js, "OUT").await.unwrap_or(0);
+        if seen >= ids {
+            break;
+        }
+        if seen > last_seen {
+            (last_seen, last_growth) = (seen, Instant::now());
+        }
+        assert!(
+            last_growth.elapsed() < Duration::from_secs(20),
+            "the output holds {seen} of {ids} messages after {killed} kills"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("plumber stopped after SIGINT")
+        .expect("wait");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Every id exactly once; each key's counts exactly 1..n.
+    let messages = stream_messages(&js, "OUT").await;
+    let mut seen_ids = vec![0u32; usize::try_from(ids).unwrap()];
+    let mut counts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (value, _) in &messages {
+        let fields: Vec<u64> = value
+            .split(' ')
+            .map(|field| field.parse().expect("<id> <key> <count>"))
+            .collect();
+        let [id, key, count] = fields[..] else {
+            panic!("not `<id> <key> <count>`: {value}");
+        };
+        assert_eq!(key, id % KEYS, "{value}");
+        seen_ids[usize::try_from(id).unwrap()] += 1;
+        counts.entry(key).or_default().push(count);
+    }
+    let missing: Vec<usize> = (0..seen_ids.len()).filter(|&i| seen_ids[i] == 0).collect();
+    let repeated: Vec<usize> = (0..seen_ids.len()).filter(|&i| seen_ids[i] > 1).collect();
+    assert!(
+        missing.is_empty() && repeated.is_empty(),
+        "after {killed} kills: {} ids missing (first {:?}), {} repeated (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        repeated.len(),
+        &repeated[..repeated.len().min(10)]
+    );
+    let mut truth: BTreeMap<u64, u64> = BTreeMap::new();
+    for id in 0..ids {
+        *truth.entry(id % KEYS).or_default() += 1;
+    }
+    for (key, mut got) in counts {
+        got.sort_unstable();
+        let expected: Vec<u64> = (1..=truth[&key]).collect();
+        assert!(got == expected, "key {key}: counts are not exactly 1..n");
+    }
+
+    // The committed state equals the truth.
+    let state = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .args(["state", "--pipe", "counter"])
+        .arg(&config)
+        .output()
+        .expect("plumber state");
+    assert!(
+        state.status.success(),
+        "{}",
+        String::from_utf8_lossy(&state.stderr)
+    );
+    let committed: BTreeMap<u64, u64> = String::from_utf8_lossy(&state.stdout)
+        .lines()
+        .map(|line| {
+            let (key, value) = line.split_once('\t').expect("key<TAB>value");
+            (
+                key.trim_start_matches('k').parse().expect("key"),
+                value.parse().expect("count"),
+            )
+        })
+        .collect();
+    assert_eq!(committed, truth, "committed state after {killed} kills");
+    eprintln!(
+        "{ids} ids in, {} messages out, {killed} kills, committed state sums to {}",
+        messages.len(),
+        committed.values().sum::<u64>()
     );
 }

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | [`NatsSource`] | a core NATS subscription (optionally in a queue group) | at-most-once: core NATS keeps nothing, so what arrived while no pipeline listened, or was in flight at a crash, is gone |
 //! | [`NatsSink`] | core NATS publishes | at-most-once / at-least-once: a replay after a crash publishes again |
-//! | [`JetStreamSource`] | a durable pull consumer with explicit acks | messages are acknowledged only once a checkpoint covering them is committed, so none is lost; with a replayable pipeline, exactly-once effect on state |
+//! | [`JetStreamSource`] | a durable pull consumer it owns, recreated at the committed position | a restart reads exactly what follows the last checkpoint, so none is lost and, with a replayable pipeline, the effect on state is exactly-once |
 //! | [`JetStreamSink`] | JetStream publishes with a `Nats-Msg-Id` | exactly-once output into the stream within its duplicate window |
 //!
 //! Events and NATS messages map one to one: the payload is the event's
@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -474,8 +474,8 @@ impl Sink for NatsSink {
 // JetStream
 // ---------------------------------------------------------------------------
 
-/// How a [`JetStreamSource`] creates its durable consumer when it does not
-/// exist yet (an existing consumer keeps its own settings).
+/// How a [`JetStreamSource`] creates its durable consumer (it recreates the
+/// consumer at every start, so these settings always apply).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStreamConsumerOptions {
     /// How long the server waits for the ack of a delivered message before
@@ -498,72 +498,82 @@ impl Default for JetStreamConsumerOptions {
     }
 }
 
-/// Messages handed out and not yet covered by a committed checkpoint, by
-/// stream sequence, with what acknowledges each.
+/// Messages handed out by the current consumer and not yet covered by a
+/// committed checkpoint: stream sequence → the delivery's ack subject.
 type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 
-/// Reads a JetStream stream through a durable pull consumer with explicit
-/// acks.
+/// Reads a JetStream stream through a durable pull consumer that the source
+/// owns.
 ///
 /// Each message is an event as for [`NatsSource`], with the message's
 /// stream sequence in a [`SOURCE_SEQ_HEADER`] (`plumber-source-seq`)
 /// header. The position is the stream sequence of the last event handed
 /// out.
 ///
-/// Messages are **not** acknowledged when read: the pipeline's commit
-/// listener ([`Source::commit_listener`]) acks every delivered message whose
-/// sequence is at or below a committed checkpoint's position. A crash before
-/// that leaves them unacknowledged, and the server delivers them again (after
-/// the consumer's ack wait); after a restart, [`Source::seek`] to the
-/// committed position acks and skips redelivered messages it already covers.
-/// So nothing is lost, and nothing covered by a checkpoint is processed
-/// twice. When the source is dropped, the messages it handed out and that no
-/// checkpoint covered are negatively acknowledged, so that the next run gets
-/// them at once rather than after the ack wait.
+/// **The checkpoint owns the position, not the consumer.** Before its first
+/// pull the source deletes the durable consumer and creates it again,
+/// delivering from the sequence after the position it was sought to (the
+/// committed checkpoint's; the whole stream without one). So what a crashed
+/// run read past its checkpoint is delivered again, in stream order, and
+/// nothing at or below the checkpoint comes back — whatever the crashed run
+/// left pending in the server. Whenever deliveries may have been lost while
+/// running (a gap in the consumer's delivery sequence, a pull cut off by a
+/// lost connection), the consumer is recreated the same way at the sequence
+/// after the last event handed out. Recovery never depends on redeliveries
+/// arriving in any particular order.
+///
+/// Messages are acknowledged when a checkpoint covering them commits (the
+/// pipeline's commit listener, [`Source::commit_listener`]): the consumer
+/// acks all (`AckPolicy::All`), so one ack of the highest covered message
+/// per checkpoint is enough. Acks keep the consumer's ack floor (and a
+/// work-queue or interest stream's retention) in step with the checkpoints;
+/// correctness does not depend on them. A message the server delivers again
+/// after the ack wait while its checkpoint is pending is not handed out
+/// twice.
 ///
 /// **Lost connections**: pulls and acks that fail because the server is
 /// unreachable are retried with backoff (50 ms doubling to 2 s) until the
 /// reconnect timeout ([`JetStreamSource::reconnect_timeout`], 30 s by
 /// default) has passed, then fail naming the server. The client reconnects
-/// by itself. Messages the server delivered but that never arrived (lost
-/// with the connection, or taken by a request of an earlier run) are asked
-/// for again, in order, before anything later is handed out; this is also
-/// checked before the first pull. Acks count only once the server confirmed
-/// them over one unbroken connection; else they are sent again.
+/// by itself.
 ///
 /// A JetStream source never ends; stop its pipeline with
-/// [`crate::pipeline::PipelineHandle::shutdown`]. One durable consumer
-/// belongs to one pipeline.
+/// [`crate::pipeline::PipelineHandle::shutdown`]. The durable consumer
+/// belongs to one pipeline: do not share its name, and do not create it by
+/// hand (its settings come from the source's options).
 pub struct JetStreamSource {
     url: String,
     stream: String,
     consumer_name: String,
     client: Client,
-    consumer: PullConsumer,
+    js_stream: async_nats::jetstream::stream::Stream,
+    /// The settings the consumer is created with (but its start).
+    config: pull::Config,
+    /// The current consumer; `None` until it is (re)created at the sequence
+    /// after `handed_out`, before the next pull.
+    consumer: Option<PullConsumer>,
     pending: Pending,
-    /// The highest sequence handed out or covered by the seek position.
+    /// The highest sequence handed out, or the position sought to.
     handed_out: u64,
     /// Messages the server said were still pending after the last delivery.
     pending_after: u64,
     reconnect_timeout: Duration,
-    /// Whether to look for delivered messages that never arrived before
-    /// the next pull (at the start, and after a failure or a gap).
-    resync: bool,
-    /// The consumer (delivery) sequence of the last message received.
+    /// The consumer (delivery) sequence of the last message received from
+    /// the current consumer.
     last_delivery: Option<u64>,
+    /// How many times the consumer was created by this source.
+    consumers_created: Arc<AtomicU64>,
 }
 
 impl JetStreamSource {
-    /// Connects to the server at `url` and binds the durable pull consumer
-    /// `durable_consumer` of `stream`, creating it (explicit acks, deliver
-    /// all, [`JetStreamConsumerOptions::default`]) if it does not exist,
-    /// restricted to `filter_subject` if given.
+    /// Connects to the server at `url` for `stream`, whose messages are read
+    /// through the durable pull consumer `durable_consumer` (restricted to
+    /// `filter_subject` if given), created with
+    /// [`JetStreamConsumerOptions::default`] before the first pull.
     ///
     /// # Errors
     ///
-    /// The server cannot be reached, the stream does not exist, or the
-    /// consumer cannot be created or does not fit (not a pull consumer with
-    /// explicit acks, or another filter subject).
+    /// The server cannot be reached or the stream does not exist.
     pub async fn connect(
         url: &str,
         stream: &str,
@@ -580,7 +590,7 @@ impl JetStreamSource {
         .await
     }
 
-    /// As [`JetStreamSource::connect`], creating a missing consumer with
+    /// As [`JetStreamSource::connect`], creating the consumer with
     /// `options`.
     ///
     /// # Errors
@@ -603,51 +613,26 @@ impl JetStreamSource {
         let config = pull::Config {
             durable_name: Some(durable_consumer.to_owned()),
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+            ack_policy: AckPolicy::All,
             ack_wait: options.ack_wait,
             max_ack_pending: options.max_ack_pending,
-            filter_subject: filter_subject.clone().unwrap_or_default(),
+            filter_subject: filter_subject.unwrap_or_default(),
             ..pull::Config::default()
         };
-        let consumer: PullConsumer = js_stream
-            .get_or_create_consumer(durable_consumer, config)
-            .await
-            .map_err(|e| io_error(describe(), "bind consumer", e))?;
-        let existing = &consumer.cached_info().config;
-        if existing.ack_policy != AckPolicy::Explicit {
-            return Err(invalid(
-                describe(),
-                "bind consumer",
-                format!(
-                    "the consumer acks with {:?}; it must use explicit acks",
-                    existing.ack_policy
-                ),
-            ));
-        }
-        if let Some(filter) = &filter_subject {
-            if &existing.filter_subject != filter {
-                return Err(invalid(
-                    describe(),
-                    "bind consumer",
-                    format!(
-                        "the consumer filters `{}`, not `{filter}`",
-                        existing.filter_subject
-                    ),
-                ));
-            }
-        }
         Ok(JetStreamSource {
             url: url.to_owned(),
             stream: stream.to_owned(),
             consumer_name: durable_consumer.to_owned(),
             client,
-            consumer,
+            js_stream,
+            config,
+            consumer: None,
             pending: Arc::default(),
             handed_out: 0,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
-            resync: true,
             last_delivery: None,
             pending_after: 0,
+            consumers_created: Arc::default(),
         })
     }
 
@@ -659,12 +644,19 @@ impl JetStreamSource {
         self
     }
 
+    /// A counter of the consumers this source created (one at the start,
+    /// one more for each recovery from lost deliveries); for tests and
+    /// metrics.
+    pub fn consumers_created(&self) -> Arc<AtomicU64> {
+        self.consumers_created.clone()
+    }
+
     /// One attempt at a batch: what is waiting, else the first to come
     /// within [`PULL_WAIT`] and what is waiting after it. Adds the new
     /// messages to `events`.
     async fn pull_some(&mut self, max: usize, events: &mut Vec<Event>) -> Result<(), Failure> {
-        if self.resync {
-            self.resync().await?;
+        if self.consumer.is_none() {
+            self.create_consumer().await?;
         }
         self.pull(max, None, events).await?;
         if events.is_empty() {
@@ -677,48 +669,54 @@ impl JetStreamSource {
         Ok(())
     }
 
-    /// Asks again, in order, for the messages after the last handed out that
-    /// the server delivered but that never arrived (a negative ack makes the
-    /// server deliver them again before anything new).
-    async fn resync(&mut self) -> Result<(), Failure> {
+    /// Deletes the durable consumer (whatever a previous run or consumer
+    /// left pending in it) and creates it again, delivering from the
+    /// sequence after the last one handed out.
+    async fn create_consumer(&mut self) -> Result<(), Failure> {
+        use async_nats::jetstream::stream::ConsumerErrorKind as Kind;
         check_connected(&self.client)?;
-        let info = self.consumer.get_info().await.map_err(|e| {
-            use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
-            match e.kind() {
-                Kind::TimedOut | Kind::NoResponders | Kind::Request | Kind::Offline => {
-                    Failure::Unreachable(e.to_string())
+        let describe = self.describe();
+        let classify =
+            |action: &'static str, error: async_nats::jetstream::stream::ConsumerError| {
+                match error.kind() {
+                    Kind::TimedOut | Kind::Request => Failure::Unreachable(error.to_string()),
+                    // 503: no responders, JetStream is not (yet) there.
+                    Kind::JetStream(inner) if inner.code() == 503 => {
+                        Failure::Unreachable(error.to_string())
+                    }
+                    _ => Failure::Fatal(io_error(describe.clone(), action, error)),
                 }
-                _ => Failure::Fatal(io_error(self.describe(), "read consumer info", e)),
-            }
-        })?;
-        let delivered = info.delivered.stream_sequence;
-        let from = self
-            .handed_out
-            .max(info.ack_floor.stream_sequence)
-            .saturating_add(1);
-        if from <= delivered {
-            tracing::info!(
-                source = %self.describe(),
-                "messages {from}..={delivered} were delivered but never handed out; \
-                 asking for them again"
-            );
-            for sequence in from..=delivered {
-                // The ack subject of the server's delivery (ADR-15, v1 form).
-                let subject = format!(
-                    "$JS.ACK.{}.{}.1.{sequence}.{}.0.0",
-                    self.stream, self.consumer_name, info.delivered.consumer_sequence
-                );
-                self.client
-                    .publish(subject, "-NAK".into())
-                    .await
-                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
-            }
-            self.client
-                .flush()
-                .await
-                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            };
+        match self.js_stream.delete_consumer(&self.consumer_name).await {
+            Ok(_) => {}
+            Err(error)
+                if matches!(error.kind(), Kind::JetStream(inner)
+                    if inner.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+                {}
+            Err(error) => return Err(classify("delete consumer", error)),
         }
-        self.resync = false;
+        let mut config = self.config.clone();
+        config.deliver_policy = match self.handed_out {
+            0 => DeliverPolicy::All,
+            last => DeliverPolicy::ByStartSequence {
+                start_sequence: last.saturating_add(1),
+            },
+        };
+        let consumer = self
+            .js_stream
+            .create_consumer(config)
+            .await
+            .map_err(|error| classify("create consumer", error))?;
+        tracing::debug!(source = %self.describe(), from = self.handed_out.saturating_add(1),
+            "consumer created");
+        // Acks of the old consumer's deliveries would go nowhere.
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.last_delivery = None;
+        self.consumer = Some(consumer);
+        self.consumers_created.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -733,20 +731,23 @@ impl JetStreamSource {
         // A request sent now would only be sent after a reconnect, to an
         // inbox perhaps abandoned by then.
         check_connected(&self.client)?;
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
         let requested = match wait {
             Some(wait) => {
-                self.consumer
+                consumer
                     .batch()
                     .max_messages(max)
                     .expires(wait)
                     .messages()
                     .await
             }
-            None => self.consumer.fetch().max_messages(max).messages().await,
+            None => consumer.fetch().max_messages(max).messages().await,
         };
         let mut batch = requested.map_err(|e| Failure::Unreachable(e.to_string()))?;
-        // Read the request to its end, so that no message is delivered to an
-        // abandoned inbox (it would only come back after the ack wait).
+        // Read the request to its end: a message delivered to an abandoned
+        // inbox would be lost to this consumer.
         while let Some(item) = next_item(&mut batch).await {
             let message = item.map_err(|e| {
                 let text = e.to_string();
@@ -757,20 +758,24 @@ impl JetStreamSource {
                     Failure::Fatal(io_error(self.describe(), "pull", e))
                 }
             })?;
-            self.accept(message, events).await?;
+            if !self.accept(message, events)? {
+                // Deliveries were lost: start again after what was handed out.
+                self.consumer = None;
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Hands out a delivered message, unless it is a redelivery: of one in
-    /// flight (its new delivery is the one to ack later) or of one already
-    /// committed (acked now and skipped). After a gap in the deliveries, new
-    /// messages wait for the resync that asks for the missing ones first.
-    async fn accept(
+    /// Hands out a delivered message unless it was handed out already (a
+    /// redelivery after the ack wait). Returns `false` when a delivery
+    /// before this one never arrived: the message is not handed out, and
+    /// the consumer must be recreated.
+    fn accept(
         &mut self,
         message: async_nats::jetstream::Message,
         events: &mut Vec<Event>,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let info = message
             .info()
             .map_err(|e| Failure::Fatal(io_error(self.describe(), "read message metadata", e)))?;
@@ -785,38 +790,20 @@ impl JetStreamSource {
             )));
         };
         let previous = self.last_delivery.replace(delivery);
-        if sequence <= self.handed_out {
-            let committed = {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                match pending.get_mut(&sequence) {
-                    Some(slot) => {
-                        *slot = reply;
-                        None
-                    }
-                    None => Some(reply),
-                }
-            };
-            if let Some(reply) = committed {
-                if let Err(error) = self.client.publish(reply, "".into()).await {
-                    // It comes back again and is skipped again.
-                    tracing::warn!(source = %self.describe(), sequence, %error,
-                        "cannot ack a redelivered message that is already committed");
-                }
-            }
-            return Ok(());
-        }
-        if previous.is_some_and(|last| delivery > last.saturating_add(1)) && !self.resync {
+        let expected = previous.map_or(1, |last| last.saturating_add(1));
+        if delivery != expected {
             tracing::warn!(
                 source = %self.describe(),
                 sequence,
-                "deliveries {}..{delivery} never arrived; asking for them again",
-                previous.unwrap_or_default().saturating_add(1)
+                "deliveries {expected}..{delivery} never arrived; reading again after sequence {}",
+                self.handed_out
             );
-            self.resync = true;
+            return Ok(false);
         }
-        if self.resync {
-            // Delivered to us, so the resync asks for it again, in order.
-            return Ok(());
+        if sequence <= self.handed_out {
+            // Delivered again after the ack wait while its checkpoint is
+            // pending: the acks of the covering checkpoint cover it.
+            return Ok(true);
         }
         self.handed_out = sequence;
         let mut event = event_from(&message);
@@ -829,7 +816,7 @@ impl JetStreamSource {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(sequence, reply);
         events.push(event);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -848,10 +835,11 @@ impl Source for JetStreamSource {
         Some(self.pending_after)
     }
 
-    /// Records the committed position: redelivered messages at or below it
-    /// are acked and skipped.
+    /// Reads from the sequence after `position` on: the consumer is
+    /// recreated there before the next pull.
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
         self.handed_out = position.offset();
+        self.consumer = None;
         Ok(())
     }
 
@@ -877,13 +865,15 @@ impl Source for JetStreamSource {
             match outcome {
                 Ok(()) => retry.succeeded(),
                 Err(failure) => {
-                    // Deliveries may have been lost with the connection.
-                    self.resync = true;
+                    // Deliveries may have been lost with the connection or
+                    // the abandoned request: read again after what was
+                    // handed out.
+                    self.consumer = None;
                     if events.is_empty() || matches!(failure, Failure::Fatal(_)) {
                         retry.failed(failure).await?;
                         continue;
                     }
-                    // Hand out what arrived; the next batch retries.
+                    // Hand out what arrived; the next batch recreates.
                 }
             }
             if !events.is_empty() {
@@ -903,31 +893,6 @@ impl Source for JetStreamSource {
     }
 }
 
-impl Drop for JetStreamSource {
-    fn drop(&mut self) {
-        let uncommitted =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if uncommitted.is_empty() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let client = self.client.clone();
-        let describe = self.describe();
-        // Best effort: without it they come back after the ack wait.
-        runtime.spawn(async move {
-            for reply in uncommitted.into_values() {
-                if let Err(error) = client.publish(reply, "-NAK".into()).await {
-                    tracing::debug!(source = %describe, %error, "cannot nak an uncommitted message");
-                    return;
-                }
-            }
-            let _ = client.flush().await;
-        });
-    }
-}
-
 /// Acks the messages a [`JetStreamSource`] handed out once a checkpoint
 /// covers them.
 struct JetStreamCommitListener {
@@ -939,37 +904,19 @@ struct JetStreamCommitListener {
 }
 
 impl JetStreamCommitListener {
-    /// Acks every message of `covered`; done once the server confirmed the
-    /// last one over the connection that carried the others (it handles the
-    /// acks of a connection in order).
-    async fn ack_all(&self, covered: &BTreeMap<u64, Subject>) -> Result<(), Failure> {
+    /// Acks everything up to the delivery `reply` belongs to (the consumer
+    /// acks all); done once the server confirmed it.
+    async fn ack_through(&self, reply: &Subject) -> Result<(), Failure> {
         check_connected(&self.client)?;
-        let statistics = self.client.statistics();
-        let connects = statistics.connects.load(Ordering::SeqCst);
-        let mut replies = covered.values();
-        let Some(last) = replies.next_back() else {
-            return Ok(());
-        };
-        for reply in replies {
-            self.client
-                .publish(reply.clone(), "".into())
-                .await
-                .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        }
-        if let Err(error) = self.client.request(last.clone(), "+ACK".into()).await {
-            return Err(match error.kind() {
+        match self.client.request(reply.clone(), "+ACK".into()).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(match error.kind() {
                 async_nats::RequestErrorKind::InvalidSubject => {
                     Failure::Fatal(io_error(self.describe.clone(), "ack", error))
                 }
                 _ => Failure::Unreachable(error.to_string()),
-            });
+            }),
         }
-        if statistics.connects.load(Ordering::SeqCst) != connects {
-            return Err(Failure::Unreachable(
-                "the connection was re-established while acking".to_owned(),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -979,19 +926,20 @@ impl CommitListener for JetStreamCommitListener {
         let Position::Offset(sequence) = position else {
             return Ok(());
         };
-        let covered = {
+        let last_covered = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            match sequence.checked_add(1) {
+            let covered = match sequence.checked_add(1) {
                 Some(next) => {
                     let later = pending.split_off(&next);
                     std::mem::replace(&mut *pending, later)
                 }
                 None => std::mem::take(&mut *pending),
-            }
+            };
+            covered.into_values().next_back()
         };
-        if covered.is_empty() {
+        let Some(reply) = last_covered else {
             return Ok(());
-        }
+        };
         let mut retry = Retry::new(
             self.describe.clone(),
             &self.url,
@@ -1000,7 +948,7 @@ impl CommitListener for JetStreamCommitListener {
         );
         loop {
             let limit = retry.attempt(self.reconnect_timeout);
-            let failure = match tokio::time::timeout(limit, self.ack_all(&covered)).await {
+            let failure = match tokio::time::timeout(limit, self.ack_through(&reply)).await {
                 Ok(Ok(())) => {
                     retry.succeeded();
                     return Ok(());
