@@ -555,3 +555,103 @@ async fn a_bad_tenant_name_is_refused() {
     let text = result.unwrap_err().to_string();
     assert!(text.contains("tenant name `a/b`"), "{text}");
 }
+
+/// Headers count toward `max_output_bytes` (their names, values and a
+/// fixed overhead each), on the packed crossing and through the canonical
+/// ABI: 100,000 empty headers are 4.8 MB of host memory, not 0 bytes.
+#[tokio::test]
+async fn headers_count_toward_the_output_byte_limit_on_both_crossings() {
+    for packed in [true, false] {
+        let (result, out) = run_collect(
+            pipeline("headers", &["x"]).then(
+                probe(serde_json::json!({"mode": "headers", "headers": 100_000}))
+                    .packed(packed)
+                    .limits(limits(|l| l.max_output_bytes = 1_000_000)),
+            ),
+        )
+        .await;
+        assert_eq!(
+            limit_of(&result),
+            Some(LimitKind::OutputBytes),
+            "packed {packed}: {result:?}"
+        );
+        let text = result.unwrap_err().to_string();
+        assert!(
+            text.contains("100000 headers") && text.contains("1000000"),
+            "packed {packed}: {text}"
+        );
+        assert!(out.is_empty());
+
+        // 1,000 empty headers (48 KB counted) are within the same limit.
+        let (result, out) = run_collect(
+            pipeline("few-headers", &["x"]).then(
+                probe(serde_json::json!({"mode": "headers", "headers": 1_000}))
+                    .packed(packed)
+                    .limits(limits(|l| l.max_output_bytes = 1_000_000)),
+            ),
+        )
+        .await;
+        result.unwrap_or_else(|e| panic!("packed {packed}: {e}"));
+        assert_eq!(out, vec!["headers"]);
+    }
+}
+
+/// The attack: one packed event with 10 million empty headers,
+/// default limits. It is refused as over `max_output_bytes` before the
+/// host allocates the headers (it used to take the host past 1 GB).
+#[tokio::test]
+async fn ten_million_empty_headers_are_refused_by_the_default_limits() {
+    let (result, out) = run_collect(pipeline("header-flood", &["x"]).then(probe(
+        serde_json::json!({"mode": "headers", "headers": 10_000_000}),
+    )))
+    .await;
+    assert_eq!(
+        limit_of(&result),
+        Some(LimitKind::OutputBytes),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
+}
+
+/// Through the canonical ABI, an answer larger than the host copies out
+/// of a guest at once (its hostcall fuel: 128 MiB here, the floor) is
+/// stopped while wasmtime copies it, not allocated whole and then refused:
+/// a limit error, not a trap, and the instance is created again so the
+/// next call runs. 3,000,000 headers are 144 MB in host memory.
+#[tokio::test]
+async fn an_answer_too_large_to_copy_is_an_output_limit_on_the_canonical_crossing() {
+    let flood = || {
+        probe(serde_json::json!({"mode": "headers", "headers": 3_000_000}))
+            .packed(false)
+            .limits(limits(|l| {
+                l.memory_bytes = 512 << 20;
+                l.max_output_bytes = 1 << 20;
+            }))
+    };
+    let (result, _) = run_collect(pipeline("copy-stop", &["x"]).then(flood())).await;
+    assert_eq!(
+        limit_of(&result),
+        Some(LimitKind::OutputBytes),
+        "{result:?}"
+    );
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("stopped while it was copied"), "{text}");
+
+    let builder = pipeline("copy-stop-skip", &["x", "y"])
+        .batch_size(1)
+        .then(flood().on_error(OnError::Skip));
+    let handle = builder.handle();
+    let (result, out) = run_collect(builder).await;
+    result.expect("skip keeps the pipeline running");
+    assert!(out.is_empty());
+    let stages = handle.status().stages();
+    let counters = stages[0].counters.as_ref().unwrap();
+    assert_eq!(counters.traps.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        counters.limits[3].load(Ordering::Relaxed),
+        2,
+        "output_bytes"
+    );
+    assert_eq!(counters.skipped.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.restarts.load(Ordering::Relaxed), 2);
+}

@@ -434,6 +434,7 @@ impl PipeComponent {
         );
         let mut store = Store::new(runtime.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
+        store.set_hostcall_fuel(limits::hostcall_fuel(&settings.limits));
         store.epoch_deadline_callback(|mut context| {
             let ctx = context.data_mut();
             if ctx.call_started.elapsed() >= ctx.limits.call_timeout() {
@@ -518,6 +519,17 @@ fn begin_call(store: &mut Store<HostCtx>) {
     store.set_epoch_deadline(1);
 }
 
+/// Whether wasmtime stopped copying data out of the guest because it went
+/// past the store's hostcall fuel ([`limits::hostcall_fuel`]). wasmtime's
+/// error type for it is private: it is known by its message.
+fn is_hostcall_fuel_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
+}
+
 /// The limit the last call went past, if it did.
 fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
     let ctx = store.data();
@@ -563,7 +575,16 @@ impl CallError {
         match self {
             CallError::Guest(_) => false,
             CallError::Trap(_) => true,
-            CallError::Limit { kind, .. } => matches!(kind, LimitKind::Time | LimitKind::Memory),
+            // An answer over the output limits may have been stopped
+            // while it was being copied out, which leaves the instance
+            // mid-call.
+            CallError::Limit { kind, .. } => matches!(
+                kind,
+                LimitKind::Time
+                    | LimitKind::Memory
+                    | LimitKind::OutputBytes
+                    | LimitKind::OutputEvents
+            ),
         }
     }
 }
@@ -583,23 +604,38 @@ impl PipeInstance {
                 // SAFETY: the type was checked when the instance started.
                 let typed: PackedProcess<'_> = unsafe { PackedProcess::new_unchecked(func) };
                 let max_events = self.settings.limits.max_output_events;
+                let max_bytes = self.settings.limits.max_output_bytes;
                 match typed.call_async(&mut self.store, (&self.packed_in,)).await {
                     Ok((Ok(bytes),)) => {
-                        match packed::decode_events(&bytes, max_events, &mut self.spare) {
-                            Ok(events) => Ok(Ok(events)),
-                            Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
-                            Err(packed::DecodeFailure::TooMany(count)) => {
-                                // Reported like a limit a state call hit (below).
-                                self.store.data_mut().limit_hit = Some(LimitKind::OutputEvents);
-                                Ok(Err(crate::PipeError {
-                                    message: format!(
-                                        "returned {count} events; the limit is {max_events}"
-                                    ),
+                        // Reported like a limit a state call hit (below).
+                        let over = |kind, message| {
+                            (
+                                Some(kind),
+                                crate::PipeError {
+                                    message,
                                     retryable: false,
                                     event_index: None,
-                                }))
-                            }
+                                },
+                            )
+                        };
+                        let decoded =
+                            packed::decode_events(&bytes, max_events, max_bytes, &mut self.spare);
+                        let (limit, error) = match decoded {
+                            Ok(events) => return self.finish_call(Ok(Ok(events))),
+                            Err(packed::DecodeFailure::Malformed(error)) => (None, error),
+                            Err(packed::DecodeFailure::TooMany(count)) => over(
+                                LimitKind::OutputEvents,
+                                format!("returned {count} events; the limit is {max_events}"),
+                            ),
+                            Err(packed::DecodeFailure::TooLarge { bytes, headers }) => over(
+                                LimitKind::OutputBytes,
+                                limits::output_bytes_message(bytes, headers, max_bytes),
+                            ),
+                        };
+                        if limit.is_some() {
+                            self.store.data_mut().limit_hit = limit;
                         }
+                        Ok(Err(error))
                     }
                     Ok((Err(error),)) => Ok(Err(error)),
                     Err(trap) => Err(trap),
@@ -612,6 +648,15 @@ impl PipeInstance {
                     .await
             }
         };
+        self.finish_call(result)
+    }
+
+    /// Turns a call's result into its outcome, and ends the call (undoing
+    /// its writes if it failed).
+    fn finish_call(
+        &mut self,
+        result: wasmtime::Result<Result<Vec<crate::Event>, crate::PipeError>>,
+    ) -> Result<Vec<crate::Event>, CallError> {
         self.guest_time += self.store.data().call_started.elapsed();
         let outcome = match result {
             Ok(Ok(events)) => self.check_output(events),
@@ -635,6 +680,17 @@ impl PipeInstance {
                 Some(kind) => CallError::Limit {
                     kind,
                     message: format!("trapped after going past its {kind} limit: {trap:#}"),
+                },
+                None if is_hostcall_fuel_exhausted(&trap) => CallError::Limit {
+                    kind: LimitKind::OutputBytes,
+                    message: format!(
+                        "handed the host more than {} bytes at once (its answer or a host \
+                         call's arguments; the most that max_output_bytes {} and \
+                         max_output_events {} allow), stopped while it was copied",
+                        self.store.hostcall_fuel(),
+                        self.settings.limits.max_output_bytes,
+                        self.settings.limits.max_output_events,
+                    ),
                 },
                 None => CallError::Trap(format!("{trap:?}")),
             }),
@@ -663,14 +719,12 @@ impl PipeInstance {
                 ),
             });
         }
-        let bytes: usize = events.iter().map(crate::Event::size_bytes).sum();
-        if bytes as u64 > limits.max_output_bytes {
+        let bytes: u64 = events.iter().map(limits::output_bytes).sum();
+        if bytes > limits.max_output_bytes {
+            let headers = events.iter().map(|e| e.headers.len() as u64).sum();
             return Err(CallError::Limit {
                 kind: LimitKind::OutputBytes,
-                message: format!(
-                    "returned {bytes} bytes of events; the limit is {}",
-                    limits.max_output_bytes
-                ),
+                message: limits::output_bytes_message(bytes, headers, limits.max_output_bytes),
             });
         }
         Ok(events)
