@@ -122,6 +122,24 @@ pub(crate) fn hostcall_fuel(limits: &PipeLimits) -> usize {
     usize::try_from(answer.max(WASMTIME_DEFAULT)).unwrap_or(usize::MAX)
 }
 
+/// Longest guest text the host keeps: an error message (a `pipe-error`,
+/// a trap), a log line or a stdout/stderr line. Longer text is cut at a
+/// character boundary and ends with `… (N bytes in all)`, so one failing
+/// event cannot put megabytes into every log line and dead letter.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] (plus the note saying how long it was).
+pub(crate) fn cap_message(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
+}
+
 /// Which limit a pipe went past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,5 +278,23 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_their_length() {
+        assert_eq!(cap_message("short"), "short");
+        let exact = "x".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(cap_message(&exact), exact.as_str());
+        // 'é' is two bytes: the cut falls inside one at an odd limit.
+        let long = format!("x{}", "é".repeat(MAX_MESSAGE_BYTES));
+        let capped = cap_message(&long);
+        let (kept, note) = capped.split_once('…').unwrap();
+        assert!(kept.len() <= MAX_MESSAGE_BYTES && kept.len() >= MAX_MESSAGE_BYTES - 1);
+        assert_eq!(note, format!(" ({} bytes in all)", long.len()));
     }
 }

@@ -26,8 +26,10 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use crate::state::PipeState;
 pub use cache::ComponentCache;
 pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
+use guest_output::LogBudget;
+pub use guest_output::{LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND};
 pub use host::HostCtx;
-pub use limits::{LimitExceeded, LimitKind, PipeLimits};
+pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES};
 
 /// Why a component could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +278,7 @@ impl Runtime {
 
 /// A guest's stderr that goes to the log, tagged (for command modules).
 pub(crate) fn guest_stderr(tenant: &str, pipe: &str) -> impl wasmtime_wasi::cli::StdoutStream {
-    guest_output::GuestOutput::new(tenant, pipe, "stderr")
+    guest_output::GuestOutput::new(tenant, pipe, "stderr", LogBudget::new(tenant, pipe))
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -389,13 +391,15 @@ impl PipeComponent {
         settings: Arc<InstanceSettings>,
         state: PipeState,
     ) -> Result<PipeInstance, LoadError> {
+        let log_budget = LogBudget::new(&settings.tenant, &settings.pipe);
         let (store, exports) = self
-            .start(runtime, &settings, state)
+            .start(runtime, &settings, state, &log_budget)
             .await
             .map_err(|(error, _)| error)?;
         Ok(PipeInstance {
             store,
             exports,
+            log_budget,
             packed_in: Vec::new(),
             spare: packed::SpareValues::default(),
             component: self.clone(),
@@ -411,9 +415,13 @@ impl PipeComponent {
         runtime: &Runtime,
         settings: &InstanceSettings,
         state: PipeState,
+        log_budget: &Arc<LogBudget>,
     ) -> Result<Started, (LoadError, PipeState)> {
         let pipe = &*settings.pipe;
-        let wasi = match settings.capabilities.wasi_ctx(&settings.tenant, pipe) {
+        let wasi = match settings
+            .capabilities
+            .wasi_ctx(&settings.tenant, pipe, log_budget)
+        {
             Ok(wasi) => wasi,
             Err(message) => {
                 return Err((
@@ -430,6 +438,7 @@ impl PipeComponent {
             settings.pipe.clone(),
             state,
             settings.limits.clone(),
+            log_budget.clone(),
             wasi,
         );
         let mut store = Store::new(runtime.engine(), ctx);
@@ -487,10 +496,10 @@ impl PipeComponent {
             .await;
         let failure = match init {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error.message),
+            Ok(Err(error)) => Some(limits::cap_message(&error.message).into_owned()),
             Err(trap) => Some(match limit_of(&store) {
                 Some(kind) => format!("went past its {kind} limit in init"),
-                None => format!("trapped: {trap:#}"),
+                None => limits::cap_message(&format!("trapped: {trap:#}")).into_owned(),
             }),
         };
         if let Some(message) = failure {
@@ -542,6 +551,8 @@ fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
 pub struct PipeInstance {
     store: Store<HostCtx>,
     exports: Exports,
+    /// The pipe's log allowance, kept across instances.
+    log_budget: Arc<LogBudget>,
     /// The packed form of the batch being processed, reused across calls.
     packed_in: Vec<u8>,
     /// Buffers of consumed events, for the values of answers.
@@ -660,14 +671,21 @@ impl PipeInstance {
         self.guest_time += self.store.data().call_started.elapsed();
         let outcome = match result {
             Ok(Ok(events)) => self.check_output(events),
-            Ok(Err(error)) => Err(match limit_of(&self.store) {
-                // The guest gave up because a state call hit a limit, or
-                // its packed answer went past the output limit.
-                Some(kind) => CallError::Limit {
-                    kind,
-                    message: error.message,
-                },
-                None => CallError::Guest(error),
+            Ok(Err(mut error)) => Err({
+                // A guest's message is kept to a size every log line and
+                // dead letter can carry.
+                if let std::borrow::Cow::Owned(capped) = limits::cap_message(&error.message) {
+                    error.message = capped;
+                }
+                match limit_of(&self.store) {
+                    // The guest gave up because a state call hit a limit, or
+                    // its packed answer went past the output limit.
+                    Some(kind) => CallError::Limit {
+                        kind,
+                        message: error.message,
+                    },
+                    None => CallError::Guest(error),
+                }
             }),
             Err(trap) => Err(match limit_of(&self.store) {
                 Some(LimitKind::Time) => CallError::Limit {
@@ -679,7 +697,10 @@ impl PipeInstance {
                 },
                 Some(kind) => CallError::Limit {
                     kind,
-                    message: format!("trapped after going past its {kind} limit: {trap:#}"),
+                    message: limits::cap_message(&format!(
+                        "trapped after going past its {kind} limit: {trap:#}"
+                    ))
+                    .into_owned(),
                 },
                 None if is_hostcall_fuel_exhausted(&trap) => CallError::Limit {
                     kind: LimitKind::OutputBytes,
@@ -692,7 +713,7 @@ impl PipeInstance {
                         self.settings.limits.max_output_events,
                     ),
                 },
-                None => CallError::Trap(format!("{trap:?}")),
+                None => CallError::Trap(limits::cap_message(&format!("{trap:?}")).into_owned()),
             }),
         };
         self.store.data_mut().state_mut().end_call(outcome.is_ok());
@@ -750,7 +771,10 @@ impl PipeInstance {
     /// instance keeps running.
     pub async fn replace(&mut self, component: PipeComponent) -> Result<(), LoadError> {
         let state = self.store.data_mut().state_mut().take();
-        match component.start(&self.runtime, &self.settings, state).await {
+        match component
+            .start(&self.runtime, &self.settings, state, &self.log_budget)
+            .await
+        {
             Ok((store, exports)) => {
                 self.store = store;
                 self.exports = exports;
@@ -776,8 +800,9 @@ impl PipeInstance {
         component: &PipeComponent,
         state: PipeState,
     ) -> Result<(), LoadError> {
+        let scratch_budget = LogBudget::new(&settings.tenant, &settings.pipe);
         component
-            .start(runtime, settings, state)
+            .start(runtime, settings, state, &scratch_budget)
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)
@@ -801,6 +826,12 @@ impl PipeInstance {
     /// Time spent inside `process` calls so far.
     pub fn guest_time(&self) -> Duration {
         self.guest_time
+    }
+
+    /// Log lines the pipe wrote past its rate ([`LOG_LINES_PER_SECOND`],
+    /// [`LOG_BYTES_PER_SECOND`]) and that were dropped, over every instance.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_budget.dropped()
     }
 
     /// The largest linear memory the current instance has grown to.
