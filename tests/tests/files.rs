@@ -93,3 +93,75 @@ async fn a_followed_file_resumes_after_a_restart() {
         append(&path, "c\n");
     }
 }
+
+/// Dead letters written to a file sink are JSON lines with the event and
+/// the headers saying why, where and when; a file source with `"format":
+/// "json"` reads them back as the same events (a value that is not UTF-8
+/// included, through `value_hex`).
+#[tokio::test]
+async fn dead_letters_in_a_file_are_json_lines_that_read_back_with_their_headers() {
+    use plumber::dead_letter::{ERROR_HEADER, REASON_HEADER, STEP_HEADER, TIME_HEADER};
+    use plumber::step::{OnError, WasmPipe};
+    use plumber::streams::{FileSink, LineFormat};
+
+    let dir = tempfile::tempdir().unwrap();
+    let letters = dir.path().join("dead.jsonl");
+    let input = vec![
+        Event::new("plain"),
+        Event {
+            headers: vec![("origin".into(), "test".into())],
+            ..Event::new("with\nnewline")
+                .with_key("k")
+                .with_timestamp(1_800_000_000_000)
+        },
+        Event::new(vec![0xff, 0x00, b'x']).with_key(vec![0xfe]),
+    ];
+    let (sink, _out) = channel_sink(16);
+    let report = Pipeline::builder("dead-file")
+        .runtime(plumber::runtime::Runtime::new(Some(plumber_tests::cache_dir())).unwrap())
+        .from(plumber::streams::ArraySource::new(input.clone()))
+        .dead_letter(FileSink::new(&letters))
+        .then(
+            WasmPipe::new("failing", plumber_tests::guest("probe"))
+                .config(serde_json::json!({"mode": "error", "bytes": 3}))
+                .on_error(OnError::DeadLetter),
+        )
+        .to(sink)
+        .run()
+        .await
+        .expect("dead-lettering keeps the pipeline running");
+    assert_eq!(report.events_out, 0);
+
+    let (sink, mut out) = channel_sink(16);
+    Pipeline::builder("read-dead")
+        .from(FileSource::new(&letters).format(LineFormat::Json))
+        .to(sink)
+        .run()
+        .await
+        .expect("the dead letters read back as JSON events");
+    let mut read = Vec::new();
+    while let Ok(event) = out.try_recv() {
+        read.push(event);
+    }
+    assert_eq!(read.len(), input.len());
+    for (letter, original) in read.iter().zip(&input) {
+        assert_eq!(letter.value, original.value);
+        assert_eq!(letter.key, original.key);
+        assert_eq!(letter.timestamp, original.timestamp);
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("no {name} header in {letter:?}"))
+        };
+        assert_eq!(header(REASON_HEADER), "error");
+        assert_eq!(header(STEP_HEADER), "failing");
+        assert!(header(ERROR_HEADER).ends_with(": eee"), "{letter:?}");
+        assert!(header(TIME_HEADER).parse::<u64>().unwrap() > 1_600_000_000_000);
+        for (name, value) in &original.headers {
+            assert_eq!(header(name), value);
+        }
+    }
+}

@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
-use super::{push_line, JsonEvent, Sink, Source, StreamError};
+use super::{push_formatted, JsonEvent, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
-/// How a file source reads a line.
+/// How a file source reads a line, and a file or stdout sink writes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineFormat {
@@ -19,7 +19,8 @@ pub enum LineFormat {
     Lines,
     /// The line is a JSON object: `{"value": "..."}` with optional `key`
     /// (string), `timestamp` (ms since the Unix epoch) and `headers` (an
-    /// object of strings).
+    /// object of strings); a value or key that is not UTF-8 is
+    /// `"value_hex"` / `"key_hex"` instead.
     Json,
 }
 
@@ -259,6 +260,7 @@ impl FileSource {
 /// checkpoint saw back in place.
 pub struct FileSink {
     path: PathBuf,
+    format: LineFormat,
     writer: Option<BufWriter<File>>,
     buffer: Vec<u8>,
     /// The file's length including everything written, once opened.
@@ -286,12 +288,21 @@ impl FileSink {
     pub fn new(path: impl AsRef<Path>) -> Self {
         FileSink {
             path: path.as_ref().to_path_buf(),
+            format: LineFormat::Lines,
             writer: None,
             buffer: Vec::new(),
             length: None,
             rotate_at: None,
             rotate_before_next_write: false,
         }
+    }
+
+    /// Writes lines in `format`: each value (the default), or each event as
+    /// a JSON line that a file source with [`LineFormat::Json`] reads back.
+    #[must_use]
+    pub fn format(mut self, format: LineFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Rotates the file once it reaches `bytes` (checked at each flush).
@@ -376,7 +387,7 @@ impl Sink for FileSink {
         }
         self.buffer.clear();
         for event in &batch.events {
-            push_line(&mut self.buffer, event);
+            push_formatted(&mut self.buffer, event, self.format);
         }
         if let Some(writer) = self.writer.as_mut() {
             if let Err(e) = writer.write_all(&self.buffer).await {
@@ -414,6 +425,10 @@ impl Sink for FileSink {
             },
         };
         Ok(Some(pack(self.rotations().await?, length)))
+    }
+
+    fn keep_headers(&mut self) {
+        self.format = LineFormat::Json;
     }
 
     async fn recover(&mut self, position: Option<u64>) -> Result<(), StreamError> {
