@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
 use super::{push_formatted, JsonEvent, Sink, Source, StreamError};
 use crate::checkpoint::Position;
@@ -28,8 +28,16 @@ fn parse_json_line(line: &[u8]) -> Result<Event, serde_json::Error> {
     serde_json::from_slice::<JsonEvent>(line).map(Event::from)
 }
 
+/// The default longest line a file source reads: 16 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 16 << 20;
+
 /// Reads a file line by line, one event per line ([`LineFormat`]). The
 /// position is the byte offset after the last line handed out.
+///
+/// A line longer than [`FileSource::max_line_bytes`] (16 MiB by default,
+/// not counting its newline) stops the source with
+/// [`StreamError::LineTooLong`] naming the file, the line's byte offset and
+/// the cap; no more than the cap is ever buffered.
 ///
 /// In follow mode ([`FileSource::follow`]) the source does not end at the
 /// end of the file: it waits for more lines (a line is taken only once its
@@ -42,6 +50,7 @@ pub struct FileSource {
     reader: Option<BufReader<File>>,
     offset: u64,
     line: Vec<u8>,
+    max_line_bytes: u64,
     follow: Option<std::time::Duration>,
     /// Identity of the open file (device, inode), to notice a rotation.
     identity: Option<(u64, u64)>,
@@ -67,9 +76,18 @@ impl FileSource {
             reader: None,
             offset: 0,
             line: Vec::new(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             follow: None,
             identity: None,
         }
+    }
+
+    /// The longest line (without its newline) the source reads (default
+    /// [`DEFAULT_MAX_LINE_BYTES`], at least 1); a longer one is an error.
+    #[must_use]
+    pub fn max_line_bytes(mut self, bytes: u64) -> Self {
+        self.max_line_bytes = bytes.max(1);
+        self
     }
 
     /// Follows the file as it grows (and across rotations), checking for
@@ -192,6 +210,7 @@ impl FileSource {
         let stream = self.describe();
         let format = self.format;
         let following = self.follow.is_some();
+        let max_line = self.max_line_bytes;
         let FileSource {
             reader: Some(reader),
             line,
@@ -203,7 +222,11 @@ impl FileSource {
         };
         let mut events = Vec::with_capacity(max.clamp(1, 4096));
         while events.len() < max.max(1) {
-            let read = reader
+            // Room for the longest line and its newline, and not a byte
+            // more: a longer line is refused without being buffered.
+            let room = (max_line + 1).saturating_sub(line.len() as u64);
+            let read = (&mut *reader)
+                .take(room)
                 .read_until(b'\n', line)
                 .await
                 .map_err(|source| StreamError::Io {
@@ -212,6 +235,18 @@ impl FileSource {
                     source,
                 })?;
             let complete = line.ends_with(b"\n");
+            if !complete && line.len() as u64 > max_line {
+                line.clear();
+                // The position stays before the line: a restart meets it again.
+                let error = StreamError::LineTooLong {
+                    stream,
+                    offset: *offset,
+                    max: max_line,
+                };
+                // The reader is past part of the line; start again from the offset.
+                self.reader = None;
+                return Err(error);
+            }
             if read == 0 && (line.is_empty() || following) || !complete && following {
                 // End of the file for now; a partial line waits for its newline.
                 break;

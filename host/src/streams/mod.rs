@@ -60,6 +60,19 @@ pub enum StreamError {
         /// What is wrong.
         message: String,
     },
+    /// A line of a file source is longer than its `max_line_bytes`.
+    #[error(
+        "{stream}: the line at byte {offset} is longer than max_line_bytes ({max} bytes); \
+         raise `max_line_bytes` or fix the file"
+    )]
+    LineTooLong {
+        /// The stream.
+        stream: String,
+        /// Where the line starts.
+        offset: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The receiving end of a channel sink is gone.
     #[error("{stream}: the receiver was dropped")]
     Closed {
