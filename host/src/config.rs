@@ -1334,6 +1334,10 @@ pub struct AdminConfig {
     /// calls need (a token is not written in the file itself).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The directory `{"path": …}` module swaps may read from (relative:
+    /// against this file's directory); without it, path swaps are refused.
+    #[serde(default)]
+    pub module_dir: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> std::net::SocketAddr {
@@ -1391,6 +1395,11 @@ impl HostConfig {
         for path in &mut config.pipelines {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(dir) = config.admin.as_mut().and_then(|a| a.module_dir.as_mut()) {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
             }
         }
         Ok(config)
