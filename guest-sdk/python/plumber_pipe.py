@@ -43,9 +43,20 @@ with the same fields, so tests build events the same way.
 
 Failures: raise :class:`PipeError` (``message``, ``retryable``,
 ``event_index``); state operations raise :class:`StateError`, a PipeError. Any
-other exception escaping ``__init__`` or ``process`` is reported to the host as
-a non-retryable pipe-error naming it (``--stub-wasi`` leaves no stderr for a
-traceback, and a trap would lose the message).
+other exception escaping ``__init__`` or ``process`` (``SystemExit`` and other
+``BaseException``\ s included) is reported to the host as a non-retryable
+pipe-error naming its type, its text and where it was raised (``--stub-wasi``
+leaves no stderr for a traceback, and a trap would lose the message).
+Integers the host cannot take are refused before they cross: a ``state.add``
+delta outside 64 bits is a StateError, and ``process`` checks the events it
+returns (``bytes`` values and keys, a ``timestamp`` that fits in 64 bits
+unsigned, ``(str, str)`` headers), naming the event and the field, instead
+of letting the component trap.
+
+componentize-py creates a new ``WitWorld`` object for every exported call:
+attributes set in ``init`` are gone in ``process``. ``export`` keeps the
+pipe object in a module-level slot for that reason; code that does without
+it must keep its state in module globals too.
 """
 
 from __future__ import annotations
@@ -324,8 +335,20 @@ def _state_error(err: Any) -> StateError:
     return StateError(kind, str(getattr(err, "value", err)))
 
 
+def _key(key: Any) -> str:
+    """A state key as the host takes it (a ``str``); anything else is a TypeError, not a trap."""
+    if not isinstance(key, str):
+        raise TypeError(f"a state key must be str, got {type(key).__name__}")
+    return key
+
+
 class HostState(State):
-    """The host's state (``plumber:pipe/state``), inside a component."""
+    """The host's state (``plumber:pipe/state``), inside a component.
+
+    Arguments are checked before they cross (keys ``str``, values bytes,
+    ``add`` deltas within 64 bits): a value the host cannot take raises here,
+    naming it, where handing it over would trap the component.
+    """
 
     def __init__(self) -> None:
         if _host_state is None:
@@ -339,19 +362,19 @@ class HostState(State):
             raise _state_error(e.value) from None
 
     def get(self, key: str) -> Optional[bytes]:
-        return self._call(_host_state.get, key)
+        return self._call(_host_state.get, _key(key))
 
     def get_many(self, keys: List[str]) -> List[Optional[bytes]]:
-        return self._call(_host_state.get_many, list(keys))
+        return self._call(_host_state.get_many, [_key(k) for k in keys])
 
     def set(self, key: str, value: "bytes | str") -> None:
-        self._call(_host_state.set, key, _bytes(value))
+        self._call(_host_state.set, _key(key), _bytes(value))
 
     def delete(self, key: str) -> None:
-        self._call(_host_state.delete, key)
+        self._call(_host_state.delete, _key(key))
 
     def add(self, key: str, delta: int = 1) -> int:
-        return self._call(_host_state.add, key, _i64(key, delta))
+        return self._call(_host_state.add, _key(key), _i64(key, delta))
 
 
 _LEVELS = ("trace", "debug", "info", "warn", "error")
@@ -419,24 +442,65 @@ def _describe(error: BaseException) -> str:
     return f"unhandled {type(error).__name__}: {error}{where}"
 
 
+_U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
+
+
 def _to_wit(error: BaseException) -> BaseException:
     """The exception that carries ``error`` to the host: ``Err(pipe-error)``.
 
     Without bindings (native tests of ``export``) it is the PipeError itself.
     """
+    if _Err is not None and isinstance(error, _Err):
+        if isinstance(error.value, _wit_types.PipeError):
+            return error  # already the WIT pipe-error (raised by hand)
+        error = _state_error(error.value)  # a state-error from a direct host call
     if not isinstance(error, PipeError):
         error = PipeError(_describe(error))
+    message = str(error.message)
+    index = error.event_index
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _U32_MAX):
+        # The WIT field is a u32: an index that does not fit is told, not trapped on.
+        message = f"{message} (event_index {index!r} is not an index)"
+        index = None
     if _Err is None:
+        error.message, error.event_index = message, index
         return error
-    return _Err(_wit_types.PipeError(message=error.message, retryable=bool(error.retryable), event_index=error.event_index))
+    return _Err(_wit_types.PipeError(message=message, retryable=bool(error.retryable), event_index=index))
+
+
+def _check_event(i: int, e: Any) -> None:
+    """Refuses, naming event ``i`` and the field, what the host cannot take."""
+    if not isinstance(e, Event):
+        raise PipeError(f"process returned {type(e).__name__} at index {i}, not an Event")
+    if isinstance(e.value, (bytearray, memoryview)):
+        e.value = bytes(e.value)
+    if not isinstance(e.value, bytes):
+        raise PipeError(f"event {i}: value is {type(e.value).__name__}, not bytes (encode it, or build events with event())")
+    if isinstance(e.key, (bytearray, memoryview)):
+        e.key = bytes(e.key)
+    if e.key is not None and not isinstance(e.key, bytes):
+        raise PipeError(f"event {i}: key is {type(e.key).__name__}, not bytes or None")
+    ts = e.timestamp
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= _U64_MAX):
+        raise PipeError(f"event {i}: timestamp {ts!r} is not an integer in 0..2**64-1 (ms since the Unix epoch) or None")
+    if not isinstance(e.headers, list):
+        raise PipeError(f"event {i}: headers is {type(e.headers).__name__}, not a list of (str, str)")
+    for h in e.headers:
+        if not (isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], str)):
+            raise PipeError(f"event {i}: header {h!r} is not a (str, str) tuple")
 
 
 def export(pipe_class: Callable[[str], Any]) -> type:
     """The class componentize-py exports as the world: ``WitWorld = export(MyPipe)``.
 
     ``init`` constructs ``pipe_class(config)``; ``process`` calls
-    ``pipe.process(batch, HostState())``. PipeErrors (and any other exception,
-    named in the message) become the WIT ``pipe-error``.
+    ``pipe.process(batch, HostState())`` and checks the events it returns.
+    PipeErrors (and any other exception, ``BaseException`` included, named in
+    the message) become the WIT ``pipe-error``.
+
+    componentize-py makes a new ``WitWorld`` per exported call, so the pipe
+    lives in a slot of this function's closure, not on ``self``.
     """
     slot: dict = {}
 
@@ -445,7 +509,7 @@ def export(pipe_class: Callable[[str], Any]) -> type:
             slot.pop("pipe", None)
             try:
                 slot["pipe"] = pipe_class(config)
-            except Exception as e:  # noqa: BLE001 - reported to the host
+            except BaseException as e:  # noqa: BLE001 - reported to the host, a trap would lose it
                 raise _to_wit(e) from None
 
         def process(self, batch: Batch) -> List[Event]:
@@ -453,8 +517,11 @@ def export(pipe_class: Callable[[str], Any]) -> type:
             if pipe is None:
                 raise _to_wit(PipeError("process called before init"))
             try:
-                return list(pipe.process(batch, slot.setdefault("state", HostState())))
-            except Exception as e:  # noqa: BLE001 - reported to the host
+                out = list(pipe.process(batch, slot.setdefault("state", HostState())))
+                for i, e in enumerate(out):
+                    _check_event(i, e)
+                return out
+            except BaseException as e:  # noqa: BLE001 - reported to the host, a trap would lose it
                 raise _to_wit(e) from None
 
     WitWorld.__qualname__ = WitWorld.__name__ = "WitWorld"

@@ -3,7 +3,7 @@
 import unittest
 
 import plumber_pipe
-from plumber_pipe import MemoryState, PipeError, StateError, batch, event, parse_i64
+from plumber_pipe import HostState, MemoryState, PipeError, StateError, batch, event, parse_i64
 
 
 class MemoryStateTest(unittest.TestCase):
@@ -44,6 +44,12 @@ class MemoryStateTest(unittest.TestCase):
         state.set_int("max", 2**63 - 1)
         with self.assertRaises(StateError):
             state.add("max", 1)
+        # A delta outside 64 bits is refused before it could reach the host.
+        for delta in (2**70, 2**63, -(2**63) - 1):
+            with self.assertRaises(StateError) as caught:
+                state.add("n", delta)
+            self.assertEqual(caught.exception.kind, "invalid")
+            self.assertIn("does not fit in 64 bits", caught.exception.message)
         with self.assertRaises(TypeError):
             state.add("n", 1.5)
 
@@ -95,6 +101,75 @@ class ExportTest(unittest.TestCase):
         with self.assertRaises(PipeError) as caught:
             world.process(batch([]))  # natively there is no host state: reported, not raised raw
         self.assertTrue(caught.exception.message.startswith("unhandled RuntimeError: no plumber host"), caught.exception.message)
+
+
+class ExportChecksTest(unittest.TestCase):
+    """What ``export`` does so that a mistake is a pipe-error, not a trap."""
+
+    def world(self, process):
+        class Pipe:
+            def __init__(self, config):
+                pass
+
+        Pipe.process = lambda self, b, state: process(b)
+        world = plumber_pipe.export(Pipe)
+        # componentize-py makes a new world object per call: so does this test.
+        world().init("{}")
+        return world
+
+    def failure(self, process):
+        plumber_pipe.HostState = MemoryState  # natively: no host, a dict
+        try:
+            with self.assertRaises(PipeError) as caught:
+                self.world(process)().process(batch([event("a")]))
+        finally:
+            plumber_pipe.HostState = HostState
+        return caught.exception
+
+    def test_any_exception_becomes_a_pipe_error_with_its_type_text_and_place(self):
+        def exits(b):
+            raise SystemExit(3)
+
+        error = self.failure(exits)
+        self.assertTrue(error.message.startswith("unhandled SystemExit: 3 (at "), error.message)
+        self.assertFalse(error.retryable)
+
+        def overflows(b):
+            return [event("x", timestamp=2**64)]
+
+        self.assertEqual(
+            self.failure(overflows).message,
+            "event 0: timestamp 18446744073709551616 is not an integer in 0..2**64-1 (ms since the Unix epoch) or None",
+        )
+
+    def test_returned_events_are_checked_field_by_field(self):
+        good = event("ok")
+        cases = [
+            ([good, event("x", timestamp=-1)], "event 1: timestamp -1 is not"),
+            ([good, good, plumber_pipe.Event(key=None, value="text", timestamp=None, headers=[])], "event 2: value is str, not bytes"),
+            ([plumber_pipe.Event(key="k", value=b"v", timestamp=None, headers=[])], "event 0: key is str"),
+            ([plumber_pipe.Event(key=None, value=b"v", timestamp=None, headers=[("h", 1)])], "event 0: header ('h', 1) is not"),
+            ([plumber_pipe.Event(key=None, value=b"v", timestamp=True, headers=[])], "event 0: timestamp True is not"),
+            (["not an event"], "process returned str at index 0, not an Event"),
+        ]
+        for out, expected in cases:
+            message = self.failure(lambda b, out=out: out).message
+            self.assertTrue(message.startswith(expected), message)
+        # Byte-like values are made bytes; the largest timestamp passes.
+        plumber_pipe.HostState = MemoryState
+        try:
+            out = self.world(lambda b: [plumber_pipe.Event(key=bytearray(b"k"), value=bytearray(b"v"), timestamp=2**64 - 1, headers=[("h", "v")])])().process(batch([]))
+        finally:
+            plumber_pipe.HostState = HostState
+        self.assertEqual((out[0].key, out[0].value, out[0].timestamp), (b"k", b"v", 2**64 - 1))
+
+    def test_an_event_index_that_is_no_u32_is_dropped_and_told(self):
+        def fails(b):
+            raise PipeError("bad", event_index=2**40)
+
+        error = self.failure(fails)
+        self.assertEqual(error.message, "bad (event_index 1099511627776 is not an index)")
+        self.assertIsNone(error.event_index)
 
 
 if __name__ == "__main__":

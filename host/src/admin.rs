@@ -10,22 +10,34 @@
 //! | `POST /pipelines/{pipeline}/pipes/{pipe}/module` | replace a pipe's module; JSON [`SwapDone`] |
 //!
 //! The module upload takes either JSON `{"path": "..."}` (with
-//! `Content-Type: application/json`) or the component's bytes (any other
-//! content type, e.g. `application/wasm`), up to [`MAX_BODY_BYTES`].
+//! `Content-Type: application/json`; only a file inside the configured
+//! module directory, [`AdminOptions::module_dir`]) or the component's bytes
+//! (`Content-Type: application/wasm`), up to [`MAX_BODY_BYTES`].
 //!
 //! Errors are JSON `{"error": "<message>"}`: 404 for an unknown pipeline or
 //! pipe, 422 for a refused module, 503 when the pipeline cannot do it now,
-//! 400 for a bad body, 401 for a missing or wrong token.
+//! 400 for a bad body, 401 for a missing or wrong token, 403 for a
+//! cross-origin request or a module path outside the module directory, 415
+//! for a `POST` that is neither JSON nor WebAssembly, 421 for a request
+//! whose `Host` is not this server.
 //!
 //! With a token configured, every call other than `GET`/`HEAD` needs
 //! `Authorization: Bearer <token>`. Without one, the server only listens on
-//! loopback addresses ([`AdminServer::start`] refuses anything else).
+//! loopback addresses ([`AdminServer::start`] refuses anything else) and
+//! answers only requests addressed to it by a loopback name
+//! (`Host: 127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT` or its listen
+//! address): a page in a browser on the same machine cannot reach it
+//! through a DNS name of its own. In both cases a request with an `Origin`
+//! other than the server's own is refused, and a `POST` must say it is JSON
+//! or WebAssembly, which a browser cannot send across origins without the
+//! preflight this server never grants: a web page cannot swap a module or
+//! take a checkpoint.
 //!
 //! What the server controls is behind the [`AdminControl`] trait, which the
 //! engine implements.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -216,6 +228,11 @@ pub struct AdminOptions {
     /// The bearer token mutating calls need; required unless `listen` is a
     /// loopback address.
     pub token: Option<String>,
+    /// The directory `{"path": …}` module swaps may read from (a path is
+    /// taken relative to it, and must name a file inside it once symbolic
+    /// links are resolved); `None` refuses path swaps (uploads of the
+    /// component's bytes still work).
+    pub module_dir: Option<PathBuf>,
 }
 
 impl Default for AdminOptions {
@@ -223,6 +240,7 @@ impl Default for AdminOptions {
         AdminOptions {
             listen: DEFAULT_LISTEN,
             token: None,
+            module_dir: None,
         }
     }
 }
@@ -233,6 +251,7 @@ impl std::fmt::Debug for AdminOptions {
         f.debug_struct("AdminOptions")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("module_dir", &self.module_dir)
             .finish()
     }
 }
@@ -258,6 +277,14 @@ pub enum AdminServerError {
     /// The token is empty or only whitespace.
     #[error("admin token is empty")]
     EmptyToken,
+    /// The module directory does not exist or cannot be read.
+    #[error("admin module directory `{path}`: {source}")]
+    ModuleDir {
+        /// The directory given.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// A running admin server. Dropping it also shuts it down, without waiting.
@@ -276,7 +303,9 @@ impl AdminServer {
     /// [`AdminServerError::Bind`] (naming the address) if it cannot be
     /// bound; [`AdminServerError::TokenRequired`] if `listen` is not a
     /// loopback address and no token is set;
-    /// [`AdminServerError::EmptyToken`] for an empty token.
+    /// [`AdminServerError::EmptyToken`] for an empty token;
+    /// [`AdminServerError::ModuleDir`] for a module directory that cannot
+    /// be resolved.
     pub async fn start(
         options: AdminOptions,
         control: Arc<dyn AdminControl>,
@@ -297,6 +326,15 @@ impl AdminServer {
             None if addr.ip().to_canonical().is_loopback() => None,
             None => return Err(AdminServerError::TokenRequired(addr)),
         };
+        let module_dir = match &options.module_dir {
+            Some(dir) => Some(tokio::fs::canonicalize(dir).await.map_err(|source| {
+                AdminServerError::ModuleDir {
+                    path: dir.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AdminServerError::Bind { addr, source })?;
@@ -308,6 +346,8 @@ impl AdminServer {
             AppState {
                 control,
                 token_digest,
+                own_hosts: Arc::new(own_hosts(local_addr)),
+                module_dir: module_dir.map(Arc::new),
             },
             body_limit,
         );
@@ -355,6 +395,42 @@ struct AppState {
     /// SHA-256 of the configured token: comparing digests takes the same
     /// time whatever the presented token's length or content.
     token_digest: Option<[u8; 32]>,
+    /// The `Host` values (lowercase `name:port`) a request without a token
+    /// may carry: the loopback names of the bound address.
+    own_hosts: Arc<Vec<String>>,
+    /// The canonical module directory path swaps are confined to.
+    module_dir: Option<Arc<PathBuf>>,
+}
+
+/// The names this server answers to without a token, as `host:port`.
+fn own_hosts(local_addr: SocketAddr) -> Vec<String> {
+    let port = local_addr.port();
+    let mut hosts = vec![
+        local_addr.to_string(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    hosts
+        .iter_mut()
+        .for_each(|host| host.make_ascii_lowercase());
+    hosts.dedup();
+    hosts
+}
+
+/// A `Host` value as `host:port` in lowercase (port 80 when absent).
+fn normalized_host(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    // `[::1]` and `name` have no port; `[::1]:80` and `name:80` do.
+    let has_port = match host.rfind(']') {
+        Some(end) => host[end..].contains(':'),
+        None => host.contains(':'),
+    };
+    if has_port {
+        host
+    } else {
+        format!("{host}:80")
+    }
 }
 
 fn router(state: AppState, body_limit: usize) -> Router {
@@ -371,7 +447,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .fallback(no_route)
         // Checked before any body is read, so an unauthenticated client
         // cannot make the server buffer an upload.
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -396,15 +472,86 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim_start())
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    if let (Some(expected), false) = (&state.token_digest, safe) {
-        let presented = bearer_token(request.headers()).map(|t| digest(t.as_bytes()));
+/// The checks every request passes before it is routed: its `Host`
+/// (without a token), its `Origin`, the token, and the content type of a
+/// `POST`.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    if state.token_digest.is_none() {
+        let own = host
+            .as_deref()
+            .is_some_and(|host| state.own_hosts.contains(&normalized_host(host)));
+        if !own {
+            return error_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this admin server answers to {} only (Host was {})",
+                    state.own_hosts.join(", "),
+                    host.map_or("missing".to_owned(), |h| format!("`{h}`")),
+                ),
+            );
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own_origin = host.as_deref().map(|host| format!("http://{host}"));
+        let same = origin
+            .to_str()
+            .ok()
+            .zip(own_origin.as_deref())
+            .is_some_and(|(origin, own)| origin.eq_ignore_ascii_case(own));
+        if !same {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "cross-origin request refused (Origin {:?})",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            );
+        }
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    if let Some(expected) = &state.token_digest {
+        let presented = bearer_token(headers).map(|t| digest(t.as_bytes()));
         if !presented.is_some_and(|presented| constant_time_eq(&presented, expected)) {
             return error_response(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
         }
     }
+    if upload_kind(headers).is_none() {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a POST needs `Content-Type: application/json` (a module path, or no body) \
+             or `Content-Type: application/wasm` (a component's bytes)",
+        );
+    }
     next.run(request).await
+}
+
+/// What a request's body is, by its content type (parameters ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadKind {
+    /// `application/json`.
+    Json,
+    /// `application/wasm`.
+    Wasm,
+}
+
+fn upload_kind(headers: &HeaderMap) -> Option<UploadKind> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or(value).trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Some(UploadKind::Json)
+    } else if essence.eq_ignore_ascii_case("application/wasm") {
+        Some(UploadKind::Wasm)
+    } else {
+        None
+    }
 }
 
 fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
@@ -465,20 +612,25 @@ async fn swap_module(
         Ok(module) => module,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
     };
+    let module = match module {
+        ModuleUpload::Path(path) => {
+            match resolve_module_path(state.module_dir.as_deref(), &path).await {
+                Ok(path) => ModuleUpload::Path(path),
+                Err(message) => return error_response(StatusCode::FORBIDDEN, message),
+            }
+        }
+        bytes => bytes,
+    };
     match state.control.swap_module(&pipeline, &pipe, module).await {
         Ok(done) => Json(done).into_response(),
         Err(error) => error.into_response(),
     }
 }
 
-/// The upload in `body`: a JSON path for `application/json`, else the bytes.
+/// The upload in `body`: a JSON path for `application/json`, the bytes for
+/// `application/wasm` (the guard has refused anything else).
 fn parse_upload(headers: &HeaderMap, body: &[u8]) -> Result<ModuleUpload, String> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
+    if upload_kind(headers) == Some(UploadKind::Json) {
         let upload: PathUpload = serde_json::from_slice(body)
             .map_err(|error| format!("expected {{\"path\": \"...\"}}: {error}"))?;
         if upload.path.as_os_str().is_empty() {
@@ -489,6 +641,40 @@ fn parse_upload(headers: &HeaderMap, body: &[u8]) -> Result<ModuleUpload, String
         Err("empty body: send the component's bytes or JSON {\"path\": \"...\"}".to_owned())
     } else {
         Ok(ModuleUpload::Bytes(body.to_vec()))
+    }
+}
+
+/// The canonical path of a module file inside `module_dir` (`path` is
+/// taken relative to it). Every refusal is the same message, so an answer
+/// never says whether a file outside the directory exists.
+async fn resolve_module_path(
+    module_dir: Option<&PathBuf>,
+    path: &FsPath,
+) -> Result<PathBuf, String> {
+    let Some(dir) = module_dir else {
+        return Err(
+            "module path swaps are off: the admin server has no module directory \
+             (`admin.module_dir` in the host config, `--module-dir` for `plumber run`); \
+             send the component's bytes with `Content-Type: application/wasm` instead"
+                .to_owned(),
+        );
+    };
+    let refused = || {
+        format!(
+            "module path `{}` is not a file inside the module directory `{}`",
+            path.display(),
+            dir.display()
+        )
+    };
+    let resolved = tokio::fs::canonicalize(dir.join(path))
+        .await
+        .map_err(|_| refused())?;
+    if !resolved.starts_with(dir.as_path()) {
+        return Err(refused());
+    }
+    match tokio::fs::metadata(&resolved).await {
+        Ok(metadata) if metadata.is_file() => Ok(resolved),
+        _ => Err(refused()),
     }
 }
 
@@ -616,14 +802,17 @@ mod tests {
         AdminOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: token.map(str::to_owned),
+            module_dir: None,
         }
     }
 
     async fn start(token: Option<&str>) -> (AdminServer, Arc<Recorder>, String) {
+        start_with(loopback(token)).await
+    }
+
+    async fn start_with(options: AdminOptions) -> (AdminServer, Arc<Recorder>, String) {
         let recorder = Arc::new(Recorder::default());
-        let server = AdminServer::start(loopback(token), recorder.clone())
-            .await
-            .unwrap();
+        let server = AdminServer::start(options, recorder.clone()).await.unwrap();
         let base = format!("http://{}", server.local_addr());
         (server, recorder, base)
     }
@@ -697,6 +886,7 @@ mod tests {
 
         let done = client
             .post(format!("{base}/pipelines/orders/checkpoint"))
+            .header(header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .unwrap();
@@ -708,6 +898,7 @@ mod tests {
 
         let unknown = client
             .post(format!("{base}/pipelines/ghost/checkpoint"))
+            .header(header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .unwrap();
@@ -719,6 +910,7 @@ mod tests {
 
         let stopped = client
             .post(format!("{base}/pipelines/halted/checkpoint"))
+            .header(header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .unwrap();
@@ -741,7 +933,15 @@ mod tests {
 
     #[tokio::test]
     async fn module_upload_as_bytes_or_path() {
-        let (server, recorder, base) = start(None).await;
+        let modules = tempfile::tempdir().unwrap();
+        std::fs::create_dir(modules.path().join("pipes")).unwrap();
+        let v2 = modules.path().join("pipes/enrich-v2.wasm");
+        std::fs::write(&v2, b"v2").unwrap();
+        let (server, recorder, base) = start_with(AdminOptions {
+            module_dir: Some(modules.path().to_owned()),
+            ..loopback(None)
+        })
+        .await;
         let client = reqwest::Client::new();
         let url = format!("{base}/pipelines/orders/pipes/enrich/module");
 
@@ -773,9 +973,9 @@ mod tests {
             .unwrap();
         assert_eq!(by_path.status(), 200);
 
-        // No content type at all is raw bytes too.
+        // Neither JSON nor WebAssembly: refused before the engine is asked.
         let untyped = client.post(&url).body("abc").send().await.unwrap();
-        assert_eq!(untyped.status(), 200);
+        assert_eq!(untyped.status(), 415);
 
         assert_eq!(
             recorder.calls(),
@@ -785,15 +985,11 @@ mod tests {
                     "enrich".into(),
                     ModuleUpload::Bytes(component)
                 ),
+                // The engine gets the file's canonical path.
                 Call::Swap(
                     "orders".into(),
                     "enrich".into(),
-                    ModuleUpload::Path("pipes/enrich-v2.wasm".into())
-                ),
-                Call::Swap(
-                    "orders".into(),
-                    "enrich".into(),
-                    ModuleUpload::Bytes(b"abc".to_vec())
+                    ModuleUpload::Path(v2.canonicalize().unwrap())
                 ),
             ]
         );
@@ -802,7 +998,13 @@ mod tests {
 
     #[tokio::test]
     async fn module_upload_errors() {
-        let (server, recorder, base) = start(None).await;
+        let modules = tempfile::tempdir().unwrap();
+        std::fs::write(modules.path().join("bad.wasm"), b"bad").unwrap();
+        let (server, recorder, base) = start_with(AdminOptions {
+            module_dir: Some(modules.path().to_owned()),
+            ..loopback(None)
+        })
+        .await;
         let client = reqwest::Client::new();
         let post = |path: &str, content_type: &str, body: &'static [u8]| {
             client
@@ -828,7 +1030,7 @@ mod tests {
         let refused_path = post(
             "/pipelines/orders/pipes/enrich/module",
             "application/json; charset=utf-8",
-            br#"{"path": "/tmp/bad.wasm"}"#,
+            br#"{"path": "bad.wasm"}"#,
         )
         .await
         .unwrap();
@@ -908,6 +1110,7 @@ mod tests {
         // Rejected before the body is read or the engine is asked.
         let upload = client
             .post(format!("{base}/pipelines/orders/pipes/enrich/module"))
+            .header(header::CONTENT_TYPE, "application/wasm")
             .body(vec![0u8; 1024])
             .send()
             .await
@@ -918,6 +1121,7 @@ mod tests {
         let accepted = client
             .post(&checkpoint)
             .bearer_auth("s3cret")
+            .header(header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .unwrap();
@@ -925,6 +1129,7 @@ mod tests {
         let lowercase_scheme = client
             .post(&checkpoint)
             .header(header::AUTHORIZATION, "bearer s3cret")
+            .header(header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .unwrap();
@@ -943,7 +1148,7 @@ mod tests {
         for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9464"] {
             let options = AdminOptions {
                 listen: listen.parse().unwrap(),
-                token: None,
+                ..AdminOptions::default()
             };
             let error = AdminServer::start(options, Arc::new(Recorder::default()))
                 .await
@@ -957,7 +1162,7 @@ mod tests {
 
         let mapped = AdminOptions {
             listen: "[::ffff:127.0.0.1]:0".parse().unwrap(),
-            token: None,
+            ..AdminOptions::default()
         };
         // Loopback, even when IPv4-mapped: allowed (it may still fail to
         // bind where IPv6 is off, which is not what this checks).
@@ -977,7 +1182,7 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let options = AdminOptions {
             listen: addr,
-            token: None,
+            ..AdminOptions::default()
         };
         let error = AdminServer::start(options, Arc::new(Recorder::default()))
             .await

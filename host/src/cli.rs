@@ -47,6 +47,10 @@ pub enum Command {
         /// 127.0.0.1:9464); the token, if any, comes from $PLUMBER_ADMIN_TOKEN.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// The directory the admin API's `{"path": …}` module swaps may read
+        /// from (without it they are refused; uploads still work).
+        #[arg(long)]
+        module_dir: Option<PathBuf>,
     },
     /// Checks a config and loads its pipes' modules, without running anything.
     Validate {
@@ -142,7 +146,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             configs,
             host,
             admin,
-        } => run(configs, host, admin, runtime).await,
+            module_dir,
+        } => run(configs, host, admin, module_dir, runtime).await,
         Command::Validate { config } => validate(&config, runtime),
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
@@ -217,6 +222,7 @@ async fn run(
     configs: Vec<PathBuf>,
     host: Option<PathBuf>,
     admin: Option<std::net::SocketAddr>,
+    module_dir: Option<PathBuf>,
     runtime: impl Fn() -> Result<Runtime, Failure>,
 ) -> Result<(), Failure> {
     let host_config = match &host {
@@ -295,7 +301,18 @@ async fn run(
                 .and_then(|a| a.token_env.clone())
                 .unwrap_or_else(|| "PLUMBER_ADMIN_TOKEN".to_owned());
             let token = std::env::var(&token_env).ok().filter(|t| !t.is_empty());
-            let server = AdminServer::start(AdminOptions { listen, token }, supervisor.clone())
+            let module_dir = module_dir.or_else(|| {
+                host_config
+                    .admin
+                    .as_ref()
+                    .and_then(|a| a.module_dir.clone())
+            });
+            let options = AdminOptions {
+                listen,
+                token,
+                module_dir,
+            };
+            let server = AdminServer::start(options, supervisor.clone())
                 .await
                 .map_err(Failure::input)?;
             // Tests and scripts read the bound address (port 0 picks one).

@@ -206,8 +206,12 @@ impl SourceConfig {
                 path,
                 format,
                 follow_ms,
+                max_line_bytes,
             } => {
                 let mut source = FileSource::new(path).format(*format);
+                if let Some(bytes) = max_line_bytes {
+                    source = source.max_line_bytes(*bytes);
+                }
                 if let Some(ms) = follow_ms {
                     source = source.follow(Duration::from_millis((*ms).max(1)));
                 }
@@ -374,6 +378,10 @@ pub enum SourceConfig {
         /// this many ms (the source then never ends).
         #[serde(default)]
         follow_ms: Option<u64>,
+        /// The longest line read (default 16 MiB); a longer one stops the
+        /// pipeline with an error naming the file, the offset and the cap.
+        #[serde(default)]
+        max_line_bytes: Option<u64>,
     },
     /// An HTTP endpoint that accepts POSTed events (answered 202 once committed).
     Http {
@@ -1049,6 +1057,16 @@ impl PipelineConfig {
                 "expected a positive event count (or null for none)".into(),
             ));
         }
+        if let SourceConfig::File {
+            max_line_bytes: Some(0),
+            ..
+        } = &self.from
+        {
+            return Err(invalid(
+                "from.max_line_bytes",
+                "expected a positive number of bytes".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {
             let name = step.name();
@@ -1316,6 +1334,10 @@ pub struct AdminConfig {
     /// calls need (a token is not written in the file itself).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The directory `{"path": …}` module swaps may read from (relative:
+    /// against this file's directory); without it, path swaps are refused.
+    #[serde(default)]
+    pub module_dir: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> std::net::SocketAddr {
@@ -1373,6 +1395,11 @@ impl HostConfig {
         for path in &mut config.pipelines {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(dir) = config.admin.as_mut().and_then(|a| a.module_dir.as_mut()) {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
             }
         }
         Ok(config)

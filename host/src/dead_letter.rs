@@ -2,6 +2,11 @@
 //! order (late events of a window, and later the events a pipe failed on),
 //! each with headers saying why, where and when.
 //!
+//! A sink that writes values as lines (file, stdout) writes dead letters as
+//! JSON lines (`{"value": …, "key": …, "timestamp": …, "headers": {…}}`,
+//! [`crate::streams::Sink::keep_headers`]), which a file source with
+//! `"format": "json"` reads back.
+//!
 //! Dead letters travel on their own channel to their own sink task. Before
 //! a checkpoint commits, the main sink asks the dead-letter task to flush;
 //! the channel is FIFO, so every dead letter sent before the barrier is
@@ -106,6 +111,9 @@ impl DeadLetters {
 pub(crate) fn spawn(
     mut sink: Box<dyn Sink>,
 ) -> (DeadLetters, JoinHandle<Result<u64, StreamError>>) {
+    // A dead letter is worth its headers (why, where, when): a sink that
+    // writes only values writes JSON lines instead.
+    sink.keep_headers();
     let (sender, mut receiver) = mpsc::channel::<Message>(64);
     let task = tokio::spawn(async move {
         let mut written = 0u64;

@@ -176,6 +176,8 @@ pub struct StepCounters {
     pub guest_nanos: AtomicU64,
     /// Largest linear memory of the instance, bytes.
     pub memory_bytes: AtomicU64,
+    /// Guest log lines dropped for going past the log rate.
+    pub log_dropped: AtomicU64,
 }
 
 /// Every limit kind, in the order of [`StepCounters::limits`].
@@ -434,6 +436,9 @@ impl WasmStep {
         self.counters
             .memory_bytes
             .fetch_max(self.instance.memory_bytes() as u64, Ordering::Relaxed);
+        self.counters
+            .log_dropped
+            .store(self.instance.log_lines_dropped(), Ordering::Relaxed);
         if let Err(error) = &result {
             self.counters.count(error);
             if error.needs_new_instance() {

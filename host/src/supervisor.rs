@@ -289,6 +289,11 @@ impl Supervisor {
                         "Instances created again after a trap or limit",
                         &counters.restarts,
                     ),
+                    (
+                        "plumber_pipe_log_dropped_total",
+                        "Guest log lines dropped for going past the log rate",
+                        &counters.log_dropped,
+                    ),
                 ] {
                     metrics
                         .counter(metric, help, &labels)

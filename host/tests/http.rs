@@ -188,7 +188,7 @@ async fn malformed_json_gets_400_saying_what_is_wrong() {
         ),
         (
             r#"{"value": "a", "colour": "red"}"#,
-            "not an event: unknown field `colour`, expected one of `value`, `key`, `timestamp`, `headers`\n",
+            "not an event: unknown field `colour`, expected one of `value`, `value_hex`, `key`, `key_hex`, `timestamp`, `headers`\n",
         ),
     ];
     for (body, message) in cases {

@@ -314,3 +314,55 @@ async fn an_error_is_the_same_pipe_error_in_every_language() {
         }
     }
 }
+
+/// Python's error paths through the SDK's `export`, run by the host: an
+/// uncaught exception (`SystemExit` too), a `state.add` delta outside 64
+/// bits and a returned timestamp outside u64 each reach the dead letter as
+/// a guest error carrying the exception's text, where a component without
+/// the SDK traps with a message that says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_errors_reach_the_dead_letter_with_their_text_not_as_traps() {
+    use plumber::dead_letter::{ERROR_HEADER, REASON_HEADER};
+
+    for (behaviour, expected) in [
+        ("raise", "unhandled KeyError: 'ada' (at app.py:"),
+        ("exit", "unhandled SystemExit: 3 (at app.py:"),
+        (
+            "add_big",
+            "invalid state operation: integer for `ada` does not fit in 64 bits",
+        ),
+        (
+            "bad_timestamp",
+            "event 0: timestamp -1 is not an integer in 0..2**64-1",
+        ),
+    ] {
+        let (dead, mut letters) = channel_sink(16);
+        let (sink, _out) = channel_sink(16);
+        let result = Pipeline::builder("python-errors")
+            .state(Arc::new(MemoryState::new()))
+            .runtime(Runtime::new(Some(cache_dir())).unwrap())
+            .checkpoint(CheckpointPolicy::every(Duration::from_secs(60)))
+            .from(ArraySource::new(vec![Event::new("ada")]))
+            .dead_letter(dead)
+            .then(pipe("python", behaviour).on_error(OnError::DeadLetter))
+            .to(sink)
+            .run()
+            .await;
+        result.unwrap_or_else(|e| panic!("{behaviour}: {e}"));
+        let letter = letters.try_recv().expect("a dead letter");
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header(REASON_HEADER), "error", "{behaviour}: {letter:?}");
+        assert!(
+            header(ERROR_HEADER).contains(expected),
+            "{behaviour}: {}",
+            header(ERROR_HEADER)
+        );
+    }
+}

@@ -93,3 +93,186 @@ async fn a_followed_file_resumes_after_a_restart() {
         append(&path, "c\n");
     }
 }
+
+/// Dead letters written to a file sink are JSON lines with the event and
+/// the headers saying why, where and when; a file source with `"format":
+/// "json"` reads them back as the same events (a value that is not UTF-8
+/// included, through `value_hex`).
+#[tokio::test]
+async fn dead_letters_in_a_file_are_json_lines_that_read_back_with_their_headers() {
+    use plumber::dead_letter::{ERROR_HEADER, REASON_HEADER, STEP_HEADER, TIME_HEADER};
+    use plumber::step::{OnError, WasmPipe};
+    use plumber::streams::{FileSink, LineFormat};
+
+    let dir = tempfile::tempdir().unwrap();
+    let letters = dir.path().join("dead.jsonl");
+    let input = vec![
+        Event::new("plain"),
+        Event {
+            headers: vec![("origin".into(), "test".into())],
+            ..Event::new("with\nnewline")
+                .with_key("k")
+                .with_timestamp(1_800_000_000_000)
+        },
+        Event::new(vec![0xff, 0x00, b'x']).with_key(vec![0xfe]),
+    ];
+    let (sink, _out) = channel_sink(16);
+    let report = Pipeline::builder("dead-file")
+        .runtime(plumber::runtime::Runtime::new(Some(plumber_tests::cache_dir())).unwrap())
+        .from(plumber::streams::ArraySource::new(input.clone()))
+        .dead_letter(FileSink::new(&letters))
+        .then(
+            WasmPipe::new("failing", plumber_tests::guest("probe"))
+                .config(serde_json::json!({"mode": "error", "bytes": 3}))
+                .on_error(OnError::DeadLetter),
+        )
+        .to(sink)
+        .run()
+        .await
+        .expect("dead-lettering keeps the pipeline running");
+    assert_eq!(report.events_out, 0);
+
+    let (sink, mut out) = channel_sink(16);
+    Pipeline::builder("read-dead")
+        .from(FileSource::new(&letters).format(LineFormat::Json))
+        .to(sink)
+        .run()
+        .await
+        .expect("the dead letters read back as JSON events");
+    let mut read = Vec::new();
+    while let Ok(event) = out.try_recv() {
+        read.push(event);
+    }
+    assert_eq!(read.len(), input.len());
+    for (letter, original) in read.iter().zip(&input) {
+        assert_eq!(letter.value, original.value);
+        assert_eq!(letter.key, original.key);
+        assert_eq!(letter.timestamp, original.timestamp);
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("no {name} header in {letter:?}"))
+        };
+        assert_eq!(header(REASON_HEADER), "error");
+        assert_eq!(header(STEP_HEADER), "failing");
+        assert!(header(ERROR_HEADER).ends_with(": eee"), "{letter:?}");
+        assert!(header(TIME_HEADER).parse::<u64>().unwrap() > 1_600_000_000_000);
+        for (name, value) in &original.headers {
+            assert_eq!(header(name), value);
+        }
+    }
+}
+
+/// Runs a pipeline over `source` into a channel; returns the result and
+/// the values read.
+async fn read_all(
+    source: FileSource,
+) -> (
+    Result<plumber::pipeline::RunReport, plumber::pipeline::PipelineError>,
+    Vec<String>,
+) {
+    let (sink, mut out) = channel_sink(64);
+    let collector = tokio::spawn(async move {
+        let mut values = Vec::new();
+        while let Some(event) = out.recv().await {
+            values.push(event.value_lossy().into_owned());
+        }
+        values
+    });
+    let result = Pipeline::builder("capped")
+        .batch_size(1)
+        .from(source)
+        .to(sink)
+        .run()
+        .await;
+    (result, collector.await.unwrap())
+}
+
+fn line_too_long(
+    result: &Result<plumber::pipeline::RunReport, plumber::pipeline::PipelineError>,
+) -> Option<(u64, u64)> {
+    match result {
+        Err(plumber::pipeline::PipelineError::Stream {
+            source: plumber::streams::StreamError::LineTooLong { offset, max, .. },
+            ..
+        }) => Some((*offset, *max)),
+        _ => None,
+    }
+}
+
+/// One 50 MB line with the default cap (16 MiB): the pipeline stops with
+/// an error naming the file, the line's offset and the cap, rather than
+/// reading the whole line into memory.
+#[tokio::test]
+async fn a_line_past_the_default_cap_is_an_error_naming_file_offset_and_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.txt");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        file.write_all(b"first\n").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..50 {
+            file.write_all(&chunk).unwrap();
+        }
+        file.write_all(b"\nlast\n").unwrap();
+    }
+    let (result, values) = read_all(FileSource::new(&path)).await;
+    assert_eq!(line_too_long(&result), Some((6, 16 << 20)), "{result:?}");
+    let text = result.unwrap_err().to_string();
+    assert!(
+        text.contains("huge.txt")
+            && text.contains("at byte 6")
+            && text.contains("max_line_bytes (16777216 bytes)"),
+        "{text}"
+    );
+    assert_eq!(values, ["first"]);
+}
+
+/// With a small configured cap: a line of exactly the cap passes, one byte
+/// more is refused (also in follow mode, before its newline is written).
+#[tokio::test]
+async fn a_configured_line_cap_lets_lines_up_to_it_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lines.txt");
+    append(&path, "abc\n0123456789\nxyz\n");
+    let (result, values) = read_all(FileSource::new(&path).max_line_bytes(10)).await;
+    result.expect("lines up to the cap pass");
+    assert_eq!(values, ["abc", "0123456789", "xyz"]);
+
+    append(&path, "0123456789A\n");
+    let (result, values) = read_all(FileSource::new(&path).max_line_bytes(10)).await;
+    assert_eq!(line_too_long(&result), Some((19, 10)), "{result:?}");
+    assert_eq!(values, ["abc", "0123456789", "xyz"]);
+
+    // Following: a partial line already past the cap is refused at once.
+    let followed = dir.path().join("followed.txt");
+    append(&followed, "ok\n0123456789AB");
+    let (result, values) = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_all(
+            FileSource::new(&followed)
+                .max_line_bytes(10)
+                .follow(Duration::from_millis(10)),
+        ),
+    )
+    .await
+    .expect("the followed source stops on the long line");
+    assert_eq!(line_too_long(&result), Some((3, 10)), "{result:?}");
+    assert_eq!(values, ["ok"]);
+
+    // From JSON: `max_line_bytes` on the file source, 0 refused.
+    let config = |max: u64| {
+        format!(
+            r#"{{"name": "p", "from": {{"type": "file", "path": "lines.txt", "max_line_bytes": {max}}},
+                "to": {{"type": "discard"}}}}"#
+        )
+    };
+    plumber::config::PipelineConfig::parse(&config(10), "p.json", dir.path()).expect("valid");
+    let error = plumber::config::PipelineConfig::parse(&config(0), "p.json", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("from.max_line_bytes"), "{error}");
+}

@@ -221,7 +221,17 @@ async fn http(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, String) {
+    // Uploads are components; a checkpoint (no body) says JSON.
+    let content_type = if body.is_empty() {
+        "application/json"
+    } else {
+        "application/wasm"
+    };
+    let post = method == reqwest::Method::POST;
     let mut request = client.request(method, url).body(body);
+    if post {
+        request = request.header("Content-Type", content_type);
+    }
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -250,6 +260,7 @@ async fn the_admin_api_swaps_checkpoints_and_reports_versions_and_metrics() {
         AdminOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: Some("s3cret".into()),
+            module_dir: None,
         },
         supervisor.clone(),
     )

@@ -555,3 +555,232 @@ async fn a_bad_tenant_name_is_refused() {
     let text = result.unwrap_err().to_string();
     assert!(text.contains("tenant name `a/b`"), "{text}");
 }
+
+/// Headers count toward `max_output_bytes` (their names, values and a
+/// fixed overhead each), on the packed crossing and through the canonical
+/// ABI: 100,000 empty headers are 4.8 MB of host memory, not 0 bytes.
+#[tokio::test]
+async fn headers_count_toward_the_output_byte_limit_on_both_crossings() {
+    for packed in [true, false] {
+        let (result, out) = run_collect(
+            pipeline("headers", &["x"]).then(
+                probe(serde_json::json!({"mode": "headers", "headers": 100_000}))
+                    .packed(packed)
+                    .limits(limits(|l| l.max_output_bytes = 1_000_000)),
+            ),
+        )
+        .await;
+        assert_eq!(
+            limit_of(&result),
+            Some(LimitKind::OutputBytes),
+            "packed {packed}: {result:?}"
+        );
+        let text = result.unwrap_err().to_string();
+        assert!(
+            text.contains("100000 headers") && text.contains("1000000"),
+            "packed {packed}: {text}"
+        );
+        assert!(out.is_empty());
+
+        // 1,000 empty headers (48 KB counted) are within the same limit.
+        let (result, out) = run_collect(
+            pipeline("few-headers", &["x"]).then(
+                probe(serde_json::json!({"mode": "headers", "headers": 1_000}))
+                    .packed(packed)
+                    .limits(limits(|l| l.max_output_bytes = 1_000_000)),
+            ),
+        )
+        .await;
+        result.unwrap_or_else(|e| panic!("packed {packed}: {e}"));
+        assert_eq!(out, vec!["headers"]);
+    }
+}
+
+/// The attack: one packed event with 10 million empty headers,
+/// default limits. It is refused as over `max_output_bytes` before the
+/// host allocates the headers (it used to take the host past 1 GB).
+#[tokio::test]
+async fn ten_million_empty_headers_are_refused_by_the_default_limits() {
+    let (result, out) = run_collect(pipeline("header-flood", &["x"]).then(probe(
+        serde_json::json!({"mode": "headers", "headers": 10_000_000}),
+    )))
+    .await;
+    assert_eq!(
+        limit_of(&result),
+        Some(LimitKind::OutputBytes),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
+}
+
+/// Through the canonical ABI, an answer larger than the host copies out
+/// of a guest at once (its hostcall fuel: 128 MiB here, the floor) is
+/// stopped while wasmtime copies it, not allocated whole and then refused:
+/// a limit error, not a trap, and the instance is created again so the
+/// next call runs. 3,000,000 headers are 144 MB in host memory.
+#[tokio::test]
+async fn an_answer_too_large_to_copy_is_an_output_limit_on_the_canonical_crossing() {
+    let flood = || {
+        probe(serde_json::json!({"mode": "headers", "headers": 3_000_000}))
+            .packed(false)
+            .limits(limits(|l| {
+                l.memory_bytes = 512 << 20;
+                l.max_output_bytes = 1 << 20;
+            }))
+    };
+    let (result, _) = run_collect(pipeline("copy-stop", &["x"]).then(flood())).await;
+    assert_eq!(
+        limit_of(&result),
+        Some(LimitKind::OutputBytes),
+        "{result:?}"
+    );
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("stopped while it was copied"), "{text}");
+
+    let builder = pipeline("copy-stop-skip", &["x", "y"])
+        .batch_size(1)
+        .then(flood().on_error(OnError::Skip));
+    let handle = builder.handle();
+    let (result, out) = run_collect(builder).await;
+    result.expect("skip keeps the pipeline running");
+    assert!(out.is_empty());
+    let stages = handle.status().stages();
+    let counters = stages[0].counters.as_ref().unwrap();
+    assert_eq!(counters.traps.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        counters.limits[3].load(Ordering::Relaxed),
+        2,
+        "output_bytes"
+    );
+    assert_eq!(counters.skipped.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.restarts.load(Ordering::Relaxed), 2);
+}
+
+/// A guest that fails with a 20 MB message: the host keeps the first
+/// 4 KiB and the length, so the dead letter (and the log line) carries
+/// kilobytes, not the whole message per event.
+#[tokio::test]
+async fn a_huge_guest_error_is_cut_before_it_reaches_dead_letters() {
+    let (dead, mut letters) = channel_sink(64);
+    let (result, out) = run_collect(
+        pipeline("huge-error", &["a", "b"])
+            .batch_size(1)
+            .dead_letter(dead)
+            .then(
+                probe(serde_json::json!({"mode": "error", "bytes": 20_000_000}))
+                    .on_error(OnError::DeadLetter),
+            ),
+    )
+    .await;
+    result.expect("dead-lettering keeps the pipeline running");
+    assert!(out.is_empty());
+    for value in ["a", "b"] {
+        let letter = letters.try_recv().expect("a dead letter per event");
+        assert_eq!(letter.value, value.as_bytes());
+        let error = letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == ERROR_HEADER)
+            .map(|(_, v)| v.as_str())
+            .expect("an error header");
+        assert!(
+            error.len() <= plumber::runtime::MAX_MESSAGE_BYTES + 200,
+            "{} bytes",
+            error.len()
+        );
+        assert!(
+            error.contains("eeee") && error.ends_with("… (20000000 bytes in all)"),
+            "{}",
+            &error[error.len().saturating_sub(100)..]
+        );
+    }
+}
+
+/// Counts the formatted log lines that contain `needle`.
+#[derive(Clone)]
+struct LineCounter {
+    counts: Arc<std::sync::Mutex<HashMap<&'static str, usize>>>,
+}
+
+impl LineCounter {
+    const NEEDLES: [&'static str; 2] = ["flood line", "dropping lines"];
+
+    fn new() -> Self {
+        LineCounter {
+            counts: Arc::default(),
+        }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(needle)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl std::io::Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut counts = self.counts.lock().unwrap();
+        for line in text.lines() {
+            for needle in Self::NEEDLES {
+                if line.contains(needle) {
+                    *counts.entry(needle).or_default() += 1;
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A guest that logs 200,000 lines in one call (through `log`, then to its
+/// stdout): the host writes about its rate's worth (100 lines a second,
+/// plus a one-second burst), says once that it drops lines, and counts the
+/// rest as dropped. The log lines are counted where they are written.
+#[tokio::test]
+async fn a_flooding_guest_log_is_held_to_its_rate_and_the_drops_counted() {
+    const LINES: u64 = 200_000;
+    let counter = LineCounter::new();
+    let writer = counter.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    for stdout in [false, true] {
+        let before = counter.count("flood line");
+        let started = Instant::now();
+        let builder = pipeline("flood", &["x"]).then(probe(
+            serde_json::json!({"mode": "log_flood", "lines": LINES, "stdout": stdout}),
+        ));
+        let handle = builder.handle();
+        let (result, out) = run_collect(builder).await;
+        result.expect("runs");
+        assert_eq!(out, vec!["x"]);
+        let seconds = started.elapsed().as_secs_f64();
+        let written = (counter.count("flood line") - before) as u64;
+        let allowed =
+            u64::from(plumber::runtime::LOG_LINES_PER_SECOND) * (1 + seconds.ceil() as u64);
+        println!("log flood (stdout {stdout}): {LINES} lines in {seconds:.2} s, {written} written");
+        assert!(
+            written >= 50 && written <= allowed,
+            "{written} lines written"
+        );
+        let stages = handle.status().stages();
+        let counters = stages[0].counters.as_ref().unwrap();
+        assert_eq!(
+            counters.log_dropped.load(Ordering::Relaxed),
+            LINES - written,
+            "stdout {stdout}"
+        );
+    }
+    // One warning per flood (they take less than its ten-second interval).
+    assert_eq!(counter.count("dropping lines"), 2);
+}

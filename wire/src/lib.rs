@@ -226,6 +226,15 @@ impl<'a> EventRef<'a> {
         self.header_count
     }
 
+    /// Bytes of the headers' names and values together (without their
+    /// length prefixes), known without reading them.
+    pub fn header_text_len(&self) -> usize {
+        // Each header is two 4-byte lengths and its two strings.
+        self.raw_headers
+            .len()
+            .saturating_sub(8 * self.header_count as usize)
+    }
+
     /// The headers, in order.
     pub fn headers(&self) -> Headers<'a> {
         Headers {
@@ -505,6 +514,8 @@ mod tests {
         assert_eq!(events[1].timestamp, Some(u64::MAX));
         let headers: Vec<_> = events[1].headers().collect::<Result<_, _>>().unwrap();
         assert_eq!(headers, [("a", "1"), ("b", "")]);
+        assert_eq!(events[1].header_text_len(), 3);
+        assert_eq!(events[0].header_text_len(), 0);
         assert_eq!(events[2].key, Some(&b""[..]));
         assert_eq!(events[2].timestamp, Some(0));
     }

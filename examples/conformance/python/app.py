@@ -6,11 +6,21 @@
   with count ``c``: ``total = stored + c``; emits ``<start>:<end>:<value>:<c>:<total>``.
 - ``fail``: events pass unchanged; a ``bad`` event fails the batch at its index.
 
+Python only, for the SDK's error paths (``tests/tests/conformance.rs``): each
+fails on its first event in a way that traps a component without the SDK's
+``export``.
+
+- ``raise``: looks each value up in an empty dict (an uncaught ``KeyError``).
+- ``exit``: ``sys.exit(3)`` (a ``SystemExit``, which is no ``Exception``).
+- ``add_big``: ``state.add(value, 2**70)``, a delta outside 64 bits.
+- ``bad_timestamp``: returns each event with the timestamp ``-1``.
+
 The logic takes the state as an argument (tested natively in test_app.py with
 MemoryState); ``WitWorld`` at the bottom is what componentize-py exports.
 """
 
 import json
+import sys
 
 import plumber_pipe
 from plumber_pipe import Event, PipeError
@@ -55,7 +65,36 @@ def fail(batch, state):
     return batch.events
 
 
-PIPES = {"transform": transform, "counter": counter, "aggregate": aggregate, "fail": fail}
+def raise_(batch, state):
+    lookup = {}
+    return [lookup[e.value.decode("utf-8", "replace")] for e in batch.events]
+
+
+def exit_(batch, state):
+    sys.exit(3)
+
+
+def add_big(batch, state):
+    for e in batch.events:
+        state.add(e.value.decode("utf-8", "replace"), 2**70)
+    return batch.events
+
+
+def bad_timestamp(batch, state):
+    return [Event(key=e.key, value=e.value, timestamp=-1, headers=e.headers) for e in batch.events]
+
+
+PIPES = {
+    "transform": transform,
+    "counter": counter,
+    "aggregate": aggregate,
+    "fail": fail,
+    # Python only (see the module's docstring).
+    "raise": raise_,
+    "exit": exit_,
+    "add_big": add_big,
+    "bad_timestamp": bad_timestamp,
+}
 
 
 def pipe_name(config: str) -> str:

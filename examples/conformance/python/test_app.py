@@ -98,5 +98,18 @@ class InitTest(unittest.TestCase):
             self.assertFalse(caught.exception.retryable)
 
 
+class PythonOnlyTest(unittest.TestCase):
+    def test_the_error_path_pipes_fail_as_described(self):
+        with self.assertRaises(KeyError):
+            run("raise", [event("ada")])
+        with self.assertRaises(SystemExit):
+            run("exit", [event("ada")])
+        with self.assertRaises(PipeError) as caught:
+            run("add_big", [event("ada")])
+        self.assertIn("does not fit in 64 bits", caught.exception.message)
+        [out] = run("bad_timestamp", [event("ada")])
+        self.assertEqual(out.timestamp, -1)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -7,11 +7,12 @@
 //! sockets, HTTP and writable files are never linked for a guest.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use super::guest_output::GuestOutput;
+use super::guest_output::{GuestOutput, LogBudget};
 
 /// Optional WASI interfaces a pipe may be granted by name.
 #[derive(
@@ -95,11 +96,16 @@ impl Capabilities {
     /// # Errors
     ///
     /// The read-only directory cannot be opened.
-    pub(crate) fn wasi_ctx(&self, tenant: &str, pipe: &str) -> Result<WasiCtx, String> {
+    pub(crate) fn wasi_ctx(
+        &self,
+        tenant: &str,
+        pipe: &str,
+        log_budget: &Arc<LogBudget>,
+    ) -> Result<WasiCtx, String> {
         let mut builder = WasiCtxBuilder::new();
         builder
-            .stdout(GuestOutput::new(tenant, pipe, "stdout"))
-            .stderr(GuestOutput::new(tenant, pipe, "stderr"));
+            .stdout(GuestOutput::new(tenant, pipe, "stdout", log_budget.clone()))
+            .stderr(GuestOutput::new(tenant, pipe, "stderr", log_budget.clone()));
         for name in &self.env {
             if let Ok(value) = std::env::var(name) {
                 builder.env(name, value);

@@ -1,20 +1,114 @@
-//! A guest's stdout and stderr: each line goes to the log, tagged with the
-//! tenant, the pipe and the stream, never to the host's terminal.
+//! What a guest writes to the host's log: its stdout and stderr (each line
+//! goes to the log, tagged with the tenant, the pipe and the stream, never
+//! to the host's terminal) and its `log` calls, together held to a rate
+//! ([`LogBudget`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Longest line kept; the rest of a longer line is cut (and said so), so a
 /// guest cannot grow the host's memory by never writing a newline.
-const MAX_LINE: usize = 4096;
+const MAX_LINE: usize = super::limits::MAX_MESSAGE_BYTES;
+
+/// Lines per second one pipe may write to the host's log (its `log` calls
+/// and its stdout/stderr lines together), with bursts of up to one
+/// second's worth; lines beyond it are dropped and counted.
+pub const LOG_LINES_PER_SECOND: u32 = 100;
+/// Bytes per second one pipe may write to the host's log, with bursts of up
+/// to one second's worth.
+pub const LOG_BYTES_PER_SECOND: u32 = 64 * 1024;
+
+/// One pipe's allowance of log lines and bytes: a token bucket per
+/// resource, refilled continuously, holding at most one second's worth.
+/// Shared by every instance the pipe has (a trap does not refill it).
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    tenant: String,
+    pipe: String,
+    bucket: Mutex<Bucket>,
+    dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    lines: f64,
+    bytes: f64,
+    refilled: Instant,
+    /// When the last "dropping lines" warning was logged.
+    warned_at: Option<Instant>,
+    /// Lines dropped since that warning.
+    dropped_since_warning: u64,
+}
+
+/// While a guest keeps logging too fast, how often the host says so.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LogBudget {
+    pub(crate) fn new(tenant: &str, pipe: &str) -> Arc<Self> {
+        Arc::new(LogBudget {
+            tenant: tenant.to_owned(),
+            pipe: pipe.to_owned(),
+            bucket: Mutex::new(Bucket {
+                lines: f64::from(LOG_LINES_PER_SECOND),
+                bytes: f64::from(LOG_BYTES_PER_SECOND),
+                refilled: Instant::now(),
+                warned_at: None,
+                dropped_since_warning: 0,
+            }),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a line of `bytes` may be logged now; if not, it is counted
+    /// as dropped, and the host logs one warning (then at most one every
+    /// ten seconds) saying lines are being dropped.
+    pub(crate) fn admit(&self, bytes: usize) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.refilled = now;
+        bucket.lines = (bucket.lines + elapsed * f64::from(LOG_LINES_PER_SECOND))
+            .min(f64::from(LOG_LINES_PER_SECOND));
+        bucket.bytes = (bucket.bytes + elapsed * f64::from(LOG_BYTES_PER_SECOND))
+            .min(f64::from(LOG_BYTES_PER_SECOND));
+        let size = bytes as f64;
+        if bucket.lines >= 1.0 && bucket.bytes >= size {
+            bucket.lines -= 1.0;
+            bucket.bytes -= size;
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        bucket.dropped_since_warning += 1;
+        if bucket
+            .warned_at
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+        {
+            tracing::warn!(target: "plumber::guest", tenant = %self.tenant, pipe = %self.pipe,
+                dropped = bucket.dropped_since_warning,
+                "the guest logs faster than {LOG_LINES_PER_SECOND} lines or {LOG_BYTES_PER_SECOND} \
+                 bytes per second: dropping lines (all counted in plumber_pipe_log_dropped_total)");
+            bucket.warned_at = Some(now);
+            bucket.dropped_since_warning = 0;
+        }
+        false
+    }
+
+    /// Lines dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
 
 /// One of a guest's output streams.
 pub(crate) struct GuestOutput {
     tags: Arc<Tags>,
+    budget: Arc<LogBudget>,
 }
 
 struct Tags {
@@ -24,13 +118,19 @@ struct Tags {
 }
 
 impl GuestOutput {
-    pub(crate) fn new(tenant: &str, pipe: &str, stream: &'static str) -> Self {
+    pub(crate) fn new(
+        tenant: &str,
+        pipe: &str,
+        stream: &'static str,
+        budget: Arc<LogBudget>,
+    ) -> Self {
         GuestOutput {
             tags: Arc::new(Tags {
                 tenant: tenant.to_owned(),
                 pipe: pipe.to_owned(),
                 stream,
             }),
+            budget,
         }
     }
 }
@@ -45,6 +145,7 @@ impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineLogger {
             tags: self.tags.clone(),
+            budget: self.budget.clone(),
             line: Vec::new(),
             cut: false,
         })
@@ -54,6 +155,7 @@ impl StdoutStream for GuestOutput {
 /// Collects bytes into lines and logs each complete one.
 struct LineLogger {
     tags: Arc<Tags>,
+    budget: Arc<LogBudget>,
     line: Vec<u8>,
     cut: bool,
 }
@@ -61,6 +163,11 @@ struct LineLogger {
 impl LineLogger {
     fn emit(&mut self) {
         if self.line.is_empty() && !self.cut {
+            return;
+        }
+        if !self.budget.admit(self.line.len()) {
+            self.line.clear();
+            self.cut = false;
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
@@ -137,6 +244,7 @@ mod tests {
                 pipe: "p".into(),
                 stream: "stdout",
             }),
+            budget: LogBudget::new("t", "p"),
             line: Vec::new(),
             cut: false,
         };
@@ -149,5 +257,21 @@ mod tests {
         assert!(logger.cut);
         logger.push(b"\n");
         assert!(logger.line.is_empty() && !logger.cut);
+    }
+
+    #[test]
+    fn the_budget_lets_a_second_of_lines_through_then_drops() {
+        let budget = LogBudget::new("t", "p");
+        let admitted = (0..1000).filter(|_| budget.admit(10)).count();
+        // One second's worth at once, and what refills while the loop runs.
+        assert!(
+            (LOG_LINES_PER_SECOND as usize..LOG_LINES_PER_SECOND as usize + 5).contains(&admitted),
+            "{admitted}"
+        );
+        assert_eq!(budget.dropped(), 1000 - admitted as u64);
+        // Bytes are held to their own rate: a 4 KiB line fits 16 times.
+        let bytes = LogBudget::new("t", "p");
+        let admitted = (0..100).filter(|_| bytes.admit(4096)).count();
+        assert_eq!(admitted, LOG_BYTES_PER_SECOND as usize / 4096);
     }
 }

@@ -9,7 +9,8 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::plumber::pipe::log::{self, Level};
 use super::bindings::plumber::pipe::state::{self, StateError as WitStateError};
 use super::bindings::plumber::pipe::types;
-use super::limits::{LimitKind, MemoryLimiter, PipeLimits};
+use super::guest_output::LogBudget;
+use super::limits::{cap_message, LimitKind, MemoryLimiter, PipeLimits, MAX_MESSAGE_BYTES};
 use crate::state::{PipeState, StateError};
 
 /// What a pipe instance's store holds: who it is, its state view, its
@@ -24,6 +25,8 @@ pub struct HostCtx {
     pub(crate) call_started: Instant,
     /// The limit the call in progress went past, if any.
     pub(crate) limit_hit: Option<LimitKind>,
+    /// The pipe's allowance of log lines (shared with its stdout/stderr).
+    log_budget: Arc<LogBudget>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -34,6 +37,7 @@ impl HostCtx {
         pipe: Arc<str>,
         state: PipeState,
         limits: Arc<PipeLimits>,
+        log_budget: Arc<LogBudget>,
         wasi: WasiCtx,
     ) -> Self {
         HostCtx {
@@ -44,6 +48,7 @@ impl HostCtx {
             limits,
             call_started: Instant::now(),
             limit_hit: None,
+            log_budget,
             wasi,
             table: ResourceTable::new(),
         }
@@ -167,39 +172,81 @@ impl state::Host for HostCtx {
 
 impl log::Host for HostCtx {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        };
+        // Lines nobody would see cost nothing and use none of the budget.
+        let enabled = match level {
+            tracing::Level::TRACE => {
+                tracing::enabled!(target: "plumber::guest", tracing::Level::TRACE)
+            }
+            tracing::Level::DEBUG => {
+                tracing::enabled!(target: "plumber::guest", tracing::Level::DEBUG)
+            }
+            tracing::Level::INFO => {
+                tracing::enabled!(target: "plumber::guest", tracing::Level::INFO)
+            }
+            tracing::Level::WARN => {
+                tracing::enabled!(target: "plumber::guest", tracing::Level::WARN)
+            }
+            tracing::Level::ERROR => {
+                tracing::enabled!(target: "plumber::guest", tracing::Level::ERROR)
+            }
+        };
+        if !enabled {
+            return;
+        }
+        let message = cap_message(&message);
+        let fields = FieldList(&fields).to_string();
+        let fields = cap_message(&fields);
+        if !self.log_budget.admit(message.len() + fields.len()) {
+            return;
+        }
         let tenant = &*self.tenant;
         let pipe = &*self.pipe;
-        let fields = FieldList(&fields);
+        let fields = &*fields;
         match level {
-            Level::Trace => {
-                tracing::trace!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            tracing::Level::TRACE => {
+                tracing::trace!(target: "plumber::guest", tenant, pipe, fields, "{message}")
             }
-            Level::Debug => {
-                tracing::debug!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            tracing::Level::DEBUG => {
+                tracing::debug!(target: "plumber::guest", tenant, pipe, fields, "{message}")
             }
-            Level::Info => {
-                tracing::info!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            tracing::Level::INFO => {
+                tracing::info!(target: "plumber::guest", tenant, pipe, fields, "{message}")
             }
-            Level::Warn => {
-                tracing::warn!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            tracing::Level::WARN => {
+                tracing::warn!(target: "plumber::guest", tenant, pipe, fields, "{message}")
             }
-            Level::Error => {
-                tracing::error!(target: "plumber::guest", tenant, pipe, %fields, "{message}")
+            tracing::Level::ERROR => {
+                tracing::error!(target: "plumber::guest", tenant, pipe, fields, "{message}")
             }
         }
     }
 }
 
-/// Guest fields rendered as `k=v k=v`.
+/// Guest fields rendered as `k=v k=v`; the text stops growing a little past
+/// [`MAX_MESSAGE_BYTES`], since it is cut there anyway.
 struct FieldList<'a>(&'a [(String, String)]);
 
 impl std::fmt::Display for FieldList<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut written = 0;
         for (i, (k, v)) in self.0.iter().enumerate() {
+            if written > MAX_MESSAGE_BYTES {
+                break;
+            }
             if i > 0 {
                 f.write_str(" ")?;
             }
+            let k = cap_message(k);
+            let v = cap_message(v);
             write!(f, "{k}={v:?}")?;
+            written += k.len() + v.len() + 2;
         }
         Ok(())
     }

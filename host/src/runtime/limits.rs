@@ -31,7 +31,9 @@ pub struct PipeLimits {
     pub memory_bytes: u64,
     /// Events one call may return (default 1 000 000).
     pub max_output_events: u64,
-    /// Bytes (keys, values and headers) one call may return (default 64 MiB).
+    /// Bytes one call may return (default 64 MiB): keys, values, header
+    /// names and values, and [`HEADER_OVERHEAD_BYTES`] per header (see
+    /// [`output_bytes`]).
     pub max_output_bytes: u64,
     /// Bytes of one state key (default 4096).
     pub max_key_bytes: u64,
@@ -79,6 +81,63 @@ impl PipeLimits {
         }
         None
     }
+}
+
+/// What each header of a returned event counts toward `max_output_bytes`
+/// on top of its name and value: the host's in-memory size of a header
+/// pair (48 bytes on 64-bit hosts), so that many empty headers cost what
+/// they take.
+pub const HEADER_OVERHEAD_BYTES: u64 = std::mem::size_of::<(String, String)>() as u64;
+
+/// What one returned event counts toward `max_output_bytes`: its key,
+/// value, header names and values, and [`HEADER_OVERHEAD_BYTES`] per header.
+pub fn output_bytes(event: &crate::Event) -> u64 {
+    event.size_bytes() as u64 + event.headers.len() as u64 * HEADER_OVERHEAD_BYTES
+}
+
+/// The message of an answer over `max_output_bytes`.
+pub(crate) fn output_bytes_message(bytes: u64, headers: u64, max: u64) -> String {
+    if headers == 0 {
+        format!("returned {bytes} bytes of events; the limit is {max}")
+    } else {
+        format!(
+            "returned {bytes} bytes of events with {headers} headers (each header counts its \
+             name and value plus {HEADER_OVERHEAD_BYTES} bytes); the limit is {max}"
+        )
+    }
+}
+
+/// The most bytes wasmtime copies out of a guest in one crossing (a host
+/// call's arguments, or a call's answer): what `max_output_events` and
+/// `max_output_bytes` allow an answer to take in host memory, and never
+/// less than wasmtime's own default, which host calls such as `add-many`
+/// rely on. Through the canonical ABI this stops an oversized answer while
+/// it is copied, before the host allocates it whole.
+pub(crate) fn hostcall_fuel(limits: &PipeLimits) -> usize {
+    const WASMTIME_DEFAULT: u64 = 128 << 20;
+    let events = limits
+        .max_output_events
+        .saturating_mul(std::mem::size_of::<crate::Event>() as u64);
+    let answer = limits.max_output_bytes.saturating_add(events);
+    usize::try_from(answer.max(WASMTIME_DEFAULT)).unwrap_or(usize::MAX)
+}
+
+/// Longest guest text the host keeps: an error message (a `pipe-error`,
+/// a trap), a log line or a stdout/stderr line. Longer text is cut at a
+/// character boundary and ends with `… (N bytes in all)`, so one failing
+/// event cannot put megabytes into every log line and dead letter.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] (plus the note saying how long it was).
+pub(crate) fn cap_message(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
 /// Which limit a pipe went past.
@@ -219,5 +278,23 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_their_length() {
+        assert_eq!(cap_message("short"), "short");
+        let exact = "x".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(cap_message(&exact), exact.as_str());
+        // 'é' is two bytes: the cut falls inside one at an odd limit.
+        let long = format!("x{}", "é".repeat(MAX_MESSAGE_BYTES));
+        let capped = cap_message(&long);
+        let (kept, note) = capped.split_once('…').unwrap();
+        assert!(kept.len() <= MAX_MESSAGE_BYTES && kept.len() >= MAX_MESSAGE_BYTES - 1);
+        assert_eq!(note, format!(" ({} bytes in all)", long.len()));
     }
 }

@@ -26,8 +26,10 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use crate::state::PipeState;
 pub use cache::ComponentCache;
 pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
+use guest_output::LogBudget;
+pub use guest_output::{LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND};
 pub use host::HostCtx;
-pub use limits::{LimitExceeded, LimitKind, PipeLimits};
+pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES};
 
 /// Why a component could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +278,7 @@ impl Runtime {
 
 /// A guest's stderr that goes to the log, tagged (for command modules).
 pub(crate) fn guest_stderr(tenant: &str, pipe: &str) -> impl wasmtime_wasi::cli::StdoutStream {
-    guest_output::GuestOutput::new(tenant, pipe, "stderr")
+    guest_output::GuestOutput::new(tenant, pipe, "stderr", LogBudget::new(tenant, pipe))
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -389,13 +391,15 @@ impl PipeComponent {
         settings: Arc<InstanceSettings>,
         state: PipeState,
     ) -> Result<PipeInstance, LoadError> {
+        let log_budget = LogBudget::new(&settings.tenant, &settings.pipe);
         let (store, exports) = self
-            .start(runtime, &settings, state)
+            .start(runtime, &settings, state, &log_budget)
             .await
             .map_err(|(error, _)| error)?;
         Ok(PipeInstance {
             store,
             exports,
+            log_budget,
             packed_in: Vec::new(),
             spare: packed::SpareValues::default(),
             component: self.clone(),
@@ -411,9 +415,13 @@ impl PipeComponent {
         runtime: &Runtime,
         settings: &InstanceSettings,
         state: PipeState,
+        log_budget: &Arc<LogBudget>,
     ) -> Result<Started, (LoadError, PipeState)> {
         let pipe = &*settings.pipe;
-        let wasi = match settings.capabilities.wasi_ctx(&settings.tenant, pipe) {
+        let wasi = match settings
+            .capabilities
+            .wasi_ctx(&settings.tenant, pipe, log_budget)
+        {
             Ok(wasi) => wasi,
             Err(message) => {
                 return Err((
@@ -430,10 +438,12 @@ impl PipeComponent {
             settings.pipe.clone(),
             state,
             settings.limits.clone(),
+            log_budget.clone(),
             wasi,
         );
         let mut store = Store::new(runtime.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
+        store.set_hostcall_fuel(limits::hostcall_fuel(&settings.limits));
         store.epoch_deadline_callback(|mut context| {
             let ctx = context.data_mut();
             if ctx.call_started.elapsed() >= ctx.limits.call_timeout() {
@@ -486,10 +496,10 @@ impl PipeComponent {
             .await;
         let failure = match init {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error.message),
+            Ok(Err(error)) => Some(limits::cap_message(&error.message).into_owned()),
             Err(trap) => Some(match limit_of(&store) {
                 Some(kind) => format!("went past its {kind} limit in init"),
-                None => format!("trapped: {trap:#}"),
+                None => limits::cap_message(&format!("trapped: {trap:#}")).into_owned(),
             }),
         };
         if let Some(message) = failure {
@@ -518,6 +528,17 @@ fn begin_call(store: &mut Store<HostCtx>) {
     store.set_epoch_deadline(1);
 }
 
+/// Whether wasmtime stopped copying data out of the guest because it went
+/// past the store's hostcall fuel ([`limits::hostcall_fuel`]). wasmtime's
+/// error type for it is private: it is known by its message.
+fn is_hostcall_fuel_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
+}
+
 /// The limit the last call went past, if it did.
 fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
     let ctx = store.data();
@@ -530,6 +551,8 @@ fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
 pub struct PipeInstance {
     store: Store<HostCtx>,
     exports: Exports,
+    /// The pipe's log allowance, kept across instances.
+    log_budget: Arc<LogBudget>,
     /// The packed form of the batch being processed, reused across calls.
     packed_in: Vec<u8>,
     /// Buffers of consumed events, for the values of answers.
@@ -563,7 +586,16 @@ impl CallError {
         match self {
             CallError::Guest(_) => false,
             CallError::Trap(_) => true,
-            CallError::Limit { kind, .. } => matches!(kind, LimitKind::Time | LimitKind::Memory),
+            // An answer over the output limits may have been stopped
+            // while it was being copied out, which leaves the instance
+            // mid-call.
+            CallError::Limit { kind, .. } => matches!(
+                kind,
+                LimitKind::Time
+                    | LimitKind::Memory
+                    | LimitKind::OutputBytes
+                    | LimitKind::OutputEvents
+            ),
         }
     }
 }
@@ -583,23 +615,38 @@ impl PipeInstance {
                 // SAFETY: the type was checked when the instance started.
                 let typed: PackedProcess<'_> = unsafe { PackedProcess::new_unchecked(func) };
                 let max_events = self.settings.limits.max_output_events;
+                let max_bytes = self.settings.limits.max_output_bytes;
                 match typed.call_async(&mut self.store, (&self.packed_in,)).await {
                     Ok((Ok(bytes),)) => {
-                        match packed::decode_events(&bytes, max_events, &mut self.spare) {
-                            Ok(events) => Ok(Ok(events)),
-                            Err(packed::DecodeFailure::Malformed(error)) => Ok(Err(error)),
-                            Err(packed::DecodeFailure::TooMany(count)) => {
-                                // Reported like a limit a state call hit (below).
-                                self.store.data_mut().limit_hit = Some(LimitKind::OutputEvents);
-                                Ok(Err(crate::PipeError {
-                                    message: format!(
-                                        "returned {count} events; the limit is {max_events}"
-                                    ),
+                        // Reported like a limit a state call hit (below).
+                        let over = |kind, message| {
+                            (
+                                Some(kind),
+                                crate::PipeError {
+                                    message,
                                     retryable: false,
                                     event_index: None,
-                                }))
-                            }
+                                },
+                            )
+                        };
+                        let decoded =
+                            packed::decode_events(&bytes, max_events, max_bytes, &mut self.spare);
+                        let (limit, error) = match decoded {
+                            Ok(events) => return self.finish_call(Ok(Ok(events))),
+                            Err(packed::DecodeFailure::Malformed(error)) => (None, error),
+                            Err(packed::DecodeFailure::TooMany(count)) => over(
+                                LimitKind::OutputEvents,
+                                format!("returned {count} events; the limit is {max_events}"),
+                            ),
+                            Err(packed::DecodeFailure::TooLarge { bytes, headers }) => over(
+                                LimitKind::OutputBytes,
+                                limits::output_bytes_message(bytes, headers, max_bytes),
+                            ),
+                        };
+                        if limit.is_some() {
+                            self.store.data_mut().limit_hit = limit;
                         }
+                        Ok(Err(error))
                     }
                     Ok((Err(error),)) => Ok(Err(error)),
                     Err(trap) => Err(trap),
@@ -612,17 +659,33 @@ impl PipeInstance {
                     .await
             }
         };
+        self.finish_call(result)
+    }
+
+    /// Turns a call's result into its outcome, and ends the call (undoing
+    /// its writes if it failed).
+    fn finish_call(
+        &mut self,
+        result: wasmtime::Result<Result<Vec<crate::Event>, crate::PipeError>>,
+    ) -> Result<Vec<crate::Event>, CallError> {
         self.guest_time += self.store.data().call_started.elapsed();
         let outcome = match result {
             Ok(Ok(events)) => self.check_output(events),
-            Ok(Err(error)) => Err(match limit_of(&self.store) {
-                // The guest gave up because a state call hit a limit, or
-                // its packed answer went past the output limit.
-                Some(kind) => CallError::Limit {
-                    kind,
-                    message: error.message,
-                },
-                None => CallError::Guest(error),
+            Ok(Err(mut error)) => Err({
+                // A guest's message is kept to a size every log line and
+                // dead letter can carry.
+                if let std::borrow::Cow::Owned(capped) = limits::cap_message(&error.message) {
+                    error.message = capped;
+                }
+                match limit_of(&self.store) {
+                    // The guest gave up because a state call hit a limit, or
+                    // its packed answer went past the output limit.
+                    Some(kind) => CallError::Limit {
+                        kind,
+                        message: error.message,
+                    },
+                    None => CallError::Guest(error),
+                }
             }),
             Err(trap) => Err(match limit_of(&self.store) {
                 Some(LimitKind::Time) => CallError::Limit {
@@ -634,9 +697,23 @@ impl PipeInstance {
                 },
                 Some(kind) => CallError::Limit {
                     kind,
-                    message: format!("trapped after going past its {kind} limit: {trap:#}"),
+                    message: limits::cap_message(&format!(
+                        "trapped after going past its {kind} limit: {trap:#}"
+                    ))
+                    .into_owned(),
                 },
-                None => CallError::Trap(format!("{trap:?}")),
+                None if is_hostcall_fuel_exhausted(&trap) => CallError::Limit {
+                    kind: LimitKind::OutputBytes,
+                    message: format!(
+                        "handed the host more than {} bytes at once (its answer or a host \
+                         call's arguments; the most that max_output_bytes {} and \
+                         max_output_events {} allow), stopped while it was copied",
+                        self.store.hostcall_fuel(),
+                        self.settings.limits.max_output_bytes,
+                        self.settings.limits.max_output_events,
+                    ),
+                },
+                None => CallError::Trap(limits::cap_message(&format!("{trap:?}")).into_owned()),
             }),
         };
         self.store.data_mut().state_mut().end_call(outcome.is_ok());
@@ -663,14 +740,12 @@ impl PipeInstance {
                 ),
             });
         }
-        let bytes: usize = events.iter().map(crate::Event::size_bytes).sum();
-        if bytes as u64 > limits.max_output_bytes {
+        let bytes: u64 = events.iter().map(limits::output_bytes).sum();
+        if bytes > limits.max_output_bytes {
+            let headers = events.iter().map(|e| e.headers.len() as u64).sum();
             return Err(CallError::Limit {
                 kind: LimitKind::OutputBytes,
-                message: format!(
-                    "returned {bytes} bytes of events; the limit is {}",
-                    limits.max_output_bytes
-                ),
+                message: limits::output_bytes_message(bytes, headers, limits.max_output_bytes),
             });
         }
         Ok(events)
@@ -696,7 +771,10 @@ impl PipeInstance {
     /// instance keeps running.
     pub async fn replace(&mut self, component: PipeComponent) -> Result<(), LoadError> {
         let state = self.store.data_mut().state_mut().take();
-        match component.start(&self.runtime, &self.settings, state).await {
+        match component
+            .start(&self.runtime, &self.settings, state, &self.log_budget)
+            .await
+        {
             Ok((store, exports)) => {
                 self.store = store;
                 self.exports = exports;
@@ -722,8 +800,9 @@ impl PipeInstance {
         component: &PipeComponent,
         state: PipeState,
     ) -> Result<(), LoadError> {
+        let scratch_budget = LogBudget::new(&settings.tenant, &settings.pipe);
         component
-            .start(runtime, settings, state)
+            .start(runtime, settings, state, &scratch_budget)
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)
@@ -747,6 +826,12 @@ impl PipeInstance {
     /// Time spent inside `process` calls so far.
     pub fn guest_time(&self) -> Duration {
         self.guest_time
+    }
+
+    /// Log lines the pipe wrote past its rate ([`LOG_LINES_PER_SECOND`],
+    /// [`LOG_BYTES_PER_SECOND`]) and that were dropped, over every instance.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_budget.dropped()
     }
 
     /// The largest linear memory the current instance has grown to.

@@ -2,8 +2,9 @@
 //! batch encoded into one reused buffer on the way in, and the guest's
 //! answer decoded into events on the way out.
 
-use plumber_wire::{BatchReader, BatchWriter, WindowRef};
+use plumber_wire::{BatchReader, BatchWriter, EventRef, WindowRef};
 
+use super::limits::HEADER_OVERHEAD_BYTES;
 use crate::{Batch, Event, PipeError};
 
 /// Encodes `batch` into `buffer` (cleared first; its capacity is kept).
@@ -76,16 +77,48 @@ pub(super) enum DecodeFailure {
     Malformed(PipeError),
     /// More events than the output limit (refused before allocating them).
     TooMany(u64),
+    /// More bytes than the output limit, as [`super::limits::output_bytes`]
+    /// counts them: the whole answer's bytes and headers (refused before
+    /// allocating the event that went past the limit).
+    TooLarge {
+        /// The answer's bytes, counted.
+        bytes: u64,
+        /// Its headers.
+        headers: u64,
+    },
 }
 
-/// Decodes a guest's packed answer.
+/// What `event` counts toward `max_output_bytes` (as
+/// [`super::limits::output_bytes`] of the decoded event), read from the
+/// encoding without allocating.
+fn counted_bytes(event: &EventRef<'_>) -> u64 {
+    let text = event.key.map_or(0, <[u8]>::len) + event.value.len() + event.header_text_len();
+    text as u64 + u64::from(event.header_count()) * HEADER_OVERHEAD_BYTES
+}
+
+/// The bytes and headers of a whole answer, counted without allocating.
+fn count_all(reader: &BatchReader<'_>) -> Result<(u64, u64), plumber_wire::DecodeError> {
+    let mut totals = (0u64, 0u64);
+    for event in reader.events() {
+        let event = event?;
+        totals.0 = totals.0.saturating_add(counted_bytes(&event));
+        totals.1 += u64::from(event.header_count());
+    }
+    Ok(totals)
+}
+
+/// Decodes a guest's packed answer. Each event is counted before anything
+/// is allocated for it, so an answer over the limits costs no more than
+/// the limits.
 ///
 /// # Errors
 ///
-/// A malformed buffer, or more than `max_events` events.
+/// A malformed buffer, more than `max_events` events or more than
+/// `max_bytes` bytes.
 pub(super) fn decode_events(
     bytes: &[u8],
     max_events: u64,
+    max_bytes: u64,
     spare: &mut SpareValues,
 ) -> Result<Vec<Event>, DecodeFailure> {
     let malformed = |error: plumber_wire::DecodeError| {
@@ -100,8 +133,14 @@ pub(super) fn decode_events(
         return Err(DecodeFailure::TooMany(reader.len() as u64));
     }
     let mut events = Vec::with_capacity(reader.len());
+    let mut counted = 0u64;
     for event in reader.events() {
         let event = event.map_err(malformed)?;
+        counted = counted.saturating_add(counted_bytes(&event));
+        if counted > max_bytes {
+            let (bytes, headers) = count_all(&reader).map_err(malformed)?;
+            return Err(DecodeFailure::TooLarge { bytes, headers });
+        }
         let mut headers = Vec::with_capacity(event.header_count() as usize);
         for header in event.headers() {
             let (name, value) = header.map_err(malformed)?;
@@ -141,7 +180,7 @@ mod tests {
         let mut buffer = vec![9; 3];
         encode_batch(&mut buffer, &batch);
         assert_eq!(
-            decode_events(&buffer, 10, &mut SpareValues::default()).unwrap(),
+            decode_events(&buffer, 10, u64::MAX, &mut SpareValues::default()).unwrap(),
             batch.events
         );
     }
@@ -156,7 +195,7 @@ mod tests {
         assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS);
         let mut buffer = Vec::new();
         encode_batch(&mut buffer, &Batch::new(vec![Event::new("abc")]));
-        let events = decode_events(&buffer, 10, &mut spare).unwrap();
+        let events = decode_events(&buffer, 10, u64::MAX, &mut spare).unwrap();
         assert_eq!(events[0].value, b"abc");
         // 16 bytes of room for 3: reused.
         assert_eq!(spare.buffers.len(), SpareValues::MAX_BUFFERS - 1);
@@ -165,7 +204,7 @@ mod tests {
         spare.keep(vec![Event::new(vec![0; 1000])]);
         let before = spare.buffers.len();
         encode_batch(&mut buffer, &Batch::new(vec![Event::new("")]));
-        let events = decode_events(&buffer, 10, &mut spare).unwrap();
+        let events = decode_events(&buffer, 10, u64::MAX, &mut spare).unwrap();
         assert_eq!(events[0].value.capacity(), 0);
         assert_eq!(spare.buffers.len(), before);
     }
@@ -176,14 +215,41 @@ mod tests {
         let mut buffer = Vec::new();
         encode_batch(&mut buffer, &batch);
         assert!(matches!(
-            decode_events(&buffer, 1, &mut SpareValues::default()),
+            decode_events(&buffer, 1, u64::MAX, &mut SpareValues::default()),
             Err(DecodeFailure::TooMany(2))
         ));
     }
 
     #[test]
+    fn headers_are_counted_before_they_are_decoded() {
+        let headers = vec![(String::new(), String::new()); 1000];
+        let batch = Batch::new(vec![
+            Event::new("ab"),
+            Event {
+                headers,
+                ..Event::new("cd").with_key("k")
+            },
+        ]);
+        let mut buffer = Vec::new();
+        encode_batch(&mut buffer, &batch);
+        let counted: u64 = batch
+            .events
+            .iter()
+            .map(super::super::limits::output_bytes)
+            .sum();
+        assert_eq!(counted, 2 + 3 + 1000 * HEADER_OVERHEAD_BYTES);
+        assert!(decode_events(&buffer, 10, counted, &mut SpareValues::default()).is_ok());
+        match decode_events(&buffer, 10, counted - 1, &mut SpareValues::default()) {
+            Err(DecodeFailure::TooLarge { bytes, headers }) => {
+                assert_eq!((bytes, headers), (counted, 1000));
+            }
+            other => panic!("decoded over the limit: {other:?}"),
+        }
+    }
+
+    #[test]
     fn garbage_is_the_guests_error() {
-        match decode_events(b"\x07garbage", 10, &mut SpareValues::default()) {
+        match decode_events(b"\x07garbage", 10, u64::MAX, &mut SpareValues::default()) {
             Err(DecodeFailure::Malformed(error)) => {
                 assert!(
                     error.message.contains("malformed packed batch"),

@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
-use super::{push_line, JsonEvent, Sink, Source, StreamError};
+use super::{push_formatted, JsonEvent, Sink, Source, StreamError};
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
-/// How a file source reads a line.
+/// How a file source reads a line, and a file or stdout sink writes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineFormat {
@@ -19,7 +19,8 @@ pub enum LineFormat {
     Lines,
     /// The line is a JSON object: `{"value": "..."}` with optional `key`
     /// (string), `timestamp` (ms since the Unix epoch) and `headers` (an
-    /// object of strings).
+    /// object of strings); a value or key that is not UTF-8 is
+    /// `"value_hex"` / `"key_hex"` instead.
     Json,
 }
 
@@ -27,8 +28,16 @@ fn parse_json_line(line: &[u8]) -> Result<Event, serde_json::Error> {
     serde_json::from_slice::<JsonEvent>(line).map(Event::from)
 }
 
+/// The default longest line a file source reads: 16 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 16 << 20;
+
 /// Reads a file line by line, one event per line ([`LineFormat`]). The
 /// position is the byte offset after the last line handed out.
+///
+/// A line longer than [`FileSource::max_line_bytes`] (16 MiB by default,
+/// not counting its newline) stops the source with
+/// [`StreamError::LineTooLong`] naming the file, the line's byte offset and
+/// the cap; no more than the cap is ever buffered.
 ///
 /// In follow mode ([`FileSource::follow`]) the source does not end at the
 /// end of the file: it waits for more lines (a line is taken only once its
@@ -41,6 +50,7 @@ pub struct FileSource {
     reader: Option<BufReader<File>>,
     offset: u64,
     line: Vec<u8>,
+    max_line_bytes: u64,
     follow: Option<std::time::Duration>,
     /// Identity of the open file (device, inode), to notice a rotation.
     identity: Option<(u64, u64)>,
@@ -66,9 +76,18 @@ impl FileSource {
             reader: None,
             offset: 0,
             line: Vec::new(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             follow: None,
             identity: None,
         }
+    }
+
+    /// The longest line (without its newline) the source reads (default
+    /// [`DEFAULT_MAX_LINE_BYTES`], at least 1); a longer one is an error.
+    #[must_use]
+    pub fn max_line_bytes(mut self, bytes: u64) -> Self {
+        self.max_line_bytes = bytes.max(1);
+        self
     }
 
     /// Follows the file as it grows (and across rotations), checking for
@@ -191,6 +210,7 @@ impl FileSource {
         let stream = self.describe();
         let format = self.format;
         let following = self.follow.is_some();
+        let max_line = self.max_line_bytes;
         let FileSource {
             reader: Some(reader),
             line,
@@ -202,7 +222,11 @@ impl FileSource {
         };
         let mut events = Vec::with_capacity(max.clamp(1, 4096));
         while events.len() < max.max(1) {
-            let read = reader
+            // Room for the longest line and its newline, and not a byte
+            // more: a longer line is refused without being buffered.
+            let room = (max_line + 1).saturating_sub(line.len() as u64);
+            let read = (&mut *reader)
+                .take(room)
                 .read_until(b'\n', line)
                 .await
                 .map_err(|source| StreamError::Io {
@@ -211,6 +235,18 @@ impl FileSource {
                     source,
                 })?;
             let complete = line.ends_with(b"\n");
+            if !complete && line.len() as u64 > max_line {
+                line.clear();
+                // The position stays before the line: a restart meets it again.
+                let error = StreamError::LineTooLong {
+                    stream,
+                    offset: *offset,
+                    max: max_line,
+                };
+                // The reader is past part of the line; start again from the offset.
+                self.reader = None;
+                return Err(error);
+            }
             if read == 0 && (line.is_empty() || following) || !complete && following {
                 // End of the file for now; a partial line waits for its newline.
                 break;
@@ -259,6 +295,7 @@ impl FileSource {
 /// checkpoint saw back in place.
 pub struct FileSink {
     path: PathBuf,
+    format: LineFormat,
     writer: Option<BufWriter<File>>,
     buffer: Vec<u8>,
     /// The file's length including everything written, once opened.
@@ -286,12 +323,21 @@ impl FileSink {
     pub fn new(path: impl AsRef<Path>) -> Self {
         FileSink {
             path: path.as_ref().to_path_buf(),
+            format: LineFormat::Lines,
             writer: None,
             buffer: Vec::new(),
             length: None,
             rotate_at: None,
             rotate_before_next_write: false,
         }
+    }
+
+    /// Writes lines in `format`: each value (the default), or each event as
+    /// a JSON line that a file source with [`LineFormat::Json`] reads back.
+    #[must_use]
+    pub fn format(mut self, format: LineFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Rotates the file once it reaches `bytes` (checked at each flush).
@@ -376,7 +422,7 @@ impl Sink for FileSink {
         }
         self.buffer.clear();
         for event in &batch.events {
-            push_line(&mut self.buffer, event);
+            push_formatted(&mut self.buffer, event, self.format);
         }
         if let Some(writer) = self.writer.as_mut() {
             if let Err(e) = writer.write_all(&self.buffer).await {
@@ -414,6 +460,10 @@ impl Sink for FileSink {
             },
         };
         Ok(Some(pack(self.rotations().await?, length)))
+    }
+
+    fn keep_headers(&mut self) {
+        self.format = LineFormat::Json;
     }
 
     async fn recover(&mut self, position: Option<u64>) -> Result<(), StreamError> {

@@ -60,6 +60,19 @@ pub enum StreamError {
         /// What is wrong.
         message: String,
     },
+    /// A line of a file source is longer than its `max_line_bytes`.
+    #[error(
+        "{stream}: the line at byte {offset} is longer than max_line_bytes ({max} bytes); \
+         raise `max_line_bytes` or fix the file"
+    )]
+    LineTooLong {
+        /// The stream.
+        stream: String,
+        /// Where the line starts.
+        offset: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The receiving end of a channel sink is gone.
     #[error("{stream}: the receiver was dropped")]
     Closed {
@@ -158,31 +171,121 @@ pub trait Sink: Send {
     async fn recover(&mut self, _position: Option<u64>) -> Result<(), StreamError> {
         Ok(())
     }
+
+    /// Asks the sink to keep every part of an event, not only its value:
+    /// sinks that write values as lines (file, stdout) switch to JSON lines
+    /// ([`LineFormat::Json`]); sinks that carry keys and headers already
+    /// ignore it. The dead-letter sink asks this, so that a dead letter
+    /// keeps the headers saying why it failed.
+    fn keep_headers(&mut self) {}
 }
 
 /// One event in the JSON form shared by file JSON lines and HTTP bodies:
 /// `{"value": "...", "key": "...", "timestamp": N, "headers": {...}}`,
-/// only `value` required.
+/// only `value` required. A value or key that is not UTF-8 is given as
+/// `"value_hex"` / `"key_hex"` (lowercase or uppercase hexadecimal) instead,
+/// which is how [`push_json_line`] writes one, so the form is reversible.
+#[derive(serde::Deserialize)]
+#[serde(try_from = "RawJsonEvent")]
+pub(crate) struct JsonEvent(Event);
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct JsonEvent {
-    value: String,
+struct RawJsonEvent {
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    value_hex: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    key_hex: Option<String>,
     #[serde(default)]
     timestamp: Option<u64>,
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
 }
 
+/// Text or hexadecimal bytes: exactly one (`required`) or at most one.
+fn text_or_hex(
+    name: &str,
+    text: Option<String>,
+    hex_text: Option<String>,
+    required: bool,
+) -> Result<Option<Vec<u8>>, String> {
+    match (text, hex_text) {
+        (Some(_), Some(_)) => Err(format!("give `{name}` or `{name}_hex`, not both")),
+        (Some(text), None) => Ok(Some(text.into_bytes())),
+        (None, Some(digits)) => hex::decode(&digits)
+            .map(Some)
+            .map_err(|e| format!("`{name}_hex` is not hexadecimal bytes: {e}")),
+        (None, None) if required => Err(format!("missing field `{name}`")),
+        (None, None) => Ok(None),
+    }
+}
+
+impl TryFrom<RawJsonEvent> for JsonEvent {
+    type Error = String;
+
+    fn try_from(raw: RawJsonEvent) -> Result<Self, Self::Error> {
+        let value = text_or_hex("value", raw.value, raw.value_hex, true)?.unwrap_or_default();
+        let key = text_or_hex("key", raw.key, raw.key_hex, false)?;
+        Ok(JsonEvent(Event {
+            key,
+            value,
+            timestamp: raw.timestamp,
+            headers: raw.headers.into_iter().collect(),
+        }))
+    }
+}
+
 impl From<JsonEvent> for Event {
     fn from(parsed: JsonEvent) -> Self {
-        Event {
-            key: parsed.key.map(String::into_bytes),
-            value: parsed.value.into_bytes(),
-            timestamp: parsed.timestamp,
-            headers: parsed.headers.into_iter().collect(),
+        parsed.0
+    }
+}
+
+/// An event in the JSON form [`JsonEvent`] reads, borrowed for writing.
+struct JsonEventRef<'a>(&'a Event);
+
+impl serde::Serialize for JsonEventRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let event = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        match std::str::from_utf8(&event.value) {
+            Ok(text) => map.serialize_entry("value", text)?,
+            Err(_) => map.serialize_entry("value_hex", &hex::encode(&event.value))?,
         }
+        if let Some(key) = &event.key {
+            match std::str::from_utf8(key) {
+                Ok(text) => map.serialize_entry("key", text)?,
+                Err(_) => map.serialize_entry("key_hex", &hex::encode(key))?,
+            }
+        }
+        if let Some(timestamp) = event.timestamp {
+            map.serialize_entry("timestamp", &timestamp)?;
+        }
+        map.serialize_entry("headers", &HeadersRef(&event.headers))?;
+        map.end()
+    }
+}
+
+struct HeadersRef<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for HeadersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// Appends one event as a JSON line in the form [`JsonEvent`] reads (a
+/// file source with `"format": "json"` reads it back as the same event;
+/// of headers repeated under one name, the last is read back).
+pub(crate) fn push_json_line(buffer: &mut Vec<u8>, event: &Event) {
+    // Serialising strings, numbers and string maps into a Vec cannot fail.
+    if serde_json::to_writer(&mut *buffer, &JsonEventRef(event)).is_ok() {
+        buffer.push(b'\n');
     }
 }
 
@@ -191,4 +294,62 @@ impl From<JsonEvent> for Event {
 pub(crate) fn push_line(buffer: &mut Vec<u8>, event: &Event) {
     buffer.extend_from_slice(&event.value);
     buffer.push(b'\n');
+}
+
+/// Appends one event as a line in `format`.
+pub(crate) fn push_formatted(buffer: &mut Vec<u8>, event: &Event, format: LineFormat) {
+    match format {
+        LineFormat::Lines => push_line(buffer, event),
+        LineFormat::Json => push_json_line(buffer, event),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_back(line: &[u8]) -> Event {
+        let text = line.strip_suffix(b"\n").expect("a newline");
+        serde_json::from_slice::<JsonEvent>(text)
+            .map(Event::from)
+            .unwrap()
+    }
+
+    #[test]
+    fn json_lines_round_trip_every_event() {
+        let events = [
+            Event::new("plain"),
+            Event {
+                headers: vec![("a".into(), "1".into()), ("b\n\"".into(), "é".into())],
+                ..Event::new("line\nbreak").with_key("k").with_timestamp(7)
+            },
+            Event::new(vec![0xff, 0x00, b'x']).with_key(vec![0xfe]),
+            Event::new(""),
+        ];
+        for event in events {
+            let mut buffer = Vec::new();
+            push_json_line(&mut buffer, &event);
+            assert_eq!(buffer.iter().filter(|b| **b == b'\n').count(), 1);
+            assert_eq!(read_back(&buffer), event);
+        }
+        let mut buffer = Vec::new();
+        push_json_line(&mut buffer, &Event::new(vec![0xff]));
+        assert_eq!(buffer, b"{\"value_hex\":\"ff\",\"headers\":{}}\n");
+    }
+
+    #[test]
+    fn value_and_key_are_text_or_hex_not_both() {
+        let parse = |text: &str| serde_json::from_str::<JsonEvent>(text).map(Event::from);
+        assert_eq!(parse(r#"{"value_hex": "4142"}"#).unwrap().value, b"AB");
+        for (text, expected) in [
+            (r#"{"value": "a", "value_hex": "61"}"#, "not both"),
+            (r#"{"value_hex": "zz"}"#, "not hexadecimal"),
+            (r#"{"key": "k"}"#, "missing field `value`"),
+            (r#"{"value": "a", "key": "k", "key_hex": "6b"}"#, "not both"),
+            (r#"{"value": "a", "nope": 1}"#, "unknown field `nope`"),
+        ] {
+            let error = parse(text).err().unwrap().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
-use super::{push_line, Sink, StreamError};
+use super::{push_formatted, LineFormat, Sink, StreamError};
 use crate::Batch;
 
 /// Prints each event's value on a line of standard output.
@@ -12,6 +12,7 @@ use crate::Batch;
 /// events since the last checkpoint are printed again (at-least-once).
 #[derive(Default)]
 pub struct StdoutSink {
+    format: LineFormat,
     buffer: Vec<u8>,
 }
 
@@ -19,6 +20,22 @@ impl StdoutSink {
     /// A printer.
     pub fn new() -> Self {
         StdoutSink::default()
+    }
+
+    /// Prints lines in `format`: each value (the default), or each event
+    /// as a JSON line.
+    #[must_use]
+    pub fn format(mut self, format: LineFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Puts the lines of `batch` in the buffer.
+    fn encode(&mut self, batch: &Batch) {
+        self.buffer.clear();
+        for event in &batch.events {
+            push_formatted(&mut self.buffer, event, self.format);
+        }
     }
 }
 
@@ -29,10 +46,7 @@ impl Sink for StdoutSink {
     }
 
     async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
-        self.buffer.clear();
-        for event in &batch.events {
-            push_line(&mut self.buffer, event);
-        }
+        self.encode(&batch);
         let mut stdout = tokio::io::stdout();
         stdout
             .write_all(&self.buffer)
@@ -42,6 +56,10 @@ impl Sink for StdoutSink {
                 action: "write",
                 source,
             })
+    }
+
+    fn keep_headers(&mut self) {
+        self.format = LineFormat::Json;
     }
 
     async fn flush(&mut self) -> Result<(), StreamError> {
@@ -82,5 +100,28 @@ impl Sink for DiscardSink {
 
     async fn flush(&mut self) -> Result<(), StreamError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+
+    #[test]
+    fn dead_letters_print_as_json_lines() {
+        let batch = Batch::new(vec![Event {
+            headers: vec![("why".into(), "because".into())],
+            ..Event::new("v")
+        }]);
+        let mut sink = StdoutSink::new();
+        sink.encode(&batch);
+        assert_eq!(sink.buffer, b"v\n");
+        sink.keep_headers();
+        sink.encode(&batch);
+        assert_eq!(
+            sink.buffer,
+            b"{\"value\":\"v\",\"headers\":{\"why\":\"because\"}}\n"
+        );
     }
 }

@@ -27,10 +27,20 @@
 //! - `env`: each event's value becomes the JSON object of the environment
 //!   variables the guest sees.
 //! - `print`: prints each value to stdout and stderr, then passes it on.
+//! - `headers`: a batch gives one event with `headers` empty headers
+//!   (default 10,000,000), built without a string per header on the packed
+//!   crossing; an empty batch gives nothing.
+//! - `log_flood`: each batch first calls `log` `lines` times (default
+//!   10,000,000), then passes its events on; with `"stdout": true` it prints
+//!   the lines to stdout instead.
+//! - `error`: each batch fails with a message of `bytes` `e` bytes
+//!   (default 100 MB).
 
 use std::collections::BTreeMap;
 
-use plumber_guest::{parse_config, Batch, Event, Pipe, PipeError, State};
+use plumber_guest::{
+    parse_config, unpack, Batch, BatchReader, BatchWriter, Event, Level, Pipe, PipeError, State,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,6 +51,9 @@ struct Config {
     copies: Option<u64>,
     bytes: Option<usize>,
     value: Option<String>,
+    headers: Option<u64>,
+    lines: Option<u64>,
+    stdout: Option<bool>,
 }
 
 enum Mode {
@@ -52,6 +65,9 @@ enum Mode {
     Escape,
     Env,
     Print,
+    Headers(usize),
+    LogFlood { lines: u64, stdout: bool },
+    Error(usize),
 }
 
 pub struct Probe {
@@ -92,6 +108,15 @@ impl Pipe for Probe {
             "escape" => Mode::Escape,
             "env" => Mode::Env,
             "print" => Mode::Print,
+            "headers" => Mode::Headers(
+                usize::try_from(config.headers.unwrap_or(10_000_000))
+                    .map_err(|_| PipeError::new("`headers` is too large"))?,
+            ),
+            "log_flood" => Mode::LogFlood {
+                lines: config.lines.unwrap_or(10_000_000),
+                stdout: config.stdout.unwrap_or(false),
+            },
+            "error" => Mode::Error(config.bytes.unwrap_or(100_000_000)),
             other => return Err(PipeError::new(format!("unknown mode `{other}`"))),
         };
         Ok(Probe { mode })
@@ -167,6 +192,63 @@ impl Pipe for Probe {
                 }
                 Ok(events)
             }
+            Mode::Headers(count) => Ok(if events.is_empty() {
+                Vec::new()
+            } else {
+                // Empty strings do not allocate: 48 bytes per header here.
+                vec![Event {
+                    headers: vec![(String::new(), String::new()); *count],
+                    ..Event::new("headers")
+                }]
+            }),
+            Mode::LogFlood { lines, stdout } => {
+                flood(*lines, *stdout);
+                Ok(events)
+            }
+            Mode::Error(bytes) => Err(PipeError::new("e".repeat(*bytes))),
+        }
+    }
+
+    fn process_packed(
+        &mut self,
+        batch: BatchReader<'_>,
+        out: &mut Vec<u8>,
+        state: &mut State,
+    ) -> Result<(), PipeError> {
+        if let Mode::Headers(count) = self.mode {
+            // Written straight into the answer: 8 bytes per empty header,
+            // reserved at once (growing by doubling would need 1.5x).
+            out.reserve(count.saturating_mul(8).saturating_add(64));
+            let mut writer = BatchWriter::new(out, None);
+            if !batch.is_empty() {
+                let empty = ("", "");
+                writer.push(None, b"headers", None, std::iter::repeat_n(empty, count));
+            }
+            writer.finish();
+            return Ok(());
+        }
+        let events = self.process(unpack(&batch)?, state)?;
+        let mut writer = BatchWriter::new(out, None);
+        for event in &events {
+            writer.push(
+                event.key.as_deref(),
+                &event.value,
+                event.timestamp,
+                event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+        }
+        writer.finish();
+        Ok(())
+    }
+}
+
+/// Writes `lines` log lines (through `log`, or to stdout).
+fn flood(lines: u64, stdout: bool) {
+    for n in 0..lines {
+        if stdout {
+            println!("flood line {n}");
+        } else {
+            plumber_guest::log(Level::Info, "flood line", &[("n", &n.to_string())]);
         }
     }
 }
@@ -282,6 +364,12 @@ mod tests {
         // The modes that need grants live in `probe-grants`.
         assert!(Probe::init(r#"{"mode": "read_file", "path": "/x"}"#).is_err());
         assert!(Probe::init(r#"{"mode": "time"}"#).is_err());
+        let out = run(r#"{"mode": "headers", "headers": 3}"#, &["a", "b"]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].headers.len(), 3);
+        let mut pipe = Probe::init(r#"{"mode": "error", "bytes": 5}"#).unwrap();
+        let failed = pipe.process(Batch::new(vec![Event::new("x")]), &mut State::in_memory());
+        assert_eq!(failed.unwrap_err().message, "eeeee");
         assert_eq!(
             run(r#"{"mode": "trap_on", "value": "x"}"#, &["a"])[0].header("probe"),
             Some("seen")
