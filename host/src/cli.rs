@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
 
 use crate::admin::{AdminOptions, AdminServer};
 use crate::checkpoint::Delivery;
-use crate::config::{HostConfig, PipelineConfig, SinkConfig, StateConfig, StepConfig};
+use crate::config::{
+    HostConfig, PipelineConfig, SinkConfig, SqlModeConfig, StateConfig, StepConfig,
+};
 use crate::pipeline::PipelineError;
 use crate::runtime::Runtime;
 use crate::state::{Namespace, SharedState, DEFAULT_TENANT};
@@ -387,12 +389,19 @@ fn log_guarantees(config: &PipelineConfig) {
                  output since the last checkpoint is printed again (at-least-once output)"
             ),
             SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
-            SinkConfig::Sql { epoch_column: Some(_), .. } => tracing::info!(
+            SinkConfig::Sql {
+                mode: SqlModeConfig::Upsert,
+                ..
+            } => tracing::info!(
+                pipeline,
+                "exactly-once: state, and the SQL sink (upserts are idempotent by key)"
+            ),
+            sql @ SinkConfig::Sql { .. } if sql.sql_epoch_column().is_some() => tracing::info!(
                 pipeline,
                 "exactly-once: state, and the SQL sink (rows of epochs after the last checkpoint \
-                 are deleted on recovery; upserts are idempotent by key)"
+                 are deleted on recovery)"
             ),
-            SinkConfig::Sql { epoch_column: None, .. } => tracing::warn!(
+            SinkConfig::Sql { .. } => tracing::warn!(
                 pipeline,
                 "exactly-once on state, but the SQL sink has no epoch column: replayed inserts \
                  may repeat (at-least-once)"

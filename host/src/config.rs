@@ -139,6 +139,65 @@ fn file_sink(path: &Path, rotate_bytes: Option<u64>) -> FileSink {
 }
 
 impl SinkConfig {
+    /// The epoch column an SQL sink writes: an insert's configured one
+    /// (`plumber_epoch` when left out), none when set to `null`, and none
+    /// for an upsert; `None` for other sinks.
+    pub fn sql_epoch_column(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Sql {
+                mode: SqlModeConfig::Insert,
+                epoch_column,
+                ..
+            } => match epoch_column {
+                None => Some(crate::streams::sql::DEFAULT_EPOCH_COLUMN),
+                Some(column) => column.as_deref(),
+            },
+            _ => None,
+        }
+    }
+
+    /// Checks what the fields of a sink at `at` (`to`, `dead_letter`) say
+    /// together: the JSON path of a bad field and why.
+    fn check(&self, at: &str) -> Result<(), (String, String)> {
+        if let SinkConfig::Sql {
+            mode,
+            key_columns,
+            epoch_column,
+            ..
+        } = self
+        {
+            match mode {
+                SqlModeConfig::Upsert if key_columns.is_empty() => {
+                    return Err((
+                        format!("{at}.key_columns"),
+                        "an upsert needs `key_columns`: the columns of its conflict target \
+                         (a unique index or the primary key)"
+                            .to_owned(),
+                    ))
+                }
+                SqlModeConfig::Upsert => {
+                    if let Some(Some(column)) = epoch_column {
+                        return Err((
+                            format!("{at}.epoch_column"),
+                            format!(
+                                "an upsert is idempotent by its key and takes no epoch column: \
+                                 remove `epoch_column` (`{column}`) or set it to null"
+                            ),
+                        ));
+                    }
+                }
+                SqlModeConfig::Insert if !key_columns.is_empty() => {
+                    return Err((
+                        format!("{at}.key_columns"),
+                        "`key_columns` applies to \"mode\": \"upsert\" only".to_owned(),
+                    ))
+                }
+                SqlModeConfig::Insert => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the sink (connecting where it has to); `pipeline` names its output.
     ///
     /// # Errors
@@ -197,13 +256,15 @@ impl SinkConfig {
                         key_columns: key_columns.clone(),
                     },
                 };
-                let upsert = matches!(mode, SqlSinkMode::Upsert { .. });
                 let mut sink = SqlSink::connect(url, table, mode).await?;
                 if let Some(columns) = columns {
                     sink = sink.mapping(columns.clone().into_iter().collect())?;
                 }
-                // An upsert is idempotent by key and takes no epoch column.
-                sink = sink.epoch_column(if upsert { None } else { epoch_column.clone() })?;
+                // An upsert is idempotent by key and has no epoch column;
+                // `check` refused one named for it.
+                if let Some(column) = epoch_column {
+                    sink = sink.epoch_column(column.clone())?;
+                }
                 if let Some(ms) = reconnect_timeout_ms {
                     sink = sink.reconnect_timeout(Duration::from_millis(*ms));
                 }
@@ -487,8 +548,13 @@ pub enum SqlModeConfig {
     Upsert,
 }
 
-fn default_epoch_column() -> Option<String> {
-    Some(crate::streams::sql::DEFAULT_EPOCH_COLUMN.to_owned())
+/// `null` read as `Some(None)`, so that it differs from a field left out.
+fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Settings shared by the NATS connectors.
@@ -967,10 +1033,11 @@ pub enum SinkConfig {
         /// `json:<field>`); default: the value is a JSON object of columns.
         #[serde(default)]
         columns: Option<std::collections::BTreeMap<String, ColumnSource>>,
-        /// The insert's epoch column (default `plumber_epoch`; `null`: none,
-        /// and inserts are at-least-once).
-        #[serde(default = "default_epoch_column")]
-        epoch_column: Option<String>,
+        /// The insert's epoch column: left out, `plumber_epoch`; `null`:
+        /// none, and inserts are at-least-once. An upsert takes none (see
+        /// [`SinkConfig::sql_epoch_column`]).
+        #[serde(default, deserialize_with = "explicit_null")]
+        epoch_column: Option<Option<String>>,
         /// How long to keep retrying a lost database before failing (default 30 000).
         #[serde(default)]
         reconnect_timeout_ms: Option<u64>,
@@ -1064,6 +1131,12 @@ impl PipelineConfig {
                 "checkpoint.every_events",
                 "expected a positive event count (or null for none)".into(),
             ));
+        }
+        let sinks = std::iter::once(("to", &self.to))
+            .chain(self.dead_letter.as_ref().map(|sink| ("dead_letter", sink)));
+        for (at, sink) in sinks {
+            sink.check(at)
+                .map_err(|(path, message)| invalid(&path, message))?;
         }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {

@@ -469,6 +469,7 @@ on_both!(
     flush_is_one_transaction,
     recover_drops_rows_of_later_epochs,
     pipeline_rerun_after_abort_writes_every_row_exactly_once,
+    upsert_sink_runs_from_a_json_config,
 );
 
 // ---------------------------------------------------------------------------
@@ -1100,6 +1101,77 @@ async fn recover_drops_rows_of_later_epochs(backend: Backend) {
 
 // ---------------------------------------------------------------------------
 // End to end
+
+/// Runs a pipeline from JSON config text (paths relative to `base`) to its end.
+async fn run_config(config: &serde_json::Value, base: &Path) -> plumber::pipeline::RunReport {
+    let config = plumber::config::PipelineConfig::parse(&config.to_string(), "test.json", base)
+        .unwrap_or_else(|error| panic!("config: {error}"));
+    let state = config.open_state().await.expect("open the state");
+    let builder = match config.builder(state).await {
+        Ok(builder) => builder,
+        Err(error) => panic!("open the source and sinks: {error}"),
+    };
+    let run = builder
+        .runtime(Runtime::new(Some(harness::cache_dir())).unwrap())
+        .run();
+    match run.await {
+        Ok(report) => report,
+        Err(error) => panic!("run: {error}"),
+    }
+}
+
+/// `"mode": "upsert"` from JSON, with the epoch column left out and set to
+/// `null`: each key's latest count, and a replay from scratch (a new state,
+/// the same events) leaves the same rows.
+async fn upsert_sink_runs_from_a_json_config(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.exec("CREATE TABLE latest (name TEXT PRIMARY KEY, line TEXT NOT NULL)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = serde_json::json!({
+        "type": "sql", "url": db.url, "table": "latest", "mode": "upsert",
+        "key_columns": ["name"], "columns": {"name": "key", "line": "value"}
+    });
+    let mut with_null = sink.clone();
+    with_null["epoch_column"] = serde_json::Value::Null;
+    let rows = "SELECT name, line FROM latest ORDER BY name";
+    for (run, sink) in [sink.clone(), with_null, sink.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let config = serde_json::json!({
+            "name": "upsert",
+            "state": {"type": "sled", "path": dir.path().join(format!("state-{run}"))},
+            "from": {"type": "array", "values": ["ada", "grace", "ada", "alan", "ada"]},
+            "pipeline": [{"name": "count", "type": "wasm", "module": harness::guest("count")}],
+            "to": sink
+        });
+        let report = run_config(&config, dir.path()).await;
+        assert_eq!(report.events_out, 5, "run {run}");
+        assert_eq!(
+            db.rows(rows).await,
+            vec![
+                cells(&[Some("ada"), Some("ada 3")]),
+                cells(&[Some("alan"), Some("alan 1")]),
+                cells(&[Some("grace"), Some("grace 1")]),
+            ],
+            "run {run}"
+        );
+    }
+    // An upsert takes no epoch column: naming one is a config error.
+    let mut named = sink;
+    named["epoch_column"] = serde_json::json!("plumber_epoch");
+    let config = serde_json::json!({
+        "name": "upsert", "from": {"type": "array", "values": []}, "to": named
+    });
+    match plumber::config::PipelineConfig::parse(&config.to_string(), "test.json", dir.path()) {
+        Err(plumber::config::ConfigError::Invalid { path, message, .. }) => {
+            assert_eq!(path, "to.epoch_column", "{message}");
+            assert!(message.contains("idempotent by its key"), "{message}");
+        }
+        other => panic!("an upsert with an epoch column: {other:?}"),
+    }
+}
 
 /// Opens the sled state, waiting while an aborted run's stages still hold it.
 async fn open_sled(path: &Path) -> SledState {

@@ -859,7 +859,8 @@ impl SqlSink {
 
     /// Names the epoch column of an inserting sink (default
     /// [`DEFAULT_EPOCH_COLUMN`]); `None` writes no epoch, which makes the
-    /// sink at-least-once ([`Sink::position`] is then `None`).
+    /// sink at-least-once ([`Sink::position`] is then `None`). An upsert
+    /// has none, so `None` changes nothing for it.
     ///
     /// # Errors
     ///
@@ -867,7 +868,7 @@ impl SqlSink {
     /// or the sink upserts (upserts take no epoch).
     pub fn epoch_column(mut self, column: Option<String>) -> Result<Self, StreamError> {
         let configure = |message| invalid_input(&self.description, "configure", message);
-        if !self.key_columns.is_empty() {
+        if column.is_some() && !self.key_columns.is_empty() {
             return Err(configure(
                 "an upsert is idempotent by its key and takes no epoch column".to_owned(),
             ));
