@@ -2241,6 +2241,25 @@ mod tests {
             ),
             (
                 "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "mode": "upsert"}),
+                "to.key_columns",
+                "needs `key_columns`",
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "key_columns": ["k"]}),
+                "to.key_columns",
+                "upsert",
+            ),
+            (
+                "dead_letter",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "mode": "upsert",
+                       "key_columns": ["k"], "epoch_column": "e"}),
+                "dead_letter.epoch_column",
+                "takes no epoch column",
+            ),
+            (
+                "to",
                 json!({"type": "nats", "subject": 5}),
                 "to.subject",
                 "invalid type",
