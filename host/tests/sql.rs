@@ -470,6 +470,7 @@ on_both!(
     recover_drops_rows_of_later_epochs,
     pipeline_rerun_after_abort_writes_every_row_exactly_once,
     upsert_sink_runs_from_a_json_config,
+    a_missing_epoch_column_says_how_to_add_it_or_do_without,
 );
 
 // ---------------------------------------------------------------------------
@@ -1097,6 +1098,91 @@ async fn recover_drops_rows_of_later_epochs(backend: Backend) {
     assert_eq!(plain.position().await.unwrap(), None);
     plain.recover(Some(0)).await.unwrap();
     assert_eq!(db.count("log").await, 1);
+}
+
+/// A table without the epoch column: the error says how to add it, or how
+/// to turn it off and what that costs.
+async fn a_missing_epoch_column_says_how_to_add_it_or_do_without(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.exec("CREATE TABLE plain (n BIGINT NOT NULL)").await;
+    let mut sink = sink(&db, "plain", SqlSinkMode::Insert).await;
+    let error = sink.position().await.unwrap_err().to_string();
+    for wanted in [
+        "no epoch column `plumber_epoch`",
+        "ALTER TABLE \"plain\" ADD COLUMN \"plumber_epoch\" BIGINT",
+        "\"epoch_column\": null",
+        "at-least-once",
+    ] {
+        assert!(error.contains(wanted), "`{wanted}` not in: {error}");
+    }
+    let error = sink.check_table().await.unwrap_err().to_string();
+    assert!(error.contains("ALTER TABLE"), "{error}");
+    // Turned off, the same table takes the rows.
+    let mut plain = self::sink(&db, "plain", SqlSinkMode::Insert)
+        .await
+        .epoch_column(None)
+        .unwrap();
+    plain.check_table().await.unwrap();
+    plain.write(batch(&[r#"{"n": 1}"#])).await.unwrap();
+    plain.flush().await.unwrap();
+    assert_eq!(db.count("plain").await, 1);
+}
+
+/// PostgreSQL's errors for a value a column refuses name neither: the
+/// sink's error names the column, its type, the row and the (cut) value,
+/// and none carries the server's "at line N".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_errors_name_the_column_and_the_value() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.exec(
+        "CREATE TABLE typed (id BIGINT PRIMARY KEY, name TEXT NOT NULL, at TIMESTAMPTZ,
+                             plumber_epoch BIGINT NOT NULL)",
+    )
+    .await;
+    let mut sink = sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[
+        r#"{"id": 1, "name": "a"}"#,
+        r#"{"id": 2, "name": "b"}"#,
+        r#"{"id": "abc", "name": "c"}"#,
+        r#"{"id": 4, "name": "d"}"#,
+    ]))
+    .await
+    .unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    for wanted in [
+        "column `id` (bigint) refuses the value \"abc\" of row 3 of this flush",
+        "invalid input syntax for type bigint",
+    ] {
+        assert!(error.contains(wanted), "`{wanted}` not in: {error}");
+    }
+    assert!(!error.contains(" at line "), "{error}");
+    assert_eq!(db.count("typed").await, 0);
+
+    // A long value is quoted cut short.
+    let long = "9".repeat(5_000);
+    let mut sink = self::sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[&format!(
+        r#"{{"id": 1, "name": "x", "at": "{long}"}}"#
+    )]))
+    .await
+    .unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("column `at` (timestamp with time zone)"),
+        "{error}"
+    );
+    assert!(error.contains("… (5002 bytes)"), "{error}");
+    assert!(error.len() < 2_000, "{} bytes: {error}", error.len());
+
+    // A constraint: the server's detail, without its source line.
+    let mut sink = self::sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[r#"{"id": 1}"#])).await.unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("null value in column \"name\"") && error.contains("Failing row contains"),
+        "{error}"
+    );
+    assert!(!error.contains(" at line "), "{error}");
 }
 
 // ---------------------------------------------------------------------------
