@@ -41,6 +41,7 @@ use crate::streams::{
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
 mod strict;
+pub mod validate;
 
 pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
 use strict::{object_only, tagged_by_type};
@@ -274,6 +275,7 @@ impl SinkConfig {
                 url,
                 subject,
                 reconnect_timeout_ms,
+                stream: _,
             } => {
                 let mut sink = JetStreamSink::connect(url, subject, pipeline).await?;
                 if let Some(ms) = reconnect_timeout_ms {
@@ -349,6 +351,7 @@ impl SourceConfig {
                 url,
                 stream,
                 consumer,
+                subjects: _,
                 filter_subject,
                 ack_wait_ms,
                 max_ack_pending,
@@ -525,6 +528,10 @@ pub enum SourceConfig {
         /// Only this subject of the stream.
         #[serde(default)]
         filter_subject: Option<String>,
+        /// The subjects the stream captures, for `plumber setup` to create it
+        /// when it does not exist (default: `filter_subject`).
+        #[serde(default)]
+        subjects: Vec<String>,
         /// Redelivery wait for unacked messages (default 30 000).
         #[serde(default)]
         ack_wait_ms: Option<u64>,
@@ -1064,6 +1071,10 @@ pub enum SinkConfig {
         url: String,
         /// Subject (captured by a stream).
         subject: String,
+        /// The stream that captures `subject`, for `plumber setup` to create
+        /// (with `subject` as its subject) when no stream captures it.
+        #[serde(default)]
+        stream: Option<String>,
         /// How long to keep retrying a lost server before failing (default 30 000).
         #[serde(default)]
         reconnect_timeout_ms: Option<u64>,
@@ -1286,10 +1297,15 @@ impl PipelineConfig {
 
     /// The JSON path of the `module` field of the pipe called `name`.
     pub fn module_field(&self, name: &str) -> Option<String> {
+        self.step_field(name, "module")
+    }
+
+    /// The JSON path of `field` of the pipe called `name`.
+    pub fn step_field(&self, name: &str, field: &str) -> Option<String> {
         self.pipeline
             .iter()
             .position(|step| matches!(step, StepConfig::Wasm(pipe) if pipe.name == name))
-            .map(|index| format!("pipeline[{index}].module"))
+            .map(|index| format!("pipeline[{index}].{field}"))
     }
 
     /// Opens the state backend this config names.

@@ -59,16 +59,19 @@ pub enum LoadError {
     },
     /// The component imports something the pipe was not granted.
     #[error(
-        "component `{path}` imports `{import}`, which this pipe is not granted \
+        "component `{path}` imports {}, which this pipe is not granted \
          (granted: plumber:pipe/*, wasi:io/*, wasi:cli stdio/environment/exit/terminal{extra}); \
-         remove the import from the guest or grant it in the pipe's config \
-         (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)"
+         remove the imports from the guest or grant them in the pipe's config \
+         (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)",
+        ungranted_list(import, others)
     )]
     ImportNotGranted {
         /// The file.
         path: PathBuf,
-        /// The offending import, as the component names it.
+        /// The first import not granted, as the component names it.
         import: String,
+        /// The other imports not granted, in the component's order.
+        others: Vec<String>,
         /// The optional grants in force, for the message.
         extra: String,
     },
@@ -217,14 +220,19 @@ impl Runtime {
                 message: format!("{e:#}"),
             })?,
         };
-        for (import, _) in component.component_type().imports(engine) {
-            if !capabilities.allows(import) {
-                return Err(LoadError::ImportNotGranted {
-                    path: path.to_path_buf(),
-                    import: import.to_owned(),
-                    extra: capabilities.describe(),
-                });
-            }
+        let component_type = component.component_type();
+        let mut ungranted = component_type
+            .imports(engine)
+            .map(|(import, _)| import)
+            .filter(|import| !capabilities.allows(import))
+            .map(str::to_owned);
+        if let Some(import) = ungranted.next() {
+            return Err(LoadError::ImportNotGranted {
+                path: path.to_path_buf(),
+                import,
+                others: ungranted.collect(),
+                extra: capabilities.describe(),
+            });
         }
         let instance_pre =
             self.inner
@@ -287,6 +295,21 @@ fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("plumber"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("plumber"))
+}
+
+/// `` `a` `` , `` `a` and `b` ``, `` `a`, `b` and `c` ``: every import not granted.
+fn ungranted_list(first: &str, others: &[String]) -> String {
+    match others.split_last() {
+        None => format!("`{first}`"),
+        Some((last, middle)) => {
+            let mut text = format!("`{first}`");
+            for import in middle {
+                text.push_str(&format!(", `{import}`"));
+            }
+            text.push_str(&format!(" and `{last}`"));
+            text
+        }
+    }
 }
 
 /// Refuses core modules and non-WebAssembly files with a message that says which.
