@@ -214,8 +214,12 @@ impl SinkConfig {
                 timeout_ms,
                 max_retries,
                 max_buffered,
+                reconnect_timeout_ms,
             } => {
                 let mut sink = HttpSink::new(url);
+                if let Some(ms) = reconnect_timeout_ms {
+                    sink = sink.reconnect_timeout(Duration::from_millis(*ms));
+                }
                 if let Some(ms) = timeout_ms {
                     sink = sink.timeout(Duration::from_millis(*ms));
                 }
@@ -1016,12 +1020,16 @@ pub enum SinkConfig {
         /// Per-request timeout (default 10 000).
         #[serde(default)]
         timeout_ms: Option<u64>,
-        /// Retries after the first attempt (default 5).
+        /// At most this many retries (default: as many as fit in
+        /// `reconnect_timeout_ms`).
         #[serde(default)]
         max_retries: Option<u32>,
         /// POST early once this many events are buffered (default 10 000).
         #[serde(default)]
         max_buffered: Option<usize>,
+        /// How long to keep retrying a failing POST before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
     /// Rows into an SQL table, one transaction per checkpoint.
     Sql {
