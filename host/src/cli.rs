@@ -1,4 +1,5 @@
-//! The `plumber` command line: `run`, `validate`, `state`, `bench`.
+//! The `plumber` command line: `run`, `validate`, `setup`, `state`, `bench`,
+//! `new`, `build`.
 //!
 //! Exit status: 0 on success, 2 when the config or a pipe's module is bad
 //! (the message names the JSON path or the file), 1 when a run fails.
@@ -60,6 +61,13 @@ pub enum Command {
         /// JetStream, HTTP), changing nothing on them.
         #[arg(long)]
         connect: bool,
+    },
+    /// Creates on its servers what a pipeline config needs and is not
+    /// there: an SQL sink's table, JetStream streams. Changes nothing that
+    /// exists.
+    Setup {
+        /// The pipeline's JSON config.
+        config: PathBuf,
     },
     /// Prints the committed state of one pipe of a pipeline, a `key<TAB>value` line per key.
     State {
@@ -152,6 +160,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             admin,
         } => run(configs, host, admin, runtime).await,
         Command::Validate { config, connect } => validate(&config, connect, runtime).await,
+        Command::Setup { config } => setup(&config).await,
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
@@ -485,6 +494,22 @@ async fn validate(
             "not checked without --connect: {}",
             needs_connect.join("; ")
         );
+    }
+    Ok(())
+}
+
+async fn setup(path: &Path) -> Result<(), Failure> {
+    let file = path.display().to_string();
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    validate::offline(&config, &file).map_err(Failure::input)?;
+    let done = crate::config::setup::prepare(&config, &file)
+        .await
+        .map_err(validate_failure)?;
+    if done.is_empty() {
+        println!("{file}: nothing to set up (no SQL sink, no JetStream stream)");
+    }
+    for line in done {
+        println!("{file}: {line}");
     }
     Ok(())
 }

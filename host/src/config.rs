@@ -40,6 +40,7 @@ use crate::streams::{
 };
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
+pub mod setup;
 mod strict;
 pub mod validate;
 

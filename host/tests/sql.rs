@@ -1542,14 +1542,37 @@ async fn pipeline_gives_up_when_postgres_stays_down() {
     );
 }
 
+/// Runs the `plumber` binary with `args` and then `config`.
+fn plumber_cli(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber")
+}
+
+/// Its stdout, after checking that it succeeded.
+fn succeeded(output: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `examples/http-to-postgres.json`: events POSTed over HTTP, counted per
 /// name by a stateful WASM pipe, inserted into PostgreSQL; each POST is
-/// answered 202 only once its rows are committed.
+/// answered 202 only once its rows are committed. The table is made by
+/// `plumber setup`, as the README tells a user.
 #[tokio::test]
 async fn http_to_postgres_example_inserts_each_count_once() {
     let db = TestDb::new(Backend::Postgres).await;
-    db.exec("CREATE TABLE name_counts (name text NOT NULL, line text NOT NULL, plumber_epoch bigint NOT NULL)")
-        .await;
     let examples = harness::workspace_root().join("examples");
     let mut config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(examples.join("http-to-postgres.json")).unwrap(),
@@ -1561,6 +1584,30 @@ async fn http_to_postgres_example_inserts_each_count_once() {
     config["from"]["listen"] = serde_json::json!(format!("127.0.0.1:{port}"));
     config["to"]["url"] = serde_json::json!(db.url);
     config["pipeline"][0]["module"] = serde_json::json!(harness::guest("count"));
+    let file = dir.path().join("http-to-postgres.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    // Before setup the table is missing, and `validate --connect` says so.
+    let output = plumber_cli(&["validate", "--connect"], &file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("at `to.table`") && stderr.contains("name_counts"),
+        "{stderr}"
+    );
+    let done = succeeded(plumber_cli(&["setup"], &file), "plumber setup");
+    assert!(
+        done.contains(r#"to: CREATE TABLE "name_counts" ("line" TEXT, "name" TEXT, "plumber_epoch" BIGINT NOT NULL)"#),
+        "{done}"
+    );
+    let again = succeeded(plumber_cli(&["setup"], &file), "plumber setup, again");
+    assert!(
+        again.contains("to: table `name_counts`") && again.contains("has its columns"),
+        "{again}"
+    );
+    succeeded(
+        plumber_cli(&["validate", "--connect"], &file),
+        "validate --connect",
+    );
     let config = plumber::config::PipelineConfig::parse(
         &config.to_string(),
         "http-to-postgres.json",

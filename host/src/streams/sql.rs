@@ -1239,6 +1239,115 @@ impl SqlSink {
         })
     }
 
+    /// Creates the table when it does not exist, with the mapping's columns
+    /// (text, and a 64-bit integer for `timestamp`), the epoch column, and
+    /// for an upsert a primary key of its key columns; adds the epoch
+    /// column to a table that exists without it. Nothing else of a table
+    /// that exists is changed.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached or refuses a statement; or the table
+    /// is missing and the sink has no mapping (its columns come from each
+    /// event's JSON object, so the sink cannot tell which to create); or
+    /// the table lacks a column of the mapping.
+    pub async fn create_table(&self) -> Result<TableSetup, StreamError> {
+        let action = "set up the table";
+        let probe = format!("SELECT * FROM {} LIMIT 0", self.table);
+        match self.execute(&probe).await {
+            Ok(()) => {
+                let mut setup = TableSetup::Present;
+                if let Some(column) = &self.epoch_column {
+                    let epoch = format!(
+                        "SELECT {}.\"{column}\" FROM {} LIMIT 0",
+                        self.table, self.table
+                    );
+                    match self.execute(&epoch).await {
+                        Ok(()) => {}
+                        Err(error) if is_missing_column(&error, column) => {
+                            let alter = format!(
+                                "ALTER TABLE {} ADD COLUMN \"{column}\" BIGINT",
+                                self.table
+                            );
+                            self.execute(&alter)
+                                .await
+                                .map_err(|e| db_error(&self.description, action, e))?;
+                            setup = TableSetup::AddedEpochColumn(alter);
+                        }
+                        Err(error) => return Err(db_error(&self.description, action, error)),
+                    }
+                }
+                self.check_table().await?;
+                Ok(setup)
+            }
+            Err(error) if is_missing_table(&error) => {
+                let Some((columns, sources)) = &self.mapping else {
+                    return Err(invalid_input(
+                        &self.description,
+                        action,
+                        format!(
+                            "there is no table {} and the sink takes its columns from the fields \
+                             of each event's JSON value, so it cannot tell which to create: create \
+                             it{}, or give the sink a `columns` mapping",
+                            self.table,
+                            self.epoch_column
+                                .as_deref()
+                                .map(|column| format!(" with a BIGINT column `{column}`"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                };
+                let mut definitions: Vec<String> = columns
+                    .iter()
+                    .zip(sources)
+                    .map(|(column, source)| {
+                        let kind = match source {
+                            ColumnSource::Timestamp => "BIGINT",
+                            _ => "TEXT",
+                        };
+                        let not_null = if self.key_columns.contains(column) {
+                            " NOT NULL"
+                        } else {
+                            ""
+                        };
+                        format!("\"{column}\" {kind}{not_null}")
+                    })
+                    .collect();
+                if let Some(column) = &self.epoch_column {
+                    definitions.push(format!("\"{column}\" BIGINT NOT NULL"));
+                }
+                if !self.key_columns.is_empty() {
+                    let keys: Vec<String> = self
+                        .key_columns
+                        .iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect();
+                    definitions.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+                }
+                let create = format!("CREATE TABLE {} ({})", self.table, definitions.join(", "));
+                self.execute(&create)
+                    .await
+                    .map_err(|e| db_error(&self.description, action, e))?;
+                Ok(TableSetup::Created(create))
+            }
+            Err(error) => Err(db_error(&self.description, action, error)),
+        }
+    }
+
+    /// Runs one statement on the sink's database.
+    async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(drop),
+            Pool::Postgres(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+    }
+
     /// The largest epoch in the table, 0 when it is empty.
     async fn max_epoch(&self, column: &str) -> Result<i64, sqlx::Error> {
         let sql = format!(
@@ -1488,6 +1597,25 @@ impl SqlSink {
         }
         None
     }
+}
+
+/// What [`SqlSink::create_table`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSetup {
+    /// The table was there with its columns: nothing done.
+    Present,
+    /// The table was created by this statement.
+    Created(String),
+    /// The table lacked the epoch column, added by this statement.
+    AddedEpochColumn(String),
+}
+
+/// Whether `error` says that the table does not exist (PostgreSQL's
+/// undefined_table, SQLite's "no such table").
+fn is_missing_table(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+        if database.code().as_deref() == Some("42P01")
+            || database.message().contains("no such table"))
 }
 
 /// Whether `error` is PostgreSQL's "data exception" (class 22): a value
