@@ -63,15 +63,14 @@ pub enum LoadError {
          (granted: plumber:pipe/*, wasi:io/*, wasi:cli stdio/environment/exit/terminal{extra}); \
          remove the imports from the guest or grant them in the pipe's config \
          (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)",
-        ungranted_list(import, others)
+        ungranted_list(imports)
     )]
     ImportNotGranted {
         /// The file.
         path: PathBuf,
-        /// The first import not granted, as the component names it.
-        import: String,
-        /// The other imports not granted, in the component's order.
-        others: Vec<String>,
+        /// Every import not granted (at least one), as the component names
+        /// them, in its order.
+        imports: Vec<String>,
         /// The optional grants in force, for the message.
         extra: String,
     },
@@ -221,16 +220,16 @@ impl Runtime {
             })?,
         };
         let component_type = component.component_type();
-        let mut ungranted = component_type
+        let ungranted: Vec<String> = component_type
             .imports(engine)
             .map(|(import, _)| import)
             .filter(|import| !capabilities.allows(import))
-            .map(str::to_owned);
-        if let Some(import) = ungranted.next() {
+            .map(str::to_owned)
+            .collect();
+        if !ungranted.is_empty() {
             return Err(LoadError::ImportNotGranted {
                 path: path.to_path_buf(),
-                import,
-                others: ungranted.collect(),
+                imports: ungranted,
                 extra: capabilities.describe(),
             });
         }
@@ -297,18 +296,12 @@ fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("plumber"))
 }
 
-/// `` `a` `` , `` `a` and `b` ``, `` `a`, `b` and `c` ``: every import not granted.
-fn ungranted_list(first: &str, others: &[String]) -> String {
-    match others.split_last() {
-        None => format!("`{first}`"),
-        Some((last, middle)) => {
-            let mut text = format!("`{first}`");
-            for import in middle {
-                text.push_str(&format!(", `{import}`"));
-            }
-            text.push_str(&format!(" and `{last}`"));
-            text
-        }
+/// `` `a` ``, `` `a` and `b` ``, `` `a`, `b` and `c` ``: every import not granted.
+fn ungranted_list(imports: &[String]) -> String {
+    let quoted: Vec<String> = imports.iter().map(|import| format!("`{import}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.concat(),
     }
 }
 
