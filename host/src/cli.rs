@@ -330,7 +330,11 @@ async fn run(
             let token = std::env::var(&token_env).ok().filter(|t| !t.is_empty());
             let server = AdminServer::start(AdminOptions { listen, token }, supervisor.clone())
                 .await
-                .map_err(Failure::input)?;
+                .map_err(|error| match error {
+                    // An address in use is the system's, not the config's.
+                    crate::admin::AdminServerError::Bind { .. } => Failure::run(error),
+                    _ => Failure::input(error),
+                })?;
             // Tests and scripts read the bound address (port 0 picks one).
             eprintln!("admin server listening on http://{}", server.local_addr());
             Some(server)

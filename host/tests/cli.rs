@@ -346,6 +346,14 @@ fn exit_status_tells_a_bad_config_from_a_failing_system() {
             assert!(stderr.contains("at `state"), "{stderr}");
         }
     }
+    // An admin address another process holds: the system's doing, 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let path = write_config(dir.path(), names_config(dir.path()));
+    let output = plumber(&["run", "--admin", &address], &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
 }
 
 /// `plumber state --pipe` with a pipe the pipeline lacks: status 2 and the
