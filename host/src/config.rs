@@ -263,13 +263,14 @@ impl SinkConfig {
                     },
                 };
                 let mut sink = SqlSink::connect(url, table, mode).await?;
-                if let Some(columns) = columns {
-                    sink = sink.mapping(columns.clone().into_iter().collect())?;
-                }
                 // An upsert is idempotent by key and has no epoch column;
-                // `check` refused one named for it.
+                // `check` refused one named for it. Set before the mapping,
+                // which must not name it.
                 if let Some(column) = epoch_column {
                     sink = sink.epoch_column(column.clone())?;
+                }
+                if let Some(columns) = columns {
+                    sink = sink.mapping(columns.clone().into_iter().collect())?;
                 }
                 if let Some(ms) = reconnect_timeout_ms {
                     sink = sink.reconnect_timeout(Duration::from_millis(*ms));

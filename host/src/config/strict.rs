@@ -13,6 +13,11 @@
 //! (`{"file": {"path": …}}`), which serde reads without buffering; the
 //! path of an error inside is carried up to the outer path in the message
 //! (see [`nested`]), and [`super::ConfigError::Invalid`] joins the two.
+//!
+//! `#[serde(remote = "Self")]` makes serde's derive an inherent
+//! `Type::deserialize` (the plain form: a struct from an array too, an enum
+//! externally tagged), which the `Deserialize` impls here wrap; read
+//! configs through the trait (`serde_json::from_str`, [`parse`]).
 
 use std::borrow::Cow;
 use std::fmt;
