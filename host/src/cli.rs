@@ -1,4 +1,5 @@
-//! The `plumber` command line: `run`, `validate`, `state`, `bench`.
+//! The `plumber` command line: `run`, `validate`, `setup`, `state`, `bench`,
+//! `new`, `build`.
 //!
 //! Exit status: 0 on success, 2 when the config or a pipe's module is bad
 //! (the message names the JSON path or the file), 1 when a run fails.
@@ -13,9 +14,11 @@ use clap::{Parser, Subcommand};
 
 use crate::admin::{AdminOptions, AdminServer};
 use crate::checkpoint::Delivery;
-use crate::config::{HostConfig, PipelineConfig, SinkConfig, StateConfig, StepConfig};
+use crate::config::{
+    validate, HostConfig, PipelineConfig, SinkConfig, SqlModeConfig, StateConfig, StepConfig,
+};
 use crate::pipeline::PipelineError;
-use crate::runtime::Runtime;
+use crate::runtime::{LoadError, Runtime};
 use crate::state::{Namespace, SharedState, DEFAULT_TENANT};
 use crate::supervisor::Supervisor;
 use crate::tenant::Tenants;
@@ -52,8 +55,21 @@ pub enum Command {
         #[arg(long)]
         module_dir: Option<PathBuf>,
     },
-    /// Checks a config and loads its pipes' modules, without running anything.
+    /// Checks a config without running it: every check `run` makes at
+    /// start that needs no server, each pipe's module, and its `init` on
+    /// its config (on a throw-away in-memory state).
     Validate {
+        /// The pipeline's JSON config.
+        config: PathBuf,
+        /// Also reach the servers the config names (Redis, SQL, NATS,
+        /// JetStream, HTTP), changing nothing on them.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Creates on its servers what a pipeline config needs and is not
+    /// there: an SQL sink's table, JetStream streams. Changes nothing that
+    /// exists.
+    Setup {
         /// The pipeline's JSON config.
         config: PathBuf,
     },
@@ -148,7 +164,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             admin,
             module_dir,
         } => run(configs, host, admin, module_dir, runtime).await,
-        Command::Validate { config } => validate(&config, runtime),
+        Command::Validate { config, connect } => validate(&config, connect, runtime).await,
+        Command::Setup { config } => setup(&config).await,
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
@@ -208,6 +225,9 @@ fn new_project(name: &str, lang: &str, sdk: Option<PathBuf>) -> Result<(), Failu
     Ok(())
 }
 
+/// Opens the state backend; the config's state settings were checked
+/// (`validate::offline`), so a failure here is the system's (exit 1): a
+/// full disk, a permission, an unreachable server.
 async fn open_state(
     path: &Path,
     config: &PipelineConfig,
@@ -215,7 +235,17 @@ async fn open_state(
     config
         .open_state()
         .await
-        .map_err(|error| Failure::input(format!("{}: at `state`: {error}", path.display())))
+        .map_err(|error| Failure::run(format!("{}: at `state`: {error}", path.display())))
+}
+
+/// A failed check of `validate`: exit 2 for the config's or a module's
+/// fault, 1 for a server's.
+fn validate_failure(error: validate::ValidateError) -> Failure {
+    if error.is_bad_config() {
+        Failure::input(error)
+    } else {
+        Failure::run(error)
+    }
 }
 
 async fn run(
@@ -241,6 +271,9 @@ async fn run(
     let mut loaded = Vec::with_capacity(paths.len());
     for path in paths {
         let config = PipelineConfig::load(&path).map_err(Failure::input)?;
+        // What `validate` checks without a server, before anything opens:
+        // whatever fails after this is not the config's fault.
+        validate::offline(&config, &path.display().to_string()).map_err(Failure::input)?;
         loaded.push((path, config));
     }
     let rt = runtime()?;
@@ -314,7 +347,11 @@ async fn run(
             };
             let server = AdminServer::start(options, supervisor.clone())
                 .await
-                .map_err(Failure::input)?;
+                .map_err(|error| match error {
+                    // An address in use is the system's, not the config's.
+                    crate::admin::AdminServerError::Bind { .. } => Failure::run(error),
+                    _ => Failure::input(error),
+                })?;
             // Tests and scripts read the bound address (port 0 picks one).
             eprintln!("admin server listening on http://{}", server.local_addr());
             Some(server)
@@ -355,9 +392,11 @@ async fn run(
                 Ok(())
             }
             Err(PipelineError::Load { pipe, source, .. }) => {
-                let field = config
-                    .module_field(&pipe)
-                    .unwrap_or_else(|| "pipeline".to_owned());
+                let field = match &source {
+                    LoadError::Init { .. } => config.step_field(&pipe, "config"),
+                    _ => config.module_field(&pipe),
+                }
+                .unwrap_or_else(|| "pipeline".to_owned());
                 Err(Failure::input(format!(
                     "{}: at `{field}` (pipe `{pipe}`): {source}",
                     path.display()
@@ -404,12 +443,19 @@ fn log_guarantees(config: &PipelineConfig) {
                  output since the last checkpoint is printed again (at-least-once output)"
             ),
             SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
-            SinkConfig::Sql { epoch_column: Some(_), .. } => tracing::info!(
+            SinkConfig::Sql {
+                mode: SqlModeConfig::Upsert,
+                ..
+            } => tracing::info!(
+                pipeline,
+                "exactly-once: state, and the SQL sink (upserts are idempotent by key)"
+            ),
+            sql @ SinkConfig::Sql { .. } if sql.sql_epoch_column().is_some() => tracing::info!(
                 pipeline,
                 "exactly-once: state, and the SQL sink (rows of epochs after the last checkpoint \
-                 are deleted on recovery; upserts are idempotent by key)"
+                 are deleted on recovery)"
             ),
-            SinkConfig::Sql { epoch_column: None, .. } => tracing::warn!(
+            SinkConfig::Sql { .. } => tracing::warn!(
                 pipeline,
                 "exactly-once on state, but the SQL sink has no epoch column: replayed inserts \
                  may repeat (at-least-once)"
@@ -442,44 +488,77 @@ fn log_guarantees(config: &PipelineConfig) {
     }
 }
 
-fn validate(path: &Path, runtime: impl Fn() -> Result<Runtime, Failure>) -> Result<(), Failure> {
+async fn validate(
+    path: &Path,
+    connect: bool,
+    runtime: impl Fn() -> Result<Runtime, Failure>,
+) -> Result<(), Failure> {
+    let file = path.display().to_string();
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let needs_connect = validate::offline(&config, &file).map_err(Failure::input)?;
     let rt = runtime()?;
-    for (index, step) in config.pipeline.iter().enumerate() {
-        match step {
-            StepConfig::Wasm(pipe) => {
-                rt.load(&pipe.module, &pipe.capabilities())
-                    .map_err(|error| {
-                        Failure::input(format!(
-                            "{}: at `pipeline[{index}].module` (pipe `{}`): {error}",
-                            path.display(),
-                            pipe.name
-                        ))
-                    })?;
-            }
-            StepConfig::Command(command) => {
-                rt.load_module(&command.module).map_err(|error| {
-                    Failure::input(format!(
-                        "{}: at `pipeline[{index}].module` (command `{}`): {error}",
-                        path.display(),
-                        command.name
-                    ))
-                })?;
-            }
-            StepConfig::Window(_) | StepConfig::Exec(_) => {}
-        }
+    validate::guests(&config, &file, &rt)
+        .await
+        .map_err(validate_failure)?;
+    if connect {
+        validate::connect(&config, &file)
+            .await
+            .map_err(validate_failure)?;
     }
     println!(
-        "{}: ok (pipeline `{}`, {} steps)",
-        path.display(),
+        "{file}: ok (pipeline `{}`, {} steps)",
         config.name,
         config.pipeline.len()
     );
+    if !connect && !needs_connect.is_empty() {
+        println!(
+            "not checked without --connect: {}",
+            needs_connect.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn setup(path: &Path) -> Result<(), Failure> {
+    let file = path.display().to_string();
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    validate::offline(&config, &file).map_err(Failure::input)?;
+    let done = crate::config::setup::prepare(&config, &file)
+        .await
+        .map_err(validate_failure)?;
+    if done.is_empty() {
+        println!("{file}: nothing to set up (no SQL sink, no JetStream stream)");
+    }
+    for line in done {
+        println!("{file}: {line}");
+    }
     Ok(())
 }
 
 async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
+    let file = path.display().to_string();
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let pipes: Vec<&str> = config
+        .pipeline
+        .iter()
+        .filter_map(|step| match step {
+            StepConfig::Wasm(pipe) => Some(pipe.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !pipes.contains(&pipe) {
+        let known = if pipes.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("its pipes are {}", quoted_list(&pipes))
+        };
+        return Err(Failure::input(format!(
+            "{file}: at `--pipe`: pipeline `{}` has no pipe `{}`; {known}",
+            config.name,
+            crate::config::excerpt(&escape_control(pipe.as_bytes()))
+        )));
+    }
+    validate::offline_state(&config, &file).map_err(Failure::input)?;
     let state = open_state(path, &config).await?;
     let tenant = config
         .tenant
@@ -491,12 +570,65 @@ async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
         .await
         .map_err(Failure::run)?;
     let prefix_len = namespace.prefix().len();
+    let mut out = std::io::stdout().lock();
     for (key, value) in entries {
-        println!(
-            "{}\t{}",
-            String::from_utf8_lossy(&key[prefix_len..]),
-            String::from_utf8_lossy(&value)
-        );
+        let key = key.get(prefix_len..).unwrap_or_default();
+        let line = format!("{}\t{}\n", escape_control(key), escape_control(&value));
+        if let Err(error) = std::io::Write::write_all(&mut out, line.as_bytes()) {
+            return Err(Failure::run(format!("cannot write to stdout: {error}")));
+        }
     }
     Ok(())
+}
+
+/// `names` as `` `a`, `b` and `c` ``.
+fn quoted_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+/// `bytes` as one line of text: a backslash as `\\`, tab, newline and
+/// carriage return as `\t`, `\n`, `\r`, other control characters as
+/// `\u{1b}`, and bytes that are not UTF-8 as `\xff`; so that `plumber
+/// state` prints one `key<TAB>value` line per entry whatever they hold.
+fn escape_control(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => text.push_str("\\\\"),
+                '\t' => text.push_str("\\t"),
+                '\n' => text.push_str("\\n"),
+                '\r' => text.push_str("\\r"),
+                c if c.is_control() => {
+                    let _ = write!(text, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => text.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(text, "\\x{byte:02x}");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_lines_escape_what_would_break_them() {
+        assert_eq!(escape_control(b"plain k\xc3\xa9y"), "plain k\u{e9}y");
+        assert_eq!(
+            escape_control(b"a\tb\nc\rd\\e\x1b[0m\x7f\xff\xc3"),
+            "a\\tb\\nc\\rd\\\\e\\u{1b}[0m\\u{7f}\\xff\\xc3"
+        );
+        assert_eq!(quoted_list(&["a", "b", "c"]), "`a`, `b` and `c`");
+        assert_eq!(quoted_list(&["a"]), "`a`");
+    }
 }

@@ -40,6 +40,26 @@ use crate::streams::{
 };
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
+pub mod setup;
+mod strict;
+pub mod validate;
+
+pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
+use strict::{object_only, tagged_by_type};
+
+object_only!(
+    PipelineConfig,
+    CheckpointConfig,
+    WasmStepConfig,
+    WindowConfig,
+    SignalOn,
+    CommandStepConfig,
+    ExecStepConfig,
+    HostConfig,
+    AdminConfig,
+);
+tagged_by_type!(StateConfig, SourceConfig, SinkConfig, StepConfig);
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,9 +84,22 @@ pub enum ConfigError {
     },
 }
 
+/// Reads config text as a `T`; `origin` names it in errors.
+fn read_json<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    strict::parse(text).map_err(|(path, message)| ConfigError::Invalid {
+        file: origin.to_owned(),
+        path: if path.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            path
+        },
+        message,
+    })
+}
+
 /// A whole pipeline config.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct PipelineConfig {
     /// The pipeline's name: it keys its checkpoints and state.
     pub name: String,
@@ -108,6 +141,65 @@ fn file_sink(path: &Path, rotate_bytes: Option<u64>) -> FileSink {
 }
 
 impl SinkConfig {
+    /// The epoch column an SQL sink writes: an insert's configured one
+    /// (`plumber_epoch` when left out), none when set to `null`, and none
+    /// for an upsert; `None` for other sinks.
+    pub fn sql_epoch_column(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Sql {
+                mode: SqlModeConfig::Insert,
+                epoch_column,
+                ..
+            } => match epoch_column {
+                None => Some(crate::streams::sql::DEFAULT_EPOCH_COLUMN),
+                Some(column) => column.as_deref(),
+            },
+            _ => None,
+        }
+    }
+
+    /// Checks what the fields of a sink at `at` (`to`, `dead_letter`) say
+    /// together: the JSON path of a bad field and why.
+    fn check(&self, at: &str) -> Result<(), (String, String)> {
+        if let SinkConfig::Sql {
+            mode,
+            key_columns,
+            epoch_column,
+            ..
+        } = self
+        {
+            match mode {
+                SqlModeConfig::Upsert if key_columns.is_empty() => {
+                    return Err((
+                        format!("{at}.key_columns"),
+                        "an upsert needs `key_columns`: the columns of its conflict target \
+                         (a unique index or the primary key)"
+                            .to_owned(),
+                    ))
+                }
+                SqlModeConfig::Upsert => {
+                    if let Some(Some(column)) = epoch_column {
+                        return Err((
+                            format!("{at}.epoch_column"),
+                            format!(
+                                "an upsert is idempotent by its key and takes no epoch column: \
+                                 remove `epoch_column` (`{column}`) or set it to null"
+                            ),
+                        ));
+                    }
+                }
+                SqlModeConfig::Insert if !key_columns.is_empty() => {
+                    return Err((
+                        format!("{at}.key_columns"),
+                        "`key_columns` applies to \"mode\": \"upsert\" only".to_owned(),
+                    ))
+                }
+                SqlModeConfig::Insert => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the sink (connecting where it has to); `pipeline` names its output.
     ///
     /// # Errors
@@ -123,8 +215,12 @@ impl SinkConfig {
                 timeout_ms,
                 max_retries,
                 max_buffered,
+                reconnect_timeout_ms,
             } => {
                 let mut sink = HttpSink::new(url);
+                if let Some(ms) = reconnect_timeout_ms {
+                    sink = sink.reconnect_timeout(Duration::from_millis(*ms));
+                }
                 if let Some(ms) = timeout_ms {
                     sink = sink.timeout(Duration::from_millis(*ms));
                 }
@@ -166,13 +262,16 @@ impl SinkConfig {
                         key_columns: key_columns.clone(),
                     },
                 };
-                let upsert = matches!(mode, SqlSinkMode::Upsert { .. });
                 let mut sink = SqlSink::connect(url, table, mode).await?;
+                // An upsert is idempotent by key and has no epoch column;
+                // `check` refused one named for it. Set before the mapping,
+                // which must not name it.
+                if let Some(column) = epoch_column {
+                    sink = sink.epoch_column(column.clone())?;
+                }
                 if let Some(columns) = columns {
                     sink = sink.mapping(columns.clone().into_iter().collect())?;
                 }
-                // An upsert is idempotent by key and takes no epoch column.
-                sink = sink.epoch_column(if upsert { None } else { epoch_column.clone() })?;
                 if let Some(ms) = reconnect_timeout_ms {
                     sink = sink.reconnect_timeout(Duration::from_millis(*ms));
                 }
@@ -182,6 +281,7 @@ impl SinkConfig {
                 url,
                 subject,
                 reconnect_timeout_ms,
+                stream: _,
             } => {
                 let mut sink = JetStreamSink::connect(url, subject, pipeline).await?;
                 if let Some(ms) = reconnect_timeout_ms {
@@ -261,6 +361,7 @@ impl SourceConfig {
                 url,
                 stream,
                 consumer,
+                subjects: _,
                 filter_subject,
                 ack_wait_ms,
                 max_ack_pending,
@@ -296,11 +397,10 @@ fn default_batch_size() -> usize {
 
 /// `"state"`: where pipe state and checkpoints live.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields, remote = "Self")]
 pub enum StateConfig {
     /// In the process's memory; durable only with `snapshot`: each
     /// checkpoint then writes the whole map to that file (atomically replaced).
-    #[serde(rename = "memory")]
     Memory {
         /// The snapshot file.
         #[serde(default)]
@@ -326,7 +426,7 @@ pub enum StateConfig {
 
 /// `"checkpoint"`: checkpoint strategies (several may be set).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct CheckpointConfig {
     /// Checkpoint every this many milliseconds.
     #[serde(default = "default_interval_ms")]
@@ -359,7 +459,7 @@ impl Default for CheckpointConfig {
 
 /// `"from"`: the source.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields, remote = "Self")]
 pub enum SourceConfig {
     /// Fixed values, one event each.
     Array {
@@ -442,6 +542,10 @@ pub enum SourceConfig {
         /// Only this subject of the stream.
         #[serde(default)]
         filter_subject: Option<String>,
+        /// The subjects the stream captures, for `plumber setup` to create it
+        /// when it does not exist (default: `filter_subject`).
+        #[serde(default)]
+        subjects: Vec<String>,
         /// Redelivery wait for unacked messages (default 30 000).
         #[serde(default)]
         ack_wait_ms: Option<u64>,
@@ -465,8 +569,13 @@ pub enum SqlModeConfig {
     Upsert,
 }
 
-fn default_epoch_column() -> Option<String> {
-    Some(crate::streams::sql::DEFAULT_EPOCH_COLUMN.to_owned())
+/// `null` read as `Some(None)`, so that it differs from a field left out.
+fn explicit_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Settings shared by the NATS connectors.
@@ -480,7 +589,7 @@ fn default_http_path() -> String {
 
 /// One entry of `"pipeline"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum StepConfig {
     /// A WebAssembly component pipe.
     Wasm(WasmStepConfig),
@@ -508,7 +617,7 @@ impl StepConfig {
 /// `GOOS=wasip1` build) that reads one event per line on stdin and writes
 /// one line per event on stdout; sandboxed.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct CommandStepConfig {
     /// The step's name.
     pub name: String,
@@ -518,7 +627,7 @@ pub struct CommandStepConfig {
     #[serde(default)]
     pub args: Vec<String>,
     /// `memory_bytes` and `call_timeout_ms` (per batch) apply.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::optional_object")]
     pub limits: Option<PipeLimits>,
 }
 
@@ -526,7 +635,7 @@ pub struct CommandStepConfig {
 /// NOT sandboxed: refused unless `"allow_unsandboxed": true`, and never in
 /// a multi-tenant host.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct ExecStepConfig {
     /// The step's name.
     pub name: String,
@@ -545,7 +654,7 @@ pub struct ExecStepConfig {
 
 /// `{"type": "wasm", ...}`: a pipe.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct WasmStepConfig {
     /// The pipe's name (unique in the pipeline; it keys the pipe's state).
     pub name: String,
@@ -562,10 +671,10 @@ pub struct WasmStepConfig {
     pub env: Vec<String>,
     /// One host directory the guest may read, never write:
     /// `{"host": "data", "guest": "/data"}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::optional_object")]
     pub read_only_dir: Option<ReadOnlyDir>,
     /// Limits of one call (defaults: see [`PipeLimits`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::optional_object")]
     pub limits: Option<PipeLimits>,
     /// What to do with an event the pipe fails on: `"fail"` (default),
     /// `"skip"`, `"dead_letter"`, or
@@ -612,7 +721,7 @@ impl WasmStepConfig {
 
 /// `{"type": "window", ...}`: a window. Which fields apply depends on `window`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct WindowConfig {
     /// The window's name (unique in the pipeline; it keys its saved buffers).
     pub name: String,
@@ -710,7 +819,7 @@ pub enum LateConfig {
 
 /// `on`: the triggers of a signal window.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct SignalOn {
     /// `"SIGUSR1"`: the only signal a window listens to.
     pub unix_signal: Option<String>,
@@ -843,7 +952,7 @@ impl WindowConfig {
                     Some("SIGUSR1") => window = window.on_unix_signal(),
                     Some(other) => {
                         return Err(error(
-                            "on",
+                            "on.unix_signal",
                             format!("unix_signal `{other}` is not supported; expected \"SIGUSR1\""),
                         ))
                     }
@@ -900,7 +1009,7 @@ fn empty_object() -> serde_json::Value {
 
 /// `"to"`: the sink.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields, remote = "Self")]
 pub enum SinkConfig {
     /// Standard output, a line per event.
     Stdout {},
@@ -921,12 +1030,16 @@ pub enum SinkConfig {
         /// Per-request timeout (default 10 000).
         #[serde(default)]
         timeout_ms: Option<u64>,
-        /// Retries after the first attempt (default 5).
+        /// At most this many retries (default: as many as fit in
+        /// `reconnect_timeout_ms`).
         #[serde(default)]
         max_retries: Option<u32>,
         /// POST early once this many events are buffered (default 10 000).
         #[serde(default)]
         max_buffered: Option<usize>,
+        /// How long to keep retrying a failing POST before failing (default 30 000).
+        #[serde(default)]
+        reconnect_timeout_ms: Option<u64>,
     },
     /// Rows into an SQL table, one transaction per checkpoint.
     Sql {
@@ -945,10 +1058,11 @@ pub enum SinkConfig {
         /// `json:<field>`); default: the value is a JSON object of columns.
         #[serde(default)]
         columns: Option<std::collections::BTreeMap<String, ColumnSource>>,
-        /// The insert's epoch column (default `plumber_epoch`; `null`: none,
-        /// and inserts are at-least-once).
-        #[serde(default = "default_epoch_column")]
-        epoch_column: Option<String>,
+        /// The insert's epoch column: left out, `plumber_epoch`; `null`:
+        /// none, and inserts are at-least-once. An upsert takes none (see
+        /// [`SinkConfig::sql_epoch_column`]).
+        #[serde(default, deserialize_with = "explicit_null")]
+        epoch_column: Option<Option<String>>,
         /// How long to keep retrying a lost database before failing (default 30 000).
         #[serde(default)]
         reconnect_timeout_ms: Option<u64>,
@@ -975,6 +1089,10 @@ pub enum SinkConfig {
         url: String,
         /// Subject (captured by a stream).
         subject: String,
+        /// The stream that captures `subject`, for `plumber setup` to create
+        /// (with `subject` as its subject) when no stream captures it.
+        #[serde(default)]
+        stream: Option<String>,
         /// How long to keep retrying a lost server before failing (default 30 000).
         #[serde(default)]
         reconnect_timeout_ms: Option<u64>,
@@ -1005,32 +1123,18 @@ impl PipelineConfig {
     ///
     /// As [`PipelineConfig::load`].
     pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let deserializer = &mut serde_json::Deserializer::from_str(text);
-        let mut config: PipelineConfig =
-            serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let path = error.path().to_string();
-                let inner = error.into_inner();
-                ConfigError::Invalid {
-                    file: origin.to_owned(),
-                    path: if path == "." {
-                        "(top level)".to_owned()
-                    } else {
-                        path
-                    },
-                    // serde_json's text ends with "at line L column C", which helps find typos.
-                    message: inner.to_string(),
-                }
-            })?;
+        let mut config: PipelineConfig = read_json(text, origin)?;
         config.check(origin)?;
         config.resolve_paths(base);
         Ok(config)
     }
 
     fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        // Messages quote values from the config: cut long ones.
         let invalid = |path: &str, message: String| ConfigError::Invalid {
             file: origin.to_owned(),
             path: path.to_owned(),
-            message,
+            message: cap_quoted(&message),
         };
         if self.name.trim().is_empty() {
             return Err(invalid("name", "expected a non-empty pipeline name".into()));
@@ -1066,6 +1170,12 @@ impl PipelineConfig {
                 "from.max_line_bytes",
                 "expected a positive number of bytes".into(),
             ));
+        }
+        let sinks = std::iter::once(("to", &self.to))
+            .chain(self.dead_letter.as_ref().map(|sink| ("dead_letter", sink)));
+        for (at, sink) in sinks {
+            sink.check(at)
+                .map_err(|(path, message)| invalid(&path, message))?;
         }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {
@@ -1215,10 +1325,15 @@ impl PipelineConfig {
 
     /// The JSON path of the `module` field of the pipe called `name`.
     pub fn module_field(&self, name: &str) -> Option<String> {
+        self.step_field(name, "module")
+    }
+
+    /// The JSON path of `field` of the pipe called `name`.
+    pub fn step_field(&self, name: &str, field: &str) -> Option<String> {
         self.pipeline
             .iter()
             .position(|step| matches!(step, StepConfig::Wasm(pipe) if pipe.name == name))
-            .map(|index| format!("pipeline[{index}].module"))
+            .map(|index| format!("pipeline[{index}].{field}"))
     }
 
     /// Opens the state backend this config names.
@@ -1305,7 +1420,7 @@ impl PipelineConfig {
 
 /// The config of a host running many pipelines (`plumber run --host`).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct HostConfig {
     /// Pipeline config files to run (relative: against this file's directory).
     #[serde(default)]
@@ -1314,7 +1429,7 @@ pub struct HostConfig {
     #[serde(default)]
     pub admin: Option<AdminConfig>,
     /// Quotas per tenant; tenants not listed are unlimited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::map_of_objects")]
     pub tenants: std::collections::HashMap<String, crate::tenant::TenantQuota>,
     /// Milliseconds between status lines on stderr when it is a terminal
     /// (default 5000; 0: never).
@@ -1324,7 +1439,7 @@ pub struct HostConfig {
 
 /// `"admin"`: where the admin server listens and its token.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct AdminConfig {
     /// Address to listen on (default `127.0.0.1:9464`). A non-loopback
     /// address needs a token.
@@ -1357,20 +1472,7 @@ impl HostConfig {
             file: file.to_path_buf(),
             source,
         })?;
-        let deserializer = &mut serde_json::Deserializer::from_str(&text);
-        let mut config: HostConfig =
-            serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let path = error.path().to_string();
-                ConfigError::Invalid {
-                    file: origin.clone(),
-                    path: if path == "." {
-                        "(top level)".to_owned()
-                    } else {
-                        path
-                    },
-                    message: error.into_inner().to_string(),
-                }
-            })?;
+        let mut config: HostConfig = read_json(&text, &origin)?;
         for tenant in config.tenants.keys() {
             crate::tenant::check_tenant_name(tenant).map_err(|message| ConfigError::Invalid {
                 file: origin.clone(),
@@ -1478,9 +1580,7 @@ mod tests {
         );
         assert_eq!(pipe.capabilities().env, vec!["TZ".to_owned()]);
 
-        // Checks of ours name the field; serde's own errors inside a step
-        // (whose `type` tag makes serde buffer it) name the step and say
-        // which field or value in the message.
+        // Checks of ours and serde's own errors name the field.
         let cases = [
             (
                 r#"{"type":"wasm","name":"w","module":"w.wasm","limits":{"call_timeout_ms":0}}"#,
@@ -1494,7 +1594,7 @@ mod tests {
             ),
             (
                 r#"{"type":"wasm","name":"w","module":"w.wasm","limits":{"cpu":1}}"#,
-                "pipeline[1]",
+                "pipeline[1].limits.cpu",
                 "unknown field `cpu`",
             ),
             (
@@ -1504,7 +1604,7 @@ mod tests {
             ),
             (
                 r#"{"type":"wasm","name":"w","module":"w.wasm","on_error":"ignore"}"#,
-                "pipeline[1]",
+                "pipeline[1].on_error",
                 "unknown variant `ignore`",
             ),
             (
@@ -1514,7 +1614,7 @@ mod tests {
             ),
             (
                 r#"{"type":"wasm","name":"w","module":"w.wasm","grants":["sockets"]}"#,
-                "pipeline[1]",
+                "pipeline[1].grants[0]",
                 "unknown variant `sockets`",
             ),
         ];
@@ -1619,7 +1719,7 @@ mod tests {
             ),
             (
                 r#"{"type":"window","name":"w","window":"signal","on":{"unix_signal":"SIGHUP"}}"#,
-                "pipeline[1].on",
+                "pipeline[1].on.unix_signal",
                 "SIGUSR1",
             ),
             (
@@ -1667,7 +1767,7 @@ mod tests {
         )
         .unwrap_err();
         let text = wrong_type.to_string();
-        assert!(text.contains("pipeline[1]"), "{text}");
+        assert_eq!(path_of(wrong_type), "pipeline[1].module", "{text}");
 
         let zero = parse(
             r#"{"name":"p","checkpoint":{"interval_ms":0},"from":{"type":"array","values":[]},"to":{"type":"stdout"}}"#,
@@ -1701,5 +1801,664 @@ mod tests {
             missing.to_string().contains("missing field `from`"),
             "{missing}"
         );
+    }
+
+    /// A minimal valid config with `value` put at `at` (a JSON path such as
+    /// `pipeline[0].limits`; missing objects and arrays are created).
+    fn config_with(at: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut config = serde_json::json!({
+            "name": "p",
+            "from": {"type": "array", "values": []},
+            "to": {"type": "stdout"}
+        });
+        let mut slot = &mut config;
+        for part in at.split('.') {
+            let (key, index) = match part.split_once('[') {
+                Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            if !slot.is_object() {
+                *slot = serde_json::json!({});
+            }
+            slot = slot
+                .as_object_mut()
+                .unwrap()
+                .entry(key.to_owned())
+                .or_insert(serde_json::Value::Null);
+            if let Some(index) = index {
+                if !slot.is_array() {
+                    *slot = serde_json::json!([]);
+                }
+                let array = slot.as_array_mut().unwrap();
+                while array.len() <= index {
+                    array.push(serde_json::Value::Null);
+                }
+                slot = &mut array[index];
+            }
+        }
+        *slot = value;
+        config
+    }
+
+    fn parse_value(config: &serde_json::Value) -> Result<PipelineConfig, ConfigError> {
+        parse(&config.to_string())
+    }
+
+    /// Every kind of section, valid as it stands: where it goes, and its JSON.
+    fn every_section() -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        let wasm = json!({"type": "wasm", "name": "w", "module": "w.wasm"});
+        vec![
+            ("from", json!({"type": "array", "values": []})),
+            ("from", json!({"type": "file", "path": "in.txt"})),
+            ("from", json!({"type": "http", "listen": "127.0.0.1:8080"})),
+            (
+                "from",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t",
+                       "position_column": "id", "value_column": "v"}),
+            ),
+            ("from", json!({"type": "nats", "subject": "in"})),
+            (
+                "from",
+                json!({"type": "jetstream", "stream": "IN", "consumer": "c"}),
+            ),
+            ("to", json!({"type": "stdout"})),
+            ("to", json!({"type": "file", "path": "out.txt"})),
+            ("to", json!({"type": "discard"})),
+            (
+                "to",
+                json!({"type": "http", "url": "http://127.0.0.1:9/in"}),
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t"}),
+            ),
+            ("to", json!({"type": "nats", "subject": "out"})),
+            ("to", json!({"type": "jetstream", "subject": "out"})),
+            ("dead_letter", json!({"type": "file", "path": "dead.txt"})),
+            ("dead_letter", json!({"type": "stdout"})),
+            ("state", json!({"type": "memory"})),
+            ("state", json!({"type": "sled", "path": "s"})),
+            (
+                "state",
+                json!({"type": "redis", "url": "redis://127.0.0.1/"}),
+            ),
+            ("checkpoint", json!({"interval_ms": 10})),
+            ("pipeline[0]", wasm.clone()),
+            (
+                "pipeline[0]",
+                json!({"type": "command", "name": "c", "module": "c.wasm"}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "exec", "name": "e", "path": "true", "allow_unsandboxed": true}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "count", "events": 2}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "tumbling", "size_ms": 10}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "sliding", "size_ms": 10, "slide_ms": 5}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "session", "gap_ms": 10}),
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "signal", "on": {"header": "h"}}),
+            ),
+            ("pipeline[0].on", json!({"header": "h"})),
+            ("pipeline[0].limits", json!({"call_timeout_ms": 5})),
+            (
+                "pipeline[0].read_only_dir",
+                json!({"host": "d", "guest": "/d"}),
+            ),
+            (
+                "pipeline[0].on_error.retry",
+                json!({"attempts": 1, "then": "skip"}),
+            ),
+        ]
+    }
+
+    /// The rest of the pipeline a nested section needs.
+    fn around(at: &str, config: &mut serde_json::Value) {
+        if !at.starts_with("pipeline[0].") {
+            return;
+        }
+        let step = &mut config["pipeline"][0];
+        match at {
+            "pipeline[0].on" => {
+                let on = step["on"].clone();
+                *step = serde_json::json!({"type": "window", "name": "w", "window": "signal", "on": on});
+            }
+            "pipeline[0].limits" | "pipeline[0].read_only_dir" | "pipeline[0].on_error.retry" => {
+                for (field, value) in [("type", "wasm"), ("name", "w"), ("module", "w.wasm")] {
+                    step[field] = serde_json::json!(value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_section_as_written_is_accepted() {
+        for (at, section) in every_section() {
+            let mut config = config_with(at, section);
+            around(at, &mut config);
+            if let Err(error) = parse_value(&config) {
+                panic!("{at}: {config}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_every_section_naming_field_and_path() {
+        for (at, mut section) in every_section() {
+            section["bogus_field"] = serde_json::json!(1);
+            let mut config = config_with(at, section);
+            around(at, &mut config);
+            let error = match parse_value(&config) {
+                Ok(_) => panic!("{at}: an unknown field was accepted: {config}"),
+                Err(error) => error,
+            };
+            let message = error.to_string();
+            assert!(
+                message.contains("unknown field `bogus_field`"),
+                "{at}: {message}"
+            );
+            assert_eq!(path_of(error), format!("{at}.bogus_field"), "{message}");
+        }
+        // The top level, and a typo that gets the right name suggested.
+        let mut config = config_with("name", serde_json::json!("p"));
+        config["bogus_field"] = serde_json::json!(1);
+        assert_eq!(path_of(parse_value(&config).unwrap_err()), "bogus_field");
+        let config = config_with(
+            "to",
+            serde_json::json!({"type": "file", "path": "o", "rotate_byte": 10}),
+        );
+        let message = parse_value(&config).unwrap_err().to_string();
+        assert!(
+            message.contains("at `to.rotate_byte`: unknown field `rotate_byte`")
+                && message.contains("`rotate_bytes`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_of_the_host_config_name_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("host.json");
+        for (text, path) in [
+            (r#"{"pipelines": [], "bogus_field": 1}"#, "bogus_field"),
+            (
+                r#"{"admin": {"listen": "127.0.0.1:1", "bogus_field": 1}}"#,
+                "admin.bogus_field",
+            ),
+            (
+                r#"{"tenants": {"acme": {"max_pipelines": 1, "bogus_field": 1}}}"#,
+                "tenants.acme.bogus_field",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let error = HostConfig::load(&file).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("unknown field `bogus_field`"), "{message}");
+            assert_eq!(path_of(error), path, "{message}");
+        }
+    }
+
+    #[test]
+    fn field_mistakes_name_the_exact_path() {
+        use serde_json::json;
+        let wasm = |extra: serde_json::Value| {
+            let mut step = json!({"type": "wasm", "name": "w", "module": "w.wasm"});
+            for (key, value) in extra.as_object().unwrap() {
+                step[key] = value.clone();
+            }
+            step
+        };
+        let window = |extra: serde_json::Value| {
+            let mut step =
+                json!({"type": "window", "name": "w", "window": "tumbling", "size_ms": 10});
+            for (key, value) in extra.as_object().unwrap() {
+                step[key] = value.clone();
+            }
+            step
+        };
+        let cases: Vec<(&str, serde_json::Value, &str, &str)> = vec![
+            // (where, what, the path named, a part of the message)
+            (
+                "pipeline[0]",
+                wasm(json!({"module": 7})),
+                "pipeline[0].module",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "wasm", "name": "w"}),
+                "pipeline[0].module",
+                "missing field `module`",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "wasm", "module": "w.wasm"}),
+                "pipeline[0].name",
+                "missing field `name`",
+            ),
+            (
+                "pipeline[0]",
+                json!({"name": "w", "module": "w.wasm"}),
+                "pipeline[0].type",
+                "missing field `type`",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "lambda", "name": "w"}),
+                "pipeline[0].type",
+                "unknown variant `lambda`",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": 5, "name": "w"}),
+                "pipeline[0].type",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"grants": ["sockets"]})),
+                "pipeline[0].grants[0]",
+                "unknown variant `sockets`",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"grants": "clocks"})),
+                "pipeline[0].grants",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"env": [1]})),
+                "pipeline[0].env[0]",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"on_error": "ignore"})),
+                "pipeline[0].on_error",
+                "unknown variant `ignore`",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"on_error": {"retry": {"attempts": "x"}}})),
+                "pipeline[0].on_error.retry.attempts",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"on_error": {"retry": {}}})),
+                "pipeline[0].on_error.retry.attempts",
+                "missing field `attempts`",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"limits": {"call_timeout_ms": 0}})),
+                "pipeline[0].limits.call_timeout_ms",
+                "positive",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"limits": {"memory_bytes": "big"}})),
+                "pipeline[0].limits.memory_bytes",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"limits": [1, 2]})),
+                "pipeline[0].limits",
+                "expected a JSON object",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"read_only_dir": {"host": "d", "guest": "d"}})),
+                "pipeline[0].read_only_dir.guest",
+                "absolute",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"read_only_dir": {"guest": "/d"}})),
+                "pipeline[0].read_only_dir.host",
+                "missing field `host`",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"watch_module_ms": 0})),
+                "pipeline[0].watch_module_ms",
+                "positive",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"watch_module_ms": -5})),
+                "pipeline[0].watch_module_ms",
+                "invalid value",
+            ),
+            (
+                "pipeline[0]",
+                wasm(json!({"name": ""})),
+                "pipeline[0].name",
+                "non-empty",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"size_ms": "10s"})),
+                "pipeline[0].size_ms",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"window": "hopping"})),
+                "pipeline[0].window",
+                "unknown variant `hopping`",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"time": "wall"})),
+                "pipeline[0].time",
+                "unknown variant `wall`",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"key_by": "value"})),
+                "pipeline[0].key_by",
+                "unknown variant `value`",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"size_ms": null, "events": 3})),
+                "pipeline[0].events",
+                "count windows only",
+            ),
+            (
+                "pipeline[0]",
+                window(json!({"size_ms": null})),
+                "pipeline[0].size_ms",
+                "needs `size_ms`",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "signal", "on": {"unix_signal": "SIGHUP"}}),
+                "pipeline[0].on.unix_signal",
+                "SIGUSR1",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "window", "name": "w", "window": "signal", "on": {"header": 1}}),
+                "pipeline[0].on.header",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "command", "name": "c", "module": "c.wasm", "args": "x"}),
+                "pipeline[0].args",
+                "invalid type",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "exec", "name": "e", "path": "true"}),
+                "pipeline[0].allow_unsandboxed",
+                "outside the sandbox",
+            ),
+            (
+                "pipeline[0]",
+                json!({"type": "exec", "name": "e", "path": "true", "allow_unsandboxed": true, "timeout_ms": 0}),
+                "pipeline[0].timeout_ms",
+                "positive",
+            ),
+            (
+                "from",
+                json!({"type": "file"}),
+                "from.path",
+                "missing field `path`",
+            ),
+            (
+                "from",
+                json!({"type": "file", "path": "x", "follow_ms": "1s"}),
+                "from.follow_ms",
+                "invalid type",
+            ),
+            (
+                "from",
+                json!({"type": "file", "path": "x", "format": "csv"}),
+                "from.format",
+                "unknown variant `csv`",
+            ),
+            (
+                "from",
+                json!({"type": "http", "listen": "localhost"}),
+                "from.listen",
+                "invalid",
+            ),
+            (
+                "from",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "position_column": "id"}),
+                "from.value_column",
+                "missing field `value_column`",
+            ),
+            (
+                "from",
+                json!({"type": "jetstream", "stream": "IN", "consumer": "c", "max_ack_pending": "many"}),
+                "from.max_ack_pending",
+                "invalid type",
+            ),
+            (
+                "from",
+                json!({"values": []}),
+                "from.type",
+                "missing field `type`",
+            ),
+            (
+                "from",
+                json!({"type": "kafka"}),
+                "from.type",
+                "unknown variant `kafka`",
+            ),
+            ("from", json!([1, 2]), "from", "expected a JSON object"),
+            (
+                "to",
+                json!({"type": "file", "path": "o", "rotate_bytes": -1}),
+                "to.rotate_bytes",
+                "invalid value",
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "mode": "merge"}),
+                "to.mode",
+                "unknown variant `merge`",
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "columns": {"c": "bogus"}}),
+                "to.columns.c",
+                "not a column source",
+            ),
+            (
+                "to",
+                json!({"type": "http"}),
+                "to.url",
+                "missing field `url`",
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "mode": "upsert"}),
+                "to.key_columns",
+                "needs `key_columns`",
+            ),
+            (
+                "to",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "key_columns": ["k"]}),
+                "to.key_columns",
+                "upsert",
+            ),
+            (
+                "dead_letter",
+                json!({"type": "sql", "url": "sqlite://x.db", "table": "t", "mode": "upsert",
+                       "key_columns": ["k"], "epoch_column": "e"}),
+                "dead_letter.epoch_column",
+                "takes no epoch column",
+            ),
+            (
+                "to",
+                json!({"type": "nats", "subject": 5}),
+                "to.subject",
+                "invalid type",
+            ),
+            (
+                "dead_letter",
+                json!({"type": "file", "path": 1}),
+                "dead_letter.path",
+                "invalid type",
+            ),
+            (
+                "state",
+                json!({"type": "sled"}),
+                "state.path",
+                "missing field `path`",
+            ),
+            (
+                "state",
+                json!({"type": "redis", "url": 5}),
+                "state.url",
+                "invalid type",
+            ),
+            (
+                "state",
+                json!({"type": "redis", "url": "redis://h/", "reconnect_timeout_ms": "x"}),
+                "state.reconnect_timeout_ms",
+                "invalid type",
+            ),
+            (
+                "checkpoint",
+                json!({"interval_ms": "1s"}),
+                "checkpoint.interval_ms",
+                "invalid type",
+            ),
+            (
+                "checkpoint",
+                json!({"interval_ms": 0}),
+                "checkpoint.interval_ms",
+                "positive",
+            ),
+            (
+                "checkpoint",
+                json!({"every_events": 0}),
+                "checkpoint.every_events",
+                "positive",
+            ),
+            (
+                "checkpoint",
+                json!([1, 2]),
+                "checkpoint",
+                "expected a JSON object",
+            ),
+            (
+                "checkpoint",
+                json!({"on_signal": "yes"}),
+                "checkpoint.on_signal",
+                "invalid type",
+            ),
+            ("batch_size", json!(0), "batch_size", "at least 1"),
+            ("batch_size", json!("many"), "batch_size", "invalid type"),
+            (
+                "delivery",
+                json!("twice"),
+                "delivery",
+                "unknown variant `twice`",
+            ),
+            ("tenant", json!("a/b"), "tenant", ""),
+            ("name", json!(""), "name", "non-empty"),
+            ("name", json!(3), "name", "invalid type"),
+        ];
+        let mut wrong = Vec::new();
+        for (at, value, path, text) in &cases {
+            let config = config_with(at, value.clone());
+            match parse_value(&config) {
+                Ok(_) => wrong.push(format!("{at} = {value}: accepted")),
+                Err(error) => {
+                    let message = error.to_string();
+                    let got = path_of(error);
+                    if got != *path || !message.contains(text) {
+                        wrong.push(format!(
+                            "{at} = {value}: wanted `{path}` and \"{text}\", got `{got}`: {message}"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of {} mistakes named wrongly:\n{}",
+            wrong.len(),
+            cases.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_text_must_be_one_json_object() {
+        let good = r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"stdout"}}"#;
+        // A byte-order mark is skipped.
+        parse(&format!("\u{feff}{good}")).expect("a config after a BOM");
+        // Anything after the object is refused.
+        for junk in [" x", "}", " {}", "\n[1]"] {
+            let error = parse(&format!("{good}{junk}")).unwrap_err().to_string();
+            assert!(error.contains("trailing"), "{junk:?}: {error}");
+        }
+        // Whitespace after it is fine.
+        parse(&format!("{good}\n\n")).expect("trailing whitespace");
+        // The whole config as an array of its fields is not an object.
+        let error = parse(r#"["p", null, null, {"type":"array","values":[]}]"#).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("expected a JSON object"), "{message}");
+        // A field given twice.
+        let twice =
+            r#"{"name":"p","name":"q","from":{"type":"array","values":[]},"to":{"type":"stdout"}}"#;
+        let message = parse(twice).unwrap_err().to_string();
+        assert!(message.contains("duplicate field `name`"), "{message}");
+        let twice = r#"{"name":"p","from":{"type":"array","values":[]},"to":{"type":"file","path":"a","path":"b"}}"#;
+        let error = parse(twice).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("duplicate field `path`"), "{message}");
+        assert_eq!(path_of(error), "to.path");
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_bounded_excerpt_of_a_value() {
+        let huge = "x".repeat(10 << 20);
+        for config in [
+            config_with("batch_size", serde_json::json!(huge)),
+            config_with("from", serde_json::json!({"type": huge})),
+            config_with("to", {
+                let mut sink = serde_json::json!({"type": "file", "path": "o"});
+                sink[huge.as_str()] = serde_json::json!(1);
+                sink
+            }),
+            config_with(
+                "pipeline[0]",
+                serde_json::json!({"type": "wasm", "name": "w", "module": "w.wasm",
+                                   "read_only_dir": {"host": "d", "guest": huge}}),
+            ),
+        ] {
+            let message = parse_value(&config).unwrap_err().to_string();
+            assert!(message.len() < 2_000, "{} bytes", message.len());
+            assert!(
+                message.contains(&format!("… ({} bytes)", 10 << 20)),
+                "{message}"
+            );
+        }
     }
 }

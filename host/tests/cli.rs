@@ -4,7 +4,7 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn plumber(args: &[&str], config: &Path) -> Output {
@@ -185,6 +185,230 @@ fn a_guest_importing_the_filesystem_is_refused_naming_the_import() {
             "imports `wasi:filesystem/",
             "wasi:clocks/*",
         ],
+    );
+}
+
+/// A guest importing several interfaces it is not granted: the error names
+/// every one, not only the first.
+#[test]
+fn every_ungranted_import_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["pipeline"][1]["module"] = serde_json::json!(harness::guest("wasi-reach"));
+    expect_exit_2(
+        config,
+        "validate",
+        &[
+            "pipeline[1].module",
+            "imports `wasi:clocks/",
+            "`wasi:filesystem/",
+            "`wasi:sockets/",
+            "not granted",
+        ],
+    );
+}
+
+/// What `run` refuses at once, `validate` refuses too, naming the field;
+/// both exit 2.
+#[test]
+fn validate_refuses_what_run_refuses_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let cases: Vec<(&str, serde_json::Value, &str, &str)> = vec![
+        (
+            "/state",
+            serde_json::json!({"type": "redis", "url": "redis://127.0.0.1:notaport/"}),
+            "at `state.url`",
+            "not a Redis URL",
+        ),
+        (
+            "/state",
+            serde_json::json!({"type": "sled", "path": file}),
+            "at `state.path`",
+            "is a file",
+        ),
+        (
+            "/pipeline/1/read_only_dir",
+            serde_json::json!({"host": dir.path().join("no-such-dir"), "guest": "/data"}),
+            "at `pipeline[1].read_only_dir.host`",
+            "no directory",
+        ),
+        (
+            "/pipeline/2/config",
+            serde_json::json!({"separator": ": ", "bogus": 1}),
+            "at `pipeline[2].config` (pipe `count`)",
+            "failed in init",
+        ),
+        (
+            "/to",
+            serde_json::json!({"type": "file", "path": dir.path().join("no-such-dir/out.txt")}),
+            "at `to.path`",
+            "does not exist",
+        ),
+        (
+            "/from",
+            serde_json::json!({"type": "file", "path": dir.path().join("missing.txt")}),
+            "at `from.path`",
+            "no file",
+        ),
+    ];
+    for (pointer, value, at, why) in cases {
+        let mut config = names_config(dir.path());
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        config.pointer_mut(parent).unwrap()[field] = value;
+        for command in ["validate", "run"] {
+            expect_exit_2(config.clone(), command, &[at, why]);
+        }
+    }
+}
+
+/// Without `--connect`, `validate` says in one line which checks it left;
+/// with it, it reaches the server, and a server that is not there fails
+/// with status 1 (the config itself is fine).
+#[test]
+fn validate_connect_reaches_the_servers_it_otherwise_names() {
+    let server = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["state"] = serde_json::json!({"type": "redis", "url": server.url()});
+    let path = write_config(dir.path(), config.clone());
+    let output = plumber(&["validate"], &path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let skipped: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("not checked without --connect: "))
+        .collect();
+    assert_eq!(
+        skipped,
+        [format!(
+            "not checked without --connect: the Redis server at {}",
+            server.url()
+        )
+        .as_str()],
+        "{stdout}"
+    );
+    let output = plumber(&["validate", "--connect"], &path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("not checked"), "{stdout}");
+
+    let nobody = format!("redis://127.0.0.1:{}/", harness::free_port());
+    config["state"] =
+        serde_json::json!({"type": "redis", "url": nobody, "reconnect_timeout_ms": 200});
+    let path = write_config(dir.path(), config);
+    let output = plumber(&["validate", "--connect"], &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at `state.url`"), "{stderr}");
+    // Without --connect the same config is fine.
+    assert!(plumber(&["validate"], &path).status.success());
+}
+
+/// Exit status 2 is for a config that cannot work; a system that fails
+/// under a good one is 1. A sled path that is a file is the config's fault;
+/// one the system cannot create (here under /proc) is not.
+#[test]
+fn exit_status_tells_a_bad_config_from_a_failing_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (state, status) in [
+        (file.clone(), 2),
+        (file.join("below-a-file"), 2),
+        (PathBuf::from("/proc/self/plumber-state"), 1),
+    ] {
+        let mut config = names_config(dir.path());
+        config["state"] = serde_json::json!({"type": "sled", "path": state});
+        let path = write_config(dir.path(), config);
+        for command in ["run", "state"] {
+            let args: &[&str] = if command == "state" {
+                &["state", "--pipe", "count"]
+            } else {
+                &["run"]
+            };
+            let output = plumber(args, &path);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(status),
+                "{command} {state:?}: {stderr}"
+            );
+            assert!(stderr.contains("at `state"), "{stderr}");
+        }
+    }
+    // An admin address another process holds: the system's doing, 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let path = write_config(dir.path(), names_config(dir.path()));
+    let output = plumber(&["run", "--admin", &address], &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+}
+
+/// `plumber state --pipe` with a pipe the pipeline lacks: status 2 and the
+/// pipes it has; keys and values with control characters stay on their line.
+#[test]
+fn state_names_the_pipes_and_escapes_what_would_break_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = names_config(dir.path());
+    config["from"]["values"] = serde_json::json!([
+        "tab\there",
+        "new\nline",
+        "back\\slash",
+        "esc\u{1b}[0m",
+        "tab\there"
+    ]);
+    config["pipeline"] = serde_json::json!([
+        { "name": "count", "type": "wasm", "module": harness::guest("count") }
+    ]);
+    let path = write_config(dir.path(), config.clone());
+    let output = plumber(&["run"], &path);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = plumber(&["state", "--pipe", "count"], &path);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "back\\\\slash\t1",
+            "esc\\u{1b}[0m\t1",
+            "new\\nline\t1",
+            "tab\\there\t2"
+        ]
+    );
+
+    let mut three = names_config(dir.path());
+    three["state"] = config["state"].clone();
+    let path = write_config(dir.path(), three);
+    let output = plumber(&["state", "--pipe", "nosuch"], &path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no pipe `nosuch`; its pipes are `upper`, `lower` and `count`"),
+        "{stderr}"
     );
 }
 

@@ -423,6 +423,8 @@ struct Receiver {
     /// Every body received, with the status it was answered.
     received: Mutex<Vec<(u16, serde_json::Value)>>,
     content_types: Mutex<Vec<String>>,
+    /// When each request came.
+    times: Mutex<Vec<std::time::Instant>>,
 }
 
 impl Receiver {
@@ -442,6 +444,11 @@ async fn receive(
         .unwrap()
         .pop_front()
         .unwrap_or(receiver.default);
+    receiver
+        .times
+        .lock()
+        .unwrap()
+        .push(std::time::Instant::now());
     let parsed = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     receiver.received.lock().unwrap().push((status, parsed));
     receiver.content_types.lock().unwrap().push(
@@ -506,8 +513,9 @@ async fn sink_posts_one_batch_per_flush_and_retries_503() {
     assert!(receiver.received().is_empty());
     let started = Instant::now();
     sink.flush().await.unwrap();
-    // Two failures: waits of 100 ms and 200 ms before the retries.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Two failures: waits of 50 ms and 100 ms before the retries (the
+    // reconnect policy of every connector).
+    assert!(started.elapsed() >= Duration::from_millis(150));
     assert_eq!(
         receiver.received(),
         vec![
@@ -557,12 +565,14 @@ async fn sink_gives_up_after_max_retries_naming_the_url() {
     let (url, receiver) = start_receiver(&[], 503, Duration::ZERO).await;
     let mut sink = HttpSink::new(&url).max_retries(2);
     sink.write(Batch::new(vec![Event::new("x")])).await.unwrap();
-    let error = sink.flush().await.unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!(
-            "HTTP sink `{url}`: POST: gave up after 3 attempts; the last: status 503 Service Unavailable: busy"
-        )
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "HTTP sink `{url}`: POST: gave up after 3 attempts in "
+        )) && error.ends_with(&format!(
+            "(the HTTP server of {url}); last error: status 503 Service Unavailable: busy"
+        )),
+        "{error}"
     );
     assert_eq!(receiver.received().len(), 3);
 
@@ -591,9 +601,61 @@ async fn sink_gives_up_after_max_retries_naming_the_url() {
     let message = sink.flush().await.unwrap_err().to_string();
     assert!(
         message.starts_with(&format!(
-            "HTTP sink `{url}`: POST: gave up after 2 attempts; the last: "
+            "HTTP sink `{url}`: POST: gave up after 2 attempts in "
         )),
         "{message}"
+    );
+}
+
+/// The HTTP sink retries as the other connectors do (README, "Connectors"):
+/// waits of 50 ms doubling up to 2 s, for the reconnect timeout since the
+/// first failure, then an error naming the server and how long it waited.
+#[tokio::test]
+async fn sink_retries_for_the_reconnect_timeout_like_the_other_connectors() {
+    let (url, receiver) = start_receiver(&[], 503, Duration::ZERO).await;
+    let mut sink = HttpSink::new(&url).reconnect_timeout(Duration::from_millis(1_000));
+    sink.write(Batch::new(vec![Event::new("x")])).await.unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("gave up after waiting")
+            && error.contains(&format!("the HTTP server of {url}"))
+            && error.contains("reconnect timeout 1s")
+            && error.ends_with("status 503 Service Unavailable: busy"),
+        "{error}"
+    );
+    // Attempts after waits of 50, 100, 200 and 400 ms (at 750 ms), then one
+    // more wait cut short by the timeout: 6 attempts on an idle machine,
+    // fewer when requests are slow; the waits between them are the policy's.
+    let times = receiver.times.lock().unwrap().clone();
+    assert!((4..=6).contains(&times.len()), "{} attempts", times.len());
+    for (gap, wanted) in times.windows(2).zip([50, 100, 200, 400]) {
+        let gap = gap[1] - gap[0];
+        assert!(
+            gap >= Duration::from_millis(wanted),
+            "{gap:?} < {wanted} ms"
+        );
+    }
+
+    // From the JSON config: `reconnect_timeout_ms`.
+    let config = plumber::config::PipelineConfig::parse(
+        &json!({
+            "name": "p", "from": {"type": "array", "values": ["x"]},
+            "to": {"type": "http", "url": url, "reconnect_timeout_ms": 300, "timeout_ms": 1000}
+        })
+        .to_string(),
+        "test.json",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let mut sink = config.to.open("p").await.unwrap();
+    sink.write(Batch::new(vec![Event::new("x")])).await.unwrap();
+    let started = Instant::now();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(error.contains("reconnect timeout 300ms"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }
 
@@ -606,13 +668,14 @@ async fn sink_times_out_a_slow_receiver() {
     sink.write(Batch::new(vec![Event::new("x")])).await.unwrap();
     let started = Instant::now();
     let error = sink.flush().await.unwrap_err();
-    // Two attempts of 200 ms and a 100 ms wait, far from the receiver's 30 s.
+    // Two attempts of 200 ms and a 50 ms wait, far from the receiver's 30 s.
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        error.to_string(),
-        format!(
-            "HTTP sink `{url}`: POST: gave up after 2 attempts; the last: timed out after 200ms"
-        )
+    let error = error.to_string();
+    assert!(
+        error.starts_with(&format!(
+            "HTTP sink `{url}`: POST: gave up after 2 attempts in "
+        )) && error.ends_with("; last error: timed out after 200ms"),
+        "{error}"
     );
     // Both attempts reached the receiver: a timed-out POST may be delivered.
     assert_eq!(receiver.received().len(), 2);

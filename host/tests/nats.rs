@@ -865,15 +865,62 @@ async fn pipeline_moves_jetstream_messages_through_a_wasm_pipe_exactly_once() {
     );
 }
 
+/// Runs the `plumber` binary with `args` and then `config`; its stdout,
+/// after checking that it succeeded.
+fn plumber_cli(args: &[&str], config: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "plumber {args:?}: {}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// The `examples/jetstream-windowed.json` pipeline: timestamped sentences
 /// from a JetStream stream, split into words, counted per 10-second
-/// event-time window, published to another stream.
+/// event-time window, published to another stream. Its streams are made by
+/// `plumber setup`, and its input carries `plumber-timestamp`, as the
+/// README tells a user.
 #[tokio::test]
 async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
     let server = NatsServer::start();
     let js = jetstream::new(client(&server).await);
-    create_stream(&js, "WORDS", &["words"]).await;
-    create_stream(&js, "COUNTS", &["counts"]).await;
+    let examples = harness::workspace_root().join("examples");
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(examples.join("jetstream-windowed.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config["state"] = serde_json::json!({ "type": "sled", "path": dir.path().join("state") });
+    config["from"]["url"] = serde_json::json!(server.url());
+    config["to"]["url"] = serde_json::json!(server.url());
+    config["pipeline"][0]["module"] = serde_json::json!(harness::guest("split"));
+    config["pipeline"][2]["module"] = serde_json::json!(harness::guest("window-count"));
+    let file = dir.path().join("jetstream-windowed.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let done = plumber_cli(&["setup"], &file);
+    assert!(
+        done.contains("from: created stream `WORDS` capturing `words`")
+            && done.contains("to: created stream `COUNTS` capturing `counts`"),
+        "{done}"
+    );
+    let again = plumber_cli(&["setup"], &file);
+    assert!(
+        again.contains("from: stream `WORDS` exists")
+            && again.contains("to: stream `COUNTS` captures `counts`"),
+        "{again}"
+    );
+    plumber_cli(&["validate", "--connect"], &file);
     let base = 1_800_000_000_000u64;
     let sentences = [
         (base + 1_000, "the cat"),
@@ -892,17 +939,6 @@ async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
             .expect("ack");
     }
 
-    let examples = harness::workspace_root().join("examples");
-    let mut config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(examples.join("jetstream-windowed.json")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    config["state"] = serde_json::json!({ "type": "sled", "path": dir.path().join("state") });
-    config["from"]["url"] = serde_json::json!(server.url());
-    config["to"]["url"] = serde_json::json!(server.url());
-    config["pipeline"][0]["module"] = serde_json::json!(harness::guest("split"));
-    config["pipeline"][2]["module"] = serde_json::json!(harness::guest("window-count"));
     let config = plumber::config::PipelineConfig::parse(
         &config.to_string(),
         "jetstream-windowed.json",

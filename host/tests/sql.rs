@@ -469,6 +469,8 @@ on_both!(
     flush_is_one_transaction,
     recover_drops_rows_of_later_epochs,
     pipeline_rerun_after_abort_writes_every_row_exactly_once,
+    upsert_sink_runs_from_a_json_config,
+    a_missing_epoch_column_says_how_to_add_it_or_do_without,
 );
 
 // ---------------------------------------------------------------------------
@@ -1098,8 +1100,164 @@ async fn recover_drops_rows_of_later_epochs(backend: Backend) {
     assert_eq!(db.count("log").await, 1);
 }
 
+/// A table without the epoch column: the error says how to add it, or how
+/// to turn it off and what that costs.
+async fn a_missing_epoch_column_says_how_to_add_it_or_do_without(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.exec("CREATE TABLE plain (n BIGINT NOT NULL)").await;
+    let mut sink = sink(&db, "plain", SqlSinkMode::Insert).await;
+    let error = sink.position().await.unwrap_err().to_string();
+    for wanted in [
+        "no epoch column `plumber_epoch`",
+        "ALTER TABLE \"plain\" ADD COLUMN \"plumber_epoch\" BIGINT",
+        "\"epoch_column\": null",
+        "at-least-once",
+    ] {
+        assert!(error.contains(wanted), "`{wanted}` not in: {error}");
+    }
+    let error = sink.check_table().await.unwrap_err().to_string();
+    assert!(error.contains("ALTER TABLE"), "{error}");
+    // Turned off, the same table takes the rows.
+    let mut plain = self::sink(&db, "plain", SqlSinkMode::Insert)
+        .await
+        .epoch_column(None)
+        .unwrap();
+    plain.check_table().await.unwrap();
+    plain.write(batch(&[r#"{"n": 1}"#])).await.unwrap();
+    plain.flush().await.unwrap();
+    assert_eq!(db.count("plain").await, 1);
+}
+
+/// PostgreSQL's errors for a value a column refuses name neither: the
+/// sink's error names the column, its type, the row and the (cut) value,
+/// and none carries the server's "at line N".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_errors_name_the_column_and_the_value() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.exec(
+        "CREATE TABLE typed (id BIGINT PRIMARY KEY, name TEXT NOT NULL, at TIMESTAMPTZ,
+                             plumber_epoch BIGINT NOT NULL)",
+    )
+    .await;
+    let mut sink = sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[
+        r#"{"id": 1, "name": "a"}"#,
+        r#"{"id": 2, "name": "b"}"#,
+        r#"{"id": "abc", "name": "c"}"#,
+        r#"{"id": 4, "name": "d"}"#,
+    ]))
+    .await
+    .unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    for wanted in [
+        "column `id` (bigint) refuses the value \"abc\" of row 3 of this flush",
+        "invalid input syntax for type bigint",
+    ] {
+        assert!(error.contains(wanted), "`{wanted}` not in: {error}");
+    }
+    assert!(!error.contains(" at line "), "{error}");
+    assert_eq!(db.count("typed").await, 0);
+
+    // A long value is quoted cut short.
+    let long = "9".repeat(5_000);
+    let mut sink = self::sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[&format!(
+        r#"{{"id": 1, "name": "x", "at": "{long}"}}"#
+    )]))
+    .await
+    .unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("column `at` (timestamp with time zone)"),
+        "{error}"
+    );
+    assert!(error.contains("… (5002 bytes)"), "{error}");
+    assert!(error.len() < 2_000, "{} bytes: {error}", error.len());
+
+    // A constraint: the server's detail, without its source line.
+    let mut sink = self::sink(&db, "typed", SqlSinkMode::Insert).await;
+    sink.write(batch(&[r#"{"id": 1}"#])).await.unwrap();
+    let error = sink.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("null value in column \"name\"") && error.contains("Failing row contains"),
+        "{error}"
+    );
+    assert!(!error.contains(" at line "), "{error}");
+}
+
 // ---------------------------------------------------------------------------
 // End to end
+
+/// Runs a pipeline from JSON config text (paths relative to `base`) to its end.
+async fn run_config(config: &serde_json::Value, base: &Path) -> plumber::pipeline::RunReport {
+    let config = plumber::config::PipelineConfig::parse(&config.to_string(), "test.json", base)
+        .unwrap_or_else(|error| panic!("config: {error}"));
+    let state = config.open_state().await.expect("open the state");
+    let builder = match config.builder(state).await {
+        Ok(builder) => builder,
+        Err(error) => panic!("open the source and sinks: {error}"),
+    };
+    let run = builder
+        .runtime(Runtime::new(Some(harness::cache_dir())).unwrap())
+        .run();
+    match run.await {
+        Ok(report) => report,
+        Err(error) => panic!("run: {error}"),
+    }
+}
+
+/// `"mode": "upsert"` from JSON, with the epoch column left out and set to
+/// `null`: each key's latest count, and a replay from scratch (a new state,
+/// the same events) leaves the same rows.
+async fn upsert_sink_runs_from_a_json_config(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.exec("CREATE TABLE latest (name TEXT PRIMARY KEY, line TEXT NOT NULL)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = serde_json::json!({
+        "type": "sql", "url": db.url, "table": "latest", "mode": "upsert",
+        "key_columns": ["name"], "columns": {"name": "key", "line": "value"}
+    });
+    let mut with_null = sink.clone();
+    with_null["epoch_column"] = serde_json::Value::Null;
+    let rows = "SELECT name, line FROM latest ORDER BY name";
+    for (run, sink) in [sink.clone(), with_null, sink.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let config = serde_json::json!({
+            "name": "upsert",
+            "state": {"type": "sled", "path": dir.path().join(format!("state-{run}"))},
+            "from": {"type": "array", "values": ["ada", "grace", "ada", "alan", "ada"]},
+            "pipeline": [{"name": "count", "type": "wasm", "module": harness::guest("count")}],
+            "to": sink
+        });
+        let report = run_config(&config, dir.path()).await;
+        assert_eq!(report.events_out, 5, "run {run}");
+        assert_eq!(
+            db.rows(rows).await,
+            vec![
+                cells(&[Some("ada"), Some("ada 3")]),
+                cells(&[Some("alan"), Some("alan 1")]),
+                cells(&[Some("grace"), Some("grace 1")]),
+            ],
+            "run {run}"
+        );
+    }
+    // An upsert takes no epoch column: naming one is a config error.
+    let mut named = sink;
+    named["epoch_column"] = serde_json::json!("plumber_epoch");
+    let config = serde_json::json!({
+        "name": "upsert", "from": {"type": "array", "values": []}, "to": named
+    });
+    match plumber::config::PipelineConfig::parse(&config.to_string(), "test.json", dir.path()) {
+        Err(plumber::config::ConfigError::Invalid { path, message, .. }) => {
+            assert_eq!(path, "to.epoch_column", "{message}");
+            assert!(message.contains("idempotent by its key"), "{message}");
+        }
+        other => panic!("an upsert with an epoch column: {other:?}"),
+    }
+}
 
 /// Opens the sled state, waiting while an aborted run's stages still hold it.
 async fn open_sled(path: &Path) -> SledState {
@@ -1384,14 +1542,37 @@ async fn pipeline_gives_up_when_postgres_stays_down() {
     );
 }
 
+/// Runs the `plumber` binary with `args` and then `config`.
+fn plumber_cli(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber")
+}
+
+/// Its stdout, after checking that it succeeded.
+fn succeeded(output: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `examples/http-to-postgres.json`: events POSTed over HTTP, counted per
 /// name by a stateful WASM pipe, inserted into PostgreSQL; each POST is
-/// answered 202 only once its rows are committed.
+/// answered 202 only once its rows are committed. The table is made by
+/// `plumber setup`, as the README tells a user.
 #[tokio::test]
 async fn http_to_postgres_example_inserts_each_count_once() {
     let db = TestDb::new(Backend::Postgres).await;
-    db.exec("CREATE TABLE name_counts (name text NOT NULL, line text NOT NULL, plumber_epoch bigint NOT NULL)")
-        .await;
     let examples = harness::workspace_root().join("examples");
     let mut config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(examples.join("http-to-postgres.json")).unwrap(),
@@ -1403,6 +1584,30 @@ async fn http_to_postgres_example_inserts_each_count_once() {
     config["from"]["listen"] = serde_json::json!(format!("127.0.0.1:{port}"));
     config["to"]["url"] = serde_json::json!(db.url);
     config["pipeline"][0]["module"] = serde_json::json!(harness::guest("count"));
+    let file = dir.path().join("http-to-postgres.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    // Before setup the table is missing, and `validate --connect` says so.
+    let output = plumber_cli(&["validate", "--connect"], &file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("at `to.table`") && stderr.contains("name_counts"),
+        "{stderr}"
+    );
+    let done = succeeded(plumber_cli(&["setup"], &file), "plumber setup");
+    assert!(
+        done.contains(r#"to: CREATE TABLE "name_counts" ("line" TEXT, "name" TEXT, "plumber_epoch" BIGINT NOT NULL)"#),
+        "{done}"
+    );
+    let again = succeeded(plumber_cli(&["setup"], &file), "plumber setup, again");
+    assert!(
+        again.contains("to: table `name_counts`") && again.contains("has its columns"),
+        "{again}"
+    );
+    succeeded(
+        plumber_cli(&["validate", "--connect"], &file),
+        "validate --connect",
+    );
     let config = plumber::config::PipelineConfig::parse(
         &config.to_string(),
         "http-to-postgres.json",

@@ -61,16 +61,18 @@ pub enum LoadError {
     },
     /// The component imports something the pipe was not granted.
     #[error(
-        "component `{path}` imports `{import}`, which this pipe is not granted \
+        "component `{path}` imports {}, which this pipe is not granted \
          (granted: plumber:pipe/*, wasi:io/*, wasi:cli stdio/environment/exit/terminal{extra}); \
-         remove the import from the guest or grant it in the pipe's config \
-         (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)"
+         remove the imports from the guest or grant them in the pipe's config \
+         (grantable: clocks, random, filesystem_interfaces, env, read_only_dir)",
+        ungranted_list(imports)
     )]
     ImportNotGranted {
         /// The file.
         path: PathBuf,
-        /// The offending import, as the component names it.
-        import: String,
+        /// Every import not granted (at least one), as the component names
+        /// them, in its order.
+        imports: Vec<String>,
         /// The optional grants in force, for the message.
         extra: String,
     },
@@ -219,14 +221,19 @@ impl Runtime {
                 message: format!("{e:#}"),
             })?,
         };
-        for (import, _) in component.component_type().imports(engine) {
-            if !capabilities.allows(import) {
-                return Err(LoadError::ImportNotGranted {
-                    path: path.to_path_buf(),
-                    import: import.to_owned(),
-                    extra: capabilities.describe(),
-                });
-            }
+        let component_type = component.component_type();
+        let ungranted: Vec<String> = component_type
+            .imports(engine)
+            .map(|(import, _)| import)
+            .filter(|import| !capabilities.allows(import))
+            .map(str::to_owned)
+            .collect();
+        if !ungranted.is_empty() {
+            return Err(LoadError::ImportNotGranted {
+                path: path.to_path_buf(),
+                imports: ungranted,
+                extra: capabilities.describe(),
+            });
         }
         let instance_pre =
             self.inner
@@ -289,6 +296,15 @@ fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("plumber"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("plumber"))
+}
+
+/// `` `a` ``, `` `a` and `b` ``, `` `a`, `b` and `c` ``: every import not granted.
+fn ungranted_list(imports: &[String]) -> String {
+    let quoted: Vec<String> = imports.iter().map(|import| format!("`{import}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
 }
 
 /// Refuses core modules and non-WebAssembly files with a message that says which.

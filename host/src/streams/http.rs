@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::sync::{mpsc, oneshot};
 
+use super::reconnect::Reconnect;
 use super::JsonEvent;
 use super::{CommitListener, Sink, Source, StreamError};
 use crate::checkpoint::Position;
@@ -444,11 +445,6 @@ fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// The first wait between attempts of a POST; it doubles after each.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait between attempts of a POST.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 /// POSTs events to a URL as a JSON array of event objects.
 ///
 /// [`Sink::write`] buffers; [`Sink::flush`] (called by the pipeline before
@@ -460,12 +456,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// accepts the batch. When more than [`HttpSink::max_buffered`] events are
 /// buffered, `write` POSTs them at once rather than holding more.
 ///
-/// A failed attempt is retried, up to [`HttpSink::max_retries`] times,
-/// after a wait of 100 ms that doubles after each retry up to 5 s, when the
-/// connection failed, the request timed out ([`HttpSink::timeout`]) or the
-/// answer was a 5xx or 429. Any other answer (a 4xx: the receiver refuses
-/// the batch) fails at once. After the last attempt the error names the URL
-/// and the last status or transport error.
+/// A failed attempt is retried with the reconnect policy of the other
+/// connectors ([`super::reconnect`]): after a wait of 50 ms that doubles up
+/// to 2 s, for [`HttpSink::reconnect_timeout`] (default 30 s) since the
+/// first failure (and at most [`HttpSink::max_retries`] times, when set),
+/// when the connection failed, the request timed out ([`HttpSink::timeout`])
+/// or the answer was a 5xx or 429. Any other answer (a 4xx: the receiver
+/// refuses the batch) fails at once. The error after the last attempt names
+/// the URL, how long it waited and the last status or transport error.
 ///
 /// Delivery is **at-least-once**: a POST whose answer was lost is sent
 /// again, and so is output after the last checkpoint when a pipeline
@@ -474,19 +472,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct HttpSink {
     url: String,
     timeout: Duration,
-    max_retries: u32,
+    reconnect_timeout: Duration,
+    max_retries: Option<u32>,
     max_buffered: usize,
     client: Option<reqwest::Client>,
     buffer: Vec<WireEvent>,
 }
 
 impl HttpSink {
-    /// A sink POSTing to `url` (10 s timeout, 5 retries).
+    /// A sink POSTing to `url` (10 s per attempt, retrying for 30 s).
     pub fn new(url: impl Into<String>) -> Self {
         HttpSink {
             url: url.into(),
             timeout: Duration::from_secs(10),
-            max_retries: 5,
+            reconnect_timeout: super::reconnect::DEFAULT_RECONNECT_TIMEOUT,
+            max_retries: None,
             max_buffered: 10_000,
             client: None,
             buffer: Vec::new(),
@@ -502,10 +502,19 @@ impl HttpSink {
         self
     }
 
-    /// How many times a failed POST is tried again (default 5; 0: only once).
+    /// How long a failing POST keeps being retried, from its first failure
+    /// (default 30 s, as the other connectors).
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// At most this many retries of a failed POST, even within the
+    /// reconnect timeout (default: no bound but the timeout; 0: only once).
     #[must_use]
     pub fn max_retries(mut self, retries: u32) -> Self {
-        self.max_retries = retries;
+        self.max_retries = Some(retries);
         self
     }
 
@@ -545,26 +554,40 @@ impl HttpSink {
         let body = serde_json::to_vec(&self.buffer)
             .map_err(|e| self.error("encode the events as JSON", e.to_string()))?;
         let client = self.client()?;
-        let attempts = u64::from(self.max_retries) + 1;
-        let mut backoff = FIRST_BACKOFF;
-        let mut last = String::new();
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            let sent = client
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => {
+        let mut retry = Reconnect::new(
+            self.describe(),
+            format!("the HTTP server of {}", self.url),
+            "POST",
+            self.reconnect_timeout,
+        );
+        if let Some(retries) = self.max_retries {
+            retry = retry.max_attempts(retries.saturating_add(1));
+        }
+        let mut previous = String::new();
+        loop {
+            // The first attempt may take `timeout`; later ones no longer
+            // than what is left of the reconnect timeout.
+            let limit = retry.attempt(self.timeout).min(self.timeout);
+            let sent = tokio::time::timeout(
+                limit,
+                client
+                    .post(&self.url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send(),
+            )
+            .await;
+            let last = match sent {
+                Err(_) if limit < self.timeout => format!(
+                    "no answer in the {limit:?} left of the reconnect timeout; before: {previous}"
+                ),
+                Err(_) => format!("timed out after {limit:?}"),
+                Ok(Ok(response)) if response.status().is_success() => {
+                    retry.succeeded();
                     self.buffer.clear();
                     return Ok(());
                 }
-                Ok(response) => {
+                Ok(Ok(response)) => {
                     let status = response.status();
                     let retryable = status.is_server_error()
                         || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
@@ -578,25 +601,19 @@ impl HttpSink {
                     if !retryable {
                         return Err(self.error("POST", format!("refused with {detail}")));
                     }
-                    last = detail;
+                    detail
                 }
-                Err(error) if error.is_builder() => {
+                Ok(Err(error)) if error.is_builder() => {
                     return Err(self.error("POST", error_chain(&error)));
                 }
-                Err(error) => {
-                    last = if error.is_timeout() {
-                        format!("timed out after {:?}", self.timeout)
-                    } else {
-                        error_chain(&error)
-                    };
+                Ok(Err(error)) if error.is_timeout() => {
+                    format!("timed out after {:?}", self.timeout)
                 }
-            }
-            tracing::debug!(sink = %self.describe(), attempt, attempts, %last, "POST failed");
+                Ok(Err(error)) => error_chain(&error),
+            };
+            retry.failed(&last).await?;
+            previous = last;
         }
-        Err(self.error(
-            "POST",
-            format!("gave up after {attempts} attempts; the last: {last}"),
-        ))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Retrying an operation while its server is unreachable: exponential
 //! backoff (50 ms doubling to 2 s), one warning when failures start and one
 //! info line when it works again, and an error naming the server once the
-//! reconnect timeout has passed since the first failure. Shared by the
-//! connectors that talk to a server (NATS, JetStream, SQL).
+//! reconnect timeout has passed since the first failure (or, when a most
+//! attempts is set, once they are used). Shared by the connectors that
+//! talk to a server (NATS, JetStream, SQL, the HTTP sink).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub(crate) struct Reconnect {
     first_failure: Option<Instant>,
     backoff: Duration,
     attempts: u32,
+    /// The most attempts of one operation, when bounded.
+    max_attempts: Option<u32>,
 }
 
 impl Reconnect {
@@ -46,7 +49,16 @@ impl Reconnect {
             first_failure: None,
             backoff: FIRST_BACKOFF,
             attempts: 0,
+            max_attempts: None,
         }
+    }
+
+    /// Gives up after `attempts` attempts (at least 1) even within the
+    /// reconnect timeout.
+    #[must_use]
+    pub(crate) fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
     }
 
     /// Whether an attempt has failed already.
@@ -72,7 +84,7 @@ impl Reconnect {
     pub(crate) fn succeeded(&mut self) {
         if let Some(since) = self.first_failure.take() {
             tracing::info!(
-                "{}: `{}` works again: {} is reachable after {:.1?} ({} attempts)",
+                "{}: `{}` works again: {} answered after {:.1?} ({} attempts)",
                 self.stream,
                 self.action,
                 self.peer,
@@ -89,14 +101,15 @@ impl Reconnect {
     ///
     /// # Errors
     ///
-    /// The reconnect timeout has passed since the first failure; the error
-    /// names the peer and how long it waited.
+    /// The reconnect timeout has passed since the first failure, or the
+    /// most attempts are used; the error names the peer and how long it
+    /// waited.
     pub(crate) async fn failed(&mut self, error: &str) -> Result<(), StreamError> {
         let since = match self.first_failure {
             Some(since) => since,
             None => {
                 tracing::warn!(
-                    "{}: `{}` failed, {} is unreachable ({error}); retrying for up to {:?}",
+                    "{}: `{}` failed ({error}); retrying {} for up to {:?}",
                     self.stream,
                     self.action,
                     self.peer,
@@ -106,6 +119,16 @@ impl Reconnect {
             }
         };
         let waited = since.elapsed();
+        if self.max_attempts.is_some_and(|most| self.attempts >= most) {
+            return Err(StreamError::Io {
+                stream: self.stream.clone(),
+                action: self.action,
+                source: std::io::Error::other(format!(
+                    "gave up after {} attempts in {waited:.1?} ({}); last error: {error}",
+                    self.attempts, self.peer
+                )),
+            });
+        }
         let left = self.timeout.saturating_sub(waited);
         if left.is_zero() {
             return Err(StreamError::Io {

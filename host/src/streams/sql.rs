@@ -172,6 +172,56 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// An attempt's error: whether it says the database is unreachable, and
+/// the stream error it becomes when it does not.
+trait AttemptError {
+    fn is_unreachable(&self) -> bool;
+    fn describe(&self) -> String;
+    fn into_stream_error(self, stream: &str, action: &'static str) -> StreamError;
+}
+
+impl AttemptError for sqlx::Error {
+    fn is_unreachable(&self) -> bool {
+        is_unreachable(self)
+    }
+
+    fn describe(&self) -> String {
+        describe_db_error(self)
+    }
+
+    fn into_stream_error(self, stream: &str, action: &'static str) -> StreamError {
+        db_error(stream, action, self)
+    }
+}
+
+/// An error of a statement on the sink's table, which may lack its epoch
+/// column.
+struct TableError<'a> {
+    error: sqlx::Error,
+    /// The table, quoted.
+    table: &'a str,
+    epoch_column: Option<&'a str>,
+}
+
+impl AttemptError for TableError<'_> {
+    fn is_unreachable(&self) -> bool {
+        is_unreachable(&self.error)
+    }
+
+    fn describe(&self) -> String {
+        describe_db_error(&self.error)
+    }
+
+    fn into_stream_error(self, stream: &str, action: &'static str) -> StreamError {
+        match self.epoch_column {
+            Some(column) if is_missing_column(&self.error, column) => {
+                missing_epoch_column(stream, action, self.table, column)
+            }
+            _ => db_error(stream, action, self.error),
+        }
+    }
+}
+
 /// The retry state of one database operation (see [`Reconnect`]): errors
 /// that say the database is unreachable are retried, others fail at once.
 struct DbRetry<'a> {
@@ -202,9 +252,9 @@ impl<'a> DbRetry<'a> {
     ///
     /// The attempt failed for another reason than an unreachable database,
     /// or the reconnect timeout has passed.
-    async fn attempt<T>(
+    async fn attempt<T, E: AttemptError>(
         &mut self,
-        attempt: impl Future<Output = Result<T, sqlx::Error>>,
+        attempt: impl Future<Output = Result<T, E>>,
     ) -> Result<Option<T>, StreamError> {
         let retrying = self.reconnect.retrying();
         let left = self.reconnect.attempt(Duration::MAX);
@@ -212,14 +262,15 @@ impl<'a> DbRetry<'a> {
         // statement on a working connection is not cut off); later ones
         // also by the time left.
         let outcome = if retrying {
-            tokio::time::timeout(left, attempt)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no answer before the reconnect timeout",
-                    )))
-                })
+            match tokio::time::timeout(left, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.reconnect
+                        .failed("no answer before the reconnect timeout")
+                        .await?;
+                    return Ok(None);
+                }
+            }
         } else {
             attempt.await
         };
@@ -228,18 +279,18 @@ impl<'a> DbRetry<'a> {
                 self.reconnect.succeeded();
                 Ok(Some(value))
             }
-            Err(error) if is_unreachable(&error) => {
-                self.reconnect.failed(&error.to_string()).await?;
+            Err(error) if error.is_unreachable() => {
+                self.reconnect.failed(&error.describe()).await?;
                 Ok(None)
             }
-            Err(error) => Err(db_error(self.stream, self.action, error)),
+            Err(error) => Err(error.into_stream_error(self.stream, self.action)),
         }
     }
 }
 
 /// `url` without its password (in the user info or a `password` query
 /// parameter), for descriptions and errors.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -274,11 +325,178 @@ fn redact_url(url: &str) -> String {
 }
 
 fn db_error(stream: &str, action: &'static str, error: sqlx::Error) -> StreamError {
+    let kind = match &error {
+        sqlx::Error::Io(io) => io.kind(),
+        _ => std::io::ErrorKind::Other,
+    };
     StreamError::Io {
         stream: stream.to_owned(),
         action,
-        source: std::io::Error::other(error),
+        source: std::io::Error::new(kind, describe_db_error(&error)),
     }
+}
+
+/// What went wrong, for a message: a PostgreSQL error is its message, its
+/// detail and its hint, without the line of the server's source file that
+/// raised it (which sqlx prints as "at line N"); quoted values are cut
+/// short.
+fn describe_db_error(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(database) = error else {
+        return crate::config::cap_quoted(&error.to_string());
+    };
+    let mut text = database.message().to_owned();
+    if let Some(postgres) = database.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        if let Some(detail) = postgres.detail() {
+            text.push_str(" (");
+            text.push_str(detail.trim_end_matches('.'));
+            text.push(')');
+        }
+        if let Some(hint) = postgres.hint() {
+            text.push_str("; hint: ");
+            text.push_str(hint);
+        }
+    }
+    crate::config::cap_quoted(&text)
+}
+
+/// Whether `error` says that `column` does not exist (PostgreSQL's
+/// undefined_column, SQLite's "no such column").
+fn is_missing_column(error: &sqlx::Error, column: &str) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    let message = database.message();
+    let undefined =
+        database.code().as_deref() == Some("42703") || message.contains("no such column");
+    // The column's name as a word of the message: `t.c`, `"c"`, `c`.
+    undefined
+        && message
+            .split(|c: char| c.is_whitespace() || matches!(c, '.' | '"' | ':' | ','))
+            .any(|word| word == column)
+}
+
+/// The error of a table without its sink's epoch column: how to add it, or
+/// how to do without.
+fn missing_epoch_column(
+    stream: &str,
+    action: &'static str,
+    table: &str,
+    column: &str,
+) -> StreamError {
+    invalid_input(
+        stream,
+        action,
+        format!(
+            "the table {table} has no epoch column `{column}`, which the sink writes in every \
+             row to delete rows of unfinished checkpoints after a crash: add it with \
+             `ALTER TABLE {table} ADD COLUMN \"{column}\" BIGINT` (`plumber setup CONFIG` does), \
+             or set \"epoch_column\": null in the sink's config (its inserts are then \
+             at-least-once: rows written after the last checkpoint are written again after a crash)"
+        ),
+    )
+}
+
+/// Checks a database URL without connecting: `sqlite:…` or
+/// `postgres://…`, readable by sqlx.
+///
+/// # Errors
+///
+/// What is wrong with it; the URL is named without its password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map(drop)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PgConnectOptions::from_str(url).map(drop)
+    } else {
+        return Err(format!(
+            "`{}` is not a database URL: expected `sqlite:…` or `postgres://…`",
+            redact_url(url)
+        ));
+    };
+    parsed.map_err(|error| {
+        format!(
+            "`{}` is not a database URL sqlx can read: {error}",
+            redact_url(url)
+        )
+    })
+}
+
+/// Checks the names a [`SqlSource`] is configured with, without
+/// connecting: the config field at fault (`table`, `position_column`,
+/// `value_column`, `key_column`) and why.
+///
+/// # Errors
+///
+/// A name is not a plain SQL identifier.
+pub fn check_source_names(
+    table: &str,
+    position_column: &str,
+    value_column: &str,
+    key_column: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    quote_table(table).map_err(|message| ("table", message))?;
+    quote_identifier(position_column, "position column")
+        .map_err(|message| ("position_column", message))?;
+    quote_identifier(value_column, "value column").map_err(|message| ("value_column", message))?;
+    if let Some(key) = key_column {
+        quote_identifier(key, "key column").map_err(|message| ("key_column", message))?;
+    }
+    Ok(())
+}
+
+/// Checks the names a [`SqlSink`] is configured with, without connecting:
+/// the config field at fault (`table`, `key_columns`, `columns`,
+/// `epoch_column`) and why.
+///
+/// # Errors
+///
+/// A name is not a plain SQL identifier, the mapping is empty or names the
+/// epoch column, or lacks a key column.
+pub fn check_sink_names(
+    table: &str,
+    key_columns: &[String],
+    mapping: Option<&[String]>,
+    epoch_column: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    quote_table(table).map_err(|message| ("table", message))?;
+    for key in key_columns {
+        quote_identifier(key, "key column").map_err(|message| ("key_columns", message))?;
+    }
+    if let Some(column) = epoch_column {
+        quote_identifier(column, "epoch column").map_err(|message| ("epoch_column", message))?;
+    }
+    if let Some(columns) = mapping {
+        check_mapping(columns, key_columns, epoch_column)
+            .map_err(|message| ("columns", message))?;
+    }
+    Ok(())
+}
+
+/// Checks the columns of a mapping against the key and epoch columns.
+fn check_mapping(
+    columns: &[String],
+    key_columns: &[String],
+    epoch_column: Option<&str>,
+) -> Result<(), String> {
+    if columns.is_empty() {
+        return Err("the column mapping is empty".to_owned());
+    }
+    let mut seen = HashSet::new();
+    for column in columns {
+        quote_identifier(column, "column")?;
+        if !seen.insert(column.as_str()) {
+            return Err(format!("the mapping names column `{column}` twice"));
+        }
+        if epoch_column == Some(column.as_str()) {
+            return Err(format!(
+                "column `{column}` is the epoch column, which the sink writes itself"
+            ));
+        }
+    }
+    if let Some(key) = key_columns.iter().find(|k| !seen.contains(k.as_str())) {
+        return Err(format!("the mapping has no source for key column `{key}`"));
+    }
+    Ok(())
 }
 
 fn invalid_input(stream: &str, action: &'static str, message: String) -> StreamError {
@@ -829,37 +1047,17 @@ impl SqlSink {
     /// plain SQL identifier or is the epoch column, or (for an upsert) lacks
     /// a key column.
     pub fn mapping(mut self, mapping: Vec<(String, ColumnSource)>) -> Result<Self, StreamError> {
-        let configure = |message| invalid_input(&self.description, "configure", message);
-        if mapping.is_empty() {
-            return Err(configure("the column mapping is empty".to_owned()));
-        }
-        let mut seen = HashSet::new();
-        for (column, _) in &mapping {
-            quote_identifier(column, "column").map_err(configure)?;
-            if !seen.insert(column.as_str()) {
-                return Err(configure(format!(
-                    "the mapping names column `{column}` twice"
-                )));
-            }
-            if self.epoch_column.as_deref() == Some(column.as_str()) {
-                return Err(configure(format!(
-                    "column `{column}` is the epoch column, which the sink writes itself"
-                )));
-            }
-        }
-        if let Some(key) = self.key_columns.iter().find(|k| !seen.contains(k.as_str())) {
-            return Err(configure(format!(
-                "the mapping has no source for key column `{key}`"
-            )));
-        }
         let (columns, sources): (Vec<String>, Vec<ColumnSource>) = mapping.into_iter().unzip();
+        check_mapping(&columns, &self.key_columns, self.epoch_column.as_deref())
+            .map_err(|message| invalid_input(&self.description, "configure", message))?;
         self.mapping = Some((columns.into(), sources));
         Ok(self)
     }
 
     /// Names the epoch column of an inserting sink (default
     /// [`DEFAULT_EPOCH_COLUMN`]); `None` writes no epoch, which makes the
-    /// sink at-least-once ([`Sink::position`] is then `None`).
+    /// sink at-least-once ([`Sink::position`] is then `None`). An upsert
+    /// has none, so `None` changes nothing for it.
     ///
     /// # Errors
     ///
@@ -867,7 +1065,7 @@ impl SqlSink {
     /// or the sink upserts (upserts take no epoch).
     pub fn epoch_column(mut self, column: Option<String>) -> Result<Self, StreamError> {
         let configure = |message| invalid_input(&self.description, "configure", message);
-        if !self.key_columns.is_empty() {
+        if column.is_some() && !self.key_columns.is_empty() {
             return Err(configure(
                 "an upsert is idempotent by its key and takes no epoch column".to_owned(),
             ));
@@ -974,7 +1172,14 @@ impl SqlSink {
             self.reconnect_timeout,
         );
         let max = loop {
-            if let Some(max) = reconnect.attempt(self.max_epoch(column)).await? {
+            let attempt = async {
+                self.max_epoch(column).await.map_err(|error| TableError {
+                    error,
+                    table: &self.table,
+                    epoch_column: Some(column),
+                })
+            };
+            if let Some(max) = reconnect.attempt(attempt).await? {
                 break max;
             }
         };
@@ -987,6 +1192,160 @@ impl SqlSink {
         })?;
         self.epoch = Some(epoch);
         Ok(Some(epoch))
+    }
+
+    /// Checks, reading no row, that the table exists with the columns the
+    /// sink writes: the mapping's (when it has one) and the epoch column.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached, or the table or a column is missing
+    /// (a missing epoch column: how to add it or do without).
+    pub async fn check_table(&self) -> Result<(), StreamError> {
+        let mut columns: Vec<&str> = self
+            .mapping
+            .as_ref()
+            .map(|(columns, _)| columns.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        columns.extend(self.epoch_column.as_deref());
+        let list = if columns.is_empty() {
+            "*".to_owned()
+        } else {
+            // Qualified: SQLite reads an unknown double-quoted name as a string.
+            let qualified: Vec<String> = columns
+                .iter()
+                .map(|column| format!("{}.\"{column}\"", self.table))
+                .collect();
+            qualified.join(", ")
+        };
+        let sql = format!("SELECT {list} FROM {} LIMIT 0", self.table);
+        let result = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .map(drop),
+            Pool::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .map(drop),
+        };
+        result.map_err(|error| {
+            TableError {
+                error,
+                table: &self.table,
+                epoch_column: self.epoch_column.as_deref(),
+            }
+            .into_stream_error(&self.description, "check the table")
+        })
+    }
+
+    /// Creates the table when it does not exist, with the mapping's columns
+    /// (text, and a 64-bit integer for `timestamp`), the epoch column, and
+    /// for an upsert a primary key of its key columns; adds the epoch
+    /// column to a table that exists without it. Nothing else of a table
+    /// that exists is changed.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached or refuses a statement; or the table
+    /// is missing and the sink has no mapping (its columns come from each
+    /// event's JSON object, so the sink cannot tell which to create); or
+    /// the table lacks a column of the mapping.
+    pub async fn create_table(&self) -> Result<TableSetup, StreamError> {
+        let action = "set up the table";
+        let probe = format!("SELECT * FROM {} LIMIT 0", self.table);
+        match self.execute(&probe).await {
+            Ok(()) => {
+                let mut setup = TableSetup::Present;
+                if let Some(column) = &self.epoch_column {
+                    let epoch = format!(
+                        "SELECT {}.\"{column}\" FROM {} LIMIT 0",
+                        self.table, self.table
+                    );
+                    match self.execute(&epoch).await {
+                        Ok(()) => {}
+                        Err(error) if is_missing_column(&error, column) => {
+                            let alter = format!(
+                                "ALTER TABLE {} ADD COLUMN \"{column}\" BIGINT",
+                                self.table
+                            );
+                            self.execute(&alter)
+                                .await
+                                .map_err(|e| db_error(&self.description, action, e))?;
+                            setup = TableSetup::AddedEpochColumn(alter);
+                        }
+                        Err(error) => return Err(db_error(&self.description, action, error)),
+                    }
+                }
+                self.check_table().await?;
+                Ok(setup)
+            }
+            Err(error) if is_missing_table(&error) => {
+                let Some((columns, sources)) = &self.mapping else {
+                    return Err(invalid_input(
+                        &self.description,
+                        action,
+                        format!(
+                            "there is no table {} and the sink takes its columns from the fields \
+                             of each event's JSON value, so it cannot tell which to create: create \
+                             it{}, or give the sink a `columns` mapping",
+                            self.table,
+                            self.epoch_column
+                                .as_deref()
+                                .map(|column| format!(" with a BIGINT column `{column}`"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                };
+                let mut definitions: Vec<String> = columns
+                    .iter()
+                    .zip(sources)
+                    .map(|(column, source)| {
+                        let kind = match source {
+                            ColumnSource::Timestamp => "BIGINT",
+                            _ => "TEXT",
+                        };
+                        let not_null = if self.key_columns.contains(column) {
+                            " NOT NULL"
+                        } else {
+                            ""
+                        };
+                        format!("\"{column}\" {kind}{not_null}")
+                    })
+                    .collect();
+                if let Some(column) = &self.epoch_column {
+                    definitions.push(format!("\"{column}\" BIGINT NOT NULL"));
+                }
+                if !self.key_columns.is_empty() {
+                    let keys: Vec<String> = self
+                        .key_columns
+                        .iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect();
+                    definitions.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+                }
+                let create = format!("CREATE TABLE {} ({})", self.table, definitions.join(", "));
+                self.execute(&create)
+                    .await
+                    .map_err(|e| db_error(&self.description, action, e))?;
+                Ok(TableSetup::Created(create))
+            }
+            Err(error) => Err(db_error(&self.description, action, error)),
+        }
+    }
+
+    /// Runs one statement on the sink's database.
+    async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(drop),
+            Pool::Postgres(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(drop),
+        }
     }
 
     /// The largest epoch in the table, 0 when it is empty.
@@ -1012,7 +1371,7 @@ impl SqlSink {
     /// One attempt of a flush: writes the buffered rows, unless `retrying`
     /// finds that a failed attempt's commit of `epoch` went through after
     /// all (the connection was lost before its answer came).
-    async fn flush_attempt(&self, epoch: Option<u64>, retrying: bool) -> Result<(), sqlx::Error> {
+    async fn flush_attempt(&self, epoch: Option<u64>, retrying: bool) -> Result<(), WriteError> {
         if let (true, Some(column), Some(epoch)) = (retrying, &self.epoch_column, epoch) {
             let max = self.max_epoch(column).await?;
             if u64::try_from(max).is_ok_and(|max| max >= epoch) {
@@ -1109,7 +1468,7 @@ impl SqlSink {
 
     /// Writes every buffered row, with `epoch` when there is an epoch
     /// column, in one transaction.
-    async fn write_rows(&self, epoch: Option<u64>) -> Result<(), sqlx::Error> {
+    async fn write_rows(&self, epoch: Option<u64>) -> Result<(), WriteError> {
         let epoch = epoch.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
         let statements = self.statements();
         match &self.pool {
@@ -1136,12 +1495,12 @@ impl SqlSink {
                     }
                     query.execute(&mut *transaction).await?;
                 }
-                transaction.commit().await
+                Ok(transaction.commit().await?)
             }
             Pool::Postgres(pool) => {
                 let mut transaction = pool.begin().await?;
                 for range in statements {
-                    let rows = &self.rows[range];
+                    let rows = &self.rows[range.clone()];
                     let columns = &rows[0].columns;
                     let array: Vec<serde_json::Value> = rows
                         .iter()
@@ -1158,14 +1517,170 @@ impl SqlSink {
                         })
                         .collect();
                     let sql = self.insert_sql(columns, rows.len());
-                    sqlx::query(AssertSqlSafe(sql))
+                    let written = sqlx::query(AssertSqlSafe(sql))
                         .bind(serde_json::Value::Array(array).to_string())
                         .execute(&mut *transaction)
-                        .await?;
+                        .await;
+                    if let Err(error) = written {
+                        if !is_data_error(&error) {
+                            return Err(error.into());
+                        }
+                        // The probes need the connection the aborted
+                        // transaction holds.
+                        transaction.rollback().await?;
+                        let refused = self.find_refused_value(pool, range).await;
+                        return Err(WriteError { error, refused });
+                    }
                 }
-                transaction.commit().await
+                Ok(transaction.commit().await?)
             }
         }
+    }
+
+    /// After a PostgreSQL data error in the statement writing `range`: the
+    /// first column, and in it the first row, whose value the column does
+    /// not take, found by converting each column's values alone (the
+    /// server's error names neither). `None` when no probe fails the same
+    /// way.
+    async fn find_refused_value(&self, pool: &PgPool, range: Range<usize>) -> Option<RefusedValue> {
+        let rows = &self.rows[range.clone()];
+        let columns = &rows.first()?.columns;
+        // Refused: `Some(true)`; taken: `Some(false)`; another error: `None`.
+        let refuses = |index: usize, rows: &[PendingRow]| {
+            let column = &columns[index];
+            let array: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| serde_json::json!({ column.as_str(): row.values[index].to_json() }))
+                .collect();
+            let sql = format!(
+                "SELECT COUNT(r.\"{column}\") FROM \
+                 json_populate_recordset(CAST(NULL AS {}), CAST($1 AS json)) AS r",
+                self.table
+            );
+            async move {
+                match sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                    .bind(serde_json::Value::Array(array).to_string())
+                    .fetch_one(pool)
+                    .await
+                {
+                    Ok(_) => Some(false),
+                    Err(error) if is_data_error(&error) => Some(true),
+                    Err(_) => None,
+                }
+            }
+        };
+        for (index, column) in columns.iter().enumerate() {
+            if !refuses(index, rows).await? {
+                continue;
+            }
+            // The refused value is in rows[low..high].
+            let (mut low, mut high) = (0, rows.len());
+            while high - low > 1 {
+                let middle = low + (high - low) / 2;
+                if refuses(index, &rows[low..middle]).await? {
+                    high = middle;
+                } else {
+                    low = middle;
+                }
+            }
+            let column_type = postgres_columns(pool, &self.table)
+                .await
+                .ok()
+                .and_then(|types| types.into_iter().find(|(name, _)| name == column))
+                .map(|(_, column_type)| column_type);
+            return Some(RefusedValue {
+                column: column.clone(),
+                column_type,
+                row: range.start + low,
+                value: rows[low].values[index].to_json().to_string(),
+            });
+        }
+        None
+    }
+}
+
+/// What [`SqlSink::create_table`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSetup {
+    /// The table was there with its columns: nothing done.
+    Present,
+    /// The table was created by this statement.
+    Created(String),
+    /// The table lacked the epoch column, added by this statement.
+    AddedEpochColumn(String),
+}
+
+/// Whether `error` says that the table does not exist (PostgreSQL's
+/// undefined_table, SQLite's "no such table").
+fn is_missing_table(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+        if database.code().as_deref() == Some("42P01")
+            || database.message().contains("no such table"))
+}
+
+/// Whether `error` is PostgreSQL's "data exception" (class 22): a value
+/// its column's type does not take.
+fn is_data_error(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+        if database.code().is_some_and(|code| code.starts_with("22")))
+}
+
+/// A value a column refused.
+struct RefusedValue {
+    column: String,
+    /// The column's type, as PostgreSQL names it.
+    column_type: Option<String>,
+    /// The row's index among the rows of the flush.
+    row: usize,
+    /// The value, as JSON.
+    value: String,
+}
+
+/// A failed write of a flush's rows.
+struct WriteError {
+    error: sqlx::Error,
+    /// For a data error: the column and the value it refused.
+    refused: Option<RefusedValue>,
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(error: sqlx::Error) -> Self {
+        WriteError {
+            error,
+            refused: None,
+        }
+    }
+}
+
+impl AttemptError for WriteError {
+    fn is_unreachable(&self) -> bool {
+        is_unreachable(&self.error)
+    }
+
+    fn describe(&self) -> String {
+        describe_db_error(&self.error)
+    }
+
+    fn into_stream_error(self, stream: &str, action: &'static str) -> StreamError {
+        let Some(refused) = &self.refused else {
+            return db_error(stream, action, self.error);
+        };
+        let column_type = refused
+            .column_type
+            .as_deref()
+            .map(|name| format!(" ({name})"))
+            .unwrap_or_default();
+        invalid_data(
+            stream,
+            action,
+            format!(
+                "column `{}`{column_type} refuses the value {} of row {} of this flush: {}",
+                refused.column,
+                crate::config::excerpt(&refused.value),
+                refused.row + 1,
+                describe_db_error(&self.error)
+            ),
+        )
     }
 }
 
