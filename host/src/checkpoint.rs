@@ -9,26 +9,200 @@
 //! source waits for that commit before it reads on, so no read of the next
 //! epoch can miss a write of the last one.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Where a source is: what a restart seeks to.
+/// Where a source is: what a restart seeks to. The engine stores it in the
+/// checkpoint record and hands it back to the source; only the source reads
+/// it.
+///
+/// Counting sources (array, channel, NATS core, HTTP, SQL, JetStream) keep
+/// [`Position::Offset`]; a source that must say more (the file source: which
+/// file the offset belongs to) keeps its own serde type as
+/// [`Position::Source`], tagged with the source's kind ([`SourcePosition`]);
+/// a source reading several partitions keeps one position per partition in
+/// [`Position::Partitions`]. A source handed a position of another kind
+/// refuses it ([`Position::offset`], [`Position::decode`]).
+///
+/// Stored as JSON in the checkpoint record: `"start"`, `{"offset": 7}`,
+/// `{"source": {"kind": "file", "value": {…}}}`,
+/// `{"partitions": {"0": {"offset": 7}, "3": "start"}}`.
+// The variants' order is part of the memory backend's snapshot format
+// (postcard numbers them): add new ones at the end only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     /// Nothing read yet.
     Start,
-    /// A count or byte offset: events of an array, bytes of a file.
+    /// A count, sequence number or byte offset: events of an array, the
+    /// last stream sequence of JetStream, the position column of SQL.
     Offset(u64),
+    /// A source's own position, in its own form.
+    Source {
+        /// The kind of source that wrote it ([`SourcePosition::KIND`]).
+        kind: String,
+        /// Its value, as the source serialised it.
+        #[serde(with = "json_value")]
+        value: serde_json::Value,
+    },
+    /// One position per partition, for a source that reads several.
+    Partitions(BTreeMap<u32, Position>),
+}
+
+/// A source's own position type, stored as [`Position::Source`] under its
+/// [`SourcePosition::KIND`], so that it is never read as another source's.
+pub trait SourcePosition: Serialize + DeserializeOwned {
+    /// The tag stored with the value, e.g. `"file"`.
+    const KIND: &'static str;
+}
+
+/// A stored position that a source cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionError {
+    /// The position was written by another kind of source.
+    #[error(
+        "the checkpoint holds {found}, where this source keeps {expected}: it was written by \
+         another kind of source (was the pipeline's `from` changed?); to start over, remove \
+         the pipeline's state (its checkpoint with it) or run it under another name"
+    )]
+    Foreign {
+        /// What this source keeps.
+        expected: String,
+        /// What the checkpoint holds.
+        found: String,
+    },
+    /// The position is of this source's kind but does not have its form.
+    #[error("the checkpoint's `{kind}` position is not in the form this version reads: {message}")]
+    Malformed {
+        /// The source kind.
+        kind: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A source's position could not be turned into a stored value.
+    #[error("a `{kind}` position cannot be stored: {message}")]
+    Encode {
+        /// The source kind.
+        kind: String,
+        /// Why not.
+        message: String,
+    },
 }
 
 impl Position {
-    /// The offset, with `Start` as 0.
-    pub fn offset(&self) -> u64 {
+    /// The offset of a counting source, with `Start` as 0.
+    ///
+    /// # Errors
+    ///
+    /// [`PositionError::Foreign`]: the position is a source's own value or
+    /// a map of partitions, written by another kind of source.
+    pub fn offset(&self) -> Result<u64, PositionError> {
         match self {
-            Position::Start => 0,
-            Position::Offset(offset) => *offset,
+            Position::Start => Ok(0),
+            Position::Offset(offset) => Ok(*offset),
+            other => Err(PositionError::Foreign {
+                expected: "an offset (a count or a sequence number)".to_owned(),
+                found: other.kind_description(),
+            }),
+        }
+    }
+
+    /// A source's own position, tagged with its kind.
+    ///
+    /// # Errors
+    ///
+    /// [`PositionError::Encode`]: the value does not serialise to JSON
+    /// (e.g. a map whose keys are not strings or integers).
+    pub fn encode<T: SourcePosition>(value: &T) -> Result<Position, PositionError> {
+        let value = serde_json::to_value(value).map_err(|e| PositionError::Encode {
+            kind: T::KIND.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Position::Source {
+            kind: T::KIND.to_owned(),
+            value,
+        })
+    }
+
+    /// Reads back a position written by [`Position::encode`] for `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`PositionError::Foreign`]: the position is not a `T::KIND`
+    /// position; [`PositionError::Malformed`]: it is, but not of `T`'s form.
+    pub fn decode<T: SourcePosition>(&self) -> Result<T, PositionError> {
+        match self {
+            Position::Source { kind, value } if kind == T::KIND => {
+                T::deserialize(value).map_err(|e| PositionError::Malformed {
+                    kind: kind.clone(),
+                    message: e.to_string(),
+                })
+            }
+            other => Err(PositionError::Foreign {
+                expected: format!("a `{}` position", T::KIND),
+                found: other.kind_description(),
+            }),
+        }
+    }
+
+    /// What kind of position this is, for error messages.
+    pub fn kind_description(&self) -> String {
+        match self {
+            Position::Start => "the start".to_owned(),
+            Position::Offset(_) => "an offset".to_owned(),
+            Position::Source { kind, .. } => format!("a `{kind}` position"),
+            Position::Partitions(_) => "a position per partition".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Start => f.write_str("the start"),
+            Position::Offset(offset) => write!(f, "offset {offset}"),
+            Position::Source { kind, value } => write!(f, "`{kind}` position {value}"),
+            Position::Partitions(partitions) => {
+                f.write_str("partitions {")?;
+                for (n, (partition, position)) in partitions.iter().enumerate() {
+                    let comma = if n == 0 { "" } else { ", " };
+                    write!(f, "{comma}{partition}: {position}")?;
+                }
+                f.write_str("}")
+            }
+        }
+    }
+}
+
+/// A source's value as nested JSON in the JSON record, and as JSON text in
+/// binary formats (the memory backend's postcard snapshot), which cannot
+/// read a self-describing value.
+mod json_value {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &serde_json::Value,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            value.serialize(serializer)
+        } else {
+            serializer.serialize_str(&value.to_string())
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<serde_json::Value, D::Error> {
+        if deserializer.is_human_readable() {
+            serde_json::Value::deserialize(deserializer)
+        } else {
+            let text = String::deserialize(deserializer)?;
+            serde_json::from_str(&text).map_err(D::Error::custom)
         }
     }
 }
@@ -72,7 +246,8 @@ impl CheckpointRecord {
 
     /// The stored form (JSON).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // A struct of strings and integers always serialises.
+        // Strings, integers and JSON values (a position's value is already
+        // JSON, with string keys) always serialise.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -161,5 +336,144 @@ mod tests {
             record
         );
         assert!(CheckpointRecord::from_bytes(b"{\"pipeline\":").is_err());
+    }
+
+    /// Records as the versions before source-owned positions wrote them.
+    #[test]
+    fn records_of_the_earlier_form_are_read() {
+        let offset = br#"{"pipeline":"default/p","epoch":3,"position":{"offset":42},"committed_at_ms":1700000000000,"sink_position":17,"fence":2}"#;
+        let record = CheckpointRecord::from_bytes(offset).unwrap();
+        assert_eq!(
+            (
+                record.epoch,
+                record.position,
+                record.sink_position,
+                record.fence
+            ),
+            (3, Position::Offset(42), Some(17), 2)
+        );
+        let start = br#"{"pipeline":"default/p","epoch":0,"position":"start","committed_at_ms":1,"sink_position":null,"fence":0}"#;
+        assert_eq!(
+            CheckpointRecord::from_bytes(start).unwrap().position,
+            Position::Start
+        );
+        // The earlier form is still what a counting source's position writes.
+        assert_eq!(
+            CheckpointRecord::from_bytes(offset).unwrap().to_bytes(),
+            offset
+        );
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cursor {
+        segment: String,
+        byte: u64,
+    }
+
+    impl SourcePosition for Cursor {
+        const KIND: &'static str = "cursor";
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OtherCursor {
+        id: u64,
+    }
+
+    impl SourcePosition for OtherCursor {
+        const KIND: &'static str = "queue";
+    }
+
+    /// A source's own position and a map of partitions both survive the
+    /// JSON record and the memory backend's binary snapshot (postcard).
+    #[test]
+    fn own_and_partitioned_positions_round_trip() {
+        let cursor = Cursor {
+            segment: "b".into(),
+            byte: 9,
+        };
+        let own = Position::encode(&cursor).unwrap();
+        let partitioned = Position::Partitions(BTreeMap::from([
+            (0, Position::Offset(17)),
+            (3, Position::Start),
+            (7, own.clone()),
+        ]));
+        for position in [own.clone(), partitioned.clone()] {
+            let record = CheckpointRecord::new("p", 2, position.clone());
+            let read = CheckpointRecord::from_bytes(&record.to_bytes()).unwrap();
+            assert_eq!(read, record);
+            let binary = postcard::to_allocvec(&record).unwrap();
+            assert_eq!(
+                postcard::from_bytes::<CheckpointRecord>(&binary).unwrap(),
+                record
+            );
+        }
+        assert_eq!(own.decode::<Cursor>().unwrap(), cursor);
+        // The JSON form is readable: the value is nested, partitions keyed by number.
+        let json: serde_json::Value =
+            serde_json::from_slice(&CheckpointRecord::new("p", 2, partitioned).to_bytes()).unwrap();
+        assert_eq!(
+            json["position"],
+            serde_json::json!({"partitions": {
+                "0": {"offset": 17},
+                "3": "start",
+                "7": {"source": {"kind": "cursor", "value": {"segment": "b", "byte": 9}}},
+            }})
+        );
+    }
+
+    #[test]
+    fn a_position_of_another_kind_is_refused() {
+        let own = Position::encode(&Cursor {
+            segment: "a".into(),
+            byte: 1,
+        })
+        .unwrap();
+        let partitioned = Position::Partitions(BTreeMap::from([(0, Position::Offset(1))]));
+        for foreign in [&own, &partitioned] {
+            let error = foreign.offset().unwrap_err();
+            assert!(matches!(error, PositionError::Foreign { .. }), "{error}");
+            assert!(
+                error.to_string().contains("another kind of source"),
+                "{error}"
+            );
+        }
+        let error = own.decode::<OtherCursor>().unwrap_err();
+        assert_eq!(
+            error,
+            PositionError::Foreign {
+                expected: "a `queue` position".into(),
+                found: "a `cursor` position".into()
+            }
+        );
+        assert!(matches!(
+            Position::Offset(3).decode::<Cursor>(),
+            Err(PositionError::Foreign { .. })
+        ));
+        let malformed = Position::Source {
+            kind: "cursor".into(),
+            value: serde_json::json!({"segment": "a"}),
+        };
+        let error = malformed.decode::<Cursor>().unwrap_err().to_string();
+        assert!(
+            error.contains("`cursor`") && error.contains("byte"),
+            "{error}"
+        );
+        assert_eq!(Position::Start.offset(), Ok(0));
+        assert_eq!(Position::Offset(5).offset(), Ok(5));
+    }
+
+    #[test]
+    fn positions_display_what_they_hold() {
+        let partitioned = Position::Partitions(BTreeMap::from([
+            (0, Position::Offset(17)),
+            (3, Position::Start),
+        ]));
+        assert_eq!(
+            partitioned.to_string(),
+            "partitions {0: offset 17, 3: the start}"
+        );
+        let own = Position::encode(&OtherCursor { id: 4 }).unwrap();
+        assert_eq!(own.to_string(), r#"`queue` position {"id":4}"#);
     }
 }

@@ -35,8 +35,8 @@ use crate::streams::nats::{
 };
 use crate::streams::sql::{ColumnSource, SqlSink, SqlSinkMode, SqlSource};
 use crate::streams::{
-    ArraySource, DiscardSink, FileSink, FileSource, LineFormat, Sink, Source, StdoutSink,
-    StreamError,
+    ArraySource, DiscardSink, FileSink, FileSource, LineFormat, OnMissingFile, Sink, Source,
+    StdoutSink, StreamError,
 };
 use crate::window::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
 
@@ -307,8 +307,11 @@ impl SourceConfig {
                 format,
                 follow_ms,
                 max_line_bytes,
+                on_missing_file,
             } => {
-                let mut source = FileSource::new(path).format(*format);
+                let mut source = FileSource::new(path)
+                    .format(*format)
+                    .on_missing_file(*on_missing_file);
                 if let Some(bytes) = max_line_bytes {
                     source = source.max_line_bytes(*bytes);
                 }
@@ -482,6 +485,11 @@ pub enum SourceConfig {
         /// pipeline with an error naming the file, the offset and the cap.
         #[serde(default)]
         max_line_bytes: Option<u64>,
+        /// At a restart, when the checkpoint's file is neither at the path
+        /// nor rotated beside it: `fail` (default) or `start` (read the
+        /// file at the path from its start).
+        #[serde(default)]
+        on_missing_file: OnMissingFile,
     },
     /// An HTTP endpoint that accepts POSTed events (answered 202 once committed).
     Http {
@@ -2236,6 +2244,12 @@ mod tests {
                 json!({"type": "file", "path": "x", "format": "csv"}),
                 "from.format",
                 "unknown variant `csv`",
+            ),
+            (
+                "from",
+                json!({"type": "file", "path": "x", "on_missing_file": "skip"}),
+                "from.on_missing_file",
+                "unknown variant `skip`, expected `fail` or `start`",
             ),
             (
                 "from",

@@ -792,6 +792,8 @@ impl PipelineBuilder {
                 pipeline: name.clone(),
                 source,
             })?;
+        // A position of an earlier form is committed in the source's current one.
+        let position = source.migrated_position().unwrap_or(position);
 
         // source driver -> step 0 -> ... -> step n-1 -> sink
         let (first_tx, mut next_rx) = Output::channel(self.channel_capacity, self.batch_size);

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::checkpoint::CheckpointPolicy;
 use plumber::pipeline::Pipeline;
 use plumber::state::{MemoryState, SharedState};
-use plumber::streams::{channel_sink, FileSource};
+use plumber::streams::{channel_sink, FilePosition, FileSource, OnMissingFile};
 use plumber::Event;
 use tokio::sync::mpsc;
 
@@ -20,6 +20,11 @@ fn append(path: &std::path::Path, text: &str) {
         .unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file.sync_all().unwrap();
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
 }
 
 async fn take(out: &mut mpsc::Receiver<Event>, n: usize) -> Vec<String> {
@@ -67,9 +72,17 @@ async fn a_followed_file_is_read_as_it_grows_and_across_a_rotation() {
     let report = running.await.unwrap().expect("run");
     assert_eq!(report.events_out, 6);
     // The committed position is in the new file, after "six".
+    let position = report
+        .last_checkpoint
+        .unwrap()
+        .position
+        .decode::<FilePosition>()
+        .unwrap();
+    assert_eq!(position.offset, 9);
+    assert_eq!(position.file.inode, Some(inode(&path)));
     assert_eq!(
-        report.last_checkpoint.unwrap().position,
-        Position::Offset(9)
+        position.file.head_bytes, 9,
+        "the fingerprint covers the new file's 9 bytes"
     );
 }
 
@@ -275,4 +288,197 @@ async fn a_configured_line_cap_lets_lines_up_to_it_through() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("from.max_line_bytes"), "{error}");
+}
+
+/// Runs a followed file source under `name` until `expected` values came
+/// out, then stops it cleanly (a final checkpoint); returns everything it
+/// wrote, so a value repeated or read past is seen.
+async fn follow_until(
+    state: &SharedState,
+    name: &str,
+    source: FileSource,
+    expected: usize,
+) -> Vec<String> {
+    let (sink, mut out) = channel_sink(64);
+    let builder = Pipeline::builder(name)
+        .state(state.clone())
+        .checkpoint(CheckpointPolicy::at_end_only())
+        .from(source.follow(Duration::from_millis(10)))
+        .to(sink);
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+    let mut values = take(&mut out, expected).await;
+    handle.shutdown();
+    running.await.unwrap().expect("run");
+    while let Some(event) = out.recv().await {
+        values.push(event.value_lossy().into_owned());
+    }
+    values
+}
+
+/// The file is rotated by rename while the pipeline is stopped, after more
+/// lines were written to it: the restart reads the rest of the rotated file
+/// from the checkpoint's offset, then the new file from its start, nothing
+/// lost and nothing repeated.
+#[tokio::test]
+async fn a_followed_file_rotated_while_stopped_resumes_in_the_rotated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let state: SharedState = Arc::new(MemoryState::new());
+    append(&path, "a\nb\nc\n");
+    assert_eq!(
+        follow_until(&state, "rotated", FileSource::new(&path), 3).await,
+        ["a", "b", "c"]
+    );
+
+    // While stopped: the writer goes on, rotates, starts a new file longer
+    // than the checkpoint's offset (so an offset applied to it would land
+    // inside its first line).
+    append(&path, "d\ne\n");
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&path, "new file, line one\nf\n");
+    assert_eq!(
+        follow_until(&state, "rotated", FileSource::new(&path), 4).await,
+        ["d", "e", "new file, line one", "f"]
+    );
+
+    // The position is now in the new file: a restart reads only what is new.
+    append(&path, "g\n");
+    assert_eq!(
+        follow_until(&state, "rotated", FileSource::new(&path), 1).await,
+        ["g"]
+    );
+}
+
+/// The same without following: the restart reads the rotated file's rest,
+/// then the new file, and ends; a second restart reads nothing.
+#[tokio::test]
+async fn a_file_rotated_while_stopped_is_finished_before_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch.txt");
+    let state: SharedState = Arc::new(MemoryState::new());
+    let run = || {
+        plumber_tests::run_collect(
+            Pipeline::builder("rotated-batch")
+                .state(state.clone())
+                .from(FileSource::new(&path)),
+        )
+    };
+    append(&path, "a\nb\nc\n");
+    let (result, values) = run().await;
+    result.expect("first run");
+    assert_eq!(values, ["a", "b", "c"]);
+
+    append(&path, "d\n");
+    std::fs::rename(&path, dir.path().join("batch.txt.1")).unwrap();
+    append(&path, "new file, line one\n");
+    let (result, values) = run().await;
+    result.expect("run after the rotation");
+    assert_eq!(values, ["d", "new file, line one"]);
+
+    let (result, values) = run().await;
+    result.expect("run with nothing new");
+    assert!(values.is_empty(), "read again: {values:?}");
+}
+
+/// What a checkpoint's offset belonged to is gone: the file at the path is
+/// another one (a copy of the old content at `path.1` does not count, nor a
+/// file rewritten in place), and the pipeline refuses to start, naming the
+/// path, rather than read the new file from the old offset; told to, it
+/// reads the new file from its start instead.
+#[tokio::test]
+async fn a_replaced_file_is_refused_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.txt");
+    let state: SharedState = Arc::new(MemoryState::new());
+    let run_with = |on_missing_file| {
+        plumber_tests::run_collect(
+            Pipeline::builder("replaced")
+                .state(state.clone())
+                .from(FileSource::new(&path).on_missing_file(on_missing_file)),
+        )
+    };
+    let run = || run_with(OnMissingFile::Fail);
+    append(&path, "a\nb\nc\n");
+    let (result, values) = run().await;
+    result.expect("first run");
+    assert_eq!(values, ["a", "b", "c"]);
+
+    let refused =
+        |result: Result<plumber::pipeline::RunReport, plumber::pipeline::PipelineError>| {
+            let text = result.expect_err("refused").to_string();
+            assert!(
+                text.contains(&path.display().to_string())
+                    && text.contains("inode")
+                    && text.contains("on_missing_file"),
+                "{text}"
+            );
+        };
+    // Rewritten in place (same inode): other content, longer than the offset.
+    std::fs::write(&path, "rewritten in place\n").unwrap();
+    let (result, values) = run().await;
+    assert!(values.is_empty(), "{values:?}");
+    refused(result);
+
+    // Replaced by another file (renamed over it, as editors save), with a
+    // copy of the old content beside it.
+    std::fs::write(dir.path().join("input.txt.1"), "a\nb\nc\n").unwrap();
+    let replacement = dir.path().join("replacement");
+    append(&replacement, "an unrelated file\n");
+    std::fs::rename(&replacement, &path).unwrap();
+    let (result, values) = run().await;
+    assert!(values.is_empty(), "{values:?}");
+    refused(result);
+
+    // Told to start over with the file at the path.
+    let (result, values) = run_with(OnMissingFile::Start).await;
+    result.expect("run reading the new file");
+    assert_eq!(values, ["an unrelated file"]);
+    // Its position is now the new file's.
+    let (result, values) = run().await;
+    result.expect("run with nothing new");
+    assert!(values.is_empty(), "read again: {values:?}");
+
+    // The option from JSON.
+    let config = r#"{"name": "p", "from": {"type": "file", "path": "input.txt", "on_missing_file": "start"},
+        "to": {"type": "discard"}}"#;
+    plumber::config::PipelineConfig::parse(config, "p.json", dir.path()).expect("valid");
+}
+
+/// A followed file truncated in place while the pipeline is stopped holds
+/// no longer what the offset counted: refused (while running, a truncation
+/// is followed like a rotation, since nothing was missed).
+#[tokio::test]
+async fn a_followed_file_truncated_while_stopped_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let state: SharedState = Arc::new(MemoryState::new());
+    append(&path, "a\nb\nc\n");
+    assert_eq!(
+        follow_until(&state, "truncated", FileSource::new(&path), 3).await,
+        ["a", "b", "c"]
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    let (sink, _out) = channel_sink(16);
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        Pipeline::builder("truncated")
+            .state(state.clone())
+            .from(FileSource::new(&path).follow(Duration::from_millis(10)))
+            .to(sink)
+            .run(),
+    )
+    .await
+    .expect("refused at start")
+    .expect_err("refused");
+    let text = error.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("truncated"),
+        "{text}"
+    );
 }

@@ -11,7 +11,9 @@ use plumber::pipeline::{Pipeline, PipelineError};
 use plumber::runtime::Runtime;
 use plumber::state::{MemoryState, Namespace, SharedState, SledState, StateBackend};
 use plumber::step::{StepError, WasmPipe};
-use plumber::streams::{channel_sink, channel_source, ArraySource, FileSink, FileSource};
+use plumber::streams::{
+    channel_sink, channel_source, ArraySource, FilePosition, FileSink, FileSource,
+};
 use plumber::Event;
 use plumber_tests::{cache_dir, guest, workspace_root};
 use tokio::sync::mpsc;
@@ -223,9 +225,10 @@ async fn word_count_over_a_file_with_sled_state() {
             .await
             .expect("run");
         assert!(report.checkpoints >= 3, "{report:?}");
+        let position = report.last_checkpoint.unwrap().position;
         assert_eq!(
-            report.last_checkpoint.unwrap().position,
-            Position::Offset(text.len() as u64)
+            position.decode::<FilePosition>().unwrap().offset,
+            text.len() as u64
         );
     }
     let output = std::fs::read_to_string(&out).unwrap();
@@ -310,7 +313,7 @@ async fn a_pipeline_stopped_midway_resumes_from_its_checkpoint() {
         .await
         .expect("second run");
     let resumed = report.resumed_from.expect("resumed from a checkpoint");
-    assert!(matches!(resumed.position, Position::Offset(p) if p > 0));
+    assert!(resumed.position.decode::<FilePosition>().unwrap().offset > 0);
     let mut all = strings(&first);
     all.extend(strings(&drain(&mut out).await));
     assert_eq!(all, expected_counts(EVENTS, KEYS));
@@ -361,9 +364,7 @@ async fn a_crashed_run_leaves_state_that_counts_every_event_once() {
     assert_eq!(report.resumed_from.as_ref(), Some(&committed));
     // The recovery replays from the checkpoint: its output is exactly the
     // uninterrupted run's output after the committed position.
-    let Position::Offset(offset) = committed.position else {
-        panic!("file position is an offset")
-    };
+    let offset = committed.position.decode::<FilePosition>().unwrap().offset;
     let skipped = usize::try_from(offset).unwrap() / "key-0\n".len();
     assert_eq!(
         strings(&drain(&mut out).await),

@@ -143,7 +143,10 @@ impl Source for GeneratedSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let target = position.offset().min(self.total);
+        let target = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?
+            .min(self.total);
         self.rng = self.seed;
         self.produced = 0;
         while self.produced < target {

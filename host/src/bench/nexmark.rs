@@ -482,7 +482,10 @@ impl Source for NexmarkSource {
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
         // Every event has its own random stream: no need to replay the ones before.
-        self.next = position.offset().min(self.total);
+        self.next = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?
+            .min(self.total);
         Ok(())
     }
 

@@ -172,7 +172,10 @@ impl Source for TextSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let line = position.offset().min(self.total);
+        let line = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?
+            .min(self.total);
         self.produced = line;
         self.rng = lcg_jump(
             Self::initial_state(self.seed),

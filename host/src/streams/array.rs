@@ -35,17 +35,15 @@ impl Source for ArraySource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.next = match position {
-            Position::Start => 0,
-            Position::Offset(index) => usize::try_from(*index)
-                .ok()
-                .filter(|i| *i <= self.events.len())
-                .ok_or_else(|| StreamError::Seek {
-                    stream: self.describe(),
-                    position: position.clone(),
-                    reason: "past the end of the array".to_owned(),
-                })?,
-        };
+        let index = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
+        self.next = usize::try_from(index)
+            .ok()
+            .filter(|i| *i <= self.events.len())
+            .ok_or_else(|| {
+                StreamError::seek(self.describe(), position, "past the end of the array")
+            })?;
         Ok(())
     }
 

@@ -38,7 +38,9 @@ impl Source for ChannelSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.received = position.offset();
+        self.received = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         Ok(())
     }
 

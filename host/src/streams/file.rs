@@ -6,8 +6,11 @@ use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
 use super::{push_formatted, JsonEvent, Sink, Source, StreamError};
-use crate::checkpoint::Position;
+use crate::checkpoint::{Position, SourcePosition};
 use crate::{Batch, Event};
 
 /// How a file source reads a line, and a file or stdout sink writes one.
@@ -31,8 +34,76 @@ fn parse_json_line(line: &[u8]) -> Result<Event, serde_json::Error> {
 /// The default longest line a file source reads: 16 MiB.
 pub const DEFAULT_MAX_LINE_BYTES: u64 = 16 << 20;
 
+/// How many of a file's first bytes its fingerprint covers.
+const HEAD_BYTES: usize = 256;
+
+/// What a file source does at a restart when the file its checkpoint's
+/// offset belongs to is neither at its path nor among the rotated files
+/// beside it (see [`FileSource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingFile {
+    /// Refuse to start, naming the path and the file looked for.
+    #[default]
+    Fail,
+    /// Say so in the log and read the file now at the path from its start
+    /// (what the old file had after the offset is not read).
+    Start,
+}
+
+/// Which file an offset belongs to: its inode (with the device), and a
+/// fingerprint of its first bytes, so that a new file that reuses an inode
+/// number, a file rewritten in place or a copy is not taken for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    /// The file system's device number (Unix). Not required to match at a
+    /// restart: it may change when a file system is mounted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u64>,
+    /// The inode number (Unix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// How many of the file's first bytes the fingerprint covers: 256, or
+    /// fewer when the file was shorter.
+    pub head_bytes: u64,
+    /// SHA-256 of those bytes, in hexadecimal.
+    pub head_sha256: String,
+}
+
+impl std::fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(inode) = self.inode {
+            write!(f, "inode {inode}")?;
+            if let Some(device) = self.device {
+                write!(f, " on device {device}")?;
+            }
+            f.write_str(", ")?;
+        }
+        let short = self.head_sha256.get(..16).unwrap_or(&self.head_sha256);
+        write!(f, "first {} bytes with SHA-256 {short}…", self.head_bytes)
+    }
+}
+
+/// A [`FileSource`]'s position: the offset after the last line handed out,
+/// and the file it belongs to. Stored as a [`Position::Source`] of kind
+/// `"file"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePosition {
+    /// Bytes of the file read.
+    pub offset: u64,
+    /// The file they were read from.
+    pub file: FileIdentity,
+}
+
+impl SourcePosition for FilePosition {
+    const KIND: &'static str = "file";
+}
+
 /// Reads a file line by line, one event per line ([`LineFormat`]). The
-/// position is the byte offset after the last line handed out.
+/// position ([`FilePosition`]) is the byte offset after the last line
+/// handed out, with the identity of the file it belongs to.
 ///
 /// A line longer than [`FileSource::max_line_bytes`] (16 MiB by default,
 /// not counting its newline) stops the source with
@@ -44,6 +115,15 @@ pub const DEFAULT_MAX_LINE_BYTES: u64 = 16 << 20;
 /// newline is written), and when the file is rotated by rename (the path
 /// now names another file) or truncated, it finishes the old file and goes
 /// on with the new one from its start.
+///
+/// At a restart ([`Source::seek`]) the offset goes to the file it belongs
+/// to: the file at the path if it is that file (same inode, same first
+/// bytes, at least as long as the offset); else a rotated file beside it
+/// (`<name>.<anything>` or `<name>-<anything>`, as rename-based rotation
+/// names them), whose rest is read before the file at the path, from its
+/// start. When neither holds it (the file was deleted, replaced, rewritten
+/// or truncated in place, or rotated by copying) the source refuses, unless
+/// told to start over with the file at the path ([`OnMissingFile`]).
 pub struct FileSource {
     path: PathBuf,
     format: LineFormat,
@@ -52,19 +132,106 @@ pub struct FileSource {
     line: Vec<u8>,
     max_line_bytes: u64,
     follow: Option<std::time::Duration>,
-    /// Identity of the open file (device, inode), to notice a rotation.
-    identity: Option<(u64, u64)>,
+    on_missing_file: OnMissingFile,
+    /// A rotated file found at a restart, read to its end before the file
+    /// at `path`.
+    finishing: Option<PathBuf>,
+    /// Device and inode of the open file, to notice a rotation.
+    inode: Option<(u64, u64)>,
+    /// The open file's first bytes (up to [`HEAD_BYTES`]): its fingerprint.
+    head: Vec<u8>,
+    /// The position was given in the form of an earlier version.
+    migrated: bool,
 }
 
 #[cfg(unix)]
-fn identity(metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
+fn inode_of(metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     Some((metadata.dev(), metadata.ino()))
 }
 
 #[cfg(not(unix))]
-fn identity(_metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
+fn inode_of(_metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads up to `max` bytes from the start of `file` (left after them).
+async fn read_head(file: &mut File, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    file.take(max).read_to_end(&mut head).await?;
+    Ok(head)
+}
+
+/// Adds to `head` (the file's first bytes) what of `bytes`, read at offset
+/// `start`, lies past it and within [`HEAD_BYTES`].
+fn extend_head(head: &mut Vec<u8>, start: u64, bytes: &[u8]) {
+    let have = head.len() as u64;
+    if have >= HEAD_BYTES as u64 || start > have {
+        return;
+    }
+    let from = usize::try_from(have - start).unwrap_or(usize::MAX);
+    let to = bytes
+        .len()
+        .min(usize::try_from(HEAD_BYTES as u64 - start).unwrap_or(usize::MAX));
+    if let Some(more) = bytes.get(from..to) {
+        head.extend_from_slice(more);
+    }
+}
+
+/// What is at a path, compared with a recorded file.
+enum Candidate {
+    /// The recorded file, long enough for the offset.
+    Same,
+    /// Nothing.
+    Missing,
+    /// Something else, as said.
+    Other(String),
+}
+
+/// Whether the file at `path` is the one `recorded` was read from.
+async fn compare(path: &Path, recorded: &FilePosition) -> std::io::Result<Candidate> {
+    let metadata = match tokio::fs::metadata(path).await {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Candidate::Missing),
+        Err(e) => return Err(e),
+    };
+    if !metadata.is_file() {
+        return Ok(Candidate::Other("not a regular file".to_owned()));
+    }
+    let inode = inode_of(&metadata);
+    if let (Some(recorded), Some((_, found))) = (recorded.file.inode, inode) {
+        if recorded != found {
+            return Ok(Candidate::Other(format!("another file, inode {found}")));
+        }
+    }
+    let length = metadata.len();
+    if length < recorded.offset {
+        return Ok(Candidate::Other(format!(
+            "the same inode with {length} bytes, less than the offset: the file was truncated"
+        )));
+    }
+    let mut file = File::open(path).await?;
+    let head = read_head(&mut file, recorded.file.head_bytes).await?;
+    if head.len() as u64 != recorded.file.head_bytes
+        || sha256_hex(&head) != recorded.file.head_sha256
+    {
+        return Ok(Candidate::Other(
+            "the same inode with other first bytes: the file was rewritten in place, or a new \
+             file reuses the inode number"
+                .to_owned(),
+        ));
+    }
+    if let (Some(recorded), Some((found, _))) = (recorded.file.device, inode) {
+        if recorded != found {
+            tracing::info!(path = %path.display(), recorded, found,
+                "the file's device number changed (mounted again?); same inode and first bytes: the same file");
+        }
+    }
+    Ok(Candidate::Same)
 }
 
 impl FileSource {
@@ -78,7 +245,11 @@ impl FileSource {
             line: Vec::new(),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             follow: None,
-            identity: None,
+            on_missing_file: OnMissingFile::Fail,
+            finishing: None,
+            inode: None,
+            head: Vec::new(),
+            migrated: false,
         }
     }
 
@@ -98,12 +269,20 @@ impl FileSource {
         self
     }
 
+    /// What to do at a restart when the checkpoint's file is nowhere
+    /// (default [`OnMissingFile::Fail`]).
+    #[must_use]
+    pub fn on_missing_file(mut self, action: OnMissingFile) -> Self {
+        self.on_missing_file = action;
+        self
+    }
+
     /// Whether the path now names another file than the one open, or the
     /// file became shorter than what was read (truncated in place).
     async fn rotated(&self) -> bool {
         match tokio::fs::metadata(&self.path).await {
             Ok(metadata) => {
-                let other = identity(&metadata).is_some_and(|id| Some(id) != self.identity);
+                let other = inode_of(&metadata).is_some_and(|id| Some(id) != self.inode);
                 other || metadata.len() < self.offset
             }
             // Renamed away and not yet recreated: keep reading the old one.
@@ -126,34 +305,178 @@ impl FileSource {
         }
     }
 
+    /// The file being read: a rotated one being finished, else the path.
+    fn reading(&self) -> &Path {
+        self.finishing.as_deref().unwrap_or(&self.path)
+    }
+
     async fn open(&mut self) -> Result<(), StreamError> {
         if self.reader.is_some() {
             return Ok(());
         }
-        let mut file = File::open(&self.path)
+        let mut file = File::open(self.reading())
             .await
             .map_err(|e| self.io("open", e))?;
         let metadata = file.metadata().await.map_err(|e| self.io("stat", e))?;
-        self.identity = identity(&metadata);
-        if self.offset > 0 {
-            let len = metadata.len();
-            if self.offset > len && self.follow.is_some() {
-                tracing::warn!(source = %self.describe(), offset = self.offset, len,
-                    "the file is shorter than the checkpoint's offset: it was rotated; reading it from the start");
-                self.offset = 0;
-            } else if self.offset > len {
-                return Err(StreamError::Seek {
-                    stream: self.describe(),
-                    position: Position::Offset(self.offset),
-                    reason: format!("the file has only {len} bytes"),
-                });
-            }
-            file.seek(std::io::SeekFrom::Start(self.offset))
-                .await
-                .map_err(|e| self.io("seek", e))?;
+        self.inode = inode_of(&metadata);
+        self.head = read_head(&mut file, HEAD_BYTES as u64)
+            .await
+            .map_err(|e| self.io("read", e))?;
+        let length = metadata.len();
+        if self.offset > length {
+            return Err(StreamError::seek(
+                self.describe(),
+                &Position::Offset(self.offset),
+                format!("the file has only {length} bytes"),
+            ));
         }
+        file.seek(std::io::SeekFrom::Start(self.offset))
+            .await
+            .map_err(|e| self.io("seek", e))?;
         self.reader = Some(BufReader::with_capacity(256 * 1024, file));
         Ok(())
+    }
+
+    /// The position after what was read, in the open file.
+    fn position(&self) -> Result<Position, StreamError> {
+        let (device, inode) = self.inode.unzip();
+        Position::encode(&FilePosition {
+            offset: self.offset,
+            file: FileIdentity {
+                device,
+                inode,
+                head_bytes: self.head.len() as u64,
+                head_sha256: sha256_hex(&self.head),
+            },
+        })
+        .map_err(|e| self.io("record the position", std::io::Error::other(e)))
+    }
+
+    /// Goes on with the file at the path, from its start.
+    fn next_file(&mut self) {
+        self.reader = None;
+        self.finishing = None;
+        self.offset = 0;
+        self.line.clear();
+    }
+
+    /// A bare offset, as versions before file identities stored it: applied
+    /// to the file now at the path, as they did.
+    async fn seek_bare_offset(&mut self, offset: u64) -> Result<(), StreamError> {
+        tracing::info!(source = %self.describe(), offset,
+            "the checkpoint holds a bare offset (an earlier version's): applying it to the file now at the path; the next checkpoint records which file it belongs to");
+        let length = tokio::fs::metadata(&self.path)
+            .await
+            .map_err(|e| self.io("open", e))?
+            .len();
+        self.migrated = true;
+        if offset > length && self.follow.is_some() {
+            tracing::warn!(source = %self.describe(), offset, length,
+                "the file is shorter than the checkpoint's offset: it was rotated; reading it from the start");
+            self.offset = 0;
+        } else if offset > length {
+            return Err(StreamError::seek(
+                self.describe(),
+                &Position::Offset(offset),
+                format!("the file has only {length} bytes"),
+            ));
+        } else {
+            self.offset = offset;
+        }
+        Ok(())
+    }
+
+    /// Rotated files beside the path: `<name>.<anything>`, `<name>-<anything>`.
+    async fn rotated_files(&self) -> Result<Vec<PathBuf>, StreamError> {
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(Vec::new());
+        };
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .map_err(|e| self.io("list the rotated files", e))?;
+        let mut found = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| self.io("list the rotated files", e))?
+        {
+            let file_name = entry.file_name();
+            let rotated = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(name))
+                .is_some_and(|rest| {
+                    rest.len() > 1 && (rest.starts_with('.') || rest.starts_with('-'))
+                });
+            if rotated {
+                found.push(entry.path());
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Finds the file `recorded` was read from: at the path, else rotated
+    /// beside it; else refuses, or starts over ([`OnMissingFile`]).
+    async fn seek_recorded(
+        &mut self,
+        position: &Position,
+        recorded: &FilePosition,
+    ) -> Result<(), StreamError> {
+        let at_path = compare(&self.path, recorded)
+            .await
+            .map_err(|e| self.io("compare with the checkpoint's file", e))?;
+        let at_path = match at_path {
+            Candidate::Same => {
+                self.offset = recorded.offset;
+                return Ok(());
+            }
+            Candidate::Missing => "there is no file there".to_owned(),
+            Candidate::Other(what) => format!("the file there is {what}"),
+        };
+        for rotated in self.rotated_files().await? {
+            let candidate = compare(&rotated, recorded)
+                .await
+                .map_err(|e| self.io("compare with the checkpoint's file", e))?;
+            if let Candidate::Same = candidate {
+                tracing::info!(source = %self.describe(), rotated = %rotated.display(), offset = recorded.offset,
+                    "the file was rotated while the pipeline was stopped: reading the rest of the rotated file, then the file at the path");
+                self.finishing = Some(rotated);
+                self.offset = recorded.offset;
+                return Ok(());
+            }
+        }
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let missing = format!(
+            "the file this offset belongs to ({}) is not at `{}` ({at_path}) nor among the \
+             rotated files beside it (`{name}.*`, `{name}-*`)",
+            recorded.file,
+            self.path.display()
+        );
+        match self.on_missing_file {
+            OnMissingFile::Start => {
+                tracing::warn!(source = %self.describe(),
+                    "{missing}; reading the file at the path from its start (\"on_missing_file\": \"start\")");
+                self.offset = 0;
+                Ok(())
+            }
+            OnMissingFile::Fail => Err(StreamError::seek(
+                self.describe(),
+                position,
+                format!(
+                    "{missing}; to read the file now at the path from its start and keep the \
+                     pipeline's state, set `\"on_missing_file\": \"start\"` on the source; to \
+                     start over, remove the pipeline's state (its checkpoint with it)"
+                ),
+            )),
+        }
     }
 }
 
@@ -163,17 +486,42 @@ impl Source for FileSource {
         format!("file source `{}`", self.path.display())
     }
 
-    /// Bytes of the file not read yet.
+    /// Bytes of the file not read yet (and of the file at the path, while
+    /// a rotated one is finished).
     fn lag(&self) -> Option<u64> {
-        let length = std::fs::metadata(&self.path).ok()?.len();
-        Some(length.saturating_sub(self.offset))
+        let length = std::fs::metadata(self.reading()).ok()?.len();
+        let next = match &self.finishing {
+            Some(_) => std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            None => 0,
+        };
+        Some(length.saturating_sub(self.offset) + next)
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.offset = position.offset();
         self.reader = None;
+        self.finishing = None;
+        self.line.clear();
+        self.migrated = false;
+        match position {
+            Position::Start => self.offset = 0,
+            Position::Offset(offset) => self.seek_bare_offset(*offset).await?,
+            _ => {
+                let recorded = position
+                    .decode::<FilePosition>()
+                    .map_err(|e| StreamError::seek(self.describe(), position, e))?;
+                self.seek_recorded(position, &recorded).await?;
+            }
+        }
         // Open now, so that a bad position is reported at start.
         self.open().await
+    }
+
+    fn migrated_position(&self) -> Option<Position> {
+        if self.migrated {
+            self.position().ok()
+        } else {
+            None
+        }
     }
 
     async fn next_batch(
@@ -184,17 +532,20 @@ impl Source for FileSource {
             self.open().await?;
             let events = self.read_lines(max).await?;
             if !events.is_empty() {
-                return Ok(Some((events, Position::Offset(self.offset))));
+                return Ok(Some((events, self.position()?)));
             }
             let Some(poll) = self.follow else {
+                if self.finishing.is_some() {
+                    // The rotated file is read: go on with the file at the path.
+                    self.next_file();
+                    continue;
+                }
                 return Ok(None);
             };
             if self.rotated().await {
                 // The old file is read to its end: go on with the new one.
                 tracing::info!(source = %self.describe(), "the file was rotated; following the new one");
-                self.reader = None;
-                self.offset = 0;
-                self.line.clear();
+                self.next_file();
                 continue;
             }
             tokio::time::sleep(poll).await;
@@ -215,6 +566,7 @@ impl FileSource {
             reader: Some(reader),
             line,
             offset,
+            head,
             ..
         } = self
         else {
@@ -253,6 +605,8 @@ impl FileSource {
             }
             let line_start = *offset;
             *offset += line.len() as u64;
+            // A file opened shorter than the fingerprint gets it completed.
+            extend_head(head, line_start, line);
             let mut value = line.as_slice();
             if let Some(rest) = value.strip_suffix(b"\n") {
                 value = rest.strip_suffix(b"\r").unwrap_or(rest);

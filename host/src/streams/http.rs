@@ -211,7 +211,9 @@ impl Source for HttpSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.handed_out = position.offset();
+        self.handed_out = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         Ok(())
     }
 
@@ -254,6 +256,7 @@ impl Source for HttpSource {
 
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
         Some(Box::new(HttpCommitListener {
+            describe: self.describe(),
             waiters: self.waiters.clone(),
         }))
     }
@@ -261,13 +264,16 @@ impl Source for HttpSource {
 
 /// Answers the requests whose events a committed checkpoint covers.
 struct HttpCommitListener {
+    describe: String,
     waiters: Waiters,
 }
 
 #[async_trait]
 impl CommitListener for HttpCommitListener {
     async fn committed(&mut self, position: &Position) -> Result<(), StreamError> {
-        let committed = position.offset();
+        let committed = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe.clone(), position, e))?;
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         while waiters.front().is_some_and(|(last, _)| *last <= committed) {
             if let Some((_, ack)) = waiters.pop_front() {

@@ -23,7 +23,7 @@ pub use array::ArraySource;
 pub use channel::{
     batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
 };
-pub use file::{FileSink, FileSource, LineFormat};
+pub use file::{FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile};
 pub use stdout::{DiscardSink, StdoutSink};
 
 /// Why a stream failed.
@@ -41,7 +41,7 @@ pub enum StreamError {
         source: std::io::Error,
     },
     /// A stored position does not fit this stream.
-    #[error("{stream}: cannot seek to {position:?}: {reason}")]
+    #[error("{stream}: cannot seek to {position}: {reason}")]
     Seek {
         /// The stream.
         stream: String,
@@ -81,6 +81,17 @@ pub enum StreamError {
     },
 }
 
+impl StreamError {
+    /// A stored position that `stream` cannot take, and why.
+    pub fn seek(stream: String, position: &Position, reason: impl std::fmt::Display) -> Self {
+        StreamError::Seek {
+            stream,
+            position: position.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Where events come from.
 #[async_trait]
 pub trait Source: Send {
@@ -91,8 +102,18 @@ pub trait Source: Send {
     ///
     /// # Errors
     ///
-    /// The position does not fit the source (e.g. past the end of a file).
+    /// [`StreamError::Seek`]: the position does not fit the source (past
+    /// the end of an array, a file that is no longer there), or was written
+    /// by another kind of source.
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError>;
+
+    /// The position the source stands at after [`Source::seek`], when it
+    /// records it in another form than the one it was handed (a position
+    /// stored by an earlier version): the engine commits this form at the
+    /// next checkpoint, even if nothing is read before it.
+    fn migrated_position(&self) -> Option<Position> {
+        None
+    }
 
     /// The next batch of at most `max` events and the position after its
     /// last event; `None` when a finite source has ended.

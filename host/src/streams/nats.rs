@@ -313,7 +313,9 @@ impl Source for NatsSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.received = position.offset();
+        self.received = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         Ok(())
     }
 
@@ -838,7 +840,9 @@ impl Source for JetStreamSource {
     /// Reads from the sequence after `position` on: the consumer is
     /// recreated there before the next pull.
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.handed_out = position.offset();
+        self.handed_out = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         self.consumer = None;
         Ok(())
     }
@@ -923,9 +927,10 @@ impl JetStreamCommitListener {
 #[async_trait]
 impl CommitListener for JetStreamCommitListener {
     async fn committed(&mut self, position: &Position) -> Result<(), StreamError> {
-        let Position::Offset(sequence) = position else {
-            return Ok(());
-        };
+        // The source's own position: a stream sequence (0 before the first).
+        let sequence = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe.clone(), position, e))?;
         let last_covered = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let covered = match sequence.checked_add(1) {

@@ -763,15 +763,18 @@ impl Source for SqlSource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
+        let offset = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         self.last = match position {
             Position::Start => None,
-            Position::Offset(offset) => {
-                Some(i64::try_from(*offset).map_err(|_| StreamError::Seek {
-                    stream: self.describe(),
-                    position: position.clone(),
-                    reason: "the position is past the largest 64-bit signed integer".to_owned(),
-                })?)
-            }
+            _ => Some(i64::try_from(offset).map_err(|_| {
+                StreamError::seek(
+                    self.describe(),
+                    position,
+                    "the position is past the largest 64-bit signed integer",
+                )
+            })?),
         };
         Ok(())
     }
