@@ -114,6 +114,13 @@ async fn json_event_is_answered_202_only_after_its_commit() {
 async fn json_array_is_one_request_split_over_batches() {
     let (mut source, url) = bind(4).await;
     let mut listener = source.commit_listener().unwrap();
+    // A position of another kind of source is refused.
+    let file = Position::Source {
+        kind: "file".into(),
+        value: json!({"offset": 2}),
+    };
+    let error = source.seek(&file).await.unwrap_err().to_string();
+    assert!(error.contains("another kind of source"), "{error}");
     // A restarted pipeline continues the count from its checkpoint.
     source.seek(&Position::Offset(10)).await.unwrap();
     let request = post_json(

@@ -379,6 +379,15 @@ async fn core_source_receives_published_messages() {
     assert!(events[1].headers.is_empty());
     assert_eq!(positions.last(), Some(&Position::Offset(3)));
 
+    // A position of another kind of source is refused.
+    let partitioned = Position::Partitions(BTreeMap::from([(0, Position::Offset(3))]));
+    let error = source.seek(&partitioned).await.unwrap_err();
+    assert!(
+        matches!(error, StreamError::Seek { .. })
+            && error.to_string().contains("another kind of source"),
+        "{error}"
+    );
+
     // It cannot replay: seeking only moves the count.
     source.seek(&Position::Offset(40)).await.unwrap();
     publisher.publish("in.d", "barbara".into()).await.unwrap();
@@ -580,6 +589,17 @@ async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
         .await
         .expect("reconnect");
     let mut listener = source.commit_listener().unwrap();
+    // A file source's position (the pipeline's `from` changed) is refused.
+    let file = Position::Source {
+        kind: "file".into(),
+        value: serde_json::json!({"offset": 2}),
+    };
+    let error = source.seek(&file).await.unwrap_err();
+    assert!(
+        matches!(error, StreamError::Seek { .. })
+            && error.to_string().contains("another kind of source"),
+        "{error}"
+    );
     source.seek(&Position::Offset(2)).await.unwrap();
     let started = Instant::now();
     let (events, positions) = read_events(&mut source, 10, 3).await;

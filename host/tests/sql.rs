@@ -554,6 +554,17 @@ async fn source_resumes_after_seek(backend: Backend) {
     // A position past what a signed 64-bit column holds is refused.
     let error = source.seek(&Position::Offset(u64::MAX)).await.unwrap_err();
     assert!(matches!(error, StreamError::Seek { .. }), "{error}");
+    // So is a position of another kind of source (a file's).
+    let file = Position::Source {
+        kind: "file".into(),
+        value: serde_json::json!({"offset": 3}),
+    };
+    let error = source.seek(&file).await.unwrap_err();
+    assert!(
+        matches!(error, StreamError::Seek { .. })
+            && error.to_string().contains("another kind of source"),
+        "{error}"
+    );
 }
 
 async fn source_polls_for_rows_inserted_later(backend: Backend) {

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plumber::checkpoint::CheckpointPolicy;
+use plumber::checkpoint::{CheckpointPolicy, CheckpointRecord};
 use plumber::pipeline::Pipeline;
-use plumber::state::{MemoryState, SharedState};
-use plumber::streams::{channel_sink, FilePosition, FileSource, OnMissingFile};
+use plumber::state::{MemoryState, SharedState, SledState};
+use plumber::streams::{channel_sink, ArraySource, FilePosition, FileSource, OnMissingFile};
 use plumber::Event;
 use tokio::sync::mpsc;
 
@@ -479,6 +479,128 @@ async fn a_followed_file_truncated_while_stopped_is_refused() {
     let text = error.to_string();
     assert!(
         text.contains(&path.display().to_string()) && text.contains("truncated"),
+        "{text}"
+    );
+}
+
+/// A checkpoint record as versions before file identities wrote it (a bare
+/// byte offset) is still read, for the sled and the memory-snapshot
+/// backends: the offset applies to the file at the path, and the first
+/// commit stores the file's identity with it, even when nothing new was
+/// read before it.
+#[tokio::test]
+async fn a_bare_offset_record_is_migrated_at_the_first_commit() {
+    for backend in ["sled", "memory snapshot"] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || -> SharedState {
+            match backend {
+                "sled" => Arc::new(SledState::open(dir.path().join("state")).unwrap()),
+                _ => {
+                    Arc::new(MemoryState::with_snapshot(dir.path().join("state.snapshot")).unwrap())
+                }
+            }
+        };
+        let path = dir.path().join("in.txt");
+        append(&path, "a\nb\nc\n");
+        {
+            // The offset after "a\n", in the earlier form.
+            let earlier = CheckpointRecord::from_bytes(
+                br#"{"pipeline":"default/migrate","epoch":4,"position":{"offset":2},"committed_at_ms":1700000000000,"sink_position":null,"fence":0}"#,
+            )
+            .unwrap();
+            open().commit(&earlier, &[]).await.unwrap();
+        }
+
+        // Restart: "b" and "c" are past the offset; then a checkpoint.
+        let state = open();
+        let (sink, mut out) = channel_sink(16);
+        let builder = Pipeline::builder("migrate")
+            .state(state.clone())
+            .checkpoint(CheckpointPolicy::at_end_only())
+            .from(FileSource::new(&path).follow(Duration::from_millis(10)))
+            .to(sink);
+        let handle = builder.handle();
+        let running = tokio::spawn(builder.run());
+        assert_eq!(take(&mut out, 2).await, ["b", "c"], "{backend}");
+        handle.checkpoint_now().await.unwrap();
+        handle.shutdown();
+        let report = running.await.unwrap().expect("run");
+        assert_eq!(report.resumed_from.unwrap().epoch, 4, "{backend}");
+        drop(state);
+
+        // Stored in the new form: the offset with the file's identity.
+        let record = open()
+            .last_checkpoint("default/migrate")
+            .await
+            .unwrap()
+            .unwrap();
+        let position = record.position.decode::<FilePosition>().unwrap();
+        assert_eq!(position.offset, 6, "{backend}");
+        assert_eq!(position.file.inode, Some(inode(&path)), "{backend}");
+
+        // And with nothing read at all: an idle restart from a bare offset
+        // at the end commits the new form at its first checkpoint.
+        let earlier = CheckpointRecord::from_bytes(
+            br#"{"pipeline":"default/idle","epoch":1,"position":{"offset":6},"committed_at_ms":1700000000000,"sink_position":null,"fence":0}"#,
+        )
+        .unwrap();
+        let state = open();
+        state.commit(&earlier, &[]).await.unwrap();
+        let (sink, _out) = channel_sink(16);
+        let builder = Pipeline::builder("idle")
+            .state(state.clone())
+            .checkpoint(CheckpointPolicy::at_end_only())
+            .from(FileSource::new(&path).follow(Duration::from_millis(10)))
+            .to(sink);
+        let handle = builder.handle();
+        let running = tokio::spawn(builder.run());
+        handle.checkpoint_now().await.unwrap();
+        let record = state
+            .last_checkpoint("default/idle")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.epoch, 2, "{backend}");
+        let position = record.position.decode::<FilePosition>().unwrap();
+        assert_eq!(
+            (position.offset, position.file.head_bytes),
+            (6, 6),
+            "{backend}"
+        );
+        handle.shutdown();
+        running.await.unwrap().expect("run");
+    }
+}
+
+/// A pipeline whose source was changed under the same name: the file
+/// source's checkpoint is refused by an array source (before, its byte
+/// offset was taken as a count of events to skip), with the way out.
+#[tokio::test]
+async fn a_position_of_another_source_kind_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    append(&path, "a\nb\nc\n");
+    let state: SharedState = Arc::new(MemoryState::new());
+    let (result, values) = plumber_tests::run_collect(
+        Pipeline::builder("changed")
+            .state(state.clone())
+            .from(FileSource::new(&path)),
+    )
+    .await;
+    result.expect("file run");
+    assert_eq!(values.len(), 3);
+
+    let (result, values) =
+        plumber_tests::run_collect(Pipeline::builder("changed").state(state.clone()).from(
+            ArraySource::from_strings(["1", "2", "3", "4", "5", "6", "7", "8"]),
+        ))
+        .await;
+    assert!(values.is_empty(), "{values:?}");
+    let text = result.expect_err("refused").to_string();
+    assert!(
+        text.contains("array source")
+            && text.contains("a `file` position")
+            && text.contains("another kind of source"),
         "{text}"
     );
 }

@@ -263,4 +263,85 @@ mod tests {
             .expect("no usable snapshot");
         assert!(error.to_string().contains("state.snap"), "{error}");
     }
+
+    /// A snapshot as versions before source-owned positions wrote it (the
+    /// same structures with the position's two variants of then) is read,
+    /// and a position of the newer kinds survives a snapshot.
+    #[tokio::test]
+    async fn snapshots_of_the_earlier_form_are_read_and_new_positions_kept() {
+        #[derive(Serialize)]
+        enum EarlierPosition {
+            Start,
+            Offset(u64),
+        }
+        #[derive(Serialize)]
+        struct EarlierRecord {
+            pipeline: String,
+            epoch: u64,
+            position: EarlierPosition,
+            committed_at_ms: u64,
+            sink_position: Option<u64>,
+            fence: u64,
+        }
+        #[derive(Serialize)]
+        struct EarlierInner {
+            entries: BTreeMap<Vec<u8>, Vec<u8>>,
+            checkpoints: HashMap<String, EarlierRecord>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.snapshot");
+        let record = |pipeline: &str, epoch, position| EarlierRecord {
+            pipeline: pipeline.into(),
+            epoch,
+            position,
+            committed_at_ms: 1_700_000_000_000,
+            sink_position: Some(5),
+            fence: 0,
+        };
+        let earlier = EarlierInner {
+            entries: BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]),
+            checkpoints: HashMap::from([
+                (
+                    "default/p".to_owned(),
+                    record("default/p", 4, EarlierPosition::Offset(42)),
+                ),
+                (
+                    "default/s".to_owned(),
+                    record("default/s", 0, EarlierPosition::Start),
+                ),
+            ]),
+        };
+        let mut bytes = postcard::to_allocvec(&earlier).unwrap();
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+        std::fs::write(&path, bytes).unwrap();
+
+        let state = MemoryState::with_snapshot(&path).unwrap();
+        assert_eq!(state.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+        let record = state.last_checkpoint("default/p").await.unwrap().unwrap();
+        assert_eq!(
+            (record.epoch, record.position, record.sink_position),
+            (4, Position::Offset(42), Some(5))
+        );
+        let record = state.last_checkpoint("default/s").await.unwrap().unwrap();
+        assert_eq!(record.position, Position::Start);
+
+        let partitioned = Position::Partitions(std::collections::BTreeMap::from([
+            (0, Position::Offset(7)),
+            (
+                1,
+                Position::Source {
+                    kind: "file".into(),
+                    value: serde_json::json!({"offset": 3, "file": {"head_bytes": 0}}),
+                },
+            ),
+        ]));
+        let record = CheckpointRecord::new("default/q", 1, partitioned);
+        state.commit(&record, &[]).await.unwrap();
+        let reopened = MemoryState::with_snapshot(&path).unwrap();
+        assert_eq!(
+            reopened.last_checkpoint("default/q").await.unwrap(),
+            Some(record)
+        );
+    }
 }

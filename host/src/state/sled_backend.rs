@@ -187,4 +187,23 @@ mod tests {
         assert_eq!((record.epoch, record.position), (3, Position::Offset(42)));
         assert!(state.last_checkpoint("other").await.unwrap().is_none());
     }
+
+    /// A record as versions before source-owned positions stored it.
+    #[tokio::test]
+    async fn a_record_of_the_earlier_form_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SledState::open(dir.path()).unwrap();
+        state
+            .db
+            .insert(
+                prefixed(CHECKPOINT_PREFIX, b"default/p"),
+                br#"{"pipeline":"default/p","epoch":3,"position":{"offset":42},"committed_at_ms":1700000000000,"sink_position":5,"fence":0}"#.as_slice(),
+            )
+            .unwrap();
+        let record = state.last_checkpoint("default/p").await.unwrap().unwrap();
+        assert_eq!(
+            (record.epoch, record.position, record.sink_position),
+            (3, Position::Offset(42), Some(5))
+        );
+    }
 }

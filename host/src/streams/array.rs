@@ -60,3 +60,28 @@ impl Source for ArraySource {
         Ok(Some((batch, Position::Offset(end as u64))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seeks_to_an_index_and_refuses_other_positions() {
+        let mut source = ArraySource::from_strings(["a", "b", "c"]);
+        source.seek(&Position::Offset(2)).await.unwrap();
+        let (events, position) = source.next_batch(10).await.unwrap().unwrap();
+        assert_eq!((events.len(), position), (1, Position::Offset(3)));
+        let past = source.seek(&Position::Offset(4)).await.unwrap_err();
+        assert!(past.to_string().contains("past the end"), "{past}");
+        let file = Position::Source {
+            kind: "file".into(),
+            value: serde_json::json!({"offset": 2}),
+        };
+        let error = source.seek(&file).await.unwrap_err();
+        assert!(
+            matches!(error, StreamError::Seek { .. })
+                && error.to_string().contains("another kind of source"),
+            "{error}"
+        );
+    }
+}

@@ -130,3 +130,25 @@ impl Sink for BatchChannelSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_count_continues_from_a_seek_and_other_positions_are_refused() {
+        let (sender, mut source) = channel_source(4);
+        source.seek(&Position::Offset(10)).await.unwrap();
+        sender.send(Event::new("a")).await.unwrap();
+        let (_, position) = source.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(position, Position::Offset(11));
+        let partitioned =
+            Position::Partitions(std::collections::BTreeMap::from([(0, Position::Offset(1))]));
+        let error = source.seek(&partitioned).await.unwrap_err();
+        assert!(
+            matches!(error, StreamError::Seek { .. })
+                && error.to_string().contains("another kind of source"),
+            "{error}"
+        );
+    }
+}

@@ -890,4 +890,78 @@ mod tests {
         source.next_batch(10).await.unwrap().unwrap();
         assert_eq!(source.lag(), Some(0));
     }
+
+    fn position_of(position: &Position) -> FilePosition {
+        position.decode::<FilePosition>().unwrap()
+    }
+
+    /// The fingerprint of a file opened shorter than 256 bytes grows with
+    /// what is read, and is what a restart computes from the file.
+    #[tokio::test]
+    async fn the_fingerprint_grows_with_a_short_file_up_to_256_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "ab\n").unwrap();
+        let mut source = FileSource::new(&path).follow(std::time::Duration::from_millis(5));
+        source.seek(&Position::Start).await.unwrap();
+        let (_, position) = source.next_batch(10).await.unwrap().unwrap();
+        let first = position_of(&position);
+        assert_eq!(first.offset, 3);
+        assert_eq!(first.file.head_bytes, 3);
+        assert_eq!(first.file.head_sha256, sha256_hex(b"ab\n"));
+
+        let line = format!("{}\n", "x".repeat(99));
+        std::fs::write(&path, format!("ab\n{}", line.repeat(3))).unwrap();
+        let (events, position) = source.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(events.len(), 3);
+        let grown = position_of(&position);
+        let content = std::fs::read(&path).unwrap();
+        assert_eq!(grown.offset, content.len() as u64);
+        assert_eq!(grown.file.head_bytes, 256);
+        assert_eq!(grown.file.head_sha256, sha256_hex(&content[..256]));
+        assert_eq!(grown.file.inode, first.file.inode);
+
+        // A restart at either position finds the file.
+        for position in [&Position::encode(&first).unwrap(), &position] {
+            let mut restarted = FileSource::new(&path);
+            restarted.seek(position).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_position_of_another_kind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "ab\n").unwrap();
+        let foreign = [
+            Position::Partitions(std::collections::BTreeMap::from([(0, Position::Offset(1))])),
+            Position::Source {
+                kind: "jetstream".into(),
+                value: serde_json::json!({"sequence": 1}),
+            },
+        ];
+        for position in &foreign {
+            let error = FileSource::new(&path).seek(position).await.unwrap_err();
+            let text = error.to_string();
+            assert!(
+                matches!(error, StreamError::Seek { .. })
+                    && text.contains("in.txt")
+                    && text.contains("another kind of source"),
+                "{text}"
+            );
+        }
+        let malformed = Position::Source {
+            kind: "file".into(),
+            value: serde_json::json!({"offset": 1}),
+        };
+        let text = FileSource::new(&path)
+            .seek(&malformed)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("not in the form") && text.contains("`file`"),
+            "{text}"
+        );
+    }
 }
