@@ -138,8 +138,8 @@ pub struct FileSource {
     finishing: Option<PathBuf>,
     /// Device and inode of the open file, to notice a rotation.
     inode: Option<(u64, u64)>,
-    /// The open file's first bytes (up to [`HEAD_BYTES`]): its fingerprint.
-    head: Vec<u8>,
+    /// The open file's fingerprint.
+    head: Head,
     /// The position was given in the form of an earlier version.
     migrated: bool,
 }
@@ -166,19 +166,35 @@ async fn read_head(file: &mut File, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// Adds to `head` (the file's first bytes) what of `bytes`, read at offset
-/// `start`, lies past it and within [`HEAD_BYTES`].
-fn extend_head(head: &mut Vec<u8>, start: u64, bytes: &[u8]) {
-    let have = head.len() as u64;
-    if have >= HEAD_BYTES as u64 || start > have {
-        return;
+/// A file's first bytes (up to [`HEAD_BYTES`]) and their SHA-256: its
+/// fingerprint, hashed once per change rather than once per batch.
+#[derive(Default)]
+struct Head {
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl Head {
+    fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = sha256_hex(&bytes);
+        Head { bytes, sha256 }
     }
-    let from = usize::try_from(have - start).unwrap_or(usize::MAX);
-    let to = bytes
-        .len()
-        .min(usize::try_from(HEAD_BYTES as u64 - start).unwrap_or(usize::MAX));
-    if let Some(more) = bytes.get(from..to) {
-        head.extend_from_slice(more);
+
+    /// Adds what of `bytes`, read at offset `start`, lies past the head and
+    /// within [`HEAD_BYTES`] (a file opened shorter than that grows).
+    fn extend(&mut self, start: u64, bytes: &[u8]) {
+        let have = self.bytes.len() as u64;
+        if have >= HEAD_BYTES as u64 || start > have {
+            return;
+        }
+        let from = usize::try_from(have - start).unwrap_or(usize::MAX);
+        let to = bytes
+            .len()
+            .min(usize::try_from(HEAD_BYTES as u64 - start).unwrap_or(usize::MAX));
+        if let Some(more) = bytes.get(from..to).filter(|more| !more.is_empty()) {
+            self.bytes.extend_from_slice(more);
+            self.sha256 = sha256_hex(&self.bytes);
+        }
     }
 }
 
@@ -248,7 +264,7 @@ impl FileSource {
             on_missing_file: OnMissingFile::Fail,
             finishing: None,
             inode: None,
-            head: Vec::new(),
+            head: Head::default(),
             migrated: false,
         }
     }
@@ -319,9 +335,11 @@ impl FileSource {
             .map_err(|e| self.io("open", e))?;
         let metadata = file.metadata().await.map_err(|e| self.io("stat", e))?;
         self.inode = inode_of(&metadata);
-        self.head = read_head(&mut file, HEAD_BYTES as u64)
-            .await
-            .map_err(|e| self.io("read", e))?;
+        self.head = Head::new(
+            read_head(&mut file, HEAD_BYTES as u64)
+                .await
+                .map_err(|e| self.io("read", e))?,
+        );
         let length = metadata.len();
         if self.offset > length {
             return Err(StreamError::seek(
@@ -345,8 +363,8 @@ impl FileSource {
             file: FileIdentity {
                 device,
                 inode,
-                head_bytes: self.head.len() as u64,
-                head_sha256: sha256_hex(&self.head),
+                head_bytes: self.head.bytes.len() as u64,
+                head_sha256: self.head.sha256.clone(),
             },
         })
         .map_err(|e| self.io("record the position", std::io::Error::other(e)))
@@ -606,7 +624,7 @@ impl FileSource {
             let line_start = *offset;
             *offset += line.len() as u64;
             // A file opened shorter than the fingerprint gets it completed.
-            extend_head(head, line_start, line);
+            head.extend(line_start, line);
             let mut value = line.as_slice();
             if let Some(rest) = value.strip_suffix(b"\n") {
                 value = rest.strip_suffix(b"\r").unwrap_or(rest);
@@ -841,7 +859,7 @@ impl Sink for FileSink {
         } else if now != rotations {
             return Err(StreamError::Seek {
                 stream: self.describe(),
-                position: Position::Offset(position),
+                position: Box::new(Position::Offset(position)),
                 reason: format!(
                     "the checkpoint saw {rotations} rotated files, there are {now}: the files were changed outside plumber"
                 ),
@@ -856,7 +874,7 @@ impl Sink for FileSink {
         if length < committed {
             return Err(StreamError::Seek {
                 stream: self.describe(),
-                position: Position::Offset(position),
+                position: Box::new(Position::Offset(position)),
                 reason: format!("the file has only {length} bytes, less than the checkpoint committed ({committed})"),
             });
         }

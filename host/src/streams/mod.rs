@@ -45,8 +45,9 @@ pub enum StreamError {
     Seek {
         /// The stream.
         stream: String,
-        /// The position asked for.
-        position: Position,
+        /// The position asked for (boxed: a source's own position is large,
+        /// and errors are rare).
+        position: Box<Position>,
         /// Why not.
         reason: String,
     },
@@ -86,7 +87,7 @@ impl StreamError {
     pub fn seek(stream: String, position: &Position, reason: impl std::fmt::Display) -> Self {
         StreamError::Seek {
             stream,
-            position: position.clone(),
+            position: Box::new(position.clone()),
             reason: reason.to_string(),
         }
     }
