@@ -670,7 +670,8 @@ impl WindowStep {
     }
 
     /// Adds `event` to the window starting at `start` of `key`, enforcing
-    /// the bounds; a session's events are kept in time order.
+    /// the bounds; a session's events are kept in time order. (The caller
+    /// marks the key changed, once per event.)
     fn push(
         &mut self,
         key: &WindowKey,
@@ -727,7 +728,6 @@ impl WindowStep {
             buffer.events.push_back(event);
         }
         self.buffered += 1;
-        self.mark_dirty(key);
         Ok(())
     }
 
@@ -883,7 +883,13 @@ impl WindowStep {
                 };
                 if full {
                     if let Some(buffer) = self.take_buffer(&key, start) {
-                        emit(key, buffer.start, buffer.end, buffer.events.into(), out);
+                        emit(
+                            key.clone(),
+                            buffer.start,
+                            buffer.end,
+                            buffer.events.into(),
+                            out,
+                        );
                     }
                 }
             }
@@ -911,7 +917,7 @@ impl WindowStep {
                     let Some(copy) = copy else { break };
                     let start = self.time_buffer(&key, start, end);
                     self.push(&key, start, copy, out)?;
-                    self.fire_if_complete(&key, start, out);
+                    self.fire_if_complete(&key, start, end, out);
                 }
             }
             WindowKind::Session { gap_ms, .. } => {
@@ -933,9 +939,10 @@ impl WindowStep {
                 }
                 let start = self.merge_session(&key, time, end, touching);
                 self.push(&key, start, event, out)?;
-                self.fire_if_complete(&key, start, out);
+                self.fire_if_complete(&key, start, merged_end, out);
             }
         }
+        self.mark_dirty(&key);
         if let Some(settings) = self.event_time {
             if has_timestamp {
                 self.advance_watermark(settings, time);
@@ -974,17 +981,20 @@ impl WindowStep {
     /// In event time, a window the watermark has already passed (an event
     /// came late, within the allowed lateness) fires at once with its full
     /// contents, and is kept until its lateness has passed.
-    fn fire_if_complete(&mut self, key: &WindowKey, start: u64, out: &mut Vec<Batch>) {
+    /// (`end` is the window's end, known to the caller: most events come
+    /// before the watermark passes it, and cost no lookup here.)
+    fn fire_if_complete(&mut self, key: &WindowKey, start: u64, end: u64, out: &mut Vec<Batch>) {
         let lateness = self.lateness();
-        let horizon = match (self.event_time, self.watermark) {
-            (Some(_), Some(watermark)) => watermark,
-            _ => return,
-        };
+        let complete =
+            |end: u64| self.event_time.is_some() && self.watermark.is_some_and(|w| end <= w);
+        if !complete(end) {
+            return;
+        }
         let Some(buffer) = self.open.get_mut(key).and_then(|w| w.get_mut(start)) else {
             return;
         };
         let end = buffer.end;
-        if end > horizon {
+        if !complete(end) {
             return;
         }
         let events = buffer.copy_events();
