@@ -641,6 +641,8 @@ fn bench_runs_the_suite_and_prints_every_scenario() {
         "memory window 5x",
         "memory nexmark q5 5x",
         "memory nexmark q7 5x",
+        "windows tumbling",
+        "windows session",
     ] {
         assert!(
             stdout.lines().any(|line| line.starts_with(scenario)),

@@ -1,11 +1,20 @@
-//! The windowed word-count example, end to end: a file of timestamped
-//! events, a split pipe, an event-time tumbling window, an aggregating pipe.
+//! Windows end to end: the windowed word-count example (a file of
+//! timestamped events, a split pipe, an event-time tumbling window, an
+//! aggregating pipe), and keyed windows restarted on real backends.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use plumber::checkpoint::CheckpointPolicy;
 use plumber::config::PipelineConfig;
+use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
-use plumber_tests::{cache_dir, guest, workspace_root};
+use plumber::state::{RedisOptions, RedisState, SharedState, SledState};
+use plumber::streams::{batch_channel_sink, channel_source};
+use plumber::window::{EventTime, Window};
+use plumber::Event;
+use plumber_tests::{cache_dir, guest, workspace_root, RedisServer};
 
 /// Per-window word counts computed natively from the example's data, in
 /// the order the aggregating pipe writes them.
@@ -68,4 +77,135 @@ async fn windowed_word_count_example_counts_each_window_exactly() {
     assert_eq!(written.lines().collect::<Vec<_>>(), expected_lines(&data));
     // The data is out of order by less than the allowed 2 s: nothing is late.
     assert!(!late.exists() || std::fs::read_to_string(&late).unwrap().is_empty());
+}
+
+/// Keys a state backend must keep apart byte for byte: glob characters
+/// (Redis scans by pattern), a slash, bytes that are not UTF-8.
+fn awkward_keys() -> Vec<Vec<u8>> {
+    vec![
+        b"a*".to_vec(),
+        b"[x]".to_vec(),
+        vec![0xff, 0x00, b'?'],
+        b"key/with/slash".to_vec(),
+    ]
+}
+
+fn session_window() -> Window {
+    Window::session("sessions", Duration::from_millis(1_000))
+        .event_time(EventTime::default())
+        .keyed()
+}
+
+fn event(key: &[u8], timestamp: u64) -> Event {
+    Event::new(format!("{timestamp}"))
+        .with_key(key.to_vec())
+        .with_timestamp(timestamp)
+}
+
+/// Runs the session window over `events` with a checkpoint after every
+/// event; stops once the last is checkpointed (`stop`) or when the input
+/// ends; returns the releases as (start, end, key, values).
+async fn run_sessions(
+    state: SharedState,
+    events: Vec<Event>,
+    stop: bool,
+) -> Vec<(u64, u64, Option<Vec<u8>>, Vec<String>)> {
+    let (input, source) = channel_source(64);
+    let (sink, mut output) = batch_channel_sink(64);
+    let builder = Pipeline::builder("windows-restart")
+        .state(state.clone())
+        .checkpoint(CheckpointPolicy::at_end_only().and_every_events(1))
+        .batch_size(1)
+        .from(source)
+        .then(session_window())
+        .to(sink);
+    let handle = builder.handle();
+    let running = tokio::spawn(builder.run());
+    let before = state
+        .last_checkpoint("default/windows-restart")
+        .await
+        .unwrap()
+        .map_or(0, |c| c.position.offset());
+    let count = events.len() as u64;
+    for event in events {
+        input.send(event).await.unwrap();
+    }
+    if stop {
+        while state
+            .last_checkpoint("default/windows-restart")
+            .await
+            .unwrap()
+            .map_or(0, |c| c.position.offset())
+            < before + count
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.shutdown();
+    } else {
+        drop(input);
+    }
+    running.await.unwrap().expect("run");
+    let mut released = Vec::new();
+    while let Some(batch) = output.recv().await {
+        let info = batch.window.expect("window info");
+        let values = batch
+            .events
+            .iter()
+            .map(|e| e.value_lossy().into_owned())
+            .collect();
+        released.push((info.start, info.end, info.key, values));
+    }
+    released
+}
+
+/// A keyed session window stopped half-way continues on restart from the
+/// per-key entries it saved, on sled and on a real Redis server: the
+/// sessions merge across the restart, keys come back byte for byte.
+#[tokio::test]
+async fn keyed_sessions_continue_across_a_restart_on_sled_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let backends: Vec<(&str, SharedState)> = vec![
+        ("sled", Arc::new(SledState::open(dir.path()).unwrap())),
+        (
+            "redis",
+            Arc::new(
+                RedisState::connect(&redis.url(), RedisOptions::default())
+                    .await
+                    .unwrap(),
+            ),
+        ),
+    ];
+    for (backend, state) in backends {
+        // First run: two events per key, one session each, then a stop.
+        let first: Vec<Event> = awkward_keys()
+            .iter()
+            .flat_map(|k| [event(k, 1_000), event(k, 1_500)])
+            .collect();
+        assert_eq!(
+            run_sessions(state.clone(), first, true).await,
+            vec![],
+            "{backend}"
+        );
+        // Second run: an event that extends each session, then one far
+        // later that moves the watermark past them all.
+        let mut second: Vec<Event> = awkward_keys().iter().map(|k| event(k, 2_000)).collect();
+        second.push(event(b"z", 10_000));
+        let released = run_sessions(state.clone(), second, false).await;
+        let mut expected: Vec<_> = awkward_keys()
+            .into_iter()
+            .map(|k| {
+                let values = vec!["1000".to_owned(), "1500".to_owned(), "2000".to_owned()];
+                (1_000, 3_000, Some(k), values)
+            })
+            .collect();
+        expected.sort_by(|a, b| a.2.cmp(&b.2));
+        expected.push((
+            10_000,
+            11_000,
+            Some(b"z".to_vec()),
+            vec!["10000".to_owned()],
+        ));
+        assert_eq!(released, expected, "{backend}");
+    }
 }

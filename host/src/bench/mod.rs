@@ -22,11 +22,13 @@
 //! | `nexmark` | the Nexmark generator and queries q0, q1, q2, q5, q7 |
 //! | `scaling` | one and two pipelines in parallel |
 //! | `memory` | peak RSS at 1× and 5× the input |
-//! | `suite` | all four above (the default) |
+//! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order |
+//! | `suite` | all five above (the default) |
 //! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
 
 mod legacy;
 pub mod nexmark;
+pub mod windows;
 pub mod wordcount;
 
 use std::fmt::Write as _;
@@ -46,7 +48,8 @@ pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
-    /// memory), wordcount, nexmark, scaling, memory, batches, guarantees, languages.
+    /// memory, windows), wordcount, nexmark, scaling, memory, windows,
+    /// batches, guarantees, languages.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
     pub scenario: Vec<String>,
     /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
@@ -597,16 +600,18 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
     let mut scenarios: Vec<&str> = Vec::new();
     for name in &args.scenario {
         match name.as_str() {
-            "suite" | "all" => scenarios.extend(["wordcount", "nexmark", "scaling", "memory"]),
-            "wordcount" | "nexmark" | "scaling" | "memory" | "batches" | "guarantees"
-            | "languages" => scenarios.push(name),
+            "suite" | "all" => {
+                scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
+            }
+            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "batches"
+            | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
             "stateful" => scenarios.push("guarantees"),
             other => {
                 return Err(BenchError::Setup(format!(
                     "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
-                     batches, guarantees or languages"
+                     windows, batches, guarantees or languages"
                 )))
             }
         }
@@ -655,6 +660,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "batches" => legacy::run_map(&args, &rt, &mut table).await?,
             "guarantees" => legacy::run_stateful(&args, &rt).await?,
             "languages" => legacy::run_languages(&args).await?,
+            "windows" => windows::run(&args, &mut table).await?,
             _ => {}
         }
     }

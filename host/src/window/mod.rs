@@ -20,29 +20,44 @@
 //! goes quiet lets the watermark advance with processing time, so its last
 //! windows close.
 //!
+//! Sessions in event time follow Flink's rules: an event first merges with
+//! every session of its key that it overlaps or touches, and lateness is
+//! judged on the merged session. A merged session that reaches past the
+//! watermark waits for the watermark to pass its new end; one the watermark
+//! has already passed fires at once.
+//!
 //! With `key_by` a window keeps one buffer per event key and fires per key.
+//! Open time windows are indexed by end, so an event or a timer looks only
+//! at the windows that are due, however many keys are open; a key's
+//! sessions are ordered by start, so an event finds those it touches in
+//! O(log n) and a merge moves only the smaller sessions.
+//!
 //! Buffers are part of every checkpoint (saved in the state backend with the
-//! pipes' writes and the source position), so a restart continues a
-//! half-filled window. When a finite source ends, every open window fires.
+//! pipes' writes and the source position, one entry per key, written when
+//! it changed: see `saved`), so a restart continues a half-filled window.
+//! When a finite source ends, every open window fires.
 
+mod buffers;
 mod clock;
+mod saved;
 mod trigger;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetters;
-use crate::state::{Namespace, SharedState, StateError, WriteSet};
+use crate::state::{KeyHasher, Namespace, SharedState, StateError, WriteSet};
 use crate::step::{Step, StepError};
 use crate::{Batch, Event, WindowInfo};
 
+use buffers::{merge_sessions, Buffer, KeyWindows, WindowKey};
 pub use clock::WindowClock;
+use saved::{Entry, Meta};
 pub use trigger::WindowHandle;
 use trigger::WindowShared;
 
@@ -385,38 +400,15 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One open window of one key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Buffer {
-    start: u64,
-    end: u64,
-    events: Vec<Event>,
-    bytes: usize,
-    /// Fired at least once (event time with allowed lateness keeps it).
-    fired: bool,
-}
-
-impl Buffer {
-    fn new(start: u64, end: u64) -> Self {
-        Buffer {
-            start,
-            end,
-            events: Vec::new(),
-            bytes: 0,
-            fired: false,
-        }
-    }
-}
-
 /// A window due for release.
 struct Release {
     end: u64,
     start: u64,
-    key: Option<Vec<u8>>,
+    key: WindowKey,
     events: Vec<Event>,
 }
 
-fn emit(key: Option<Vec<u8>>, start: u64, end: u64, events: Vec<Event>, out: &mut Vec<Batch>) {
+fn emit(key: WindowKey, start: u64, end: u64, events: Vec<Event>, out: &mut Vec<Batch>) {
     out.push(Batch {
         events,
         window: Some(WindowInfo { start, end, key }),
@@ -433,19 +425,27 @@ fn emit_in_order(mut due: Vec<Release>, out: &mut Vec<Batch>) {
     }
 }
 
-/// What a checkpoint saves of a window.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Snapshot {
-    open: Vec<(Option<Vec<u8>>, Vec<Buffer>)>,
-    max_timestamp: Option<u64>,
-    watermark: Option<u64>,
-    late_dropped: u64,
+/// A time window in an index: `(deadline, start, key)`. Ordered like
+/// releases (by end, then start, then key) when the deadline is the end.
+type Due = (u64, u64, WindowKey);
+
+/// The first entry of `index` if it is due by `horizon`, taken out.
+fn pop_due(index: &mut BTreeSet<Due>, horizon: u64) -> Option<Due> {
+    if index.first()?.0 > horizon {
+        return None;
+    }
+    index.pop_first()
 }
 
-const SNAPSHOT_KEY: &str = "buffers";
-
-fn event_bytes(event: &Event) -> usize {
-    event.size_bytes()
+/// Work of the firing and merging paths, counted in tests to check that it
+/// does not grow with the number of open windows.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Work {
+    /// Index entries looked at (or, before the index, buffers).
+    visited: std::cell::Cell<u64>,
+    /// Events moved to merge sessions or to insert out of order.
+    moved: std::cell::Cell<u64>,
 }
 
 /// A running window.
@@ -454,15 +454,28 @@ pub struct WindowStep {
     clock: WindowClock,
     namespace: Namespace,
     event_time: Option<EventTime>,
-    /// Open buffers per key (`None`: unkeyed or keyless events).
-    open: BTreeMap<Option<Vec<u8>>, Vec<Buffer>>,
+    /// Open windows per key (`None`: unkeyed or keyless events).
+    open: HashMap<WindowKey, KeyWindows, KeyHasher>,
+    /// Time windows that have not fired, by end: what fires next, in release order.
+    unfired: BTreeSet<Due>,
+    /// Fired time windows kept for their allowed lateness, by end + lateness.
+    retained: BTreeSet<Due>,
+    /// Events in all open windows.
+    buffered: usize,
     max_timestamp: Option<u64>,
     watermark: Option<u64>,
     last_arrival_ms: u64,
     triggers_seen: u64,
     dead_letters: Option<DeadLetters>,
-    changed: bool,
+    /// Keys whose windows changed since the last checkpoint.
+    dirty: HashSet<WindowKey, KeyHasher>,
+    /// What the last checkpoint saved of [`Meta`] (`None`: nothing yet).
+    saved_meta: Option<Meta>,
+    /// Saved entries to delete at the next checkpoint (another format's).
+    stale: Vec<Vec<u8>>,
     checkpoint_on_close: Option<Arc<Notify>>,
+    #[cfg(test)]
+    work: Work,
 }
 
 /// How the pipeline runs its windows.
@@ -510,41 +523,115 @@ impl WindowStep {
             }
         }
         let namespace = Namespace::for_window(tenant, pipeline, &spec.name);
-        let saved = if options.restore {
-            state
-                .get(&namespace.key(SNAPSHOT_KEY))
-                .await
-                .map_err(|e: StateError| native(format!("cannot read the saved buffers: {e}")))?
-        } else {
-            None
-        };
-        let snapshot = match saved {
-            Some(bytes) => postcard::from_bytes::<Snapshot>(&bytes)
-                .map_err(|e| native(format!("the saved buffers are corrupt: {e}")))?,
-            None => Snapshot::default(),
-        };
-        spec.shared
-            .late_dropped
-            .store(snapshot.late_dropped, Ordering::SeqCst);
+        let saved = state
+            .scan_prefix(namespace.prefix())
+            .await
+            .map_err(|e: StateError| native(format!("cannot read the saved buffers: {e}")))?;
         let clock = spec.clock.unwrap_or_else(WindowClock::system);
         let triggers_seen = spec.shared.triggers.load(Ordering::SeqCst);
-        Ok(WindowStep {
+        let mut step = WindowStep {
             event_time: spec.event_time_settings(),
             last_arrival_ms: clock.now_ms(),
-            open: snapshot.open.into_iter().collect(),
-            max_timestamp: snapshot.max_timestamp,
-            watermark: snapshot.watermark,
+            open: HashMap::default(),
+            unfired: BTreeSet::new(),
+            retained: BTreeSet::new(),
+            buffered: 0,
+            max_timestamp: None,
+            watermark: None,
             spec,
             clock,
             namespace,
             triggers_seen,
             dead_letters,
-            changed: false,
+            dirty: HashSet::default(),
+            saved_meta: None,
+            stale: Vec::new(),
             checkpoint_on_close: options.checkpoint_on_close.clone(),
-        })
+            #[cfg(test)]
+            work: Work::default(),
+        };
+        let meta = if options.restore {
+            step.load(saved).map_err(|e| StepError::Native {
+                step: step.spec.name.clone(),
+                message: format!("the saved buffers are corrupt: {e}"),
+            })?
+        } else {
+            // Starting empty: what an earlier run saved goes at the first
+            // checkpoint, so that what is saved is always what is open.
+            step.stale = saved.into_iter().map(|(name, _)| name).collect();
+            Meta::default()
+        };
+        step.max_timestamp = meta.max_timestamp;
+        step.watermark = meta.watermark;
+        step.spec
+            .shared
+            .late_dropped
+            .store(meta.late_dropped, Ordering::SeqCst);
+        Ok(step)
     }
 
-    fn key_of(&self, event: &Event) -> Option<Vec<u8>> {
+    /// Loads the saved entries, indexes the windows, and returns the saved [`Meta`].
+    fn load(&mut self, saved: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Meta, String> {
+        let mut meta = None;
+        let mut legacy = None;
+        // In key order: an earlier version's single entry (`buffers`) comes
+        // before the per-key entries, which are newer if both are there.
+        for (name, value) in saved {
+            match saved::decode(&self.namespace, &name, &value)? {
+                Entry::Meta(saved) => meta = Some(saved),
+                Entry::Key(key, buffers) => {
+                    if let Some(windows) = KeyWindows::from_buffers(buffers) {
+                        self.open.insert(key, windows);
+                    }
+                }
+                Entry::Legacy(saved, open) => {
+                    // Replaced by per-key entries at the next checkpoint.
+                    self.stale.push(name);
+                    legacy = Some(saved);
+                    for (key, buffers) in open {
+                        if let Some(windows) = KeyWindows::from_buffers(buffers) {
+                            self.dirty.insert(key.clone());
+                            self.open.insert(key, windows);
+                        }
+                    }
+                }
+            }
+        }
+        self.saved_meta = meta;
+        let lateness = self.lateness();
+        let indexed = self.indexed();
+        for (key, windows) in &self.open {
+            for buffer in windows.iter() {
+                self.buffered += buffer.events.len();
+                if indexed {
+                    if buffer.fired {
+                        self.retained.insert((
+                            buffer.end.saturating_add(lateness),
+                            buffer.start,
+                            key.clone(),
+                        ));
+                    } else {
+                        self.unfired.insert((buffer.end, buffer.start, key.clone()));
+                    }
+                }
+            }
+        }
+        Ok(meta.or(legacy).unwrap_or_default())
+    }
+
+    /// Whether this window's buffers are time windows, fired from the index.
+    fn indexed(&self) -> bool {
+        matches!(
+            self.spec.kind,
+            WindowKind::Tumbling { .. } | WindowKind::Sliding { .. } | WindowKind::Session { .. }
+        )
+    }
+
+    fn lateness(&self) -> u64 {
+        self.event_time.map_or(0, |s| s.allowed_lateness_ms)
+    }
+
+    fn key_of(&self, event: &Event) -> WindowKey {
         if self.spec.keyed {
             event.key.clone()
         } else {
@@ -576,21 +663,31 @@ impl WindowStep {
         }
     }
 
-    /// Adds `event` to the buffer `index` of `key`, enforcing the bounds.
+    fn mark_dirty(&mut self, key: &WindowKey) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.clone());
+        }
+    }
+
+    /// Adds `event` to the window starting at `start` of `key`, enforcing
+    /// the bounds; a session's events are kept in time order. (The caller
+    /// marks the key changed, once per event.)
     fn push(
         &mut self,
-        key: &Option<Vec<u8>>,
-        index: usize,
+        key: &WindowKey,
+        start: u64,
         event: Event,
         out: &mut Vec<Batch>,
     ) -> Result<(), StepError> {
-        let size = event_bytes(&event);
+        let size = event.size_bytes();
         let (max_events, max_bytes, overflow) = (
             self.spec.max_events,
             self.spec.max_bytes,
             self.spec.overflow,
         );
-        let Some(buffer) = self.open.get_mut(key).and_then(|list| list.get_mut(index)) else {
+        let in_time_order =
+            self.event_time.is_some() && matches!(self.spec.kind, WindowKind::Session { .. });
+        let Some(buffer) = self.open.get_mut(key).and_then(|w| w.get_mut(start)) else {
             return Ok(());
         };
         let over_events = max_events.is_some_and(|max| buffer.events.len() + 1 > max);
@@ -615,39 +712,98 @@ impl WindowStep {
                     });
                 }
                 Overflow::Release => {
-                    let events = std::mem::take(&mut buffer.events);
+                    let events = Vec::from(std::mem::take(&mut buffer.events));
+                    self.buffered = self.buffered.saturating_sub(events.len());
                     buffer.bytes = 0;
-                    let (start, end) = (buffer.start, buffer.end);
-                    emit(key.clone(), start, end, events, out);
+                    emit(key.clone(), buffer.start, buffer.end, events, out);
                 }
             }
         }
-        if let Some(buffer) = self.open.get_mut(key).and_then(|list| list.get_mut(index)) {
-            buffer.bytes += size;
-            buffer.events.push(event);
+        buffer.bytes += size;
+        if in_time_order {
+            let _moved = buffer.insert_in_time_order(event);
+            #[cfg(test)]
+            self.work.moved.set(self.work.moved.get() + _moved as u64);
+        } else {
+            buffer.events.push_back(event);
         }
+        self.buffered += 1;
         Ok(())
     }
 
-    /// Finds or opens the buffer `[start, end)` of `key`.
-    fn buffer_index(&mut self, key: &Option<Vec<u8>>, start: u64, end: u64) -> usize {
-        let list = self.open.entry(key.clone()).or_default();
-        match list.iter().position(|b| b.start == start && b.end == end) {
-            Some(index) => index,
+    /// Opens `buffer` for `key`, indexed by its end when it is a time window.
+    fn open_buffer(&mut self, key: &WindowKey, buffer: Buffer) {
+        if self.indexed() {
+            self.unfired.insert((buffer.end, buffer.start, key.clone()));
+        }
+        self.buffered += buffer.events.len();
+        match self.open.get_mut(key) {
+            Some(windows) => windows.insert(buffer),
             None => {
-                list.push(Buffer::new(start, end));
-                list.len() - 1
+                self.open.insert(key.clone(), KeyWindows::One(buffer));
             }
         }
+        self.mark_dirty(key);
     }
 
-    /// The one buffer of a count or signal window's key, opened at `time` if needed.
-    fn first_buffer(&mut self, key: &Option<Vec<u8>>, time: u64) -> usize {
-        let list = self.open.entry(key.clone()).or_default();
-        if list.is_empty() {
-            list.push(Buffer::new(time, time));
+    /// Removes the window starting at `start` of `key` (and its index entry).
+    fn take_buffer(&mut self, key: &WindowKey, start: u64) -> Option<Buffer> {
+        let windows = self.open.get_mut(key)?;
+        let buffer = match windows {
+            KeyWindows::One(only) if only.start == start => match self.open.remove(key) {
+                Some(KeyWindows::One(only)) => only,
+                _ => return None,
+            },
+            KeyWindows::One(_) => return None,
+            KeyWindows::Many(_) => {
+                let buffer = windows.remove_from_many(start)?;
+                if windows.is_empty() {
+                    self.open.remove(key);
+                }
+                buffer
+            }
+        };
+        if self.indexed() {
+            let due = if buffer.fired {
+                (
+                    buffer.end.saturating_add(self.lateness()),
+                    buffer.start,
+                    key.clone(),
+                )
+            } else {
+                (buffer.end, buffer.start, key.clone())
+            };
+            if buffer.fired {
+                self.retained.remove(&due);
+            } else {
+                self.unfired.remove(&due);
+            }
         }
-        0
+        self.buffered = self.buffered.saturating_sub(buffer.events.len());
+        self.mark_dirty(key);
+        Some(buffer)
+    }
+
+    /// The start of the window `[start, end)` of `key`, opened if needed.
+    fn time_buffer(&mut self, key: &WindowKey, start: u64, end: u64) -> u64 {
+        let exists = self
+            .open
+            .get(key)
+            .is_some_and(|windows| windows.get(start).is_some());
+        if !exists {
+            self.open_buffer(key, Buffer::new(start, end));
+        }
+        start
+    }
+
+    /// The start of the one window of a count or signal window's key,
+    /// opened at `time` if needed.
+    fn first_buffer(&mut self, key: &WindowKey, time: u64) -> u64 {
+        if let Some(start) = self.open.get(key).and_then(KeyWindows::first_start) {
+            return start;
+        }
+        self.open_buffer(key, Buffer::new(time, time));
+        time
     }
 
     /// The bounds of the time windows an event at `time` belongs to.
@@ -688,7 +844,6 @@ impl WindowStep {
     }
 
     async fn late(&mut self, event: Event) -> Result<(), StepError> {
-        self.changed = true;
         match (self.spec.late, &self.dead_letters) {
             (LatePolicy::DeadLetter, Some(dead_letters)) => {
                 dead_letters
@@ -715,21 +870,32 @@ impl WindowStep {
         let key = self.key_of(&event);
         let time = self.time_of(&event, now);
         let has_timestamp = event.timestamp.is_some();
-        match self.spec.kind.clone() {
+        match self.spec.kind {
             WindowKind::Count { events } => {
-                let index = self.first_buffer(&key, time);
-                self.push(&key, index, event, out)?;
-                if let Some(buffer) = self.open.get_mut(&key).and_then(|list| list.get_mut(index)) {
-                    buffer.end = buffer.end.max(time.saturating_add(1));
-                    if buffer.events.len() >= events {
-                        let buffer = self.remove(&key, index);
-                        emit(key, buffer.start, buffer.end, buffer.events, out);
+                let start = self.first_buffer(&key, time);
+                self.push(&key, start, event, out)?;
+                let full = match self.open.get_mut(&key).and_then(|w| w.get_mut(start)) {
+                    Some(buffer) => {
+                        buffer.end = buffer.end.max(time.saturating_add(1));
+                        buffer.events.len() >= events
+                    }
+                    None => false,
+                };
+                if full {
+                    if let Some(buffer) = self.take_buffer(&key, start) {
+                        emit(
+                            key.clone(),
+                            buffer.start,
+                            buffer.end,
+                            buffer.events.into(),
+                            out,
+                        );
                     }
                 }
             }
             WindowKind::Signal { .. } => {
-                let index = self.first_buffer(&key, time);
-                self.push(&key, index, event, out)?;
+                let start = self.first_buffer(&key, time);
+                self.push(&key, start, event, out)?;
             }
             WindowKind::Tumbling { .. } | WindowKind::Sliding { .. } => {
                 let bounds: Vec<(u64, u64)> = self
@@ -749,33 +915,34 @@ impl WindowStep {
                         event.clone()
                     };
                     let Some(copy) = copy else { break };
-                    let index = self.buffer_index(&key, start, end);
-                    self.push(&key, index, copy, out)?;
-                    self.refire_if_fired(&key, index, out);
+                    let start = self.time_buffer(&key, start, end);
+                    self.push(&key, start, copy, out)?;
+                    self.fire_if_complete(&key, start, end, out);
                 }
             }
             WindowKind::Session { gap_ms, .. } => {
                 let end = time.saturating_add(gap_ms);
-                if self.closed_for_good(end) {
+                // Merge first, then judge lateness on the merged session:
+                // an event late for its own session may join a retained one.
+                let touching = self
+                    .open
+                    .get(&key)
+                    .map(|windows| windows.touching(time, end))
+                    .unwrap_or_default();
+                let merged_end = touching
+                    .iter()
+                    .filter_map(|s| self.open.get(&key).and_then(|w| w.get(*s)))
+                    .map(|b| b.end)
+                    .fold(end, u64::max);
+                if self.closed_for_good(merged_end) {
                     return self.late(event).await;
                 }
-                let index = self.merge_session(&key, time, end);
-                self.push(&key, index, event, out)?;
-                if self.event_time.is_some() {
-                    // Keep a session's events in time order when one arrives out of order.
-                    if let Some(buffer) =
-                        self.open.get_mut(&key).and_then(|list| list.get_mut(index))
-                    {
-                        if let Some(last) = buffer.events.len().checked_sub(1) {
-                            let at = buffer.events[..last]
-                                .partition_point(|e| e.timestamp.unwrap_or(0) <= time);
-                            buffer.events[at..].rotate_right(1);
-                        }
-                    }
-                }
-                self.refire_if_fired(&key, index, out);
+                let start = self.merge_session(&key, time, end, touching);
+                self.push(&key, start, event, out)?;
+                self.fire_if_complete(&key, start, merged_end, out);
             }
         }
+        self.mark_dirty(&key);
         if let Some(settings) = self.event_time {
             if has_timestamp {
                 self.advance_watermark(settings, time);
@@ -785,51 +952,63 @@ impl WindowStep {
         Ok(())
     }
 
-    /// Merges the session `[start, end)` with every overlapping session of
-    /// `key`; returns the merged session's index.
-    fn merge_session(&mut self, key: &Option<Vec<u8>>, start: u64, end: u64) -> usize {
-        let list = self.open.entry(key.clone()).or_default();
-        let mut merged = Buffer::new(start, end);
-        let mut kept = Vec::with_capacity(list.len());
-        for buffer in list.drain(..) {
-            if buffer.start <= merged.end && merged.start <= buffer.end {
-                merged.start = merged.start.min(buffer.start);
-                merged.end = merged.end.max(buffer.end);
-                merged.bytes += buffer.bytes;
-                merged.fired |= buffer.fired;
-                merged.events.extend(buffer.events);
-            } else {
-                kept.push(buffer);
+    /// Merges the session `[start, end)` of `key` with the sessions at
+    /// `touching` (the starts of those it overlaps or touches); returns the
+    /// merged session's start. The merged session has not fired: it fires
+    /// when the watermark passes its end (at once if it already has).
+    fn merge_session(&mut self, key: &WindowKey, start: u64, end: u64, touching: Vec<u64>) -> u64 {
+        let mut parts = Vec::with_capacity(touching.len() + 1);
+        for part in touching {
+            if let Some(buffer) = self.take_buffer(key, part) {
+                parts.push(buffer);
             }
         }
-        // Keep events in time order across merged sessions.
-        merged
-            .events
-            .sort_by_key(|e| e.timestamp.unwrap_or(merged.start));
-        kept.push(merged);
-        *list = kept;
-        list.len() - 1
+        let mut merged = match merge_sessions(parts) {
+            Some((merged, _moved)) => {
+                #[cfg(test)]
+                self.work.moved.set(self.work.moved.get() + _moved as u64);
+                merged
+            }
+            None => Buffer::new(start, end),
+        };
+        merged.start = merged.start.min(start);
+        merged.end = merged.end.max(end);
+        let merged_start = merged.start;
+        self.open_buffer(key, merged);
+        merged_start
     }
 
-    /// In event time, a window that already fired fires again with its full
-    /// contents when a late event joins it.
-    fn refire_if_fired(&mut self, key: &Option<Vec<u8>>, index: usize, out: &mut Vec<Batch>) {
-        let Some(buffer) = self.open.get(key).and_then(|list| list.get(index)) else {
+    /// In event time, a window the watermark has already passed (an event
+    /// came late, within the allowed lateness) fires at once with its full
+    /// contents, and is kept until its lateness has passed.
+    /// (`end` is the window's end, known to the caller: most events come
+    /// before the watermark passes it, and cost no lookup here.)
+    fn fire_if_complete(&mut self, key: &WindowKey, start: u64, end: u64, out: &mut Vec<Batch>) {
+        let lateness = self.lateness();
+        let complete =
+            |end: u64| self.event_time.is_some() && self.watermark.is_some_and(|w| end <= w);
+        if !complete(end) {
+            return;
+        }
+        let Some(buffer) = self.open.get_mut(key).and_then(|w| w.get_mut(start)) else {
             return;
         };
-        if buffer.fired {
-            let (start, end, events) = (buffer.start, buffer.end, buffer.events.clone());
+        let end = buffer.end;
+        if !complete(end) {
+            return;
+        }
+        let events = buffer.copy_events();
+        if !buffer.fired {
+            buffer.fired = true;
+            let due = (end, start, key.clone());
+            self.unfired.remove(&due);
+            self.retained
+                .insert((end.saturating_add(lateness), start, due.2));
+            self.mark_dirty(key);
+        }
+        if !events.is_empty() {
             emit(key.clone(), start, end, events, out);
         }
-    }
-
-    fn remove(&mut self, key: &Option<Vec<u8>>, index: usize) -> Buffer {
-        let list = self.open.entry(key.clone()).or_default();
-        let buffer = list.remove(index);
-        if list.is_empty() {
-            self.open.remove(key);
-        }
-        buffer
     }
 
     fn advance_watermark(&mut self, settings: EventTime, timestamp: u64) {
@@ -855,52 +1034,53 @@ impl WindowStep {
         self.fire_until(horizon, out);
     }
 
+    /// Fires the windows that end by `horizon`, from the index: in release
+    /// order, looking at no window that is not due.
     fn fire_until(&mut self, horizon: u64, out: &mut Vec<Batch>) {
-        let lateness = self.event_time.map_or(0, |s| s.allowed_lateness_ms);
-        let mut due: Vec<Release> = Vec::new();
-        let mut emptied = Vec::new();
-        for (key, list) in &mut self.open {
-            list.retain_mut(|buffer| {
-                if buffer.end > horizon {
-                    return true;
+        let lateness = self.lateness();
+        while let Some((end, start, key)) = pop_due(&mut self.unfired, horizon) {
+            #[cfg(test)]
+            self.work.visited.set(self.work.visited.get() + 1);
+            let keep = lateness > 0 && end.saturating_add(lateness) > horizon;
+            if keep {
+                let Some(buffer) = self.open.get_mut(&key).and_then(|w| w.get_mut(start)) else {
+                    continue;
+                };
+                buffer.fired = true;
+                let events = buffer.copy_events();
+                self.retained
+                    .insert((end.saturating_add(lateness), start, key.clone()));
+                self.mark_dirty(&key);
+                if !events.is_empty() {
+                    emit(key, start, end, events, out);
                 }
-                let keep = lateness > 0 && buffer.end.saturating_add(lateness) > horizon;
-                if !buffer.fired {
-                    let events = if keep {
-                        buffer.events.clone()
-                    } else {
-                        std::mem::take(&mut buffer.events)
-                    };
-                    due.push(Release {
-                        end: buffer.end,
-                        start: buffer.start,
-                        key: key.clone(),
-                        events,
-                    });
-                    buffer.fired = true;
+            } else if let Some(buffer) = self.take_buffer(&key, start) {
+                if !buffer.events.is_empty() {
+                    emit(key, start, end, buffer.events.into(), out);
                 }
-                keep
-            });
-            if list.is_empty() {
-                emptied.push(key.clone());
             }
         }
-        for key in emptied {
-            self.open.remove(&key);
+        // Closed for good: their lateness has passed.
+        while let Some((_, start, key)) = pop_due(&mut self.retained, horizon) {
+            #[cfg(test)]
+            self.work.visited.set(self.work.visited.get() + 1);
+            let _ = self.take_buffer(&key, start);
         }
-        if !due.is_empty() {
-            self.changed = true;
-        }
-        emit_in_order(due, out);
+        // The two entries that were not due.
+        #[cfg(test)]
+        self.work.visited.set(self.work.visited.get() + 2);
     }
 
     /// Releases every open buffer (signal trigger; end of a finite source).
     fn release_all(&mut self, out: &mut Vec<Batch>) {
         let now = self.clock.now_ms();
         let open = std::mem::take(&mut self.open);
+        self.unfired.clear();
+        self.retained.clear();
+        self.buffered = 0;
         let mut due = Vec::new();
-        for (key, list) in open {
-            for buffer in list {
+        for (key, windows) in open {
+            for buffer in windows.into_buffers() {
                 if buffer.fired || buffer.events.is_empty() {
                     continue;
                 }
@@ -912,21 +1092,16 @@ impl WindowStep {
                     end,
                     start: buffer.start,
                     key: key.clone(),
-                    events: buffer.events,
+                    events: buffer.events.into(),
                 });
             }
+            self.dirty.insert(key);
         }
-        self.changed = true;
         emit_in_order(due, out);
     }
 
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            open: self
-                .open
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+    fn meta(&self) -> Meta {
+        Meta {
             max_timestamp: self.max_timestamp,
             watermark: self.watermark,
             late_dropped: self.spec.shared.late_dropped.load(Ordering::SeqCst),
@@ -941,13 +1116,7 @@ impl Step for WindowStep {
     }
 
     fn buffered_events(&self) -> Option<usize> {
-        Some(
-            self.open
-                .values()
-                .flat_map(|buffers| buffers.iter())
-                .map(|buffer| buffer.events.len())
-                .sum(),
-        )
+        Some(self.buffered)
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
@@ -1000,7 +1169,6 @@ impl WindowStep {
     async fn add_batch(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let now = self.clock.now_ms();
         self.last_arrival_ms = now;
-        self.changed = true;
         for event in batch.events {
             if self.is_control(&event) {
                 self.release_all(out);
@@ -1008,67 +1176,68 @@ impl WindowStep {
             }
             self.add(event, now, out).await?;
         }
-        if self.event_time.is_none()
-            && matches!(
-                self.spec.kind,
-                WindowKind::Tumbling { .. }
-                    | WindowKind::Sliding { .. }
-                    | WindowKind::Session { .. }
-            )
-        {
+        if self.event_time.is_none() && self.indexed() {
             self.fire_due(out);
         }
         Ok(())
     }
 
+    /// What changed since the last checkpoint: the entries of the keys whose
+    /// windows changed (deleted when a key has none left), and the meta
+    /// entry when it changed.
     fn snapshot_writes(&mut self) -> WriteSet {
         let mut writes = WriteSet::default();
-        if !self.changed {
-            return writes;
+        for name in self.stale.drain(..) {
+            writes.insert(name, None);
         }
-        self.changed = false;
-        match postcard::to_allocvec(&self.snapshot()) {
-            Ok(bytes) => {
-                writes.insert(self.namespace.key(SNAPSHOT_KEY), Some(bytes));
-            }
-            Err(error) => {
-                // Serialising owned vectors and integers cannot fail; if it
-                // ever did, the previous snapshot stays and a restart replays more.
-                tracing::error!(window = %self.spec.name, "cannot save window buffers: {error}");
-                self.changed = true;
+        let mut failed = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            let name = saved::key_entry(&self.namespace, &key);
+            let value = match self.open.get(&key) {
+                Some(windows) => match postcard::to_allocvec(windows) {
+                    Ok(bytes) => Some(bytes),
+                    Err(error) => {
+                        // Serialising owned vectors and integers cannot fail;
+                        // if it ever did, the key's previous entry stays and
+                        // the next checkpoint tries again.
+                        tracing::error!(window = %self.spec.name, "cannot save window buffers: {error}");
+                        failed.push(key);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            writes.insert(name, value);
+        }
+        self.dirty.extend(failed);
+        let meta = self.meta();
+        if self.saved_meta != Some(meta) {
+            if let Ok(bytes) = postcard::to_allocvec(&meta) {
+                writes.insert(saved::meta_entry(&self.namespace), Some(bytes));
+                self.saved_meta = Some(meta);
             }
         }
         writes
     }
 
     fn next_timer(&self) -> Option<tokio::time::Instant> {
-        let unfired_end = self
-            .open
-            .values()
-            .flatten()
-            .filter(|b| !b.fired)
-            .map(|b| b.end)
-            .min();
-        match self.spec.kind {
-            WindowKind::Count { .. } | WindowKind::Signal { .. } => None,
-            _ => match self.event_time {
-                None => unfired_end.map(|end| self.clock.instant_at(end)),
-                Some(settings) => {
-                    // Idle: the watermark advances with processing time.
-                    let idle = settings.idle_timeout_ms?;
-                    let end = unfired_end.or_else(|| {
-                        self.open
-                            .values()
-                            .flatten()
-                            .map(|b| b.end + settings.allowed_lateness_ms)
-                            .min()
-                    })?;
-                    let watermark = self.watermark.unwrap_or(0);
-                    let catch_up = end.saturating_sub(watermark);
-                    let at = self.last_arrival_ms.saturating_add(idle.max(catch_up));
-                    Some(self.clock.instant_at(at))
-                }
-            },
+        #[cfg(test)]
+        self.work.visited.set(self.work.visited.get() + 1);
+        if !self.indexed() {
+            return None;
+        }
+        let unfired_end = self.unfired.first().map(|(end, _, _)| *end);
+        match self.event_time {
+            None => unfired_end.map(|end| self.clock.instant_at(end)),
+            Some(settings) => {
+                // Idle: the watermark advances with processing time.
+                let idle = settings.idle_timeout_ms?;
+                let end = unfired_end.or_else(|| self.retained.first().map(|(due, _, _)| *due))?;
+                let watermark = self.watermark.unwrap_or(0);
+                let catch_up = end.saturating_sub(watermark);
+                let at = self.last_arrival_ms.saturating_add(idle.max(catch_up));
+                Some(self.clock.instant_at(at))
+            }
         }
     }
 
@@ -1095,7 +1264,6 @@ impl WindowStep {
                             let advanced = base.saturating_add(quiet);
                             if self.watermark.is_none_or(|w| advanced > w) {
                                 self.watermark = Some(advanced);
-                                self.changed = true;
                             }
                             self.fire_due(out);
                         }

@@ -10,7 +10,7 @@ use tokio::time::sleep;
 use super::*;
 use crate::checkpoint::{CheckpointPolicy, Position};
 use crate::pipeline::{Pipeline, PipelineBuilder, PipelineError, RunReport};
-use crate::state::{MemoryState, SharedState};
+use crate::state::{MemoryState, Namespace, SharedState, WriteSet};
 use crate::streams::{batch_channel_sink, channel_sink, channel_source, ArraySource};
 use crate::Event;
 
@@ -81,8 +81,14 @@ impl Harness {
         }
     }
 
+    /// The next released window; fails if none comes within an hour (of
+    /// paused time: at once when nothing else is pending).
     async fn next(&mut self) -> (u64, u64, Option<String>, Vec<String>) {
-        describe(&self.output.recv().await.expect("a released window"))
+        let batch = tokio::time::timeout(Duration::from_secs(3_600), self.output.recv())
+            .await
+            .expect("a window released within an hour")
+            .expect("a released window");
+        describe(&batch)
     }
 
     fn try_next(&mut self) -> Option<(u64, u64, Option<String>, Vec<String>)> {
@@ -510,4 +516,472 @@ fn bad_settings_name_the_field() {
     assert!(Window::tumbling("w", Duration::from_secs(1))
         .validate()
         .is_ok());
+}
+
+/// An event of key `key` at `timestamp`, whose value says both (`a@1000`).
+fn keyed_at(key: &str, timestamp: u64) -> Event {
+    Event::new(format!("{key}@{timestamp}"))
+        .with_key(key)
+        .with_timestamp(timestamp)
+}
+
+/// A keyed event-time session window with no out-of-orderness.
+fn session(gap_ms: u64, lateness_ms: u64) -> Window {
+    Window::session("w", Duration::from_millis(gap_ms))
+        .event_time(event_time(0, lateness_ms))
+        .keyed()
+        .clock(clock())
+}
+
+fn release(
+    start: u64,
+    end: u64,
+    key: &str,
+    events: &[&str],
+) -> (u64, u64, Option<String>, Vec<String>) {
+    (start, end, Some(key.to_owned()), values(events))
+}
+
+/// Issue 12, item 4, the sequence of the issue: a session that fired and is
+/// retained for lateness, then extended by a merge past the watermark, fires
+/// again only once the watermark passes its new end (Flink's rules).
+#[tokio::test(start_paused = true)]
+async fn a_fired_session_extended_by_a_merge_waits_for_its_new_end() {
+    let mut h = Harness::start(session(3_000, 10_000));
+    h.send(keyed_at("a", 1_000)).await;
+    h.send(keyed_at("b", 4_000)).await; // watermark 4 000
+    assert_eq!(h.next().await, release(1_000, 4_000, "a", &["a@1000"]));
+    h.send(keyed_at("a", 3_900)).await; // [1 000, 6 900): not complete
+    h.send(keyed_at("a", 6_000)).await; // [1 000, 9 000): not complete
+    h.send(keyed_at("b", 8_000)).await; // watermark 8 000
+    assert_eq!(h.next().await, release(4_000, 7_000, "b", &["b@4000"]));
+    h.send(keyed_at("b", 20_000)).await; // watermark 20 000
+    assert_eq!(
+        h.next().await,
+        release(1_000, 9_000, "a", &["a@1000", "a@3900", "a@6000"])
+    );
+    assert_eq!(h.next().await, release(8_000, 11_000, "b", &["b@8000"]));
+    assert_eq!(
+        h.finish().await,
+        vec![release(20_000, 23_000, "b", &["b@20000"])]
+    );
+}
+
+/// Issue 12, item 5, the sequence of the issue: an event whose own session
+/// would be past its lateness merges into a retained session first, and the
+/// merged session (complete, within lateness) fires at once with both events.
+#[tokio::test(start_paused = true)]
+async fn session_lateness_is_judged_on_the_merged_session() {
+    let (dead, mut dead_out) = channel_sink(16);
+    let window = session(3_000, 10).late(LatePolicy::DeadLetter);
+    let handle = window.handle();
+    let mut h = Harness::start_with(window, Arc::new(MemoryState::new()), |b| {
+        b.dead_letter(dead)
+    });
+    h.send(keyed_at("a", 11_600)).await;
+    h.send(keyed_at("b", 14_600)).await; // watermark 14 600
+    assert_eq!(h.next().await, release(11_600, 14_600, "a", &["a@11600"]));
+    h.send(keyed_at("a", 10_000)).await; // own session [10 000, 13 000) is past its lateness
+    assert_eq!(
+        h.next().await,
+        release(10_000, 14_600, "a", &["a@10000", "a@11600"])
+    );
+    assert_eq!(
+        h.finish().await,
+        vec![release(14_600, 17_600, "b", &["b@14600"])]
+    );
+    assert_eq!(handle.late_dead_lettered(), 0);
+    assert!(dead_out.try_recv().is_err(), "nothing was dead-lettered");
+}
+
+/// A fired session and one that has not fired yet, bridged by a late
+/// event: the merged session is not complete, so it waits for its end.
+#[tokio::test(start_paused = true)]
+async fn a_fired_and_an_unfired_session_merged_fire_at_the_merged_end() {
+    let mut h = Harness::start(session(3_000, 10_000));
+    h.send(keyed_at("a", 1_000)).await;
+    h.send(keyed_at("b", 4_000)).await; // watermark 4 000: a [1 000, 4 000) fires
+    assert_eq!(h.next().await, release(1_000, 4_000, "a", &["a@1000"]));
+    h.send(keyed_at("a", 5_000)).await; // a second session of a: [5 000, 8 000)
+    h.send(keyed_at("a", 3_000)).await; // bridges both: [1 000, 8 000)
+    h.send(keyed_at("b", 8_000)).await; // watermark 8 000
+    assert_eq!(h.next().await, release(4_000, 7_000, "b", &["b@4000"]));
+    assert_eq!(
+        h.next().await,
+        release(1_000, 8_000, "a", &["a@1000", "a@3000", "a@5000"])
+    );
+    assert_eq!(
+        h.finish().await,
+        vec![release(8_000, 11_000, "b", &["b@8000"])]
+    );
+}
+
+/// A late event that bridges two retained (fired) sessions makes one
+/// complete session, which fires at once with everything.
+#[tokio::test(start_paused = true)]
+async fn a_late_event_bridging_two_retained_sessions_fires_the_merged_one_at_once() {
+    let mut h = Harness::start(session(1_000, 10_000));
+    h.send(keyed_at("a", 1_000)).await;
+    h.send(keyed_at("a", 3_000)).await;
+    h.send(keyed_at("b", 5_000)).await; // watermark 5 000: both sessions of a fire
+    assert_eq!(h.next().await, release(1_000, 2_000, "a", &["a@1000"]));
+    assert_eq!(h.next().await, release(3_000, 4_000, "a", &["a@3000"]));
+    h.send(keyed_at("a", 2_000)).await; // [2 000, 3 000) touches both
+    assert_eq!(
+        h.next().await,
+        release(1_000, 4_000, "a", &["a@1000", "a@2000", "a@3000"])
+    );
+    assert_eq!(
+        h.finish().await,
+        vec![release(5_000, 6_000, "b", &["b@5000"])]
+    );
+}
+
+/// Lateness at its boundary: a retained session accepts a merge while the
+/// watermark is below its end plus the lateness, and is gone once it
+/// reaches it, so a late event then goes to the late policy.
+#[tokio::test(start_paused = true)]
+async fn a_retained_session_accepts_merges_until_exactly_its_lateness() {
+    let (dead, mut dead_out) = channel_sink(16);
+    let window = session(3_000, 10).late(LatePolicy::DeadLetter);
+    let handle = window.handle();
+    let mut h = Harness::start_with(window, Arc::new(MemoryState::new()), |b| {
+        b.dead_letter(dead)
+    });
+    h.send(keyed_at("a", 11_600)).await;
+    h.send(keyed_at("b", 14_600)).await; // a [11 600, 14 600) fires, kept until 14 610
+    assert_eq!(h.next().await, release(11_600, 14_600, "a", &["a@11600"]));
+    h.send(keyed_at("b", 14_609)).await; // watermark 14 609: still kept
+    h.send(keyed_at("a", 10_000)).await;
+    assert_eq!(
+        h.next().await,
+        release(10_000, 14_600, "a", &["a@10000", "a@11600"])
+    );
+    h.send(keyed_at("b", 14_610)).await; // watermark 14 610: a's session is closed for good
+    h.send(keyed_at("a", 10_001)).await; // nothing left to merge with: late
+    let letter = dead_out.recv().await.expect("a dead letter");
+    assert_eq!(letter.value, b"a@10001");
+    assert_eq!(handle.late_dead_lettered(), 1);
+    assert_eq!(
+        h.finish().await,
+        vec![release(
+            14_600,
+            17_610,
+            "b",
+            &["b@14600", "b@14609", "b@14610"]
+        )]
+    );
+}
+
+/// A window step on its own, driven the way the pipeline drives it.
+async fn standalone(spec: Window, state: &SharedState) -> WindowStep {
+    WindowStep::restore(
+        spec,
+        "default",
+        "p",
+        state,
+        None,
+        &WindowOptions {
+            restore: true,
+            checkpoint_on_close: None,
+        },
+    )
+    .await
+    .expect("window")
+}
+
+/// Feeds `events` in batches of `batch`, asking for the timer after each
+/// batch as the pipeline does; returns the releases.
+async fn drive(step: &mut WindowStep, events: Vec<Event>, batch: usize) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<Event> = events.by_ref().take(batch).collect();
+        step.process(Batch::new(chunk), &mut out)
+            .await
+            .expect("process");
+        let _ = step.timer();
+    }
+    out
+}
+
+/// Issue 12, item 2: the work of firing (and of finding the next timer) per
+/// event does not grow with the number of open keys. Counted, not timed:
+/// the figures are in `plumber bench --scenario windows`.
+#[tokio::test(start_paused = true)]
+async fn firing_work_does_not_grow_with_the_open_keys() {
+    const KEYS: u64 = 3_000;
+    for time in ["event", "processing"] {
+        let state: SharedState = Arc::new(MemoryState::new());
+        let spec = Window::tumbling("w", Duration::from_secs(60))
+            .keyed()
+            .clock(clock());
+        let spec = if time == "event" {
+            spec.event_time(event_time(0, 0))
+        } else {
+            spec
+        };
+        let mut step = standalone(spec, &state).await;
+        let events: Vec<Event> = (0..KEYS)
+            .map(|i| keyed_at(&format!("k{i:05}"), i * 60_000 / KEYS))
+            .collect();
+        assert!(drive(&mut step, events, 64).await.is_empty(), "{time}");
+        // The window's end: every key fires, in key order.
+        let released = if time == "event" {
+            drive(&mut step, vec![keyed_at("last", 60_000)], 64).await
+        } else {
+            sleep(Duration::from_secs(60)).await;
+            let mut out = Vec::new();
+            step.wake(&mut out).await.expect("wake");
+            out
+        };
+        assert_eq!(released.len() as u64, KEYS, "{time}");
+        assert_eq!(describe(&released[0]).2.as_deref(), Some("k00000"));
+        let visited = step.work.visited.get();
+        assert!(
+            visited <= 4 * (KEYS + 1),
+            "{time} time: {visited} windows looked at for {KEYS} keys"
+        );
+    }
+}
+
+/// Issue 12, item 3: merging an event into a session moves a bounded number
+/// of events, not the whole session. One key, events that arrive in order
+/// and out of order: each block of 8 comes as 0 2 1 3 5 4 7 6, 600 ms apart
+/// with a 1 000 ms gap, so 2, 5 and 7 open sessions of their own that 1, 4
+/// and 6 then bridge.
+#[tokio::test(start_paused = true)]
+async fn session_merging_work_does_not_grow_with_the_session() {
+    const EVENTS: u64 = 4_000;
+    let state: SharedState = Arc::new(MemoryState::new());
+    let spec = Window::session("w", Duration::from_millis(1_000))
+        .event_time(event_time(5_000, 0))
+        .clock(clock());
+    let mut step = standalone(spec, &state).await;
+    let order = [0, 2, 1, 3, 5, 4, 7, 6];
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| at(&i.to_string(), (i - i % 8 + order[(i % 8) as usize]) * 600))
+        .collect();
+    assert!(drive(&mut step, events, 64).await.is_empty());
+    let mut out = Vec::new();
+    step.finish(&mut out).await.expect("finish");
+    assert_eq!(out.len(), 1, "one session");
+    let (start, end, _, released) = describe(&out[0]);
+    assert_eq!((start, end), (0, (EVENTS - 1) * 600 + 1_000));
+    let in_time_order: Vec<String> = (0..EVENTS).map(|i| i.to_string()).collect();
+    let timestamps: Vec<u64> = out[0].events.iter().map(|e| e.timestamp.unwrap()).collect();
+    assert!(timestamps.windows(2).all(|w| w[0] < w[1]), "in time order");
+    assert_eq!(released.len(), in_time_order.len());
+    let moved = step.work.moved.get();
+    assert!(
+        moved <= 2 * EVENTS,
+        "{moved} events moved to merge {EVENTS} events into one session"
+    );
+}
+
+/// Applies a checkpoint's writes to `state` (what a commit does).
+async fn apply(state: &SharedState, writes: WriteSet) {
+    for (key, value) in writes {
+        match value {
+            Some(value) => state.set(&key, &value).await.expect("set"),
+            None => state.delete(&key).await.expect("delete"),
+        }
+    }
+}
+
+/// The part of each written key after the window's namespace.
+fn entry_names(writes: &WriteSet) -> Vec<String> {
+    let prefix = Namespace::for_window("default", "p", "w").prefix().to_vec();
+    let mut names: Vec<String> = writes
+        .keys()
+        .map(|k| text(k.strip_prefix(prefix.as_slice()).expect("in the namespace")))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A checkpoint writes the keys whose windows changed since the last one
+/// (and deletes those that closed), not every open buffer.
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_writes_only_the_keys_that_changed() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let spec = Window::tumbling("w", Duration::from_secs(60))
+        .event_time(event_time(0, 0))
+        .keyed()
+        .clock(clock());
+    let mut step = standalone(spec, &state).await;
+    let events: Vec<Event> = (0..1_000)
+        .map(|i| keyed_at(&format!("k{i:04}"), i))
+        .collect();
+    drive(&mut step, events, 64).await;
+    let first = step.take_writes();
+    assert_eq!(first.len(), 1_001, "every key once, and the watermark");
+    apply(&state, first).await;
+
+    drive(&mut step, vec![keyed_at("k0005", 2_000)], 64).await;
+    let second = step.take_writes();
+    assert_eq!(entry_names(&second), ["key/k0005", "meta"]);
+    let bytes: usize = second.values().flatten().map(Vec::len).sum();
+    assert!(bytes < 200, "{bytes} bytes written for one event");
+    assert!(step.take_writes().is_empty(), "nothing changed since");
+
+    // The window fires: its keys' entries go.
+    let released = drive(&mut step, vec![keyed_at("z", 60_000)], 64).await;
+    assert_eq!(released.len(), 1_000);
+    let third = step.take_writes();
+    let deleted = third.values().filter(|v| v.is_none()).count();
+    assert_eq!(deleted, 1_000);
+    assert_eq!(entry_names(&third).len(), 1_002, "deletions, key z, meta");
+}
+
+/// Window buffers saved by the version before per-key entries (one
+/// `buffers` entry, these bytes): a keyed event-time tumbling window of
+/// 10 s with 10 s of lateness after `a@1000 b@2000 a@12000` (with a header)
+/// and a keyless `n@13000`, and 3 late events dropped.
+const LEGACY_SNAPSHOT: &str = "030001904ea09c010100076e40313330303001c8650007000101610200904e010101610661403130303001e807000701904ea09c0101010161076140313230303001e05d01016801760a000101620100904e010101620662403230303001d00f00070101c86501c86503";
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A snapshot in the earlier single-entry format restores, and the next
+/// checkpoint replaces it by per-key entries.
+#[tokio::test(start_paused = true)]
+async fn buffers_saved_in_the_earlier_format_restore() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let namespace = Namespace::for_window("default", "p", "w");
+    state
+        .set(&namespace.key("buffers"), &hex(LEGACY_SNAPSHOT))
+        .await
+        .unwrap();
+    let spec = || {
+        Window::tumbling("w", Duration::from_secs(10))
+            .event_time(event_time(0, 10_000))
+            .keyed()
+            .clock(clock())
+    };
+    let window = spec();
+    let handle = window.handle();
+    let mut step = standalone(window, &state).await;
+    assert_eq!(step.buffered_events(), Some(4));
+    assert_eq!(handle.late_dropped(), 3);
+
+    let writes = step.take_writes();
+    assert_eq!(
+        entry_names(&writes),
+        ["buffers", "key/a", "key/b", "meta", "nokey"]
+    );
+    assert_eq!(writes[&namespace.key("buffers")], None);
+    apply(&state, writes).await;
+
+    // From the new entries, the same windows: b's fired one is still
+    // within its lateness, a's and the keyless one are open.
+    let window = spec();
+    let handle = window.handle();
+    let mut step = standalone(window, &state).await;
+    assert_eq!(handle.late_dropped(), 3);
+    let out = drive(&mut step, vec![keyed_at("b", 4_000)], 64).await;
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![release(0, 10_000, "b", &["b@2000", "b@4000"])]
+    );
+    let out = drive(&mut step, vec![keyed_at("x", 25_000)], 64).await;
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![
+            (10_000, 20_000, None, values(&["n@13000"])),
+            release(10_000, 20_000, "a", &["a@12000"]),
+        ]
+    );
+    assert_eq!(
+        out[1].events[0].headers,
+        vec![("h".to_owned(), "v".to_owned())]
+    );
+    let mut out = Vec::new();
+    step.finish(&mut out).await.unwrap();
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![release(20_000, 30_000, "x", &["x@25000"])]
+    );
+}
+
+/// Pseudo-random keyed events with out-of-order and late timestamps.
+fn scrambled_events(count: u64, seed: u64) -> Vec<Event> {
+    let mut rng = seed;
+    let mut next = |bound: u64| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 33) % bound
+    };
+    (0..count)
+        .map(|i| {
+            let key = ["a", "b", "c", "d"][next(4) as usize];
+            // Mostly forward, sometimes far back (late, or past lateness).
+            let back = if next(5) == 0 { next(9_000) } else { next(700) };
+            let time = (i * 250 + 10_000).saturating_sub(back);
+            let mut event = keyed_at(key, time);
+            event.value = format!("{key}@{time}#{i}").into_bytes();
+            event
+        })
+        .collect()
+}
+
+/// A window restarted from its checkpoints every few events releases
+/// exactly what one that never stopped releases, for every kind of time
+/// window, keyed, with lateness and out-of-order events.
+#[tokio::test(start_paused = true)]
+async fn a_window_restored_from_its_checkpoints_releases_what_an_unbroken_one_does() {
+    type MakeWindow = fn() -> Window;
+    let kinds: [(&str, MakeWindow); 3] = [
+        ("tumbling", || Window::tumbling("w", Duration::from_secs(2))),
+        ("sliding", || {
+            Window::sliding("w", Duration::from_secs(3), Duration::from_secs(1))
+        }),
+        ("session", || {
+            Window::session("w", Duration::from_millis(400))
+        }),
+    ];
+    for (name, kind) in kinds {
+        let spec = || {
+            kind()
+                .event_time(event_time(300, 1_500))
+                .keyed()
+                .clock(clock())
+        };
+        let events = scrambled_events(600, 7);
+        let unbroken_state: SharedState = Arc::new(MemoryState::new());
+        let unbroken_window = spec();
+        let unbroken_handle = unbroken_window.handle();
+        let mut unbroken = standalone(unbroken_window, &unbroken_state).await;
+        let mut expected = drive(&mut unbroken, events.clone(), 8).await;
+        unbroken.finish(&mut expected).await.unwrap();
+
+        let state: SharedState = Arc::new(MemoryState::new());
+        let mut released = Vec::new();
+        for chunk in events.chunks(37) {
+            let mut step = standalone(spec(), &state).await;
+            released.extend(drive(&mut step, chunk.to_vec(), 8).await);
+            apply(&state, step.take_writes()).await;
+        }
+        let last_window = spec();
+        let last_handle = last_window.handle();
+        let mut step = standalone(last_window, &state).await;
+        step.finish(&mut released).await.unwrap();
+        let describe_all = |batches: &[Batch]| batches.iter().map(describe).collect::<Vec<_>>();
+        assert!(expected.len() > 50, "{name}: {} releases", expected.len());
+        assert_eq!(describe_all(&released), describe_all(&expected), "{name}");
+        assert!(
+            unbroken_handle.late_dropped() > 0,
+            "{name}: some events are too late"
+        );
+        assert_eq!(
+            last_handle.late_dropped(),
+            unbroken_handle.late_dropped(),
+            "{name}"
+        );
+    }
 }
