@@ -125,7 +125,7 @@ async fn run_sessions(
         .last_checkpoint("default/windows-restart")
         .await
         .unwrap()
-        .map_or(0, |c| c.position.offset());
+        .map_or(0, |c| c.position.offset().expect("an offset"));
     let count = events.len() as u64;
     for event in events {
         input.send(event).await.unwrap();
@@ -135,7 +135,7 @@ async fn run_sessions(
             .last_checkpoint("default/windows-restart")
             .await
             .unwrap()
-            .map_or(0, |c| c.position.offset())
+            .map_or(0, |c| c.position.offset().expect("an offset"))
             < before + count
         {
             tokio::time::sleep(Duration::from_millis(5)).await;

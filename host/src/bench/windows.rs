@@ -98,7 +98,10 @@ impl Source for WindowInput {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        self.produced = position.offset().min(self.total);
+        self.produced = position
+            .offset()
+            .map_err(|e| StreamError::seek(self.describe(), position, e))?
+            .min(self.total);
         Ok(())
     }
 
