@@ -26,6 +26,7 @@
 //! half-filled window. When a finite source ends, every open window fires.
 
 mod clock;
+mod config;
 mod trigger;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ use crate::step::{Step, StepError};
 use crate::{Batch, Event, WindowInfo};
 
 pub use clock::WindowClock;
+pub use config::{
+    CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig, SignalOn,
+    SignalWindowConfig, SlidingWindowConfig, TimeDomain, TumblingWindowConfig, WindowConfig,
+};
 pub use trigger::WindowHandle;
 use trigger::WindowShared;
 
