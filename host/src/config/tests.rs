@@ -956,3 +956,125 @@ fn errors_quote_at_most_a_bounded_excerpt_of_a_value() {
         );
     }
 }
+
+/// Each kind of window reads exactly its own fields: a field of another
+/// kind is an unknown field at its path, the message naming the kinds it
+/// applies to.
+#[test]
+fn a_field_of_another_window_kind_is_refused_with_its_path() {
+    use serde_json::json;
+    let kinds = [
+        json!({"window": "count", "events": 2}),
+        json!({"window": "tumbling", "size_ms": 10}),
+        json!({"window": "sliding", "size_ms": 10, "slide_ms": 5}),
+        json!({"window": "session", "gap_ms": 10}),
+        json!({"window": "signal", "on": {"header": "h"}}),
+    ];
+    let value_of = |field: &str| match field {
+        "on" => json!({"key": "k"}),
+        _ => json!(1),
+    };
+    let fields: std::collections::BTreeSet<&str> = [
+        "events",
+        "size_ms",
+        "slide_ms",
+        "gap_ms",
+        "on",
+        "max_out_of_orderness_ms",
+        "allowed_lateness_ms",
+        "idle_timeout_ms",
+    ]
+    .into();
+    let mut refused = 0;
+    for kind in &kinds {
+        for field in &fields {
+            let mut step = kind.clone();
+            step["type"] = json!("window");
+            step["name"] = json!("w");
+            if step.get(*field).is_some() {
+                continue;
+            }
+            let takes_it = with_window_field(&kind["window"], field);
+            step[*field] = value_of(field);
+            let config = config_with("pipeline[0]", step.clone());
+            match parse_value(&config) {
+                Ok(_) => panic!("{step}: accepted"),
+                // Event-time fields on a time window are fields of its
+                // kind, refused in processing time by its build.
+                Err(error) if takes_it => {
+                    let message = error.to_string();
+                    assert_eq!(path_of(error), format!("pipeline[0].{field}"), "{message}");
+                    assert!(message.contains("\"time\": \"event\""), "{step}: {message}");
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    assert_eq!(path_of(error), format!("pipeline[0].{field}"), "{message}");
+                    assert!(
+                        message.contains(&format!("unknown field `{field}`"))
+                            && message.contains(&format!("`{field}` applies to")),
+                        "{step}: {message}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // count and signal: 7 foreign fields each; tumbling 4, sliding 3, session 4.
+    assert_eq!(refused, 25);
+
+    // What each message says about where the field belongs.
+    for (step, wanted) in [
+        (
+            json!({"window": "tumbling", "size_ms": 10, "slide_ms": 5}),
+            "`slide_ms` applies to sliding windows only",
+        ),
+        (
+            json!({"window": "session", "gap_ms": 10, "size_ms": 5}),
+            "`size_ms` applies to tumbling and sliding windows only",
+        ),
+        (
+            json!({"window": "count", "events": 2, "allowed_lateness_ms": 5}),
+            "`allowed_lateness_ms` applies to tumbling, sliding and session windows with \
+             \"time\": \"event\" only",
+        ),
+        (
+            json!({"window": "count", "events": 2, "on": {"key": "k"}}),
+            "`on` applies to signal windows only",
+        ),
+        (
+            json!({"window": "signal", "on": {"key": "k"}, "events": 2}),
+            "`events` applies to count windows only",
+        ),
+    ] {
+        let mut step = step;
+        step["type"] = json!("window");
+        step["name"] = json!("w");
+        let message = parse_value(&config_with("pipeline[0]", step.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(wanted), "{step}: {message}");
+    }
+
+    // `null` for a field of another kind means "not set", as it always did.
+    let step = json!({"type": "window", "name": "w", "window": "count", "events": 2,
+                      "size_ms": null, "on": null, "idle_timeout_ms": null});
+    let config = parse_value(&config_with("pipeline[0]", step)).expect("nulls are unset fields");
+    let StepConfig::Window(window) = &config.pipeline[0] else {
+        panic!("a window step")
+    };
+    assert_eq!(
+        window.build().unwrap().kind,
+        WindowKind::Count { events: 2 }
+    );
+}
+
+/// Whether the window kind `kind` has `field` among its own (the
+/// event-time fields, on time windows).
+fn with_window_field(kind: &serde_json::Value, field: &str) -> bool {
+    let time_window = matches!(kind.as_str(), Some("tumbling" | "sliding" | "session"));
+    time_window
+        && matches!(
+            field,
+            "max_out_of_orderness_ms" | "allowed_lateness_ms" | "idle_timeout_ms"
+        )
+}
