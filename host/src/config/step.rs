@@ -49,14 +49,15 @@ impl StepConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct CommandStepConfig {
-    /// The step's name.
+    /// The step's name (required, unique in the pipeline).
     pub name: String,
-    /// The core module file.
+    /// The core module file (required; relative: to the config's directory).
     pub module: PathBuf,
-    /// Arguments after `argv[0]`.
+    /// Arguments after `argv[0]` (default none).
     #[serde(default)]
     pub args: Vec<String>,
-    /// `memory_bytes` and `call_timeout_ms` (per batch) apply.
+    /// `memory_bytes` and `call_timeout_ms` (per batch) apply (defaults:
+    /// see [`PipeLimits`]).
     #[serde(default, deserialize_with = "strict::optional_object")]
     pub limits: Option<PipeLimits>,
 }
@@ -67,17 +68,18 @@ pub struct CommandStepConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct ExecStepConfig {
-    /// The step's name.
+    /// The step's name (required, unique in the pipeline).
     pub name: String,
-    /// The program (a path, or a name looked up on PATH).
+    /// The program (required): a path (relative: to the config's
+    /// directory), or a bare name looked up on PATH.
     pub path: PathBuf,
-    /// Its arguments.
+    /// Its arguments (default none).
     #[serde(default)]
     pub args: Vec<String>,
     /// How long one batch may take, ms (default 10 000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Must be `true`: the program runs with the host's rights.
+    /// Must be `true` (default false): the program runs with the host's rights.
     #[serde(default)]
     pub allow_unsandboxed: bool,
 }
@@ -86,21 +88,23 @@ pub struct ExecStepConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct WasmStepConfig {
-    /// The pipe's name (unique in the pipeline; it keys the pipe's state).
+    /// The pipe's name (required, unique in the pipeline; it keys the
+    /// pipe's state).
     pub name: String,
-    /// The component file.
+    /// The component file (required; relative: to the config's directory).
     pub module: PathBuf,
-    /// Passed to the guest's `init` as JSON text.
+    /// Passed to the guest's `init` as JSON text (default `{}`).
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
-    /// Optional WASI capabilities: `"clocks"`, `"random"`.
+    /// Optional WASI capabilities: `"clocks"`, `"random"`,
+    /// `"filesystem_interfaces"` (default none).
     #[serde(default)]
     pub grants: Vec<Grant>,
-    /// Host environment variables the guest may read (only these).
+    /// Host environment variables the guest may read, only these (default none).
     #[serde(default)]
     pub env: Vec<String>,
     /// One host directory the guest may read, never write:
-    /// `{"host": "data", "guest": "/data"}`.
+    /// `{"host": "data", "guest": "/data"}` (default none).
     #[serde(default, deserialize_with = "strict::optional_object")]
     pub read_only_dir: Option<ReadOnlyDir>,
     /// Limits of one call (defaults: see [`PipeLimits`]).

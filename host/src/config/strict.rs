@@ -18,6 +18,14 @@
 //! `Type::deserialize` (the plain form: a struct from an array too, an enum
 //! externally tagged), which the `Deserialize` impls here wrap; read
 //! configs through the trait (`serde_json::from_str`, [`parse`]).
+//!
+//! Connector sections (`from`, `to`, `dead_letter`, `state`) are read as a
+//! [`Tagged`] object first; the registry then reads its fields as the
+//! config type registered for its `type` with [`read_fields`], which
+//! refuses any field the type does not declare (serde's derive lists them,
+//! [`struct_fields`]), so that a connector written anywhere refuses
+//! unknown fields without relying on its own serde attributes. The path
+//! inside the section is joined to the section's with [`join`].
 
 use std::borrow::Cow;
 use std::fmt;

@@ -16,6 +16,13 @@
 //!   source's address can be bound and the HTTP sink's server accepts a
 //!   connection. Nothing is written. A failure is not a bad config as such
 //!   (exit 1): the servers do not match it, or cannot be reached.
+//!
+//! What a source, sink or state backend checks is its own: its config type
+//! implements [`ConnectorSpec::validate`](super::ConnectorSpec::validate)
+//! and [`ConnectorSpec::check_connected`](super::ConnectorSpec::check_connected)
+//! beside the connector, with the helpers here ([`file_to_read`],
+//! [`file_to_be_written`], [`directory_to_be`]); this module runs them and
+//! checks the steps.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
