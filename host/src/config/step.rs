@@ -226,10 +226,10 @@ impl StepConfig {
                 Ok(())
             }
             StepConfig::Window(window) => {
-                let spec = window
+                window
                     .build()
                     .map_err(|error| FieldError::new(error.field, error.message))?;
-                if spec.late == crate::window::LatePolicy::DeadLetter && !dead_letter {
+                if window.late_to_dead_letter() && !dead_letter {
                     return Err(FieldError::new(
                         "late",
                         "late events go to the dead-letter sink, but the config has no `dead_letter`",

@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{EventTime, LatePolicy, Overflow, Window, WindowKind, WindowSpecError};
+use super::{EventTime, LatePolicy, Overflow, Window, WindowSpecError};
 use crate::config::strict::{self, object_only};
 
 object_only!(SignalOn);
@@ -587,6 +587,12 @@ impl SignalWindowConfig {
     pub fn build(&self) -> Result<Window, WindowSpecError> {
         untimed(self.time, self.late)?;
         let on = self.on.clone().unwrap_or_default();
+        if on.unix_signal.is_none() && on.header.is_none() && on.key.is_none() {
+            return Err(error(
+                "on",
+                "a signal window needs a trigger: `unix_signal`, `header` or `key`",
+            ));
+        }
         let mut window = Window::signal(&self.name);
         match on.unix_signal.as_deref() {
             None => {}
@@ -603,17 +609,6 @@ impl SignalWindowConfig {
         }
         if let Some(key) = on.key {
             window = window.on_key(key.into_bytes());
-        }
-        let triggered = matches!(
-            &window.kind,
-            WindowKind::Signal { triggers }
-                if triggers.unix_signal || triggers.header.is_some() || triggers.key.is_some()
-        );
-        if !triggered {
-            return Err(error(
-                "on",
-                "a signal window needs a trigger: `unix_signal`, `header` or `key`",
-            ));
         }
         Shared {
             key_by: self.key_by,
@@ -637,6 +632,18 @@ impl WindowConfig {
             WindowConfig::Session(window) => &window.name,
             WindowConfig::Signal(window) => &window.name,
         }
+    }
+
+    /// Whether late events go to the dead-letter sink (`"late": "dead_letter"`).
+    pub fn late_to_dead_letter(&self) -> bool {
+        let late = match self {
+            WindowConfig::Count(window) => window.late,
+            WindowConfig::Tumbling(window) => window.late,
+            WindowConfig::Sliding(window) => window.late,
+            WindowConfig::Session(window) => window.late,
+            WindowConfig::Signal(window) => window.late,
+        };
+        late == LateConfig::DeadLetter
     }
 
     /// The window these settings describe, built by its kind.
