@@ -14,9 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::admin::{AdminOptions, AdminServer};
 use crate::checkpoint::Delivery;
-use crate::config::{
-    validate, HostConfig, PipelineConfig, SinkConfig, SqlModeConfig, StateConfig, StepConfig,
-};
+use crate::config::{validate, HostConfig, OutputGuarantee, PipelineConfig, StepConfig};
 use crate::pipeline::PipelineError;
 use crate::runtime::{LoadError, Runtime};
 use crate::state::{Namespace, SharedState, DEFAULT_TENANT};
@@ -287,20 +285,20 @@ async fn run(
     }
     let supervisor = Supervisor::new(tenants);
     // Pipelines sharing a sled directory share one open database (sled
-    // locks its directory).
-    let mut sled_states: HashMap<PathBuf, SharedState> = HashMap::new();
+    // locks its directory): the backend says what it can share.
+    let mut shared_states: HashMap<String, SharedState> = HashMap::new();
     let mut running = Vec::with_capacity(loaded.len());
     for (path, config) in &loaded {
-        let state = match &config.state {
-            Some(StateConfig::Sled { path: dir }) => match sled_states.get(dir) {
+        let state = match config.state.shared_key() {
+            Some(key) => match shared_states.get(&key) {
                 Some(state) => state.clone(),
                 None => {
                     let state = open_state(path, config).await?;
-                    sled_states.insert(dir.clone(), state.clone());
+                    shared_states.insert(key, state.clone());
                     state
                 }
             },
-            _ => open_state(path, config).await?,
+            None => open_state(path, config).await?,
         };
         log_guarantees(config);
         let builder = config
@@ -432,48 +430,9 @@ async fn run(
 fn log_guarantees(config: &PipelineConfig) {
     let pipeline = config.name.as_str();
     match config.delivery {
-        Delivery::ExactlyOnce => match &config.to {
-            SinkConfig::File { .. } => tracing::info!(
-                pipeline,
-                "exactly-once: state and the file sink's output (truncated to the last checkpoint on recovery)"
-            ),
-            SinkConfig::Stdout {} => tracing::warn!(
-                pipeline,
-                "exactly-once on state, but the stdout sink cannot take output back: after a crash, \
-                 output since the last checkpoint is printed again (at-least-once output)"
-            ),
-            SinkConfig::Discard {} => tracing::info!(pipeline, "exactly-once on state"),
-            SinkConfig::Sql {
-                mode: SqlModeConfig::Upsert,
-                ..
-            } => tracing::info!(
-                pipeline,
-                "exactly-once: state, and the SQL sink (upserts are idempotent by key)"
-            ),
-            sql @ SinkConfig::Sql { .. } if sql.sql_epoch_column().is_some() => tracing::info!(
-                pipeline,
-                "exactly-once: state, and the SQL sink (rows of epochs after the last checkpoint \
-                 are deleted on recovery)"
-            ),
-            SinkConfig::Sql { .. } => tracing::warn!(
-                pipeline,
-                "exactly-once on state, but the SQL sink has no epoch column: replayed inserts \
-                 may repeat (at-least-once)"
-            ),
-            SinkConfig::Jetstream { .. } => tracing::info!(
-                pipeline,
-                "exactly-once: state, and the JetStream sink within the stream's duplicate window"
-            ),
-            SinkConfig::Nats { .. } => tracing::warn!(
-                pipeline,
-                "exactly-once on state, but core NATS output is at-least-once at best: replayed \
-                 events are published again"
-            ),
-            SinkConfig::Http { .. } => tracing::warn!(
-                pipeline,
-                "exactly-once on state, but the HTTP sink is at-least-once: a retried or replayed \
-                 POST may deliver events twice"
-            ),
+        Delivery::ExactlyOnce => match config.to.output_guarantee() {
+            OutputGuarantee::ExactlyOnce(line) => tracing::info!(pipeline, "{line}"),
+            OutputGuarantee::AtLeastOnce(line) => tracing::warn!(pipeline, "{line}"),
         },
         Delivery::AtLeastOnce => tracing::info!(
             pipeline,

@@ -11,7 +11,7 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | [`config`] | the JSON config of the `plumber` binary and its validation |
+//! | [`config`] | the JSON config of the `plumber` binary, its validation, the connector registry |
 //! | [`runtime`] | loading components, the compile cache, the host side of the WIT |
 //! | [`step`] | the `Step` trait: WASM pipes and native steps |
 //! | [`command`] | command pipes: WASI command modules and host executables |

@@ -654,7 +654,11 @@ async fn sink_retries_for_the_reconnect_timeout_like_the_other_connectors() {
         std::path::Path::new("."),
     )
     .unwrap();
-    let mut sink = config.to.open("p").await.unwrap();
+    let mut sink = config
+        .to
+        .open(&plumber::config::OpenContext::new("p"))
+        .await
+        .unwrap();
     sink.write(Batch::new(vec![Event::new("x")])).await.unwrap();
     let started = Instant::now();
     let error = sink.flush().await.unwrap_err().to_string();

@@ -18,6 +18,14 @@
 //! `Type::deserialize` (the plain form: a struct from an array too, an enum
 //! externally tagged), which the `Deserialize` impls here wrap; read
 //! configs through the trait (`serde_json::from_str`, [`parse`]).
+//!
+//! Connector sections (`from`, `to`, `dead_letter`, `state`) are read as a
+//! [`Tagged`] object first; the registry then reads its fields as the
+//! config type registered for its `type` with [`read_fields`], which
+//! refuses any field the type does not declare (serde's derive lists them,
+//! [`struct_fields`]), so that a connector written anywhere refuses
+//! unknown fields without relying on its own serde attributes. The path
+//! inside the section is joined to the section's with [`join`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -115,7 +123,7 @@ fn render(segments: &[&Segment]) -> String {
 }
 
 /// `outer` and `inner` joined as one path (either may be empty).
-fn join(outer: &str, inner: &str) -> String {
+pub(crate) fn join(outer: &str, inner: &str) -> String {
     match (outer.is_empty(), inner.is_empty()) {
         (_, true) => outer.to_owned(),
         (true, false) => inner.to_owned(),
@@ -160,7 +168,7 @@ fn locate(segments: &[&Segment], message: &str, position: Option<&str>) -> (Stri
 }
 
 /// The path (empty at the top level) and message of a config error.
-pub(super) fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
+pub(crate) fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
     let segments: Vec<&Segment> = error.path().iter().collect();
     let inner = error.inner();
     let position =
@@ -170,9 +178,10 @@ pub(super) fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> 
 }
 
 /// An error of a tagged section: `error` happened at `path` of its
-/// externally tagged form (`{"<type>": {…}}`), so the variant segment is
-/// dropped and the rest goes in the message for the outer path to join.
-fn nested<E: de::Error>(path: &Path, error: &serde_json::Error) -> E {
+/// externally tagged form (`{"<kind>": {…}}`), so the variant segment is
+/// dropped and the rest goes in the message for the outer path to join; an
+/// unknown kind is the fault of the `tag` field.
+fn nested<E: de::Error>(path: &Path, error: &serde_json::Error, tag: &str) -> E {
     let mut segments: Vec<&Segment> = path.iter().collect();
     if matches!(segments.first(), Some(Segment::Enum { .. })) {
         segments.remove(0);
@@ -180,37 +189,82 @@ fn nested<E: de::Error>(path: &Path, error: &serde_json::Error) -> E {
     let message = error.to_string();
     let (mut inner, message) = locate(&segments, &message, None);
     if inner.is_empty() && message.starts_with("unknown variant") {
-        inner = "type".to_owned();
+        inner = tag.to_owned();
     }
-    E::custom(format!("{NESTED}{inner}{NESTED}{message}"))
+    nested_error(&inner, &message)
 }
 
-/// Reads a `{"type": "<kind>", …}` section as `{"<kind>": {…}}`, the form
-/// an externally tagged enum reads, with `read`.
+/// An error at `path` inside the section being read, in the form the
+/// section's own path is joined to when the error reaches the top.
+pub(crate) fn nested_error<E: de::Error>(path: &str, message: &str) -> E {
+    E::custom(format!("{NESTED}{path}{NESTED}{message}"))
+}
+
+/// Reads a JSON object whose kind is the string in its field `tag`
+/// (`{"type": "file", …}`): the kind, and the other fields.
 ///
 /// # Errors
 ///
-/// The section is not an object, has no string `type`, names a field
-/// twice, or `read` failed (the error names the path inside the section).
-pub(super) fn tagged<'de, D, T>(
-    deserializer: D,
-    read: impl FnOnce(serde_path_to_error::Deserializer<'_, '_, Value>) -> Result<T, serde_json::Error>,
-) -> Result<T, D::Error>
+/// The section is not an object, has no string `tag`, or names a field
+/// twice (the error names the field).
+pub(crate) fn take_tag<'de, D>(deserializer: D, tag: &str) -> Result<Tagged, D::Error>
 where
     D: de::Deserializer<'de>,
 {
     let mut object = deserializer.deserialize_map(ObjectFields)?;
-    let kind = match object.remove("type") {
-        None => return Err(de::Error::custom("missing field `type`")),
+    let kind = match object.remove(tag) {
+        None => return Err(de::Error::custom(format!("missing field `{tag}`"))),
         Some(Value::String(kind)) => kind,
         Some(other) => {
             let error = match String::deserialize(other) {
                 Err(error) => error.to_string(),
                 Ok(_) => "expected a string".to_owned(),
             };
-            return Err(de::Error::custom(format!("{NESTED}type{NESTED}{error}")));
+            return Err(nested_error(tag, &error));
         }
     };
+    Ok(Tagged {
+        kind,
+        fields: object,
+    })
+}
+
+/// A section read by [`take_tag`]: its kind and the rest of its fields.
+#[derive(Debug, Clone)]
+pub(crate) struct Tagged {
+    /// The value of the tag field (`"file"` of `{"type": "file"}`).
+    pub(crate) kind: String,
+    /// The other fields.
+    pub(crate) fields: Map<String, Value>,
+}
+
+/// A `{"type": …, …}` section whose type is looked up later (in the
+/// connector registry).
+impl<'de> Deserialize<'de> for Tagged {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        take_tag(deserializer, "type")
+    }
+}
+
+/// Reads a `{"<tag>": "<kind>", …}` section as `{"<kind>": {…}}`, the form
+/// an externally tagged enum reads, with `read`.
+///
+/// # Errors
+///
+/// The section is not an object, has no string `tag`, names a field
+/// twice, or `read` failed (the error names the path inside the section).
+pub(crate) fn tagged<'de, D, T>(
+    deserializer: D,
+    tag: &str,
+    read: impl FnOnce(serde_path_to_error::Deserializer<'_, '_, Value>) -> Result<T, serde_json::Error>,
+) -> Result<T, D::Error>
+where
+    D: de::Deserializer<'de>,
+{
+    let Tagged {
+        kind,
+        fields: object,
+    } = take_tag(deserializer, tag)?;
     let mut retagged = Map::with_capacity(1);
     retagged.insert(kind, Value::Object(object));
     let mut track = serde_path_to_error::Track::new();
@@ -218,7 +272,7 @@ where
         Value::Object(retagged),
         &mut track,
     ));
-    result.map_err(|error| nested(&track.path(), &error))
+    result.map_err(|error| nested(&track.path(), &error, tag))
 }
 
 /// Reads an object's fields, refusing a field named twice.
@@ -248,7 +302,7 @@ impl<'de> Visitor<'de> for ObjectFields {
 }
 
 /// Reads a `T` that must be written as a JSON object.
-pub(super) fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: de::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -257,7 +311,7 @@ where
 }
 
 /// An optional `T` that must be written as a JSON object (or `null`).
-pub(super) fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: de::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -266,7 +320,7 @@ where
 }
 
 /// A map whose values are `T`s written as JSON objects.
-pub(super) fn map_of_objects<'de, D, T>(
+pub(crate) fn map_of_objects<'de, D, T>(
     deserializer: D,
 ) -> Result<std::collections::HashMap<String, T>, D::Error>
 where
@@ -310,7 +364,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOf<T> {
 ///
 /// The text is not JSON of `T`'s shape: the JSON path (empty at the top
 /// level) and the message.
-pub(super) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
@@ -321,6 +375,70 @@ pub(super) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, (String, Strin
         )
     })?;
     Ok(value)
+}
+
+/// Reads the fields of a section (its tag taken out) as a `T`: the JSON
+/// path inside the section (empty for the section itself) and the message
+/// on error.
+///
+/// A field `T` does not declare is refused here, whatever `T`'s serde
+/// attributes say, so that a connector from anywhere refuses unknown
+/// fields by construction (`T` must be a struct without
+/// `#[serde(flatten)]`, whose fields serde lists).
+///
+/// # Errors
+///
+/// A field is unknown, missing, or of the wrong type or value.
+pub(crate) fn read_fields<T: DeserializeOwned>(
+    fields: Map<String, Value>,
+) -> Result<T, (String, String)> {
+    if let Some(known) = struct_fields::<T>() {
+        if let Some(unknown) = fields.keys().find(|key| !known.contains(&key.as_str())) {
+            let error = <serde_json::Error as de::Error>::unknown_field(unknown, known);
+            return Err((
+                excerpt(unknown).into_owned(),
+                cap_quoted(&error.to_string()),
+            ));
+        }
+    }
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(describe)
+}
+
+/// The fields a struct `T` reads, as serde's derive lists them (with their
+/// aliases), or `None` when `T` is not read as a plain struct (a map, an
+/// enum, a struct with `#[serde(flatten)]`).
+pub(crate) fn struct_fields<'de, T: Deserialize<'de>>() -> Option<&'static [&'static str]> {
+    let mut fields = None;
+    // The capture always stops the read with an error; only `fields` matters.
+    let _ = T::deserialize(FieldsOf(&mut fields));
+    fields
+}
+
+/// A deserializer that records the fields a struct asks for, and reads nothing.
+struct FieldsOf<'a>(&'a mut Option<&'static [&'static str]>);
+
+impl<'de> de::Deserializer<'de> for FieldsOf<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(fields);
+        Err(de::Error::custom("fields recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
 }
 
 /// Implements `Deserialize` for config structs derived with
@@ -352,13 +470,13 @@ macro_rules! tagged_by_type {
     ($($config:ty),* $(,)?) => {$(
         impl<'de> serde::Deserialize<'de> for $config {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                $crate::config::strict::tagged(deserializer, |variant| <$config>::deserialize(variant))
+                $crate::config::strict::tagged(deserializer, "type", |variant| <$config>::deserialize(variant))
             }
         }
     )*};
 }
 
-pub(super) use {object_only, tagged_by_type};
+pub(crate) use {object_only, tagged_by_type};
 
 #[cfg(test)]
 mod tests {

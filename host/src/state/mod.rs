@@ -21,8 +21,11 @@ use async_trait::async_trait;
 
 use crate::checkpoint::CheckpointRecord;
 
+pub use memory::config::MemoryStateConfig;
 pub use memory::MemoryState;
+pub use redis_backend::config::RedisStateConfig;
 pub use redis_backend::{RedisOptions, RedisState};
+pub use sled_backend::config::SledStateConfig;
 pub use sled_backend::SledState;
 
 use crate::tenant::StateQuota;

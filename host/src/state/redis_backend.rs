@@ -67,6 +67,8 @@
 //! A `claim` retried the same way skips a token, which is harmless: tokens
 //! only need to grow.
 
+pub mod config;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;

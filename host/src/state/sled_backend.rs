@@ -4,6 +4,8 @@
 //! checkpoint records under `c` + pipeline name, so a checkpoint is one
 //! atomic `apply_batch` followed by a flush to disk.
 
+pub mod config;
+
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;

@@ -1,5 +1,7 @@
 //! A finite source over events held in memory.
 
+pub mod config;
+
 use async_trait::async_trait;
 
 use super::{Source, StreamError};

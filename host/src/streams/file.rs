@@ -1,5 +1,7 @@
 //! Newline-delimited files: one event per line.
 
+pub mod config;
+
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;

@@ -21,6 +21,8 @@
 //!   did not come back is sent again, and output since the last checkpoint
 //!   is sent again after a crash.
 
+pub mod config;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -19,11 +19,14 @@ use async_trait::async_trait;
 use crate::checkpoint::Position;
 use crate::{Batch, Event};
 
+pub use array::config::ArraySourceConfig;
 pub use array::ArraySource;
 pub use channel::{
     batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
 };
+pub use file::config::{FileSinkConfig, FileSourceConfig};
 pub use file::{FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile};
+pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
 /// Why a stream failed.

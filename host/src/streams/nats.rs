@@ -14,6 +14,8 @@
 //! `Nats-Expected-Last-Sequence` must not leak from one stream into another);
 //! the JetStream sink sets its own `Nats-Msg-Id`.
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;

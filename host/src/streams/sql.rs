@@ -30,6 +30,8 @@
 //! commit went through after all (rows of its epoch are in the table), so
 //! that an inserting sink with an epoch column never writes a flush twice.
 
+pub mod config;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;

@@ -1,5 +1,7 @@
 //! The printer: each event's value on its own line of standard output.
 
+pub mod config;
+
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 

@@ -39,6 +39,7 @@
 
 mod buffers;
 mod clock;
+mod config;
 mod saved;
 mod trigger;
 
@@ -57,6 +58,10 @@ use crate::{Batch, Event, WindowInfo};
 
 use buffers::{merge_sessions, Buffer, KeyWindows, WindowKey};
 pub use clock::WindowClock;
+pub use config::{
+    CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig, SignalOn,
+    SignalWindowConfig, SlidingWindowConfig, TimeDomain, TumblingWindowConfig, WindowConfig,
+};
 use saved::{Entry, Meta};
 pub use trigger::WindowHandle;
 use trigger::WindowShared;

@@ -1,0 +1,264 @@
+//! The steps of `"pipeline"`: WASM pipes, windows, command modules and
+//! host executables. Steps are not pluggable connectors: the engine runs
+//! each kind itself, so they are one enum here; a window's own fields are
+//! [`WindowConfig`]'s, beside the windows.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::strict::{self, object_only, tagged_by_type};
+use super::FieldError;
+use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
+use crate::step::{OnError, WasmPipe};
+use crate::window::WindowConfig;
+
+object_only!(WasmStepConfig, CommandStepConfig, ExecStepConfig);
+tagged_by_type!(StepConfig);
+
+/// One entry of `"pipeline"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", remote = "Self")]
+pub enum StepConfig {
+    /// A WebAssembly component pipe.
+    Wasm(WasmStepConfig),
+    /// A native window.
+    Window(WindowConfig),
+    /// A WASI preview 1 command module speaking the line protocol.
+    Command(CommandStepConfig),
+    /// A host executable speaking the line protocol (unsandboxed).
+    Exec(ExecStepConfig),
+}
+
+impl StepConfig {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        match self {
+            StepConfig::Wasm(pipe) => &pipe.name,
+            StepConfig::Window(window) => window.name(),
+            StepConfig::Command(command) => &command.name,
+            StepConfig::Exec(exec) => &exec.name,
+        }
+    }
+}
+
+/// `{"type": "command", ...}`: a WASI preview 1 command module (e.g. Go's
+/// `GOOS=wasip1` build) that reads one event per line on stdin and writes
+/// one line per event on stdout; sandboxed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct CommandStepConfig {
+    /// The step's name (required, unique in the pipeline).
+    pub name: String,
+    /// The core module file (required; relative: to the config's directory).
+    pub module: PathBuf,
+    /// Arguments after `argv[0]` (default none).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `memory_bytes` and `call_timeout_ms` (per batch) apply (defaults:
+    /// see [`PipeLimits`]).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub limits: Option<PipeLimits>,
+}
+
+/// `{"type": "exec", ...}`: a host executable with the same line protocol,
+/// NOT sandboxed: refused unless `"allow_unsandboxed": true`, and never in
+/// a multi-tenant host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct ExecStepConfig {
+    /// The step's name (required, unique in the pipeline).
+    pub name: String,
+    /// The program (required): a path (relative: to the config's
+    /// directory), or a bare name looked up on PATH.
+    pub path: PathBuf,
+    /// Its arguments (default none).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// How long one batch may take, ms (default 10 000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Must be `true` (default false): the program runs with the host's rights.
+    #[serde(default)]
+    pub allow_unsandboxed: bool,
+}
+
+/// `{"type": "wasm", ...}`: a pipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct WasmStepConfig {
+    /// The pipe's name (required, unique in the pipeline; it keys the
+    /// pipe's state).
+    pub name: String,
+    /// The component file (required; relative: to the config's directory).
+    pub module: PathBuf,
+    /// Passed to the guest's `init` as JSON text (default `{}`).
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Optional WASI capabilities: `"clocks"`, `"random"`,
+    /// `"filesystem_interfaces"` (default none).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// Host environment variables the guest may read, only these (default none).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// One host directory the guest may read, never write:
+    /// `{"host": "data", "guest": "/data"}` (default none).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub read_only_dir: Option<ReadOnlyDir>,
+    /// Limits of one call (defaults: see [`PipeLimits`]).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub limits: Option<PipeLimits>,
+    /// What to do with an event the pipe fails on: `"fail"` (default),
+    /// `"skip"`, `"dead_letter"`, or
+    /// `{"retry": {"attempts": 3, "backoff_ms": 100, "then": "dead_letter"}}`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Swap the module in whenever its file changes, checking every this
+    /// many milliseconds (default: off).
+    #[serde(default)]
+    pub watch_module_ms: Option<u64>,
+}
+
+impl WasmStepConfig {
+    /// The pipe as the builder takes it.
+    pub fn to_pipe(&self) -> WasmPipe {
+        let mut pipe = WasmPipe::new(&self.name, &self.module)
+            .config(self.config.clone())
+            .limits(self.limits.clone().unwrap_or_default())
+            .on_error(self.on_error);
+        for grant in &self.grants {
+            pipe = pipe.grant(*grant);
+        }
+        for name in &self.env {
+            pipe = pipe.env(name);
+        }
+        if let Some(dir) = &self.read_only_dir {
+            pipe = pipe.read_only_dir(&dir.host, &dir.guest);
+        }
+        if let Some(ms) = self.watch_module_ms {
+            pipe = pipe.watch_module(Duration::from_millis(ms));
+        }
+        pipe
+    }
+
+    /// The capabilities the pipe is granted.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            grants: self.grants.clone(),
+            env: self.env.clone(),
+            read_only_dir: self.read_only_dir.clone(),
+        }
+    }
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl StepConfig {
+    /// Checks what the step's fields say together; `dead_letter`: whether
+    /// the pipeline has a dead-letter sink. The error names the field
+    /// within the step.
+    pub(super) fn check(&self, dead_letter: bool) -> Result<(), FieldError> {
+        match self {
+            StepConfig::Wasm(pipe) if pipe.module.as_os_str().is_empty() => Err(FieldError::new(
+                "module",
+                "expected the path of a .wasm component",
+            )),
+            StepConfig::Wasm(pipe) => {
+                if let Some((field, message)) =
+                    pipe.limits.as_ref().and_then(PipeLimits::invalid_field)
+                {
+                    return Err(FieldError::new(format!("limits.{field}"), message));
+                }
+                if pipe.on_error.uses_dead_letter() && !dead_letter {
+                    return Err(FieldError::new(
+                        "on_error",
+                        "failed events go to the dead-letter sink, but the config has no `dead_letter`",
+                    ));
+                }
+                if pipe.watch_module_ms == Some(0) {
+                    return Err(FieldError::new(
+                        "watch_module_ms",
+                        "expected a positive interval in milliseconds",
+                    ));
+                }
+                if let Some(dir) = &pipe.read_only_dir {
+                    if !dir.guest.starts_with('/') {
+                        return Err(FieldError::new(
+                            "read_only_dir.guest",
+                            format!(
+                                "expected an absolute guest path such as `/data`, not `{}`",
+                                dir.guest
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            StepConfig::Command(command) => {
+                if let Some((field, message)) =
+                    command.limits.as_ref().and_then(PipeLimits::invalid_field)
+                {
+                    return Err(FieldError::new(format!("limits.{field}"), message));
+                }
+                Ok(())
+            }
+            StepConfig::Exec(exec) => {
+                if !exec.allow_unsandboxed {
+                    return Err(FieldError::new(
+                        "allow_unsandboxed",
+                        format!(
+                            "`{}` would run outside the sandbox with the host's rights; \
+                             set \"allow_unsandboxed\": true to allow it (never in a multi-tenant host)",
+                            exec.path.display()
+                        ),
+                    ));
+                }
+                if exec.timeout_ms == Some(0) {
+                    return Err(FieldError::new(
+                        "timeout_ms",
+                        "expected a positive number of milliseconds",
+                    ));
+                }
+                Ok(())
+            }
+            StepConfig::Window(window) => {
+                window
+                    .build()
+                    .map_err(|error| FieldError::new(error.field, error.message))?;
+                if window.late_to_dead_letter() && !dead_letter {
+                    return Err(FieldError::new(
+                        "late",
+                        "late events go to the dead-letter sink, but the config has no `dead_letter`",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the step's relative paths relative to `base`.
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        match self {
+            StepConfig::Wasm(pipe) => {
+                resolve(&mut pipe.module);
+                if let Some(dir) = &mut pipe.read_only_dir {
+                    resolve(&mut dir.host);
+                }
+            }
+            StepConfig::Command(command) => resolve(&mut command.module),
+            // A bare program name is looked up on PATH; a path with a
+            // directory part is relative to the config.
+            StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
+            StepConfig::Exec(_) | StepConfig::Window(_) => {}
+        }
+    }
+}
