@@ -281,18 +281,50 @@ pub enum Delivery {
     ExactlyOnce,
 }
 
+/// Keys a pipe may have written since the last checkpoint before one is
+/// forced (the default of [`CheckpointPolicy::max_pending_keys`]).
+pub const DEFAULT_MAX_PENDING_KEYS: u64 = 100_000;
+
+/// Bytes of keys and values a pipe may have written since the last
+/// checkpoint before one is forced (the default of
+/// [`CheckpointPolicy::max_pending_bytes`]): 64 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 64 << 20;
+
 /// When checkpoints are taken. Strategies combine: a checkpoint is taken
 /// when any of them is due. A final one is always taken when the pipeline
 /// stops cleanly.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointPolicy {
-    /// Every this long (processing time), when events arrived since the last one.
+    /// Every this long (processing time), when anything happened since the
+    /// last one: events read, or a step released output on its own (a
+    /// window's timer, signal or idle timeout).
     pub interval: Option<Duration>,
     /// Every this many source events.
     pub every_events: Option<u64>,
     /// Whenever a window releases (so a window's output and the state its
     /// aggregation wrote are committed together promptly).
     pub on_window_close: bool,
+    /// Force a checkpoint once a pipe holds this many keys written since
+    /// the last one (exactly-once keeps them in memory until then; `None`:
+    /// no bound).
+    pub max_pending_keys: Option<u64>,
+    /// Force a checkpoint once a pipe holds this many bytes of keys and
+    /// values written since the last one (`None`: no bound).
+    pub max_pending_bytes: Option<u64>,
+}
+
+impl Default for CheckpointPolicy {
+    /// Only the final checkpoint at a clean stop, and the bounds on what a
+    /// pipe may hold between checkpoints.
+    fn default() -> Self {
+        CheckpointPolicy {
+            interval: None,
+            every_events: None,
+            on_window_close: false,
+            max_pending_keys: Some(DEFAULT_MAX_PENDING_KEYS),
+            max_pending_bytes: Some(DEFAULT_MAX_PENDING_BYTES),
+        }
+    }
 }
 
 impl CheckpointPolicy {
@@ -304,7 +336,8 @@ impl CheckpointPolicy {
         }
     }
 
-    /// Only the final checkpoint at a clean stop.
+    /// Only the final checkpoint at a clean stop (and those the bounds on
+    /// pending writes force).
     pub fn at_end_only() -> Self {
         CheckpointPolicy::default()
     }
@@ -320,6 +353,15 @@ impl CheckpointPolicy {
     #[must_use]
     pub fn and_every_events(mut self, events: u64) -> Self {
         self.every_events = Some(events);
+        self
+    }
+
+    /// The same policy with other bounds on what a pipe may write between
+    /// two checkpoints before one is forced (`None`: no bound).
+    #[must_use]
+    pub fn with_max_pending(mut self, keys: Option<u64>, bytes: Option<u64>) -> Self {
+        self.max_pending_keys = keys;
+        self.max_pending_bytes = bytes;
         self
     }
 }

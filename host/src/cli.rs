@@ -109,6 +109,14 @@ pub enum Command {
 /// Runs the command line; the return value is the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        // Before the async runtime or anything else starts, so that a stop
+        // signal during start-up is never the default action (death).
+        if let Err(error) = stop::catch_early() {
+            eprintln!("error: cannot handle SIGINT and SIGTERM: {error}");
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,6 +261,10 @@ async fn run(
     module_dir: Option<PathBuf>,
     runtime: impl Fn() -> Result<Runtime, Failure>,
 ) -> Result<(), Failure> {
+    // First: from here on a stop signal wakes the task below (the early
+    // handler has counted any that came before).
+    let signals = stop::Signals::listen()
+        .map_err(|e| Failure::run(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
     let host_config = match &host {
         Some(path) => HostConfig::load(path).map_err(Failure::input)?,
         None => HostConfig::default(),
@@ -284,11 +296,16 @@ async fn run(
         tenants.set_multi_tenant();
     }
     let supervisor = Supervisor::new(tenants);
+    tokio::spawn(stop::on_signals(signals, supervisor.clone()));
     // Pipelines sharing a sled directory share one open database (sled
     // locks its directory): the backend says what it can share.
     let mut shared_states: HashMap<String, SharedState> = HashMap::new();
     let mut running = Vec::with_capacity(loaded.len());
     for (path, config) in &loaded {
+        if stop::requested() {
+            tracing::info!(pipeline = %config.name, "not started: stopping");
+            continue;
+        }
         let state = match config.state.shared_key() {
             Some(key) => match shared_states.get(&key) {
                 Some(state) => state.clone(),
@@ -310,6 +327,11 @@ async fn run(
         let (handle, task) = supervisor
             .start(&config.name, tenant, builder)
             .map_err(|e| Failure::input(format!("{}: at `name`: {e}", path.display())))?;
+        if stop::requested() {
+            // The signal came while this one was being set up: its
+            // shutdown may have missed it.
+            handle.shutdown();
+        }
         if config.checkpoint.on_signal {
             handle
                 .checkpoint_on_sigusr2()
@@ -317,12 +339,6 @@ async fn run(
         }
         running.push((path, config, task));
     }
-    let on_ctrl_c = supervisor.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_ctrl_c.shutdown();
-        }
-    });
     let admin_listen = admin.or(host_config.admin.as_ref().map(|a| a.listen));
     let admin_server = match admin_listen {
         Some(listen) => {
@@ -589,5 +605,151 @@ mod tests {
         );
         assert_eq!(quoted_list(&["a", "b", "c"]), "`a`, `b` and `c`");
         assert_eq!(quoted_list(&["a"]), "`a`");
+    }
+}
+
+/// Stopping `plumber run` by signal: SIGINT and SIGTERM both stop cleanly
+/// (every pipeline drains what it has read, takes a final checkpoint, and
+/// the process exits 0); a second one exits at once, without the final
+/// checkpoint (the next run recovers from the last one, as after a crash).
+mod stop {
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use crate::supervisor::Supervisor;
+
+    /// Stop signals received so far, counted from the start of `main`.
+    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+    /// The last of them.
+    static LAST: AtomicI32 = AtomicI32::new(0);
+
+    /// Whether a stop signal has come.
+    pub(super) fn requested() -> bool {
+        RECEIVED.load(Ordering::SeqCst) > 0
+    }
+
+    #[cfg(unix)]
+    extern "C" fn count(signal: libc::c_int) {
+        // Only atomics: all a signal handler may safely touch.
+        LAST.store(signal, Ordering::SeqCst);
+        RECEIVED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Installs a handler that only counts SIGINT and SIGTERM. Tokio's
+    /// handlers, installed later, call it before their own, so the count
+    /// covers every signal from now on.
+    #[cfg(unix)]
+    pub(super) fn catch_early() -> std::io::Result<()> {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed `sigaction` is valid; the handler only
+            // touches atomics, which is async-signal-safe.
+            let installed = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = count as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if installed != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn catch_early() -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn name(signal: i32) -> &'static str {
+        #[cfg(unix)]
+        {
+            match signal {
+                libc::SIGINT => "SIGINT",
+                libc::SIGTERM => "SIGTERM",
+                _ => "a stop signal",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = signal;
+            "Ctrl-C"
+        }
+    }
+
+    /// Wakes on SIGINT and SIGTERM.
+    pub(super) struct Signals {
+        #[cfg(unix)]
+        interrupt: tokio::signal::unix::Signal,
+        #[cfg(unix)]
+        terminate: tokio::signal::unix::Signal,
+    }
+
+    impl Signals {
+        /// Starts listening (inside the async runtime).
+        pub(super) fn listen() -> std::io::Result<Self> {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                Ok(Signals {
+                    interrupt: signal(SignalKind::interrupt())?,
+                    terminate: signal(SignalKind::terminate())?,
+                })
+            }
+            #[cfg(not(unix))]
+            {
+                Ok(Signals {})
+            }
+        }
+
+        async fn next(&mut self) {
+            #[cfg(unix)]
+            {
+                tokio::select! {
+                    _ = self.interrupt.recv() => {}
+                    _ = self.terminate.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    RECEIVED.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Acts on stop signals until the process ends: the first asks every
+    /// pipeline (and those still starting) to stop cleanly, the second
+    /// exits at once.
+    pub(super) async fn on_signals(mut signals: Signals, supervisor: Arc<Supervisor>) {
+        let mut handled = 0;
+        loop {
+            // The count, not the wake-ups, says how many came: the early
+            // handler counted those before `signals` listened.
+            let received = RECEIVED.load(Ordering::SeqCst);
+            if received > handled {
+                let signal = LAST.load(Ordering::SeqCst);
+                if handled == 0 {
+                    supervisor.shutdown();
+                    tracing::info!(
+                        "{}: stopping: each pipeline finishes what it has read and takes a final \
+                         checkpoint (a second signal stops at once, without it)",
+                        name(signal)
+                    );
+                }
+                if received > 1 {
+                    tracing::warn!(
+                        "{} again: exiting now without a final checkpoint; the next run \
+                         resumes from the last committed one",
+                        name(signal)
+                    );
+                    std::process::exit(128 + signal);
+                }
+                handled = received;
+            }
+            signals.next().await;
+        }
     }
 }

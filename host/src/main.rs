@@ -14,6 +14,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed) is dropped; the
+        // default reports it with `eprintln!`, which panics the task that
+        // logged, e.g. the one stopping the pipelines on SIGTERM.
+        .log_internal_errors(false)
         .init();
     plumber::cli::main()
 }

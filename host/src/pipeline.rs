@@ -27,7 +27,7 @@
 //! channels that carry whole batches, so a slow stage holds back the ones
 //! before it (backpressure) and no event crosses a channel alone.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
 use crate::runtime::{InstanceSettings, LoadError, Runtime};
 use crate::state::{
-    checkpoint_scope, MemoryState, Namespace, PipeState, SharedState, StateError, WriteMode,
-    WriteSet, DEFAULT_TENANT,
+    checkpoint_scope, MemoryState, Namespace, PendingBound, PipeState, SharedState, StateError,
+    WriteMode, WriteSet, DEFAULT_TENANT,
 };
 use crate::step::{NativeStep, Step, StepCounters, StepError, WasmPipe, WasmStep};
 use crate::streams::{Sink, Source, StreamError};
@@ -254,6 +254,13 @@ pub struct StageStats {
     pub buffered: AtomicU64,
     /// A WASM step's own counters.
     pub counters: Option<Arc<StepCounters>>,
+    /// The most keys the step has held for a checkpoint at once.
+    pub pending_keys_peak: AtomicU64,
+    /// The most bytes of keys and values it has held for a checkpoint at once.
+    pub pending_bytes_peak: AtomicU64,
+    /// Checkpoints it asked for because its pending writes reached a bound
+    /// ([`CheckpointPolicy::max_pending_keys`], `max_pending_bytes`).
+    pub write_set_checkpoints: AtomicU64,
 }
 
 /// What a running pipeline is doing, readable while it runs.
@@ -266,6 +273,9 @@ pub struct LiveStatus {
     pub events_out: AtomicU64,
     /// Checkpoints committed in this run.
     pub checkpoints: AtomicU64,
+    /// At-most-once: commits of the source position ahead of processing
+    /// (one per group of ready batches).
+    pub position_commits: AtomicU64,
     /// Epoch of the last committed checkpoint (`u64::MAX`: none).
     last_epoch: AtomicU64,
     /// When it was committed, ms since the Unix epoch.
@@ -286,6 +296,7 @@ impl Default for LiveStatus {
             events_in: AtomicU64::new(0),
             events_out: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            position_commits: AtomicU64::new(0),
             last_epoch: AtomicU64::new(u64::MAX),
             last_commit_ms: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
@@ -735,6 +746,10 @@ impl PipelineBuilder {
                 || self.tenants.as_ref().is_some_and(|t| t.is_multi_tenant()),
             status: &status,
             checkpoint_requests: &self.checkpoint_requests,
+            pending_bound: PendingBound {
+                keys: self.checkpoint.max_pending_keys,
+                bytes: self.checkpoint.max_pending_bytes,
+            },
         };
         let steps = instantiate_steps(
             &context,
@@ -797,6 +812,12 @@ impl PipelineBuilder {
 
         // source driver -> step 0 -> ... -> step n-1 -> sink
         let (first_tx, mut next_rx) = Output::channel(self.channel_capacity, self.batch_size);
+        let link = StageLink {
+            released: Arc::new(AtomicBool::new(false)),
+            requests: self.checkpoint_requests.clone(),
+            max_pending_keys: self.checkpoint.max_pending_keys,
+            max_pending_bytes: self.checkpoint.max_pending_bytes,
+        };
         let mut tasks: Vec<JoinHandle<Result<u64, PipelineError>>> = Vec::new();
         for step in steps {
             let (tx, rx) = Output::channel(self.channel_capacity, self.batch_size);
@@ -806,6 +827,9 @@ impl PipelineBuilder {
                 events_out: AtomicU64::new(0),
                 buffered: AtomicU64::new(0),
                 counters: step.counters(),
+                pending_keys_peak: AtomicU64::new(0),
+                pending_bytes_peak: AtomicU64::new(0),
+                write_set_checkpoints: AtomicU64::new(0),
             });
             status
                 .stages
@@ -818,6 +842,7 @@ impl PipelineBuilder {
                 next_rx,
                 tx,
                 stats,
+                link.clone(),
             )));
             next_rx = rx;
         }
@@ -849,6 +874,7 @@ impl PipelineBuilder {
             fence,
             pauses: Vec::new(),
             requests: self.checkpoint_requests.clone(),
+            released: link.released.clone(),
             commit_listener,
         };
         let driven = driver.run(source, first_tx, self.shutdown.1).await;
@@ -938,6 +964,8 @@ struct StepContext<'a> {
     multi_tenant: bool,
     status: &'a Arc<LiveStatus>,
     checkpoint_requests: &'a Arc<Notify>,
+    /// What one call of a pipe may add to its write set.
+    pending_bound: PendingBound,
 }
 
 async fn instantiate_steps(
@@ -1024,7 +1052,8 @@ async fn instantiate_steps(
                     .map_err(load_error)?;
                 let namespace = Namespace::for_tenant_pipe(context.tenant, pipeline, &pipe.name);
                 let state = PipeState::new(context.state.clone(), namespace.clone(), context.mode)
-                    .with_quota(context.lease.and_then(TenantLease::state_quota));
+                    .with_quota(context.lease.and_then(TenantLease::state_quota))
+                    .with_call_bound(context.pending_bound);
                 let settings = Arc::new(InstanceSettings {
                     tenant: context.tenant.into(),
                     pipe: pipe.name.as_str().into(),
@@ -1139,12 +1168,50 @@ struct BarrierReply {
     sink_position: Option<u64>,
 }
 
+/// What the stages share with the source driver.
+#[derive(Clone)]
+struct StageLink {
+    /// Set when a step released output on its own (a window's timer, a
+    /// signal, an idle timeout): the next due checkpoint is then needed even
+    /// if the source read nothing, or that output would wait unflushed in
+    /// the sink until the next input.
+    released: Arc<AtomicBool>,
+    /// Asks the source driver for a checkpoint.
+    requests: Arc<Notify>,
+    /// A step's pending writes past these force a checkpoint.
+    max_pending_keys: Option<u64>,
+    max_pending_bytes: Option<u64>,
+}
+
+impl StageLink {
+    /// Records what `step` holds for the next checkpoint and asks for one
+    /// (once per epoch) when it is past a bound.
+    fn check_pending(&self, step: &mut dyn Step, stats: &StageStats, requested: &mut bool) {
+        let pending = step.pending_writes();
+        if pending.keys == 0 {
+            return;
+        }
+        let (keys, bytes) = (pending.keys as u64, pending.bytes as u64);
+        stats.pending_keys_peak.fetch_max(keys, Ordering::Relaxed);
+        stats.pending_bytes_peak.fetch_max(bytes, Ordering::Relaxed);
+        let over = self.max_pending_keys.is_some_and(|max| keys >= max)
+            || self.max_pending_bytes.is_some_and(|max| bytes >= max);
+        if over && !*requested {
+            *requested = true;
+            stats.write_set_checkpoints.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(step = %stats.name, keys, bytes, "pending writes reached their bound: checkpoint requested");
+            self.requests.notify_one();
+        }
+    }
+}
+
 async fn run_step(
     pipeline: String,
     mut step: Box<dyn Step>,
     mut input: mpsc::Receiver<Message>,
     output: Output,
     stats: Arc<StageStats>,
+    link: StageLink,
 ) -> Result<u64, PipelineError> {
     let stage = step.name().to_owned();
     let disconnected = || PipelineError::Disconnected {
@@ -1157,21 +1224,28 @@ async fn run_step(
     };
     let mut produced: Vec<Batch> = Vec::new();
     let trigger = step.trigger();
+    // Whether this step asked for a checkpoint since the last barrier.
+    let mut requested = false;
     loop {
         let timer = step.timer();
-        let message = tokio::select! {
+        let next = tokio::select! {
             message = input.recv() => match message {
-                Some(message) => message,
+                Some(message) => Next::Message(message),
                 None => break,
             },
-            () = sleep_until(timer), if timer.is_some() => {
+            () = sleep_until(timer), if timer.is_some() => Next::Wake,
+            () = notified(trigger.as_deref()), if trigger.is_some() => Next::Wake,
+        };
+        let message = match next {
+            Next::Message(message) => message,
+            Next::Wake => {
                 step.wake(&mut produced).await.map_err(step_error)?;
-                send_all(&output, &mut produced).await.map_err(|_| disconnected())?;
-                continue;
-            }
-            () = notified(trigger.as_deref()), if trigger.is_some() => {
-                step.wake(&mut produced).await.map_err(step_error)?;
-                send_all(&output, &mut produced).await.map_err(|_| disconnected())?;
+                if !produced.is_empty() {
+                    link.released.store(true, Ordering::Release);
+                }
+                send_all(&output, &mut produced)
+                    .await
+                    .map_err(|_| disconnected())?;
                 continue;
             }
         };
@@ -1184,6 +1258,7 @@ async fn run_step(
                 step.process(batch, &mut produced)
                     .await
                     .map_err(step_error)?;
+                link.check_pending(step.as_mut(), &stats, &mut requested);
                 let out: usize = produced.iter().map(|b| b.events.len()).sum();
                 stats.events_out.fetch_add(out as u64, Ordering::Relaxed);
                 send_all(&output, &mut produced)
@@ -1192,6 +1267,7 @@ async fn run_step(
             }
             Message::Barrier(mut barrier) => {
                 barrier.writes.push(step.take_writes());
+                requested = false;
                 step.at_barrier().await;
                 // Sampled at barriers: counting a window's buffers is not free.
                 if let Some(held) = step.buffered_events() {
@@ -1215,6 +1291,14 @@ async fn run_step(
         }
     }
     Ok(0)
+}
+
+/// What a step's loop does next.
+enum Next {
+    /// Handle a message from upstream.
+    Message(Message),
+    /// Its timer is due or its trigger fired: release what is due.
+    Wake,
 }
 
 async fn send_all(
@@ -1310,10 +1394,42 @@ struct SourceDriver {
     fence: u64,
     pauses: Vec<Duration>,
     requests: Arc<Notify>,
+    /// Set by a step that released output on its own since the last barrier.
+    released: Arc<AtomicBool>,
     commit_listener: Option<Box<dyn crate::streams::CommitListener>>,
 }
 
 type ReadResult = Result<Option<(Vec<crate::Event>, Position)>, StreamError>;
+
+/// At-most-once commits the position once for a group of batches the
+/// source already has ready: at most this many batches...
+const GROUP_MAX_BATCHES: usize = 1000;
+/// ...and at most this many events (or one batch, if bigger). After a
+/// crash, a committed group's unprocessed events are skipped: this bounds
+/// how many a crash can skip beyond what is in flight between stages.
+const GROUP_MAX_EVENTS: usize = 1024;
+
+/// Batches read ahead of the driver: two, and under at-most-once enough
+/// small ones to make a group.
+fn read_ahead(delivery: Delivery, batch_size: usize) -> usize {
+    match delivery {
+        Delivery::AtMostOnce => GROUP_MAX_EVENTS
+            .div_ceil(batch_size.max(1))
+            .clamp(2, GROUP_MAX_BATCHES),
+        Delivery::AtLeastOnce | Delivery::ExactlyOnce => 2,
+    }
+}
+
+/// The next read: one set aside while grouping, or the reader's next.
+async fn next_read(
+    set_aside: &mut Option<ReadResult>,
+    read_rx: &mut mpsc::Receiver<ReadResult>,
+) -> Option<ReadResult> {
+    match set_aside.take() {
+        Some(read) => Some(read),
+        None => read_rx.recv().await,
+    }
+}
 
 /// Why a checkpoint is taken.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1335,7 +1451,8 @@ impl SourceDriver {
     ) -> Result<SourceDriver, PipelineError> {
         // Reading happens in its own task, so that waiting for input never
         // holds back a due checkpoint or a shutdown.
-        let (read_tx, mut read_rx) = mpsc::channel::<ReadResult>(2);
+        let (read_tx, mut read_rx) =
+            mpsc::channel::<ReadResult>(read_ahead(self.delivery, self.batch_size));
         let batch_size = self.batch_size;
         let status = self.status.clone();
         let reader = tokio::spawn(async move {
@@ -1368,6 +1485,9 @@ impl SourceDriver {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker
         });
+        // A read taken from the reader while grouping that ends the group
+        // (the end of the source, an error): handled next.
+        let mut set_aside: Option<ReadResult> = None;
         loop {
             tokio::select! {
                 biased;
@@ -1385,32 +1505,31 @@ impl SourceDriver {
                     // a barrier goes through even when nothing was read.
                     self.checkpoint(output, CheckpointCause::Forced).await?;
                 }
-                read = read_rx.recv() => match read {
+                read = next_read(&mut set_aside, read_rx) => match read {
                     Some(Ok(Some((events, position)))) => {
-                        let count = events.len() as u64;
+                        let mut group = vec![(events, position)];
                         if self.delivery == Delivery::AtMostOnce {
+                            set_aside = gather_ready(&mut group, read_rx);
                             // Commit the position first: after a crash these
                             // events are skipped, never applied twice.
-                            let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
-                            record.fence = self.fence;
-                            record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
-                            self.state.commit(&record, &[]).await.map_err(|source| PipelineError::State {
-                                pipeline: self.pipeline.clone(),
-                                source,
-                            })?;
-                            self.status.committed(self.epoch, Duration::ZERO);
-                            self.epoch += 1;
-                            self.last_checkpoint = Some(record);
-                            self.notify_committed().await?;
+                            self.commit_ahead(&group).await?;
                         }
-                        output
-                            .send_batch(Batch::new(events))
-                            .await
-                            .map_err(|_| self.disconnected())?;
-                        self.position = position;
-                        self.events_in += count;
-                        self.status.events_in.fetch_add(count, Ordering::Relaxed);
-                        self.events_since_checkpoint += count;
+                        for (events, position) in group {
+                            let count = events.len() as u64;
+                            output
+                                .send_batch(Batch::new(events))
+                                .await
+                                .map_err(|_| self.disconnected())?;
+                            if self.delivery != Delivery::AtMostOnce {
+                                // (At-most-once moved it to the group's end
+                                // already: a checkpoint never records less
+                                // than was committed ahead.)
+                                self.position = position;
+                            }
+                            self.events_in += count;
+                            self.status.events_in.fetch_add(count, Ordering::Relaxed);
+                            self.events_since_checkpoint += count;
+                        }
                         if self
                             .policy
                             .every_events
@@ -1431,6 +1550,33 @@ impl SourceDriver {
         }
     }
 
+    /// At-most-once: commits the position after the last batch of `group`
+    /// before any of it is processed.
+    async fn commit_ahead(
+        &mut self,
+        group: &[(Vec<crate::Event>, Position)],
+    ) -> Result<(), PipelineError> {
+        let Some((_, position)) = group.last() else {
+            return Ok(());
+        };
+        let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
+        record.fence = self.fence;
+        record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
+        self.state
+            .commit(&record, &[])
+            .await
+            .map_err(|source| PipelineError::State {
+                pipeline: self.pipeline.clone(),
+                source,
+            })?;
+        self.status.committed(self.epoch, Duration::ZERO);
+        self.status.position_commits.fetch_add(1, Ordering::Relaxed);
+        self.epoch += 1;
+        self.position = position.clone();
+        self.last_checkpoint = Some(record);
+        self.notify_committed().await
+    }
+
     fn disconnected(&self) -> PipelineError {
         PipelineError::Disconnected {
             pipeline: self.pipeline.clone(),
@@ -1445,12 +1591,17 @@ impl SourceDriver {
         output: &Output,
         why: CheckpointCause,
     ) -> Result<(), PipelineError> {
-        // Nothing read since the last checkpoint: nothing to save, except at
-        // the end of a run that read something, where steps may have written
-        // while finishing, or when asked for one.
+        // Nothing read and nothing released since the last checkpoint:
+        // nothing to save (an idle pipeline writes nothing), except at the
+        // end of a run that read something, where steps may have written
+        // while finishing, or when asked for one. Output a step released on
+        // its own (a window's timer) is flushed by the next due checkpoint.
+        let released = self.released.swap(false, Ordering::AcqRel);
         let needed = match why {
-            CheckpointCause::Due => self.events_since_checkpoint > 0,
-            CheckpointCause::Last => self.events_since_checkpoint > 0 || self.events_in > 0,
+            CheckpointCause::Due => self.events_since_checkpoint > 0 || released,
+            CheckpointCause::Last => {
+                self.events_since_checkpoint > 0 || self.events_in > 0 || released
+            }
             CheckpointCause::Forced => true,
         };
         if !needed {
@@ -1503,6 +1654,32 @@ impl SourceDriver {
                 source,
             })
     }
+}
+
+/// Adds to `group` the batches the reader already has ready, up to the
+/// group's bounds, without waiting for more. Returns a read that ends the
+/// group early (the end of the source, or an error), to be handled next.
+fn gather_ready(
+    group: &mut Vec<(Vec<crate::Event>, Position)>,
+    read_rx: &mut mpsc::Receiver<ReadResult>,
+) -> Option<ReadResult> {
+    let mut events: usize = group.iter().map(|(events, _)| events.len()).sum();
+    while group.len() < GROUP_MAX_BATCHES && events < GROUP_MAX_EVENTS {
+        match read_rx.try_recv() {
+            Ok(Ok(Some((batch, position)))) => {
+                if events + batch.len() > GROUP_MAX_EVENTS {
+                    // Too big for this group: it starts the next one.
+                    return Some(Ok(Some((batch, position))));
+                }
+                events += batch.len();
+                group.push((batch, position));
+            }
+            Ok(other) => return Some(other),
+            // Nothing ready (or the reader is gone: the next read says so).
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 async fn tick(ticker: &mut Option<tokio::time::Interval>) {

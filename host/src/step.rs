@@ -17,7 +17,7 @@ use crate::dead_letter::DeadLetters;
 use crate::runtime::{
     CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
 };
-use crate::state::WriteSet;
+use crate::state::{PendingWrites, WriteSet};
 use crate::swap::PipeSlot;
 use crate::{Batch, Event};
 
@@ -111,6 +111,12 @@ pub trait Step: Send {
         WriteSet::default()
     }
 
+    /// How much the step holds for the next checkpoint (keys and bytes of
+    /// its write set), checked after each batch against the policy's bounds.
+    fn pending_writes(&mut self) -> PendingWrites {
+        PendingWrites::default()
+    }
+
     /// Called once when a finite source has ended: push anything still held.
     ///
     /// # Errors
@@ -158,6 +164,8 @@ pub trait Step: Send {
 /// What a WASM step did, readable from elsewhere (metrics, status).
 #[derive(Debug, Default)]
 pub struct StepCounters {
+    /// Calls into the guest (batches, and the parts of failed batches run again).
+    pub calls: AtomicU64,
     /// Events skipped by `on_error: skip`.
     pub skipped: AtomicU64,
     /// Events sent to the dead-letter sink by the error policy.
@@ -171,7 +179,7 @@ pub struct StepCounters {
     /// Traps.
     pub traps: AtomicU64,
     /// Limit failures, indexed like [`LIMIT_KINDS`].
-    pub limits: [AtomicU64; 7],
+    pub limits: [AtomicU64; 8],
     /// Nanoseconds spent in the guest.
     pub guest_nanos: AtomicU64,
     /// Largest linear memory of the instance, bytes.
@@ -181,7 +189,7 @@ pub struct StepCounters {
 }
 
 /// Every limit kind, in the order of [`StepCounters::limits`].
-pub const LIMIT_KINDS: [LimitKind; 7] = [
+pub const LIMIT_KINDS: [LimitKind; 8] = [
     LimitKind::Time,
     LimitKind::Memory,
     LimitKind::OutputEvents,
@@ -189,6 +197,7 @@ pub const LIMIT_KINDS: [LimitKind; 7] = [
     LimitKind::StateKey,
     LimitKind::StateValue,
     LimitKind::StateQuota,
+    LimitKind::PendingWrites,
 ];
 
 impl StepCounters {
@@ -428,6 +437,7 @@ impl WasmStep {
     /// One call; after a failure that leaves the instance unusable, a new
     /// instance is created (pending writes of earlier calls are kept).
     async fn call(&mut self, unit: &Batch) -> Result<Result<Vec<Event>, CallError>, StepError> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = self.instance.process(unit).await;
         self.counters.guest_nanos.store(
             u64::try_from(self.instance.guest_time().as_nanos()).unwrap_or(u64::MAX),
@@ -512,6 +522,65 @@ impl WasmStep {
         }
     }
 
+    /// Runs the events of a source batch whose call failed with `error`,
+    /// so that the policy meets only the events the failure belongs to:
+    /// the whole batch when the failure is the batch's (a time, memory or
+    /// output limit: running its events one by one would cost a limit per
+    /// event, e.g. `call_timeout_ms` each), the events around the one a
+    /// guest error names run again as batches, and each event alone when
+    /// only that can tell which failed (a trap, a state limit, an error
+    /// naming no event). Output keeps the events' order.
+    async fn run_failed(
+        &mut self,
+        events: Vec<Event>,
+        error: CallError,
+        output: &mut Vec<Event>,
+    ) -> Result<(), StepError> {
+        // Parts still to run, the next one last, with their failure when
+        // already tried. Every split makes parts smaller, so this ends.
+        let mut parts: Vec<(Vec<Event>, Option<CallError>)> = vec![(events, Some(error))];
+        while let Some((events, failed)) = parts.pop() {
+            if events.is_empty() {
+                continue;
+            }
+            let part = Batch::new(events);
+            let error = match failed {
+                Some(error) => error,
+                None => match self.call(&part).await? {
+                    Ok(produced) => {
+                        output.extend(produced);
+                        self.instance.recycle(part.events);
+                        continue;
+                    }
+                    Err(error) => error,
+                },
+            };
+            let mut events = part.events;
+            if events.len() == 1 {
+                self.run_unit(Batch::new(events), Some(error), output)
+                    .await?;
+                continue;
+            }
+            match blame(&error, events.len()) {
+                Blame::Batch => {
+                    self.run_unit(Batch::new(events), Some(error), output)
+                        .await?;
+                }
+                Blame::Event(index) => {
+                    let after = events.split_off(index + 1);
+                    let named = events.split_off(index);
+                    parts.push((after, None));
+                    parts.push((named, None));
+                    parts.push((events, None));
+                }
+                Blame::Unknown => {
+                    parts.extend(events.into_iter().rev().map(|event| (vec![event], None)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     // `&mut self`: a `&WasmStep` is not `Send` (its store is not `Sync`).
     async fn dead_letter(&mut self, unit: Batch, error: &StepError) -> Result<(), StepError> {
         let Some(dead_letters) = &self.dead_letters else {
@@ -542,6 +611,39 @@ impl WasmStep {
     }
 }
 
+/// Which events of a failed batch a failure belongs to.
+enum Blame {
+    /// The batch as a whole: a time or memory limit (the batch's work as a
+    /// whole ran out of it) or an output limit (the batch's answer).
+    Batch,
+    /// The event at this index: the guest said so.
+    Event(usize),
+    /// Some event, which only running them one by one can tell.
+    Unknown,
+}
+
+fn blame(error: &CallError, batch_len: usize) -> Blame {
+    match error {
+        CallError::Limit { kind, .. } => match kind {
+            LimitKind::Time
+            | LimitKind::Memory
+            | LimitKind::OutputEvents
+            | LimitKind::OutputBytes => Blame::Batch,
+            // Events alone write less: running them one by one finds
+            // those that are too much on their own.
+            LimitKind::StateKey
+            | LimitKind::StateValue
+            | LimitKind::StateQuota
+            | LimitKind::PendingWrites => Blame::Unknown,
+        },
+        CallError::Guest(error) => match error.event_index.map(usize::try_from) {
+            Some(Ok(index)) if index < batch_len => Blame::Event(index),
+            _ => Blame::Unknown,
+        },
+        CallError::Trap(_) => Blame::Unknown,
+    }
+}
+
 /// The dead-letter reason of a policy failure.
 fn error_reason(error: &StepError) -> &'static str {
     match error {
@@ -555,6 +657,7 @@ fn error_reason(error: &StepError) -> &'static str {
             LimitKind::StateKey => "limit:state_key",
             LimitKind::StateValue => "limit:state_value",
             LimitKind::StateQuota => "limit:state_quota",
+            LimitKind::PendingWrites => "limit:pending_writes",
         },
         _ => "error",
     }
@@ -596,17 +699,14 @@ impl Step for WasmStep {
             return Err(self.step_error(error, &batch));
         }
         // The failed call was undone. A window's batch is one unit (its
-        // pipe aggregates it); a source batch is split into its events, so
-        // only the ones that fail meet the policy.
+        // pipe aggregates it); a source batch is split only as far as the
+        // failure can be pinned on its events.
         let window = batch.window.clone();
         let mut events = Vec::new();
-        if window.is_some() || batch.events.len() == 1 {
+        if window.is_some() {
             self.run_unit(batch, Some(error), &mut events).await?;
         } else {
-            for event in batch.events {
-                self.run_unit(Batch::new(vec![event]), None, &mut events)
-                    .await?;
-            }
+            self.run_failed(batch.events, error, &mut events).await?;
         }
         if !events.is_empty() {
             out.push(Batch { events, window });
@@ -616,6 +716,10 @@ impl Step for WasmStep {
 
     fn take_writes(&mut self) -> WriteSet {
         self.instance.state_mut().take_writes()
+    }
+
+    fn pending_writes(&mut self) -> PendingWrites {
+        self.instance.state_mut().pending()
     }
 
     async fn at_barrier(&mut self) {

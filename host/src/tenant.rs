@@ -345,4 +345,44 @@ mod tests {
         state.end_call(true);
         assert_eq!(lease.usage().state_bytes(), 0);
     }
+
+    /// Write-through writes reach the backend at once and a failed call
+    /// cannot take them back: their charge stays, so the charged bytes are
+    /// always the bytes stored.
+    #[tokio::test]
+    async fn a_failed_write_through_call_keeps_its_charge() {
+        let tenants = Tenants::new(HashMap::from([(
+            "acme".to_owned(),
+            TenantQuota {
+                max_pipelines: None,
+                max_state_bytes: Some(200),
+            },
+        )]));
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let lease = tenants.admit("acme", &backend).await.unwrap();
+        let namespace = Namespace::for_tenant_pipe("acme", "p", "q");
+        let stored = || async {
+            backend
+                .scan_prefix(&Namespace::tenant_prefix("acme"))
+                .await
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as i64)
+                .sum::<i64>()
+        };
+        let mut state = PipeState::new(backend.clone(), namespace, WriteMode::WriteThrough)
+            .with_quota(lease.state_quota());
+        state.set("a", vec![0; 100]).await.unwrap();
+        state.add("n", 7).await.unwrap();
+        state.end_call(false);
+        assert!(stored().await > 100);
+        assert_eq!(lease.usage().state_bytes(), stored().await);
+        // The quota holds across failed calls: what is refused was never written.
+        for i in 0..10 {
+            let _ = state.set(&format!("k{i}"), vec![0; 20]).await;
+            state.end_call(false);
+        }
+        assert_eq!(lease.usage().state_bytes(), stored().await);
+        assert!(stored().await <= 200, "{} bytes stored", stored().await);
+    }
 }

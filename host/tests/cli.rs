@@ -679,3 +679,252 @@ fn bench_names_a_missing_guest_and_how_to_build_it() {
         "{stderr}"
     );
 }
+
+/// Whether process `pid` catches both SIGINT and SIGTERM (its `SigCgt` mask).
+fn catches_stop_signals(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| {
+            let bit = |signal: u32| 1u64 << (signal - 1);
+            mask & bit(2) != 0 && mask & bit(15) != 0
+        })
+}
+
+fn send(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits for `child` to exit, at most `limit`.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("plumber did not stop within {limit:?} of the signal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    }
+    text
+}
+
+/// A file-to-file pipeline, a key counter over ids, that commits only at
+/// its final checkpoint (the interval is a minute). Following its input,
+/// it never ends by itself; otherwise it ends at the end of the file.
+fn counter_config(dir: &Path, input: &Path, follow: bool) -> std::path::PathBuf {
+    let mut from = serde_json::json!({ "type": "file", "path": input });
+    if follow {
+        from["follow_ms"] = serde_json::json!(50);
+    }
+    write_config(
+        dir,
+        serde_json::json!({
+            "name": "stopping",
+            "state": { "type": "sled", "path": "state" },
+            "checkpoint": { "interval_ms": 60000 },
+            "batch_size": 100,
+            "from": from,
+            "pipeline": [ { "name": "counter", "type": "wasm",
+                            "module": harness::guest("key-counter"), "config": { "keys": 7 } } ],
+            "to": { "type": "file", "path": dir.join("out.txt") }
+        }),
+    )
+}
+
+fn spawn_run(config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_plumber"))
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("run")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+/// The counter's committed state, summed over its keys.
+fn committed_total(config: &Path) -> u64 {
+    let state = plumber(&["state", "--pipe", "counter"], config);
+    assert!(
+        state.status.success(),
+        "{}",
+        String::from_utf8_lossy(&state.stderr)
+    );
+    String::from_utf8_lossy(&state.stdout)
+        .lines()
+        .map(|line| line.split_once('\t').unwrap().1.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// SIGTERM (what systemd, Docker and Kubernetes send) stops `plumber run`
+/// like Ctrl-C: the batches read are drained, a final checkpoint commits
+/// them, the process says so and exits 0; the next run resumes exactly.
+#[test]
+fn sigterm_drains_takes_a_final_checkpoint_and_exits_0() {
+    const IDS: usize = 500_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ids.txt");
+    let ids: String = (0..IDS).map(|id| format!("{id}\n")).collect();
+    std::fs::write(&input, ids).unwrap();
+    let config = counter_config(dir.path(), &input, true);
+    let out = dir.path().join("out.txt");
+
+    // The sink's buffer spills to the file as it fills, long before the
+    // only checkpoint: output there shows the run is under way.
+    let mut child = spawn_run(&config);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while line_count(&out) < 20_000 {
+        assert!(std::time::Instant::now() < deadline, "no output");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&mut child)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    send("TERM", child.id());
+    let status = exit_within(&mut child, std::time::Duration::from_secs(30));
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}: {stderr}");
+    assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
+    assert!(stderr.contains("pipeline finished"), "{stderr}");
+    // The final checkpoint (the only one after epoch 0) covers exactly
+    // what was written.
+    let first = std::fs::read_to_string(&out).unwrap();
+    let written = first.lines().count();
+    assert!(written < IDS, "{written} lines: not stopped mid-run");
+    assert_eq!(committed_total(&config), written as u64);
+
+    // The next run goes on from there to the end of the file: nothing
+    // taken back, nothing repeated.
+    let config = counter_config(dir.path(), &input, false);
+    let output = plumber(&["run"], &config);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let all = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        all.starts_with(&first),
+        "the first run's output was taken back"
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut last = std::collections::HashMap::new();
+    for line in all.lines() {
+        let parts: Vec<u64> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+        assert!(seen.insert(parts[0]), "id {} twice", parts[0]);
+        let previous = last.insert(parts[1], parts[2]).unwrap_or(0);
+        assert_eq!(parts[2], previous + 1, "{line}");
+    }
+    assert_eq!(seen.len(), IDS);
+    assert_eq!(committed_total(&config), IDS as u64);
+}
+
+/// A stop signal at any moment of start-up, once the process runs its own
+/// code, is a clean stop: exit 0 every time, and the checkpoints stay
+/// whole (the run after goes on exactly).
+#[test]
+fn a_stop_signal_during_start_up_stops_cleanly_every_time() {
+    const IDS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ids.txt");
+    std::fs::write(
+        &input,
+        (0..IDS).map(|id| format!("{id}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let config = counter_config(dir.path(), &input, true);
+    for attempt in 0..10u64 {
+        let signal = if attempt % 2 == 0 { "TERM" } else { "INT" };
+        let mut child = spawn_run(&config);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !catches_stop_signals(child.id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        // At different points of start-up: at once, or a little later.
+        std::thread::sleep(std::time::Duration::from_millis(attempt * 7 % 40));
+        send(signal, child.id());
+        let status = exit_within(&mut child, std::time::Duration::from_secs(60));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal} during start-up (attempt {attempt}): {status}: {}",
+            stderr_of(&mut child)
+        );
+    }
+    // Whatever those runs did, each committed it whole.
+    let out = dir.path().join("out.txt");
+    assert_eq!(committed_total(&config), line_count(&out) as u64);
+    let config = counter_config(dir.path(), &input, false);
+    let output = plumber(&["run"], &config);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut ids: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..IDS).collect::<Vec<u64>>());
+    assert_eq!(committed_total(&config), IDS);
+}
+
+/// Whoever read the log has gone (stderr is a closed pipe): a stop signal
+/// still stops cleanly, the log lines that cannot be written are dropped.
+#[test]
+fn sigterm_stops_cleanly_when_nobody_reads_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ids.txt");
+    std::fs::write(
+        &input,
+        (0..300).map(|id| format!("{id}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let config = counter_config(dir.path(), &input, true);
+    let mut child = spawn_run(&config);
+    let mut stderr = child.stderr.take().unwrap();
+    // Read until the pipeline runs, then close the pipe.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("exactly-once") {
+        let n = std::io::Read::read(&mut stderr, &mut chunk).unwrap();
+        assert!(n > 0, "plumber ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    drop(stderr);
+    send("TERM", child.id());
+    let status = exit_within(&mut child, std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status}");
+}

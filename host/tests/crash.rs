@@ -402,3 +402,18 @@ fn exactly_once_with_a_rotating_file_sink_survives_sigkill() {
         "the sink did not rotate"
     );
 }
+
+/// At-most-once with one event per batch commits the position once per
+/// group of ready batches, ahead of processing them: a crash skips the
+/// rest of a group, and still never applies an event twice.
+#[test]
+fn at_most_once_with_batches_of_one_applies_nothing_twice() {
+    let scenario =
+        Scenario::with_state(Scenario::new("at_most_once", serde_json::Value::Null), sled);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&scenario.config).unwrap()).unwrap();
+    config["batch_size"] = serde_json::json!(1);
+    std::fs::write(&scenario.config, config.to_string()).unwrap();
+    let landed = scenario.run_with_kills(kills(), seed(9));
+    check_at_most_once(&scenario, landed);
+}

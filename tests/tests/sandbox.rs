@@ -67,18 +67,99 @@ async fn a_spinning_guest_is_stopped_at_its_time_limit() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
+/// A time limit is the batch's: its events meet the policy together, after
+/// one timed-out call, not one call (and one `call_timeout_ms`) per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skip_policy_passes_the_other_events_of_a_batch_that_spun() {
-    let (result, out) = run_collect(
-        pipeline("spin-skip", &["a", "spin", "b", "c"]).then(
+async fn a_batch_that_spun_meets_the_policy_as_a_whole_after_one_timeout() {
+    const EVENTS: usize = 8;
+    let spins = vec!["spin"; EVENTS];
+    let builder = pipeline("spin-skip", &spins).then(
+        probe(serde_json::json!({"mode": "spin"}))
+            .limits(limits(|l| l.call_timeout_ms = 100))
+            .on_error(OnError::Skip),
+    );
+    let handle = builder.handle();
+    let (result, out) = run_collect(builder).await;
+    result.expect("skipping keeps the pipeline running");
+    assert!(out.is_empty(), "{out:?}");
+    let stages = handle.status().stages();
+    let counters = stages[0].counters.as_ref().unwrap();
+    assert_eq!(
+        counters.limits[0].load(Ordering::Relaxed),
+        1,
+        "timed-out calls"
+    );
+    assert_eq!(counters.skipped.load(Ordering::Relaxed), EVENTS as u64);
+
+    // Dead-lettered together, each with the batch's error.
+    let (dead, mut letters) = channel_sink(64);
+    let builder = pipeline("spin-dead", &["a", "spin", "b"])
+        .dead_letter(dead)
+        .then(
             probe(serde_json::json!({"mode": "spin"}))
                 .limits(limits(|l| l.call_timeout_ms = 100))
-                .on_error(OnError::Skip),
-        ),
+                .on_error(OnError::DeadLetter),
+        );
+    let handle = builder.handle();
+    let (result, out) = run_collect(builder).await;
+    result.expect("dead-lettering keeps the pipeline running");
+    assert!(out.is_empty(), "{out:?}");
+    let mut dead_values = Vec::new();
+    while let Ok(letter) = letters.try_recv() {
+        let reason = letter.headers.iter().find(|(k, _)| k == REASON_HEADER);
+        assert_eq!(reason.map(|(_, v)| v.as_str()), Some("limit:time"));
+        dead_values.push(String::from_utf8_lossy(&letter.value).into_owned());
+    }
+    assert_eq!(dead_values, ["a", "spin", "b"]);
+    let stages = handle.status().stages();
+    let counters = stages[0].counters.as_ref().unwrap();
+    assert_eq!(
+        counters.limits[0].load(Ordering::Relaxed),
+        1,
+        "timed-out calls"
+    );
+
+    // One event per batch: only the event that spins is skipped.
+    let (result, out) = run_collect(
+        pipeline("spin-single", &["a", "spin", "b"])
+            .batch_size(1)
+            .then(
+                probe(serde_json::json!({"mode": "spin"}))
+                    .limits(limits(|l| l.call_timeout_ms = 100))
+                    .on_error(OnError::Skip),
+            ),
     )
     .await;
-    result.expect("skipping keeps the pipeline running");
-    assert_eq!(out, vec!["a", "b", "c"]);
+    result.expect("runs");
+    assert_eq!(out, vec!["a", "b"]);
+}
+
+/// A guest error naming its event: the events before and after it run
+/// again as batches, the named one alone; not every event alone.
+#[tokio::test]
+async fn a_guest_error_at_an_event_reruns_the_batch_around_it() {
+    let values: Vec<String> = (0..100)
+        .map(|i| {
+            if i == 50 {
+                "fail".to_owned()
+            } else {
+                format!("e{i}")
+            }
+        })
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let builder = pipeline("at-event", &refs)
+        .then(WasmPipe::new("faulty", guest("faulty")).on_error(OnError::Skip));
+    let handle = builder.handle();
+    let (result, out) = run_collect(builder).await;
+    result.expect("runs");
+    let expected: Vec<&str> = refs.iter().copied().filter(|v| *v != "fail").collect();
+    assert_eq!(out, expected);
+    let stages = handle.status().stages();
+    let counters = stages[0].counters.as_ref().unwrap();
+    assert_eq!(counters.skipped.load(Ordering::Relaxed), 1);
+    // The batch, the 50 before, the failing one, the 49 after.
+    assert_eq!(counters.calls.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test]
@@ -494,6 +575,75 @@ async fn tenants_are_held_to_their_pipeline_and_state_quotas() {
         .map(|(k, v)| k.len() + v.len())
         .sum();
     assert_eq!(stored as i64, used);
+}
+
+/// Under write-through (at-least-once, at-most-once) a failed call's
+/// writes have reached the backend: its quota charge stays, so a tenant
+/// that fails and skips cannot store more than its quota.
+#[tokio::test]
+async fn write_through_failures_cannot_take_a_tenant_past_its_state_quota() {
+    const QUOTA: u64 = 2_000;
+    for delivery in [Delivery::AtLeastOnce, Delivery::AtMostOnce] {
+        let tenants = Tenants::new(HashMap::from([(
+            "small".to_owned(),
+            TenantQuota {
+                max_pipelines: None,
+                max_state_bytes: Some(QUOTA),
+            },
+        )]));
+        let state: SharedState = Arc::new(MemoryState::new());
+        // New keys, with an event that traps after its batch's writes.
+        let values: Vec<String> = (0..600)
+            .map(|i| {
+                if i % 25 == 24 {
+                    "boom".to_owned()
+                } else {
+                    format!("key-{i}")
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let builder = pipeline("writer", &refs)
+            .tenant("small")
+            .tenants(tenants.clone())
+            .state(state.clone())
+            .delivery(delivery)
+            .batch_size(50)
+            .then(
+                probe(serde_json::json!({"mode": "trap_on", "value": "boom"}))
+                    .on_error(OnError::Skip),
+            );
+        let handle = builder.handle();
+        let (result, _) = run_collect(builder).await;
+        result.expect("runs");
+        let stages = handle.status().stages();
+        let counters = stages[0].counters.as_ref().unwrap();
+        assert!(
+            counters.traps.load(Ordering::Relaxed) > 0,
+            "{delivery:?}: no trap"
+        );
+        assert!(
+            counters.limits[6].load(Ordering::Relaxed) > 0,
+            "{delivery:?}: the quota was never hit"
+        );
+        let stored: u64 = state
+            .scan_prefix(&Namespace::tenant_prefix("small"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        println!("{delivery:?}: {stored} bytes stored, quota {QUOTA}");
+        assert!(
+            stored <= QUOTA,
+            "{delivery:?}: {stored} bytes stored, quota {QUOTA}"
+        );
+        assert_eq!(
+            tenants.usage("small").state_bytes(),
+            stored as i64,
+            "{delivery:?}: the charge is not what is stored"
+        );
+    }
 }
 
 /// A spinning tenant next to a working one, on the same runtime and the

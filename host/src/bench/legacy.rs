@@ -323,6 +323,36 @@ pub(super) async fn run_stateful(
         }
         let _ = std::fs::remove_dir_all(&sled_dir);
     }
+    // One event per batch: what a commit per batch would cost. At-most-once
+    // commits the position ahead once per group of ready batches.
+    let small = BenchArgs {
+        events: (args.events / 10).max(1),
+        ..args.clone()
+    };
+    println!();
+    println!(
+        "the same at batch 1 ({} events): at-most-once against exactly-once",
+        small.events
+    );
+    for delivery in [Delivery::ExactlyOnce, Delivery::AtMostOnce] {
+        let sled_dir = std::env::temp_dir().join(format!(
+            "plumber-bench-sled-batch1-{}-{delivery:?}",
+            std::process::id()
+        ));
+        let backends: Vec<(&str, crate::state::SharedState)> = vec![
+            ("memory", std::sync::Arc::new(MemoryState::new())),
+            (
+                "sled",
+                std::sync::Arc::new(crate::state::SledState::open(&sled_dir).map_err(state_error)?),
+            ),
+        ];
+        for (name, state) in backends {
+            let m =
+                measure_stateful(rt, Some(&args.count_module), state, delivery, &small, 1).await?;
+            print(name, delivery, &m);
+        }
+        let _ = std::fs::remove_dir_all(&sled_dir);
+    }
     Ok(())
 }
 

@@ -205,10 +205,27 @@ pub struct CheckpointConfig {
     /// default false).
     #[serde(default)]
     pub on_signal: bool,
+    /// Force a checkpoint once a pipe holds this many keys written since
+    /// the last one (default 100,000; `null`: no bound).
+    #[serde(default = "default_max_pending_keys")]
+    pub max_pending_keys: Option<u64>,
+    /// Force a checkpoint once a pipe holds this many bytes of keys and
+    /// values written since the last one (default 64 MiB; `null`: no
+    /// bound).
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: Option<u64>,
 }
 
 fn default_interval_ms() -> Option<u64> {
     Some(1000)
+}
+
+fn default_max_pending_keys() -> Option<u64> {
+    Some(crate::checkpoint::DEFAULT_MAX_PENDING_KEYS)
+}
+
+fn default_max_pending_bytes() -> Option<u64> {
+    Some(crate::checkpoint::DEFAULT_MAX_PENDING_BYTES)
 }
 
 impl Default for CheckpointConfig {
@@ -218,6 +235,8 @@ impl Default for CheckpointConfig {
             every_events: None,
             on_window_close: false,
             on_signal: false,
+            max_pending_keys: default_max_pending_keys(),
+            max_pending_bytes: default_max_pending_bytes(),
         }
     }
 }
@@ -365,6 +384,23 @@ impl PipelineConfig {
                 "expected a positive event count (or null for none)".into(),
             ));
         }
+        for (field, bound) in [
+            (
+                "checkpoint.max_pending_keys",
+                self.checkpoint.max_pending_keys,
+            ),
+            (
+                "checkpoint.max_pending_bytes",
+                self.checkpoint.max_pending_bytes,
+            ),
+        ] {
+            if bound == Some(0) {
+                return Err(invalid(
+                    field,
+                    "expected a positive bound (or null for none)".into(),
+                ));
+            }
+        }
         self.state
             .check()
             .map_err(|error| in_section("state", error))?;
@@ -435,6 +471,8 @@ impl PipelineConfig {
             interval: self.checkpoint.interval_ms.map(Duration::from_millis),
             every_events: self.checkpoint.every_events,
             on_window_close: self.checkpoint.on_window_close,
+            max_pending_keys: self.checkpoint.max_pending_keys,
+            max_pending_bytes: self.checkpoint.max_pending_bytes,
         };
         let context = OpenContext::new(&self.name);
         let mut builder = Pipeline::builder(&self.name)

@@ -95,6 +95,9 @@ impl HostCtx {
         match error {
             StateError::Invalid(message) => WitStateError::Invalid(message),
             quota @ StateError::Quota { .. } => self.over(LimitKind::StateQuota, quota.to_string()),
+            pending @ StateError::PendingWrites { .. } => {
+                self.over(LimitKind::PendingWrites, pending.to_string())
+            }
             other => WitStateError::Backend(other.to_string()),
         }
     }

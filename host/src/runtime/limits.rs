@@ -158,6 +158,9 @@ pub enum LimitKind {
     StateValue,
     /// A write would take the tenant past its state quota.
     StateQuota,
+    /// One call wrote more new state than `checkpoint.max_pending_keys` or
+    /// `max_pending_bytes` (a checkpoint cannot pass within a call).
+    PendingWrites,
 }
 
 impl LimitKind {
@@ -171,6 +174,7 @@ impl LimitKind {
             LimitKind::StateKey => "state_key",
             LimitKind::StateValue => "state_value",
             LimitKind::StateQuota => "state_quota",
+            LimitKind::PendingWrites => "pending_writes",
         }
     }
 }

@@ -90,6 +90,17 @@ pub enum StateError {
         /// Its quota in bytes.
         quota: u64,
     },
+    /// One call would write more new state than a pipe may hold between
+    /// two checkpoints; no checkpoint can pass within a call.
+    #[error("one call would write more than {limit} new {what} before a checkpoint can pass (`checkpoint.{field}`)")]
+    PendingWrites {
+        /// "keys" or "bytes".
+        what: &'static str,
+        /// The config field of the bound.
+        field: &'static str,
+        /// The bound.
+        limit: u64,
+    },
 }
 
 /// Pending writes of one epoch: `Some(value)` sets, `None` deletes.
@@ -337,8 +348,36 @@ pub struct PipeState {
     call: u64,
     mode: WriteMode,
     quota: Option<StateQuota>,
-    /// Bytes charged to the quota by the call in progress.
+    /// Bytes charged to the quota by the call in progress for writes that
+    /// an undo takes back (checkpointed writes only: write-through writes
+    /// have reached the backend and stay charged).
     charged: i64,
+    /// Bytes of keys and values in `writes` (guest keys, without the namespace).
+    pending_bytes: usize,
+    /// The most one call may add to the write set (checkpoints are forced
+    /// between calls; within one, nothing else bounds it).
+    call_bound: PendingBound,
+    /// The write set's size when the call in progress started.
+    call_start: PendingWrites,
+}
+
+/// The most a pipe may write between two checkpoints: keys and bytes of
+/// keys and values (`None`: no bound).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingBound {
+    /// Keys.
+    pub keys: Option<u64>,
+    /// Bytes.
+    pub bytes: Option<u64>,
+}
+
+/// The size of a pipe's uncommitted write set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingWrites {
+    /// Keys written since the last checkpoint.
+    pub keys: usize,
+    /// Bytes of those keys and their values.
+    pub bytes: usize,
 }
 
 impl PipeState {
@@ -352,7 +391,18 @@ impl PipeState {
             mode,
             quota: None,
             charged: 0,
+            pending_bytes: 0,
+            call_bound: PendingBound::default(),
+            call_start: PendingWrites::default(),
         }
+    }
+
+    /// Refuses a write that would take what one call adds to the write set
+    /// past `bound` (a `pending_writes` limit).
+    #[must_use]
+    pub fn with_call_bound(mut self, bound: PendingBound) -> Self {
+        self.call_bound = bound;
+        self
     }
 
     /// Charges the size of every write to a tenant's state quota.
@@ -373,6 +423,17 @@ impl PipeState {
             mode: self.mode,
             quota: self.quota.clone(),
             charged: std::mem::take(&mut self.charged),
+            pending_bytes: std::mem::take(&mut self.pending_bytes),
+            call_bound: self.call_bound,
+            call_start: std::mem::take(&mut self.call_start),
+        }
+    }
+
+    /// How much is waiting for the next checkpoint (nothing under write-through).
+    pub fn pending(&self) -> PendingWrites {
+        PendingWrites {
+            keys: self.writes.len(),
+            bytes: self.pending_bytes,
         }
     }
 
@@ -401,21 +462,36 @@ impl PipeState {
 
     /// Charges a write that turns an entry of `old` value bytes into one of
     /// `new` (None: absent) to the quota; an entry costs its full key too.
+    /// Returns the bytes charged (negative: freed).
     fn charge(
         &mut self,
         key: &str,
         old: Option<usize>,
         new: Option<usize>,
-    ) -> Result<(), StateError> {
+    ) -> Result<i64, StateError> {
         let Some(quota) = &self.quota else {
-            return Ok(());
+            return Ok(0);
         };
         let key_len = self.namespace.prefix().len() + key.len();
         let size = |value: Option<usize>| value.map_or(0, |len| (key_len + len) as i64);
         let delta = size(new) - size(old);
         quota.try_charge(delta)?;
-        self.charged += delta;
-        Ok(())
+        if self.mode == WriteMode::Checkpointed {
+            // Undone with the call if it fails.
+            self.charged += delta;
+        }
+        Ok(delta)
+    }
+
+    /// A write-through write the backend refused: it did not land, so its
+    /// charge is given back.
+    fn refund_failed<T>(&self, delta: i64, result: Result<T, StateError>) -> Result<T, StateError> {
+        if result.is_err() {
+            if let Some(quota) = &self.quota {
+                quota.refund(delta);
+            }
+        }
+        result
     }
 
     async fn old_len(&self, key: &str) -> Result<Option<usize>, StateError> {
@@ -440,14 +516,18 @@ impl PipeState {
     ///
     /// The tenant's quota would be exceeded, or (write-through) the backend failed.
     pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
+        self.check_call_growth(key, Some(value.len()))?;
         let old = self.old_len(key).await?;
-        self.charge(key, old, Some(value.len()))?;
+        let delta = self.charge(key, old, Some(value.len()))?;
         match self.mode {
             WriteMode::Checkpointed => {
                 self.write(key, Some(value));
                 Ok(())
             }
-            WriteMode::WriteThrough => self.backend.set(&self.namespace.key(key), &value).await,
+            WriteMode::WriteThrough => {
+                let result = self.backend.set(&self.namespace.key(key), &value).await;
+                self.refund_failed(delta, result)
+            }
         }
     }
 
@@ -457,14 +537,18 @@ impl PipeState {
     ///
     /// Write-through: the backend failed.
     pub async fn delete(&mut self, key: &str) -> Result<(), StateError> {
+        self.check_call_growth(key, None)?;
         let old = self.old_len(key).await?;
-        self.charge(key, old, None)?;
+        let delta = self.charge(key, old, None)?;
         match self.mode {
             WriteMode::Checkpointed => {
                 self.write(key, None);
                 Ok(())
             }
-            WriteMode::WriteThrough => self.backend.delete(&self.namespace.key(key)).await,
+            WriteMode::WriteThrough => {
+                let result = self.backend.delete(&self.namespace.key(key)).await;
+                self.refund_failed(delta, result)
+            }
         }
     }
 
@@ -483,11 +567,14 @@ impl PipeState {
                 if let Some(bytes) = &mut pending.value {
                     let next =
                         checked_sum(key.as_bytes(), parse_integer(key.as_bytes(), bytes)?, delta)?;
+                    let old_len = bytes.len();
                     if pending.call == self.call {
                         write_integer(bytes, next);
+                        self.pending_bytes = self.pending_bytes + bytes.len() - old_len;
                     } else {
                         let mut text = Vec::with_capacity(bytes.len() + 1);
                         write_integer(&mut text, next);
+                        self.pending_bytes = self.pending_bytes + text.len() - old_len;
                         pending.before = Some(pending.value.replace(text));
                         pending.call = self.call;
                     }
@@ -507,17 +594,54 @@ impl PipeState {
         let next = checked_sum(key.as_bytes(), current, delta)?;
         let mut text = Vec::new();
         write_integer(&mut text, next);
-        self.charge(key, old_len, Some(text.len()))?;
+        self.check_call_growth(key, Some(text.len()))?;
+        let charged = self.charge(key, old_len, Some(text.len()))?;
         if self.mode == WriteMode::WriteThrough {
-            return self.backend.add(&self.namespace.key(key), delta).await;
+            let result = self.backend.add(&self.namespace.key(key), delta).await;
+            return self.refund_failed(charged, result);
         }
         self.write(key, Some(text));
         Ok(next)
     }
 
+    /// Refuses a checkpointed write that would take what the call in
+    /// progress added to the write set past the call bound.
+    fn check_call_growth(&self, key: &str, value_len: Option<usize>) -> Result<(), StateError> {
+        if self.mode != WriteMode::Checkpointed {
+            return Ok(());
+        }
+        let existing = self.writes.get(key.as_bytes());
+        let keys = self.writes.len() + usize::from(existing.is_none());
+        let old_bytes = existing.map_or(0, |pending| {
+            entry_bytes(key.as_bytes(), pending.value.as_ref())
+        });
+        let bytes = self.pending_bytes + key.len() + value_len.unwrap_or(0) - old_bytes;
+        let grown = |now: usize, start: usize| now.saturating_sub(start) as u64;
+        if let Some(limit) = self.call_bound.keys {
+            if existing.is_none() && grown(keys, self.call_start.keys) > limit {
+                return Err(StateError::PendingWrites {
+                    what: "keys",
+                    field: "max_pending_keys",
+                    limit,
+                });
+            }
+        }
+        if let Some(limit) = self.call_bound.bytes {
+            if grown(bytes, self.call_start.bytes) > limit {
+                return Err(StateError::PendingWrites {
+                    what: "bytes",
+                    field: "max_pending_bytes",
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a call into the guest: its writes join the epoch's when it
     /// succeeded, and are dropped (with their quota charge) when it failed.
-    /// Write-through writes have already landed either way.
+    /// Write-through writes have already landed either way, so they stay
+    /// charged.
     pub fn end_call(&mut self, succeeded: bool) {
         if !succeeded {
             // Failures are rare: a scan of the epoch's writes finds the
@@ -537,6 +661,11 @@ impl PipeState {
                     None => false,
                 }
             });
+            self.pending_bytes = self
+                .writes
+                .iter()
+                .map(|(key, pending)| entry_bytes(key, pending.value.as_ref()))
+                .sum();
             if let Some(quota) = &self.quota {
                 quota.refund(self.charged);
             }
@@ -545,12 +674,16 @@ impl PipeState {
         // an undo (it is dropped when the key is next written, or at the checkpoint).
         self.call += 1;
         self.charged = 0;
+        self.call_start = self.pending();
     }
 
     /// Records a write of the call in progress.
     fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
         let call = self.call;
+        let new_bytes = entry_bytes(key.as_bytes(), value.as_ref());
         if let Some(pending) = self.writes.get_mut(key.as_bytes()) {
+            let old_bytes = entry_bytes(key.as_bytes(), pending.value.as_ref());
+            self.pending_bytes = self.pending_bytes + new_bytes - old_bytes;
             if pending.call == call {
                 pending.value = value;
             } else {
@@ -562,6 +695,8 @@ impl PipeState {
         match self.writes.entry(key.as_bytes().to_vec()) {
             std::collections::hash_map::Entry::Occupied(mut entry) => {
                 let pending = entry.get_mut();
+                let old_bytes = entry_bytes(key.as_bytes(), pending.value.as_ref());
+                self.pending_bytes = self.pending_bytes + new_bytes - old_bytes;
                 if pending.call == call {
                     pending.value = value;
                 } else {
@@ -570,6 +705,7 @@ impl PipeState {
                 }
             }
             std::collections::hash_map::Entry::Vacant(entry) => {
+                self.pending_bytes += new_bytes;
                 entry.insert(Pending {
                     value,
                     call,
@@ -582,6 +718,8 @@ impl PipeState {
     /// Hands over the pending writes for a checkpoint, leaving none.
     pub fn take_writes(&mut self) -> WriteSet {
         self.end_call(true);
+        self.pending_bytes = 0;
+        self.call_start = PendingWrites::default();
         let mut writes =
             WriteSet::with_capacity_and_hasher(self.writes.len(), KeyHasher::default());
         let prefix = self.namespace.prefix();
@@ -598,7 +736,14 @@ impl PipeState {
     pub fn discard_writes(&mut self) {
         self.end_call(false);
         self.writes.clear();
+        self.pending_bytes = 0;
+        self.call_start = PendingWrites::default();
     }
+}
+
+/// What a pending entry counts toward [`PendingWrites::bytes`].
+fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
+    key.len() + value.map_or(0, Vec::len)
 }
 
 #[cfg(test)]
@@ -718,6 +863,50 @@ mod tests {
         ));
         // Nothing reached the backend before a commit.
         assert_eq!(backend.scan_prefix(b"").await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn pending_counts_follow_writes_undos_and_checkpoints() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let mut state = PipeState::new(
+            backend,
+            Namespace::for_pipe("p", "count"),
+            WriteMode::Checkpointed,
+        );
+        assert_eq!(state.pending(), PendingWrites::default());
+        state.set("ab", b"xyz".to_vec()).await.unwrap();
+        state.add("n", 9).await.unwrap();
+        state.end_call(true);
+        assert_eq!(
+            state.pending(),
+            PendingWrites {
+                keys: 2,
+                bytes: 5 + 2
+            }
+        );
+        // A counter growing a digit in place, in this call and the next.
+        state.add("n", 1).await.unwrap();
+        state.add("n", 90).await.unwrap();
+        assert_eq!(
+            state.pending(),
+            PendingWrites {
+                keys: 2,
+                bytes: 5 + 4
+            }
+        );
+        state.set("new", b"1234".to_vec()).await.unwrap();
+        state.delete("ab").await.unwrap();
+        // The failed call is undone, and so are its sizes.
+        state.end_call(false);
+        assert_eq!(
+            state.pending(),
+            PendingWrites {
+                keys: 2,
+                bytes: 5 + 2
+            }
+        );
+        assert_eq!(state.take_writes().len(), 2);
+        assert_eq!(state.pending(), PendingWrites::default());
     }
 
     #[tokio::test]
