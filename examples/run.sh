@@ -16,19 +16,19 @@ case "$example" in
     # A fresh state directory, so the counts start at 1 (a second run on the
     # same directory resumes after the last event and prints nothing).
     rm -rf target/example-state/names
-    cargo run --quiet -p plumber -- run examples/names.json
+    cargo run --quiet -p plumber-cli -- run examples/names.json
     ;;
   wordcount)
     rm -rf target/example-state/wordcount target/example-state/wordcount.out
-    cargo run --quiet -p plumber -- run examples/wordcount.json
+    cargo run --quiet -p plumber-cli -- run examples/wordcount.json
     echo "--- running counts written to target/example-state/wordcount.out (last 5 lines):"
     tail -n 5 target/example-state/wordcount.out
     echo "--- final counts in the sled state (top 5):"
-    cargo run --quiet -p plumber -- state examples/wordcount.json --pipe count | sort -t$'\t' -k2,2nr | head -n 5
+    cargo run --quiet -p plumber-cli -- state examples/wordcount.json --pipe count | sort -t$'\t' -k2,2nr | head -n 5
     ;;
   windowed)
     rm -rf target/example-state/windowed-wordcount target/example-state/windowed-wordcount.out target/example-state/windowed-wordcount.late
-    cargo run --quiet -p plumber -- run examples/windowed-wordcount.json
+    cargo run --quiet -p plumber-cli -- run examples/windowed-wordcount.json
     echo "--- per-word counts per 10-second event-time window (first 12 lines of target/example-state/windowed-wordcount.out):"
     head -n 12 target/example-state/windowed-wordcount.out
     ;;

@@ -1,21 +1,22 @@
-//! Helpers for plumber's end-to-end tests: building the example guests from
-//! source and locating them.
-//!
-//! Also included by `host/tests/cli.rs` through `#[path]`, so it depends on
-//! nothing but `std`, `tokio` and `plumber` (which both places have).
+//! Helpers for plumber's integration tests (all of them live in
+//! `tests/tests/`): building the example guests from source and locating
+//! them, the `plumber` binary, the real servers ([`servers`]), and waiting
+//! for a condition ([`wait`]).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+pub mod servers;
+pub mod wait;
+
+pub use servers::{free_port, raw_command, NatsServer, PostgresServer, RedisServer};
+pub use wait::{wait_until, wait_until_async};
 
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Both `tests/` and `host/` sit directly under the root.
+    // `tests/` sits directly under the root.
     manifest
         .parent()
         .map(Path::to_path_buf)
@@ -114,190 +115,89 @@ pub fn go_command(name: &str) -> PathBuf {
     out
 }
 
+/// The `plumber` binary, built once per test process by `cargo build -p
+/// plumber-cli --bin plumber` into the target directory and profile of the
+/// running test (found from the test executable's path,
+/// `<target>/[<triple>/]<profile>/deps/<test>`). It is not a binary of
+/// this package, so `CARGO_BIN_EXE_plumber` does not exist here; after
+/// `cargo build --workspace` the build is a no-op.
+///
+/// # Panics
+///
+/// When the test executable's path is not inside a target directory, or
+/// the build fails (with cargo's output).
+pub fn plumber_binary() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_plumber) {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_plumber() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("the test's executable: {e}"))?;
+    // <profile dir>/deps/<test executable>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} is not in a cargo target directory", exe.display()))?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
+    let above = profile_dir
+        .parent()
+        .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
+    // Cargo marks the target directory's root; a cross build puts the
+    // profile under `<target>/<triple>/`.
+    let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() {
+        (above, None)
+    } else {
+        let target_dir = above
+            .parent()
+            .ok_or_else(|| format!("no target directory above {}", above.display()))?;
+        (target_dir, above.file_name().and_then(|name| name.to_str()))
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--quiet", "-p", "plumber-cli", "--bin", "plumber"])
+        .arg("--manifest-path")
+        .arg(workspace_root().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        // The `dev` and `test` profiles both build into `debug`.
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    if let Some(triple) = triple {
+        command.args(["--target", triple]);
+    }
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run cargo to build the plumber binary: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the plumber binary failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let binary = profile_dir.join("plumber");
+    if !binary.exists() {
+        return Err(format!("cargo built no {}", binary.display()));
+    }
+    Ok(binary)
+}
+
 /// A compile-cache directory shared by the tests of this checkout.
 pub fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("plumber-test-cache")
-}
-
-/// A `redis-server` child process, killed on drop.
-pub struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Arc<Mutex<Option<Child>>>,
-    restarter: Option<JoinHandle<()>>,
-}
-
-pub fn server_binary() -> String {
-    std::env::var("PLUMBER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
-}
-
-/// Starts `redis-server` on `port` with its files in `dir` (an append-only
-/// file synced on every write, so a restarted server has every acknowledged
-/// write) and waits until it answers PING.
-fn spawn_server(port: u16, dir: &Path) -> Result<Child, String> {
-    let binary = server_binary();
-    let log = dir.join("redis.log");
-    let mut child = Command::new(&binary)
-        .args(["--bind", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--daemonize",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start `{binary}` ({e}): the Redis tests need a Redis server; \
-                 install it (e.g. `apt-get install redis-server`) or set \
-                 PLUMBER_REDIS_SERVER to its path"
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "redis-server on port {port} exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        if raw_command(port, &[b"PING"]).is_ok_and(|reply| reply == "+PONG") {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "redis-server on port {port} did not answer PING within 10 s: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A loopback port that nothing listens on (at the time of asking).
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
-
-/// Sends one command over a fresh connection and returns the reply: its first
-/// line (`+PONG`, `:1`, `-ERR ...`), or a bulk string's content.
-pub fn raw_command(port: u16, parts: &[&[u8]]) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut request = format!("*{}\r\n", parts.len()).into_bytes();
-    for part in parts {
-        request.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-        request.extend_from_slice(part);
-        request.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&request)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if line.starts_with('$') && !line.starts_with("$-1") {
-        line.clear();
-        reader.read_line(&mut line)?;
-    }
-    Ok(line.trim_end().to_owned())
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        // Another process may take the free port before the server binds it:
-        // try a few.
-        let mut errors = Vec::new();
-        for _ in 0..5 {
-            let port = free_port();
-            match spawn_server(port, dir.path()) {
-                Ok(child) => {
-                    return RedisServer {
-                        port,
-                        dir,
-                        child: Arc::new(Mutex::new(Some(child))),
-                        restarter: None,
-                    }
-                }
-                Err(error) => errors.push(error),
-            }
-        }
-        panic!("cannot start redis-server:\n{}", errors.join("\n"));
-    }
-
-    /// The server's port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The server's URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing.
-    pub fn freeze(&self) {
-        let slot = self.child.lock().unwrap();
-        let pid = slot.as_ref().expect("a running server").id();
-        let status = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -STOP {pid}: {status}");
-    }
-
-    /// Starts a new server on the same port after `delay`, in a background thread.
-    pub fn restart_after(&mut self, delay: Duration) {
-        let port = self.port;
-        let dir: PathBuf = self.dir.path().to_path_buf();
-        let slot = Arc::clone(&self.child);
-        self.restarter = Some(std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let child = spawn_server(port, &dir).unwrap_or_else(|e| panic!("restart: {e}"));
-            *slot.lock().unwrap() = Some(child);
-        }));
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(restarter) = self.restarter.take() {
-            let _ = restarter.join();
-        }
-        if let Ok(mut slot) = self.child.lock() {
-            if let Some(mut child) = slot.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
 }
 
 /// Runs `builder` into a channel sink; returns the run's result and the

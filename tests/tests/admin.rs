@@ -2,9 +2,7 @@
 //! requests (so `Host`, `Origin` and `Content-Type` are exactly what a test
 //! says) to an admin server over a running pipeline with a real guest.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

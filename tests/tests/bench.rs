@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use plumber::bench::nexmark::{builder, NexmarkSource, Query};
-use plumber::bench::Engine;
 use plumber::runtime::Runtime;
 use plumber::streams::channel_sink;
 use plumber::Event;
+use plumber_cli::bench::nexmark::{builder, NexmarkSource, Query};
+use plumber_cli::bench::Engine;
 use plumber_tests::{cache_dir, guest};
 
 /// Runs `query` over `events` generated events and returns what reached the sink.
@@ -73,7 +73,7 @@ async fn the_windowed_queries_emit_one_result_set_per_window() {
     let q7 = run(Query::Q7, Engine::Wasm, 120_000, &guest).await;
     let mut ends: Vec<u64> = q7.iter().filter_map(|e| e.timestamp).collect();
     ends.dedup();
-    let base = plumber::bench::nexmark::BASE_TIME_MS;
+    let base = plumber_cli::bench::nexmark::BASE_TIME_MS;
     assert_eq!(ends, [base + 10_000, base + 20_000]);
     // q5: sliding windows of 10 s every 2 s that cover 0..12 s: starts from -8 s to 10 s.
     let q5 = run(Query::Q5, Engine::Wasm, 120_000, &guest).await;

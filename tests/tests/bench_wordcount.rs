@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plumber::bench::wordcount::{pipeline, step_name, Job, Setup, TextSource, WINDOW};
-use plumber::bench::Engine;
 use plumber::runtime::Runtime;
 use plumber::state::{MemoryState, Namespace, SharedState};
 use plumber::streams::channel_sink;
 use plumber::Event;
+use plumber_cli::bench::wordcount::{pipeline, step_name, Job, Setup, TextSource, WINDOW};
+use plumber_cli::bench::Engine;
 use plumber_tests::{cache_dir, guest};
 
 const LINES: u64 = 20_000;

@@ -1,14 +1,12 @@
 //! The `plumber` binary: exit codes and messages for good and bad input.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn plumber(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plumber"))
+    Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args(args)
@@ -42,7 +40,7 @@ fn names_config(dir: &Path) -> serde_json::Value {
 fn run_prints_counts_and_state_shows_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), names_config(dir.path()));
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .arg("run")
@@ -67,7 +65,7 @@ fn run_prints_counts_and_state_shows_them() {
         "{line}"
     );
     // The state lives beside the config, as the config says.
-    let state = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let state = Command::new(harness::plumber_binary())
         .args(["state", "--pipe", "count"])
         .arg(&config)
         .output()
@@ -428,7 +426,7 @@ async fn run_serves_an_http_source_and_answers_once_committed() {
             "to": { "type": "file", "path": out }
         }),
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let mut child = tokio::process::Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .arg("run")
@@ -487,7 +485,7 @@ fn guest_output_goes_to_the_log_tagged_never_to_the_terminal() {
             "to": { "type": "file", "path": out }
         }),
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .arg("run")
@@ -570,7 +568,7 @@ fn one_process_runs_two_tenants_pipelines_and_enforces_the_pipeline_quota() {
     };
     let slow = follower("slow");
     let a2 = follower("slow2");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let mut child = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args(["run", "--host"])
@@ -605,7 +603,7 @@ fn bench_runs_the_suite_and_prints_every_scenario() {
         .parent()
         .expect("the guests' directory")
         .to_path_buf();
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args([
@@ -666,7 +664,7 @@ fn bench_runs_the_suite_and_prints_every_scenario() {
 #[test]
 fn bench_names_a_missing_guest_and_how_to_build_it() {
     let empty = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .args(["bench", "--scenario", "wordcount", "--guests"])
         .arg(empty.path())
         .output()
@@ -753,7 +751,7 @@ fn counter_config(dir: &Path, input: &Path, follow: bool) -> std::path::PathBuf 
 }
 
 fn spawn_run(config: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_plumber"))
+    Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .arg("run")

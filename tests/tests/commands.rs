@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use plumber::config::PipelineConfig;
+use plumber::config::ReadStandard;
 use plumber::pipeline::{CommandPipe, ExecPipe, Pipeline, PipelineBuilder, PipelineError};
 use plumber::runtime::{PipeLimits, Runtime};
 use plumber::step::StepError;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use plumber::build::Language;
 use plumber::checkpoint::CheckpointPolicy;
 use plumber::pipeline::{Pipeline, PipelineError, RunReport};
 use plumber::runtime::{LoadError, Runtime};
@@ -19,6 +18,7 @@ use plumber::step::{OnError, StepError, WasmPipe};
 use plumber::streams::{channel_sink, ArraySource};
 use plumber::window::Window;
 use plumber::Event;
+use plumber_cli::build::Language;
 use plumber_tests::{cache_dir, guest, workspace_root};
 
 const LANGUAGES: [&str; 4] = ["rust", "go", "python", "js"];
@@ -64,7 +64,7 @@ fn build_all() -> BTreeMap<&'static str, PathBuf> {
         built.insert("rust", guest("conformance"));
         for (language, dir) in [("go", "go"), ("python", "python")] {
             let file = out.join(format!("conformance-{language}.wasm"));
-            let result = tokio.block_on(plumber::build::build(
+            let result = tokio.block_on(plumber_cli::build::build(
                 &root.join("examples/conformance").join(dir),
                 Some(&file),
                 &runtime,

@@ -9,9 +9,7 @@
 //! `PLUMBER_CRASH_SEED` the seed of the kill times: raise the first two for
 //! a longer soak.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -79,7 +77,7 @@ impl Scenario {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_plumber"));
+        let mut command = Command::new(harness::plumber_binary());
         command
             .arg("--cache-dir")
             .arg(harness::cache_dir())
@@ -178,7 +176,7 @@ impl Scenario {
 
     /// The final per-key counters, read back through `plumber state`.
     fn state(&self) -> BTreeMap<u64, u64> {
-        let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+        let output = Command::new(harness::plumber_binary())
             .args(["state", "--pipe", "counter"])
             .arg(&self.config)
             .output()

@@ -10,6 +10,7 @@ use plumber::checkpoint::{
     CheckpointPolicy, Delivery, Position, DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_KEYS,
 };
 use plumber::config::PipelineConfig;
+use plumber::config::ReadStandard;
 use plumber::pipeline::{Pipeline, PipelineError};
 use plumber::runtime::LimitKind;
 use plumber::runtime::Runtime;

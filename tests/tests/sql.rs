@@ -1,25 +1,23 @@
 //! The SQL source and sink against real databases: SQLite in a temporary
-//! file, and PostgreSQL started by this file for each test (Debian's
-//! `postgresql` package: `initdb` and `postgres` from
-//! `/usr/lib/postgresql/*/bin`, on a free loopback port, in a temporary
-//! directory, stopped when the test ends). The PostgreSQL tests fail, with a
-//! message saying what to install, when the server is missing.
+//! file, and PostgreSQL started by the harness for each test
+//! ([`PostgresServer`]: Debian's `postgresql` package, `initdb` and
+//! `postgres` from `/usr/lib/postgresql/*/bin`, on a free loopback port, in
+//! a temporary directory, stopped when the test ends). The PostgreSQL tests
+//! fail, with a message saying what to install, when the server is missing.
 //!
 //! Each scenario runs on both databases: `<scenario>::sqlite` and
 //! `<scenario>::postgres`.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
+use plumber_tests::PostgresServer;
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::config::ReadStandard;
 use plumber::pipeline::{Pipeline, PipelineBuilder};
 use plumber::runtime::Runtime;
 use plumber::state::SledState;
@@ -28,238 +26,6 @@ use plumber::streams::sql::{ColumnSource, SqlSink, SqlSinkMode, SqlSource, POSIT
 use plumber::streams::{Sink, Source, StreamError};
 use plumber::{Batch, Event};
 use sqlx::{AssertSqlSafe, Row};
-
-// ---------------------------------------------------------------------------
-// A PostgreSQL server for one test
-
-/// The newest `/usr/lib/postgresql/<version>/bin` that has a server.
-fn postgres_bin_dir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("postgres").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    match found.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "no PostgreSQL server in /usr/lib/postgresql/*/bin: the SQL tests need one; \
-             install it with `apt-get update && apt-get install -y postgresql`"
-        ),
-    }
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
-}
-
-/// `program` run as the `postgres` user when we are root (PostgreSQL
-/// refuses to run as root), else as ourselves.
-fn as_postgres(program: &Path, root: bool) -> Command {
-    if root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-/// A `postgres` server child process, stopped (with its process group) on drop.
-struct PostgresServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PostgresServer {
-    fn start() -> PostgresServer {
-        let bin = postgres_bin_dir();
-        let root = running_as_root();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        if root {
-            let status = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(dir.path())
-                .status()
-                .expect("run chown");
-            assert!(status.success(), "chown postgres:postgres: {status}");
-        }
-        let output = as_postgres(&bin.join("initdb"), root)
-            .arg("-D")
-            .arg(dir.path().join("data"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ])
-            .current_dir(dir.path())
-            .output()
-            .expect("run initdb");
-        assert!(
-            output.status.success(),
-            "initdb failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        // Another process may take the free port before the server binds it.
-        let mut errors = Vec::new();
-        for _ in 0..5 {
-            let port = harness::free_port();
-            match spawn_postgres(&bin, root, dir.path(), port) {
-                Ok(child) => {
-                    return PostgresServer {
-                        dir,
-                        port,
-                        child: Some(child),
-                    }
-                }
-                Err(error) => errors.push(error),
-            }
-        }
-        panic!("cannot start postgres:\n{}", errors.join("\n"));
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Stops the server (a fast shutdown: clients are disconnected); its
-    /// data stays, for [`PostgresServer::restart`].
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_postgres(&mut child, self.dir.path());
-        }
-    }
-
-    /// Stops the server if it runs, and starts a new one on the same port
-    /// and data directory.
-    fn restart(&mut self) {
-        self.stop();
-        let bin = postgres_bin_dir();
-        match spawn_postgres(&bin, running_as_root(), self.dir.path(), self.port) {
-            Ok(child) => self.child = Some(child),
-            Err(error) => panic!("cannot restart postgres: {error}"),
-        }
-    }
-}
-
-fn spawn_postgres(bin: &Path, root: bool, dir: &Path, port: u16) -> Result<Child, String> {
-    let log_path = dir.join(format!("postgres-{port}.log"));
-    let log = File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
-    let mut child = as_postgres(&bin.join("postgres"), root)
-        .arg("-D")
-        .arg(dir.join("data"))
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-k")
-        .arg(dir)
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "shared_buffers=16MB",
-            "-c",
-            "max_connections=30",
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start postgres: {e}"))?;
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "postgres on port {port} exited ({status}):\n{}",
-                log()
-            ));
-        }
-        let ready = Command::new(bin.join("pg_isready"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-t",
-                "1",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if ready {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            stop_postgres(&mut child, dir);
-            return Err(format!(
-                "postgres on port {port} did not accept connections within 30 s:\n{}",
-                log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A fast shutdown (SIGINT to the postmaster, whose pid heads
-/// `postmaster.pid`); if it lingers, SIGKILL to the process group.
-fn stop_postgres(child: &mut Child, dir: &Path) {
-    let postmaster = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
-        .ok()
-        .and_then(|text| text.lines().next().map(str::to_owned));
-    if let Some(pid) = &postmaster {
-        let _ = Command::new("kill").args(["-INT", pid]).status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let group = format!("-{}", child.id());
-    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-    if let Some(pid) = &postmaster {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_postgres(&mut child, self.dir.path());
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // A database for one test
@@ -1555,7 +1321,7 @@ async fn pipeline_gives_up_when_postgres_stays_down() {
 
 /// Runs the `plumber` binary with `args` and then `config`.
 fn plumber_cli(args: &[&str], config: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_plumber"))
+    Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args(args)

@@ -1,15 +1,13 @@
 //! `plumber new` for every language, then the project's own native test,
 //! `plumber build`, and `plumber run` of the pipeline it comes with.
 
-#[path = "../../tests/src/lib.rs"]
-#[allow(dead_code)]
-mod harness;
+use plumber_tests as harness;
 
 use std::path::Path;
 use std::process::Command;
 
 fn plumber(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_plumber"))
+    let output = Command::new(harness::plumber_binary())
         .arg("--cache-dir")
         .arg(harness::cache_dir())
         .args(args)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use plumber::checkpoint::CheckpointPolicy;
 use plumber::config::PipelineConfig;
+use plumber::config::ReadStandard;
 use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
 use plumber::state::{RedisOptions, RedisState, SharedState, SledState};

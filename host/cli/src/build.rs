@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{Capabilities, Grant, LoadError, Runtime};
+use plumber::runtime::{Capabilities, Grant, LoadError, Runtime};
 
 /// The WIT every pipe is built against, carried in the binary.
-pub const WIT: &str = include_str!("../../wit/plumber.wit");
+pub const WIT: &str = include_str!("../../../wit/plumber.wit");
 
 /// The world pipes are built for.
 pub const WORLD: &str = "stateful-pipe";
@@ -354,7 +354,7 @@ pub fn componentize_core(mut module: Vec<u8>) -> Result<Vec<u8>, String> {
 }
 
 /// The Python SDK's helpers, importable by every Python pipe as `plumber_pipe`.
-const PYTHON_SDK: &str = include_str!("../../guest-sdk/python/plumber_pipe.py");
+const PYTHON_SDK: &str = include_str!("../../../guest-sdk/python/plumber_pipe.py");
 
 async fn build_python(dir: &Path, work: &Path, out: &Path) -> Result<(), BuildError> {
     let wit = write_wit(work)?;

@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::admin::{AdminOptions, AdminServer};
-use crate::checkpoint::Delivery;
-use crate::config::{validate, HostConfig, OutputGuarantee, PipelineConfig, StepConfig};
-use crate::pipeline::PipelineError;
-use crate::runtime::{LoadError, Runtime};
-use crate::state::{Namespace, SharedState, DEFAULT_TENANT};
-use crate::supervisor::Supervisor;
-use crate::tenant::Tenants;
+use plumber::admin::{AdminOptions, AdminServer};
+use plumber::checkpoint::Delivery;
+use plumber::config::{
+    validate, HostConfig, OutputGuarantee, PipelineConfig, ReadStandard, StepConfig,
+};
+use plumber::pipeline::PipelineError;
+use plumber::runtime::{LoadError, Runtime};
+use plumber::state::{Namespace, SharedState, DEFAULT_TENANT};
+use plumber::supervisor::Supervisor;
+use plumber::tenant::Tenants;
 
 /// Data pipelines whose pipes are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -237,7 +239,7 @@ fn new_project(name: &str, lang: &str, sdk: Option<PathBuf>) -> Result<(), Failu
 async fn open_state(
     path: &Path,
     config: &PipelineConfig,
-) -> Result<crate::state::SharedState, Failure> {
+) -> Result<plumber::state::SharedState, Failure> {
     config
         .open_state()
         .await
@@ -363,7 +365,7 @@ async fn run(
                 .await
                 .map_err(|error| match error {
                     // An address in use is the system's, not the config's.
-                    crate::admin::AdminServerError::Bind { .. } => Failure::run(error),
+                    plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
                     _ => Failure::input(error),
                 })?;
             // Tests and scripts read the bound address (port 0 picks one).
@@ -498,7 +500,7 @@ async fn setup(path: &Path) -> Result<(), Failure> {
     let file = path.display().to_string();
     let config = PipelineConfig::load(path).map_err(Failure::input)?;
     validate::offline(&config, &file).map_err(Failure::input)?;
-    let done = crate::config::setup::prepare(&config, &file)
+    let done = plumber::config::setup::prepare(&config, &file)
         .await
         .map_err(validate_failure)?;
     if done.is_empty() {
@@ -530,7 +532,7 @@ async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
         return Err(Failure::input(format!(
             "{file}: at `--pipe`: pipeline `{}` has no pipe `{}`; {known}",
             config.name,
-            crate::config::excerpt(&escape_control(pipe.as_bytes()))
+            plumber::config::excerpt(&escape_control(pipe.as_bytes()))
         )));
     }
     validate::offline_state(&config, &file).map_err(Failure::input)?;
@@ -538,7 +540,7 @@ async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
     let tenant = config
         .tenant
         .as_deref()
-        .unwrap_or(crate::state::DEFAULT_TENANT);
+        .unwrap_or(plumber::state::DEFAULT_TENANT);
     let namespace = Namespace::for_tenant_pipe(tenant, &config.name, pipe);
     let entries = state
         .scan_prefix(namespace.prefix())
@@ -616,7 +618,7 @@ mod stop {
     use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use crate::supervisor::Supervisor;
+    use plumber::supervisor::Supervisor;
 
     /// Stop signals received so far, counted from the start of `main`.
     static RECEIVED: AtomicUsize = AtomicUsize::new(0);

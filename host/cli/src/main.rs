@@ -19,5 +19,5 @@ fn main() -> ExitCode {
         // logged, e.g. the one stopping the pipelines on SIGTERM.
         .log_internal_errors(false)
         .init();
-    plumber::cli::main()
+    plumber_cli::cli::main()
 }

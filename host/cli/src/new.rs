@@ -38,7 +38,7 @@ pub enum NewError {
 fn files(language: Language) -> &'static [(&'static str, &'static str)] {
     macro_rules! template {
         ($language:literal: $($file:literal),+ $(,)?) => {
-            &[$(($file, include_str!(concat!("../../templates/", $language, "/", $file)))),+]
+            &[$(($file, include_str!(concat!("../../../templates/", $language, "/", $file)))),+]
         };
     }
     match language {
@@ -58,10 +58,11 @@ fn files(language: Language) -> &'static [(&'static str, &'static str)] {
 }
 
 /// Where the SDKs are by default: beside the source tree this binary was
-/// built from.
+/// built from (this crate is `host/cli`).
 pub fn default_sdk_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .unwrap_or(Path::new("."))
         .join("guest-sdk")
 }

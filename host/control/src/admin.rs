@@ -55,9 +55,9 @@ use tokio::task::JoinHandle;
 /// The largest request body accepted: room for a component upload.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// The default admin address: loopback only, Prometheus' usual port range.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+/// The default admin address: loopback only, Prometheus' usual port range
+/// (the host config's default, defined beside it).
+pub const DEFAULT_LISTEN: SocketAddr = plumber_engine::config::DEFAULT_ADMIN_LISTEN;
 
 /// The `Content-Type` of `GET /metrics`.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

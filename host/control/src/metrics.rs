@@ -6,7 +6,7 @@
 //! hot paths fetch their handles once and then never lock.
 //!
 //! ```
-//! let metrics = plumber::metrics::Metrics::new();
+//! let metrics = plumber_control::metrics::Metrics::new();
 //! let events = metrics.counter(
 //!     "plumber_events_in_total",
 //!     "Events read from the source.",

@@ -6,8 +6,8 @@
 //! ([`LiveStatus`], [`StageStats`], [`StepCounters`]) and a scrape turns
 //! them into Prometheus text, so the hot path never touches a registry.
 //!
-//! [`StageStats`]: crate::pipeline::StageStats
-//! [`StepCounters`]: crate::step::StepCounters
+//! [`StageStats`]: plumber_engine::pipeline::StageStats
+//! [`StepCounters`]: plumber_engine::step::StepCounters
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -20,12 +20,12 @@ use crate::admin::{
     AdminControl, AdminError, CheckpointDone, ModuleUpload, PipeStatus, PipelineStatus, SwapDone,
 };
 use crate::metrics::Metrics;
-use crate::pipeline::{
+use plumber_engine::pipeline::{
     HandleError, LiveStatus, Phase, PipelineBuilder, PipelineError, PipelineHandle, RunReport,
 };
-use crate::step::LIMIT_KINDS;
-use crate::swap::{ModuleSource, SwapError};
-use crate::tenant::Tenants;
+use plumber_engine::step::LIMIT_KINDS;
+use plumber_engine::swap::{ModuleSource, SwapError};
+use plumber_engine::tenant::Tenants;
 
 /// Why a pipeline could not be added.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! plumber: data pipelines and stream processing whose pipe logic runs as
-//! WebAssembly components.
+//! plumber's engine: data pipelines and stream processing whose pipe logic
+//! runs as WebAssembly components.
 //!
 //! A [`pipeline::Pipeline`] reads batches of [`Event`]s from a source, passes
 //! them through steps (WASM pipes, native steps) and writes them to a sink.
@@ -11,41 +11,32 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | [`config`] | the JSON config of the `plumber` binary, its validation, the connector registry |
+//! | [`config`] | the JSON config of a pipeline and of a host, its validation, the connector registry |
 //! | [`runtime`] | loading components, the compile cache, the host side of the WIT |
 //! | [`step`] | the `Step` trait: WASM pipes and native steps |
 //! | [`command`] | command pipes: WASI command modules and host executables |
-//! | [`state`] | the `StateBackend` trait and its backends (memory, sled, Redis) |
-//! | [`streams`] | sources and sinks (array, channel, file, stdout) |
+//! | [`state`] | the `StateBackend` trait, write sets, namespaces, the memory backend |
+//! | [`streams`] | the `Source` and `Sink` traits; array, channel, file, stdout and discard |
 //! | [`checkpoint`] | checkpoint records and strategies |
 //! | [`window`] | count, time, sliding, session and signal windows |
 //! | [`dead_letter`] | the dead-letter sink for events that cannot go on |
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
 //! | [`tenant`] | tenants: key isolation and quotas |
 //! | [`swap`] | hot swap of a running pipe's module |
-//! | [`supervisor`] | many pipelines in one process; the admin view |
-//! | [`admin`] | the admin and metrics HTTP server |
-//! | [`metrics`] | a small Prometheus registry |
-//! | [`bench`] | the `plumber bench` figures |
-//! | [`build`] | `plumber build`: a Rust, Go, Python or JS project to a component |
-//! | [`new`] | `plumber new`: a pipe project from a template |
+//!
+//! The other connectors (NATS, HTTP, SQL, Redis, sled) are in
+//! `plumber-connectors`, the supervisor and the admin server in
+//! `plumber-control`; the `plumber` crate puts them all under one roof.
 
-pub mod admin;
-pub mod bench;
-pub mod build;
 pub mod checkpoint;
-pub mod cli;
 pub mod command;
 pub mod config;
 pub mod dead_letter;
-pub mod metrics;
-pub mod new;
 pub mod pipeline;
 pub mod runtime;
 pub mod state;
 pub mod step;
 pub mod streams;
-pub mod supervisor;
 pub mod swap;
 pub mod tenant;
 pub mod window;

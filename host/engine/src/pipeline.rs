@@ -1,14 +1,14 @@
 //! Pipelines: the fluent builder and the engine that runs it.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), plumber::pipeline::PipelineError> {
+//! # async fn example() -> Result<(), plumber_engine::pipeline::PipelineError> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use plumber::checkpoint::CheckpointPolicy;
-//! use plumber::pipeline::Pipeline;
-//! use plumber::state::MemoryState;
-//! use plumber::step::WasmPipe;
-//! use plumber::streams::{ArraySource, StdoutSink};
+//! use plumber_engine::checkpoint::CheckpointPolicy;
+//! use plumber_engine::pipeline::Pipeline;
+//! use plumber_engine::state::MemoryState;
+//! use plumber_engine::step::WasmPipe;
+//! use plumber_engine::streams::{ArraySource, StdoutSink};
 //!
 //! let report = Pipeline::builder("names")
 //!     .state(Arc::new(MemoryState::new()))

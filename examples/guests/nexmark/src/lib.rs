@@ -2,7 +2,7 @@
 //! the query chosen by the config: `{"query": "q0"}`.
 //!
 //! Events are the comma-separated text of the host's Nexmark generator
-//! (`host/src/bench/nexmark.rs`), first field the kind:
+//! (`host/cli/src/bench/nexmark.rs`), first field the kind:
 //! `B,auction,bidder,price,channel,url,date_time,extra` (persons `P,…`,
 //! auctions `A,…`). The host's native baselines implement the same logic;
 //! the benchmark's equivalence test checks both give the same output.

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::Position;
-use crate::checkpoint::{CheckpointPolicy, Delivery};
-use crate::pipeline::Pipeline;
-use crate::runtime::Runtime;
-use crate::state::MemoryState;
-use crate::step::{NativeStep, WasmPipe};
-use crate::streams::{DiscardSink, Source, StreamError};
-use crate::Event;
+use plumber::checkpoint::Position;
+use plumber::checkpoint::{CheckpointPolicy, Delivery};
+use plumber::pipeline::Pipeline;
+use plumber::runtime::Runtime;
+use plumber::state::MemoryState;
+use plumber::step::{NativeStep, WasmPipe};
+use plumber::streams::{DiscardSink, Source, StreamError};
+use plumber::Event;
 
 use super::{peak_rss_kib, reset_peak_rss, BenchArgs};
 
@@ -176,11 +176,11 @@ impl Source for GeneratedSource {
 pub async fn measure_stateful(
     runtime: &Runtime,
     module: Option<&PathBuf>,
-    state: crate::state::SharedState,
+    state: plumber::state::SharedState,
     delivery: Delivery,
     args: &BenchArgs,
     batch_size: usize,
-) -> Result<(Measurement, Vec<std::time::Duration>), crate::pipeline::PipelineError> {
+) -> Result<(Measurement, Vec<std::time::Duration>), plumber::pipeline::PipelineError> {
     let builder = Pipeline::builder(format!("bench-{delivery:?}"))
         .state(state)
         .delivery(delivery)
@@ -239,7 +239,7 @@ fn percentile(pauses: &[std::time::Duration], p: f64) -> f64 {
 pub(super) async fn run_stateful(
     args: &BenchArgs,
     rt: &Runtime,
-) -> Result<(), crate::pipeline::PipelineError> {
+) -> Result<(), plumber::pipeline::PipelineError> {
     println!();
     println!(
         "stateful word count: {} one-word events (18-word vocabulary, seed {}), state add per event, \
@@ -285,7 +285,7 @@ pub(super) async fn run_stateful(
         );
     };
     print("memory", Delivery::ExactlyOnce, &native);
-    let state_error = |source| crate::pipeline::PipelineError::State {
+    let state_error = |source| plumber::pipeline::PipelineError::State {
         pipeline: "bench".to_owned(),
         source,
     };
@@ -298,20 +298,22 @@ pub(super) async fn run_stateful(
             "plumber-bench-sled-{}-{delivery:?}",
             std::process::id()
         ));
-        let mut backends: Vec<(&str, crate::state::SharedState)> = vec![
+        let mut backends: Vec<(&str, plumber::state::SharedState)> = vec![
             ("memory", std::sync::Arc::new(MemoryState::new())),
             (
                 "sled",
-                std::sync::Arc::new(crate::state::SledState::open(&sled_dir).map_err(state_error)?),
+                std::sync::Arc::new(
+                    plumber::state::SledState::open(&sled_dir).map_err(state_error)?,
+                ),
             ),
         ];
         if let Some(url) = &args.redis {
             // A fresh prefix per run: a pipeline resumes from its last checkpoint.
-            let options = crate::state::RedisOptions {
+            let options = plumber::state::RedisOptions {
                 key_prefix: format!("plumber-bench:{}:{delivery:?}:", std::process::id()),
-                ..crate::state::RedisOptions::default()
+                ..plumber::state::RedisOptions::default()
             };
-            let redis = crate::state::RedisState::connect(url, options)
+            let redis = plumber::state::RedisState::connect(url, options)
                 .await
                 .map_err(state_error)?;
             backends.push(("redis", std::sync::Arc::new(redis)));
@@ -339,11 +341,13 @@ pub(super) async fn run_stateful(
             "plumber-bench-sled-batch1-{}-{delivery:?}",
             std::process::id()
         ));
-        let backends: Vec<(&str, crate::state::SharedState)> = vec![
+        let backends: Vec<(&str, plumber::state::SharedState)> = vec![
             ("memory", std::sync::Arc::new(MemoryState::new())),
             (
                 "sled",
-                std::sync::Arc::new(crate::state::SledState::open(&sled_dir).map_err(state_error)?),
+                std::sync::Arc::new(
+                    plumber::state::SledState::open(&sled_dir).map_err(state_error)?,
+                ),
             ),
         ];
         for (name, state) in backends {
@@ -359,8 +363,10 @@ pub(super) async fn run_stateful(
 /// The conformance pipe of each language: its size, how long a first
 /// compile and a start from the compile cache take, and events/s through
 /// its stateless (`transform`) and stateful (`counter`) behaviours.
-pub(super) async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipeline::PipelineError> {
-    let failed = |message: String| crate::pipeline::PipelineError::Incomplete {
+pub(super) async fn run_languages(
+    args: &BenchArgs,
+) -> Result<(), plumber::pipeline::PipelineError> {
+    let failed = |message: String| plumber::pipeline::PipelineError::Incomplete {
         pipeline: "bench".to_owned(),
         message,
     };
@@ -406,13 +412,13 @@ pub(super) async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipelin
         let capabilities = if language == "go" {
             crate::build::Language::Go.capabilities()
         } else {
-            crate::runtime::Capabilities::default()
+            plumber::runtime::Capabilities::default()
         };
         let size = std::fs::metadata(&path)
             .map_err(|e| failed(format!("{}: {e}", path.display())))?
             .len();
         let cache = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-        let load_error = |e: crate::runtime::LoadError| failed(e.to_string());
+        let load_error = |e: plumber::runtime::LoadError| failed(e.to_string());
         let started = Instant::now();
         Runtime::new(Some(cache.path().to_path_buf()))
             .map_err(load_error)?
@@ -423,14 +429,14 @@ pub(super) async fn run_languages(args: &BenchArgs) -> Result<(), crate::pipelin
         let started = Instant::now();
         let runtime = Runtime::new(Some(cache.path().to_path_buf())).map_err(load_error)?;
         let component = runtime.load(&path, &capabilities).map_err(load_error)?;
-        let settings = Arc::new(crate::runtime::InstanceSettings {
+        let settings = Arc::new(plumber::runtime::InstanceSettings {
             capabilities: capabilities.clone(),
-            ..crate::runtime::InstanceSettings::new("bench", "pipe", r#"{"pipe":"transform"}"#)
+            ..plumber::runtime::InstanceSettings::new("bench", "pipe", r#"{"pipe":"transform"}"#)
         });
-        let state = crate::state::PipeState::new(
+        let state = plumber::state::PipeState::new(
             Arc::new(MemoryState::new()),
-            crate::state::Namespace::for_pipe("bench", "pipe"),
-            crate::state::WriteMode::Checkpointed,
+            plumber::state::Namespace::for_pipe("bench", "pipe"),
+            plumber::state::WriteMode::Checkpointed,
         );
         component
             .instantiate(&runtime, settings, state)

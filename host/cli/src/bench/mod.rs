@@ -35,8 +35,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::pipeline::{PipelineBuilder, PipelineError};
-use crate::runtime::Runtime;
+use plumber::pipeline::{PipelineBuilder, PipelineError};
+use plumber::runtime::Runtime;
 
 pub use legacy::{GeneratedSource, Measurement, WordSource};
 
@@ -643,7 +643,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
     };
     for name in guests {
         if let Ok(path) = guest(&args.guests, name) {
-            rt.load(&path, &crate::runtime::Capabilities::default())
+            rt.load(&path, &plumber::runtime::Capabilities::default())
                 .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
         }
     }
@@ -702,9 +702,9 @@ mod tests {
 
     /// Every event a source gives, read `batch` at a time.
     pub(super) async fn read_all(
-        source: &mut impl crate::streams::Source,
+        source: &mut impl plumber::streams::Source,
         batch: usize,
-    ) -> Vec<crate::Event> {
+    ) -> Vec<plumber::Event> {
         let mut events = Vec::new();
         while let Some((batch, _)) = source.next_batch(batch).await.unwrap() {
             events.extend(batch);

@@ -77,14 +77,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointPolicy, Position};
-use crate::pipeline::{Pipeline, PipelineBuilder};
-use crate::runtime::Runtime;
-use crate::state::MemoryState;
-use crate::step::{NativeStep, WasmPipe};
-use crate::streams::{DiscardSink, Source, StreamError};
-use crate::window::{EventTime, Window};
-use crate::{Batch, Event};
+use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::pipeline::{Pipeline, PipelineBuilder};
+use plumber::runtime::Runtime;
+use plumber::state::MemoryState;
+use plumber::step::{NativeStep, WasmPipe};
+use plumber::streams::{DiscardSink, Source, StreamError};
+use plumber::window::{EventTime, Window};
+use plumber::{Batch, Event};
 
 use super::{guest, measure, scaled, BenchArgs, BenchError, Engine, Table};
 
@@ -957,7 +957,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::streams::channel_sink;
+    use plumber::streams::channel_sink;
 
     fn generated(events: u64, seed: u64) -> Vec<Event> {
         (0..events).map(|id| nexmark_event(seed, id)).collect()

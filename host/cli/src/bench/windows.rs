@@ -18,12 +18,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointPolicy, Delivery, Position};
-use crate::pipeline::{Pipeline, PipelineBuilder};
-use crate::state::MemoryState;
-use crate::streams::{DiscardSink, Source, StreamError};
-use crate::window::{EventTime, Window};
-use crate::Event;
+use plumber::checkpoint::{CheckpointPolicy, Delivery, Position};
+use plumber::pipeline::{Pipeline, PipelineBuilder};
+use plumber::state::MemoryState;
+use plumber::streams::{DiscardSink, Source, StreamError};
+use plumber::window::{EventTime, Window};
+use plumber::Event;
 
 use super::{measure, scaled, BenchArgs, BenchError, Engine, Table};
 

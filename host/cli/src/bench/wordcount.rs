@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointPolicy, Delivery, Position};
-use crate::pipeline::{Pipeline, PipelineBuilder, PipelineError};
-use crate::runtime::Runtime;
-use crate::state::{MemoryState, SharedState, SledState};
-use crate::step::{NativeStep, WasmPipe};
-use crate::streams::{DiscardSink, Sink, Source, StreamError};
-use crate::window::{EventTime, Window};
-use crate::{Batch, Event};
+use plumber::checkpoint::{CheckpointPolicy, Delivery, Position};
+use plumber::pipeline::{Pipeline, PipelineBuilder, PipelineError};
+use plumber::runtime::Runtime;
+use plumber::state::{MemoryState, SharedState, SledState};
+use plumber::step::{NativeStep, WasmPipe};
+use plumber::streams::{DiscardSink, Sink, Source, StreamError};
+use plumber::window::{EventTime, Window};
+use plumber::{Batch, Event};
 
 use super::{guest, measure, scaled, BenchArgs, BenchError, Engine, Row, Table};
 
@@ -690,7 +690,7 @@ mod tests {
     }
 
     fn futures_block_on(step: &mut NativeStep, batch: Batch) -> Vec<Event> {
-        use crate::step::Step;
+        use plumber::step::Step;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -79,7 +79,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use tokio::time::Instant;
 
 use super::{StateBackend, StateError, WriteSet};
-use crate::checkpoint::CheckpointRecord;
+use plumber_engine::checkpoint::CheckpointRecord;
 
 /// The first wait after a connection error.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{checked_sum, parse_integer, StateBackend, StateError, WriteSet};
-use crate::checkpoint::CheckpointRecord;
+use plumber_engine::checkpoint::CheckpointRecord;
 
 const STATE_PREFIX: u8 = b's';
 const CHECKPOINT_PREFIX: u8 = b'c';
@@ -38,17 +38,19 @@ impl SledState {
             .path(&path)
             .cache_capacity(Self::CACHE_BYTES)
             .open()
-            .map_err(|source| StateError::Sled {
-                path: path.display().to_string(),
-                source,
+            .map_err(|source| StateError::Backend {
+                backend: "sled",
+                location: path.display().to_string(),
+                source: Box::new(source),
             })?;
         Ok(SledState { db, path })
     }
 
     fn error(&self, source: sled::Error) -> StateError {
-        StateError::Sled {
-            path: self.path.display().to_string(),
-            source,
+        StateError::Backend {
+            backend: "sled",
+            location: self.path.display().to_string(),
+            source: Box::new(source),
         }
     }
 }
@@ -170,7 +172,7 @@ impl StateBackend for SledState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Position;
+    use plumber_engine::checkpoint::Position;
 
     #[tokio::test]
     async fn commit_is_durable_across_reopen() {

@@ -40,8 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::reconnect::Reconnect;
 use super::JsonEvent;
 use super::{CommitListener, Sink, Source, StreamError};
-use crate::checkpoint::Position;
-use crate::{Batch, Event};
+use plumber_engine::checkpoint::Position;
+use plumber_engine::{Batch, Event};
 
 /// The most events one request may carry unless [`HttpSource::max_batch`]
 /// says otherwise.

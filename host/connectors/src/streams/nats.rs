@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 
 use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
-use crate::checkpoint::Position;
-use crate::{Batch, Event};
+use plumber_engine::checkpoint::Position;
+use plumber_engine::{Batch, Event};
 
 /// The header that carries an event's key.
 pub const KEY_HEADER: &str = "plumber-key";
@@ -542,7 +542,7 @@ type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 /// by itself.
 ///
 /// A JetStream source never ends; stop its pipeline with
-/// [`crate::pipeline::PipelineHandle::shutdown`]. The durable consumer
+/// [`plumber_engine::pipeline::PipelineHandle::shutdown`]. The durable consumer
 /// belongs to one pipeline: do not share its name, and do not create it by
 /// hand (its settings come from the source's options).
 pub struct JetStreamSource {

@@ -47,8 +47,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use super::reconnect::Reconnect;
 use super::{Sink, Source, StreamError};
-use crate::checkpoint::Position;
-use crate::{Batch, Event};
+use crate::config::validate::redact_url;
+use plumber_engine::checkpoint::Position;
+use plumber_engine::{Batch, Event};
 
 /// The header a [`SqlSource`] puts on each event: the row's position
 /// column, in decimal.
@@ -288,42 +289,6 @@ impl<'a> DbRetry<'a> {
             Err(error) => Err(error.into_stream_error(self.stream, self.action)),
         }
     }
-}
-
-/// `url` without its password (in the user info or a `password` query
-/// parameter), for descriptions and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (location, query) = match rest.split_once('?') {
-        Some((location, query)) => (location, Some(query)),
-        None => (rest, None),
-    };
-    let location = match location.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info
-                .split_once(':')
-                .map_or(user_info, |(user, _)| user);
-            format!("{user}@{host}")
-        }
-        None => location.to_owned(),
-    };
-    let mut redacted = format!("{scheme}://{location}");
-    if let Some(query) = query {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or_default();
-                !name.eq_ignore_ascii_case("password")
-            })
-            .collect();
-        if !kept.is_empty() {
-            redacted.push('?');
-            redacted.push_str(&kept.join("&"));
-        }
-    }
-    redacted
 }
 
 fn db_error(stream: &str, action: &'static str, error: sqlx::Error) -> StreamError {
@@ -1833,17 +1798,6 @@ mod tests {
             assert!(quote_identifier(bad, "column").is_err(), "{bad}");
         }
         assert!(quote_table("a.b.c").is_err());
-    }
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(
-            redact_url("postgres://u:secret@127.0.0.1:5432/db?sslmode=disable&password=x"),
-            "postgres://u@127.0.0.1:5432/db?sslmode=disable"
-        );
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
-        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
     }
 
     #[test]

@@ -46,8 +46,12 @@ pub struct AdminConfig {
     pub module_dir: Option<PathBuf>,
 }
 
+/// The default admin address: loopback only, Prometheus' usual port range.
+pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
 fn default_admin_listen() -> std::net::SocketAddr {
-    crate::admin::DEFAULT_LISTEN
+    DEFAULT_ADMIN_LISTEN
 }
 
 impl HostConfig {

@@ -21,7 +21,6 @@
 //! | --- | --- |
 //! | `mod.rs` | the pipeline config: reading, checking, opening |
 //! | [`registry`] | the connector registry: `"type"` → config type, and the traits a connector's config implements |
-//! | [`connectors`] | the registration of the connectors beyond the engine's own |
 //! | [`step`] | the steps of `"pipeline"` (a window's fields are [`crate::window::WindowConfig`]'s) |
 //! | `strict.rs` | strict reading: unknown fields, objects only, exact paths, bounded quotes |
 //! | [`validate`] | `plumber validate` (and what `plumber run` checks first) |
@@ -42,17 +41,14 @@ use crate::pipeline::{Pipeline, PipelineBuilder};
 use crate::state::{SharedState, StateError};
 use crate::streams::StreamError;
 
-pub mod connectors;
 mod host;
 pub mod registry;
 pub mod setup;
 pub mod step;
 pub(crate) mod strict;
-#[cfg(test)]
-mod tests;
 pub mod validate;
 
-pub use host::{AdminConfig, HostConfig};
+pub use host::{AdminConfig, HostConfig, DEFAULT_ADMIN_LISTEN};
 pub use registry::{
     ConnectorSpec, OpenContext, OutputGuarantee, Registry, SinkConfig, SinkSpec, SourceConfig,
     SourceSpec, StateConfig, StateSpec,
@@ -138,8 +134,9 @@ pub struct PipelineConfig {
     /// `tenant`: the tenant it belongs to (default `default`): the first
     /// part of its state keys and checkpoint records.
     pub tenant: Option<String>,
-    /// `state`: the state backend (default, with [`Registry::standard`]:
-    /// sled in `<name>.state` beside the config).
+    /// `state`: the state backend (default: the registry's default state,
+    /// if it has one; with the `plumber` crate's standard registry, sled in
+    /// `<name>.state` beside the config).
     pub state: StateConfig,
     /// `checkpoint`: when to checkpoint (default: every 1000 ms, and at the end).
     pub checkpoint: CheckpointConfig,
@@ -243,23 +240,13 @@ impl Default for CheckpointConfig {
 
 impl PipelineConfig {
     /// Reads and checks the config file at `file` with the connectors of
-    /// [`Registry::standard`], resolving relative paths against its
-    /// directory.
+    /// `registry`, resolving relative paths against its directory.
     ///
     /// # Errors
     ///
     /// The file cannot be read, is not JSON of this shape, or a value is bad;
-    /// the error names the JSON path.
-    pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        Self::load_with(&Registry::standard(), file)
-    }
-
-    /// As [`PipelineConfig::load`], with the connectors of `registry`.
-    ///
-    /// # Errors
-    ///
-    /// As [`PipelineConfig::load`]; a section's `type` that `registry` does
-    /// not know is an error naming the types it knows.
+    /// the error names the JSON path. A section's `type` that `registry`
+    /// does not know is an error naming the types it knows.
     pub fn load_with(registry: &Registry, file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
@@ -269,18 +256,9 @@ impl PipelineConfig {
         Self::parse_with(registry, &text, &file.display().to_string(), base)
     }
 
-    /// Parses and checks config text with the connectors of
-    /// [`Registry::standard`]; `origin` names it in errors and relative
-    /// paths are resolved against `base`.
-    ///
-    /// # Errors
-    ///
-    /// As [`PipelineConfig::load`].
-    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with(&Registry::standard(), text, origin, base)
-    }
-
-    /// As [`PipelineConfig::parse`], with the connectors of `registry`.
+    /// Parses and checks config text with the connectors of `registry`;
+    /// `origin` names it in errors and relative paths are resolved against
+    /// `base`.
     ///
     /// # Errors
     ///

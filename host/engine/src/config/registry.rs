@@ -14,11 +14,12 @@
 //! ```
 //!
 //! [`Registry::builtin`] has what the engine always has (array, file,
-//! stdout, discard, memory state); [`super::connectors::register_all`] adds
+//! stdout, discard, memory state); `plumber_connectors::register_all` adds
 //! the connectors that need servers or libraries (HTTP, NATS, JetStream,
-//! SQL, Redis, sled); [`Registry::standard`] is both, what the `plumber`
-//! binary uses. An embedder may build its own, and register a type under
-//! a name that is already taken to replace it.
+//! SQL, Redis, sled: those its cargo features enable), and
+//! `plumber_connectors::config::standard_registry` is both, what the
+//! `plumber` binary uses. An embedder may build its own, and register a
+//! type under a name that is already taken to replace it.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -303,15 +304,6 @@ impl Registry {
             .sink::<crate::streams::FileSinkConfig>("file")
             .sink::<crate::streams::DiscardSinkConfig>("discard")
             .state::<crate::state::MemoryStateConfig>("memory");
-        registry
-    }
-
-    /// What the `plumber` binary knows: [`Registry::builtin`] and every
-    /// connector of [`super::connectors::register_all`], with sled in
-    /// `<name>.state` beside the config as the default state.
-    pub fn standard() -> Self {
-        let mut registry = Registry::builtin();
-        super::connectors::register_all(&mut registry);
         registry
     }
 

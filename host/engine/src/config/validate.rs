@@ -35,6 +35,43 @@ use crate::state::{MemoryState, Namespace, PipeState, WriteMode, DEFAULT_TENANT}
 /// How long `--connect` (and `plumber setup`) waits for one server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `url` without its password (in the user info or a `password` query
+/// parameter), for descriptions and errors: shared by every connector
+/// whose config holds a URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    let location = match location.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            format!("{user}@{host}")
+        }
+        None => location.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{location}");
+    if let Some(query) = query {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !name.eq_ignore_ascii_case("password")
+            })
+            .collect();
+        if !kept.is_empty() {
+            redacted.push('?');
+            redacted.push_str(&kept.join("&"));
+        }
+    }
+    redacted
+}
+
 /// A check of `plumber validate` that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -393,4 +430,20 @@ pub async fn connect(config: &PipelineConfig, file: &str) -> Result<(), Validate
             .map_err(|error| failed(at, error))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:secret@127.0.0.1:5432/db?sslmode=disable&password=x"),
+            "postgres://u@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
 }

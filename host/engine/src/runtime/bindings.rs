@@ -5,7 +5,7 @@
 
 wasmtime::component::bindgen!({
     world: "stateful-pipe",
-    path: "../wit",
+    path: "../../wit",
     imports: { default: async },
     exports: { default: async },
     additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],

@@ -11,8 +11,6 @@
 //! key string of one pipe equals a key of another.
 
 mod memory;
-mod redis_backend;
-mod sled_backend;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,24 +21,23 @@ use crate::checkpoint::CheckpointRecord;
 
 pub use memory::config::MemoryStateConfig;
 pub use memory::MemoryState;
-pub use redis_backend::config::RedisStateConfig;
-pub use redis_backend::{RedisOptions, RedisState};
-pub use sled_backend::config::SledStateConfig;
-pub use sled_backend::SledState;
 
 use crate::tenant::StateQuota;
 
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The sled database failed.
-    #[error("sled state at `{path}`: {source}")]
-    Sled {
-        /// The database directory.
-        path: String,
-        /// What sled said.
+    /// The backend's own storage failed (a sled database). The engine
+    /// knows no backend's error type: backends live in other crates.
+    #[error("{backend} state at `{location}`: {source}")]
+    Backend {
+        /// "sled", ...
+        backend: &'static str,
+        /// Where its data is, e.g. the database directory.
+        location: String,
+        /// What the backend said.
         #[source]
-        source: sled::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Another process claimed the pipeline after this one: this process's
     /// commits are refused so it cannot overwrite newer checkpoints.

@@ -8,10 +8,7 @@
 mod array;
 mod channel;
 mod file;
-pub mod http;
-pub mod nats;
-mod reconnect;
-pub mod sql;
+pub mod reconnect;
 mod stdout;
 
 use async_trait::async_trait;
@@ -212,7 +209,7 @@ pub trait Sink: Send {
 /// which is how [`push_json_line`] writes one, so the form is reversible.
 #[derive(serde::Deserialize)]
 #[serde(try_from = "RawJsonEvent")]
-pub(crate) struct JsonEvent(Event);
+pub struct JsonEvent(Event);
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

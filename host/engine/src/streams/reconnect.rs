@@ -12,12 +12,12 @@ use super::StreamError;
 /// How long connectors keep retrying a lost server by default.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The wait before the first retry; it doubles up to [`MAX_BACKOFF`].
-pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between two retries.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The retry state of one operation.
-pub(crate) struct Reconnect {
+pub struct Reconnect {
     /// The source or sink, for log lines and errors.
     stream: String,
     /// What is unreachable, e.g. "the NATS server at nats://…".
@@ -34,7 +34,7 @@ pub(crate) struct Reconnect {
 
 impl Reconnect {
     /// The retry state of `action` of `stream`, which talks to `peer`.
-    pub(crate) fn new(
+    pub fn new(
         stream: impl Into<String>,
         peer: impl Into<String>,
         action: &'static str,
@@ -56,19 +56,19 @@ impl Reconnect {
     /// Gives up after `attempts` attempts (at least 1) even within the
     /// reconnect timeout.
     #[must_use]
-    pub(crate) fn max_attempts(mut self, attempts: u32) -> Self {
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts.max(1));
         self
     }
 
     /// Whether an attempt has failed already.
-    pub(crate) fn retrying(&self) -> bool {
+    pub fn retrying(&self) -> bool {
         self.first_failure.is_some()
     }
 
     /// Starts an attempt and returns the most it may take: `first` while
     /// nothing failed, then what is left of the reconnect timeout.
-    pub(crate) fn attempt(&mut self, first: Duration) -> Duration {
+    pub fn attempt(&mut self, first: Duration) -> Duration {
         self.started = Instant::now();
         self.attempts = self.attempts.saturating_add(1);
         match self.first_failure {
@@ -81,7 +81,7 @@ impl Reconnect {
     }
 
     /// The attempt worked: says so if earlier ones failed, and starts over.
-    pub(crate) fn succeeded(&mut self) {
+    pub fn succeeded(&mut self) {
         if let Some(since) = self.first_failure.take() {
             tracing::info!(
                 "{}: `{}` works again: {} answered after {:.1?} ({} attempts)",
@@ -104,7 +104,7 @@ impl Reconnect {
     /// The reconnect timeout has passed since the first failure, or the
     /// most attempts are used; the error names the peer and how long it
     /// waited.
-    pub(crate) async fn failed(&mut self, error: &str) -> Result<(), StreamError> {
+    pub async fn failed(&mut self, error: &str) -> Result<(), StreamError> {
         let since = match self.first_failure {
             Some(since) => since,
             None => {

@@ -194,6 +194,11 @@ impl Window {
         }
     }
 
+    /// What kind of window this is, with its sizes.
+    pub fn kind(&self) -> &WindowKind {
+        &self.kind
+    }
+
     /// Releases every `events` events.
     pub fn count(name: impl Into<String>, events: usize) -> Self {
         Window::new(name, WindowKind::Count { events })

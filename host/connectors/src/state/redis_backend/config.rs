@@ -6,10 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::config::validate::redact_url;
 use crate::config::validate::CONNECT_TIMEOUT;
 use crate::config::{Checks, ConnectorSpec, FieldError, StateSpec};
 use crate::state::{RedisOptions, RedisState, SharedState, StateError};
-use crate::streams::sql::redact_url;
 
 /// `{"type": "redis", "url": …}`: a Redis server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{HttpSink, HttpSource};
+use crate::config::validate::redact_url;
 use crate::config::validate::CONNECT_TIMEOUT;
 use crate::config::{
     Checks, ConnectorSpec, FieldError, OpenContext, OutputGuarantee, SinkSpec, SourceSpec,
 };
-use crate::streams::sql::redact_url;
 use crate::streams::{Sink, Source, StreamError};
 
 /// `{"type": "http", "listen": …}` as a source: an endpoint that accepts

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{JetStreamConsumerOptions, JetStreamSink, JetStreamSource, NatsSink, NatsSource};
+use crate::config::validate::redact_url;
 use crate::config::validate::CONNECT_TIMEOUT;
 use crate::config::{
     Checks, ConnectorSpec, FieldError, OpenContext, OutputGuarantee, SinkSpec, SourceSpec,
 };
-use crate::streams::sql::redact_url;
 use crate::streams::{Sink, Source, StreamError};
 
 fn default_url() -> String {
