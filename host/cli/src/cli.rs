@@ -390,12 +390,14 @@ async fn run(
 
     let mut failure: Option<Failure> = None;
     for (path, config, task) in running {
-        let result = task.await.unwrap_or_else(|e| {
-            Err(PipelineError::Task {
+        // A match, not a closure returning the (large) pipeline error.
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => Err(PipelineError::Task {
                 pipeline: config.name.clone(),
                 message: e.to_string(),
-            })
-        });
+            }),
+        };
         let outcome = match result {
             Ok(report) => {
                 tracing::info!(

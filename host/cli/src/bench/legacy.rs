@@ -390,15 +390,17 @@ pub(super) async fn run_languages(
             ),
         ]
     } else {
-        args.components
-            .iter()
-            .map(|spec| match spec.split_once('=') {
-                Some((language, path)) => Ok((language.to_owned(), PathBuf::from(path))),
-                None => Err(failed(format!(
+        // A loop, not a closure returning the (large) pipeline error.
+        let mut components = Vec::new();
+        for spec in &args.components {
+            let Some((language, path)) = spec.split_once('=') else {
+                return Err(failed(format!(
                     "--component {spec}: expected language=path"
-                ))),
-            })
-            .collect::<Result<_, _>>()?
+                )));
+            };
+            components.push((language.to_owned(), PathBuf::from(path)));
+        }
+        components
     };
     println!(
         "conformance pipes, {} events (words from a 1,000-word vocabulary), batch 1024, memory state, exactly-once",
