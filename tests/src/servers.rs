@@ -327,6 +327,11 @@ impl NatsServer {
         panic!("cannot start nats-server:\n{}", errors.join("\n"));
     }
 
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server's URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -476,6 +481,11 @@ impl PostgresServer {
             }
         }
         panic!("cannot start postgres:\n{}", errors.join("\n"));
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The server's URL (database and user `postgres`).

@@ -45,3 +45,41 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn returns_once_the_condition_holds() {
+        let tries = Cell::new(0);
+        let held = wait_until(Duration::from_secs(10), || {
+            tries.set(tries.get() + 1);
+            tries.get() == 3
+        });
+        assert!(held);
+        assert_eq!(tries.get(), 3);
+    }
+
+    #[test]
+    fn says_false_when_the_timeout_passes() {
+        let started = std::time::Instant::now();
+        assert!(!wait_until(Duration::from_millis(50), || false));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_on_tokios_clock_when_async() {
+        let started = tokio::time::Instant::now();
+        let held = wait_until_async(Duration::from_secs(5), || {
+            std::future::ready(started.elapsed() >= Duration::from_secs(2))
+        })
+        .await;
+        assert!(held);
+        // The paused clock moved, not the wall clock: 2 s of polls, at once.
+        assert!(!wait_until_async(Duration::from_secs(3), || std::future::ready(false)).await);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+}

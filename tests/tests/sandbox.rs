@@ -686,7 +686,19 @@ async fn a_spinning_tenant_slows_another_by_less_than_the_bound() {
     let spinner_handle = spinner.handle();
     let (sink, _spun) = channel_sink(16);
     let spinner_task = tokio::spawn(spinner.to(sink).run());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Measure once the spinner spins: an event of it has hit its limit.
+    let spinning = plumber_tests::wait_until_async(Duration::from_secs(30), || {
+        let skipped: u64 = spinner_handle
+            .status()
+            .stages()
+            .iter()
+            .filter_map(|stage| stage.counters.as_ref())
+            .map(|counters| counters.skipped.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        std::future::ready(skipped > 0)
+    })
+    .await;
+    assert!(spinning, "the spinner never spun an event to its limit");
     let started = Instant::now();
     let (result, out) = run_collect(worker(rt.clone())).await;
     result.expect("beside the spinner");
