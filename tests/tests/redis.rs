@@ -18,7 +18,7 @@ use plumber::state::{RedisOptions, RedisState, StateBackend, StateError, WriteSe
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter("plumber=debug")
+        .with_env_filter("plumber_connectors=debug")
         .try_init();
 }
 
