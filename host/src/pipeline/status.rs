@@ -50,7 +50,7 @@ pub struct StageStats {
     /// The most bytes of keys and values it has held for a checkpoint at once.
     pub pending_bytes_peak: AtomicU64,
     /// Checkpoints it asked for because its pending writes reached a bound
-    /// ([`CheckpointPolicy::max_pending_keys`], `max_pending_bytes`).
+    /// ([`crate::checkpoint::CheckpointPolicy::max_pending_keys`], `max_pending_bytes`).
     pub write_set_checkpoints: AtomicU64,
 }
 
