@@ -1,0 +1,545 @@
+//! The fluent builder, and a run from start to report: admission, step
+//! instantiation, restore, the stages, the source driver, and the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::driver::{Driven, DriverSetup, DriverSignals, Resume, SourceDriver};
+use super::error::PipelineError;
+use super::handle::PipelineHandle;
+use super::instantiate::{instantiate_steps, StepContext, StepSpec};
+use super::stage::{run_sink, Output, StageLink, StageRunner};
+use super::status::{LiveStatus, Phase, StageStats};
+use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
+use crate::dead_letter::DeadLetters;
+use crate::runtime::Runtime;
+use crate::state::{
+    checkpoint_scope, MemoryState, PendingBound, SharedState, WriteMode, DEFAULT_TENANT,
+};
+use crate::step::Step;
+use crate::streams::{Sink, Source, StreamError};
+use crate::tenant::{TenantLease, Tenants};
+use crate::window::WindowOptions;
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Events read from the source in this run.
+    pub events_in: u64,
+    /// Events written to the sink in this run.
+    pub events_out: u64,
+    /// Checkpoints committed in this run.
+    pub checkpoints: u64,
+    /// The last committed checkpoint, if any (from this run or an earlier one).
+    pub last_checkpoint: Option<CheckpointRecord>,
+    /// The checkpoint this run resumed from.
+    pub resumed_from: Option<CheckpointRecord>,
+    /// How long each checkpoint of this run held the source back (barrier
+    /// sent to commit done).
+    pub checkpoint_pauses: Vec<Duration>,
+}
+
+/// The entry point: `Pipeline::builder(name)`.
+pub struct Pipeline;
+
+impl Pipeline {
+    /// Starts building the pipeline `name` (the name keys its checkpoints and state).
+    pub fn builder(name: impl Into<String>) -> PipelineBuilder {
+        let (sender, receiver) = watch::channel(false);
+        let (committed_tx, committed_rx) = watch::channel(0u64);
+        PipelineBuilder {
+            name: name.into(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            tenants: None,
+            committed: (committed_tx, committed_rx),
+            status: Arc::new(LiveStatus::default()),
+            state: None,
+            checkpoint: CheckpointPolicy::every(Duration::from_secs(1)),
+            delivery: Delivery::ExactlyOnce,
+            source: None,
+            steps: Vec::new(),
+            sink: None,
+            dead_letter: None,
+            runtime: None,
+            batch_size: 1024,
+            channel_capacity: 8,
+            shutdown: (Arc::new(sender), receiver),
+            checkpoint_requests: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Collects a pipeline's parts; [`PipelineBuilder::run`] starts it.
+pub struct PipelineBuilder {
+    name: String,
+    tenant: String,
+    tenants: Option<Arc<Tenants>>,
+    committed: (watch::Sender<u64>, watch::Receiver<u64>),
+    status: Arc<LiveStatus>,
+    state: Option<SharedState>,
+    checkpoint: CheckpointPolicy,
+    delivery: Delivery,
+    source: Option<Box<dyn Source>>,
+    steps: Vec<StepSpec>,
+    sink: Option<Box<dyn Sink>>,
+    dead_letter: Option<Box<dyn Sink>>,
+    runtime: Option<Runtime>,
+    batch_size: usize,
+    channel_capacity: usize,
+    shutdown: (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
+    checkpoint_requests: Arc<Notify>,
+}
+
+impl PipelineBuilder {
+    /// The tenant the pipeline belongs to (default `default`): the first
+    /// part of all its state keys and of its checkpoint records. The name
+    /// is checked by [`crate::tenant::check_tenant_name`] when it runs.
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = tenant.into();
+        self
+    }
+
+    /// The host's tenant registry: the pipeline counts against its tenant's
+    /// quotas (pipelines and state bytes) while it runs.
+    #[must_use]
+    pub fn tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = Some(tenants);
+        self
+    }
+
+    /// The state backend (default: an in-memory map).
+    #[must_use]
+    pub fn state(mut self, state: SharedState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// When to checkpoint (default: every second, and at the end).
+    #[must_use]
+    pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoint = policy;
+        self
+    }
+
+    /// The delivery guarantee (default: exactly-once effect on state).
+    #[must_use]
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Where events come from.
+    #[must_use]
+    pub fn from(mut self, source: impl Source + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Where events come from, already boxed (configs).
+    #[must_use]
+    pub fn from_boxed(mut self, source: Box<dyn Source>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Where events go to, already boxed (configs).
+    #[must_use]
+    pub fn to_boxed(mut self, sink: Box<dyn Sink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The dead-letter sink, already boxed (configs).
+    #[must_use]
+    pub fn dead_letter_boxed(mut self, sink: Box<dyn Sink>) -> Self {
+        self.dead_letter = Some(sink);
+        self
+    }
+
+    /// Adds a step after the ones already added.
+    #[must_use]
+    pub fn then(mut self, step: impl Into<StepSpec>) -> Self {
+        self.steps.push(step.into());
+        self
+    }
+
+    /// Where events go to.
+    #[must_use]
+    pub fn to(mut self, sink: impl Sink + 'static) -> Self {
+        self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Where events that cannot go on are sent (late events of a window
+    /// whose late policy is `dead_letter`), with headers saying why.
+    #[must_use]
+    pub fn dead_letter(mut self, sink: impl Sink + 'static) -> Self {
+        self.dead_letter = Some(Box::new(sink));
+        self
+    }
+
+    /// The WebAssembly runtime to load pipes with (default: one with the
+    /// default compile cache).
+    #[must_use]
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The most events a source puts in one batch (default 1024).
+    #[must_use]
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.batch_size = events.max(1);
+        self
+    }
+
+    /// How many batches may wait between two stages (default 8).
+    #[must_use]
+    pub fn channel_capacity(mut self, batches: usize) -> Self {
+        self.channel_capacity = batches.max(1);
+        self
+    }
+
+    /// A handle that stops the pipeline or asks for a checkpoint from elsewhere.
+    pub fn handle(&self) -> PipelineHandle {
+        PipelineHandle::new(
+            self.shutdown.0.clone(),
+            self.checkpoint_requests.clone(),
+            self.committed.1.clone(),
+            self.status.clone(),
+        )
+    }
+
+    /// Loads the pipes, restores the last checkpoint and runs until the
+    /// source ends or a shutdown is requested; either way a final
+    /// checkpoint is committed.
+    ///
+    /// # Errors
+    ///
+    /// A part is missing or fails to load, or a stage fails; then nothing
+    /// after the last committed checkpoint is committed.
+    pub async fn run(self) -> Result<RunReport, PipelineError> {
+        let status = self.status.clone();
+        let result = self.run_inner().await;
+        match &result {
+            Ok(_) => status.set_phase(Phase::Stopped),
+            Err(error) => status.failed(error.to_string()),
+        }
+        result
+    }
+
+    async fn run_inner(self) -> Result<RunReport, PipelineError> {
+        let name = self.name;
+        let status = self.status;
+        let (mut source, mut sink) = required_ends(&name, &self.tenant, self.source, self.sink)?;
+        let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
+        let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
+        let (dead_letters, dead_letter_task) =
+            self.dead_letter.map(crate::dead_letter::spawn).unzip();
+        let context = StepContext {
+            tenant: &self.tenant,
+            pipeline: &name,
+            state: &state,
+            dead_letters: dead_letters.as_ref(),
+            mode: write_mode(self.delivery),
+            lease: lease.as_ref(),
+            multi_tenant: self.tenant != DEFAULT_TENANT
+                || self.tenants.as_ref().is_some_and(|t| t.is_multi_tenant()),
+            status: &status,
+            checkpoint_requests: &self.checkpoint_requests,
+            pending_bound: PendingBound {
+                keys: self.checkpoint.max_pending_keys,
+                bytes: self.checkpoint.max_pending_bytes,
+            },
+            window_options: window_options(
+                self.delivery,
+                &self.checkpoint,
+                &self.checkpoint_requests,
+            ),
+        };
+        let steps = instantiate_steps(&context, self.steps, self.runtime).await?;
+
+        // Checkpoint records are kept per tenant and pipeline.
+        let scope = checkpoint_scope(&self.tenant, &name);
+        let (resume, resumed_from) =
+            restore(&name, &scope, &state, self.delivery, &mut source, &mut sink).await?;
+        let link = StageLink::new(self.checkpoint_requests.clone(), &self.checkpoint);
+        let sizes = (self.channel_capacity, self.batch_size);
+        let (first, stages) =
+            Stages::spawn(&name, steps, sink, dead_letters, &status, &link, sizes);
+        status.set_phase(Phase::Running);
+
+        let driver = SourceDriver::new(
+            DriverSetup {
+                pipeline: name.clone(),
+                scope,
+                policy: self.checkpoint,
+                delivery: self.delivery,
+                batch_size: self.batch_size,
+                state,
+                resume,
+                status,
+            },
+            DriverSignals {
+                requests: self.checkpoint_requests,
+                released: link.released,
+                committed: self.committed.0,
+            },
+        );
+        let driven = driver.run(source, first, self.shutdown.1).await;
+        // The tenant's place is held until every stage has stopped.
+        let _lease = lease;
+        let (driven, events_out) = stages.join(&name, driven, dead_letter_task).await?;
+        Ok(RunReport {
+            events_in: driven.events_in,
+            events_out,
+            checkpoints: driven.checkpoints,
+            last_checkpoint: driven.last_checkpoint,
+            resumed_from,
+            checkpoint_pauses: driven.pauses,
+        })
+    }
+}
+
+/// A pipeline's two ends.
+type Ends = (Box<dyn Source>, Box<dyn Sink>);
+
+/// The source and the sink, once the tenant's name is checked.
+fn required_ends(
+    pipeline: &str,
+    tenant: &str,
+    source: Option<Box<dyn Source>>,
+    sink: Option<Box<dyn Sink>>,
+) -> Result<Ends, PipelineError> {
+    let incomplete = |message: String| PipelineError::Incomplete {
+        pipeline: pipeline.to_owned(),
+        message,
+    };
+    crate::tenant::check_tenant_name(tenant).map_err(incomplete)?;
+    let source = source.ok_or_else(|| incomplete("no source: call `from`".to_owned()))?;
+    let sink = sink.ok_or_else(|| incomplete("no sink: call `to`".to_owned()))?;
+    Ok((source, sink))
+}
+
+/// The tenant's place among its quotas, when the host has a registry.
+async fn admit(
+    pipeline: &str,
+    tenant: &str,
+    tenants: Option<&Tenants>,
+    state: &SharedState,
+) -> Result<Option<TenantLease>, PipelineError> {
+    let Some(tenants) = tenants else {
+        return Ok(None);
+    };
+    match tenants.admit(tenant, state).await {
+        Ok(lease) => Ok(Some(lease)),
+        Err(source) => Err(PipelineError::Quota {
+            pipeline: pipeline.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Exactly-once keeps a write set for the checkpoint; the others write through.
+fn write_mode(delivery: Delivery) -> WriteMode {
+    match delivery {
+        Delivery::ExactlyOnce => WriteMode::Checkpointed,
+        Delivery::AtLeastOnce | Delivery::AtMostOnce => WriteMode::WriteThrough,
+    }
+}
+
+fn window_options(
+    delivery: Delivery,
+    policy: &CheckpointPolicy,
+    requests: &Arc<Notify>,
+) -> WindowOptions {
+    WindowOptions {
+        // Under at-most-once a window's saved buffer may hold events
+        // already released after it was saved: start empty instead.
+        restore: delivery != Delivery::AtMostOnce,
+        checkpoint_on_close: policy.on_window_close.then(|| requests.clone()),
+    }
+}
+
+/// Claims the pipeline's checkpoints and finds where to start: after the
+/// last checkpoint (the sink brought back to it under exactly-once), or
+/// from the start with checkpoint 0 committed. Seeks the source there.
+/// Returns where the driver starts and the checkpoint resumed from.
+async fn restore(
+    pipeline: &str,
+    scope: &str,
+    state: &SharedState,
+    delivery: Delivery,
+    source: &mut Box<dyn Source>,
+    sink: &mut Box<dyn Sink>,
+) -> Result<(Resume, Option<CheckpointRecord>), PipelineError> {
+    let state_error = |source| PipelineError::State {
+        pipeline: pipeline.to_owned(),
+        source,
+    };
+    let stream_error = |source| PipelineError::Stream {
+        pipeline: pipeline.to_owned(),
+        source,
+    };
+    let fence = state.claim(scope).await.map_err(state_error)?;
+    let resumed_from = state.last_checkpoint(scope).await.map_err(state_error)?;
+    let (epoch, position) = match &resumed_from {
+        Some(record) => {
+            tracing::info!(pipeline, epoch = record.epoch, position = ?record.position,
+                "resuming from the last checkpoint");
+            if delivery == Delivery::ExactlyOnce {
+                // Output past the checkpoint belongs to replayed events: drop it.
+                sink.recover(record.sink_position)
+                    .await
+                    .map_err(stream_error)?;
+            }
+            (record.epoch + 1, record.position.clone())
+        }
+        None => {
+            // Checkpoint 0 records where the sink starts, so that a crash
+            // before the first real checkpoint can be recovered exactly too.
+            let mut record = CheckpointRecord::new(scope, 0, Position::Start);
+            record.sink_position = sink.position().await.map_err(stream_error)?;
+            record.fence = fence;
+            state.commit(&record, &[]).await.map_err(state_error)?;
+            (1, Position::Start)
+        }
+    };
+    source.seek(&position).await.map_err(stream_error)?;
+    // A position of an earlier form is committed in the source's current one.
+    let position = source.migrated_position().unwrap_or(position);
+    let resume = Resume {
+        epoch,
+        position,
+        last_checkpoint: resumed_from.clone(),
+        fence,
+    };
+    Ok((resume, resumed_from))
+}
+
+/// The tasks of a pipeline's stages: one per step, and the sink's.
+struct Stages {
+    steps: Vec<JoinHandle<Result<u64, PipelineError>>>,
+    sink: JoinHandle<Result<u64, PipelineError>>,
+}
+
+impl Stages {
+    /// Starts source driver -> step 0 -> ... -> step n-1 -> sink, each
+    /// channel `sizes.0` batches of `sizes.1` events; returns the first
+    /// channel's sending end, for the source driver.
+    fn spawn(
+        pipeline: &str,
+        steps: Vec<Box<dyn Step>>,
+        sink: Box<dyn Sink>,
+        dead_letters: Option<DeadLetters>,
+        status: &Arc<LiveStatus>,
+        link: &StageLink,
+        (capacity, batch_size): (usize, usize),
+    ) -> (Output, Stages) {
+        let (first, mut next_rx) = Output::channel(capacity, batch_size);
+        let mut tasks = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (output, input) = Output::channel(capacity, batch_size);
+            let stats = Arc::new(StageStats::new(step.name(), step.counters()));
+            status.add_stage(stats.clone());
+            let runner = StageRunner::new(pipeline.to_owned(), step, output, stats, link.clone());
+            tasks.push(tokio::spawn(runner.run(next_rx)));
+            next_rx = input;
+        }
+        let sink = tokio::spawn(run_sink(
+            pipeline.to_owned(),
+            sink,
+            next_rx,
+            dead_letters,
+            status.clone(),
+        ));
+        let stages = Stages { steps: tasks, sink };
+        (first, stages)
+    }
+
+    /// Waits for every stage (and the dead-letter sink) to stop, and
+    /// returns what the driver did and the events the sink wrote, or the
+    /// first real error of any of them.
+    async fn join(
+        self,
+        pipeline: &str,
+        driven: Result<Driven, PipelineError>,
+        dead_letter_task: Option<JoinHandle<Result<u64, StreamError>>>,
+    ) -> Result<(Driven, u64), PipelineError> {
+        let mut outcome = Outcome::default();
+        let joined = |r: Result<Result<u64, PipelineError>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(task_failed(pipeline, &e)))
+        };
+        for task in self.steps {
+            outcome.note(joined(task.await));
+        }
+        let events_out = outcome.note(joined(self.sink.await));
+        if let Some(task) = dead_letter_task {
+            let result = match task.await {
+                Ok(result) => result.map_err(|source| PipelineError::Stream {
+                    pipeline: pipeline.to_owned(),
+                    source,
+                }),
+                Err(e) => Err(task_failed(pipeline, &e)),
+            };
+            outcome.note(result);
+        }
+        let driven = match driven {
+            Ok(driven) => Some(driven),
+            Err(error) => {
+                outcome.note(Err(error));
+                None
+            }
+        };
+        if let Some(error) = outcome.first_error {
+            return Err(error);
+        }
+        match driven {
+            Some(driven) => Ok((driven, events_out)),
+            None => Err(PipelineError::Task {
+                pipeline: pipeline.to_owned(),
+                message: "the source driver stopped without a reason".to_owned(),
+            }),
+        }
+    }
+}
+
+fn task_failed(pipeline: &str, error: &tokio::task::JoinError) -> PipelineError {
+    PipelineError::Task {
+        pipeline: pipeline.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// The stages' outcomes, keeping the first real error: a stage that only
+/// lost its neighbour reports less than the neighbour's own error.
+#[derive(Default)]
+struct Outcome {
+    first_error: Option<PipelineError>,
+}
+
+impl Outcome {
+    /// Notes a stage's result; returns its count, or 0 when it failed.
+    fn note(&mut self, result: Result<u64, PipelineError>) -> u64 {
+        match result {
+            Ok(count) => count,
+            Err(error) => {
+                let replace = match &self.first_error {
+                    None => true,
+                    Some(PipelineError::Disconnected { .. }) => {
+                        !matches!(error, PipelineError::Disconnected { .. })
+                    }
+                    Some(_) => false,
+                };
+                if replace {
+                    self.first_error = Some(error);
+                }
+                0
+            }
+        }
+    }
+}

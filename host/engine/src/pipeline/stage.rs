@@ -1,0 +1,388 @@
+//! The stages after the source: one task per step and one for the sink,
+//! joined by bounded channels that carry batches, barriers and the end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::error::PipelineError;
+use super::status::{LiveStatus, StageStats};
+use crate::checkpoint::CheckpointPolicy;
+use crate::dead_letter::DeadLetters;
+use crate::state::WriteSet;
+use crate::step::{Step, StepError};
+use crate::streams::{Sink, StreamError};
+use crate::Batch;
+
+/// What flows between stages.
+pub(super) enum Message {
+    /// A batch of events, with its share of the channel's room.
+    Data(Batch, Room),
+    /// A checkpoint barrier: every stage adds its pending writes as it
+    /// passes; the sink flushes and sends the writes back to the source driver.
+    Barrier(Barrier),
+    /// The finite source has ended: steps push what they still hold.
+    End,
+}
+
+/// A batch's share of a channel's room, given back when it is received.
+pub(super) type Room = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// The sending end of a channel between stages. Channels are bounded in
+/// batches and, because one batch can be a whole window, in events too: a
+/// batch takes one unit of room per event (a batch larger than the room
+/// waits for the channel to be empty), so what waits between two stages
+/// stays under `capacity × batch_size` events.
+#[derive(Clone)]
+pub(super) struct Output {
+    sender: mpsc::Sender<Message>,
+    room: Arc<tokio::sync::Semaphore>,
+    max_room: u32,
+}
+
+/// The receiving end has gone: the stage after this one stopped.
+pub(super) type SendError = mpsc::error::SendError<Message>;
+
+impl Output {
+    /// A channel of `capacity` batches and `capacity × batch_size` events.
+    pub(super) fn channel(capacity: usize, batch_size: usize) -> (Output, mpsc::Receiver<Message>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let max_room =
+            u32::try_from(capacity.saturating_mul(batch_size).max(1)).unwrap_or(u32::MAX);
+        let room = Arc::new(tokio::sync::Semaphore::new(max_room as usize));
+        (
+            Output {
+                sender,
+                room,
+                max_room,
+            },
+            receiver,
+        )
+    }
+
+    /// Sends a batch once the channel has room for its events.
+    pub(super) async fn send_batch(&self, batch: Batch) -> Result<(), SendError> {
+        let units = u32::try_from(batch.events.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_room);
+        // The semaphore is never closed, so this cannot fail; sending
+        // without room would only loosen the bound.
+        let room = self.room.clone().acquire_many_owned(units).await.ok();
+        self.sender.send(Message::Data(batch, room)).await
+    }
+
+    /// Sends a barrier or the end (they take no room).
+    pub(super) async fn send(&self, message: Message) -> Result<(), SendError> {
+        self.sender.send(message).await
+    }
+
+    /// Sends every batch of `produced`, emptying it.
+    async fn send_all(&self, produced: &mut Vec<Batch>) -> Result<(), SendError> {
+        for batch in produced.drain(..) {
+            self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint barrier on its way to the sink.
+pub(super) struct Barrier {
+    /// The write sets of the stages it has passed.
+    pub(super) writes: Vec<WriteSet>,
+    /// Where the sink answers.
+    pub(super) reply: oneshot::Sender<BarrierReply>,
+}
+
+impl Barrier {
+    /// A barrier with no writes yet, and the receiver of its reply.
+    pub(super) fn new() -> (Barrier, oneshot::Receiver<BarrierReply>) {
+        let (reply, replied) = oneshot::channel();
+        let barrier = Barrier {
+            writes: Vec::new(),
+            reply,
+        };
+        (barrier, replied)
+    }
+}
+
+/// What comes back to the source driver when a barrier reaches the sink.
+pub(super) struct BarrierReply {
+    /// Every stage's writes of the epoch, in pipeline order.
+    pub(super) writes: Vec<WriteSet>,
+    /// The sink's position after its flush.
+    pub(super) sink_position: Option<u64>,
+}
+
+/// What the stages share with the source driver.
+#[derive(Clone)]
+pub(super) struct StageLink {
+    /// Set when a step released output on its own (a window's timer, a
+    /// signal, an idle timeout): the next due checkpoint is then needed even
+    /// if the source read nothing, or that output would wait unflushed in
+    /// the sink until the next input.
+    pub(super) released: Arc<AtomicBool>,
+    /// Asks the source driver for a checkpoint.
+    pub(super) requests: Arc<Notify>,
+    /// A step's pending writes past these force a checkpoint.
+    pub(super) max_pending_keys: Option<u64>,
+    pub(super) max_pending_bytes: Option<u64>,
+}
+
+impl StageLink {
+    /// A link that asks `requests` for checkpoints by `policy`'s bounds.
+    pub(super) fn new(requests: Arc<Notify>, policy: &CheckpointPolicy) -> Self {
+        StageLink {
+            released: Arc::new(AtomicBool::new(false)),
+            requests,
+            max_pending_keys: policy.max_pending_keys,
+            max_pending_bytes: policy.max_pending_bytes,
+        }
+    }
+
+    /// Records what `step` holds for the next checkpoint and asks for one
+    /// (once per epoch) when it is past a bound.
+    fn check_pending(&self, step: &mut dyn Step, stats: &StageStats, requested: &mut bool) {
+        let pending = step.pending_writes();
+        if pending.keys == 0 {
+            return;
+        }
+        let (keys, bytes) = (pending.keys as u64, pending.bytes as u64);
+        stats.pending_keys_peak.fetch_max(keys, Ordering::Relaxed);
+        stats.pending_bytes_peak.fetch_max(bytes, Ordering::Relaxed);
+        let over = self.max_pending_keys.is_some_and(|max| keys >= max)
+            || self.max_pending_bytes.is_some_and(|max| bytes >= max);
+        if over && !*requested {
+            *requested = true;
+            stats.write_set_checkpoints.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(step = %stats.name, keys, bytes, "pending writes reached their bound: checkpoint requested");
+            self.requests.notify_one();
+        }
+    }
+}
+
+/// Runs one step: batches in, batches out; at a barrier it adds its
+/// writes; its timer or trigger releases output on its own.
+pub(super) struct StageRunner {
+    pipeline: String,
+    step: Box<dyn Step>,
+    output: Output,
+    stats: Arc<StageStats>,
+    link: StageLink,
+    /// The step's output of one call, sent on before the next.
+    produced: Vec<Batch>,
+    /// Whether this step asked for a checkpoint since the last barrier.
+    requested: bool,
+}
+
+/// What a step's loop does next.
+enum Next {
+    /// Handle a message from upstream.
+    Message(Message),
+    /// Its timer is due or its trigger fired: release what is due.
+    Wake,
+}
+
+impl StageRunner {
+    /// A runner of `step` that sends to `output`.
+    pub(super) fn new(
+        pipeline: String,
+        step: Box<dyn Step>,
+        output: Output,
+        stats: Arc<StageStats>,
+        link: StageLink,
+    ) -> Self {
+        StageRunner {
+            pipeline,
+            step,
+            output,
+            stats,
+            link,
+            produced: Vec::new(),
+            requested: false,
+        }
+    }
+
+    /// Runs until upstream closes its channel.
+    ///
+    /// # Errors
+    ///
+    /// The step failed, or the next stage has gone.
+    pub(super) async fn run(
+        mut self,
+        mut input: mpsc::Receiver<Message>,
+    ) -> Result<u64, PipelineError> {
+        let trigger = self.step.trigger();
+        loop {
+            let timer = self.step.timer();
+            let next = tokio::select! {
+                message = input.recv() => match message {
+                    Some(message) => Next::Message(message),
+                    None => break,
+                },
+                () = sleep_until(timer), if timer.is_some() => Next::Wake,
+                () = notified(trigger.as_deref()), if trigger.is_some() => Next::Wake,
+            };
+            match next {
+                Next::Wake => self.wake().await?,
+                Next::Message(Message::Data(batch, room)) => {
+                    drop(room);
+                    self.process(batch).await?;
+                }
+                Next::Message(Message::Barrier(barrier)) => self.barrier(barrier).await?,
+                Next::Message(Message::End) => self.end().await?,
+            }
+        }
+        Ok(0)
+    }
+
+    async fn wake(&mut self) -> Result<(), PipelineError> {
+        let woken = self.step.wake(&mut self.produced).await;
+        woken.map_err(|source| self.step_error(source))?;
+        if !self.produced.is_empty() {
+            self.link.released.store(true, Ordering::Release);
+        }
+        self.send_produced().await
+    }
+
+    async fn process(&mut self, batch: Batch) -> Result<(), PipelineError> {
+        let events = batch.events.len() as u64;
+        self.stats.events_in.fetch_add(events, Ordering::Relaxed);
+        let processed = self.step.process(batch, &mut self.produced).await;
+        processed.map_err(|source| self.step_error(source))?;
+        self.link
+            .check_pending(self.step.as_mut(), &self.stats, &mut self.requested);
+        let out: usize = self.produced.iter().map(|b| b.events.len()).sum();
+        self.stats
+            .events_out
+            .fetch_add(out as u64, Ordering::Relaxed);
+        self.send_produced().await
+    }
+
+    async fn barrier(&mut self, mut barrier: Barrier) -> Result<(), PipelineError> {
+        barrier.writes.push(self.step.take_writes());
+        self.requested = false;
+        self.step.at_barrier().await;
+        // Sampled at barriers: counting a window's buffers is not free.
+        if let Some(held) = self.step.buffered_events() {
+            self.stats.buffered.store(held as u64, Ordering::Relaxed);
+        }
+        self.output
+            .send(Message::Barrier(barrier))
+            .await
+            .map_err(|_| self.disconnected())
+    }
+
+    async fn end(&mut self) -> Result<(), PipelineError> {
+        let finished = self.step.finish(&mut self.produced).await;
+        finished.map_err(|source| self.step_error(source))?;
+        self.send_produced().await?;
+        self.output
+            .send(Message::End)
+            .await
+            .map_err(|_| self.disconnected())
+    }
+
+    async fn send_produced(&mut self) -> Result<(), PipelineError> {
+        let sent = self.output.send_all(&mut self.produced).await;
+        sent.map_err(|_| self.disconnected())
+    }
+
+    fn step_error(&self, source: StepError) -> PipelineError {
+        PipelineError::Step {
+            pipeline: self.pipeline.clone(),
+            source,
+        }
+    }
+
+    fn disconnected(&self) -> PipelineError {
+        PipelineError::Disconnected {
+            pipeline: self.pipeline.clone(),
+            stage: self.step.name().to_owned(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn notified(notify: Option<&Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the sink: writes batches; at a barrier flushes (the dead letters
+/// too) and answers the source driver with the writes and its position.
+/// Returns the events written.
+///
+/// # Errors
+///
+/// The sink or the dead-letter sink failed.
+pub(super) async fn run_sink(
+    pipeline: String,
+    mut sink: Box<dyn Sink>,
+    mut input: mpsc::Receiver<Message>,
+    dead_letters: Option<DeadLetters>,
+    status: Arc<LiveStatus>,
+) -> Result<u64, PipelineError> {
+    let stream_error = |source| PipelineError::Stream {
+        pipeline: pipeline.clone(),
+        source,
+    };
+    let mut events_out = 0u64;
+    while let Some(message) = input.recv().await {
+        match message {
+            Message::Data(batch, room) => {
+                drop(room);
+                events_out += batch.events.len() as u64;
+                status
+                    .events_out
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                sink.write(batch).await.map_err(stream_error)?;
+            }
+            Message::Barrier(barrier) => {
+                let sink_position =
+                    flush_at_barrier(&pipeline, sink.as_mut(), dead_letters.as_ref()).await?;
+                // The driver may be gone if it failed; its error is reported.
+                let _ = barrier.reply.send(BarrierReply {
+                    writes: barrier.writes,
+                    sink_position,
+                });
+            }
+            Message::End => {}
+        }
+    }
+    Ok(events_out)
+}
+
+/// Makes the sink's output and the dead letters sent before the barrier
+/// durable; returns the sink's position.
+async fn flush_at_barrier(
+    pipeline: &str,
+    sink: &mut dyn Sink,
+    dead_letters: Option<&DeadLetters>,
+) -> Result<Option<u64>, PipelineError> {
+    let stream_error = |source: StreamError| PipelineError::Stream {
+        pipeline: pipeline.to_owned(),
+        source,
+    };
+    sink.flush().await.map_err(stream_error)?;
+    if let Some(dead_letters) = dead_letters {
+        match dead_letters.flush().await {
+            Ok(flushed) => flushed.map_err(stream_error)?,
+            Err(_) => {
+                return Err(PipelineError::Disconnected {
+                    pipeline: pipeline.to_owned(),
+                    stage: "dead-letter sink".to_owned(),
+                })
+            }
+        }
+    }
+    sink.position().await.map_err(stream_error)
+}
