@@ -21,6 +21,7 @@
 //! | [`window`] | count, time, sliding, session and signal windows |
 //! | [`dead_letter`] | the dead-letter sink for events that cannot go on |
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
+//! | [`retry`] | the backoff policy of every retry (connectors, Redis, `on_error`) |
 //! | [`tenant`] | tenants: key isolation and quotas |
 //! | [`swap`] | hot swap of a running pipe's module |
 //! | [`supervisor`] | many pipelines in one process; the admin view |
@@ -41,6 +42,7 @@ pub mod dead_letter;
 pub mod metrics;
 pub mod new;
 pub mod pipeline;
+pub mod retry;
 pub mod runtime;
 pub mod state;
 pub mod step;

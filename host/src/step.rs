@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetters;
+use crate::retry::RetryPolicy;
 use crate::runtime::{
     CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
 };
@@ -227,11 +228,13 @@ pub enum OnError {
     /// Send the event to the pipeline's dead-letter sink with the error,
     /// the pipe and the time.
     DeadLetter,
-    /// Try again, with exponential backoff, then do `then`.
+    /// Try again, with exponential backoff and jitter (the one
+    /// [`RetryPolicy`](crate::retry::RetryPolicy)), then do `then`.
     Retry {
         /// Tries after the first failure.
         attempts: u32,
-        /// Wait before the first retry, doubled at each next one.
+        /// Wait before the first retry (plus up to as much again of
+        /// jitter), doubled at each next one.
         #[serde(default = "default_backoff_ms")]
         backoff_ms: u64,
         /// What to do once the retries are used up.
@@ -475,6 +478,7 @@ impl WasmStep {
         output: &mut Vec<Event>,
     ) -> Result<(), StepError> {
         let mut retries_done = 0u32;
+        let mut delays = None;
         loop {
             let error = match failed.take() {
                 Some(error) => error,
@@ -496,10 +500,18 @@ impl WasmStep {
                     then,
                 } => {
                     let retryable = !matches!(&error, CallError::Guest(e) if !e.retryable);
-                    if retryable && retries_done < attempts {
-                        let wait = backoff_ms.saturating_mul(1u64 << retries_done.min(20));
-                        tracing::debug!(pipe = %self.name, retry = retries_done + 1, wait_ms = wait, "retrying a failed event");
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let wait = if retryable {
+                        delays
+                            .get_or_insert_with(|| {
+                                RetryPolicy::on_error(attempts, backoff_ms).delays()
+                            })
+                            .next()
+                    } else {
+                        None
+                    };
+                    if let Some(wait) = wait {
+                        tracing::debug!(pipe = %self.name, retry = retries_done + 1, ?wait, "retrying a failed event");
+                        tokio::time::sleep(wait).await;
                         retries_done += 1;
                         self.counters.retries.fetch_add(1, Ordering::Relaxed);
                         continue;

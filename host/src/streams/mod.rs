@@ -10,7 +10,7 @@ mod channel;
 mod file;
 pub mod http;
 pub mod nats;
-mod reconnect;
+pub(crate) mod reconnect;
 pub mod sql;
 mod stdout;
 
