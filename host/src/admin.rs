@@ -60,7 +60,7 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// The `Content-Type` of `GET /metrics`.
-const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const METRICS_CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
 
 /// What the admin server asks of the engine.
 #[async_trait::async_trait]

@@ -26,7 +26,8 @@
 //! | [`swap`] | hot swap of a running pipe's module |
 //! | [`supervisor`] | many pipelines in one process; the admin view |
 //! | [`admin`] | the admin and metrics HTTP server |
-//! | [`metrics`] | a small Prometheus registry |
+//! | [`histogram`] | lock-free histograms the engine records into |
+//! | [`metrics`] | `/metrics` through `prometheus-client`, read at scrape time |
 //! | [`bench`] | the `plumber bench` figures |
 //! | [`build`] | `plumber build`: a Rust, Go, Python or JS project to a component |
 //! | [`new`] | `plumber new`: a pipe project from a template |
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod dead_letter;
+pub mod histogram;
 pub mod metrics;
 pub mod new;
 pub mod pipeline;

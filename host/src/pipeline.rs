@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
+use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::runtime::{InstanceSettings, LoadError, Runtime};
 use crate::state::{
     checkpoint_scope, MemoryState, Namespace, PendingBound, PipeState, SharedState, StateError,
@@ -138,9 +139,9 @@ pub struct RunReport {
     pub last_checkpoint: Option<CheckpointRecord>,
     /// The checkpoint this run resumed from.
     pub resumed_from: Option<CheckpointRecord>,
-    /// How long each checkpoint of this run held the source back (barrier
-    /// sent to commit done).
-    pub checkpoint_pauses: Vec<Duration>,
+    /// How long the checkpoints of this run held the source back (barrier
+    /// sent to commit done), as a histogram (bounded, unlike a list).
+    pub checkpoint_pause: HistogramSnapshot,
 }
 
 /// A command pipe: a WASI preview 1 command module speaking the line
@@ -282,6 +283,12 @@ pub struct LiveStatus {
     last_commit_ms: AtomicU64,
     /// How long its barrier took, microseconds.
     pub last_checkpoint_micros: AtomicU64,
+    /// How long each checkpoint held the source back (barrier sent to
+    /// commit done).
+    pub checkpoint_pause: Histogram,
+    /// How long the backend's atomic commits took (checkpoints, and the
+    /// position commits of at-most-once).
+    pub commit_time: Histogram,
     /// What the source says is still waiting (-1: it does not say).
     pub source_lag: AtomicI64,
     error: Mutex<Option<String>>,
@@ -300,6 +307,8 @@ impl Default for LiveStatus {
             last_epoch: AtomicU64::new(u64::MAX),
             last_commit_ms: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
+            checkpoint_pause: Histogram::durations(),
+            commit_time: Histogram::durations(),
             source_lag: AtomicI64::new(-1),
             error: Mutex::new(None),
             stages: Mutex::new(Vec::new()),
@@ -872,7 +881,6 @@ impl PipelineBuilder {
             batch_size: self.batch_size,
             delivery: self.delivery,
             fence,
-            pauses: Vec::new(),
             requests: self.checkpoint_requests.clone(),
             released: link.released.clone(),
             commit_listener,
@@ -948,7 +956,7 @@ impl PipelineBuilder {
             checkpoints: driver.checkpoints,
             last_checkpoint: driver.last_checkpoint,
             resumed_from,
-            checkpoint_pauses: driver.pauses,
+            checkpoint_pause: status.checkpoint_pause.snapshot(),
         })
     }
 }
@@ -1392,7 +1400,6 @@ struct SourceDriver {
     batch_size: usize,
     delivery: Delivery,
     fence: u64,
-    pauses: Vec<Duration>,
     requests: Arc<Notify>,
     /// Set by a step that released output on its own since the last barrier.
     released: Arc<AtomicBool>,
@@ -1562,6 +1569,7 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
         record.fence = self.fence;
         record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
+        let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &[])
             .await
@@ -1569,6 +1577,9 @@ impl SourceDriver {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
+        self.status
+            .commit_time
+            .record_duration(commit_started.elapsed());
         self.status.committed(self.epoch, Duration::ZERO);
         self.status.position_commits.fetch_add(1, Ordering::Relaxed);
         self.epoch += 1;
@@ -1620,6 +1631,7 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, self.position.clone());
         record.sink_position = reply.sink_position;
         record.fence = self.fence;
+        let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &reply.writes)
             .await
@@ -1627,8 +1639,13 @@ impl SourceDriver {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
+        self.status
+            .commit_time
+            .record_duration(commit_started.elapsed());
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
-        self.pauses.push(started.elapsed());
+        self.status
+            .checkpoint_pause
+            .record_duration(started.elapsed());
         self.status.committed(self.epoch, started.elapsed());
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.committed.send_replace(self.epoch);

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetters;
+use crate::histogram::Histogram;
 use crate::retry::RetryPolicy;
 use crate::runtime::{
     CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
@@ -163,7 +164,7 @@ pub trait Step: Send {
 }
 
 /// What a WASM step did, readable from elsewhere (metrics, status).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StepCounters {
     /// Calls into the guest (batches, and the parts of failed batches run again).
     pub calls: AtomicU64,
@@ -187,6 +188,30 @@ pub struct StepCounters {
     pub memory_bytes: AtomicU64,
     /// Guest log lines dropped for going past the log rate.
     pub log_dropped: AtomicU64,
+    /// Time inside the guest per call.
+    pub call_time: Histogram,
+    /// Events per batch into the pipe.
+    pub batch_size: Histogram,
+}
+
+impl Default for StepCounters {
+    fn default() -> Self {
+        StepCounters {
+            calls: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            restarts: AtomicU64::default(),
+            guest_errors: AtomicU64::default(),
+            traps: AtomicU64::default(),
+            limits: Default::default(),
+            guest_nanos: AtomicU64::default(),
+            memory_bytes: AtomicU64::default(),
+            log_dropped: AtomicU64::default(),
+            call_time: Histogram::durations(),
+            batch_size: Histogram::sizes(),
+        }
+    }
 }
 
 /// Every limit kind, in the order of [`StepCounters::limits`].
@@ -441,9 +466,14 @@ impl WasmStep {
     /// instance is created (pending writes of earlier calls are kept).
     async fn call(&mut self, unit: &Batch) -> Result<Result<Vec<Event>, CallError>, StepError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let guest_before = self.instance.guest_time();
         let result = self.instance.process(unit).await;
+        let guest_after = self.instance.guest_time();
+        self.counters
+            .call_time
+            .record_duration(guest_after.saturating_sub(guest_before));
         self.counters.guest_nanos.store(
-            u64::try_from(self.instance.guest_time().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(guest_after.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         self.counters
@@ -694,6 +724,7 @@ impl Step for WasmStep {
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        self.counters.batch_size.record(batch.events.len() as u64);
         let error = match self.call(&batch).await? {
             Ok(events) => {
                 if !events.is_empty() {
