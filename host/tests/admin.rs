@@ -410,7 +410,7 @@ async fn metrics_have_histograms_of_pauses_commits_calls_and_batch_sizes() {
     assert!(commits >= pauses, "{metrics}");
     let all = sample(
         &metrics,
-        &format!("plumber_checkpoint_pause_seconds_bucket{{pipeline=\"guarded\",tenant=\"acme\",le=\"+Inf\"}}"),
+        "plumber_checkpoint_pause_seconds_bucket{pipeline=\"guarded\",tenant=\"acme\",le=\"+Inf\"}",
     );
     assert_eq!(all, pauses);
 
