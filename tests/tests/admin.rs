@@ -115,10 +115,10 @@ impl Engine {
         .expect("admin server")
     }
 
-    async fn stop(self) {
+    async fn stop(self) -> plumber::pipeline::RunReport {
         self.supervisor.shutdown();
         drop(self.input);
-        self.task.await.unwrap().expect("clean stop");
+        self.task.await.unwrap().expect("clean stop")
     }
 }
 
@@ -350,6 +350,86 @@ async fn with_a_token_origin_and_content_type_are_still_checked() {
     assert_eq!(status, 200);
     server.stop().await;
     engine.stop().await;
+}
+
+/// The value of the sample `series` (name and labels, as printed) in
+/// Prometheus text.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{series}` in\n{metrics}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("`{series}`: {e}"))
+}
+
+/// `/metrics` carries histograms of checkpoint pauses, commit times, guest
+/// call times and batch sizes, read from the engine at scrape time; the
+/// run's report has the pause histogram instead of a list of pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_histograms_of_pauses_commits_calls_and_batch_sizes() {
+    let mut engine = Engine::start().await;
+    for name in ["bob", "cy"] {
+        assert!(engine.answer(name).await.starts_with("v1:"));
+    }
+    let server = engine.serve(None, None).await;
+    let addr = server.local_addr();
+    let host = format!("127.0.0.1:{}", addr.port());
+    let named = ("Host", host.as_str());
+    let (status, body) = request(addr, "POST", CHECKPOINT, &[named, JSON], b"").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = request(addr, "GET", "/metrics", &[named], b"").await;
+    assert_eq!(status, 200);
+
+    for family in [
+        "plumber_checkpoint_pause_seconds",
+        "plumber_checkpoint_commit_seconds",
+        "plumber_pipe_call_seconds",
+        "plumber_pipe_batch_events",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} histogram\n")),
+            "no histogram {family} in\n{metrics}"
+        );
+    }
+    let pipeline = "{pipeline=\"guarded\",tenant=\"acme\"}";
+    let checkpoints = sample(&metrics, &format!("plumber_checkpoints_total{pipeline}"));
+    let pauses = sample(
+        &metrics,
+        &format!("plumber_checkpoint_pause_seconds_count{pipeline}"),
+    );
+    let commits = sample(
+        &metrics,
+        &format!("plumber_checkpoint_commit_seconds_count{pipeline}"),
+    );
+    // One pause per checkpoint (the histogram is read after the counter,
+    // so a checkpoint in between can only add to it), one commit per pause.
+    assert!(checkpoints >= 1.0 && pauses >= checkpoints, "{metrics}");
+    assert!(commits >= pauses, "{metrics}");
+    let all = sample(
+        &metrics,
+        "plumber_checkpoint_pause_seconds_bucket{pipeline=\"guarded\",tenant=\"acme\",le=\"+Inf\"}",
+    );
+    assert_eq!(all, pauses);
+
+    let step = "{pipeline=\"guarded\",step=\"count\",tenant=\"acme\"}";
+    // Every event went into the pipe in some batch, each batch one call.
+    assert_eq!(
+        sample(&metrics, &format!("plumber_pipe_batch_events_sum{step}")),
+        3.0
+    );
+    let batches = sample(&metrics, &format!("plumber_pipe_batch_events_count{step}"));
+    assert!((1.0..=3.0).contains(&batches), "{metrics}");
+    assert_eq!(
+        sample(&metrics, &format!("plumber_pipe_call_seconds_count{step}")),
+        batches
+    );
+    assert!(sample(&metrics, &format!("plumber_pipe_call_seconds_sum{step}")) > 0.0);
+
+    server.stop().await;
+    let report = engine.stop().await;
+    assert_eq!(report.checkpoint_pause.count(), report.checkpoints);
+    assert!(report.checkpoint_pause.quantile(0.99).is_some());
 }
 
 /// A module directory that does not exist stops the server from starting,

@@ -66,6 +66,71 @@ fn a_corrupt_cache_entry_is_recompiled() {
     assert_ne!(std::fs::read(&entry).unwrap(), b"garbage");
 }
 
+/// The size of a cache entry.
+fn entry_size(runtime: &Runtime, name: &str) -> u64 {
+    let entry = runtime
+        .cache()
+        .unwrap()
+        .entry_path(&std::fs::read(guest(name)).unwrap());
+    std::fs::metadata(entry).expect("entry written").len()
+}
+
+/// Bytes of entries in a cache directory.
+fn cache_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|item| item.unwrap())
+        .filter(|item| item.file_name().to_string_lossy().ends_with(".cwasm"))
+        .map(|item| item.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn the_cache_keeps_its_size_bound_by_evicting_the_least_recently_used() {
+    let load = |runtime: &Runtime, name: &str| {
+        runtime
+            .load(&guest(name), &Capabilities::default())
+            .unwrap_or_else(|e| panic!("load {name}: {e}"));
+    };
+    // The entries' sizes, from an unbounded cache.
+    let sizes = tempfile::tempdir().unwrap();
+    let unbounded = Runtime::with_cache(sizes.path().to_path_buf(), u64::MAX).unwrap();
+    let [upper, lower, count] = ["upper", "lower", "count"].map(|name| {
+        load(&unbounded, name);
+        entry_size(&unbounded, name)
+    });
+    assert_eq!(unbounded.cache().unwrap().evictions(), 0);
+
+    // Room for any two of the three, not for all three.
+    let bound = upper + lower + count - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::with_cache(dir.path().to_path_buf(), bound).unwrap();
+    let cache = runtime.cache().unwrap();
+    let entry = |name: &str| cache.entry_path(&std::fs::read(guest(name)).unwrap());
+    // Distinct modification times even on a file system with coarse ones.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(20));
+    load(&runtime, "upper");
+    tick();
+    load(&runtime, "lower");
+    tick();
+    // A hit makes `upper` the most recently used...
+    load(&runtime, "upper");
+    assert_eq!((cache.hits(), cache.misses()), (1, 2));
+    tick();
+    // ...so the third entry pushes out `lower`.
+    load(&runtime, "count");
+    assert_eq!(cache.evictions(), 1);
+    assert!(!entry("lower").exists(), "the least recently used goes");
+    assert!(entry("upper").exists() && entry("count").exists());
+    assert!(cache_bytes(dir.path()) <= bound);
+
+    // An entry larger than the whole bound is not kept either.
+    let tiny = tempfile::tempdir().unwrap();
+    let runtime = Runtime::with_cache(tiny.path().to_path_buf(), upper - 1).unwrap();
+    load(&runtime, "upper");
+    assert_eq!(cache_bytes(tiny.path()), 0);
+}
+
 #[test]
 fn imports_beyond_the_grants_are_refused_by_name() {
     let runtime = Runtime::new(None).unwrap();

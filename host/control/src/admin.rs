@@ -60,7 +60,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LISTEN: SocketAddr = plumber_engine::config::DEFAULT_ADMIN_LISTEN;
 
 /// The `Content-Type` of `GET /metrics`.
-const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const METRICS_CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
 
 /// What the admin server asks of the engine.
 #[async_trait::async_trait]

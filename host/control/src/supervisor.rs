@@ -3,15 +3,17 @@
 //! the status line read.
 //!
 //! Metrics are pulled, not pushed: the engine keeps plain atomic counters
-//! ([`LiveStatus`], [`StageStats`], [`StepCounters`]) and a scrape turns
-//! them into Prometheus text, so the hot path never touches a registry.
+//! and lock-free histograms ([`LiveStatus`], [`StageStats`],
+//! [`StepCounters`]), and the supervisor's `prometheus-client` registry
+//! holds one collector that reads them at each scrape, so the hot path
+//! never touches a registry.
 //!
 //! [`StageStats`]: plumber_engine::pipeline::StageStats
 //! [`StepCounters`]: plumber_engine::step::StepCounters
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -19,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{
     AdminControl, AdminError, CheckpointDone, ModuleUpload, PipeStatus, PipelineStatus, SwapDone,
 };
-use crate::metrics::Metrics;
+use crate::metrics::Scrape;
 use plumber_engine::pipeline::{
     HandleError, LiveStatus, Phase, PipelineBuilder, PipelineError, PipelineHandle, RunReport,
 };
@@ -45,14 +47,44 @@ struct Supervised {
 pub struct Supervisor {
     tenants: Arc<Tenants>,
     pipelines: Mutex<Vec<Supervised>>,
+    /// Holds the [`SupervisorCollector`] that reads the engine's counters
+    /// at each scrape.
+    registry: prometheus_client::registry::Registry,
+}
+
+/// Reads every supervised pipeline's counters into a [`Scrape`] when the
+/// registry is encoded.
+struct SupervisorCollector(Weak<Supervisor>);
+
+impl std::fmt::Debug for SupervisorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SupervisorCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for SupervisorCollector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match self.0.upgrade() {
+            Some(supervisor) => supervisor.scrape().encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Supervisor {
     /// A supervisor whose pipelines count against `tenants`' quotas.
     pub fn new(tenants: Arc<Tenants>) -> Arc<Self> {
-        Arc::new(Supervisor {
-            tenants,
-            pipelines: Mutex::new(Vec::new()),
+        Arc::new_cyclic(|supervisor| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(SupervisorCollector(supervisor.clone())));
+            Supervisor {
+                tenants,
+                pipelines: Mutex::new(Vec::new()),
+                registry,
+            }
         })
     }
 
@@ -147,73 +179,85 @@ impl Supervisor {
 
     /// Prometheus text for every pipeline, pipe and tenant.
     pub fn render_metrics(&self) -> String {
-        let metrics = Metrics::new();
+        crate::metrics::render(&self.registry)
+    }
+
+    /// What every pipeline, pipe and tenant counted so far.
+    fn scrape(&self) -> Scrape {
+        let mut metrics = Scrape::new();
         let mut tenant_in: HashMap<String, u64> = HashMap::new();
         let mut tenant_out: HashMap<String, u64> = HashMap::new();
         let mut tenant_errors: HashMap<String, u64> = HashMap::new();
         self.each(|name, tenant, status| {
             let labels = [("tenant", tenant), ("pipeline", name)];
-            let up = f64::from(u8::from(status.phase() == Phase::Running));
-            metrics
-                .gauge("plumber_pipeline_up", "1 while the pipeline runs", &labels)
-                .set(up);
+            metrics.gauge_int(
+                "plumber_pipeline_up",
+                "1 while the pipeline runs",
+                &labels,
+                i64::from(status.phase() == Phase::Running),
+            );
             let events_in = status.events_in.load(Ordering::Relaxed);
             let events_out = status.events_out.load(Ordering::Relaxed);
             *tenant_in.entry(tenant.to_owned()).or_default() += events_in;
             *tenant_out.entry(tenant.to_owned()).or_default() += events_out;
-            metrics
-                .counter(
-                    "plumber_source_events_total",
-                    "Events read from the source",
-                    &labels,
-                )
-                .add(events_in);
-            metrics
-                .counter(
-                    "plumber_sink_events_total",
-                    "Events written to the sink",
-                    &labels,
-                )
-                .add(events_out);
-            metrics
-                .counter(
-                    "plumber_checkpoints_total",
-                    "Checkpoints committed",
-                    &labels,
-                )
-                .add(status.checkpoints.load(Ordering::Relaxed));
-            metrics
-                .gauge(
-                    "plumber_checkpoint_duration_seconds",
-                    "How long the last checkpoint held the source back",
-                    &labels,
-                )
-                .set(status.last_checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6);
+            metrics.counter(
+                "plumber_source_events_total",
+                "Events read from the source",
+                &labels,
+                events_in,
+            );
+            metrics.counter(
+                "plumber_sink_events_total",
+                "Events written to the sink",
+                &labels,
+                events_out,
+            );
+            metrics.counter(
+                "plumber_checkpoints_total",
+                "Checkpoints committed",
+                &labels,
+                status.checkpoints.load(Ordering::Relaxed),
+            );
+            metrics.gauge(
+                "plumber_checkpoint_duration_seconds",
+                "How long the last checkpoint held the source back",
+                &labels,
+                status.last_checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+            metrics.histogram(
+                "plumber_checkpoint_pause_seconds",
+                "How long checkpoints held the source back (barrier sent to commit done)",
+                &labels,
+                status.checkpoint_pause.snapshot(),
+            );
+            metrics.histogram(
+                "plumber_checkpoint_commit_seconds",
+                "How long the state backend's atomic commits took",
+                &labels,
+                status.commit_time.snapshot(),
+            );
             if let Some((epoch, age)) = status.last_checkpoint() {
-                metrics
-                    .gauge(
-                        "plumber_checkpoint_age_seconds",
-                        "Time since the last committed checkpoint",
-                        &labels,
-                    )
-                    .set(age.as_secs_f64());
-                metrics
-                    .gauge(
-                        "plumber_checkpoint_epoch",
-                        "Epoch of the last committed checkpoint",
-                        &labels,
-                    )
-                    .set(epoch as f64);
+                metrics.gauge(
+                    "plumber_checkpoint_age_seconds",
+                    "Time since the last committed checkpoint",
+                    &labels,
+                    age.as_secs_f64(),
+                );
+                metrics.gauge_int(
+                    "plumber_checkpoint_epoch",
+                    "Epoch of the last committed checkpoint",
+                    &labels,
+                    i64::try_from(epoch).unwrap_or(i64::MAX),
+                );
             }
             let lag = status.source_lag.load(Ordering::Relaxed);
             if lag >= 0 {
-                metrics
-                    .gauge(
-                        "plumber_source_lag",
-                        "What the source says is still waiting (messages or bytes)",
-                        &labels,
-                    )
-                    .set(lag as f64);
+                metrics.gauge_int(
+                    "plumber_source_lag",
+                    "What the source says is still waiting (messages or bytes)",
+                    &labels,
+                    lag,
+                );
             }
             for stage in status.stages() {
                 let labels = [
@@ -221,44 +265,40 @@ impl Supervisor {
                     ("pipeline", name),
                     ("step", stage.name.as_str()),
                 ];
-                metrics
-                    .counter(
-                        "plumber_step_events_in_total",
-                        "Events into a step",
-                        &labels,
-                    )
-                    .add(stage.events_in.load(Ordering::Relaxed));
-                metrics
-                    .counter(
-                        "plumber_step_events_out_total",
-                        "Events out of a step",
-                        &labels,
-                    )
-                    .add(stage.events_out.load(Ordering::Relaxed));
+                metrics.counter(
+                    "plumber_step_events_in_total",
+                    "Events into a step",
+                    &labels,
+                    stage.events_in.load(Ordering::Relaxed),
+                );
+                metrics.counter(
+                    "plumber_step_events_out_total",
+                    "Events out of a step",
+                    &labels,
+                    stage.events_out.load(Ordering::Relaxed),
+                );
                 let Some(counters) = &stage.counters else {
-                    metrics
-                        .gauge(
-                            "plumber_window_buffered_events",
-                            "Events held in a window's buffers (sampled at checkpoints)",
-                            &labels,
-                        )
-                        .set(stage.buffered.load(Ordering::Relaxed) as f64);
+                    metrics.gauge_int(
+                        "plumber_window_buffered_events",
+                        "Events held in a window's buffers (sampled at checkpoints)",
+                        &labels,
+                        gauge_value(stage.buffered.load(Ordering::Relaxed)),
+                    );
                     continue;
                 };
                 let mut errors = |kind: &str, value: u64| {
                     *tenant_errors.entry(tenant.to_owned()).or_default() += value;
-                    metrics
-                        .counter(
-                            "plumber_pipe_errors_total",
-                            "Failed calls into a pipe, by kind",
-                            &[
-                                ("tenant", tenant),
-                                ("pipeline", name),
-                                ("step", stage.name.as_str()),
-                                ("kind", kind),
-                            ],
-                        )
-                        .add(value);
+                    metrics.counter(
+                        "plumber_pipe_errors_total",
+                        "Failed calls into a pipe, by kind",
+                        &[
+                            ("tenant", tenant),
+                            ("pipeline", name),
+                            ("step", stage.name.as_str()),
+                            ("kind", kind),
+                        ],
+                        value,
+                    );
                 };
                 errors("guest", counters.guest_errors.load(Ordering::Relaxed));
                 errors("trap", counters.traps.load(Ordering::Relaxed));
@@ -295,57 +335,62 @@ impl Supervisor {
                         &counters.log_dropped,
                     ),
                 ] {
-                    metrics
-                        .counter(metric, help, &labels)
-                        .add(value.load(Ordering::Relaxed));
+                    metrics.counter(metric, help, &labels, value.load(Ordering::Relaxed));
                 }
-                metrics
-                    .gauge(
-                        "plumber_pipe_guest_seconds",
-                        "Time spent inside the pipe's process calls",
-                        &labels,
-                    )
-                    .set(counters.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9);
-                metrics
-                    .gauge(
-                        "plumber_pipe_memory_bytes",
-                        "Largest linear memory of the pipe's instance",
-                        &labels,
-                    )
-                    .set(counters.memory_bytes.load(Ordering::Relaxed) as f64);
+                metrics.gauge(
+                    "plumber_pipe_guest_seconds",
+                    "Time spent inside the pipe's process calls",
+                    &labels,
+                    counters.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                );
+                metrics.histogram(
+                    "plumber_pipe_call_seconds",
+                    "Time inside the pipe per process call",
+                    &labels,
+                    counters.call_time.snapshot(),
+                );
+                metrics.histogram(
+                    "plumber_pipe_batch_events",
+                    "Events per batch into the pipe",
+                    &labels,
+                    counters.batch_size.snapshot(),
+                );
+                metrics.gauge_int(
+                    "plumber_pipe_memory_bytes",
+                    "Largest linear memory of the pipe's instance",
+                    &labels,
+                    gauge_value(counters.memory_bytes.load(Ordering::Relaxed)),
+                );
             }
             for slot in status.pipes() {
                 let module = slot.current();
-                metrics
-                    .gauge(
-                        "plumber_pipe_module_info",
-                        "The module version a pipe runs (value 1)",
-                        &[
-                            ("tenant", tenant),
-                            ("pipeline", name),
-                            ("pipe", slot.pipe()),
-                            ("version", module.version.as_str()),
-                        ],
-                    )
-                    .set(1.0);
+                metrics.gauge_int(
+                    "plumber_pipe_module_info",
+                    "The module version a pipe runs (value 1)",
+                    &[
+                        ("tenant", tenant),
+                        ("pipeline", name),
+                        ("pipe", slot.pipe()),
+                        ("version", module.version.as_str()),
+                    ],
+                    1,
+                );
             }
         });
         for usage in self.tenants.all() {
             let labels = [("tenant", usage.tenant())];
-            metrics
-                .gauge(
-                    "plumber_tenant_pipelines",
-                    "Pipelines a tenant runs",
-                    &labels,
-                )
-                .set(usage.pipelines() as f64);
-            metrics
-                .gauge(
-                    "plumber_tenant_state_bytes",
-                    "Bytes of state charged to a tenant (measured when it has a quota)",
-                    &labels,
-                )
-                .set(usage.state_bytes() as f64);
+            metrics.gauge_int(
+                "plumber_tenant_pipelines",
+                "Pipelines a tenant runs",
+                &labels,
+                gauge_value(usage.pipelines() as u64),
+            );
+            metrics.gauge_int(
+                "plumber_tenant_state_bytes",
+                "Bytes of state charged to a tenant (measured when it has a quota)",
+                &labels,
+                usage.state_bytes(),
+            );
             let tenant = usage.tenant().to_owned();
             for (metric, help, map) in [
                 (
@@ -364,13 +409,21 @@ impl Supervisor {
                     &tenant_errors,
                 ),
             ] {
-                metrics
-                    .counter(metric, help, &labels)
-                    .add(map.get(&tenant).copied().unwrap_or(0));
+                metrics.counter(
+                    metric,
+                    help,
+                    &labels,
+                    map.get(&tenant).copied().unwrap_or(0),
+                );
             }
         }
-        metrics.render()
+        metrics
     }
+}
+
+/// A count as a whole-number gauge value (saturating: gauges are signed).
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn pipeline_status(name: &str, tenant: &str, status: &Arc<LiveStatus>) -> PipelineStatus {

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetters;
+use crate::histogram::Histogram;
+use crate::retry::RetryPolicy;
 use crate::runtime::{
     CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
 };
@@ -162,7 +164,7 @@ pub trait Step: Send {
 }
 
 /// What a WASM step did, readable from elsewhere (metrics, status).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StepCounters {
     /// Calls into the guest (batches, and the parts of failed batches run again).
     pub calls: AtomicU64,
@@ -186,6 +188,30 @@ pub struct StepCounters {
     pub memory_bytes: AtomicU64,
     /// Guest log lines dropped for going past the log rate.
     pub log_dropped: AtomicU64,
+    /// Time inside the guest per call.
+    pub call_time: Histogram,
+    /// Events per batch into the pipe.
+    pub batch_size: Histogram,
+}
+
+impl Default for StepCounters {
+    fn default() -> Self {
+        StepCounters {
+            calls: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            restarts: AtomicU64::default(),
+            guest_errors: AtomicU64::default(),
+            traps: AtomicU64::default(),
+            limits: Default::default(),
+            guest_nanos: AtomicU64::default(),
+            memory_bytes: AtomicU64::default(),
+            log_dropped: AtomicU64::default(),
+            call_time: Histogram::durations(),
+            batch_size: Histogram::sizes(),
+        }
+    }
 }
 
 /// Every limit kind, in the order of [`StepCounters::limits`].
@@ -227,11 +253,13 @@ pub enum OnError {
     /// Send the event to the pipeline's dead-letter sink with the error,
     /// the pipe and the time.
     DeadLetter,
-    /// Try again, with exponential backoff, then do `then`.
+    /// Try again, with exponential backoff and jitter (the one
+    /// [`RetryPolicy`](crate::retry::RetryPolicy)), then do `then`.
     Retry {
         /// Tries after the first failure.
         attempts: u32,
-        /// Wait before the first retry, doubled at each next one.
+        /// Wait before the first retry (plus up to as much again of
+        /// jitter), doubled at each next one.
         #[serde(default = "default_backoff_ms")]
         backoff_ms: u64,
         /// What to do once the retries are used up.
@@ -438,9 +466,14 @@ impl WasmStep {
     /// instance is created (pending writes of earlier calls are kept).
     async fn call(&mut self, unit: &Batch) -> Result<Result<Vec<Event>, CallError>, StepError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let guest_before = self.instance.guest_time();
         let result = self.instance.process(unit).await;
+        let guest_after = self.instance.guest_time();
+        self.counters
+            .call_time
+            .record_duration(guest_after.saturating_sub(guest_before));
         self.counters.guest_nanos.store(
-            u64::try_from(self.instance.guest_time().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(guest_after.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         self.counters
@@ -475,6 +508,7 @@ impl WasmStep {
         output: &mut Vec<Event>,
     ) -> Result<(), StepError> {
         let mut retries_done = 0u32;
+        let mut delays = None;
         loop {
             let error = match failed.take() {
                 Some(error) => error,
@@ -496,10 +530,18 @@ impl WasmStep {
                     then,
                 } => {
                     let retryable = !matches!(&error, CallError::Guest(e) if !e.retryable);
-                    if retryable && retries_done < attempts {
-                        let wait = backoff_ms.saturating_mul(1u64 << retries_done.min(20));
-                        tracing::debug!(pipe = %self.name, retry = retries_done + 1, wait_ms = wait, "retrying a failed event");
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let wait = if retryable {
+                        delays
+                            .get_or_insert_with(|| {
+                                RetryPolicy::on_error(attempts, backoff_ms).delays()
+                            })
+                            .next()
+                    } else {
+                        None
+                    };
+                    if let Some(wait) = wait {
+                        tracing::debug!(pipe = %self.name, retry = retries_done + 1, ?wait, "retrying a failed event");
+                        tokio::time::sleep(wait).await;
                         retries_done += 1;
                         self.counters.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -682,6 +724,7 @@ impl Step for WasmStep {
     }
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        self.counters.batch_size.record(batch.events.len() as u64);
         let error = match self.call(&batch).await? {
             Ok(events) => {
                 if !events.is_empty() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use plumber::checkpoint::Position;
 use plumber::checkpoint::{CheckpointPolicy, Delivery};
+use plumber::histogram::HistogramSnapshot;
 use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
 use plumber::state::MemoryState;
@@ -180,7 +181,7 @@ pub async fn measure_stateful(
     delivery: Delivery,
     args: &BenchArgs,
     batch_size: usize,
-) -> Result<(Measurement, Vec<std::time::Duration>), plumber::pipeline::PipelineError> {
+) -> Result<(Measurement, HistogramSnapshot), plumber::pipeline::PipelineError> {
     let builder = Pipeline::builder(format!("bench-{delivery:?}"))
         .state(state)
         .delivery(delivery)
@@ -222,18 +223,14 @@ pub async fn measure_stateful(
             seconds,
             peak_rss_kib: peak_rss_kib(),
         },
-        report.checkpoint_pauses,
+        report.checkpoint_pause,
     ))
 }
 
-fn percentile(pauses: &[std::time::Duration], p: f64) -> f64 {
-    if pauses.is_empty() {
-        return 0.0;
-    }
-    let mut sorted = pauses.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+/// The `q`-quantile of the checkpoint pauses in ms, estimated from their
+/// histogram (0 when there were none).
+fn pause_ms(pauses: &HistogramSnapshot, q: f64) -> f64 {
+    pauses.quantile(q).unwrap_or(0.0) * 1000.0
 }
 
 pub(super) async fn run_stateful(
@@ -268,22 +265,21 @@ pub(super) async fn run_stateful(
     )
     .await?;
     let native_rate = native.0.rate();
-    let print = |backend: &str,
-                 delivery: Delivery,
-                 (m, pauses): &(Measurement, Vec<std::time::Duration>)| {
-        println!(
-            "{:<8} {:<8} {:<14} {:>12.0} {:>10.2} {:>8} {:>8.2}ms {:>8.2}ms {:>8.1}",
-            m.kind,
-            backend,
-            format!("{delivery:?}"),
-            m.rate(),
-            m.rate() / native_rate,
-            pauses.len(),
-            percentile(pauses, 0.5),
-            percentile(pauses, 0.99),
-            m.peak_rss_kib as f64 / 1024.0
-        );
-    };
+    let print =
+        |backend: &str, delivery: Delivery, (m, pauses): &(Measurement, HistogramSnapshot)| {
+            println!(
+                "{:<8} {:<8} {:<14} {:>12.0} {:>10.2} {:>8} {:>8.2}ms {:>8.2}ms {:>8.1}",
+                m.kind,
+                backend,
+                format!("{delivery:?}"),
+                m.rate(),
+                m.rate() / native_rate,
+                pauses.count(),
+                pause_ms(pauses, 0.5),
+                pause_ms(pauses, 0.99),
+                m.peak_rss_kib as f64 / 1024.0
+            );
+        };
     print("memory", Delivery::ExactlyOnce, &native);
     let state_error = |source| plumber::pipeline::PipelineError::State {
         pipeline: "bench".to_owned(),

@@ -47,9 +47,10 @@
 //! The connection is a [`redis::aio::ConnectionManager`], which replaces a
 //! dropped connection by itself; its own retries are switched off (one
 //! connection attempt per reconnect) so that this backend decides how long
-//! to wait. Every operation runs in a retry loop: on a connection or I/O
-//! error it logs one warning with the server's address, waits (50 ms,
-//! doubling up to 2 s) and tries again, until
+//! to wait. Every operation runs in the connectors' retry loop (the one
+//! [`RetryPolicy`](plumber_engine::retry::RetryPolicy), README "Connectors"): on a
+//! connection or I/O error it logs one warning with the server's address,
+//! waits with jittered exponential backoff and tries again, until
 //! [`RedisOptions::reconnect_timeout`] has passed since the first failure;
 //! then it fails with [`StateError::Unavailable`] saying how long it waited.
 //! Errors that are not about the connection (a value of the wrong type, a
@@ -76,15 +77,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
-use tokio::time::Instant;
 
 use super::{StateBackend, StateError, WriteSet};
 use plumber_engine::checkpoint::CheckpointRecord;
+use plumber_engine::streams::reconnect::Reconnect;
 
-/// The first wait after a connection error.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The connection attempt and command timeouts follow `reconnect_timeout`,
 /// but are never shorter than this...
 const MIN_IO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -175,7 +172,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             key_prefix: "plumber:".to_owned(),
-            reconnect_timeout: Duration::from_secs(30),
+            reconnect_timeout: plumber_engine::streams::reconnect::DEFAULT_RECONNECT_TIMEOUT,
         }
     }
 }
@@ -270,75 +267,53 @@ impl RedisState {
         full
     }
 
-    /// Runs `attempt` on the connection, retrying connection errors with
-    /// backoff until the reconnect timeout has passed since the first one.
-    async fn attempt<T, F, Fut>(&self, operation: &str, mut attempt: F) -> Result<T, Failure>
+    /// Runs `attempt` on the connection, retrying connection errors by the
+    /// reconnect policy ([`Reconnect`]) until the reconnect timeout has
+    /// passed since the first one.
+    async fn attempt<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, Failure>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let mut first_failure: Option<Instant> = None;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts: u32 = 0;
+        let mut retry = Reconnect::new(
+            "redis state",
+            format!("the Redis server at {}", self.address),
+            operation,
+            self.reconnect_timeout,
+        );
         loop {
-            let started = Instant::now();
-            let outcome = match first_failure {
+            let retrying = retry.retrying();
+            let left = retry.attempt(Duration::MAX);
+            let outcome = if retrying {
+                tokio::time::timeout(left, attempt(self.connection.clone())).await
+            } else {
                 // The first attempt is bounded by the connection's own
                 // connection and response timeouts.
-                None => Ok(attempt(self.connection.clone()).await),
-                Some(since) => {
-                    let left = self.reconnect_timeout.saturating_sub(since.elapsed());
-                    tokio::time::timeout(left, attempt(self.connection.clone())).await
-                }
+                Ok(attempt(self.connection.clone()).await)
             };
-            attempts = attempts.saturating_add(1);
             let error = match outcome {
                 Ok(Ok(value)) => {
-                    if let Some(since) = first_failure {
-                        tracing::info!(
-                            "redis state at {}: `{operation}` succeeded after {:.1?} of retries",
-                            self.address,
-                            since.elapsed()
-                        );
-                    }
+                    retry.succeeded();
                     return Ok(value);
                 }
                 Ok(Err(error)) if is_connection_error(&error) => error.to_string(),
                 Ok(Err(error)) => return Err(Failure::Redis(error)),
                 Err(_elapsed) => "no answer before the time was up".to_owned(),
             };
-            let since = match first_failure {
-                Some(since) => since,
-                None => {
-                    tracing::warn!(
-                        "redis state at {}: `{operation}` failed ({error}); retrying for up to {:?}",
-                        self.address,
-                        self.reconnect_timeout
-                    );
-                    *first_failure.insert(started)
-                }
-            };
-            let waited = since.elapsed();
-            let left = self.reconnect_timeout.saturating_sub(waited);
-            if left.is_zero() {
-                return Err(Failure::GaveUp(self.unavailable(format!(
-                    "`{operation}` gave up after waiting {waited:.1?} for the server \
-                     ({attempts} attempts, reconnect timeout {:?}); last error: {error}",
-                    self.reconnect_timeout
-                ))));
+            if let Err(gave_up) = retry.wait(&error).await {
+                return Err(Failure::GaveUp(
+                    self.unavailable(format!("`{operation}` {}", gave_up.message)),
+                ));
             }
-            tracing::debug!(
-                "redis state at {}: `{operation}` attempt {attempts} failed ({error}); \
-                 next in {backoff:?}",
-                self.address
-            );
-            tokio::time::sleep(backoff.min(left)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// [`attempt`](Self::attempt) with the usual translation of server errors.
-    async fn run<T, F, Fut>(&self, operation: &str, attempt: F) -> Result<T, StateError>
+    async fn run<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, StateError>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,

@@ -354,9 +354,10 @@ impl Source for NatsSource {
 /// exactly-once.
 ///
 /// While the server is unreachable, publishes wait in the client until it
-/// reconnects, and `flush` retries with backoff (50 ms doubling to 2 s) until
-/// the reconnect timeout ([`NatsSink::reconnect_timeout`], 30 s by default),
-/// then fails naming the server. What was on the wire when the connection
+/// reconnects, and `flush` retries by the reconnect policy (README,
+/// "Connectors") until the reconnect timeout
+/// ([`NatsSink::reconnect_timeout`], 30 s by default), then fails naming
+/// the server. What was on the wire when the connection
 /// broke is lost (at-most-once).
 pub struct NatsSink {
     url: String,
@@ -536,9 +537,9 @@ type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 /// twice.
 ///
 /// **Lost connections**: pulls and acks that fail because the server is
-/// unreachable are retried with backoff (50 ms doubling to 2 s) until the
-/// reconnect timeout ([`JetStreamSource::reconnect_timeout`], 30 s by
-/// default) has passed, then fail naming the server. The client reconnects
+/// unreachable are retried by the reconnect policy (README, "Connectors")
+/// until the reconnect timeout ([`JetStreamSource::reconnect_timeout`], 30 s
+/// by default) has passed, then fail naming the server. The client reconnects
 /// by itself.
 ///
 /// A JetStream source never ends; stop its pipeline with
@@ -991,8 +992,8 @@ impl CommitListener for JetStreamCommitListener {
 ///
 /// **Lost connections**: while the server is unreachable (no ack in time,
 /// no responders while JetStream restarts), the messages not yet
-/// acknowledged are sent again, oldest first, with backoff (50 ms doubling
-/// to 2 s) until the reconnect timeout ([`JetStreamSink::reconnect_timeout`],
+/// acknowledged are sent again, oldest first, by the reconnect policy
+/// (README, "Connectors") until the reconnect timeout ([`JetStreamSink::reconnect_timeout`],
 /// 30 s by default), then `flush` fails naming the server. Sending a message
 /// again is safe: its id makes the server drop it if it was stored. A
 /// subject that no stream captures fails at once.

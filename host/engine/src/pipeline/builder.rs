@@ -15,6 +15,7 @@ use super::stage::{run_sink, Output, StageLink, StageRunner};
 use super::status::{LiveStatus, Phase, StageStats};
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
+use crate::histogram::HistogramSnapshot;
 use crate::runtime::Runtime;
 use crate::state::{
     checkpoint_scope, MemoryState, PendingBound, SharedState, WriteMode, DEFAULT_TENANT,
@@ -37,9 +38,9 @@ pub struct RunReport {
     pub last_checkpoint: Option<CheckpointRecord>,
     /// The checkpoint this run resumed from.
     pub resumed_from: Option<CheckpointRecord>,
-    /// How long each checkpoint of this run held the source back (barrier
-    /// sent to commit done).
-    pub checkpoint_pauses: Vec<Duration>,
+    /// How long the checkpoints of this run held the source back (barrier
+    /// sent to commit done), as a histogram (bounded, unlike a list).
+    pub checkpoint_pause: HistogramSnapshot,
 }
 
 /// The entry point: `Pipeline::builder(name)`.
@@ -282,7 +283,7 @@ impl PipelineBuilder {
                 batch_size: self.batch_size,
                 state,
                 resume,
-                status,
+                status: status.clone(),
             },
             DriverSignals {
                 requests: self.checkpoint_requests,
@@ -300,7 +301,7 @@ impl PipelineBuilder {
             checkpoints: driven.checkpoints,
             last_checkpoint: driven.last_checkpoint,
             resumed_from,
-            checkpoint_pauses: driven.pauses,
+            checkpoint_pause: status.checkpoint_pause.snapshot(),
         })
     }
 }

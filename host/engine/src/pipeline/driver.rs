@@ -85,8 +85,6 @@ pub(super) struct Driven {
     pub(super) checkpoints: u64,
     /// The last committed checkpoint.
     pub(super) last_checkpoint: Option<CheckpointRecord>,
-    /// How long each checkpoint held the source back.
-    pub(super) pauses: Vec<Duration>,
 }
 
 /// Why a checkpoint is taken.
@@ -119,7 +117,6 @@ pub(super) struct SourceDriver {
     events_since_checkpoint: u64,
     checkpoints: u64,
     last_checkpoint: Option<CheckpointRecord>,
-    pauses: Vec<Duration>,
     requests: Arc<Notify>,
     released: Arc<AtomicBool>,
     committed: watch::Sender<u64>,
@@ -144,7 +141,6 @@ impl SourceDriver {
             events_since_checkpoint: 0,
             checkpoints: 0,
             last_checkpoint: setup.resume.last_checkpoint,
-            pauses: Vec::new(),
             requests: signals.requests,
             released: signals.released,
             committed: signals.committed,
@@ -174,7 +170,6 @@ impl SourceDriver {
             events_in: self.events_in,
             checkpoints: self.checkpoints,
             last_checkpoint: self.last_checkpoint,
-            pauses: self.pauses,
         })
     }
 
@@ -271,6 +266,7 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
         record.fence = self.fence;
         record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
+        let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &[])
             .await
@@ -278,6 +274,9 @@ impl SourceDriver {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
+        self.status
+            .commit_time
+            .record_duration(commit_started.elapsed());
         self.status.committed(self.epoch, Duration::ZERO);
         self.status.position_commits.fetch_add(1, Ordering::Relaxed);
         self.epoch += 1;
@@ -330,6 +329,7 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, self.position.clone());
         record.sink_position = reply.sink_position;
         record.fence = self.fence;
+        let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &reply.writes)
             .await
@@ -337,8 +337,13 @@ impl SourceDriver {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
+        self.status
+            .commit_time
+            .record_duration(commit_started.elapsed());
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
-        self.pauses.push(started.elapsed());
+        self.status
+            .checkpoint_pause
+            .record_duration(started.elapsed());
         self.status.committed(self.epoch, started.elapsed());
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.committed.send_replace(self.epoch);

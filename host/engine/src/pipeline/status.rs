@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::histogram::Histogram;
 use crate::step::StepCounters;
 use crate::swap::PipeSlot;
 
@@ -89,6 +90,12 @@ pub struct LiveStatus {
     last_commit_ms: AtomicU64,
     /// How long its barrier took, microseconds.
     pub last_checkpoint_micros: AtomicU64,
+    /// How long each checkpoint held the source back (barrier sent to
+    /// commit done).
+    pub checkpoint_pause: Histogram,
+    /// How long the backend's atomic commits took (checkpoints, and the
+    /// position commits of at-most-once).
+    pub commit_time: Histogram,
     /// What the source says is still waiting (-1: it does not say).
     pub source_lag: AtomicI64,
     error: Mutex<Option<String>>,
@@ -107,6 +114,8 @@ impl Default for LiveStatus {
             last_epoch: AtomicU64::new(u64::MAX),
             last_commit_ms: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
+            checkpoint_pause: Histogram::durations(),
+            commit_time: Histogram::durations(),
             source_lag: AtomicI64::new(-1),
             error: Mutex::new(None),
             stages: Mutex::new(Vec::new()),

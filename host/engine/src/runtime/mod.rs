@@ -24,7 +24,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 
 use crate::state::PipeState;
-pub use cache::ComponentCache;
+pub use cache::{ComponentCache, CACHE_MAX_BYTES_VAR, DEFAULT_CACHE_MAX_BYTES};
 pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
 use guest_output::LogBudget;
 pub use guest_output::{LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND};
@@ -109,6 +109,14 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A cache setting from the environment is not usable.
+    #[error("`{variable}` is `{value}`: expected a whole number of bytes, e.g. 1073741824")]
+    CacheSetting {
+        /// The environment variable.
+        variable: &'static str,
+        /// What it holds.
+        value: String,
+    },
     /// The engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
@@ -139,12 +147,32 @@ struct RuntimeInner {
 
 impl Runtime {
     /// A runtime that caches compiled components in `cache_dir`
-    /// (`None`: compile on every load).
+    /// (`None`: compile on every load), keeping at most
+    /// `$PLUMBER_CACHE_MAX_BYTES` bytes there (default 1 GiB).
+    ///
+    /// # Errors
+    ///
+    /// `PLUMBER_CACHE_MAX_BYTES` is not a number of bytes
+    /// ([`LoadError::CacheSetting`]), or the engine or linker could not be
+    /// set up.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        match cache_dir {
+            Some(dir) => Runtime::with_cache(dir, cache::max_bytes_from_env()?),
+            None => Runtime::build(None),
+        }
+    }
+
+    /// A runtime that caches compiled components in `dir`, deleting the
+    /// least recently used entries beyond `max_bytes`.
     ///
     /// # Errors
     ///
     /// The engine or linker could not be set up.
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+    pub fn with_cache(dir: PathBuf, max_bytes: u64) -> Result<Self, LoadError> {
+        Runtime::build(Some((dir, max_bytes)))
+    }
+
+    fn build(cache: Option<(PathBuf, u64)>) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Time limits: guests check the epoch at loop heads and calls.
@@ -157,7 +185,7 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let cache = cache_dir.map(|dir| ComponentCache::new(dir, &engine));
+        let cache = cache.map(|(dir, max_bytes)| ComponentCache::new(dir, &engine, max_bytes));
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

@@ -1,20 +1,48 @@
-//! Retrying an operation while its server is unreachable: exponential
-//! backoff (50 ms doubling to 2 s), one warning when failures start and one
-//! info line when it works again, and an error naming the server once the
-//! reconnect timeout has passed since the first failure (or, when a most
-//! attempts is set, once they are used). Shared by the connectors that
-//! talk to a server (NATS, JetStream, SQL, the HTTP sink).
+//! Retrying an operation while its server is unreachable, by the one
+//! [`RetryPolicy`] (waits of 50–100 ms doubling up to 1–2 s, with jitter):
+//! one warning when failures start and one info line when it works again,
+//! and an error naming the server once the reconnect timeout has passed
+//! since the first failure (or, when a most attempts is set, once they are
+//! used). Shared by everything that talks to a server: NATS, JetStream,
+//! SQL, the HTTP sink and the Redis state backend.
 
 use std::time::{Duration, Instant};
 
 use super::StreamError;
+use crate::retry::{Delays, RetryPolicy, RECONNECT_FIRST, RECONNECT_MAX};
 
 /// How long connectors keep retrying a lost server by default.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The wait before the first retry; it doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between two retries.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often to look whether a lost connection is back.
+pub const FIRST_BACKOFF: Duration = RECONNECT_FIRST;
+/// The longest one step of talking to a server may take before it counts
+/// as unreachable (the longest wait of the policy).
+pub const MAX_BACKOFF: Duration = RECONNECT_MAX.saturating_mul(2);
+
+/// Why an operation stopped retrying.
+#[derive(Debug)]
+pub struct GaveUp {
+    /// The reconnect timeout passed (rather than the most attempts).
+    pub timed_out: bool,
+    /// How long, how many attempts, and the last error.
+    pub message: String,
+}
+
+impl GaveUp {
+    /// As the error of a source or sink.
+    pub fn into_stream_error(self, stream: String, action: &'static str) -> StreamError {
+        let kind = if self.timed_out {
+            std::io::ErrorKind::TimedOut
+        } else {
+            std::io::ErrorKind::Other
+        };
+        StreamError::Io {
+            stream,
+            action,
+            source: std::io::Error::new(kind, self.message),
+        }
+    }
+}
 
 /// The retry state of one operation.
 pub struct Reconnect {
@@ -26,7 +54,8 @@ pub struct Reconnect {
     timeout: Duration,
     started: Instant,
     first_failure: Option<Instant>,
-    backoff: Duration,
+    policy: RetryPolicy,
+    delays: Delays,
     attempts: u32,
     /// The most attempts of one operation, when bounded.
     max_attempts: Option<u32>,
@@ -47,7 +76,8 @@ impl Reconnect {
             timeout,
             started: Instant::now(),
             first_failure: None,
-            backoff: FIRST_BACKOFF,
+            policy: RetryPolicy::reconnect(),
+            delays: RetryPolicy::reconnect().delays(),
             attempts: 0,
             max_attempts: None,
         }
@@ -92,7 +122,7 @@ impl Reconnect {
                 self.attempts
             );
         }
-        self.backoff = FIRST_BACKOFF;
+        self.delays = self.policy.delays();
         self.attempts = 0;
     }
 
@@ -105,6 +135,13 @@ impl Reconnect {
     /// most attempts are used; the error names the peer and how long it
     /// waited.
     pub async fn failed(&mut self, error: &str) -> Result<(), StreamError> {
+        self.wait(error)
+            .await
+            .map_err(|gave_up| gave_up.into_stream_error(self.stream.clone(), self.action))
+    }
+
+    /// As [`Reconnect::failed`], for callers with their own error type.
+    pub async fn wait(&mut self, error: &str) -> Result<(), GaveUp> {
         let since = match self.first_failure {
             Some(since) => since,
             None => {
@@ -120,39 +157,34 @@ impl Reconnect {
         };
         let waited = since.elapsed();
         if self.max_attempts.is_some_and(|most| self.attempts >= most) {
-            return Err(StreamError::Io {
-                stream: self.stream.clone(),
-                action: self.action,
-                source: std::io::Error::other(format!(
+            return Err(GaveUp {
+                timed_out: false,
+                message: format!(
                     "gave up after {} attempts in {waited:.1?} ({}); last error: {error}",
                     self.attempts, self.peer
-                )),
+                ),
             });
         }
         let left = self.timeout.saturating_sub(waited);
         if left.is_zero() {
-            return Err(StreamError::Io {
-                stream: self.stream.clone(),
-                action: self.action,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "gave up after waiting {waited:.1?} for {} ({} attempts, reconnect \
-                         timeout {:?}); last error: {error}",
-                        self.peer, self.attempts, self.timeout
-                    ),
+            return Err(GaveUp {
+                timed_out: true,
+                message: format!(
+                    "gave up after waiting {waited:.1?} for {} ({} attempts, reconnect \
+                     timeout {:?}); last error: {error}",
+                    self.peer, self.attempts, self.timeout
                 ),
             });
         }
+        // The policy sets no retry limit of its own: the timeout ends it.
+        let wait = self.delays.next().unwrap_or(MAX_BACKOFF);
         tracing::debug!(
-            "{}: `{}` attempt {} failed ({error}); next in {:?}",
+            "{}: `{}` attempt {} failed ({error}); next in {wait:?}",
             self.stream,
             self.action,
             self.attempts,
-            self.backoff
         );
-        tokio::time::sleep(self.backoff.min(left)).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait.min(left)).await;
         Ok(())
     }
 }

@@ -20,8 +20,9 @@ pub struct RedisStateConfig {
     /// Put in front of every key (default `plumber:`).
     #[serde(default)]
     pub key_prefix: Option<String>,
-    /// How long to keep retrying a lost connection before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }

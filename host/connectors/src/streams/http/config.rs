@@ -92,8 +92,9 @@ pub struct HttpSinkConfig {
     /// POST early once this many events are buffered (default 10 000).
     #[serde(default)]
     pub max_buffered: Option<usize>,
-    /// How long to keep retrying a failing POST before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }

@@ -71,8 +71,9 @@ pub struct NatsSinkConfig {
     /// always `subject`).
     #[serde(default)]
     pub subject_from_header: Option<String>,
-    /// How long to keep retrying a lost server before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -139,8 +140,9 @@ pub struct JetStreamSourceConfig {
     /// Most unacked messages in flight (default 100 000).
     #[serde(default)]
     pub max_ack_pending: Option<i64>,
-    /// How long to keep retrying a lost server before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -254,8 +256,9 @@ pub struct JetStreamSinkConfig {
     /// none; setup then needs the stream to exist).
     #[serde(default)]
     pub stream: Option<String>,
-    /// How long to keep retrying a lost server before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }

@@ -35,8 +35,9 @@ pub struct SqlSourceConfig {
     /// How often to look for new rows, in ms (default 1000).
     #[serde(default)]
     pub poll_interval_ms: Option<u64>,
-    /// How long to keep retrying a lost database before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -131,8 +132,9 @@ pub struct SqlSinkConfig {
     /// [`SqlSinkConfig::epoch_column`]).
     #[serde(default, deserialize_with = "explicit_null")]
     pub epoch_column: Option<Option<String>>,
-    /// How long to keep retrying a lost database before failing, in ms
-    /// (default 30 000).
+    /// How long to keep retrying an unreachable server before failing, in
+    /// ms (default 30 000), with the waits of the one retry policy (README,
+    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
