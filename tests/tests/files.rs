@@ -495,7 +495,16 @@ async fn a_bare_offset_record_is_migrated_at_the_first_commit() {
         let dir = tempfile::tempdir().unwrap();
         let open = || -> SharedState {
             match backend {
-                "sled" => Arc::new(SledState::open(dir.path().join("state")).unwrap()),
+                // A sled database dropped a moment ago keeps its lock until
+                // its flusher thread ends: open again until it is free.
+                "sled" => {
+                    let mut opened = None;
+                    let _ = plumber_tests::wait::wait_until(Duration::from_secs(10), || {
+                        opened = SledState::open(dir.path().join("state")).ok();
+                        opened.is_some()
+                    });
+                    Arc::new(opened.expect("the sled database opens again within 10 s"))
+                }
                 _ => {
                     Arc::new(MemoryState::with_snapshot(dir.path().join("state.snapshot")).unwrap())
                 }

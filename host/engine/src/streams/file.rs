@@ -563,7 +563,18 @@ impl Source for FileSource {
                 return Ok(None);
             };
             if self.rotated().await {
-                // The old file is read to its end: go on with the new one.
+                // Lines written to the old file before its rename may have
+                // come after the read that found its end: read it to its
+                // end once more before going on with the new one.
+                let events = self.read_lines(max).await?;
+                if !events.is_empty() {
+                    return Ok(Some((events, self.position()?)));
+                }
+                // Nothing more comes to a rotated file: a last line without
+                // its newline is complete.
+                if let Some(event) = self.finish_partial_line()? {
+                    return Ok(Some((vec![event], self.position()?)));
+                }
                 tracing::info!(source = %self.describe(), "the file was rotated; following the new one");
                 self.next_file();
                 continue;
@@ -573,7 +584,45 @@ impl Source for FileSource {
     }
 }
 
+/// One line (with or without its newline) as an event in `format`; `None`
+/// for a blank line of a JSON file.
+fn parse_line(format: LineFormat, line: &[u8]) -> Option<Result<Event, serde_json::Error>> {
+    let mut value = line;
+    if let Some(rest) = value.strip_suffix(b"\n") {
+        value = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    match format {
+        LineFormat::Lines => Some(Ok(Event::new(value.to_vec()))),
+        LineFormat::Json if value.iter().all(u8::is_ascii_whitespace) => None,
+        LineFormat::Json => Some(parse_json_line(value)),
+    }
+}
+
 impl FileSource {
+    /// Takes the last line of a rotated file that has no newline (no more
+    /// is written to it) as an event, and moves the offset past it.
+    fn finish_partial_line(&mut self) -> Result<Option<Event>, StreamError> {
+        if self.line.is_empty() {
+            return Ok(None);
+        }
+        let line = std::mem::take(&mut self.line);
+        let start = self.offset;
+        self.offset += line.len() as u64;
+        self.head.extend(start, &line);
+        match parse_line(self.format, &line) {
+            None => Ok(None),
+            Some(Ok(event)) => Ok(Some(event)),
+            Some(Err(error)) => {
+                self.offset = start;
+                Err(StreamError::Parse {
+                    stream: self.describe(),
+                    offset: start,
+                    message: error.to_string(),
+                })
+            }
+        }
+    }
+
     /// Reads up to `max` complete lines from the open file. A last line
     /// without its newline is taken only when not following (the writer may
     /// still be writing it).
@@ -627,15 +676,7 @@ impl FileSource {
             *offset += line.len() as u64;
             // A file opened shorter than the fingerprint gets it completed.
             head.extend(line_start, line);
-            let mut value = line.as_slice();
-            if let Some(rest) = value.strip_suffix(b"\n") {
-                value = rest.strip_suffix(b"\r").unwrap_or(rest);
-            }
-            let parsed = match format {
-                LineFormat::Lines => Some(Ok(Event::new(value.to_vec()))),
-                LineFormat::Json if value.iter().all(u8::is_ascii_whitespace) => None,
-                LineFormat::Json => Some(parse_json_line(value)),
-            };
+            let parsed = parse_line(format, line);
             line.clear();
             match parsed {
                 None => {}
@@ -909,6 +950,40 @@ mod tests {
         assert_eq!(source.lag(), Some(7));
         source.next_batch(10).await.unwrap().unwrap();
         assert_eq!(source.lag(), Some(0));
+    }
+
+    /// The last line of a file rotated away without its newline is
+    /// complete (nothing more is written to it): it is read, then the new
+    /// file, and nothing is lost.
+    #[tokio::test]
+    async fn a_rotated_file_is_read_to_its_end_before_the_new_one() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "one\n").unwrap();
+        let mut source = FileSource::new(&path).follow(std::time::Duration::from_millis(5));
+        source.seek(&Position::Start).await.unwrap();
+        let (events, _) = source.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(events[0].value, b"one");
+        // Found at its end; then a partial line, and the rename.
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        old.write_all(b"two\nthr").unwrap();
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        std::fs::write(&path, "four\n").unwrap();
+        let mut values = Vec::new();
+        while values.len() < 3 {
+            let (events, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), source.next_batch(10))
+                    .await
+                    .expect("lines within 10 s")
+                    .unwrap()
+                    .unwrap();
+            values.extend(events.into_iter().map(|e| e.value_lossy().into_owned()));
+        }
+        assert_eq!(values, ["two", "thr", "four"]);
     }
 
     fn position_of(position: &Position) -> FilePosition {
