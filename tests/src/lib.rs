@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 pub mod servers;
 pub mod wait;
 
-pub use servers::{free_port, raw_command, NatsServer, PostgresServer, RedisServer};
+pub use servers::{free_port, raw_command, NatsCluster, NatsServer, PostgresServer, RedisServer};
 pub use wait::{wait_until, wait_until_async};
 
 /// The repository's root directory.

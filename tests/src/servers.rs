@@ -306,7 +306,17 @@ impl NatsServer {
     ///
     /// When `nats-server` is not found or cannot be started.
     pub fn start() -> NatsServer {
-        let binary = nats_server_binary();
+        Self::start_binary(&nats_server_binary())
+    }
+
+    /// As [`NatsServer::start`], with the server binary at `binary` (an
+    /// older server, for version checks).
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started.
+    pub fn start_binary(binary: &Path) -> NatsServer {
+        let binary = binary.to_path_buf();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut errors = Vec::new();
         // Another process may take the free port first: try a few.
@@ -368,6 +378,178 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A JetStream cluster of three `nats-server` nodes on loopback, each with
+/// its own client port, route port and store; killed on drop. A node can
+/// be killed and started again with its store.
+pub struct NatsCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client_ports: Vec<u16>,
+    route_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+/// The nodes of a [`NatsCluster`].
+pub const CLUSTER_NODES: usize = 3;
+
+impl NatsCluster {
+    /// Starts three nodes routed to each other and waits until each answers
+    /// (call [`NatsCluster::ready`] before using JetStream: the meta leader
+    /// is elected after that).
+    ///
+    /// # Panics
+    ///
+    /// When a node cannot be started.
+    pub fn start() -> NatsCluster {
+        let binary = nats_server_binary();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let client_ports: Vec<u16> = (0..CLUSTER_NODES).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..CLUSTER_NODES).map(|_| free_port()).collect();
+        let mut cluster = NatsCluster {
+            binary,
+            dir,
+            client_ports,
+            route_ports,
+            children: (0..CLUSTER_NODES).map(|_| None).collect(),
+        };
+        // Spawn all first: a node waits for its routes only in the background.
+        let mut spawned = Vec::new();
+        for node in 0..CLUSTER_NODES {
+            spawned.push(cluster.spawn_node(node));
+        }
+        for (node, child) in spawned.into_iter().enumerate() {
+            cluster.children[node] = Some(child);
+        }
+        for node in 0..CLUSTER_NODES {
+            cluster.wait_greets(node);
+        }
+        cluster
+    }
+
+    fn log(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("n{node}.log"))
+    }
+
+    fn spawn_node(&self, node: usize) -> Child {
+        let routes: Vec<String> = self
+            .route_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        Command::new(&self.binary)
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.dir.path().join(format!("store-{node}")))
+            .args(["-n", &format!("n{node}")])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.client_ports[node].to_string(),
+            ])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.route_ports[node]),
+            ])
+            .args(["--cluster_name", "plumber-test"])
+            .args(["--routes", &routes.join(",")])
+            .arg("-l")
+            .arg(self.log(node))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", self.binary.display()))
+    }
+
+    fn wait_greets(&mut self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !greets(self.client_ports[node]) {
+            if let Some(Ok(Some(status))) = self.children[node].as_mut().map(Child::try_wait) {
+                panic!(
+                    "nats-server node {node} exited ({status}): {}",
+                    std::fs::read_to_string(self.log(node)).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server node {node} did not answer within 10 s: {}",
+                std::fs::read_to_string(self.log(node)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (up to 30 s) until the cluster elects a JetStream meta leader
+    /// and can place a stream of three replicas.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot within 30 s.
+    pub async fn ready(&self) {
+        let client = async_nats::connect(self.urls())
+            .await
+            .expect("connect to the cluster");
+        let context = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = context
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "PLUMBER_TEST_READY".into(),
+                    subjects: vec!["plumber-test-ready".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    let _ = context.delete_stream("PLUMBER_TEST_READY").await;
+                    return;
+                }
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "the NATS cluster has no JetStream leader after 30 s: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The URL of `node`.
+    pub fn url(&self, node: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.client_ports[node])
+    }
+
+    /// The URLs of all nodes.
+    pub fn urls(&self) -> Vec<String> {
+        (0..CLUSTER_NODES).map(|node| self.url(node)).collect()
+    }
+
+    /// Kills `node` (as a crash would); its store stays.
+    pub fn stop(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `node` again (after [`NatsCluster::stop`]) on its ports with
+    /// its store.
+    pub fn restart(&mut self, node: usize) {
+        self.stop(node);
+        self.children[node] = Some(self.spawn_node(node));
+        self.wait_greets(node);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 0..CLUSTER_NODES {
+            self.stop(node);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The `plumber` command line: `run`, `validate`, `setup`, `state`, `bench`,
-//! `new`, `build`.
+//! The `plumber` command line: `run`, `validate`, `setup`, `state`,
+//! `cluster`, `bench`, `new`, `build`.
 //!
 //! Exit status: 0 on success, 2 when the config or a pipe's module is bad
 //! (the message names the JSON path or the file), 1 when a run fails.
@@ -81,6 +81,13 @@ pub enum Command {
         #[arg(long)]
         pipe: String,
     },
+    /// A pipeline partitioned over the workers of a NATS JetStream
+    /// cluster (a config with `cluster`).
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(Box<crate::bench::BenchArgs>),
     /// Creates a pipe project: a word counter with a native test and a
@@ -105,6 +112,18 @@ pub enum Command {
         /// Where to write the component (default: <dir>/<dir name>.wasm).
         #[arg(long, short)]
         out: Option<PathBuf>,
+    },
+}
+
+/// A `plumber cluster` subcommand.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Checks the NATS server version, and creates (or checks) the
+    /// partitioned input stream and the buckets of members and leases.
+    /// Changes nothing that is right; refuses a changed partition count.
+    Init {
+        /// The pipeline's JSON config (with `cluster`).
+        config: PathBuf,
     },
 }
 
@@ -175,6 +194,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Validate { config, connect } => validate(&config, connect, runtime).await,
         Command::Setup { config } => setup(&config).await,
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
+        Command::Cluster { command } => cluster(command).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
             Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
@@ -205,6 +225,31 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Err(failure) => {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.status)
+        }
+    }
+}
+
+async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
+    let failure = |error: plumber_cluster::ClusterError| {
+        if error.is_bad_input() {
+            Failure::input(error)
+        } else {
+            Failure::run(error)
+        }
+    };
+    match command {
+        ClusterCommand::Init { config } => {
+            let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
+            let report = plumber_cluster::init::init(&pipeline)
+                .await
+                .map_err(failure)?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            for line in &report.lines {
+                println!("{line}");
+            }
+            Ok(())
         }
     }
 }
@@ -283,6 +328,16 @@ async fn run(
     let mut loaded = Vec::with_capacity(paths.len());
     for path in paths {
         let config = PipelineConfig::load(&path).map_err(Failure::input)?;
+        if config.cluster.is_some() {
+            return Err(Failure::input(format!(
+                "{}: at `cluster`: this pipeline is partitioned over a cluster: run it with \
+                 `plumber worker {}` on each machine (after `plumber cluster init {}`), not \
+                 `plumber run`",
+                path.display(),
+                path.display(),
+                path.display()
+            )));
+        }
         // What `validate` checks without a server, before anything opens:
         // whatever fails after this is not the config's fault.
         validate::offline(&config, &path.display().to_string()).map_err(Failure::input)?;

@@ -26,6 +26,7 @@
 //! | [`validate`] | `plumber validate` (and what `plumber run` checks first) |
 //! | [`setup`] | `plumber setup` |
 //! | `host.rs` | the host config (`plumber run --host`) |
+//! | [`cluster`] | `"cluster"`: a pipeline partitioned over workers |
 //!
 //! Each source, sink and state backend keeps its config type beside its
 //! implementation (`streams/file/config.rs`, `state/sled_backend/config.rs`,
@@ -41,6 +42,7 @@ use crate::pipeline::{Pipeline, PipelineBuilder};
 use crate::state::{SharedState, StateError};
 use crate::streams::StreamError;
 
+pub mod cluster;
 mod host;
 pub mod registry;
 pub mod setup;
@@ -48,6 +50,7 @@ pub mod step;
 pub(crate) mod strict;
 pub mod validate;
 
+pub use cluster::ClusterConfig;
 pub use host::{AdminConfig, HostConfig, DEFAULT_ADMIN_LISTEN};
 pub use registry::{
     ConnectorSpec, OpenContext, OutputGuarantee, Registry, SinkConfig, SinkSpec, SourceConfig,
@@ -154,6 +157,10 @@ pub struct PipelineConfig {
     /// events with `"late": "dead_letter"`, events a pipe failed on under
     /// `on_error`), with headers saying why (default none).
     pub dead_letter: Option<SinkConfig>,
+    /// `cluster`: the pipeline is partitioned over the workers of a NATS
+    /// JetStream cluster (`plumber worker`); `plumber run` refuses it
+    /// (default none).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The fields of a pipeline config as read, before its connector sections
@@ -178,6 +185,8 @@ struct PipelineFields {
     to: Tagged,
     #[serde(default)]
     dead_letter: Option<Tagged>,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
 }
 
 fn default_batch_size() -> usize {
@@ -321,6 +330,7 @@ impl PipelineConfig {
             pipeline: fields.pipeline,
             to,
             dead_letter,
+            cluster: fields.cluster,
         };
         config.check(origin)?;
         for step in &mut config.pipeline {
@@ -387,6 +397,33 @@ impl PipelineConfig {
             .map_err(|error| in_section("from", error))?;
         for (at, sink) in self.sinks() {
             sink.check().map_err(|error| in_section(at, error))?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .check()
+                .map_err(|error| in_section("cluster", error))?;
+            // A partition moves between workers with its position and state.
+            if self.from.type_name() != "jetstream" {
+                return Err(invalid(
+                    "from.type",
+                    format!(
+                        "a pipeline with `cluster` reads a partitioned JetStream stream: expected \
+                         `jetstream`, got `{}`",
+                        self.from.type_name()
+                    ),
+                ));
+            }
+            if !matches!(self.state.type_name(), "redis" | "sled") {
+                return Err(invalid(
+                    "state.type",
+                    format!(
+                        "a pipeline with `cluster` keeps its state where the next owner of a \
+                         partition finds it: expected `redis` (or `sled` for a single worker), \
+                         got `{}`",
+                        self.state.type_name()
+                    ),
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {

@@ -1,0 +1,277 @@
+//! `plumber cluster init`: checks the server version, and creates or
+//! checks the partitioned input stream and the key-value buckets of the
+//! members and the leases. Running it again changes nothing; a changed
+//! partition count is refused.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ServerAddr};
+
+use crate::partition::PartitionNames;
+use crate::version::{self, Verdict};
+use crate::{ClusterError, ClusterPipeline};
+
+/// How long connecting to the cluster may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long JetStream keeps message ids to drop duplicate publishes: a
+/// producer (or a replayed partition) that publishes again within it is
+/// not stored twice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// What `init` found and did, a line each.
+#[derive(Debug, Clone, Default)]
+pub struct InitReport {
+    /// What was created or found in order.
+    pub lines: Vec<String>,
+    /// Warnings (an old but working server).
+    pub warnings: Vec<String>,
+}
+
+/// Connects to the cluster's servers (any one answering is enough).
+///
+/// # Errors
+///
+/// [`ClusterError::Connect`] when a URL is not one or no server answers
+/// within [`CONNECT_TIMEOUT`].
+pub async fn connect(servers: &[String]) -> Result<Client, ClusterError> {
+    let joined = servers.join(",");
+    let failed = |message: String| ClusterError::Connect {
+        servers: joined.clone(),
+        message,
+    };
+    let mut addresses = Vec::with_capacity(servers.len());
+    for server in servers {
+        addresses.push(
+            server
+                .parse::<ServerAddr>()
+                .map_err(|error| failed(format!("`{server}` is not a NATS URL: {error}")))?,
+        );
+    }
+    let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addresses)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(failed(error.to_string())),
+        Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+    }
+}
+
+/// The version gate on the server `client` is connected to.
+///
+/// # Errors
+///
+/// As [`version::check`].
+pub fn check_version(client: &Client) -> Result<Verdict, ClusterError> {
+    let info = client.server_info();
+    let server = format!("{}:{}", info.host, info.port);
+    version::check(&info.version, &server)
+}
+
+/// Replicas for what `init` creates: the config's, else 3 on a NATS
+/// cluster and 1 on a single server.
+fn replicas(pipeline: &ClusterPipeline, client: &Client) -> usize {
+    pipeline.cluster.replicas.unwrap_or_else(|| {
+        if client.server_info().cluster.is_some() {
+            3
+        } else {
+            1
+        }
+    })
+}
+
+/// Creates the partitioned input stream `name`, or checks the one there:
+/// it must capture `<in>.*` and file it under `<in>-p.<partition>.<key>`
+/// with the configured partition count. Reads the config back from the
+/// server, which must have kept the transform. Returns what it did.
+///
+/// # Errors
+///
+/// [`ClusterError::PartitionsChanged`] when the stream has another count,
+/// [`ClusterError::TransformDropped`] when the server does not keep the
+/// transform (a stream this call created is deleted again),
+/// [`ClusterError::Mismatch`] when the stream captures something else,
+/// [`ClusterError::JetStream`] when a request fails.
+pub async fn ensure_stream(
+    context: &jetstream::Context,
+    name: &str,
+    names: &PartitionNames,
+    replicas: usize,
+) -> Result<String, ClusterError> {
+    let wanted = stream::SubjectTransform {
+        source: names.captured(),
+        destination: names.transform_destination(),
+    };
+    match context.get_stream(name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
+            check_stream(name, names, &wanted, &info.config)?;
+            Ok(format!(
+                "stream `{name}` exists: `{}` in {} partitions",
+                wanted.source, names.partitions
+            ))
+        }
+        Err(error) if !is_not_found(&error) => Err(ClusterError::jetstream(
+            format!("looking up stream `{name}`"),
+            error,
+        )),
+        Err(_) => {
+            let config = stream::Config {
+                name: name.to_owned(),
+                subjects: vec![wanted.source.clone()],
+                subject_transform: Some(wanted.clone()),
+                num_replicas: replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            };
+            let mut created = context
+                .create_stream(config)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("creating stream `{name}`"), e))?;
+            // A 2.9 server accepts the stream and drops the transform.
+            let read_back = created
+                .info()
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
+                .config
+                .clone();
+            if let Err(error) = check_stream(name, names, &wanted, &read_back) {
+                if let Err(delete) = context.delete_stream(name).await {
+                    tracing::warn!(stream = name, error = %delete,
+                        "cannot delete the stream the server could not partition");
+                }
+                return Err(error);
+            }
+            Ok(format!(
+                "created stream `{name}`: `{}` → `{}`, {replicas} replica(s), duplicate window {} s",
+                wanted.source,
+                wanted.destination,
+                DUPLICATE_WINDOW.as_secs()
+            ))
+        }
+    }
+}
+
+/// Whether a stream's config partitions as `wanted` says.
+fn check_stream(
+    name: &str,
+    names: &PartitionNames,
+    wanted: &stream::SubjectTransform,
+    config: &stream::Config,
+) -> Result<(), ClusterError> {
+    let Some(found) = &config.subject_transform else {
+        return Err(ClusterError::TransformDropped {
+            stream: name.to_owned(),
+            found: format!("no transform, subjects {:?}", config.subjects),
+        });
+    };
+    if found.source == wanted.source {
+        if let Some(existing) = names.partitions_in(&found.destination) {
+            if existing != names.partitions {
+                return Err(ClusterError::PartitionsChanged {
+                    stream: name.to_owned(),
+                    configured: names.partitions,
+                    existing,
+                });
+            }
+        }
+    }
+    if found != wanted || !config.subjects.contains(&wanted.source) {
+        return Err(ClusterError::Mismatch {
+            what: format!("stream `{name}`"),
+            message: format!(
+                "captures {:?} transformed `{}` → `{}`, and the config needs `{}` → `{}`",
+                config.subjects, found.source, found.destination, wanted.source, wanted.destination
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn is_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(inner)
+        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Creates the key-value bucket `bucket` whose entries expire `ttl` after
+/// their last write (one revision kept per key), or checks the one there.
+///
+/// # Errors
+///
+/// [`ClusterError::Mismatch`] when it exists with another expiry,
+/// [`ClusterError::JetStream`] when a request fails.
+pub async fn ensure_bucket(
+    context: &jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<String, ClusterError> {
+    if let Ok(store) = context.get_key_value(bucket).await {
+        let mut stream = store.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading bucket `{bucket}`"), e))?;
+        if info.config.max_age != ttl {
+            return Err(ClusterError::Mismatch {
+                what: format!("bucket `{bucket}`"),
+                message: format!(
+                    "its entries expire after {} ms and the config's `cluster.lease_ttl_ms` is \
+                     {}: stop the workers and delete the bucket (`nats kv del {bucket}`), or put \
+                     the old value back",
+                    info.config.max_age.as_millis(),
+                    ttl.as_millis()
+                ),
+            });
+        }
+        return Ok(format!("bucket `{bucket}` exists"));
+    }
+    context
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("creating bucket `{bucket}`"), e))?;
+    Ok(format!(
+        "created bucket `{bucket}`: entries expire {} ms after their last write, {replicas} \
+         replica(s)",
+        ttl.as_millis()
+    ))
+}
+
+/// Checks the server version, then creates or checks the partitioned
+/// input stream and the buckets of members and leases.
+///
+/// # Errors
+///
+/// The first of: no server answers, the server is too old, the stream or a
+/// bucket is not what the config needs, a request fails.
+pub async fn init(pipeline: &ClusterPipeline) -> Result<InitReport, ClusterError> {
+    let client = connect(&pipeline.cluster.url).await?;
+    let mut report = InitReport::default();
+    match check_version(&client)? {
+        Verdict::Good(version) => report.lines.push(format!("nats-server {version}")),
+        Verdict::Old(version, warning) => {
+            report.lines.push(format!("nats-server {version}"));
+            report.warnings.push(warning);
+        }
+    }
+    let replicas = replicas(pipeline, &client);
+    let context = jetstream::new(client);
+    report
+        .lines
+        .push(ensure_stream(&context, &pipeline.stream, &pipeline.names, replicas).await?);
+    for bucket in [pipeline.members_bucket(), pipeline.leases_bucket()] {
+        report
+            .lines
+            .push(ensure_bucket(&context, &bucket, pipeline.lease_ttl(), replicas).await?);
+    }
+    Ok(report)
+}

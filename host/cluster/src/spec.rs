@@ -1,0 +1,297 @@
+//! A clustered pipeline's config: the `cluster` section, what the
+//! JetStream source says about the input, and the config each partition
+//! task runs with (derived by editing the config's JSON, then read and
+//! checked as any pipeline config is).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard};
+use serde_json::Value;
+
+use crate::partition::{fnv1a32, PartitionNames};
+use crate::ClusterError;
+
+/// The Redis backend's key prefix when the config sets none.
+const DEFAULT_REDIS_PREFIX: &str = "plumber:";
+
+/// A pipeline config with a `cluster` section, read and checked.
+#[derive(Debug, Clone)]
+pub struct ClusterPipeline {
+    /// The config file, as errors name it.
+    pub origin: String,
+    /// The directory relative paths are resolved against.
+    pub base: PathBuf,
+    /// The config's JSON, from which partition configs are derived.
+    raw: Value,
+    /// The whole pipeline config, checked.
+    pub config: PipelineConfig,
+    /// Its `cluster` section.
+    pub cluster: ClusterConfig,
+    /// The input stream (the source's `stream`).
+    pub stream: String,
+    /// The names of the partitions' parts.
+    pub names: PartitionNames,
+}
+
+impl ClusterPipeline {
+    /// Reads the config file at `file` with the standard registry, and
+    /// checks it describes a clustered pipeline.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Config`] when it is not a valid pipeline config,
+    /// [`ClusterError::Invalid`] (naming the JSON path) when it has no
+    /// `cluster`, or its source cannot be partitioned.
+    pub fn load(file: &Path) -> Result<Self, ClusterError> {
+        let config = PipelineConfig::load(file)?;
+        let origin = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|source| {
+            ClusterError::Config(plumber_connectors::config::ConfigError::Read {
+                file: file.to_path_buf(),
+                source,
+            })
+        })?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::from_parts(config, &text, origin, base)
+    }
+
+    /// As [`ClusterPipeline::load`], from config text; `origin` names it in
+    /// errors and relative paths are resolved against `base`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterPipeline::load`].
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ClusterError> {
+        let config = PipelineConfig::parse(text, origin, base)?;
+        Self::from_parts(config, text, origin.to_owned(), base.to_path_buf())
+    }
+
+    fn from_parts(
+        config: PipelineConfig,
+        text: &str,
+        origin: String,
+        base: PathBuf,
+    ) -> Result<Self, ClusterError> {
+        let invalid = |path: &str, message: String| ClusterError::Invalid {
+            file: origin.clone(),
+            path: path.to_owned(),
+            message,
+        };
+        let Some(cluster) = config.cluster.clone() else {
+            return Err(invalid(
+                "cluster",
+                "missing field `cluster`: a worker runs a pipeline partitioned over a cluster, \
+                 e.g. \"cluster\": {\"url\": [\"nats://127.0.0.1:4222\"], \"partitions\": 64}"
+                    .to_owned(),
+            ));
+        };
+        // The config was read from this text: it is JSON.
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|error| invalid("(top level)", error.to_string()))?;
+        let from = raw.get("from").cloned().unwrap_or(Value::Null);
+        let text_field = |field: &str| from.get(field).and_then(Value::as_str).map(str::to_owned);
+        let stream = text_field("stream")
+            .ok_or_else(|| invalid("from.stream", "expected the input stream's name".into()))?;
+        let consumer = text_field("consumer").ok_or_else(|| {
+            invalid(
+                "from.consumer",
+                "expected the durable consumer's name".into(),
+            )
+        })?;
+        if from.get("filter_subject").is_some_and(|v| !v.is_null()) {
+            return Err(invalid(
+                "from.filter_subject",
+                "a clustered pipeline's partitions each read their own subjects: remove \
+                 `filter_subject`"
+                    .into(),
+            ));
+        }
+        let subjects: Vec<&str> = from
+            .get("subjects")
+            .and_then(Value::as_array)
+            .map(|list| list.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let input = match subjects.as_slice() {
+            [one] => one
+                .strip_suffix(".*")
+                .filter(|prefix| !prefix.is_empty() && !prefix.contains(['*', '>'])),
+            _ => None,
+        };
+        let Some(input) = input else {
+            return Err(invalid(
+                "from.subjects",
+                format!(
+                    "a clustered pipeline's stream captures one subject `<in>.*`, whose last \
+                     token is the key that picks the partition (e.g. [\"orders.*\"]); got {:?}",
+                    subjects
+                ),
+            ));
+        };
+        let names = PartitionNames::new(&config.name, input, &consumer, cluster.partitions);
+        Ok(ClusterPipeline {
+            origin,
+            base,
+            raw,
+            config,
+            cluster,
+            stream,
+            names,
+        })
+    }
+
+    /// How long a lease lives without renewal.
+    #[must_use]
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.cluster.lease_ttl_ms)
+    }
+
+    /// The servers of the cluster, as one comma-separated string.
+    #[must_use]
+    pub fn servers(&self) -> String {
+        self.cluster.url.join(",")
+    }
+
+    /// The key-value bucket of the pipeline's leases.
+    #[must_use]
+    pub fn leases_bucket(&self) -> String {
+        format!("plumber_{}_leases", bucket_part(&self.config.name))
+    }
+
+    /// The key-value bucket of the pipeline's workers.
+    #[must_use]
+    pub fn members_bucket(&self) -> String {
+        format!("plumber_{}_members", bucket_part(&self.config.name))
+    }
+
+    /// Whether the state lives where every worker reaches it (Redis); sled
+    /// is local to one machine, so a sled pipeline runs on one worker only.
+    #[must_use]
+    pub fn shared_state(&self) -> bool {
+        self.config.state.type_name() == "redis"
+    }
+
+    /// The config of the task of `partition`: the pipeline named
+    /// `<pipeline>#p<NN>`, its source reading only the partition's
+    /// subjects through its own durable consumer, and (with Redis) its
+    /// keys under `<prefix>{<pipeline>#p<NN>}:` — one hash tag per
+    /// partition, so a Redis Cluster keeps a partition's keys, checkpoint
+    /// and fence in one slot, as the atomic commit needs.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Config`] if the derived config does not read (it
+    /// would not, only if the original did not).
+    pub fn partition_config(&self, partition: u32) -> Result<PipelineConfig, ClusterError> {
+        let text = self.partition_json(partition).to_string();
+        let origin = format!("{} (partition {partition})", self.origin);
+        Ok(PipelineConfig::parse(&text, &origin, &self.base)?)
+    }
+
+    /// The JSON of [`ClusterPipeline::partition_config`].
+    fn partition_json(&self, partition: u32) -> Value {
+        let task = self.names.task(partition);
+        let mut raw = self.raw.clone();
+        if let Value::Object(top) = &mut raw {
+            top.remove("cluster");
+            top.insert("name".into(), Value::String(task.clone()));
+            if let Some(Value::Object(from)) = top.get_mut("from") {
+                from.insert(
+                    "filter_subject".into(),
+                    Value::String(self.names.filter_subject(partition)),
+                );
+                from.insert(
+                    "consumer".into(),
+                    Value::String(self.names.consumer(partition)),
+                );
+            }
+            if let Some(Value::Object(state)) = top.get_mut("state") {
+                if state.get("type").and_then(Value::as_str) == Some("redis") {
+                    let prefix = state
+                        .get("key_prefix")
+                        .and_then(Value::as_str)
+                        .unwrap_or(DEFAULT_REDIS_PREFIX)
+                        .to_owned();
+                    state.insert(
+                        "key_prefix".into(),
+                        Value::String(format!("{prefix}{{{task}}}:")),
+                    );
+                }
+            }
+        }
+        raw
+    }
+}
+
+/// `name` as a part of a bucket name (letters, digits, `_` and `-`): other
+/// characters become `_`, and then a hash of the name keeps it unique.
+fn bucket_part(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean == name {
+        clean
+    } else {
+        format!("{clean}_{:08x}", fnv1a32(name.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{
+        "name": "orders",
+        "state": {"type": "redis", "url": "redis://127.0.0.1:1/"},
+        "cluster": {"url": ["nats://127.0.0.1:4222"], "partitions": 64},
+        "from": {"type": "jetstream", "stream": "IN", "consumer": "count", "subjects": ["in.*"]},
+        "to": {"type": "stdout"}
+    }"#;
+
+    #[test]
+    fn a_partition_gets_its_own_name_subjects_consumer_and_key_prefix() {
+        let pipeline = ClusterPipeline::parse(CONFIG, "c.json", Path::new(".")).unwrap();
+        assert_eq!(pipeline.stream, "IN");
+        let config = pipeline.partition_config(5).unwrap();
+        assert_eq!(config.name, "orders#p05");
+        assert!(config.cluster.is_none());
+        assert_eq!(pipeline.leases_bucket(), "plumber_orders_leases");
+        let raw = pipeline.partition_json(5);
+        assert_eq!(raw["from"]["filter_subject"], "in-p.5.>");
+        assert_eq!(raw["from"]["consumer"], "count-p05");
+        assert_eq!(raw["from"]["subjects"][0], "in.*");
+        assert_eq!(raw["state"]["key_prefix"], "plumber:{orders#p05}:");
+        assert!(raw.get("cluster").is_none());
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_partitioned_is_refused_with_its_path() {
+        let bad = CONFIG.replace(r#"["in.*"]"#, r#"["in.>"]"#);
+        let error = ClusterPipeline::parse(&bad, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at `from.subjects`"), "{error}");
+        let filtered = CONFIG.replace(
+            r#""consumer": "count""#,
+            r#""consumer": "count", "filter_subject": "in.x""#,
+        );
+        let error = ClusterPipeline::parse(&filtered, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at `from.filter_subject`"), "{error}");
+    }
+
+    #[test]
+    fn bucket_names_stay_valid_and_distinct() {
+        assert_eq!(bucket_part("orders-1"), "orders-1");
+        assert_ne!(bucket_part("a.b"), bucket_part("a/b"));
+        assert!(bucket_part("a.b").starts_with("a_b_"));
+    }
+}

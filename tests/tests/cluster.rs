@@ -1,0 +1,502 @@
+//! Scale-out (issue 14): a pipeline partitioned over the workers of a NATS
+//! JetStream cluster. Real servers: `nats-server` (2.10+, and Debian's 2.9
+//! for the version gate), a 3-node JetStream cluster on loopback, Redis.
+
+use plumber_tests as harness;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use async_nats::jetstream;
+use harness::NatsServer;
+use plumber::config::{PipelineConfig, ReadStandard};
+use plumber_cluster::partition::{partition_of, PartitionNames};
+use plumber_cluster::{ClusterError, ClusterPipeline};
+
+/// Debian's nats-server 2.9, which drops stream subject transforms;
+/// `.ci/run` installs it (`apt-get install nats-server`).
+const OLD_NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+fn plumber(args: &[&str]) -> Output {
+    Command::new(harness::plumber_binary())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A clustered pipeline config: `partitions` partitions of stream `IN`
+/// (`in.<key>`) on `urls`, counting keys into Redis at `redis`.
+fn cluster_config(urls: &[String], partitions: u32, redis: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "keys",
+        "state": { "type": "redis", "url": redis },
+        "cluster": { "url": urls, "partitions": partitions },
+        "from": {
+            "type": "jetstream", "url": urls[0], "stream": "IN", "consumer": "keys",
+            "subjects": ["in.*"]
+        },
+        "pipeline": [
+            { "name": "count", "type": "wasm", "module": harness::guest("key-counter"),
+              "config": { "keys": 1000 } }
+        ],
+        "to": { "type": "jetstream", "url": urls[0], "subject": "out" }
+    })
+}
+
+fn write_config(dir: &Path, name: &str, config: &serde_json::Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    path
+}
+
+/// Publishes `x` to `in.<key>` for each key, waiting for the acks in
+/// chunks (the client bounds the acks in flight).
+async fn publish_keys(context: &jetstream::Context, keys: &[String]) {
+    for chunk in keys.chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for key in chunk {
+            acks.push(
+                context
+                    .publish(format!("in.{key}"), "x".into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+fn old_nats_server() -> PathBuf {
+    let path = PathBuf::from(OLD_NATS_SERVER);
+    assert!(
+        path.is_file(),
+        "{OLD_NATS_SERVER} (Debian's nats-server 2.9) is missing: the version gate is tested \
+         against it; install it with `apt-get install nats-server` (.ci/run does)"
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------
+// Config
+
+#[test]
+fn the_cluster_section_is_strict_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec!["nats://127.0.0.1:4222".to_owned()];
+    let parse = |config: serde_json::Value| {
+        PipelineConfig::parse(&config.to_string(), "c.json", dir.path())
+            .map(drop)
+            .map_err(|error| error.to_string())
+    };
+    let good = cluster_config(&urls, 64, "redis://127.0.0.1:1/");
+    parse(good.clone()).expect("a good cluster config reads");
+
+    let mut unknown = good.clone();
+    unknown["cluster"]["partitons"] = 8.into();
+    let error = parse(unknown).unwrap_err();
+    assert!(error.contains("cluster.partitons"), "{error}");
+
+    let mut zero = good.clone();
+    zero["cluster"]["partitions"] = 0.into();
+    let error = parse(zero).unwrap_err();
+    assert!(error.contains("at `cluster.partitions`"), "{error}");
+
+    let mut too_many = good.clone();
+    too_many["cluster"]["partitions"] = 1025.into();
+    assert!(parse(too_many)
+        .unwrap_err()
+        .contains("at `cluster.partitions`"));
+
+    let mut short_lease = good.clone();
+    short_lease["cluster"]["lease_ttl_ms"] = 500.into();
+    assert!(parse(short_lease)
+        .unwrap_err()
+        .contains("at `cluster.lease_ttl_ms`"));
+
+    let mut array_source = good.clone();
+    array_source["from"] = serde_json::json!({ "type": "array", "values": ["1"] });
+    assert!(parse(array_source).unwrap_err().contains("at `from.type`"));
+
+    let mut memory_state = good.clone();
+    memory_state["state"] = serde_json::json!({ "type": "memory" });
+    let error = parse(memory_state).unwrap_err();
+    assert!(error.contains("at `state"), "{error}");
+}
+
+#[test]
+fn plumber_run_refuses_a_clustered_config_and_points_to_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec!["nats://127.0.0.1:4222".to_owned()];
+    let path = write_config(
+        dir.path(),
+        "keys.json",
+        &cluster_config(&urls, 8, "redis://127.0.0.1:1/"),
+    );
+    let output = plumber(&["run", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("plumber worker"), "{}", text(&output));
+    assert!(stderr.contains("`cluster`"), "{}", text(&output));
+}
+
+// ---------------------------------------------------------------------------
+// Issue test 1: the version gate
+
+#[tokio::test]
+async fn cluster_init_refuses_nats_2_9_naming_subject_transforms() {
+    let old = NatsServer::start_binary(&old_nats_server());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "keys.json",
+        &cluster_config(&[old.url()], 8, "redis://127.0.0.1:1/"),
+    );
+    let output = plumber(&["cluster", "init", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("2.9.10"), "{}", text(&output));
+    assert!(stderr.contains("subject transform"), "{}", text(&output));
+
+    // Past the version gate, the read-back refuses the server on its own:
+    // 2.9 accepts the stream and drops its transform.
+    let context = jetstream::new(async_nats::connect(old.url()).await.unwrap());
+    let names = PartitionNames::new("keys", "in", "keys", 8);
+    let error = plumber_cluster::init::ensure_stream(&context, "IN", &names, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClusterError::TransformDropped { .. }),
+        "{error}"
+    );
+    assert!(
+        context.get_stream("IN").await.is_err(),
+        "the stream the server could not partition is deleted again"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Issue test 2: plumber's partition function is the server's
+
+#[tokio::test]
+async fn the_partition_function_equals_the_servers_on_10000_keys() {
+    const KEYS: usize = 10_000;
+    const PARTITIONS: u32 = 16;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "keys.json",
+        &cluster_config(&[nats.url()], PARTITIONS, "redis://127.0.0.1:1/"),
+    );
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let context = jetstream::new(client);
+    let keys: Vec<String> = (0..KEYS)
+        .map(|i| format!("user-{i:x}-{}", i * 7919))
+        .collect();
+    publish_keys(&context, &keys).await;
+
+    // Where the server filed each key: `in-p.<p>.<key>`.
+    let stream = context.get_stream("IN").await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut per_partition: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut checked = 0;
+    while checked < KEYS {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(std::time::Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let before = checked;
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.unwrap();
+            let subject = message.subject.to_string();
+            let mut tokens = subject.splitn(3, '.');
+            assert_eq!(tokens.next(), Some("in-p"), "{subject}");
+            let server: u32 = tokens.next().unwrap().parse().unwrap();
+            let key = tokens.next().unwrap();
+            assert_eq!(
+                server,
+                partition_of(key.as_bytes(), PARTITIONS),
+                "key `{key}`: the server's partition differs from plumber's"
+            );
+            *per_partition.entry(server).or_default() += 1;
+            checked += 1;
+        }
+        assert!(
+            checked > before,
+            "the stream ran dry after {checked} messages"
+        );
+    }
+    assert_eq!(checked, KEYS);
+    assert_eq!(per_partition.len(), PARTITIONS as usize);
+    let mean = KEYS as f64 / f64::from(PARTITIONS);
+    for (partition, count) in &per_partition {
+        let off = (*count as f64 - mean).abs() / mean;
+        assert!(
+            off <= 0.15,
+            "partition {partition} has {count} keys, {:.1}% off the mean {mean}",
+            off * 100.0
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// init: idempotent; a changed partition count refused
+
+#[tokio::test]
+async fn cluster_init_is_idempotent_and_refuses_a_changed_partition_count() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [nats.url()];
+    let path = write_config(
+        dir.path(),
+        "keys.json",
+        &cluster_config(&urls, 8, "redis://127.0.0.1:1/"),
+    );
+    let first = plumber(&["cluster", "init", path.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", text(&first));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("created stream `IN`"), "{}", text(&first));
+    assert!(stdout.contains("created bucket"), "{}", text(&first));
+
+    let again = plumber(&["cluster", "init", path.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("stream `IN` exists"), "{}", text(&again));
+    assert!(!stdout.contains("created"), "{}", text(&again));
+
+    let changed = write_config(
+        dir.path(),
+        "changed.json",
+        &cluster_config(&urls, 16, "redis://127.0.0.1:1/"),
+    );
+    let refused = plumber(&["cluster", "init", changed.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("partitioned 8 ways"), "{}", text(&refused));
+    assert!(stderr.contains("says 16"), "{}", text(&refused));
+
+    // Nothing was changed by the refused run.
+    let context = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = context.get_stream("IN").await.unwrap();
+    let transform = stream
+        .info()
+        .await
+        .unwrap()
+        .config
+        .subject_transform
+        .clone();
+    assert_eq!(
+        transform.map(|t| t.destination),
+        Some("in-p.{{partition(8,1)}}.{{wildcard(1)}}".to_owned())
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Leases and membership on a 3-node JetStream cluster
+
+/// A 3-node cluster, ready, with `plumber cluster init` done for a
+/// pipeline of `partitions` partitions and a lease of `lease_ttl_ms`.
+async fn initialised_cluster(
+    partitions: u32,
+    lease_ttl_ms: u64,
+) -> (harness::NatsCluster, ClusterPipeline, tempfile::TempDir) {
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cluster_config(&cluster.urls(), partitions, "redis://127.0.0.1:1/");
+    config["cluster"]["lease_ttl_ms"] = lease_ttl_ms.into();
+    let path = write_config(dir.path(), "keys.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    let report = plumber_cluster::init::init(&pipeline).await.unwrap();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|line| line.contains("3 replica(s)")),
+        "{report:?}"
+    );
+    (cluster, pipeline, dir)
+}
+
+/// The pipeline's leases, through a connection of its own to `url`.
+async fn leases_at(pipeline: &ClusterPipeline, url: &str) -> plumber_cluster::lease::Leases {
+    let context = jetstream::new(async_nats::connect(url).await.unwrap());
+    plumber_cluster::lease::Leases::open(
+        &context,
+        &pipeline.leases_bucket(),
+        pipeline.names.clone(),
+        pipeline.lease_ttl(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn of_two_contenders_exactly_one_wins_and_the_revision_fences_the_loser() {
+    use plumber_cluster::lease::RenewError;
+    let (cluster, pipeline, _dir) = initialised_cluster(8, 10_000).await;
+    let a = leases_at(&pipeline, &cluster.url(0)).await;
+    let b = leases_at(&pipeline, &cluster.url(1)).await;
+
+    for partition in 0..8 {
+        let (won_a, won_b) = tokio::join!(a.acquire(partition, "a"), b.acquire(partition, "b"));
+        let (won_a, won_b) = (won_a.unwrap(), won_b.unwrap());
+        assert!(
+            won_a.is_some() != won_b.is_some(),
+            "partition {partition}: exactly one contender wins ({won_a:?}, {won_b:?})"
+        );
+    }
+
+    // The holder renews; a copy of its lease at the old revision cannot.
+    let mut lease = match a.holder(0).await.unwrap() {
+        Some(holder) if holder.owner == "a" => plumber_cluster::lease::Lease {
+            partition: 0,
+            owner: "a".into(),
+            revision: holder.revision,
+        },
+        Some(holder) => plumber_cluster::lease::Lease {
+            partition: 0,
+            owner: holder.owner,
+            revision: holder.revision,
+        },
+        None => panic!("partition 0 has no holder"),
+    };
+    let holder = if lease.owner == "a" { &a } else { &b };
+    let stale = lease.clone();
+    holder.renew(&mut lease).await.unwrap();
+    assert!(lease.revision > stale.revision);
+    let mut zombie = stale.clone();
+    assert!(matches!(
+        holder.renew(&mut zombie).await,
+        Err(RenewError::Lost { .. })
+    ));
+    // A stale release is refused too; the real one frees the partition.
+    assert!(holder.release(&stale).await.is_err());
+    holder.release(&lease).await.unwrap();
+    let other_name = if lease.owner == "a" { "b" } else { "a" };
+    let other = if lease.owner == "a" { &b } else { &a };
+    let taken = other
+        .acquire(0, other_name)
+        .await
+        .unwrap()
+        .expect("free after release");
+    assert!(
+        taken.revision > lease.revision,
+        "the revision grows across owners: {} after {}",
+        taken.revision,
+        lease.revision
+    );
+    let mut old_owner = lease.clone();
+    assert!(matches!(
+        holder.renew(&mut old_owner).await,
+        Err(RenewError::Lost { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_lease_not_renewed_expires_after_its_ttl() {
+    let (cluster, pipeline, _dir) = initialised_cluster(4, 2_000).await;
+    let a = leases_at(&pipeline, &cluster.url(0)).await;
+    let b = leases_at(&pipeline, &cluster.url(2)).await;
+    let started = std::time::Instant::now();
+    let lease = a.acquire(1, "a").await.unwrap().expect("a free partition");
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert!(
+        b.acquire(1, "b").await.unwrap().is_none(),
+        "held within its TTL"
+    );
+    let taken = loop {
+        if let Some(taken) = b.acquire(1, "b").await.unwrap() {
+            break taken;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "the lease did not expire within 6 s of a 2 s TTL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let expired_after = started.elapsed();
+    assert!(
+        expired_after >= std::time::Duration::from_millis(2_000),
+        "expired after {expired_after:?}, before its TTL"
+    );
+    assert!(taken.revision > lease.revision);
+    eprintln!("a 2 s lease was taken over {expired_after:?} after it was last written");
+}
+
+#[tokio::test]
+async fn a_dead_workers_ping_finds_no_responders_at_once() {
+    use plumber_cluster::membership::{Member, Members, Ping};
+    let (cluster, pipeline, _dir) = initialised_cluster(4, 10_000).await;
+    let worker_client = async_nats::connect(cluster.url(0)).await.unwrap();
+    let worker = Members::open(worker_client.clone(), &pipeline.members_bucket())
+        .await
+        .unwrap();
+    let answering = worker.answer_pings("w1").await.unwrap();
+    worker
+        .heartbeat(&Member {
+            id: "w1".into(),
+            max_partitions: None,
+            draining: false,
+        })
+        .await
+        .unwrap();
+    let peer = Members::open(
+        async_nats::connect(cluster.url(1)).await.unwrap(),
+        &pipeline.members_bucket(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(peer.list().await.unwrap().len(), 1);
+    assert_eq!(peer.ping("w1").await, Ping::Alive);
+
+    // The worker's connection goes (as its process would).
+    answering.abort();
+    worker_client.drain().await.unwrap();
+    drop(worker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let asked = std::time::Instant::now();
+        let ping = peer.ping("w1").await;
+        // `Dead` is the server's "no responders", never a timeout
+        // (`Unknown`): it does not wait for PING_TIMEOUT.
+        if ping == Ping::Dead {
+            let took = asked.elapsed();
+            eprintln!("a dead worker's ping answered no responders in {took:?}");
+            break;
+        }
+        // Interest propagates between the nodes in a moment.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {ping:?} after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
