@@ -500,3 +500,410 @@ async fn a_dead_workers_ping_finds_no_responders_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Workers: issue test 3 (three workers, 64 partitions, no faults)
+
+/// Events in the oracle runs: 100,000 in CI, 1,000,000 with PLUMBER_SOAK=1.
+fn oracle_events() -> u64 {
+    if std::env::var("PLUMBER_SOAK").is_ok_and(|v| v == "1") {
+        1_000_000
+    } else {
+        100_000
+    }
+}
+
+/// Keys of the oracle runs: event `id` has key `id % ORACLE_KEYS`, so each
+/// key's count goes 1..=events/keys.
+const ORACLE_KEYS: u64 = 10_000;
+
+/// A `plumber worker` process, its log in a file; killed on drop.
+struct WorkerProcess {
+    id: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn start(config: &Path, id: &str, dir: &Path) -> WorkerProcess {
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(harness::plumber_binary())
+            .arg("--cache-dir")
+            .arg(harness::cache_dir())
+            .args(["worker", config.to_str().unwrap(), "--id", id])
+            .env("RUST_LOG", "warn,plumber_cluster=info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start plumber worker");
+        WorkerProcess {
+            id: id.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status within 60 s.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} did not stop within 60 s of SIGTERM:\n{}",
+                self.id,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One ownership change a worker logged.
+#[derive(Debug, Clone)]
+struct Ownership {
+    worker: String,
+    partition: u32,
+    revision: u64,
+    at_us: u64,
+    started: bool,
+}
+
+/// The `partition started` / `partition stopped` lines of a worker log.
+fn ownership_changes(log: &str) -> Vec<Ownership> {
+    let mut changes = Vec::new();
+    for line in log.lines() {
+        let started = line.contains("partition started");
+        if !started && !line.contains("partition stopped") {
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|token| token.strip_prefix(&format!("{name}=")))
+                .map(|value| value.trim_matches('"').to_owned())
+        };
+        changes.push(Ownership {
+            worker: field("worker").unwrap(),
+            partition: field("partition").unwrap().parse().unwrap(),
+            revision: field("revision").unwrap().parse().unwrap(),
+            at_us: field("at_us").unwrap().parse().unwrap(),
+            started,
+        });
+    }
+    changes
+}
+
+/// Checks that no two workers ran a partition at once: per partition, the
+/// intervals from `started` to `stopped` (each lease revision's) do not
+/// overlap, and a later owner's lease has a larger revision. Returns how
+/// many intervals there were.
+fn assert_one_owner_at_a_time(changes: &[Ownership], partitions: u32) -> usize {
+    let mut intervals = 0;
+    for partition in 0..partitions {
+        let mut spans: Vec<(u64, u64, u64, String)> = Vec::new();
+        for start in changes
+            .iter()
+            .filter(|c| c.partition == partition && c.started)
+        {
+            let stop = changes
+                .iter()
+                .filter(|c| {
+                    c.partition == partition
+                        && !c.started
+                        && c.worker == start.worker
+                        && c.at_us >= start.at_us
+                })
+                .map(|c| c.at_us)
+                .min()
+                .unwrap_or(u64::MAX);
+            spans.push((start.at_us, stop, start.revision, start.worker.clone()));
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "partition {partition} had two owners at once: {pair:?}"
+            );
+            assert!(
+                pair[0].2 < pair[1].2,
+                "partition {partition}: a later owner has a smaller lease revision: {pair:?}"
+            );
+        }
+        assert!(!spans.is_empty(), "partition {partition} never ran");
+        intervals += spans.len();
+    }
+    intervals
+}
+
+/// Publishes events `ids` to `in.<id % ORACLE_KEYS>`, value the id, with
+/// message id `e<id>`.
+async fn publish_events(context: &jetstream::Context, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("e{id}").as_str());
+            acks.push(
+                context
+                    .publish_with_headers(
+                        format!("in.{}", id % ORACLE_KEYS),
+                        headers,
+                        id.to_string().into(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+/// Creates the output stream `OUT` (subject `out`, R3, a 10 minute
+/// duplicate window).
+async fn create_output_stream(context: &jetstream::Context) {
+    context
+        .create_stream(jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out".into()],
+            num_replicas: 3,
+            duplicate_window: plumber_cluster::init::DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until `OUT` holds `expected` messages (or fails after `limit`).
+async fn wait_for_output(
+    context: &jetstream::Context,
+    expected: u64,
+    limit: std::time::Duration,
+    logs: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut stream = context.get_stream("OUT").await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages;
+        if messages >= expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {messages} of {expected} outputs after {limit:?}:\n{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// The oracle: every id in `0..events` exactly once in `OUT`, each key's
+/// counts exactly 1..n in id order, and the committed Redis state of all
+/// partitions equal to the truth (each key in its own partition only).
+async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipeline, events: u64) {
+    // The output.
+    let stream = context.get_stream("OUT").await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = vec![false; events as usize];
+    let mut read = 0u64;
+    let mut wrong = Vec::new();
+    while read < events {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(std::time::Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let before = read;
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.unwrap();
+            let text = String::from_utf8_lossy(&message.payload).into_owned();
+            let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
+            let (id, key, count) = (parts[0], parts[1], parts[2]);
+            assert_eq!(key, id % ORACLE_KEYS, "{text}");
+            assert!(!seen[id as usize], "id {id} is in the output twice");
+            seen[id as usize] = true;
+            // The id's rank among its key's ids, from 1.
+            if count != id / ORACLE_KEYS + 1 {
+                wrong.push(text);
+            }
+            read += 1;
+        }
+        if read == before {
+            break;
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "{missing} ids missing from the output");
+    assert!(
+        wrong.is_empty(),
+        "{} wrong counts, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let mut stream = context.get_stream("OUT").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        events,
+        "extra outputs"
+    );
+
+    // The committed state.
+    let mut counts: BTreeMap<u64, (i64, u32)> = BTreeMap::new();
+    for partition in 0..pipeline.names.partitions {
+        let config = pipeline.partition_config(partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let namespace = plumber::state::Namespace::for_tenant_pipe(
+            plumber::state::DEFAULT_TENANT,
+            &config.name,
+            "count",
+        );
+        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
+            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
+            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
+            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+            assert_eq!(
+                partition_of(key.to_string().as_bytes(), pipeline.names.partitions),
+                partition,
+                "key {key} counted in partition {partition}"
+            );
+            assert!(
+                counts.insert(key, (value, partition)).is_none(),
+                "key {key} in two partitions"
+            );
+        }
+    }
+    assert_eq!(counts.len() as u64, ORACLE_KEYS.min(events));
+    let per_key = events / ORACLE_KEYS;
+    for (key, (value, _)) in &counts {
+        assert_eq!(*value as u64, per_key, "key {key}");
+    }
+}
+
+/// A 3-node cluster and Redis with the 64-partition key-counting pipeline
+/// initialised and its output stream created.
+struct OracleSetup {
+    cluster: harness::NatsCluster,
+    _redis: harness::RedisServer,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    pipeline: ClusterPipeline,
+    context: jetstream::Context,
+}
+
+async fn oracle_setup(partitions: u32) -> OracleSetup {
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cluster_config(&cluster.urls(), partitions, &redis.url());
+    config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
+    config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
+    let path = write_config(dir.path(), "keys.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
+    OracleSetup {
+        cluster,
+        _redis: redis,
+        dir,
+        path,
+        pipeline,
+        context,
+    }
+}
+
+#[tokio::test]
+async fn three_workers_run_64_partitions_exactly_once() {
+    let events = oracle_events();
+    let setup = oracle_setup(64).await;
+    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
+        .collect();
+    let started = std::time::Instant::now();
+    publish_events(&setup.context, 0..events).await;
+    let logs = || {
+        workers
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
+            .collect::<String>()
+    };
+    wait_for_output(
+        &setup.context,
+        events,
+        std::time::Duration::from_secs(600),
+        logs,
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!(
+        "{events} events through 3 workers × 64 partitions in {:.1} s ({:.0} events/s, debug build)",
+        took.as_secs_f64(),
+        events as f64 / took.as_secs_f64()
+    );
+
+    // A status line per partition, each owned.
+    let status = plumber(&["cluster", "status", setup.path.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", text(&status));
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("keys#p")).count(),
+        64,
+        "{table}"
+    );
+    for worker in ["w1", "w2", "w3"] {
+        assert!(table.contains(worker), "{table}");
+    }
+    eprintln!("{table}");
+
+    for worker in &mut workers {
+        let status = worker.terminate();
+        assert!(
+            status.success(),
+            "worker {} exited {status}:\n{}",
+            worker.id,
+            worker.log_text()
+        );
+    }
+    let changes: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    let intervals = assert_one_owner_at_a_time(&changes, 64);
+    eprintln!("{intervals} ownership intervals, none overlapping");
+    let _ = &setup.cluster;
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+}

@@ -88,6 +88,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Runs partitions of a clustered pipeline (a config with `cluster`)
+    /// on this machine, beside the workers on others; SIGINT or SIGTERM
+    /// hands them over after a final checkpoint each.
+    Worker {
+        /// The pipeline's JSON config (the same on every machine).
+        config: PathBuf,
+        /// The NATS servers (comma-separated), instead of the config's
+        /// `cluster.url`.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// This worker's id, unique among the pipeline's workers (default:
+        /// the host name and the process id).
+        #[arg(long)]
+        id: Option<String>,
+        /// The most partitions this worker runs (default: its fair share).
+        #[arg(long)]
+        max_partitions: Option<u32>,
+    },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(Box<crate::bench::BenchArgs>),
     /// Creates a pipe project: a word counter with a native test and a
@@ -125,12 +143,18 @@ pub enum ClusterCommand {
         /// The pipeline's JSON config (with `cluster`).
         config: PathBuf,
     },
+    /// Prints each partition's owner, lease revision, fence, committed
+    /// sequence, lag and last-commit age, and the workers.
+    Status {
+        /// The pipeline's JSON config (with `cluster`).
+        config: PathBuf,
+    },
 }
 
 /// Runs the command line; the return value is the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run { .. }) {
+    if matches!(cli.command, Command::Run { .. } | Command::Worker { .. }) {
         // Before the async runtime or anything else starts, so that a stop
         // signal during start-up is never the default action (death).
         if let Err(error) = stop::catch_early() {
@@ -195,6 +219,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Setup { config } => setup(&config).await,
         Command::State { config, pipe } => dump_state(&config, &pipe).await,
         Command::Cluster { command } => cluster(command).await,
+        Command::Worker {
+            config,
+            cluster,
+            id,
+            max_partitions,
+        } => worker(&config, cluster, id, max_partitions, runtime).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
             Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
@@ -229,14 +259,66 @@ async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
-    let failure = |error: plumber_cluster::ClusterError| {
-        if error.is_bad_input() {
-            Failure::input(error)
-        } else {
-            Failure::run(error)
-        }
+fn cluster_failure(error: plumber_cluster::ClusterError) -> Failure {
+    if error.is_bad_input() {
+        Failure::input(error)
+    } else {
+        Failure::run(error)
+    }
+}
+
+async fn worker(
+    path: &Path,
+    servers: Option<String>,
+    id: Option<String>,
+    max_partitions: Option<u32>,
+    runtime: impl Fn() -> Result<Runtime, Failure>,
+) -> Result<(), Failure> {
+    let signals = stop::Signals::listen()
+        .map_err(|e| Failure::run(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
+    let pipeline = plumber_cluster::ClusterPipeline::load(path).map_err(cluster_failure)?;
+    validate::offline(&pipeline.config, &path.display().to_string()).map_err(Failure::input)?;
+    if max_partitions == Some(0) {
+        return Err(Failure::input(
+            "at `--max-partitions`: expected at least 1 partition",
+        ));
+    }
+    let id = id.unwrap_or_else(default_worker_id);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(stop::requested());
+    tokio::spawn(stop::on_signals_do(signals, move || {
+        stop_tx.send_replace(true);
+    }));
+    let options = plumber_cluster::worker::WorkerOptions {
+        id,
+        max_partitions,
+        servers: servers.map(|list| list.split(',').map(str::to_owned).collect()),
     };
+    plumber_cluster::worker::run(pipeline, options, runtime()?, stop_rx)
+        .await
+        .map_err(cluster_failure)
+}
+
+/// `<host name>-<pid>`, with characters a worker id cannot have replaced.
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
+    let failure = cluster_failure;
     match command {
         ClusterCommand::Init { config } => {
             let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
@@ -249,6 +331,14 @@ async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
             for line in &report.lines {
                 println!("{line}");
             }
+            Ok(())
+        }
+        ClusterCommand::Status { config } => {
+            let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
+            let status = plumber_cluster::status::status(&pipeline)
+                .await
+                .map_err(failure)?;
+            print!("{}", status.render());
             Ok(())
         }
     }
@@ -782,7 +872,12 @@ mod stop {
     /// Acts on stop signals until the process ends: the first asks every
     /// pipeline (and those still starting) to stop cleanly, the second
     /// exits at once.
-    pub(super) async fn on_signals(mut signals: Signals, supervisor: Arc<Supervisor>) {
+    pub(super) async fn on_signals(signals: Signals, supervisor: Arc<Supervisor>) {
+        on_signals_do(signals, move || supervisor.shutdown()).await;
+    }
+
+    /// As [`on_signals`], calling `shutdown` on the first signal.
+    pub(super) async fn on_signals_do(mut signals: Signals, shutdown: impl Fn()) {
         let mut handled = 0;
         loop {
             // The count, not the wake-ups, says how many came: the early
@@ -791,7 +886,7 @@ mod stop {
             if received > handled {
                 let signal = LAST.load(Ordering::SeqCst);
                 if handled == 0 {
-                    supervisor.shutdown();
+                    shutdown();
                     tracing::info!(
                         "{}: stopping: each pipeline finishes what it has read and takes a final \
                          checkpoint (a second signal stops at once, without it)",

@@ -18,6 +18,8 @@
 //! | [`lease`] | partition leases: acquire, renew, release by compare-and-set; the revision is the fencing token |
 //! | [`membership`] | the workers' entries and pings ("no responders": dead) |
 //! | [`assign`] | rendezvous hashing with a fair share: who should own what |
+//! | [`worker`] | `plumber worker`: join, take, run, renew, hand over |
+//! | [`status`] | `plumber cluster status` |
 
 pub mod assign;
 pub mod init;
@@ -25,7 +27,9 @@ pub mod lease;
 pub mod membership;
 pub mod partition;
 pub mod spec;
+pub mod status;
 pub mod version;
+pub mod worker;
 
 pub use spec::ClusterPipeline;
 

@@ -1,0 +1,443 @@
+//! A worker: joins the pipeline's members, computes which partitions it
+//! should own, takes free ones (and those of dead workers), runs each as
+//! a pipeline of the engine, renews their leases, and gives extra ones up
+//! only after a final checkpoint.
+//!
+//! Take-over order, for every partition: the lease (compare-and-set in the
+//! lease bucket) → the partition's state scope (the engine claims the
+//! backend's fence when the task starts) → its last checkpoint → its
+//! durable consumer recreated at committed+1 (the JetStream source does,
+//! before its first pull). A lease whose renewal is refused stops its task
+//! at once (aborted, as a crash would: what it did not commit is replayed
+//! by the next owner, and a commit it still attempts is refused by the
+//! fence the next owner claimed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use plumber_engine::pipeline::{PipelineError, PipelineHandle, RunReport};
+use plumber_engine::runtime::Runtime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::assign::assign;
+use crate::init::{check_version, connect};
+use crate::lease::{Lease, Leases, RenewError};
+use crate::membership::{check_worker_id, Member, Members, Ping};
+use crate::version::Verdict;
+use crate::{ClusterError, ClusterPipeline};
+
+/// How often the worker looks at members and leases at most: a crashed
+/// peer's partitions are taken within about this much after its ping
+/// finds no responders.
+const TICK: Duration = Duration::from_millis(200);
+
+/// How long a joining worker waits before it takes partitions, so that
+/// peers starting with it are counted in the first assignment.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// How long a partition's final checkpoint may take when it is handed
+/// over before the task is stopped anyway (its lease is then released: the
+/// next owner replays from the last committed checkpoint).
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a worker is told at start.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Its id, unique among the pipeline's workers.
+    pub id: String,
+    /// The most partitions it runs (default: its fair share).
+    pub max_partitions: Option<u32>,
+    /// The NATS servers, instead of the config's `cluster.url`.
+    pub servers: Option<Vec<String>>,
+}
+
+/// A partition task running.
+struct Task {
+    lease: Lease,
+    /// When the lease was last written (acquired or renewed).
+    renewed: Instant,
+    handle: PipelineHandle,
+    join: JoinHandle<Result<RunReport, PipelineError>>,
+}
+
+/// Microseconds since the Unix epoch, for the ownership log lines (tests
+/// on one machine compare them across workers).
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros())
+        .unwrap_or_default()
+}
+
+/// Runs a worker of `pipeline` until `stop` turns true, then hands every
+/// partition over after its final checkpoint and leaves.
+///
+/// # Errors
+///
+/// The worker id is not valid, the servers cannot be reached or are too
+/// old, the buckets are missing (`plumber cluster init` was not run), or
+/// sled state is used while another worker is a member.
+pub async fn run(
+    pipeline: ClusterPipeline,
+    options: WorkerOptions,
+    runtime: Runtime,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    check_worker_id(&options.id).map_err(|message| ClusterError::Invalid {
+        file: "--id".into(),
+        path: "id".into(),
+        message,
+    })?;
+    let servers = options
+        .servers
+        .clone()
+        .unwrap_or_else(|| pipeline.cluster.url.clone());
+    let client = connect(&servers).await?;
+    if let Verdict::Old(_, warning) = check_version(&client)? {
+        tracing::warn!("{warning}");
+    }
+    let context = async_nats::jetstream::new(client.clone());
+    let members = Members::open(client.clone(), &pipeline.members_bucket()).await?;
+    let leases = Leases::open(
+        &context,
+        &pipeline.leases_bucket(),
+        pipeline.names.clone(),
+        pipeline.lease_ttl(),
+    )
+    .await?;
+    let me = Member {
+        id: options.id.clone(),
+        max_partitions: options.max_partitions,
+        draining: false,
+    };
+    if !pipeline.shared_state() {
+        let others: Vec<String> = members
+            .list()
+            .await?
+            .into_iter()
+            .filter(|member| member.id != me.id)
+            .map(|member| member.id)
+            .collect();
+        if !others.is_empty() {
+            return Err(ClusterError::Invalid {
+                file: pipeline.origin.clone(),
+                path: "state.type".into(),
+                message: format!(
+                    "sled state is local to one machine, so a pipeline with it runs on one \
+                     worker only, and {others:?} already run(s) it: use `redis` state for \
+                     several workers"
+                ),
+            });
+        }
+    }
+    let pings = members.answer_pings(&me.id).await?;
+    members.heartbeat(&me).await?;
+    tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
+        "worker joined");
+
+    let mut worker = Worker {
+        pipeline,
+        me,
+        members,
+        leases,
+        runtime,
+        tasks: BTreeMap::new(),
+        last_heartbeat: Instant::now(),
+    };
+    // Peers starting at the same time register before anyone takes a
+    // share computed without them.
+    let mut settle = Some(tokio::time::sleep(SETTLE));
+    let result = loop {
+        if let Some(delay) = settle.take() {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break Ok(());
+                    }
+                }
+                () = delay => {}
+            }
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break Ok(());
+                }
+            }
+            () = tokio::time::sleep(TICK) => {}
+        }
+        if let Err(error) = worker.tick().await {
+            // A NATS hiccup (a leader election): leases are renewed with
+            // their own deadline; the next tick tries again.
+            tracing::warn!(worker = %worker.me.id, %error, "worker round failed");
+        }
+    };
+    worker.leave().await;
+    pings.abort();
+    result
+}
+
+struct Worker {
+    pipeline: ClusterPipeline,
+    me: Member,
+    members: Members,
+    leases: Leases,
+    runtime: Runtime,
+    tasks: BTreeMap<u32, Task>,
+    last_heartbeat: Instant,
+}
+
+impl Worker {
+    async fn tick(&mut self) -> Result<(), ClusterError> {
+        self.reap_finished().await;
+        self.renew_due().await;
+        if self.last_heartbeat.elapsed() >= self.leases.renew_every() {
+            self.members.heartbeat(&self.me).await?;
+            self.last_heartbeat = Instant::now();
+        }
+        self.rebalance().await
+    }
+
+    /// Tasks that ended by themselves (a failure, a fence): their leases
+    /// are given up so that another worker (or this one) starts again.
+    async fn reap_finished(&mut self) {
+        let finished: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.join.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in finished {
+            let Some(task) = self.tasks.remove(&partition) else {
+                continue;
+            };
+            match task.join.await {
+                Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
+                Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
+                Err(error) => tracing::error!(partition, %error, "partition task panicked"),
+            }
+            self.log_stopped(&task.lease);
+            if let Err(error) = self.leases.release(&task.lease).await {
+                tracing::warn!(partition, %error, "cannot release the lease");
+            }
+        }
+    }
+
+    async fn renew_due(&mut self) {
+        let every = self.leases.renew_every();
+        let ttl = self.leases.ttl();
+        let due: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.renewed.elapsed() >= every)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in due {
+            let Some(task) = self.tasks.get_mut(&partition) else {
+                continue;
+            };
+            match self.leases.renew(&mut task.lease).await {
+                Ok(()) => task.renewed = Instant::now(),
+                Err(RenewError::Lost { message, .. }) => {
+                    tracing::error!(partition, message, "lease lost: stopping the partition");
+                    self.abort(partition).await;
+                }
+                Err(RenewError::Unanswered { message, .. }) => {
+                    if task.renewed.elapsed() >= ttl {
+                        tracing::error!(
+                            partition,
+                            message,
+                            "lease not renewed within its TTL: stopping the partition"
+                        );
+                        self.abort(partition).await;
+                    } else {
+                        tracing::warn!(partition, message, "lease renewal not answered");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops a partition at once (its lease is not ours any more).
+    async fn abort(&mut self, partition: u32) {
+        if let Some(task) = self.tasks.remove(&partition) {
+            task.join.abort();
+            let _ = task.join.await;
+            self.log_stopped(&task.lease);
+        }
+    }
+
+    /// The live members: listed, and not found dead by a ping. Dead ones'
+    /// entries are removed.
+    async fn live_members(&self) -> Result<(Vec<Member>, BTreeSet<String>), ClusterError> {
+        let mut live = Vec::new();
+        let mut dead = BTreeSet::new();
+        let mut listed = self.members.list().await?;
+        if !listed.iter().any(|member| member.id == self.me.id) {
+            listed.push(self.me.clone());
+        }
+        for member in listed {
+            if member.id == self.me.id {
+                live.push(self.me.clone());
+                continue;
+            }
+            if self.members.ping(&member.id).await == Ping::Dead {
+                tracing::info!(worker = %member.id, "worker found dead (no responders)");
+                if let Err(error) = self.members.remove(&member.id).await {
+                    tracing::warn!(worker = %member.id, %error, "cannot remove a dead member");
+                }
+                dead.insert(member.id);
+            } else {
+                live.push(member);
+            }
+        }
+        Ok((live, dead))
+    }
+
+    async fn rebalance(&mut self) -> Result<(), ClusterError> {
+        let (live, dead) = self.live_members().await?;
+        let owners = assign(self.pipeline.names.partitions, &live);
+        let wanted: BTreeSet<u32> = owners
+            .iter()
+            .filter(|(_, owner)| **owner == self.me.id)
+            .map(|(partition, _)| *partition)
+            .collect();
+        // Give up first, so that the new owner can start.
+        let extra: Vec<u32> = self
+            .tasks
+            .keys()
+            .filter(|partition| !wanted.contains(partition))
+            .copied()
+            .collect();
+        self.hand_over(&extra).await;
+        for partition in wanted {
+            if self.tasks.contains_key(&partition) {
+                continue;
+            }
+            let holder = self.leases.holder(partition).await?;
+            let lease = match holder {
+                None => self.leases.acquire(partition, &self.me.id).await?,
+                Some(holder) => {
+                    // Our own lease from an earlier life, or a dead worker's.
+                    let gone = holder.owner == self.me.id
+                        || dead.contains(&holder.owner)
+                        || (!live.iter().any(|member| member.id == holder.owner)
+                            && self.members.ping(&holder.owner).await == Ping::Dead);
+                    if !gone {
+                        continue;
+                    }
+                    tracing::info!(partition, holder = %holder.owner, revision = holder.revision,
+                        "ending the lease of a dead holder");
+                    if let Err(error) = self.leases.break_lease(partition, holder.revision).await {
+                        tracing::debug!(partition, %error, "lease changed meanwhile");
+                        continue;
+                    }
+                    self.leases.acquire(partition, &self.me.id).await?
+                }
+            };
+            if let Some(lease) = lease {
+                self.start(lease).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the task of a partition whose lease we just took.
+    async fn start(&mut self, lease: Lease) {
+        let partition = lease.partition;
+        let started = async {
+            let config = self.pipeline.partition_config(partition)?;
+            let state = config.open_state().await.map_err(|e| {
+                ClusterError::jetstream(format!("opening state of {}", config.name), e)
+            })?;
+            let builder = config
+                .builder(state)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("opening {}", config.name), e))?
+                .runtime(self.runtime.clone());
+            let handle = builder.handle();
+            Ok::<_, ClusterError>((handle, tokio::spawn(builder.run())))
+        }
+        .await;
+        match started {
+            Ok((handle, join)) => {
+                tracing::info!(
+                    worker = %self.me.id, partition, revision = lease.revision,
+                    at_us = now_us() as u64, "partition started"
+                );
+                self.tasks.insert(
+                    partition,
+                    Task {
+                        lease,
+                        renewed: Instant::now(),
+                        handle,
+                        join,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::error!(partition, %error, "cannot start the partition");
+                if let Err(error) = self.leases.release(&lease).await {
+                    tracing::warn!(partition, %error, "cannot release the lease");
+                }
+            }
+        }
+    }
+
+    /// Stops partitions cleanly (a final checkpoint each, all at once),
+    /// then releases their leases so that their new owners start from
+    /// those checkpoints.
+    async fn hand_over(&mut self, partitions: &[u32]) {
+        let mut stopping = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            if let Some(task) = self.tasks.remove(partition) {
+                task.handle.shutdown();
+                stopping.push(task);
+            }
+        }
+        for mut task in stopping {
+            let partition = task.lease.partition;
+            let ended = tokio::time::timeout(HAND_OVER_TIMEOUT, &mut task.join).await;
+            match ended {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(partition, %error, "partition task failed"),
+                Ok(Err(error)) => tracing::error!(partition, %error, "partition task panicked"),
+                Err(_) => {
+                    tracing::error!(
+                        partition,
+                        "no final checkpoint within {HAND_OVER_TIMEOUT:?}"
+                    );
+                    task.join.abort();
+                    let _ = task.join.await;
+                }
+            }
+            self.log_stopped(&task.lease);
+            match self.leases.release(&task.lease).await {
+                Ok(()) => tracing::info!(partition, "partition handed over"),
+                Err(error) => tracing::warn!(partition, %error, "cannot release the lease"),
+            }
+        }
+    }
+
+    fn log_stopped(&self, lease: &Lease) {
+        tracing::info!(
+            worker = %self.me.id, partition = lease.partition, revision = lease.revision,
+            at_us = now_us() as u64, "partition stopped"
+        );
+    }
+
+    /// Hands every partition over and removes our member entry.
+    async fn leave(&mut self) {
+        self.me.draining = true;
+        if let Err(error) = self.members.heartbeat(&self.me).await {
+            tracing::warn!(%error, "cannot announce the drain");
+        }
+        let partitions: Vec<u32> = self.tasks.keys().copied().collect();
+        self.hand_over(&partitions).await;
+        if let Err(error) = self.members.remove(&self.me.id).await {
+            tracing::warn!(%error, "cannot remove the member entry");
+        }
+        tracing::info!(worker = %self.me.id, "worker left");
+    }
+}
