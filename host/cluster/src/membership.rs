@@ -4,6 +4,8 @@
 //! finds "no responders" is dead — its connection to NATS is gone — which
 //! is known within a millisecond, long before its entry or leases expire.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -17,6 +19,9 @@ use crate::ClusterError;
 /// How long a ping waits for an answer: a live worker answers in
 /// microseconds; a dead one is reported by the server at once.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The payload of a drain request on a worker's ping subject.
+const DRAIN: &[u8] = b"drain";
 
 /// What a worker publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,12 +109,17 @@ impl Members {
     }
 
     /// Starts answering pings as `id` (until the returned task is aborted
-    /// or the connection closes).
+    /// or the connection closes); a drain request (`plumber cluster drain`)
+    /// sets `drain`.
     ///
     /// # Errors
     ///
     /// [`ClusterError::JetStream`] when the subscription fails.
-    pub async fn answer_pings(&self, id: &str) -> Result<JoinHandle<()>, ClusterError> {
+    pub async fn answer_pings(
+        &self,
+        id: &str,
+        drain: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, ClusterError> {
         let mut pings = self
             .client
             .subscribe(self.ping_subject(id))
@@ -123,8 +133,14 @@ impl Members {
         let client = self.client.clone();
         Ok(tokio::spawn(async move {
             while let Some(ping) = pings.next().await {
+                let answer = if ping.payload.as_ref() == DRAIN {
+                    drain.store(true, Ordering::SeqCst);
+                    "draining"
+                } else {
+                    "pong"
+                };
                 if let Some(reply) = ping.reply {
-                    if let Err(error) = client.publish(reply, "pong".into()).await {
+                    if let Err(error) = client.publish(reply, answer.into()).await {
                         tracing::debug!(%error, "cannot answer a ping");
                     }
                 }
@@ -192,6 +208,35 @@ impl Members {
         }
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(members)
+    }
+
+    /// Asks worker `id` to hand all its partitions over (after a final
+    /// checkpoint each) and take none; it keeps running, idle, until
+    /// stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Invalid`] when no worker `id` runs,
+    /// [`ClusterError::JetStream`] when it does not answer.
+    pub async fn drain(&self, id: &str) -> Result<(), ClusterError> {
+        let request = async_nats::Request::new()
+            .payload(DRAIN.into())
+            .timeout(Some(PING_TIMEOUT));
+        match self
+            .client
+            .send_request(self.ping_subject(id), request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == RequestErrorKind::NoResponders => {
+                Err(ClusterError::Invalid {
+                    file: "WORKER".into(),
+                    path: "WORKER".into(),
+                    message: format!("no worker `{id}` runs this pipeline"),
+                })
+            }
+            Err(error) => Err(ClusterError::jetstream(format!("draining `{id}`"), error)),
+        }
     }
 
     /// Pings worker `id`.

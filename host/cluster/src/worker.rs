@@ -13,6 +13,8 @@
 //! fence the next owner claimed).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plumber_engine::pipeline::{PipelineError, PipelineHandle, RunReport};
@@ -131,7 +133,8 @@ pub async fn run(
             });
         }
     }
-    let pings = members.answer_pings(&me.id).await?;
+    let drain = Arc::new(AtomicBool::new(false));
+    let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
         "worker joined");
@@ -144,6 +147,7 @@ pub async fn run(
         runtime,
         tasks: BTreeMap::new(),
         last_heartbeat: Instant::now(),
+        drain,
     };
     // Peers starting at the same time register before anyone takes a
     // share computed without them.
@@ -178,6 +182,28 @@ pub async fn run(
     result
 }
 
+/// Opens partition `partition`'s pipeline (its state backend, source and
+/// sinks) and spawns it; the engine claims the state scope's fence, reads
+/// the last checkpoint and seeks the source there as it starts.
+async fn open_task(
+    pipeline: &ClusterPipeline,
+    partition: u32,
+    runtime: Runtime,
+) -> Result<(PipelineHandle, JoinHandle<Result<RunReport, PipelineError>>), ClusterError> {
+    let config = pipeline.partition_config(partition)?;
+    let state = config
+        .open_state()
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("opening the state of {}", config.name), e))?;
+    let builder = config
+        .builder(state)
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("opening {}", config.name), e))?
+        .runtime(runtime);
+    let handle = builder.handle();
+    Ok((handle, tokio::spawn(builder.run())))
+}
+
 struct Worker {
     pipeline: ClusterPipeline,
     me: Member,
@@ -186,12 +212,21 @@ struct Worker {
     runtime: Runtime,
     tasks: BTreeMap<u32, Task>,
     last_heartbeat: Instant,
+    /// Set by a drain request: announce it, then hand everything over.
+    drain: Arc<AtomicBool>,
 }
 
 impl Worker {
     async fn tick(&mut self) -> Result<(), ClusterError> {
         self.reap_finished().await;
         self.renew_due().await;
+        let draining = self.drain.load(Ordering::SeqCst);
+        if draining && !self.me.draining {
+            tracing::info!(worker = %self.me.id, "draining: handing every partition over");
+            self.me.draining = true;
+            self.members.heartbeat(&self.me).await?;
+            self.last_heartbeat = Instant::now();
+        }
         if self.last_heartbeat.elapsed() >= self.leases.renew_every() {
             self.members.heartbeat(&self.me).await?;
             self.last_heartbeat = Instant::now();
@@ -227,24 +262,30 @@ impl Worker {
     async fn renew_due(&mut self) {
         let every = self.leases.renew_every();
         let ttl = self.leases.ttl();
-        let due: Vec<u32> = self
+        let leases = &self.leases;
+        // All due renewals at once: one slow round trip must not delay the
+        // others past their deadline.
+        let renewals = self
             .tasks
-            .iter()
+            .iter_mut()
             .filter(|(_, task)| task.renewed.elapsed() >= every)
-            .map(|(partition, _)| *partition)
-            .collect();
-        for partition in due {
-            let Some(task) = self.tasks.get_mut(&partition) else {
-                continue;
-            };
-            match self.leases.renew(&mut task.lease).await {
-                Ok(()) => task.renewed = Instant::now(),
+            .map(|(partition, task)| async move {
+                let outcome = leases.renew(&mut task.lease).await;
+                if outcome.is_ok() {
+                    task.renewed = Instant::now();
+                }
+                (*partition, task.renewed, outcome)
+            });
+        let outcomes = futures_util::future::join_all(renewals).await;
+        for (partition, renewed, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {}
                 Err(RenewError::Lost { message, .. }) => {
                     tracing::error!(partition, message, "lease lost: stopping the partition");
                     self.abort(partition).await;
                 }
                 Err(RenewError::Unanswered { message, .. }) => {
-                    if task.renewed.elapsed() >= ttl {
+                    if renewed.elapsed() >= ttl {
                         tracing::error!(
                             partition,
                             message,
@@ -311,75 +352,89 @@ impl Worker {
             .copied()
             .collect();
         self.hand_over(&extra).await;
-        for partition in wanted {
-            if self.tasks.contains_key(&partition) {
-                continue;
-            }
-            let holder = self.leases.holder(partition).await?;
-            let lease = match holder {
-                None => self.leases.acquire(partition, &self.me.id).await?,
-                Some(holder) => {
-                    // Our own lease from an earlier life, or a dead worker's.
-                    let gone = holder.owner == self.me.id
-                        || dead.contains(&holder.owner)
-                        || (!live.iter().any(|member| member.id == holder.owner)
-                            && self.members.ping(&holder.owner).await == Ping::Dead);
-                    if !gone {
-                        continue;
-                    }
-                    tracing::info!(partition, holder = %holder.owner, revision = holder.revision,
-                        "ending the lease of a dead holder");
-                    if let Err(error) = self.leases.break_lease(partition, holder.revision).await {
-                        tracing::debug!(partition, %error, "lease changed meanwhile");
-                        continue;
-                    }
-                    self.leases.acquire(partition, &self.me.id).await?
-                }
-            };
-            if let Some(lease) = lease {
-                self.start(lease).await;
+        // Each takes a few round trips to the lease bucket: all at once.
+        let missing: Vec<u32> = wanted
+            .into_iter()
+            .filter(|partition| !self.tasks.contains_key(partition))
+            .collect();
+        let this = &*self;
+        let attempts = missing
+            .iter()
+            .map(|partition| this.try_take(*partition, &live, &dead));
+        let mut taken = Vec::new();
+        for attempt in futures_util::future::join_all(attempts).await {
+            match attempt {
+                Ok(Some(lease)) => taken.push(lease),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot take a partition"),
             }
         }
+        self.start(taken).await;
         Ok(())
     }
 
-    /// Starts the task of a partition whose lease we just took.
-    async fn start(&mut self, lease: Lease) {
-        let partition = lease.partition;
-        let started = async {
-            let config = self.pipeline.partition_config(partition)?;
-            let state = config.open_state().await.map_err(|e| {
-                ClusterError::jetstream(format!("opening state of {}", config.name), e)
-            })?;
-            let builder = config
-                .builder(state)
-                .await
-                .map_err(|e| ClusterError::jetstream(format!("opening {}", config.name), e))?
-                .runtime(self.runtime.clone());
-            let handle = builder.handle();
-            Ok::<_, ClusterError>((handle, tokio::spawn(builder.run())))
+    /// Takes `partition`'s lease if it is free, ours from an earlier life,
+    /// or a dead worker's; `None` while a live worker holds it.
+    async fn try_take(
+        &self,
+        partition: u32,
+        live: &[Member],
+        dead: &BTreeSet<String>,
+    ) -> Result<Option<Lease>, ClusterError> {
+        let Some(holder) = self.leases.holder(partition).await? else {
+            return self.leases.acquire(partition, &self.me.id).await;
+        };
+        let gone = holder.owner == self.me.id
+            || dead.contains(&holder.owner)
+            || (!live.iter().any(|member| member.id == holder.owner)
+                && self.members.ping(&holder.owner).await == Ping::Dead);
+        if !gone {
+            return Ok(None);
         }
-        .await;
-        match started {
-            Ok((handle, join)) => {
-                tracing::info!(
-                    worker = %self.me.id, partition, revision = lease.revision,
-                    at_us = now_us() as u64, "partition started"
-                );
-                self.tasks.insert(
-                    partition,
-                    Task {
-                        lease,
-                        renewed: Instant::now(),
-                        handle,
-                        join,
-                    },
-                );
+        tracing::info!(partition, holder = %holder.owner, revision = holder.revision,
+            "ending the lease of a dead holder");
+        if let Err(error) = self.leases.break_lease(partition, holder.revision).await {
+            tracing::debug!(partition, %error, "lease changed meanwhile");
+            return Ok(None);
+        }
+        self.leases.acquire(partition, &self.me.id).await
+    }
+
+    /// Starts the tasks of partitions whose leases we just took, all at
+    /// once (each connects to its state backend and its streams, which
+    /// takes a while; one after another, the last of many would wait).
+    async fn start(&mut self, leases: Vec<Lease>) {
+        let opening = leases.into_iter().map(|lease| {
+            let pipeline = &self.pipeline;
+            let runtime = self.runtime.clone();
+            async move {
+                let opened = open_task(pipeline, lease.partition, runtime).await;
+                (lease, opened)
             }
-            Err(error) => {
-                tracing::error!(partition, %error, "cannot start the partition");
-                if let Err(error) = self.leases.release(&lease).await {
-                    tracing::warn!(partition, %error, "cannot release the lease");
+        });
+        for (lease, opened) in futures_util::future::join_all(opening).await {
+            let partition = lease.partition;
+            match opened {
+                Ok((handle, join)) => {
+                    tracing::info!(
+                        worker = %self.me.id, partition, revision = lease.revision,
+                        at_us = now_us() as u64, "partition started"
+                    );
+                    self.tasks.insert(
+                        partition,
+                        Task {
+                            lease,
+                            renewed: Instant::now(),
+                            handle,
+                            join,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(partition, %error, "cannot start the partition");
+                    if let Err(error) = self.leases.release(&lease).await {
+                        tracing::warn!(partition, %error, "cannot release the lease");
+                    }
                 }
             }
         }
