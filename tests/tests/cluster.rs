@@ -965,43 +965,57 @@ fn first_start_after(
         .min()
 }
 
-/// Waits until each of `partitions` has a checkpoint committed after
-/// `after_ms` (ms since the epoch) by an owner other than `not`; returns
-/// how long after `after_ms` the last of them committed.
+/// The fence of each partition's last checkpoint (0 for none).
+async fn commit_fences(pipeline: &ClusterPipeline, partitions: &[u32]) -> BTreeMap<u32, u64> {
+    let mut fences = BTreeMap::new();
+    for partition in partitions {
+        let config = pipeline.partition_config(*partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        let record = state.last_checkpoint(&scope).await.unwrap();
+        fences.insert(*partition, record.map_or(0, |r| r.fence));
+    }
+    fences
+}
+
+/// Waits until each of `partitions` has a checkpoint committed by a new
+/// owner (a fence above `fences`' and a commit time after `after_ms`, ms
+/// since the epoch), reading the checkpoint records from the state
+/// backend; returns how long after `after_ms` the last of them committed,
+/// and which partition that was.
 async fn wait_for_commits_after(
     pipeline: &ClusterPipeline,
-    partitions: &[u32],
-    not: &str,
+    fences: &BTreeMap<u32, u64>,
     after_ms: u64,
     limit: std::time::Duration,
-) -> std::time::Duration {
+) -> (std::time::Duration, u32) {
+    let mut states = Vec::new();
+    for (partition, fence) in fences {
+        let config = pipeline.partition_config(*partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        states.push((*partition, *fence, state, scope));
+    }
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let status = plumber_cluster::status::status(pipeline).await.unwrap();
-        let now_ms = now_us() / 1000;
-        let mut latest = 0;
-        let mut all = true;
-        for partition in partitions {
-            let p = &status.partitions[*partition as usize];
-            let committed_at = p
-                .last_commit_age
-                .map(|age| now_ms.saturating_sub(age.as_millis() as u64));
-            match (p.owner.as_deref(), committed_at) {
-                (Some(owner), Some(at)) if owner != not && at > after_ms => {
-                    latest = latest.max(at - after_ms);
+        let mut latest = (0, 0);
+        let mut waiting = Vec::new();
+        for (partition, fence, state, scope) in &states {
+            match state.last_checkpoint(scope).await.unwrap() {
+                Some(record) if record.fence > *fence && record.committed_at_ms > after_ms => {
+                    latest = latest.max((record.committed_at_ms - after_ms, *partition));
                 }
-                _ => all = false,
+                _ => waiting.push(*partition),
             }
         }
-        if all {
-            return std::time::Duration::from_millis(latest);
+        if waiting.is_empty() {
+            return (std::time::Duration::from_millis(latest.0), latest.1);
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "partitions {partitions:?} did not all commit again within {limit:?}:\n{}",
-            status.render()
+            "partitions {waiting:?} did not commit again under a new owner within {limit:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -1056,6 +1070,7 @@ async fn worker_stops_mid_stream(stop: Stop) {
         .collect();
     let orphans = held_at_end(&before, "w2");
     assert!(!orphans.is_empty(), "w2 owns nothing:\n{}", logs(&workers));
+    let fences = commit_fences(&setup.pipeline, &orphans).await;
     let stopped_us = now_us();
     match stop {
         Stop::Kill => workers[1].signal(libc::SIGKILL),
@@ -1081,22 +1096,20 @@ async fn worker_stops_mid_stream(stop: Stop) {
             }
         }
     }
-    // After w2 is gone (for SIGTERM: after its final checkpoints).
-    let gone_us = now_us();
+    // The second half once w2 is gone (for SIGTERM: after its final
+    // checkpoints), so that every partition has events after its take-over.
     publisher.await.unwrap();
     let publisher = {
         let context = setup.context.clone();
         tokio::spawn(async move { publish_events(&context, half..events).await })
     };
-    let recommitted = wait_for_commits_after(
+    let (recommitted, slowest) = wait_for_commits_after(
         &setup.pipeline,
-        &orphans,
-        "w2",
-        gone_us / 1000,
-        std::time::Duration::from_secs(30),
+        &fences,
+        stopped_us / 1000,
+        std::time::Duration::from_secs(60),
     )
-    .await
-        + std::time::Duration::from_micros(gone_us - stopped_us);
+    .await;
     publisher.await.unwrap();
     wait_for_output(
         &setup.context,
@@ -1142,6 +1155,13 @@ async fn worker_stops_mid_stream(stop: Stop) {
         Vec::new()
     };
     let intervals = assert_one_owner_at_a_time_killed(&changes, 64, &killed);
+    if let Some(taken) = first_start_after(&changes, slowest, "w2", stopped_us) {
+        eprintln!(
+            "the last to commit again, partition {slowest}, was started by its new owner {:?} \
+             after the stop and committed {recommitted:?} after it",
+            std::time::Duration::from_micros(taken - stopped_us)
+        );
+    }
     eprintln!(
         "{stop:?}: {} partitions of w2 were taken over, the last {worst:?} after it stopped; all \
          committed again within {recommitted:?}; {intervals} ownership intervals",
