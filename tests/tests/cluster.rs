@@ -833,6 +833,9 @@ async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipeline,
 /// A 3-node cluster and Redis with the 64-partition key-counting pipeline
 /// initialised and its output stream created.
 struct OracleSetup {
+    /// One such run at a time: each has four NATS and Redis servers and
+    /// three or four workers, too much for two cores twice over.
+    _alone: tokio::sync::MutexGuard<'static, ()>,
     cluster: harness::NatsCluster,
     _redis: harness::RedisServer,
     dir: tempfile::TempDir,
@@ -841,7 +844,11 @@ struct OracleSetup {
     context: jetstream::Context,
 }
 
+/// Serialises the oracle runs (see [`OracleSetup`]).
+static ORACLE_RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn oracle_setup(partitions: u32) -> OracleSetup {
+    let alone = ORACLE_RUNS.lock().await;
     let cluster = harness::NatsCluster::start();
     cluster.ready().await;
     let redis = harness::RedisServer::start();
@@ -855,6 +862,7 @@ async fn oracle_setup(partitions: u32) -> OracleSetup {
     let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
     create_output_stream(&context).await;
     OracleSetup {
+        _alone: alone,
         cluster,
         _redis: redis,
         dir,
