@@ -613,7 +613,7 @@ async fn sink_gives_up_after_max_retries_naming_the_url() {
     );
 }
 
-/// The HTTP sink retries as the other connectors do (README, "Connectors"):
+/// The HTTP sink retries as the other connectors do (docs/connectors.md, "Retries"):
 /// jittered waits from 50–100 ms doubling up to 1–2 s, for the reconnect
 /// timeout since the first failure, then an error naming the server and how
 /// long it waited.

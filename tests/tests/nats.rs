@@ -761,8 +761,8 @@ fn plumber_cli(args: &[&str], config: &Path) -> String {
 /// The `examples/jetstream-windowed.json` pipeline: timestamped sentences
 /// from a JetStream stream, split into words, counted per 10-second
 /// event-time window, published to another stream. Its streams are made by
-/// `plumber setup`, and its input carries `plumber-timestamp`, as the
-/// README tells a user.
+/// `plumber setup`, and its input carries `plumber-timestamp`, as
+/// docs/connectors.md tells a user.
 #[tokio::test]
 async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
     let server = NatsServer::start();

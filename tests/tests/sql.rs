@@ -1346,7 +1346,7 @@ fn succeeded(output: std::process::Output, what: &str) -> String {
 /// `examples/http-to-postgres.json`: events POSTed over HTTP, counted per
 /// name by a stateful WASM pipe, inserted into PostgreSQL; each POST is
 /// answered 202 only once its rows are committed. The table is made by
-/// `plumber setup`, as the README tells a user.
+/// `plumber setup`, as docs/connectors.md tells a user.
 #[tokio::test]
 async fn http_to_postgres_example_inserts_each_count_once() {
     let db = TestDb::new(Backend::Postgres).await;

@@ -36,8 +36,8 @@ pub struct SqlSourceConfig {
     #[serde(default)]
     pub poll_interval_ms: Option<u64>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -133,8 +133,8 @@ pub struct SqlSinkConfig {
     #[serde(default, deserialize_with = "explicit_null")]
     pub epoch_column: Option<Option<String>>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
