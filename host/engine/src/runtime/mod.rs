@@ -7,7 +7,7 @@
 //! imports against what the pipe is granted, and prepares an `InstancePre`
 //! that every instance of the pipe reuses.
 
-pub mod bindings;
+pub(crate) mod bindings;
 mod cache;
 mod capabilities;
 mod guest_output;

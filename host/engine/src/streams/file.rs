@@ -1,6 +1,6 @@
 //! Newline-delimited files: one event per line.
 
-pub mod config;
+pub(super) mod config;
 
 use std::path::{Path, PathBuf};
 

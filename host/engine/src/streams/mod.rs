@@ -22,7 +22,10 @@ pub use channel::{
     batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
 };
 pub use file::config::{FileSinkConfig, FileSourceConfig};
-pub use file::{FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile};
+pub use file::{
+    FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile,
+    DEFAULT_MAX_LINE_BYTES,
+};
 pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
