@@ -617,7 +617,7 @@ impl FileSource {
                 Err(StreamError::Parse {
                     stream: self.describe(),
                     offset: start,
-                    message: error.to_string(),
+                    source: error,
                 })
             }
         }
@@ -687,7 +687,7 @@ impl FileSource {
                     return Err(StreamError::Parse {
                         stream,
                         offset: line_start,
-                        message: error.to_string(),
+                        source: error,
                     });
                 }
             }
