@@ -10,6 +10,7 @@ use crate::config::validate::redact_url;
 use crate::config::validate::CONNECT_TIMEOUT;
 use crate::config::{Checks, ConnectorSpec, FieldError, StateSpec};
 use crate::state::{RedisOptions, RedisState, SharedState, StateError};
+use plumber_engine::ErrorChain;
 
 /// `{"type": "redis", "url": …}`: a Redis server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -50,7 +51,7 @@ impl ConnectorSpec for RedisStateConfig {
         RedisState::connect(&self.url, options)
             .await
             .map(drop)
-            .map_err(|error| FieldError::new("url", error.to_string()))
+            .map_err(|error| FieldError::new("url", ErrorChain(&error).to_string()))
     }
 }
 
