@@ -28,4 +28,4 @@ pub use plumber_engine::{
     checkpoint, command, dead_letter, histogram, pipeline, retry, runtime, step, swap, tenant,
     window,
 };
-pub use plumber_engine::{Batch, Event, PipeError, WindowInfo};
+pub use plumber_engine::{Batch, ErrorChain, Event, PipeError, WindowInfo};

@@ -134,7 +134,11 @@ fn a_missing_or_invalid_module_names_the_file_and_why() {
         "validate",
         &["pipeline[2].module", "nowhere/count.wasm", "No such file"],
     );
-    expect_exit_2(config, "run", &["pipeline[2].module", "nowhere/count.wasm"]);
+    expect_exit_2(
+        config,
+        "run",
+        &["pipeline[2].module", "nowhere/count.wasm", "No such file"],
+    );
 
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm").unwrap();
@@ -352,6 +356,8 @@ fn exit_status_tells_a_bad_config_from_a_failing_system() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&address), "{stderr}");
+    // The cause too, once: the error's own text does not repeat it.
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
 }
 
 /// `plumber state --pipe` with a pipe the pipeline lacks: status 2 and the

@@ -9,6 +9,7 @@ use plumber::pipeline::{CommandPipe, ExecPipe, Pipeline, PipelineBuilder, Pipeli
 use plumber::runtime::{PipeLimits, Runtime};
 use plumber::step::StepError;
 use plumber::streams::ArraySource;
+use plumber::ErrorChain;
 use plumber_tests::{cache_dir, go_command, run_collect};
 
 fn pipeline(values: &[&str]) -> PipelineBuilder {
@@ -60,7 +61,7 @@ async fn an_exit_with_an_error_status_stops_the_pipeline_saying_so() {
             .then(shout(PipeLimits::default())),
     )
     .await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("exited with status 3"), "{text}");
     assert_eq!(out, vec!["A!"]);
 }
@@ -104,11 +105,11 @@ async fn a_host_executable_runs_only_when_allowed_and_never_for_a_tenant() {
     assert_eq!(out, vec!["ada?", "bob?"]);
 
     let (result, _) = run_collect(pipeline(&["ada"]).then(echo_exec(false))).await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("allow_unsandboxed"), "{text}");
 
     let (result, _) = run_collect(pipeline(&["ada"]).tenant("acme").then(echo_exec(true))).await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("never run in a multi-tenant host"), "{text}");
 }
 
@@ -117,7 +118,7 @@ fn configs_name_the_permission_an_exec_step_lacks() {
     let text = r#"{"name":"p","from":{"type":"array","values":[]},
         "pipeline":[{"name":"cow","type":"exec","path":"cowsay"}],"to":{"type":"stdout"}}"#;
     let error = PipelineConfig::parse(text, "p.json", std::path::Path::new("/")).unwrap_err();
-    let message = error.to_string();
+    let message = ErrorChain(&error).to_string();
     assert!(
         message.contains("pipeline[0].allow_unsandboxed") && message.contains("cowsay"),
         "{message}"

@@ -10,6 +10,7 @@ use plumber::config::ReadStandard;
 use plumber::pipeline::Pipeline;
 use plumber::state::{MemoryState, SharedState, SledState};
 use plumber::streams::{channel_sink, ArraySource, FilePosition, FileSource, OnMissingFile};
+use plumber::ErrorChain;
 use plumber::Event;
 use tokio::sync::mpsc;
 
@@ -235,7 +236,7 @@ async fn a_line_past_the_default_cap_is_an_error_naming_file_offset_and_cap() {
     }
     let (result, values) = read_all(FileSource::new(&path)).await;
     assert_eq!(line_too_long(&result), Some((6, 16 << 20)), "{result:?}");
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(
         text.contains("huge.txt")
             && text.contains("at byte 6")
@@ -407,7 +408,7 @@ async fn a_replaced_file_is_refused_naming_the_path() {
 
     let refused =
         |result: Result<plumber::pipeline::RunReport, plumber::pipeline::PipelineError>| {
-            let text = result.expect_err("refused").to_string();
+            let text = ErrorChain(&result.expect_err("refused")).to_string();
             assert!(
                 text.contains(&path.display().to_string())
                     && text.contains("inode")
@@ -477,7 +478,7 @@ async fn a_followed_file_truncated_while_stopped_is_refused() {
     .await
     .expect("refused at start")
     .expect_err("refused");
-    let text = error.to_string();
+    let text = ErrorChain(&error).to_string();
     assert!(
         text.contains(&path.display().to_string()) && text.contains("truncated"),
         "{text}"
@@ -606,7 +607,7 @@ async fn a_position_of_another_source_kind_is_refused() {
         ))
         .await;
     assert!(values.is_empty(), "{values:?}");
-    let text = result.expect_err("refused").to_string();
+    let text = ErrorChain(&result.expect_err("refused")).to_string();
     assert!(
         text.contains("array source")
             && text.contains("a `file` position")

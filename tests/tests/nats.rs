@@ -6,6 +6,7 @@
 //! installs the pinned one; or its path in `PLUMBER_NATS_SERVER`) and fail
 //! if it is missing.
 
+use plumber::ErrorChain;
 use plumber_tests as harness;
 use plumber_tests::NatsServer;
 
@@ -236,7 +237,9 @@ async fn core_source_receives_published_messages() {
     let error = source.seek(&partitioned).await.unwrap_err();
     assert!(
         matches!(error, StreamError::Seek { .. })
-            && error.to_string().contains("another kind of source"),
+            && ErrorChain(&error)
+                .to_string()
+                .contains("another kind of source"),
         "{error}"
     );
 
@@ -370,7 +373,7 @@ async fn core_sink_publishes_to_its_subject_and_to_subjects_from_a_header() {
         .await
         .expect_err("an invalid header name");
     assert!(matches!(error, StreamError::Io { .. }));
-    let message = error.to_string();
+    let message = ErrorChain(&error).to_string();
     assert!(
         message.contains(&server.url()) && message.contains("a:b"),
         "{message}"
@@ -392,7 +395,7 @@ async fn connecting_to_a_missing_server_names_it() {
             ..
         }
     ));
-    assert!(error.to_string().contains(&url), "{error}");
+    assert!(ErrorChain(&error).to_string().contains(&url), "{error}");
 }
 
 fn quick_redelivery() -> JetStreamConsumerOptions {
@@ -449,7 +452,9 @@ async fn jetstream_source_delivers_in_order_and_acks_only_committed_messages() {
     let error = source.seek(&file).await.unwrap_err();
     assert!(
         matches!(error, StreamError::Seek { .. })
-            && error.to_string().contains("another kind of source"),
+            && ErrorChain(&error)
+                .to_string()
+                .contains("another kind of source"),
         "{error}"
     );
     source.seek(&Position::Offset(2)).await.unwrap();
@@ -579,7 +584,10 @@ async fn jetstream_source_after_a_crash_resumes_exactly_after_the_checkpoint() {
             ..
         }
     ));
-    assert!(error.to_string().contains(&server.url()), "{error}");
+    assert!(
+        ErrorChain(&error).to_string().contains(&server.url()),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -761,8 +769,8 @@ fn plumber_cli(args: &[&str], config: &Path) -> String {
 /// The `examples/jetstream-windowed.json` pipeline: timestamped sentences
 /// from a JetStream stream, split into words, counted per 10-second
 /// event-time window, published to another stream. Its streams are made by
-/// `plumber setup`, and its input carries `plumber-timestamp`, as the
-/// README tells a user.
+/// `plumber setup`, and its input carries `plumber-timestamp`, as
+/// docs/connectors.md tells a user.
 #[tokio::test]
 async fn jetstream_windowed_example_counts_each_window_into_jetstream() {
     let server = NatsServer::start();
@@ -988,7 +996,7 @@ async fn pipeline_fails_naming_the_server_once_the_reconnect_timeout_passes() {
         .expect("the pipeline gave up instead of hanging")
         .expect("join");
     let error = outcome.expect_err("the server is gone for good");
-    let message = format!("{error:#}");
+    let message = ErrorChain(&error).to_string();
     assert!(message.contains(&url), "{message}");
     assert!(message.contains("gave up after waiting"), "{message}");
     assert!(
@@ -1036,7 +1044,7 @@ async fn core_sink_flush_retries_until_the_server_is_back_or_the_timeout_passes(
         .await
         .expect("the flush gave up in time")
         .expect_err("no server");
-    let message = error.to_string();
+    let message = ErrorChain(&error).to_string();
     assert!(
         message.contains(&url) && message.contains("gave up after waiting"),
         "{message}"

@@ -15,6 +15,7 @@ use plumber::step::{StepError, WasmPipe};
 use plumber::streams::{
     channel_sink, channel_source, ArraySource, FilePosition, FileSink, FileSource,
 };
+use plumber::ErrorChain;
 use plumber::Event;
 use plumber_tests::{cache_dir, guest, workspace_root};
 use tokio::sync::mpsc;
@@ -391,7 +392,7 @@ async fn a_trapping_guest_fails_the_pipeline_with_its_name() {
         .run()
         .await
         .expect_err("the guest traps");
-    let text = error.to_string();
+    let text = ErrorChain(&error).to_string();
     match error {
         PipelineError::Step {
             source: StepError::Trap { step, .. },

@@ -15,6 +15,7 @@ use plumber::state::{MemoryState, Namespace, SharedState};
 use plumber::step::{Exhausted, OnError, StepError, WasmPipe};
 use plumber::streams::{batch_channel_sink, channel_sink, ArraySource};
 use plumber::tenant::{QuotaError, TenantQuota, Tenants};
+use plumber::ErrorChain;
 use plumber_tests::{cache_dir, guest, run_collect};
 
 fn runtime() -> Runtime {
@@ -57,7 +58,7 @@ async fn a_spinning_guest_is_stopped_at_its_time_limit() {
     .await;
     let took = started.elapsed();
     assert_eq!(limit_of(&result), Some(LimitKind::Time), "{result:?}");
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(
         text.contains("time limit") && text.contains("\"spin\""),
         "{text}"
@@ -199,8 +200,7 @@ async fn output_caps_stop_a_pipe_that_returns_too_much() {
         Some(LimitKind::OutputBytes),
         "{result:?}"
     );
-    assert!(result
-        .unwrap_err()
+    assert!(ErrorChain(&result.unwrap_err())
         .to_string()
         .contains("returned 2000000 bytes"));
 }
@@ -449,14 +449,14 @@ async fn grants_give_exactly_a_read_only_directory_listed_env_and_clocks() {
         pipeline("no-grants", &["x"]).then(grants_guest(serde_json::json!({"mode": "time"}))),
     )
     .await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("imports `wasi:"), "{text}");
     // The directory alone is not enough: it also reads the clock.
     let (result, _) = run_collect(pipeline("no-clocks", &["x"]).then(
         grants_guest(serde_json::json!({"mode": "time"})).read_only_dir(dir.path(), "/data"),
     ))
     .await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("imports `wasi:clocks/"), "{text}");
 
     let (result, out) = run_collect(
@@ -717,7 +717,7 @@ async fn a_spinning_tenant_slows_another_by_less_than_the_bound() {
 #[tokio::test]
 async fn a_bad_tenant_name_is_refused() {
     let (result, _) = run_collect(pipeline("p", &["x"]).tenant("a/b")).await;
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("tenant name `a/b`"), "{text}");
 }
 
@@ -740,7 +740,7 @@ async fn headers_count_toward_the_output_byte_limit_on_both_crossings() {
             Some(LimitKind::OutputBytes),
             "packed {packed}: {result:?}"
         );
-        let text = result.unwrap_err().to_string();
+        let text = ErrorChain(&result.unwrap_err()).to_string();
         assert!(
             text.contains("100000 headers") && text.contains("1000000"),
             "packed {packed}: {text}"
@@ -799,7 +799,7 @@ async fn an_answer_too_large_to_copy_is_an_output_limit_on_the_canonical_crossin
         Some(LimitKind::OutputBytes),
         "{result:?}"
     );
-    let text = result.unwrap_err().to_string();
+    let text = ErrorChain(&result.unwrap_err()).to_string();
     assert!(text.contains("stopped while it was copied"), "{text}");
 
     let builder = pipeline("copy-stop-skip", &["x", "y"])

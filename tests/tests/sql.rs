@@ -8,6 +8,7 @@
 //! Each scenario runs on both databases: `<scenario>::sqlite` and
 //! `<scenario>::postgres`.
 
+use plumber::ErrorChain;
 use plumber_tests as harness;
 use plumber_tests::PostgresServer;
 
@@ -328,7 +329,9 @@ async fn source_resumes_after_seek(backend: Backend) {
     let error = source.seek(&file).await.unwrap_err();
     assert!(
         matches!(error, StreamError::Seek { .. })
-            && error.to_string().contains("another kind of source"),
+            && ErrorChain(&error)
+                .to_string()
+                .contains("another kind of source"),
         "{error}"
     );
 }
@@ -409,11 +412,11 @@ async fn connect_checks_names_and_hides_the_password(backend: Backend) {
     create_events(&db).await;
     let source_error = |result: Result<SqlSource, StreamError>| match result {
         Ok(_) => panic!("the source connected"),
-        Err(error) => error.to_string(),
+        Err(error) => ErrorChain(&error).to_string(),
     };
     let sink_error = |result: Result<SqlSink, StreamError>| match result {
         Ok(_) => panic!("the sink connected"),
-        Err(error) => error.to_string(),
+        Err(error) => ErrorChain(&error).to_string(),
     };
     let message = source_error(
         SqlSource::connect(
@@ -469,9 +472,9 @@ async fn connect_checks_names_and_hides_the_password(backend: Backend) {
     // A table without the epoch column: no position, and nothing deleted
     // (on SQLite an unqualified "plumber_epoch" would be a string literal).
     let mut no_epoch = sink(&db, "events", SqlSinkMode::Insert).await;
-    let message = no_epoch.position().await.unwrap_err().to_string();
+    let message = ErrorChain(&no_epoch.position().await.unwrap_err()).to_string();
     assert!(message.contains("read the largest epoch"), "{message}");
-    let message = no_epoch.recover(Some(0)).await.unwrap_err().to_string();
+    let message = ErrorChain(&no_epoch.recover(Some(0)).await.unwrap_err()).to_string();
     assert!(message.contains("recover"), "{message}");
     // The table is still there, whole: nothing was interpolated or deleted.
     assert_eq!(db.count("events").await, 5);
@@ -561,11 +564,13 @@ async fn sink_inserts_json_objects(backend: Backend) {
             "field `plumber_epoch` is the epoch column",
         ),
     ] {
-        let error = sink
-            .write(batch(&[r#"{"id": 5, "name": "ok"}"#, value]))
-            .await
-            .unwrap_err()
-            .to_string();
+        let error = ErrorChain(
+            &sink
+                .write(batch(&[r#"{"id": 5, "name": "ok"}"#, value]))
+                .await
+                .unwrap_err(),
+        )
+        .to_string();
         assert!(error.contains(expected), "{error}");
         assert!(error.contains("sql sink `people`"), "{error}");
     }
@@ -636,13 +641,13 @@ async fn sink_inserts_with_a_configured_mapping(backend: Backend) {
         ]
     );
     // A `json:` source needs a JSON object.
-    let error = sink.write(batch(&["plain"])).await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.write(batch(&["plain"])).await.unwrap_err()).to_string();
     assert!(error.contains("the value is not JSON"), "{error}");
 
     // Mappings are checked when configured.
     let configure_error = |result: Result<SqlSink, StreamError>| match result {
         Ok(_) => panic!("the mapping was accepted"),
-        Err(error) => error.to_string(),
+        Err(error) => ErrorChain(&error).to_string(),
     };
     let message = configure_error(
         self::sink(&db, "mapped", SqlSinkMode::Insert)
@@ -737,18 +742,14 @@ async fn sink_upsert_replaces_by_key(backend: Backend) {
         ]
     );
     assert_eq!(sink.position().await.unwrap(), None);
-    let error = sink
-        .write(batch(&[r#"{"v": "x"}"#]))
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = ErrorChain(&sink.write(batch(&[r#"{"v": "x"}"#])).await.unwrap_err()).to_string();
     assert!(error.contains("no field for key column `k`"), "{error}");
     let message = match self::sink(&db, "kv", mode)
         .await
         .epoch_column(Some("e".to_owned()))
     {
         Ok(_) => panic!("an upsert took an epoch column"),
-        Err(error) => error.to_string(),
+        Err(error) => ErrorChain(&error).to_string(),
     };
     assert!(message.contains("takes no epoch column"), "{message}");
 }
@@ -780,7 +781,7 @@ async fn flush_is_one_transaction(backend: Backend) {
     ]))
     .await
     .unwrap();
-    let error = sink.flush().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.flush().await.unwrap_err()).to_string();
     assert!(error.contains("sql sink `strict`"), "{error}");
     assert!(error.contains("write rows"), "{error}");
     assert_eq!(
@@ -883,7 +884,7 @@ async fn a_missing_epoch_column_says_how_to_add_it_or_do_without(backend: Backen
     let db = TestDb::new(backend).await;
     db.exec("CREATE TABLE plain (n BIGINT NOT NULL)").await;
     let mut sink = sink(&db, "plain", SqlSinkMode::Insert).await;
-    let error = sink.position().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.position().await.unwrap_err()).to_string();
     for wanted in [
         "no epoch column `plumber_epoch`",
         "ALTER TABLE \"plain\" ADD COLUMN \"plumber_epoch\" BIGINT",
@@ -892,7 +893,7 @@ async fn a_missing_epoch_column_says_how_to_add_it_or_do_without(backend: Backen
     ] {
         assert!(error.contains(wanted), "`{wanted}` not in: {error}");
     }
-    let error = sink.check_table().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.check_table().await.unwrap_err()).to_string();
     assert!(error.contains("ALTER TABLE"), "{error}");
     // Turned off, the same table takes the rows.
     let mut plain = self::sink(&db, "plain", SqlSinkMode::Insert)
@@ -925,7 +926,7 @@ async fn postgres_errors_name_the_column_and_the_value() {
     ]))
     .await
     .unwrap();
-    let error = sink.flush().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.flush().await.unwrap_err()).to_string();
     for wanted in [
         "column `id` (bigint) refuses the value \"abc\" of row 3 of this flush",
         "invalid input syntax for type bigint",
@@ -943,7 +944,7 @@ async fn postgres_errors_name_the_column_and_the_value() {
     )]))
     .await
     .unwrap();
-    let error = sink.flush().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.flush().await.unwrap_err()).to_string();
     assert!(
         error.contains("column `at` (timestamp with time zone)"),
         "{error}"
@@ -954,7 +955,7 @@ async fn postgres_errors_name_the_column_and_the_value() {
     // A constraint: the server's detail, without its source line.
     let mut sink = self::sink(&db, "typed", SqlSinkMode::Insert).await;
     sink.write(batch(&[r#"{"id": 1}"#])).await.unwrap();
-    let error = sink.flush().await.unwrap_err().to_string();
+    let error = ErrorChain(&sink.flush().await.unwrap_err()).to_string();
     assert!(
         error.contains("null value in column \"name\"") && error.contains("Failing row contains"),
         "{error}"
@@ -1303,7 +1304,7 @@ async fn pipeline_gives_up_when_postgres_stays_down() {
     let error = match tokio::time::timeout(Duration::from_secs(30), running).await {
         Ok(joined) => match joined.unwrap() {
             Ok(report) => panic!("the pipeline ended without an error: {report:?}"),
-            Err(error) => error.to_string(),
+            Err(error) => ErrorChain(&error).to_string(),
         },
         Err(_) => panic!("the pipeline still runs 30 s after the database went away"),
     };
@@ -1346,7 +1347,7 @@ fn succeeded(output: std::process::Output, what: &str) -> String {
 /// `examples/http-to-postgres.json`: events POSTed over HTTP, counted per
 /// name by a stateful WASM pipe, inserted into PostgreSQL; each POST is
 /// answered 202 only once its rows are committed. The table is made by
-/// `plumber setup`, as the README tells a user.
+/// `plumber setup`, as docs/connectors.md tells a user.
 #[tokio::test]
 async fn http_to_postgres_example_inserts_each_count_once() {
     let db = TestDb::new(Backend::Postgres).await;

@@ -1,5 +1,5 @@
 //! The WIT contract evolves by new versions beside the old ones, never by
-//! editing a released one (see "Versions of the contract" in the README):
+//! editing a released one (see "Versions of the contract" in docs/architecture.md):
 //!
 //! - every released version is frozen under `wit/versions/<version>/`, and
 //!   its text never changes (its hash is recorded here);

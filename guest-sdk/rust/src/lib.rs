@@ -36,6 +36,10 @@
 //! assert_eq!(out[0].value, b"ADA");
 //! ```
 
+// Every public item is documented, and nothing is `pub` that a user of the
+// crate cannot reach (warnings here; CI's clippy denies them).
+#![warn(missing_docs, unreachable_pub)]
+
 mod state;
 
 /// The packed batch encoding ([`BatchReader`], [`BatchWriter`] and their errors).

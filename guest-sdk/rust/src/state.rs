@@ -228,23 +228,23 @@ mod host {
     use crate::bindings::plumber::pipe::state;
     use crate::StateError;
 
-    pub fn get(key: &str) -> Result<Option<Vec<u8>>, StateError> {
+    pub(super) fn get(key: &str) -> Result<Option<Vec<u8>>, StateError> {
         state::get(key)
     }
-    pub fn get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+    pub(super) fn get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         state::get_many(&keys)
     }
-    pub fn set(key: &str, value: &[u8]) -> Result<(), StateError> {
+    pub(super) fn set(key: &str, value: &[u8]) -> Result<(), StateError> {
         state::set(key, value)
     }
-    pub fn delete(key: &str) -> Result<(), StateError> {
+    pub(super) fn delete(key: &str) -> Result<(), StateError> {
         state::delete(key)
     }
-    pub fn add(key: &str, delta: i64) -> Result<i64, StateError> {
+    pub(super) fn add(key: &str, delta: i64) -> Result<i64, StateError> {
         state::add(key, delta)
     }
-    pub fn add_many(ops: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
+    pub(super) fn add_many(ops: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
         state::add_many(ops)
     }
 }
@@ -256,22 +256,22 @@ mod host {
     fn no_host() -> StateError {
         StateError::Backend("no plumber host outside WebAssembly: use State::in_memory()".into())
     }
-    pub fn get(_: &str) -> Result<Option<Vec<u8>>, StateError> {
+    pub(super) fn get(_: &str) -> Result<Option<Vec<u8>>, StateError> {
         Err(no_host())
     }
-    pub fn get_many(_: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+    pub(super) fn get_many(_: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         Err(no_host())
     }
-    pub fn set(_: &str, _: &[u8]) -> Result<(), StateError> {
+    pub(super) fn set(_: &str, _: &[u8]) -> Result<(), StateError> {
         Err(no_host())
     }
-    pub fn delete(_: &str) -> Result<(), StateError> {
+    pub(super) fn delete(_: &str) -> Result<(), StateError> {
         Err(no_host())
     }
-    pub fn add(_: &str, _: i64) -> Result<i64, StateError> {
+    pub(super) fn add(_: &str, _: i64) -> Result<i64, StateError> {
         Err(no_host())
     }
-    pub fn add_many(_: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
+    pub(super) fn add_many(_: &[(&str, i64)]) -> Result<Vec<i64>, StateError> {
         Err(no_host())
     }
 }

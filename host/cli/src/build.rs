@@ -124,7 +124,7 @@ pub enum BuildError {
         message: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("`{path}`")]
     Io {
         /// The file.
         path: PathBuf,
@@ -133,7 +133,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// The component does not fit the world or imports what pipes may not.
-    #[error("the built component does not work as a pipe: {0}")]
+    #[error("the built component does not work as a pipe")]
     Check(#[from] LoadError),
 }
 

@@ -22,6 +22,7 @@ use plumber::runtime::{LoadError, Runtime};
 use plumber::state::{Namespace, SharedState, DEFAULT_TENANT};
 use plumber::supervisor::Supervisor;
 use plumber::tenant::Tenants;
+use plumber::ErrorChain;
 
 /// Data pipelines whose pipes are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -190,16 +191,27 @@ struct Failure {
 }
 
 impl Failure {
-    /// Bad input: a config field or a module (exit 2).
-    fn input(message: impl std::fmt::Display) -> Self {
+    /// Bad input: a config field or a module (exit 2); the message is the
+    /// error with all its causes.
+    fn input(error: impl std::error::Error + 'static) -> Self {
+        Self::input_message(ErrorChain(&error))
+    }
+
+    /// A failure while running (exit 1), with all its causes.
+    fn run(error: impl std::error::Error + 'static) -> Self {
+        Self::run_message(ErrorChain(&error))
+    }
+
+    /// Bad input (exit 2), said in words.
+    fn input_message(message: impl std::fmt::Display) -> Self {
         Failure {
             status: 2,
             message: message.to_string(),
         }
     }
 
-    /// A failure while running (exit 1).
-    fn run(message: impl std::fmt::Display) -> Self {
+    /// A failure while running (exit 1), said in words.
+    fn run_message(message: impl std::fmt::Display) -> Self {
         Failure {
             status: 1,
             message: message.to_string(),
@@ -283,11 +295,11 @@ async fn worker(
     runtime: impl Fn() -> Result<Runtime, Failure>,
 ) -> Result<(), Failure> {
     let signals = stop::Signals::listen()
-        .map_err(|e| Failure::run(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
+        .map_err(|e| Failure::run_message(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
     let pipeline = plumber_cluster::ClusterPipeline::load(path).map_err(cluster_failure)?;
     validate::offline(&pipeline.config, &path.display().to_string()).map_err(Failure::input)?;
     if max_partitions == Some(0) {
-        return Err(Failure::input(
+        return Err(Failure::input_message(
             "at `--max-partitions`: expected at least 1 partition",
         ));
     }
@@ -374,7 +386,7 @@ fn new_project(name: &str, lang: &str, sdk: Option<PathBuf>) -> Result<(), Failu
         "python" => crate::build::Language::Python,
         "js" | "javascript" => crate::build::Language::JavaScript,
         other => {
-            return Err(Failure::input(format!(
+            return Err(Failure::input_message(format!(
                 "unknown language `{other}`: use rust, go, python or js"
             )))
         }
@@ -398,10 +410,13 @@ async fn open_state(
     path: &Path,
     config: &PipelineConfig,
 ) -> Result<plumber::state::SharedState, Failure> {
-    config
-        .open_state()
-        .await
-        .map_err(|error| Failure::run(format!("{}: at `state`: {error}", path.display())))
+    config.open_state().await.map_err(|error| {
+        Failure::run_message(format!(
+            "{}: at `state`: {}",
+            path.display(),
+            ErrorChain(&error)
+        ))
+    })
 }
 
 /// A failed check of `validate`: exit 2 for the config's or a module's
@@ -424,7 +439,7 @@ async fn run(
     // First: from here on a stop signal wakes the task below (the early
     // handler has counted any that came before).
     let signals = stop::Signals::listen()
-        .map_err(|e| Failure::run(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
+        .map_err(|e| Failure::run_message(format!("cannot listen for SIGINT and SIGTERM: {e}")))?;
     let host_config = match &host {
         Some(path) => HostConfig::load(path).map_err(Failure::input)?,
         None => HostConfig::default(),
@@ -434,7 +449,7 @@ async fn run(
         .chain(host_config.pipelines.iter().cloned())
         .collect();
     if paths.is_empty() {
-        return Err(Failure::input(
+        return Err(Failure::input_message(
             "nothing to run: give a pipeline config, or a --host config with `pipelines`",
         ));
     }
@@ -442,7 +457,7 @@ async fn run(
     for path in paths {
         let config = PipelineConfig::load(&path).map_err(Failure::input)?;
         if config.cluster.is_some() {
-            return Err(Failure::input(format!(
+            return Err(Failure::input_message(format!(
                 "{}: at `cluster`: this pipeline is partitioned over a cluster: run it with \
                  `plumber worker {}` on each machine (after `plumber cluster init {}`), not \
                  `plumber run`",
@@ -491,12 +506,14 @@ async fn run(
         let builder = config
             .builder(state)
             .await
-            .map_err(|e| Failure::run(format!("{}: {e}", path.display())))?
+            .map_err(|e| Failure::run_message(format!("{}: {}", path.display(), ErrorChain(&e))))?
             .runtime(rt.clone());
         let tenant = config.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
         let (handle, task) = supervisor
             .start(&config.name, tenant, builder)
-            .map_err(|e| Failure::input(format!("{}: at `name`: {e}", path.display())))?;
+            .map_err(|e| {
+                Failure::input_message(format!("{}: at `name`: {}", path.display(), ErrorChain(&e)))
+            })?;
         if stop::requested() {
             // The signal came while this one was being set up: its
             // shutdown may have missed it.
@@ -505,7 +522,7 @@ async fn run(
         if config.checkpoint.on_signal {
             handle
                 .checkpoint_on_sigusr2()
-                .map_err(|e| Failure::run(format!("cannot listen for SIGUSR2: {e}")))?;
+                .map_err(|e| Failure::run_message(format!("cannot listen for SIGUSR2: {e}")))?;
         }
         running.push((path, config, task));
     }
@@ -583,9 +600,10 @@ async fn run(
                     _ => config.module_field(&pipe),
                 }
                 .unwrap_or_else(|| "pipeline".to_owned());
-                Err(Failure::input(format!(
-                    "{}: at `{field}` (pipe `{pipe}`): {source}",
-                    path.display()
+                Err(Failure::input_message(format!(
+                    "{}: at `{field}` (pipe `{pipe}`): {}",
+                    path.display(),
+                    ErrorChain(&source)
                 )))
             }
             Err(error) => Err(Failure::run(error)),
@@ -699,7 +717,7 @@ async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
         } else {
             format!("its pipes are {}", quoted_list(&pipes))
         };
-        return Err(Failure::input(format!(
+        return Err(Failure::input_message(format!(
             "{file}: at `--pipe`: pipeline `{}` has no pipe `{}`; {known}",
             config.name,
             plumber::config::excerpt(&escape_control(pipe.as_bytes()))
@@ -722,7 +740,9 @@ async fn dump_state(path: &Path, pipe: &str) -> Result<(), Failure> {
         let key = key.get(prefix_len..).unwrap_or_default();
         let line = format!("{}\t{}\n", escape_control(key), escape_control(&value));
         if let Err(error) = std::io::Write::write_all(&mut out, line.as_bytes()) {
-            return Err(Failure::run(format!("cannot write to stdout: {error}")));
+            return Err(Failure::run_message(format!(
+                "cannot write to stdout: {error}"
+            )));
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 // Events are many small buffers: mimalloc allocates and frees them about
-// twice as fast as glibc's malloc on the hot path (see README, Performance).
+// twice as fast as glibc's malloc on the hot path (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

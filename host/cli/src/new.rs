@@ -24,7 +24,7 @@ pub enum NewError {
         path: PathBuf,
     },
     /// A file could not be written.
-    #[error("{path}: {source}")]
+    #[error("`{path}`")]
     Io {
         /// The file.
         path: PathBuf,

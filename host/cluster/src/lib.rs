@@ -21,6 +21,8 @@
 //! | [`worker`] | `plumber worker`: join, take, run, renew, hand over |
 //! | [`status`] | `plumber cluster status` |
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod assign;
 pub mod init;
 pub mod lease;

@@ -260,7 +260,7 @@ impl std::fmt::Debug for AdminOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminServerError {
     /// The address could not be bound.
-    #[error("admin server cannot listen on {addr}: {source}")]
+    #[error("admin server cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -278,7 +278,7 @@ pub enum AdminServerError {
     #[error("admin token is empty")]
     EmptyToken,
     /// The module directory does not exist or cannot be read.
-    #[error("admin module directory `{path}`: {source}")]
+    #[error("admin module directory `{path}`")]
     ModuleDir {
         /// The directory given.
         path: PathBuf,

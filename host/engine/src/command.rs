@@ -35,6 +35,7 @@ use crate::runtime::limits::{LimitKind, PipeLimits};
 use crate::runtime::Runtime;
 use crate::step::{Step, StepError};
 use crate::Batch;
+use crate::ErrorChain;
 
 /// Longest answer line read from a command, so a program that never writes
 /// a newline cannot take the host's memory.
@@ -61,7 +62,7 @@ pub enum CommandError {
         message: String,
     },
     /// The executable could not be started.
-    #[error("step `{step}`: cannot start `{path}`: {source}")]
+    #[error("step `{step}`: cannot start `{path}`")]
     Spawn {
         /// The step.
         step: String,
@@ -191,7 +192,7 @@ impl WasiCommandStep {
         let engine = runtime.engine().clone();
         let compiled = runtime
             .load_module(module)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(ErrorChain(&e).to_string()))?;
         if compiled.get_export("_start").is_none() {
             return Err(fail(
                 "it exports no `_start`: build a command (e.g. `GOOS=wasip1 GOARCH=wasm go build`), not a library".to_owned(),

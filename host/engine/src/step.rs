@@ -21,6 +21,7 @@ use crate::runtime::{
 };
 use crate::state::{PendingWrites, WriteSet};
 use crate::swap::PipeSlot;
+use crate::ErrorChain;
 use crate::{Batch, Event};
 
 /// Why a step failed.
@@ -68,7 +69,7 @@ pub enum StepError {
         message: String,
     },
     /// An instance could not be created again after a trap.
-    #[error("pipe `{step}` could not be restarted after a failure: {source}")]
+    #[error("pipe `{step}` could not be restarted after a failure")]
     Restart {
         /// The pipe's name.
         step: String,
@@ -553,7 +554,7 @@ impl WasmStep {
             return match final_action {
                 Exhausted::Fail => Err(error),
                 Exhausted::Skip => {
-                    tracing::warn!(pipe = %self.name, events = unit.events.len(), %error, "skipping events the pipe failed on");
+                    tracing::warn!(pipe = %self.name, events = unit.events.len(), error = %ErrorChain(&error), "skipping events the pipe failed on");
                     self.counters
                         .skipped
                         .fetch_add(unit.events.len() as u64, Ordering::Relaxed);
@@ -628,14 +629,17 @@ impl WasmStep {
         let Some(dead_letters) = &self.dead_letters else {
             return Err(StepError::DeadLetter {
                 step: self.name.clone(),
-                message: format!("the pipeline has no dead-letter sink (the failure: {error})"),
+                message: format!(
+                    "the pipeline has no dead-letter sink (the failure: {})",
+                    ErrorChain(error)
+                ),
             });
         };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let reason = error_reason(error);
-        let message = error.to_string();
+        let message = ErrorChain(error).to_string();
         let count = unit.events.len() as u64;
         for event in unit.events {
             dead_letters

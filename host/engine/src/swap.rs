@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::runtime::{InstanceSettings, PipeComponent, PipeInstance, Runtime};
 use crate::state::{Namespace, PipeState, SharedState, WriteMode};
+use crate::ErrorChain;
 
 /// Where a new module comes from.
 #[derive(Debug, Clone)]
@@ -148,7 +149,7 @@ impl PipeSlot {
         })
         .await
         .map_err(|e| refused(format!("loading stopped: {e}")))?
-        .map_err(|e| refused(e.to_string()))?;
+        .map_err(|e| refused(ErrorChain(&e).to_string()))?;
         let scratch = PipeState::new(
             self.backend.clone(),
             self.namespace.clone(),
@@ -156,7 +157,7 @@ impl PipeSlot {
         );
         PipeInstance::check_candidate(&self.runtime, &self.settings, &component, scratch)
             .await
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| refused(ErrorChain(&e).to_string()))?;
         let (reply, answer) = oneshot::channel();
         let previous = self
             .pending
@@ -198,10 +199,10 @@ impl PipeSlot {
                 })
             }
             Err(error) => {
-                tracing::warn!(pipe = %self.pipe, %error, "module swap refused at the barrier; the old module keeps running");
+                tracing::warn!(pipe = %self.pipe, error = %ErrorChain(&error), "module swap refused at the barrier; the old module keeps running");
                 Err(SwapError::Refused {
                     pipe: self.pipe.clone(),
-                    message: error.to_string(),
+                    message: ErrorChain(&error).to_string(),
                 })
             }
         };
@@ -245,12 +246,17 @@ pub fn watch_module(
                     request_checkpoint();
                     match answer.await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(error)) => tracing::warn!(%error, "module swap failed"),
+                        Ok(Err(error)) => {
+                            tracing::warn!(error = %ErrorChain(&error), "module swap failed")
+                        }
                         Err(_) => return,
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "changed module refused; the old one keeps running")
+                    tracing::warn!(
+                        error = %ErrorChain(&error),
+                        "changed module refused; the old one keeps running"
+                    )
                 }
             }
         }

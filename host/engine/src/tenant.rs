@@ -64,7 +64,7 @@ pub enum QuotaError {
         running: usize,
     },
     /// Its state could not be measured.
-    #[error("cannot measure the state of tenant `{tenant}`: {source}")]
+    #[error("cannot measure the state of tenant `{tenant}`")]
     State {
         /// The tenant.
         tenant: String,

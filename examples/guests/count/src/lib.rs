@@ -27,7 +27,11 @@ pub struct Count {
 impl Pipe for Count {
     fn init(config: &str) -> Result<Self, PipeError> {
         let config: Config = parse_config(config)?;
-        log(Level::Info, "count ready", &[("separator", &config.separator)]);
+        log(
+            Level::Info,
+            "count ready",
+            &[("separator", &config.separator)],
+        );
         Ok(Count {
             separator: config.separator,
         })
@@ -66,7 +70,11 @@ mod tests {
         let mut pipe = Count::init("{}").unwrap();
         let out = pipe
             .process(
-                Batch::new(vec![Event::new("ada"), Event::new("bob"), Event::new("ada")]),
+                Batch::new(vec![
+                    Event::new("ada"),
+                    Event::new("bob"),
+                    Event::new("ada"),
+                ]),
                 &mut state,
             )
             .unwrap();

@@ -11,7 +11,8 @@ impl Pipe for FileReader {
     }
 
     fn process(&mut self, _batch: Batch, _state: &mut State) -> Result<Vec<Event>, PipeError> {
-        let text = std::fs::read_to_string("/etc/passwd").map_err(|e| PipeError::new(e.to_string()))?;
+        let text =
+            std::fs::read_to_string("/etc/passwd").map_err(|e| PipeError::new(e.to_string()))?;
         Ok(vec![Event::new(text)])
     }
 }

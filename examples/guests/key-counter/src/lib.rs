@@ -37,7 +37,9 @@ impl Pipe for KeyCounter {
             let id: u64 = event
                 .value_str()
                 .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| PipeError::new("the event's value is not a decimal id").at_event(index))?;
+                .ok_or_else(|| {
+                    PipeError::new("the event's value is not a decimal id").at_event(index)
+                })?;
             let key = id % self.keys;
             let count = state
                 .add(&format!("k{key}"), 1)
@@ -59,11 +61,16 @@ mod tests {
         let mut pipe = KeyCounter::init(r#"{"keys": 2}"#).unwrap();
         let mut state = State::in_memory();
         let out = pipe
-            .process(Batch::new(["1", "2", "3"].into_iter().map(Event::new).collect()), &mut state)
+            .process(
+                Batch::new(["1", "2", "3"].into_iter().map(Event::new).collect()),
+                &mut state,
+            )
             .unwrap();
         let lines: Vec<_> = out.iter().map(|e| e.value_str().unwrap()).collect();
         assert_eq!(lines, ["1 1 1", "2 0 1", "3 1 2"]);
         assert!(KeyCounter::init(r#"{"keys": 0}"#).is_err());
-        assert!(pipe.process(Batch::new(vec![Event::new("x")]), &mut state).is_err());
+        assert!(pipe
+            .process(Batch::new(vec![Event::new("x")]), &mut state)
+            .is_err());
     }
 }

@@ -15,7 +15,9 @@ impl Pipe for Lower {
             if event.value.is_ascii() {
                 event.value.make_ascii_lowercase();
             } else {
-                event.value = String::from_utf8_lossy(&event.value).to_lowercase().into_bytes();
+                event.value = String::from_utf8_lossy(&event.value)
+                    .to_lowercase()
+                    .into_bytes();
             }
         }
         Ok(events)

@@ -133,8 +133,10 @@ impl Nexmark {
                 let window = batch.window.ok_or_else(|| {
                     PipeError::new("q5 and q7 must follow a window: the batch has no window-info")
                 })?;
-                let events: Vec<EventRef<'_>> =
-                    batch.events().collect::<Result<_, _>>().map_err(malformed)?;
+                let events: Vec<EventRef<'_>> = batch
+                    .events()
+                    .collect::<Result<_, _>>()
+                    .map_err(malformed)?;
                 let answer = if self.query == Query::Q5 {
                     q5(&events, window.start, window.end)?
                 } else {
@@ -163,8 +165,10 @@ impl Nexmark {
                             value.extend_from_slice(&v[..f[PRICE].0]);
                             push_u64(&mut value, price * 908 / 1000);
                             value.extend_from_slice(&v[f[PRICE].1..]);
-                            let headers =
-                                event.headers().collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                            let headers = event
+                                .headers()
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(malformed)?;
                             writer.push(event.key, &value, event.timestamp, headers);
                         }
                         Query::Q2 => {
@@ -176,8 +180,10 @@ impl Nexmark {
                             push_u64(&mut value, auction);
                             value.push(b',');
                             push_u64(&mut value, price);
-                            let headers =
-                                event.headers().collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                            let headers = event
+                                .headers()
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(malformed)?;
                             writer.push(event.key, &value, event.timestamp, headers);
                         }
                         Query::Q5Bids => {

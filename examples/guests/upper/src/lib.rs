@@ -19,7 +19,9 @@ impl Pipe for Upper {
             if event.value.is_ascii() {
                 event.value.make_ascii_uppercase();
             } else {
-                event.value = String::from_utf8_lossy(&event.value).to_uppercase().into_bytes();
+                event.value = String::from_utf8_lossy(&event.value)
+                    .to_uppercase()
+                    .into_bytes();
             }
         }
         Ok(events)
@@ -39,7 +41,10 @@ impl Pipe for Upper {
                 upper_ascii(writer.push_copy(&event));
             } else {
                 let value = String::from_utf8_lossy(event.value).to_uppercase();
-                let headers = event.headers().collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                let headers = event
+                    .headers()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(malformed)?;
                 writer.push(event.key, value.as_bytes(), event.timestamp, headers);
             }
         }
@@ -101,7 +106,9 @@ mod tests {
 
     #[test]
     fn eight_at_a_time_agrees_with_std_on_every_ascii_byte() {
-        let all: Vec<u8> = (0u8..128).chain(b"hello, World! zz aa {}`@[".iter().copied()).collect();
+        let all: Vec<u8> = (0u8..128)
+            .chain(b"hello, World! zz aa {}`@[".iter().copied())
+            .collect();
         for start in 0..9 {
             let mut ours = all[start..].to_vec();
             upper_ascii(&mut ours);
@@ -128,10 +135,18 @@ mod tests {
         writer.finish();
         let mut out = Vec::new();
         Upper
-            .process_packed(BatchReader::new(&input).unwrap(), &mut out, &mut State::in_memory())
+            .process_packed(
+                BatchReader::new(&input).unwrap(),
+                &mut out,
+                &mut State::in_memory(),
+            )
             .unwrap();
-        let packed = plumber_guest::unpack(&BatchReader::new(&out).unwrap()).unwrap().events;
-        let plain = Upper.process(Batch::new(events), &mut State::in_memory()).unwrap();
+        let packed = plumber_guest::unpack(&BatchReader::new(&out).unwrap())
+            .unwrap()
+            .events;
+        let plain = Upper
+            .process(Batch::new(events), &mut State::in_memory())
+            .unwrap();
         assert_eq!(packed, plain);
     }
 }

@@ -15,9 +15,9 @@ impl Pipe for WindowCount {
     }
 
     fn process(&mut self, batch: Batch, _state: &mut State) -> Result<Vec<Event>, PipeError> {
-        let window = batch
-            .window
-            .ok_or_else(|| PipeError::new("window-count must follow a window: the batch has no window-info"))?;
+        let window = batch.window.ok_or_else(|| {
+            PipeError::new("window-count must follow a window: the batch has no window-info")
+        })?;
         let mut counts: BTreeMap<&[u8], u64> = BTreeMap::new();
         for event in &batch.events {
             *counts.entry(event.value.as_slice()).or_default() += 1;
@@ -28,7 +28,8 @@ impl Pipe for WindowCount {
             .into_iter()
             .map(|(value, count)| {
                 let value = String::from_utf8_lossy(value);
-                Event::new(format!("{}-{}\t{value}\t{count}", window.start, window.end)).with_timestamp(window.end)
+                Event::new(format!("{}-{}\t{value}\t{count}", window.start, window.end))
+                    .with_timestamp(window.end)
             })
             .collect())
     }
@@ -45,8 +46,15 @@ mod tests {
     fn counts_a_window_most_frequent_first() {
         let mut pipe = WindowCount::init("{}").unwrap();
         let batch = Batch {
-            events: ["b", "a", "b", "c", "a", "b"].into_iter().map(Event::new).collect(),
-            window: Some(WindowInfo { start: 0, end: 10, key: None }),
+            events: ["b", "a", "b", "c", "a", "b"]
+                .into_iter()
+                .map(Event::new)
+                .collect(),
+            window: Some(WindowInfo {
+                start: 0,
+                end: 10,
+                key: None,
+            }),
         };
         let out = pipe.process(batch, &mut State::in_memory()).unwrap();
         let lines: Vec<_> = out.iter().map(|e| e.value_str().unwrap()).collect();
@@ -56,6 +64,8 @@ mod tests {
     #[test]
     fn refuses_a_batch_outside_a_window() {
         let mut pipe = WindowCount::init("{}").unwrap();
-        assert!(pipe.process(Batch::new(vec![]), &mut State::in_memory()).is_err());
+        assert!(pipe
+            .process(Batch::new(vec![]), &mut State::in_memory())
+            .is_err());
     }
 }

@@ -157,7 +157,10 @@ impl Pipe for WordCount {
         state: &mut State,
     ) -> Result<(), PipeError> {
         let malformed = |e: plumber_guest::wire::DecodeError| PipeError::new(e.to_string());
-        let events: Vec<EventRef<'_>> = batch.events().collect::<Result<_, _>>().map_err(malformed)?;
+        let events: Vec<EventRef<'_>> = batch
+            .events()
+            .collect::<Result<_, _>>()
+            .map_err(malformed)?;
         let mut writer = BatchWriter::new(out, None);
         let mut text = Vec::with_capacity(32);
         match self.mode {
@@ -263,7 +266,11 @@ mod tests {
             (r#"{"mode": "count"}"#, None),
             (
                 r#"{"mode": "window"}"#,
-                Some(WindowInfo { start: 0, end: 9, key: None }),
+                Some(WindowInfo {
+                    start: 0,
+                    end: 9,
+                    key: None,
+                }),
             ),
         ] {
             let batch = Batch {
@@ -277,12 +284,21 @@ mod tests {
             state.set_i64("tup", -3).unwrap();
             let mut pipe = WordCount::init(config).unwrap();
             let mut out = Vec::new();
-            pipe.process_packed(BatchReader::new(&packed(&batch)).unwrap(), &mut out, &mut state)
-                .unwrap();
-            let from_packed = plumber_guest::unpack(&BatchReader::new(&out).unwrap()).unwrap().events;
+            pipe.process_packed(
+                BatchReader::new(&packed(&batch)).unwrap(),
+                &mut out,
+                &mut state,
+            )
+            .unwrap();
+            let from_packed = plumber_guest::unpack(&BatchReader::new(&out).unwrap())
+                .unwrap()
+                .events;
             let mut state = State::in_memory();
             state.set_i64("tup", -3).unwrap();
-            let from_process = WordCount::init(config).unwrap().process(batch, &mut state).unwrap();
+            let from_process = WordCount::init(config)
+                .unwrap()
+                .process(batch, &mut state)
+                .unwrap();
             assert_eq!(from_packed, from_process, "{config}");
         }
     }

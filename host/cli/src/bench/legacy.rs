@@ -416,7 +416,8 @@ pub(super) async fn run_languages(
             .map_err(|e| failed(format!("{}: {e}", path.display())))?
             .len();
         let cache = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-        let load_error = |e: plumber::runtime::LoadError| failed(e.to_string());
+        let load_error =
+            |e: plumber::runtime::LoadError| failed(plumber::ErrorChain(&e).to_string());
         let started = Instant::now();
         Runtime::new(Some(cache.path().to_path_buf()))
             .map_err(load_error)?

@@ -644,7 +644,9 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
     for name in guests {
         if let Ok(path) = guest(&args.guests, name) {
             rt.load(&path, &plumber::runtime::Capabilities::default())
-                .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+                .map_err(|e| {
+                    BenchError::Setup(format!("{}: {}", path.display(), plumber::ErrorChain(&e)))
+                })?;
         }
     }
     let mut table = Table::new(args.markdown);

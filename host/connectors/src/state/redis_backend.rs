@@ -48,7 +48,7 @@
 //! dropped connection by itself; its own retries are switched off (one
 //! connection attempt per reconnect) so that this backend decides how long
 //! to wait. Every operation runs in the connectors' retry loop (the one
-//! [`RetryPolicy`](plumber_engine::retry::RetryPolicy), README "Connectors"): on a
+//! [`RetryPolicy`](plumber_engine::retry::RetryPolicy); docs/connectors.md, "Retries"): on a
 //! connection or I/O error it logs one warning with the server's address,
 //! waits with jittered exponential backoff and tries again, until
 //! [`RedisOptions::reconnect_timeout`] has passed since the first failure;

@@ -41,7 +41,7 @@ use super::reconnect::Reconnect;
 use super::JsonEvent;
 use super::{CommitListener, Sink, Source, StreamError};
 use plumber_engine::checkpoint::Position;
-use plumber_engine::{Batch, Event};
+use plumber_engine::{Batch, ErrorChain, Event};
 
 /// The most events one request may carry unless [`HttpSource::max_batch`]
 /// says otherwise.
@@ -549,7 +549,7 @@ impl HttpSink {
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .build()
-            .map_err(|e| self.error("create the HTTP client", error_chain(&e)))?;
+            .map_err(|e| self.error("create the HTTP client", ErrorChain(&e).to_string()))?;
         self.client = Some(client.clone());
         Ok(client)
     }
@@ -612,29 +612,17 @@ impl HttpSink {
                     detail
                 }
                 Ok(Err(error)) if error.is_builder() => {
-                    return Err(self.error("POST", error_chain(&error)));
+                    return Err(self.error("POST", ErrorChain(&error).to_string()));
                 }
                 Ok(Err(error)) if error.is_timeout() => {
                     format!("timed out after {:?}", self.timeout)
                 }
-                Ok(Err(error)) => error_chain(&error),
+                Ok(Err(error)) => ErrorChain(&error).to_string(),
             };
             retry.failed(&last).await?;
             previous = last;
         }
     }
-}
-
-/// An error and its causes, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 #[async_trait]

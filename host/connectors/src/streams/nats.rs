@@ -354,8 +354,8 @@ impl Source for NatsSource {
 /// exactly-once.
 ///
 /// While the server is unreachable, publishes wait in the client until it
-/// reconnects, and `flush` retries by the reconnect policy (README,
-/// "Connectors") until the reconnect timeout
+/// reconnects, and `flush` retries by the reconnect policy (docs/connectors.md,
+/// "Retries") until the reconnect timeout
 /// ([`NatsSink::reconnect_timeout`], 30 s by default), then fails naming
 /// the server. What was on the wire when the connection
 /// broke is lost (at-most-once).
@@ -537,7 +537,7 @@ type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 /// twice.
 ///
 /// **Lost connections**: pulls and acks that fail because the server is
-/// unreachable are retried by the reconnect policy (README, "Connectors")
+/// unreachable are retried by the reconnect policy (docs/connectors.md, "Retries")
 /// until the reconnect timeout ([`JetStreamSource::reconnect_timeout`], 30 s
 /// by default) has passed, then fail naming the server. The client reconnects
 /// by itself.
@@ -993,7 +993,7 @@ impl CommitListener for JetStreamCommitListener {
 /// **Lost connections**: while the server is unreachable (no ack in time,
 /// no responders while JetStream restarts), the messages not yet
 /// acknowledged are sent again, oldest first, by the reconnect policy
-/// (README, "Connectors") until the reconnect timeout ([`JetStreamSink::reconnect_timeout`],
+/// (docs/connectors.md, "Retries") until the reconnect timeout ([`JetStreamSink::reconnect_timeout`],
 /// 30 s by default), then `flush` fails naming the server. Sending a message
 /// again is safe: its id makes the server drop it if it was stored. A
 /// subject that no stream captures fails at once.

@@ -21,7 +21,7 @@
 //! error, a connection pool that timed out or closed, a PostgreSQL error of
 //! class 08 or 57P01–57P03, as when the server shuts down): one warning
 //! naming the database when it starts failing, the waits of the reconnect
-//! policy (README, "Connectors"), and one info line when it works again; after the reconnect
+//! policy (docs/connectors.md, "Retries"), and one info line when it works again; after the reconnect
 //! timeout (default 30 s, [`SqlSource::reconnect_timeout`],
 //! [`SqlSink::reconnect_timeout`]) the operation fails with an error naming
 //! the database and how long it waited. Other errors (a constraint

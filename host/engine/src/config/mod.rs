@@ -68,7 +68,7 @@ object_only!(PipelineFields, CheckpointConfig);
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config `{file}`: {source}")]
+    #[error("cannot read config `{file}`")]
     Read {
         /// The config file.
         file: PathBuf,

@@ -80,7 +80,7 @@ pub enum ValidateError {
     Config(#[from] ConfigError),
     /// A pipe's or a command's module cannot be loaded, or a pipe's `init`
     /// refuses its config.
-    #[error("{file}: at `{path}` ({kind} `{name}`): {source}")]
+    #[error("{file}: at `{path}` ({kind} `{name}`)")]
     Module {
         /// The config file.
         file: String,

@@ -24,6 +24,7 @@ use crate::step::Step;
 use crate::streams::{Sink, Source, StreamError};
 use crate::tenant::{TenantLease, Tenants};
 use crate::window::WindowOptions;
+use crate::ErrorChain;
 
 /// What a finished run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +229,7 @@ impl PipelineBuilder {
         let result = self.run_inner().await;
         match &result {
             Ok(_) => status.set_phase(Phase::Stopped),
-            Err(error) => status.failed(error.to_string()),
+            Err(error) => status.failed(ErrorChain(error).to_string()),
         }
         result
     }

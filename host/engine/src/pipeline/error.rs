@@ -19,7 +19,7 @@ pub enum PipelineError {
         message: String,
     },
     /// A pipe's component could not be loaded or initialised.
-    #[error("pipeline `{pipeline}`, pipe `{pipe}`: {source}")]
+    #[error("pipeline `{pipeline}`, pipe `{pipe}`")]
     Load {
         /// The pipeline.
         pipeline: String,
@@ -31,7 +31,7 @@ pub enum PipelineError {
     },
     /// A command step (a WASI command module or a host executable) could
     /// not start.
-    #[error("{}", command_message(pipeline, step, source))]
+    #[error("{}", command_context(pipeline, step, source))]
     Command {
         /// The pipeline.
         pipeline: String,
@@ -42,7 +42,7 @@ pub enum PipelineError {
         source: CommandError,
     },
     /// A step failed on a batch.
-    #[error("pipeline `{pipeline}`: {source}")]
+    #[error("pipeline `{pipeline}`")]
     Step {
         /// The pipeline.
         pipeline: String,
@@ -51,7 +51,7 @@ pub enum PipelineError {
         source: StepError,
     },
     /// The source or the sink failed.
-    #[error("pipeline `{pipeline}`: {source}")]
+    #[error("pipeline `{pipeline}`")]
     Stream {
         /// The pipeline.
         pipeline: String,
@@ -60,7 +60,7 @@ pub enum PipelineError {
         source: StreamError,
     },
     /// The state backend failed.
-    #[error("pipeline `{pipeline}`: {source}")]
+    #[error("pipeline `{pipeline}`")]
     State {
         /// The pipeline.
         pipeline: String,
@@ -86,7 +86,7 @@ pub enum PipelineError {
         message: String,
     },
     /// The tenant may not start this pipeline.
-    #[error("pipeline `{pipeline}`: {source}")]
+    #[error("pipeline `{pipeline}`")]
     Quota {
         /// The pipeline.
         pipeline: String,
@@ -96,13 +96,13 @@ pub enum PipelineError {
     },
 }
 
-/// The text of [`PipelineError::Command`]: the step is named once, by the
-/// pipeline when the command's own error does not name it.
-fn command_message(pipeline: &str, step: &str, source: &CommandError) -> String {
+/// The text of [`PipelineError::Command`] before its source's: the step is
+/// named once, here when the command's own error does not name it.
+fn command_context(pipeline: &str, step: &str, source: &CommandError) -> String {
     match source {
-        CommandError::Module { .. } => format!("pipeline `{pipeline}`, step `{step}`: {source}"),
+        CommandError::Module { .. } => format!("pipeline `{pipeline}`, step `{step}`"),
         CommandError::Refused { .. } | CommandError::Spawn { .. } => {
-            format!("pipeline `{pipeline}`: {source}")
+            format!("pipeline `{pipeline}`")
         }
     }
 }

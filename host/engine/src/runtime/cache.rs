@@ -166,15 +166,15 @@ impl ComponentCache {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let compiled = engine
             .precompile_component(bytes)
-            .map_err(|e| LoadError::Compile {
+            .map_err(|source| LoadError::Compile {
                 path: path.to_path_buf(),
-                message: format!("{e:#}"),
+                source,
             })?;
         self.store(&entry, &compiled);
         // SAFETY: `compiled` was produced just above by this engine.
-        unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| LoadError::Compile {
+        unsafe { Component::deserialize(engine, &compiled) }.map_err(|source| LoadError::Compile {
             path: path.to_path_buf(),
-            message: format!("{e:#}"),
+            source,
         })
     }
 
@@ -200,9 +200,9 @@ impl ComponentCache {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let compile_error = |e: wasmtime::Error| LoadError::Compile {
+        let compile_error = |source: wasmtime::Error| LoadError::Compile {
             path: path.to_path_buf(),
-            message: format!("{e:#}"),
+            source,
         };
         let compiled = engine.precompile_module(bytes).map_err(compile_error)?;
         self.store(&entry, &compiled);

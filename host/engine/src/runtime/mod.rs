@@ -7,7 +7,7 @@
 //! imports against what the pipe is granted, and prepares an `InstancePre`
 //! that every instance of the pipe reuses.
 
-pub mod bindings;
+pub(crate) mod bindings;
 mod cache;
 mod capabilities;
 mod guest_output;
@@ -35,7 +35,7 @@ pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MA
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The `.wasm` file could not be read.
-    #[error("cannot read WebAssembly file `{path}`: {source}")]
+    #[error("cannot read WebAssembly file `{path}`")]
     Read {
         /// The file.
         path: PathBuf,
@@ -52,12 +52,13 @@ pub enum LoadError {
         reason: String,
     },
     /// wasmtime refused the component.
-    #[error("cannot compile component `{path}`: {message}")]
+    #[error("cannot compile component `{path}`")]
     Compile {
         /// The file.
         path: PathBuf,
         /// wasmtime's explanation.
-        message: String,
+        #[source]
+        source: wasmtime::Error,
     },
     /// The component imports something the pipe was not granted.
     #[error(
@@ -77,20 +78,22 @@ pub enum LoadError {
         extra: String,
     },
     /// The component does not export what the `plumber:pipe` world needs.
-    #[error("component `{path}` does not implement the plumber:pipe world: {message}")]
+    #[error("component `{path}` does not implement the plumber:pipe world")]
     WrongWorld {
         /// The file.
         path: PathBuf,
-        /// What is missing.
-        message: String,
+        /// What is missing, as wasmtime says it.
+        #[source]
+        source: wasmtime::Error,
     },
     /// Instantiating the component failed.
-    #[error("cannot instantiate pipe `{pipe}`: {message}")]
+    #[error("cannot instantiate pipe `{pipe}`")]
     Instantiate {
         /// The pipe's name.
         pipe: String,
         /// wasmtime's explanation.
-        message: String,
+        #[source]
+        source: wasmtime::Error,
     },
     /// The guest's `init` refused its config or trapped.
     #[error("pipe `{pipe}` failed in init: {message}")]
@@ -101,7 +104,7 @@ pub enum LoadError {
         message: String,
     },
     /// The compile cache could not be used.
-    #[error("component cache `{path}`: {source}")]
+    #[error("component cache `{path}`")]
     Cache {
         /// The cache directory or file.
         path: PathBuf,
@@ -118,8 +121,11 @@ pub enum LoadError {
         value: String,
     },
     /// The engine could not be set up.
-    #[error("cannot set up the WebAssembly engine: {0}")]
-    Engine(String),
+    #[error("cannot set up the WebAssembly engine")]
+    Engine(#[source] wasmtime::Error),
+    /// The thread that ends guests' time slices could not be started.
+    #[error("cannot start the epoch ticker of the WebAssembly engine")]
+    EpochTicker(#[source] std::io::Error),
     /// The pipe's capabilities could not be set up (a read-only directory
     /// that cannot be opened).
     #[error("pipe `{pipe}`: {message}")]
@@ -177,14 +183,12 @@ impl Runtime {
         config.wasm_component_model(true);
         // Time limits: guests check the epoch at loop heads and calls.
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let ticker = limits::EpochTicker::start(&engine)
-            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let engine = Engine::new(&config).map_err(LoadError::Engine)?;
+        let ticker = limits::EpochTicker::start(&engine).map_err(LoadError::EpochTicker)?;
         let mut linker = Linker::<HostCtx>::new(&engine);
         bindings::StatefulPipe::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |ctx| ctx)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+            .map_err(LoadError::Engine)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Engine)?;
         let cache = cache.map(|(dir, max_bytes)| ComponentCache::new(dir, &engine, max_bytes));
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -244,9 +248,9 @@ impl Runtime {
         let engine = &self.inner.engine;
         let component = match &self.inner.cache {
             Some(cache) => cache.get_or_compile(engine, path, bytes)?,
-            None => Component::new(engine, bytes).map_err(|e| LoadError::Compile {
+            None => Component::new(engine, bytes).map_err(|source| LoadError::Compile {
                 path: path.to_path_buf(),
-                message: format!("{e:#}"),
+                source,
             })?,
         };
         let component_type = component.component_type();
@@ -263,19 +267,20 @@ impl Runtime {
                 extra: capabilities.describe(),
             });
         }
-        let instance_pre =
-            self.inner
-                .linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::WrongWorld {
-                    path: path.to_path_buf(),
-                    message: format!("{e:#}"),
-                })?;
-        let pre =
-            bindings::StatefulPipePre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|source| LoadError::WrongWorld {
                 path: path.to_path_buf(),
-                message: format!("{e:#}"),
+                source,
             })?;
+        let pre = bindings::StatefulPipePre::new(instance_pre).map_err(|source| {
+            LoadError::WrongWorld {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let digest = Sha256::digest(bytes);
         Ok(PipeComponent {
             path: path.to_path_buf(),
@@ -298,9 +303,9 @@ impl Runtime {
         let engine = &self.inner.engine;
         match &self.inner.cache {
             Some(cache) => cache.get_or_compile_module(engine, path, &bytes),
-            None => wasmtime::Module::new(engine, &bytes).map_err(|e| LoadError::Compile {
+            None => wasmtime::Module::new(engine, &bytes).map_err(|source| LoadError::Compile {
                 path: path.to_path_buf(),
-                message: format!("{e:#}"),
+                source,
             }),
         }
     }
@@ -528,7 +533,7 @@ impl PipeComponent {
                 return Err((
                     LoadError::Instantiate {
                         pipe: pipe.to_owned(),
-                        message: format!("{e:#}"),
+                        source: e,
                     },
                     state,
                 ));

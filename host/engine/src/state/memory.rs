@@ -8,7 +8,7 @@
 //! half-written snapshot is detected at start, and the previous one is used
 //! instead (state and positions always come from the same snapshot).
 
-pub mod config;
+pub(super) mod config;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -29,7 +29,7 @@ use crate::tenant::StateQuota;
 pub enum StateError {
     /// The backend's own storage failed (a sled database). The engine
     /// knows no backend's error type: backends live in other crates.
-    #[error("{backend} state at `{location}`: {source}")]
+    #[error("{backend} state at `{location}`")]
     Backend {
         /// "sled", ...
         backend: &'static str,

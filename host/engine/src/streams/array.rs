@@ -1,6 +1,6 @@
 //! A finite source over events held in memory.
 
-pub mod config;
+pub(super) mod config;
 
 use async_trait::async_trait;
 

@@ -1,6 +1,6 @@
 //! Newline-delimited files: one event per line.
 
-pub mod config;
+pub(super) mod config;
 
 use std::path::{Path, PathBuf};
 
@@ -617,7 +617,7 @@ impl FileSource {
                 Err(StreamError::Parse {
                     stream: self.describe(),
                     offset: start,
-                    message: error.to_string(),
+                    source: error,
                 })
             }
         }
@@ -687,7 +687,7 @@ impl FileSource {
                     return Err(StreamError::Parse {
                         stream,
                         offset: line_start,
-                        message: error.to_string(),
+                        source: error,
                     });
                 }
             }

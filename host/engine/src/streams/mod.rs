@@ -22,7 +22,10 @@ pub use channel::{
     batch_channel_sink, channel_sink, channel_source, BatchChannelSink, ChannelSink, ChannelSource,
 };
 pub use file::config::{FileSinkConfig, FileSourceConfig};
-pub use file::{FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile};
+pub use file::{
+    FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile,
+    DEFAULT_MAX_LINE_BYTES,
+};
 pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
@@ -30,7 +33,7 @@ pub use stdout::{DiscardSink, StdoutSink};
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// An I/O operation on a file or stream failed.
-    #[error("{stream}: {action}: {source}")]
+    #[error("{stream}: {action}")]
     Io {
         /// The stream, e.g. "file source `in.txt`".
         stream: String,
@@ -52,14 +55,15 @@ pub enum StreamError {
         reason: String,
     },
     /// A line could not be read as an event.
-    #[error("{stream}: the line at byte {offset} is not a JSON event: {message}")]
+    #[error("{stream}: the line at byte {offset} is not a JSON event")]
     Parse {
         /// The stream.
         stream: String,
         /// Where the line starts.
         offset: u64,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// A line of a file source is longer than its `max_line_bytes`.
     #[error(

@@ -1,6 +1,6 @@
 //! The printer: each event's value on its own line of standard output.
 
-pub mod config;
+pub(super) mod config;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;

@@ -54,6 +54,7 @@ use tokio::sync::Notify;
 use crate::dead_letter::DeadLetters;
 use crate::state::{KeyHasher, Namespace, SharedState, StateError, WriteSet};
 use crate::step::{Step, StepError};
+use crate::ErrorChain;
 use crate::{Batch, Event, WindowInfo};
 
 use buffers::{merge_sessions, Buffer, KeyWindows, WindowKey};
@@ -536,7 +537,9 @@ impl WindowStep {
         let saved = state
             .scan_prefix(namespace.prefix())
             .await
-            .map_err(|e: StateError| native(format!("cannot read the saved buffers: {e}")))?;
+            .map_err(|e: StateError| {
+                native(format!("cannot read the saved buffers: {}", ErrorChain(&e)))
+            })?;
         let clock = spec.clock.unwrap_or_else(WindowClock::system);
         let triggers_seen = spec.shared.triggers.load(Ordering::SeqCst);
         let mut step = WindowStep {

@@ -12,7 +12,7 @@ use crate::checkpoint::{CheckpointPolicy, Position};
 use crate::pipeline::{Pipeline, PipelineBuilder, PipelineError, RunReport};
 use crate::state::{MemoryState, Namespace, SharedState, WriteSet};
 use crate::streams::{batch_channel_sink, channel_sink, channel_source, ArraySource};
-use crate::Event;
+use crate::{ErrorChain, Event};
 
 type Released = Vec<(u64, u64, Option<String>, Vec<String>)>;
 
@@ -362,7 +362,7 @@ async fn a_full_buffer_fails_with_the_window_name_or_releases_early() {
     drop(h.input);
     assert!(h.output.recv().await.is_none());
     let error = h.running.await.unwrap().expect_err("the buffer is full");
-    let text = error.to_string();
+    let text = ErrorChain(&error).to_string();
     assert!(
         text.contains("window `w`") || text.contains("step `w`"),
         "{text}"
@@ -433,7 +433,12 @@ async fn a_dead_letter_policy_without_a_sink_is_refused() {
         .run()
         .await
         .expect_err("no dead-letter sink");
-    assert!(error.to_string().contains("no dead-letter sink"), "{error}");
+    assert!(
+        ErrorChain(&error)
+            .to_string()
+            .contains("no dead-letter sink"),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ use crate::config::validate::redact_url;
 use crate::config::validate::CONNECT_TIMEOUT;
 use crate::config::{Checks, ConnectorSpec, FieldError, StateSpec};
 use crate::state::{RedisOptions, RedisState, SharedState, StateError};
+use plumber_engine::ErrorChain;
 
 /// `{"type": "redis", "url": …}`: a Redis server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -21,8 +22,8 @@ pub struct RedisStateConfig {
     #[serde(default)]
     pub key_prefix: Option<String>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -50,7 +51,7 @@ impl ConnectorSpec for RedisStateConfig {
         RedisState::connect(&self.url, options)
             .await
             .map(drop)
-            .map_err(|error| FieldError::new("url", error.to_string()))
+            .map_err(|error| FieldError::new("url", ErrorChain(&error).to_string()))
     }
 }
 

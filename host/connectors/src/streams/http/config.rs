@@ -93,8 +93,8 @@ pub struct HttpSinkConfig {
     #[serde(default)]
     pub max_buffered: Option<usize>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }

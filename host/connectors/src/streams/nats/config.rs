@@ -72,8 +72,8 @@ pub struct NatsSinkConfig {
     #[serde(default)]
     pub subject_from_header: Option<String>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -141,8 +141,8 @@ pub struct JetStreamSourceConfig {
     #[serde(default)]
     pub max_ack_pending: Option<i64>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -257,8 +257,8 @@ pub struct JetStreamSinkConfig {
     #[serde(default)]
     pub stream: Option<String>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }

@@ -14,6 +14,7 @@ use crate::config::{
     Checks, ConnectorSpec, FieldError, OpenContext, OutputGuarantee, SinkSpec, SourceSpec,
 };
 use crate::streams::{Sink, Source, StreamError};
+use plumber_engine::ErrorChain;
 
 /// `{"type": "sql", …}` as a source: rows of a table (SQLite or
 /// PostgreSQL), read incrementally by a monotonic integer column (the
@@ -36,8 +37,8 @@ pub struct SqlSourceConfig {
     #[serde(default)]
     pub poll_interval_ms: Option<u64>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -79,7 +80,7 @@ impl ConnectorSpec for SqlSourceConfig {
         self.connect(Duration::from_secs(1))
             .await
             .map(drop)
-            .map_err(|error| FieldError::new("table", error.to_string()))
+            .map_err(|error| FieldError::new("table", ErrorChain(&error).to_string()))
     }
 }
 
@@ -133,8 +134,8 @@ pub struct SqlSinkConfig {
     #[serde(default, deserialize_with = "explicit_null")]
     pub epoch_column: Option<Option<String>>,
     /// How long to keep retrying an unreachable server before failing, in
-    /// ms (default 30 000), with the waits of the one retry policy (README,
-    /// "Connectors"; [`RetryPolicy`](crate::retry::RetryPolicy)).
+    /// ms (default 30 000), with the waits of the one retry policy (docs/connectors.md,
+    /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
 }
@@ -174,13 +175,13 @@ impl SqlSinkConfig {
     async fn connected(&self) -> Result<SqlSink, FieldError> {
         let mut sink = SqlSink::connect(&self.url, &self.table, self.mode())
             .await
-            .map_err(|error| FieldError::new("url", error.to_string()))?
+            .map_err(|error| FieldError::new("url", ErrorChain(&error).to_string()))?
             .epoch_column(self.epoch_column().map(str::to_owned))
-            .map_err(|error| FieldError::new("epoch_column", error.to_string()))?;
+            .map_err(|error| FieldError::new("epoch_column", ErrorChain(&error).to_string()))?;
         if let Some(columns) = &self.columns {
             sink = sink
                 .mapping(columns.clone().into_iter().collect())
-                .map_err(|error| FieldError::new("columns", error.to_string()))?;
+                .map_err(|error| FieldError::new("columns", ErrorChain(&error).to_string()))?;
         }
         Ok(sink)
     }
@@ -239,7 +240,7 @@ impl ConnectorSpec for SqlSinkConfig {
             .await?
             .check_table()
             .await
-            .map_err(|error| FieldError::new("table", error.to_string()))
+            .map_err(|error| FieldError::new("table", ErrorChain(&error).to_string()))
     }
 
     async fn setup(&self) -> Result<Option<String>, FieldError> {
@@ -251,7 +252,7 @@ impl ConnectorSpec for SqlSinkConfig {
             Ok(TableSetup::Created(statement) | TableSetup::AddedEpochColumn(statement)) => {
                 Ok(Some(format!("{statement} at {at}")))
             }
-            Err(error) => Err(FieldError::new("table", error.to_string())),
+            Err(error) => Err(FieldError::new("table", ErrorChain(&error).to_string())),
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::pipeline::{CommandPipe, ExecPipe, Phase, Pipeline, PipelineBuilder, P
 use crate::runtime::{PipeLimits, Runtime};
 use crate::step::WasmPipe;
 use crate::streams::{ArraySource, DiscardSink};
+use crate::ErrorChain;
 
 fn pipeline(name: &str) -> PipelineBuilder {
     Pipeline::builder(name)
@@ -20,7 +21,11 @@ async fn failure(builder: PipelineBuilder) -> PipelineError {
     let handle = builder.handle();
     let error = builder.run().await.expect_err("a step cannot start");
     assert_eq!(handle.status().phase(), Phase::Failed);
-    assert_eq!(handle.status().error(), Some(error.to_string()));
+    // The live status says the whole chain, as a report would.
+    assert_eq!(
+        handle.status().error(),
+        Some(ErrorChain(&error).to_string())
+    );
     error
 }
 
@@ -52,7 +57,7 @@ async fn a_command_step_that_cannot_start_is_named() {
             if step == "shout" && *path == module),
         "{error:?}"
     );
-    let text = error.to_string();
+    let text = ErrorChain(&error).to_string();
     assert!(
         text.starts_with("pipeline `commands`, step `shout`: command module"),
         "{text}"
@@ -67,7 +72,7 @@ async fn an_executable_step_refused_is_named_once() {
             if step == "echo"),
         "{error:?}"
     );
-    let text = error.to_string();
+    let text = ErrorChain(&error).to_string();
     assert_eq!(text.matches("`echo`").count(), 1, "{text}");
     assert!(text.contains("allow_unsandboxed"), "{text}");
 
@@ -78,7 +83,10 @@ async fn an_executable_step_refused_is_named_once() {
             if step == "echo"),
         "{error:?}"
     );
-    assert!(error.to_string().contains("multi-tenant"), "{error}");
+    assert!(
+        ErrorChain(&error).to_string().contains("multi-tenant"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
