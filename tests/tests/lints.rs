@@ -143,3 +143,26 @@ fn ci_fails_on_a_clippy_warning_or_unformatted_code() {
         assert!(at(gate) < tests, "`{gate}` comes after the tests");
     }
 }
+
+/// The shipped binary is stripped (a tenth of the size), and a separate
+/// profile keeps line tables and symbols for perf. A manifest check: a
+/// release build is too long for a test; docs/benchmarks.md gives the sizes.
+#[test]
+fn the_release_binary_is_stripped_and_profiling_keeps_symbols() {
+    let manifest = read(&workspace_root().join("Cargo.toml"));
+    let release = table(&manifest, "profile.release").expect("[profile.release]");
+    assert!(
+        release.contains(&"strip = true".to_owned())
+            && release.contains(&"debug = false".to_owned()),
+        "[profile.release]: {release:?}"
+    );
+    let profiling = table(&manifest, "profile.profiling").expect("[profile.profiling]");
+    assert!(
+        profiling.contains(&"inherits = \"release\"".to_owned())
+            && profiling.contains(&"strip = false".to_owned())
+            && profiling
+                .iter()
+                .any(|line| line.starts_with("debug = ") && line != "debug = false"),
+        "[profile.profiling]: {profiling:?}"
+    );
+}
