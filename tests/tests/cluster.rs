@@ -718,6 +718,46 @@ async fn create_output_stream(context: &jetstream::Context) {
 }
 
 /// Waits until `OUT` holds `expected` messages (or fails after `limit`).
+/// Every worker's log, each headed by its id (for failure messages).
+fn logs_of(workers: &[WorkerProcess]) -> String {
+    workers
+        .iter()
+        .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
+        .collect()
+}
+
+/// Workers `w1`, `w2` and `w3` of the oracle pipeline.
+fn start_three_workers(setup: &OracleSetup) -> Vec<WorkerProcess> {
+    ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
+        .collect()
+}
+
+/// Three workers, the first half of the events published in the background
+/// (the second half is published after the fault: every partition then has
+/// events to process, and commit, after its take-over), and a fifth of the
+/// output waited for: the workers are mid-stream. Returns the workers and
+/// the publisher of the first half.
+async fn three_workers_mid_stream(
+    setup: &OracleSetup,
+    events: u64,
+) -> (Vec<WorkerProcess>, tokio::task::JoinHandle<()>) {
+    let workers = start_three_workers(setup);
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..events / 2).await })
+    };
+    wait_for_output(
+        &setup.context,
+        events / 5,
+        std::time::Duration::from_secs(300),
+        || logs_of(&workers),
+    )
+    .await;
+    (workers, publisher)
+}
+
 async fn wait_for_output(
     context: &jetstream::Context,
     expected: u64,
@@ -876,23 +916,14 @@ async fn oracle_setup(partitions: u32) -> OracleSetup {
 async fn three_workers_run_64_partitions_exactly_once() {
     let events = oracle_events();
     let setup = oracle_setup(64).await;
-    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
-        .collect();
+    let mut workers = start_three_workers(&setup);
     let started = std::time::Instant::now();
     publish_events(&setup.context, 0..events).await;
-    let logs = || {
-        workers
-            .iter()
-            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
-            .collect::<String>()
-    };
     wait_for_output(
         &setup.context,
         events,
         std::time::Duration::from_secs(600),
-        logs,
+        || logs_of(&workers),
     )
     .await;
     let took = started.elapsed();
@@ -1047,37 +1078,18 @@ async fn worker_stops_mid_stream(stop: Stop) {
     };
     let events = oracle_events();
     let setup = oracle_setup(64).await;
-    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
-        .collect();
-    // The first half now, the second after the stop: every partition has
-    // events to process (and commit) after its take-over.
+    let (mut workers, publisher) = three_workers_mid_stream(&setup, events).await;
     let half = events / 2;
-    let publisher = {
-        let context = setup.context.clone();
-        tokio::spawn(async move { publish_events(&context, 0..half).await })
-    };
-    let logs = |workers: &[WorkerProcess]| {
-        workers
-            .iter()
-            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
-            .collect::<String>()
-    };
-    // Mid-stream: a fifth of the output is there.
-    wait_for_output(
-        &setup.context,
-        events / 5,
-        std::time::Duration::from_secs(300),
-        || logs(&workers),
-    )
-    .await;
     let before: Vec<Ownership> = workers
         .iter()
         .flat_map(|w| ownership_changes(&w.log_text()))
         .collect();
     let orphans = held_at_end(&before, "w2");
-    assert!(!orphans.is_empty(), "w2 owns nothing:\n{}", logs(&workers));
+    assert!(
+        !orphans.is_empty(),
+        "w2 owns nothing:\n{}",
+        logs_of(&workers)
+    );
     let fences = commit_fences(&setup.pipeline, &orphans).await;
     let stopped_us = now_us();
     match stop {
@@ -1123,7 +1135,7 @@ async fn worker_stops_mid_stream(stop: Stop) {
         &setup.context,
         events,
         std::time::Duration::from_secs(600),
-        || logs(&workers),
+        || logs_of(&workers),
     )
     .await;
     let changes: Vec<Ownership> = workers
@@ -1225,28 +1237,8 @@ async fn a_drained_worker_hands_its_partitions_over_and_stays_idle() {
 async fn a_worker_added_mid_stream_takes_its_share_without_fenced_commits() {
     let events = oracle_events();
     let setup = oracle_setup(64).await;
-    let mut workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
-        .collect();
+    let (mut workers, publisher) = three_workers_mid_stream(&setup, events).await;
     let half = events / 2;
-    let publisher = {
-        let context = setup.context.clone();
-        tokio::spawn(async move { publish_events(&context, 0..half).await })
-    };
-    let logs = |workers: &[WorkerProcess]| {
-        workers
-            .iter()
-            .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
-            .collect::<String>()
-    };
-    wait_for_output(
-        &setup.context,
-        events / 5,
-        std::time::Duration::from_secs(300),
-        || logs(&workers),
-    )
-    .await;
     let joined_us = now_us();
     workers.push(WorkerProcess::start(&setup.path, "w4", setup.dir.path()));
     // Its share: 16 of 64.
@@ -1267,7 +1259,7 @@ async fn a_worker_added_mid_stream_takes_its_share_without_fenced_commits() {
             std::time::Instant::now() < deadline,
             "w4 owns only {} partitions after 30 s:\n{}",
             held.len(),
-            logs(&workers)
+            logs_of(&workers)
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
@@ -1277,7 +1269,7 @@ async fn a_worker_added_mid_stream_takes_its_share_without_fenced_commits() {
         &setup.context,
         events,
         std::time::Duration::from_secs(600),
-        || logs(&workers),
+        || logs_of(&workers),
     )
     .await;
     let changes: Vec<Ownership> = workers
