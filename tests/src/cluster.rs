@@ -1,0 +1,593 @@
+//! The scale-out tests' harness (`tests/tests/cluster*.rs`): clustered
+//! pipeline configs, `plumber worker` processes and their ownership logs,
+//! the oracle pipeline (events with message ids through a key counter on a
+//! 3-node NATS cluster and Redis) and its exactly-once check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use async_nats::jetstream;
+use plumber_cluster::partition::partition_of;
+use plumber_cluster::ClusterPipeline;
+
+use crate as harness;
+
+/// Debian's nats-server 2.9, which drops stream subject transforms;
+/// `.ci/run` installs it (`apt-get install nats-server`).
+pub const OLD_NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+pub fn plumber(args: &[&str]) -> Output {
+    Command::new(harness::plumber_binary())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run plumber")
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A clustered pipeline config: `partitions` partitions of stream `IN`
+/// (`in.<key>`) on `urls`, counting keys into Redis at `redis`.
+pub fn cluster_config(urls: &[String], partitions: u32, redis: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "keys",
+        "state": { "type": "redis", "url": redis },
+        "cluster": { "url": urls, "partitions": partitions },
+        "from": {
+            "type": "jetstream", "url": urls[0], "stream": "IN", "consumer": "keys",
+            "subjects": ["in.*"]
+        },
+        "pipeline": [
+            { "name": "count", "type": "wasm", "module": harness::guest("key-counter"),
+              "config": { "keys": 1000 } }
+        ],
+        "to": { "type": "jetstream", "url": urls[0], "subject": "out" }
+    })
+}
+
+pub fn write_config(dir: &Path, name: &str, config: &serde_json::Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    path
+}
+
+/// Publishes `x` to `in.<key>` for each key, waiting for the acks in
+/// chunks (the client bounds the acks in flight).
+pub async fn publish_keys(context: &jetstream::Context, keys: &[String]) {
+    for chunk in keys.chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for key in chunk {
+            acks.push(
+                context
+                    .publish(format!("in.{key}"), "x".into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+pub fn old_nats_server() -> PathBuf {
+    let path = PathBuf::from(OLD_NATS_SERVER);
+    assert!(
+        path.is_file(),
+        "{OLD_NATS_SERVER} (Debian's nats-server 2.9) is missing: the version gate is tested \
+         against it; install it with `apt-get install nats-server` (.ci/run does)"
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------
+// Workers: issue test 3 (three workers, 64 partitions, no faults)
+
+/// Events in the oracle runs: 100,000 in CI, 1,000,000 with PLUMBER_SOAK=1.
+pub fn oracle_events() -> u64 {
+    if std::env::var("PLUMBER_SOAK").is_ok_and(|v| v == "1") {
+        1_000_000
+    } else {
+        100_000
+    }
+}
+
+/// Keys of the oracle runs: event `id` has key `id % ORACLE_KEYS`, so each
+/// key's count goes 1..=events/keys.
+pub const ORACLE_KEYS: u64 = 10_000;
+
+/// A `plumber worker` process, its log in a file; killed on drop.
+pub struct WorkerProcess {
+    pub id: String,
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &Path, id: &str, dir: &Path) -> WorkerProcess {
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(harness::plumber_binary())
+            .arg("--cache-dir")
+            .arg(harness::cache_dir())
+            .args(["worker", config.to_str().unwrap(), "--id", id])
+            .env("RUST_LOG", "warn,plumber_cluster=info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start plumber worker");
+        WorkerProcess {
+            id: id.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status within 60 s.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} did not stop within 60 s of SIGTERM:\n{}",
+                self.id,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One ownership change a worker logged.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    pub worker: String,
+    pub partition: u32,
+    pub revision: u64,
+    pub at_us: u64,
+    pub started: bool,
+}
+
+/// The `partition started` / `partition stopped` lines of a worker log.
+pub fn ownership_changes(log: &str) -> Vec<Ownership> {
+    let mut changes = Vec::new();
+    for line in log.lines() {
+        let started = line.contains("partition started");
+        if !started && !line.contains("partition stopped") {
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|token| token.strip_prefix(&format!("{name}=")))
+                .map(|value| value.trim_matches('"').to_owned())
+        };
+        changes.push(Ownership {
+            worker: field("worker").unwrap(),
+            partition: field("partition").unwrap().parse().unwrap(),
+            revision: field("revision").unwrap().parse().unwrap(),
+            at_us: field("at_us").unwrap().parse().unwrap(),
+            started,
+        });
+    }
+    changes
+}
+
+/// Checks that no two workers ran a partition at once: per partition, the
+/// intervals from `started` to `stopped` (each lease revision's) do not
+/// overlap, and a later owner's lease has a larger revision. Returns how
+/// many intervals there were.
+pub fn assert_one_owner_at_a_time(changes: &[Ownership], partitions: u32) -> usize {
+    assert_one_owner_at_a_time_killed(changes, partitions, &[])
+}
+
+/// As [`assert_one_owner_at_a_time`], where the workers of `killed` were
+/// killed at the given time (µs): their partitions stopped then.
+pub fn assert_one_owner_at_a_time_killed(
+    changes: &[Ownership],
+    partitions: u32,
+    killed: &[(&str, u64)],
+) -> usize {
+    let mut intervals = 0;
+    for partition in 0..partitions {
+        let mut spans: Vec<(u64, u64, u64, String)> = Vec::new();
+        for start in changes
+            .iter()
+            .filter(|c| c.partition == partition && c.started)
+        {
+            let stop = changes
+                .iter()
+                .filter(|c| {
+                    c.partition == partition
+                        && !c.started
+                        && c.worker == start.worker
+                        && c.at_us >= start.at_us
+                })
+                .map(|c| c.at_us)
+                .min()
+                .or_else(|| {
+                    killed
+                        .iter()
+                        .find(|(worker, _)| *worker == start.worker)
+                        .map(|(_, at)| *at)
+                })
+                .unwrap_or(u64::MAX);
+            spans.push((start.at_us, stop, start.revision, start.worker.clone()));
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "partition {partition} had two owners at once: {pair:?}"
+            );
+            assert!(
+                pair[0].2 < pair[1].2,
+                "partition {partition}: a later owner has a smaller lease revision: {pair:?}"
+            );
+        }
+        assert!(!spans.is_empty(), "partition {partition} never ran");
+        intervals += spans.len();
+    }
+    intervals
+}
+
+/// Publishes events `ids` to `in.<id % ORACLE_KEYS>`, value the id, with
+/// message id `e<id>`.
+pub async fn publish_events(context: &jetstream::Context, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("e{id}").as_str());
+            acks.push(
+                context
+                    .publish_with_headers(
+                        format!("in.{}", id % ORACLE_KEYS),
+                        headers,
+                        id.to_string().into(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+/// Creates the output stream `OUT` (subject `out`, R3, a 10 minute
+/// duplicate window).
+pub async fn create_output_stream(context: &jetstream::Context) {
+    context
+        .create_stream(jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out".into()],
+            num_replicas: 3,
+            duplicate_window: plumber_cluster::init::DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until `OUT` holds `expected` messages (or fails after `limit`).
+/// Every worker's log, each headed by its id (for failure messages).
+pub fn logs_of(workers: &[WorkerProcess]) -> String {
+    workers
+        .iter()
+        .map(|w| format!("--- {}\n{}", w.id, w.log_text()))
+        .collect()
+}
+
+/// Workers `w1`, `w2` and `w3` of the oracle pipeline.
+pub fn start_three_workers(setup: &OracleSetup) -> Vec<WorkerProcess> {
+    ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| WorkerProcess::start(&setup.path, id, setup.dir.path()))
+        .collect()
+}
+
+/// Three workers, the first half of the events published in the background
+/// (the second half is published after the fault: every partition then has
+/// events to process, and commit, after its take-over), and a fifth of the
+/// output waited for: the workers are mid-stream. Returns the workers and
+/// the publisher of the first half.
+pub async fn three_workers_mid_stream(
+    setup: &OracleSetup,
+    events: u64,
+) -> (Vec<WorkerProcess>, tokio::task::JoinHandle<()>) {
+    let workers = start_three_workers(setup);
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..events / 2).await })
+    };
+    wait_for_output(
+        &setup.context,
+        events / 5,
+        std::time::Duration::from_secs(300),
+        || logs_of(&workers),
+    )
+    .await;
+    (workers, publisher)
+}
+
+pub async fn wait_for_output(
+    context: &jetstream::Context,
+    expected: u64,
+    limit: std::time::Duration,
+    logs: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut stream = context.get_stream("OUT").await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages;
+        if messages >= expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {messages} of {expected} outputs after {limit:?}:\n{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// The oracle: every id in `0..events` exactly once in `OUT`, each key's
+/// counts exactly 1..n in id order, and the committed Redis state of all
+/// partitions equal to the truth (each key in its own partition only).
+pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipeline, events: u64) {
+    // The output.
+    let stream = context.get_stream("OUT").await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = vec![false; events as usize];
+    let mut read = 0u64;
+    let mut wrong = Vec::new();
+    while read < events {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(std::time::Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let before = read;
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.unwrap();
+            let text = String::from_utf8_lossy(&message.payload).into_owned();
+            let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
+            let (id, key, count) = (parts[0], parts[1], parts[2]);
+            assert_eq!(key, id % ORACLE_KEYS, "{text}");
+            assert!(!seen[id as usize], "id {id} is in the output twice");
+            seen[id as usize] = true;
+            // The id's rank among its key's ids, from 1.
+            if count != id / ORACLE_KEYS + 1 {
+                wrong.push(text);
+            }
+            read += 1;
+        }
+        if read == before {
+            break;
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "{missing} ids missing from the output");
+    assert!(
+        wrong.is_empty(),
+        "{} wrong counts, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let mut stream = context.get_stream("OUT").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        events,
+        "extra outputs"
+    );
+
+    // The committed state.
+    let mut counts: BTreeMap<u64, (i64, u32)> = BTreeMap::new();
+    for partition in 0..pipeline.names.partitions {
+        let config = pipeline.partition_config(partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let namespace = plumber::state::Namespace::for_tenant_pipe(
+            plumber::state::DEFAULT_TENANT,
+            &config.name,
+            "count",
+        );
+        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
+            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
+            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
+            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+            assert_eq!(
+                partition_of(key.to_string().as_bytes(), pipeline.names.partitions),
+                partition,
+                "key {key} counted in partition {partition}"
+            );
+            assert!(
+                counts.insert(key, (value, partition)).is_none(),
+                "key {key} in two partitions"
+            );
+        }
+    }
+    assert_eq!(counts.len() as u64, ORACLE_KEYS.min(events));
+    let per_key = events / ORACLE_KEYS;
+    for (key, (value, _)) in &counts {
+        assert_eq!(*value as u64, per_key, "key {key}");
+    }
+}
+
+/// A 3-node cluster and Redis with the 64-partition key-counting pipeline
+/// initialised and its output stream created.
+pub struct OracleSetup {
+    /// One such run at a time: each has four NATS and Redis servers and
+    /// three or four workers, too much for two cores twice over.
+    _alone: tokio::sync::MutexGuard<'static, ()>,
+    pub cluster: harness::NatsCluster,
+    pub redis: harness::RedisServer,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub pipeline: ClusterPipeline,
+    pub context: jetstream::Context,
+}
+
+/// Serialises the oracle runs (see [`OracleSetup`]).
+pub static ORACLE_RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn oracle_setup(partitions: u32) -> OracleSetup {
+    let alone = ORACLE_RUNS.lock().await;
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cluster_config(&cluster.urls(), partitions, &redis.url());
+    config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
+    config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
+    let path = write_config(dir.path(), "keys.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
+    OracleSetup {
+        _alone: alone,
+        cluster,
+        redis,
+        dir,
+        path,
+        pipeline,
+        context,
+    }
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The partitions `worker` holds at the end of its log (started, not
+/// stopped).
+pub fn held_at_end(changes: &[Ownership], worker: &str) -> Vec<u32> {
+    let mut held = std::collections::BTreeSet::new();
+    let mut mine: Vec<&Ownership> = changes.iter().filter(|c| c.worker == worker).collect();
+    mine.sort_by_key(|c| c.at_us);
+    for change in mine {
+        if change.started {
+            held.insert(change.partition);
+        } else {
+            held.remove(&change.partition);
+        }
+    }
+    held.into_iter().collect()
+}
+
+/// The first `partition started` of `partition` by a worker other than
+/// `not` at or after `after_us`.
+pub fn first_start_after(
+    changes: &[Ownership],
+    partition: u32,
+    not: &str,
+    after_us: u64,
+) -> Option<u64> {
+    changes
+        .iter()
+        .filter(|c| c.started && c.partition == partition && c.worker != not && c.at_us >= after_us)
+        .map(|c| c.at_us)
+        .min()
+}
+
+/// The fence of each partition's last checkpoint (0 for none).
+pub async fn commit_fences(pipeline: &ClusterPipeline, partitions: &[u32]) -> BTreeMap<u32, u64> {
+    let mut fences = BTreeMap::new();
+    for partition in partitions {
+        let config = pipeline.partition_config(*partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        let record = state.last_checkpoint(&scope).await.unwrap();
+        fences.insert(*partition, record.map_or(0, |r| r.fence));
+    }
+    fences
+}
+
+/// Waits until each of `partitions` has a checkpoint committed by a new
+/// owner (a fence above `fences`' and a commit time after `after_ms`, ms
+/// since the epoch), reading the checkpoint records from the state
+/// backend; returns how long after `after_ms` the last of them committed,
+/// and which partition that was.
+pub async fn wait_for_commits_after(
+    pipeline: &ClusterPipeline,
+    fences: &BTreeMap<u32, u64>,
+    after_ms: u64,
+    limit: std::time::Duration,
+) -> (std::time::Duration, u32) {
+    let mut states = Vec::new();
+    for (partition, fence) in fences {
+        let config = pipeline.partition_config(*partition).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        states.push((*partition, *fence, state, scope));
+    }
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut latest = (0, 0);
+        let mut waiting = Vec::new();
+        for (partition, fence, state, scope) in &states {
+            match state.last_checkpoint(scope).await.unwrap() {
+                Some(record) if record.fence > *fence && record.committed_at_ms > after_ms => {
+                    latest = latest.max((record.committed_at_ms - after_ms, *partition));
+                }
+                _ => waiting.push(*partition),
+            }
+        }
+        if waiting.is_empty() {
+            return (std::time::Duration::from_millis(latest.0), latest.1);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions {waiting:?} did not commit again under a new owner within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
