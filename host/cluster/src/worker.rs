@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plumber_engine::pipeline::{PipelineError, PipelineHandle, RunReport};
 use plumber_engine::runtime::Runtime;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::assign::assign;
@@ -54,13 +54,29 @@ pub struct WorkerOptions {
     pub servers: Option<Vec<String>>,
 }
 
-/// A partition task running.
-struct Task {
-    lease: Lease,
-    /// When the lease was last written (acquired or renewed).
-    renewed: Instant,
-    handle: PipelineHandle,
-    join: JoinHandle<Result<RunReport, PipelineError>>,
+/// A partition held: its lease is kept, and its pipeline run, by a keeper
+/// task of its own (see [`keep`]), so that no round of the worker (a slow
+/// start, a hand-over waiting for final checkpoints) delays a renewal.
+struct Held {
+    /// Asks the keeper for a hand-over (a final checkpoint, then the lease
+    /// released); taken once sent.
+    hand_over: Option<oneshot::Sender<()>>,
+    /// The keeper; it ends when the partition has stopped.
+    keeper: JoinHandle<Ended>,
+}
+
+/// How a keeper ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Handed over after a final checkpoint (or after the hand-over
+    /// timeout), its lease released.
+    HandedOver,
+    /// Its pipeline ended by itself (the source ended, or a failure such as
+    /// a fenced commit), its lease released.
+    Stopped,
+    /// Its lease was lost (taken by another, or not renewed within its
+    /// TTL): its pipeline was aborted at once, as a crash would be.
+    LeaseLost,
 }
 
 /// Microseconds since the Unix epoch, for the ownership log lines (tests
@@ -140,12 +156,15 @@ pub async fn run(
         "worker joined");
 
     let mut worker = Worker {
-        pipeline,
+        keeping: Keeping {
+            pipeline: Arc::new(pipeline),
+            leases,
+            runtime,
+            worker: me.id.clone(),
+        },
         me,
         members,
-        leases,
-        runtime,
-        tasks: BTreeMap::new(),
+        held: BTreeMap::new(),
         last_heartbeat: Instant::now(),
         drain,
     };
@@ -204,22 +223,191 @@ async fn open_task(
     Ok((handle, tokio::spawn(builder.run())))
 }
 
-struct Worker {
-    pipeline: ClusterPipeline,
-    me: Member,
-    members: Members,
+/// What a keeper needs: shared by every partition of a worker.
+#[derive(Clone)]
+struct Keeping {
+    pipeline: Arc<ClusterPipeline>,
     leases: Leases,
     runtime: Runtime,
-    tasks: BTreeMap<u32, Task>,
+    worker: String,
+}
+
+impl Keeping {
+    fn log_started(&self, lease: &Lease) {
+        tracing::info!(
+            worker = %self.worker, partition = lease.partition, revision = lease.revision,
+            at_us = now_us() as u64, "partition started"
+        );
+    }
+
+    fn log_stopped(&self, lease: &Lease) {
+        tracing::info!(
+            worker = %self.worker, partition = lease.partition, revision = lease.revision,
+            at_us = now_us() as u64, "partition stopped"
+        );
+    }
+
+    async fn release(&self, lease: &Lease, handed_over: bool) {
+        match self.leases.release(lease).await {
+            Ok(()) if handed_over => {
+                tracing::info!(partition = lease.partition, "partition handed over");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                tracing::warn!(partition = lease.partition, %error, "cannot release the lease");
+            }
+        }
+    }
+
+    /// Renews `lease` if due. `Err` when it is lost: the caller stops the
+    /// partition at once. A renewal not answered is retried (soon) until
+    /// the TTL since the last one has passed.
+    async fn renew(
+        &self,
+        lease: &mut Lease,
+        renewed: &mut Instant,
+        next: &mut tokio::time::Instant,
+    ) -> Result<(), ()> {
+        let partition = lease.partition;
+        let every = self.leases.renew_every();
+        match self.leases.renew(lease).await {
+            Ok(()) => {
+                *renewed = Instant::now();
+                *next = tokio::time::Instant::now() + every;
+                Ok(())
+            }
+            Err(RenewError::Lost { message, .. }) => {
+                tracing::error!(partition, message, "lease lost: stopping the partition");
+                Err(())
+            }
+            Err(RenewError::Unanswered { message, .. }) => {
+                if renewed.elapsed() >= self.leases.ttl() {
+                    tracing::error!(
+                        partition,
+                        message,
+                        "lease not renewed within its TTL: stopping the partition"
+                    );
+                    return Err(());
+                }
+                tracing::warn!(partition, message, "lease renewal not answered");
+                *next = tokio::time::Instant::now() + RENEW_RETRY.min(every);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How soon a renewal that was not answered is tried again.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
+
+/// Keeps partition `lease.partition`: opens and runs its pipeline while
+/// renewing its lease every quarter of the TTL, from the moment it was
+/// `acquired`. Ends when the pipeline ends (lease released), when asked to
+/// hand over (a final checkpoint, then the lease released; renewals go on
+/// meanwhile, so a slow final checkpoint does not lose it), or when the
+/// lease is lost (the pipeline aborted at once; its uncommitted work is
+/// replayed by the next owner and a commit it would still attempt is
+/// refused by the fence the next owner claimed).
+async fn keep(
+    keeping: Keeping,
+    mut lease: Lease,
+    acquired: Instant,
+    mut hand_over: oneshot::Receiver<()>,
+) -> Ended {
+    let partition = lease.partition;
+    keeping.log_started(&lease);
+    let mut renewed = acquired;
+    let mut next_renewal = tokio::time::Instant::from_std(acquired) + keeping.leases.renew_every();
+    let opening = open_task(&keeping.pipeline, partition, keeping.runtime.clone());
+    tokio::pin!(opening);
+    let (handle, mut join) = loop {
+        tokio::select! {
+            opened = &mut opening => match opened {
+                Ok(task) => break task,
+                Err(error) => {
+                    tracing::error!(partition, %error, "cannot start the partition");
+                    keeping.log_stopped(&lease);
+                    keeping.release(&lease, false).await;
+                    return Ended::Stopped;
+                }
+            },
+            () = tokio::time::sleep_until(next_renewal) => {
+                if keeping.renew(&mut lease, &mut renewed, &mut next_renewal).await.is_err() {
+                    // Dropping `opening` abandons the start (nothing runs yet).
+                    keeping.log_stopped(&lease);
+                    return Ended::LeaseLost;
+                }
+            }
+            _ = &mut hand_over => {
+                keeping.log_stopped(&lease);
+                keeping.release(&lease, true).await;
+                return Ended::HandedOver;
+            }
+        }
+    };
+    let mut handing_over: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            ended = &mut join => {
+                match ended {
+                    Ok(Ok(_)) if handing_over.is_some() => {}
+                    Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
+                    Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
+                    Err(error) => tracing::error!(partition, %error, "partition task panicked"),
+                }
+                keeping.log_stopped(&lease);
+                keeping.release(&lease, handing_over.is_some()).await;
+                return if handing_over.is_some() { Ended::HandedOver } else { Ended::Stopped };
+            }
+            () = tokio::time::sleep_until(next_renewal) => {
+                if keeping.renew(&mut lease, &mut renewed, &mut next_renewal).await.is_err() {
+                    join.abort();
+                    let _ = (&mut join).await;
+                    keeping.log_stopped(&lease);
+                    return Ended::LeaseLost;
+                }
+            }
+            _ = &mut hand_over, if handing_over.is_none() => {
+                handle.shutdown();
+                handing_over = Some(tokio::time::Instant::now() + HAND_OVER_TIMEOUT);
+            }
+            () = sleep_until_or_never(handing_over) => {
+                tracing::error!(partition, "no final checkpoint within {HAND_OVER_TIMEOUT:?}");
+                join.abort();
+                let _ = (&mut join).await;
+                keeping.log_stopped(&lease);
+                keeping.release(&lease, true).await;
+                return Ended::HandedOver;
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Worker {
+    keeping: Keeping,
+    me: Member,
+    members: Members,
+    held: BTreeMap<u32, Held>,
     last_heartbeat: Instant,
     /// Set by a drain request: announce it, then hand everything over.
     drain: Arc<AtomicBool>,
 }
 
 impl Worker {
+    fn leases(&self) -> &Leases {
+        &self.keeping.leases
+    }
+
     async fn tick(&mut self) -> Result<(), ClusterError> {
-        self.reap_finished().await;
-        self.renew_due().await;
+        self.reap_ended().await;
         let draining = self.drain.load(Ordering::SeqCst);
         if draining && !self.me.draining {
             tracing::info!(worker = %self.me.id, "draining: handing every partition over");
@@ -227,85 +415,30 @@ impl Worker {
             self.members.heartbeat(&self.me).await?;
             self.last_heartbeat = Instant::now();
         }
-        if self.last_heartbeat.elapsed() >= self.leases.renew_every() {
+        if self.last_heartbeat.elapsed() >= self.leases().renew_every() {
             self.members.heartbeat(&self.me).await?;
             self.last_heartbeat = Instant::now();
         }
         self.rebalance().await
     }
 
-    /// Tasks that ended by themselves (a failure, a fence): their leases
-    /// are given up so that another worker (or this one) starts again.
-    async fn reap_finished(&mut self) {
-        let finished: Vec<u32> = self
-            .tasks
+    /// Forgets the partitions whose keepers ended (handed over, stopped by
+    /// a failure, or their lease lost): their leases are released or
+    /// gone, so another worker (or this one) may take them again.
+    async fn reap_ended(&mut self) {
+        let ended: Vec<u32> = self
+            .held
             .iter()
-            .filter(|(_, task)| task.join.is_finished())
+            .filter(|(_, held)| held.keeper.is_finished())
             .map(|(partition, _)| *partition)
             .collect();
-        for partition in finished {
-            let Some(task) = self.tasks.remove(&partition) else {
-                continue;
-            };
-            match task.join.await {
-                Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
-                Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
-                Err(error) => tracing::error!(partition, %error, "partition task panicked"),
-            }
-            self.log_stopped(&task.lease);
-            if let Err(error) = self.leases.release(&task.lease).await {
-                tracing::warn!(partition, %error, "cannot release the lease");
-            }
-        }
-    }
-
-    async fn renew_due(&mut self) {
-        let every = self.leases.renew_every();
-        let ttl = self.leases.ttl();
-        let leases = &self.leases;
-        // All due renewals at once: one slow round trip must not delay the
-        // others past their deadline.
-        let renewals = self
-            .tasks
-            .iter_mut()
-            .filter(|(_, task)| task.renewed.elapsed() >= every)
-            .map(|(partition, task)| async move {
-                let outcome = leases.renew(&mut task.lease).await;
-                if outcome.is_ok() {
-                    task.renewed = Instant::now();
-                }
-                (*partition, task.renewed, outcome)
-            });
-        let outcomes = futures_util::future::join_all(renewals).await;
-        for (partition, renewed, outcome) in outcomes {
-            match outcome {
-                Ok(()) => {}
-                Err(RenewError::Lost { message, .. }) => {
-                    tracing::error!(partition, message, "lease lost: stopping the partition");
-                    self.abort(partition).await;
-                }
-                Err(RenewError::Unanswered { message, .. }) => {
-                    if renewed.elapsed() >= ttl {
-                        tracing::error!(
-                            partition,
-                            message,
-                            "lease not renewed within its TTL: stopping the partition"
-                        );
-                        self.abort(partition).await;
-                    } else {
-                        tracing::warn!(partition, message, "lease renewal not answered");
-                    }
+        for partition in ended {
+            if let Some(held) = self.held.remove(&partition) {
+                match held.keeper.await {
+                    Ok(ended) => tracing::debug!(partition, ?ended, "partition let go"),
+                    Err(error) => tracing::error!(partition, %error, "partition keeper panicked"),
                 }
             }
-        }
-    }
-
-    /// Stops a partition at once (its lease is not ours any more).
-    async fn abort(&mut self, partition: u32) {
-        if let Some(task) = self.tasks.remove(&partition) {
-            task.join.abort();
-            let _ = task.join.await;
-            self.log_stopped(&task.lease);
         }
     }
 
@@ -338,24 +471,20 @@ impl Worker {
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
         let (live, dead) = self.live_members().await?;
-        let owners = assign(self.pipeline.names.partitions, &live);
+        let owners = assign(self.keeping.pipeline.names.partitions, &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
             .filter(|(_, owner)| **owner == self.me.id)
             .map(|(partition, _)| *partition)
             .collect();
-        // Give up first, so that the new owner can start.
-        let extra: Vec<u32> = self
-            .tasks
-            .keys()
-            .filter(|partition| !wanted.contains(partition))
-            .copied()
-            .collect();
-        self.hand_over(&extra).await;
+        // Give up what is not ours any more: each keeper takes a final
+        // checkpoint and releases the lease, and the new owner takes it
+        // on one of its next rounds.
+        self.hand_over(|partition| !wanted.contains(&partition));
         // Each takes a few round trips to the lease bucket: all at once.
         let missing: Vec<u32> = wanted
             .into_iter()
-            .filter(|partition| !self.tasks.contains_key(partition))
+            .filter(|partition| !self.held.contains_key(partition))
             .collect();
         let this = &*self;
         let attempts = missing
@@ -364,25 +493,45 @@ impl Worker {
         let mut taken = Vec::new();
         for attempt in futures_util::future::join_all(attempts).await {
             match attempt {
-                Ok(Some(lease)) => taken.push(lease),
+                Ok(Some(acquired)) => taken.push(acquired),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot take a partition"),
             }
         }
-        self.start(taken).await;
+        for (lease, acquired) in taken {
+            let (ask, asked) = oneshot::channel();
+            let partition = lease.partition;
+            let keeper = tokio::spawn(keep(self.keeping.clone(), lease, acquired, asked));
+            self.held.insert(
+                partition,
+                Held {
+                    hand_over: Some(ask),
+                    keeper,
+                },
+            );
+        }
         Ok(())
     }
 
     /// Takes `partition`'s lease if it is free, ours from an earlier life,
-    /// or a dead worker's; `None` while a live worker holds it.
+    /// or a dead worker's; `None` while a live worker holds it. With the
+    /// lease, the moment it was written (renewals count from there).
     async fn try_take(
         &self,
         partition: u32,
         live: &[Member],
         dead: &BTreeSet<String>,
-    ) -> Result<Option<Lease>, ClusterError> {
-        let Some(holder) = self.leases.holder(partition).await? else {
-            return self.leases.acquire(partition, &self.me.id).await;
+    ) -> Result<Option<(Lease, Instant)>, ClusterError> {
+        let leases = self.leases();
+        let acquire = || async {
+            let asked = Instant::now();
+            Ok(leases
+                .acquire(partition, &self.me.id)
+                .await?
+                .map(|lease| (lease, asked)))
+        };
+        let Some(holder) = leases.holder(partition).await? else {
+            return acquire().await;
         };
         let gone = holder.owner == self.me.id
             || dead.contains(&holder.owner)
@@ -393,103 +542,39 @@ impl Worker {
         }
         tracing::info!(partition, holder = %holder.owner, revision = holder.revision,
             "ending the lease of a dead holder");
-        if let Err(error) = self.leases.break_lease(partition, holder.revision).await {
+        if let Err(error) = leases.break_lease(partition, holder.revision).await {
             tracing::debug!(partition, %error, "lease changed meanwhile");
             return Ok(None);
         }
-        self.leases.acquire(partition, &self.me.id).await
+        acquire().await
     }
 
-    /// Starts the tasks of partitions whose leases we just took, all at
-    /// once (each connects to its state backend and its streams, which
-    /// takes a while; one after another, the last of many would wait).
-    async fn start(&mut self, leases: Vec<Lease>) {
-        let opening = leases.into_iter().map(|lease| {
-            let pipeline = &self.pipeline;
-            let runtime = self.runtime.clone();
-            async move {
-                let opened = open_task(pipeline, lease.partition, runtime).await;
-                (lease, opened)
-            }
-        });
-        for (lease, opened) in futures_util::future::join_all(opening).await {
-            let partition = lease.partition;
-            match opened {
-                Ok((handle, join)) => {
-                    tracing::info!(
-                        worker = %self.me.id, partition, revision = lease.revision,
-                        at_us = now_us() as u64, "partition started"
-                    );
-                    self.tasks.insert(
-                        partition,
-                        Task {
-                            lease,
-                            renewed: Instant::now(),
-                            handle,
-                            join,
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::error!(partition, %error, "cannot start the partition");
-                    if let Err(error) = self.leases.release(&lease).await {
-                        tracing::warn!(partition, %error, "cannot release the lease");
-                    }
+    /// Asks the keepers of the partitions `which` selects to hand over
+    /// (each a final checkpoint, then its lease released); does not wait.
+    fn hand_over(&mut self, which: impl Fn(u32) -> bool) {
+        for (partition, held) in &mut self.held {
+            if which(*partition) {
+                if let Some(ask) = held.hand_over.take() {
+                    // A keeper that already ended has dropped its end.
+                    let _ = ask.send(());
                 }
             }
         }
     }
 
-    /// Stops partitions cleanly (a final checkpoint each, all at once),
-    /// then releases their leases so that their new owners start from
-    /// those checkpoints.
-    async fn hand_over(&mut self, partitions: &[u32]) {
-        let mut stopping = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            if let Some(task) = self.tasks.remove(partition) {
-                task.handle.shutdown();
-                stopping.push(task);
-            }
-        }
-        for mut task in stopping {
-            let partition = task.lease.partition;
-            let ended = tokio::time::timeout(HAND_OVER_TIMEOUT, &mut task.join).await;
-            match ended {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(error))) => tracing::error!(partition, %error, "partition task failed"),
-                Ok(Err(error)) => tracing::error!(partition, %error, "partition task panicked"),
-                Err(_) => {
-                    tracing::error!(
-                        partition,
-                        "no final checkpoint within {HAND_OVER_TIMEOUT:?}"
-                    );
-                    task.join.abort();
-                    let _ = task.join.await;
-                }
-            }
-            self.log_stopped(&task.lease);
-            match self.leases.release(&task.lease).await {
-                Ok(()) => tracing::info!(partition, "partition handed over"),
-                Err(error) => tracing::warn!(partition, %error, "cannot release the lease"),
-            }
-        }
-    }
-
-    fn log_stopped(&self, lease: &Lease) {
-        tracing::info!(
-            worker = %self.me.id, partition = lease.partition, revision = lease.revision,
-            at_us = now_us() as u64, "partition stopped"
-        );
-    }
-
-    /// Hands every partition over and removes our member entry.
+    /// Hands every partition over, waits for the keepers, and removes our
+    /// member entry.
     async fn leave(&mut self) {
         self.me.draining = true;
         if let Err(error) = self.members.heartbeat(&self.me).await {
             tracing::warn!(%error, "cannot announce the drain");
         }
-        let partitions: Vec<u32> = self.tasks.keys().copied().collect();
-        self.hand_over(&partitions).await;
+        self.hand_over(|_| true);
+        for (partition, held) in std::mem::take(&mut self.held) {
+            if let Err(error) = held.keeper.await {
+                tracing::error!(partition, %error, "partition keeper panicked");
+            }
+        }
         if let Err(error) = self.members.remove(&self.me.id).await {
             tracing::warn!(%error, "cannot remove the member entry");
         }
