@@ -122,7 +122,13 @@ impl WorkerProcess {
             .arg("--cache-dir")
             .arg(harness::cache_dir())
             .args(["worker", config.to_str().unwrap(), "--id", id])
-            .env("RUST_LOG", "warn,plumber_cluster=info")
+            // PLUMBER_WORKER_LOG (a RUST_LOG filter) to see more when
+            // looking into a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("PLUMBER_WORKER_LOG")
+                    .unwrap_or_else(|_| "warn,plumber_cluster=info".to_owned()),
+            )
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -169,6 +175,11 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // PLUMBER_WORKER_LOG_DIR keeps the logs (the test's directory goes).
+        if let Ok(dir) = std::env::var("PLUMBER_WORKER_LOG_DIR") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(format!("{}.log", self.id)));
+        }
     }
 }
 

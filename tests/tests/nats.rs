@@ -590,6 +590,87 @@ async fn jetstream_source_after_a_crash_resumes_exactly_after_the_checkpoint() {
     );
 }
 
+/// A source that starts exactly where its durable consumer is, with
+/// nothing delivered and unacknowledged (a partition handed over after a
+/// final checkpoint), keeps the consumer instead of recreating it (two
+/// replicated writes, seconds each on a busy cluster); one that finds
+/// deliveries unacknowledged (a crash) recreates it at its checkpoint.
+#[tokio::test]
+async fn jetstream_source_keeps_a_consumer_that_is_exactly_at_its_checkpoint() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "HAND", &["hand"]).await;
+    let values_in: Vec<String> = (1..=30).map(|i| format!("h{i}")).collect();
+    let refs: Vec<&str> = values_in.iter().map(String::as_str).collect();
+    publish_js(&js, "hand", &refs[..10]).await;
+    let url = server.url();
+    let connect = || {
+        JetStreamSource::connect_with(
+            &url,
+            "HAND",
+            "hand",
+            Some("hand".to_owned()),
+            quick_redelivery(),
+        )
+    };
+    let created_at = || async {
+        js.get_stream("HAND")
+            .await
+            .unwrap()
+            .consumer_info("hand")
+            .await
+            .unwrap()
+            .created
+    };
+
+    // The first owner reads 10, commits them, stops.
+    let mut first = connect().await.unwrap();
+    let first_created = first.consumers_created();
+    let mut listener = first.commit_listener().unwrap();
+    first.seek(&Position::Start).await.unwrap();
+    let (events, _) = read_events(&mut first, 10, 10).await;
+    assert_eq!(values(&events), values_in[..10]);
+    listener.committed(&Position::Offset(10)).await.unwrap();
+    wait_for_consumer(&js, "HAND", "hand", 0, 10).await;
+    assert_eq!(first_created.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop((first, listener));
+    let consumer_born = created_at().await;
+
+    // The next owner, at that checkpoint: the same consumer delivers 11..20.
+    publish_js(&js, "hand", &refs[10..20]).await;
+    let mut second = connect().await.unwrap();
+    let second_created = second.consumers_created();
+    second.seek(&Position::Offset(10)).await.unwrap();
+    let (events, positions) = read_events(&mut second, 10, 10).await;
+    assert_eq!(values(&events), values_in[10..20]);
+    assert_eq!(positions.last(), Some(&Position::Offset(20)));
+    assert_eq!(
+        second_created.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the consumer was recreated"
+    );
+    assert_eq!(created_at().await, consumer_born, "not the same consumer");
+    // It "crashes": 11..20 delivered, not acknowledged.
+    drop(second);
+
+    // A new owner at 10 finds them unacknowledged: it recreates the
+    // consumer and reads 11..30 once each, at once (not after the ack wait).
+    publish_js(&js, "hand", &refs[20..]).await;
+    let mut third = connect().await.unwrap();
+    let third_created = third.consumers_created();
+    third.seek(&Position::Offset(10)).await.unwrap();
+    let (events, _) = read_events(&mut third, 10, 20).await;
+    assert_eq!(values(&events), values_in[10..]);
+    assert_eq!(third_created.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_ne!(created_at().await, consumer_born);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), third.next_batch(10))
+            .await
+            .is_err(),
+        "a message was handed out twice"
+    );
+}
+
 #[tokio::test]
 async fn jetstream_sink_replay_is_deduplicated_and_flush_waits_for_acks() {
     let server = NatsServer::start();
@@ -1091,8 +1172,10 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
         "to": { "type": "jetstream", "url": url, "subject": "out" }
     });
     std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    // Built (if it must be) before the producer starts, not at the first kill.
+    let plumber = harness::plumber_binary();
     let run = || {
-        tokio::process::Command::new(harness::plumber_binary())
+        tokio::process::Command::new(&plumber)
             .arg("run")
             .arg(&config)
             .env("PLUMBER_CACHE_DIR", harness::cache_dir())
@@ -1105,13 +1188,16 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
             .expect("spawn plumber run")
     };
 
-    // 2,500 ids a second, each with its own message id, over the kills.
+    // Each id with its own message id, spread over the kills (3.5 s each)
+    // and 5 s more, so that the producer is still sending at the last one
+    // on a loaded machine (about 2,000 ids a second by default).
+    let spacing_us = (kills * 3_500 + 5_000) * 1_000 / ids.max(1);
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             for id in 0..ids {
-                let due = started + Duration::from_micros(id * 400);
+                let due = started + Duration::from_micros(id * spacing_us);
                 tokio::time::sleep_until(due).await;
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", id.to_string().as_str());
@@ -1140,10 +1226,11 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
         killed += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(
-        !publisher.is_finished(),
-        "the producer was done before the last kill: raise PLUMBER_JS_KILL_IDS"
-    );
+    if publisher.is_finished() {
+        // A failed publish, or a producer that outran the kills.
+        publisher.await.expect("the producer");
+        panic!("the producer was done before the last kill: raise PLUMBER_JS_KILL_IDS");
+    }
 
     // The last run takes everything in, then stops cleanly.
     let child = run();

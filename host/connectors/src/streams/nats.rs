@@ -183,6 +183,11 @@ pub use super::reconnect::DEFAULT_RECONNECT_TIMEOUT;
 /// as a failure (it normally takes about [`PULL_WAIT`]).
 const PULL_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 
+/// The longest an attempt at (re)creating a [`JetStreamSource`]'s consumer
+/// may take before it counts as a failure (replicated consumers take a
+/// while on a busy cluster).
+const CONSUMER_ATTEMPT_LIMIT: Duration = Duration::from_secs(20);
+
 /// Why an attempt failed: the server could not be reached (worth retrying),
 /// or anything else (fails at once).
 enum Failure {
@@ -552,6 +557,8 @@ pub struct JetStreamSource {
     consumer_name: String,
     client: Client,
     js_stream: async_nats::jetstream::stream::Stream,
+    /// For the consumer handle when an existing consumer is kept.
+    context: async_nats::jetstream::Context,
     /// The settings the consumer is created with (but its start).
     config: pull::Config,
     /// The current consumer; `None` until it is (re)created at the sequence
@@ -630,6 +637,7 @@ impl JetStreamSource {
             consumer_name: durable_consumer.to_owned(),
             client,
             js_stream,
+            context,
             config,
             consumer: None,
             pending: Arc::default(),
@@ -660,9 +668,6 @@ impl JetStreamSource {
     /// within [`PULL_WAIT`] and what is waiting after it. Adds the new
     /// messages to `events`.
     async fn pull_some(&mut self, max: usize, events: &mut Vec<Event>) -> Result<(), Failure> {
-        if self.consumer.is_none() {
-            self.create_consumer().await?;
-        }
         self.pull(max, None, events).await?;
         if events.is_empty() {
             self.pull(1, Some(PULL_WAIT), events).await?;
@@ -674,10 +679,57 @@ impl JetStreamSource {
         Ok(())
     }
 
-    /// Deletes the durable consumer (whatever a previous run or consumer
-    /// left pending in it) and creates it again, delivering from the
-    /// sequence after the last one handed out.
+    /// Makes the durable consumer deliver from the sequence after the last
+    /// one handed out: keeps the existing one when it is exactly there
+    /// with nothing in flight (after a clean hand-over, or a creation
+    /// whose answer was not awaited), else deletes it (whatever a previous
+    /// run or owner left pending in it, and so ending a zombie's pulls)
+    /// and creates it again.
     async fn create_consumer(&mut self) -> Result<(), Failure> {
+        if let Ok(info) = self.js_stream.consumer_info(&self.consumer_name).await {
+            if self.can_keep(&info) {
+                let delivered = info.delivered.consumer_sequence;
+                let consumer = PullConsumer::new(self.config.clone(), info, self.context.clone());
+                tracing::debug!(source = %self.describe(), from = self.handed_out.saturating_add(1),
+                    "consumer kept");
+                self.start_consumer(consumer, Some(delivered).filter(|d| *d > 0));
+                return Ok(());
+            }
+        }
+        self.recreate_consumer().await
+    }
+
+    /// Whether the consumer `info` describes delivers next what this
+    /// source wants next, with the same settings and nothing delivered,
+    /// unacknowledged or requested.
+    fn can_keep(&self, info: &async_nats::jetstream::consumer::Info) -> bool {
+        let config = &info.config;
+        config.filter_subject == self.config.filter_subject
+            && config.filter_subjects == self.config.filter_subjects
+            && config.ack_policy == self.config.ack_policy
+            && config.ack_wait == self.config.ack_wait
+            && config.max_ack_pending == self.config.max_ack_pending
+            && info.delivered.stream_sequence == self.handed_out
+            && info.ack_floor.stream_sequence == self.handed_out
+            && info.num_ack_pending == 0
+            && info.num_waiting == 0
+    }
+
+    /// A consumer to pull from: `delivered` is its last delivery sequence
+    /// (`None` for a new one).
+    fn start_consumer(&mut self, consumer: PullConsumer, delivered: Option<u64>) {
+        // Acks of the old consumer's deliveries would go nowhere.
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.last_delivery = delivered;
+        self.consumer = Some(consumer);
+    }
+
+    /// Deletes the durable consumer and creates it again, delivering from
+    /// the sequence after the last one handed out.
+    async fn recreate_consumer(&mut self) -> Result<(), Failure> {
         use async_nats::jetstream::stream::ConsumerErrorKind as Kind;
         check_connected(&self.client)?;
         let describe = self.describe();
@@ -714,13 +766,7 @@ impl JetStreamSource {
             .map_err(|error| classify("create consumer", error))?;
         tracing::debug!(source = %self.describe(), from = self.handed_out.saturating_add(1),
             "consumer created");
-        // Acks of the old consumer's deliveries would go nowhere.
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.last_delivery = None;
-        self.consumer = Some(consumer);
+        self.start_consumer(consumer, None);
         self.consumers_created.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -862,7 +908,30 @@ impl Source for JetStreamSource {
         let max = max.max(1);
         let mut events = Vec::new();
         let mut retry = Retry::new(self.describe(), &self.url, "pull", self.reconnect_timeout);
+        let mut creating = Retry::new(
+            self.describe(),
+            &self.url,
+            "create consumer",
+            self.reconnect_timeout,
+        );
         loop {
+            if self.consumer.is_none() {
+                // Its own, longer deadline: on a loaded cluster a consumer
+                // takes seconds to create, and giving up sooner only
+                // queues the same work again.
+                let limit = creating.attempt(CONSUMER_ATTEMPT_LIMIT);
+                match tokio::time::timeout(limit, self.create_consumer()).await {
+                    Ok(Ok(())) => creating.succeeded(),
+                    Ok(Err(failure)) => {
+                        creating.failed(failure).await?;
+                        continue;
+                    }
+                    Err(_) => {
+                        creating.failed(no_answer(limit)).await?;
+                        continue;
+                    }
+                }
+            }
             let limit = retry.attempt(PULL_ATTEMPT_LIMIT);
             let outcome = match tokio::time::timeout(limit, self.pull_some(max, &mut events)).await
             {
