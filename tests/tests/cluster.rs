@@ -640,7 +640,6 @@ async fn a_killed_workers_partitions_are_taken_over_exactly_once() {
 }
 
 #[tokio::test]
-#[ignore = "intermittent on a loaded 2-core machine (once in three runs: an ownership interval check or a partition task failure in a worker log); under investigation, run with --ignored"]
 async fn a_terminated_worker_hands_its_partitions_over_after_a_final_checkpoint() {
     worker_stops_mid_stream(Stop::Term).await;
 }
@@ -654,7 +653,6 @@ async fn a_drained_worker_hands_its_partitions_over_and_stays_idle() {
 /// partitions soon, each moved partition pauses briefly, no commit is
 /// fenced, and the oracle holds.
 #[tokio::test]
-#[ignore = "intermittent on a loaded 2-core machine (once in three runs: an ownership interval check or a partition task failure in a worker log); under investigation, run with --ignored"]
 async fn a_worker_added_mid_stream_takes_its_share_without_fenced_commits() {
     let events = oracle_events();
     let setup = oracle_setup(64).await;

@@ -1,0 +1,115 @@
+//! Throughput of a partitioned pipeline on this machine: the same backlog
+//! of events through one `plumber worker`, then through two, on a 3-node
+//! NATS cluster and Redis (all local), 64 partitions, the key-counting
+//! guest, checkpoints every 500 ms, output to a JetStream stream.
+//!
+//! `cargo bench -p plumber-tests --bench cluster_throughput` (release
+//! build of the worker). `PLUMBER_BENCH_EVENTS` sets the backlog (default
+//! 200,000). Prints events/s in all and per worker, CPU time per event of
+//! the workers, their peak memory, and the ratio of two workers to one;
+//! checks the output exactly (each id once, counts 1..n, committed state).
+
+use std::time::{Duration, Instant};
+
+use plumber_tests::cluster::{
+    assert_oracle, oracle_setup, publish_events, wait_for_output, WorkerProcess,
+};
+
+/// One run's figures.
+struct Figures {
+    workers: usize,
+    events: u64,
+    /// From the first output to the last.
+    busy: Duration,
+    /// CPU seconds of the workers (user + system).
+    cpu: f64,
+    /// The largest peak resident set of a worker, in MiB.
+    peak_mib: f64,
+}
+
+/// CPU seconds (user + system) of a live process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Peak resident set of a live process in MiB, from /proc.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+async fn run(workers: usize, events: u64) -> Figures {
+    let setup = oracle_setup(64).await;
+    // The backlog first: the workers' pace is measured, not the producer's.
+    publish_events(&setup.context, 0..events).await;
+    let mut processes: Vec<WorkerProcess> = (1..=workers)
+        .map(|n| WorkerProcess::start(&setup.path, &format!("w{n}"), setup.dir.path()))
+        .collect();
+    let logs = || String::new();
+    wait_for_output(&setup.context, 1, Duration::from_secs(120), logs).await;
+    let first = Instant::now();
+    wait_for_output(&setup.context, events, Duration::from_secs(1800), logs).await;
+    let busy = first.elapsed();
+    let pids: Vec<u32> = processes.iter().map(|p| p.child.id()).collect();
+    let cpu = pids.iter().map(|pid| cpu_seconds(*pid)).sum();
+    let peak = pids.iter().map(|pid| peak_mib(*pid)).fold(0.0, f64::max);
+    for process in &mut processes {
+        let status = process.terminate();
+        assert!(status.success(), "{} exited {status}", process.id);
+    }
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+    Figures {
+        workers,
+        events,
+        busy,
+        cpu,
+        peak_mib: peak,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not used here.
+    let events: u64 = std::env::var("PLUMBER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("cluster throughput: {events} events, 64 partitions, {cores} cores, 3 NATS nodes and Redis on this machine");
+    println!(
+        "{:>7} {:>12} {:>18} {:>16} {:>14}",
+        "workers", "events/s", "events/s/worker", "CPU µs/event", "peak MiB/worker"
+    );
+    let mut rates = Vec::new();
+    for workers in [1, 2] {
+        let figures = run(workers, events).await;
+        let rate = figures.events as f64 / figures.busy.as_secs_f64();
+        println!(
+            "{:>7} {:>12.0} {:>18.0} {:>16.1} {:>14.1}",
+            figures.workers,
+            rate,
+            rate / figures.workers as f64,
+            figures.cpu * 1e6 / figures.events as f64,
+            figures.peak_mib
+        );
+        rates.push(rate);
+    }
+    println!("two workers / one: {:.2}x", rates[1] / rates[0]);
+}
