@@ -497,9 +497,11 @@ pub async fn oracle_setup(partitions: u32) -> OracleSetup {
     config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
     let path = write_config(dir.path(), "keys.json", &config);
     let pipeline = ClusterPipeline::load(&path).unwrap();
-    plumber_cluster::init::init(&pipeline).await.unwrap();
+    // The output stream first, by name: `cluster init` then finds it (and
+    // would create one for `out` if there were none).
     let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
     create_output_stream(&context).await;
+    plumber_cluster::init::init(&pipeline).await.unwrap();
     OracleSetup {
         _alone: alone,
         cluster,

@@ -205,6 +205,13 @@ async fn cluster_init_is_idempotent_and_refuses_a_changed_partition_count() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(stdout.contains("created stream `IN`"), "{}", text(&first));
     assert!(stdout.contains("created bucket"), "{}", text(&first));
+    // No stream kept the output `out`: one was made, with a long duplicate
+    // window (a replayed partition's output is dropped as duplicates).
+    assert!(
+        stdout.contains("created stream `plumber_keys_to` for the output `out`"),
+        "{}",
+        text(&first)
+    );
 
     let again = plumber(&["cluster", "init", path.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again));
@@ -223,8 +230,13 @@ async fn cluster_init_is_idempotent_and_refuses_a_changed_partition_count() {
     assert!(stderr.contains("partitioned 8 ways"), "{}", text(&refused));
     assert!(stderr.contains("says 16"), "{}", text(&refused));
 
-    // Nothing was changed by the refused run.
     let context = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut output = context.get_stream("plumber_keys_to").await.unwrap();
+    let output = output.info().await.unwrap().config.clone();
+    assert_eq!(output.subjects, ["out"]);
+    assert_eq!(output.duplicate_window, std::time::Duration::from_secs(600));
+
+    // Nothing was changed by the refused run.
     let mut stream = context.get_stream("IN").await.unwrap();
     let transform = stream
         .info()
@@ -236,6 +248,51 @@ async fn cluster_init_is_idempotent_and_refuses_a_changed_partition_count() {
     assert_eq!(
         transform.map(|t| t.destination),
         Some("in-p.{{partition(8,1)}}.{{wildcard(1)}}".to_owned())
+    );
+}
+
+/// An output stream the user made with a short duplicate window has it
+/// raised by `cluster init`, which says so; one of ten minutes is left.
+#[tokio::test]
+async fn cluster_init_raises_a_short_duplicate_window_of_the_output_stream() {
+    let nats = NatsServer::start();
+    let context = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    context
+        .create_stream(jetstream::stream::Config {
+            name: "RESULTS".into(),
+            subjects: vec!["out".into()],
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "keys.json",
+        &cluster_config(&[nats.url()], 4, "redis://127.0.0.1:1/"),
+    );
+    let first = plumber(&["cluster", "init", path.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains(
+            "raised the duplicate window of stream `RESULTS` (output `out`) from 120 s to 600 s"
+        ),
+        "{}",
+        text(&first)
+    );
+    let mut results = context.get_stream("RESULTS").await.unwrap();
+    let window = results.info().await.unwrap().config.duplicate_window;
+    assert_eq!(window, std::time::Duration::from_secs(600));
+    assert!(context.get_stream("plumber_keys_to").await.is_err());
+
+    let again = plumber(&["cluster", "init", path.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .contains("stream `RESULTS` keeps the output `out`, duplicate window 600 s"),
+        "{}",
+        text(&again)
     );
 }
 

@@ -1,5 +1,6 @@
 //! `plumber cluster init`: checks the server version, and creates or
-//! checks the partitioned input stream and the key-value buckets of the
+//! checks the partitioned input stream, the streams of the JetStream
+//! outputs (a long duplicate window) and the key-value buckets of the
 //! members and the leases. Running it again changes nothing; a changed
 //! partition count is refused.
 
@@ -196,6 +197,77 @@ fn is_not_found(error: &jetstream::context::GetStreamError) -> bool {
         if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// Makes sure a stream keeps what a JetStream sink publishes to
+/// `subject`, with a duplicate window of at least [`DUPLICATE_WINDOW`]: a
+/// partition replayed after a take-over publishes its uncommitted output
+/// again with the same message ids, and only the window makes the stream
+/// drop them. Creates stream `name` for it when none captures the subject;
+/// raises a shorter window of the one there. Returns what it did.
+///
+/// # Errors
+///
+/// [`ClusterError::JetStream`] when a request fails.
+pub async fn ensure_output_stream(
+    context: &jetstream::Context,
+    subject: &str,
+    name: &str,
+    replicas: usize,
+) -> Result<String, ClusterError> {
+    use jetstream::context::GetStreamByNameErrorKind;
+    match context.stream_by_subject(subject).await {
+        Ok(existing) => {
+            let mut stream = context.get_stream(&existing).await.map_err(|e| {
+                ClusterError::jetstream(format!("looking up stream `{existing}`"), e)
+            })?;
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("reading stream `{existing}`"), e))?
+                .config
+                .clone();
+            if config.duplicate_window >= DUPLICATE_WINDOW {
+                return Ok(format!(
+                    "stream `{existing}` keeps the output `{subject}`, duplicate window {} s",
+                    config.duplicate_window.as_secs()
+                ));
+            }
+            let before = config.duplicate_window;
+            config.duplicate_window = DUPLICATE_WINDOW;
+            context.update_stream(&config).await.map_err(|e| {
+                ClusterError::jetstream(
+                    format!("raising the duplicate window of stream `{existing}`"),
+                    e,
+                )
+            })?;
+            Ok(format!(
+                "raised the duplicate window of stream `{existing}` (output `{subject}`) from {} s to {} s, so that a replayed partition's output is dropped as duplicates",
+                before.as_secs(),
+                DUPLICATE_WINDOW.as_secs()
+            ))
+        }
+        Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound => {
+            context
+                .create_stream(stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![subject.to_owned()],
+                    num_replicas: replicas,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("creating stream `{name}`"), e))?;
+            Ok(format!(
+                "created stream `{name}` for the output `{subject}`: {replicas} replica(s), duplicate window {} s",
+                DUPLICATE_WINDOW.as_secs()
+            ))
+        }
+        Err(error) => Err(ClusterError::jetstream(
+            format!("looking up the stream of the output `{subject}`"),
+            error,
+        )),
+    }
+}
+
 /// Creates the key-value bucket `bucket` whose entries expire `ttl` after
 /// their last write (one revision kept per key), or checks the one there.
 ///
@@ -268,6 +340,12 @@ pub async fn init(pipeline: &ClusterPipeline) -> Result<InitReport, ClusterError
     report
         .lines
         .push(ensure_stream(&context, &pipeline.stream, &pipeline.names, replicas).await?);
+    for (field, subject) in pipeline.jetstream_outputs() {
+        let name = pipeline.output_stream_name(field);
+        report
+            .lines
+            .push(ensure_output_stream(&context, &subject, &name, replicas).await?);
+    }
     for bucket in [pipeline.members_bucket(), pipeline.leases_bucket()] {
         report
             .lines

@@ -164,6 +164,30 @@ impl ClusterPipeline {
         format!("plumber_{}_members", bucket_part(&self.config.name))
     }
 
+    /// The subjects the pipeline's JetStream sinks (`to`, `dead_letter`)
+    /// publish to, each with the config field of its sink.
+    #[must_use]
+    pub fn jetstream_outputs(&self) -> Vec<(&'static str, String)> {
+        ["to", "dead_letter"]
+            .into_iter()
+            .filter_map(|field| {
+                let sink = self.raw.get(field)?;
+                if sink.get("type").and_then(Value::as_str) != Some("jetstream") {
+                    return None;
+                }
+                let subject = sink.get("subject").and_then(Value::as_str)?;
+                Some((field, subject.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The name `cluster init` gives the stream it creates for the output
+    /// subject of sink `field` (`to`, `dead_letter`).
+    #[must_use]
+    pub fn output_stream_name(&self, field: &str) -> String {
+        format!("plumber_{}_{field}", bucket_part(&self.config.name))
+    }
+
     /// Whether the state lives where every worker reaches it (Redis); sled
     /// is local to one machine, so a sled pipeline runs on one worker only.
     #[must_use]
