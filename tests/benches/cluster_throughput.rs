@@ -8,6 +8,9 @@
 //! 200,000). Prints events/s in all and per worker, CPU time per event of
 //! the workers, their peak memory, and the ratio of two workers to one;
 //! checks the output exactly (each id once, counts 1..n, committed state).
+//! Also how busy the machine's cores were: the workers share them with the
+//! three NATS nodes and Redis, so on a small machine the servers bound the
+//! pace, not the workers.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,26 @@ struct Figures {
     cpu: f64,
     /// The largest peak resident set of a worker, in MiB.
     peak_mib: f64,
+    /// How busy the machine's cores were meanwhile (0..1): the workers,
+    /// the NATS nodes and Redis share them.
+    machine_busy: f64,
+}
+
+/// (busy, total) jiffies of all cores, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let numbers: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = numbers.iter().sum();
+    // idle and iowait
+    let idle = numbers.get(3).copied().unwrap_or(0) + numbers.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// CPU seconds (user + system) of a live process, from /proc.
@@ -65,8 +88,12 @@ async fn run(workers: usize, events: u64) -> Figures {
     let logs = || String::new();
     wait_for_output(&setup.context, 1, Duration::from_secs(120), logs).await;
     let first = Instant::now();
+    let jiffies_before = machine_jiffies();
     wait_for_output(&setup.context, events, Duration::from_secs(1800), logs).await;
     let busy = first.elapsed();
+    let jiffies_after = machine_jiffies();
+    let machine_busy = (jiffies_after.0 - jiffies_before.0) as f64
+        / (jiffies_after.1 - jiffies_before.1).max(1) as f64;
     let pids: Vec<u32> = processes.iter().map(|p| p.child.id()).collect();
     let cpu = pids.iter().map(|pid| cpu_seconds(*pid)).sum();
     let peak = pids.iter().map(|pid| peak_mib(*pid)).fold(0.0, f64::max);
@@ -81,6 +108,7 @@ async fn run(workers: usize, events: u64) -> Figures {
         busy,
         cpu,
         peak_mib: peak,
+        machine_busy,
     }
 }
 
@@ -94,20 +122,21 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!("cluster throughput: {events} events, 64 partitions, {cores} cores, 3 NATS nodes and Redis on this machine");
     println!(
-        "{:>7} {:>12} {:>18} {:>16} {:>14}",
-        "workers", "events/s", "events/s/worker", "CPU µs/event", "peak MiB/worker"
+        "{:>7} {:>12} {:>18} {:>16} {:>16} {:>14}",
+        "workers", "events/s", "events/s/worker", "CPU µs/event", "peak MiB/worker", "machine busy"
     );
     let mut rates = Vec::new();
     for workers in [1, 2] {
         let figures = run(workers, events).await;
         let rate = figures.events as f64 / figures.busy.as_secs_f64();
         println!(
-            "{:>7} {:>12.0} {:>18.0} {:>16.1} {:>14.1}",
+            "{:>7} {:>12.0} {:>18.0} {:>16.1} {:>16.1} {:>13.0}%",
             figures.workers,
             rate,
             rate / figures.workers as f64,
             figures.cpu * 1e6 / figures.events as f64,
-            figures.peak_mib
+            figures.peak_mib,
+            figures.machine_busy * 100.0
         );
         rates.push(rate);
     }
