@@ -137,7 +137,7 @@ pub async fn run(
     let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
-        "worker joined");
+        tasks = pipeline.names.tasks(), "worker joined");
 
     let mut worker = Worker {
         pipeline,
@@ -338,7 +338,7 @@ impl Worker {
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
         let (live, dead) = self.live_members().await?;
-        let owners = assign(self.pipeline.names.partitions, &live);
+        let owners = assign(self.pipeline.names.tasks(), &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
             .filter(|(_, owner)| **owner == self.me.id)

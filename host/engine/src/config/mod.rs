@@ -56,7 +56,9 @@ pub use registry::{
     ConnectorSpec, OpenContext, OutputGuarantee, Registry, SinkConfig, SinkSpec, SourceConfig,
     SourceSpec, StateConfig, StateSpec,
 };
-pub use step::{CommandStepConfig, ExecStepConfig, StepConfig, WasmStepConfig};
+pub use step::{
+    CommandStepConfig, ExecStepConfig, RepartitionStepConfig, StepConfig, WasmStepConfig,
+};
 pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
 pub use validate::Checks;
 
@@ -425,6 +427,28 @@ impl PipelineConfig {
                 ));
             }
         }
+        let mut repartitions = self
+            .pipeline
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| matches!(step, StepConfig::Repartition(_)))
+            .map(|(index, _)| index);
+        if let Some(first) = repartitions.next() {
+            if self.cluster.is_none() {
+                return Err(invalid(
+                    &format!("pipeline[{first}].type"),
+                    "a `repartition` step shuffles events between the partitions of a clustered \
+                     pipeline: it needs the config's `cluster` section (and `plumber worker`)"
+                        .into(),
+                ));
+            }
+            if let Some(second) = repartitions.next() {
+                return Err(invalid(
+                    &format!("pipeline[{second}].type"),
+                    "a pipeline has at most one `repartition` step (two stages)".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {
             let at = format!("pipeline[{index}]");
@@ -522,6 +546,19 @@ impl PipelineConfig {
                     Ok(window) => builder.then(window),
                     Err(_) => builder,
                 },
+                // Only in a clustered config, which `plumber worker` splits
+                // into stages without it.
+                StepConfig::Repartition(repartition) => {
+                    return Err(StreamError::Io {
+                        stream: format!("repartition step `{}`", repartition.name),
+                        action: "open",
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "a repartition step runs only in the stages `plumber worker` makes \
+                             of a clustered pipeline",
+                        ),
+                    })
+                }
             };
         }
         if let Some(sink) = &self.dead_letter {
