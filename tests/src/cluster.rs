@@ -616,7 +616,7 @@ pub fn two_stage_config(urls: &[String], partitions: u32, redis: &str) -> serde_
         "name": "users",
         "state": { "type": "redis", "url": redis },
         "cluster": { "url": urls, "partitions": partitions },
-        "checkpoint": { "interval_ms": 500 },
+        "checkpoint": { "interval_ms": 2000 },
         "from": {
             "type": "jetstream", "url": urls[0], "stream": "IN", "consumer": "users",
             "subjects": ["in.*"]
@@ -664,8 +664,18 @@ pub async fn two_stage_setup(partitions: u32) -> OracleSetup {
 /// Publishes events `ids` to `in.<id % INPUT_KEYS>`, value the id, key
 /// [`shuffle_key`] (the `plumber-key` header), message id `e<id>`.
 pub async fn publish_keyed_events(context: &jetstream::Context, ids: std::ops::Range<u64>) {
+    publish_keyed_events_paced(context, ids, std::time::Duration::ZERO).await;
+}
+
+/// As [`publish_keyed_events`], waiting `pause` after each thousand.
+pub async fn publish_keyed_events_paced(
+    context: &jetstream::Context,
+    ids: std::ops::Range<u64>,
+    pause: std::time::Duration,
+) {
     let ids: Vec<u64> = ids.collect();
     for chunk in ids.chunks(1000) {
+        tokio::time::sleep(pause).await;
         let mut acks = Vec::with_capacity(chunk.len());
         for id in chunk {
             let mut headers = async_nats::HeaderMap::new();
@@ -688,12 +698,22 @@ pub async fn publish_keyed_events(context: &jetstream::Context, ids: std::ops::R
     }
 }
 
-/// Every message of stream `stream`: (stream sequence, subject, payload,
-/// the `plumber-key` header).
-pub async fn read_stream(
-    context: &jetstream::Context,
-    stream: &str,
-) -> Vec<(u64, String, String, Option<String>)> {
+/// One message of a stream, as [`read_stream_messages`] reads it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: String,
+    /// The `plumber-key` header.
+    pub key: Option<String>,
+    /// The `Nats-Msg-Id` header.
+    pub id: Option<String>,
+    /// When the server stored it, µs since the epoch.
+    pub stored_us: u64,
+}
+
+/// Every message of stream `stream`.
+pub async fn read_stream_messages(context: &jetstream::Context, stream: &str) -> Vec<StoredMessage> {
     let stream = context.get_stream(stream).await.unwrap();
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -714,23 +734,70 @@ pub async fn read_stream(
         let before = messages.len();
         while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
             let message = message.unwrap();
-            let sequence = message.info().unwrap().stream_sequence;
-            let key = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get("plumber-key"))
-                .map(|value| value.as_str().to_owned());
-            messages.push((
+            let info = message.info().unwrap();
+            let (sequence, stored_us) = (
+                info.stream_sequence,
+                (info.published.unix_timestamp_nanos() / 1000) as u64,
+            );
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(name))
+                    .map(|value| value.as_str().to_owned())
+            };
+            messages.push(StoredMessage {
                 sequence,
-                message.subject.to_string(),
-                String::from_utf8_lossy(&message.payload).into_owned(),
-                key,
-            ));
+                subject: message.subject.to_string(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                key: header("plumber-key"),
+                id: header("Nats-Msg-Id"),
+                stored_us,
+            });
         }
         if messages.len() == before {
             return messages;
         }
     }
+}
+
+/// How many messages stream `stream` holds.
+pub async fn stream_messages(context: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = context.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// The committed position (input stream sequence) and fence of each of
+/// `tasks`' last checkpoint.
+pub async fn committed_positions(
+    pipeline: &ClusterPipeline,
+    tasks: &[u32],
+) -> BTreeMap<u32, (u64, u64)> {
+    let mut positions = BTreeMap::new();
+    for task in tasks {
+        let config = pipeline.partition_config(*task).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        if let Some(record) = state.last_checkpoint(&scope).await.unwrap() {
+            if let plumber::checkpoint::Position::Offset(sequence) = record.position {
+                positions.insert(*task, (sequence, record.fence));
+            }
+        }
+    }
+    positions
+}
+
+/// Every message of stream `stream`: (stream sequence, subject, payload,
+/// the `plumber-key` header).
+pub async fn read_stream(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<(u64, String, String, Option<String>)> {
+    read_stream_messages(context, stream)
+        .await
+        .into_iter()
+        .map(|m| (m.sequence, m.subject, m.payload, m.key))
+        .collect()
 }
 
 /// The two-stage oracle:

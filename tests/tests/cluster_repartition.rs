@@ -163,14 +163,16 @@ async fn a_shuffle_by_field_files_each_key_under_its_partition() {
 
 // Issue test 9
 
-/// Two stages of 16 partitions (32 tasks) on three workers; mid-stream, a
-/// worker that runs stage-2 tasks is killed (SIGKILL). Its tasks of both
-/// stages are taken over by the survivors from their checkpoints: stage 1
-/// replays and publishes into the shuffle stream again with the same
-/// message ids (dropped as duplicates), stage 2 replays the shuffle
-/// stream's partition from its checkpoint. The two-stage oracle holds:
-/// every id crossed the shuffle once and reached the output once, each
-/// key's counts are 1..n in shuffle order, the committed state is the
+/// Two stages of 16 partitions (32 tasks) on three workers; while stage 1
+/// is publishing into the shuffle stream, a worker that runs stage-2 tasks
+/// is killed (SIGKILL). Its tasks of both stages are taken over by the
+/// survivors from their checkpoints: stage 1 replays what it had published
+/// past its last checkpoint, with the same message ids, which the shuffle
+/// stream drops (the test counts such replayed messages and requires
+/// some: the boundary was crossed twice by them); stage 2 replays the
+/// shuffle stream's partition from its checkpoint. The two-stage oracle
+/// holds: every id crossed the shuffle once and reached the output once,
+/// each key's counts are 1..n in shuffle order, the committed state is the
 /// truth, and no task ever had two owners at once.
 #[tokio::test]
 async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() {
@@ -180,18 +182,30 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     let setup = two_stage_setup(PARTITIONS).await;
     let workers = start_three_workers(&setup);
     let started = std::time::Instant::now();
-    let half = events / 2;
+    // At most about 5,000 events/s, so that the input still flows when the
+    // worker is killed and after its tasks are taken over.
     let publisher = {
         let context = setup.context.clone();
-        tokio::spawn(async move { publish_keyed_events(&context, 0..half).await })
+        tokio::spawn(async move {
+            publish_keyed_events_paced(
+                &context,
+                0..events,
+                std::time::Duration::from_millis(200),
+            )
+            .await
+        })
     };
-    wait_for_output(
-        &setup.context,
-        events / 5,
-        std::time::Duration::from_secs(300),
-        || logs_of(&workers),
-    )
-    .await;
+    // Mid-stream: stage 1 is publishing (a quarter of the events crossed),
+    // stage 2 is counting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while stream_messages(&setup.context, "SHUF").await < events / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quarter of the events did not cross the shuffle in 300 s:\n{}",
+            logs_of(&workers)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // The worker holding the most stage-2 tasks.
     let before: Vec<Ownership> = workers
@@ -218,11 +232,23 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     let fences = commit_fences(&setup.pipeline, &orphans).await;
     let killed_us = now_us();
     workers[victim].signal(libc::SIGKILL);
-    publisher.await.unwrap();
-    let publisher = {
-        let context = setup.context.clone();
-        tokio::spawn(async move { publish_keyed_events(&context, half..events).await })
-    };
+    assert!(
+        !publisher.is_finished(),
+        "every event was published before the kill: the test would not kill mid-stream"
+    );
+    // The dead owner's last commits (the fence tells them from a new
+    // owner's, who may have committed already).
+    let stage_1: Vec<u32> = orphans
+        .iter()
+        .copied()
+        .filter(|task| *task < PARTITIONS)
+        .collect();
+    let dead_commits: BTreeMap<u32, u64> = committed_positions(&setup.pipeline, &stage_1)
+        .await
+        .into_iter()
+        .filter(|(task, (_, fence))| *fence == fences[task])
+        .map(|(task, (position, _))| (task, position))
+        .collect();
     let (recommitted, slowest) = wait_for_commits_after(
         &setup.pipeline,
         &fences,
@@ -270,12 +296,40 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
         let status = worker.terminate();
         assert!(status.success(), "{} exited {status}", worker.id);
     }
-    // What the server dropped as duplicates shows the replays happened.
-    let mut shuffle = setup.context.get_stream("SHUF").await.unwrap();
-    let info = shuffle.info().await.unwrap();
+    // Replayed across the boundary: shuffle messages of the dead owner's
+    // stage-1 tasks from input past its last commit, stored before the
+    // kill. The new owner read them again from that commit on and
+    // published them again with the same ids: the stream dropped them.
+    let shuffled = read_stream_messages(&setup.context, "SHUF").await;
+    let mut replayed = 0u64;
+    for message in &shuffled {
+        let Some(id) = &message.id else { continue };
+        let mut parts = id.rsplitn(3, ':');
+        let (_, input_sequence, task) = (parts.next(), parts.next(), parts.next());
+        let (Some(input_sequence), Some(task)) = (input_sequence, task) else {
+            continue;
+        };
+        let input_sequence: u64 = input_sequence.parse().unwrap();
+        for (dead_task, committed) in &dead_commits {
+            if task == setup.pipeline.names.task(*dead_task)
+                && input_sequence > *committed
+                && message.stored_us < killed_us
+            {
+                replayed += 1;
+            }
+        }
+    }
     eprintln!(
-        "shuffle stream: {} messages, last sequence {}",
-        info.state.messages, info.state.last_sequence
+        "shuffle stream: {} messages; {replayed} of them were published by the killed worker \
+         past its last stage-1 commit (tasks {:?}) and so published again by their new owners, \
+         and dropped as duplicates",
+        shuffled.len(),
+        dead_commits.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        replayed > 0,
+        "the kill found no stage-1 task of {victim_id} with publishes past its last commit: the \
+         boundary's replay was not exercised (dead owner's commits: {dead_commits:?})"
     );
     let _ = (&setup.cluster, &setup.redis);
     assert_two_stage_oracle(&setup.context, &setup.pipeline, events).await;
