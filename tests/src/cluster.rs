@@ -644,7 +644,10 @@ pub async fn two_stage_setup(partitions: u32) -> OracleSetup {
     let pipeline = ClusterPipeline::load(&path).unwrap();
     let report = plumber_cluster::init::init(&pipeline).await.unwrap();
     assert!(
-        report.lines.iter().any(|line| line.contains("stream `SHUF`")),
+        report
+            .lines
+            .iter()
+            .any(|line| line.contains("stream `SHUF`")),
         "{:?}",
         report.lines
     );
@@ -713,7 +716,10 @@ pub struct StoredMessage {
 }
 
 /// Every message of stream `stream`.
-pub async fn read_stream_messages(context: &jetstream::Context, stream: &str) -> Vec<StoredMessage> {
+pub async fn read_stream_messages(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<StoredMessage> {
     let stream = context.get_stream(stream).await.unwrap();
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {

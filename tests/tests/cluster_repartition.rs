@@ -187,12 +187,8 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     let publisher = {
         let context = setup.context.clone();
         tokio::spawn(async move {
-            publish_keyed_events_paced(
-                &context,
-                0..events,
-                std::time::Duration::from_millis(200),
-            )
-            .await
+            publish_keyed_events_paced(&context, 0..events, std::time::Duration::from_millis(200))
+                .await
         })
     };
     // Mid-stream: stage 1 is publishing (a quarter of the events crossed),
@@ -288,7 +284,10 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     );
     // Found dead by ping, not left to the lease's expiry (see cluster.rs).
     let ttl = setup.pipeline.lease_ttl();
-    assert!(worst < ttl, "a task had no owner for {worst:?} (TTL {ttl:?})");
+    assert!(
+        worst < ttl,
+        "a task had no owner for {worst:?} (TTL {ttl:?})"
+    );
 
     let mut survivors: Vec<WorkerProcess> = workers;
     survivors.remove(victim);

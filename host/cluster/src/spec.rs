@@ -162,14 +162,20 @@ impl ClusterPipeline {
                 _ => None,
             })
             .map(|(index, step)| {
-                let stream = step.stream.clone().unwrap_or_else(|| {
-                    stream_part(&format!("{}-{}", config.name, step.name))
-                });
+                let stream = step
+                    .stream
+                    .clone()
+                    .unwrap_or_else(|| stream_part(&format!("{}-{}", config.name, step.name)));
                 Shuffle {
                     index,
                     step: step.name.clone(),
                     key_by: step.key_by.clone(),
-                    names: PartitionNames::new(&config.name, &stream, &consumer, cluster.partitions),
+                    names: PartitionNames::new(
+                        &config.name,
+                        &stream,
+                        &consumer,
+                        cluster.partitions,
+                    ),
                     stream,
                 }
             });
@@ -265,10 +271,7 @@ impl ClusterPipeline {
         if let Value::Object(top) = &mut raw {
             top.remove("cluster");
             top.insert("name".into(), Value::String(task.clone()));
-            let url = top
-                .get("from")
-                .and_then(|from| from.get("url"))
-                .cloned();
+            let url = top.get("from").and_then(|from| from.get("url")).cloned();
             if let Some(Value::Object(from)) = top.get_mut("from") {
                 let filter = match (&self.shuffle, stage) {
                     (Some(shuffle), 2) => {

@@ -42,17 +42,17 @@ impl ShuffleKey {
                     })?;
                 match value.get(field) {
                     Some(serde_json::Value::String(text)) => Ok(text.as_bytes().to_vec()),
-                    Some(
-                        scalar @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)),
-                    ) => Ok(scalar.to_string().into_bytes()),
+                    Some(scalar @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        Ok(scalar.to_string().into_bytes())
+                    }
                     Some(other) => Err(format!(
                         "the event's field `{field}` is {}, not a string, number or boolean to \
                          shuffle by",
                         kind(other)
                     )),
-                    None if value.is_object() => {
-                        Err(format!("the event's value has no field `{field}` to shuffle by"))
-                    }
+                    None if value.is_object() => Err(format!(
+                        "the event's value has no field `{field}` to shuffle by"
+                    )),
                     None => Err(format!(
                         "the event's value is {}, not a JSON object with a field `{field}` to \
                          shuffle by",
@@ -109,7 +109,10 @@ mod tests {
         let mut keyed = event("x");
         keyed.key = Some(b"k1".to_vec());
         assert_eq!(ShuffleKey::Key.key_of(&keyed).unwrap(), b"k1");
-        assert!(ShuffleKey::Key.key_of(&event("x")).unwrap_err().contains("no key"));
+        assert!(ShuffleKey::Key
+            .key_of(&event("x"))
+            .unwrap_err()
+            .contains("no key"));
         let user = ShuffleKey::Field("user".into());
         assert_eq!(user.key_of(&event(r#"{"user": "ada"}"#)).unwrap(), b"ada");
         assert_eq!(user.key_of(&event(r#"{"user": 42}"#)).unwrap(), b"42");
@@ -130,7 +133,15 @@ mod tests {
         assert_eq!(subject_token(b"a:b=c@d+e_f"), "a:b=c@d+e_f");
         assert_eq!(subject_token(b"a.b"), "~612e62");
         assert_eq!(subject_token(b""), "~");
-        for bad in [&b"a b"[..], b"*", b">", b"a.b", b"\xff", b"~61", "é".as_bytes()] {
+        for bad in [
+            &b"a b"[..],
+            b"*",
+            b">",
+            b"a.b",
+            b"\xff",
+            b"~61",
+            "é".as_bytes(),
+        ] {
             let token = subject_token(bad);
             assert!(token.starts_with('~'), "{token}");
             assert!(

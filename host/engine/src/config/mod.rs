@@ -513,6 +513,23 @@ impl PipelineConfig {
             max_pending_keys: self.checkpoint.max_pending_keys,
             max_pending_bytes: self.checkpoint.max_pending_bytes,
         };
+        // Only in a clustered config, which `plumber worker` splits into
+        // stages without the step.
+        if let Some(StepConfig::Repartition(repartition)) = self
+            .pipeline
+            .iter()
+            .find(|step| matches!(step, StepConfig::Repartition(_)))
+        {
+            return Err(StreamError::Io {
+                stream: format!("repartition step `{}`", repartition.name),
+                action: "open",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a repartition step runs only in the stages `plumber worker` makes of a \
+                     clustered pipeline",
+                ),
+            });
+        }
         let context = OpenContext::new(&self.name);
         let mut builder = Pipeline::builder(&self.name)
             .tenant(
@@ -546,19 +563,8 @@ impl PipelineConfig {
                     Ok(window) => builder.then(window),
                     Err(_) => builder,
                 },
-                // Only in a clustered config, which `plumber worker` splits
-                // into stages without it.
-                StepConfig::Repartition(repartition) => {
-                    return Err(StreamError::Io {
-                        stream: format!("repartition step `{}`", repartition.name),
-                        action: "open",
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            "a repartition step runs only in the stages `plumber worker` makes \
-                             of a clustered pipeline",
-                        ),
-                    })
-                }
+                // Refused above.
+                StepConfig::Repartition(_) => builder,
             };
         }
         if let Some(sink) = &self.dead_letter {
