@@ -289,6 +289,21 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
         "a task had no owner for {worst:?} (TTL {ttl:?})"
     );
 
+    // A status line per task of each stage, owned, with the lag of its
+    // consumer on its own input (stage 2: the shuffle stream).
+    let status = plumber(&["cluster", "status", setup.path.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", text(&status));
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    for stage in ["users.s1#p", "users.s2#p"] {
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with(stage)).collect();
+        assert_eq!(lines.len(), PARTITIONS as usize, "{table}");
+        for line in lines {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            assert_ne!(columns[1], "-", "unowned: {line}\n{table}");
+            assert!(columns[5].parse::<u64>().is_ok(), "no lag: {line}\n{table}");
+        }
+    }
+
     let mut survivors: Vec<WorkerProcess> = workers;
     survivors.remove(victim);
     for worker in &mut survivors {

@@ -1,7 +1,7 @@
 //! A clustered pipeline's config: the `cluster` section, what the
-//! JetStream source says about the input, and the config each partition
-//! task runs with (derived by editing the config's JSON, then read and
-//! checked as any pipeline config is).
+//! JetStream source says about the input, a `repartition` step's two
+//! stages, and the config each partition task runs with (derived by editing
+//! the config's JSON, then read and checked as any pipeline config is).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -241,6 +241,13 @@ impl ClusterPipeline {
     /// keys under `<prefix>{<pipeline>#p<NN>}:` — one hash tag per
     /// partition, so a Redis Cluster keeps a partition's keys, checkpoint
     /// and fence in one slot, as the atomic commit needs.
+    ///
+    /// With a `repartition` step, `partition` is a task of either stage
+    /// ([`PartitionNames::stage_of`]): a stage-1 task (`<pipeline>.s1#p<NN>`)
+    /// keeps the steps before the step and publishes to the shuffle stream
+    /// by the step's key; a stage-2 task (`<pipeline>.s2#p<NN>`) reads its
+    /// partition of the shuffle stream and keeps the steps after the step
+    /// and the pipeline's sink.
     ///
     /// # Errors
     ///
