@@ -655,6 +655,9 @@ pub async fn two_stage_setup(partitions: u32) -> OracleSetup {
     let config = two_stage_config(&cluster.urls(), partitions, &redis.url());
     let path = write_config(dir.path(), "users.json", &config);
     let pipeline = ClusterPipeline::load(&path).unwrap();
+    // The output stream first, by name (`cluster init` would make one).
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
     let report = plumber_cluster::init::init(&pipeline).await.unwrap();
     assert!(
         report
@@ -664,8 +667,6 @@ pub async fn two_stage_setup(partitions: u32) -> OracleSetup {
         "{:?}",
         report.lines
     );
-    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
-    create_output_stream(&context).await;
     OracleSetup {
         _alone: alone,
         cluster,

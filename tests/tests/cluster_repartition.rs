@@ -87,8 +87,8 @@ async fn a_shuffle_by_field_files_each_key_under_its_partition() {
     ]);
     let path = write_config(dir.path(), "users.json", &config);
     let pipeline = ClusterPipeline::load(&path).unwrap();
-    plumber_cluster::init::init(&pipeline).await.unwrap();
     let context = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    // The output stream first, by name (`cluster init` would make one).
     context
         .create_stream(async_nats::jetstream::stream::Config {
             name: "OUT".into(),
@@ -98,6 +98,7 @@ async fn a_shuffle_by_field_files_each_key_under_its_partition() {
         })
         .await
         .unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
     let users = ["ada", "a.b", "x y", "*", "é", "42", "~61", "bob"];
     let events = 400u64;
     let mut acks = Vec::new();
