@@ -604,3 +604,326 @@ pub async fn wait_for_commits_after(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Two stages through a `repartition` step (tests/tests/cluster_repartition.rs)
+
+/// Input keys of the two-stage oracle: event `id` is published to
+/// `in.<id % INPUT_KEYS>`, so the input partition of an event says nothing
+/// of the key it is counted by (`id % ORACLE_KEYS`), and every key's events
+/// come through many input partitions.
+pub const INPUT_KEYS: u64 = 9_973;
+
+/// The key an event of the two-stage oracle is shuffled by: `u<id % ORACLE_KEYS>`.
+pub fn shuffle_key(id: u64) -> String {
+    format!("u{}", id % ORACLE_KEYS)
+}
+
+/// A clustered pipeline of two stages: stage 1 reads `in.*` (keyed by
+/// `id % INPUT_KEYS`) and only shuffles, by the event's key (set by the
+/// publisher in the `plumber-key` header: [`shuffle_key`]), through the
+/// stream `SHUF`; stage 2 counts keys (`id % ORACLE_KEYS`) into Redis and
+/// publishes to `out`.
+pub fn two_stage_config(urls: &[String], partitions: u32, redis: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "users",
+        "state": { "type": "redis", "url": redis },
+        "cluster": { "url": urls, "partitions": partitions },
+        "checkpoint": { "interval_ms": 2000 },
+        "from": {
+            "type": "jetstream", "url": urls[0], "stream": "IN", "consumer": "users",
+            "subjects": ["in.*"]
+        },
+        "pipeline": [
+            { "name": "by_user", "type": "repartition", "key_by": "key", "stream": "SHUF" },
+            { "name": "count", "type": "wasm", "module": harness::guest("key-counter"),
+              "config": { "keys": ORACLE_KEYS } }
+        ],
+        "to": { "type": "jetstream", "url": urls[0], "subject": "out" }
+    })
+}
+
+/// A 3-node cluster and Redis with the two-stage pipeline of
+/// `partitions` partitions (2 × `partitions` tasks) initialised, and its
+/// output stream created.
+pub async fn two_stage_setup(partitions: u32) -> OracleSetup {
+    let alone = ORACLE_RUNS.lock().await;
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_stage_config(&cluster.urls(), partitions, &redis.url());
+    let path = write_config(dir.path(), "users.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    // The output stream first, by name (`cluster init` would make one).
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
+    let report = plumber_cluster::init::init(&pipeline).await.unwrap();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|line| line.contains("stream `SHUF`")),
+        "{:?}",
+        report.lines
+    );
+    OracleSetup {
+        _alone: alone,
+        cluster,
+        redis,
+        dir,
+        path,
+        pipeline,
+        context,
+    }
+}
+
+/// Publishes events `ids` to `in.<id % INPUT_KEYS>`, value the id, key
+/// [`shuffle_key`] (the `plumber-key` header), message id `e<id>`.
+pub async fn publish_keyed_events(context: &jetstream::Context, ids: std::ops::Range<u64>) {
+    publish_keyed_events_paced(context, ids, std::time::Duration::ZERO).await;
+}
+
+/// As [`publish_keyed_events`], waiting `pause` after each thousand.
+pub async fn publish_keyed_events_paced(
+    context: &jetstream::Context,
+    ids: std::ops::Range<u64>,
+    pause: std::time::Duration,
+) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(1000) {
+        tokio::time::sleep(pause).await;
+        let mut acks = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("e{id}").as_str());
+            headers.insert("plumber-key", shuffle_key(*id).as_str());
+            acks.push(
+                context
+                    .publish_with_headers(
+                        format!("in.{}", id % INPUT_KEYS),
+                        headers,
+                        id.to_string().into(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+/// One message of a stream, as [`read_stream_messages`] reads it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: String,
+    /// The `plumber-key` header.
+    pub key: Option<String>,
+    /// The `Nats-Msg-Id` header.
+    pub id: Option<String>,
+    /// When the server stored it, µs since the epoch.
+    pub stored_us: u64,
+}
+
+/// Every message of stream `stream`.
+pub async fn read_stream_messages(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<StoredMessage> {
+    let stream = context.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(std::time::Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let before = messages.len();
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.unwrap();
+            let info = message.info().unwrap();
+            let (sequence, stored_us) = (
+                info.stream_sequence,
+                (info.published.unix_timestamp_nanos() / 1000) as u64,
+            );
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(name))
+                    .map(|value| value.as_str().to_owned())
+            };
+            messages.push(StoredMessage {
+                sequence,
+                subject: message.subject.to_string(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                key: header("plumber-key"),
+                id: header("Nats-Msg-Id"),
+                stored_us,
+            });
+        }
+        if messages.len() == before {
+            return messages;
+        }
+    }
+}
+
+/// How many messages stream `stream` holds.
+pub async fn stream_messages(context: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = context.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// The committed position (input stream sequence) and fence of each of
+/// `tasks`' last checkpoint.
+pub async fn committed_positions(
+    pipeline: &ClusterPipeline,
+    tasks: &[u32],
+) -> BTreeMap<u32, (u64, u64)> {
+    let mut positions = BTreeMap::new();
+    for task in tasks {
+        let config = pipeline.partition_config(*task).unwrap();
+        let state = config.open_state().await.unwrap();
+        let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
+        if let Some(record) = state.last_checkpoint(&scope).await.unwrap() {
+            if let plumber::checkpoint::Position::Offset(sequence) = record.position {
+                positions.insert(*task, (sequence, record.fence));
+            }
+        }
+    }
+    positions
+}
+
+/// Every message of stream `stream`: (stream sequence, subject, payload,
+/// the `plumber-key` header).
+pub async fn read_stream(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<(u64, String, String, Option<String>)> {
+    read_stream_messages(context, stream)
+        .await
+        .into_iter()
+        .map(|m| (m.sequence, m.subject, m.payload, m.key))
+        .collect()
+}
+
+/// The two-stage oracle:
+///
+/// - across the boundary: the shuffle stream `SHUF` holds every id in
+///   `0..events` exactly once (stage 1's replays were dropped by their
+///   message ids), each under the partition of its key's token as the
+///   server and plumber compute it;
+/// - the output: every id exactly once in `OUT`; for each key, the counts
+///   are exactly 1..n, and in the order of the key's events in the shuffle
+///   stream (stage 2 applied each exactly once, in stream order, replays
+///   included);
+/// - the committed Redis state of every stage-2 task equals the truth,
+///   each key in the stage-2 partition of its shuffle key only.
+pub async fn assert_two_stage_oracle(
+    context: &jetstream::Context,
+    pipeline: &ClusterPipeline,
+    events: u64,
+) {
+    let partitions = pipeline.names.partitions;
+    // Across the boundary.
+    let shuffled = read_stream(context, "SHUF").await;
+    let mut shuffle_sequence = vec![None; events as usize];
+    for (sequence, subject, payload, key) in &shuffled {
+        let id: u64 = payload.parse().unwrap();
+        assert!(
+            shuffle_sequence[id as usize].replace(*sequence).is_none(),
+            "id {id} crossed the shuffle twice"
+        );
+        let token = plumber::shuffle::subject_token(shuffle_key(id).as_bytes());
+        let partition = partition_of(token.as_bytes(), partitions);
+        assert_eq!(
+            subject,
+            &format!("SHUF-p.{partition}.{token}"),
+            "id {id} filed under another partition"
+        );
+        assert_eq!(key.as_deref(), Some(shuffle_key(id).as_str()), "id {id}");
+    }
+    let missing = shuffle_sequence.iter().filter(|s| s.is_none()).count();
+    assert_eq!(missing, 0, "{missing} ids never crossed the shuffle");
+    assert_eq!(shuffled.len() as u64, events, "extra shuffle messages");
+
+    // The output.
+    let output = read_stream(context, "OUT").await;
+    let mut seen = vec![false; events as usize];
+    let mut per_key: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for (_, _, text, _) in &output {
+        let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
+        let (id, key, count) = (parts[0], parts[1], parts[2]);
+        assert_eq!(key, id % ORACLE_KEYS, "{text}");
+        assert!(!seen[id as usize], "id {id} is in the output twice");
+        seen[id as usize] = true;
+        per_key
+            .entry(key)
+            .or_default()
+            .push((shuffle_sequence[id as usize].unwrap(), count));
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "{missing} ids missing from the output");
+    assert_eq!(output.len() as u64, events, "extra outputs");
+    let mut wrong = Vec::new();
+    for (key, mut counts) in per_key {
+        counts.sort_unstable();
+        let in_order: Vec<u64> = counts.iter().map(|(_, count)| *count).collect();
+        let expected: Vec<u64> = (1..=in_order.len() as u64).collect();
+        if in_order != expected {
+            wrong.push((key, in_order));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} keys whose counts are not 1..n in shuffle order, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+
+    // The committed state of stage 2.
+    let mut counts: BTreeMap<u64, i64> = BTreeMap::new();
+    for partition in 0..partitions {
+        let task = partitions + partition;
+        let config = pipeline.partition_config(task).unwrap();
+        let state = config.open_state().await.unwrap();
+        let namespace = plumber::state::Namespace::for_tenant_pipe(
+            plumber::state::DEFAULT_TENANT,
+            &config.name,
+            "count",
+        );
+        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
+            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
+            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
+            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+            let token = plumber::shuffle::subject_token(shuffle_key(key).as_bytes());
+            assert_eq!(
+                partition_of(token.as_bytes(), partitions),
+                partition,
+                "key {key} counted in stage-2 partition {partition}"
+            );
+            assert!(
+                counts.insert(key, value).is_none(),
+                "key {key} in two partitions"
+            );
+        }
+    }
+    assert_eq!(counts.len() as u64, ORACLE_KEYS.min(events));
+    let per_key = events / ORACLE_KEYS;
+    for (key, value) in &counts {
+        assert_eq!(*value as u64, per_key, "key {key}");
+    }
+}

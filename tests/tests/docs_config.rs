@@ -451,9 +451,21 @@ fn code_sections() -> Vec<CodeSection> {
     let step_kinds = variants_of(pipeline, step(json!({"type": PROBE})));
     assert!(step_kinds.contains("window"), "step kinds: {step_kinds:?}");
     for kind in step_kinds.iter().filter(|kind| *kind != "window") {
+        // A repartition step belongs to a clustered pipeline only.
+        let place: Place = if kind == "repartition" {
+            |v| {
+                let mut config = with("pipeline", json!([v]));
+                config["cluster"] = json!({"url": ["nats://127.0.0.1:4222"], "partitions": 4});
+                config["from"] = json!({"type": "jetstream", "stream": "IN", "consumer": "c"});
+                config["state"] = json!({"type": "redis", "url": "redis://127.0.0.1:6379"});
+                config
+            }
+        } else {
+            step
+        };
         add(
             SectionKey::new(pipeline, "pipeline[]", Some(("type", kind))),
-            step,
+            place,
             object(&[("type", kind)]),
         );
     }

@@ -319,7 +319,8 @@ pub async fn ensure_bucket(
 }
 
 /// Checks the server version, then creates or checks the partitioned
-/// input stream and the buckets of members and leases.
+/// input stream (and the shuffle stream of a `repartition` step,
+/// partitioned the same way) and the buckets of members and leases.
 ///
 /// # Errors
 ///
@@ -345,6 +346,11 @@ pub async fn init(pipeline: &ClusterPipeline) -> Result<InitReport, ClusterError
         report
             .lines
             .push(ensure_output_stream(&context, &subject, &name, replicas).await?);
+    }
+    if let Some(shuffle) = &pipeline.shuffle {
+        report
+            .lines
+            .push(ensure_stream(&context, &shuffle.stream, &shuffle.names, replicas).await?);
     }
     for bucket in [pipeline.members_bucket(), pipeline.leases_bucket()] {
         report

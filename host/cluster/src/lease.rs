@@ -110,7 +110,7 @@ impl Leases {
     }
 
     fn key(&self, partition: u32) -> String {
-        format!("p{}", self.names.number(partition))
+        self.names.lease_key(partition)
     }
 
     /// Takes the lease of `partition` for `owner` if nobody holds it.
@@ -263,10 +263,7 @@ impl Leases {
         let mut held = BTreeMap::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| ClusterError::jetstream("listing the leases", e))?;
-            let Some(partition) = key
-                .strip_prefix('p')
-                .and_then(|number| number.parse::<u32>().ok())
-            else {
+            let Some(partition) = self.names.task_of_lease_key(&key) else {
                 continue;
             };
             if let Some(holder) = self.holder(partition).await? {

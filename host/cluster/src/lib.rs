@@ -13,7 +13,7 @@
 //! | --- | --- |
 //! | [`partition`] | the partition of a key (FNV-1a-32 % N, as the server computes it), the partitions' names |
 //! | [`version`] | the server version gate: 2.10 required, 2.11 recommended |
-//! | [`spec`] | a clustered pipeline's config: what `cluster` and the JetStream source say, and each partition's derived config |
+//! | [`spec`] | a clustered pipeline's config: what `cluster` and the JetStream source say, a `repartition` step's two stages, and each partition task's derived config |
 //! | [`init`] | `plumber cluster init`: the partitioned stream and the buckets, created or checked |
 //! | [`lease`] | partition leases: acquire, renew, release by compare-and-set; the revision is the fencing token |
 //! | [`membership`] | the workers' entries and pings ("no responders": dead) |

@@ -37,6 +37,10 @@ pub struct PartitionNames {
     pub consumer: String,
     /// How many partitions.
     pub partitions: u32,
+    /// How many stages (1, or 2 with a `repartition` step): a worker runs
+    /// `partitions × stages` tasks, numbered stage by stage (task `t` is
+    /// partition `t % partitions` of stage `t / partitions + 1`).
+    pub stages: u32,
 }
 
 impl PartitionNames {
@@ -50,7 +54,63 @@ impl PartitionNames {
             partitioned: format!("{input}-p"),
             consumer: consumer.to_owned(),
             partitions: partitions.max(1),
+            stages: 1,
         }
+    }
+
+    /// The same names for a pipeline of `stages` stages (at least 1).
+    #[must_use]
+    pub fn with_stages(mut self, stages: u32) -> Self {
+        self.stages = stages.max(1);
+        self
+    }
+
+    /// How many tasks the workers run: `partitions × stages`.
+    #[must_use]
+    pub fn tasks(&self) -> u32 {
+        self.partitions * self.stages
+    }
+
+    /// Task `task`'s stage (from 1) and partition.
+    #[must_use]
+    pub fn stage_of(&self, task: u32) -> (u32, u32) {
+        (task / self.partitions + 1, task % self.partitions)
+    }
+
+    /// What names add to mark task `task`'s partition: `p<NN>` with one
+    /// stage, `s<k>p<NN>` with several.
+    fn tag(&self, task: u32) -> String {
+        let (stage, partition) = self.stage_of(task);
+        if self.stages == 1 {
+            format!("p{}", self.number(partition))
+        } else {
+            format!("s{stage}p{}", self.number(partition))
+        }
+    }
+
+    /// The key of task `task`'s lease in the lease bucket: `p<NN>` (one
+    /// stage) or `s<k>p<NN>`.
+    #[must_use]
+    pub fn lease_key(&self, task: u32) -> String {
+        self.tag(task)
+    }
+
+    /// The task whose lease key is `key`, if it is one of this pipeline's.
+    #[must_use]
+    pub fn task_of_lease_key(&self, key: &str) -> Option<u32> {
+        let (stage, number) = if self.stages == 1 {
+            (1, key.strip_prefix('p')?)
+        } else {
+            let (stage, number) = key.strip_prefix('s')?.split_once('p')?;
+            (stage.parse::<u32>().ok()?, number)
+        };
+        let partition = number.parse::<u32>().ok()?;
+        if !(1..=self.stages).contains(&stage) || partition >= self.partitions {
+            return None;
+        }
+        let task = (stage - 1) * self.partitions + partition;
+        // Only the spelling names make (one width of digits).
+        (self.lease_key(task) == key).then_some(task)
     }
 
     /// The partition's number as names show it: at least two digits, all
@@ -61,22 +121,29 @@ impl PartitionNames {
         format!("{partition:0width$}")
     }
 
-    /// The partition task's pipeline name, `<pipeline>#p<NN>`: it keys the
-    /// partition's checkpoints, state and fence, and prefixes its output's
-    /// message ids.
+    /// The partition task's pipeline name, `<pipeline>#p<NN>` (with two
+    /// stages, `<pipeline>.s<k>#p<NN>`): it keys the task's checkpoints,
+    /// state and fence, and prefixes its output's message ids.
     #[must_use]
-    pub fn task(&self, partition: u32) -> String {
-        format!("{}#p{}", self.pipeline, self.number(partition))
+    pub fn task(&self, task: u32) -> String {
+        let (stage, partition) = self.stage_of(task);
+        if self.stages == 1 {
+            format!("{}#p{}", self.pipeline, self.number(partition))
+        } else {
+            format!("{}.s{stage}#p{}", self.pipeline, self.number(partition))
+        }
     }
 
-    /// The partition's durable consumer, `<consumer>-p<NN>`.
+    /// The task's durable consumer, `<consumer>-p<NN>` (with two stages,
+    /// `<consumer>-s<k>p<NN>`).
     #[must_use]
-    pub fn consumer(&self, partition: u32) -> String {
-        format!("{}-p{}", self.consumer, self.number(partition))
+    pub fn consumer(&self, task: u32) -> String {
+        format!("{}-{}", self.consumer, self.tag(task))
     }
 
-    /// The subjects of the partition's messages, `<in>-p.<p>.>` (the server
-    /// writes the partition without leading zeros).
+    /// The subjects of the partition's messages in this stream,
+    /// `<in>-p.<p>.>` (the server writes the partition without leading
+    /// zeros).
     #[must_use]
     pub fn filter_subject(&self, partition: u32) -> String {
         format!("{}.{partition}.>", self.partitioned)
@@ -146,5 +213,24 @@ mod tests {
         assert_eq!(wide.task(7), "orders#p0007");
         let one = PartitionNames::new("orders", "in", "count", 1);
         assert_eq!(one.task(0), "orders#p00");
+        assert_eq!(names.lease_key(7), "p07");
+        assert_eq!(names.tasks(), 64);
+    }
+
+    #[test]
+    fn two_stages_double_the_tasks_with_names_of_their_own() {
+        let names = PartitionNames::new("orders", "in", "count", 16).with_stages(2);
+        assert_eq!(names.tasks(), 32);
+        assert_eq!(names.stage_of(3), (1, 3));
+        assert_eq!(names.stage_of(19), (2, 3));
+        assert_eq!(names.task(3), "orders.s1#p03");
+        assert_eq!(names.task(19), "orders.s2#p03");
+        assert_eq!(names.consumer(19), "count-s2p03");
+        assert_eq!(names.lease_key(19), "s2p03");
+        assert_eq!(names.task_of_lease_key("s2p03"), Some(19));
+        assert_eq!(names.task_of_lease_key("p03"), None);
+        let all: std::collections::BTreeSet<String> =
+            (0..names.tasks()).map(|task| names.task(task)).collect();
+        assert_eq!(all.len(), 32);
     }
 }

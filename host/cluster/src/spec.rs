@@ -1,12 +1,13 @@
 //! A clustered pipeline's config: the `cluster` section, what the
-//! JetStream source says about the input, and the config each partition
-//! task runs with (derived by editing the config's JSON, then read and
-//! checked as any pipeline config is).
+//! JetStream source says about the input, a `repartition` step's two
+//! stages, and the config each partition task runs with (derived by editing
+//! the config's JSON, then read and checked as any pipeline config is).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard};
+use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard, StepConfig};
+use plumber_engine::shuffle::ShuffleKey;
 use serde_json::Value;
 
 use crate::partition::{fnv1a32, PartitionNames};
@@ -31,6 +32,30 @@ pub struct ClusterPipeline {
     /// The input stream (the source's `stream`).
     pub stream: String,
     /// The names of the partitions' parts.
+    pub names: PartitionNames,
+    /// The keyed shuffle between two stages, when the pipeline has a
+    /// `repartition` step.
+    pub shuffle: Option<Shuffle>,
+}
+
+/// A `repartition` step: the pipeline runs as two stages, each of N
+/// partitions, joined by a partitioned shuffle stream. Stage 1 reads the
+/// input and runs the steps before the step, then publishes each event to
+/// `<stream>.<key token>`; the shuffle stream's subject transform files it
+/// under its key's partition, which stage 2 reads and runs the steps after
+/// the step and the pipeline's sink.
+#[derive(Debug, Clone)]
+pub struct Shuffle {
+    /// The step's index in `pipeline`.
+    pub index: usize,
+    /// The step's name.
+    pub step: String,
+    /// What events are shuffled by.
+    pub key_by: ShuffleKey,
+    /// The shuffle stream; its subjects are `<stream>.<key token>`.
+    pub stream: String,
+    /// The shuffle stream's partition names (its subjects, transform and
+    /// filter subjects).
     pub names: PartitionNames,
 }
 
@@ -128,7 +153,45 @@ impl ClusterPipeline {
                 ),
             ));
         };
-        let names = PartitionNames::new(&config.name, input, &consumer, cluster.partitions);
+        let shuffle = config
+            .pipeline
+            .iter()
+            .enumerate()
+            .find_map(|(index, step)| match step {
+                StepConfig::Repartition(step) => Some((index, step)),
+                _ => None,
+            })
+            .map(|(index, step)| {
+                let stream = step
+                    .stream
+                    .clone()
+                    .unwrap_or_else(|| stream_part(&format!("{}-{}", config.name, step.name)));
+                Shuffle {
+                    index,
+                    step: step.name.clone(),
+                    key_by: step.key_by.clone(),
+                    names: PartitionNames::new(
+                        &config.name,
+                        &stream,
+                        &consumer,
+                        cluster.partitions,
+                    ),
+                    stream,
+                }
+            });
+        if let Some(shuffle) = &shuffle {
+            if shuffle.stream == stream {
+                return Err(invalid(
+                    &format!("pipeline[{}].stream", shuffle.index),
+                    format!(
+                        "the shuffle stream must not be the input stream `{stream}`: name another"
+                    ),
+                ));
+            }
+        }
+        let stages = if shuffle.is_some() { 2 } else { 1 };
+        let names = PartitionNames::new(&config.name, input, &consumer, cluster.partitions)
+            .with_stages(stages);
         Ok(ClusterPipeline {
             origin,
             base,
@@ -137,6 +200,7 @@ impl ClusterPipeline {
             cluster,
             stream,
             names,
+            shuffle,
         })
     }
 
@@ -202,6 +266,13 @@ impl ClusterPipeline {
     /// partition, so a Redis Cluster keeps a partition's keys, checkpoint
     /// and fence in one slot, as the atomic commit needs.
     ///
+    /// With a `repartition` step, `partition` is a task of either stage
+    /// ([`PartitionNames::stage_of`]): a stage-1 task (`<pipeline>.s1#p<NN>`)
+    /// keeps the steps before the step and publishes to the shuffle stream
+    /// by the step's key; a stage-2 task (`<pipeline>.s2#p<NN>`) reads its
+    /// partition of the shuffle stream and keeps the steps after the step
+    /// and the pipeline's sink.
+    ///
     /// # Errors
     ///
     /// [`ClusterError::Config`] if the derived config does not read (it
@@ -212,22 +283,60 @@ impl ClusterPipeline {
         Ok(PipelineConfig::parse(&text, &origin, &self.base)?)
     }
 
-    /// The JSON of [`ClusterPipeline::partition_config`].
+    /// The stream task `task` reads and the consumer it reads it through.
+    #[must_use]
+    pub fn task_input(&self, task: u32) -> (String, String) {
+        let stream = match (&self.shuffle, self.names.stage_of(task)) {
+            (Some(shuffle), (2, _)) => shuffle.stream.clone(),
+            _ => self.stream.clone(),
+        };
+        (stream, self.names.consumer(task))
+    }
+
+    /// The JSON of [`ClusterPipeline::partition_config`]; with a shuffle,
+    /// task `partition` is of stage 1 or 2 ([`PartitionNames::stage_of`]).
     fn partition_json(&self, partition: u32) -> Value {
         let task = self.names.task(partition);
+        let (stage, stage_partition) = self.names.stage_of(partition);
         let mut raw = self.raw.clone();
         if let Value::Object(top) = &mut raw {
             top.remove("cluster");
             top.insert("name".into(), Value::String(task.clone()));
+            let url = top.get("from").and_then(|from| from.get("url")).cloned();
             if let Some(Value::Object(from)) = top.get_mut("from") {
-                from.insert(
-                    "filter_subject".into(),
-                    Value::String(self.names.filter_subject(partition)),
-                );
+                let filter = match (&self.shuffle, stage) {
+                    (Some(shuffle), 2) => {
+                        from.insert("stream".into(), Value::String(shuffle.stream.clone()));
+                        from.remove("subjects");
+                        shuffle.names.filter_subject(stage_partition)
+                    }
+                    _ => self.names.filter_subject(stage_partition),
+                };
+                from.insert("filter_subject".into(), Value::String(filter));
                 from.insert(
                     "consumer".into(),
                     Value::String(self.names.consumer(partition)),
                 );
+            }
+            if let Some(shuffle) = &self.shuffle {
+                if let Some(Value::Array(steps)) = top.get_mut("pipeline") {
+                    let after = steps.split_off(shuffle.index.min(steps.len()));
+                    if stage == 2 {
+                        // Without the repartition step itself.
+                        *steps = after.into_iter().skip(1).collect();
+                    }
+                }
+                if stage == 1 {
+                    let mut to = serde_json::json!({
+                        "type": "jetstream",
+                        "subject": shuffle.stream,
+                        "subject_key_by": shuffle.key_by,
+                    });
+                    if let Some(url) = url {
+                        to["url"] = url;
+                    }
+                    top.insert("to".into(), to);
+                }
             }
             if let Some(Value::Object(state)) = top.get_mut("state") {
                 if state.get("type").and_then(Value::as_str) == Some("redis") {
@@ -244,6 +353,27 @@ impl ClusterPipeline {
             }
         }
         raw
+    }
+}
+
+/// `name` as a stream name (no whitespace, `.`, `*`, `>`, `/` or `\\`):
+/// other characters become `_`, and then a hash of the name keeps it
+/// unique.
+fn stream_part(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean == name {
+        clean
+    } else {
+        format!("{clean}_{:08x}", fnv1a32(name.as_bytes()))
     }
 }
 
@@ -310,6 +440,105 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("at `from.filter_subject`"), "{error}");
+    }
+
+    const TWO_STAGES: &str = r#"{
+        "name": "orders",
+        "state": {"type": "redis", "url": "redis://127.0.0.1:1/"},
+        "cluster": {"url": ["nats://127.0.0.1:4222"], "partitions": 16},
+        "from": {"type": "jetstream", "url": "nats://10.0.0.1:4222", "stream": "IN",
+                 "consumer": "count", "subjects": ["in.*"], "ack_wait_ms": 5000},
+        "pipeline": [
+            {"name": "clean", "type": "wasm", "module": "clean.wasm"},
+            {"name": "by_user", "type": "repartition", "key_by": {"field": "user"}},
+            {"name": "count", "type": "wasm", "module": "count.wasm"}
+        ],
+        "to": {"type": "stdout"}
+    }"#;
+
+    #[test]
+    fn a_repartition_step_makes_two_stages_joined_by_the_shuffle_stream() {
+        let pipeline = ClusterPipeline::parse(TWO_STAGES, "c.json", Path::new(".")).unwrap();
+        let shuffle = pipeline.shuffle.clone().unwrap();
+        assert_eq!(shuffle.stream, "orders-by_user");
+        assert_eq!(shuffle.index, 1);
+        assert_eq!(shuffle.names.captured(), "orders-by_user.*");
+        assert_eq!(
+            shuffle.names.transform_destination(),
+            "orders-by_user-p.{{partition(16,1)}}.{{wildcard(1)}}"
+        );
+        assert_eq!(pipeline.names.tasks(), 32);
+
+        // Stage 1, partition 3: the input, the steps before, the shuffle.
+        let one = pipeline.partition_json(3);
+        assert_eq!(one["name"], "orders.s1#p03");
+        assert_eq!(one["from"]["stream"], "IN");
+        assert_eq!(one["from"]["filter_subject"], "in-p.3.>");
+        assert_eq!(one["from"]["consumer"], "count-s1p03");
+        let steps: Vec<&str> = one["pipeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| step["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["clean"]);
+        assert_eq!(
+            one["to"],
+            serde_json::json!({"type": "jetstream", "url": "nats://10.0.0.1:4222",
+                "subject": "orders-by_user", "subject_key_by": {"field": "user"}})
+        );
+        assert_eq!(one["state"]["key_prefix"], "plumber:{orders.s1#p03}:");
+        assert_eq!(pipeline.task_input(3), ("IN".into(), "count-s1p03".into()));
+
+        // Stage 2, partition 3: the shuffle's partition, the steps after,
+        // the pipeline's sink.
+        let two = pipeline.partition_json(16 + 3);
+        assert_eq!(two["name"], "orders.s2#p03");
+        assert_eq!(two["from"]["stream"], "orders-by_user");
+        assert_eq!(two["from"]["filter_subject"], "orders-by_user-p.3.>");
+        assert_eq!(two["from"]["consumer"], "count-s2p03");
+        assert_eq!(two["from"]["ack_wait_ms"], 5000);
+        assert!(two["from"].get("subjects").is_none());
+        let steps: Vec<&str> = two["pipeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| step["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["count"]);
+        assert_eq!(two["to"], serde_json::json!({"type": "stdout"}));
+        assert_eq!(two["state"]["key_prefix"], "plumber:{orders.s2#p03}:");
+        assert_eq!(
+            pipeline.task_input(19),
+            ("orders-by_user".into(), "count-s2p03".into())
+        );
+        // Both read as ordinary pipeline configs.
+        assert_eq!(pipeline.partition_config(3).unwrap().pipeline.len(), 1);
+        assert_eq!(pipeline.partition_config(19).unwrap().name, "orders.s2#p03");
+
+        // A named stream; the input stream refused.
+        let named = TWO_STAGES.replace(
+            r#""key_by": {"field": "user"}"#,
+            r#""key_by": "key", "stream": "USERS""#,
+        );
+        let pipeline = ClusterPipeline::parse(&named, "c.json", Path::new(".")).unwrap();
+        assert_eq!(pipeline.shuffle.unwrap().stream, "USERS");
+        let input = TWO_STAGES.replace(
+            r#""key_by": {"field": "user"}"#,
+            r#""key_by": "key", "stream": "IN""#,
+        );
+        let error = ClusterPipeline::parse(&input, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at `pipeline[1].stream`"), "{error}");
+    }
+
+    #[test]
+    fn a_pipeline_without_repartition_keeps_one_stage() {
+        let pipeline = ClusterPipeline::parse(CONFIG, "c.json", Path::new(".")).unwrap();
+        assert!(pipeline.shuffle.is_none());
+        assert_eq!(pipeline.names.tasks(), 64);
+        assert_eq!(pipeline.task_input(5), ("IN".into(), "count-p05".into()));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::{ClusterError, ClusterPipeline};
 /// One partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStatus {
-    /// The partition.
+    /// The partition task (with a `repartition` step, stage 2's tasks
+    /// follow stage 1's: task `N + p` is partition `p` of stage 2).
     pub partition: u32,
     /// Its task's pipeline name.
     pub task: String,
@@ -67,10 +68,15 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
     )
     .await?;
     let held = leases.all().await?;
-    let stream = context
-        .get_stream(&pipeline.stream)
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("opening stream `{}`", pipeline.stream), e))?;
+    let mut streams = std::collections::BTreeMap::new();
+    for name in std::iter::once(&pipeline.stream).chain(pipeline.shuffle.iter().map(|s| &s.stream))
+    {
+        let stream = context
+            .get_stream(name)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("opening stream `{name}`"), e))?;
+        streams.insert(name.clone(), stream);
+    }
     let tenant = pipeline
         .config
         .tenant
@@ -81,7 +87,7 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default();
     let mut partitions = Vec::new();
-    for partition in 0..pipeline.names.partitions {
+    for partition in 0..pipeline.names.tasks() {
         let task = pipeline.names.task(partition);
         let config = pipeline.partition_config(partition)?;
         let state = config
@@ -92,12 +98,13 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
             .last_checkpoint(&checkpoint_scope(&tenant, &task))
             .await
             .map_err(|e| ClusterError::jetstream(format!("reading the checkpoint of {task}"), e))?;
-        let lag = match stream
-            .consumer_info(pipeline.names.consumer(partition))
-            .await
-        {
-            Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
-            Err(_) => None,
+        let (input, consumer) = pipeline.task_input(partition);
+        let lag = match streams.get(&input) {
+            Some(stream) => match stream.consumer_info(consumer).await {
+                Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+                Err(_) => None,
+            },
+            None => None,
         };
         let holder = held.get(&partition);
         partitions.push(PartitionStatus {

@@ -153,7 +153,7 @@ pub async fn run(
     let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
-        "worker joined");
+        tasks = pipeline.names.tasks(), "worker joined");
 
     let mut worker = Worker {
         keeping: Keeping {
@@ -471,7 +471,7 @@ impl Worker {
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
         let (live, dead) = self.live_members().await?;
-        let owners = assign(self.keeping.pipeline.names.partitions, &live);
+        let owners = assign(self.keeping.pipeline.names.tasks(), &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
             .filter(|(_, owner)| **owner == self.me.id)

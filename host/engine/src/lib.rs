@@ -23,6 +23,7 @@
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
 //! | [`tenant`] | tenants: key isolation and quotas |
 //! | [`swap`] | hot swap of a running pipe's module |
+//! | [`shuffle`] | the keyed shuffle between a clustered pipeline's stages: keys and subject tokens |
 //!
 //! Errors show only their own part and keep what they wrap as their
 //! `source`; [`ErrorChain`] prints one with all its causes.
@@ -44,6 +45,7 @@ pub mod histogram;
 pub mod pipeline;
 pub mod retry;
 pub mod runtime;
+pub mod shuffle;
 pub mod state;
 pub mod step;
 pub mod streams;

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
 use plumber_engine::checkpoint::Position;
+use plumber_engine::shuffle::{subject_token, ShuffleKey};
 use plumber_engine::{Batch, Event};
 
 /// The header that carries an event's key.
@@ -1076,10 +1077,13 @@ pub struct JetStreamSink {
     counters: HashMap<String, u64>,
     counter_order: VecDeque<String>,
     reconnect_timeout: Duration,
+    /// Publish each event under `<subject>.<its key as a token>`.
+    key_by: Option<ShuffleKey>,
 }
 
 /// A JetStream publish not acknowledged yet.
 struct InFlight {
+    subject: String,
     message: PublishMessage,
     /// The client's connection count when it was sent: after a reconnect,
     /// its ack cannot come any more.
@@ -1118,7 +1122,20 @@ impl JetStreamSink {
             counters: HashMap::new(),
             counter_order: VecDeque::new(),
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            key_by: None,
         })
+    }
+
+    /// Publishes each event to `<subject>.<token>`, the token being the
+    /// event's key by `key_by` as [`subject_token`] writes it, so that a
+    /// stream whose subject transform partitions by the last token puts
+    /// each key in one partition; the key also becomes the event's key
+    /// (its `plumber-key` header). An event without such a key fails the
+    /// write, naming what is missing.
+    #[must_use]
+    pub fn subject_key_by(mut self, key_by: ShuffleKey) -> Self {
+        self.key_by = Some(key_by);
+        self
     }
 
     /// How long publishing keeps retrying while the server is unreachable
@@ -1162,11 +1179,15 @@ impl JetStreamSink {
     /// Sends `message`, unless an earlier message still waits to be sent
     /// (it must not be overtaken) or the connection is down: then it is sent
     /// again with the others once the connection is back.
-    async fn send(&self, message: PublishMessage) -> Result<Option<PublishAckFuture>, StreamError> {
+    async fn send(
+        &self,
+        subject: &str,
+        message: PublishMessage,
+    ) -> Result<Option<PublishAckFuture>, StreamError> {
         if self.in_flight.back().is_some_and(|last| last.ack.is_none()) {
             return Ok(None);
         }
-        self.send_now(message).await
+        self.send_now(subject, message).await
     }
 
     /// How many times the client has connected so far.
@@ -1184,12 +1205,13 @@ impl JetStreamSink {
     /// Sends `message` unless the connection is down.
     async fn send_now(
         &self,
+        subject: &str,
         message: PublishMessage,
     ) -> Result<Option<PublishAckFuture>, StreamError> {
         if check_connected(&self.client).is_err() {
             return Ok(None);
         }
-        let send = self.context.send_publish(self.subject.clone(), message);
+        let send = self.context.send_publish(subject.to_owned(), message);
         match tokio::time::timeout(MAX_BACKOFF, send).await {
             Ok(Ok(ack)) => Ok(Some(ack)),
             Ok(Err(e)) => Err(io_error(self.describe(), "publish", e)),
@@ -1206,8 +1228,9 @@ impl JetStreamSink {
         }
         for index in 0..self.in_flight.len() {
             let message = self.in_flight[index].message.clone();
+            let subject = self.in_flight[index].subject.clone();
             let connects = self.connects();
-            let ack = self.send_now(message).await?;
+            let ack = self.send_now(&subject, message).await?;
             if ack.is_none() {
                 break;
             }
@@ -1229,7 +1252,11 @@ impl JetStreamSink {
                 if let Err(failure) = check_connected(&self.client) {
                     return failure;
                 }
-                let probe = self.context.stream_by_subject(self.subject.clone());
+                let captured = match self.key_by {
+                    Some(_) => format!("{}.*", self.subject),
+                    None => self.subject.clone(),
+                };
+                let probe = self.context.stream_by_subject(captured);
                 match tokio::time::timeout(MAX_BACKOFF, probe).await {
                     Ok(Err(e))
                         if e.kind()
@@ -1304,7 +1331,18 @@ impl Sink for JetStreamSink {
     }
 
     async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
-        for event in batch.events {
+        for mut event in batch.events {
+            let subject = match &self.key_by {
+                None => self.subject.clone(),
+                Some(key_by) => {
+                    let key = key_by
+                        .key_of(&event)
+                        .map_err(|m| invalid(self.describe(), "publish", m))?;
+                    let subject = format!("{}.{}", self.subject, subject_token(&key));
+                    event.key = Some(key);
+                    subject
+                }
+            };
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let id = self.message_id(&event);
             while self.in_flight.len() >= MAX_PENDING_ACKS {
@@ -1315,8 +1353,9 @@ impl Sink for JetStreamSink {
                 .headers(headers)
                 .message_id(id);
             let connects = self.connects();
-            let ack = self.send(message.clone()).await?;
+            let ack = self.send(&subject, message.clone()).await?;
             self.in_flight.push_back(InFlight {
+                subject,
                 message,
                 connects,
                 ack,

@@ -56,7 +56,9 @@ pub use registry::{
     ConnectorSpec, OpenContext, OutputGuarantee, Registry, SinkConfig, SinkSpec, SourceConfig,
     SourceSpec, StateConfig, StateSpec,
 };
-pub use step::{CommandStepConfig, ExecStepConfig, StepConfig, WasmStepConfig};
+pub use step::{
+    CommandStepConfig, ExecStepConfig, RepartitionStepConfig, StepConfig, WasmStepConfig,
+};
 pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
 pub use validate::Checks;
 
@@ -425,6 +427,28 @@ impl PipelineConfig {
                 ));
             }
         }
+        let mut repartitions = self
+            .pipeline
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| matches!(step, StepConfig::Repartition(_)))
+            .map(|(index, _)| index);
+        if let Some(first) = repartitions.next() {
+            if self.cluster.is_none() {
+                return Err(invalid(
+                    &format!("pipeline[{first}].type"),
+                    "a `repartition` step shuffles events between the partitions of a clustered \
+                     pipeline: it needs the config's `cluster` section (and `plumber worker`)"
+                        .into(),
+                ));
+            }
+            if let Some(second) = repartitions.next() {
+                return Err(invalid(
+                    &format!("pipeline[{second}].type"),
+                    "a pipeline has at most one `repartition` step (two stages)".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (index, step) in self.pipeline.iter().enumerate() {
             let at = format!("pipeline[{index}]");
@@ -489,6 +513,23 @@ impl PipelineConfig {
             max_pending_keys: self.checkpoint.max_pending_keys,
             max_pending_bytes: self.checkpoint.max_pending_bytes,
         };
+        // Only in a clustered config, which `plumber worker` splits into
+        // stages without the step.
+        if let Some(StepConfig::Repartition(repartition)) = self
+            .pipeline
+            .iter()
+            .find(|step| matches!(step, StepConfig::Repartition(_)))
+        {
+            return Err(StreamError::Io {
+                stream: format!("repartition step `{}`", repartition.name),
+                action: "open",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a repartition step runs only in the stages `plumber worker` makes of a \
+                     clustered pipeline",
+                ),
+            });
+        }
         let context = OpenContext::new(&self.name);
         let mut builder = Pipeline::builder(&self.name)
             .tenant(
@@ -522,6 +563,8 @@ impl PipelineConfig {
                     Ok(window) => builder.then(window),
                     Err(_) => builder,
                 },
+                // Refused above.
+                StepConfig::Repartition(_) => builder,
             };
         }
         if let Some(sink) = &self.dead_letter {

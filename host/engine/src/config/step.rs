@@ -11,10 +11,16 @@ use serde::Deserialize;
 use super::strict::{self, object_only, tagged_by_type};
 use super::FieldError;
 use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
+use crate::shuffle::ShuffleKey;
 use crate::step::{OnError, WasmPipe};
 use crate::window::WindowConfig;
 
-object_only!(WasmStepConfig, CommandStepConfig, ExecStepConfig);
+object_only!(
+    WasmStepConfig,
+    CommandStepConfig,
+    ExecStepConfig,
+    RepartitionStepConfig
+);
 tagged_by_type!(StepConfig);
 
 /// One entry of `"pipeline"`.
@@ -29,6 +35,8 @@ pub enum StepConfig {
     Command(CommandStepConfig),
     /// A host executable speaking the line protocol (unsandboxed).
     Exec(ExecStepConfig),
+    /// The keyed shuffle that splits a clustered pipeline into two stages.
+    Repartition(RepartitionStepConfig),
 }
 
 impl StepConfig {
@@ -39,8 +47,29 @@ impl StepConfig {
             StepConfig::Window(window) => window.name(),
             StepConfig::Command(command) => &command.name,
             StepConfig::Exec(exec) => &exec.name,
+            StepConfig::Repartition(repartition) => &repartition.name,
         }
     }
+}
+
+/// `{"type": "repartition", "key_by": …}`: splits a clustered pipeline in
+/// two stages joined by a partitioned JetStream stream, so that the steps
+/// after it see each key in one partition (docs/cluster.md,
+/// "Repartition"). Only in a config with `cluster`, at most once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct RepartitionStepConfig {
+    /// The step's name (required, unique in the pipeline); it names the
+    /// shuffle stream by default.
+    pub name: String,
+    /// What events are shuffled by (required): `"key"` or
+    /// `{"field": "user"}`.
+    pub key_by: ShuffleKey,
+    /// The shuffle stream, which `plumber cluster init` creates; its
+    /// subjects are `<stream>.<key>` (default: `<pipeline>-<step>`, with
+    /// characters a stream name cannot have replaced).
+    #[serde(default)]
+    pub stream: Option<String>,
 }
 
 /// `{"type": "command", ...}`: a WASI preview 1 command module (e.g. Go's
@@ -225,6 +254,34 @@ impl StepConfig {
                 }
                 Ok(())
             }
+            StepConfig::Repartition(repartition) => {
+                if let ShuffleKey::Field(field) = &repartition.key_by {
+                    if field.is_empty() {
+                        return Err(FieldError::new(
+                            "key_by.field",
+                            "expected the name of a field of the events' JSON values",
+                        ));
+                    }
+                }
+                if let Some(stream) = &repartition.stream {
+                    if stream.is_empty()
+                        || stream.chars().any(|c| {
+                            c.is_whitespace()
+                                || c.is_control()
+                                || matches!(c, '.' | '*' | '>' | '/' | '\\')
+                        })
+                    {
+                        return Err(FieldError::new(
+                            "stream",
+                            format!(
+                                "`{stream}` is not a JetStream stream name: it needs at least one \
+                                 character, and no whitespace, `.`, `*`, `>`, `/` or `\\`"
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
             StepConfig::Window(window) => {
                 window
                     .build()
@@ -258,7 +315,7 @@ impl StepConfig {
             // A bare program name is looked up on PATH; a path with a
             // directory part is relative to the config.
             StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
-            StepConfig::Exec(_) | StepConfig::Window(_) => {}
+            StepConfig::Exec(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => {}
         }
     }
 }

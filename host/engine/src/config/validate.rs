@@ -223,7 +223,7 @@ fn step_offline(step: &StepConfig) -> Result<(), FieldError> {
             }
             Ok(())
         }
-        StepConfig::Command(_) | StepConfig::Window(_) => Ok(()),
+        StepConfig::Command(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => Ok(()),
     }
 }
 
@@ -396,7 +396,7 @@ pub async fn guests(
                         source,
                     })?;
             }
-            StepConfig::Window(_) | StepConfig::Exec(_) => {}
+            StepConfig::Window(_) | StepConfig::Exec(_) | StepConfig::Repartition(_) => {}
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use crate::config::{
     Checks, ConnectorSpec, FieldError, OpenContext, OutputGuarantee, SinkSpec, SourceSpec,
 };
 use crate::streams::{Sink, Source, StreamError};
+use plumber_engine::shuffle::ShuffleKey;
 
 fn default_url() -> String {
     "nats://127.0.0.1:4222".to_owned()
@@ -261,6 +262,22 @@ pub struct JetStreamSinkConfig {
     /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
+    /// Publish each event to `<subject>.<key>`, the key by `"key"` or
+    /// `{"field": …}` written as one subject token (default: always
+    /// `subject`); what a `repartition` step's first stage publishes with.
+    #[serde(default)]
+    pub subject_key_by: Option<ShuffleKey>,
+}
+
+impl JetStreamSinkConfig {
+    /// What a stream must capture: `subject`, or `<subject>.*` when each
+    /// event goes to `<subject>.<key>`.
+    fn captured(&self) -> String {
+        match self.subject_key_by {
+            Some(_) => format!("{}.*", self.subject),
+            None => self.subject.clone(),
+        }
+    }
 }
 
 #[async_trait]
@@ -273,14 +290,14 @@ impl ConnectorSpec for JetStreamSinkConfig {
         }
         checks.needs_connect(format!(
             "a JetStream stream capturing `{}` at {}",
-            self.subject,
+            self.captured(),
             redact_url(&self.url)
         ));
         Ok(())
     }
 
     async fn check_connected(&self) -> Result<(), FieldError> {
-        let subject = &self.subject;
+        let subject = &self.captured();
         let jetstream = jetstream::new(client(&self.url).await?);
         match jetstream.stream_by_subject(subject.as_str()).await {
             Ok(_) => Ok(()),
@@ -296,7 +313,7 @@ impl ConnectorSpec for JetStreamSinkConfig {
     }
 
     async fn setup(&self) -> Result<Option<String>, FieldError> {
-        let subject = &self.subject;
+        let subject = &self.captured();
         let context = context(&self.url).await?;
         if let Ok(name) = context.stream_by_subject(subject).await {
             return Ok(Some(format!("stream `{name}` captures `{subject}`")));
@@ -321,6 +338,9 @@ impl ConnectorSpec for JetStreamSinkConfig {
 impl SinkSpec for JetStreamSinkConfig {
     async fn open(&self, context: &OpenContext<'_>) -> Result<Box<dyn Sink>, StreamError> {
         let mut sink = JetStreamSink::connect(&self.url, &self.subject, context.pipeline).await?;
+        if let Some(key_by) = &self.subject_key_by {
+            sink = sink.subject_key_by(key_by.clone());
+        }
         if let Some(ms) = self.reconnect_timeout_ms {
             sink = sink.reconnect_timeout(Duration::from_millis(ms));
         }

@@ -1,0 +1,358 @@
+//! Scale-out in two stages: a `repartition` step splits a clustered
+//! pipeline into stages joined by a partitioned JetStream stream. Real
+//! servers: `nats-server` 2.10+ (a single node, and a 3-node JetStream
+//! cluster on loopback), Redis; workers as `plumber worker` processes.
+
+use plumber_tests as harness;
+
+use std::collections::BTreeMap;
+
+use harness::cluster::*;
+use plumber::config::{PipelineConfig, ReadStandard};
+use plumber_cluster::partition::partition_of;
+use plumber_cluster::ClusterPipeline;
+
+// Config
+
+#[test]
+fn a_repartition_step_needs_a_cluster_and_is_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec!["nats://127.0.0.1:4222".to_owned()];
+    let parse = |config: &serde_json::Value| {
+        PipelineConfig::parse(&config.to_string(), "c.json", dir.path())
+            .map(drop)
+            .map_err(|error| error.to_string())
+    };
+    let good = two_stage_config(&urls, 8, "redis://127.0.0.1:1/");
+    parse(&good).expect("a two-stage config reads");
+
+    let mut unclustered = good.clone();
+    unclustered.as_object_mut().unwrap().remove("cluster");
+    let error = parse(&unclustered).unwrap_err();
+    assert!(error.contains("at `pipeline[0].type`"), "{error}");
+    assert!(error.contains("`cluster`"), "{error}");
+
+    let mut twice = good.clone();
+    let again = serde_json::json!({ "name": "again", "type": "repartition", "key_by": "key" });
+    twice["pipeline"].as_array_mut().unwrap().push(again);
+    let error = parse(&twice).unwrap_err();
+    assert!(error.contains("at `pipeline[2].type`"), "{error}");
+    assert!(error.contains("at most one"), "{error}");
+
+    let mut unknown = good.clone();
+    unknown["pipeline"][0]["keyby"] = "key".into();
+    let error = parse(&unknown).unwrap_err();
+    assert!(error.contains("pipeline[0].keyby"), "{error}");
+
+    let mut bad_key = good.clone();
+    bad_key["pipeline"][0]["key_by"] = serde_json::json!({ "column": "user" });
+    let error = parse(&bad_key).unwrap_err();
+    assert!(error.contains("pipeline[0].key_by"), "{error}");
+
+    let mut empty_field = good.clone();
+    empty_field["pipeline"][0]["key_by"] = serde_json::json!({ "field": "" });
+    let error = parse(&empty_field).unwrap_err();
+    assert!(error.contains("at `pipeline[0].key_by.field`"), "{error}");
+
+    let mut dotted = good.clone();
+    dotted["pipeline"][0]["stream"] = "a.b".into();
+    let error = parse(&dotted).unwrap_err();
+    assert!(error.contains("at `pipeline[0].stream`"), "{error}");
+
+    // The worker's view: two stages of 8 partitions each.
+    let path = write_config(dir.path(), "users.json", &good);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    assert_eq!(pipeline.names.tasks(), 16);
+    assert_eq!(pipeline.partition_config(0).unwrap().name, "users.s1#p00");
+    assert_eq!(pipeline.partition_config(15).unwrap().name, "users.s2#p07");
+}
+
+// A shuffle by a field, through one worker
+
+/// Stage 1 shuffles JSON events by their `user` field (keys that are not
+/// plain subject tokens among them); stage 2 has no steps and publishes
+/// to `out`. Each event crosses the shuffle stream under the partition of
+/// its key's token as the server files it (which equals plumber's
+/// `partition_of`), and reaches the output keyed by its field.
+#[tokio::test]
+async fn a_shuffle_by_field_files_each_key_under_its_partition() {
+    let server = harness::NatsServer::start();
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec![server.url()];
+    let mut config = two_stage_config(&urls, 4, &redis.url());
+    config["pipeline"] = serde_json::json!([
+        { "name": "by_user", "type": "repartition", "key_by": { "field": "user" },
+          "stream": "SHUF" }
+    ]);
+    let path = write_config(dir.path(), "users.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    let context = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    // The output stream first, by name (`cluster init` would make one).
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out".into()],
+            duplicate_window: plumber_cluster::init::DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    let users = ["ada", "a.b", "x y", "*", "é", "42", "~61", "bob"];
+    let events = 400u64;
+    let mut acks = Vec::new();
+    for id in 0..events {
+        let user: serde_json::Value = if id % 9 == 8 {
+            // A number: shuffled by its JSON text.
+            serde_json::json!(7)
+        } else {
+            users[(id % 8) as usize].into()
+        };
+        let value = serde_json::json!({ "id": id, "user": user }).to_string();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("e{id}").as_str());
+        acks.push(
+            context
+                .publish_with_headers(format!("in.{}", id % 13), headers, value.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let worker = WorkerProcess::start(&path, "w1", dir.path());
+    wait_for_output(
+        &context,
+        events,
+        std::time::Duration::from_secs(120),
+        || worker.log_text(),
+    )
+    .await;
+
+    let user_of = |payload: &str| -> String {
+        let value: serde_json::Value = serde_json::from_str(payload).unwrap();
+        match &value["user"] {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
+    };
+    let shuffled = read_stream(&context, "SHUF").await;
+    assert_eq!(shuffled.len() as u64, events);
+    let mut partitions_used = std::collections::BTreeSet::new();
+    for (_, subject, payload, key) in &shuffled {
+        let user = user_of(payload);
+        let token = plumber::shuffle::subject_token(user.as_bytes());
+        let partition = partition_of(token.as_bytes(), 4);
+        assert_eq!(subject, &format!("SHUF-p.{partition}.{token}"), "{payload}");
+        assert_eq!(key.as_deref(), Some(user.as_str()), "{payload}");
+        partitions_used.insert(partition);
+    }
+    assert!(partitions_used.len() > 1, "{partitions_used:?}");
+    let output = read_stream(&context, "OUT").await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (_, _, payload, key) in &output {
+        assert_eq!(key.as_deref(), Some(user_of(payload).as_str()), "{payload}");
+        let value: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert!(ids.insert(value["id"].as_u64().unwrap()), "{payload} twice");
+    }
+    assert_eq!(ids.len() as u64, events);
+    drop(worker);
+    let _ = (&server, &redis);
+}
+
+// Issue test 9
+
+/// Two stages of 16 partitions (32 tasks) on three workers; while stage 1
+/// is publishing into the shuffle stream, a worker that runs stage-2 tasks
+/// is killed (SIGKILL). Its tasks of both stages are taken over by the
+/// survivors from their checkpoints: stage 1 replays what it had published
+/// past its last checkpoint, with the same message ids, which the shuffle
+/// stream drops (the test counts such replayed messages and requires
+/// some: the boundary was crossed twice by them); stage 2 replays the
+/// shuffle stream's partition from its checkpoint. The two-stage oracle
+/// holds: every id crossed the shuffle once and reached the output once,
+/// each key's counts are 1..n in shuffle order, the committed state is the
+/// truth, and no task ever had two owners at once.
+#[tokio::test]
+async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() {
+    const PARTITIONS: u32 = 16;
+    let tasks = PARTITIONS * 2;
+    let events = oracle_events();
+    let setup = two_stage_setup(PARTITIONS).await;
+    let workers = start_three_workers(&setup);
+    let started = std::time::Instant::now();
+    // At most about 5,000 events/s, so that the input still flows when the
+    // worker is killed and after its tasks are taken over.
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move {
+            publish_keyed_events_paced(&context, 0..events, std::time::Duration::from_millis(200))
+                .await
+        })
+    };
+    // Mid-stream: stage 1 is publishing (a quarter of the events crossed),
+    // stage 2 is counting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while stream_messages(&setup.context, "SHUF").await < events / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quarter of the events did not cross the shuffle in 300 s:\n{}",
+            logs_of(&workers)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The worker holding the most stage-2 tasks.
+    let before: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    let (victim, orphans) = workers
+        .iter()
+        .enumerate()
+        .map(|(index, worker)| (index, held_at_end(&before, &worker.id)))
+        .max_by_key(|(_, held)| held.iter().filter(|task| **task >= PARTITIONS).count())
+        .unwrap();
+    let victim_id = workers[victim].id.clone();
+    let stage_2: Vec<u32> = orphans
+        .iter()
+        .copied()
+        .filter(|task| *task >= PARTITIONS)
+        .collect();
+    assert!(
+        !stage_2.is_empty(),
+        "no worker owns a stage-2 task:\n{}",
+        logs_of(&workers)
+    );
+    let fences = commit_fences(&setup.pipeline, &orphans).await;
+    let killed_us = now_us();
+    workers[victim].signal(libc::SIGKILL);
+    assert!(
+        !publisher.is_finished(),
+        "every event was published before the kill: the test would not kill mid-stream"
+    );
+    // The dead owner's last commits (the fence tells them from a new
+    // owner's, who may have committed already).
+    let stage_1: Vec<u32> = orphans
+        .iter()
+        .copied()
+        .filter(|task| *task < PARTITIONS)
+        .collect();
+    let dead_commits: BTreeMap<u32, u64> = committed_positions(&setup.pipeline, &stage_1)
+        .await
+        .into_iter()
+        .filter(|(task, (_, fence))| *fence == fences[task])
+        .map(|(task, (position, _))| (task, position))
+        .collect();
+    let (recommitted, slowest) = wait_for_commits_after(
+        &setup.pipeline,
+        &fences,
+        killed_us / 1000,
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    publisher.await.unwrap();
+    wait_for_output(
+        &setup.context,
+        events,
+        std::time::Duration::from_secs(600),
+        || logs_of(&workers),
+    )
+    .await;
+    let took = started.elapsed();
+
+    let changes: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    let mut worst = std::time::Duration::ZERO;
+    for task in &orphans {
+        let taken = first_start_after(&changes, *task, &victim_id, killed_us)
+            .unwrap_or_else(|| panic!("task {task} of {victim_id} was never taken over"));
+        worst = worst.max(std::time::Duration::from_micros(taken - killed_us));
+    }
+    let intervals =
+        assert_one_owner_at_a_time_killed(&changes, tasks, &[(victim_id.as_str(), killed_us)]);
+    eprintln!(
+        "SIGKILL of {victim_id} ({} tasks, {} of stage 2): all owned again {worst:?} after the \
+         kill, all committed again within {recommitted:?} (last: task {slowest}); {events} \
+         events through two stages in {:.1} s; {intervals} ownership intervals",
+        orphans.len(),
+        stage_2.len(),
+        took.as_secs_f64()
+    );
+    // Found dead by ping, not left to the lease's expiry (see cluster.rs).
+    let ttl = setup.pipeline.lease_ttl();
+    assert!(
+        worst < ttl,
+        "a task had no owner for {worst:?} (TTL {ttl:?})"
+    );
+
+    // A status line per task of each stage, owned, with the lag of its
+    // consumer on its own input (stage 2: the shuffle stream).
+    let status = plumber(&["cluster", "status", setup.path.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", text(&status));
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    for stage in ["users.s1#p", "users.s2#p"] {
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with(stage)).collect();
+        assert_eq!(lines.len(), PARTITIONS as usize, "{table}");
+        for line in lines {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            assert_ne!(columns[1], "-", "unowned: {line}\n{table}");
+            assert!(columns[5].parse::<u64>().is_ok(), "no lag: {line}\n{table}");
+        }
+    }
+
+    let mut survivors: Vec<WorkerProcess> = workers;
+    survivors.remove(victim);
+    for worker in &mut survivors {
+        let status = worker.terminate();
+        assert!(status.success(), "{} exited {status}", worker.id);
+    }
+    // Replayed across the boundary: shuffle messages of the dead owner's
+    // stage-1 tasks from input past its last commit, stored before the
+    // kill. The new owner read them again from that commit on and
+    // published them again with the same ids: the stream dropped them.
+    let shuffled = read_stream_messages(&setup.context, "SHUF").await;
+    let mut replayed = 0u64;
+    for message in &shuffled {
+        let Some(id) = &message.id else { continue };
+        let mut parts = id.rsplitn(3, ':');
+        let (_, input_sequence, task) = (parts.next(), parts.next(), parts.next());
+        let (Some(input_sequence), Some(task)) = (input_sequence, task) else {
+            continue;
+        };
+        let input_sequence: u64 = input_sequence.parse().unwrap();
+        for (dead_task, committed) in &dead_commits {
+            if task == setup.pipeline.names.task(*dead_task)
+                && input_sequence > *committed
+                && message.stored_us < killed_us
+            {
+                replayed += 1;
+            }
+        }
+    }
+    eprintln!(
+        "shuffle stream: {} messages; {replayed} of them were published by the killed worker \
+         past its last stage-1 commit (tasks {:?}) and so published again by their new owners, \
+         and dropped as duplicates",
+        shuffled.len(),
+        dead_commits.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        replayed > 0,
+        "the kill found no stage-1 task of {victim_id} with publishes past its last commit: the \
+         boundary's replay was not exercised (dead owner's commits: {dead_commits:?})"
+    );
+    let _ = (&setup.cluster, &setup.redis);
+    assert_two_stage_oracle(&setup.context, &setup.pipeline, events).await;
+    let committed: BTreeMap<u32, u64> = commit_fences(&setup.pipeline, &stage_2).await;
+    for (task, fence) in &committed {
+        assert!(
+            *fence > fences[task],
+            "stage-2 task {task} never committed under its new owner"
+        );
+    }
+}
