@@ -26,6 +26,7 @@ use crate::assign::assign;
 use crate::init::{check_version, connect};
 use crate::lease::{Lease, Leases, RenewError};
 use crate::membership::{check_worker_id, Member, Members, Ping};
+use crate::observe::WorkerView;
 use crate::version::Verdict;
 use crate::{ClusterError, ClusterPipeline};
 
@@ -84,7 +85,25 @@ pub async fn run(
     pipeline: ClusterPipeline,
     options: WorkerOptions,
     runtime: Runtime,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let view = WorkerView::new(&options.id, &pipeline);
+    run_observed(pipeline, options, runtime, stop, view).await
+}
+
+/// As [`run`], keeping what the worker does in `view` (made for the same
+/// id and pipeline), which its admin server serves: its partitions run in
+/// the view's supervisor, its counters count there.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_observed(
+    pipeline: ClusterPipeline,
+    options: WorkerOptions,
+    runtime: Runtime,
     mut stop: watch::Receiver<bool>,
+    view: Arc<WorkerView>,
 ) -> Result<(), ClusterError> {
     check_worker_id(&options.id).map_err(|message| ClusterError::Invalid {
         file: "--id".into(),
@@ -114,32 +133,28 @@ pub async fn run(
         draining: false,
     };
     if !pipeline.shared_state() {
-        let others: Vec<String> = members
-            .list()
-            .await?
-            .into_iter()
-            .filter(|member| member.id != me.id)
-            .map(|member| member.id)
-            .collect();
+        // Registered before looking, and not answering pings yet: of two
+        // workers starting at once, each sees the other (both refuse) or
+        // one sees the first (it refuses); never do both run. A running
+        // sled worker finds the refused one dead by ping and forgets it.
+        members.heartbeat(&me).await?;
+        let others = live_others(&members, &me.id).await;
         if !others.is_empty() {
-            return Err(ClusterError::Invalid {
-                file: pipeline.origin.clone(),
-                path: "state.type".into(),
-                message: format!(
-                    "sled state is local to one machine, so a pipeline with it runs on one \
-                     worker only, and {others:?} already run(s) it: use `redis` state for \
-                     several workers"
-                ),
-            });
+            if let Err(error) = members.remove(&me.id).await {
+                tracing::warn!(%error, "cannot remove the member entry");
+            }
+            return Err(single_worker_state(&pipeline, &others));
         }
     }
     let drain = Arc::new(AtomicBool::new(false));
     let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
+    view.joined(context.clone());
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
         "worker joined");
 
     let mut worker = Worker {
+        view,
         pipeline,
         me,
         members,
@@ -189,6 +204,7 @@ async fn open_task(
     pipeline: &ClusterPipeline,
     partition: u32,
     runtime: Runtime,
+    view: &WorkerView,
 ) -> Result<(PipelineHandle, JoinHandle<Result<RunReport, PipelineError>>), ClusterError> {
     let config = pipeline.partition_config(partition)?;
     let state = config
@@ -200,11 +216,52 @@ async fn open_task(
         .await
         .map_err(|e| ClusterError::jetstream(format!("opening {}", config.name), e))?
         .runtime(runtime);
-    let handle = builder.handle();
-    Ok((handle, tokio::spawn(builder.run())))
+    view.supervisor()
+        .start(&config.name, view.tenant(), builder)
+        .map_err(|e| ClusterError::jetstream(format!("starting {}", config.name), e))
+}
+
+/// The other workers of `members` that are not known dead: listed, and
+/// answering their ping or silent (a hung worker still holds its state).
+async fn live_others(members: &Members, me: &str) -> Vec<String> {
+    let listed = match members.list().await {
+        Ok(listed) => listed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the members");
+            return Vec::new();
+        }
+    };
+    let mut live = Vec::new();
+    for member in listed {
+        if member.id != me && members.ping(&member.id).await != Ping::Dead {
+            live.push(member.id);
+        }
+    }
+    live
+}
+
+/// The refusal of a second worker on a pipeline whose state is local.
+fn single_worker_state(pipeline: &ClusterPipeline, others: &[String]) -> ClusterError {
+    ClusterError::Invalid {
+        file: pipeline.origin.clone(),
+        path: "state.type".into(),
+        message: format!(
+            "`{}` state is local to one machine, so a clustered pipeline with it runs on one \
+             worker only, and worker(s) {} run it already: stop them first, or use `redis` \
+             state (shared, fenced per partition) for several workers",
+            pipeline.config.state.type_name(),
+            others
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 struct Worker {
+    /// What the admin server shows: tasks, members, counters.
+    view: Arc<WorkerView>,
     pipeline: ClusterPipeline,
     me: Member,
     members: Members,
@@ -249,7 +306,10 @@ impl Worker {
             };
             match task.join.await {
                 Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
-                Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
+                Ok(Err(error)) => {
+                    self.view.task_failed(&error);
+                    tracing::error!(partition, %error, "partition task failed");
+                }
                 Err(error) => tracing::error!(partition, %error, "partition task panicked"),
             }
             self.log_stopped(&task.lease);
@@ -270,22 +330,33 @@ impl Worker {
             .iter_mut()
             .filter(|(_, task)| task.renewed.elapsed() >= every)
             .map(|(partition, task)| async move {
+                let asked = Instant::now();
                 let outcome = leases.renew(&mut task.lease).await;
+                let took = asked.elapsed();
                 if outcome.is_ok() {
                     task.renewed = Instant::now();
                 }
-                (*partition, task.renewed, outcome)
+                (*partition, task.renewed, task.lease.revision, took, outcome)
             });
         let outcomes = futures_util::future::join_all(renewals).await;
-        for (partition, renewed, outcome) in outcomes {
+        for (partition, renewed, revision, took, outcome) in outcomes {
+            self.view.counters.lease_renew.record_duration(took);
             match outcome {
-                Ok(()) => {}
+                Ok(()) => self.view.renewed(partition, revision),
                 Err(RenewError::Lost { message, .. }) => {
+                    self.view
+                        .counters
+                        .leases_lost
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(partition, message, "lease lost: stopping the partition");
                     self.abort(partition).await;
                 }
                 Err(RenewError::Unanswered { message, .. }) => {
                     if renewed.elapsed() >= ttl {
+                        self.view
+                            .counters
+                            .leases_lost
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
                             partition,
                             message,
@@ -338,6 +409,8 @@ impl Worker {
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
         let (live, dead) = self.live_members().await?;
+        self.view
+            .set_members(live.iter().map(|member| member.id.clone()).collect());
         let owners = assign(self.pipeline.names.partitions, &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
@@ -368,6 +441,12 @@ impl Worker {
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot take a partition"),
             }
+        }
+        if !extra.is_empty() || !taken.is_empty() {
+            self.view
+                .counters
+                .rebalances
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.start(taken).await;
         Ok(())
@@ -407,8 +486,9 @@ impl Worker {
         let opening = leases.into_iter().map(|lease| {
             let pipeline = &self.pipeline;
             let runtime = self.runtime.clone();
+            let view = &*self.view;
             async move {
-                let opened = open_task(pipeline, lease.partition, runtime).await;
+                let opened = open_task(pipeline, lease.partition, runtime, view).await;
                 (lease, opened)
             }
         });
@@ -420,6 +500,7 @@ impl Worker {
                         worker = %self.me.id, partition, revision = lease.revision,
                         at_us = now_us() as u64, "partition started"
                     );
+                    self.view.started(partition, lease.revision);
                     self.tasks.insert(
                         partition,
                         Task {
@@ -444,6 +525,7 @@ impl Worker {
     /// then releases their leases so that their new owners start from
     /// those checkpoints.
     async fn hand_over(&mut self, partitions: &[u32]) {
+        let asked = Instant::now();
         let mut stopping = Vec::with_capacity(partitions.len());
         for partition in partitions {
             if let Some(task) = self.tasks.remove(partition) {
@@ -456,7 +538,10 @@ impl Worker {
             let ended = tokio::time::timeout(HAND_OVER_TIMEOUT, &mut task.join).await;
             match ended {
                 Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(error))) => tracing::error!(partition, %error, "partition task failed"),
+                Ok(Ok(Err(error))) => {
+                    self.view.task_failed(&error);
+                    tracing::error!(partition, %error, "partition task failed");
+                }
                 Ok(Err(error)) => tracing::error!(partition, %error, "partition task panicked"),
                 Err(_) => {
                     tracing::error!(
@@ -469,13 +554,21 @@ impl Worker {
             }
             self.log_stopped(&task.lease);
             match self.leases.release(&task.lease).await {
-                Ok(()) => tracing::info!(partition, "partition handed over"),
+                Ok(()) => {
+                    let counters = &self.view.counters;
+                    counters.hand_off.record_duration(asked.elapsed());
+                    counters
+                        .partitions_handed_over
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(partition, "partition handed over");
+                }
                 Err(error) => tracing::warn!(partition, %error, "cannot release the lease"),
             }
         }
     }
 
     fn log_stopped(&self, lease: &Lease) {
+        self.view.stopped(lease.partition);
         tracing::info!(
             worker = %self.me.id, partition = lease.partition, revision = lease.revision,
             at_us = now_us() as u64, "partition stopped"
@@ -493,6 +586,12 @@ impl Worker {
         if let Err(error) = self.members.remove(&self.me.id).await {
             tracing::warn!(%error, "cannot remove the member entry");
         }
-        tracing::info!(worker = %self.me.id, "worker left");
+        // Tests read it: a clean restart must have made the output's
+        // server drop nothing.
+        tracing::info!(
+            worker = %self.me.id,
+            output_duplicates = self.view.output_duplicates(),
+            "worker left"
+        );
     }
 }

@@ -1007,6 +1007,9 @@ pub struct JetStreamSink {
     counters: HashMap<String, u64>,
     counter_order: VecDeque<String>,
     reconnect_timeout: Duration,
+    /// Publishes the server acknowledged as duplicates (their message id
+    /// was stored already: a replay, or a resend after a lost ack).
+    duplicates: u64,
 }
 
 /// A JetStream publish not acknowledged yet.
@@ -1049,6 +1052,7 @@ impl JetStreamSink {
             counters: HashMap::new(),
             counter_order: VecDeque::new(),
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            duplicates: 0,
         })
     }
 
@@ -1212,7 +1216,10 @@ impl JetStreamSink {
                         }
                     };
                     match outcome {
-                        Ok(Ok(_)) => {
+                        Ok(Ok(ack)) => {
+                            if ack.duplicate {
+                                self.duplicates += 1;
+                            }
                             self.in_flight.pop_front();
                             retry.succeeded();
                             return Ok(());
@@ -1263,5 +1270,10 @@ impl Sink for JetStreamSink {
             self.settle_oldest().await?;
         }
         Ok(())
+    }
+
+    /// The publishes the server acknowledged with `duplicate: true`.
+    fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 }
