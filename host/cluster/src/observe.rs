@@ -40,6 +40,7 @@ use plumber_engine::state::StateError;
 use plumber_engine::tenant::Tenants;
 
 use crate::lease::Holder;
+use crate::spec::PartitionStates;
 use crate::status::partitions_status;
 use crate::ClusterPipeline;
 
@@ -93,6 +94,8 @@ pub struct WorkerView {
     owned: Mutex<BTreeMap<u32, u64>>,
     /// The live members of the last round, by id.
     members: Mutex<Vec<String>>,
+    /// The state backends of its partitions (sled's one database shared).
+    states: PartitionStates,
     /// The worker's counters.
     pub counters: WorkerCounters,
 }
@@ -117,6 +120,7 @@ impl WorkerView {
             context: OnceLock::new(),
             owned: Mutex::new(BTreeMap::new()),
             members: Mutex::new(Vec::new()),
+            states: PartitionStates::default(),
             counters: WorkerCounters::default(),
         })
     }
@@ -131,6 +135,11 @@ impl WorkerView {
     #[must_use]
     pub fn supervisor(&self) -> &Arc<Supervisor> {
         &self.supervisor
+    }
+
+    /// The state backends of the worker's partitions.
+    pub(crate) fn states(&self) -> &PartitionStates {
+        &self.states
     }
 
     /// The tenant partition tasks run for.
@@ -363,7 +372,7 @@ impl AdminControl for WorkerView {
             })
             .collect();
         let partitions: Vec<u32> = owned.keys().copied().collect();
-        let statuses = partitions_status(&self.pipeline, context, &partitions, &held)
+        let statuses = partitions_status(&self.pipeline, context, &self.states, &partitions, &held)
             .await
             .map_err(|error| AdminError::Unavailable(error.to_string()))?;
         let partitions: Vec<serde_json::Value> = statuses

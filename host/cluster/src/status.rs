@@ -12,6 +12,7 @@ use plumber_engine::state::{checkpoint_scope, DEFAULT_TENANT};
 use crate::init::connect;
 use crate::lease::{Holder, Leases};
 use crate::membership::{Member, Members, Ping};
+use crate::spec::PartitionStates;
 use crate::{ClusterError, ClusterPipeline};
 
 /// One partition.
@@ -69,7 +70,8 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
     .await?;
     let held = leases.all().await?;
     let all: Vec<u32> = (0..pipeline.names.partitions).collect();
-    let partitions = partitions_status(pipeline, &context, &all, &held).await?;
+    let states = PartitionStates::default();
+    let partitions = partitions_status(pipeline, &context, &states, &all, &held).await?;
     Ok(ClusterStatus {
         members,
         partitions,
@@ -77,7 +79,8 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
 }
 
 /// The status of `partitions` of `pipeline` (their lease holders in
-/// `held`): each one's checkpoint read from its state backend and its
+/// `held`): each one's checkpoint read from its state backend (opened
+/// through `states`) and its
 /// consumer's lag from the input stream. `plumber cluster status` reads
 /// every partition, a worker's `GET /cluster` those it owns.
 ///
@@ -88,6 +91,7 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
 pub async fn partitions_status(
     pipeline: &ClusterPipeline,
     context: &jetstream::Context,
+    states: &PartitionStates,
     partitions: &[u32],
     held: &BTreeMap<u32, Holder>,
 ) -> Result<Vec<PartitionStatus>, ClusterError> {
@@ -108,8 +112,8 @@ pub async fn partitions_status(
     for &partition in partitions {
         let task = pipeline.names.task(partition);
         let config = pipeline.partition_config(partition)?;
-        let state = config
-            .open_state()
+        let state = states
+            .open(&config)
             .await
             .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
         let record = state

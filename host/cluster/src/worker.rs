@@ -207,10 +207,10 @@ async fn open_task(
     view: &WorkerView,
 ) -> Result<(PipelineHandle, JoinHandle<Result<RunReport, PipelineError>>), ClusterError> {
     let config = pipeline.partition_config(partition)?;
-    let state = config
-        .open_state()
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("opening the state of {}", config.name), e))?;
+    let state =
+        view.states().open(&config).await.map_err(|e| {
+            ClusterError::jetstream(format!("opening the state of {}", config.name), e)
+        })?;
     let builder = config
         .builder(state)
         .await
