@@ -80,7 +80,7 @@ fn now_us() -> u128 {
 ///
 /// The worker id is not valid, the servers cannot be reached or are too
 /// old, the buckets are missing (`plumber cluster init` was not run), or
-/// sled state is used while another worker is a member.
+/// sled state is used while another worker of the pipeline lives.
 pub async fn run(
     pipeline: ClusterPipeline,
     options: WorkerOptions,
@@ -139,6 +139,13 @@ pub async fn run_observed(
         // sled worker finds the refused one dead by ping and forgets it.
         members.heartbeat(&me).await?;
         let others = live_others(&members, &me.id).await;
+        let others = match others {
+            Ok(others) => others,
+            Err(error) => {
+                let _ = members.remove(&me.id).await;
+                return Err(error);
+            }
+        };
         if !others.is_empty() {
             if let Err(error) = members.remove(&me.id).await {
                 tracing::warn!(%error, "cannot remove the member entry");
@@ -223,21 +230,18 @@ async fn open_task(
 
 /// The other workers of `members` that are not known dead: listed, and
 /// answering their ping or silent (a hung worker still holds its state).
-async fn live_others(members: &Members, me: &str) -> Vec<String> {
-    let listed = match members.list().await {
-        Ok(listed) => listed,
-        Err(error) => {
-            tracing::warn!(%error, "cannot list the members");
-            return Vec::new();
-        }
-    };
+///
+/// # Errors
+///
+/// The members cannot be listed (then nobody can say the worker is alone).
+async fn live_others(members: &Members, me: &str) -> Result<Vec<String>, ClusterError> {
     let mut live = Vec::new();
-    for member in listed {
+    for member in members.list().await? {
         if member.id != me && members.ping(&member.id).await != Ping::Dead {
             live.push(member.id);
         }
     }
-    live
+    Ok(live)
 }
 
 /// The refusal of a second worker on a pipeline whose state is local.
