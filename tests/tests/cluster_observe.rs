@@ -60,6 +60,24 @@ async fn wait_for_full_ownership(workers: &[&WorkerProcess], partitions: u32) ->
     }
 }
 
+/// The lines of the workers' logs that say something went wrong or moved.
+fn notable_lines(workers: &[WorkerProcess]) -> String {
+    workers
+        .iter()
+        .flat_map(|w| {
+            w.log_text()
+                .lines()
+                .filter(|line| {
+                    ["WARN", "ERROR", "handed over", "dead", "joined"]
+                        .iter()
+                        .any(|word| line.contains(word))
+                })
+                .map(|line| format!("{}: {line}\n", w.id))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// A worker's counter (`<name>_total{worker=…}`).
 fn counter(metrics: &Metrics, name: &str, worker: &str) -> f64 {
     metrics.get(name, &worker_label(worker))
@@ -431,7 +449,10 @@ async fn a_clean_restart_of_all_workers_reprocesses_nothing() {
         let id = worker.id.as_str();
         assert_eq!(
             counter(metrics, "plumber_cluster_output_duplicates_total", id),
-            0.0
+            0.0,
+            "{id} was told of duplicate publishes after a clean restart; the workers' \
+             warnings and hand-overs:\n{}",
+            notable_lines(&restarted)
         );
         assert_eq!(
             counter(metrics, "plumber_cluster_fenced_commits_total", id),
