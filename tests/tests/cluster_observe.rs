@@ -450,9 +450,9 @@ async fn a_clean_restart_of_all_workers_reprocesses_nothing() {
         assert_eq!(
             counter(metrics, "plumber_cluster_output_duplicates_total", id),
             0.0,
-            "{id} was told of duplicate publishes after a clean restart; the workers' \
-             warnings and hand-overs:\n{}",
-            notable_lines(&restarted)
+            "{id} was told of duplicate publishes after a clean restart; the warnings and \
+             hand-overs of the workers of both runs:\n{}",
+            notable_lines(&workers) + &notable_lines(&restarted)
         );
         assert_eq!(
             counter(metrics, "plumber_cluster_fenced_commits_total", id),
