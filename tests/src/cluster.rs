@@ -927,3 +927,146 @@ pub async fn assert_two_stage_oracle(
         assert_eq!(*value as u64, per_key, "key {key}");
     }
 }
+
+// Observability (tests/tests/cluster_observe.rs): workers with an admin
+// server, their metrics and `GET /cluster`.
+
+impl WorkerProcess {
+    /// As [`WorkerProcess::start`], with more arguments for `plumber worker`.
+    pub fn start_with(config: &Path, id: &str, dir: &Path, extra: &[&str]) -> WorkerProcess {
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(harness::plumber_binary())
+            .arg("--cache-dir")
+            .arg(harness::cache_dir())
+            .args(["worker", config.to_str().unwrap(), "--id", id])
+            .args(extra)
+            .env("RUST_LOG", "warn,plumber_cluster=info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start plumber worker");
+        WorkerProcess {
+            id: id.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// A worker with its admin server on a free loopback port.
+    pub fn start_with_admin(config: &Path, id: &str, dir: &Path) -> WorkerProcess {
+        Self::start_with(config, id, dir, &["--admin", "127.0.0.1:0"])
+    }
+
+    /// The admin server's base URL, from the line the worker prints when it
+    /// listens (waited for up to 60 s).
+    pub fn admin_url(&self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let log = self.log_text();
+            if let Some(url) = log
+                .lines()
+                .find_map(|line| line.strip_prefix("admin server listening on "))
+            {
+                return url.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} printed no admin address within 60 s:\n{log}",
+                self.id
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The worker's `GET /metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        let url = format!("{}/metrics", self.admin_url());
+        let response = reqwest::get(&url).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        Metrics(response.text().await.unwrap())
+    }
+
+    /// The worker's `GET /cluster`.
+    pub async fn cluster_view(&self) -> serde_json::Value {
+        let url = format!("{}/cluster", self.admin_url());
+        let response = reqwest::get(&url).await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(status.is_success(), "{url}: {status} {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until the process exits (up to `limit`) and returns its status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} still runs after {limit:?}:\n{}",
+                self.id,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The `output_duplicates` of the worker's `worker left` line (it
+    /// writes it as it stops cleanly).
+    pub fn duplicates_at_exit(&self) -> u64 {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|line| line.contains("worker left"))
+            .unwrap_or_else(|| panic!("worker {} did not log `worker left`:\n{log}", self.id));
+        line.split_whitespace()
+            .find_map(|token| token.strip_prefix("output_duplicates="))
+            .unwrap_or_else(|| panic!("no output_duplicates in {line:?}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A Prometheus text scrape.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the series `name{labels}` (labels as Prometheus prints
+    /// them, sorted by name, e.g. `worker="w1"`; empty for none), if any.
+    pub fn value(&self, name: &str, labels: &str) -> Option<f64> {
+        let series = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{labels}}}")
+        };
+        self.0.lines().find_map(|line| {
+            let rest = line.strip_prefix(&series)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+    }
+
+    /// As [`Metrics::value`], failing when the series is missing.
+    pub fn get(&self, name: &str, labels: &str) -> f64 {
+        self.value(name, labels)
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{}", self.0))
+    }
+
+    /// Every series of family `name` (its lines, without HELP and TYPE).
+    pub fn series(&self, name: &str) -> Vec<&str> {
+        self.0
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .collect()
+    }
+}

@@ -106,6 +106,11 @@ pub enum Command {
         /// The most partitions this worker runs (default: its fair share).
         #[arg(long)]
         max_partitions: Option<u32>,
+        /// Serve the admin and metrics API on this address (e.g.
+        /// 127.0.0.1:9464): `/metrics`, `/health`, `/cluster`; the token,
+        /// if any, comes from $PLUMBER_ADMIN_TOKEN.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(Box<crate::bench::BenchArgs>),
@@ -244,7 +249,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             cluster,
             id,
             max_partitions,
-        } => worker(&config, cluster, id, max_partitions, runtime).await,
+            admin,
+        } => worker(&config, cluster, id, max_partitions, admin, runtime).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
             Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
@@ -292,6 +298,7 @@ async fn worker(
     servers: Option<String>,
     id: Option<String>,
     max_partitions: Option<u32>,
+    admin: Option<std::net::SocketAddr>,
     runtime: impl Fn() -> Result<Runtime, Failure>,
 ) -> Result<(), Failure> {
     let signals = stop::Signals::listen()
@@ -308,14 +315,41 @@ async fn worker(
     tokio::spawn(stop::on_signals_do(signals, move || {
         stop_tx.send_replace(true);
     }));
+    let view = plumber_cluster::observe::WorkerView::new(&id, &pipeline);
+    let admin_server = match admin {
+        Some(listen) => {
+            let options = AdminOptions {
+                listen,
+                token: std::env::var("PLUMBER_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+                module_dir: None,
+            };
+            let server = AdminServer::start(options, view.clone())
+                .await
+                .map_err(|error| match error {
+                    plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
+                    _ => Failure::input(error),
+                })?;
+            // Tests and scripts read the bound address (port 0 picks one).
+            eprintln!("admin server listening on http://{}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     let options = plumber_cluster::worker::WorkerOptions {
         id,
         max_partitions,
         servers: servers.map(|list| list.split(',').map(str::to_owned).collect()),
     };
-    plumber_cluster::worker::run(pipeline, options, runtime()?, stop_rx)
-        .await
-        .map_err(cluster_failure)
+    let result =
+        plumber_cluster::worker::run_observed(pipeline, options, runtime()?, stop_rx, view)
+            .await
+            .map_err(cluster_failure);
+    if let Some(server) = admin_server {
+        server.stop().await;
+    }
+    result
 }
 
 /// `<host name>-<pid>`, with characters a worker id cannot have replaced.

@@ -20,6 +20,7 @@
 //! | [`assign`] | rendezvous hashing with a fair share: who should own what |
 //! | [`worker`] | `plumber worker`: join, take, run, renew, hand over |
 //! | [`status`] | `plumber cluster status` |
+//! | [`observe`] | a worker's metrics and `GET /cluster` |
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -27,6 +28,7 @@ pub mod assign;
 pub mod init;
 pub mod lease;
 pub mod membership;
+pub mod observe;
 pub mod partition;
 pub mod spec;
 pub mod status;

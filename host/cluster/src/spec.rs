@@ -3,11 +3,13 @@
 //! stages, and the config each partition task runs with (derived by editing
 //! the config's JSON, then read and checked as any pipeline config is).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard, StepConfig};
 use plumber_engine::shuffle::ShuffleKey;
+use plumber_engine::state::{SharedState, StateError};
 use serde_json::Value;
 
 use crate::partition::{fnv1a32, PartitionNames};
@@ -153,6 +155,10 @@ impl ClusterPipeline {
                 ),
             ));
         };
+        if config.state.type_name() == "redis" {
+            check_hash_tag_parts(&raw, &config.name)
+                .map_err(|(path, message)| invalid(path, message))?;
+        }
         let shuffle = config
             .pipeline
             .iter()
@@ -377,6 +383,77 @@ fn stream_part(name: &str) -> String {
     }
 }
 
+/// The state backends a process opened for partitions, shared where the
+/// backend must be (sled locks its directory: every partition of a worker
+/// uses the one open database, as pipelines of one `plumber run` do), a
+/// new connection per partition otherwise (Redis).
+#[derive(Default)]
+pub struct PartitionStates {
+    shared: tokio::sync::Mutex<HashMap<String, SharedState>>,
+}
+
+impl std::fmt::Debug for PartitionStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStates").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStates {
+    /// The state backend of the partition task `config` describes.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be opened.
+    pub async fn open(&self, config: &PipelineConfig) -> Result<SharedState, StateError> {
+        let Some(key) = config.state.shared_key() else {
+            return config.open_state().await;
+        };
+        let mut shared = self.shared.lock().await;
+        if let Some(state) = shared.get(&key) {
+            return Ok(state.clone());
+        }
+        let state = config.open_state().await?;
+        shared.insert(key, state.clone());
+        Ok(state)
+    }
+}
+
+/// Redis Cluster hashes only the part of a key between its first `{` and
+/// the first `}` after it. Each partition's keys start with
+/// `<key_prefix>{<name>#p<NN>}:`, so that tag must be the first: a brace
+/// in the prefix would make another part (or, with `{}`, the whole key,
+/// spreading one partition's keys over slots, which its atomic commit
+/// cannot span) decide the slot; a `}` in the name would cut the tag short
+/// (every partition in one slot).
+fn check_hash_tag_parts(raw: &Value, name: &str) -> Result<(), (&'static str, String)> {
+    let prefix = raw
+        .get("state")
+        .and_then(|state| state.get("key_prefix"))
+        .and_then(Value::as_str);
+    if let Some(prefix) = prefix.filter(|prefix| prefix.contains(['{', '}'])) {
+        return Err((
+            "state.key_prefix",
+            format!(
+                "a clustered pipeline's Redis keys get the hash tag `{{<name>#p<NN>}}` after the \
+                 prefix, so that a Redis Cluster keeps each partition's keys in one slot; the \
+                 prefix {prefix:?} has a brace, which would change the part Redis hashes: \
+                 remove `{{` and `}}` from it"
+            ),
+        ));
+    }
+    if name.contains('}') {
+        return Err((
+            "name",
+            format!(
+                "a clustered pipeline's name is the hash tag of its partitions' Redis keys \
+                 (`{{<name>#p<NN>}}`); {name:?} has a `}}`, which would end the tag early and \
+                 put every partition in one slot: remove it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `name` as a part of a bucket name (letters, digits, `_` and `-`): other
 /// characters become `_`, and then a hash of the name keeps it unique.
 fn bucket_part(name: &str) -> String {
@@ -539,6 +616,105 @@ mod tests {
         assert!(pipeline.shuffle.is_none());
         assert_eq!(pipeline.names.tasks(), 64);
         assert_eq!(pipeline.task_input(5), ("IN".into(), "count-p05".into()));
+    }
+
+    /// Redis Cluster's slot of `key`: CRC16 (XMODEM) of its hash tag —
+    /// the part between the first `{` and the next `}` when not empty —
+    /// or of the whole key, modulo 16384.
+    fn redis_cluster_slot(key: &[u8]) -> u16 {
+        let hashed = match key.iter().position(|b| *b == b'{') {
+            Some(open) => match key[open + 1..].iter().position(|b| *b == b'}') {
+                Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+                _ => key,
+            },
+            None => key,
+        };
+        let mut crc: u16 = 0;
+        for byte in hashed {
+            crc ^= u16::from(*byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn the_slot_function_is_redis_clusters() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        // CRC16/XMODEM's check value.
+        assert_eq!(redis_cluster_slot(b"123456789"), 0x31C3);
+        assert_eq!(redis_cluster_slot(b"foo"), 12182);
+        assert_eq!(
+            redis_cluster_slot(b"{user1000}.following"),
+            redis_cluster_slot(b"user1000")
+        );
+        // An empty tag: the whole key is hashed, not `bar`.
+        assert_ne!(
+            redis_cluster_slot(b"foo{}{bar}"),
+            redis_cluster_slot(b"bar")
+        );
+    }
+
+    #[test]
+    fn a_partitions_redis_keys_share_one_cluster_slot_and_partitions_spread() {
+        for config in [
+            CONFIG.to_owned(),
+            CONFIG.replace(
+                r#""url": "redis://127.0.0.1:1/"}"#,
+                r#""url": "redis://127.0.0.1:1/", "key_prefix": "app:"}"#,
+            ),
+        ] {
+            let pipeline = ClusterPipeline::parse(&config, "c.json", Path::new(".")).unwrap();
+            let mut slots = std::collections::BTreeSet::new();
+            for partition in 0..64 {
+                let raw = pipeline.partition_json(partition);
+                let prefix = raw["state"]["key_prefix"].as_str().unwrap().to_owned();
+                let task = pipeline.names.task(partition);
+                let scope = plumber_engine::state::checkpoint_scope("default", &task);
+                // The Redis backend's keys: a state value, the checkpoint
+                // record, its epoch and the fence.
+                let keys = [
+                    format!("{prefix}s:\x00\x07default{task}count:k1"),
+                    format!("{prefix}c:{scope}"),
+                    format!("{prefix}e:{scope}"),
+                    format!("{prefix}f:{scope}"),
+                ];
+                let slot = redis_cluster_slot(keys[0].as_bytes());
+                for key in &keys {
+                    assert_eq!(redis_cluster_slot(key.as_bytes()), slot, "{key}");
+                }
+                assert!(prefix.ends_with(&format!("{{{task}}}:")), "{prefix}");
+                slots.insert(slot);
+            }
+            assert!(
+                slots.len() > 56,
+                "64 partitions in only {} slots",
+                slots.len()
+            );
+        }
+    }
+
+    #[test]
+    fn braces_that_would_move_the_hash_tag_are_refused() {
+        let braced = CONFIG.replace(
+            r#""url": "redis://127.0.0.1:1/"}"#,
+            r#""url": "redis://127.0.0.1:1/", "key_prefix": "app{}:"}"#,
+        );
+        let error = ClusterPipeline::parse(&braced, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at `state.key_prefix`"), "{error}");
+        assert!(error.contains("hash tag"), "{error}");
+        let named = CONFIG.replace(r#""name": "orders""#, r#""name": "ord}ers""#);
+        let error = ClusterPipeline::parse(&named, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at `name`"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `plumber cluster status`: each partition's owner, lease revision, fence,
 //! committed sequence, lag and last-commit age, and the workers.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,8 +10,9 @@ use plumber_engine::checkpoint::Position;
 use plumber_engine::state::{checkpoint_scope, DEFAULT_TENANT};
 
 use crate::init::connect;
-use crate::lease::Leases;
+use crate::lease::{Holder, Leases};
 use crate::membership::{Member, Members, Ping};
+use crate::spec::PartitionStates;
 use crate::{ClusterError, ClusterPipeline};
 
 /// One partition.
@@ -68,6 +70,32 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
     )
     .await?;
     let held = leases.all().await?;
+    let all: Vec<u32> = (0..pipeline.names.tasks()).collect();
+    let states = PartitionStates::default();
+    let partitions = partitions_status(pipeline, &context, &states, &all, &held).await?;
+    Ok(ClusterStatus {
+        members,
+        partitions,
+    })
+}
+
+/// The status of `partitions` of `pipeline` (their lease holders in
+/// `held`): each one's checkpoint read from its state backend (opened
+/// through `states`) and its
+/// consumer's lag from the input stream. `plumber cluster status` reads
+/// every partition, a worker's `GET /cluster` those it owns.
+///
+/// # Errors
+///
+/// The input stream cannot be opened, or a partition's state backend or
+/// checkpoint cannot be read.
+pub async fn partitions_status(
+    pipeline: &ClusterPipeline,
+    context: &jetstream::Context,
+    states: &PartitionStates,
+    partitions: &[u32],
+    held: &BTreeMap<u32, Holder>,
+) -> Result<Vec<PartitionStatus>, ClusterError> {
     let mut streams = std::collections::BTreeMap::new();
     for name in std::iter::once(&pipeline.stream).chain(pipeline.shuffle.iter().map(|s| &s.stream))
     {
@@ -86,12 +114,12 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default();
-    let mut partitions = Vec::new();
-    for partition in 0..pipeline.names.tasks() {
+    let mut statuses = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
         let task = pipeline.names.task(partition);
         let config = pipeline.partition_config(partition)?;
-        let state = config
-            .open_state()
+        let state = states
+            .open(&config)
             .await
             .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
         let record = state
@@ -107,7 +135,7 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
             None => None,
         };
         let holder = held.get(&partition);
-        partitions.push(PartitionStatus {
+        statuses.push(PartitionStatus {
             partition,
             task,
             owner: holder.map(|h| h.owner.clone()),
@@ -123,10 +151,7 @@ pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, Cluster
                 .map(|r| Duration::from_millis(now_ms.saturating_sub(r.committed_at_ms))),
         });
     }
-    Ok(ClusterStatus {
-        members,
-        partitions,
-    })
+    Ok(statuses)
 }
 
 impl ClusterStatus {

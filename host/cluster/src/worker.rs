@@ -26,6 +26,7 @@ use crate::assign::assign;
 use crate::init::{check_version, connect};
 use crate::lease::{Lease, Leases, RenewError};
 use crate::membership::{check_worker_id, Member, Members, Ping};
+use crate::observe::WorkerView;
 use crate::version::Verdict;
 use crate::{ClusterError, ClusterPipeline};
 
@@ -95,12 +96,30 @@ fn now_us() -> u128 {
 ///
 /// The worker id is not valid, the servers cannot be reached or are too
 /// old, the buckets are missing (`plumber cluster init` was not run), or
-/// sled state is used while another worker is a member.
+/// sled state is used while another worker of the pipeline lives.
 pub async fn run(
     pipeline: ClusterPipeline,
     options: WorkerOptions,
     runtime: Runtime,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let view = WorkerView::new(&options.id, &pipeline);
+    run_observed(pipeline, options, runtime, stop, view).await
+}
+
+/// As [`run`], keeping what the worker does in `view` (made for the same
+/// id and pipeline), which its admin server serves: its partitions run in
+/// the view's supervisor, its counters count there.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_observed(
+    pipeline: ClusterPipeline,
+    options: WorkerOptions,
+    runtime: Runtime,
     mut stop: watch::Receiver<bool>,
+    view: Arc<WorkerView>,
 ) -> Result<(), ClusterError> {
     check_worker_id(&options.id).map_err(|message| ClusterError::Invalid {
         file: "--id".into(),
@@ -130,28 +149,30 @@ pub async fn run(
         draining: false,
     };
     if !pipeline.shared_state() {
-        let others: Vec<String> = members
-            .list()
-            .await?
-            .into_iter()
-            .filter(|member| member.id != me.id)
-            .map(|member| member.id)
-            .collect();
+        // Registered before looking, and not answering pings yet: of two
+        // workers starting at once, each sees the other (both refuse) or
+        // one sees the first (it refuses); never do both run. A running
+        // sled worker finds the refused one dead by ping and forgets it.
+        members.heartbeat(&me).await?;
+        let others = live_others(&members, &me.id).await;
+        let others = match others {
+            Ok(others) => others,
+            Err(error) => {
+                let _ = members.remove(&me.id).await;
+                return Err(error);
+            }
+        };
         if !others.is_empty() {
-            return Err(ClusterError::Invalid {
-                file: pipeline.origin.clone(),
-                path: "state.type".into(),
-                message: format!(
-                    "sled state is local to one machine, so a pipeline with it runs on one \
-                     worker only, and {others:?} already run(s) it: use `redis` state for \
-                     several workers"
-                ),
-            });
+            if let Err(error) = members.remove(&me.id).await {
+                tracing::warn!(%error, "cannot remove the member entry");
+            }
+            return Err(single_worker_state(&pipeline, &others));
         }
     }
     let drain = Arc::new(AtomicBool::new(false));
     let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
+    view.joined(context.clone());
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
         tasks = pipeline.names.tasks(), "worker joined");
 
@@ -161,7 +182,9 @@ pub async fn run(
             leases,
             runtime,
             worker: me.id.clone(),
+            view: view.clone(),
         },
+        view,
         me,
         members,
         held: BTreeMap::new(),
@@ -208,19 +231,56 @@ async fn open_task(
     pipeline: &ClusterPipeline,
     partition: u32,
     runtime: Runtime,
+    view: &WorkerView,
 ) -> Result<(PipelineHandle, JoinHandle<Result<RunReport, PipelineError>>), ClusterError> {
     let config = pipeline.partition_config(partition)?;
-    let state = config
-        .open_state()
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("opening the state of {}", config.name), e))?;
+    let state =
+        view.states().open(&config).await.map_err(|e| {
+            ClusterError::jetstream(format!("opening the state of {}", config.name), e)
+        })?;
     let builder = config
         .builder(state)
         .await
         .map_err(|e| ClusterError::jetstream(format!("opening {}", config.name), e))?
         .runtime(runtime);
-    let handle = builder.handle();
-    Ok((handle, tokio::spawn(builder.run())))
+    view.supervisor()
+        .start(&config.name, view.tenant(), builder)
+        .map_err(|e| ClusterError::jetstream(format!("starting {}", config.name), e))
+}
+
+/// The other workers of `members` that are not known dead: listed, and
+/// answering their ping or silent (a hung worker still holds its state).
+///
+/// # Errors
+///
+/// The members cannot be listed (then nobody can say the worker is alone).
+async fn live_others(members: &Members, me: &str) -> Result<Vec<String>, ClusterError> {
+    let mut live = Vec::new();
+    for member in members.list().await? {
+        if member.id != me && members.ping(&member.id).await != Ping::Dead {
+            live.push(member.id);
+        }
+    }
+    Ok(live)
+}
+
+/// The refusal of a second worker on a pipeline whose state is local.
+fn single_worker_state(pipeline: &ClusterPipeline, others: &[String]) -> ClusterError {
+    ClusterError::Invalid {
+        file: pipeline.origin.clone(),
+        path: "state.type".into(),
+        message: format!(
+            "`{}` state is local to one machine, so a clustered pipeline with it runs on one \
+             worker only, and worker(s) {} run it already: stop them first, or use `redis` \
+             state (shared, fenced per partition) for several workers",
+            pipeline.config.state.type_name(),
+            others
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// What a keeper needs: shared by every partition of a worker.
@@ -230,10 +290,13 @@ struct Keeping {
     leases: Leases,
     runtime: Runtime,
     worker: String,
+    /// What the admin server shows: tasks, members, counters.
+    view: Arc<WorkerView>,
 }
 
 impl Keeping {
     fn log_started(&self, lease: &Lease) {
+        self.view.started(lease.partition, lease.revision);
         tracing::info!(
             worker = %self.worker, partition = lease.partition, revision = lease.revision,
             at_us = now_us() as u64, "partition started"
@@ -241,15 +304,25 @@ impl Keeping {
     }
 
     fn log_stopped(&self, lease: &Lease) {
+        self.view.stopped(lease.partition);
         tracing::info!(
             worker = %self.worker, partition = lease.partition, revision = lease.revision,
             at_us = now_us() as u64, "partition stopped"
         );
     }
 
-    async fn release(&self, lease: &Lease, handed_over: bool) {
+    /// Releases `lease`; `handed_over` says since when a hand-over was
+    /// asked (for the hand-off time), if it was.
+    async fn release(&self, lease: &Lease, handed_over: Option<Instant>) {
         match self.leases.release(lease).await {
-            Ok(()) if handed_over => {
+            Ok(()) if handed_over.is_some() => {
+                let counters = &self.view.counters;
+                if let Some(asked) = handed_over {
+                    counters.hand_off.record_duration(asked.elapsed());
+                }
+                counters
+                    .partitions_handed_over
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partition = lease.partition, "partition handed over");
             }
             Ok(()) => {}
@@ -270,18 +343,27 @@ impl Keeping {
     ) -> Result<(), ()> {
         let partition = lease.partition;
         let every = self.leases.renew_every();
-        match self.leases.renew(lease).await {
+        let asked = Instant::now();
+        let outcome = self.leases.renew(lease).await;
+        self.view
+            .counters
+            .lease_renew
+            .record_duration(asked.elapsed());
+        match outcome {
             Ok(()) => {
+                self.view.renewed(partition, lease.revision);
                 *renewed = Instant::now();
                 *next = tokio::time::Instant::now() + every;
                 Ok(())
             }
             Err(RenewError::Lost { message, .. }) => {
+                self.lost();
                 tracing::error!(partition, message, "lease lost: stopping the partition");
                 Err(())
             }
             Err(RenewError::Unanswered { message, .. }) => {
                 if renewed.elapsed() >= self.leases.ttl() {
+                    self.lost();
                     tracing::error!(
                         partition,
                         message,
@@ -294,6 +376,15 @@ impl Keeping {
                 Ok(())
             }
         }
+    }
+}
+
+impl Keeping {
+    fn lost(&self) {
+        self.view
+            .counters
+            .leases_lost
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -318,7 +409,12 @@ async fn keep(
     keeping.log_started(&lease);
     let mut renewed = acquired;
     let mut next_renewal = tokio::time::Instant::from_std(acquired) + keeping.leases.renew_every();
-    let opening = open_task(&keeping.pipeline, partition, keeping.runtime.clone());
+    let opening = open_task(
+        &keeping.pipeline,
+        partition,
+        keeping.runtime.clone(),
+        &keeping.view,
+    );
     tokio::pin!(opening);
     let (handle, mut join) = loop {
         tokio::select! {
@@ -327,7 +423,7 @@ async fn keep(
                 Err(error) => {
                     tracing::error!(partition, %error, "cannot start the partition");
                     keeping.log_stopped(&lease);
-                    keeping.release(&lease, false).await;
+                    keeping.release(&lease, None).await;
                     return Ended::Stopped;
                 }
             },
@@ -340,23 +436,28 @@ async fn keep(
             }
             _ = &mut hand_over => {
                 keeping.log_stopped(&lease);
-                keeping.release(&lease, true).await;
+                keeping.release(&lease, Some(Instant::now())).await;
                 return Ended::HandedOver;
             }
         }
     };
+    // The hand-over's deadline, and when it was asked.
     let mut handing_over: Option<tokio::time::Instant> = None;
+    let mut asked: Option<Instant> = None;
     loop {
         tokio::select! {
             ended = &mut join => {
                 match ended {
                     Ok(Ok(_)) if handing_over.is_some() => {}
                     Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
-                    Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
+                    Ok(Err(error)) => {
+                        keeping.view.task_failed(&error);
+                        tracing::error!(partition, %error, "partition task failed");
+                    }
                     Err(error) => tracing::error!(partition, %error, "partition task panicked"),
                 }
                 keeping.log_stopped(&lease);
-                keeping.release(&lease, handing_over.is_some()).await;
+                keeping.release(&lease, asked).await;
                 return if handing_over.is_some() { Ended::HandedOver } else { Ended::Stopped };
             }
             () = tokio::time::sleep_until(next_renewal) => {
@@ -370,13 +471,14 @@ async fn keep(
             _ = &mut hand_over, if handing_over.is_none() => {
                 handle.shutdown();
                 handing_over = Some(tokio::time::Instant::now() + HAND_OVER_TIMEOUT);
+                asked = Some(Instant::now());
             }
             () = sleep_until_or_never(handing_over) => {
                 tracing::error!(partition, "no final checkpoint within {HAND_OVER_TIMEOUT:?}");
                 join.abort();
                 let _ = (&mut join).await;
                 keeping.log_stopped(&lease);
-                keeping.release(&lease, true).await;
+                keeping.release(&lease, asked).await;
                 return Ended::HandedOver;
             }
         }
@@ -393,6 +495,8 @@ async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
 
 struct Worker {
     keeping: Keeping,
+    /// What the admin server shows: tasks, members, counters.
+    view: Arc<WorkerView>,
     me: Member,
     members: Members,
     held: BTreeMap<u32, Held>,
@@ -471,6 +575,8 @@ impl Worker {
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
         let (live, dead) = self.live_members().await?;
+        self.view
+            .set_members(live.iter().map(|member| member.id.clone()).collect());
         let owners = assign(self.keeping.pipeline.names.tasks(), &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
@@ -480,7 +586,7 @@ impl Worker {
         // Give up what is not ours any more: each keeper takes a final
         // checkpoint and releases the lease, and the new owner takes it
         // on one of its next rounds.
-        self.hand_over(|partition| !wanted.contains(&partition));
+        let handing_over = self.hand_over(|partition| !wanted.contains(&partition));
         // Each takes a few round trips to the lease bucket: all at once.
         let missing: Vec<u32> = wanted
             .into_iter()
@@ -497,6 +603,12 @@ impl Worker {
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot take a partition"),
             }
+        }
+        if handing_over > 0 || !taken.is_empty() {
+            self.view
+                .counters
+                .rebalances
+                .fetch_add(1, Ordering::Relaxed);
         }
         for (lease, acquired) in taken {
             let (ask, asked) = oneshot::channel();
@@ -551,15 +663,19 @@ impl Worker {
 
     /// Asks the keepers of the partitions `which` selects to hand over
     /// (each a final checkpoint, then its lease released); does not wait.
-    fn hand_over(&mut self, which: impl Fn(u32) -> bool) {
+    /// Returns how many were asked now.
+    fn hand_over(&mut self, which: impl Fn(u32) -> bool) -> usize {
+        let mut asked = 0;
         for (partition, held) in &mut self.held {
             if which(*partition) {
                 if let Some(ask) = held.hand_over.take() {
                     // A keeper that already ended has dropped its end.
                     let _ = ask.send(());
+                    asked += 1;
                 }
             }
         }
+        asked
     }
 
     /// Hands every partition over, waits for the keepers, and removes our
@@ -578,6 +694,12 @@ impl Worker {
         if let Err(error) = self.members.remove(&self.me.id).await {
             tracing::warn!(%error, "cannot remove the member entry");
         }
-        tracing::info!(worker = %self.me.id, "worker left");
+        // Tests read it: a clean restart must have made the output's
+        // server drop nothing.
+        tracing::info!(
+            worker = %self.me.id,
+            output_duplicates = self.view.output_duplicates(),
+            "worker left"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! | `GET /pipelines` | JSON array of [`PipelineStatus`] |
 //! | `POST /pipelines/{pipeline}/checkpoint` | checkpoint now; JSON [`CheckpointDone`] |
 //! | `POST /pipelines/{pipeline}/pipes/{pipe}/module` | replace a pipe's module; JSON [`SwapDone`] |
+//! | `GET /cluster` | a cluster worker's view: its id, the members, the partitions it owns (JSON); 404 from `plumber run` |
 //!
 //! The module upload takes either JSON `{"path": "..."}` (with
 //! `Content-Type: application/json`; only a file inside the configured
@@ -74,6 +75,17 @@ pub trait AdminControl: Send + Sync + 'static {
 
     /// Prometheus text for `GET /metrics`.
     fn metrics(&self) -> String;
+
+    /// A cluster worker's view for `GET /cluster` (its id, the members, the
+    /// partitions it owns); what is not a cluster worker has none.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::NotClustered`] by default; a worker's own errors
+    /// (e.g. [`AdminError::Unavailable`] when its servers do not answer).
+    async fn cluster(&self) -> Result<serde_json::Value, AdminError> {
+        Err(AdminError::NotClustered)
+    }
 
     /// Takes a checkpoint of `pipeline` now and returns once it is committed.
     ///
@@ -197,6 +209,9 @@ pub enum AdminError {
     /// The pipeline cannot do it now, e.g. it stopped (503).
     #[error("{0}")]
     Unavailable(String),
+    /// `GET /cluster` of a process that is not a cluster worker (404).
+    #[error("not a cluster worker: `GET /cluster` is served by `plumber worker`")]
+    NotClustered,
 }
 
 impl AdminError {
@@ -204,9 +219,9 @@ impl AdminError {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            AdminError::UnknownPipeline(_) | AdminError::UnknownPipe { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            AdminError::UnknownPipeline(_)
+            | AdminError::UnknownPipe { .. }
+            | AdminError::NotClustered => StatusCode::NOT_FOUND,
             AdminError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -439,6 +454,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
+        .route("/cluster", get(cluster))
         .route("/pipelines/{pipeline}/checkpoint", post(checkpoint))
         .route(
             "/pipelines/{pipeline}/pipes/{pipe}/module",
@@ -577,6 +593,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.control.metrics(),
     )
         .into_response()
+}
+
+async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AdminError> {
+    state.control.cluster().await.map(Json)
 }
 
 async fn pipelines(State(state): State<AppState>) -> Json<Vec<PipelineStatus>> {

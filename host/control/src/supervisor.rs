@@ -131,6 +131,27 @@ impl Supervisor {
         }
     }
 
+    /// Forgets pipeline `name` once it stopped (a cluster worker handed
+    /// its partition over): its series leave `/metrics` and its name may be
+    /// started again. Returns whether it was supervised.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pipelines.len();
+        pipelines.retain(|p| p.name != name);
+        pipelines.len() != before
+    }
+
+    /// The status of pipeline `name`, if supervised.
+    #[must_use]
+    pub fn status_of(&self, name: &str) -> Option<Arc<LiveStatus>> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.handle.status().clone())
+    }
+
     fn handle(&self, name: &str) -> Result<PipelineHandle, AdminError> {
         self.pipelines
             .lock()
@@ -182,200 +203,19 @@ impl Supervisor {
         crate::metrics::render(&self.registry)
     }
 
-    /// What every pipeline, pipe and tenant counted so far.
-    fn scrape(&self) -> Scrape {
+    /// What every pipeline, pipe and tenant counted so far (a cluster
+    /// worker adds its own series before rendering it).
+    #[must_use]
+    pub fn scrape(&self) -> Scrape {
         let mut metrics = Scrape::new();
         let mut tenant_in: HashMap<String, u64> = HashMap::new();
         let mut tenant_out: HashMap<String, u64> = HashMap::new();
         let mut tenant_errors: HashMap<String, u64> = HashMap::new();
         self.each(|name, tenant, status| {
-            let labels = [("tenant", tenant), ("pipeline", name)];
-            metrics.gauge_int(
-                "plumber_pipeline_up",
-                "1 while the pipeline runs",
-                &labels,
-                i64::from(status.phase() == Phase::Running),
-            );
-            let events_in = status.events_in.load(Ordering::Relaxed);
-            let events_out = status.events_out.load(Ordering::Relaxed);
-            *tenant_in.entry(tenant.to_owned()).or_default() += events_in;
-            *tenant_out.entry(tenant.to_owned()).or_default() += events_out;
-            metrics.counter(
-                "plumber_source_events_total",
-                "Events read from the source",
-                &labels,
-                events_in,
-            );
-            metrics.counter(
-                "plumber_sink_events_total",
-                "Events written to the sink",
-                &labels,
-                events_out,
-            );
-            metrics.counter(
-                "plumber_checkpoints_total",
-                "Checkpoints committed",
-                &labels,
-                status.checkpoints.load(Ordering::Relaxed),
-            );
-            metrics.gauge(
-                "plumber_checkpoint_duration_seconds",
-                "How long the last checkpoint held the source back",
-                &labels,
-                status.last_checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            );
-            metrics.histogram(
-                "plumber_checkpoint_pause_seconds",
-                "How long checkpoints held the source back (barrier sent to commit done)",
-                &labels,
-                status.checkpoint_pause.snapshot(),
-            );
-            metrics.histogram(
-                "plumber_checkpoint_commit_seconds",
-                "How long the state backend's atomic commits took",
-                &labels,
-                status.commit_time.snapshot(),
-            );
-            if let Some((epoch, age)) = status.last_checkpoint() {
-                metrics.gauge(
-                    "plumber_checkpoint_age_seconds",
-                    "Time since the last committed checkpoint",
-                    &labels,
-                    age.as_secs_f64(),
-                );
-                metrics.gauge_int(
-                    "plumber_checkpoint_epoch",
-                    "Epoch of the last committed checkpoint",
-                    &labels,
-                    i64::try_from(epoch).unwrap_or(i64::MAX),
-                );
-            }
-            let lag = status.source_lag.load(Ordering::Relaxed);
-            if lag >= 0 {
-                metrics.gauge_int(
-                    "plumber_source_lag",
-                    "What the source says is still waiting (messages or bytes)",
-                    &labels,
-                    lag,
-                );
-            }
-            for stage in status.stages() {
-                let labels = [
-                    ("tenant", tenant),
-                    ("pipeline", name),
-                    ("step", stage.name.as_str()),
-                ];
-                metrics.counter(
-                    "plumber_step_events_in_total",
-                    "Events into a step",
-                    &labels,
-                    stage.events_in.load(Ordering::Relaxed),
-                );
-                metrics.counter(
-                    "plumber_step_events_out_total",
-                    "Events out of a step",
-                    &labels,
-                    stage.events_out.load(Ordering::Relaxed),
-                );
-                let Some(counters) = &stage.counters else {
-                    metrics.gauge_int(
-                        "plumber_window_buffered_events",
-                        "Events held in a window's buffers (sampled at checkpoints)",
-                        &labels,
-                        gauge_value(stage.buffered.load(Ordering::Relaxed)),
-                    );
-                    continue;
-                };
-                let mut errors = |kind: &str, value: u64| {
-                    *tenant_errors.entry(tenant.to_owned()).or_default() += value;
-                    metrics.counter(
-                        "plumber_pipe_errors_total",
-                        "Failed calls into a pipe, by kind",
-                        &[
-                            ("tenant", tenant),
-                            ("pipeline", name),
-                            ("step", stage.name.as_str()),
-                            ("kind", kind),
-                        ],
-                        value,
-                    );
-                };
-                errors("guest", counters.guest_errors.load(Ordering::Relaxed));
-                errors("trap", counters.traps.load(Ordering::Relaxed));
-                for (kind, count) in LIMIT_KINDS.iter().zip(&counters.limits) {
-                    errors(
-                        &format!("limit_{}", kind.as_str()),
-                        count.load(Ordering::Relaxed),
-                    );
-                }
-                for (metric, help, value) in [
-                    (
-                        "plumber_pipe_skipped_total",
-                        "Events skipped by on_error",
-                        &counters.skipped,
-                    ),
-                    (
-                        "plumber_pipe_dead_lettered_total",
-                        "Events dead-lettered by on_error",
-                        &counters.dead_lettered,
-                    ),
-                    (
-                        "plumber_pipe_retries_total",
-                        "Retries made by on_error",
-                        &counters.retries,
-                    ),
-                    (
-                        "plumber_pipe_restarts_total",
-                        "Instances created again after a trap or limit",
-                        &counters.restarts,
-                    ),
-                    (
-                        "plumber_pipe_log_dropped_total",
-                        "Guest log lines dropped for going past the log rate",
-                        &counters.log_dropped,
-                    ),
-                ] {
-                    metrics.counter(metric, help, &labels, value.load(Ordering::Relaxed));
-                }
-                metrics.gauge(
-                    "plumber_pipe_guest_seconds",
-                    "Time spent inside the pipe's process calls",
-                    &labels,
-                    counters.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-                );
-                metrics.histogram(
-                    "plumber_pipe_call_seconds",
-                    "Time inside the pipe per process call",
-                    &labels,
-                    counters.call_time.snapshot(),
-                );
-                metrics.histogram(
-                    "plumber_pipe_batch_events",
-                    "Events per batch into the pipe",
-                    &labels,
-                    counters.batch_size.snapshot(),
-                );
-                metrics.gauge_int(
-                    "plumber_pipe_memory_bytes",
-                    "Largest linear memory of the pipe's instance",
-                    &labels,
-                    gauge_value(counters.memory_bytes.load(Ordering::Relaxed)),
-                );
-            }
-            for slot in status.pipes() {
-                let module = slot.current();
-                metrics.gauge_int(
-                    "plumber_pipe_module_info",
-                    "The module version a pipe runs (value 1)",
-                    &[
-                        ("tenant", tenant),
-                        ("pipeline", name),
-                        ("pipe", slot.pipe()),
-                        ("version", module.version.as_str()),
-                    ],
-                    1,
-                );
-            }
+            let totals = scrape_pipeline(&mut metrics, name, tenant, status);
+            *tenant_in.entry(tenant.to_owned()).or_default() += totals.events_in;
+            *tenant_out.entry(tenant.to_owned()).or_default() += totals.events_out;
+            *tenant_errors.entry(tenant.to_owned()).or_default() += totals.errors;
         });
         for usage in self.tenants.all() {
             let labels = [("tenant", usage.tenant())];
@@ -418,6 +258,226 @@ impl Supervisor {
             }
         }
         metrics
+    }
+}
+
+/// What [`scrape_pipeline`] counted for one pipeline, for its tenant's
+/// totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineTotals {
+    /// Events read from its source.
+    pub events_in: u64,
+    /// Events written to its sink.
+    pub events_out: u64,
+    /// Failed calls into its pipes.
+    pub errors: u64,
+}
+
+/// Adds the series of pipeline `name` (of `tenant`) to `metrics`: its
+/// source, sink, checkpoints, steps and pipes. A cluster worker calls it
+/// for each partition it runs.
+pub fn scrape_pipeline(
+    metrics: &mut Scrape,
+    name: &str,
+    tenant: &str,
+    status: &LiveStatus,
+) -> PipelineTotals {
+    let mut errors_total = 0u64;
+    let labels = [("tenant", tenant), ("pipeline", name)];
+    metrics.gauge_int(
+        "plumber_pipeline_up",
+        "1 while the pipeline runs",
+        &labels,
+        i64::from(status.phase() == Phase::Running),
+    );
+    let events_in = status.events_in.load(Ordering::Relaxed);
+    let events_out = status.events_out.load(Ordering::Relaxed);
+    metrics.counter(
+        "plumber_source_events_total",
+        "Events read from the source",
+        &labels,
+        events_in,
+    );
+    metrics.counter(
+        "plumber_sink_events_total",
+        "Events written to the sink",
+        &labels,
+        events_out,
+    );
+    metrics.counter(
+        "plumber_checkpoints_total",
+        "Checkpoints committed",
+        &labels,
+        status.checkpoints.load(Ordering::Relaxed),
+    );
+    metrics.gauge(
+        "plumber_checkpoint_duration_seconds",
+        "How long the last checkpoint held the source back",
+        &labels,
+        status.last_checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+    metrics.histogram(
+        "plumber_checkpoint_pause_seconds",
+        "How long checkpoints held the source back (barrier sent to commit done)",
+        &labels,
+        status.checkpoint_pause.snapshot(),
+    );
+    metrics.histogram(
+        "plumber_checkpoint_commit_seconds",
+        "How long the state backend's atomic commits took",
+        &labels,
+        status.commit_time.snapshot(),
+    );
+    if let Some((epoch, age)) = status.last_checkpoint() {
+        metrics.gauge(
+            "plumber_checkpoint_age_seconds",
+            "Time since the last committed checkpoint",
+            &labels,
+            age.as_secs_f64(),
+        );
+        metrics.gauge_int(
+            "plumber_checkpoint_epoch",
+            "Epoch of the last committed checkpoint",
+            &labels,
+            i64::try_from(epoch).unwrap_or(i64::MAX),
+        );
+    }
+    metrics.counter(
+        "plumber_sink_duplicates_total",
+        "Writes the sink's server reported as duplicates and dropped (JetStream: a replay re-sent stored output)",
+        &labels,
+        status.sink_duplicates.load(Ordering::Relaxed),
+    );
+    let lag = status.source_lag.load(Ordering::Relaxed);
+    if lag >= 0 {
+        metrics.gauge_int(
+            "plumber_source_lag",
+            "What the source says is still waiting (messages or bytes)",
+            &labels,
+            lag,
+        );
+    }
+    for stage in status.stages() {
+        let labels = [
+            ("tenant", tenant),
+            ("pipeline", name),
+            ("step", stage.name.as_str()),
+        ];
+        metrics.counter(
+            "plumber_step_events_in_total",
+            "Events into a step",
+            &labels,
+            stage.events_in.load(Ordering::Relaxed),
+        );
+        metrics.counter(
+            "plumber_step_events_out_total",
+            "Events out of a step",
+            &labels,
+            stage.events_out.load(Ordering::Relaxed),
+        );
+        let Some(counters) = &stage.counters else {
+            metrics.gauge_int(
+                "plumber_window_buffered_events",
+                "Events held in a window's buffers (sampled at checkpoints)",
+                &labels,
+                gauge_value(stage.buffered.load(Ordering::Relaxed)),
+            );
+            continue;
+        };
+        let mut errors = |kind: &str, value: u64| {
+            errors_total += value;
+            metrics.counter(
+                "plumber_pipe_errors_total",
+                "Failed calls into a pipe, by kind",
+                &[
+                    ("tenant", tenant),
+                    ("pipeline", name),
+                    ("step", stage.name.as_str()),
+                    ("kind", kind),
+                ],
+                value,
+            );
+        };
+        errors("guest", counters.guest_errors.load(Ordering::Relaxed));
+        errors("trap", counters.traps.load(Ordering::Relaxed));
+        for (kind, count) in LIMIT_KINDS.iter().zip(&counters.limits) {
+            errors(
+                &format!("limit_{}", kind.as_str()),
+                count.load(Ordering::Relaxed),
+            );
+        }
+        for (metric, help, value) in [
+            (
+                "plumber_pipe_skipped_total",
+                "Events skipped by on_error",
+                &counters.skipped,
+            ),
+            (
+                "plumber_pipe_dead_lettered_total",
+                "Events dead-lettered by on_error",
+                &counters.dead_lettered,
+            ),
+            (
+                "plumber_pipe_retries_total",
+                "Retries made by on_error",
+                &counters.retries,
+            ),
+            (
+                "plumber_pipe_restarts_total",
+                "Instances created again after a trap or limit",
+                &counters.restarts,
+            ),
+            (
+                "plumber_pipe_log_dropped_total",
+                "Guest log lines dropped for going past the log rate",
+                &counters.log_dropped,
+            ),
+        ] {
+            metrics.counter(metric, help, &labels, value.load(Ordering::Relaxed));
+        }
+        metrics.gauge(
+            "plumber_pipe_guest_seconds",
+            "Time spent inside the pipe's process calls",
+            &labels,
+            counters.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        metrics.histogram(
+            "plumber_pipe_call_seconds",
+            "Time inside the pipe per process call",
+            &labels,
+            counters.call_time.snapshot(),
+        );
+        metrics.histogram(
+            "plumber_pipe_batch_events",
+            "Events per batch into the pipe",
+            &labels,
+            counters.batch_size.snapshot(),
+        );
+        metrics.gauge_int(
+            "plumber_pipe_memory_bytes",
+            "Largest linear memory of the pipe's instance",
+            &labels,
+            gauge_value(counters.memory_bytes.load(Ordering::Relaxed)),
+        );
+    }
+    for slot in status.pipes() {
+        let module = slot.current();
+        metrics.gauge_int(
+            "plumber_pipe_module_info",
+            "The module version a pipe runs (value 1)",
+            &[
+                ("tenant", tenant),
+                ("pipeline", name),
+                ("pipe", slot.pipe()),
+                ("version", module.version.as_str()),
+            ],
+            1,
+        );
+    }
+    PipelineTotals {
+        events_in,
+        events_out,
+        errors: errors_total,
     }
 }
 

@@ -1079,6 +1079,9 @@ pub struct JetStreamSink {
     reconnect_timeout: Duration,
     /// Publish each event under `<subject>.<its key as a token>`.
     key_by: Option<ShuffleKey>,
+    /// Publishes the server acknowledged as duplicates (their message id
+    /// was stored already: a replay, or a resend after a lost ack).
+    duplicates: u64,
 }
 
 /// A JetStream publish not acknowledged yet.
@@ -1123,6 +1126,7 @@ impl JetStreamSink {
             counter_order: VecDeque::new(),
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             key_by: None,
+            duplicates: 0,
         })
     }
 
@@ -1308,7 +1312,10 @@ impl JetStreamSink {
                         }
                     };
                     match outcome {
-                        Ok(Ok(_)) => {
+                        Ok(Ok(ack)) => {
+                            if ack.duplicate {
+                                self.duplicates += 1;
+                            }
                             self.in_flight.pop_front();
                             retry.succeeded();
                             return Ok(());
@@ -1371,5 +1378,10 @@ impl Sink for JetStreamSink {
             self.settle_oldest().await?;
         }
         Ok(())
+    }
+
+    /// The publishes the server acknowledged with `duplicate: true`.
+    fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 }

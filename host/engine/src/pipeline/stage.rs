@@ -349,6 +349,9 @@ pub(super) async fn run_sink(
             Message::Barrier(barrier) => {
                 let sink_position =
                     flush_at_barrier(&pipeline, sink.as_mut(), dead_letters.as_ref()).await?;
+                status
+                    .sink_duplicates
+                    .store(sink.duplicates(), Ordering::Relaxed);
                 // The driver may be gone if it failed; its error is reported.
                 let _ = barrier.reply.send(BarrierReply {
                     writes: barrier.writes,

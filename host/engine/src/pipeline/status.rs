@@ -98,6 +98,10 @@ pub struct LiveStatus {
     pub commit_time: Histogram,
     /// What the source says is still waiting (-1: it does not say).
     pub source_lag: AtomicI64,
+    /// Writes the sink's server reported as duplicates and dropped
+    /// ([`Sink::duplicates`](crate::streams::Sink::duplicates)), read at
+    /// each checkpoint barrier.
+    pub sink_duplicates: AtomicU64,
     error: Mutex<Option<String>>,
     stages: Mutex<Vec<Arc<StageStats>>>,
     pipes: Mutex<Vec<Arc<PipeSlot>>>,
@@ -117,6 +121,7 @@ impl Default for LiveStatus {
             checkpoint_pause: Histogram::durations(),
             commit_time: Histogram::durations(),
             source_lag: AtomicI64::new(-1),
+            sink_duplicates: AtomicU64::new(0),
             error: Mutex::new(None),
             stages: Mutex::new(Vec::new()),
             pipes: Mutex::new(Vec::new()),

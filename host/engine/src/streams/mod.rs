@@ -198,6 +198,14 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// How many of its writes so far the server reported as duplicates
+    /// and dropped (a JetStream stream's de-duplication by message id): a
+    /// replay after a crash re-sends output the server already stored.
+    /// Sinks that cannot tell say 0.
+    fn duplicates(&self) -> u64 {
+        0
+    }
+
     /// Asks the sink to keep every part of an event, not only its value:
     /// sinks that write values as lines (file, stdout) switch to JSON lines
     /// ([`LineFormat::Json`]); sinks that carry keys and headers already
