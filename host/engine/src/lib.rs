@@ -23,6 +23,7 @@
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
 //! | [`tenant`] | tenants: key isolation and quotas |
 //! | [`swap`] | hot swap of a running pipe's module |
+//! | [`fault`] | fault points for tests, switched on by environment variables |
 //!
 //! Errors show only their own part and keep what they wrap as their
 //! `source`; [`ErrorChain`] prints one with all its causes.
@@ -40,6 +41,7 @@ pub mod command;
 pub mod config;
 pub mod dead_letter;
 mod error_chain;
+pub mod fault;
 pub mod histogram;
 pub mod pipeline;
 pub mod retry;
