@@ -362,14 +362,17 @@ impl Worker {
             .iter()
             .map(|partition| this.try_take(*partition, &live, &dead));
         let mut taken = Vec::new();
-        for attempt in futures_util::future::join_all(attempts).await {
+        let attempted = futures_util::future::join_all(attempts).await;
+        // The leases were written no later than this.
+        let acquired = Instant::now();
+        for attempt in attempted {
             match attempt {
                 Ok(Some(lease)) => taken.push(lease),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot take a partition"),
             }
         }
-        self.start(taken).await;
+        self.start(taken, acquired).await;
         Ok(())
     }
 
@@ -400,10 +403,15 @@ impl Worker {
         self.leases.acquire(partition, &self.me.id).await
     }
 
-    /// Starts the tasks of partitions whose leases we just took, all at
-    /// once (each connects to its state backend and its streams, which
-    /// takes a while; one after another, the last of many would wait).
-    async fn start(&mut self, leases: Vec<Lease>) {
+    /// Starts the tasks of partitions whose leases we just took (at
+    /// `acquired`), all at once (each connects to its state backend and its
+    /// streams, which takes a while; one after another, the last of many
+    /// would wait). Opening many can take a good part of a short TTL:
+    /// the leases are renewed as soon as they are started, when due.
+    async fn start(&mut self, leases: Vec<Lease>, acquired: Instant) {
+        if leases.is_empty() {
+            return;
+        }
         let opening = leases.into_iter().map(|lease| {
             let pipeline = &self.pipeline;
             let runtime = self.runtime.clone();
@@ -424,7 +432,7 @@ impl Worker {
                         partition,
                         Task {
                             lease,
-                            renewed: Instant::now(),
+                            renewed: acquired,
                             handle,
                             join,
                         },
@@ -438,6 +446,7 @@ impl Worker {
                 }
             }
         }
+        self.renew_due().await;
     }
 
     /// Stops partitions cleanly (a final checkpoint each, all at once),
