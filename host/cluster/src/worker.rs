@@ -224,14 +224,29 @@ impl Worker {
         if draining && !self.me.draining {
             tracing::info!(worker = %self.me.id, "draining: handing every partition over");
             self.me.draining = true;
-            self.members.heartbeat(&self.me).await?;
-            self.last_heartbeat = Instant::now();
+            self.heartbeat().await?;
         }
         if self.last_heartbeat.elapsed() >= self.leases.renew_every() {
-            self.members.heartbeat(&self.me).await?;
-            self.last_heartbeat = Instant::now();
+            self.heartbeat().await?;
         }
         self.rebalance().await
+    }
+
+    /// Refreshes our member entry, giving up after a renewal period: the
+    /// next round must come in time to renew the leases.
+    async fn heartbeat(&mut self) -> Result<(), ClusterError> {
+        let budget = self.leases.renew_every();
+        match tokio::time::timeout(budget, self.members.heartbeat(&self.me)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ClusterError::jetstream(
+                    "refreshing our member entry",
+                    format!("no answer within {budget:?}"),
+                ))
+            }
+        }
+        self.last_heartbeat = Instant::now();
+        Ok(())
     }
 
     /// Tasks that ended by themselves (a failure, a fence): their leases
@@ -249,7 +264,11 @@ impl Worker {
             };
             match task.join.await {
                 Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
-                Ok(Err(error)) => tracing::error!(partition, %error, "partition task failed"),
+                // With its causes: why it failed is the reason it stopped
+                // (a fenced commit, its consumer recreated by a new owner).
+                Ok(Err(error)) => tracing::error!(
+                    partition, error = %plumber_engine::ErrorChain(&error), "partition task failed"
+                ),
                 Err(error) => tracing::error!(partition, %error, "partition task panicked"),
             }
             self.log_stopped(&task.lease);
@@ -337,7 +356,21 @@ impl Worker {
     }
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
-        let (live, dead) = self.live_members().await?;
+        // Listing the members creates a consumer, which waits for the
+        // JetStream meta leader: while one is elected (seconds, after a
+        // node died) it must not hold back the lease renewals of the next
+        // rounds, or every lease lapses. (Only the listing is cut short:
+        // what follows takes leases and starts tasks, and must finish.)
+        let budget = self.leases.renew_every();
+        let (live, dead) = match tokio::time::timeout(budget, self.live_members()).await {
+            Ok(members) => members?,
+            Err(_) => {
+                return Err(ClusterError::jetstream(
+                    "listing the live members",
+                    format!("no answer within {budget:?}"),
+                ))
+            }
+        };
         let owners = assign(self.pipeline.names.partitions, &live);
         let wanted: BTreeSet<u32> = owners
             .iter()
