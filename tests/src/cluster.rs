@@ -1070,3 +1070,222 @@ impl Metrics {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Faults (tests/tests/cluster_faults.rs): NATS nodes killed, zombie workers.
+
+/// As [`oracle_setup`], with the pipeline config changed by `edit` before
+/// `cluster init` (which sizes the lease bucket's TTL from it).
+pub async fn oracle_setup_with(
+    partitions: u32,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> OracleSetup {
+    let alone = ORACLE_RUNS.lock().await;
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cluster_config(&cluster.urls(), partitions, &redis.url());
+    config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
+    config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
+    edit(&mut config);
+    let path = write_config(dir.path(), "keys.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    // The output stream first, by name (`cluster init` would make one).
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    OracleSetup {
+        _alone: alone,
+        cluster,
+        redis,
+        dir,
+        path,
+        pipeline,
+        context,
+    }
+}
+
+impl WorkerProcess {
+    /// As [`WorkerProcess::start`], with environment variables added (a
+    /// fault point).
+    pub fn start_with_env(config: &Path, id: &str, dir: &Path, env: &[(&str, String)]) -> Self {
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(harness::plumber_binary())
+            .arg("--cache-dir")
+            .arg(harness::cache_dir())
+            .args(["worker", config.to_str().unwrap(), "--id", id])
+            .env("RUST_LOG", "warn,plumber_cluster=info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start plumber worker");
+        WorkerProcess {
+            id: id.to_owned(),
+            child,
+            log,
+        }
+    }
+}
+
+/// The node (index into [`harness::NatsCluster::urls`]) leading JetStream
+/// stream `stream`: its info's `cluster.leader` is the server name, `n<i>`.
+pub async fn stream_leader(context: &jetstream::Context, stream: &str) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // A request to a stream whose leader just died may go unanswered.
+        let leader = match context.get_stream(stream).await {
+            Ok(mut handle) => match handle.info().await {
+                Ok(info) => info.cluster.as_ref().and_then(|c| c.leader.clone()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(node) = leader
+            .as_deref()
+            .and_then(|name| name.strip_prefix('n'))
+            .and_then(|index| index.parse().ok())
+        {
+            return node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream {stream} has no leader after 30 s ({leader:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// As [`publish_events`], riding out a NATS node's death: a chunk whose
+/// publish or ack fails is published again (its message ids make the
+/// stream drop what it stored already). Returns how many chunks were
+/// published again.
+pub async fn publish_events_retrying(
+    context: &jetstream::Context,
+    ids: std::ops::Range<u64>,
+) -> u32 {
+    let ids: Vec<u64> = ids.collect();
+    let mut retried = 0;
+    for chunk in ids.chunks(1000) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match publish_chunk(context, chunk).await {
+                Ok(()) => break,
+                Err(error) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "publishing events {}.. failed for 120 s: {error}",
+                        chunk[0]
+                    );
+                    retried += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    retried
+}
+
+async fn publish_chunk(context: &jetstream::Context, chunk: &[u64]) -> Result<(), String> {
+    let mut acks = Vec::with_capacity(chunk.len());
+    for id in chunk {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("e{id}").as_str());
+        acks.push(
+            context
+                .publish_with_headers(
+                    format!("in.{}", id % ORACLE_KEYS),
+                    headers,
+                    id.to_string().into(),
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Watches the output stream's message count (every 100 ms) until told to
+/// stop: when it grew, for the longest stall in output progress.
+pub struct OutputProgress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl OutputProgress {
+    pub fn start(context: &jetstream::Context) -> OutputProgress {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (context, stop) = (context.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut growth = Vec::new();
+                let mut last = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A node restarting may not answer: try again.
+                    let count = match context.get_stream("OUT").await {
+                        Ok(mut stream) => stream.info().await.ok().map(|i| i.state.messages),
+                        Err(_) => None,
+                    };
+                    if let Some(count) = count.filter(|count| *count > last) {
+                        growth.push((now_us(), count));
+                        last = count;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                growth
+            })
+        };
+        OutputProgress { stop, task }
+    }
+
+    /// Stops watching; the longest time between two growths of the output
+    /// after `after_us`, and when that stall began (µs since the epoch).
+    pub async fn longest_stall_after(self, after_us: u64) -> (std::time::Duration, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let growth = self.task.await.unwrap();
+        let mut longest = (0, 0);
+        let mut previous = growth
+            .iter()
+            .filter(|(at, _)| *at <= after_us)
+            .map(|(at, _)| *at)
+            .max()
+            .unwrap_or(after_us);
+        for (at, _) in growth.iter().filter(|(at, _)| *at > after_us) {
+            longest = longest.max((at - previous, previous));
+            previous = *at;
+        }
+        (std::time::Duration::from_micros(longest.0), longest.1)
+    }
+}
+
+/// The log lines of `log` that contain `text`.
+pub fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines().filter(|line| line.contains(text)).collect()
+}
+
+/// The value of `name=` in a log line (quotes trimmed).
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&format!("{name}=")))
+        .map(|value| value.trim_matches('"').to_owned())
+}
+
+/// Moves the leadership of JetStream stream `stream` to `node` by asking
+/// its leader to step down until `node` is elected (up to 30 tries).
+pub async fn make_leader(context: &jetstream::Context, stream: &str, node: usize) {
+    for _ in 0..30 {
+        if stream_leader(context, stream).await == node {
+            return;
+        }
+        let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+        let _ = context.client().request(subject, "".into()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    panic!("node n{node} did not become the leader of {stream} in 30 step-downs");
+}

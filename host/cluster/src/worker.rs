@@ -452,7 +452,14 @@ async fn keep(
                     Ok(Ok(_)) => tracing::warn!(partition, "partition task ended"),
                     Ok(Err(error)) => {
                         keeping.view.task_failed(&error);
-                        tracing::error!(partition, %error, "partition task failed");
+                        // With its causes: why it failed is why it stopped
+                        // (a fenced commit, its consumer recreated by a
+                        // new owner).
+                        tracing::error!(
+                            partition,
+                            error = %plumber_engine::ErrorChain(&error),
+                            "partition task failed"
+                        );
                     }
                     Err(error) => tracing::error!(partition, %error, "partition task panicked"),
                 }
@@ -516,14 +523,30 @@ impl Worker {
         if draining && !self.me.draining {
             tracing::info!(worker = %self.me.id, "draining: handing every partition over");
             self.me.draining = true;
-            self.members.heartbeat(&self.me).await?;
-            self.last_heartbeat = Instant::now();
+            self.heartbeat().await?;
         }
         if self.last_heartbeat.elapsed() >= self.leases().renew_every() {
-            self.members.heartbeat(&self.me).await?;
-            self.last_heartbeat = Instant::now();
+            self.heartbeat().await?;
         }
         self.rebalance().await
+    }
+
+    /// Refreshes our member entry, giving up after a renewal period: while
+    /// the JetStream meta leader is elected (seconds, after a node died)
+    /// the round goes on, and the next one tries again.
+    async fn heartbeat(&mut self) -> Result<(), ClusterError> {
+        let budget = self.leases().renew_every();
+        match tokio::time::timeout(budget, self.members.heartbeat(&self.me)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ClusterError::jetstream(
+                    "refreshing our member entry",
+                    format!("no answer within {budget:?}"),
+                ))
+            }
+        }
+        self.last_heartbeat = Instant::now();
+        Ok(())
     }
 
     /// Forgets the partitions whose keepers ended (handed over, stopped by
@@ -574,7 +597,19 @@ impl Worker {
     }
 
     async fn rebalance(&mut self) -> Result<(), ClusterError> {
-        let (live, dead) = self.live_members().await?;
+        // Listing the members creates a consumer, which waits for the
+        // JetStream meta leader: while one is elected the round gives up
+        // (renewals go on in the keepers) and the next one tries again.
+        let budget = self.leases().renew_every();
+        let (live, dead) = match tokio::time::timeout(budget, self.live_members()).await {
+            Ok(members) => members?,
+            Err(_) => {
+                return Err(ClusterError::jetstream(
+                    "listing the live members",
+                    format!("no answer within {budget:?}"),
+                ))
+            }
+        };
         self.view
             .set_members(live.iter().map(|member| member.id.clone()).collect());
         let owners = assign(self.keeping.pipeline.names.tasks(), &live);

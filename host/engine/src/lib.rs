@@ -24,6 +24,7 @@
 //! | [`tenant`] | tenants: key isolation and quotas |
 //! | [`swap`] | hot swap of a running pipe's module |
 //! | [`shuffle`] | the keyed shuffle between a clustered pipeline's stages: keys and subject tokens |
+//! | [`fault`] | fault points for tests, switched on by environment variables |
 //!
 //! Errors show only their own part and keep what they wrap as their
 //! `source`; [`ErrorChain`] prints one with all its causes.
@@ -41,6 +42,7 @@ pub mod command;
 pub mod config;
 pub mod dead_letter;
 mod error_chain;
+pub mod fault;
 pub mod histogram;
 pub mod pipeline;
 pub mod retry;

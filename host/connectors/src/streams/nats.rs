@@ -169,8 +169,29 @@ fn headers_of(event: &Event) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
+/// The servers of a `url` field: one NATS URL, or several separated by
+/// commas (the nodes of a cluster: the client starts with any that answers
+/// and reconnects to another when its node dies).
+///
+/// # Errors
+///
+/// A part is not a NATS URL (the message names it).
+pub(crate) fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .map(|part| {
+            part.parse::<async_nats::ServerAddr>()
+                .map_err(|error| format!("`{part}` is not a NATS URL: {error}"))
+        })
+        .collect()
+}
+
 async fn connect(url: &str, stream: impl FnOnce() -> String) -> Result<Client, StreamError> {
-    async_nats::connect(url)
+    let servers = match server_addrs(url) {
+        Ok(servers) => servers,
+        Err(message) => return Err(invalid(stream(), "connect", message)),
+    };
+    async_nats::connect(servers)
         .await
         .map_err(|e| io_error(stream(), "connect", e))
 }

@@ -270,10 +270,7 @@ impl SourceDriver {
         self.state
             .commit(&record, &[])
             .await
-            .map_err(|source| PipelineError::State {
-                pipeline: self.pipeline.clone(),
-                source,
-            })?;
+            .map_err(|source| self.commit_failed(source))?;
         self.status
             .commit_time
             .record_duration(commit_started.elapsed());
@@ -283,6 +280,22 @@ impl SourceDriver {
         self.position = position.clone();
         self.last_checkpoint = Some(record);
         self.notify_committed().await
+    }
+
+    /// The error of a refused or failed commit; a commit refused by the
+    /// fence (a newer owner claimed the pipeline) is logged as such here,
+    /// where it happens, before anything can cancel the task.
+    fn commit_failed(&self, source: crate::state::StateError) -> PipelineError {
+        if let crate::state::StateError::Fenced { ours, newer, .. } = &source {
+            tracing::error!(
+                pipeline = %self.pipeline, epoch = self.epoch, fence = ours, newer_fence = newer,
+                "commit refused by the fence: a newer owner claimed the pipeline"
+            );
+        }
+        PipelineError::State {
+            pipeline: self.pipeline.clone(),
+            source,
+        }
     }
 
     fn disconnected(&self) -> PipelineError {
@@ -329,14 +342,12 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, self.position.clone());
         record.sink_position = reply.sink_position;
         record.fence = self.fence;
+        crate::fault::hold_before_commit(&self.pipeline, self.epoch).await;
         let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &reply.writes)
             .await
-            .map_err(|source| PipelineError::State {
-                pipeline: self.pipeline.clone(),
-                source,
-            })?;
+            .map_err(|source| self.commit_failed(source))?;
         self.status
             .commit_time
             .record_duration(commit_started.elapsed());

@@ -354,16 +354,28 @@ impl SinkSpec for JetStreamSinkConfig {
     }
 }
 
-/// The `url` field: a NATS server address (parsing connects to nothing).
+/// The `url` field: a NATS server address, or several separated by commas
+/// (parsing connects to nothing).
 fn check_url(url: &str) -> Result<(), FieldError> {
-    url.parse::<async_nats::ServerAddr>()
-        .map(drop)
-        .map_err(|error| {
-            FieldError::new(
-                "url",
-                format!("`{}` is not a NATS URL: {error}", redact_url(url)),
-            )
-        })
+    addrs(url).map(drop)
+}
+
+/// The servers of the `url` field.
+fn addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, FieldError> {
+    super::server_addrs(url).map_err(|_| {
+        let bad = url
+            .split(',')
+            .map(str::trim)
+            .find(|part| part.parse::<async_nats::ServerAddr>().is_err())
+            .unwrap_or(url);
+        FieldError::new(
+            "url",
+            format!(
+                "`{}` is not a NATS URL (one URL, or several separated by commas)",
+                redact_url(bad)
+            ),
+        )
+    })
 }
 
 /// A NATS subject at `field`: dot-separated tokens, none empty, no
@@ -416,7 +428,7 @@ async fn client(url: &str) -> Result<async_nats::Client, FieldError> {
     let options = async_nats::ConnectOptions::new()
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(Some(1));
-    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(url)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addrs(url)?)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(FieldError::new(
             "url",
@@ -439,7 +451,7 @@ async fn client(url: &str) -> Result<async_nats::Client, FieldError> {
 async fn context(url: &str) -> Result<jetstream::Context, FieldError> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+        .connect(addrs(url)?)
         .await
         .map_err(|error| {
             FieldError::new(
