@@ -117,11 +117,24 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(config: &Path, id: &str, dir: &Path) -> WorkerProcess {
+        Self::spawn(config, id, dir, &[], &[])
+    }
+
+    /// `plumber worker CONFIG --id ID` with `extra` arguments and `env`
+    /// added, its log in `<dir>/<id>.log`.
+    fn spawn(
+        config: &Path,
+        id: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> WorkerProcess {
         let log = dir.join(format!("{id}.log"));
         let child = Command::new(harness::plumber_binary())
             .arg("--cache-dir")
             .arg(harness::cache_dir())
             .args(["worker", config.to_str().unwrap(), "--id", id])
+            .args(extra)
             // PLUMBER_WORKER_LOG (a RUST_LOG filter) to see more when
             // looking into a failure.
             .env(
@@ -130,6 +143,7 @@ impl WorkerProcess {
                     .unwrap_or_else(|_| "warn,plumber_cluster=info".to_owned()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -934,24 +948,7 @@ pub async fn assert_two_stage_oracle(
 impl WorkerProcess {
     /// As [`WorkerProcess::start`], with more arguments for `plumber worker`.
     pub fn start_with(config: &Path, id: &str, dir: &Path, extra: &[&str]) -> WorkerProcess {
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(harness::plumber_binary())
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .args(["worker", config.to_str().unwrap(), "--id", id])
-            .args(extra)
-            .env("RUST_LOG", "warn,plumber_cluster=info")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start plumber worker");
-        WorkerProcess {
-            id: id.to_owned(),
-            child,
-            log,
-        }
+        Self::spawn(config, id, dir, extra, &[])
     }
 
     /// A worker with its admin server on a free loopback port.
@@ -1110,24 +1107,7 @@ impl WorkerProcess {
     /// As [`WorkerProcess::start`], with environment variables added (a
     /// fault point).
     pub fn start_with_env(config: &Path, id: &str, dir: &Path, env: &[(&str, String)]) -> Self {
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(harness::plumber_binary())
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .args(["worker", config.to_str().unwrap(), "--id", id])
-            .env("RUST_LOG", "warn,plumber_cluster=info")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().map(|(name, value)| (name, value)))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start plumber worker");
-        WorkerProcess {
-            id: id.to_owned(),
-            child,
-            log,
-        }
+        Self::spawn(config, id, dir, &[], env)
     }
 }
 

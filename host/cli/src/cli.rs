@@ -224,6 +224,22 @@ impl Failure {
     }
 }
 
+/// Starts the admin server and prints the address it listens on (tests
+/// and scripts read it: port 0 picks one).
+async fn start_admin(
+    options: AdminOptions,
+    control: std::sync::Arc<dyn plumber::admin::AdminControl>,
+) -> Result<AdminServer, Failure> {
+    let server = AdminServer::start(options, control)
+        .await
+        .map_err(|error| match error {
+            // An address in use is the system's, not the config's.
+            plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
+            _ => Failure::input(error),
+        })?;
+    eprintln!("admin server listening on http://{}", server.local_addr());
+    Ok(server)
+}
 async fn dispatch(cli: Cli) -> ExitCode {
     let cache_dir = cli.cache_dir.clone();
     let runtime = || {
@@ -325,15 +341,7 @@ async fn worker(
                     .filter(|t| !t.is_empty()),
                 module_dir: None,
             };
-            let server = AdminServer::start(options, view.clone())
-                .await
-                .map_err(|error| match error {
-                    plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
-                    _ => Failure::input(error),
-                })?;
-            // Tests and scripts read the bound address (port 0 picks one).
-            eprintln!("admin server listening on http://{}", server.local_addr());
-            Some(server)
+            Some(start_admin(options, view.clone()).await?)
         }
         None => None,
     };
@@ -580,16 +588,7 @@ async fn run(
                 token,
                 module_dir,
             };
-            let server = AdminServer::start(options, supervisor.clone())
-                .await
-                .map_err(|error| match error {
-                    // An address in use is the system's, not the config's.
-                    plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
-                    _ => Failure::input(error),
-                })?;
-            // Tests and scripts read the bound address (port 0 picks one).
-            eprintln!("admin server listening on http://{}", server.local_addr());
-            Some(server)
+            Some(start_admin(options, supervisor.clone()).await?)
         }
         None => None,
     };

@@ -255,6 +255,12 @@ fn no_answer(limit: Duration) -> Failure {
     Failure::Unreachable(format!("no answer within {limit:.1?}"))
 }
 
+/// Whether a pull's error is the server's 409 saying the consumer's leader
+/// moved (the request ended; the consumer is still there).
+fn is_leader_moved(text: &str) -> bool {
+    text.contains("409") && (text.contains("Leadership Change") || text.contains("Server Shutdown"))
+}
+
 /// Fails at once unless the client is connected.
 fn check_connected(client: &Client) -> Result<(), Failure> {
     match client.connection_state() {
@@ -824,8 +830,11 @@ impl JetStreamSource {
         while let Some(item) = next_item(&mut batch).await {
             let message = item.map_err(|e| {
                 let text = e.to_string();
-                // 503: no responders, JetStream is not (yet) there.
-                if text.contains("503") {
+                // 503: no responders, JetStream is not (yet) there. 409
+                // "Leadership Change" / "Server Shutdown": the consumer's
+                // leader moved (a new R3 consumer settling, a node
+                // stopping); the pull is tried again.
+                if text.contains("503") || is_leader_moved(&text) {
                     Failure::Unreachable(text)
                 } else {
                     Failure::Fatal(io_error(self.describe(), "pull", e))
@@ -1404,5 +1413,25 @@ impl Sink for JetStreamSink {
     /// The publishes the server acknowledged with `duplicate: true`.
     fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_leader_moved;
+
+    #[test]
+    fn a_moved_consumer_leader_is_retried_and_a_deleted_consumer_is_not() {
+        // As async-nats 0.51 words the server's 409s (seen in a cluster test).
+        assert!(is_leader_moved(
+            "error while processing messages from the stream: 409, Some(\"Leadership Change\")"
+        ));
+        assert!(is_leader_moved(
+            "error while processing messages from the stream: 409, Some(\"Server Shutdown\")"
+        ));
+        assert!(!is_leader_moved(
+            "error while processing messages from the stream: 409, Some(\"Consumer Deleted\")"
+        ));
+        assert!(!is_leader_moved("Leadership Change"));
     }
 }
