@@ -165,19 +165,7 @@ impl WorkerProcess {
     /// SIGTERM, then the exit status within 60 s.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker {} did not stop within 60 s of SIGTERM:\n{}",
-                self.id,
-                self.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        self.wait_exit(std::time::Duration::from_secs(60))
     }
 
     pub fn log_text(&self) -> String {

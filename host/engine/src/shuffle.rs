@@ -48,7 +48,7 @@ impl ShuffleKey {
                     Some(other) => Err(format!(
                         "the event's field `{field}` is {}, not a string, number or boolean to \
                          shuffle by",
-                        kind(other)
+                        crate::streams::json_kind(other)
                     )),
                     None if value.is_object() => Err(format!(
                         "the event's value has no field `{field}` to shuffle by"
@@ -56,22 +56,11 @@ impl ShuffleKey {
                     None => Err(format!(
                         "the event's value is {}, not a JSON object with a field `{field}` to \
                          shuffle by",
-                        kind(&value)
+                        crate::streams::json_kind(&value)
                     )),
                 }
             }
         }
-    }
-}
-
-fn kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

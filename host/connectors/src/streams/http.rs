@@ -399,7 +399,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, String> {
         object @ serde_json::Value::Object(_) => parse_event(object).map(|event| vec![event]),
         other => Err(format!(
             "expected an event object or an array of event objects, got {}",
-            json_kind(&other)
+            plumber_engine::streams::json_kind(&other)
         )),
     }
 }
@@ -408,23 +408,12 @@ fn parse_event(item: serde_json::Value) -> Result<Event, String> {
     if !item.is_object() {
         return Err(format!(
             "expected an event object {{\"value\": \"...\"}}, got {}",
-            json_kind(&item)
+            plumber_engine::streams::json_kind(&item)
         ));
     }
     serde_json::from_value::<JsonEvent>(item)
         .map(Event::from)
         .map_err(|e| format!("not an event: {e}"))
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 /// One event as the sink sends it.

@@ -29,6 +29,20 @@ pub use file::{
 pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
+/// What a JSON value is, for errors about events that are not what a
+/// stream or a step expects ("expected an object, got a number").
+#[must_use]
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// Why a stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
