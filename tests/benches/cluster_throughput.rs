@@ -31,6 +31,9 @@ struct Figures {
     /// How busy the machine's cores were meanwhile (0..1): the workers,
     /// the NATS nodes and Redis share them.
     machine_busy: f64,
+    /// CPU seconds of the three NATS nodes and Redis while the output was
+    /// written (user + system).
+    servers_cpu: f64,
 }
 
 /// (busy, total) jiffies of all cores, from /proc/stat.
@@ -87,11 +90,20 @@ async fn run(workers: usize, events: u64) -> Figures {
         .collect();
     let logs = || String::new();
     wait_for_output(&setup.context, 1, Duration::from_secs(120), logs).await;
+    let servers: Vec<u32> = setup
+        .cluster
+        .pids()
+        .into_iter()
+        .chain(setup.redis.pid())
+        .collect();
+    let servers_cpu = || servers.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
     let first = Instant::now();
     let jiffies_before = machine_jiffies();
+    let servers_before = servers_cpu();
     wait_for_output(&setup.context, events, Duration::from_secs(1800), logs).await;
     let busy = first.elapsed();
     let jiffies_after = machine_jiffies();
+    let servers_cpu = servers_cpu() - servers_before;
     let machine_busy = (jiffies_after.0 - jiffies_before.0) as f64
         / (jiffies_after.1 - jiffies_before.1).max(1) as f64;
     let pids: Vec<u32> = processes.iter().map(|p| p.child.id()).collect();
@@ -109,6 +121,7 @@ async fn run(workers: usize, events: u64) -> Figures {
         cpu,
         peak_mib: peak,
         machine_busy,
+        servers_cpu,
     }
 }
 
@@ -122,21 +135,28 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!("cluster throughput: {events} events, 64 partitions, {cores} cores, 3 NATS nodes and Redis on this machine");
     println!(
-        "{:>7} {:>12} {:>18} {:>16} {:>16} {:>14}",
-        "workers", "events/s", "events/s/worker", "CPU µs/event", "peak MiB/worker", "machine busy"
+        "{:>7} {:>12} {:>18} {:>16} {:>16} {:>14} {:>20}",
+        "workers",
+        "events/s",
+        "events/s/worker",
+        "CPU µs/event",
+        "peak MiB/worker",
+        "machine busy",
+        "servers CPU µs/event"
     );
     let mut rates = Vec::new();
     for workers in [1, 2] {
         let figures = run(workers, events).await;
         let rate = figures.events as f64 / figures.busy.as_secs_f64();
         println!(
-            "{:>7} {:>12.0} {:>18.0} {:>16.1} {:>16.1} {:>13.0}%",
+            "{:>7} {:>12.0} {:>18.0} {:>16.1} {:>16.1} {:>13.0}% {:>20.1}",
             figures.workers,
             rate,
             rate / figures.workers as f64,
             figures.cpu * 1e6 / figures.events as f64,
             figures.peak_mib,
-            figures.machine_busy * 100.0
+            figures.machine_busy * 100.0,
+            figures.servers_cpu * 1e6 / figures.events as f64
         );
         rates.push(rate);
     }

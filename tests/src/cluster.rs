@@ -381,6 +381,26 @@ pub async fn wait_for_output(
     }
 }
 
+/// An output message as a duplicate report names it: its stream
+/// sequence, time, message id and source sequence header.
+fn describe_output(message: &jetstream::Message, text: &str) -> String {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
+    };
+    let (sequence, published) = message.info().map_or((0, String::new()), |info| {
+        (info.stream_sequence, info.published.to_string())
+    });
+    format!(
+        "[{text:?} at stream sequence {sequence}, published {published}, Nats-Msg-Id {}, plumber-source-seq {}]",
+        header("Nats-Msg-Id"),
+        header("plumber-source-seq")
+    )
+}
+
 /// The oracle: every id in `0..events` exactly once in `OUT`, each key's
 /// counts exactly 1..n in id order, and the committed Redis state of all
 /// partitions equal to the truth (each key in its own partition only).
@@ -394,7 +414,10 @@ pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipel
         })
         .await
         .unwrap();
-    let mut seen = vec![false; events as usize];
+    // Per id: the first message's description (stream sequence and
+    // message id), to say which two messages a duplicate is.
+    let mut seen: Vec<Option<String>> = vec![None; events as usize];
+    let mut twice = Vec::new();
     let mut read = 0u64;
     let mut wrong = Vec::new();
     while read < events {
@@ -412,8 +435,11 @@ pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipel
             let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
             let (id, key, count) = (parts[0], parts[1], parts[2]);
             assert_eq!(key, id % ORACLE_KEYS, "{text}");
-            assert!(!seen[id as usize], "id {id} is in the output twice");
-            seen[id as usize] = true;
+            let described = describe_output(&message, &text);
+            match &seen[id as usize] {
+                Some(first) => twice.push(format!("id {id}: {first} and {described}")),
+                None => seen[id as usize] = Some(described),
+            }
             // The id's rank among its key's ids, from 1.
             if count != id / ORACLE_KEYS + 1 {
                 wrong.push(text);
@@ -424,7 +450,12 @@ pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipel
             break;
         }
     }
-    let missing = seen.iter().filter(|s| !**s).count();
+    assert!(
+        twice.is_empty(),
+        "{} ids are in the output twice: {twice:?}",
+        twice.len()
+    );
+    let missing = seen.iter().filter(|s| s.is_none()).count();
     assert_eq!(missing, 0, "{missing} ids missing from the output");
     assert!(
         wrong.is_empty(),

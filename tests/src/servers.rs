@@ -121,6 +121,14 @@ pub fn raw_command(port: u16, parts: &[&[u8]]) -> std::io::Result<String> {
 }
 
 impl RedisServer {
+    /// The server's process id while it runs (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .ok()
+            .and_then(|child| child.as_ref().map(Child::id))
+    }
+
     /// Starts a server on a free loopback port, its files in a new
     /// temporary directory, and waits until it answers.
     ///
@@ -396,6 +404,11 @@ pub struct NatsCluster {
 pub const CLUSTER_NODES: usize = 3;
 
 impl NatsCluster {
+    /// The process ids of the nodes that run (for CPU accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Starts three nodes routed to each other and waits until each answers
     /// (call [`NatsCluster::ready`] before using JetStream: the meta leader
     /// is elected after that).

@@ -671,6 +671,67 @@ async fn jetstream_source_keeps_a_consumer_that_is_exactly_at_its_checkpoint() {
     );
 }
 
+/// A zombie's source (an owner that went on after its partition moved)
+/// finds the consumer replaced by the new owner's: it stops with an error
+/// saying so, rather than deleting the new owner's consumer and reading on
+/// for nobody; the new owner reads everything after its checkpoint once.
+#[tokio::test]
+async fn jetstream_source_stops_when_another_reader_replaced_its_consumer() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "MOVED", &["moved"]).await;
+    let values_in: Vec<String> = (1..=20).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = values_in.iter().map(String::as_str).collect();
+    publish_js(&js, "moved", &refs[..10]).await;
+    let url = server.url();
+    let connect = || {
+        JetStreamSource::connect_with(
+            &url,
+            "MOVED",
+            "moved",
+            Some("moved".to_owned()),
+            quick_redelivery(),
+        )
+    };
+
+    // The old owner reads 10 and commits 5; then it hangs.
+    let mut old = connect().await.unwrap();
+    let mut listener = old.commit_listener().unwrap();
+    old.seek(&Position::Start).await.unwrap();
+    let (events, _) = read_events(&mut old, 10, 10).await;
+    assert_eq!(values(&events), values_in[..10]);
+    listener.committed(&Position::Offset(5)).await.unwrap();
+
+    // The new owner resumes from the checkpoint: 6..10 again.
+    let mut new = connect().await.unwrap();
+    let new_created = new.consumers_created();
+    new.seek(&Position::Offset(5)).await.unwrap();
+    let (events, _) = read_events(&mut new, 10, 5).await;
+    assert_eq!(values(&events), values_in[5..10]);
+    assert_eq!(new_created.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // The old owner goes on: its pull reaches the new owner's consumer.
+    publish_js(&js, "moved", &refs[10..]).await;
+    let error = tokio::time::timeout(Duration::from_secs(30), old.next_batch(10))
+        .await
+        .expect("the old source neither read nor failed within 30 s")
+        .expect_err("the old source read on from a consumer that is not its own");
+    let text = ErrorChain(&error).to_string();
+    assert!(text.contains("was replaced by another reader"), "{text}");
+
+    // The new owner reads 11..20 once each (its consumer is still its own:
+    // a delivery the old owner took is read again after a recreation by
+    // the new owner itself).
+    let (events, _) = read_events(&mut new, 10, 10).await;
+    assert_eq!(values(&events), values_in[10..]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), new.next_batch(10))
+            .await
+            .is_err(),
+        "a message was handed out twice"
+    );
+}
+
 #[tokio::test]
 async fn jetstream_sink_replay_is_deduplicated_and_flush_waits_for_acks() {
     let server = NatsServer::start();

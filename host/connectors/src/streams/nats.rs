@@ -603,6 +603,10 @@ pub struct JetStreamSource {
     last_delivery: Option<u64>,
     /// How many times the consumer was created by this source.
     consumers_created: Arc<AtomicU64>,
+    /// When the consumer this source created or kept was created (the
+    /// server's time): a consumer of that name created at another time is
+    /// another reader's.
+    created: Option<async_nats::datetime::DateTime>,
 }
 
 impl JetStreamSource {
@@ -674,6 +678,7 @@ impl JetStreamSource {
             last_delivery: None,
             pending_after: 0,
             consumers_created: Arc::default(),
+            created: None,
         })
     }
 
@@ -715,8 +720,25 @@ impl JetStreamSource {
     /// and creates it again.
     async fn create_consumer(&mut self) -> Result<(), Failure> {
         if let Ok(info) = self.js_stream.consumer_info(&self.consumer_name).await {
+            // Another reader replaced the consumer this source had: the
+            // partition's new owner (this one a zombie resumed) or a second
+            // pipeline on the same name. Deleting it would cut the other
+            // reader off and read for nobody: this source stops instead.
+            if let Some(ours) = self.created.filter(|ours| *ours != info.created) {
+                return Err(Failure::Fatal(invalid(
+                    self.describe(),
+                    "create consumer",
+                    format!(
+                        "the consumer this source created at {ours} was replaced by another \
+                         reader's, created at {}: the stream is read elsewhere now (a new owner \
+                         of the partition), so this source stops rather than delete it",
+                        info.created
+                    ),
+                )));
+            }
             if self.can_keep(&info) {
                 let delivered = info.delivered.consumer_sequence;
+                self.created = Some(info.created);
                 let consumer = PullConsumer::new(self.config.clone(), info, self.context.clone());
                 tracing::debug!(source = %self.describe(), from = self.handed_out.saturating_add(1),
                     "consumer kept");
@@ -794,6 +816,7 @@ impl JetStreamSource {
             .map_err(|error| classify("create consumer", error))?;
         tracing::debug!(source = %self.describe(), from = self.handed_out.saturating_add(1),
             "consumer created");
+        self.created = Some(consumer.cached_info().created);
         self.start_consumer(consumer, None);
         self.consumers_created.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -924,6 +947,8 @@ impl Source for JetStreamSource {
             .offset()
             .map_err(|e| StreamError::seek(self.describe(), position, e))?;
         self.consumer = None;
+        // A start: whatever consumer is there is taken over.
+        self.created = None;
         Ok(())
     }
 

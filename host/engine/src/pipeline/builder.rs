@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 use super::driver::{Driven, DriverSetup, DriverSignals, Resume, SourceDriver};
 use super::error::PipelineError;
@@ -13,6 +12,7 @@ use super::handle::PipelineHandle;
 use super::instantiate::{instantiate_steps, StepContext, StepSpec};
 use super::stage::{run_sink, Output, StageLink, StageRunner};
 use super::status::{LiveStatus, Phase, StageStats};
+use super::task::OwnedTask;
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::dead_letter::DeadLetters;
 use crate::histogram::HistogramSnapshot;
@@ -242,6 +242,7 @@ impl PipelineBuilder {
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
         let (dead_letters, dead_letter_task) =
             self.dead_letter.map(crate::dead_letter::spawn).unzip();
+        let dead_letter_task = dead_letter_task.map(OwnedTask::from);
         let context = StepContext {
             tenant: &self.tenant,
             pipeline: &name,
@@ -425,8 +426,8 @@ async fn restore(
 
 /// The tasks of a pipeline's stages: one per step, and the sink's.
 struct Stages {
-    steps: Vec<JoinHandle<Result<u64, PipelineError>>>,
-    sink: JoinHandle<Result<u64, PipelineError>>,
+    steps: Vec<OwnedTask<Result<u64, PipelineError>>>,
+    sink: OwnedTask<Result<u64, PipelineError>>,
 }
 
 impl Stages {
@@ -449,10 +450,10 @@ impl Stages {
             let stats = Arc::new(StageStats::new(step.name(), step.counters()));
             status.add_stage(stats.clone());
             let runner = StageRunner::new(pipeline.to_owned(), step, output, stats, link.clone());
-            tasks.push(tokio::spawn(runner.run(next_rx)));
+            tasks.push(OwnedTask::spawn(runner.run(next_rx)));
             next_rx = input;
         }
-        let sink = tokio::spawn(run_sink(
+        let sink = OwnedTask::spawn(run_sink(
             pipeline.to_owned(),
             sink,
             next_rx,
@@ -470,7 +471,7 @@ impl Stages {
         self,
         pipeline: &str,
         driven: Result<Driven, PipelineError>,
-        dead_letter_task: Option<JoinHandle<Result<u64, StreamError>>>,
+        dead_letter_task: Option<OwnedTask<Result<u64, StreamError>>>,
     ) -> Result<(Driven, u64), PipelineError> {
         let mut outcome = Outcome::default();
         let joined = |r: Result<Result<u64, PipelineError>, tokio::task::JoinError>| {

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::error::PipelineError;
 use super::stage::{Barrier, Message, Output};
 use super::status::LiveStatus;
+use super::task::OwnedTask;
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
 use crate::state::SharedState;
 use crate::streams::{CommitListener, Source, StreamError};
@@ -389,7 +390,9 @@ struct Reads {
     /// A read taken while grouping that ends the group (the end of the
     /// source, an error, a batch too big for it): handled next.
     set_aside: Option<ReadResult>,
-    reader: tokio::task::JoinHandle<()>,
+    /// Aborted with the pipeline: a reader left running would go on
+    /// pulling for nobody.
+    _reader: OwnedTask<()>,
 }
 
 impl Reads {
@@ -409,7 +412,7 @@ impl Reads {
         };
         let (sender, receiver) = mpsc::channel::<ReadResult>(ahead);
         let status = status.clone();
-        let reader = tokio::spawn(async move {
+        let reader = OwnedTask::spawn(async move {
             loop {
                 let result = source.next_batch(batch_size).await;
                 if let Some(lag) = source.lag() {
@@ -425,7 +428,7 @@ impl Reads {
         Reads {
             receiver,
             set_aside: None,
-            reader,
+            _reader: reader,
         }
     }
 
@@ -466,7 +469,7 @@ impl Reads {
 
     /// Stops the reader (the source is dropped with it).
     fn stop(self) {
-        self.reader.abort();
+        drop(self);
     }
 }
 

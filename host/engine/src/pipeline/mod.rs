@@ -41,6 +41,7 @@ mod handle;
 mod instantiate;
 mod stage;
 mod status;
+mod task;
 #[cfg(test)]
 mod tests;
 

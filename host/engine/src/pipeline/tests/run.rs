@@ -237,3 +237,105 @@ async fn a_run_resumes_from_the_last_checkpoint() {
     assert_eq!((record.epoch, record.position), (2, Position::Offset(5)));
     assert_eq!(report.events_in, 3);
 }
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A source that hands out one event, then takes an hour for its next
+/// batch (a pull that the server does not answer).
+struct StuckSource {
+    handed_out: bool,
+    _dropped: DropFlag,
+}
+
+#[async_trait]
+impl crate::streams::Source for StuckSource {
+    fn describe(&self) -> String {
+        "stuck source".to_owned()
+    }
+
+    async fn seek(&mut self, _position: &Position) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+    ) -> Result<Option<(Vec<crate::Event>, Position)>, StreamError> {
+        if !self.handed_out {
+            self.handed_out = true;
+            return Ok(Some((vec![crate::Event::new("one")], Position::Offset(1))));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        Ok(Some((Vec::new(), Position::Offset(1))))
+    }
+}
+
+/// A sink whose write takes an hour (a publish that is never
+/// acknowledged).
+struct StuckSink {
+    writing: Arc<std::sync::atomic::AtomicBool>,
+    _dropped: DropFlag,
+}
+
+#[async_trait]
+impl Sink for StuckSink {
+    fn describe(&self) -> String {
+        "stuck sink".to_owned()
+    }
+
+    async fn write(&mut self, _batch: Batch) -> Result<(), StreamError> {
+        self.writing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+}
+
+/// Aborting a run (a cluster worker whose lease of the partition is lost)
+/// stops the stage tasks it spawned: the source's reader and the sink do
+/// not go on reading and writing for nobody (they are dropped at once, in
+/// the middle of a read and a write that would take an hour).
+#[tokio::test]
+async fn an_aborted_run_stops_its_reader_and_its_sink() {
+    let source_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let builder = Pipeline::builder("aborted")
+        .from(StuckSource {
+            handed_out: false,
+            _dropped: DropFlag(source_dropped.clone()),
+        })
+        .then(NativeStep::map("same", |event| event))
+        .to(StuckSink {
+            writing: writing.clone(),
+            _dropped: DropFlag(sink_dropped.clone()),
+        });
+    let run = tokio::spawn(builder.run());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !writing.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the sink never wrote");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(source_dropped.load(Ordering::SeqCst) && sink_dropped.load(Ordering::SeqCst)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "30 s after the abort: source dropped {}, sink dropped {}",
+            source_dropped.load(Ordering::SeqCst),
+            sink_dropped.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
