@@ -1,0 +1,496 @@
+//! Publishing after the commit (`"publish": "after_commit"`): the epoch's
+//! output is held in its checkpoint (the outbox) and written once the
+//! checkpoint has committed, so that a pipe whose replay differs from the
+//! lost run (a processing-time window) still puts every input in the
+//! output exactly once. Against a real JetStream server and real guests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+
+use plumber::checkpoint::{CheckpointPolicy, Position};
+use plumber::config::{ConfigError, PipelineConfig, ReadStandard};
+use plumber::pipeline::{Pipeline, PipelineError, Publish};
+use plumber::state::{Namespace, SharedState};
+use plumber::step::NativeStep;
+use plumber::streams::nats::JetStreamSink;
+use plumber::streams::{ArraySource, Sink, StreamError};
+use plumber::Batch;
+use plumber_tests as harness;
+use plumber_tests::NatsServer;
+
+async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+        ..stream::Config::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("create stream {name}: {e}"));
+}
+
+/// The stream's messages in order: (value, its `Nats-Msg-Id`).
+async fn stream_messages(js: &jetstream::Context, name: &str) -> Vec<(String, String)> {
+    let stream = js.get_stream(name).await.expect("get stream");
+    let state = stream.get_info().await.expect("stream info").state;
+    let mut messages = Vec::new();
+    if state.messages == 0 {
+        return messages;
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("message {sequence} of {name}: {e}"));
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|value| value.as_str().to_owned())
+            .unwrap_or_default();
+        messages.push((String::from_utf8_lossy(&message.payload).into_owned(), id));
+    }
+    messages
+}
+
+fn read_config(json: &serde_json::Value) -> Result<PipelineConfig, (String, String)> {
+    match PipelineConfig::parse(&json.to_string(), "outbox.json", Path::new("/tmp")) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Invalid { path, message, .. }) => Err((path, message)),
+        Err(other) => Err((String::new(), other.to_string())),
+    }
+}
+
+/// `publish` is read strictly: its two values, the default, and a refusal
+/// at its path of a value it does not know and of at-most-once delivery.
+#[test]
+fn the_publish_field_is_refused_at_its_path_when_misused() {
+    let config = |extra: serde_json::Value| {
+        let mut config = serde_json::json!({
+            "name": "p",
+            "state": {"type": "memory"},
+            "from": {"type": "array", "values": ["a"]},
+            "to": {"type": "discard"}
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        config
+    };
+    let read = read_config(&config(serde_json::json!({}))).expect("no publish");
+    assert_eq!(read.publish, Publish::BeforeCommit);
+    let read = read_config(&config(serde_json::json!({"publish": "after_commit"}))).unwrap();
+    assert_eq!(read.publish, Publish::AfterCommit);
+    let read = read_config(&config(serde_json::json!({
+        "publish": "after_commit", "delivery": "at_least_once"
+    })))
+    .unwrap();
+    assert_eq!(read.publish, Publish::AfterCommit);
+
+    let (path, message) = read_config(&config(serde_json::json!({
+        "publish": "after_commit", "delivery": "at_most_once"
+    })))
+    .expect_err("at-most-once");
+    assert_eq!(path, "publish", "{message}");
+    assert!(
+        message.contains("at_most_once") && message.contains("before_commit"),
+        "{message}"
+    );
+    let (path, message) =
+        read_config(&config(serde_json::json!({"publish": "later"}))).expect_err("unknown");
+    assert_eq!(path, "publish", "{message}");
+    assert!(message.contains("after_commit"), "{message}");
+    // A sink section has no such field: it is the pipeline's.
+    let mut in_to = config(serde_json::json!({}));
+    in_to["to"]["publish"] = "after_commit".into();
+    let (path, _) = read_config(&in_to).expect_err("not a sink field");
+    assert_eq!(path, "to.publish");
+}
+
+/// A JetStream sink whose first flush after a write fails once the
+/// messages are stored (`fail_flushes` times): a run that dies after
+/// publishing its committed outbox and before a checkpoint deleted it.
+/// Counts the server's duplicate acks.
+struct FlakySink {
+    inner: JetStreamSink,
+    fail_flushes: usize,
+    wrote: bool,
+    duplicates: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Sink for FlakySink {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        self.wrote = true;
+        self.inner.write(batch).await
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush().await?;
+        self.duplicates
+            .store(self.inner.duplicates(), Ordering::SeqCst);
+        if self.fail_flushes > 0 && std::mem::take(&mut self.wrote) {
+            self.fail_flushes -= 1;
+            return Err(StreamError::Io {
+                stream: self.describe(),
+                action: "flushing",
+                source: std::io::Error::other("stopped after the publish"),
+            });
+        }
+        Ok(())
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.inner.duplicates()
+    }
+}
+
+/// The committed outbox is in the state after a commit; a restart
+/// publishes it again with the same message ids, which the stream reports
+/// as duplicates and drops; the next checkpoint deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_republishes_the_committed_outbox_with_the_same_ids() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    create_stream(&js, "OUT", &["out"]).await;
+    let state: SharedState = Arc::new(plumber::state::MemoryState::new());
+    let run = |fail_flushes: usize, duplicates: Arc<AtomicU64>| {
+        let state = state.clone();
+        let url = url.clone();
+        async move {
+            let sink = FlakySink {
+                inner: JetStreamSink::connect(&url, "out", "ids")
+                    .await
+                    .expect("connect the sink"),
+                fail_flushes,
+                wrote: false,
+                duplicates,
+            };
+            Pipeline::builder("ids")
+                .state(state)
+                .checkpoint(CheckpointPolicy::at_end_only().and_every_events(2))
+                .batch_size(1)
+                .publish(Publish::AfterCommit)
+                .from(ArraySource::from_strings((0..6).map(|n| format!("v{n}"))))
+                .then(NativeStep::map("same", |event| event))
+                .to(sink)
+                .run()
+                .await
+        }
+    };
+
+    // The first epoch commits, its outbox is published, the flush after it
+    // fails: the outbox stays in the committed state.
+    let error = run(1, Arc::default()).await.expect_err("the flush fails");
+    assert!(
+        matches!(
+            &error,
+            PipelineError::Stream {
+                source: StreamError::Io {
+                    action: "flushing",
+                    ..
+                },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let record = state
+        .last_checkpoint("default/ids")
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!((record.epoch, record.position), (1, Position::Offset(2)));
+    let namespace = Namespace::for_outbox("default", "ids");
+    let outbox = state.scan_prefix(namespace.prefix()).await.unwrap();
+    let keys: Vec<String> = outbox
+        .iter()
+        .map(|(key, _)| String::from_utf8_lossy(&key[namespace.prefix().len()..]).into_owned())
+        .collect();
+    assert_eq!(keys, ["00000000000000000001/000000", "head"]);
+    let head: serde_json::Value = serde_json::from_slice(&outbox[1].1).unwrap();
+    assert_eq!(
+        head,
+        serde_json::json!({"epoch": 1, "chunks": 1, "events": 2})
+    );
+    let stored = stream_messages(&js, "OUT").await;
+    assert_eq!(
+        stored,
+        [
+            ("v0".to_owned(), "ids:o1:0".to_owned()),
+            ("v1".to_owned(), "ids:o1:1".to_owned())
+        ]
+    );
+
+    // The restart publishes epoch 1's outbox again first: same ids, dropped.
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let report = run(0, duplicates.clone())
+        .await
+        .expect("the restart runs to the end");
+    assert_eq!(report.events_in, 4);
+    let duplicates = duplicates.load(Ordering::SeqCst);
+    eprintln!("duplicates reported by the server on the restart: {duplicates}");
+    assert_eq!(duplicates, 2, "the republished outbox's two messages");
+    let stored = stream_messages(&js, "OUT").await;
+    let values: Vec<&str> = stored.iter().map(|(value, _)| value.as_str()).collect();
+    assert_eq!(values, ["v0", "v1", "v2", "v3", "v4", "v5"]);
+    for (value, id) in &stored {
+        assert!(id.starts_with("ids:o"), "{value}: {id}");
+    }
+    assert!(
+        state
+            .scan_prefix(namespace.prefix())
+            .await
+            .unwrap()
+            .is_empty(),
+        "the last outbox is deleted by the checkpoint after it"
+    );
+}
+
+/// Events of one value each, counted by the non-deterministic pipeline.
+const VALUES: u64 = 5;
+
+/// What a run of the killed pipeline put in its output.
+struct Outcome {
+    /// Events published to the input.
+    events: u64,
+    /// Per value, the sum of the window counts in the output.
+    counted: BTreeMap<String, u64>,
+    /// Output messages.
+    messages: usize,
+    /// Output messages whose id is an outbox id of the pipeline.
+    outbox_ids: usize,
+    /// Outbox keys left in the committed state after the clean stop.
+    outbox_left: usize,
+}
+
+impl Outcome {
+    fn total(&self) -> u64 {
+        self.counted.values().sum()
+    }
+
+    /// Per value, how many events of it were published.
+    fn expected(&self) -> BTreeMap<String, u64> {
+        (0..VALUES)
+            .map(|v| {
+                let count = self.events / VALUES + u64::from(v < self.events % VALUES);
+                (format!("v{v}"), count)
+            })
+            .collect()
+    }
+}
+
+/// `plumber run` on JetStream `in.>` → a processing-time tumbling window
+/// of 100 ms → `window-count` → JetStream `out`, SIGKILLed `kills` times
+/// (3 s after each start) while a producer sends `events` events (values
+/// `v0`..`v4`), then run to the end of the input and stopped with SIGINT.
+/// The window groups events by when they arrive, so a replay after a
+/// kill groups them differently from the lost run.
+async fn run_killed_window_pipeline(publish: &str, events: u64, kills: u64) -> Outcome {
+    let window_count = harness::guest("window-count");
+    let server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out"]).await;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config: PathBuf = dir.path().join("pipeline.json");
+    let json = serde_json::json!({
+        "name": "arrivals",
+        "state": { "type": "sled", "path": dir.path().join("state") },
+        "checkpoint": { "interval_ms": 500 },
+        "publish": publish,
+        "from": { "type": "jetstream", "url": url, "stream": "IN", "consumer": "arrivals",
+                  "ack_wait_ms": 10000 },
+        "pipeline": [
+            { "name": "by-arrival", "type": "window", "window": "tumbling", "size_ms": 100,
+              "time": "processing" },
+            { "name": "count", "type": "wasm", "module": window_count }
+        ],
+        "to": { "type": "jetstream", "url": url, "subject": "out" }
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let plumber = harness::plumber_binary();
+    let run = || {
+        tokio::process::Command::new(&plumber)
+            .arg("run")
+            .arg(&config)
+            .env("PLUMBER_CACHE_DIR", harness::cache_dir())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn plumber run")
+    };
+
+    // Spread over the kills (3.5 s each) and 5 s more, so that the
+    // producer still sends at the last kill.
+    let spacing_us = (kills * 3_500 + 5_000) * 1_000 / events.max(1);
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            for id in 0..events {
+                let due = started + Duration::from_micros(id * spacing_us);
+                tokio::time::sleep_until(due).await;
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.to_string().as_str());
+                let value = format!("v{}", id % VALUES);
+                js.publish_with_headers(format!("in.{}", id % 3), headers, value.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("publish ack");
+            }
+        })
+    };
+    for _ in 0..kills {
+        let mut child = run();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if child.try_wait().expect("poll").is_some() {
+            let output = child.wait_with_output().await.expect("wait");
+            panic!(
+                "plumber stopped by itself: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("wait");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !publisher.is_finished(),
+        "the producer was done before the last kill"
+    );
+
+    let child = run();
+    publisher.await.expect("the producer");
+    // Until every event is counted (windows fire by their timer), or the
+    // output stopped growing for 20 s; then a while more, for output that
+    // should not come.
+    let total = |messages: &[(String, String)]| -> u64 {
+        messages
+            .iter()
+            .filter_map(|(value, _)| value.rsplit('\t').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (mut last_seen, mut last_growth) = (0, Instant::now());
+    loop {
+        let messages = stream_messages(&js, "OUT").await;
+        let counted = total(&messages);
+        if counted >= events {
+            break;
+        }
+        if messages.len() > last_seen {
+            (last_seen, last_growth) = (messages.len(), Instant::now());
+        }
+        assert!(
+            last_growth.elapsed() < Duration::from_secs(20),
+            "the output counts {counted} of {events} events after {kills} kills"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("plumber stopped after SIGINT")
+        .expect("wait");
+    assert!(
+        output.status.success(),
+        "plumber failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let messages = stream_messages(&js, "OUT").await;
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    for (value, _) in &messages {
+        let fields: Vec<&str> = value.split('\t').collect();
+        assert_eq!(fields.len(), 3, "not a window count: {value:?}");
+        *counted.entry(fields[1].to_owned()).or_default() += fields[2].parse::<u64>().unwrap();
+    }
+    let outbox_ids = messages
+        .iter()
+        .filter(|(_, id)| {
+            id.strip_prefix("arrivals:o")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(epoch, n)| epoch.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+        })
+        .count();
+    let state = PipelineConfig::load(&config)
+        .expect("the config")
+        .open_state()
+        .await
+        .expect("the state");
+    let namespace = Namespace::for_outbox("default", "arrivals");
+    let outbox_left = state.scan_prefix(namespace.prefix()).await.unwrap().len();
+    Outcome {
+        events,
+        counted,
+        messages: messages.len(),
+        outbox_ids,
+        outbox_left,
+    }
+}
+
+/// Killed again and again while the producer sends, the pipeline that
+/// publishes after the commit counts every event exactly once: no window
+/// of an epoch that never committed reached the output, though the replay
+/// grouped its events into other windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processing_time_window_publishing_after_the_commit_counts_every_event_once() {
+    let outcome = run_killed_window_pipeline("after_commit", 12_000, 3).await;
+    eprintln!(
+        "after_commit: {} events, {} counted, {} output messages, {} outbox ids",
+        outcome.events,
+        outcome.total(),
+        outcome.messages,
+        outcome.outbox_ids
+    );
+    assert_eq!(outcome.counted, outcome.expected(), "counts per value");
+    assert_eq!(
+        outcome.outbox_ids, outcome.messages,
+        "every id is an outbox id"
+    );
+    assert_eq!(
+        outcome.outbox_left, 0,
+        "the clean stop deleted the last outbox"
+    );
+}
+
+/// The same kills with the default (publish before the commit): the lost
+/// epochs' windows were published, and their events counted again in the
+/// replay's windows. This is what `after_commit` is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_kills_publishing_before_the_commit_count_events_twice() {
+    let outcome = run_killed_window_pipeline("before_commit", 12_000, 3).await;
+    eprintln!(
+        "before_commit: {} events, {} counted ({} extra), {} output messages",
+        outcome.events,
+        outcome.total(),
+        outcome.total().saturating_sub(outcome.events),
+        outcome.messages
+    );
+    assert!(
+        outcome.total() > outcome.events,
+        "no event was counted twice: {:?}",
+        outcome.counted
+    );
+    assert_eq!(outcome.outbox_ids, 0);
+}
