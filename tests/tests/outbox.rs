@@ -118,7 +118,7 @@ fn the_publish_field_is_refused_at_its_path_when_misused() {
 /// publishing its committed outbox and before a checkpoint deleted it.
 /// Counts the server's duplicate acks.
 struct FlakySink {
-    inner: JetStreamSink,
+    inner: Box<dyn Sink>,
     fail_flushes: usize,
     wrote: bool,
     duplicates: Arc<AtomicU64>,
@@ -153,6 +153,14 @@ impl Sink for FlakySink {
     fn duplicates(&self) -> u64 {
         self.inner.duplicates()
     }
+
+    async fn position(&mut self) -> Result<Option<u64>, StreamError> {
+        self.inner.position().await
+    }
+
+    async fn recover(&mut self, position: Option<u64>) -> Result<(), StreamError> {
+        self.inner.recover(position).await
+    }
 }
 
 /// The committed outbox is in the state after a commit; a restart
@@ -170,9 +178,11 @@ async fn a_restart_republishes_the_committed_outbox_with_the_same_ids() {
         let url = url.clone();
         async move {
             let sink = FlakySink {
-                inner: JetStreamSink::connect(&url, "out", "ids")
-                    .await
-                    .expect("connect the sink"),
+                inner: Box::new(
+                    JetStreamSink::connect(&url, "out", "ids")
+                        .await
+                        .expect("connect the sink"),
+                ),
                 fail_flushes,
                 wrote: false,
                 duplicates,
@@ -255,6 +265,39 @@ async fn a_restart_republishes_the_committed_outbox_with_the_same_ids() {
             .unwrap()
             .is_empty(),
         "the last outbox is deleted by the checkpoint after it"
+    );
+}
+
+/// A file sink gets the republished outbox exactly once too: the restart
+/// truncates the file to the checkpoint's length (before the outbox was
+/// written), then writes the outbox again.
+#[tokio::test]
+async fn a_file_sink_gets_the_republished_outbox_exactly_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("out.txt");
+    let state: SharedState = Arc::new(plumber::state::MemoryState::new());
+    let run = |fail_flushes: usize| {
+        let sink = FlakySink {
+            inner: Box::new(plumber::streams::FileSink::new(&path)),
+            fail_flushes,
+            wrote: false,
+            duplicates: Arc::default(),
+        };
+        Pipeline::builder("lines")
+            .state(state.clone())
+            .checkpoint(CheckpointPolicy::at_end_only().and_every_events(2))
+            .batch_size(1)
+            .publish(Publish::AfterCommit)
+            .from(ArraySource::from_strings((0..6).map(|n| format!("v{n}"))))
+            .to(sink)
+            .run()
+    };
+    run(1).await.expect_err("the flush after the outbox fails");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "v0\nv1\n");
+    run(0).await.expect("the restart");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "v0\nv1\nv2\nv3\nv4\nv5\n"
     );
 }
 
