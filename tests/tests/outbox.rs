@@ -301,6 +301,132 @@ async fn a_file_sink_gets_the_republished_outbox_exactly_once() {
     );
 }
 
+/// A sink whose first flush waits for `gate`: it holds its pipeline's
+/// first checkpoint between the barrier and the commit.
+struct GatedSink {
+    inner: Box<dyn Sink>,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    held: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[async_trait]
+impl Sink for GatedSink {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StreamError> {
+        self.inner.write(batch).await
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush().await?;
+        if let Some(held) = self.held.take() {
+            let _ = held.send(());
+        }
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.await;
+        }
+        Ok(())
+    }
+}
+
+/// A zombie: pipeline `fenced` (the old owner) holds its first checkpoint
+/// between barrier and commit; meanwhile a new owner claims the same state
+/// scope in Redis (a newer fence), replays the input — differently, as a
+/// non-deterministic pipe would — and publishes its output. Released, the
+/// zombie's commit is refused by the fence. Returns the values in the
+/// output stream and the zombie's error.
+async fn zombie_against_new_owner(publish: Publish) -> (Vec<String>, PipelineError) {
+    use plumber::state::{RedisOptions, RedisState};
+    let redis = harness::RedisServer::start();
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    create_stream(&js, "OUT", &["out"]).await;
+    let state = || async {
+        let state: SharedState = Arc::new(
+            RedisState::connect(&redis.url(), RedisOptions::default())
+                .await
+                .expect("redis"),
+        );
+        state
+    };
+    let pipeline = |state: SharedState, sink: Box<dyn Sink>, values: &'static str| {
+        Pipeline::builder("fenced")
+            .state(state)
+            .checkpoint(CheckpointPolicy::at_end_only().and_every_events(2))
+            .batch_size(1)
+            .publish(publish)
+            .from(ArraySource::from_strings(
+                (0..4).map(move |n| format!("{values}{n}")),
+            ))
+            .to_boxed(sink)
+    };
+    let sink = || async {
+        Box::new(
+            JetStreamSink::connect(&nats.url(), "out", "fenced")
+                .await
+                .expect("the sink"),
+        ) as Box<dyn Sink>
+    };
+
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let gated = GatedSink {
+        inner: sink().await,
+        gate: Some(gate),
+        held: Some(held_tx),
+    };
+    let zombie = tokio::spawn(pipeline(state().await, Box::new(gated), "zombie-").run());
+    tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the zombie reached its first barrier")
+        .expect("held");
+    // The new owner claims the scope, resumes from checkpoint 0 and runs.
+    let report = pipeline(state().await, sink().await, "owner-")
+        .run()
+        .await
+        .expect("the new owner's run");
+    assert_eq!(report.events_in, 4);
+    let _ = release.send(());
+    let error = tokio::time::timeout(Duration::from_secs(30), zombie)
+        .await
+        .expect("the zombie ended")
+        .expect("no panic")
+        .expect_err("the zombie's commit is refused");
+    let values = stream_messages(&js, "OUT")
+        .await
+        .into_iter()
+        .map(|(value, _)| value)
+        .collect();
+    (values, error)
+}
+
+/// A zombie's commit refused by the fence never publishes its outbox; the
+/// default mode had published the same epoch's output before its commit
+/// was refused (the contrast, so that the check can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombies_commit_refused_by_the_fence_never_publishes_its_outbox() {
+    let (values, error) = zombie_against_new_owner(Publish::AfterCommit).await;
+    assert!(
+        matches!(
+            &error,
+            PipelineError::State {
+                source: plumber::state::StateError::Fenced { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(values, ["owner-0", "owner-1", "owner-2", "owner-3"]);
+
+    let (values, error) = zombie_against_new_owner(Publish::BeforeCommit).await;
+    assert!(matches!(&error, PipelineError::State { .. }), "{error:?}");
+    let zombie: Vec<&String> = values.iter().filter(|v| v.starts_with("zombie-")).collect();
+    eprintln!("before_commit: the zombie's output in the stream: {zombie:?}");
+    assert_eq!(zombie, ["zombie-0", "zombie-1"]);
+}
+
 /// Events of one value each, counted by the non-deterministic pipeline.
 const VALUES: u64 = 5;
 
