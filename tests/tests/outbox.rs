@@ -168,11 +168,20 @@ impl Sink for FlakySink {
 /// as duplicates and drops; the next checkpoint deletes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_republishes_the_committed_outbox_with_the_same_ids() {
+    restart_republishes(Arc::new(plumber::state::MemoryState::new())).await;
+    let redis = harness::RedisServer::start();
+    let state = plumber::state::RedisState::connect(&redis.url(), Default::default())
+        .await
+        .expect("redis");
+    restart_republishes(Arc::new(state)).await;
+}
+
+/// The test above on `state`.
+async fn restart_republishes(state: SharedState) {
     let server = NatsServer::start();
     let url = server.url();
     let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
     create_stream(&js, "OUT", &["out"]).await;
-    let state: SharedState = Arc::new(plumber::state::MemoryState::new());
     let run = |fail_flushes: usize, duplicates: Arc<AtomicU64>| {
         let state = state.clone();
         let url = url.clone();
@@ -662,4 +671,124 @@ async fn the_same_kills_publishing_before_the_commit_count_events_twice() {
         outcome.counted
     );
     assert_eq!(outcome.outbox_ids, 0);
+}
+
+/// In a cluster: three `plumber worker`s run the 64-partition oracle
+/// pipeline publishing after the commit; `w2` is SIGKILLed mid-stream
+/// right after it published a committed outbox. Its partitions' new owners
+/// publish the committed outboxes again (the stream drops what `w2` had
+/// published: duplicates reported) and the oracle holds: every event id
+/// once in the output, each key's counts 1..n, the committed state the
+/// truth; every output message carries its task's outbox id.
+#[tokio::test]
+async fn a_killed_workers_partitions_publish_after_the_commit_exactly_once() {
+    use plumber_tests::cluster::{
+        assert_oracle, held_at_end, logs_of, oracle_events, oracle_setup_with, ownership_changes,
+        publish_events, read_stream_messages, wait_for_output, WorkerProcess,
+    };
+    let events = oracle_events();
+    let setup = oracle_setup_with(64, |config| {
+        config["publish"] = "after_commit".into();
+    })
+    .await;
+    // w2 says when it publishes an outbox; the others when they publish a
+    // committed one again as they start a partition.
+    let log_filter = |extra: &str| vec![("RUST_LOG", format!("warn,plumber_cluster=info,{extra}"))];
+    let workers: Vec<WorkerProcess> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| {
+            let env = if *id == "w2" {
+                log_filter("plumber_engine::pipeline::outbox=debug")
+            } else {
+                log_filter("plumber_engine::pipeline::builder=info")
+            };
+            WorkerProcess::start_with_env(&setup.path, id, setup.dir.path(), &env)
+        })
+        .collect();
+    let mut workers = workers;
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..events / 2).await })
+    };
+    wait_for_output(&setup.context, events / 5, Duration::from_secs(300), || {
+        logs_of(&workers)
+    })
+    .await;
+    // Right after w2 published a committed outbox (before the checkpoint
+    // that deletes it).
+    let published = |log: &str| {
+        log.lines()
+            .filter(|line| line.contains("outbox published after its commit"))
+            .count()
+    };
+    let seen = published(&workers[1].log_text());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published(&workers[1].log_text()) == seen {
+        assert!(
+            Instant::now() < deadline,
+            "w2 published no outbox:\n{}",
+            workers[1].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let orphans = held_at_end(&ownership_changes(&workers[1].log_text()), "w2");
+    workers[1].signal(libc::SIGKILL);
+    let killed = Instant::now();
+    assert!(
+        !orphans.is_empty(),
+        "w2 owned nothing:\n{}",
+        logs_of(&workers)
+    );
+    publisher.await.unwrap();
+    publish_events(&setup.context, events / 2..events).await;
+    wait_for_output(&setup.context, events, Duration::from_secs(600), || {
+        logs_of(&workers)
+    })
+    .await;
+    eprintln!(
+        "cluster after_commit: {events} events out {:.1} s after the kill of w2 ({} partitions)",
+        killed.elapsed().as_secs_f64(),
+        orphans.len()
+    );
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+    let messages = read_stream_messages(&setup.context, "OUT").await;
+    let not_outbox: Vec<_> = messages
+        .iter()
+        .filter(|message| {
+            !message.id.as_deref().is_some_and(|id| {
+                id.strip_prefix("keys#p")
+                    .and_then(|rest| rest.split_once(":o"))
+                    .is_some_and(|(partition, _)| partition.parse::<u32>().is_ok())
+            })
+        })
+        .take(5)
+        .collect();
+    assert!(not_outbox.is_empty(), "not outbox ids: {not_outbox:?}");
+    let republished: Vec<String> = [0, 2]
+        .iter()
+        .flat_map(|index| {
+            workers[*index]
+                .log_text()
+                .lines()
+                .filter(|line| line.contains("the committed outbox was published again"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut duplicates = 0;
+    for index in [0, 2] {
+        let status = workers[index].terminate();
+        assert!(status.success(), "{}", workers[index].log_text());
+        duplicates += workers[index].duplicates_at_exit();
+    }
+    eprintln!(
+        "cluster after_commit: {} of w2's partitions published a committed outbox again on \
+         start (e.g. {:?}); the survivors were told of {duplicates} duplicates",
+        republished.len(),
+        republished.first()
+    );
+    assert!(
+        !republished.is_empty() && duplicates > 0,
+        "no outbox of w2 was published again by its partitions' new owners"
+    );
 }
