@@ -792,3 +792,213 @@ async fn a_killed_workers_partitions_publish_after_the_commit_exactly_once() {
         "no outbox of w2 was published again by its partitions' new owners"
     );
 }
+
+/// In a cluster, the zombie of the fault tests, publishing after the
+/// commit: `w2` holds one partition's first commit between barrier and
+/// commit (the fault point), is stopped (SIGSTOP) past its lease while the
+/// others take its partitions over and commit under newer fences, then
+/// continued. The held commit never lands (refused by the fence, or the
+/// task aborted first), so `w2` never publishes that partition's outbox;
+/// the oracle holds — which it would not if the zombie's epoch had been
+/// published, since the new owner's first epoch has the same number and
+/// so the same ids, and the stream would drop the new owner's messages.
+#[tokio::test]
+async fn a_zombie_workers_held_outbox_never_reaches_the_output() {
+    use plumber_cluster::assign::assign;
+    use plumber_cluster::lease::Leases;
+    use plumber_cluster::membership::Member;
+    use plumber_tests::cluster::{
+        assert_oracle, commit_fences, held_at_end, lines_with, log_field, logs_of, now_us,
+        oracle_events, oracle_setup_with, ownership_changes, publish_events, read_stream_messages,
+        wait_for_commits_after, wait_for_output, WorkerProcess,
+    };
+    const TTL_MS: u64 = 3000;
+    const HOLD_MS: u64 = 1500;
+    let events = oracle_events();
+    let half = events / 2;
+    let setup = oracle_setup_with(64, |config| {
+        config["cluster"]["lease_ttl_ms"] = TTL_MS.into();
+        config["publish"] = "after_commit".into();
+    })
+    .await;
+    let ids = ["w1", "w2", "w3"];
+    let members: Vec<Member> = ids
+        .iter()
+        .map(|id| Member {
+            id: (*id).to_owned(),
+            max_partitions: None,
+            draining: false,
+        })
+        .collect();
+    let held = assign(64, &members)
+        .into_iter()
+        .find(|(_, owner)| owner == "w2")
+        .map(|(partition, _)| partition)
+        .unwrap();
+    let held_task = setup.pipeline.names.task(held);
+    let zombie_env = vec![
+        (
+            "PLUMBER_FAULT_HOLD_BEFORE_COMMIT",
+            format!("{held_task}:{HOLD_MS}"),
+        ),
+        (
+            "RUST_LOG",
+            "warn,plumber_cluster=info,plumber_engine::pipeline::outbox=debug".to_owned(),
+        ),
+    ];
+    let workers: Vec<WorkerProcess> = ids
+        .iter()
+        .map(|id| {
+            let env = if *id == "w2" {
+                zombie_env.as_slice()
+            } else {
+                &[]
+            };
+            WorkerProcess::start_with_env(&setup.path, id, setup.dir.path(), env)
+        })
+        .collect();
+    let publisher = {
+        let context = setup.context.clone();
+        tokio::spawn(async move { publish_events(&context, 0..half).await })
+    };
+    let zombie = &workers[1];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !zombie
+        .log_text()
+        .contains("fault point: holding the commit")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "w2 never held the commit of {held_task}:\n{}",
+            logs_of(&workers)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    zombie.signal(libc::SIGSTOP);
+    let stopped_us = now_us();
+    let zombie_log = zombie.log_text();
+    assert!(
+        !zombie_log.contains("fault point: commit released"),
+        "the hold ended before w2 was stopped: the test was too slow to stop it"
+    );
+    let owned = held_at_end(&ownership_changes(&zombie_log), "w2");
+    assert!(owned.contains(&held), "w2 does not own {held_task}");
+    let fences = commit_fences(&setup.pipeline, &owned).await;
+
+    // The others take its partitions over once its leases expire.
+    let leases = Leases::open(
+        &setup.context,
+        &setup.pipeline.leases_bucket(),
+        setup.pipeline.names.clone(),
+        Duration::from_millis(TTL_MS),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let holders = leases.all().await.unwrap();
+        let left = owned
+            .iter()
+            .filter(|p| holders.get(p).is_none_or(|h| h.owner == "w2"))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} partitions of the stopped w2 not taken over:\n{}",
+            logs_of(&workers)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.await.unwrap();
+    publish_events(&setup.context, half..events).await;
+    wait_for_commits_after(
+        &setup.pipeline,
+        &fences,
+        stopped_us / 1000,
+        Duration::from_secs(300),
+    )
+    .await;
+    let new_owner_fence = commit_fences(&setup.pipeline, &[held]).await[&held];
+    zombie.signal(libc::SIGCONT);
+    wait_for_output(&setup.context, events, Duration::from_secs(600), || {
+        logs_of(&workers)
+    })
+    .await;
+    // Until w2 has stopped the held partition (and said why).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stopped = ownership_changes(&zombie.log_text()).iter().any(|change| {
+            !change.started && change.partition == held && change.at_us >= stopped_us
+        });
+        if stopped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w2 did not stop {held_task} after SIGCONT:\n{}",
+            zombie.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = zombie.log_text();
+    let refused = lines_with(&log, "commit refused by the fence")
+        .into_iter()
+        .any(|line| log_field(line, "pipeline").as_deref() == Some(&*held_task));
+    // The held epoch: w2 may take the partition again later, legitimately
+    // (a new lease and fence), and publish later epochs of its own.
+    let holding = lines_with(&log, "fault point: holding the commit");
+    let held_epoch = log_field(holding[0], "epoch").expect("the held epoch");
+    let published: Vec<&str> = lines_with(&log, "outbox published after its commit")
+        .into_iter()
+        .filter(|line| {
+            log_field(line, "pipeline").as_deref() == Some(&*held_task)
+                && log_field(line, "epoch") == Some(held_epoch.clone())
+        })
+        .collect();
+    eprintln!(
+        "cluster zombie after_commit: the held commit of {held_task} (epoch {held_epoch}) {}; w2 \
+         published {} outboxes of that epoch; {} outboxes in all",
+        if refused {
+            "was refused by the fence"
+        } else {
+            "never reached the backend (task aborted first)"
+        },
+        published.len(),
+        lines_with(&log, "outbox published after its commit").len()
+    );
+    assert!(
+        published.is_empty(),
+        "the zombie published the outbox of its held commit: {published:?}"
+    );
+    let now = commit_fences(&setup.pipeline, &[held]).await;
+    assert!(
+        now[&held] >= new_owner_fence,
+        "the zombie's commit replaced the new owner's checkpoint"
+    );
+    // The oracle reads the output through a new consumer of the R3
+    // stream, whose fetch a loaded cluster may answer with a 503 (no
+    // responders, the consumer settling) just after the zombie resumed:
+    // that read is tried again, once; any other failure is the test's.
+    let context = setup.context.clone();
+    let pipeline = setup.pipeline.clone();
+    let oracle = move || {
+        let (context, pipeline) = (context.clone(), pipeline.clone());
+        tokio::spawn(async move { assert_oracle(&context, &pipeline, events).await })
+    };
+    if let Err(error) = oracle().await {
+        let panic = error.into_panic();
+        let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        if !text.contains("503") {
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!("cluster zombie after_commit: the oracle's read met a 503, read again: {text}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        oracle().await.expect("the oracle");
+    }
+    let messages = read_stream_messages(&setup.context, "OUT").await;
+    assert!(messages
+        .iter()
+        .all(|message| message.id.as_deref().is_some_and(|id| id.contains(":o"))));
+}
