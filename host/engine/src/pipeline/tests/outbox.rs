@@ -117,13 +117,14 @@ async fn run_numbers(
     state: &SharedState,
     sink: WatchingSink,
     publish: Publish,
+    count: u64,
 ) -> Result<crate::pipeline::RunReport, PipelineError> {
     let builder = Pipeline::builder(pipeline)
         .state(state.clone())
         .checkpoint(CheckpointPolicy::at_end_only().and_every_events(2))
         .batch_size(1)
         .publish(publish)
-        .from(numbers(6))
+        .from(numbers(count))
         .then(NativeStep::map("same", |event| event))
         .to(sink);
     ended(tokio::spawn(builder.run())).await
@@ -132,18 +133,19 @@ async fn run_numbers(
 /// Each event reaches the sink only once the checkpoint covering its input
 /// has committed, with the id its epoch gave it; the default writes
 /// before the commit (the contrast, so the check is not vacuous); the
-/// last outbox is deleted by a checkpoint after it.
+/// last outbox (event 4, sealed by the final checkpoint) is deleted by a
+/// checkpoint after it.
 #[tokio::test]
 async fn output_published_after_the_commit_is_written_only_once_committed() {
     let state: SharedState = Arc::new(MemoryState::new());
     let sink = WatchingSink::new(&state, "after");
-    let report = run_numbers("after", &state, sink.clone(), Publish::AfterCommit)
+    let report = run_numbers("after", &state, sink.clone(), Publish::AfterCommit, 5)
         .await
         .expect("the run");
     let written = sink.written();
     assert_eq!(
         written.iter().map(|w| w.value).collect::<Vec<_>>(),
-        (0..6).collect::<Vec<_>>()
+        (0..5).collect::<Vec<_>>()
     );
     for event in &written {
         assert!(
@@ -165,16 +167,16 @@ async fn output_published_after_the_commit_is_written_only_once_committed() {
     let mut ids: Vec<_> = written.iter().filter_map(|w| w.id.clone()).collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 6, "{ids:?}");
-    assert_eq!(report.events_out, 6);
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(report.events_out, 5);
     // The last outbox was deleted by the checkpoint after it.
     assert_eq!(outbox_keys(&state, "after").await, Vec::<String>::new());
     let last = report.last_checkpoint.expect("a last checkpoint");
-    assert_eq!(last.position, Position::Offset(6));
+    assert_eq!(last.position, Position::Offset(5));
 
     let state: SharedState = Arc::new(MemoryState::new());
     let sink = WatchingSink::new(&state, "before");
-    run_numbers("before", &state, sink.clone(), Publish::BeforeCommit)
+    run_numbers("before", &state, sink.clone(), Publish::BeforeCommit, 5)
         .await
         .expect("the run");
     let early = sink
@@ -197,7 +199,7 @@ async fn a_restart_publishes_the_committed_outbox_again_with_its_ids() {
     let state: SharedState = Arc::new(MemoryState::new());
     let mut failing = WatchingSink::new(&state, "restarted");
     failing.fail_writes = 1;
-    let error = run_numbers("restarted", &state, failing, Publish::AfterCommit)
+    let error = run_numbers("restarted", &state, failing, Publish::AfterCommit, 6)
         .await
         .expect_err("the sink fails");
     assert!(
@@ -237,7 +239,7 @@ async fn a_restart_publishes_the_committed_outbox_again_with_its_ids() {
     );
 
     let sink = WatchingSink::new(&state, "restarted");
-    let report = run_numbers("restarted", &state, sink.clone(), Publish::AfterCommit)
+    let report = run_numbers("restarted", &state, sink.clone(), Publish::AfterCommit, 6)
         .await
         .expect("the restart");
     let writes = sink.writes.lock().unwrap().clone();
@@ -307,4 +309,30 @@ async fn publishing_after_the_commit_is_refused_at_most_once() {
         matches!(error, PipelineError::Incomplete { .. }) && text.contains("at-most-once"),
         "{text}"
     );
+}
+
+/// A pipeline that goes quiet after publishing deletes its outbox at the
+/// next interval checkpoint, so that a crash while it is idle does not
+/// publish that output again.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_pipeline_deletes_its_written_outbox_at_the_next_interval() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let log = super::Log::default();
+    let sink = WatchingSink::new(&state, "quiet");
+    let builder = Pipeline::builder("quiet")
+        .state(state.clone())
+        .checkpoint(CheckpointPolicy::every(std::time::Duration::from_millis(
+            100,
+        )))
+        .publish(Publish::AfterCommit)
+        .from(super::ScriptedSource::new(&[2], super::Then::Wait, &log))
+        .to(sink.clone());
+    let handle = builder.handle();
+    let run = tokio::spawn(builder.run());
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(sink.written().len(), 2);
+    // Deleted while the pipeline runs, not by the final checkpoint.
+    assert_eq!(outbox_keys(&state, "quiet").await, Vec::<String>::new());
+    handle.shutdown();
+    ended(run).await.expect("the run");
 }
