@@ -17,7 +17,7 @@ use plumber::checkpoint::Delivery;
 use plumber::config::{
     validate, HostConfig, OutputGuarantee, PipelineConfig, ReadStandard, StepConfig,
 };
-use plumber::pipeline::PipelineError;
+use plumber::pipeline::{PipelineError, Publish};
 use plumber::runtime::{LoadError, Runtime};
 use plumber::state::{Namespace, SharedState, DEFAULT_TENANT};
 use plumber::supervisor::Supervisor;
@@ -683,6 +683,14 @@ fn log_guarantees(config: &PipelineConfig) {
             "at-most-once: positions are committed before processing; after a crash, events \
              in flight are skipped"
         ),
+    }
+    if config.publish == Publish::AfterCommit {
+        tracing::info!(
+            pipeline,
+            "publish after_commit: each epoch's output is held in its checkpoint and written \
+             once it has committed; a restart writes what the committed outbox holds again, with \
+             the same ids (a JetStream stream drops them; other sinks may repeat them)"
+        );
     }
 }
 

@@ -534,6 +534,25 @@ mod tests {
     }"#;
 
     #[test]
+    fn publishing_after_the_commit_applies_to_both_stages_tasks() {
+        let config = TWO_STAGES.replacen(
+            r#""name": "orders","#,
+            r#""name": "orders", "publish": "after_commit","#,
+            1,
+        );
+        let pipeline = ClusterPipeline::parse(&config, "c.json", Path::new(".")).unwrap();
+        for task in [3, 16 + 3] {
+            let config = pipeline.partition_config(task).unwrap();
+            assert_eq!(
+                config.publish,
+                plumber_engine::pipeline::Publish::AfterCommit,
+                "{}",
+                config.name
+            );
+        }
+    }
+
+    #[test]
     fn a_repartition_step_makes_two_stages_joined_by_the_shuffle_stream() {
         let pipeline = ClusterPipeline::parse(TWO_STAGES, "c.json", Path::new(".")).unwrap();
         let shuffle = pipeline.shuffle.clone().unwrap();

@@ -36,6 +36,7 @@ use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
 use plumber_engine::checkpoint::Position;
 use plumber_engine::shuffle::{subject_token, ShuffleKey};
+use plumber_engine::streams::OUTBOX_ID_HEADER;
 use plumber_engine::{Batch, Event};
 
 /// The header that carries an event's key.
@@ -1102,7 +1103,11 @@ impl CommitListener for JetStreamCommitListener {
 ///   (`<seq>`, the stream sequence of the source message it derives from),
 ///   `<n>` numbering the outputs with that header in order (0, 1, …);
 /// - `<pipeline>:<sha256 of the value, hex>` otherwise, so that equal values
-///   are one message within the duplicate window.
+///   are one message within the duplicate window;
+/// - but `<pipeline>:o<epoch>:<n>`, the event's `plumber-outbox-id` header
+///   ([`OUTBOX_ID_HEADER`]), when the pipeline publishes after the commit
+///   and its outbox gave the event that id: a restart publishes the
+///   committed outbox again with the same ids.
 ///
 /// `flush` waits for the server's ack of every publish, so a checkpoint
 /// commits only after its output is stored. After a crash the pipeline
@@ -1207,6 +1212,9 @@ impl JetStreamSink {
 
     /// The message id of `event`.
     fn message_id(&mut self, event: &Event) -> String {
+        if let Some(id) = self.outbox_id(event) {
+            return id.to_owned();
+        }
         let sequence = event
             .headers
             .iter()
@@ -1233,6 +1241,24 @@ impl JetStreamSink {
             }
         };
         format!("{}:{sequence}:{n}", self.pipeline)
+    }
+
+    /// The id this pipeline's outbox gave `event` (publishing after the
+    /// commit): its [`OUTBOX_ID_HEADER`] when that names this pipeline. One
+    /// another pipeline gave (carried over from its output stream) does not
+    /// count here: two pipelines' epochs may number alike.
+    fn outbox_id<'e>(&self, event: &'e Event) -> Option<&'e str> {
+        event
+            .headers
+            .iter()
+            .rev()
+            .find(|(name, _)| name == OUTBOX_ID_HEADER)
+            .map(|(_, value)| value.as_str())
+            .filter(|value| {
+                value
+                    .strip_prefix(self.pipeline.as_str())
+                    .is_some_and(|rest| rest.starts_with(":o"))
+            })
     }
 
     /// Sends `message`, unless an earlier message still waits to be sent

@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::checkpoint::{CheckpointPolicy, Delivery};
-use crate::pipeline::{Pipeline, PipelineBuilder};
+use crate::pipeline::{Pipeline, PipelineBuilder, Publish};
 use crate::state::{SharedState, StateError};
 use crate::streams::StreamError;
 
@@ -147,6 +147,11 @@ pub struct PipelineConfig {
     pub checkpoint: CheckpointConfig,
     /// `delivery`: `at_most_once`, `at_least_once` or `exactly_once` (default).
     pub delivery: Delivery,
+    /// `publish`: when `to` gets an epoch's output: `before_commit`
+    /// (default: during the epoch, flushed before its checkpoint commits)
+    /// or `after_commit` (held in the checkpoint, written once it has
+    /// committed; not with `at_most_once`).
+    pub publish: Publish,
     /// `batch_size`: the most events in one batch (default 1024).
     pub batch_size: usize,
     /// `from`: the source.
@@ -179,6 +184,8 @@ struct PipelineFields {
     checkpoint: CheckpointConfig,
     #[serde(default)]
     delivery: Delivery,
+    #[serde(default)]
+    publish: Publish,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
     from: Tagged,
@@ -327,6 +334,7 @@ impl PipelineConfig {
             state,
             checkpoint: fields.checkpoint,
             delivery: fields.delivery,
+            publish: fields.publish,
             batch_size: fields.batch_size,
             from,
             pipeline: fields.pipeline,
@@ -355,6 +363,16 @@ impl PipelineConfig {
         if let Some(tenant) = &self.tenant {
             crate::tenant::check_tenant_name(tenant)
                 .map_err(|message| invalid("tenant", message))?;
+        }
+        if self.publish == Publish::AfterCommit && self.delivery == Delivery::AtMostOnce {
+            return Err(invalid(
+                "publish",
+                "`after_commit` holds each epoch's output in its checkpoint, committed with the \
+                 source position, but `at_most_once` delivery commits positions before \
+                 processing: use `at_least_once` or `exactly_once` delivery, or publish \
+                 `before_commit`"
+                    .into(),
+            ));
         }
         if self.batch_size == 0 {
             return Err(invalid(
@@ -540,6 +558,7 @@ impl PipelineConfig {
             .state(state)
             .checkpoint(policy)
             .delivery(self.delivery)
+            .publish(self.publish)
             .batch_size(self.batch_size)
             .from_boxed(self.from.open(&context).await?);
         for step in &self.pipeline {

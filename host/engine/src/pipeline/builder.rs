@@ -10,7 +10,8 @@ use super::driver::{Driven, DriverSetup, DriverSignals, Resume, SourceDriver};
 use super::error::PipelineError;
 use super::handle::PipelineHandle;
 use super::instantiate::{instantiate_steps, StepContext, StepSpec};
-use super::stage::{run_sink, Output, StageLink, StageRunner};
+use super::outbox::{Outbox, OutboxBound, Publish};
+use super::stage::{run_sink, AfterCommit, Output, StageLink, StageRunner};
 use super::status::{LiveStatus, Phase, StageStats};
 use super::task::OwnedTask;
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
@@ -18,7 +19,7 @@ use crate::dead_letter::DeadLetters;
 use crate::histogram::HistogramSnapshot;
 use crate::runtime::Runtime;
 use crate::state::{
-    checkpoint_scope, MemoryState, PendingBound, SharedState, WriteMode, DEFAULT_TENANT,
+    checkpoint_scope, MemoryState, Namespace, PendingBound, SharedState, WriteMode, DEFAULT_TENANT,
 };
 use crate::step::Step;
 use crate::streams::{Sink, Source, StreamError};
@@ -61,6 +62,7 @@ impl Pipeline {
             state: None,
             checkpoint: CheckpointPolicy::every(Duration::from_secs(1)),
             delivery: Delivery::ExactlyOnce,
+            publish: Publish::BeforeCommit,
             source: None,
             steps: Vec::new(),
             sink: None,
@@ -84,6 +86,7 @@ pub struct PipelineBuilder {
     state: Option<SharedState>,
     checkpoint: CheckpointPolicy,
     delivery: Delivery,
+    publish: Publish,
     source: Option<Box<dyn Source>>,
     steps: Vec<StepSpec>,
     sink: Option<Box<dyn Sink>>,
@@ -131,6 +134,17 @@ impl PipelineBuilder {
     #[must_use]
     pub fn delivery(mut self, delivery: Delivery) -> Self {
         self.delivery = delivery;
+        self
+    }
+
+    /// When the sink gets the output of an epoch (default: written during
+    /// the epoch, flushed before its checkpoint commits). With
+    /// [`Publish::AfterCommit`] it is held in the checkpoint and written
+    /// once the checkpoint has committed; not with at-most-once delivery
+    /// (the run is refused).
+    #[must_use]
+    pub fn publish(mut self, publish: Publish) -> Self {
+        self.publish = publish;
         self
     }
 
@@ -238,6 +252,16 @@ impl PipelineBuilder {
         let name = self.name;
         let status = self.status;
         let (mut source, mut sink) = required_ends(&name, &self.tenant, self.source, self.sink)?;
+        if self.publish == Publish::AfterCommit && self.delivery == Delivery::AtMostOnce {
+            return Err(PipelineError::Incomplete {
+                pipeline: name,
+                message: "publishing after the commit needs checkpoints that commit the output \
+                          with the source position; at-most-once commits positions before \
+                          processing: use at-least-once or exactly-once delivery, or publish \
+                          before the commit"
+                    .to_owned(),
+            });
+        }
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
         let (dead_letters, dead_letter_task) =
@@ -268,12 +292,30 @@ impl PipelineBuilder {
 
         // Checkpoint records are kept per tenant and pipeline.
         let scope = checkpoint_scope(&self.tenant, &name);
-        let (resume, resumed_from) =
+        let (mut resume, resumed_from) =
             restore(&name, &scope, &state, self.delivery, &mut source, &mut sink).await?;
+        let after_commit = match self.publish {
+            Publish::BeforeCommit => None,
+            Publish::AfterCommit => {
+                let bound = OutboxBound {
+                    requests: self.checkpoint_requests.clone(),
+                    max_events: self.checkpoint.max_pending_keys,
+                    max_bytes: self.checkpoint.max_pending_bytes,
+                };
+                let outbox = Outbox::new(&name, Namespace::for_outbox(&self.tenant, &name), bound);
+                let outbox = republish(&name, outbox, &state, sink.as_mut()).await?;
+                resume.outbox_uncleared = outbox.has_uncleared();
+                Some(AfterCommit {
+                    outbox,
+                    committed: self.committed.1.clone(),
+                })
+            }
+        };
         let link = StageLink::new(self.checkpoint_requests.clone(), &self.checkpoint);
         let sizes = (self.channel_capacity, self.batch_size);
+        let ends = (sink, after_commit);
         let (first, stages) =
-            Stages::spawn(&name, steps, sink, dead_letters, &status, &link, sizes);
+            Stages::spawn(&name, steps, ends, dead_letters, &status, &link, sizes);
         status.set_phase(Phase::Running);
 
         let driver = SourceDriver::new(
@@ -420,8 +462,47 @@ async fn restore(
         position,
         last_checkpoint: resumed_from.clone(),
         fence,
+        outbox_uncleared: false,
     };
     Ok((resume, resumed_from))
+}
+
+/// Publishing after the commit, on a start: writes what the committed
+/// outbox still holds (the last run may have stopped before writing it, or
+/// part of it) to the sink again, with the ids it was given, before any
+/// new input is read; the first checkpoint deletes it.
+async fn republish(
+    pipeline: &str,
+    mut outbox: Outbox,
+    state: &SharedState,
+    sink: &mut dyn Sink,
+) -> Result<Outbox, PipelineError> {
+    let events = outbox
+        .restore(state)
+        .await
+        .map_err(|source| PipelineError::State {
+            pipeline: pipeline.to_owned(),
+            source,
+        })?;
+    if events.is_empty() {
+        return Ok(outbox);
+    }
+    let count = events.len();
+    let stream_error = |source| PipelineError::Stream {
+        pipeline: pipeline.to_owned(),
+        source,
+    };
+    sink.write(crate::Batch::new(events))
+        .await
+        .map_err(stream_error)?;
+    sink.flush().await.map_err(stream_error)?;
+    tracing::info!(
+        pipeline,
+        events = count,
+        duplicates = sink.duplicates(),
+        "the committed outbox was published again"
+    );
+    Ok(outbox)
 }
 
 /// The tasks of a pipeline's stages: one per step, and the sink's.
@@ -437,7 +518,7 @@ impl Stages {
     fn spawn(
         pipeline: &str,
         steps: Vec<Box<dyn Step>>,
-        sink: Box<dyn Sink>,
+        (sink, after_commit): (Box<dyn Sink>, Option<AfterCommit>),
         dead_letters: Option<DeadLetters>,
         status: &Arc<LiveStatus>,
         link: &StageLink,
@@ -459,6 +540,7 @@ impl Stages {
             next_rx,
             dead_letters,
             status.clone(),
+            after_commit,
         ));
         let stages = Stages { steps: tasks, sink };
         (first, stages)

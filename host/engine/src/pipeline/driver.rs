@@ -31,6 +31,10 @@ const GROUP_MAX_BATCHES: usize = 1000;
 /// crash, a committed group's unprocessed events are skipped: this bounds
 /// how many a crash can skip beyond what is in flight between stages.
 const GROUP_MAX_EVENTS: usize = 1024;
+/// At the end of a run that publishes after the commit, at most this many
+/// checkpoints more delete the outbox of the last (each may seal output a
+/// window's timer released meanwhile, which the next deletes).
+const MAX_CLEARING_CHECKPOINTS: usize = 3;
 
 /// Where the driver starts: the epoch of its first checkpoint, the
 /// position the source was sought to, and the last committed record.
@@ -43,6 +47,9 @@ pub(super) struct Resume {
     pub(super) last_checkpoint: Option<CheckpointRecord>,
     /// The fencing token every commit carries.
     pub(super) fence: u64,
+    /// Whether the committed state holds an outbox that the next
+    /// checkpoint deletes (the restart wrote it again).
+    pub(super) outbox_uncleared: bool,
 }
 
 /// The signals between the driver and the rest of the pipeline.
@@ -122,6 +129,9 @@ pub(super) struct SourceDriver {
     released: Arc<AtomicBool>,
     committed: watch::Sender<u64>,
     commit_listener: Option<Box<dyn CommitListener>>,
+    /// Whether the last commit stored an outbox (output published after
+    /// the commit) that a checkpoint still has to delete.
+    outbox_uncleared: bool,
 }
 
 impl SourceDriver {
@@ -146,6 +156,7 @@ impl SourceDriver {
             released: signals.released,
             committed: signals.committed,
             commit_listener: None,
+            outbox_uncleared: setup.resume.outbox_uncleared,
         }
     }
 
@@ -192,7 +203,7 @@ impl SourceDriver {
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         tracing::info!(pipeline = %self.pipeline, "shutdown requested");
-                        return self.checkpoint(output, CheckpointCause::Last).await;
+                        return self.finish(output).await;
                     }
                 }
                 _ = tick(&mut ticker) => {
@@ -207,7 +218,7 @@ impl SourceDriver {
                     Some(Ok(Some(batch))) => self.forward(batch, reads, output).await?,
                     Some(Ok(None)) | None => {
                         output.send(Message::End).await.map_err(|_| self.disconnected())?;
-                        return self.checkpoint(output, CheckpointCause::Last).await;
+                        return self.finish(output).await;
                     }
                     Some(Err(source)) => {
                         return Err(PipelineError::Stream { pipeline: self.pipeline.clone(), source });
@@ -215,6 +226,21 @@ impl SourceDriver {
                 }
             }
         }
+    }
+
+    /// The last checkpoint of a run; publishing after the commit, then
+    /// the checkpoint that deletes its outbox (its output is written once
+    /// the last commit has landed), so that a restart does not write it
+    /// again.
+    async fn finish(&mut self, output: &Output) -> Result<(), PipelineError> {
+        self.checkpoint(output, CheckpointCause::Last).await?;
+        for _ in 0..MAX_CLEARING_CHECKPOINTS {
+            if !self.outbox_uncleared {
+                break;
+            }
+            self.checkpoint(output, CheckpointCause::Forced).await?;
+        }
+        Ok(())
     }
 
     /// Sends a batch read (under at-most-once, with the batches already
@@ -311,13 +337,19 @@ impl SourceDriver {
     /// idle pipeline writes nothing), except at the end of a run that read
     /// something, where steps may have written while finishing, or when
     /// asked for one. Output a step released on its own (a window's timer)
-    /// is flushed by the next due checkpoint.
+    /// is flushed by the next due checkpoint. An outbox committed by the
+    /// last checkpoint (and written since) is deleted by the next.
     fn needed(&self, why: CheckpointCause) -> bool {
         let released = self.released.swap(false, Ordering::AcqRel);
         match why {
-            CheckpointCause::Due => self.events_since_checkpoint > 0 || released,
+            CheckpointCause::Due => {
+                self.events_since_checkpoint > 0 || released || self.outbox_uncleared
+            }
             CheckpointCause::Last => {
-                self.events_since_checkpoint > 0 || self.events_in > 0 || released
+                self.events_since_checkpoint > 0
+                    || self.events_in > 0
+                    || released
+                    || self.outbox_uncleared
             }
             CheckpointCause::Forced => true,
         }
@@ -334,7 +366,7 @@ impl SourceDriver {
             return Ok(());
         }
         let started = tokio::time::Instant::now();
-        let (barrier, replied) = Barrier::new();
+        let (barrier, replied) = Barrier::new(self.epoch);
         output
             .send(Message::Barrier(barrier))
             .await
@@ -363,6 +395,7 @@ impl SourceDriver {
         self.checkpoints += 1;
         self.events_since_checkpoint = 0;
         self.last_checkpoint = Some(record);
+        self.outbox_uncleared = reply.outbox_events > 0;
         self.notify_committed().await
     }
 

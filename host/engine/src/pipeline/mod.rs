@@ -32,13 +32,15 @@
 //! ([`LiveStatus`]), `handle` ([`PipelineHandle`]), `stage` (a step's task
 //! and the sink's, and the messages between stages), `driver` (the source
 //! driver: reading, barriers, commits), `instantiate` (one build per kind
-//! of [`StepSpec`]) and `error` ([`PipelineError`]).
+//! of [`StepSpec`]), `outbox` (publishing after the commit, [`Publish`])
+//! and `error` ([`PipelineError`]).
 
 mod builder;
 mod driver;
 mod error;
 mod handle;
 mod instantiate;
+mod outbox;
 mod stage;
 mod status;
 mod task;
@@ -49,4 +51,5 @@ pub use builder::{Pipeline, PipelineBuilder, RunReport};
 pub use error::PipelineError;
 pub use handle::{HandleError, PipelineHandle};
 pub use instantiate::{CommandPipe, ExecPipe, StepSpec};
+pub use outbox::Publish;
 pub use status::{LiveStatus, Phase, StageStats};

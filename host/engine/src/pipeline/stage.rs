@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::error::PipelineError;
+use super::outbox::Outbox;
 use super::status::{LiveStatus, StageStats};
 use crate::checkpoint::CheckpointPolicy;
 use crate::dead_letter::DeadLetters;
@@ -88,6 +89,8 @@ impl Output {
 
 /// A checkpoint barrier on its way to the sink.
 pub(super) struct Barrier {
+    /// The epoch its checkpoint closes.
+    pub(super) epoch: u64,
     /// The write sets of the stages it has passed.
     pub(super) writes: Vec<WriteSet>,
     /// Where the sink answers.
@@ -95,10 +98,12 @@ pub(super) struct Barrier {
 }
 
 impl Barrier {
-    /// A barrier with no writes yet, and the receiver of its reply.
-    pub(super) fn new() -> (Barrier, oneshot::Receiver<BarrierReply>) {
+    /// A barrier of the checkpoint closing `epoch`, with no writes yet,
+    /// and the receiver of its reply.
+    pub(super) fn new(epoch: u64) -> (Barrier, oneshot::Receiver<BarrierReply>) {
         let (reply, replied) = oneshot::channel();
         let barrier = Barrier {
+            epoch,
             writes: Vec::new(),
             reply,
         };
@@ -112,6 +117,9 @@ pub(super) struct BarrierReply {
     pub(super) writes: Vec<WriteSet>,
     /// The sink's position after its flush.
     pub(super) sink_position: Option<u64>,
+    /// Events the sink's outbox sealed into this checkpoint, to be written
+    /// once it has committed (0 when publishing before the commit).
+    pub(super) outbox_events: u64,
 }
 
 /// What the stages share with the source driver.
@@ -317,9 +325,29 @@ async fn notified(notify: Option<&Notify>) {
     }
 }
 
-/// Runs the sink: writes batches; at a barrier flushes (the dead letters
-/// too) and answers the source driver with the writes and its position.
-/// Returns the events written.
+/// A sink that publishes after the commit: its outbox, and the epochs
+/// the source driver has committed.
+pub(super) struct AfterCommit {
+    /// The held and sealed output.
+    pub(super) outbox: Outbox,
+    /// The epoch of each committed checkpoint (the driver's).
+    pub(super) committed: watch::Receiver<u64>,
+}
+
+/// What the sink's loop does next.
+enum SinkNext {
+    /// Handle a message from upstream (`None`: upstream has closed).
+    Message(Option<Message>),
+    /// The sealed output's checkpoint has committed (`false`: the driver
+    /// has gone without committing it).
+    Committed(bool),
+}
+
+/// Runs the sink: writes batches (or, publishing after the commit, holds
+/// them in the outbox); at a barrier flushes (the dead letters too) and
+/// answers the source driver with the writes and its position; publishing
+/// after the commit, writes the sealed output once its checkpoint has
+/// committed. Returns the events written.
 ///
 /// # Errors
 ///
@@ -330,25 +358,93 @@ pub(super) async fn run_sink(
     mut input: mpsc::Receiver<Message>,
     dead_letters: Option<DeadLetters>,
     status: Arc<LiveStatus>,
+    mut after_commit: Option<AfterCommit>,
 ) -> Result<u64, PipelineError> {
     let stream_error = |source| PipelineError::Stream {
         pipeline: pipeline.clone(),
         source,
     };
     let mut events_out = 0u64;
-    while let Some(message) = input.recv().await {
+    // Whether the driver has gone: nothing more will commit.
+    let mut driver_gone = false;
+    loop {
+        let waiting = match &after_commit {
+            Some(after) if !driver_gone => after.outbox.sealed_epoch(),
+            _ => None,
+        };
+        let next = match (after_commit.as_mut(), waiting) {
+            (Some(after), Some(epoch)) => {
+                tokio::select! {
+                    biased;
+                    committed = after.committed.wait_for(|committed| *committed >= epoch) => {
+                        SinkNext::Committed(committed.is_ok())
+                    }
+                    message = input.recv() => SinkNext::Message(message),
+                }
+            }
+            _ => SinkNext::Message(input.recv().await),
+        };
+        let message = match next {
+            SinkNext::Committed(true) => {
+                if let Some(after) = after_commit.as_mut() {
+                    let written = after.outbox.publish(sink.as_mut()).await;
+                    let written = written.map_err(stream_error)?;
+                    events_out += written;
+                    status.events_out.fetch_add(written, Ordering::Relaxed);
+                }
+                continue;
+            }
+            SinkNext::Committed(false) => {
+                driver_gone = true;
+                continue;
+            }
+            SinkNext::Message(None) => break,
+            SinkNext::Message(Some(message)) => message,
+        };
         match message {
             Message::Data(batch, room) => {
                 drop(room);
+                if let Some(after) = after_commit.as_mut() {
+                    after.outbox.hold(batch);
+                    continue;
+                }
                 events_out += batch.events.len() as u64;
                 status
                     .events_out
                     .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
                 sink.write(batch).await.map_err(stream_error)?;
             }
-            Message::Barrier(barrier) => {
+            Message::Barrier(mut barrier) => {
+                let mut outbox_events = 0;
+                if let Some(after) = after_commit.as_mut() {
+                    // The driver sends a barrier only after the last
+                    // checkpoint committed: its output goes out first, so
+                    // that the sink's position covers it.
+                    if let Some(epoch) = after.outbox.sealed_epoch() {
+                        let committed = *after.committed.borrow();
+                        if committed < epoch {
+                            return Err(PipelineError::Task {
+                                pipeline: pipeline.clone(),
+                                message: format!(
+                                    "the barrier of epoch {} came before the commit of epoch \
+                                     {epoch}, whose output is held",
+                                    barrier.epoch
+                                ),
+                            });
+                        }
+                        let written = after.outbox.publish(sink.as_mut()).await;
+                        let written = written.map_err(stream_error)?;
+                        events_out += written;
+                        status.events_out.fetch_add(written, Ordering::Relaxed);
+                    }
+                }
                 let sink_position =
                     flush_at_barrier(&pipeline, sink.as_mut(), dead_letters.as_ref()).await?;
+                if let Some(after) = after_commit.as_mut() {
+                    let (writes, sealed) = after.outbox.seal(barrier.epoch);
+                    barrier.writes.push(writes);
+                    outbox_events = sealed;
+                }
                 status
                     .sink_duplicates
                     .store(sink.duplicates(), Ordering::Relaxed);
@@ -356,11 +452,26 @@ pub(super) async fn run_sink(
                 let _ = barrier.reply.send(BarrierReply {
                     writes: barrier.writes,
                     sink_position,
+                    outbox_events,
                 });
             }
             Message::End => {}
         }
     }
+    // The last checkpoint's output, if it committed and is not out yet.
+    if let Some(after) = after_commit.as_mut() {
+        if let Some(epoch) = after.outbox.sealed_epoch() {
+            if *after.committed.borrow() >= epoch {
+                let written = after.outbox.publish(sink.as_mut()).await;
+                let written = written.map_err(stream_error)?;
+                events_out += written;
+                status.events_out.fetch_add(written, Ordering::Relaxed);
+            }
+        }
+    }
+    status
+        .sink_duplicates
+        .store(sink.duplicates(), Ordering::Relaxed);
     Ok(events_out)
 }
 

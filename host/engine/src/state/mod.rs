@@ -300,7 +300,16 @@ impl Namespace {
         )
     }
 
-    /// The prefix under which every key of `tenant` lies (pipes and windows).
+    /// The namespace of the outbox of `pipeline` of `tenant`: the output
+    /// a pipeline that publishes after the commit holds in its checkpoint
+    /// (`#outbox` cannot follow the pipeline part of a pipe's namespace,
+    /// and differs from `#window`).
+    pub fn for_outbox(tenant: &str, pipeline: &str) -> Self {
+        Namespace(format!("{}#outbox/", length_prefixed(&[tenant, pipeline])).into_bytes())
+    }
+
+    /// The prefix under which every key of `tenant` lies (pipes, windows
+    /// and outboxes).
     pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
         length_prefixed(&[tenant]).into_bytes()
     }
@@ -768,6 +777,14 @@ mod tests {
             .prefix()
             .starts_with(&Namespace::tenant_prefix("acme2")));
         assert_ne!(acme.prefix(), window.prefix());
+        let outbox = Namespace::for_outbox("acme", "p");
+        assert!(outbox
+            .prefix()
+            .starts_with(&Namespace::tenant_prefix("acme")));
+        for other in [&acme, &window] {
+            assert!(!outbox.prefix().starts_with(other.prefix()));
+            assert!(!other.prefix().starts_with(outbox.prefix()));
+        }
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub use file::{
 pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
+/// The header of an event published from a pipeline's outbox
+/// (`"publish": "after_commit"`): `<pipeline>:o<epoch>:<n>`, the `n`th
+/// output of the committed epoch `epoch`. A republish after a restart
+/// carries the same value, so it identifies the output for de-duplication:
+/// the JetStream sink of that pipeline uses it as the `Nats-Msg-Id`, and a
+/// consumer of any other sink can drop what it has seen.
+pub const OUTBOX_ID_HEADER: &str = "plumber-outbox-id";
+
 /// What a JSON value is, for errors about events that are not what a
 /// stream or a step expects ("expected an object, got a number").
 #[must_use]

@@ -66,6 +66,7 @@ impl Rig {
                     position: Position::Start,
                     last_checkpoint: None,
                     fence: 0,
+                    outbox_uncleared: false,
                 },
                 status: self.status.clone(),
             },

@@ -2,6 +2,7 @@
 //! source, test stages answering barriers, and the memory state backend.
 
 mod driver;
+mod outbox;
 mod run;
 mod stage;
 mod steps;
@@ -215,6 +216,7 @@ impl TestStage {
                             let _ = barrier.reply.send(BarrierReply {
                                 writes: barrier.writes,
                                 sink_position: None,
+                                outbox_events: 0,
                             });
                         }
                     }

@@ -69,7 +69,7 @@ async fn a_step_past_its_write_bound_asks_once_per_epoch() {
         .await
         .expect("a checkpoint was asked for");
 
-    let (mut barrier, _reply) = Barrier::new();
+    let (mut barrier, _reply) = Barrier::new(1);
     let mut before = crate::state::WriteSet::default();
     before.insert(key("before", 1), None);
     barrier.writes.push(before);
