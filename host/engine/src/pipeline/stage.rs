@@ -22,6 +22,9 @@ pub(super) enum Message {
     /// A checkpoint barrier: every stage adds its pending writes as it
     /// passes; the sink flushes and sends the writes back to the source driver.
     Barrier(Barrier),
+    /// The source's watermark moved (ms since the Unix epoch); it follows
+    /// the batches read before it.
+    Watermark(u64),
     /// The finite source has ended: steps push what they still hold.
     End,
 }
@@ -230,6 +233,9 @@ impl StageRunner {
                     self.process(batch).await?;
                 }
                 Next::Message(Message::Barrier(barrier)) => self.barrier(barrier).await?,
+                Next::Message(Message::Watermark(watermark)) => {
+                    self.watermark(watermark).await?;
+                }
                 Next::Message(Message::End) => self.end().await?,
             }
         }
@@ -257,6 +263,25 @@ impl StageRunner {
             .events_out
             .fetch_add(out as u64, Ordering::Relaxed);
         self.send_produced().await
+    }
+
+    /// Lets the step release what the watermark closes, then passes the
+    /// watermark on after that output.
+    async fn watermark(&mut self, watermark: u64) -> Result<(), PipelineError> {
+        let released = self.step.watermark(watermark, &mut self.produced).await;
+        released.map_err(|source| self.step_error(source))?;
+        if !self.produced.is_empty() {
+            self.link.released.store(true, Ordering::Release);
+        }
+        let out: usize = self.produced.iter().map(|b| b.events.len()).sum();
+        self.stats
+            .events_out
+            .fetch_add(out as u64, Ordering::Relaxed);
+        self.send_produced().await?;
+        self.output
+            .send(Message::Watermark(watermark))
+            .await
+            .map_err(|_| self.disconnected())
     }
 
     async fn barrier(&mut self, mut barrier: Barrier) -> Result<(), PipelineError> {
@@ -358,7 +383,7 @@ pub(super) async fn run_sink(
                     sink_position,
                 });
             }
-            Message::End => {}
+            Message::Watermark(_) | Message::End => {}
         }
     }
     Ok(events_out)
