@@ -85,6 +85,12 @@ pub fn subject_token(key: &[u8]) -> String {
     }
 }
 
+/// How long, by default, an upstream task that sent no watermark message
+/// is waited for before the watermark after a shuffle leaves it out (ms):
+/// longer than an upstream task's take-over after a crash (seconds, more on
+/// a loaded machine), whose replayed events would otherwise come late.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
 /// The header that marks a **watermark message** in a shuffle stream: its
 /// value is the highest event timestamp (ms since the Unix epoch) the
 /// upstream task had published, all of it stored, when it sent the message.

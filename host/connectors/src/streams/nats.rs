@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
 use plumber_engine::checkpoint::Position;
-use plumber_engine::shuffle::{subject_token, ShuffleKey};
+use plumber_engine::shuffle::{
+    partition_token, subject_token, ShuffleKey, UPSTREAM_HEADER, WATERMARK_HEADER,
+};
 use plumber_engine::{Batch, Event};
 
 /// The header that carries an event's key.
@@ -603,6 +605,105 @@ pub struct JetStreamSource {
     last_delivery: Option<u64>,
     /// How many times the consumer was created by this source.
     consumers_created: Arc<AtomicU64>,
+    /// The watermarks of the upstream tasks, when the source reads a
+    /// shuffle stream's partition for event-time windows.
+    upstreams: Option<UpstreamWatermarks>,
+}
+
+/// The watermarks the upstream tasks of a shuffle stream's partition sent
+/// (their [`WATERMARK_HEADER`] messages), and the source's watermark made
+/// of them: the **minimum over the upstreams**, leaving out each upstream
+/// that sent no watermark message for the idle timeout (one never heard of
+/// counts as silent since the source started). While an upstream that is
+/// not left out has sent none yet, there is no watermark; nor is there
+/// when every upstream is left out.
+///
+/// Each upstream's watermark only goes up (a restarted upstream replaying
+/// older events sends lower ones, which change nothing), so an upstream
+/// that comes back after being left out can only hold the minimum back
+/// from then on.
+#[derive(Debug, Clone)]
+pub struct UpstreamWatermarks {
+    upstreams: u32,
+    idle_timeout: Duration,
+    started: std::time::Instant,
+    /// Upstream → its highest watermark and when it last sent one.
+    latest: HashMap<String, (u64, std::time::Instant)>,
+    /// The watermark last reported.
+    reported: Option<u64>,
+}
+
+impl UpstreamWatermarks {
+    /// The watermarks of `upstreams` upstream tasks, each left out after
+    /// `idle_timeout` without a watermark message; `now` is when the
+    /// source started.
+    #[must_use]
+    pub fn new(upstreams: u32, idle_timeout: Duration, now: std::time::Instant) -> Self {
+        UpstreamWatermarks {
+            upstreams: upstreams.max(1),
+            idle_timeout,
+            started: now,
+            latest: HashMap::new(),
+            reported: None,
+        }
+    }
+
+    /// Upstream `upstream` sent `watermark` at `now`.
+    pub fn record(&mut self, upstream: &str, watermark: u64, now: std::time::Instant) {
+        match self.latest.get_mut(upstream) {
+            Some((highest, heard)) => {
+                *highest = (*highest).max(watermark);
+                *heard = now;
+            }
+            None => {
+                self.latest.insert(upstream.to_owned(), (watermark, now));
+            }
+        }
+    }
+
+    /// The minimum over the upstreams not idle at `now`, if each of them
+    /// has sent a watermark.
+    #[must_use]
+    pub fn current(&self, now: std::time::Instant) -> Option<u64> {
+        let live = |heard: std::time::Instant| now.duration_since(heard) < self.idle_timeout;
+        let unheard = usize::try_from(self.upstreams)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.latest.len());
+        if unheard > 0 && live(self.started) {
+            return None;
+        }
+        self.latest
+            .values()
+            .filter(|(_, heard)| live(*heard))
+            .map(|(watermark, _)| *watermark)
+            .min()
+    }
+
+    /// Whether [`UpstreamWatermarks::current`] at `now` differs from the
+    /// watermark last reported (which it becomes).
+    pub fn changed(&mut self, now: std::time::Instant) -> bool {
+        let current = self.current(now);
+        let changed = current != self.reported;
+        self.reported = current;
+        changed
+    }
+
+    /// The watermark last reported.
+    #[must_use]
+    pub fn reported(&self) -> Option<u64> {
+        self.reported
+    }
+}
+
+/// The upstream and watermark of a shuffle stream's watermark message.
+fn watermark_of(message: &async_nats::Message) -> Option<(String, Option<u64>)> {
+    let headers = message.headers.as_ref()?;
+    let watermark = headers.get(WATERMARK_HEADER)?;
+    let upstream = headers
+        .get(UPSTREAM_HEADER)
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default();
+    Some((upstream, watermark.as_str().parse().ok()))
 }
 
 impl JetStreamSource {
@@ -674,7 +775,23 @@ impl JetStreamSource {
             last_delivery: None,
             pending_after: 0,
             consumers_created: Arc::default(),
+            upstreams: None,
         })
+    }
+
+    /// Reads a shuffle stream's partition for event-time windows: keeps the
+    /// watermark messages of its `upstreams` upstream tasks and reports
+    /// their minimum as the source's watermark (see [`UpstreamWatermarks`];
+    /// an upstream silent for `idle_timeout` is left out). Watermark
+    /// messages are never events, with or without this.
+    #[must_use]
+    pub fn upstream_watermarks(mut self, upstreams: u32, idle_timeout: Duration) -> Self {
+        self.upstreams = Some(UpstreamWatermarks::new(
+            upstreams,
+            idle_timeout,
+            std::time::Instant::now(),
+        ));
+        self
     }
 
     /// How long a pull or an ack keeps retrying while the server is
@@ -888,6 +1005,17 @@ impl JetStreamSource {
             return Ok(true);
         }
         self.handed_out = sequence;
+        if let Some((upstream, watermark)) = watermark_of(&message) {
+            // Not an event: read past (and acknowledged with the others).
+            if let (Some(upstreams), Some(watermark)) = (&mut self.upstreams, watermark) {
+                upstreams.record(&upstream, watermark, std::time::Instant::now());
+            }
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(sequence, reply);
+            return Ok(true);
+        }
         let mut event = event_from(&message);
         event.headers.retain(|(name, _)| name != SOURCE_SEQ_HEADER);
         event
@@ -983,10 +1111,24 @@ impl Source for JetStreamSource {
                     // Hand out what arrived; the next batch recreates.
                 }
             }
-            if !events.is_empty() {
+            // The watermark moves with messages and with time (an
+            // upstream going idle): an empty batch says so.
+            let moved = self
+                .upstreams
+                .as_mut()
+                .is_some_and(|upstreams| upstreams.changed(std::time::Instant::now()));
+            if !events.is_empty() || moved {
                 return Ok(Some((events, Position::Offset(self.handed_out))));
             }
         }
+    }
+
+    fn reports_watermarks(&self) -> bool {
+        self.upstreams.is_some()
+    }
+
+    fn watermark(&self) -> Option<u64> {
+        self.upstreams.as_ref().and_then(UpstreamWatermarks::reported)
     }
 
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
@@ -1112,12 +1254,30 @@ pub struct JetStreamSink {
     /// Publishes the server acknowledged as duplicates (their message id
     /// was stored already: a replay, or a resend after a lost ack).
     duplicates: u64,
+    /// Watermark messages to every partition of the stream, when the sink
+    /// feeds a shuffle stream read by event-time windows.
+    watermarks: Option<WatermarkPublisher>,
+}
+
+/// What a [`JetStreamSink`] publishes watermark messages with: at each
+/// flush, once every event before it is stored, the highest event
+/// timestamp published so far goes to each partition of the stream.
+struct WatermarkPublisher {
+    /// A subject token of each partition ([`partition_token`]).
+    tokens: Vec<String>,
+    /// The highest timestamp of the events written so far.
+    highest: Option<u64>,
+    /// The last watermark published.
+    published: Option<u64>,
 }
 
 /// A JetStream publish not acknowledged yet.
 struct InFlight {
     subject: String,
     message: PublishMessage,
+    /// Whether it is an event (a watermark message's duplicate is not
+    /// counted in [`Sink::duplicates`]).
+    event: bool,
     /// The client's connection count when it was sent: after a reconnect,
     /// its ack cannot come any more.
     connects: u64,
@@ -1157,7 +1317,89 @@ impl JetStreamSink {
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             key_by: None,
             duplicates: 0,
+            watermarks: None,
         })
+    }
+
+    /// At each flush, once every event written before it is stored,
+    /// publishes a **watermark message** to each of the `partitions`
+    /// partitions of a stream partitioned by the last subject token (a
+    /// shuffle stream): to `<subject>.<token>` with a token the server
+    /// files under that partition ([`partition_token`]), no payload, the
+    /// highest event timestamp written so far in a [`WATERMARK_HEADER`],
+    /// the pipeline's name in an [`UPSTREAM_HEADER`], and the message id
+    /// `<pipeline>:wm:<partition>:<timestamp>` (a replay publishing the same
+    /// watermark again adds nothing; one that did not move is not sent).
+    #[must_use]
+    pub fn publish_watermarks(mut self, partitions: u32) -> Self {
+        let partitions = partitions.max(1);
+        self.watermarks = Some(WatermarkPublisher {
+            tokens: (0..partitions)
+                .map(|partition| partition_token(partition, partitions))
+                .collect(),
+            highest: None,
+            published: None,
+        });
+        self
+    }
+
+    /// Publishes the watermark messages of [`JetStreamSink::publish_watermarks`]
+    /// when the highest timestamp moved since the last ones.
+    async fn send_watermarks(&mut self) -> Result<(), StreamError> {
+        let Some(publisher) = &self.watermarks else {
+            return Ok(());
+        };
+        let Some(watermark) = publisher.highest.filter(|w| publisher.published < Some(*w)) else {
+            return Ok(());
+        };
+        let messages: Vec<(String, PublishMessage)> = publisher
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(partition, token)| {
+                let mut headers = HeaderMap::new();
+                headers.insert(WATERMARK_HEADER, watermark.to_string().as_str());
+                headers.insert(UPSTREAM_HEADER, self.pipeline.as_str());
+                let message = PublishMessage::build()
+                    .payload(Vec::<u8>::new().into())
+                    .headers(headers)
+                    .message_id(format!("{}:wm:{partition}:{watermark}", self.pipeline));
+                (format!("{}.{token}", self.subject), message)
+            })
+            .collect();
+        for (subject, message) in messages {
+            self.enqueue(subject, message, false).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        if let Some(publisher) = &mut self.watermarks {
+            publisher.published = Some(watermark);
+        }
+        Ok(())
+    }
+
+    /// Sends `message` to `subject` (or holds it back, see [`JetStreamSink::send`])
+    /// and keeps it in flight until its ack.
+    async fn enqueue(
+        &mut self,
+        subject: String,
+        message: PublishMessage,
+        event: bool,
+    ) -> Result<(), StreamError> {
+        while self.in_flight.len() >= MAX_PENDING_ACKS {
+            self.settle_oldest().await?;
+        }
+        let connects = self.connects();
+        let ack = self.send(&subject, message.clone()).await?;
+        self.in_flight.push_back(InFlight {
+            subject,
+            message,
+            event,
+            connects,
+            ack,
+        });
+        Ok(())
     }
 
     /// Publishes each event to `<subject>.<token>`, the token being the
@@ -1343,10 +1585,10 @@ impl JetStreamSink {
                     };
                     match outcome {
                         Ok(Ok(ack)) => {
-                            if ack.duplicate {
+                            let settled = self.in_flight.pop_front();
+                            if ack.duplicate && settled.is_some_and(|settled| settled.event) {
                                 self.duplicates += 1;
                             }
-                            self.in_flight.pop_front();
                             retry.succeeded();
                             return Ok(());
                         }
@@ -1382,32 +1624,28 @@ impl Sink for JetStreamSink {
             };
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let id = self.message_id(&event);
-            while self.in_flight.len() >= MAX_PENDING_ACKS {
-                self.settle_oldest().await?;
+            if let (Some(publisher), Some(timestamp)) = (&mut self.watermarks, event.timestamp) {
+                publisher.highest = Some(publisher.highest.map_or(timestamp, |h| h.max(timestamp)));
             }
             let message = PublishMessage::build()
                 .payload(event.value.into())
                 .headers(headers)
                 .message_id(id);
-            let connects = self.connects();
-            let ack = self.send(&subject, message.clone()).await?;
-            self.in_flight.push_back(InFlight {
-                subject,
-                message,
-                connects,
-                ack,
-            });
+            self.enqueue(subject, message, true).await?;
         }
         Ok(())
     }
 
     /// Waits until the server has acknowledged (stored, or recognised as a
-    /// duplicate) every message published so far.
+    /// duplicate) every message published so far; then, with
+    /// [`JetStreamSink::publish_watermarks`], publishes the watermark
+    /// messages (after every event they cover is stored) and waits for
+    /// their acks too.
     async fn flush(&mut self) -> Result<(), StreamError> {
         while !self.in_flight.is_empty() {
             self.settle_oldest().await?;
         }
-        Ok(())
+        self.send_watermarks().await
     }
 
     /// The publishes the server acknowledged with `duplicate: true`.
@@ -1418,7 +1656,50 @@ impl Sink for JetStreamSink {
 
 #[cfg(test)]
 mod tests {
-    use super::is_leader_moved;
+    use super::{is_leader_moved, UpstreamWatermarks};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_watermark_is_the_minimum_over_upstreams_not_idle() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(1_000), start);
+        // Until each upstream has sent one (or is idle), there is none.
+        upstreams.record("s1#p0", 5_000, at(10));
+        upstreams.record("s1#p1", 2_000, at(20));
+        assert_eq!(upstreams.current(at(30)), None);
+        upstreams.record("s1#p2", 9_000, at(40));
+        assert_eq!(upstreams.current(at(50)), Some(2_000));
+        // Each upstream's own watermark never goes back.
+        upstreams.record("s1#p1", 1_000, at(60));
+        assert_eq!(upstreams.current(at(70)), Some(2_000));
+        upstreams.record("s1#p1", 3_000, at(900));
+        assert_eq!(upstreams.current(at(950)), Some(3_000));
+        // p0 and p2 silent for the idle timeout: left out.
+        assert_eq!(upstreams.current(at(1_010)), Some(3_000));
+        upstreams.record("s1#p1", 4_000, at(1_020));
+        assert_eq!(upstreams.current(at(1_040)), Some(4_000));
+        // Every upstream idle: no watermark.
+        assert_eq!(upstreams.current(at(2_100)), None);
+        // One comes back: it counts again (and holds the others back).
+        upstreams.record("s1#p2", 9_500, at(2_200));
+        assert_eq!(upstreams.current(at(2_210)), Some(9_500));
+        upstreams.record("s1#p0", 6_000, at(2_300));
+        assert_eq!(upstreams.current(at(2_310)), Some(6_000));
+        assert!(upstreams.changed(at(2_320)));
+        assert!(!upstreams.changed(at(2_330)));
+        assert_eq!(upstreams.reported(), Some(6_000));
+    }
+
+    #[test]
+    fn an_upstream_never_heard_of_is_left_out_after_the_idle_timeout() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut upstreams = UpstreamWatermarks::new(2, Duration::from_millis(1_000), start);
+        upstreams.record("s1#p0", 7_000, at(500));
+        assert_eq!(upstreams.current(at(999)), None);
+        assert_eq!(upstreams.current(at(1_000)), Some(7_000));
+    }
 
     #[test]
     fn a_moved_consumer_leader_is_retried_and_a_deleted_consumer_is_not() {
