@@ -1283,8 +1283,7 @@ pub fn windowed_two_stage_config(
     redis: &str,
     idle_timeout_ms: Option<u64>,
 ) -> serde_json::Value {
-    let mut repartition =
-        serde_json::json!({ "name": "by_key", "type": "repartition", "key_by": "key", "stream": "SHUF" });
+    let mut repartition = serde_json::json!({ "name": "by_key", "type": "repartition", "key_by": "key", "stream": "SHUF" });
     if let Some(idle) = idle_timeout_ms {
         repartition["idle_timeout_ms"] = idle.into();
     }
@@ -1315,7 +1314,8 @@ pub async fn windowed_setup(partitions: u32, idle_timeout_ms: Option<u64>) -> Or
     cluster.ready().await;
     let redis = harness::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = windowed_two_stage_config(&cluster.urls(), partitions, &redis.url(), idle_timeout_ms);
+    let config =
+        windowed_two_stage_config(&cluster.urls(), partitions, &redis.url(), idle_timeout_ms);
     let path = write_config(dir.path(), "win.json", &config);
     let pipeline = ClusterPipeline::load(&path).unwrap();
     let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
@@ -1385,7 +1385,11 @@ pub fn timed_events(
     ids.map(|id| {
         let partition = (id % u64::from(partitions)) as u32;
         let inputs = &keys[partition as usize];
-        let lag = if lagging.contains(&partition) { lag_ms } else { 0 };
+        let lag = if lagging.contains(&partition) {
+            lag_ms
+        } else {
+            0
+        };
         TimedEvent {
             id: format!("e{id}"),
             input_key: inputs[(id / u64::from(partitions)) as usize % inputs.len()].clone(),
@@ -1457,7 +1461,10 @@ pub async fn publish_timed(
 /// close).
 pub fn window_counts(events: &[TimedEvent]) -> BTreeMap<(u64, String), u64> {
     let mut counts = BTreeMap::new();
-    for event in events.iter().filter(|e| e.timestamp < EVENT_TIME_BASE + END_MARKER_OFFSET) {
+    for event in events
+        .iter()
+        .filter(|e| e.timestamp < EVENT_TIME_BASE + END_MARKER_OFFSET)
+    {
         let start = event.timestamp - event.timestamp % 1000;
         *counts.entry((start, event.key.clone())).or_default() += 1;
     }
@@ -1466,9 +1473,7 @@ pub fn window_counts(events: &[TimedEvent]) -> BTreeMap<(u64, String), u64> {
 
 /// The windows in `OUT`: (start, key) → count, failing on a line that is
 /// not `<start>-<end>\t<key>\t<count>` or a window released twice.
-pub async fn output_window_counts(
-    context: &jetstream::Context,
-) -> BTreeMap<(u64, String), u64> {
+pub async fn output_window_counts(context: &jetstream::Context) -> BTreeMap<(u64, String), u64> {
     let mut counts = BTreeMap::new();
     for message in read_stream_messages(context, "OUT").await {
         let parts: Vec<&str> = message.payload.split('\t').collect();

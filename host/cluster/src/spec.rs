@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard, StepConfig};
 use plumber_engine::shuffle::ShuffleKey;
-use plumber_engine::window::{TimeMode, WindowKind};
 use plumber_engine::state::{SharedState, StateError};
+use plumber_engine::window::{TimeMode, WindowKind};
 use serde_json::Value;
 
 use crate::partition::{fnv1a32, PartitionNames};
@@ -679,14 +679,21 @@ mod tests {
         let processing = windowed.replace(r#""time": "event""#, r#""time": "processing""#);
         let pipeline = ClusterPipeline::parse(&processing, "c.json", Path::new(".")).unwrap();
         assert!(!pipeline.shuffle.clone().unwrap().watermarks);
-        assert!(pipeline.partition_json(0)["to"].get("watermark_partitions").is_none());
-        assert!(pipeline.partition_json(16)["from"].get("watermark_upstreams").is_none());
+        assert!(pipeline.partition_json(0)["to"]
+            .get("watermark_partitions")
+            .is_none());
+        assert!(pipeline.partition_json(16)["from"]
+            .get("watermark_upstreams")
+            .is_none());
 
         let zero = windowed.replace(r#""idle_timeout_ms": 5000"#, r#""idle_timeout_ms": 0"#);
         let error = ClusterPipeline::parse(&zero, "c.json", Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("at `pipeline[1].idle_timeout_ms`"), "{error}");
+        assert!(
+            error.contains("at `pipeline[1].idle_timeout_ms`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -614,9 +614,17 @@ pub struct JetStreamSource {
 /// (their [`WATERMARK_HEADER`] messages), and the source's watermark made
 /// of them: the **minimum over the upstreams**, leaving out each upstream
 /// that sent no watermark message for the idle timeout (one never heard of
-/// counts as silent since the source started). While an upstream that is
-/// not left out has sent none yet, there is no watermark; nor is there
+/// counts as silent since the first message read). While an upstream that
+/// is not left out has sent none yet, there is no watermark; nor is there
 /// when every upstream is left out.
+///
+/// Silence is measured in the **stream's time**: the time the server
+/// stored the newest message read, plus the time since it was read. A
+/// backlog read in one burst (a restart, a task that fell behind) thus
+/// tells an upstream that stopped early from one that went on, as they
+/// were when the messages were stored; once caught up, stream time runs
+/// with the local clock. Only server timestamps are compared with each
+/// other, never with the local clock.
 ///
 /// Each upstream's watermark only goes up (a restarted upstream replaying
 /// older events sends lower ones, which change nothing), so an upstream
@@ -625,56 +633,88 @@ pub struct JetStreamSource {
 #[derive(Debug, Clone)]
 pub struct UpstreamWatermarks {
     upstreams: u32,
-    idle_timeout: Duration,
-    started: std::time::Instant,
-    /// Upstream → its highest watermark and when it last sent one.
-    latest: HashMap<String, (u64, std::time::Instant)>,
+    idle_timeout_ms: u64,
+    /// When the first message read was stored (ms since the epoch).
+    first_stored: Option<u64>,
+    /// When the newest message read was stored, and when it was read.
+    newest: Option<(u64, std::time::Instant)>,
+    /// Upstream → its highest watermark and when its last watermark
+    /// message was stored.
+    latest: HashMap<String, (u64, u64)>,
     /// The watermark last reported.
     reported: Option<u64>,
 }
 
 impl UpstreamWatermarks {
     /// The watermarks of `upstreams` upstream tasks, each left out after
-    /// `idle_timeout` without a watermark message; `now` is when the
-    /// source started.
+    /// `idle_timeout` without a watermark message.
     #[must_use]
-    pub fn new(upstreams: u32, idle_timeout: Duration, now: std::time::Instant) -> Self {
+    pub fn new(upstreams: u32, idle_timeout: Duration) -> Self {
         UpstreamWatermarks {
             upstreams: upstreams.max(1),
-            idle_timeout,
-            started: now,
+            idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            first_stored: None,
+            newest: None,
             latest: HashMap::new(),
             reported: None,
         }
     }
 
-    /// Upstream `upstream` sent `watermark` at `now`.
-    pub fn record(&mut self, upstream: &str, watermark: u64, now: std::time::Instant) {
+    /// A message (an event or a watermark message) stored at `stored_ms`
+    /// was read at `now`: stream time is at least that.
+    pub fn observe(&mut self, stored_ms: u64, now: std::time::Instant) {
+        self.first_stored.get_or_insert(stored_ms);
+        if self.newest.is_none_or(|(newest, _)| stored_ms >= newest) {
+            self.newest = Some((stored_ms, now));
+        }
+    }
+
+    /// Upstream `upstream`'s watermark message saying `watermark`, stored
+    /// at `stored_ms`, was read at `now`.
+    pub fn record(
+        &mut self,
+        upstream: &str,
+        watermark: u64,
+        stored_ms: u64,
+        now: std::time::Instant,
+    ) {
+        self.observe(stored_ms, now);
         match self.latest.get_mut(upstream) {
-            Some((highest, heard)) => {
+            Some((highest, stored)) => {
                 *highest = (*highest).max(watermark);
-                *heard = now;
+                *stored = (*stored).max(stored_ms);
             }
             None => {
-                self.latest.insert(upstream.to_owned(), (watermark, now));
+                self.latest
+                    .insert(upstream.to_owned(), (watermark, stored_ms));
             }
         }
+    }
+
+    /// Stream time at `now` (ms since the epoch): when the newest message
+    /// read was stored, plus the time since it was read.
+    fn stream_time(&self, now: std::time::Instant) -> Option<u64> {
+        let (stored, read) = self.newest?;
+        let since =
+            u64::try_from(now.saturating_duration_since(read).as_millis()).unwrap_or(u64::MAX);
+        Some(stored.saturating_add(since))
     }
 
     /// The minimum over the upstreams not idle at `now`, if each of them
     /// has sent a watermark.
     #[must_use]
     pub fn current(&self, now: std::time::Instant) -> Option<u64> {
-        let live = |heard: std::time::Instant| now.duration_since(heard) < self.idle_timeout;
+        let time = self.stream_time(now)?;
+        let live = |stored: u64| time.saturating_sub(stored) < self.idle_timeout_ms;
         let unheard = usize::try_from(self.upstreams)
             .unwrap_or(usize::MAX)
             .saturating_sub(self.latest.len());
-        if unheard > 0 && live(self.started) {
+        if unheard > 0 && self.first_stored.is_none_or(live) {
             return None;
         }
         self.latest
             .values()
-            .filter(|(_, heard)| live(*heard))
+            .filter(|(_, stored)| live(*stored))
             .map(|(watermark, _)| *watermark)
             .min()
     }
@@ -786,11 +826,7 @@ impl JetStreamSource {
     /// messages are never events, with or without this.
     #[must_use]
     pub fn upstream_watermarks(mut self, upstreams: u32, idle_timeout: Duration) -> Self {
-        self.upstreams = Some(UpstreamWatermarks::new(
-            upstreams,
-            idle_timeout,
-            std::time::Instant::now(),
-        ));
+        self.upstreams = Some(UpstreamWatermarks::new(upstreams, idle_timeout));
         self
     }
 
@@ -979,6 +1015,8 @@ impl JetStreamSource {
             .info()
             .map_err(|e| Failure::Fatal(io_error(self.describe(), "read message metadata", e)))?;
         let (sequence, delivery) = (info.stream_sequence, info.consumer_sequence);
+        let stored_ms =
+            u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         self.pending_after = info.pending;
         let message = message.message;
         let Some(reply) = message.reply.clone() else {
@@ -1005,16 +1043,20 @@ impl JetStreamSource {
             return Ok(true);
         }
         self.handed_out = sequence;
+        let now = std::time::Instant::now();
         if let Some((upstream, watermark)) = watermark_of(&message) {
             // Not an event: read past (and acknowledged with the others).
             if let (Some(upstreams), Some(watermark)) = (&mut self.upstreams, watermark) {
-                upstreams.record(&upstream, watermark, std::time::Instant::now());
+                upstreams.record(&upstream, watermark, stored_ms, now);
             }
             self.pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(sequence, reply);
             return Ok(true);
+        }
+        if let Some(upstreams) = &mut self.upstreams {
+            upstreams.observe(stored_ms, now);
         }
         let mut event = event_from(&message);
         event.headers.retain(|(name, _)| name != SOURCE_SEQ_HEADER);
@@ -1117,6 +1159,10 @@ impl Source for JetStreamSource {
                 .upstreams
                 .as_mut()
                 .is_some_and(|upstreams| upstreams.changed(std::time::Instant::now()));
+            if moved {
+                tracing::debug!(source = %self.describe(), upstreams = ?self.upstreams,
+                    "watermark moved");
+            }
             if !events.is_empty() || moved {
                 return Ok(Some((events, Position::Offset(self.handed_out))));
             }
@@ -1128,7 +1174,9 @@ impl Source for JetStreamSource {
     }
 
     fn watermark(&self) -> Option<u64> {
-        self.upstreams.as_ref().and_then(UpstreamWatermarks::reported)
+        self.upstreams
+            .as_ref()
+            .and_then(UpstreamWatermarks::reported)
     }
 
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
@@ -1663,28 +1711,31 @@ mod tests {
     fn the_watermark_is_the_minimum_over_upstreams_not_idle() {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(1_000), start);
+        // Read as stored (caught up): stream time 1_000_000 + ms.
+        let stored = |ms: u64| 1_000_000 + ms;
+        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(1_000));
+        assert_eq!(upstreams.current(at(0)), None);
         // Until each upstream has sent one (or is idle), there is none.
-        upstreams.record("s1#p0", 5_000, at(10));
-        upstreams.record("s1#p1", 2_000, at(20));
+        upstreams.record("s1#p0", 5_000, stored(10), at(10));
+        upstreams.record("s1#p1", 2_000, stored(20), at(20));
         assert_eq!(upstreams.current(at(30)), None);
-        upstreams.record("s1#p2", 9_000, at(40));
+        upstreams.record("s1#p2", 9_000, stored(40), at(40));
         assert_eq!(upstreams.current(at(50)), Some(2_000));
         // Each upstream's own watermark never goes back.
-        upstreams.record("s1#p1", 1_000, at(60));
+        upstreams.record("s1#p1", 1_000, stored(60), at(60));
         assert_eq!(upstreams.current(at(70)), Some(2_000));
-        upstreams.record("s1#p1", 3_000, at(900));
+        upstreams.record("s1#p1", 3_000, stored(900), at(900));
         assert_eq!(upstreams.current(at(950)), Some(3_000));
         // p0 and p2 silent for the idle timeout: left out.
         assert_eq!(upstreams.current(at(1_010)), Some(3_000));
-        upstreams.record("s1#p1", 4_000, at(1_020));
+        upstreams.record("s1#p1", 4_000, stored(1_020), at(1_020));
         assert_eq!(upstreams.current(at(1_040)), Some(4_000));
         // Every upstream idle: no watermark.
         assert_eq!(upstreams.current(at(2_100)), None);
         // One comes back: it counts again (and holds the others back).
-        upstreams.record("s1#p2", 9_500, at(2_200));
+        upstreams.record("s1#p2", 9_500, stored(2_200), at(2_200));
         assert_eq!(upstreams.current(at(2_210)), Some(9_500));
-        upstreams.record("s1#p0", 6_000, at(2_300));
+        upstreams.record("s1#p0", 6_000, stored(2_300), at(2_300));
         assert_eq!(upstreams.current(at(2_310)), Some(6_000));
         assert!(upstreams.changed(at(2_320)));
         assert!(!upstreams.changed(at(2_330)));
@@ -1695,10 +1746,46 @@ mod tests {
     fn an_upstream_never_heard_of_is_left_out_after_the_idle_timeout() {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let mut upstreams = UpstreamWatermarks::new(2, Duration::from_millis(1_000), start);
-        upstreams.record("s1#p0", 7_000, at(500));
+        let mut upstreams = UpstreamWatermarks::new(2, Duration::from_millis(1_000));
+        upstreams.record("s1#p0", 7_000, 500, at(0));
+        upstreams.record("s1#p0", 7_500, 1_200, at(700));
+        // Stream time 1_499: p1 silent since the first message, 999 ms.
         assert_eq!(upstreams.current(at(999)), None);
-        assert_eq!(upstreams.current(at(1_000)), Some(7_000));
+        assert_eq!(upstreams.current(at(1_000)), Some(7_500));
+    }
+
+    /// A backlog read in one burst: the idle upstream stopped 5 s (of
+    /// stream time) before the others, though all were read at once; it
+    /// is left out by the time its messages were stored, and once every
+    /// upstream has been quiet there is still a moment with the others'
+    /// minimum (measured from when each was stored, not read).
+    #[test]
+    fn silence_is_measured_in_the_streams_time() {
+        let read = Instant::now();
+        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(3_000));
+        upstreams.record("s1#p0", 1_000, 10_000, read);
+        upstreams.record("s1#p1", 1_100, 10_100, read);
+        upstreams.record("s1#p2", 1_200, 10_200, read);
+        upstreams.record("s1#p0", 6_000, 15_000, read);
+        upstreams.record("s1#p1", 6_100, 15_100, read);
+        // p2 stored nothing for 4.8 s of stream time: left out already.
+        assert_eq!(upstreams.current(read), Some(6_000));
+        // All read at once, then quiet.
+        let mut burst = UpstreamWatermarks::new(3, Duration::from_millis(3_000));
+        burst.record("s1#p2", 1_200, 10_200, read);
+        burst.record("s1#p0", 6_000, 12_000, read);
+        burst.record("s1#p1", 6_100, 12_100, read);
+        assert_eq!(burst.current(read), Some(1_200));
+        let later = |ms: u64| read + Duration::from_millis(ms);
+        // Stream time 13_200: p2 left out, p0 and p1 not yet.
+        assert_eq!(burst.current(later(1_100)), Some(6_000));
+        assert_eq!(burst.current(later(3_100)), None);
+        // Events move stream time too.
+        let mut events = UpstreamWatermarks::new(2, Duration::from_millis(3_000));
+        events.record("s1#p0", 1_000, 10_000, read);
+        events.record("s1#p1", 2_000, 10_000, read);
+        events.observe(14_000, read);
+        assert_eq!(events.current(read), None);
     }
 
     #[test]

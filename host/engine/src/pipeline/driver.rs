@@ -433,10 +433,9 @@ impl Reads {
         let status = status.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let result = source
-                    .next_batch(batch_size)
-                    .await
-                    .map(|read| read.map(|(events, position)| (events, position, source.watermark())));
+                let result = source.next_batch(batch_size).await.map(|read| {
+                    read.map(|(events, position)| (events, position, source.watermark()))
+                });
                 if let Some(lag) = source.lag() {
                     let lag = i64::try_from(lag).unwrap_or(i64::MAX);
                     status.source_lag.store(lag, Ordering::Relaxed);

@@ -1148,11 +1148,23 @@ async fn a_restored_windows_watermark_does_not_go_back_with_the_source() {
         .unwrap();
     assert!(out.is_empty(), "fired before any watermark: {out:?}");
     step.watermark(2_000, &mut out).await.unwrap();
-    assert_eq!(out.iter().map(describe).collect::<Vec<_>>(), vec![(0, 1_000, None, values(&["a"]))]);
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![(0, 1_000, None, values(&["a"]))]
+    );
     out.clear();
-    assert!(step.timer().is_none(), "no idle timer after a watermarked source");
+    assert!(
+        step.timer().is_none(),
+        "no idle timer after a watermarked source"
+    );
     let writes = step.take_writes();
-    state.commit(&crate::checkpoint::CheckpointRecord::new("s", 1, Position::Offset(1)), &[writes]).await.unwrap();
+    state
+        .commit(
+            &crate::checkpoint::CheckpointRecord::new("s", 1, Position::Offset(1)),
+            &[writes],
+        )
+        .await
+        .unwrap();
 
     let mut restored = WindowStep::restore(spec(), "default", "p", &state, None, &options)
         .await
@@ -1161,7 +1173,10 @@ async fn a_restored_windows_watermark_does_not_go_back_with_the_source() {
     assert!(out.is_empty(), "{out:?}");
     // An event of the closed window is late; one of [5000, 6000) waits.
     restored
-        .process(Batch::new(vec![at("late", 1_500), at("c", 5_600)]), &mut out)
+        .process(
+            Batch::new(vec![at("late", 1_500), at("c", 5_600)]),
+            &mut out,
+        )
         .await
         .unwrap();
     assert!(out.is_empty(), "{out:?}");
