@@ -1475,7 +1475,7 @@ pub fn window_counts(events: &[TimedEvent]) -> BTreeMap<(u64, String), u64> {
 /// not `<start>-<end>\t<key>\t<count>` or a window released twice.
 pub async fn output_window_counts(context: &jetstream::Context) -> BTreeMap<(u64, String), u64> {
     let mut counts = BTreeMap::new();
-    for message in read_stream_messages(context, "OUT").await {
+    for message in read_stream_messages_patiently(context, "OUT").await {
         let parts: Vec<&str> = message.payload.split('\t').collect();
         assert_eq!(parts.len(), 3, "{:?}", message.payload);
         let (start, end) = parts[0].split_once('-').unwrap();
@@ -1501,11 +1501,11 @@ pub async fn wait_for_settled_output(
 ) -> u64 {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let count = stream_messages(context, "OUT").await;
+        let count = stream_messages_patiently(context, "OUT").await;
         if count >= expected || std::time::Instant::now() >= deadline {
             // Anything more (a window released twice) would come soon.
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            return stream_messages(context, "OUT").await;
+            return stream_messages_patiently(context, "OUT").await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
@@ -1545,4 +1545,106 @@ pub async fn assert_window_counts(
         &wrong[..wrong.len().min(3)],
         logs()
     );
+}
+
+/// As [`read_stream_messages`], reading again (up to 60 s) when the
+/// server does not answer a request (a 503 under load): for the windowed
+/// tests' polling loops, which read streams many times.
+pub async fn read_stream_messages_patiently(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<StoredMessage> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match try_read_stream_messages(context, stream).await {
+            Ok(messages) => return messages,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading stream {stream} failed for 60 s: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn try_read_stream_messages(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Result<Vec<StoredMessage>, String> {
+    let stream = context
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(std::time::Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let before = messages.len();
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, stored_us) = (
+                info.stream_sequence,
+                (info.published.unix_timestamp_nanos() / 1000) as u64,
+            );
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(name))
+                    .map(|value| value.as_str().to_owned())
+            };
+            messages.push(StoredMessage {
+                sequence,
+                subject: message.subject.to_string(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                key: header("plumber-key"),
+                id: header("Nats-Msg-Id"),
+                stored_us,
+            });
+        }
+        if messages.len() == before {
+            return Ok(messages);
+        }
+    }
+}
+
+/// As [`stream_messages`], asking again (up to 60 s) when the server does
+/// not answer.
+pub async fn stream_messages_patiently(context: &jetstream::Context, stream: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let count = match context.get_stream(stream).await {
+            Ok(mut handle) => handle
+                .info()
+                .await
+                .map(|info| info.state.messages)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match count {
+            Ok(count) => return count,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the info of stream {stream} failed for 60 s: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
 }

@@ -55,7 +55,7 @@ async fn windows_after_a_shuffle_wait_for_the_slowest_upstream_partition() {
     // the window counted exactly the events (checked above), and the
     // shuffle stream holds one watermark message per upstream flush and
     // downstream partition besides them.
-    let shuffled = read_stream_messages(&setup.context, "SHUF").await;
+    let shuffled = read_stream_messages_patiently(&setup.context, "SHUF").await;
     let carried = shuffled
         .iter()
         .filter(|m| m.id.as_deref().is_some_and(|id| id.contains(":wm:")))
@@ -117,7 +117,7 @@ async fn an_idle_upstream_partition_is_left_out_after_the_idle_timeout() {
     let idle_task = setup.pipeline.names.task(IDLE);
     let idle_mark = format!("{idle_task}:wm:0:{idle_last}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while !read_stream_messages(&setup.context, "SHUF")
+    while !read_stream_messages_patiently(&setup.context, "SHUF")
         .await
         .iter()
         .any(|m| m.id.as_deref() == Some(idle_mark.as_str()))
@@ -209,7 +209,7 @@ async fn a_killed_stage_2_worker_leaves_the_windows_exact() {
     };
     // Mid-stream: a sixth of the windows released.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while stream_messages(&setup.context, "OUT").await < expected.len() as u64 / 6 {
+    while stream_messages_patiently(&setup.context, "OUT").await < expected.len() as u64 / 6 {
         assert!(
             std::time::Instant::now() < deadline,
             "a sixth of the windows were not released in 300 s:\n{}",
@@ -239,7 +239,7 @@ async fn a_killed_stage_2_worker_leaves_the_windows_exact() {
         logs_of(&workers)
     );
     let fences = commit_fences(&setup.pipeline, &stage_2).await;
-    let released_before = stream_messages(&setup.context, "OUT").await;
+    let released_before = stream_messages_patiently(&setup.context, "OUT").await;
     let killed_us = now_us();
     workers[victim].signal(libc::SIGKILL);
     assert!(
