@@ -820,10 +820,10 @@ impl JetStreamSource {
     }
 
     /// Reads a shuffle stream's partition for event-time windows: keeps the
-    /// watermark messages of its `upstreams` upstream tasks and reports
+    /// watermark messages of its `upstreams` upstream tasks (messages with
+    /// a [`WATERMARK_HEADER`], which are then never events) and reports
     /// their minimum as the source's watermark (see [`UpstreamWatermarks`];
-    /// an upstream silent for `idle_timeout` is left out). Watermark
-    /// messages are never events, with or without this.
+    /// an upstream silent for `idle_timeout` is left out).
     #[must_use]
     pub fn upstream_watermarks(mut self, upstreams: u32, idle_timeout: Duration) -> Self {
         self.upstreams = Some(UpstreamWatermarks::new(upstreams, idle_timeout));
@@ -1044,7 +1044,8 @@ impl JetStreamSource {
         }
         self.handed_out = sequence;
         let now = std::time::Instant::now();
-        if let Some((upstream, watermark)) = watermark_of(&message) {
+        let watermark = self.upstreams.as_ref().and_then(|_| watermark_of(&message));
+        if let Some((upstream, watermark)) = watermark {
             // Not an event: read past (and acknowledged with the others).
             if let (Some(upstreams), Some(watermark)) = (&mut self.upstreams, watermark) {
                 upstreams.record(&upstream, watermark, stored_ms, now);
@@ -1670,6 +1671,12 @@ impl Sink for JetStreamSink {
                     subject
                 }
             };
+            if self.watermarks.is_some() {
+                // No event may pass for a watermark message downstream.
+                event
+                    .headers
+                    .retain(|(name, _)| name != WATERMARK_HEADER && name != UPSTREAM_HEADER);
+            }
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let id = self.message_id(&event);
             if let (Some(publisher), Some(timestamp)) = (&mut self.watermarks, event.timestamp) {
