@@ -1288,3 +1288,394 @@ pub async fn make_leader(context: &jetstream::Context, stream: &str, node: usize
     }
     panic!("node n{node} did not become the leader of {stream} in 30 step-downs");
 }
+
+// ---------------------------------------------------------------------------
+// Event-time windows after a shuffle (tests/tests/cluster_watermarks.rs)
+
+/// How many shuffle keys the windowed two-stage pipeline's events have
+/// ([`timed_events`]).
+pub const WINDOWED_KEYS: u64 = 20;
+
+/// The event time of the windowed runs' first event (ms, a whole second).
+pub const EVENT_TIME_BASE: u64 = 1_700_000_000_000;
+
+/// How far the end markers are past [`EVENT_TIME_BASE`]: ten hours, so
+/// their own windows never close and every other window does.
+pub const END_MARKER_OFFSET: u64 = 36_000_000;
+
+/// A clustered pipeline of two stages: stage 1 reads `in.*` and shuffles
+/// by the event's key through `SHUF`; stage 2 counts each key's events in
+/// event-time tumbling windows of one second (`max_out_of_orderness_ms`
+/// 500) with the `window-count` guest and publishes one
+/// `<start>-<end>\t<key>\t<count>` per window and key to `out`.
+pub fn windowed_two_stage_config(
+    urls: &[String],
+    partitions: u32,
+    redis: &str,
+    idle_timeout_ms: Option<u64>,
+) -> serde_json::Value {
+    let mut repartition = serde_json::json!({ "name": "by_key", "type": "repartition", "key_by": "key", "stream": "SHUF" });
+    if let Some(idle) = idle_timeout_ms {
+        repartition["idle_timeout_ms"] = idle.into();
+    }
+    serde_json::json!({
+        "name": "win",
+        "state": { "type": "redis", "url": redis },
+        "cluster": { "url": urls, "partitions": partitions },
+        "checkpoint": { "interval_ms": 500 },
+        "from": {
+            "type": "jetstream", "url": urls.join(","), "stream": "IN", "consumer": "win",
+            "subjects": ["in.*"]
+        },
+        "pipeline": [
+            repartition,
+            { "name": "per_second", "type": "window", "window": "tumbling", "size_ms": 1000,
+              "time": "event", "max_out_of_orderness_ms": 500, "key_by": "key" },
+            { "name": "count", "type": "wasm", "module": harness::guest("window-count") }
+        ],
+        "to": { "type": "jetstream", "url": urls.join(","), "subject": "out" }
+    })
+}
+
+/// A 3-node cluster and Redis with [`windowed_two_stage_config`]
+/// initialised and its output stream created.
+pub async fn windowed_setup(partitions: u32, idle_timeout_ms: Option<u64>) -> OracleSetup {
+    let alone = ORACLE_RUNS.lock().await;
+    let cluster = harness::NatsCluster::start();
+    cluster.ready().await;
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        windowed_two_stage_config(&cluster.urls(), partitions, &redis.url(), idle_timeout_ms);
+    let path = write_config(dir.path(), "win.json", &config);
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
+    create_output_stream(&context).await;
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    OracleSetup {
+        _alone: alone,
+        cluster,
+        redis,
+        dir,
+        path,
+        pipeline,
+        context,
+    }
+}
+
+/// One event of a windowed run: published to `in.<input key>` (which
+/// picks its stage-1 partition), with its shuffle key, event time and
+/// message id.
+#[derive(Debug, Clone)]
+pub struct TimedEvent {
+    pub id: String,
+    pub input_key: String,
+    pub key: String,
+    pub timestamp: u64,
+}
+
+/// Input keys that the input stream files under each of `partitions`
+/// partitions: `i<n>`, a few per partition.
+pub fn input_keys_by_partition(partitions: u32) -> Vec<Vec<String>> {
+    let mut keys = vec![Vec::new(); partitions as usize];
+    for n in 0.. {
+        let key = format!("i{n}");
+        let partition = partition_of(key.as_bytes(), partitions) as usize;
+        if keys[partition].len() < 8 {
+            keys[partition].push(key);
+        }
+        if keys.iter().all(|k| k.len() == 8) {
+            return keys;
+        }
+    }
+    keys
+}
+
+/// A shuffle key `end<n>` that the shuffle stream files under `partition`.
+pub fn end_key_of(partition: u32, partitions: u32) -> String {
+    (0..)
+        .map(|n| format!("end{n}"))
+        .find(|key| {
+            let token = plumber::shuffle::subject_token(key.as_bytes());
+            partition_of(token.as_bytes(), partitions) == partition
+        })
+        .unwrap()
+}
+
+/// Events `ids` of a windowed run: event `id` goes to stage-1 partition
+/// `id % partitions` (through one of its input keys), has shuffle key
+/// `k<(id / partitions) % WINDOWED_KEYS>` and event time `EVENT_TIME_BASE + 10 ms × id`,
+/// less `lag_ms` when its stage-1 partition is one of `lagging`.
+pub fn timed_events(
+    ids: std::ops::Range<u64>,
+    partitions: u32,
+    lagging: &[u32],
+    lag_ms: u64,
+) -> Vec<TimedEvent> {
+    let keys = input_keys_by_partition(partitions);
+    ids.map(|id| {
+        let partition = (id % u64::from(partitions)) as u32;
+        let inputs = &keys[partition as usize];
+        let lag = if lagging.contains(&partition) {
+            lag_ms
+        } else {
+            0
+        };
+        TimedEvent {
+            id: format!("e{id}"),
+            input_key: inputs[(id / u64::from(partitions)) as usize % inputs.len()].clone(),
+            // Independent of the partition: each key's events come from
+            // every upstream partition.
+            key: format!("k{}", (id / u64::from(partitions)) % WINDOWED_KEYS),
+            timestamp: EVENT_TIME_BASE + 10 * id - lag,
+        }
+    })
+    .collect()
+}
+
+/// End markers: from each stage-1 partition of `from`, one event to every
+/// stage-2 partition, ten hours on in event time. Every upstream's
+/// watermark then passes every window of the run's events (and every
+/// stage-2 partition sees a timestamp that far on), while the markers'
+/// own windows never close.
+pub fn end_markers(from: &[u32], partitions: u32) -> Vec<TimedEvent> {
+    let keys = input_keys_by_partition(partitions);
+    let mut markers = Vec::new();
+    for upstream in from {
+        for downstream in 0..partitions {
+            markers.push(TimedEvent {
+                id: format!("end-{upstream}-{downstream}"),
+                input_key: keys[*upstream as usize][0].clone(),
+                key: end_key_of(downstream, partitions),
+                timestamp: EVENT_TIME_BASE + END_MARKER_OFFSET,
+            });
+        }
+    }
+    markers
+}
+
+/// Publishes `events` in order, value = the shuffle key, waiting for the
+/// acks a chunk of `chunk` at a time and `pause` after each chunk.
+pub async fn publish_timed(
+    context: &jetstream::Context,
+    events: &[TimedEvent],
+    chunk: usize,
+    pause: std::time::Duration,
+) {
+    for part in events.chunks(chunk.max(1)) {
+        let mut acks = Vec::with_capacity(part.len());
+        for event in part {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.id.as_str());
+            headers.insert("plumber-key", event.key.as_str());
+            headers.insert("plumber-timestamp", event.timestamp.to_string().as_str());
+            acks.push(
+                context
+                    .publish_with_headers(
+                        format!("in.{}", event.input_key),
+                        headers,
+                        event.key.clone().into(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Each (window start, key) and its count, as one-second tumbling windows
+/// of `events` count them (end markers left out: their windows never
+/// close).
+pub fn window_counts(events: &[TimedEvent]) -> BTreeMap<(u64, String), u64> {
+    let mut counts = BTreeMap::new();
+    for event in events
+        .iter()
+        .filter(|e| e.timestamp < EVENT_TIME_BASE + END_MARKER_OFFSET)
+    {
+        let start = event.timestamp - event.timestamp % 1000;
+        *counts.entry((start, event.key.clone())).or_default() += 1;
+    }
+    counts
+}
+
+/// The windows in `OUT`: (start, key) → count, failing on a line that is
+/// not `<start>-<end>\t<key>\t<count>` or a window released twice.
+pub async fn output_window_counts(context: &jetstream::Context) -> BTreeMap<(u64, String), u64> {
+    let mut counts = BTreeMap::new();
+    for message in read_stream_messages_patiently(context, "OUT").await {
+        let parts: Vec<&str> = message.payload.split('\t').collect();
+        assert_eq!(parts.len(), 3, "{:?}", message.payload);
+        let (start, end) = parts[0].split_once('-').unwrap();
+        let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+        assert_eq!(end, start + 1000, "{:?}", message.payload);
+        let count: u64 = parts[2].parse().unwrap();
+        let previous = counts.insert((start, parts[1].to_owned()), count);
+        assert!(
+            previous.is_none(),
+            "window {start} of key {} released twice ({previous:?}, then {count})",
+            parts[1]
+        );
+    }
+    counts
+}
+
+/// Waits until `OUT` holds `expected` messages and then 2 s more without a
+/// change, or `limit` has passed; returns how many it holds.
+pub async fn wait_for_settled_output(
+    context: &jetstream::Context,
+    expected: u64,
+    limit: std::time::Duration,
+) -> u64 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let count = stream_messages_patiently(context, "OUT").await;
+        if count >= expected || std::time::Instant::now() >= deadline {
+            // Anything more (a window released twice) would come soon.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            return stream_messages_patiently(context, "OUT").await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Checks the windows in `OUT` equal `expected`: every window of every
+/// key, each once, with its exact count; on failure says how many windows
+/// are missing, extra or short (late events dropped) and shows a few.
+pub async fn assert_window_counts(
+    context: &jetstream::Context,
+    expected: &BTreeMap<(u64, String), u64>,
+    logs: impl Fn() -> String,
+) {
+    let got = output_window_counts(context).await;
+    if &got == expected {
+        return;
+    }
+    let missing: Vec<_> = expected.keys().filter(|w| !got.contains_key(*w)).collect();
+    let extra: Vec<_> = got.keys().filter(|w| !expected.contains_key(*w)).collect();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter_map(|(w, count)| got.get(w).filter(|g| *g != count).map(|g| (w, *count, *g)))
+        .collect();
+    let expected_events: u64 = expected.values().sum();
+    let counted: u64 = got.values().sum();
+    panic!(
+        "the windows differ from the reference: {} windows expected, {} released; {} missing \
+         (e.g. {:?}), {} extra (e.g. {:?}), {} with another count (window, expected, got: e.g. \
+         {:?}); {expected_events} events expected in windows, {counted} counted\n{}",
+        expected.len(),
+        got.len(),
+        missing.len(),
+        &missing[..missing.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)],
+        wrong.len(),
+        &wrong[..wrong.len().min(3)],
+        logs()
+    );
+}
+
+/// As [`read_stream_messages`], reading again (up to 60 s) when the
+/// server does not answer a request (a 503 under load): for the windowed
+/// tests' polling loops, which read streams many times.
+pub async fn read_stream_messages_patiently(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Vec<StoredMessage> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match try_read_stream_messages(context, stream).await {
+            Ok(messages) => return messages,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading stream {stream} failed for 60 s: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn try_read_stream_messages(
+    context: &jetstream::Context,
+    stream: &str,
+) -> Result<Vec<StoredMessage>, String> {
+    let stream = context
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(std::time::Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let before = messages.len();
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, stored_us) = (
+                info.stream_sequence,
+                (info.published.unix_timestamp_nanos() / 1000) as u64,
+            );
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(name))
+                    .map(|value| value.as_str().to_owned())
+            };
+            messages.push(StoredMessage {
+                sequence,
+                subject: message.subject.to_string(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                key: header("plumber-key"),
+                id: header("Nats-Msg-Id"),
+                stored_us,
+            });
+        }
+        if messages.len() == before {
+            return Ok(messages);
+        }
+    }
+}
+
+/// As [`stream_messages`], asking again (up to 60 s) when the server does
+/// not answer.
+pub async fn stream_messages_patiently(context: &jetstream::Context, stream: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let count = match context.get_stream(stream).await {
+            Ok(mut handle) => handle
+                .info()
+                .await
+                .map(|info| info.state.messages)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match count {
+            Ok(count) => return count,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the info of stream {stream} failed for 60 s: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

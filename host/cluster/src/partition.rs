@@ -7,22 +7,9 @@
 //! FNV-1a (32 bits) of the key token modulo N, which [`partition_of`]
 //! computes too (the cluster tests check the two agree).
 
-/// FNV-1a, 32 bits: the hash of NATS's `partition()` subject mapping.
-#[must_use]
-pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    const OFFSET_BASIS: u32 = 0x811c_9dc5;
-    const PRIME: u32 = 0x0100_0193;
-    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
-        (hash ^ u32::from(*byte)).wrapping_mul(PRIME)
-    })
-}
-
-/// The partition (0 to `partitions - 1`) of `key` among `partitions`, as
-/// the NATS server computes it; `partitions` of 0 is taken as 1.
-#[must_use]
-pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
-    fnv1a32(key) % partitions.max(1)
-}
+// One partition function for the cluster and the engine's shuffle (which
+// addresses watermark messages to partitions).
+pub use plumber_engine::shuffle::{fnv1a32, partition_of};
 
 /// The names of one partitioned pipeline's parts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use plumber_connectors::config::{ClusterConfig, PipelineConfig, ReadStandard, StepConfig};
 use plumber_engine::shuffle::ShuffleKey;
 use plumber_engine::state::{SharedState, StateError};
+use plumber_engine::window::{TimeMode, WindowKind};
 use serde_json::Value;
 
 use crate::partition::{fnv1a32, PartitionNames};
@@ -59,6 +60,13 @@ pub struct Shuffle {
     /// The shuffle stream's partition names (its subjects, transform and
     /// filter subjects).
     pub names: PartitionNames,
+    /// Whether an event-time window follows the step: stage 1 then sends
+    /// watermark messages through the shuffle stream, and stage 2's
+    /// windows take the minimum over the upstream partitions.
+    pub watermarks: bool,
+    /// How long an upstream partition may send no watermark before stage 2
+    /// leaves it out of the minimum (ms).
+    pub idle_timeout_ms: u64,
 }
 
 impl ClusterPipeline {
@@ -172,8 +180,20 @@ impl ClusterPipeline {
                     .stream
                     .clone()
                     .unwrap_or_else(|| stream_part(&format!("{}-{}", config.name, step.name)));
+                let watermarks = config.pipeline[index + 1..].iter().any(|later| {
+                    matches!(later, StepConfig::Window(window) if window.build().is_ok_and(|window| {
+                        matches!(window.kind(),
+                            WindowKind::Tumbling { time: TimeMode::Event(_), .. }
+                            | WindowKind::Sliding { time: TimeMode::Event(_), .. }
+                            | WindowKind::Session { time: TimeMode::Event(_), .. })
+                    }))
+                });
                 Shuffle {
                     index,
+                    watermarks,
+                    idle_timeout_ms: step
+                        .idle_timeout_ms
+                        .unwrap_or(plumber_engine::shuffle::DEFAULT_IDLE_TIMEOUT_MS),
                     step: step.name.clone(),
                     key_by: step.key_by.clone(),
                     names: PartitionNames::new(
@@ -314,6 +334,17 @@ impl ClusterPipeline {
                     (Some(shuffle), 2) => {
                         from.insert("stream".into(), Value::String(shuffle.stream.clone()));
                         from.remove("subjects");
+                        if shuffle.watermarks {
+                            // Each stage-1 task is an upstream.
+                            from.insert(
+                                "watermark_upstreams".into(),
+                                Value::from(self.names.partitions),
+                            );
+                            from.insert(
+                                "watermark_idle_timeout_ms".into(),
+                                Value::from(shuffle.idle_timeout_ms),
+                            );
+                        }
                         shuffle.names.filter_subject(stage_partition)
                     }
                     _ => self.names.filter_subject(stage_partition),
@@ -340,6 +371,9 @@ impl ClusterPipeline {
                     });
                     if let Some(url) = url {
                         to["url"] = url;
+                    }
+                    if shuffle.watermarks {
+                        to["watermark_partitions"] = Value::from(shuffle.names.partitions);
                     }
                     top.insert("to".into(), to);
                 }
@@ -627,6 +661,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("at `pipeline[1].stream`"), "{error}");
+    }
+
+    #[test]
+    fn an_event_time_window_after_the_shuffle_gets_the_upstreams_watermarks() {
+        let windowed = TWO_STAGES
+            .replace(
+                r#"{"name": "count", "type": "wasm", "module": "count.wasm"}"#,
+                r#"{"name": "w", "type": "window", "window": "tumbling", "size_ms": 1000,
+                    "time": "event"},
+                   {"name": "count", "type": "wasm", "module": "count.wasm"}"#,
+            )
+            .replace(
+                r#""key_by": {"field": "user"}"#,
+                r#""key_by": {"field": "user"}, "idle_timeout_ms": 5000"#,
+            );
+        let pipeline = ClusterPipeline::parse(&windowed, "c.json", Path::new(".")).unwrap();
+        let shuffle = pipeline.shuffle.clone().unwrap();
+        assert!(shuffle.watermarks);
+        let one = pipeline.partition_json(3);
+        assert_eq!(one["to"]["watermark_partitions"], 16);
+        let two = pipeline.partition_json(16 + 3);
+        assert_eq!(two["from"]["watermark_upstreams"], 16);
+        assert_eq!(two["from"]["watermark_idle_timeout_ms"], 5000);
+        assert_eq!(pipeline.partition_config(3).unwrap().name, "orders.s1#p03");
+        assert_eq!(pipeline.partition_config(19).unwrap().name, "orders.s2#p03");
+
+        // The default idle timeout; no watermarks for a processing-time
+        // window, nor before the shuffle.
+        let default = windowed.replace(r#", "idle_timeout_ms": 5000"#, "");
+        let pipeline = ClusterPipeline::parse(&default, "c.json", Path::new(".")).unwrap();
+        assert_eq!(
+            pipeline.partition_json(16)["from"]["watermark_idle_timeout_ms"],
+            60_000
+        );
+        let processing = windowed.replace(r#""time": "event""#, r#""time": "processing""#);
+        let pipeline = ClusterPipeline::parse(&processing, "c.json", Path::new(".")).unwrap();
+        assert!(!pipeline.shuffle.clone().unwrap().watermarks);
+        assert!(pipeline.partition_json(0)["to"]
+            .get("watermark_partitions")
+            .is_none());
+        assert!(pipeline.partition_json(16)["from"]
+            .get("watermark_upstreams")
+            .is_none());
+
+        let zero = windowed.replace(r#""idle_timeout_ms": 5000"#, r#""idle_timeout_ms": 0"#);
+        let error = ClusterPipeline::parse(&zero, "c.json", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("at `pipeline[1].idle_timeout_ms`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -85,6 +85,58 @@ pub fn subject_token(key: &[u8]) -> String {
     }
 }
 
+/// How long, by default, an upstream task that sent no watermark message
+/// is waited for before the watermark after a shuffle leaves it out (ms):
+/// longer than an upstream task's take-over after a crash (seconds, more on
+/// a loaded machine), whose replayed events would otherwise come late.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// The header that marks a **watermark message** in a shuffle stream: its
+/// value is the highest event timestamp (ms since the Unix epoch) the
+/// upstream task had published, all of it stored, when it sent the message.
+/// A watermark message is not an event: a JetStream source that reads one
+/// never hands it to the pipeline.
+pub const WATERMARK_HEADER: &str = "plumber-watermark";
+
+/// The header of a watermark message that names the upstream task that sent
+/// it (its pipeline name, e.g. `orders.s1#p03`).
+pub const UPSTREAM_HEADER: &str = "plumber-upstream";
+
+/// FNV-1a, 32 bits: the hash of NATS's `partition()` subject mapping.
+#[must_use]
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    const OFFSET_BASIS: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The partition (0 to `partitions - 1`) of the subject token `token`
+/// among `partitions`, as the NATS server's `partition(N, …)` mapping
+/// computes it; `partitions` of 0 is taken as 1.
+#[must_use]
+pub fn partition_of(token: &[u8], partitions: u32) -> u32 {
+    fnv1a32(token) % partitions.max(1)
+}
+
+/// A subject token that the server files under `partition` of
+/// `partitions`: `~w<n>` for the smallest `n` that hashes there. Watermark
+/// messages are published to `<stream>.<this token>` to reach one
+/// partition each; `~` followed by a non-hex letter is never the token of
+/// a key ([`subject_token`]), so they share no subject with events.
+#[must_use]
+pub fn partition_token(partition: u32, partitions: u32) -> String {
+    let partitions = partitions.max(1);
+    let target = partition % partitions;
+    // About `partitions` tries on average: FNV-1a spreads these tokens
+    // evenly (checked for every partition of 1 to 1024 in the tests).
+    (0u64..)
+        .map(|n| format!("~w{n}"))
+        .find(|token| partition_of(token.as_bytes(), partitions) == target)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +193,25 @@ mod tests {
         // The encoded form of one key is never the plain form of another.
         assert_ne!(subject_token(b"~61"), subject_token(b"a"));
         assert_ne!(subject_token(b"61"), subject_token(b"a"));
+    }
+
+    #[test]
+    fn fnv1a32_matches_the_reference_vectors() {
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn a_partition_token_reaches_its_partition_and_is_no_keys_token() {
+        for partitions in [1, 2, 3, 7, 16, 64, 1000, 1024] {
+            for partition in 0..partitions {
+                let token = partition_token(partition, partitions);
+                assert_eq!(partition_of(token.as_bytes(), partitions), partition);
+                assert!(token.starts_with("~w"), "{token}");
+                // A key's escaped token is `~` and hex: `w` is not hex.
+                assert_ne!(subject_token(token.as_bytes()), token);
+            }
+        }
     }
 }

@@ -149,6 +149,18 @@ pub trait Step: Send {
         Ok(())
     }
 
+    /// The source's watermark moved to `watermark` (ms since the Unix
+    /// epoch), after every event read before it: an event-time window
+    /// fires what it closes (pushed onto `out`); other steps ignore it, and
+    /// the pipeline passes it on to the next step.
+    ///
+    /// # Errors
+    ///
+    /// The step failed while releasing.
+    async fn watermark(&mut self, _watermark: u64, _out: &mut Vec<Batch>) -> Result<(), StepError> {
+        Ok(())
+    }
+
     /// Called at each checkpoint barrier after [`Step::take_writes`]: the
     /// one point where a pipe may switch modules.
     async fn at_barrier(&mut self) {}

@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 use super::reconnect::{Reconnect, FIRST_BACKOFF, MAX_BACKOFF};
 use super::{CommitListener, Sink, Source, StreamError};
 use plumber_engine::checkpoint::Position;
-use plumber_engine::shuffle::{subject_token, ShuffleKey};
+use plumber_engine::shuffle::{
+    partition_token, subject_token, ShuffleKey, UPSTREAM_HEADER, WATERMARK_HEADER,
+};
 use plumber_engine::streams::OUTBOX_ID_HEADER;
 use plumber_engine::{Batch, Event};
 
@@ -608,6 +610,145 @@ pub struct JetStreamSource {
     /// server's time): a consumer of that name created at another time is
     /// another reader's.
     created: Option<async_nats::datetime::DateTime>,
+    /// The watermarks of the upstream tasks, when the source reads a
+    /// shuffle stream's partition for event-time windows.
+    upstreams: Option<UpstreamWatermarks>,
+}
+
+/// The watermarks the upstream tasks of a shuffle stream's partition sent
+/// (their [`WATERMARK_HEADER`] messages), and the source's watermark made
+/// of them: the **minimum over the upstreams**, leaving out each upstream
+/// that sent no watermark message for the idle timeout (one never heard of
+/// counts as silent since the first message read). While an upstream that
+/// is not left out has sent none yet, there is no watermark; nor is there
+/// when every upstream is left out.
+///
+/// Silence is measured in the **stream's time**: the time the server
+/// stored the newest message read, plus the time since it was read. A
+/// backlog read in one burst (a restart, a task that fell behind) thus
+/// tells an upstream that stopped early from one that went on, as they
+/// were when the messages were stored; once caught up, stream time runs
+/// with the local clock. Only server timestamps are compared with each
+/// other, never with the local clock.
+///
+/// Each upstream's watermark only goes up (a restarted upstream replaying
+/// older events sends lower ones, which change nothing), so an upstream
+/// that comes back after being left out can only hold the minimum back
+/// from then on.
+#[derive(Debug, Clone)]
+pub struct UpstreamWatermarks {
+    upstreams: u32,
+    idle_timeout_ms: u64,
+    /// When the first message read was stored (ms since the epoch).
+    first_stored: Option<u64>,
+    /// When the newest message read was stored, and when it was read.
+    newest: Option<(u64, std::time::Instant)>,
+    /// Upstream → its highest watermark and when its last watermark
+    /// message was stored.
+    latest: HashMap<String, (u64, u64)>,
+    /// The watermark last reported.
+    reported: Option<u64>,
+}
+
+impl UpstreamWatermarks {
+    /// The watermarks of `upstreams` upstream tasks, each left out after
+    /// `idle_timeout` without a watermark message.
+    #[must_use]
+    pub fn new(upstreams: u32, idle_timeout: Duration) -> Self {
+        UpstreamWatermarks {
+            upstreams: upstreams.max(1),
+            idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            first_stored: None,
+            newest: None,
+            latest: HashMap::new(),
+            reported: None,
+        }
+    }
+
+    /// A message (an event or a watermark message) stored at `stored_ms`
+    /// was read at `now`: stream time is at least that.
+    pub fn observe(&mut self, stored_ms: u64, now: std::time::Instant) {
+        self.first_stored.get_or_insert(stored_ms);
+        if self.newest.is_none_or(|(newest, _)| stored_ms >= newest) {
+            self.newest = Some((stored_ms, now));
+        }
+    }
+
+    /// Upstream `upstream`'s watermark message saying `watermark`, stored
+    /// at `stored_ms`, was read at `now`.
+    pub fn record(
+        &mut self,
+        upstream: &str,
+        watermark: u64,
+        stored_ms: u64,
+        now: std::time::Instant,
+    ) {
+        self.observe(stored_ms, now);
+        match self.latest.get_mut(upstream) {
+            Some((highest, stored)) => {
+                *highest = (*highest).max(watermark);
+                *stored = (*stored).max(stored_ms);
+            }
+            None => {
+                self.latest
+                    .insert(upstream.to_owned(), (watermark, stored_ms));
+            }
+        }
+    }
+
+    /// Stream time at `now` (ms since the epoch): when the newest message
+    /// read was stored, plus the time since it was read.
+    fn stream_time(&self, now: std::time::Instant) -> Option<u64> {
+        let (stored, read) = self.newest?;
+        let since =
+            u64::try_from(now.saturating_duration_since(read).as_millis()).unwrap_or(u64::MAX);
+        Some(stored.saturating_add(since))
+    }
+
+    /// The minimum over the upstreams not idle at `now`, if each of them
+    /// has sent a watermark.
+    #[must_use]
+    pub fn current(&self, now: std::time::Instant) -> Option<u64> {
+        let time = self.stream_time(now)?;
+        let live = |stored: u64| time.saturating_sub(stored) < self.idle_timeout_ms;
+        let unheard = usize::try_from(self.upstreams)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.latest.len());
+        if unheard > 0 && self.first_stored.is_none_or(live) {
+            return None;
+        }
+        self.latest
+            .values()
+            .filter(|(_, stored)| live(*stored))
+            .map(|(watermark, _)| *watermark)
+            .min()
+    }
+
+    /// Whether [`UpstreamWatermarks::current`] at `now` differs from the
+    /// watermark last reported (which it becomes).
+    pub fn changed(&mut self, now: std::time::Instant) -> bool {
+        let current = self.current(now);
+        let changed = current != self.reported;
+        self.reported = current;
+        changed
+    }
+
+    /// The watermark last reported.
+    #[must_use]
+    pub fn reported(&self) -> Option<u64> {
+        self.reported
+    }
+}
+
+/// The upstream and watermark of a shuffle stream's watermark message.
+fn watermark_of(message: &async_nats::Message) -> Option<(String, Option<u64>)> {
+    let headers = message.headers.as_ref()?;
+    let watermark = headers.get(WATERMARK_HEADER)?;
+    let upstream = headers
+        .get(UPSTREAM_HEADER)
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default();
+    Some((upstream, watermark.as_str().parse().ok()))
 }
 
 impl JetStreamSource {
@@ -680,7 +821,19 @@ impl JetStreamSource {
             pending_after: 0,
             consumers_created: Arc::default(),
             created: None,
+            upstreams: None,
         })
+    }
+
+    /// Reads a shuffle stream's partition for event-time windows: keeps the
+    /// watermark messages of its `upstreams` upstream tasks (messages with
+    /// a [`WATERMARK_HEADER`], which are then never events) and reports
+    /// their minimum as the source's watermark (see [`UpstreamWatermarks`];
+    /// an upstream silent for `idle_timeout` is left out).
+    #[must_use]
+    pub fn upstream_watermarks(mut self, upstreams: u32, idle_timeout: Duration) -> Self {
+        self.upstreams = Some(UpstreamWatermarks::new(upstreams, idle_timeout));
+        self
     }
 
     /// How long a pull or an ack keeps retrying while the server is
@@ -886,6 +1039,8 @@ impl JetStreamSource {
             .info()
             .map_err(|e| Failure::Fatal(io_error(self.describe(), "read message metadata", e)))?;
         let (sequence, delivery) = (info.stream_sequence, info.consumer_sequence);
+        let stored_ms =
+            u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         self.pending_after = info.pending;
         let message = message.message;
         let Some(reply) = message.reply.clone() else {
@@ -912,6 +1067,22 @@ impl JetStreamSource {
             return Ok(true);
         }
         self.handed_out = sequence;
+        let now = std::time::Instant::now();
+        let watermark = self.upstreams.as_ref().and_then(|_| watermark_of(&message));
+        if let Some((upstream, watermark)) = watermark {
+            // Not an event: read past (and acknowledged with the others).
+            if let (Some(upstreams), Some(watermark)) = (&mut self.upstreams, watermark) {
+                upstreams.record(&upstream, watermark, stored_ms, now);
+            }
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(sequence, reply);
+            return Ok(true);
+        }
+        if let Some(upstreams) = &mut self.upstreams {
+            upstreams.observe(stored_ms, now);
+        }
         let mut event = event_from(&message);
         event.headers.retain(|(name, _)| name != SOURCE_SEQ_HEADER);
         event
@@ -1009,10 +1180,30 @@ impl Source for JetStreamSource {
                     // Hand out what arrived; the next batch recreates.
                 }
             }
-            if !events.is_empty() {
+            // The watermark moves with messages and with time (an
+            // upstream going idle): an empty batch says so.
+            let moved = self
+                .upstreams
+                .as_mut()
+                .is_some_and(|upstreams| upstreams.changed(std::time::Instant::now()));
+            if moved {
+                tracing::debug!(source = %self.describe(), upstreams = ?self.upstreams,
+                    "watermark moved");
+            }
+            if !events.is_empty() || moved {
                 return Ok(Some((events, Position::Offset(self.handed_out))));
             }
         }
+    }
+
+    fn reports_watermarks(&self) -> bool {
+        self.upstreams.is_some()
+    }
+
+    fn watermark(&self) -> Option<u64> {
+        self.upstreams
+            .as_ref()
+            .and_then(UpstreamWatermarks::reported)
     }
 
     fn commit_listener(&mut self) -> Option<Box<dyn CommitListener>> {
@@ -1142,12 +1333,30 @@ pub struct JetStreamSink {
     /// Publishes the server acknowledged as duplicates (their message id
     /// was stored already: a replay, or a resend after a lost ack).
     duplicates: u64,
+    /// Watermark messages to every partition of the stream, when the sink
+    /// feeds a shuffle stream read by event-time windows.
+    watermarks: Option<WatermarkPublisher>,
+}
+
+/// What a [`JetStreamSink`] publishes watermark messages with: at each
+/// flush, once every event before it is stored, the highest event
+/// timestamp published so far goes to each partition of the stream.
+struct WatermarkPublisher {
+    /// A subject token of each partition ([`partition_token`]).
+    tokens: Vec<String>,
+    /// The highest timestamp of the events written so far.
+    highest: Option<u64>,
+    /// The last watermark published.
+    published: Option<u64>,
 }
 
 /// A JetStream publish not acknowledged yet.
 struct InFlight {
     subject: String,
     message: PublishMessage,
+    /// Whether it is an event (a watermark message's duplicate is not
+    /// counted in [`Sink::duplicates`]).
+    event: bool,
     /// The client's connection count when it was sent: after a reconnect,
     /// its ack cannot come any more.
     connects: u64,
@@ -1187,7 +1396,89 @@ impl JetStreamSink {
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             key_by: None,
             duplicates: 0,
+            watermarks: None,
         })
+    }
+
+    /// At each flush, once every event written before it is stored,
+    /// publishes a **watermark message** to each of the `partitions`
+    /// partitions of a stream partitioned by the last subject token (a
+    /// shuffle stream): to `<subject>.<token>` with a token the server
+    /// files under that partition ([`partition_token`]), no payload, the
+    /// highest event timestamp written so far in a [`WATERMARK_HEADER`],
+    /// the pipeline's name in an [`UPSTREAM_HEADER`], and the message id
+    /// `<pipeline>:wm:<partition>:<timestamp>` (a replay publishing the same
+    /// watermark again adds nothing; one that did not move is not sent).
+    #[must_use]
+    pub fn publish_watermarks(mut self, partitions: u32) -> Self {
+        let partitions = partitions.max(1);
+        self.watermarks = Some(WatermarkPublisher {
+            tokens: (0..partitions)
+                .map(|partition| partition_token(partition, partitions))
+                .collect(),
+            highest: None,
+            published: None,
+        });
+        self
+    }
+
+    /// Publishes the watermark messages of [`JetStreamSink::publish_watermarks`]
+    /// when the highest timestamp moved since the last ones.
+    async fn send_watermarks(&mut self) -> Result<(), StreamError> {
+        let Some(publisher) = &self.watermarks else {
+            return Ok(());
+        };
+        let Some(watermark) = publisher.highest.filter(|w| publisher.published < Some(*w)) else {
+            return Ok(());
+        };
+        let messages: Vec<(String, PublishMessage)> = publisher
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(partition, token)| {
+                let mut headers = HeaderMap::new();
+                headers.insert(WATERMARK_HEADER, watermark.to_string().as_str());
+                headers.insert(UPSTREAM_HEADER, self.pipeline.as_str());
+                let message = PublishMessage::build()
+                    .payload(Vec::<u8>::new().into())
+                    .headers(headers)
+                    .message_id(format!("{}:wm:{partition}:{watermark}", self.pipeline));
+                (format!("{}.{token}", self.subject), message)
+            })
+            .collect();
+        for (subject, message) in messages {
+            self.enqueue(subject, message, false).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        if let Some(publisher) = &mut self.watermarks {
+            publisher.published = Some(watermark);
+        }
+        Ok(())
+    }
+
+    /// Sends `message` to `subject` (or holds it back, see [`JetStreamSink::send`])
+    /// and keeps it in flight until its ack.
+    async fn enqueue(
+        &mut self,
+        subject: String,
+        message: PublishMessage,
+        event: bool,
+    ) -> Result<(), StreamError> {
+        while self.in_flight.len() >= MAX_PENDING_ACKS {
+            self.settle_oldest().await?;
+        }
+        let connects = self.connects();
+        let ack = self.send(&subject, message.clone()).await?;
+        self.in_flight.push_back(InFlight {
+            subject,
+            message,
+            event,
+            connects,
+            ack,
+        });
+        Ok(())
     }
 
     /// Publishes each event to `<subject>.<token>`, the token being the
@@ -1394,10 +1685,10 @@ impl JetStreamSink {
                     };
                     match outcome {
                         Ok(Ok(ack)) => {
-                            if ack.duplicate {
+                            let settled = self.in_flight.pop_front();
+                            if ack.duplicate && settled.is_some_and(|settled| settled.event) {
                                 self.duplicates += 1;
                             }
-                            self.in_flight.pop_front();
                             retry.succeeded();
                             return Ok(());
                         }
@@ -1431,34 +1722,36 @@ impl Sink for JetStreamSink {
                     subject
                 }
             };
+            if self.watermarks.is_some() {
+                // No event may pass for a watermark message downstream.
+                event
+                    .headers
+                    .retain(|(name, _)| name != WATERMARK_HEADER && name != UPSTREAM_HEADER);
+            }
             let headers = headers_of(&event).map_err(|m| invalid(self.describe(), "publish", m))?;
             let id = self.message_id(&event);
-            while self.in_flight.len() >= MAX_PENDING_ACKS {
-                self.settle_oldest().await?;
+            if let (Some(publisher), Some(timestamp)) = (&mut self.watermarks, event.timestamp) {
+                publisher.highest = Some(publisher.highest.map_or(timestamp, |h| h.max(timestamp)));
             }
             let message = PublishMessage::build()
                 .payload(event.value.into())
                 .headers(headers)
                 .message_id(id);
-            let connects = self.connects();
-            let ack = self.send(&subject, message.clone()).await?;
-            self.in_flight.push_back(InFlight {
-                subject,
-                message,
-                connects,
-                ack,
-            });
+            self.enqueue(subject, message, true).await?;
         }
         Ok(())
     }
 
     /// Waits until the server has acknowledged (stored, or recognised as a
-    /// duplicate) every message published so far.
+    /// duplicate) every message published so far; then, with
+    /// [`JetStreamSink::publish_watermarks`], publishes the watermark
+    /// messages (after every event they cover is stored) and waits for
+    /// their acks too.
     async fn flush(&mut self) -> Result<(), StreamError> {
         while !self.in_flight.is_empty() {
             self.settle_oldest().await?;
         }
-        Ok(())
+        self.send_watermarks().await
     }
 
     /// The publishes the server acknowledged with `duplicate: true`.
@@ -1469,7 +1762,89 @@ impl Sink for JetStreamSink {
 
 #[cfg(test)]
 mod tests {
-    use super::is_leader_moved;
+    use super::{is_leader_moved, UpstreamWatermarks};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_watermark_is_the_minimum_over_upstreams_not_idle() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // Read as stored (caught up): stream time 1_000_000 + ms.
+        let stored = |ms: u64| 1_000_000 + ms;
+        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(1_000));
+        assert_eq!(upstreams.current(at(0)), None);
+        // Until each upstream has sent one (or is idle), there is none.
+        upstreams.record("s1#p0", 5_000, stored(10), at(10));
+        upstreams.record("s1#p1", 2_000, stored(20), at(20));
+        assert_eq!(upstreams.current(at(30)), None);
+        upstreams.record("s1#p2", 9_000, stored(40), at(40));
+        assert_eq!(upstreams.current(at(50)), Some(2_000));
+        // Each upstream's own watermark never goes back.
+        upstreams.record("s1#p1", 1_000, stored(60), at(60));
+        assert_eq!(upstreams.current(at(70)), Some(2_000));
+        upstreams.record("s1#p1", 3_000, stored(900), at(900));
+        assert_eq!(upstreams.current(at(950)), Some(3_000));
+        // p0 and p2 silent for the idle timeout: left out.
+        assert_eq!(upstreams.current(at(1_010)), Some(3_000));
+        upstreams.record("s1#p1", 4_000, stored(1_020), at(1_020));
+        assert_eq!(upstreams.current(at(1_040)), Some(4_000));
+        // Every upstream idle: no watermark.
+        assert_eq!(upstreams.current(at(2_100)), None);
+        // One comes back: it counts again (and holds the others back).
+        upstreams.record("s1#p2", 9_500, stored(2_200), at(2_200));
+        assert_eq!(upstreams.current(at(2_210)), Some(9_500));
+        upstreams.record("s1#p0", 6_000, stored(2_300), at(2_300));
+        assert_eq!(upstreams.current(at(2_310)), Some(6_000));
+        assert!(upstreams.changed(at(2_320)));
+        assert!(!upstreams.changed(at(2_330)));
+        assert_eq!(upstreams.reported(), Some(6_000));
+    }
+
+    #[test]
+    fn an_upstream_never_heard_of_is_left_out_after_the_idle_timeout() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut upstreams = UpstreamWatermarks::new(2, Duration::from_millis(1_000));
+        upstreams.record("s1#p0", 7_000, 500, at(0));
+        upstreams.record("s1#p0", 7_500, 1_200, at(700));
+        // Stream time 1_499: p1 silent since the first message, 999 ms.
+        assert_eq!(upstreams.current(at(999)), None);
+        assert_eq!(upstreams.current(at(1_000)), Some(7_500));
+    }
+
+    /// A backlog read in one burst: the idle upstream stopped 5 s (of
+    /// stream time) before the others, though all were read at once; it
+    /// is left out by the time its messages were stored, and once every
+    /// upstream has been quiet there is still a moment with the others'
+    /// minimum (measured from when each was stored, not read).
+    #[test]
+    fn silence_is_measured_in_the_streams_time() {
+        let read = Instant::now();
+        let mut upstreams = UpstreamWatermarks::new(3, Duration::from_millis(3_000));
+        upstreams.record("s1#p0", 1_000, 10_000, read);
+        upstreams.record("s1#p1", 1_100, 10_100, read);
+        upstreams.record("s1#p2", 1_200, 10_200, read);
+        upstreams.record("s1#p0", 6_000, 15_000, read);
+        upstreams.record("s1#p1", 6_100, 15_100, read);
+        // p2 stored nothing for 4.8 s of stream time: left out already.
+        assert_eq!(upstreams.current(read), Some(6_000));
+        // All read at once, then quiet.
+        let mut burst = UpstreamWatermarks::new(3, Duration::from_millis(3_000));
+        burst.record("s1#p2", 1_200, 10_200, read);
+        burst.record("s1#p0", 6_000, 12_000, read);
+        burst.record("s1#p1", 6_100, 12_100, read);
+        assert_eq!(burst.current(read), Some(1_200));
+        let later = |ms: u64| read + Duration::from_millis(ms);
+        // Stream time 13_200: p2 left out, p0 and p1 not yet.
+        assert_eq!(burst.current(later(1_100)), Some(6_000));
+        assert_eq!(burst.current(later(3_100)), None);
+        // Events move stream time too.
+        let mut events = UpstreamWatermarks::new(2, Duration::from_millis(3_000));
+        events.record("s1#p0", 1_000, 10_000, read);
+        events.record("s1#p1", 2_000, 10_000, read);
+        events.observe(14_000, read);
+        assert_eq!(events.current(read), None);
+    }
 
     #[test]
     fn a_moved_consumer_leader_is_retried_and_a_deleted_consumer_is_not() {

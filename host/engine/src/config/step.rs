@@ -70,6 +70,11 @@ pub struct RepartitionStepConfig {
     /// characters a stream name cannot have replaced).
     #[serde(default)]
     pub stream: Option<String>,
+    /// When event-time windows follow the step: an upstream partition
+    /// that sent no watermark for this long is left out of the watermark
+    /// (the minimum over the upstream partitions), in ms (default 60 000).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// `{"type": "command", ...}`: a WASI preview 1 command module (e.g. Go's
@@ -262,6 +267,12 @@ impl StepConfig {
                             "expected the name of a field of the events' JSON values",
                         ));
                     }
+                }
+                if repartition.idle_timeout_ms == Some(0) {
+                    return Err(FieldError::new(
+                        "idle_timeout_ms",
+                        "expected a positive number of milliseconds",
+                    ));
                 }
                 if let Some(stream) = &repartition.stream {
                     if stream.is_empty()

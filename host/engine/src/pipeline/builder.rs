@@ -282,11 +282,10 @@ impl PipelineBuilder {
                 keys: self.checkpoint.max_pending_keys,
                 bytes: self.checkpoint.max_pending_bytes,
             },
-            window_options: window_options(
-                self.delivery,
-                &self.checkpoint,
-                &self.checkpoint_requests,
-            ),
+            window_options: WindowOptions {
+                upstream_watermarks: source.reports_watermarks(),
+                ..window_options(self.delivery, &self.checkpoint, &self.checkpoint_requests)
+            },
         };
         let steps = instantiate_steps(&context, self.steps, self.runtime).await?;
 
@@ -407,6 +406,7 @@ fn window_options(
         // already released after it was saved: start empty instead.
         restore: delivery != Delivery::AtMostOnce,
         checkpoint_on_close: policy.on_window_close.then(|| requests.clone()),
+        upstream_watermarks: false,
     }
 }
 

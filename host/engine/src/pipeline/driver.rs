@@ -17,12 +17,13 @@ use crate::state::SharedState;
 use crate::streams::{CommitListener, Source, StreamError};
 use crate::{Batch, Event};
 
-/// What a read of the source gave: a batch and the position after it, the
-/// end (`None`), or an error.
-type ReadResult = Result<Option<(Vec<Event>, Position)>, StreamError>;
+/// What a read of the source gave: a batch, the position after it and the
+/// source's watermark then; the end (`None`); or an error.
+type ReadResult = Result<Option<ReadBatch>, StreamError>;
 
-/// A batch read and the position after its last event.
-type ReadBatch = (Vec<Event>, Position);
+/// A batch read (perhaps empty, when only the source's watermark moved),
+/// the position after its last event, and the source's watermark after it.
+type ReadBatch = (Vec<Event>, Position, Option<u64>);
 
 /// At-most-once commits the position once for a group of batches the
 /// source already has ready: at most this many batches...
@@ -132,6 +133,11 @@ pub(super) struct SourceDriver {
     /// Whether the last commit stored an outbox (output published after
     /// the commit) that a checkpoint still has to delete.
     outbox_uncleared: bool,
+    /// The last watermark sent to the steps.
+    watermark: Option<u64>,
+    /// Whether the position moved since the last checkpoint (also past
+    /// messages that are not events, such as a shuffle's watermarks).
+    moved: bool,
 }
 
 impl SourceDriver {
@@ -157,6 +163,8 @@ impl SourceDriver {
             committed: signals.committed,
             commit_listener: None,
             outbox_uncleared: setup.resume.outbox_uncleared,
+            watermark: None,
+            moved: false,
         }
     }
 
@@ -259,17 +267,30 @@ impl SourceDriver {
             // skipped, never applied twice.
             self.commit_ahead(&group).await?;
         }
-        for (events, position) in group {
+        for (events, position, watermark) in group {
             let count = events.len() as u64;
-            output
-                .send_batch(Batch::new(events))
-                .await
-                .map_err(|_| self.disconnected())?;
+            // An empty batch: only the source's watermark (or position) moved.
+            if count > 0 {
+                output
+                    .send_batch(Batch::new(events))
+                    .await
+                    .map_err(|_| self.disconnected())?;
+            }
+            // After the batch, in the same channel: a window sees every
+            // event read before a watermark before the watermark.
+            if let Some(watermark) = watermark.filter(|w| self.watermark < Some(*w)) {
+                self.watermark = Some(watermark);
+                output
+                    .send(Message::Watermark(watermark))
+                    .await
+                    .map_err(|_| self.disconnected())?;
+            }
             if self.delivery != Delivery::AtMostOnce {
                 // (At-most-once moved it to the group's end already: a
                 // checkpoint never records less than was committed ahead.)
                 self.position = position;
             }
+            self.moved = true;
             self.events_in += count;
             self.status.events_in.fetch_add(count, Ordering::Relaxed);
             self.events_since_checkpoint += count;
@@ -287,7 +308,7 @@ impl SourceDriver {
     /// At-most-once: commits the position after the last batch of `group`
     /// before any of it is processed.
     async fn commit_ahead(&mut self, group: &[ReadBatch]) -> Result<(), PipelineError> {
-        let Some((_, position)) = group.last() else {
+        let Some((_, position, _)) = group.last() else {
             return Ok(());
         };
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
@@ -343,7 +364,10 @@ impl SourceDriver {
         let released = self.released.swap(false, Ordering::AcqRel);
         match why {
             CheckpointCause::Due => {
-                self.events_since_checkpoint > 0 || released || self.outbox_uncleared
+                self.events_since_checkpoint > 0
+                    || self.moved
+                    || released
+                    || self.outbox_uncleared
             }
             CheckpointCause::Last => {
                 self.events_since_checkpoint > 0
@@ -394,6 +418,7 @@ impl SourceDriver {
         self.epoch += 1;
         self.checkpoints += 1;
         self.events_since_checkpoint = 0;
+        self.moved = false;
         self.last_checkpoint = Some(record);
         self.outbox_uncleared = reply.outbox_events > 0;
         self.notify_committed().await
@@ -447,7 +472,9 @@ impl Reads {
         let status = status.clone();
         let reader = OwnedTask::spawn(async move {
             loop {
-                let result = source.next_batch(batch_size).await;
+                let result = source.next_batch(batch_size).await.map(|read| {
+                    read.map(|(events, position)| (events, position, source.watermark()))
+                });
                 if let Some(lag) = source.lag() {
                     let lag = i64::try_from(lag).unwrap_or(i64::MAX);
                     status.source_lag.store(lag, Ordering::Relaxed);
@@ -478,17 +505,17 @@ impl Reads {
     /// group's bounds, without waiting for more. A read that ends the
     /// group early is set aside for [`Reads::next`].
     fn gather_ready(&mut self, group: &mut Vec<ReadBatch>) {
-        let mut events: usize = group.iter().map(|(events, _)| events.len()).sum();
+        let mut events: usize = group.iter().map(|(events, _, _)| events.len()).sum();
         while group.len() < GROUP_MAX_BATCHES && events < GROUP_MAX_EVENTS {
             match self.receiver.try_recv() {
-                Ok(Ok(Some((batch, position)))) => {
+                Ok(Ok(Some((batch, position, watermark)))) => {
                     if events + batch.len() > GROUP_MAX_EVENTS {
                         // Too big for this group: it starts the next one.
-                        self.set_aside = Some(Ok(Some((batch, position))));
+                        self.set_aside = Some(Ok(Some((batch, position, watermark))));
                         return;
                     }
                     events += batch.len();
-                    group.push((batch, position));
+                    group.push((batch, position, watermark));
                 }
                 Ok(other) => {
                     self.set_aside = Some(other);

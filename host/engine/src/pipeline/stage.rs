@@ -23,6 +23,9 @@ pub(super) enum Message {
     /// A checkpoint barrier: every stage adds its pending writes as it
     /// passes; the sink flushes and sends the writes back to the source driver.
     Barrier(Barrier),
+    /// The source's watermark moved (ms since the Unix epoch); it follows
+    /// the batches read before it.
+    Watermark(u64),
     /// The finite source has ended: steps push what they still hold.
     End,
 }
@@ -238,6 +241,9 @@ impl StageRunner {
                     self.process(batch).await?;
                 }
                 Next::Message(Message::Barrier(barrier)) => self.barrier(barrier).await?,
+                Next::Message(Message::Watermark(watermark)) => {
+                    self.watermark(watermark).await?;
+                }
                 Next::Message(Message::End) => self.end().await?,
             }
         }
@@ -265,6 +271,25 @@ impl StageRunner {
             .events_out
             .fetch_add(out as u64, Ordering::Relaxed);
         self.send_produced().await
+    }
+
+    /// Lets the step release what the watermark closes, then passes the
+    /// watermark on after that output.
+    async fn watermark(&mut self, watermark: u64) -> Result<(), PipelineError> {
+        let released = self.step.watermark(watermark, &mut self.produced).await;
+        released.map_err(|source| self.step_error(source))?;
+        if !self.produced.is_empty() {
+            self.link.released.store(true, Ordering::Release);
+        }
+        let out: usize = self.produced.iter().map(|b| b.events.len()).sum();
+        self.stats
+            .events_out
+            .fetch_add(out as u64, Ordering::Relaxed);
+        self.send_produced().await?;
+        self.output
+            .send(Message::Watermark(watermark))
+            .await
+            .map_err(|_| self.disconnected())
     }
 
     async fn barrier(&mut self, mut barrier: Barrier) -> Result<(), PipelineError> {
@@ -455,7 +480,7 @@ pub(super) async fn run_sink(
                     outbox_events,
                 });
             }
-            Message::End => {}
+            Message::Watermark(_) | Message::End => {}
         }
     }
     // The last checkpoint's output, if it committed and is not out yet.

@@ -164,6 +164,24 @@ pub trait Source: Send {
     fn lag(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the source tells event-time windows their watermark
+    /// ([`Source::watermark`]): a stage reading a shuffle stream, whose
+    /// watermark comes from its upstream partitions. Asked once, before the
+    /// steps are created: a window after such a source takes its watermark
+    /// only from it, never from the timestamps it sees.
+    fn reports_watermarks(&self) -> bool {
+        false
+    }
+
+    /// The source's watermark after the last batch (ms since the Unix
+    /// epoch; `None`: none yet): no event with an earlier timestamp is
+    /// expected any more, but for the windows' `max_out_of_orderness_ms`.
+    /// Read after each [`Source::next_batch`], which may return an empty
+    /// batch when only the watermark moved.
+    fn watermark(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Told when a checkpoint covering a source position has been committed

@@ -485,6 +485,8 @@ pub struct WindowStep {
     /// Saved entries to delete at the next checkpoint (another format's).
     stale: Vec<Vec<u8>>,
     checkpoint_on_close: Option<Arc<Notify>>,
+    /// The watermark comes from the source ([`WindowOptions::upstream_watermarks`]).
+    upstream_watermarks: bool,
     #[cfg(test)]
     work: Work,
 }
@@ -496,6 +498,11 @@ pub struct WindowOptions {
     pub restore: bool,
     /// Poked whenever the window releases, when the pipeline checkpoints on window close.
     pub checkpoint_on_close: Option<Arc<Notify>>,
+    /// The source reports the watermark ([`crate::streams::Source::reports_watermarks`]):
+    /// an event-time window's watermark is then the source's less
+    /// `max_out_of_orderness_ms`, never one derived from the timestamps
+    /// the window sees, and its own `idle_timeout_ms` is not used.
+    pub upstream_watermarks: bool,
 }
 
 impl WindowStep {
@@ -560,6 +567,7 @@ impl WindowStep {
             saved_meta: None,
             stale: Vec::new(),
             checkpoint_on_close: options.checkpoint_on_close.clone(),
+            upstream_watermarks: options.upstream_watermarks,
             #[cfg(test)]
             work: Work::default(),
         };
@@ -1027,6 +1035,10 @@ impl WindowStep {
     fn advance_watermark(&mut self, settings: EventTime, timestamp: u64) {
         let max = self.max_timestamp.map_or(timestamp, |m| m.max(timestamp));
         self.max_timestamp = Some(max);
+        if self.upstream_watermarks {
+            // Only the source's watermark moves it ([`Step::watermark`]).
+            return;
+        }
         let candidate = max.saturating_sub(settings.max_out_of_orderness_ms);
         if self.watermark.is_none_or(|w| candidate > w) {
             self.watermark = Some(candidate);
@@ -1167,6 +1179,13 @@ impl Step for WindowStep {
         self.released(released, out);
         Ok(())
     }
+
+    async fn watermark(&mut self, watermark: u64, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        let released = out.len();
+        self.upstream_watermark(watermark, out);
+        self.released(released, out);
+        Ok(())
+    }
 }
 
 impl WindowStep {
@@ -1242,6 +1261,8 @@ impl WindowStep {
         let unfired_end = self.unfired.first().map(|(end, _, _)| *end);
         match self.event_time {
             None => unfired_end.map(|end| self.clock.instant_at(end)),
+            // The source's watermark leaves out its idle upstreams itself.
+            Some(_) if self.upstream_watermarks => None,
             Some(settings) => {
                 // Idle: the watermark advances with processing time.
                 let idle = settings.idle_timeout_ms?;
@@ -1251,6 +1272,21 @@ impl WindowStep {
                 let at = self.last_arrival_ms.saturating_add(idle.max(catch_up));
                 Some(self.clock.instant_at(at))
             }
+        }
+    }
+
+    /// The source's watermark: in event time, with
+    /// [`WindowOptions::upstream_watermarks`], the window's watermark
+    /// becomes it less `max_out_of_orderness_ms` (never going back), and
+    /// what that closes fires. Ignored otherwise.
+    fn upstream_watermark(&mut self, upstream: u64, out: &mut Vec<Batch>) {
+        let Some(settings) = self.event_time.filter(|_| self.upstream_watermarks) else {
+            return;
+        };
+        let candidate = upstream.saturating_sub(settings.max_out_of_orderness_ms);
+        if self.watermark.is_none_or(|w| candidate > w) {
+            self.watermark = Some(candidate);
+            self.fire_due(out);
         }
     }
 

@@ -689,6 +689,7 @@ async fn standalone(spec: Window, state: &SharedState) -> WindowStep {
         &WindowOptions {
             restore: true,
             checkpoint_on_close: None,
+            upstream_watermarks: false,
         },
     )
     .await
@@ -989,4 +990,200 @@ async fn a_window_restored_from_its_checkpoints_releases_what_an_unbroken_one_do
             "{name}"
         );
     }
+}
+
+// Watermarks from the source (a stage after a shuffle)
+
+/// A finite source that reports a watermark after each of its batches, as
+/// a stage reading a shuffle stream does.
+struct WatermarkedSource {
+    /// Each batch and the watermark after it.
+    reads: std::collections::VecDeque<(Vec<Event>, Option<u64>)>,
+    watermark: Option<u64>,
+    read: u64,
+}
+
+#[async_trait]
+impl crate::streams::Source for WatermarkedSource {
+    fn describe(&self) -> String {
+        "watermarked test source".to_owned()
+    }
+
+    async fn seek(&mut self, _position: &Position) -> Result<(), crate::streams::StreamError> {
+        Ok(())
+    }
+
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+    ) -> Result<Option<(Vec<Event>, Position)>, crate::streams::StreamError> {
+        let Some((events, watermark)) = self.reads.pop_front() else {
+            return Ok(None);
+        };
+        self.watermark = watermark;
+        self.read += 1;
+        Ok(Some((events, Position::Offset(self.read))))
+    }
+
+    fn reports_watermarks(&self) -> bool {
+        true
+    }
+
+    fn watermark(&self) -> Option<u64> {
+        self.watermark
+    }
+}
+
+/// Two upstream partitions as one source: the fast one's timestamps run
+/// 10 s ahead of the slow one's. The window's watermark follows the
+/// source's (the minimum over the upstreams, less the out-of-orderness),
+/// not the highest timestamp seen: the slow partition's events are not
+/// late, and each window fires only once the source's watermark has
+/// passed its end, in the order the source said so. An empty batch (only
+/// the watermark moved) fires windows too.
+#[tokio::test]
+async fn a_window_after_a_watermarked_source_takes_its_watermark_from_the_source() {
+    let reads = vec![
+        // The fast upstream at 10 s, the slow one at 0 s: the watermark is
+        // the slow one's.
+        (vec![at("fast-a", 10_000), at("slow-a", 100)], Some(100)),
+        (vec![at("slow-b", 900), at("fast-b", 10_500)], Some(900)),
+        // Only the watermark moves: [0, 1000) closes (out-of-orderness
+        // 200 ms: at 1200).
+        (vec![], Some(1_200)),
+        (vec![at("slow-c", 1_500)], Some(1_500)),
+        // A watermark that goes back (an upstream came back from idle)
+        // does not move the window's back.
+        (vec![at("slow-d", 1_600)], Some(1_000)),
+        (vec![], Some(11_300)),
+    ];
+    let (sink, mut output) = batch_channel_sink(64);
+    let window = Window::tumbling("w", Duration::from_secs(1)).event_time(EventTime {
+        max_out_of_orderness_ms: 200,
+        allowed_lateness_ms: 0,
+        // Not used after a watermarked source: its own idle advance would
+        // run ahead of the slow upstream.
+        idle_timeout_ms: Some(1),
+    });
+    let handle = window.handle();
+    let report = Pipeline::builder("watermarked")
+        .checkpoint(CheckpointPolicy::at_end_only())
+        .from(WatermarkedSource {
+            reads: reads.into(),
+            watermark: None,
+            read: 0,
+        })
+        .then(window)
+        .to(sink)
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(report.events_in, 6);
+    let mut released = Vec::new();
+    while let Ok(batch) = output.try_recv() {
+        released.push(describe(&batch));
+    }
+    assert_eq!(
+        released,
+        vec![
+            (0, 1_000, None, values(&["slow-a", "slow-b"])),
+            (1_000, 2_000, None, values(&["slow-c", "slow-d"])),
+            (10_000, 11_000, None, values(&["fast-a", "fast-b"])),
+        ]
+    );
+    assert_eq!(handle.late_dropped(), 0);
+}
+
+/// The same window fed the same events by a source without watermarks:
+/// the watermark follows the highest timestamp seen, and the slow
+/// upstream's events are late (what a stage after a shuffle did before).
+#[tokio::test]
+async fn without_the_sources_watermark_the_slow_upstreams_events_are_late() {
+    let (sink, mut output) = batch_channel_sink(64);
+    let window = Window::tumbling("w", Duration::from_secs(1)).event_time(event_time(200, 0));
+    let handle = window.handle();
+    Pipeline::builder("seen")
+        .checkpoint(CheckpointPolicy::at_end_only())
+        .batch_size(2)
+        .from(ArraySource::new(vec![
+            at("fast-a", 10_000),
+            at("slow-a", 100),
+            at("slow-b", 900),
+            at("fast-b", 10_500),
+        ]))
+        .then(window)
+        .to(sink)
+        .run()
+        .await
+        .expect("run");
+    let mut released = Vec::new();
+    while let Ok(batch) = output.try_recv() {
+        released.push(describe(&batch));
+    }
+    assert_eq!(
+        released,
+        vec![(10_000, 11_000, None, values(&["fast-a", "fast-b"]))]
+    );
+    assert_eq!(handle.late_dropped(), 2);
+}
+
+/// A restored window keeps its committed watermark: a source whose
+/// watermark starts lower again (it rebuilds its upstreams' after a
+/// restart) neither moves it back nor fires anything early.
+#[tokio::test]
+async fn a_restored_windows_watermark_does_not_go_back_with_the_source() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let spec = || Window::tumbling("w", Duration::from_secs(1)).event_time(event_time(0, 0));
+    let options = WindowOptions {
+        restore: true,
+        checkpoint_on_close: None,
+        upstream_watermarks: true,
+    };
+    let mut step = WindowStep::restore(spec(), "default", "p", &state, None, &options)
+        .await
+        .expect("window");
+    let mut out = Vec::new();
+    step.process(Batch::new(vec![at("a", 500), at("b", 5_500)]), &mut out)
+        .await
+        .unwrap();
+    assert!(out.is_empty(), "fired before any watermark: {out:?}");
+    step.watermark(2_000, &mut out).await.unwrap();
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![(0, 1_000, None, values(&["a"]))]
+    );
+    out.clear();
+    assert!(
+        step.timer().is_none(),
+        "no idle timer after a watermarked source"
+    );
+    let writes = step.take_writes();
+    state
+        .commit(
+            &crate::checkpoint::CheckpointRecord::new("s", 1, Position::Offset(1)),
+            &[writes],
+        )
+        .await
+        .unwrap();
+
+    let mut restored = WindowStep::restore(spec(), "default", "p", &state, None, &options)
+        .await
+        .expect("window");
+    restored.watermark(1_000, &mut out).await.unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    // An event of the closed window is late; one of [5000, 6000) waits.
+    restored
+        .process(
+            Batch::new(vec![at("late", 1_500), at("c", 5_600)]),
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(restored.spec.handle().late_dropped(), 1);
+    restored.watermark(6_000, &mut out).await.unwrap();
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![(5_000, 6_000, None, values(&["b", "c"]))]
+    );
 }

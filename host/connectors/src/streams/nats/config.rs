@@ -146,12 +146,44 @@ pub struct JetStreamSourceConfig {
     /// "Retries"; [`RetryPolicy`](crate::retry::RetryPolicy)).
     #[serde(default)]
     pub reconnect_timeout_ms: Option<u64>,
+    /// The stream is a shuffle stream fed by this many upstream tasks that
+    /// send watermark messages: the source's watermark is their minimum,
+    /// which event-time windows use (default: none; a `repartition` step's
+    /// second stage sets it).
+    #[serde(default)]
+    pub watermark_upstreams: Option<u32>,
+    /// With `watermark_upstreams`: an upstream that sent no watermark
+    /// message for this long is left out of the minimum, in ms (default
+    /// 60 000).
+    #[serde(default)]
+    pub watermark_idle_timeout_ms: Option<u64>,
 }
 
 #[async_trait]
 impl ConnectorSpec for JetStreamSourceConfig {
     fn validate(&self, checks: &mut Checks) -> Result<(), FieldError> {
         check_url(&self.url)?;
+        if self.watermark_upstreams == Some(0) {
+            return Err(FieldError::new(
+                "watermark_upstreams",
+                "expected the number of upstream tasks, at least 1",
+            ));
+        }
+        match self.watermark_idle_timeout_ms {
+            Some(_) if self.watermark_upstreams.is_none() => {
+                return Err(FieldError::new(
+                    "watermark_idle_timeout_ms",
+                    "applies to the upstreams' watermarks: set `watermark_upstreams` too",
+                ))
+            }
+            Some(0) => {
+                return Err(FieldError::new(
+                    "watermark_idle_timeout_ms",
+                    "expected a positive number of milliseconds",
+                ))
+            }
+            _ => {}
+        }
         check_name(&self.stream, "stream")?;
         check_name(&self.consumer, "consumer")?;
         if let Some(subject) = &self.filter_subject {
@@ -237,6 +269,12 @@ impl SourceSpec for JetStreamSourceConfig {
         if let Some(ms) = self.reconnect_timeout_ms {
             source = source.reconnect_timeout(Duration::from_millis(ms));
         }
+        if let Some(upstreams) = self.watermark_upstreams {
+            let idle = self
+                .watermark_idle_timeout_ms
+                .unwrap_or(plumber_engine::shuffle::DEFAULT_IDLE_TIMEOUT_MS);
+            source = source.upstream_watermarks(upstreams, Duration::from_millis(idle));
+        }
         Ok(Box::new(source))
     }
 }
@@ -267,6 +305,12 @@ pub struct JetStreamSinkConfig {
     /// `subject`); what a `repartition` step's first stage publishes with.
     #[serde(default)]
     pub subject_key_by: Option<ShuffleKey>,
+    /// With `subject_key_by`: at each checkpoint, publish the highest event
+    /// timestamp written so far as a watermark message to each of this many
+    /// partitions of the stream (default: none; a `repartition` step's
+    /// first stage sets it when event-time windows follow the step).
+    #[serde(default)]
+    pub watermark_partitions: Option<u32>,
 }
 
 impl JetStreamSinkConfig {
@@ -287,6 +331,22 @@ impl ConnectorSpec for JetStreamSinkConfig {
         check_subject(&self.subject, "subject", false)?;
         if let Some(stream) = &self.stream {
             check_name(stream, "stream")?;
+        }
+        match self.watermark_partitions {
+            Some(0) => {
+                return Err(FieldError::new(
+                    "watermark_partitions",
+                    "expected the number of partitions of the stream, at least 1",
+                ))
+            }
+            Some(_) if self.subject_key_by.is_none() => {
+                return Err(FieldError::new(
+                    "watermark_partitions",
+                    "watermark messages go to the partitions of a stream partitioned by the key: \
+                     set `subject_key_by` too",
+                ))
+            }
+            _ => {}
         }
         checks.needs_connect(format!(
             "a JetStream stream capturing `{}` at {}",
@@ -340,6 +400,9 @@ impl SinkSpec for JetStreamSinkConfig {
         let mut sink = JetStreamSink::connect(&self.url, &self.subject, context.pipeline).await?;
         if let Some(key_by) = &self.subject_key_by {
             sink = sink.subject_key_by(key_by.clone());
+        }
+        if let Some(partitions) = self.watermark_partitions {
+            sink = sink.publish_watermarks(partitions);
         }
         if let Some(ms) = self.reconnect_timeout_ms {
             sink = sink.reconnect_timeout(Duration::from_millis(ms));

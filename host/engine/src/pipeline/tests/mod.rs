@@ -221,6 +221,13 @@ impl TestStage {
                         }
                     }
                 }
+                Message::Watermark(watermark) => {
+                    if let Some(next) = &self.next {
+                        next.send(Message::Watermark(watermark))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 Message::End => {
                     self.log.push(Seen::End(self.name));
                     if let Some(next) = &self.next {

@@ -33,6 +33,7 @@ fn drain(output: &mut mpsc::Receiver<Message>) -> Vec<String> {
                 keys.sort();
                 format!("barrier with {}", keys.join(" "))
             }
+            Message::Watermark(watermark) => format!("watermark {watermark}"),
             Message::End => "end".to_owned(),
         });
     }
