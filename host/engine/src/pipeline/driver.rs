@@ -364,10 +364,7 @@ impl SourceDriver {
         let released = self.released.swap(false, Ordering::AcqRel);
         match why {
             CheckpointCause::Due => {
-                self.events_since_checkpoint > 0
-                    || self.moved
-                    || released
-                    || self.outbox_uncleared
+                self.events_since_checkpoint > 0 || self.moved || released || self.outbox_uncleared
             }
             CheckpointCause::Last => {
                 self.events_since_checkpoint > 0
