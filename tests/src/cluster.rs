@@ -381,73 +381,33 @@ pub async fn wait_for_output(
     }
 }
 
-/// An output message as a duplicate report names it: its stream
-/// sequence, time, message id and source sequence header.
-fn describe_output(message: &jetstream::Message, text: &str) -> String {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map_or_else(|| "-".to_owned(), ToString::to_string)
-    };
-    let (sequence, published) = message.info().map_or((0, String::new()), |info| {
-        (info.stream_sequence, info.published.to_string())
-    });
-    format!(
-        "[{text:?} at stream sequence {sequence}, published {published}, Nats-Msg-Id {}, plumber-source-seq {}]",
-        header("Nats-Msg-Id"),
-        header("plumber-source-seq")
-    )
-}
-
 /// The oracle: every id in `0..events` exactly once in `OUT`, each key's
 /// counts exactly 1..n in id order, and the committed Redis state of all
 /// partitions equal to the truth (each key in its own partition only).
 pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipeline, events: u64) {
     // The output.
-    let stream = context.get_stream("OUT").await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let output = read_stream_messages(context, "OUT").await;
     // Per id: the first message's description (stream sequence and
     // message id), to say which two messages a duplicate is.
     let mut seen: Vec<Option<String>> = vec![None; events as usize];
     let mut twice = Vec::new();
-    let mut read = 0u64;
     let mut wrong = Vec::new();
-    while read < events {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(5000)
-            .expires(std::time::Duration::from_secs(5))
-            .messages()
-            .await
-            .unwrap();
-        let before = read;
-        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
-            let message = message.unwrap();
-            let text = String::from_utf8_lossy(&message.payload).into_owned();
-            let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
-            let (id, key, count) = (parts[0], parts[1], parts[2]);
-            assert_eq!(key, id % ORACLE_KEYS, "{text}");
-            let described = describe_output(&message, &text);
-            match &seen[id as usize] {
-                Some(first) => twice.push(format!("id {id}: {first} and {described}")),
-                None => seen[id as usize] = Some(described),
-            }
-            // The id's rank among its key's ids, from 1.
-            if count != id / ORACLE_KEYS + 1 {
-                wrong.push(text);
-            }
-            read += 1;
+    for message in &output {
+        let text = &message.payload;
+        let parts: Vec<u64> = text.split(' ').map(|p| p.parse().unwrap()).collect();
+        let (id, key, count) = (parts[0], parts[1], parts[2]);
+        assert_eq!(key, id % ORACLE_KEYS, "{text}");
+        let described = format!(
+            "[{text:?} at stream sequence {}, stored at {} µs, Nats-Msg-Id {:?}]",
+            message.sequence, message.stored_us, message.id
+        );
+        match &seen[id as usize] {
+            Some(first) => twice.push(format!("id {id}: {first} and {described}")),
+            None => seen[id as usize] = Some(described),
         }
-        if read == before {
-            break;
+        // The id's rank among its key's ids, from 1.
+        if count != id / ORACLE_KEYS + 1 {
+            wrong.push(text.clone());
         }
     }
     assert!(
@@ -463,12 +423,7 @@ pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipel
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
-    let mut stream = context.get_stream("OUT").await.unwrap();
-    assert_eq!(
-        stream.info().await.unwrap().state.messages,
-        events,
-        "extra outputs"
-    );
+    assert_eq!(output.len() as u64, events, "extra outputs");
 
     // The committed state.
     let mut counts: BTreeMap<u64, (i64, u32)> = BTreeMap::new();
@@ -762,56 +717,13 @@ pub struct StoredMessage {
     pub stored_us: u64,
 }
 
-/// Every message of stream `stream`.
+/// Every message of stream `stream`, reading again (up to 60 s) when the
+/// server does not answer a request (a 503 from a loaded cluster).
 pub async fn read_stream_messages(
     context: &jetstream::Context,
     stream: &str,
 ) -> Vec<StoredMessage> {
-    let stream = context.get_stream(stream).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(5000)
-            .expires(std::time::Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap();
-        let before = messages.len();
-        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
-            let message = message.unwrap();
-            let info = message.info().unwrap();
-            let (sequence, stored_us) = (
-                info.stream_sequence,
-                (info.published.unix_timestamp_nanos() / 1000) as u64,
-            );
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(name))
-                    .map(|value| value.as_str().to_owned())
-            };
-            messages.push(StoredMessage {
-                sequence,
-                subject: message.subject.to_string(),
-                payload: String::from_utf8_lossy(&message.payload).into_owned(),
-                key: header("plumber-key"),
-                id: header("Nats-Msg-Id"),
-                stored_us,
-            });
-        }
-        if messages.len() == before {
-            return messages;
-        }
-    }
+    read_stream_messages_patiently(context, stream).await
 }
 
 /// How many messages stream `stream` holds.

@@ -379,6 +379,16 @@ async fn zombie(hold: bool) {
             .any(about)
         {
             "lease lost"
+        } else if lines_with(
+            &log,
+            "lease not renewed within its TTL: stopping the partition",
+        )
+        .iter()
+        .any(about)
+        {
+            // Its renewal got no answer before the TTL ran out (the
+            // stopped process's clock ran on): stopped without waiting.
+            "lease expired"
         } else if let Some(line) = lines_with(&log, "partition task failed")
             .into_iter()
             .find(about)
