@@ -475,18 +475,25 @@ pub struct OracleSetup {
 pub static ORACLE_RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn oracle_setup(partitions: u32) -> OracleSetup {
+    oracle_setup_with(partitions, |_| {}).await
+}
+
+/// A 3-node cluster and Redis, the config `make_config(NATS URLs, Redis
+/// URL)` written to `file` and initialised, its output stream created
+/// first, by name (`cluster init` then finds it, and would create one for
+/// `out` if there were none).
+pub async fn setup_from(
+    file: &str,
+    make_config: impl FnOnce(&[String], &str) -> serde_json::Value,
+) -> OracleSetup {
     let alone = ORACLE_RUNS.lock().await;
     let cluster = harness::NatsCluster::start();
     cluster.ready().await;
     let redis = harness::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = cluster_config(&cluster.urls(), partitions, &redis.url());
-    config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
-    config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
-    let path = write_config(dir.path(), "keys.json", &config);
+    let config = make_config(&cluster.urls(), &redis.url());
+    let path = write_config(dir.path(), file, &config);
     let pipeline = ClusterPipeline::load(&path).unwrap();
-    // The output stream first, by name: `cluster init` then finds it (and
-    // would create one for `out` if there were none).
     let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
     create_output_stream(&context).await;
     plumber_cluster::init::init(&pipeline).await.unwrap();
@@ -1008,30 +1015,14 @@ pub async fn oracle_setup_with(
     partitions: u32,
     edit: impl FnOnce(&mut serde_json::Value),
 ) -> OracleSetup {
-    let alone = ORACLE_RUNS.lock().await;
-    let cluster = harness::NatsCluster::start();
-    cluster.ready().await;
-    let redis = harness::RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = cluster_config(&cluster.urls(), partitions, &redis.url());
-    config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
-    config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
-    edit(&mut config);
-    let path = write_config(dir.path(), "keys.json", &config);
-    let pipeline = ClusterPipeline::load(&path).unwrap();
-    // The output stream first, by name (`cluster init` would make one).
-    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
-    create_output_stream(&context).await;
-    plumber_cluster::init::init(&pipeline).await.unwrap();
-    OracleSetup {
-        _alone: alone,
-        cluster,
-        redis,
-        dir,
-        path,
-        pipeline,
-        context,
-    }
+    setup_from("keys.json", |urls, redis| {
+        let mut config = cluster_config(urls, partitions, redis);
+        config["pipeline"][0]["config"]["keys"] = ORACLE_KEYS.into();
+        config["checkpoint"] = serde_json::json!({ "interval_ms": 500 });
+        edit(&mut config);
+        config
+    })
+    .await
 }
 
 impl WorkerProcess {
@@ -1252,27 +1243,10 @@ pub fn windowed_two_stage_config(
 /// A 3-node cluster and Redis with [`windowed_two_stage_config`]
 /// initialised and its output stream created.
 pub async fn windowed_setup(partitions: u32, idle_timeout_ms: Option<u64>) -> OracleSetup {
-    let alone = ORACLE_RUNS.lock().await;
-    let cluster = harness::NatsCluster::start();
-    cluster.ready().await;
-    let redis = harness::RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        windowed_two_stage_config(&cluster.urls(), partitions, &redis.url(), idle_timeout_ms);
-    let path = write_config(dir.path(), "win.json", &config);
-    let pipeline = ClusterPipeline::load(&path).unwrap();
-    let context = jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
-    create_output_stream(&context).await;
-    plumber_cluster::init::init(&pipeline).await.unwrap();
-    OracleSetup {
-        _alone: alone,
-        cluster,
-        redis,
-        dir,
-        path,
-        pipeline,
-        context,
-    }
+    setup_from("win.json", |urls, redis| {
+        windowed_two_stage_config(urls, partitions, redis, idle_timeout_ms)
+    })
+    .await
 }
 
 /// One event of a windowed run: published to `in.<input key>` (which
