@@ -163,6 +163,19 @@ pub enum ClusterCommand {
         /// The worker's id.
         worker: String,
     },
+    /// Changes the partition count to the config's `cluster.partitions`:
+    /// with every worker stopped and the input drained, moves each
+    /// partition's state to the partition of its key under the new count
+    /// and switches the stream (docs/cluster.md, "Changing the partition
+    /// count").
+    Migrate {
+        /// The pipeline's JSON config, with the new `cluster.partitions`.
+        config: PathBuf,
+        /// Where the event key is in the pipes' state keys: a text with one
+        /// `{key}` (`k{key}` for keys `k<event key>`).
+        #[arg(long, default_value = plumber_cluster::migrate::DEFAULT_STATE_KEY)]
+        state_key: String,
+    },
 }
 
 /// Runs the command line; the return value is the process's exit status.
@@ -416,6 +429,19 @@ async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
             println!(
                 "worker `{worker}` is draining: its partitions move after a final checkpoint each"
             );
+            Ok(())
+        }
+        ClusterCommand::Migrate { config, state_key } => {
+            let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
+            let state_key = plumber_cluster::migrate::StateKeyTemplate::parse(&state_key)
+                .map_err(|message| Failure::input_message(format!("--state-key: {message}")))?;
+            let options = plumber_cluster::migrate::MigrateOptions { state_key };
+            let report = plumber_cluster::migrate::migrate(&pipeline, &options)
+                .await
+                .map_err(failure)?;
+            for line in &report.lines {
+                println!("{line}");
+            }
             Ok(())
         }
     }

@@ -21,6 +21,69 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// not stored twice.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
+/// The input stream's metadata entry that holds the partitions'
+/// generation: how many times `plumber cluster migrate` changed the
+/// partition count (absent: 0).
+pub const GENERATION_METADATA: &str = "plumber.generation";
+
+/// The generation a stream's config records ([`GENERATION_METADATA`]).
+///
+/// # Errors
+///
+/// [`ClusterError::Mismatch`] when the entry is not a number.
+pub fn generation_of(name: &str, config: &stream::Config) -> Result<u32, ClusterError> {
+    match config.metadata.get(GENERATION_METADATA) {
+        None => Ok(0),
+        Some(text) => text.parse().map_err(|_| ClusterError::Mismatch {
+            what: format!("stream `{name}`"),
+            message: format!("its metadata `{GENERATION_METADATA}` is {text:?}, not a number"),
+        }),
+    }
+}
+
+/// Checks that the pipeline's input stream exists and is partitioned as
+/// the config says, and returns the partitions' generation. Workers and
+/// `status` run this first, so that a worker whose config has another
+/// partition count than the stream never starts.
+///
+/// # Errors
+///
+/// [`ClusterError::NotInitialised`] when the stream does not exist,
+/// [`ClusterError::PartitionsChanged`] or another error of
+/// [`ensure_stream`]'s check when it partitions otherwise,
+/// [`ClusterError::JetStream`] when a request fails.
+pub async fn input_generation(
+    context: &jetstream::Context,
+    pipeline: &ClusterPipeline,
+) -> Result<u32, ClusterError> {
+    let name = &pipeline.stream;
+    let wanted = stream::SubjectTransform {
+        source: pipeline.names.captured(),
+        destination: pipeline.names.transform_destination(),
+    };
+    let mut existing = match context.get_stream(name).await {
+        Ok(existing) => existing,
+        Err(error) if is_not_found(&error) => {
+            return Err(ClusterError::NotInitialised {
+                stream: name.clone(),
+                config: pipeline.origin.clone(),
+            })
+        }
+        Err(error) => {
+            return Err(ClusterError::jetstream(
+                format!("looking up stream `{name}`"),
+                error,
+            ))
+        }
+    };
+    let info = existing
+        .info()
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
+    check_stream(name, &pipeline.names, &wanted, &info.config)?;
+    generation_of(name, &info.config)
+}
+
 /// What `init` found and did, a line each.
 #[derive(Debug, Clone, Default)]
 pub struct InitReport {
@@ -157,7 +220,7 @@ pub async fn ensure_stream(
 }
 
 /// Whether a stream's config partitions as `wanted` says.
-fn check_stream(
+pub(crate) fn check_stream(
     name: &str,
     names: &PartitionNames,
     wanted: &stream::SubjectTransform,

@@ -20,6 +20,7 @@
 //! | [`assign`] | rendezvous hashing with a fair share: who should own what |
 //! | [`worker`] | `plumber worker`: join, take, run, renew, hand over |
 //! | [`status`] | `plumber cluster status` |
+//! | [`migrate`] | `plumber cluster migrate`: a new partition count, the state moved by key |
 //! | [`observe`] | a worker's metrics and `GET /cluster` |
 
 #![warn(missing_docs, unreachable_pub)]
@@ -28,6 +29,7 @@ pub mod assign;
 pub mod init;
 pub mod lease;
 pub mod membership;
+pub mod migrate;
 pub mod observe;
 pub mod partition;
 pub mod spec;
@@ -96,7 +98,8 @@ pub enum ClusterError {
     #[error(
         "stream `{stream}` is partitioned {existing} ways, the config says {configured}: the \
          partition count is fixed for a pipeline's life (state and checkpoints are per \
-         partition); put `\"partitions\": {existing}` back (there is no migration command yet)"
+         partition); put `\"partitions\": {existing}` back, or change it with `plumber cluster \
+         migrate` (docs/cluster.md, \"Changing the partition count\")"
     )]
     PartitionsChanged {
         /// The stream.
@@ -105,6 +108,25 @@ pub enum ClusterError {
         configured: u32,
         /// The count the stream has.
         existing: u32,
+    },
+    /// The input stream does not exist yet.
+    #[error(
+        "the pipeline's input stream `{stream}` does not exist: run `plumber cluster init \
+         {config}` first"
+    )]
+    NotInitialised {
+        /// The stream.
+        stream: String,
+        /// The config file.
+        config: String,
+    },
+    /// A partition-count migration cannot run (or went wrong), and why.
+    #[error("cannot migrate the partitions of `{pipeline}`: {message}")]
+    Migration {
+        /// The pipeline.
+        pipeline: String,
+        /// What stands in the way, and what to do.
+        message: String,
     },
     /// The stream or a bucket exists and is not what the config needs.
     #[error("{what} exists but {message}")]
@@ -145,6 +167,8 @@ impl ClusterError {
                 | ClusterError::TransformDropped { .. }
                 | ClusterError::PartitionsChanged { .. }
                 | ClusterError::Mismatch { .. }
+                | ClusterError::NotInitialised { .. }
+                | ClusterError::Migration { .. }
         )
     }
 }

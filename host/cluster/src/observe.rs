@@ -87,6 +87,9 @@ impl Default for WorkerCounters {
 pub struct WorkerView {
     id: String,
     pipeline: ClusterPipeline,
+    /// The pipeline named in the generation the worker found at its join
+    /// (the stream's; see `plumber cluster migrate`).
+    joined_pipeline: OnceLock<ClusterPipeline>,
     supervisor: Arc<Supervisor>,
     /// The worker's JetStream context, once it joined.
     context: OnceLock<jetstream::Context>,
@@ -116,6 +119,7 @@ impl WorkerView {
         Arc::new(WorkerView {
             id: id.to_owned(),
             pipeline: pipeline.clone(),
+            joined_pipeline: OnceLock::new(),
             supervisor: Supervisor::new(Tenants::new(Default::default())),
             context: OnceLock::new(),
             owned: Mutex::new(BTreeMap::new()),
@@ -151,9 +155,16 @@ impl WorkerView {
             .unwrap_or(plumber_engine::state::DEFAULT_TENANT)
     }
 
-    pub(crate) fn joined(&self, context: jetstream::Context) {
+    pub(crate) fn joined(&self, context: jetstream::Context, pipeline: &ClusterPipeline) {
         // Set once per worker; a second join (none happens) keeps the first.
         let _ = self.context.set(context);
+        let _ = self.joined_pipeline.set(pipeline.clone());
+    }
+
+    /// The pipeline as the worker runs it (its partitions' names of the
+    /// stream's generation, once joined).
+    fn pipeline(&self) -> &ClusterPipeline {
+        self.joined_pipeline.get().unwrap_or(&self.pipeline)
     }
 
     pub(crate) fn set_members(&self, live: Vec<String>) {
@@ -188,7 +199,7 @@ impl WorkerView {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&partition);
-        let task = self.pipeline.names.task(partition);
+        let task = self.pipeline().names.task(partition);
         if let Some(status) = self.supervisor.status_of(&task) {
             self.counters.stopped_duplicates.fetch_add(
                 status.sink_duplicates.load(Ordering::Relaxed),
@@ -220,7 +231,7 @@ impl WorkerView {
             .keys()
             .filter_map(|partition| {
                 self.supervisor
-                    .status_of(&self.pipeline.names.task(*partition))
+                    .status_of(&self.pipeline().names.task(*partition))
             })
             .map(|status| status.sink_duplicates.load(Ordering::Relaxed))
             .sum();
@@ -258,7 +269,7 @@ impl WorkerView {
             );
             let lag = self
                 .supervisor
-                .status_of(&self.pipeline.names.task(*partition))
+                .status_of(&self.pipeline().names.task(*partition))
                 .map_or(-1, |status| status.source_lag.load(Ordering::Relaxed));
             if lag >= 0 {
                 metrics.gauge_int(
@@ -372,9 +383,10 @@ impl AdminControl for WorkerView {
             })
             .collect();
         let partitions: Vec<u32> = owned.keys().copied().collect();
-        let statuses = partitions_status(&self.pipeline, context, &self.states, &partitions, &held)
-            .await
-            .map_err(|error| AdminError::Unavailable(error.to_string()))?;
+        let statuses =
+            partitions_status(self.pipeline(), context, &self.states, &partitions, &held)
+                .await
+                .map_err(|error| AdminError::Unavailable(error.to_string()))?;
         let partitions: Vec<serde_json::Value> = statuses
             .iter()
             .map(|p| {

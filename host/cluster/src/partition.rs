@@ -28,6 +28,12 @@ pub struct PartitionNames {
     /// `partitions × stages` tasks, numbered stage by stage (task `t` is
     /// partition `t % partitions` of stage `t / partitions + 1`).
     pub stages: u32,
+    /// How many times `plumber cluster migrate` changed the partition
+    /// count (0 at first). A generation's tasks, consumers and leases have
+    /// names of their own (`g<k>` before the partition's tag), so a
+    /// migration writes the new generation's state beside the old one's
+    /// and switches at once.
+    pub generation: u32,
 }
 
 impl PartitionNames {
@@ -42,6 +48,24 @@ impl PartitionNames {
             consumer: consumer.to_owned(),
             partitions: partitions.max(1),
             stages: 1,
+            generation: 0,
+        }
+    }
+
+    /// The same names in generation `generation`.
+    #[must_use]
+    pub fn with_generation(mut self, generation: u32) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// What the generation adds to names: nothing for the first, `g<k>`
+    /// for later ones.
+    fn generation_tag(&self) -> String {
+        if self.generation == 0 {
+            String::new()
+        } else {
+            format!("g{}", self.generation)
         }
     }
 
@@ -65,13 +89,14 @@ impl PartitionNames {
     }
 
     /// What names add to mark task `task`'s partition: `p<NN>` with one
-    /// stage, `s<k>p<NN>` with several.
+    /// stage, `s<k>p<NN>` with several, after the generation's tag.
     fn tag(&self, task: u32) -> String {
         let (stage, partition) = self.stage_of(task);
+        let generation = self.generation_tag();
         if self.stages == 1 {
-            format!("p{}", self.number(partition))
+            format!("{generation}p{}", self.number(partition))
         } else {
-            format!("s{stage}p{}", self.number(partition))
+            format!("{generation}s{stage}p{}", self.number(partition))
         }
     }
 
@@ -85,10 +110,11 @@ impl PartitionNames {
     /// The task whose lease key is `key`, if it is one of this pipeline's.
     #[must_use]
     pub fn task_of_lease_key(&self, key: &str) -> Option<u32> {
+        let tag = key.strip_prefix(&self.generation_tag())?;
         let (stage, number) = if self.stages == 1 {
-            (1, key.strip_prefix('p')?)
+            (1, tag.strip_prefix('p')?)
         } else {
-            let (stage, number) = key.strip_prefix('s')?.split_once('p')?;
+            let (stage, number) = tag.strip_prefix('s')?.split_once('p')?;
             (stage.parse::<u32>().ok()?, number)
         };
         let partition = number.parse::<u32>().ok()?;
@@ -97,7 +123,7 @@ impl PartitionNames {
         }
         let task = (stage - 1) * self.partitions + partition;
         // Only the spelling names make (one width of digits).
-        (self.lease_key(task) == key).then_some(task)
+        (self.tag(task) == key).then_some(task)
     }
 
     /// The partition's number as names show it: at least two digits, all
@@ -109,15 +135,21 @@ impl PartitionNames {
     }
 
     /// The partition task's pipeline name, `<pipeline>#p<NN>` (with two
-    /// stages, `<pipeline>.s<k>#p<NN>`): it keys the task's checkpoints,
+    /// stages, `<pipeline>.s<k>#p<NN>`; after a migration, `g<k>` before
+    /// the `p`): it keys the task's checkpoints,
     /// state and fence, and prefixes its output's message ids.
     #[must_use]
     pub fn task(&self, task: u32) -> String {
         let (stage, partition) = self.stage_of(task);
+        let generation = self.generation_tag();
         if self.stages == 1 {
-            format!("{}#p{}", self.pipeline, self.number(partition))
+            format!("{}#{generation}p{}", self.pipeline, self.number(partition))
         } else {
-            format!("{}.s{stage}#p{}", self.pipeline, self.number(partition))
+            format!(
+                "{}.s{stage}#{generation}p{}",
+                self.pipeline,
+                self.number(partition)
+            )
         }
     }
 
@@ -211,5 +243,23 @@ mod tests {
         let all: std::collections::BTreeSet<String> =
             (0..names.tasks()).map(|task| names.task(task)).collect();
         assert_eq!(all.len(), 32);
+    }
+
+    #[test]
+    fn a_later_generation_names_its_tasks_consumers_and_leases_apart() {
+        let first = PartitionNames::new("orders", "in", "count", 16);
+        let second = first.clone().with_generation(2);
+        assert_eq!(second.task(3), "orders#g2p03");
+        assert_eq!(second.consumer(3), "count-g2p03");
+        assert_eq!(second.lease_key(3), "g2p03");
+        assert_eq!(second.task_of_lease_key("g2p03"), Some(3));
+        // The generations never read each other's leases.
+        assert_eq!(second.task_of_lease_key("p03"), None);
+        assert_eq!(first.task_of_lease_key("g2p03"), None);
+        // The subjects are the stream's, not the generation's.
+        assert_eq!(second.filter_subject(3), first.filter_subject(3));
+        let staged = second.with_stages(2);
+        assert_eq!(staged.task(19), "orders.s2#g2p03");
+        assert_eq!(staged.task_of_lease_key("g2s2p03"), Some(19));
     }
 }

@@ -230,6 +230,15 @@ impl ClusterPipeline {
         })
     }
 
+    /// Names the partitions as generation `generation` does (the input
+    /// stream's, which `plumber cluster migrate` counts up).
+    pub fn set_generation(&mut self, generation: u32) {
+        self.names = self.names.clone().with_generation(generation);
+        if let Some(shuffle) = &mut self.shuffle {
+            shuffle.names = shuffle.names.clone().with_generation(generation);
+        }
+    }
+
     /// How long a lease lives without renewal.
     #[must_use]
     pub fn lease_ttl(&self) -> Duration {

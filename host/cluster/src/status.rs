@@ -56,6 +56,9 @@ pub struct ClusterStatus {
 pub async fn status(pipeline: &ClusterPipeline) -> Result<ClusterStatus, ClusterError> {
     let client = connect(&pipeline.cluster.url).await?;
     let context = jetstream::new(client.clone());
+    let mut pipeline = pipeline.clone();
+    pipeline.set_generation(crate::init::input_generation(&context, &pipeline).await?);
+    let pipeline = &pipeline;
     let members_bucket = Members::open(client, &pipeline.members_bucket()).await?;
     let mut members = Vec::new();
     for member in members_bucket.list().await? {

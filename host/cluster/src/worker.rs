@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::assign::assign;
-use crate::init::{check_version, connect};
+use crate::init::{check_version, connect, input_generation};
 use crate::lease::{Lease, Leases, RenewError};
 use crate::membership::{check_worker_id, Member, Members, Ping};
 use crate::observe::WorkerView;
@@ -115,7 +115,7 @@ pub async fn run(
 ///
 /// As [`run`].
 pub async fn run_observed(
-    pipeline: ClusterPipeline,
+    mut pipeline: ClusterPipeline,
     options: WorkerOptions,
     runtime: Runtime,
     mut stop: watch::Receiver<bool>,
@@ -135,6 +135,9 @@ pub async fn run_observed(
         tracing::warn!("{warning}");
     }
     let context = async_nats::jetstream::new(client.clone());
+    // The stream says which generation of partitions runs, and refuses a
+    // config with another partition count.
+    pipeline.set_generation(input_generation(&context, &pipeline).await?);
     let members = Members::open(client.clone(), &pipeline.members_bucket()).await?;
     let leases = Leases::open(
         &context,
@@ -172,7 +175,7 @@ pub async fn run_observed(
     let drain = Arc::new(AtomicBool::new(false));
     let pings = members.answer_pings(&me.id, drain.clone()).await?;
     members.heartbeat(&me).await?;
-    view.joined(context.clone());
+    view.joined(context.clone(), &pipeline);
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
         tasks = pipeline.names.tasks(), "worker joined");
 

@@ -5,6 +5,7 @@
 //! | variable | what it does |
 //! | --- | --- |
 //! | `PLUMBER_FAULT_HOLD_BEFORE_COMMIT=<pipeline>:<ms>` | the first checkpoint of pipeline `<pipeline>` (exact name, e.g. `keys#p05`) waits `<ms>` between the barrier's reply (every stage and the sink done) and the commit, once per process: long enough for another worker to take the partition over, so that the held commit meets the new owner's fence |
+//! | `PLUMBER_FAULT_HOLD_BEFORE_SWITCH=<ms>` | `plumber cluster migrate` waits `<ms>` between its last check that no producer publishes and the switch of the stream (read by `plumber_cluster::migrate`), so that a test can publish in between |
 //!
 //! Never set them in production: they exist for the fault tests.
 

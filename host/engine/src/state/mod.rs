@@ -268,6 +268,43 @@ pub fn checkpoint_scope(tenant: &str, pipeline: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace(Vec<u8>);
 
+/// Whose a stored key is ([`Namespace::owner_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOwner<'a> {
+    /// A pipe's key: the pipe's name and the key the guest wrote.
+    Pipe {
+        /// The pipe.
+        pipe: &'a str,
+        /// The guest's key.
+        key: &'a [u8],
+    },
+    /// An entry of a window's saved buffers
+    /// ([`crate::window::saved_entry`] says which).
+    Window {
+        /// The window.
+        window: &'a str,
+        /// The entry's name.
+        entry: &'a [u8],
+    },
+    /// An entry of the outbox.
+    Outbox {
+        /// The entry's name.
+        entry: &'a [u8],
+    },
+}
+
+/// Splits `<length>:<part><rest>` into the part and the rest.
+fn length_prefixed_part(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let colon = bytes.iter().position(|&b| b == b':')?;
+    let length: usize = std::str::from_utf8(&bytes[..colon]).ok()?.parse().ok()?;
+    let rest = &bytes[colon + 1..];
+    if rest.len() < length {
+        return None;
+    }
+    let part = std::str::from_utf8(&rest[..length]).ok()?;
+    Some((part, &rest[length..]))
+}
+
 fn length_prefixed(parts: &[&str]) -> String {
     parts
         .iter()
@@ -312,6 +349,31 @@ impl Namespace {
     /// and outboxes).
     pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
         length_prefixed(&[tenant]).into_bytes()
+    }
+
+    /// The prefix under which every key of `pipeline` of `tenant` lies
+    /// (its pipes', windows' and outbox's).
+    pub fn pipeline_prefix(tenant: &str, pipeline: &str) -> Vec<u8> {
+        length_prefixed(&[tenant, pipeline]).into_bytes()
+    }
+
+    /// Whose key `full` is, a key under
+    /// [`Namespace::pipeline_prefix`]`(tenant, pipeline)`; `None` when it is
+    /// not under that prefix.
+    pub fn owner_of<'a>(tenant: &str, pipeline: &str, full: &'a [u8]) -> Option<KeyOwner<'a>> {
+        let rest = full.strip_prefix(Namespace::pipeline_prefix(tenant, pipeline).as_slice())?;
+        if let Some(rest) = rest.strip_prefix(b"#window") {
+            // `<length>:<window>/<entry>`
+            let (window, entry) = length_prefixed_part(rest)?;
+            let entry = entry.strip_prefix(b"/")?;
+            return Some(KeyOwner::Window { window, entry });
+        }
+        if let Some(entry) = rest.strip_prefix(b"#outbox/") {
+            return Some(KeyOwner::Outbox { entry });
+        }
+        let (pipe, key) = length_prefixed_part(rest)?;
+        let key = key.strip_prefix(b"/")?;
+        Some(KeyOwner::Pipe { pipe, key })
     }
 
     /// The prefix bytes.
@@ -755,6 +817,38 @@ fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_key_names_its_owner() {
+        let pipe = Namespace::for_tenant_pipe("t", "orders#p03", "count").key("k:/1");
+        assert_eq!(
+            Namespace::owner_of("t", "orders#p03", &pipe),
+            Some(KeyOwner::Pipe {
+                pipe: "count",
+                key: b"k:/1"
+            })
+        );
+        // Another partition's keys are not this one's.
+        assert_eq!(Namespace::owner_of("t", "orders#p0", &pipe), None);
+        assert_eq!(Namespace::owner_of("u", "orders#p03", &pipe), None);
+        let mut window = Namespace::for_window("t", "orders#p03", "w/1")
+            .prefix()
+            .to_vec();
+        window.extend_from_slice(b"key/ab");
+        assert_eq!(
+            Namespace::owner_of("t", "orders#p03", &window),
+            Some(KeyOwner::Window {
+                window: "w/1",
+                entry: b"key/ab"
+            })
+        );
+        let mut outbox = Namespace::for_outbox("t", "orders#p03").prefix().to_vec();
+        outbox.extend_from_slice(b"head");
+        assert_eq!(
+            Namespace::owner_of("t", "orders#p03", &outbox),
+            Some(KeyOwner::Outbox { entry: b"head" })
+        );
+    }
 
     #[test]
     fn namespaces_cannot_collide_through_names() {

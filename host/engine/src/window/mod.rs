@@ -63,6 +63,7 @@ pub use config::{
     CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig, SignalOn,
     SignalWindowConfig, SlidingWindowConfig, TimeDomain, TumblingWindowConfig, WindowConfig,
 };
+pub use saved::{merge_saved_meta, saved_entry, SavedEntry};
 use saved::{Entry, Meta};
 pub use trigger::WindowHandle;
 use trigger::WindowShared;

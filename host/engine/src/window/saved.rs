@@ -118,3 +118,111 @@ fn shown(name: &[u8]) -> String {
     }
     shown
 }
+
+/// What a saved entry of a window is, by its name (the part after the
+/// window's namespace): what a tool that moves state between partitions
+/// (`plumber cluster migrate`) needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedEntry<'a> {
+    /// The watermark, highest timestamp and late count
+    /// ([`merge_saved_meta`] combines several).
+    Meta,
+    /// The open windows of one key (the event key's bytes).
+    Keyed(&'a [u8]),
+    /// The open windows of keyless events.
+    Keyless,
+    /// Everything, as versions before per-key entries saved it.
+    Legacy,
+    /// A name this version does not write.
+    Unknown,
+}
+
+/// What the entry named `name` is.
+#[must_use]
+pub fn saved_entry(name: &[u8]) -> SavedEntry<'_> {
+    if name == META {
+        SavedEntry::Meta
+    } else if name == KEYLESS {
+        SavedEntry::Keyless
+    } else if name == LEGACY {
+        SavedEntry::Legacy
+    } else if let Some(key) = name.strip_prefix(KEYED) {
+        SavedEntry::Keyed(key)
+    } else {
+        SavedEntry::Unknown
+    }
+}
+
+/// The meta entry of a window that takes over the keys of windows whose
+/// meta entries are `values`: the lowest watermark (no event of theirs is
+/// late that was not late before), the highest timestamp and, with
+/// `with_late_count`, the sum of the late counts (0 without: when the keys
+/// go to several windows, one of them carries the count).
+///
+/// # Errors
+///
+/// A value is not a meta entry.
+pub fn merge_saved_meta(values: &[&[u8]], with_late_count: bool) -> Result<Vec<u8>, String> {
+    let mut merged = Meta::default();
+    for value in values {
+        let meta: Meta = postcard::from_bytes(value)
+            .map_err(|e| format!("a window's meta entry is corrupt: {e}"))?;
+        merged.max_timestamp = merged.max_timestamp.max(meta.max_timestamp);
+        merged.watermark = match (merged.watermark, meta.watermark) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if with_late_count {
+            merged.late_dropped = merged.late_dropped.saturating_add(meta.late_dropped);
+        }
+    }
+    postcard::to_allocvec(&merged).map_err(|e| format!("cannot encode a window's meta entry: {e}"))
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    fn meta(max_timestamp: Option<u64>, watermark: Option<u64>, late_dropped: u64) -> Vec<u8> {
+        postcard::to_allocvec(&Meta {
+            max_timestamp,
+            watermark,
+            late_dropped,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn merged_meta_keeps_the_lowest_watermark_and_the_highest_time() {
+        let values = [
+            meta(Some(900), Some(400), 2),
+            meta(Some(700), Some(200), 3),
+            meta(None, None, 0),
+        ];
+        let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        let merged: Meta = postcard::from_bytes(&merge_saved_meta(&values, true).unwrap()).unwrap();
+        assert_eq!(
+            merged,
+            Meta {
+                max_timestamp: Some(900),
+                watermark: Some(200),
+                late_dropped: 5
+            }
+        );
+        let without: Meta =
+            postcard::from_bytes(&merge_saved_meta(&values, false).unwrap()).unwrap();
+        assert_eq!(without.late_dropped, 0);
+        assert!(
+            merge_saved_meta(&[b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"], true).is_err()
+        );
+    }
+
+    #[test]
+    fn entries_are_told_apart_by_name() {
+        assert_eq!(saved_entry(b"meta"), SavedEntry::Meta);
+        assert_eq!(saved_entry(b"key/u7"), SavedEntry::Keyed(b"u7"));
+        assert_eq!(saved_entry(b"nokey"), SavedEntry::Keyless);
+        assert_eq!(saved_entry(b"buffers"), SavedEntry::Legacy);
+        assert_eq!(saved_entry(b"other"), SavedEntry::Unknown);
+    }
+}

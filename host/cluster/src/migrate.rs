@@ -1,0 +1,727 @@
+//! `plumber cluster migrate`: changes a pipeline's partition count.
+//!
+//! The count is part of every partition's identity: the stream files each
+//! key under `FNV-1a(key) % N`, and each partition keeps its keys' state
+//! and its own input position. Changing N therefore moves state between
+//! partitions, which only a stopped, drained pipeline allows. The command:
+//!
+//! 1. refuses while a worker holds a lease or answers pings, and when a
+//!    partition's input is not all covered by its last checkpoint
+//!    (`plumber cluster status` shows its lag);
+//! 2. reads every partition's state and files each key under its partition
+//!    of the new count: a window's entries by their event key, a pipe's
+//!    keys by the event key that the state-key template (`{key}` unless
+//!    given) finds in them. A key that is not in the partition its event
+//!    key names under the old count is refused: the template does not
+//!    describe the pipe's keys, and moving by it would split a key's state;
+//! 3. writes the new partitions' state and checkpoints (each at the
+//!    stream's last sequence) under the names of a new *generation*
+//!    (`<pipeline>#g<k>p<NN>`), beside the old ones, which stay untouched;
+//! 4. switches in one stream update: the new subject transform and the new
+//!    generation in the stream's metadata (`plumber.generation`). Workers
+//!    read the generation at start; a worker with the old count is
+//!    refused;
+//! 5. deletes the old generation's consumers and state.
+//!
+//! Until step 4 nothing the old generation needs has changed: a failed or
+//! interrupted migration can be run again. Messages that producers publish
+//! during the migration are refused before the switch (the stream's last
+//! sequence must not move), and the few that land in the instant between
+//! that check and the switch are published again under the new partition
+//! count (their message id gets `~g<k>`), so none is lost or read by the
+//! wrong partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use plumber_engine::checkpoint::{CheckpointRecord, Position};
+use plumber_engine::state::{
+    checkpoint_scope, KeyHasher, KeyOwner, Namespace, SharedState, WriteSet, DEFAULT_TENANT,
+};
+use plumber_engine::window::{merge_saved_meta, saved_entry, SavedEntry};
+
+use crate::init::{check_stream, check_version, connect, generation_of, GENERATION_METADATA};
+use crate::lease::Leases;
+use crate::membership::{Members, Ping};
+use crate::partition::{partition_of, PartitionNames};
+use crate::spec::PartitionStates;
+use crate::{ClusterError, ClusterPipeline};
+
+/// The state-key template when none is given: a pipe's state key is the
+/// event key.
+pub const DEFAULT_STATE_KEY: &str = "{key}";
+
+/// How long the ephemeral consumers that count a partition's messages
+/// live once unused (they are deleted at once; this bounds a crash).
+const COUNTING_CONSUMER_TTL: Duration = Duration::from_secs(30);
+
+/// How a pipe's state keys contain the event key they belong to: a text
+/// with one `{key}`, e.g. `k{key}` for keys `k<event key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateKeyTemplate {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    text: String,
+}
+
+impl StateKeyTemplate {
+    /// Reads a template.
+    ///
+    /// # Errors
+    ///
+    /// The text does not hold `{key}` exactly once.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.split("{key}");
+        let (Some(before), Some(after), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "the state-key template {text:?} must hold `{{key}}` exactly once, where the \
+                 event key is (e.g. `k{{key}}`)"
+            ));
+        };
+        Ok(StateKeyTemplate {
+            before: before.as_bytes().to_vec(),
+            after: after.as_bytes().to_vec(),
+            text: text.to_owned(),
+        })
+    }
+
+    /// The event key in `state_key`, if it has the template's shape.
+    #[must_use]
+    pub fn event_key<'a>(&self, state_key: &'a [u8]) -> Option<&'a [u8]> {
+        state_key
+            .strip_prefix(self.before.as_slice())?
+            .strip_suffix(self.after.as_slice())
+    }
+}
+
+impl Default for StateKeyTemplate {
+    fn default() -> Self {
+        StateKeyTemplate {
+            before: Vec::new(),
+            after: Vec::new(),
+            text: DEFAULT_STATE_KEY.to_owned(),
+        }
+    }
+}
+
+/// What to migrate how.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateOptions {
+    /// How pipes' state keys contain their event keys.
+    pub state_key: StateKeyTemplate,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationReport {
+    /// The partition count before.
+    pub from: u32,
+    /// The partition count after.
+    pub to: u32,
+    /// The generation now running (0: nothing was migrated).
+    pub generation: u32,
+    /// State keys moved (pipes' keys and windows' entries).
+    pub keys_moved: u64,
+    /// Messages published again because they arrived during the switch.
+    pub republished: u64,
+    /// What was done, a line each.
+    pub lines: Vec<String>,
+}
+
+/// Where a moved key goes, given its new partition's task.
+enum Filed<'a> {
+    /// A pipe's key.
+    Pipe { pipe: &'a str, key: &'a [u8] },
+    /// A window's keyed entry.
+    Window { window: &'a str, entry: &'a [u8] },
+}
+
+impl Filed<'_> {
+    /// The full key in partition task `task` of `tenant`.
+    fn key_in(&self, tenant: &str, task: &str) -> Vec<u8> {
+        let (namespace, rest) = match self {
+            Filed::Pipe { pipe, key } => (Namespace::for_tenant_pipe(tenant, task, pipe), key),
+            Filed::Window { window, entry } => (Namespace::for_window(tenant, task, window), entry),
+        };
+        [namespace.prefix(), rest].concat()
+    }
+}
+
+/// The new partitions' writes, built from the old partitions' state.
+struct NewState {
+    writes: Vec<WriteSet>,
+    /// Each window's meta entries, from every old partition.
+    metas: BTreeMap<String, Vec<Vec<u8>>>,
+    keys: u64,
+}
+
+/// Changes `pipeline`'s partition count to its config's
+/// `cluster.partitions` (see the module docs).
+///
+/// # Errors
+///
+/// [`ClusterError::Migration`] when something stands in the way (workers
+/// running, input not drained, state not keyed by the event key, open
+/// keyless windows, an outbox not yet published, producers publishing, a
+/// `repartition` step), with what to do; the errors of [`connect`] and
+/// [`ClusterError::JetStream`] when a request fails. Before the switch an
+/// error leaves the old generation as it was.
+pub async fn migrate(
+    pipeline: &ClusterPipeline,
+    options: &MigrateOptions,
+) -> Result<MigrationReport, ClusterError> {
+    let refuse = |message: String| ClusterError::Migration {
+        pipeline: pipeline.config.name.clone(),
+        message,
+    };
+    if let Some(shuffle) = &pipeline.shuffle {
+        return Err(refuse(format!(
+            "it has a `repartition` step (`{}`): a two-stage pipeline's partition count cannot \
+             be changed yet",
+            shuffle.step
+        )));
+    }
+    let client = connect(&pipeline.cluster.url).await?;
+    check_version(&client)?;
+    let context = jetstream::new(client.clone());
+    let name = &pipeline.stream;
+    let mut input = context
+        .get_stream(name)
+        .await
+        .map_err(|_| ClusterError::NotInitialised {
+            stream: name.clone(),
+            config: pipeline.origin.clone(),
+        })?;
+    let info = input
+        .info()
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
+        .clone();
+    let mut config = info.config.clone();
+    let Some(transform) = config.subject_transform.clone() else {
+        return Err(ClusterError::TransformDropped {
+            stream: name.clone(),
+            found: format!("no transform, subjects {:?}", config.subjects),
+        });
+    };
+    let target = pipeline.names.partitions;
+    let existing = pipeline
+        .names
+        .partitions_in(&transform.destination)
+        .ok_or_else(|| ClusterError::Mismatch {
+            what: format!("stream `{name}`"),
+            message: format!(
+                "its subject transform `{}` → `{}` is not one plumber makes",
+                transform.source, transform.destination
+            ),
+        })?;
+    let generation = generation_of(name, &config)?;
+    let mut report = MigrationReport {
+        from: existing,
+        to: target,
+        generation,
+        ..MigrationReport::default()
+    };
+    if existing == target {
+        report.lines.push(format!(
+            "stream `{name}` is partitioned {target} ways already (generation {generation}): \
+             nothing to migrate"
+        ));
+        return Ok(report);
+    }
+    let mut old = pipeline.clone();
+    old.names = PartitionNames {
+        partitions: existing,
+        ..pipeline.names.clone()
+    }
+    .with_generation(generation);
+    let mut new = pipeline.clone();
+    new.set_generation(generation + 1);
+    let tenant = pipeline
+        .config
+        .tenant
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+
+    // 1. Nobody runs the pipeline.
+    let leases = Leases::open(
+        &context,
+        &pipeline.leases_bucket(),
+        old.names.clone(),
+        pipeline.lease_ttl(),
+    )
+    .await?;
+    refuse_held_leases(&leases, &old.names, &refuse).await?;
+    let members = Members::open(client.clone(), &pipeline.members_bucket()).await?;
+    let mut alive = Vec::new();
+    for member in members.list().await? {
+        if members.ping(&member.id).await == Ping::Alive {
+            alive.push(member.id);
+        }
+    }
+    if !alive.is_empty() {
+        return Err(refuse(format!(
+            "worker(s) {} are running: stop every worker first (SIGTERM hands its partitions \
+             over after a final checkpoint)",
+            alive.join(", ")
+        )));
+    }
+
+    // 2. Every partition's input is covered by its last checkpoint.
+    let last = info.state.last_sequence;
+    let states = PartitionStates::default();
+    let mut old_states = Vec::with_capacity(existing as usize);
+    let mut undrained = Vec::new();
+    for partition in 0..existing {
+        let task = old.names.task(partition);
+        let state = states
+            .open(&old.partition_config(partition)?)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
+        let record = state
+            .last_checkpoint(&checkpoint_scope(&tenant, &task))
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading the checkpoint of {task}"), e))?;
+        let committed = match record.as_ref().map(|r| &r.position) {
+            None | Some(Position::Start) => 0,
+            Some(Position::Offset(sequence)) => *sequence,
+            Some(other) => {
+                return Err(refuse(format!(
+                    "the checkpoint of {task} holds the position {other:?}, not a stream sequence"
+                )))
+            }
+        };
+        let pending = count_after(&input, &old.names.filter_subject(partition), committed).await?;
+        if pending > 0 {
+            undrained.push(format!(
+                "{task}: {pending} message(s) after its checkpoint at sequence {committed}"
+            ));
+        }
+        old_states.push((task, state));
+    }
+    if !undrained.is_empty() {
+        return Err(refuse(format!(
+            "the input is not drained — {}. Stop the producers, run the workers until `plumber \
+             cluster status` shows lag 0 everywhere, stop them with SIGTERM (a final \
+             checkpoint), then migrate",
+            undrained.join("; ")
+        )));
+    }
+
+    // 3. The state, filed under the new partitions.
+    let moved = read_and_file(&old_states, &tenant, &new.names, target, options, &refuse).await?;
+    report.keys_moved = moved.keys;
+    let mut writes = moved.writes;
+    for (window, metas) in &moved.metas {
+        let values: Vec<&[u8]> = metas.iter().map(Vec::as_slice).collect();
+        for (partition, write) in writes.iter_mut().enumerate() {
+            // The late count once, in the first partition.
+            let merged = merge_saved_meta(&values, partition == 0).map_err(&refuse)?;
+            let task = new.names.task(u32::try_from(partition).unwrap_or(u32::MAX));
+            let mut key = Namespace::for_window(&tenant, &task, window)
+                .prefix()
+                .to_vec();
+            key.extend_from_slice(b"meta");
+            write.insert(key, Some(merged));
+        }
+    }
+
+    // 4. Written beside the old generation, checkpointed at `last`.
+    let mut new_states = Vec::with_capacity(target as usize);
+    for (partition, mut write) in (0..target).zip(writes) {
+        let task = new.names.task(partition);
+        let state = states
+            .open(&new.partition_config(partition)?)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
+        // What an interrupted run left there goes.
+        let prefix = Namespace::pipeline_prefix(&tenant, &task);
+        for (key, _) in state
+            .scan_prefix(&prefix)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading the state of {task}"), e))?
+        {
+            write.entry(key).or_insert(None);
+        }
+        commit_at(&state, &tenant, &task, Position::Offset(last), &[write]).await?;
+        new_states.push((task, state));
+    }
+    report.lines.push(format!(
+        "wrote the state of {target} partitions of generation {} ({} keys), each checkpointed \
+         at stream sequence {last}",
+        generation + 1,
+        report.keys_moved
+    ));
+
+    // 5. Still quiet and still nobody running: switch.
+    let now = input
+        .info()
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
+        .state
+        .last_sequence;
+    if now != last {
+        return Err(refuse(format!(
+            "producers are publishing to `{}` (the stream's last sequence moved from {last} to \
+             {now} during the migration): stop them and run the migration again",
+            pipeline.names.captured()
+        )));
+    }
+    refuse_held_leases(&leases, &old.names, &refuse).await?;
+    hold_before_switch().await;
+    let wanted = stream::SubjectTransform {
+        source: new.names.captured(),
+        destination: new.names.transform_destination(),
+    };
+    config.subject_transform = Some(wanted.clone());
+    config
+        .metadata
+        .insert(GENERATION_METADATA.to_owned(), (generation + 1).to_string());
+    let updated = context
+        .update_stream(&config)
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("switching stream `{name}`"), e))?;
+    check_stream(name, &new.names, &wanted, &updated.config)?;
+    let cut = updated.state.last_sequence;
+    report.generation = generation + 1;
+    report.lines.push(format!(
+        "switched stream `{name}`: `{}` → `{}`, generation {}",
+        wanted.source,
+        wanted.destination,
+        generation + 1
+    ));
+
+    // Arrived between the check and the switch: filed by the old count.
+    if cut > last {
+        report.republished =
+            republish(&context, &input, &old.names, last, cut, generation + 1).await?;
+        for (task, state) in &new_states {
+            commit_at(state, &tenant, task, Position::Offset(cut), &[]).await?;
+        }
+        report.lines.push(format!(
+            "published again {} message(s) that arrived during the switch (sequences {}..={cut}); \
+             the new partitions start after {cut}",
+            report.republished,
+            last + 1
+        ));
+    }
+
+    // 6. The old generation goes.
+    let mut cleanup = String::new();
+    for partition in 0..existing {
+        let consumer = old.names.consumer(partition);
+        if let Err(error) = input.delete_consumer(&consumer).await {
+            let _ = write!(cleanup, " consumer `{consumer}`: {error};");
+        }
+    }
+    for (task, state) in &old_states {
+        let prefix = Namespace::pipeline_prefix(&tenant, task);
+        let deletes: WriteSet = match state.scan_prefix(&prefix).await {
+            Ok(keys) => keys.into_iter().map(|(key, _)| (key, None)).collect(),
+            Err(error) => {
+                let _ = write!(cleanup, " state of {task}: {error};");
+                continue;
+            }
+        };
+        if let Err(error) =
+            commit_at(state, &tenant, task, Position::Offset(last), &[deletes]).await
+        {
+            let _ = write!(cleanup, " state of {task}: {error};");
+        }
+    }
+    if cleanup.is_empty() {
+        report.lines.push(format!(
+            "deleted the {existing} consumers and the state of generation {generation}"
+        ));
+    } else {
+        report.lines.push(format!(
+            "the migration is done, but some of generation {generation} is left (delete it by \
+             hand):{cleanup}"
+        ));
+    }
+    Ok(report)
+}
+
+/// The fault point that holds a migration between its last check of the
+/// stream and the switch for `<ms>` (a testing aid: it makes the race with
+/// a producer that the switch handles happen on purpose).
+pub const HOLD_BEFORE_SWITCH: &str = "PLUMBER_FAULT_HOLD_BEFORE_SWITCH";
+
+/// Waits as [`HOLD_BEFORE_SWITCH`] says, if it is set.
+async fn hold_before_switch() {
+    let Ok(value) = std::env::var(HOLD_BEFORE_SWITCH) else {
+        return;
+    };
+    match value.parse::<u64>() {
+        Ok(ms) => {
+            tracing::warn!(
+                hold_ms = ms,
+                "fault point {HOLD_BEFORE_SWITCH}: holding before the switch (a testing aid)"
+            );
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Err(_) => tracing::error!("{HOLD_BEFORE_SWITCH} ignored: `{value}` is not milliseconds"),
+    }
+}
+
+/// Refuses while any of `names`' leases is held.
+async fn refuse_held_leases(
+    leases: &Leases,
+    names: &PartitionNames,
+    refuse: &impl Fn(String) -> ClusterError,
+) -> Result<(), ClusterError> {
+    let held = leases.all().await?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    let holders: BTreeSet<&str> = held.values().map(|h| h.owner.as_str()).collect();
+    let first = held
+        .keys()
+        .next()
+        .map(|&task| names.task(task))
+        .unwrap_or_default();
+    Err(refuse(format!(
+        "{} partition(s) are held (e.g. {first}) by {}: stop every worker first and let their \
+         leases end (at most `cluster.lease_ttl_ms` after a crash)",
+        held.len(),
+        holders.into_iter().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// How many messages of `subject` the stream holds after `sequence`,
+/// counted by an ephemeral consumer that is deleted again.
+async fn count_after(
+    input: &stream::Stream,
+    subject: &str,
+    sequence: u64,
+) -> Result<u64, ClusterError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        ClusterError::jetstream(format!("counting the messages of `{subject}`"), e)
+    };
+    let counter = input
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: sequence + 1,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: COUNTING_CONSUMER_TTL,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+    let info = counter.cached_info();
+    let pending = info.num_pending;
+    let name = info.name.clone();
+    if let Err(error) = input.delete_consumer(&name).await {
+        tracing::debug!(consumer = name, %error, "the counting consumer ends by its inactivity");
+    }
+    Ok(pending)
+}
+
+/// Reads every old partition's state and files each key under its new
+/// partition.
+async fn read_and_file(
+    old_states: &[(String, SharedState)],
+    tenant: &str,
+    new_names: &PartitionNames,
+    target: u32,
+    options: &MigrateOptions,
+    refuse: &impl Fn(String) -> ClusterError,
+) -> Result<NewState, ClusterError> {
+    let existing = u32::try_from(old_states.len()).unwrap_or(u32::MAX);
+    let mut moved = NewState {
+        writes: (0..target)
+            .map(|_| WriteSet::with_hasher(KeyHasher::default()))
+            .collect(),
+        metas: BTreeMap::new(),
+        keys: 0,
+    };
+    let shown = |bytes: &[u8]| String::from_utf8_lossy(bytes).escape_debug().to_string();
+    for (partition, (task, state)) in (0..existing).zip(old_states) {
+        let prefix = Namespace::pipeline_prefix(tenant, task);
+        let keys = state
+            .scan_prefix(&prefix)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading the state of {task}"), e))?;
+        for (full, value) in keys {
+            // The event key the entry belongs to, and where its new key
+            // goes given the new partition's task name.
+            let (event_key, filed) = match Namespace::owner_of(tenant, task, &full) {
+                Some(KeyOwner::Pipe { pipe, key }) => {
+                    let Some(event_key) = options.state_key.event_key(key) else {
+                        return Err(refuse(format!(
+                            "the state key {:?} of pipe `{pipe}` in {task} does not have the \
+                             shape of the state-key template {:?}: give the template that \
+                             finds the event key in the pipe's keys (`--state-key`)",
+                            shown(key),
+                            options.state_key.text
+                        )));
+                    };
+                    (event_key, Filed::Pipe { pipe, key })
+                }
+                Some(KeyOwner::Window { window, entry }) => match saved_entry(entry) {
+                    SavedEntry::Meta => {
+                        moved
+                            .metas
+                            .entry(window.to_owned())
+                            .or_default()
+                            .push(value);
+                        continue;
+                    }
+                    SavedEntry::Keyed(event_key) => (event_key, Filed::Window { window, entry }),
+                    SavedEntry::Keyless => {
+                        return Err(refuse(format!(
+                            "window `{window}` of {task} has keyless events open: a window \
+                             without a key cannot be split between partitions; let it fire \
+                             first"
+                        )))
+                    }
+                    SavedEntry::Legacy | SavedEntry::Unknown => {
+                        return Err(refuse(format!(
+                            "window `{window}` of {task} has an entry {:?} this version cannot \
+                             move (saved by another version: run the workers of this version \
+                             once, so that a checkpoint rewrites it)",
+                            shown(entry)
+                        )))
+                    }
+                },
+                Some(KeyOwner::Outbox { .. }) => {
+                    return Err(refuse(format!(
+                        "{task} holds output in its outbox that may not be published yet: \
+                             start the workers, let them checkpoint twice, stop them with \
+                             SIGTERM, then migrate"
+                    )))
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "{task} has a state key {:?} that belongs to no pipe, window or \
+                             outbox",
+                        shown(&full)
+                    )))
+                }
+            };
+            let was = partition_of(event_key, existing);
+            if was != partition {
+                return Err(refuse(format!(
+                    "{task} holds state of event key {:?} (stored as {:?}), which belongs to \
+                     partition {was} of {existing}: its pipes' state is not keyed by the event \
+                     key as the state-key template {:?} says, and moving it by that key would \
+                     split a key's state (give the right `--state-key`)",
+                    shown(event_key),
+                    shown(&full),
+                    options.state_key.text
+                )));
+            }
+            let to = partition_of(event_key, target);
+            let new_key = filed.key_in(tenant, &new_names.task(to));
+            if let Some(write) = moved.writes.get_mut(to as usize) {
+                write.insert(new_key, Some(value));
+            }
+            moved.keys += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Commits `writes` to `task`'s scope as its next checkpoint at
+/// `position`, under a fresh claim of the scope (so that no commit of an
+/// earlier owner can land after it).
+async fn commit_at(
+    state: &SharedState,
+    tenant: &str,
+    task: &str,
+    position: Position,
+    writes: &[WriteSet],
+) -> Result<(), ClusterError> {
+    let scope = checkpoint_scope(tenant, task);
+    let failed = |e: &dyn std::fmt::Display| {
+        ClusterError::jetstream(format!("committing the state of {task}"), e)
+    };
+    let prior = state
+        .last_checkpoint(&scope)
+        .await
+        .map_err(|e| failed(&e))?;
+    let fence = state.claim(&scope).await.map_err(|e| failed(&e))?;
+    let mut record = CheckpointRecord::new(&scope, prior.map_or(1, |r| r.epoch + 1), position);
+    record.fence = fence;
+    state.commit(&record, writes).await.map_err(|e| failed(&e))
+}
+
+/// Publishes again the messages of sequences `after+1..=until`, filed by
+/// the old partition count, to their original subjects (`<in>.<key>`), so
+/// that the new count files them; their message ids get `~g<generation>`.
+/// Returns how many.
+async fn republish(
+    context: &jetstream::Context,
+    input: &stream::Stream,
+    old: &PartitionNames,
+    after: u64,
+    until: u64,
+    generation: u32,
+) -> Result<u64, ClusterError> {
+    let mut count = 0;
+    for sequence in after + 1..=until {
+        let message = match input.get_raw_message(sequence).await {
+            Ok(message) => message,
+            // Deleted or expired meanwhile: nothing to move.
+            Err(_) => continue,
+        };
+        let subject = message.subject.as_str();
+        let Some(key) = subject
+            .strip_prefix(&format!("{}.", old.partitioned))
+            .and_then(|rest| rest.split_once('.'))
+            .map(|(_, key)| key)
+        else {
+            continue;
+        };
+        let mut headers = HeaderMap::new();
+        for (name, values) in message.headers.iter() {
+            for value in values {
+                if AsRef::<str>::as_ref(name) == "Nats-Msg-Id" {
+                    headers.insert(
+                        "Nats-Msg-Id",
+                        format!("{}~g{generation}", value.as_str()).as_str(),
+                    );
+                } else {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let original = format!("{}.{key}", old.input);
+        context
+            .publish_with_headers(original.clone(), headers, message.payload.clone())
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("publishing again to `{original}`"), e))?
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("publishing again to `{original}`"), e))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_finds_the_event_key_or_says_the_key_has_another_shape() {
+        let template = StateKeyTemplate::parse("k{key}").unwrap();
+        assert_eq!(template.event_key(b"k42"), Some(&b"42"[..]));
+        assert_eq!(template.event_key(b"x42"), None);
+        let both = StateKeyTemplate::parse("user:{key}:count").unwrap();
+        assert_eq!(both.event_key(b"user:7:count"), Some(&b"7"[..]));
+        assert_eq!(both.event_key(b"user:7:sum"), None);
+        assert_eq!(
+            StateKeyTemplate::default().event_key(b"abc"),
+            Some(&b"abc"[..])
+        );
+        for bad in ["k", "{key}{key}", ""] {
+            let error = StateKeyTemplate::parse(bad).unwrap_err();
+            assert!(error.contains("exactly once"), "{error}");
+        }
+    }
+}
