@@ -16,6 +16,8 @@
 //! | `q5` | a sliding window of `q5-bids` | `window_start,auction,count` of the auction(s) with the most bids |
 //! | `q7-bids` | events | per bid: `auction,bidder,price,date_time`, same timestamp |
 //! | `q7` | a tumbling window of `q7-bids` | `window_end,auction,bidder,price` of the bid(s) with the highest price |
+//! | `q8-tag` | events | persons: key = id, value `id,name`, header `plumber-input: persons`; auctions: key = seller, value = auction id, header `plumber-input: auctions`; bids dropped |
+//! | `q8` | a windowed join of `q8-tag`'s persons and auctions (one batch per window and key) | `id,name,window_start` of each person of the batch, when the batch also has an auction |
 //!
 //! Fields are found by splitting byte slices and integers parsed by hand,
 //! so a bid costs no allocation beyond its output value.
@@ -60,6 +62,8 @@ pub enum Query {
     Q5,
     Q7Bids,
     Q7,
+    Q8Tag,
+    Q8,
 }
 
 #[derive(serde::Deserialize)]
@@ -82,9 +86,12 @@ impl Pipe for Nexmark {
             "q5" => Query::Q5,
             "q7-bids" => Query::Q7Bids,
             "q7" => Query::Q7,
+            "q8-tag" => Query::Q8Tag,
+            "q8" => Query::Q8,
             other => {
                 return Err(PipeError::new(format!(
-                    "unknown query `{other}`: expected q0, q1, q2, q5-bids, q5, q7-bids or q7"
+                    "unknown query `{other}`: expected q0, q1, q2, q5-bids, q5, q7-bids, q7, \
+                     q8-tag or q8"
                 )))
             }
         };
@@ -107,6 +114,13 @@ impl Pipe for Nexmark {
             Query::Q2 => q2(batch.events),
             Query::Q5Bids => q5_bids(batch.events),
             Query::Q7Bids => q7_bids(batch.events),
+            Query::Q8Tag => q8_tag(batch.events),
+            Query::Q8 => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new("q8 must follow a windowed join: the batch has no window-info")
+                })?;
+                q8(&batch.events, window.start, window.end)
+            }
             Query::Q5 | Query::Q7 => {
                 let window = batch.window.ok_or_else(|| {
                     PipeError::new("q5 and q7 must follow a window: the batch has no window-info")
@@ -129,6 +143,45 @@ impl Nexmark {
         let mut writer = BatchWriter::new(out, None);
         let mut value = Vec::with_capacity(256);
         match self.query {
+            Query::Q8Tag | Query::Q8 => {
+                // Persons and auctions are few (4 in 50 events): the owned
+                // path, written back.
+                let events: Vec<Event> = batch
+                    .events()
+                    .map(|event| {
+                        event.and_then(|event| {
+                            Ok(Event {
+                                key: event.key.map(<[u8]>::to_vec),
+                                value: event.value.to_vec(),
+                                timestamp: event.timestamp,
+                                headers: event
+                                    .headers()
+                                    .map(|h| h.map(|(n, v)| (n.to_owned(), v.to_owned())))
+                                    .collect::<Result<_, _>>()?,
+                            })
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(malformed)?;
+                let answer = if self.query == Query::Q8Tag {
+                    q8_tag(events)?
+                } else {
+                    let window = batch.window.ok_or_else(|| {
+                        PipeError::new(
+                            "q8 must follow a windowed join: the batch has no window-info",
+                        )
+                    })?;
+                    q8(&events, window.start, window.end)?
+                };
+                for event in &answer {
+                    writer.push(
+                        event.key.as_deref(),
+                        &event.value,
+                        event.timestamp,
+                        event.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    );
+                }
+            }
             Query::Q5 | Query::Q7 => {
                 let window = batch.window.ok_or_else(|| {
                     PipeError::new("q5 and q7 must follow a window: the batch has no window-info")
@@ -209,6 +262,63 @@ impl Nexmark {
 }
 
 plumber_guest::export_pipe!(Nexmark);
+
+/// The header that names the input an event of a join comes from.
+const INPUT_HEADER: &str = "plumber-input";
+
+/// Persons keyed by id and auctions keyed by seller, each tagged with its
+/// input's name for the join; bids dropped.
+fn q8_tag(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let v = &event.value;
+        let tagged = if v.starts_with(b"P,") {
+            // P,id,name,email,credit_card,city,state,date_time,extra
+            let f = fields::<3>(v)
+                .ok_or_else(|| PipeError::new("malformed person").at_event(index))?;
+            number(v, f[1], "id", index)?;
+            Event {
+                key: Some(v[f[1].0..f[1].1].to_vec()),
+                value: v[f[1].0..f[2].1].to_vec(),
+                timestamp: event.timestamp,
+                headers: vec![(INPUT_HEADER.to_owned(), "persons".to_owned())],
+            }
+        } else if v.starts_with(b"A,") {
+            // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,…
+            let f = fields::<9>(v)
+                .ok_or_else(|| PipeError::new("malformed auction").at_event(index))?;
+            number(v, f[8], "seller", index)?;
+            Event {
+                key: Some(v[f[8].0..f[8].1].to_vec()),
+                value: v[f[1].0..f[1].1].to_vec(),
+                timestamp: event.timestamp,
+                headers: vec![(INPUT_HEADER.to_owned(), "auctions".to_owned())],
+            }
+        } else {
+            continue;
+        };
+        out.push(tagged);
+    }
+    Ok(out)
+}
+
+/// The persons of one window and key (a person id) who also opened an
+/// auction in it: `id,name,window_start`, timestamp the window's end.
+fn q8(events: &[Event], start: u64, end: u64) -> Result<Vec<Event>, PipeError> {
+    let from = |event: &Event, input: &str| event.header(INPUT_HEADER) == Some(input);
+    if !events.iter().any(|e| from(e, "auctions")) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for event in events.iter().filter(|e| from(e, "persons")) {
+        let mut value = Vec::with_capacity(event.value.len() + 21);
+        value.extend_from_slice(&event.value);
+        value.push(b',');
+        push_u64(&mut value, start);
+        out.push(Event::new(value).with_timestamp(end));
+    }
+    Ok(out)
+}
 
 // Bid fields: B,auction,bidder,price,channel,url,date_time,extra
 const AUCTION: usize = 1;
@@ -601,5 +711,28 @@ mod tests {
         push_u64(&mut out, 0);
         push_u64(&mut out, 18_446_744_073_709_551_615);
         assert_eq!(out, b"018446744073709551615");
+    }
+
+    #[test]
+    fn q8_tag_keys_persons_by_id_and_auctions_by_seller() {
+        let out = run("q8-tag", Batch::new(vec![person(), bid(7, 1, 2, 3), auction()]));
+        assert_eq!(values(&out), ["1000,Peter Shultz", "1000"]);
+        assert_eq!(out[0].key_str(), Some("1000"));
+        assert_eq!(out[0].header("plumber-input"), Some("persons"));
+        // The auction's seller is the key.
+        assert_eq!(out[1].key_str(), Some("1000"));
+        assert_eq!(out[1].header("plumber-input"), Some("auctions"));
+        assert_eq!(out[1].timestamp, Some(1_436_918_400_000));
+    }
+
+    #[test]
+    fn q8_names_the_persons_of_a_window_that_also_has_their_auction() {
+        let tagged = run("q8-tag", Batch::new(vec![person(), auction()]));
+        let out = run("q8", windowed(tagged.clone(), 10, 20));
+        assert_eq!(values(&out), ["1000,Peter Shultz,10"]);
+        assert_eq!(out[0].timestamp, Some(20));
+        // A person alone (a left join's batch) is no answer.
+        let alone = run("q8", windowed(tagged[..1].to_vec(), 10, 20));
+        assert!(alone.is_empty());
     }
 }

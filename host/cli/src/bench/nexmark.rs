@@ -710,6 +710,64 @@ fn q7(events: &[Event], end: u64) -> Result<Vec<Event>, String> {
     Ok(out)
 }
 
+/// The header that names the input an event of a join comes from.
+const INPUT_HEADER: &str = "plumber-input";
+
+fn q8_tag(events: Vec<Event>) -> Result<Vec<Event>, String> {
+    let mut out = Vec::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let v = &event.value;
+        let tagged = if v.starts_with(b"P,") {
+            // P,id,name,email,credit_card,city,state,date_time,extra
+            let f = fields::<3>(v).ok_or_else(|| format!("malformed person (event {index})"))?;
+            number(v, f[1], "id", index)?;
+            Event {
+                key: Some(v[f[1].0..f[1].1].to_vec()),
+                value: v[f[1].0..f[2].1].to_vec(),
+                timestamp: event.timestamp,
+                headers: vec![(INPUT_HEADER.to_owned(), "persons".to_owned())],
+            }
+        } else if v.starts_with(b"A,") {
+            // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,…
+            let f = fields::<9>(v).ok_or_else(|| format!("malformed auction (event {index})"))?;
+            number(v, f[8], "seller", index)?;
+            Event {
+                key: Some(v[f[8].0..f[8].1].to_vec()),
+                value: v[f[1].0..f[1].1].to_vec(),
+                timestamp: event.timestamp,
+                headers: vec![(INPUT_HEADER.to_owned(), "auctions".to_owned())],
+            }
+        } else {
+            continue;
+        };
+        out.push(tagged);
+    }
+    Ok(out)
+}
+
+fn q8(events: &[Event], start: u64, end: u64) -> Vec<Event> {
+    let from = |event: &Event, input: &str| {
+        event
+            .headers
+            .iter()
+            .any(|(name, value)| name == INPUT_HEADER && value == input)
+    };
+    if !events.iter().any(|e| from(e, "auctions")) {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .filter(|e| from(e, "persons"))
+        .map(|event| {
+            let mut value = Vec::with_capacity(event.value.len() + 21);
+            value.extend_from_slice(&event.value);
+            value.push(b',');
+            push_u64(&mut value, start);
+            Event::new(value).with_timestamp(end)
+        })
+        .collect()
+}
+
 /// One step of a query: a config of the `nexmark` guest, or the same logic
 /// as a native step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -728,6 +786,12 @@ pub enum Stage {
     Q7Bids,
     /// The bid(s) at a window's highest price: `window_end,auction,bidder,price`.
     Q7,
+    /// Persons keyed by id, auctions keyed by seller, each with its input's
+    /// name (before q8's join).
+    Q8Tag,
+    /// The persons of a window of the join who opened an auction in it:
+    /// `id,name,window_start`.
+    Q8,
 }
 
 impl Stage {
@@ -741,6 +805,8 @@ impl Stage {
             Stage::Q5 => "q5",
             Stage::Q7Bids => "q7-bids",
             Stage::Q7 => "q7",
+            Stage::Q8Tag => "q8-tag",
+            Stage::Q8 => "q8",
         }
     }
 
@@ -756,6 +822,13 @@ impl Stage {
             Stage::Q2 => q2(batch.events),
             Stage::Q5Bids => q5_bids(batch.events),
             Stage::Q7Bids => q7_bids(batch.events),
+            Stage::Q8Tag => q8_tag(batch.events),
+            Stage::Q8 => {
+                let window = batch.window.as_ref().ok_or_else(|| {
+                    "q8 must follow a windowed join: the batch has no window-info".to_owned()
+                })?;
+                Ok(q8(&batch.events, window.start, window.end))
+            }
             Stage::Q5 | Stage::Q7 => {
                 let window = batch.window.as_ref().ok_or_else(|| {
                     "q5 and q7 must follow a window: the batch has no window-info".to_owned()
