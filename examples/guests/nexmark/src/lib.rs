@@ -16,6 +16,7 @@
 //! | `q5` | a sliding window of `q5-bids` | `window_start,auction,count` of the auction(s) with the most bids |
 //! | `q7-bids` | events | per bid: `auction,bidder,price,date_time`, same timestamp |
 //! | `q7` | a tumbling window of `q7-bids` | `window_end,auction,bidder,price` of the bid(s) with the highest price |
+//! | `q3` | events | `name,city,state,auction` of each auction in category 10 whose seller lives in OR, ID or CA (persons kept in state: `p<id>`; auctions whose seller is not there yet wait in `a<id>`) |
 //! | `q8-tag` | events | persons: key = id, value `id,name`, header `plumber-input: persons`; auctions: key = seller, value = auction id, header `plumber-input: auctions`; bids dropped |
 //! | `q8` | a windowed join of `q8-tag`'s persons and auctions (one batch per window and key) | `id,name,window_start` of each person of the batch, when the batch also has an auction |
 //!
@@ -58,6 +59,7 @@ pub enum Query {
     Q0,
     Q1,
     Q2,
+    Q3,
     Q5Bids,
     Q5,
     Q7Bids,
@@ -82,6 +84,7 @@ impl Pipe for Nexmark {
             "q0" => Query::Q0,
             "q1" => Query::Q1,
             "q2" => Query::Q2,
+            "q3" => Query::Q3,
             "q5-bids" => Query::Q5Bids,
             "q5" => Query::Q5,
             "q7-bids" => Query::Q7Bids,
@@ -90,7 +93,7 @@ impl Pipe for Nexmark {
             "q8" => Query::Q8,
             other => {
                 return Err(PipeError::new(format!(
-                    "unknown query `{other}`: expected q0, q1, q2, q5-bids, q5, q7-bids, q7, \
+                    "unknown query `{other}`: expected q0, q1, q2, q3, q5-bids, q5, q7-bids, q7, \
                      q8-tag or q8"
                 )))
             }
@@ -102,13 +105,14 @@ impl Pipe for Nexmark {
         &mut self,
         batch: BatchReader<'_>,
         out: &mut Vec<u8>,
-        _state: &mut State,
+        state: &mut State,
     ) -> Result<(), PipeError> {
-        self.packed(&batch, out)
+        self.packed(&batch, out, state)
     }
 
-    fn process(&mut self, batch: Batch, _state: &mut State) -> Result<Vec<Event>, PipeError> {
+    fn process(&mut self, batch: Batch, state: &mut State) -> Result<Vec<Event>, PipeError> {
         match self.query {
+            Query::Q3 => q3(batch.events, state),
             Query::Q0 => Ok(batch.events),
             Query::Q1 => q1(batch.events),
             Query::Q2 => q2(batch.events),
@@ -138,12 +142,17 @@ impl Pipe for Nexmark {
 impl Nexmark {
     /// `process` on a packed batch: bids are read in place and answers
     /// written straight into the output buffer.
-    fn packed(&self, batch: &BatchReader<'_>, out: &mut Vec<u8>) -> Result<(), PipeError> {
+    fn packed(
+        &self,
+        batch: &BatchReader<'_>,
+        out: &mut Vec<u8>,
+        state: &mut State,
+    ) -> Result<(), PipeError> {
         let malformed = |e: plumber_guest::wire::DecodeError| PipeError::new(e.to_string());
         let mut writer = BatchWriter::new(out, None);
         let mut value = Vec::with_capacity(256);
         match self.query {
-            Query::Q8Tag | Query::Q8 => {
+            Query::Q3 | Query::Q8Tag | Query::Q8 => {
                 // Persons and auctions are few (4 in 50 events): the owned
                 // path, written back.
                 let events: Vec<Event> = batch
@@ -163,7 +172,9 @@ impl Nexmark {
                     })
                     .collect::<Result<_, _>>()
                     .map_err(malformed)?;
-                let answer = if self.query == Query::Q8Tag {
+                let answer = if self.query == Query::Q3 {
+                    q3(events, state)?
+                } else if self.query == Query::Q8Tag {
                     q8_tag(events)?
                 } else {
                     let window = batch.window.ok_or_else(|| {
@@ -263,6 +274,83 @@ impl Nexmark {
 
 plumber_guest::export_pipe!(Nexmark);
 
+/// The states q3 selects.
+const Q3_STATES: [&[u8]; 3] = [b"OR", b"ID", b"CA"];
+
+/// q3, a join of auctions with their sellers kept in state: a person in
+/// one of [`Q3_STATES`] is stored as `p<id>` = `name,city,state` (others as
+/// `-`, so that their auctions need not wait), and answers the auctions
+/// that waited for them in `a<id>`; an auction of category 10 is answered
+/// at once when its seller is known, else waits.
+fn q3(events: Vec<Event>, state: &mut State) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::new();
+    let answer = |row: &[u8], auction: &[u8], timestamp: Option<u64>| {
+        let mut value = Vec::with_capacity(row.len() + 1 + auction.len());
+        value.extend_from_slice(row);
+        value.push(b',');
+        value.extend_from_slice(auction);
+        Event {
+            key: None,
+            value,
+            timestamp,
+            headers: Vec::new(),
+        }
+    };
+    for (index, event) in events.iter().enumerate() {
+        let v = &event.value;
+        if v.starts_with(b"P,") {
+            // P,id,name,email,credit_card,city,state,date_time,extra
+            let f =
+                fields::<7>(v).ok_or_else(|| PipeError::new("malformed person").at_event(index))?;
+            let id = number(v, f[1], "id", index)?;
+            let selected = Q3_STATES.contains(&&v[f[6].0..f[6].1]);
+            let mut row = Vec::new();
+            if selected {
+                row.extend_from_slice(&v[f[2].0..f[2].1]);
+                for field in [f[5], f[6]] {
+                    row.push(b',');
+                    row.extend_from_slice(&v[field.0..field.1]);
+                }
+            } else {
+                row.push(b'-');
+            }
+            state.set(&format!("p{id}"), &row)?;
+            let waiting = format!("a{id}");
+            if let Some(auctions) = state.get(&waiting)? {
+                if selected {
+                    for auction in auctions.split(|&b| b == b',') {
+                        out.push(answer(&row, auction, event.timestamp));
+                    }
+                }
+                state.delete(&waiting)?;
+            }
+        } else if v.starts_with(b"A,") {
+            // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,category,…
+            let f = fields::<10>(v)
+                .ok_or_else(|| PipeError::new("malformed auction").at_event(index))?;
+            if number(v, f[9], "category", index)? != 10 {
+                continue;
+            }
+            let seller = number(v, f[8], "seller", index)?;
+            let auction = &v[f[1].0..f[1].1];
+            match state.get(&format!("p{seller}"))? {
+                Some(row) if row == b"-" => {}
+                Some(row) => out.push(answer(&row, auction, event.timestamp)),
+                None => {
+                    let waiting = format!("a{seller}");
+                    let mut auctions = state.get(&waiting)?.unwrap_or_default();
+                    if !auctions.is_empty() {
+                        auctions.push(b',');
+                    }
+                    auctions.extend_from_slice(auction);
+                    state.set(&waiting, &auctions)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The header that names the input an event of a join comes from.
 const INPUT_HEADER: &str = "plumber-input";
 
@@ -274,8 +362,8 @@ fn q8_tag(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
         let v = &event.value;
         let tagged = if v.starts_with(b"P,") {
             // P,id,name,email,credit_card,city,state,date_time,extra
-            let f = fields::<3>(v)
-                .ok_or_else(|| PipeError::new("malformed person").at_event(index))?;
+            let f =
+                fields::<3>(v).ok_or_else(|| PipeError::new("malformed person").at_event(index))?;
             number(v, f[1], "id", index)?;
             Event {
                 key: Some(v[f[1].0..f[1].1].to_vec()),
@@ -715,7 +803,10 @@ mod tests {
 
     #[test]
     fn q8_tag_keys_persons_by_id_and_auctions_by_seller() {
-        let out = run("q8-tag", Batch::new(vec![person(), bid(7, 1, 2, 3), auction()]));
+        let out = run(
+            "q8-tag",
+            Batch::new(vec![person(), bid(7, 1, 2, 3), auction()]),
+        );
         assert_eq!(values(&out), ["1000,Peter Shultz", "1000"]);
         assert_eq!(out[0].key_str(), Some("1000"));
         assert_eq!(out[0].header("plumber-input"), Some("persons"));
@@ -734,5 +825,42 @@ mod tests {
         // A person alone (a left join's batch) is no answer.
         let alone = run("q8", windowed(tagged[..1].to_vec(), 10, 20));
         assert!(alone.is_empty());
+    }
+
+    #[test]
+    fn q3_answers_an_auction_when_its_seller_is_known_or_when_the_seller_comes() {
+        let mut pipe = pipe("q3");
+        let mut state = State::in_memory();
+        let person = |id: u64, state: &str| {
+            Event::new(format!("P,{id},Ann Lee,a@b.c,1234,Boise,{state},1,xx")).with_timestamp(1)
+        };
+        let auction = |id: u64, seller: u64, category: u64| {
+            Event::new(format!("A,{id},item,desc,1,2,3,4,{seller},{category},xx")).with_timestamp(2)
+        };
+        let first = pipe
+            .process(
+                Batch::new(vec![
+                    person(1000, "ID"),
+                    person(1001, "WA"),
+                    auction(1, 1000, 10),
+                    auction(2, 1001, 10),
+                    auction(3, 1000, 11),
+                    // Its seller comes later.
+                    auction(4, 1002, 10),
+                    auction(5, 1002, 10),
+                ]),
+                &mut state,
+            )
+            .unwrap();
+        assert_eq!(values(&first), ["Ann Lee,Boise,ID,1"]);
+        let second = pipe
+            .process(Batch::new(vec![person(1002, "CA")]), &mut state)
+            .unwrap();
+        assert_eq!(
+            values(&second),
+            ["Ann Lee,Boise,CA,4", "Ann Lee,Boise,CA,5"]
+        );
+        // Nothing waits any more.
+        assert_eq!(state.get("a1002").unwrap(), None);
     }
 }

@@ -1,5 +1,5 @@
 //! The Nexmark scenario of `plumber bench`: a Nexmark event generator and
-//! queries q0, q1, q2, q5 and q7, each as WASM pipes (the `nexmark` example
+//! queries q0, q1, q2, q3, q5 and q7, each as WASM pipes (the `nexmark` example
 //! guest) and as native steps, around the same native windows.
 //!
 //! # The generator
@@ -64,6 +64,7 @@
 //! | `nexmark q0` | pass-through |
 //! | `nexmark q1` | bids with the price in euros (`price * 908 / 1000`) |
 //! | `nexmark q2` | `auction,price` of bids with `auction % 123 == 0` |
+//! | `nexmark q3` | auctions of category 10 joined with their sellers of OR, ID or CA (persons kept in state; auctions whose seller is yet to come wait): `name,city,state,auction` |
 //! | `nexmark q5` | bids keyed by auction → sliding window 10 s / 2 s (event time) → the auction(s) with the most bids: `window_start,auction,count` |
 //! | `nexmark q7` | `auction,bidder,price,date_time` of bids → tumbling window 10 s (event time) → the bid(s) at the highest price: `window_end,auction,bidder,price` |
 //!
@@ -710,6 +711,84 @@ fn q7(events: &[Event], end: u64) -> Result<Vec<Event>, String> {
     Ok(out)
 }
 
+/// The states q3 selects.
+const Q3_STATES: [&[u8]; 3] = [b"OR", b"ID", b"CA"];
+
+/// q3's join state, natively: persons by id (`-` for those of other
+/// states) and auctions waiting for their seller.
+#[derive(Default)]
+struct Q3Join {
+    persons: HashMap<u64, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
+    waiting: HashMap<u64, Vec<u8>, BuildHasherDefault<DefaultHasher>>,
+}
+
+impl Q3Join {
+    fn apply(&mut self, events: Vec<Event>) -> Result<Vec<Event>, String> {
+        let mut out = Vec::new();
+        let answer = |row: &[u8], auction: &[u8], timestamp: Option<u64>| {
+            let mut value = Vec::with_capacity(row.len() + 1 + auction.len());
+            value.extend_from_slice(row);
+            value.push(b',');
+            value.extend_from_slice(auction);
+            Event {
+                key: None,
+                value,
+                timestamp,
+                headers: Vec::new(),
+            }
+        };
+        for (index, event) in events.iter().enumerate() {
+            let v = &event.value;
+            if v.starts_with(b"P,") {
+                // P,id,name,email,credit_card,city,state,date_time,extra
+                let f =
+                    fields::<7>(v).ok_or_else(|| format!("malformed person (event {index})"))?;
+                let id = number(v, f[1], "id", index)?;
+                let selected = Q3_STATES.contains(&&v[f[6].0..f[6].1]);
+                let mut row = Vec::new();
+                if selected {
+                    row.extend_from_slice(&v[f[2].0..f[2].1]);
+                    for field in [f[5], f[6]] {
+                        row.push(b',');
+                        row.extend_from_slice(&v[field.0..field.1]);
+                    }
+                } else {
+                    row.push(b'-');
+                }
+                if let Some(auctions) = self.waiting.remove(&id) {
+                    if selected {
+                        for auction in auctions.split(|&b| b == b',') {
+                            out.push(answer(&row, auction, event.timestamp));
+                        }
+                    }
+                }
+                self.persons.insert(id, row);
+            } else if v.starts_with(b"A,") {
+                // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,category,…
+                let f =
+                    fields::<10>(v).ok_or_else(|| format!("malformed auction (event {index})"))?;
+                if number(v, f[9], "category", index)? != 10 {
+                    continue;
+                }
+                let seller = number(v, f[8], "seller", index)?;
+                let auction = &v[f[1].0..f[1].1];
+                match self.persons.get(&seller) {
+                    Some(row) if row == b"-" => {}
+                    Some(row) => out.push(answer(row, auction, event.timestamp)),
+                    None => {
+                        let auctions = self.waiting.entry(seller).or_default();
+                        if !auctions.is_empty() {
+                            auctions.push(b',');
+                        }
+                        auctions.extend_from_slice(auction);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The header that names the input an event of a join comes from.
 const INPUT_HEADER: &str = "plumber-input";
 
@@ -778,6 +857,10 @@ pub enum Stage {
     Q1,
     /// `auction,price` of bids with `auction % 123 == 0`.
     Q2,
+    /// Auctions of category 10 joined with their sellers of OR, ID or CA:
+    /// `name,city,state,auction` (the guest keeps the persons in the
+    /// pipeline's state, the native step in a map).
+    Q3,
     /// Bids as key = auction, empty value (before q5's window).
     Q5Bids,
     /// The auction(s) with the most bids in a window: `window_start,auction,count`.
@@ -801,6 +884,7 @@ impl Stage {
             Stage::Q0 => "q0",
             Stage::Q1 => "q1",
             Stage::Q2 => "q2",
+            Stage::Q3 => "q3",
             Stage::Q5Bids => "q5-bids",
             Stage::Q5 => "q5",
             Stage::Q7Bids => "q7-bids",
@@ -817,6 +901,8 @@ impl Stage {
     /// A malformed bid, or q5/q7 on a batch that no window released.
     pub fn apply(self, batch: Batch) -> Result<Vec<Event>, String> {
         match self {
+            // One batch alone: a fresh join (the step keeps one across batches).
+            Stage::Q3 => Q3Join::default().apply(batch.events),
             Stage::Q0 => Ok(batch.events),
             Stage::Q1 => q1(batch.events),
             Stage::Q2 => q2(batch.events),
@@ -844,6 +930,10 @@ impl Stage {
 
     /// The stage as a native step.
     pub fn native_step(self) -> NativeStep {
+        if self == Stage::Q3 {
+            let mut join = Q3Join::default();
+            return NativeStep::batch(self.name(), move |batch| join.apply(batch.events));
+        }
         NativeStep::batch(self.name(), move |batch| self.apply(batch))
     }
 
@@ -862,6 +952,8 @@ pub enum Query {
     Q1,
     /// Selection.
     Q2,
+    /// Local item suggestion (auctions joined with their sellers).
+    Q3,
     /// Hot items (sliding window).
     Q5,
     /// Highest bid (tumbling window).
@@ -870,7 +962,14 @@ pub enum Query {
 
 impl Query {
     /// Every query, in the order of the table.
-    pub const ALL: [Query; 5] = [Query::Q0, Query::Q1, Query::Q2, Query::Q5, Query::Q7];
+    pub const ALL: [Query; 6] = [
+        Query::Q0,
+        Query::Q1,
+        Query::Q2,
+        Query::Q3,
+        Query::Q5,
+        Query::Q7,
+    ];
 
     /// `q0`, `q1`, …
     pub fn name(self) -> &'static str {
@@ -878,6 +977,7 @@ impl Query {
             Query::Q0 => "q0",
             Query::Q1 => "q1",
             Query::Q2 => "q2",
+            Query::Q3 => "q3",
             Query::Q5 => "q5",
             Query::Q7 => "q7",
         }
@@ -912,6 +1012,7 @@ impl Query {
             Query::Q0 => step(builder, Stage::Q0),
             Query::Q1 => step(builder, Stage::Q1),
             Query::Q2 => step(builder, Stage::Q2),
+            Query::Q3 => step(builder, Stage::Q3),
             Query::Q5 => {
                 // Nexmark-Flink's HOP(2 s, 10 s).
                 let window =
