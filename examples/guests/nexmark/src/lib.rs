@@ -155,8 +155,14 @@ impl Nexmark {
             Query::Q3 | Query::Q8Tag | Query::Q8 => {
                 // Persons and auctions are few (4 in 50 events): the owned
                 // path, written back.
+                // Bids take no part in q3 and q8-tag: left in the buffer.
+                let wanted = |event: &Result<EventRef<'_>, _>| match event {
+                    Ok(event) => self.query == Query::Q8 || !is_bid(event.value),
+                    Err(_) => true,
+                };
                 let events: Vec<Event> = batch
                     .events()
+                    .filter(wanted)
                     .map(|event| {
                         event.and_then(|event| {
                             Ok(Event {
