@@ -152,3 +152,91 @@ async fn q3_joins_every_auction_with_its_seller_whichever_came_first() {
         assert_eq!(got, expected, "q3 {engine:?}");
     }
 }
+
+/// q4 (average final price per category) and q6 (average of a seller's
+/// last 10 final prices) against a reference computed here from the
+/// generated events: each auction's final price is the highest bid for it
+/// between its time and `expires` (both included); it closes once an event
+/// after `expires` came (so only auctions that expired before the input's
+/// last event), in the order of `expires`, then id; auctions without a bid
+/// are not counted.
+#[tokio::test]
+async fn q4_and_q6_follow_each_auction_to_its_close() {
+    let guest = guest("nexmark");
+    let events = 50_000;
+    let input = run(Query::Q0, Engine::Native, events, &guest).await;
+    let split = |event: &Event| -> Vec<String> {
+        String::from_utf8(event.value.clone())
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let last = input.iter().filter_map(|e| e.timestamp).max().unwrap();
+    let bids: Vec<Vec<String>> = input
+        .iter()
+        .filter(|e| e.value.starts_with(b"B,"))
+        .map(split)
+        .collect();
+    let number = |text: &str| text.parse::<u64>().unwrap();
+    // (expires, id, category, seller, final price)
+    let mut closed = Vec::new();
+    for auction in input
+        .iter()
+        .filter(|e| e.value.starts_with(b"A,"))
+        .map(split)
+    {
+        let (id, start, expires) = (
+            number(&auction[1]),
+            number(&auction[6]),
+            number(&auction[7]),
+        );
+        if expires >= last {
+            continue;
+        }
+        let best = bids
+            .iter()
+            .filter(|b| number(&b[1]) == id && (start..=expires).contains(&number(&b[6])))
+            .map(|b| number(&b[3]))
+            .max();
+        if let Some(best) = best {
+            closed.push((expires, id, number(&auction[9]), number(&auction[8]), best));
+        }
+    }
+    closed.sort();
+    assert!(closed.len() > 500, "{} closed auctions", closed.len());
+    let mut q4 = Vec::new();
+    let mut q6 = Vec::new();
+    let mut categories: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+    let mut sellers: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+    for &(_, _, category, seller, best) in &closed {
+        let prices = categories.entry(category).or_default();
+        prices.push(best);
+        q4.push(format!(
+            "{category},{}",
+            prices.iter().sum::<u64>() / prices.len() as u64
+        ));
+        let prices = sellers.entry(seller).or_default();
+        prices.push(best);
+        let recent = &prices[prices.len().saturating_sub(10)..];
+        q6.push(format!(
+            "{seller},{}",
+            recent.iter().sum::<u64>() / recent.len() as u64
+        ));
+    }
+    eprintln!(
+        "{} closed auctions of {} sellers",
+        closed.len(),
+        sellers.len()
+    );
+    for (query, expected) in [(Query::Q4, q4), (Query::Q6, q6)] {
+        for engine in [Engine::Native, Engine::Wasm] {
+            let got: Vec<String> = run(query, engine, events, &guest)
+                .await
+                .iter()
+                .map(|e| String::from_utf8(e.value.clone()).unwrap())
+                .collect();
+            assert_eq!(got, expected, "{} {engine:?}", query.name());
+        }
+    }
+}

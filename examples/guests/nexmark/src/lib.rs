@@ -17,8 +17,19 @@
 //! | `q7-bids` | events | per bid: `auction,bidder,price,date_time`, same timestamp |
 //! | `q7` | a tumbling window of `q7-bids` | `window_end,auction,bidder,price` of the bid(s) with the highest price |
 //! | `q3` | events | `name,city,state,auction` of each auction in category 10 whose seller lives in OR, ID or CA (persons kept in state: `p<id>`; auctions whose seller is not there yet wait in `a<id>`) |
+//! | `q4` | events | per closed auction (below): `category,average`, the average final price of the closed auctions of its category so far |
+//! | `q6` | events | per closed auction: `seller,average`, the average final price of the seller's last 10 closed auctions |
 //! | `q8-tag` | events | persons: key = id, value `id,name`, header `plumber-input: persons`; auctions: key = seller, value = auction id, header `plumber-input: auctions`; bids dropped |
 //! | `q8` | a windowed join of `q8-tag`'s persons and auctions (one batch per window and key) | `id,name,window_start` of each person of the batch, when the batch also has an auction |
+//!
+//! q4 and q6 follow auctions to their close: an auction is open from its
+//! own time to `expires`; a bid for an open auction at a time in between
+//! (both ends included) may raise its final price; the auction closes at
+//! the first event after `expires` (auctions closing together in the order
+//! of `expires`, then id), and counts only if it had a bid. The open
+//! auctions are kept in the pipeline's state (`open`), with the per
+//! category sums (`c<category>`, q4) and each seller's last prices
+//! (`s<seller>`, q6).
 //!
 //! Fields are found by splitting byte slices and integers parsed by hand,
 //! so a bid costs no allocation beyond its output value.
@@ -33,6 +44,7 @@ use plumber_guest::{Batch, BatchReader, BatchWriter, Event, EventRef, Pipe, Pipe
 trait View {
     fn key(&self) -> Option<&[u8]>;
     fn value(&self) -> &[u8];
+    fn timestamp(&self) -> Option<u64>;
 }
 
 impl View for Event {
@@ -41,6 +53,9 @@ impl View for Event {
     }
     fn value(&self) -> &[u8] {
         &self.value
+    }
+    fn timestamp(&self) -> Option<u64> {
+        self.timestamp
     }
 }
 
@@ -51,6 +66,9 @@ impl View for EventRef<'_> {
     fn value(&self) -> &[u8] {
         self.value
     }
+    fn timestamp(&self) -> Option<u64> {
+        self.timestamp
+    }
 }
 
 /// Which query the pipe runs.
@@ -60,6 +78,8 @@ pub enum Query {
     Q1,
     Q2,
     Q3,
+    Q4,
+    Q6,
     Q5Bids,
     Q5,
     Q7Bids,
@@ -85,6 +105,8 @@ impl Pipe for Nexmark {
             "q1" => Query::Q1,
             "q2" => Query::Q2,
             "q3" => Query::Q3,
+            "q4" => Query::Q4,
+            "q6" => Query::Q6,
             "q5-bids" => Query::Q5Bids,
             "q5" => Query::Q5,
             "q7-bids" => Query::Q7Bids,
@@ -93,7 +115,7 @@ impl Pipe for Nexmark {
             "q8" => Query::Q8,
             other => {
                 return Err(PipeError::new(format!(
-                    "unknown query `{other}`: expected q0, q1, q2, q3, q5-bids, q5, q7-bids, q7, \
+                    "unknown query `{other}`: expected q0, q1, q2, q3, q4, q6, q5-bids, q5, q7-bids, q7, \
                      q8-tag or q8"
                 )))
             }
@@ -113,6 +135,7 @@ impl Pipe for Nexmark {
     fn process(&mut self, batch: Batch, state: &mut State) -> Result<Vec<Event>, PipeError> {
         match self.query {
             Query::Q3 => q3(batch.events, state),
+            Query::Q4 | Query::Q6 => closed_auctions(&batch.events, self.query, state),
             Query::Q0 => Ok(batch.events),
             Query::Q1 => q1(batch.events),
             Query::Q2 => q2(batch.events),
@@ -152,6 +175,16 @@ impl Nexmark {
         let mut writer = BatchWriter::new(out, None);
         let mut value = Vec::with_capacity(256);
         match self.query {
+            Query::Q4 | Query::Q6 => {
+                // Read in place: every bid counts.
+                let events: Vec<EventRef<'_>> = batch
+                    .events()
+                    .collect::<Result<_, _>>()
+                    .map_err(malformed)?;
+                for event in &closed_auctions(&events, self.query, state)? {
+                    writer.push(None, &event.value, event.timestamp, []);
+                }
+            }
             Query::Q3 | Query::Q8Tag | Query::Q8 => {
                 // Persons and auctions are few (4 in 50 events): the owned
                 // path, written back.
@@ -355,6 +388,160 @@ fn q3(events: Vec<Event>, state: &mut State) -> Result<Vec<Event>, PipeError> {
         }
     }
     Ok(out)
+}
+
+/// An auction still open (q4, q6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Open {
+    id: u64,
+    category: u64,
+    seller: u64,
+    start: u64,
+    expires: u64,
+    /// The highest bid so far (0: none).
+    best: u64,
+}
+
+/// The open auctions as stored: `id,category,seller,start,expires,best`
+/// joined by `;`.
+fn load_open(state: &mut State) -> Result<Vec<Open>, PipeError> {
+    let Some(bytes) = state.get("open")? else {
+        return Ok(Vec::new());
+    };
+    let mut open = Vec::new();
+    for record in bytes.split(|&b| b == b';').filter(|r| !r.is_empty()) {
+        let n: Vec<u64> = record
+            .split(|&b| b == b',')
+            .map(parse_u64)
+            .collect::<Option<_>>()
+            .filter(|n: &Vec<u64>| n.len() == 6)
+            .ok_or_else(|| PipeError::new("the stored open auctions are corrupt"))?;
+        open.push(Open {
+            id: n[0],
+            category: n[1],
+            seller: n[2],
+            start: n[3],
+            expires: n[4],
+            best: n[5],
+        });
+    }
+    Ok(open)
+}
+
+fn save_open(state: &mut State, open: &[Open]) -> Result<(), PipeError> {
+    let mut bytes = Vec::with_capacity(open.len() * 48);
+    for auction in open {
+        for (i, n) in [
+            auction.id,
+            auction.category,
+            auction.seller,
+            auction.start,
+            auction.expires,
+            auction.best,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            push_u64(&mut bytes, n);
+        }
+        bytes.push(b';');
+    }
+    state.set("open", &bytes)?;
+    Ok(())
+}
+
+/// q4 and q6 over one batch: auctions open, bids raise them, and each
+/// auction that closes with a bid is answered (see the module docs).
+fn closed_auctions<E: View>(
+    events: &[E],
+    query: Query,
+    state: &mut State,
+) -> Result<Vec<Event>, PipeError> {
+    let mut open = load_open(state)?;
+    let mut out = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        let v = event.value();
+        let time = event.timestamp().unwrap_or_default();
+        // Close what expired before this event, in (expires, id) order.
+        if open.iter().any(|a| a.expires < time) {
+            let (mut closing, still): (Vec<Open>, Vec<Open>) =
+                open.into_iter().partition(|a| a.expires < time);
+            open = still;
+            closing.sort_by_key(|a| (a.expires, a.id));
+            for auction in closing.iter().filter(|a| a.best > 0) {
+                out.push(closed(auction, query, time, state)?);
+            }
+        }
+        if v.starts_with(b"A,") {
+            // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,category,…
+            let f = fields::<10>(v)
+                .ok_or_else(|| PipeError::new("malformed auction").at_event(index))?;
+            open.push(Open {
+                id: number(v, f[1], "id", index)?,
+                category: number(v, f[9], "category", index)?,
+                seller: number(v, f[8], "seller", index)?,
+                start: number(v, f[6], "date_time", index)?,
+                expires: number(v, f[7], "expires", index)?,
+                best: 0,
+            });
+        } else if is_bid(v) {
+            let f = bid_fields(v, index)?;
+            let auction = number(v, f[AUCTION], "auction", index)?;
+            let at = number(v, f[DATE_TIME], "date_time", index)?;
+            // Auctions open in id order (ids grow), so `open` stays sorted.
+            if let Ok(found) = open.binary_search_by_key(&auction, |a| a.id) {
+                let open = &mut open[found];
+                if open.start <= at && at <= open.expires {
+                    open.best = open.best.max(number(v, f[PRICE], "price", index)?);
+                }
+            }
+        }
+    }
+    save_open(state, &open)?;
+    Ok(out)
+}
+
+/// The answer for a closed auction, and the running aggregate it updates.
+fn closed(auction: &Open, query: Query, time: u64, state: &mut State) -> Result<Event, PipeError> {
+    let mut value = Vec::with_capacity(48);
+    if query == Query::Q4 {
+        let key = format!("c{}", auction.category);
+        let (sum, count) = match state.get_string(&key)? {
+            Some(text) => text
+                .split_once(',')
+                .and_then(|(s, c)| Some((s.parse::<u64>().ok()?, c.parse::<u64>().ok()?)))
+                .ok_or_else(|| PipeError::new("a stored category sum is corrupt"))?,
+            None => (0, 0),
+        };
+        let (sum, count) = (sum + auction.best, count + 1);
+        state.set(&key, format!("{sum},{count}").as_bytes())?;
+        push_u64(&mut value, auction.category);
+        value.push(b',');
+        push_u64(&mut value, sum / count);
+    } else {
+        let key = format!("s{}", auction.seller);
+        let mut prices: Vec<u64> = match state.get_string(&key)? {
+            Some(text) => text
+                .split(',')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()
+                .ok_or_else(|| PipeError::new("a stored seller's prices are corrupt"))?,
+            None => Vec::new(),
+        };
+        prices.push(auction.best);
+        if prices.len() > 10 {
+            prices.remove(0);
+        }
+        let text: Vec<String> = prices.iter().map(u64::to_string).collect();
+        state.set(&key, text.join(",").as_bytes())?;
+        push_u64(&mut value, auction.seller);
+        value.push(b',');
+        push_u64(&mut value, prices.iter().sum::<u64>() / prices.len() as u64);
+    }
+    Ok(Event::new(value).with_timestamp(time))
 }
 
 /// The header that names the input an event of a join comes from.

@@ -1,5 +1,5 @@
 //! The Nexmark scenario of `plumber bench`: a Nexmark event generator and
-//! queries q0, q1, q2, q3, q5 and q7, each as WASM pipes (the `nexmark` example
+//! queries q0–q7, each as WASM pipes (the `nexmark` example
 //! guest) and as native steps, around the same native windows.
 //!
 //! # The generator
@@ -65,6 +65,8 @@
 //! | `nexmark q1` | bids with the price in euros (`price * 908 / 1000`) |
 //! | `nexmark q2` | `auction,price` of bids with `auction % 123 == 0` |
 //! | `nexmark q3` | auctions of category 10 joined with their sellers of OR, ID or CA (persons kept in state; auctions whose seller is yet to come wait): `name,city,state,auction` |
+//! | `nexmark q4` | auctions followed to their close (open from their time to `expires`, bids in between raise the final price, closed by the first event after `expires`, counted if they had a bid): per closed auction `category,average` of its category's final prices so far |
+//! | `nexmark q6` | the same closed auctions: per closed auction `seller,average` of the seller's last 10 final prices |
 //! | `nexmark q5` | bids keyed by auction → sliding window 10 s / 2 s (event time) → the auction(s) with the most bids: `window_start,auction,count` |
 //! | `nexmark q7` | `auction,bidder,price,date_time` of bids → tumbling window 10 s (event time) → the bid(s) at the highest price: `window_end,auction,bidder,price` |
 //!
@@ -789,6 +791,93 @@ impl Q3Join {
     }
 }
 
+/// An auction still open (q4, q6).
+#[derive(Debug, Clone, Copy)]
+struct OpenAuction {
+    id: u64,
+    category: u64,
+    seller: u64,
+    start: u64,
+    expires: u64,
+    /// The highest bid so far (0: none).
+    best: u64,
+}
+
+/// q4 and q6 natively: the open auctions (in id order), the per-category
+/// sums and counts (q4) and each seller's last ten final prices (q6).
+#[derive(Default)]
+struct ClosedAuctions {
+    open: Vec<OpenAuction>,
+    categories: HashMap<u64, (u64, u64), BuildHasherDefault<DefaultHasher>>,
+    sellers: HashMap<u64, std::collections::VecDeque<u64>, BuildHasherDefault<DefaultHasher>>,
+}
+
+impl ClosedAuctions {
+    fn apply(&mut self, events: &[Event], q4: bool) -> Result<Vec<Event>, String> {
+        let mut out = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let v = &event.value;
+            let time = event.timestamp.unwrap_or_default();
+            if self.open.iter().any(|a| a.expires < time) {
+                let (mut closing, still): (Vec<OpenAuction>, Vec<OpenAuction>) =
+                    self.open.drain(..).partition(|a| a.expires < time);
+                self.open = still;
+                closing.sort_by_key(|a| (a.expires, a.id));
+                for auction in closing.iter().filter(|a| a.best > 0) {
+                    out.push(self.closed(auction, q4, time));
+                }
+            }
+            if v.starts_with(b"A,") {
+                // A,id,item_name,description,initial_bid,reserve,date_time,expires,seller,category,…
+                let f =
+                    fields::<10>(v).ok_or_else(|| format!("malformed auction (event {index})"))?;
+                self.open.push(OpenAuction {
+                    id: number(v, f[1], "id", index)?,
+                    category: number(v, f[9], "category", index)?,
+                    seller: number(v, f[8], "seller", index)?,
+                    start: number(v, f[6], "date_time", index)?,
+                    expires: number(v, f[7], "expires", index)?,
+                    best: 0,
+                });
+            } else if is_bid(v) {
+                let f = bid_fields(v, index)?;
+                let auction = number(v, f[AUCTION], "auction", index)?;
+                let at = number(v, f[DATE_TIME], "date_time", index)?;
+                // Auctions open in id order (ids grow), so `open` stays sorted.
+                if let Ok(found) = self.open.binary_search_by_key(&auction, |a| a.id) {
+                    let open = &mut self.open[found];
+                    if open.start <= at && at <= open.expires {
+                        open.best = open.best.max(number(v, f[PRICE], "price", index)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn closed(&mut self, auction: &OpenAuction, q4: bool, time: u64) -> Event {
+        let mut value = Vec::with_capacity(48);
+        if q4 {
+            let (sum, count) = self.categories.entry(auction.category).or_default();
+            *sum += auction.best;
+            *count += 1;
+            push_u64(&mut value, auction.category);
+            value.push(b',');
+            push_u64(&mut value, *sum / *count);
+        } else {
+            let prices = self.sellers.entry(auction.seller).or_default();
+            prices.push_back(auction.best);
+            if prices.len() > 10 {
+                prices.pop_front();
+            }
+            push_u64(&mut value, auction.seller);
+            value.push(b',');
+            push_u64(&mut value, prices.iter().sum::<u64>() / prices.len() as u64);
+        }
+        Event::new(value).with_timestamp(time)
+    }
+}
+
 /// The header that names the input an event of a join comes from.
 const INPUT_HEADER: &str = "plumber-input";
 
@@ -861,6 +950,12 @@ pub enum Stage {
     /// `name,city,state,auction` (the guest keeps the persons in the
     /// pipeline's state, the native step in a map).
     Q3,
+    /// Per closed auction, the average final price of its category so far:
+    /// `category,average`.
+    Q4,
+    /// Per closed auction, the average final price of its seller's last 10
+    /// closed auctions: `seller,average`.
+    Q6,
     /// Bids as key = auction, empty value (before q5's window).
     Q5Bids,
     /// The auction(s) with the most bids in a window: `window_start,auction,count`.
@@ -885,6 +980,8 @@ impl Stage {
             Stage::Q1 => "q1",
             Stage::Q2 => "q2",
             Stage::Q3 => "q3",
+            Stage::Q4 => "q4",
+            Stage::Q6 => "q6",
             Stage::Q5Bids => "q5-bids",
             Stage::Q5 => "q5",
             Stage::Q7Bids => "q7-bids",
@@ -903,6 +1000,9 @@ impl Stage {
         match self {
             // One batch alone: a fresh join (the step keeps one across batches).
             Stage::Q3 => Q3Join::default().apply(batch.events),
+            Stage::Q4 | Stage::Q6 => {
+                ClosedAuctions::default().apply(&batch.events, self == Stage::Q4)
+            }
             Stage::Q0 => Ok(batch.events),
             Stage::Q1 => q1(batch.events),
             Stage::Q2 => q2(batch.events),
@@ -934,6 +1034,11 @@ impl Stage {
             let mut join = Q3Join::default();
             return NativeStep::batch(self.name(), move |batch| join.apply(batch.events));
         }
+        if matches!(self, Stage::Q4 | Stage::Q6) {
+            let mut auctions = ClosedAuctions::default();
+            let q4 = self == Stage::Q4;
+            return NativeStep::batch(self.name(), move |batch| auctions.apply(&batch.events, q4));
+        }
         NativeStep::batch(self.name(), move |batch| self.apply(batch))
     }
 
@@ -954,6 +1059,10 @@ pub enum Query {
     Q2,
     /// Local item suggestion (auctions joined with their sellers).
     Q3,
+    /// Average price per category (closed auctions).
+    Q4,
+    /// Average selling price per seller (closed auctions).
+    Q6,
     /// Hot items (sliding window).
     Q5,
     /// Highest bid (tumbling window).
@@ -962,12 +1071,14 @@ pub enum Query {
 
 impl Query {
     /// Every query, in the order of the table.
-    pub const ALL: [Query; 6] = [
+    pub const ALL: [Query; 8] = [
         Query::Q0,
         Query::Q1,
         Query::Q2,
         Query::Q3,
+        Query::Q4,
         Query::Q5,
+        Query::Q6,
         Query::Q7,
     ];
 
@@ -978,7 +1089,9 @@ impl Query {
             Query::Q1 => "q1",
             Query::Q2 => "q2",
             Query::Q3 => "q3",
+            Query::Q4 => "q4",
             Query::Q5 => "q5",
+            Query::Q6 => "q6",
             Query::Q7 => "q7",
         }
     }
@@ -1013,6 +1126,8 @@ impl Query {
             Query::Q1 => step(builder, Stage::Q1),
             Query::Q2 => step(builder, Stage::Q2),
             Query::Q3 => step(builder, Stage::Q3),
+            Query::Q4 => step(builder, Stage::Q4),
+            Query::Q6 => step(builder, Stage::Q6),
             Query::Q5 => {
                 // Nexmark-Flink's HOP(2 s, 10 s).
                 let window =
