@@ -19,6 +19,8 @@
 //! | `q3` | events | `name,city,state,auction` of each auction in category 10 whose seller lives in OR, ID or CA (persons kept in state: `p<id>`; auctions whose seller is not there yet wait in `a<id>`) |
 //! | `q4` | events | per closed auction (below): `category,average`, the average final price of the closed auctions of its category so far |
 //! | `q6` | events | per closed auction: `seller,average`, the average final price of the seller's last 10 closed auctions |
+//! | `q11-bids` | events | per bid: key = bidder, empty value, same timestamp |
+//! | `q11` | a keyed session window of `q11-bids` (one batch per bidder and session) | `bidder,bids,session_start,session_end` |
 //! | `q8-tag` | events | persons: key = id, value `id,name`, header `plumber-input: persons`; auctions: key = seller, value = auction id, header `plumber-input: auctions`; bids dropped |
 //! | `q8` | a windowed join of `q8-tag`'s persons and auctions (one batch per window and key) | `id,name,window_start` of each person of the batch, when the batch also has an auction |
 //!
@@ -86,6 +88,8 @@ pub enum Query {
     Q7,
     Q8Tag,
     Q8,
+    Q11Bids,
+    Q11,
 }
 
 #[derive(serde::Deserialize)]
@@ -113,10 +117,12 @@ impl Pipe for Nexmark {
             "q7" => Query::Q7,
             "q8-tag" => Query::Q8Tag,
             "q8" => Query::Q8,
+            "q11-bids" => Query::Q11Bids,
+            "q11" => Query::Q11,
             other => {
                 return Err(PipeError::new(format!(
                     "unknown query `{other}`: expected q0, q1, q2, q3, q4, q6, q5-bids, q5, q7-bids, q7, \
-                     q8-tag or q8"
+                     q8-tag, q8, q11-bids or q11"
                 )))
             }
         };
@@ -142,6 +148,13 @@ impl Pipe for Nexmark {
             Query::Q5Bids => q5_bids(batch.events),
             Query::Q7Bids => q7_bids(batch.events),
             Query::Q8Tag => q8_tag(batch.events),
+            Query::Q11Bids => q11_bids(batch.events),
+            Query::Q11 => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new("q11 must follow a session window: the batch has no window-info")
+                })?;
+                Ok(q11(&batch.events, window.start, window.end))
+            }
             Query::Q8 => {
                 let window = batch.window.ok_or_else(|| {
                     PipeError::new("q8 must follow a windowed join: the batch has no window-info")
@@ -182,6 +195,18 @@ impl Nexmark {
                     .collect::<Result<_, _>>()
                     .map_err(malformed)?;
                 for event in &closed_auctions(&events, self.query, state)? {
+                    writer.push(None, &event.value, event.timestamp, []);
+                }
+            }
+            Query::Q11 => {
+                let window = batch.window.ok_or_else(|| {
+                    PipeError::new("q11 must follow a session window: the batch has no window-info")
+                })?;
+                let events: Vec<EventRef<'_>> = batch
+                    .events()
+                    .collect::<Result<_, _>>()
+                    .map_err(malformed)?;
+                for event in &q11(&events, window.start, window.end) {
                     writer.push(None, &event.value, event.timestamp, []);
                 }
             }
@@ -292,6 +317,11 @@ impl Nexmark {
                         Query::Q5Bids => {
                             number(v, f[AUCTION], "auction", index)?;
                             let (start, end) = f[AUCTION];
+                            writer.push(Some(&v[start..end]), &[], event.timestamp, []);
+                        }
+                        Query::Q11Bids => {
+                            number(v, f[BIDDER], "bidder", index)?;
+                            let (start, end) = f[BIDDER];
                             writer.push(Some(&v[start..end]), &[], event.timestamp, []);
                         }
                         _ => {
@@ -544,6 +574,41 @@ fn closed(auction: &Open, query: Query, time: u64, state: &mut State) -> Result<
     Ok(Event::new(value).with_timestamp(time))
 }
 
+/// Bids keyed by bidder, empty value (before q11's session window).
+fn q11_bids(events: Vec<Event>) -> Result<Vec<Event>, PipeError> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        number(&event.value, f[BIDDER], "bidder", index)?;
+        out.push(Event {
+            key: Some(event.value[f[BIDDER].0..f[BIDDER].1].to_vec()),
+            value: Vec::new(),
+            timestamp: event.timestamp,
+            headers: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// One bidder's session: `bidder,bids,session_start,session_end`.
+fn q11<E: View>(events: &[E], start: u64, end: u64) -> Vec<Event> {
+    let Some(bidder) = events.first().and_then(View::key) else {
+        return Vec::new();
+    };
+    let mut value = Vec::with_capacity(bidder.len() + 48);
+    value.extend_from_slice(bidder);
+    value.push(b',');
+    push_u64(&mut value, events.len() as u64);
+    value.push(b',');
+    push_u64(&mut value, start);
+    value.push(b',');
+    push_u64(&mut value, end);
+    vec![Event::new(value).with_timestamp(end)]
+}
+
 /// The header that names the input an event of a join comes from.
 const INPUT_HEADER: &str = "plumber-input";
 
@@ -603,6 +668,7 @@ fn q8(events: &[Event], start: u64, end: u64) -> Result<Vec<Event>, PipeError> {
 
 // Bid fields: B,auction,bidder,price,channel,url,date_time,extra
 const AUCTION: usize = 1;
+const BIDDER: usize = 2;
 const PRICE: usize = 3;
 const DATE_TIME: usize = 6;
 

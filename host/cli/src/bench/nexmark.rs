@@ -1,5 +1,5 @@
 //! The Nexmark scenario of `plumber bench`: a Nexmark event generator and
-//! queries q0–q7, each as WASM pipes (the `nexmark` example
+//! queries q0–q7 and q11, each as WASM pipes (the `nexmark` example
 //! guest) and as native steps, around the same native windows.
 //!
 //! # The generator
@@ -68,6 +68,7 @@
 //! | `nexmark q4` | auctions followed to their close (open from their time to `expires`, bids in between raise the final price, closed by the first event after `expires`, counted if they had a bid): per closed auction `category,average` of its category's final prices so far |
 //! | `nexmark q6` | the same closed auctions: per closed auction `seller,average` of the seller's last 10 final prices |
 //! | `nexmark q5` | bids keyed by auction → sliding window 10 s / 2 s (event time) → the auction(s) with the most bids: `window_start,auction,count` |
+//! | `nexmark q11` | bids keyed by bidder → keyed session window, gap 10 s (event time) → `bidder,bids,session_start,session_end` per session |
 //! | `nexmark q7` | `auction,bidder,price,date_time` of bids → tumbling window 10 s (event time) → the bid(s) at the highest price: `window_end,auction,bidder,price` |
 //!
 //! The native steps implement the logic of the guest line for line (the
@@ -512,6 +513,7 @@ impl Source for NexmarkSource {
 
 // Bid fields: B,auction,bidder,price,channel,url,date_time,extra
 const AUCTION: usize = 1;
+const BIDDER: usize = 2;
 const PRICE: usize = 3;
 const DATE_TIME: usize = 6;
 
@@ -878,6 +880,39 @@ impl ClosedAuctions {
     }
 }
 
+fn q11_bids(events: Vec<Event>) -> Result<Vec<Event>, String> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        if !is_bid(&event.value) {
+            continue;
+        }
+        let f = bid_fields(&event.value, index)?;
+        number(&event.value, f[BIDDER], "bidder", index)?;
+        out.push(Event {
+            key: Some(event.value[f[BIDDER].0..f[BIDDER].1].to_vec()),
+            value: Vec::new(),
+            timestamp: event.timestamp,
+            headers: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+fn q11(events: &[Event], start: u64, end: u64) -> Vec<Event> {
+    let Some(bidder) = events.first().and_then(|e| e.key.as_deref()) else {
+        return Vec::new();
+    };
+    let mut value = Vec::with_capacity(bidder.len() + 48);
+    value.extend_from_slice(bidder);
+    value.push(b',');
+    push_u64(&mut value, events.len() as u64);
+    value.push(b',');
+    push_u64(&mut value, start);
+    value.push(b',');
+    push_u64(&mut value, end);
+    vec![Event::new(value).with_timestamp(end)]
+}
+
 /// The header that names the input an event of a join comes from.
 const INPUT_HEADER: &str = "plumber-input";
 
@@ -970,6 +1005,10 @@ pub enum Stage {
     /// The persons of a window of the join who opened an auction in it:
     /// `id,name,window_start`.
     Q8,
+    /// Bids keyed by bidder, empty value (before q11's session window).
+    Q11Bids,
+    /// One bidder's session: `bidder,bids,session_start,session_end`.
+    Q11,
 }
 
 impl Stage {
@@ -988,6 +1027,8 @@ impl Stage {
             Stage::Q7 => "q7",
             Stage::Q8Tag => "q8-tag",
             Stage::Q8 => "q8",
+            Stage::Q11Bids => "q11-bids",
+            Stage::Q11 => "q11",
         }
     }
 
@@ -1009,6 +1050,13 @@ impl Stage {
             Stage::Q5Bids => q5_bids(batch.events),
             Stage::Q7Bids => q7_bids(batch.events),
             Stage::Q8Tag => q8_tag(batch.events),
+            Stage::Q11Bids => q11_bids(batch.events),
+            Stage::Q11 => {
+                let window = batch.window.as_ref().ok_or_else(|| {
+                    "q11 must follow a session window: the batch has no window-info".to_owned()
+                })?;
+                Ok(q11(&batch.events, window.start, window.end))
+            }
             Stage::Q8 => {
                 let window = batch.window.as_ref().ok_or_else(|| {
                     "q8 must follow a windowed join: the batch has no window-info".to_owned()
@@ -1067,11 +1115,13 @@ pub enum Query {
     Q5,
     /// Highest bid (tumbling window).
     Q7,
+    /// User sessions (a keyed session window per bidder).
+    Q11,
 }
 
 impl Query {
     /// Every query, in the order of the table.
-    pub const ALL: [Query; 8] = [
+    pub const ALL: [Query; 9] = [
         Query::Q0,
         Query::Q1,
         Query::Q2,
@@ -1080,6 +1130,7 @@ impl Query {
         Query::Q5,
         Query::Q6,
         Query::Q7,
+        Query::Q11,
     ];
 
     /// `q0`, `q1`, …
@@ -1093,6 +1144,7 @@ impl Query {
             Query::Q5 => "q5",
             Query::Q6 => "q6",
             Query::Q7 => "q7",
+            Query::Q11 => "q11",
         }
     }
 
@@ -1139,6 +1191,13 @@ impl Query {
                 let window =
                     Window::tumbling("q7-window", Duration::from_secs(10)).event_time(event_time);
                 step(step(builder, Stage::Q7Bids).then(window), Stage::Q7)
+            }
+            Query::Q11 => {
+                // Nexmark's q11: a session per bidder, closed after 10 s without a bid.
+                let window = Window::session("q11-window", Duration::from_secs(10))
+                    .keyed()
+                    .event_time(event_time);
+                step(step(builder, Stage::Q11Bids).then(window), Stage::Q11)
             }
         }
     }
