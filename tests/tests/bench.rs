@@ -289,7 +289,10 @@ async fn q11_counts_each_bidders_sessions() {
     // active people, 200 new ones per second), so with the 10 s gap each
     // bidder has one session; what this compares is each session's count
     // and bounds, and that every bidder's session fires once.
-    eprintln!("{} sessions; {several} bidders with more than one", expected.len());
+    eprintln!(
+        "{} sessions; {several} bidders with more than one",
+        expected.len()
+    );
     for engine in [Engine::Native, Engine::Wasm] {
         let mut got: Vec<String> = run(Query::Q11, engine, events, &guest)
             .await

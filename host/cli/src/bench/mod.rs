@@ -26,6 +26,7 @@
 //! | `suite` | all five above (the default) |
 //! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
 
+pub mod gate;
 mod legacy;
 pub mod nexmark;
 pub mod windows;
@@ -112,6 +113,17 @@ pub struct BenchArgs {
     /// `target/conformance/`, and the Rust one from `examples/guests`).
     #[arg(long = "component", value_delimiter = ',')]
     pub components: Vec<String>,
+    /// Save the run's figures as JSON to this file (for `--compare`).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Compare the run's ratios to native with a run saved by `--save`:
+    /// a ratio that dropped by more than `--tolerance` fails the command.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// How far a ratio may drop below the saved one before `--compare`
+    /// fails, as a fraction of it (0.15: 15%).
+    #[arg(long, default_value_t = 0.15)]
+    pub tolerance: f64,
 }
 
 /// Why a benchmark could not run.
@@ -134,6 +146,9 @@ pub enum BenchError {
     /// An option or the machine refused (e.g. a thread could not start).
     #[error("{0}")]
     Setup(String),
+    /// `--compare` found ratios that dropped beyond the tolerance.
+    #[error("{} ratio(s) to native dropped beyond the tolerance: {}", .0.len(), .0.join("; "))]
+    Regression(Vec<String>),
 }
 
 impl From<PipelineError> for BenchError {
@@ -622,6 +637,18 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             args.scale
         )));
     }
+    if !(0.0..1.0).contains(&args.tolerance) {
+        return Err(BenchError::Setup(format!(
+            "--tolerance {}: expected a fraction from 0 up to 1",
+            args.tolerance
+        )));
+    }
+    // Read before the runs, so that a bad file fails at once.
+    let baseline = args
+        .compare
+        .as_deref()
+        .map(gate::SavedRun::load)
+        .transpose()?;
     if args.batch_size == 0 {
         return Err(BenchError::Setup(
             "--batch-size 0: expected at least 1".to_owned(),
@@ -630,8 +657,9 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
     let _ = ONLY.set(args.only.clone());
     let _ = CHILD_RUN.set(args.child_run.clone());
     let _ = IN_PROCESS.set(args.in_process);
+    let machine = machine_line(&args);
     if args.child_run.is_none() {
-        println!("{}", machine_line(&args));
+        println!("{machine}");
     }
     // Compile the example guests into the cache first, so that no measured
     // run pays a first compile (each run still loads from the cache).
@@ -664,6 +692,32 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "languages" => legacy::run_languages(&args).await?,
             "windows" => windows::run(&args, &mut table).await?,
             _ => {}
+        }
+    }
+    if args.child_run.is_some() {
+        return Ok(());
+    }
+    let verdicts = gate::judge(table.rows(), gate::TARGETS);
+    if !verdicts.is_empty() {
+        println!("\n{}", gate::render_verdicts(&verdicts));
+    }
+    let run = gate::SavedRun::of(&machine, table.rows());
+    if let Some(path) = &args.save {
+        run.save(path)?;
+        println!("saved to {}", path.display());
+    }
+    if let (Some(baseline), Some(path)) = (baseline, &args.compare) {
+        let comparison = gate::compare(&baseline, &run, args.tolerance);
+        println!(
+            "\ncompared with {} (tolerance {:.0}%):",
+            path.display(),
+            args.tolerance * 100.0
+        );
+        for line in &comparison.lines {
+            println!("  {line}");
+        }
+        if !comparison.regressions.is_empty() {
+            return Err(BenchError::Regression(comparison.regressions));
         }
     }
     Ok(())
