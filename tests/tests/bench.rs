@@ -304,3 +304,39 @@ async fn q11_counts_each_bidders_sessions() {
         assert_eq!(got, expected, "q11 {engine:?}");
     }
 }
+
+/// `plumber bench --profile` names the guests' JIT code for `perf`: the
+/// process's perf map (`/tmp/perf-<pid>.map`) lists the WASM functions.
+/// Without `--profile` there is none.
+#[test]
+fn bench_profile_writes_a_perf_map_of_the_guests_code() {
+    let guests = guest("nexmark").parent().unwrap().to_path_buf();
+    let run = |profile: bool| {
+        let mut command = std::process::Command::new(plumber_tests::plumber_binary());
+        command
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .args(["bench", "--in-process", "--scenario", "nexmark"])
+            .args(["--only", "nexmark q1/wasm", "--scale", "0.001"])
+            .arg("--guests")
+            .arg(&guests);
+        if profile {
+            command.arg("--profile");
+        }
+        let child = command.stdout(std::process::Stdio::null()).spawn().unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        let text = std::fs::read_to_string(&map).ok();
+        let _ = std::fs::remove_file(&map);
+        text
+    };
+    let text = run(true).expect("a perf map");
+    let guest_functions = text.lines().filter(|l| l.contains("wasm[")).count();
+    assert!(
+        guest_functions > 100,
+        "{guest_functions} WASM functions named"
+    );
+    assert_eq!(run(false), None, "a perf map without --profile");
+}

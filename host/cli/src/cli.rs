@@ -300,10 +300,23 @@ async fn dispatch(cli: Cli) -> ExitCode {
             },
             Err(failure) => Err(failure),
         },
-        Command::Bench(args) => match runtime() {
-            Ok(rt) => crate::bench::run(*args, rt).await.map_err(Failure::run),
-            Err(failure) => Err(failure),
-        },
+        Command::Bench(args) => {
+            let rt = if args.profile {
+                Runtime::new_with_profiler(
+                    cache_dir
+                        .clone()
+                        .or_else(plumber::runtime::default_cache_dir),
+                    true,
+                )
+                .map_err(Failure::run)
+            } else {
+                runtime()
+            };
+            match rt {
+                Ok(rt) => crate::bench::run(*args, rt).await.map_err(Failure::run),
+                Err(failure) => Err(failure),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// `target/conformance/`, and the Rust one from `examples/guests`).
     #[arg(long = "component", value_delimiter = ',')]
     pub components: Vec<String>,
+    /// Name the guests' JIT code for `perf` (wasmtime's perf map,
+    /// `/tmp/perf-<pid>.map`): run under `perf record` with `--only` and
+    /// `--in-process` to see guest functions by name.
+    #[arg(long)]
+    pub profile: bool,
     /// Save the run's figures as JSON to this file (for `--compare`).
     #[arg(long)]
     pub save: Option<PathBuf>,

@@ -162,9 +162,24 @@ impl Runtime {
     /// ([`LoadError::CacheSetting`]), or the engine or linker could not be
     /// set up.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        Runtime::new_with_profiler(cache_dir, false)
+    }
+
+    /// As [`Runtime::new`], and with `perf_map` the JIT code of every
+    /// component loaded is named in `/tmp/perf-<pid>.map`, so that `perf
+    /// report` shows guest functions by name instead of bare addresses
+    /// (wasmtime's perf map; docs/benchmarks.md, "Profiling a pipe").
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::new`].
+    pub fn new_with_profiler(
+        cache_dir: Option<PathBuf>,
+        perf_map: bool,
+    ) -> Result<Self, LoadError> {
         match cache_dir {
-            Some(dir) => Runtime::with_cache(dir, cache::max_bytes_from_env()?),
-            None => Runtime::build(None),
+            Some(dir) => Runtime::build(Some((dir, cache::max_bytes_from_env()?)), perf_map),
+            None => Runtime::build(None, perf_map),
         }
     }
 
@@ -175,12 +190,15 @@ impl Runtime {
     ///
     /// The engine or linker could not be set up.
     pub fn with_cache(dir: PathBuf, max_bytes: u64) -> Result<Self, LoadError> {
-        Runtime::build(Some((dir, max_bytes)))
+        Runtime::build(Some((dir, max_bytes)), false)
     }
 
-    fn build(cache: Option<(PathBuf, u64)>) -> Result<Self, LoadError> {
+    fn build(cache: Option<(PathBuf, u64)>, perf_map: bool) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        if perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // Time limits: guests check the epoch at loop heads and calls.
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(LoadError::Engine)?;
@@ -321,7 +339,9 @@ pub(crate) fn guest_stderr(tenant: &str, pipe: &str) -> impl wasmtime_wasi::cli:
     guest_output::GuestOutput::new(tenant, pipe, "stderr", LogBudget::new(tenant, pipe))
 }
 
-fn default_cache_dir() -> Option<PathBuf> {
+/// The default cache directory: `$PLUMBER_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/plumber`, else `$HOME/.cache/plumber`, else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PLUMBER_CACHE_DIR") {
         return Some(PathBuf::from(dir));
     }
