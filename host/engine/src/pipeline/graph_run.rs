@@ -663,7 +663,7 @@ async fn send_barrier(ports: &[Vec<Output>], barrier: Barrier) -> Result<(), Str
 
 /// One input of a step or sink: its channel, and the barrier it holds
 /// while the others' come.
-struct Input {
+pub(super) struct Input {
     /// The name of the output it reads, for the input header.
     name: String,
     receiver: mpsc::Receiver<Message>,
@@ -673,7 +673,7 @@ struct Input {
 }
 
 impl Input {
-    fn new(name: &str, receiver: mpsc::Receiver<Message>) -> Self {
+    pub(super) fn new(name: &str, receiver: mpsc::Receiver<Message>) -> Self {
         Input {
             name: name.to_owned(),
             receiver,
@@ -685,7 +685,7 @@ impl Input {
 }
 
 /// What the inputs of a step or sink gave.
-enum Received {
+pub(super) enum Received {
     /// A message of the input of this index.
     Message(usize, Message),
     /// An input's channel closed: the graph is stopping.
@@ -693,14 +693,14 @@ enum Received {
 }
 
 /// The inputs of a step or sink, read fairly, barriers aligned.
-struct Inputs {
+pub(super) struct Inputs {
     inputs: Vec<Input>,
     /// Where the next read starts.
     next: usize,
 }
 
 impl Inputs {
-    fn new(inputs: Vec<Input>) -> Self {
+    pub(super) fn new(inputs: Vec<Input>) -> Self {
         Inputs { inputs, next: 0 }
     }
 
@@ -716,7 +716,7 @@ impl Inputs {
 
     /// The next message of an input that holds no barrier: an input whose
     /// barrier has come is not read until the others' have (alignment).
-    async fn recv(&mut self) -> Received {
+    pub(super) async fn recv(&mut self) -> Received {
         poll_fn(|cx| {
             let count = self.inputs.len();
             for offset in 0..count {
@@ -747,7 +747,11 @@ impl Inputs {
     /// # Errors
     ///
     /// The inputs' barriers are of different checkpoints.
-    fn align(&mut self, index: usize, barrier: Barrier) -> Result<Option<Barrier>, String> {
+    pub(super) fn align(
+        &mut self,
+        index: usize,
+        barrier: Barrier,
+    ) -> Result<Option<Barrier>, String> {
         if let Some(input) = self.inputs.get_mut(index) {
             input.held = Some(barrier);
         }

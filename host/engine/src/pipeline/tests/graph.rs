@@ -353,3 +353,76 @@ async fn a_graph_refuses_a_linear_checkpoint() {
         .unwrap_err();
     assert!(error.to_string().contains("linear pipeline"), "{error}");
 }
+
+/// Alignment: once an input's barrier has come, nothing more of that input
+/// is read (a window's timer output sent after its barrier stays out of the
+/// epoch) until every input's barrier has come; then one barrier goes on,
+/// with the writes of both.
+#[tokio::test]
+async fn an_input_whose_barrier_came_is_held_until_the_others_come() {
+    use crate::pipeline::graph_run::{Input, Inputs, Received};
+    use crate::pipeline::stage::{Barrier, Message, Output};
+    use crate::state::WriteSet;
+    use crate::Batch;
+
+    let (first, first_rx) = Output::channel(8, 8);
+    let (second, second_rx) = Output::channel(8, 8);
+    let mut inputs = Inputs::new(vec![
+        Input::new("first", first_rx),
+        Input::new("second", second_rx),
+    ]);
+    let (replies, _replied) = mpsc::unbounded_channel();
+    let with_write = |key: &str| {
+        let mut barrier = Barrier::shared(4, replies.clone());
+        let mut writes = WriteSet::default();
+        writes.insert(key.as_bytes().to_vec(), Some(b"1".to_vec()));
+        barrier.writes.push(writes);
+        barrier
+    };
+    // The first input: its barrier, then output of the next epoch.
+    first.send(Message::Barrier(with_write("a"))).await.unwrap();
+    first
+        .send_batch(Batch::new(vec![Event::new("after the barrier")]))
+        .await
+        .unwrap();
+    // The second: output of this epoch, then its barrier.
+    second
+        .send_batch(Batch::new(vec![Event::new("before the barrier")]))
+        .await
+        .unwrap();
+    second
+        .send(Message::Barrier(with_write("b")))
+        .await
+        .unwrap();
+
+    let mut order = Vec::new();
+    let mut aligned = None;
+    while aligned.is_none() {
+        match inputs.recv().await {
+            Received::Message(index, Message::Barrier(barrier)) => {
+                order.push(format!("barrier {index}"));
+                aligned = inputs.align(index, barrier).unwrap();
+            }
+            Received::Message(index, Message::Data(batch, _)) => {
+                order.push(format!("{index}: {}", value(&batch.events[0])));
+            }
+            Received::Message(..) => {}
+            Received::Closed => panic!("closed"),
+        }
+    }
+    assert_eq!(
+        order,
+        ["barrier 0", "1: before the barrier", "barrier 1"],
+        "the first input was read past its barrier"
+    );
+    let aligned = aligned.unwrap();
+    assert_eq!(aligned.epoch, 4);
+    assert_eq!(aligned.writes.len(), 2, "the writes of both barriers");
+    // Then the held input is read again.
+    match inputs.recv().await {
+        Received::Message(0, Message::Data(batch, _)) => {
+            assert_eq!(value(&batch.events[0]), "after the barrier");
+        }
+        _ => panic!("expected the first input's batch"),
+    }
+}
