@@ -252,7 +252,7 @@ fn sorted_lines(path: &Path) -> Vec<String> {
 #[test]
 fn union_routing_and_fan_out_give_the_expected_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let sizes = |n: u64| if n % 3 == 0 { "big" } else { "small" };
+    let sizes = |n: u64| if n.is_multiple_of(3) { "big" } else { "small" };
     let write_source = |name: &str, count: u64| {
         let lines: String = (0..count)
             .map(|n| {

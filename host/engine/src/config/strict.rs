@@ -200,6 +200,9 @@ pub(crate) fn nested_error<E: de::Error>(path: &str, message: &str) -> E {
     E::custom(format!("{NESTED}{path}{NESTED}{message}"))
 }
 
+/// A section's `from` (if it has one) and its other fields.
+pub(crate) type WithInputs = (Option<Vec<String>>, Map<String, Value>);
+
 /// Reads a JSON object as its optional field `from` (a list of names:
 /// the inputs of a graph's step or sink) and the rest of its fields.
 ///
@@ -209,7 +212,7 @@ pub(crate) fn nested_error<E: de::Error>(path: &str, message: &str) -> E {
 /// not a list of strings (the error names the field).
 pub(crate) fn take_inputs<'de, D>(
     deserializer: D,
-) -> Result<(Option<Vec<String>>, Map<String, Value>), D::Error>
+) -> Result<WithInputs, D::Error>
 where
     D: de::Deserializer<'de>,
 {

@@ -20,10 +20,13 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|name| (*name).to_owned()).collect()
 }
 
+/// A step of a test shape: its name, inputs and routes (a router's).
+type TestNode<'a> = (&'a str, Vec<String>, Option<Vec<&'static str>>);
+
 /// A shape from `(name, inputs, routes)` steps and `(name, inputs)` sinks.
 fn check(
     sources: &[&str],
-    nodes: &[(&str, Vec<String>, Option<Vec<&'static str>>)],
+    nodes: &[TestNode<'_>],
     sinks: &[(&str, Vec<String>)],
 ) -> Result<(), crate::pipeline::ShapeError> {
     let shape = Shape {
