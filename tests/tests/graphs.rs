@@ -597,3 +597,45 @@ fn a_graph_on_redis_is_exactly_once_under_sigkill() {
     assert!(landed > 0, "no kill landed while the graph was running");
     graph.check_exactly_once();
 }
+
+/// `examples/graph.json` (what `examples/run.sh graph` runs) gives what its
+/// data says: the big bids of both files upper-cased, and every bid.
+#[test]
+fn the_graph_example_runs() {
+    let examples = harness::workspace_root().join("examples");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(examples.join("graph.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config["state"]["path"] = json!(dir.path().join("state"));
+    config["pipeline"][1]["module"] = json!(harness::guest("upper"));
+    for (name, source) in config["sources"].as_object_mut().unwrap() {
+        let path = examples.join(source["path"].as_str().unwrap());
+        assert!(path.exists(), "source `{name}`: {}", path.display());
+        source["path"] = json!(path);
+    }
+    config["sinks"]["alerts"]["path"] = json!(dir.path().join("alerts.out"));
+    config["sinks"]["archive"]["path"] = json!(dir.path().join("archive.out"));
+    let path = dir.path().join("graph.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    run(&path);
+
+    let mut values = Vec::new();
+    let mut big = Vec::new();
+    for file in ["bids-eu.jsonl", "bids-us.jsonl"] {
+        let text = std::fs::read_to_string(examples.join("data").join(file)).unwrap();
+        for line in text.lines() {
+            let event: Value = serde_json::from_str(line).unwrap();
+            let value = event["value"].as_str().unwrap().to_owned();
+            if event["headers"]["size"] == "big" {
+                big.push(value.to_uppercase());
+            }
+            values.push(value);
+        }
+    }
+    values.sort();
+    big.sort();
+    assert!(!big.is_empty() && big.len() < values.len());
+    assert_eq!(sorted_lines(&dir.path().join("alerts.out")), big);
+    assert_eq!(sorted_lines(&dir.path().join("archive.out")), values);
+}

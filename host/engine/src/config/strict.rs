@@ -210,9 +210,7 @@ pub(crate) type WithInputs = (Option<Vec<String>>, Map<String, Value>);
 ///
 /// The section is not an object, names a field twice, or its `from` is
 /// not a list of strings (the error names the field).
-pub(crate) fn take_inputs<'de, D>(
-    deserializer: D,
-) -> Result<WithInputs, D::Error>
+pub(crate) fn take_inputs<'de, D>(deserializer: D) -> Result<WithInputs, D::Error>
 where
     D: de::Deserializer<'de>,
 {
