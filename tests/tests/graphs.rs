@@ -375,7 +375,7 @@ struct CrashGraph {
 }
 
 impl CrashGraph {
-    fn new(state: impl Fn(&Path) -> Value) -> Self {
+    fn new(delivery: &str, state: impl Fn(&Path) -> Value) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let events = env_or("PLUMBER_CRASH_EVENTS", 40_000);
         let write = |name: &str, parity: u64| {
@@ -391,7 +391,7 @@ impl CrashGraph {
         let odds = write("odds.txt", 1);
         let config = json!({
             "name": "crash-graph",
-            "delivery": "exactly_once",
+            "delivery": delivery,
             "state": state(dir.path()),
             "checkpoint": { "interval_ms": 25 },
             "batch_size": 20,
@@ -581,7 +581,10 @@ fn seed(salt: u64) -> u64 {
 
 #[test]
 fn a_graph_on_sled_is_exactly_once_under_sigkill() {
-    let graph = CrashGraph::new(|dir| json!({"type": "sled", "path": dir.join("state")}));
+    let graph = CrashGraph::new(
+        "exactly_once",
+        |dir| json!({"type": "sled", "path": dir.join("state")}),
+    );
     let landed = graph.run_with_kills(kills(), seed(1));
     assert!(landed > 0, "no kill landed while the graph was running");
     graph.check_exactly_once();
@@ -591,6 +594,7 @@ fn a_graph_on_sled_is_exactly_once_under_sigkill() {
 fn a_graph_on_redis_is_exactly_once_under_sigkill() {
     let server = harness::RedisServer::start();
     let graph = CrashGraph::new(
+        "exactly_once",
         |_| json!({"type": "redis", "url": server.url(), "reconnect_timeout_ms": 5000}),
     );
     let landed = graph.run_with_kills(kills(), seed(2));
@@ -638,4 +642,43 @@ fn the_graph_example_runs() {
     assert!(!big.is_empty() && big.len() < values.len());
     assert_eq!(sorted_lines(&dir.path().join("alerts.out")), big);
     assert_eq!(sorted_lines(&dir.path().join("archive.out")), values);
+}
+
+/// At-least-once: after the kills nothing is lost (every id is in both
+/// counter sinks, every odd id in the copy) and no counter is below the
+/// truth; effects may repeat.
+#[test]
+fn a_graph_at_least_once_loses_nothing_under_sigkill() {
+    let graph = CrashGraph::new(
+        "at_least_once",
+        |dir| json!({"type": "sled", "path": dir.join("state")}),
+    );
+    let landed = graph.run_with_kills(kills(), seed(3));
+    assert!(landed > 0, "no kill landed while the graph was running");
+    for sink in ["all.txt", "copy.txt"] {
+        let ids: std::collections::HashSet<u64> =
+            graph.counted(sink).iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(ids.len() as u64, graph.events, "{sink}: an id is missing");
+    }
+    let odds: std::collections::HashSet<u64> = std::fs::read_to_string(graph.out("odds-out.txt"))
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().expect("an id"))
+        .collect();
+    assert_eq!(
+        odds.len() as u64,
+        graph.events / 2,
+        "the odds sink lost an id"
+    );
+    let mut truth: BTreeMap<u64, u64> = BTreeMap::new();
+    for id in 0..graph.events {
+        *truth.entry(id % KEYS).or_default() += 1;
+    }
+    for (key, count) in graph.state() {
+        assert!(
+            count >= truth[&key],
+            "key {key}: {count} < {}: an effect was lost",
+            truth[&key]
+        );
+    }
 }
