@@ -429,3 +429,39 @@ async fn an_input_whose_barrier_came_is_held_until_the_others_come() {
         _ => panic!("expected the first input's batch"),
     }
 }
+
+/// A step that fails stops the whole graph with its error (no stage waits
+/// for a barrier that cannot come).
+#[tokio::test]
+async fn a_failing_step_stops_the_graph_with_its_error() {
+    let (sink, _receiver) = channel_sink(10_000);
+    let (copy, _copy_receiver) = channel_sink(10_000);
+    let values: Vec<String> = (0..2_000).map(|n| n.to_string()).collect();
+    let mut seen = 0;
+    let failing = NativeStep::batch("failing", move |batch| {
+        seen += batch.events.len();
+        if seen > 500 {
+            return Err("no more".to_owned());
+        }
+        Ok(batch.events)
+    });
+    let run = Pipeline::builder("failing")
+        .batch_size(10)
+        .checkpoint(CheckpointPolicy::at_end_only().and_every_events(50))
+        .source("a", ArraySource::from_strings(values.clone()))
+        .source("b", ArraySource::from_strings(values))
+        .then_from(["a", "b"], failing)
+        .then_from(["a"], NativeStep::map("pass", |e| e))
+        .to_from("out", ["failing", "pass"], sink)
+        .to_from("copy", ["pass"], copy)
+        .run();
+    let error = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+        .await
+        .expect("the graph stopped")
+        .unwrap_err();
+    assert!(
+        matches!(&error, PipelineError::Step { .. }),
+        "{}",
+        crate::ErrorChain(&error)
+    );
+}
