@@ -605,8 +605,8 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "suite" | "all" => {
                 scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
             }
-            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs"
-            | "batches" | "guarantees" | "languages" => scenarios.push(name),
+            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs" | "batches"
+            | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
             "stateful" => scenarios.push("guarantees"),

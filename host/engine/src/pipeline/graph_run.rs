@@ -865,7 +865,7 @@ impl NodeRunner {
                             .push((INPUT_HEADER.to_owned(), name.to_owned()));
                     }
                 }
-                self.process(batch).await
+                self.process(index, batch).await
             }
             Message::Barrier(barrier) => {
                 let aligned = self
@@ -906,12 +906,19 @@ impl NodeRunner {
         }
     }
 
-    async fn process(&mut self, batch: Batch) -> Result<(), PipelineError> {
+    /// Processes a batch of input `input` (a step with several inputs is
+    /// told which one; a step with one gets [`Step::process`] as in a line).
+    async fn process(&mut self, input: usize, batch: Batch) -> Result<(), PipelineError> {
         let events = batch.events.len() as u64;
         self.stats.events_in.fetch_add(events, Ordering::Relaxed);
+        let several = self.inputs.len() > 1;
         match &mut self.node {
             ReadyNode::Step(step) => {
-                let processed = step.process(batch, &mut self.produced).await;
+                let processed = if several {
+                    step.process_input(input, batch, &mut self.produced).await
+                } else {
+                    step.process(batch, &mut self.produced).await
+                };
                 if let Err(source) = processed {
                     return Err(self.step_error(source));
                 }

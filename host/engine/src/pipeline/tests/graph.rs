@@ -465,3 +465,60 @@ async fn a_failing_step_stops_the_graph_with_its_error() {
         crate::ErrorChain(&error)
     );
 }
+
+/// A step with several inputs is told which input each batch came from
+/// (what a join builds on), in the order of its `from`.
+#[tokio::test]
+async fn a_step_with_several_inputs_knows_each_batchs_input() {
+    use async_trait::async_trait;
+
+    use crate::step::{Step, StepError};
+    use crate::Batch;
+
+    /// Tags each event's value with the input index it was given.
+    struct Which;
+
+    #[async_trait]
+    impl Step for Which {
+        fn name(&self) -> &str {
+            "which"
+        }
+
+        async fn process(&mut self, _: Batch, _: &mut Vec<Batch>) -> Result<(), StepError> {
+            Err(StepError::Native {
+                step: "which".to_owned(),
+                message: "a step with several inputs is given the input".to_owned(),
+            })
+        }
+
+        async fn process_input(
+            &mut self,
+            input: usize,
+            mut batch: Batch,
+            out: &mut Vec<Batch>,
+        ) -> Result<(), StepError> {
+            for event in &mut batch.events {
+                event.value = format!("{input}:{}", value(event)).into_bytes();
+            }
+            out.push(batch);
+            Ok(())
+        }
+    }
+
+    let (sink, receiver) = channel_sink(1000);
+    Pipeline::builder("which")
+        .batch_size(3)
+        .source("left", ArraySource::from_strings(["l0", "l1", "l2", "l3"]))
+        .source("right", ArraySource::from_strings(["r0", "r1"]))
+        .then_from(
+            ["right", "left"],
+            crate::pipeline::StepSpec::Ready(Box::new(Which)),
+        )
+        .to_from("out", ["which"], sink)
+        .run()
+        .await
+        .unwrap();
+    let mut got: Vec<String> = drain(receiver).iter().map(value).collect();
+    got.sort();
+    assert_eq!(got, ["0:r0", "0:r1", "1:l0", "1:l1", "1:l2", "1:l3"]);
+}
