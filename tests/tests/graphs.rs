@@ -682,3 +682,14 @@ fn a_graph_at_least_once_loses_nothing_under_sigkill() {
         );
     }
 }
+
+#[test]
+fn a_graph_on_a_memory_snapshot_is_exactly_once_under_sigkill() {
+    let graph = CrashGraph::new(
+        "exactly_once",
+        |dir| json!({"type": "memory", "snapshot": dir.join("state.snap")}),
+    );
+    let landed = graph.run_with_kills(kills(), seed(4));
+    assert!(landed > 0, "no kill landed while the graph was running");
+    graph.check_exactly_once();
+}
