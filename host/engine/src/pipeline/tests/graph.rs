@@ -522,3 +522,54 @@ async fn a_step_with_several_inputs_knows_each_batchs_input() {
     got.sort();
     assert_eq!(got, ["0:r0", "0:r1", "1:l0", "1:l1", "1:l2", "1:l3"]);
 }
+
+/// A diamond (one source through two steps into one) with channels of one
+/// batch of one event and a checkpoint every few events: the barriers of
+/// both paths align at the join without holding each other up, and every
+/// event arrives once through each path.
+#[tokio::test]
+async fn a_diamond_checkpoints_often_through_tight_channels() {
+    let values: Vec<String> = (0..300).map(|n| n.to_string()).collect();
+    let (sink, receiver) = channel_sink(10_000);
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        Pipeline::builder("diamond")
+            .batch_size(1)
+            .channel_capacity(1)
+            .checkpoint(CheckpointPolicy::at_end_only().and_every_events(3))
+            .source("in", ArraySource::from_strings(values.clone()))
+            .then_from(
+                ["in"],
+                NativeStep::map("left", |mut e: Event| {
+                    e.value.insert(0, b'l');
+                    e
+                }),
+            )
+            .then_from(
+                ["in"],
+                NativeStep::map("right", |mut e: Event| {
+                    e.value.insert(0, b'r');
+                    e
+                }),
+            )
+            .then_from(["left", "right"], NativeStep::map("join", |e| e))
+            .to_from("out", ["join"], sink)
+            .run(),
+    )
+    .await
+    .expect("the diamond did not stall")
+    .unwrap();
+    assert!(
+        report.checkpoints >= 100,
+        "{} checkpoints",
+        report.checkpoints
+    );
+    let mut got: Vec<String> = drain(receiver).iter().map(value).collect();
+    got.sort();
+    let mut expected: Vec<String> = values
+        .iter()
+        .flat_map(|v| [format!("l{v}"), format!("r{v}")])
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+}
