@@ -376,8 +376,23 @@ struct CrashGraph {
 
 impl CrashGraph {
     fn new(delivery: &str, state: impl Fn(&Path) -> Value) -> Self {
+        Self::with_odds(
+            delivery,
+            state,
+            None,
+            env_or("PLUMBER_CRASH_EVENTS", 40_000),
+        )
+    }
+
+    /// As [`CrashGraph::new`], with the odd ids read from `odds` (a source
+    /// section that already holds them) instead of a file, and `events` ids.
+    fn with_odds(
+        delivery: &str,
+        state: impl Fn(&Path) -> Value,
+        odds: Option<Value>,
+        events: u64,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let events = env_or("PLUMBER_CRASH_EVENTS", 40_000);
         let write = |name: &str, parity: u64| {
             let ids: String = (0..events)
                 .filter(|id| id % 2 == parity)
@@ -388,7 +403,7 @@ impl CrashGraph {
             path
         };
         let evens = write("evens.txt", 0);
-        let odds = write("odds.txt", 1);
+        let odds = odds.unwrap_or_else(|| json!({"type": "file", "path": write("odds.txt", 1)}));
         let config = json!({
             "name": "crash-graph",
             "delivery": delivery,
@@ -397,7 +412,7 @@ impl CrashGraph {
             "batch_size": 20,
             "sources": {
                 "evens": {"type": "file", "path": evens},
-                "odds": {"type": "file", "path": odds}
+                "odds": odds
             },
             "pipeline": [
                 { "name": "counter", "type": "wasm", "module": harness::guest("key-counter"),
@@ -451,6 +466,48 @@ impl CrashGraph {
     /// grown by a random 3-25% of its full length, then runs it to the end.
     /// Returns how many kills hit a running process.
     fn run_with_kills(&self, kills: u64, seed: u64) -> u64 {
+        let landed = self.kill_runs(kills, seed);
+        let output = self.command().output().expect("final run");
+        assert!(
+            output.status.success(),
+            "final run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        landed
+    }
+
+    /// With a source that never ends (a stream): after the kills, a run
+    /// that is stopped by SIGINT once the `all` sink is complete.
+    fn run_with_kills_then_interrupt(&self, kills: u64, seed: u64) -> u64 {
+        let landed = self.kill_runs(kills, seed);
+        let mut child = self.command().spawn().expect("spawn plumber");
+        let full = self.full_output_len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::fs::metadata(self.out("all.txt")).map_or(0, |m| m.len()) < full {
+            assert!(
+                Instant::now() < deadline,
+                "the output is incomplete after 120 s"
+            );
+            assert!(
+                child.try_wait().expect("poll").is_none(),
+                "plumber stopped before its output was complete"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        let output = child.wait_with_output().expect("wait");
+        assert!(
+            output.status.success(),
+            "the last run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        landed
+    }
+
+    /// The kills of [`CrashGraph::run_with_kills`].
+    fn kill_runs(&self, kills: u64, seed: u64) -> u64 {
         let mut rng = Lcg(seed);
         let mut landed = 0;
         let full = self.full_output_len();
@@ -479,12 +536,6 @@ impl CrashGraph {
                 );
             }
         }
-        let output = self.command().output().expect("final run");
-        assert!(
-            output.status.success(),
-            "final run failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
         landed
     }
 
@@ -690,6 +741,45 @@ fn a_graph_on_a_memory_snapshot_is_exactly_once_under_sigkill() {
         |dir| json!({"type": "memory", "snapshot": dir.join("state.snap")}),
     );
     let landed = graph.run_with_kills(kills(), seed(4));
+    assert!(landed > 0, "no kill landed while the graph was running");
+    graph.check_exactly_once();
+}
+
+/// The odd ids from a JetStream stream, the even ones from a file: each
+/// source checkpointed at its own position (the stream's consumer acked at
+/// each commit), SIGKILLed repeatedly, exactly-once output and state.
+#[test]
+fn a_graph_of_a_file_and_a_jetstream_stream_is_exactly_once_under_sigkill() {
+    let server = harness::NatsServer::start();
+    let events = env_or("PLUMBER_CRASH_EVENTS", 40_000) / 2;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "ODDS".to_owned(),
+            subjects: vec!["odds".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+        for id in (0..events).filter(|id| id % 2 == 1) {
+            js.publish("odds", id.to_string().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("publish ack");
+        }
+    });
+    let odds = json!({"type": "jetstream", "url": server.url(), "stream": "ODDS",
+                      "consumer": "graph", "ack_wait_ms": 10000});
+    let graph = CrashGraph::with_odds(
+        "exactly_once",
+        |dir| json!({"type": "sled", "path": dir.join("state")}),
+        Some(odds),
+        events,
+    );
+    let landed = graph.run_with_kills_then_interrupt(kills(), seed(5));
     assert!(landed > 0, "no kill landed while the graph was running");
     graph.check_exactly_once();
 }
