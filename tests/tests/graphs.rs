@@ -783,3 +783,48 @@ fn a_graph_of_a_file_and_a_jetstream_stream_is_exactly_once_under_sigkill() {
     assert!(landed > 0, "no kill landed while the graph was running");
     graph.check_exactly_once();
 }
+
+/// A WASM pipe sets the header a router reads: the `probe` guest marks the
+/// events of one source (`probe: seen`), the router sends the marked ones
+/// to one sink and the rest (the other source's) to another.
+#[test]
+fn a_wasm_pipe_sets_the_header_a_router_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, count: u64| {
+        let lines: String = (0..count).map(|n| format!("{name}{n}\n")).collect();
+        let path = dir.path().join(format!("{name}.txt"));
+        std::fs::write(&path, lines).unwrap();
+        path
+    };
+    let (a, b) = (write("a", 200), write("b", 150));
+    let out = |name: &str| dir.path().join(format!("{name}.out"));
+    let config = json!({
+        "name": "marks",
+        "state": {"type": "sled", "path": dir.path().join("state")},
+        "batch_size": 32,
+        "sources": {
+            "a": {"type": "file", "path": a},
+            "b": {"type": "file", "path": b}
+        },
+        "pipeline": [
+            {"name": "mark", "type": "wasm", "module": harness::guest("probe"),
+             "config": {"mode": "trap_on", "value": "no such value"}, "from": ["a"]},
+            {"name": "split", "type": "route", "from": ["mark", "b"],
+             "routes": {"seen": {"header": "probe", "equals": "seen"}}, "default": "unseen"}
+        ],
+        "sinks": {
+            "seen": {"type": "file", "path": out("seen"), "from": ["split.seen"]},
+            "unseen": {"type": "file", "path": out("unseen"), "from": ["split.unseen"]}
+        }
+    });
+    let path = dir.path().join("marks.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    run(&path);
+    let expected = |name: &str, count: u64| {
+        let mut lines: Vec<String> = (0..count).map(|n| format!("{name}{n}")).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted_lines(&out("seen")), expected("a", 200));
+    assert_eq!(sorted_lines(&out("unseen")), expected("b", 150));
+}
