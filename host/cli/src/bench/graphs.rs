@@ -30,7 +30,7 @@ pub const EVENTS: u64 = 2_000_000;
 
 /// The shapes measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GraphShape {
+pub enum Layout {
     /// One source, the step, one sink, built as a line.
     Line,
     /// Two sources into the step, one sink.
@@ -41,27 +41,27 @@ pub enum GraphShape {
     UnionRouter,
 }
 
-impl GraphShape {
+impl Layout {
     /// Every shape, in the table's order.
-    pub const ALL: [GraphShape; 4] = [
-        GraphShape::Line,
-        GraphShape::Union,
-        GraphShape::FanOut,
-        GraphShape::UnionRouter,
+    pub const ALL: [Layout; 4] = [
+        Layout::Line,
+        Layout::Union,
+        Layout::FanOut,
+        Layout::UnionRouter,
     ];
 
     fn scenario(self) -> &'static str {
         match self {
-            GraphShape::Line => "graphs line",
-            GraphShape::Union => "graphs union",
-            GraphShape::FanOut => "graphs fan-out",
-            GraphShape::UnionRouter => "graphs union + router",
+            Layout::Line => "graphs line",
+            Layout::Union => "graphs union",
+            Layout::FanOut => "graphs fan-out",
+            Layout::UnionRouter => "graphs union + router",
         }
     }
 }
 
 /// The pipeline of `shape` over `events` events.
-pub fn pipeline(shape: GraphShape, events: u64, args: &BenchArgs) -> PipelineBuilder {
+pub fn pipeline(shape: Layout, events: u64, args: &BenchArgs) -> PipelineBuilder {
     let builder = Pipeline::builder(shape.scenario().replace([' ', '+'], "-"))
         .state(Arc::new(MemoryState::new()))
         .delivery(Delivery::ExactlyOnce)
@@ -73,21 +73,21 @@ pub fn pipeline(shape: GraphShape, events: u64, args: &BenchArgs) -> PipelineBui
     let half = events / 2;
     let source = |total, salt| GeneratedSource::new(total, args.seed ^ salt);
     match shape {
-        GraphShape::Line => builder
+        Layout::Line => builder
             .from(source(events, 0))
             .then(pass())
             .to(DiscardSink::new()),
-        GraphShape::Union => builder
+        Layout::Union => builder
             .source("left", source(half, 0))
             .source("right", source(events - half, 1))
             .then_from(["left", "right"], pass())
             .to_from("out", ["pass"], DiscardSink::new()),
-        GraphShape::FanOut => builder
+        Layout::FanOut => builder
             .source("in", source(events, 0))
             .then_from(["in"], pass())
             .to_from("one", ["pass"], DiscardSink::new())
             .to_from("two", ["pass"], DiscardSink::new()),
-        GraphShape::UnionRouter => builder
+        Layout::UnionRouter => builder
             .source("left", source(half, 0))
             .source("right", source(events - half, 1))
             .route_from(
@@ -108,7 +108,7 @@ pub fn pipeline(shape: GraphShape, events: u64, args: &BenchArgs) -> PipelineBui
 /// A pipeline failed.
 pub async fn run(args: &BenchArgs, table: &mut Table) -> Result<(), BenchError> {
     let events = scaled(EVENTS, args.scale).max(2);
-    for shape in GraphShape::ALL {
+    for shape in Layout::ALL {
         let builder = pipeline(shape, events, args);
         table.push(measure(shape.scenario(), Engine::Native, 1, vec![builder]).await?);
     }

@@ -39,7 +39,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::checkpoint::{CheckpointPolicy, Delivery};
-use crate::pipeline::{NodeShape, Pipeline, PipelineBuilder, Place, Publish, Shape, StepSpec};
+use crate::pipeline::{
+    GraphPlace, GraphShape, GraphStepShape, Pipeline, PipelineBuilder, Publish, StepSpec,
+};
 use crate::state::{SharedState, StateError};
 use crate::streams::StreamError;
 
@@ -635,7 +637,7 @@ impl PipelineConfig {
                 _ => None,
             })
             .collect();
-        let shape = Shape {
+        let shape = GraphShape {
             sources: graph
                 .sources
                 .iter()
@@ -646,7 +648,7 @@ impl PipelineConfig {
                 .iter()
                 .zip(&graph.inputs)
                 .zip(routes)
-                .map(|((step, inputs), routes)| NodeShape {
+                .map(|((step, inputs), routes)| GraphStepShape {
                     name: step.name(),
                     inputs,
                     routes,
@@ -664,21 +666,21 @@ impl PipelineConfig {
         let source = |index: usize| graph.sources.get(index).map_or("", |(name, _)| name);
         let sink = |index: usize| graph.sinks.get(index).map_or("", |sink| &sink.name);
         let path = match error.place {
-            Place::Sources => "sources".to_owned(),
-            Place::Sinks => "sinks".to_owned(),
-            Place::Source(index) => format!("sources.{}", source(index)),
-            Place::Node(index) => format!("pipeline[{index}].name"),
-            Place::NodeFrom(index) => format!("pipeline[{index}].from"),
-            Place::NodeInput(index, input) => format!("pipeline[{index}].from[{input}]"),
-            Place::NodeRoute(index, route) => match self.pipeline.get(index) {
+            GraphPlace::Sources => "sources".to_owned(),
+            GraphPlace::Sinks => "sinks".to_owned(),
+            GraphPlace::Source(index) => format!("sources.{}", source(index)),
+            GraphPlace::Node(index) => format!("pipeline[{index}].name"),
+            GraphPlace::NodeFrom(index) => format!("pipeline[{index}].from"),
+            GraphPlace::NodeInput(index, input) => format!("pipeline[{index}].from[{input}]"),
+            GraphPlace::NodeRoute(index, route) => match self.pipeline.get(index) {
                 Some(StepConfig::Route(config)) => match config.routes.keys().nth(route) {
                     Some(name) => format!("pipeline[{index}].routes.{name}"),
                     None => format!("pipeline[{index}].default"),
                 },
                 _ => format!("pipeline[{index}]"),
             },
-            Place::SinkFrom(index) => format!("sinks.{}.from", sink(index)),
-            Place::SinkInput(index, input) => format!("sinks.{}.from[{input}]", sink(index)),
+            GraphPlace::SinkFrom(index) => format!("sinks.{}.from", sink(index)),
+            GraphPlace::SinkInput(index, input) => format!("sinks.{}.from[{input}]", sink(index)),
         };
         Err(invalid(&path, error.message))
     }

@@ -66,13 +66,13 @@ impl GraphParts {
     }
 
     /// The graph by its names.
-    pub(super) fn shape(&self) -> Shape<'_> {
-        Shape {
+    pub(super) fn shape(&self) -> GraphShape<'_> {
+        GraphShape {
             sources: self.sources.iter().map(|(name, _)| name.as_str()).collect(),
             nodes: self
                 .nodes
                 .iter()
-                .map(|node| NodeShape {
+                .map(|node| GraphStepShape {
                     name: node.spec.name(),
                     inputs: &node.inputs,
                     routes: node.spec.routes(),
@@ -87,21 +87,21 @@ impl GraphParts {
     }
 }
 
-/// A graph by its names only: what [`Shape::check`] reads (the config
+/// A graph by its names only: what [`GraphShape::check`] reads (the config
 /// checks its graph with it too).
 #[derive(Debug)]
-pub struct Shape<'a> {
+pub struct GraphShape<'a> {
     /// The sources' names.
     pub sources: Vec<&'a str>,
     /// The steps.
-    pub nodes: Vec<NodeShape<'a>>,
+    pub nodes: Vec<GraphStepShape<'a>>,
     /// The sinks' names and the outputs each reads.
     pub sinks: Vec<(&'a str, &'a [String])>,
 }
 
-/// A step of a [`Shape`].
+/// A step of a [`GraphShape`].
 #[derive(Debug)]
-pub struct NodeShape<'a> {
+pub struct GraphStepShape<'a> {
     /// The step's name.
     pub name: &'a str,
     /// The outputs it reads.
@@ -111,9 +111,9 @@ pub struct NodeShape<'a> {
     pub routes: Option<Vec<&'a str>>,
 }
 
-/// Where in a graph a [`ShapeError`] is.
+/// Where in a graph a [`GraphError`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Place {
+pub enum GraphPlace {
     /// The graph has no source.
     Sources,
     /// The graph has no sink.
@@ -137,9 +137,9 @@ pub enum Place {
 /// Why a graph cannot run, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct ShapeError {
+pub struct GraphError {
     /// Where.
-    pub place: Place,
+    pub place: GraphPlace,
     /// What is wrong.
     pub message: String,
 }
@@ -167,7 +167,7 @@ pub(super) struct Wiring {
     pub(super) readers: HashMap<String, Vec<Reader>>,
 }
 
-impl Shape<'_> {
+impl GraphShape<'_> {
     /// Checks the graph: at least one source and one sink, unique names,
     /// every input a known output, no cycle, every output read by some
     /// step or sink.
@@ -175,21 +175,21 @@ impl Shape<'_> {
     /// # Errors
     ///
     /// The first fault found, with where it is.
-    pub fn check(&self) -> Result<(), ShapeError> {
+    pub fn check(&self) -> Result<(), GraphError> {
         self.wiring().map(drop)
     }
 
-    pub(super) fn wiring(&self) -> Result<Wiring, ShapeError> {
-        let fault = |place: Place, message: String| ShapeError { place, message };
+    pub(super) fn wiring(&self) -> Result<Wiring, GraphError> {
+        let fault = |place: GraphPlace, message: String| GraphError { place, message };
         if self.sources.is_empty() {
             return Err(fault(
-                Place::Sources,
+                GraphPlace::Sources,
                 "a graph needs at least one source".into(),
             ));
         }
         if self.sinks.is_empty() {
             return Err(fault(
-                Place::Sinks,
+                GraphPlace::Sinks,
                 "a graph needs at least one sink".into(),
             ));
         }
@@ -197,18 +197,18 @@ impl Shape<'_> {
         for (index, name) in self.sources.iter().enumerate() {
             if name.trim().is_empty() {
                 return Err(fault(
-                    Place::Source(index),
+                    GraphPlace::Source(index),
                     "expected a non-empty source name".into(),
                 ));
             }
             outputs.insert((*name).to_owned(), Producer::Source(index));
         }
         for (index, node) in self.nodes.iter().enumerate() {
-            let named: Vec<(String, Producer, Place)> = match &node.routes {
+            let named: Vec<(String, Producer, GraphPlace)> = match &node.routes {
                 None => vec![(
                     node.name.to_owned(),
                     Producer::Node(index),
-                    Place::Node(index),
+                    GraphPlace::Node(index),
                 )],
                 Some(routes) => routes
                     .iter()
@@ -217,14 +217,14 @@ impl Shape<'_> {
                         (
                             format!("{}.{name}", node.name),
                             Producer::Route(index, route),
-                            Place::NodeRoute(index, route),
+                            GraphPlace::NodeRoute(index, route),
                         )
                     })
                     .collect(),
             };
             if node.routes.as_ref().is_some_and(Vec::is_empty) {
                 return Err(fault(
-                    Place::Node(index),
+                    GraphPlace::Node(index),
                     format!("router `{}` has no route", node.name),
                 ));
             }
@@ -260,10 +260,10 @@ impl Shape<'_> {
         };
         let mut readers: HashMap<String, Vec<Reader>> = HashMap::new();
         let mut read_inputs = |inputs: &[String],
-                               from: Place,
-                               at: &dyn Fn(usize) -> Place,
+                               from: GraphPlace,
+                               at: &dyn Fn(usize) -> GraphPlace,
                                reader: &dyn Fn(usize) -> Reader|
-         -> Result<(), ShapeError> {
+         -> Result<(), GraphError> {
             if inputs.is_empty() {
                 return Err(fault(from, "expected at least one input to read".into()));
             }
@@ -287,16 +287,16 @@ impl Shape<'_> {
         for (node, shape) in self.nodes.iter().enumerate() {
             read_inputs(
                 shape.inputs,
-                Place::NodeFrom(node),
-                &|input| Place::NodeInput(node, input),
+                GraphPlace::NodeFrom(node),
+                &|input| GraphPlace::NodeInput(node, input),
                 &|input| Reader::Node { node, input },
             )?;
         }
         for (sink, (_, inputs)) in self.sinks.iter().enumerate() {
             read_inputs(
                 inputs,
-                Place::SinkFrom(sink),
-                &|input| Place::SinkInput(sink, input),
+                GraphPlace::SinkFrom(sink),
+                &|input| GraphPlace::SinkInput(sink, input),
                 &|input| Reader::Sink { sink, input },
             )?;
         }
@@ -306,11 +306,14 @@ impl Shape<'_> {
                 continue;
             }
             let (place, what) = match *producer {
-                Producer::Source(index) => (Place::Source(index), format!("source `{name}`")),
-                Producer::Node(index) => (Place::Node(index), format!("the output of `{name}`")),
-                Producer::Route(index, route) => {
-                    (Place::NodeRoute(index, route), format!("route `{name}`"))
+                Producer::Source(index) => (GraphPlace::Source(index), format!("source `{name}`")),
+                Producer::Node(index) => {
+                    (GraphPlace::Node(index), format!("the output of `{name}`"))
                 }
+                Producer::Route(index, route) => (
+                    GraphPlace::NodeRoute(index, route),
+                    format!("route `{name}`"),
+                ),
             };
             return Err(fault(
                 place,
@@ -321,7 +324,7 @@ impl Shape<'_> {
     }
 
     /// Refuses a cycle among the steps, naming it.
-    fn check_acyclic(&self, outputs: &BTreeMap<String, Producer>) -> Result<(), ShapeError> {
+    fn check_acyclic(&self, outputs: &BTreeMap<String, Producer>) -> Result<(), GraphError> {
         // The steps each step reads from (sources start no cycle).
         let upstream: Vec<Vec<(usize, usize)>> = self
             .nodes
@@ -376,8 +379,8 @@ impl Shape<'_> {
                         names.reverse();
                         names.push(self.nodes[node].name);
                         let path: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-                        return Err(ShapeError {
-                            place: Place::NodeInput(node, position),
+                        return Err(GraphError {
+                            place: GraphPlace::NodeInput(node, position),
                             message: format!(
                                 "a cycle: {} (each reads the one before); a graph has no cycles",
                                 path.join(" → ")

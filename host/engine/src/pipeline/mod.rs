@@ -52,7 +52,7 @@ mod tests;
 
 pub use builder::{Pipeline, PipelineBuilder, RunReport};
 pub use error::PipelineError;
-pub use graph::{NodeShape, Place, Shape, ShapeError, INPUT_HEADER};
+pub use graph::{GraphError, GraphPlace, GraphShape, GraphStepShape, INPUT_HEADER};
 pub use handle::{HandleError, PipelineHandle};
 pub use instantiate::{CommandPipe, ExecPipe, StepSpec};
 pub use outbox::Publish;

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{CheckpointPolicy, Position};
 use crate::pipeline::{
-    NodeShape, Pipeline, PipelineError, Place, RoutePredicate, Router, Shape, INPUT_HEADER,
+    GraphPlace, GraphShape, GraphStepShape, Pipeline, PipelineError, RoutePredicate, Router,
+    INPUT_HEADER,
 };
 use crate::state::{MemoryState, SharedState};
 use crate::step::NativeStep;
@@ -28,12 +29,12 @@ fn check(
     sources: &[&str],
     nodes: &[TestNode<'_>],
     sinks: &[(&str, Vec<String>)],
-) -> Result<(), crate::pipeline::ShapeError> {
-    let shape = Shape {
+) -> Result<(), crate::pipeline::GraphError> {
+    let shape = GraphShape {
         sources: sources.to_vec(),
         nodes: nodes
             .iter()
-            .map(|(name, inputs, routes)| NodeShape {
+            .map(|(name, inputs, routes)| GraphStepShape {
                 name,
                 inputs,
                 routes: routes.clone(),
@@ -72,7 +73,7 @@ fn unknown_inputs_are_refused_where_they_are_named() {
         &[("alerts", names(&["count", "bidz"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::SinkInput(0, 1));
+    assert_eq!(error.place, GraphPlace::SinkInput(0, 1));
     assert!(error.message.contains("unknown input `bidz`"), "{error}");
     assert!(error.message.contains("known: `bids`, `count`"), "{error}");
 
@@ -82,7 +83,7 @@ fn unknown_inputs_are_refused_where_they_are_named() {
         &[("s", names(&["split"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::SinkInput(0, 0));
+    assert_eq!(error.place, GraphPlace::SinkInput(0, 0));
     assert!(error.message.contains("is a router"), "{error}");
 
     let error = check(
@@ -91,7 +92,7 @@ fn unknown_inputs_are_refused_where_they_are_named() {
         &[("s", names(&["p"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::NodeInput(0, 1));
+    assert_eq!(error.place, GraphPlace::NodeInput(0, 1));
     assert!(error.message.contains("named twice"), "{error}");
 
     let error = check(
@@ -100,7 +101,7 @@ fn unknown_inputs_are_refused_where_they_are_named() {
         &[("s", names(&["a", "p"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::NodeFrom(0));
+    assert_eq!(error.place, GraphPlace::NodeFrom(0));
 }
 
 #[test]
@@ -121,7 +122,10 @@ fn cycles_are_refused_with_the_cycle_named() {
             || error.message.contains("`z` → `x` → `y` → `z`"),
         "{error}"
     );
-    assert!(matches!(error.place, Place::NodeInput(_, _)), "{error:?}");
+    assert!(
+        matches!(error.place, GraphPlace::NodeInput(_, _)),
+        "{error:?}"
+    );
 
     // A step reading itself.
     let error = check(
@@ -130,7 +134,7 @@ fn cycles_are_refused_with_the_cycle_named() {
         &[("s", names(&["x"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::NodeInput(0, 1));
+    assert_eq!(error.place, GraphPlace::NodeInput(0, 1));
     assert!(error.message.contains("cycle"), "{error}");
 }
 
@@ -142,11 +146,11 @@ fn dangling_outputs_and_unread_sources_are_refused() {
         &[("s", names(&["p"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::Node(1));
+    assert_eq!(error.place, GraphPlace::Node(1));
     assert!(error.message.contains("read by no step or sink"), "{error}");
 
     let error = check(&["a", "b"], &[], &[("s", names(&["a"]))]).unwrap_err();
-    assert_eq!(error.place, Place::Source(1));
+    assert_eq!(error.place, GraphPlace::Source(1));
 
     let error = check(
         &["a"],
@@ -154,7 +158,7 @@ fn dangling_outputs_and_unread_sources_are_refused() {
         &[("s", names(&["split.x"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::NodeRoute(0, 1));
+    assert_eq!(error.place, GraphPlace::NodeRoute(0, 1));
 
     let error = check(
         &["a"],
@@ -162,14 +166,17 @@ fn dangling_outputs_and_unread_sources_are_refused() {
         &[("s", names(&["a"]))],
     )
     .unwrap_err();
-    assert_eq!(error.place, Place::Node(0));
+    assert_eq!(error.place, GraphPlace::Node(0));
     assert!(
         error.message.contains("also the name of a source"),
         "{error}"
     );
 
-    assert_eq!(check(&[], &[], &[]).unwrap_err().place, Place::Sources);
-    assert_eq!(check(&["a"], &[], &[]).unwrap_err().place, Place::Sinks);
+    assert_eq!(check(&[], &[], &[]).unwrap_err().place, GraphPlace::Sources);
+    assert_eq!(
+        check(&["a"], &[], &[]).unwrap_err().place,
+        GraphPlace::Sinks
+    );
 }
 
 fn drain(mut receiver: mpsc::Receiver<Event>) -> Vec<Event> {
