@@ -3,6 +3,7 @@
 #   examples/run.sh            the seed's names example from examples/names.json
 #   examples/run.sh wordcount  word count over examples/data/words.txt, sled state
 #   examples/run.sh windowed   per-word counts per 10-second event-time window over timestamped events
+#   examples/run.sh graph      a graph: two bid files, a router, the big bids upper-cased to one sink, all to another
 #   examples/run.sh library    the names example through the Rust builder API
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +33,18 @@ case "$example" in
     echo "--- per-word counts per 10-second event-time window (first 12 lines of target/example-state/windowed-wordcount.out):"
     head -n 12 target/example-state/windowed-wordcount.out
     ;;
+  graph)
+    rm -rf target/example-state/graph target/example-state/graph-alerts.out target/example-state/graph-archive.out
+    cargo run --quiet -p plumber-cli -- run examples/graph.json
+    echo "--- big bids of both sources, upper-cased (target/example-state/graph-alerts.out):"
+    cat target/example-state/graph-alerts.out
+    echo "--- every bid of both sources: $(wc -l < target/example-state/graph-archive.out) lines in target/example-state/graph-archive.out"
+    ;;
   library)
     cargo run --quiet -p plumber-examples --bin names
     ;;
   *)
-    echo "unknown example '$example' (names, wordcount, windowed, library)" >&2
+    echo "unknown example '$example' (names, wordcount, windowed, graph, library)" >&2
     exit 2
     ;;
 esac

@@ -329,6 +329,34 @@ fn wasm_step_with(field: &str, value: Value) -> Value {
     with("pipeline", json!([step]))
 }
 
+/// A graph around one router step `v`: an array source `count` it reads
+/// (unless `v` names its own `from`), and a sink reading each of its routes.
+fn in_a_graph(mut v: Value) -> Value {
+    let name = v["name"].as_str().unwrap_or("r").to_owned();
+    if v.get("from").is_none() {
+        v["from"] = json!(["count"]);
+    }
+    let mut routes: Vec<String> = v["routes"]
+        .as_object()
+        .map(|routes| routes.keys().cloned().collect())
+        .unwrap_or_default();
+    routes.extend(v["default"].as_str().map(str::to_owned));
+    let mut sinks = Map::new();
+    for route in routes {
+        sinks.insert(
+            format!("to_{route}"),
+            json!({"type": "discard", "from": [format!("{name}.{route}")]}),
+        );
+    }
+    json!({
+        "name": "docs",
+        "state": {"type": "memory"},
+        "sources": {"count": {"type": "array", "values": ["a"]}},
+        "pipeline": [v],
+        "sinks": sinks,
+    })
+}
+
 /// Reads a pipeline or host config as `plumber` does (without touching
 /// files or servers): the JSON path and message of its error.
 fn read(root: Root, config: &Value) -> Result<(), (String, String)> {
@@ -451,6 +479,16 @@ fn code_sections() -> Vec<CodeSection> {
     let step_kinds = variants_of(pipeline, step(json!({"type": PROBE})));
     assert!(step_kinds.contains("window"), "step kinds: {step_kinds:?}");
     for kind in step_kinds.iter().filter(|kind| *kind != "window") {
+        // A router belongs to a graph only: its example is placed in one
+        // whose sinks read every route it has.
+        if kind == "route" {
+            add(
+                SectionKey::new(pipeline, "pipeline[]", Some(("type", kind))),
+                in_a_graph,
+                object(&[("type", kind)]),
+            );
+            continue;
+        }
         // A repartition step belongs to a clustered pipeline only.
         let place: Place = if kind == "repartition" {
             |v| {

@@ -663,6 +663,8 @@ async fn sink_retries_for_the_reconnect_timeout_like_the_other_connectors() {
     .unwrap();
     let mut sink = config
         .to
+        .as_ref()
+        .expect("a line's sink")
         .open(&plumber::config::OpenContext::new("p"))
         .await
         .unwrap();

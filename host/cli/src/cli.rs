@@ -708,10 +708,21 @@ async fn run(
 fn log_guarantees(config: &PipelineConfig) {
     let pipeline = config.name.as_str();
     match config.delivery {
-        Delivery::ExactlyOnce => match config.to.output_guarantee() {
-            OutputGuarantee::ExactlyOnce(line) => tracing::info!(pipeline, "{line}"),
-            OutputGuarantee::AtLeastOnce(line) => tracing::warn!(pipeline, "{line}"),
-        },
+        Delivery::ExactlyOnce => {
+            for (at, sink) in config.sinks() {
+                if at == "dead_letter" {
+                    continue;
+                }
+                match sink.output_guarantee() {
+                    OutputGuarantee::ExactlyOnce(line) => {
+                        tracing::info!(pipeline, sink = %at, "{line}")
+                    }
+                    OutputGuarantee::AtLeastOnce(line) => {
+                        tracing::warn!(pipeline, sink = %at, "{line}")
+                    }
+                }
+            }
+        }
         Delivery::AtLeastOnce => tracing::info!(
             pipeline,
             "at-least-once: after a crash, events since the last checkpoint are replayed; \

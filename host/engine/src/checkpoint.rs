@@ -50,6 +50,15 @@ pub enum Position {
     },
     /// One position per partition, for a source that reads several.
     Partitions(BTreeMap<u32, Position>),
+    /// A graph's place: each source's position and each sink's, by name
+    /// (docs/graphs.md). Only the engine reads it, never a source.
+    Graph {
+        /// Each source's position.
+        sources: BTreeMap<String, Position>,
+        /// Each sink's committed position (bytes of a file sink), for the
+        /// sinks that have one.
+        sinks: BTreeMap<String, u64>,
+    },
 }
 
 /// A source's own position type, stored as [`Position::Source`] under its
@@ -155,6 +164,7 @@ impl Position {
             Position::Offset(_) => "an offset".to_owned(),
             Position::Source { kind, .. } => format!("a `{kind}` position"),
             Position::Partitions(_) => "a position per partition".to_owned(),
+            Position::Graph { .. } => "a graph's positions (one per source)".to_owned(),
         }
     }
 }
@@ -170,6 +180,19 @@ impl std::fmt::Display for Position {
                 for (n, (partition, position)) in partitions.iter().enumerate() {
                     let comma = if n == 0 { "" } else { ", " };
                     write!(f, "{comma}{partition}: {position}")?;
+                }
+                f.write_str("}")
+            }
+            Position::Graph { sources, sinks } => {
+                f.write_str("sources {")?;
+                for (n, (name, position)) in sources.iter().enumerate() {
+                    let comma = if n == 0 { "" } else { ", " };
+                    write!(f, "{comma}{name}: {position}")?;
+                }
+                f.write_str("}, sinks {")?;
+                for (n, (name, position)) in sinks.iter().enumerate() {
+                    let comma = if n == 0 { "" } else { ", " };
+                    write!(f, "{comma}{name}: {position}")?;
                 }
                 f.write_str("}")
             }

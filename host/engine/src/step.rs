@@ -109,6 +109,25 @@ pub trait Step: Send {
     /// anything of the current epoch.
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError>;
 
+    /// Processes one batch of a graph's step with several inputs: `input`
+    /// is the index of the input it came from, in the order the step names
+    /// them (`from`); every event also carries the input's name in the
+    /// header `plumber-input`. A step that treats its inputs apart (a join)
+    /// overrides this; by default the batch goes to [`Step::process`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Step::process`].
+    async fn process_input(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        let _ = input;
+        self.process(batch, out).await
+    }
+
     /// Hands over the state writes made since the last checkpoint.
     fn take_writes(&mut self) -> WriteSet {
         WriteSet::default()

@@ -23,10 +23,12 @@
 //! | `scaling` | one and two pipelines in parallel |
 //! | `memory` | peak RSS at 1× and 5× the input |
 //! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order |
+//! | `graphs` | what a graph's shape costs against a line on 2M events: a union of two sources, fan-out to two sinks, a router |
 //! | `suite` | all five above (the default) |
 //! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
 
 pub mod gate;
+pub mod graphs;
 mod legacy;
 pub mod nexmark;
 pub mod windows;
@@ -50,7 +52,7 @@ pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
 pub struct BenchArgs {
     /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
     /// memory, windows), wordcount, nexmark, scaling, memory, windows,
-    /// batches, guarantees, languages.
+    /// graphs, batches, guarantees, languages.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
     pub scenario: Vec<String>,
     /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
@@ -623,7 +625,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "suite" | "all" => {
                 scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
             }
-            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "batches"
+            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs" | "batches"
             | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
@@ -631,7 +633,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             other => {
                 return Err(BenchError::Setup(format!(
                     "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
-                     windows, batches, guarantees or languages"
+                     windows, graphs, batches, guarantees or languages"
                 )))
             }
         }
@@ -696,6 +698,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "guarantees" => legacy::run_stateful(&args, &rt).await?,
             "languages" => legacy::run_languages(&args).await?,
             "windows" => windows::run(&args, &mut table).await?,
+            "graphs" => graphs::run(&args, &mut table).await?,
             _ => {}
         }
     }

@@ -32,13 +32,16 @@
 //! implementation (`streams/file/config.rs`, `state/sled_backend/config.rs`,
 //! …), with its own checks and how it opens.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::checkpoint::{CheckpointPolicy, Delivery};
-use crate::pipeline::{Pipeline, PipelineBuilder, Publish};
+use crate::pipeline::{
+    GraphPlace, GraphShape, GraphStepShape, Pipeline, PipelineBuilder, Publish, StepSpec,
+};
 use crate::state::{SharedState, StateError};
 use crate::streams::StreamError;
 
@@ -57,7 +60,8 @@ pub use registry::{
     SourceSpec, StateConfig, StateSpec,
 };
 pub use step::{
-    CommandStepConfig, ExecStepConfig, RepartitionStepConfig, StepConfig, WasmStepConfig,
+    CommandStepConfig, ExecStepConfig, RepartitionStepConfig, RouteConfig, RouteStepConfig,
+    StepConfig, WasmStepConfig,
 };
 pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
 pub use validate::Checks;
@@ -154,12 +158,15 @@ pub struct PipelineConfig {
     pub publish: Publish,
     /// `batch_size`: the most events in one batch (default 1024).
     pub batch_size: usize,
-    /// `from`: the source.
-    pub from: SourceConfig,
+    /// `from`: the source of a line (`None` in a graph, which has `sources`).
+    pub from: Option<SourceConfig>,
     /// `pipeline`: the steps, in order (default none).
     pub pipeline: Vec<StepConfig>,
-    /// `to`: the sink.
-    pub to: SinkConfig,
+    /// `to`: the sink of a line (`None` in a graph, which has `sinks`).
+    pub to: Option<SinkConfig>,
+    /// A graph's sources, sinks and the inputs of its steps (`None` for a
+    /// line): docs/graphs.md.
+    pub graph: Option<GraphConfig>,
     /// `dead_letter`: where events that cannot go on are sent (late window
     /// events with `"late": "dead_letter"`, events a pipe failed on under
     /// `on_error`), with headers saying why (default none).
@@ -168,6 +175,56 @@ pub struct PipelineConfig {
     /// JetStream cluster (`plumber worker`); `plumber run` refuses it
     /// (default none).
     pub cluster: Option<ClusterConfig>,
+}
+
+/// A graph's parts of a pipeline config (docs/graphs.md).
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    /// `sources`: the sources by name, in name order.
+    pub sources: Vec<(String, SourceConfig)>,
+    /// `pipeline[i].from`: the outputs each step reads, in `pipeline`'s order.
+    pub inputs: Vec<Vec<String>>,
+    /// `sinks`: the sinks by name, in name order.
+    pub sinks: Vec<GraphSinkConfig>,
+}
+
+/// One entry of `sinks`.
+#[derive(Debug, Clone)]
+pub struct GraphSinkConfig {
+    /// Its name (the key in `sinks`).
+    pub name: String,
+    /// `from`: the outputs it writes.
+    pub from: Vec<String>,
+    /// The sink itself (the entry's other fields).
+    pub sink: SinkConfig,
+}
+
+/// An entry of `pipeline`: a step, and the inputs it names (a graph's).
+struct StepEntry {
+    from: Option<Vec<String>>,
+    step: StepConfig,
+}
+
+impl<'de> Deserialize<'de> for StepEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (from, rest) = strict::take_inputs(deserializer)?;
+        let step = strict::read_rest(rest)?;
+        Ok(StepEntry { from, step })
+    }
+}
+
+/// An entry of `sinks`: a sink section and its `from`.
+struct SinkEntry {
+    from: Option<Vec<String>>,
+    sink: Tagged,
+}
+
+impl<'de> Deserialize<'de> for SinkEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (from, rest) = strict::take_inputs(deserializer)?;
+        let sink = strict::read_rest(rest)?;
+        Ok(SinkEntry { from, sink })
+    }
 }
 
 /// The fields of a pipeline config as read, before its connector sections
@@ -188,10 +245,16 @@ struct PipelineFields {
     publish: Publish,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
-    from: Tagged,
     #[serde(default)]
-    pipeline: Vec<StepConfig>,
-    to: Tagged,
+    from: Option<Tagged>,
+    #[serde(default)]
+    sources: Option<BTreeMap<String, Tagged>>,
+    #[serde(default)]
+    pipeline: Vec<StepEntry>,
+    #[serde(default)]
+    to: Option<Tagged>,
+    #[serde(default)]
+    sinks: Option<BTreeMap<String, SinkEntry>>,
     #[serde(default)]
     dead_letter: Option<Tagged>,
     #[serde(default)]
@@ -297,6 +360,7 @@ impl PipelineConfig {
         let in_section = |at: &str, (inner, message): (String, String)| {
             invalid(&strict::join(at, &inner), &message)
         };
+        let (from, to, graph, pipeline) = read_shape(registry, &fields, base, &invalid)?;
         let state = match fields.state {
             Some(section) => registry
                 .read_state(section, base)
@@ -314,12 +378,6 @@ impl PipelineConfig {
                     )
                 })?,
         };
-        let from = registry
-            .read_source(fields.from, base)
-            .map_err(|error| in_section("from", error))?;
-        let to = registry
-            .read_sink(fields.to, base)
-            .map_err(|error| in_section("to", error))?;
         let dead_letter = match fields.dead_letter {
             Some(section) => Some(
                 registry
@@ -337,8 +395,9 @@ impl PipelineConfig {
             publish: fields.publish,
             batch_size: fields.batch_size,
             from,
-            pipeline: fields.pipeline,
+            pipeline,
             to,
+            graph,
             dead_letter,
             cluster: fields.cluster,
         };
@@ -412,24 +471,35 @@ impl PipelineConfig {
         self.state
             .check()
             .map_err(|error| in_section("state", error))?;
-        self.from
-            .check()
-            .map_err(|error| in_section("from", error))?;
+        for (at, source) in self.sources() {
+            source.check().map_err(|error| in_section(&at, error))?;
+        }
         for (at, sink) in self.sinks() {
-            sink.check().map_err(|error| in_section(at, error))?;
+            sink.check().map_err(|error| in_section(&at, error))?;
+        }
+        if let Some(graph) = &self.graph {
+            self.check_graph(graph, origin)?;
         }
         if let Some(cluster) = &self.cluster {
             cluster
                 .check()
                 .map_err(|error| in_section("cluster", error))?;
             // A partition moves between workers with its position and state.
-            if self.from.type_name() != "jetstream" {
+            let Some(from) = &self.from else {
+                return Err(invalid(
+                    "cluster",
+                    "a clustered pipeline is a line (`from`, `pipeline`, `to`): a graph runs in \
+                     one process"
+                        .into(),
+                ));
+            };
+            if from.type_name() != "jetstream" {
                 return Err(invalid(
                     "from.type",
                     format!(
                         "a pipeline with `cluster` reads a partitioned JetStream stream: expected \
                          `jetstream`, got `{}`",
-                        self.from.type_name()
+                        from.type_name()
                     ),
                 ));
             }
@@ -489,10 +559,130 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The sinks: `("to", to)`, then `("dead_letter", …)` if there is one.
-    pub fn sinks(&self) -> impl Iterator<Item = (&'static str, &SinkConfig)> {
-        std::iter::once(("to", &self.to))
-            .chain(self.dead_letter.as_ref().map(|sink| ("dead_letter", sink)))
+    /// The sources with their JSON paths: `("from", from)` for a line,
+    /// `("sources.<name>", …)` for each of a graph's.
+    pub fn sources(&self) -> Vec<(String, &SourceConfig)> {
+        let mut sources: Vec<(String, &SourceConfig)> = self
+            .from
+            .iter()
+            .map(|source| ("from".to_owned(), source))
+            .collect();
+        if let Some(graph) = &self.graph {
+            sources.extend(
+                graph
+                    .sources
+                    .iter()
+                    .map(|(name, source)| (format!("sources.{name}"), source)),
+            );
+        }
+        sources
+    }
+
+    /// The sinks with their JSON paths: `("to", to)` for a line,
+    /// `("sinks.<name>", …)` for each of a graph's, then `("dead_letter",
+    /// …)` if there is one.
+    pub fn sinks(&self) -> Vec<(String, &SinkConfig)> {
+        let mut sinks: Vec<(String, &SinkConfig)> =
+            self.to.iter().map(|sink| ("to".to_owned(), sink)).collect();
+        if let Some(graph) = &self.graph {
+            sinks.extend(
+                graph
+                    .sinks
+                    .iter()
+                    .map(|sink| (format!("sinks.{}", sink.name), &sink.sink)),
+            );
+        }
+        sinks.extend(
+            self.dead_letter
+                .iter()
+                .map(|sink| ("dead_letter".to_owned(), sink)),
+        );
+        sinks
+    }
+
+    /// Checks a graph's shape and what a graph does not run with; the error
+    /// names the JSON path at fault.
+    fn check_graph(&self, graph: &GraphConfig, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: String| ConfigError::Invalid {
+            file: origin.to_owned(),
+            path: path.to_owned(),
+            message: cap_quoted(&message),
+        };
+        if self.delivery == Delivery::AtMostOnce {
+            return Err(invalid(
+                "delivery",
+                "a graph runs `at_least_once` or `exactly_once`: `at_most_once` would commit each \
+                 source's position ahead of processing, which a graph does not do"
+                    .into(),
+            ));
+        }
+        if self.publish == Publish::AfterCommit {
+            return Err(invalid(
+                "publish",
+                "a graph publishes `before_commit`: `after_commit` is for a line's one sink".into(),
+            ));
+        }
+        let routes: Vec<Option<Vec<&str>>> = self
+            .pipeline
+            .iter()
+            .map(|step| match step {
+                StepConfig::Route(route) => Some(
+                    route
+                        .routes
+                        .keys()
+                        .map(String::as_str)
+                        .chain(route.default.as_deref())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        let shape = GraphShape {
+            sources: graph
+                .sources
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect(),
+            nodes: self
+                .pipeline
+                .iter()
+                .zip(&graph.inputs)
+                .zip(routes)
+                .map(|((step, inputs), routes)| GraphStepShape {
+                    name: step.name(),
+                    inputs,
+                    routes,
+                })
+                .collect(),
+            sinks: graph
+                .sinks
+                .iter()
+                .map(|sink| (sink.name.as_str(), sink.from.as_slice()))
+                .collect(),
+        };
+        let Err(error) = shape.check() else {
+            return Ok(());
+        };
+        let source = |index: usize| graph.sources.get(index).map_or("", |(name, _)| name);
+        let sink = |index: usize| graph.sinks.get(index).map_or("", |sink| &sink.name);
+        let path = match error.place {
+            GraphPlace::Sources => "sources".to_owned(),
+            GraphPlace::Sinks => "sinks".to_owned(),
+            GraphPlace::Source(index) => format!("sources.{}", source(index)),
+            GraphPlace::Node(index) => format!("pipeline[{index}].name"),
+            GraphPlace::NodeFrom(index) => format!("pipeline[{index}].from"),
+            GraphPlace::NodeInput(index, input) => format!("pipeline[{index}].from[{input}]"),
+            GraphPlace::NodeRoute(index, route) => match self.pipeline.get(index) {
+                Some(StepConfig::Route(config)) => match config.routes.keys().nth(route) {
+                    Some(name) => format!("pipeline[{index}].routes.{name}"),
+                    None => format!("pipeline[{index}].default"),
+                },
+                _ => format!("pipeline[{index}]"),
+            },
+            GraphPlace::SinkFrom(index) => format!("sinks.{}.from", sink(index)),
+            GraphPlace::SinkInput(index, input) => format!("sinks.{}.from[{input}]", sink(index)),
+        };
+        Err(invalid(&path, error.message))
     }
 
     /// The JSON path of the `module` field of the pipe called `name`.
@@ -549,7 +739,7 @@ impl PipelineConfig {
             });
         }
         let context = OpenContext::new(&self.name);
-        let mut builder = Pipeline::builder(&self.name)
+        let builder = Pipeline::builder(&self.name)
             .tenant(
                 self.tenant
                     .as_deref()
@@ -559,38 +749,262 @@ impl PipelineConfig {
             .checkpoint(policy)
             .delivery(self.delivery)
             .publish(self.publish)
-            .batch_size(self.batch_size)
-            .from_boxed(self.from.open(&context).await?);
-        for step in &self.pipeline {
-            builder = match step {
-                StepConfig::Wasm(pipe) => builder.then(pipe.to_pipe()),
-                StepConfig::Command(command) => builder.then(crate::pipeline::CommandPipe {
-                    name: command.name.clone(),
-                    module: command.module.clone(),
-                    args: command.args.clone(),
-                    limits: command.limits.clone().unwrap_or_default(),
-                }),
-                StepConfig::Exec(exec) => builder.then(crate::pipeline::ExecPipe {
-                    name: exec.name.clone(),
-                    path: exec.path.clone(),
-                    args: exec.args.clone(),
-                    timeout: Duration::from_millis(exec.timeout_ms.unwrap_or(10_000)),
-                    allow_unsandboxed: exec.allow_unsandboxed,
-                }),
-                // `check` has validated every window when the config was read.
-                StepConfig::Window(window) => match window.build() {
-                    Ok(window) => builder.then(window),
-                    Err(_) => builder,
-                },
-                // Refused above.
-                StepConfig::Repartition(_) => builder,
-            };
-        }
+            .batch_size(self.batch_size);
+        let mut builder = match &self.graph {
+            Some(graph) => self.graph_builder(builder, graph, &context).await?,
+            None => self.line_builder(builder, &context).await?,
+        };
         if let Some(sink) = &self.dead_letter {
             builder = builder.dead_letter_boxed(sink.open(&context).await?);
         }
-        Ok(builder.to_boxed(self.to.open(&context).await?))
+        Ok(builder)
     }
+
+    /// A line: `from`, the steps in order, `to`.
+    async fn line_builder(
+        &self,
+        mut builder: PipelineBuilder,
+        context: &OpenContext<'_>,
+    ) -> Result<PipelineBuilder, StreamError> {
+        let (Some(from), Some(to)) = (&self.from, &self.to) else {
+            return Err(not_read("a line without `from` or `to`"));
+        };
+        builder = builder.from_boxed(from.open(context).await?);
+        for step in &self.pipeline {
+            if let Some(spec) = step_spec(step) {
+                builder = builder.then(spec);
+            }
+        }
+        Ok(builder.to_boxed(to.open(context).await?))
+    }
+
+    /// A graph: its named sources, its steps with their inputs, its named sinks.
+    async fn graph_builder(
+        &self,
+        mut builder: PipelineBuilder,
+        graph: &GraphConfig,
+        context: &OpenContext<'_>,
+    ) -> Result<PipelineBuilder, StreamError> {
+        for (name, source) in &graph.sources {
+            builder = builder.source_boxed(name, source.open(context).await?);
+        }
+        for (step, inputs) in self.pipeline.iter().zip(&graph.inputs) {
+            builder = match step {
+                StepConfig::Route(route) => builder.route_from(inputs, route.to_router()),
+                other => match step_spec(other) {
+                    Some(spec) => builder.then_from(inputs, spec),
+                    None => builder,
+                },
+            };
+        }
+        for sink in &graph.sinks {
+            builder = builder.to_from_boxed(&sink.name, &sink.from, sink.sink.open(context).await?);
+        }
+        Ok(builder)
+    }
+}
+
+/// A config that `PipelineConfig::parse_with` would not have read.
+fn not_read(what: &str) -> StreamError {
+    StreamError::Io {
+        stream: "pipeline config".to_owned(),
+        action: "open",
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what}: the config was not read by `PipelineConfig::parse_with`"),
+        ),
+    }
+}
+
+/// A step as the builder takes it (`None`: a kind the builder does not
+/// take this way, refused when the config was read).
+fn step_spec(step: &StepConfig) -> Option<StepSpec> {
+    match step {
+        StepConfig::Wasm(pipe) => Some(pipe.to_pipe().into()),
+        StepConfig::Command(command) => Some(
+            crate::pipeline::CommandPipe {
+                name: command.name.clone(),
+                module: command.module.clone(),
+                args: command.args.clone(),
+                limits: command.limits.clone().unwrap_or_default(),
+            }
+            .into(),
+        ),
+        StepConfig::Exec(exec) => Some(
+            crate::pipeline::ExecPipe {
+                name: exec.name.clone(),
+                path: exec.path.clone(),
+                args: exec.args.clone(),
+                timeout: Duration::from_millis(exec.timeout_ms.unwrap_or(10_000)),
+                allow_unsandboxed: exec.allow_unsandboxed,
+            }
+            .into(),
+        ),
+        // `check` has validated every window when the config was read.
+        StepConfig::Window(window) => window.build().ok().map(Into::into),
+        // Refused in `builder`; a router only in a graph.
+        StepConfig::Repartition(_) | StepConfig::Route(_) => None,
+    }
+}
+
+/// The line or graph parts of a config as read: `from`, `to`, the graph,
+/// and the steps. Refuses a mix of a line's fields and a graph's, a graph
+/// step without `from`, a line's step with one, and a router in a line.
+type ShapeParts = (
+    Option<SourceConfig>,
+    Option<SinkConfig>,
+    Option<GraphConfig>,
+    Vec<StepConfig>,
+);
+
+fn read_shape(
+    registry: &Registry,
+    fields: &PipelineFields,
+    base: &Path,
+    invalid: &dyn Fn(&str, &str) -> ConfigError,
+) -> Result<ShapeParts, ConfigError> {
+    let in_section =
+        |at: &str, (inner, message): (String, String)| invalid(&strict::join(at, &inner), &message);
+    match (&fields.from, &fields.sources) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "sources",
+                "`from` is the one source of a line and `sources` names a graph's: use one or \
+                 the other",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "from",
+                "missing field `from` (the source; or `sources` for a graph)",
+            ))
+        }
+        _ => {}
+    }
+    match (&fields.to, &fields.sinks, &fields.sources) {
+        (Some(_), Some(_), _) => {
+            return Err(invalid(
+                "sinks",
+                "`to` is the one sink of a line and `sinks` names a graph's: use one or the other",
+            ))
+        }
+        (Some(_), None, Some(_)) => {
+            return Err(invalid(
+                "to",
+                "a graph (`sources`) names its sinks in `sinks`, each with the `from` it writes",
+            ))
+        }
+        (None, Some(_), None) => {
+            return Err(invalid(
+                "sinks",
+                "a line (`from`) has one sink, `to`; a graph names its sources in `sources`",
+            ))
+        }
+        (None, None, _) => {
+            return Err(invalid(
+                if fields.sources.is_some() {
+                    "sinks"
+                } else {
+                    "to"
+                },
+                if fields.sources.is_some() {
+                    "missing field `sinks` (a graph's sinks by name)"
+                } else {
+                    "missing field `to` (the sink; or `sinks` for a graph)"
+                },
+            ))
+        }
+        _ => {}
+    }
+    let steps: Vec<StepConfig> = fields
+        .pipeline
+        .iter()
+        .map(|entry| entry.step.clone())
+        .collect();
+    let Some(sources) = &fields.sources else {
+        // A line.
+        for (index, entry) in fields.pipeline.iter().enumerate() {
+            if entry.from.is_some() {
+                return Err(invalid(
+                    &format!("pipeline[{index}].from"),
+                    "a line's step reads the step before it: `from` names a step's inputs in a \
+                     graph (a config with `sources` and `sinks`)",
+                ));
+            }
+            if matches!(entry.step, StepConfig::Route(_)) {
+                return Err(invalid(
+                    &format!("pipeline[{index}].type"),
+                    "a `route` step sends events to named outputs that later steps and sinks \
+                     read: it belongs to a graph (a config with `sources` and `sinks`)",
+                ));
+            }
+        }
+        let (Some(from), Some(to)) = (&fields.from, &fields.to) else {
+            return Err(invalid("from", "missing field `from`"));
+        };
+        let from = registry
+            .read_source(from.clone(), base)
+            .map_err(|error| in_section("from", error))?;
+        let to = registry
+            .read_sink(to.clone(), base)
+            .map_err(|error| in_section("to", error))?;
+        return Ok((Some(from), Some(to), None, steps));
+    };
+    if fields.cluster.is_some() {
+        return Err(invalid(
+            "cluster",
+            "a clustered pipeline is a line (`from`, `pipeline`, `to`): a graph runs in one process",
+        ));
+    }
+    let mut graph_sources = Vec::with_capacity(sources.len());
+    for (name, section) in sources {
+        let at = format!("sources.{name}");
+        let source = registry
+            .read_source(section.clone(), base)
+            .map_err(|error| in_section(&at, error))?;
+        graph_sources.push((name.clone(), source));
+    }
+    let mut inputs = Vec::with_capacity(fields.pipeline.len());
+    for (index, entry) in fields.pipeline.iter().enumerate() {
+        if matches!(entry.step, StepConfig::Repartition(_)) {
+            return Err(invalid(
+                &format!("pipeline[{index}].type"),
+                "a `repartition` step belongs to a clustered line, not to a graph",
+            ));
+        }
+        let Some(from) = &entry.from else {
+            return Err(invalid(
+                &format!("pipeline[{index}].from"),
+                "missing field `from`: each step of a graph names the outputs it reads \
+                 (sources, steps, `<router>.<route>`)",
+            ));
+        };
+        inputs.push(from.clone());
+    }
+    let mut graph_sinks = Vec::new();
+    for (name, entry) in fields.sinks.iter().flatten() {
+        let at = format!("sinks.{name}");
+        let Some(from) = &entry.from else {
+            return Err(invalid(
+                &format!("{at}.from"),
+                "missing field `from`: each sink of a graph names the outputs it writes",
+            ));
+        };
+        let sink = registry
+            .read_sink(entry.sink.clone(), base)
+            .map_err(|error| in_section(&at, error))?;
+        graph_sinks.push(GraphSinkConfig {
+            name: name.clone(),
+            from: from.clone(),
+            sink,
+        });
+    }
+    let graph = GraphConfig {
+        sources: graph_sources,
+        inputs,
+        sinks: graph_sinks,
+    };
+    Ok((None, None, Some(graph), steps))
 }
 
 /// `` `a`, `b` `` (or `none`).

@@ -41,14 +41,12 @@ pub async fn prepare(config: &PipelineConfig, file: &str) -> Result<Vec<String>,
         .await
         .map_err(|error| failed("state", error))?;
     done.extend(state.map(|line| format!("state: {line}")));
-    let source = config
-        .from
-        .setup()
-        .await
-        .map_err(|error| failed("from", error))?;
-    done.extend(source.map(|line| format!("from: {line}")));
+    for (at, source) in config.sources() {
+        let line = source.setup().await.map_err(|error| failed(&at, error))?;
+        done.extend(line.map(|line| format!("{at}: {line}")));
+    }
     for (at, sink) in config.sinks() {
-        let line = sink.setup().await.map_err(|error| failed(at, error))?;
+        let line = sink.setup().await.map_err(|error| failed(&at, error))?;
         done.extend(line.map(|line| format!("{at}: {line}")));
     }
     Ok(done)

@@ -3,6 +3,7 @@
 //! each kind itself, so they are one enum here; a window's own fields are
 //! [`WindowConfig`]'s, beside the windows.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::strict::{self, object_only, tagged_by_type};
 use super::FieldError;
+use crate::pipeline::{RoutePredicate, Router};
 use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
 use crate::shuffle::ShuffleKey;
 use crate::step::{OnError, WasmPipe};
@@ -19,7 +21,9 @@ object_only!(
     WasmStepConfig,
     CommandStepConfig,
     ExecStepConfig,
-    RepartitionStepConfig
+    RepartitionStepConfig,
+    RouteStepConfig,
+    RouteConfig
 );
 tagged_by_type!(StepConfig);
 
@@ -37,6 +41,8 @@ pub enum StepConfig {
     Exec(ExecStepConfig),
     /// The keyed shuffle that splits a clustered pipeline into two stages.
     Repartition(RepartitionStepConfig),
+    /// A graph's native router.
+    Route(RouteStepConfig),
 }
 
 impl StepConfig {
@@ -48,7 +54,128 @@ impl StepConfig {
             StepConfig::Command(command) => &command.name,
             StepConfig::Exec(exec) => &exec.name,
             StepConfig::Repartition(repartition) => &repartition.name,
+            StepConfig::Route(route) => &route.name,
         }
+    }
+}
+
+/// `{"type": "route", ...}`: a graph's native router (docs/graphs.md):
+/// its outputs are `<name>.<route>` for each route and `<name>.<default>`.
+/// Only in a graph (a config with `sources`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct RouteStepConfig {
+    /// The router's name (required, unique in the pipeline).
+    pub name: String,
+    /// The routes by name (required, at least one): an event goes to every
+    /// route whose predicate it matches.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// The route of the events no route matches (default: none, they are
+    /// dropped).
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// One route of a router: which events it takes. Exactly one of
+/// `header`, `key` and `key_prefix`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct RouteConfig {
+    /// Events with this header (with the value `equals`, if given).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The value the header must have (default: any).
+    #[serde(default)]
+    pub equals: Option<String>,
+    /// Events whose key is exactly this (UTF-8) text.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Events whose key starts with this (UTF-8) text.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+}
+
+impl RouteStepConfig {
+    /// The router as the builder takes it.
+    pub fn to_router(&self) -> Router {
+        let mut router = Router::new(&self.name);
+        for (name, route) in &self.routes {
+            let predicate = match (&route.header, &route.equals, &route.key, &route.key_prefix) {
+                (Some(header), Some(value), _, _) => {
+                    RoutePredicate::header_equals(header.clone(), value.clone())
+                }
+                (Some(header), None, _, _) => RoutePredicate::HeaderPresent {
+                    name: header.clone(),
+                },
+                (None, _, Some(key), _) => RoutePredicate::KeyEquals(key.clone().into_bytes()),
+                (None, _, None, Some(prefix)) => {
+                    RoutePredicate::KeyPrefix(prefix.clone().into_bytes())
+                }
+                // Refused by `check`.
+                (None, _, None, None) => continue,
+            };
+            router = router.route(name.clone(), predicate);
+        }
+        if let Some(default) = &self.default {
+            router = router.default_route(default.clone());
+        }
+        router
+    }
+
+    fn check(&self) -> Result<(), FieldError> {
+        if self.routes.is_empty() {
+            return Err(FieldError::new(
+                "routes",
+                "expected at least one route, e.g. {\"big\": {\"header\": \"size\", \"equals\": \"big\"}}",
+            ));
+        }
+        let route_name = |name: &str| name.is_empty() || name.contains('.');
+        for (name, route) in &self.routes {
+            let at = format!("routes.{name}");
+            if route_name(name) {
+                return Err(FieldError::new(
+                    at,
+                    format!(
+                        "`{name}` is not a route name: it needs at least one character and no `.`"
+                    ),
+                ));
+            }
+            let chosen = [
+                route.header.is_some(),
+                route.key.is_some(),
+                route.key_prefix.is_some(),
+            ]
+            .into_iter()
+            .filter(|set| *set)
+            .count();
+            if chosen != 1 {
+                return Err(FieldError::new(
+                    at,
+                    "expected exactly one of `header` (with `equals`), `key` and `key_prefix`",
+                ));
+            }
+            if route.equals.is_some() && route.header.is_none() {
+                return Err(FieldError::new(
+                    format!("{at}.equals"),
+                    "`equals` is the value of `header`: it needs `header`",
+                ));
+            }
+        }
+        if let Some(default) = &self.default {
+            if route_name(default) {
+                return Err(FieldError::new(
+                    "default",
+                    format!("`{default}` is not a route name: it needs at least one character and no `.`"),
+                ));
+            }
+            if self.routes.contains_key(default) {
+                return Err(FieldError::new(
+                    "default",
+                    format!("`{default}` is also the name of a route: the default route needs its own name"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -293,6 +420,7 @@ impl StepConfig {
                 }
                 Ok(())
             }
+            StepConfig::Route(route) => route.check(),
             StepConfig::Window(window) => {
                 window
                     .build()
@@ -326,7 +454,10 @@ impl StepConfig {
             // A bare program name is looked up on PATH; a path with a
             // directory part is relative to the config.
             StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
-            StepConfig::Exec(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => {}
+            StepConfig::Exec(_)
+            | StepConfig::Window(_)
+            | StepConfig::Repartition(_)
+            | StepConfig::Route(_) => {}
         }
     }
 }

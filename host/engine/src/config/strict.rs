@@ -200,6 +200,50 @@ pub(crate) fn nested_error<E: de::Error>(path: &str, message: &str) -> E {
     E::custom(format!("{NESTED}{path}{NESTED}{message}"))
 }
 
+/// A section's `from` (if it has one) and its other fields.
+pub(crate) type WithInputs = (Option<Vec<String>>, Map<String, Value>);
+
+/// Reads a JSON object as its optional field `from` (a list of names:
+/// the inputs of a graph's step or sink) and the rest of its fields.
+///
+/// # Errors
+///
+/// The section is not an object, names a field twice, or its `from` is
+/// not a list of strings (the error names the field).
+pub(crate) fn take_inputs<'de, D>(deserializer: D) -> Result<WithInputs, D::Error>
+where
+    D: de::Deserializer<'de>,
+{
+    let mut object = deserializer.deserialize_map(ObjectFields)?;
+    let from = match object.remove("from") {
+        None => None,
+        Some(value) => {
+            let mut track = serde_path_to_error::Track::new();
+            let read = Vec::<String>::deserialize(serde_path_to_error::Deserializer::new(
+                value, &mut track,
+            ));
+            match read {
+                Ok(inputs) => Some(inputs),
+                Err(error) => {
+                    let path = track.path();
+                    let segments: Vec<&Segment> = path.iter().collect();
+                    let (inner, message) = locate(&segments, &error.to_string(), None);
+                    return Err(nested_error(&join("from", &inner), &message));
+                }
+            }
+        }
+    };
+    Ok((from, object))
+}
+
+/// Reads `fields` as a `T` for [`take_inputs`]' caller, keeping the path of
+/// an error inside them.
+pub(crate) fn read_rest<E: de::Error, T: DeserializeOwned>(
+    fields: Map<String, Value>,
+) -> Result<T, E> {
+    T::deserialize(Value::Object(fields)).map_err(|error| E::custom(error.to_string()))
+}
+
 /// Reads a JSON object whose kind is the string in its field `tag`
 /// (`{"type": "file", …}`): the kind, and the other fields.
 ///

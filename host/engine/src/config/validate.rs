@@ -127,13 +127,14 @@ pub fn offline(config: &PipelineConfig, file: &str) -> Result<Vec<String>, Confi
         .state
         .validate(&mut checks)
         .map_err(|error| invalid("state", error))?;
-    config
-        .from
-        .validate(&mut checks)
-        .map_err(|error| invalid("from", error))?;
+    for (at, source) in config.sources() {
+        source
+            .validate(&mut checks)
+            .map_err(|error| invalid(&at, error))?;
+    }
     for (at, sink) in config.sinks() {
         sink.validate(&mut checks)
-            .map_err(|error| invalid(at, error))?;
+            .map_err(|error| invalid(&at, error))?;
     }
     for (index, step) in config.pipeline.iter().enumerate() {
         step_offline(step).map_err(|error| invalid(&format!("pipeline[{index}]"), error))?;
@@ -223,7 +224,10 @@ fn step_offline(step: &StepConfig) -> Result<(), FieldError> {
             }
             Ok(())
         }
-        StepConfig::Command(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => Ok(()),
+        StepConfig::Command(_)
+        | StepConfig::Window(_)
+        | StepConfig::Repartition(_)
+        | StepConfig::Route(_) => Ok(()),
     }
 }
 
@@ -396,7 +400,10 @@ pub async fn guests(
                         source,
                     })?;
             }
-            StepConfig::Window(_) | StepConfig::Exec(_) | StepConfig::Repartition(_) => {}
+            StepConfig::Window(_)
+            | StepConfig::Exec(_)
+            | StepConfig::Repartition(_)
+            | StepConfig::Route(_) => {}
         }
     }
     Ok(())
@@ -419,15 +426,16 @@ pub async fn connect(config: &PipelineConfig, file: &str) -> Result<(), Validate
         .check_connected()
         .await
         .map_err(|error| failed("state", error))?;
-    config
-        .from
-        .check_connected()
-        .await
-        .map_err(|error| failed("from", error))?;
+    for (at, source) in config.sources() {
+        source
+            .check_connected()
+            .await
+            .map_err(|error| failed(&at, error))?;
+    }
     for (at, sink) in config.sinks() {
         sink.check_connected()
             .await
-            .map_err(|error| failed(at, error))?;
+            .map_err(|error| failed(&at, error))?;
     }
     Ok(())
 }

@@ -8,9 +8,12 @@ use tokio::sync::{watch, Notify};
 
 use super::driver::{Driven, DriverSetup, DriverSignals, Resume, SourceDriver};
 use super::error::PipelineError;
+use super::graph::{GraphNode, GraphParts, GraphSink, NodeSpec};
+use super::graph_run::{run_graph, GraphSetup, ReadyNode};
 use super::handle::PipelineHandle;
 use super::instantiate::{instantiate_steps, StepContext, StepSpec};
 use super::outbox::{Outbox, OutboxBound, Publish};
+use super::route::Router;
 use super::stage::{run_sink, AfterCommit, Output, StageLink, StageRunner};
 use super::status::{LiveStatus, Phase, StageStats};
 use super::task::OwnedTask;
@@ -66,6 +69,7 @@ impl Pipeline {
             source: None,
             steps: Vec::new(),
             sink: None,
+            graph: GraphParts::default(),
             dead_letter: None,
             runtime: None,
             batch_size: 1024,
@@ -90,6 +94,8 @@ pub struct PipelineBuilder {
     source: Option<Box<dyn Source>>,
     steps: Vec<StepSpec>,
     sink: Option<Box<dyn Sink>>,
+    /// A graph's parts (empty for a line).
+    graph: GraphParts,
     dead_letter: Option<Box<dyn Sink>>,
     runtime: Option<Runtime>,
     batch_size: usize,
@@ -190,6 +196,88 @@ impl PipelineBuilder {
         self
     }
 
+    /// A graph's source called `name` (docs/graphs.md): steps and sinks
+    /// read it by that name. A pipeline is either a line (`from`, `then`,
+    /// `to`) or a graph (`source`, `then_from`, `route_from`, `to_from`).
+    #[must_use]
+    pub fn source(self, name: impl Into<String>, source: impl Source + 'static) -> Self {
+        self.source_boxed(name, Box::new(source))
+    }
+
+    /// A graph's source, already boxed (configs).
+    #[must_use]
+    pub fn source_boxed(mut self, name: impl Into<String>, source: Box<dyn Source>) -> Self {
+        self.graph.sources.push((name.into(), source));
+        self
+    }
+
+    /// A graph's step reading the outputs `inputs` (sources, steps,
+    /// `<router>.<route>`); its output is named by its name. With several
+    /// inputs it reads their union, each event tagged with its input's
+    /// name in the header [`super::INPUT_HEADER`].
+    #[must_use]
+    pub fn then_from<I, S>(mut self, inputs: I, step: impl Into<StepSpec>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.graph.nodes.push(GraphNode {
+            inputs: inputs.into_iter().map(Into::into).collect(),
+            spec: NodeSpec::Step(step.into()),
+        });
+        self
+    }
+
+    /// A graph's router reading `inputs`: its outputs are
+    /// `<router>.<route>` for each of its routes.
+    #[must_use]
+    pub fn route_from<I, S>(mut self, inputs: I, router: Router) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.graph.nodes.push(GraphNode {
+            inputs: inputs.into_iter().map(Into::into).collect(),
+            spec: NodeSpec::Route(router),
+        });
+        self
+    }
+
+    /// A graph's sink called `name`, writing what the outputs `inputs` send.
+    #[must_use]
+    pub fn to_from<I, S>(
+        self,
+        name: impl Into<String>,
+        inputs: I,
+        sink: impl Sink + 'static,
+    ) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.to_from_boxed(name, inputs, Box::new(sink))
+    }
+
+    /// A graph's sink, already boxed (configs).
+    #[must_use]
+    pub fn to_from_boxed<I, S>(
+        mut self,
+        name: impl Into<String>,
+        inputs: I,
+        sink: Box<dyn Sink>,
+    ) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.graph.sinks.push(GraphSink {
+            name: name.into(),
+            inputs: inputs.into_iter().map(Into::into).collect(),
+            sink,
+        });
+        self
+    }
+
     /// Where events that cannot go on are sent (late events of a window
     /// whose late policy is `dead_letter`), with headers saying why.
     #[must_use]
@@ -249,6 +337,9 @@ impl PipelineBuilder {
     }
 
     async fn run_inner(self) -> Result<RunReport, PipelineError> {
+        if !self.graph.is_empty() {
+            return self.run_graph().await;
+        }
         let name = self.name;
         let status = self.status;
         let (mut source, mut sink) = required_ends(&name, &self.tenant, self.source, self.sink)?;
@@ -338,6 +429,153 @@ impl PipelineBuilder {
         // The tenant's place is held until every stage has stopped.
         let _lease = lease;
         let (driven, events_out) = stages.join(&name, driven, dead_letter_task).await?;
+        Ok(RunReport {
+            events_in: driven.events_in,
+            events_out,
+            checkpoints: driven.checkpoints,
+            last_checkpoint: driven.last_checkpoint,
+            resumed_from,
+            checkpoint_pause: status.checkpoint_pause.snapshot(),
+        })
+    }
+}
+
+impl PipelineBuilder {
+    /// Runs a graph: checks it, loads its steps, restores its last
+    /// checkpoint and runs it (graph_run.rs).
+    async fn run_graph(mut self) -> Result<RunReport, PipelineError> {
+        let name = self.name.clone();
+        let incomplete = |message: String| PipelineError::Incomplete {
+            pipeline: name.clone(),
+            message,
+        };
+        crate::tenant::check_tenant_name(&self.tenant).map_err(incomplete)?;
+        if self.source.is_some() || self.sink.is_some() || !self.steps.is_empty() {
+            return Err(incomplete(
+                "a pipeline is a line (`from`, `then`, `to`) or a graph (`source`, `then_from`, \
+                 `route_from`, `to_from`), not both"
+                    .to_owned(),
+            ));
+        }
+        if self.delivery == Delivery::AtMostOnce {
+            return Err(incomplete(
+                "a graph runs at-least-once or exactly-once: at-most-once would commit each \
+                 source's position ahead of processing, which a graph does not do"
+                    .to_owned(),
+            ));
+        }
+        if self.publish == Publish::AfterCommit {
+            return Err(incomplete(
+                "a graph publishes before the commit: publishing after the commit is for a \
+                 line's one sink"
+                    .to_owned(),
+            ));
+        }
+        let graph = std::mem::take(&mut self.graph);
+        let wiring = graph
+            .shape()
+            .wiring()
+            .map_err(|error| incomplete(format!("{error}")))?;
+        let status = self.status.clone();
+        let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
+        let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
+        let (dead_letters, dead_letter_task) =
+            self.dead_letter.map(crate::dead_letter::spawn).unzip();
+        let dead_letter_task = dead_letter_task.map(OwnedTask::from);
+        let upstream_watermarks = graph
+            .sources
+            .iter()
+            .all(|(_, source)| source.reports_watermarks());
+        let context = StepContext {
+            tenant: &self.tenant,
+            pipeline: &name,
+            state: &state,
+            dead_letters: dead_letters.as_ref(),
+            mode: write_mode(self.delivery),
+            lease: lease.as_ref(),
+            multi_tenant: self.tenant != DEFAULT_TENANT
+                || self.tenants.as_ref().is_some_and(|t| t.is_multi_tenant()),
+            status: &status,
+            checkpoint_requests: &self.checkpoint_requests,
+            pending_bound: PendingBound {
+                keys: self.checkpoint.max_pending_keys,
+                bytes: self.checkpoint.max_pending_bytes,
+            },
+            window_options: WindowOptions {
+                upstream_watermarks,
+                ..window_options(self.delivery, &self.checkpoint, &self.checkpoint_requests)
+            },
+        };
+        // Steps load in order; routers need nothing loaded.
+        let mut inputs = Vec::with_capacity(graph.nodes.len());
+        let mut specs = Vec::new();
+        let mut routers = Vec::new();
+        for node in graph.nodes {
+            match node.spec {
+                NodeSpec::Step(spec) => {
+                    specs.push(spec);
+                    routers.push(None);
+                }
+                NodeSpec::Route(router) => routers.push(Some(router)),
+            }
+            inputs.push(node.inputs);
+        }
+        let mut steps = instantiate_steps(&context, specs, self.runtime)
+            .await?
+            .into_iter();
+        let mut nodes = Vec::with_capacity(inputs.len());
+        for (inputs, router) in inputs.into_iter().zip(routers) {
+            let node = match router {
+                Some(router) => ReadyNode::Route(router),
+                None => match steps.next() {
+                    Some(step) => ReadyNode::Step(step),
+                    None => return Err(incomplete("a step was not created".to_owned())),
+                },
+            };
+            nodes.push((inputs, node));
+        }
+        let link = StageLink::new(self.checkpoint_requests.clone(), &self.checkpoint);
+        let setup = GraphSetup {
+            pipeline: name.clone(),
+            scope: checkpoint_scope(&self.tenant, &name),
+            policy: self.checkpoint,
+            delivery: self.delivery,
+            batch_size: self.batch_size,
+            capacity: self.channel_capacity,
+            state,
+            status: status.clone(),
+            link,
+            requests: self.checkpoint_requests,
+            committed: self.committed.0,
+            shutdown: self.shutdown.1,
+            dead_letters,
+        };
+        let ran = run_graph(setup, wiring, graph.sources, nodes, graph.sinks).await;
+        let _lease = lease;
+        let mut outcome = Outcome::default();
+        let ran = match ran {
+            Ok(ran) => Some(ran),
+            Err(error) => {
+                outcome.note(Err(error));
+                None
+            }
+        };
+        if let Some(task) = dead_letter_task {
+            let result = match task.await {
+                Ok(result) => result.map_err(|source| PipelineError::Stream {
+                    pipeline: name.clone(),
+                    source,
+                }),
+                Err(e) => Err(task_failed(&name, &e)),
+            };
+            outcome.note(result);
+        }
+        if let Some(error) = outcome.first_error {
+            return Err(error);
+        }
+        let Some((driven, events_out, resumed_from)) = ran else {
+            return Err(incomplete("the graph stopped without a reason".to_owned()));
+        };
         Ok(RunReport {
             events_in: driven.events_in,
             events_out,
@@ -593,7 +831,7 @@ impl Stages {
     }
 }
 
-fn task_failed(pipeline: &str, error: &tokio::task::JoinError) -> PipelineError {
+pub(super) fn task_failed(pipeline: &str, error: &tokio::task::JoinError) -> PipelineError {
     PipelineError::Task {
         pipeline: pipeline.to_owned(),
         message: error.to_string(),
@@ -603,13 +841,13 @@ fn task_failed(pipeline: &str, error: &tokio::task::JoinError) -> PipelineError 
 /// The stages' outcomes, keeping the first real error: a stage that only
 /// lost its neighbour reports less than the neighbour's own error.
 #[derive(Default)]
-struct Outcome {
-    first_error: Option<PipelineError>,
+pub(super) struct Outcome {
+    pub(super) first_error: Option<PipelineError>,
 }
 
 impl Outcome {
     /// Notes a stage's result; returns its count, or 0 when it failed.
-    fn note(&mut self, result: Result<u64, PipelineError>) -> u64 {
+    pub(super) fn note(&mut self, result: Result<u64, PipelineError>) -> u64 {
         match result {
             Ok(count) => count,
             Err(error) => {

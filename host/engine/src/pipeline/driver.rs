@@ -19,11 +19,11 @@ use crate::{Batch, Event};
 
 /// What a read of the source gave: a batch, the position after it and the
 /// source's watermark then; the end (`None`); or an error.
-type ReadResult = Result<Option<ReadBatch>, StreamError>;
+pub(super) type ReadResult = Result<Option<ReadBatch>, StreamError>;
 
 /// A batch read (perhaps empty, when only the source's watermark moved),
 /// the position after its last event, and the source's watermark after it.
-type ReadBatch = (Vec<Event>, Position, Option<u64>);
+pub(super) type ReadBatch = (Vec<Event>, Position, Option<u64>);
 
 /// At-most-once commits the position once for a group of batches the
 /// source already has ready: at most this many batches...
@@ -440,7 +440,7 @@ impl SourceDriver {
 
 /// The source's reads, taken in their own task so that waiting for input
 /// never holds back a due checkpoint or a shutdown.
-struct Reads {
+pub(super) struct Reads {
     receiver: mpsc::Receiver<ReadResult>,
     /// A read taken while grouping that ends the group (the end of the
     /// source, an error, a batch too big for it): handled next.
@@ -453,7 +453,7 @@ struct Reads {
 impl Reads {
     /// Starts reading `source` ahead of the driver: two batches, and under
     /// at-most-once enough small ones to make a group.
-    fn spawn(
+    pub(super) fn spawn(
         mut source: Box<dyn Source>,
         delivery: Delivery,
         batch_size: usize,
@@ -498,6 +498,18 @@ impl Reads {
         }
     }
 
+    /// Polls for the next read, as [`Reads::next`] (`None`: the reader
+    /// has gone): a graph's driver polls the reads of all its sources.
+    pub(super) fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ReadResult>> {
+        match self.set_aside.take() {
+            Some(read) => std::task::Poll::Ready(Some(read)),
+            None => self.receiver.poll_recv(cx),
+        }
+    }
+
     /// Adds to `group` the batches the reader already has ready, up to the
     /// group's bounds, without waiting for more. A read that ends the
     /// group early is set aside for [`Reads::next`].
@@ -530,7 +542,7 @@ impl Reads {
     }
 }
 
-async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+pub(super) async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     match ticker {
         Some(ticker) => {
             ticker.tick().await;

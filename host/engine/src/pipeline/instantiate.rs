@@ -61,6 +61,19 @@ pub enum StepSpec {
     Ready(Box<dyn Step>),
 }
 
+impl StepSpec {
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        match self {
+            StepSpec::Wasm(pipe) => pipe.name(),
+            StepSpec::Command(pipe) => &pipe.name,
+            StepSpec::Exec(pipe) => &pipe.name,
+            StepSpec::Window(window) => window.name(),
+            StepSpec::Ready(step) => step.name(),
+        }
+    }
+}
+
 impl From<WasmPipe> for StepSpec {
     fn from(pipe: WasmPipe) -> Self {
         StepSpec::Wasm(pipe)

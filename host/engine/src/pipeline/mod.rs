@@ -38,9 +38,12 @@
 mod builder;
 mod driver;
 mod error;
+mod graph;
+mod graph_run;
 mod handle;
 mod instantiate;
 mod outbox;
+mod route;
 mod stage;
 mod status;
 mod task;
@@ -49,7 +52,9 @@ mod tests;
 
 pub use builder::{Pipeline, PipelineBuilder, RunReport};
 pub use error::PipelineError;
+pub use graph::{GraphError, GraphPlace, GraphShape, GraphStepShape, INPUT_HEADER};
 pub use handle::{HandleError, PipelineHandle};
 pub use instantiate::{CommandPipe, ExecPipe, StepSpec};
 pub use outbox::Publish;
+pub use route::{RoutePredicate, Router};
 pub use status::{LiveStatus, Phase, StageStats};

@@ -97,7 +97,16 @@ pub(super) struct Barrier {
     /// The write sets of the stages it has passed.
     pub(super) writes: Vec<WriteSet>,
     /// Where the sink answers.
-    pub(super) reply: oneshot::Sender<BarrierReply>,
+    pub(super) reply: ReplyTo,
+}
+
+/// Where a barrier's sink answers the driver.
+pub(super) enum ReplyTo {
+    /// A line: its one sink answers once.
+    Once(oneshot::Sender<BarrierReply>),
+    /// A graph: each sink answers on one channel shared by the barriers of
+    /// the epoch, with its index among the graph's sinks.
+    Shared(mpsc::UnboundedSender<(usize, BarrierReply)>),
 }
 
 impl Barrier {
@@ -108,9 +117,46 @@ impl Barrier {
         let barrier = Barrier {
             epoch,
             writes: Vec::new(),
-            reply,
+            reply: ReplyTo::Once(reply),
         };
         (barrier, replied)
+    }
+
+    /// A graph's barrier of the checkpoint closing `epoch`, whose sinks
+    /// answer on `replies`.
+    pub(super) fn shared(
+        epoch: u64,
+        replies: mpsc::UnboundedSender<(usize, BarrierReply)>,
+    ) -> Barrier {
+        Barrier {
+            epoch,
+            writes: Vec::new(),
+            reply: ReplyTo::Shared(replies),
+        }
+    }
+
+    /// Another barrier of the same checkpoint for one more consumer of a
+    /// graph's output, without writes (they travel on with one copy only,
+    /// so that each is committed once); `None` for a line's barrier.
+    pub(super) fn fork(&self) -> Option<Barrier> {
+        match &self.reply {
+            ReplyTo::Once(_) => None,
+            ReplyTo::Shared(replies) => Some(Barrier::shared(self.epoch, replies.clone())),
+        }
+    }
+
+    /// Answers the driver: sink `sink` (its index in a graph) has flushed
+    /// what came before the barrier. The driver may be gone if it failed;
+    /// its error is reported.
+    pub(super) fn answer(self, sink: usize, reply: BarrierReply) {
+        match self.reply {
+            ReplyTo::Once(sender) => {
+                let _ = sender.send(reply);
+            }
+            ReplyTo::Shared(sender) => {
+                let _ = sender.send((sink, reply));
+            }
+        }
     }
 }
 
@@ -153,7 +199,12 @@ impl StageLink {
 
     /// Records what `step` holds for the next checkpoint and asks for one
     /// (once per epoch) when it is past a bound.
-    fn check_pending(&self, step: &mut dyn Step, stats: &StageStats, requested: &mut bool) {
+    pub(super) fn check_pending(
+        &self,
+        step: &mut dyn Step,
+        stats: &StageStats,
+        requested: &mut bool,
+    ) {
         let pending = step.pending_writes();
         if pending.keys == 0 {
             return;
@@ -336,14 +387,14 @@ impl StageRunner {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
 
-async fn notified(notify: Option<&Notify>) {
+pub(super) async fn notified(notify: Option<&Notify>) {
     match notify {
         Some(notify) => notify.notified().await,
         None => std::future::pending().await,
@@ -473,12 +524,15 @@ pub(super) async fn run_sink(
                 status
                     .sink_duplicates
                     .store(sink.duplicates(), Ordering::Relaxed);
-                // The driver may be gone if it failed; its error is reported.
-                let _ = barrier.reply.send(BarrierReply {
-                    writes: barrier.writes,
-                    sink_position,
-                    outbox_events,
-                });
+                let writes = std::mem::take(&mut barrier.writes);
+                barrier.answer(
+                    0,
+                    BarrierReply {
+                        writes,
+                        sink_position,
+                        outbox_events,
+                    },
+                );
             }
             Message::Watermark(_) | Message::End => {}
         }
@@ -502,7 +556,7 @@ pub(super) async fn run_sink(
 
 /// Makes the sink's output and the dead letters sent before the barrier
 /// durable; returns the sink's position.
-async fn flush_at_barrier(
+pub(super) async fn flush_at_barrier(
     pipeline: &str,
     sink: &mut dyn Sink,
     dead_letters: Option<&DeadLetters>,

@@ -2,6 +2,7 @@
 //! source, test stages answering barriers, and the memory state backend.
 
 mod driver;
+mod graph;
 mod outbox;
 mod run;
 mod stage;
@@ -213,11 +214,15 @@ impl TestStage {
                             .await
                             .map_err(|e| e.to_string())?,
                         None => {
-                            let _ = barrier.reply.send(BarrierReply {
-                                writes: barrier.writes,
-                                sink_position: None,
-                                outbox_events: 0,
-                            });
+                            let writes = std::mem::take(&mut barrier.writes);
+                            barrier.answer(
+                                0,
+                                BarrierReply {
+                                    writes,
+                                    sink_position: None,
+                                    outbox_events: 0,
+                                },
+                            );
                         }
                     }
                 }
