@@ -44,6 +44,7 @@ pub mod dead_letter;
 mod error_chain;
 pub mod fault;
 pub mod histogram;
+pub mod join;
 pub mod pipeline;
 pub mod retry;
 pub mod runtime;

@@ -582,6 +582,11 @@ impl PipelineConfig {
                     Ok(window) => builder.then(window),
                     Err(_) => builder,
                 },
+                // `check` has validated every join when the config was read.
+                StepConfig::Join(join) => match join.build() {
+                    Ok(join) => builder.then(join),
+                    Err(_) => builder,
+                },
                 // Refused above.
                 StepConfig::Repartition(_) => builder,
             };

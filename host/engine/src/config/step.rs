@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::strict::{self, object_only, tagged_by_type};
 use super::FieldError;
+use crate::join::JoinConfig;
 use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
 use crate::shuffle::ShuffleKey;
 use crate::step::{OnError, WasmPipe};
@@ -31,6 +32,8 @@ pub enum StepConfig {
     Wasm(WasmStepConfig),
     /// A native window.
     Window(WindowConfig),
+    /// A native join of two inputs.
+    Join(JoinConfig),
     /// A WASI preview 1 command module speaking the line protocol.
     Command(CommandStepConfig),
     /// A host executable speaking the line protocol (unsandboxed).
@@ -45,6 +48,7 @@ impl StepConfig {
         match self {
             StepConfig::Wasm(pipe) => &pipe.name,
             StepConfig::Window(window) => window.name(),
+            StepConfig::Join(join) => &join.name,
             StepConfig::Command(command) => &command.name,
             StepConfig::Exec(exec) => &exec.name,
             StepConfig::Repartition(repartition) => &repartition.name,
@@ -293,6 +297,17 @@ impl StepConfig {
                 }
                 Ok(())
             }
+            StepConfig::Join(join) => {
+                join.build()
+                    .map_err(|error| FieldError::new(error.field, error.message))?;
+                if join.late_to_dead_letter() && !dead_letter {
+                    return Err(FieldError::new(
+                        "late",
+                        "late events go to the dead-letter sink, but the config has no `dead_letter`",
+                    ));
+                }
+                Ok(())
+            }
             StepConfig::Window(window) => {
                 window
                     .build()
@@ -326,7 +341,10 @@ impl StepConfig {
             // A bare program name is looked up on PATH; a path with a
             // directory part is relative to the config.
             StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
-            StepConfig::Exec(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => {}
+            StepConfig::Exec(_)
+            | StepConfig::Window(_)
+            | StepConfig::Join(_)
+            | StepConfig::Repartition(_) => {}
         }
     }
 }

@@ -223,7 +223,10 @@ fn step_offline(step: &StepConfig) -> Result<(), FieldError> {
             }
             Ok(())
         }
-        StepConfig::Command(_) | StepConfig::Window(_) | StepConfig::Repartition(_) => Ok(()),
+        StepConfig::Command(_)
+        | StepConfig::Window(_)
+        | StepConfig::Join(_)
+        | StepConfig::Repartition(_) => Ok(()),
     }
 }
 
@@ -396,7 +399,10 @@ pub async fn guests(
                         source,
                     })?;
             }
-            StepConfig::Window(_) | StepConfig::Exec(_) | StepConfig::Repartition(_) => {}
+            StepConfig::Window(_)
+            | StepConfig::Join(_)
+            | StepConfig::Exec(_)
+            | StepConfig::Repartition(_) => {}
         }
     }
     Ok(())
