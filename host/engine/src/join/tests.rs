@@ -12,6 +12,8 @@ use crate::streams::channel_sink;
 
 const LEFT: &str = "bids";
 const RIGHT: &str = "auctions";
+/// How far the right input's times run behind the left's, ms.
+const RIGHT_LAG: u64 = 150;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -50,7 +52,9 @@ impl Random {
 
 /// `count` events of both inputs over `keys` keys, time advancing 7 ms an
 /// event, each up to `disorder` ms out of order, and about one in twenty
-/// `late_by` ms behind (late for sure once the watermark has started).
+/// `late_by` ms behind (late for sure once the watermark has started). The
+/// right input runs [`RIGHT_LAG`] ms behind the left, so that its watermark
+/// is the lower one.
 fn generate(seed: u64, count: usize, keys: u64, disorder: u64, late_by: u64) -> Vec<Event> {
     let mut random = Random(seed);
     (0..count)
@@ -58,6 +62,7 @@ fn generate(seed: u64, count: usize, keys: u64, disorder: u64, late_by: u64) -> 
             let now = 1_000_000 + 7 * n as u64;
             let input = if random.below(2) == 0 { LEFT } else { RIGHT };
             let key = format!("k{}", random.below(keys));
+            let now = if input == RIGHT { now - RIGHT_LAG } else { now };
             let ts = if n > 40 && random.below(20) == 0 {
                 now - late_by
             } else {
