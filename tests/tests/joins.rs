@@ -63,6 +63,9 @@ fn a_join_config_is_read_strictly_with_paths() {
     let interval = json!({"name": "i", "type": "join", "join": "interval", "left": "a",
                           "right": "b", "lower_ms": 0, "upper_ms": 10});
     assert!(parse(interval.clone()).is_ok());
+    let lookup = json!({"name": "l", "type": "join", "join": "lookup_table", "left": "orders",
+                        "right": "prices", "how": "left"});
+    assert!(parse(lookup.clone()).is_ok());
     let cases = [
         (
             with(tumbling(), "colour", json!(1)),
@@ -132,12 +135,27 @@ fn a_join_config_is_read_strictly_with_paths() {
         (
             with(interval.clone(), "how", json!("left")),
             "pipeline[1].how",
-            "window joins only",
+            "window and lookup joins only",
         ),
         (
             with(interval, "upper_ms", Value::Null),
             "pipeline[1].upper_ms",
             "needs `upper_ms`",
+        ),
+        (
+            with(lookup.clone(), "late", json!("drop")),
+            "pipeline[1].late",
+            "window and interval joins only",
+        ),
+        (
+            with(lookup.clone(), "size_ms", json!(10)),
+            "pipeline[1].size_ms",
+            "window joins only",
+        ),
+        (
+            with(lookup, "idle_timeout_ms", json!(10)),
+            "pipeline[1].idle_timeout_ms",
+            "window and interval joins only",
         ),
     ];
     for (step, path, message) in cases {

@@ -18,6 +18,8 @@ pub enum JoinKindConfig {
     Window,
     /// Pairs within a time interval of each other.
     Interval,
+    /// Each event with its key's row in a table fed by a changelog.
+    LookupTable,
 }
 
 /// `window`: the windows of a windowed join.
@@ -64,11 +66,13 @@ pub struct JoinConfig {
     /// The step's name (required, unique in the pipeline; it keys the
     /// join's saved buffers).
     pub name: String,
-    /// `"window"` or `"interval"` (required).
+    /// `"window"`, `"interval"` or `"lookup_table"` (required).
     pub join: JoinKindConfig,
-    /// The input whose events are the left side (required).
+    /// The input whose events are the left side (required; a lookup
+    /// join's enriched stream).
     pub left: String,
-    /// The input whose events are the right side (required).
+    /// The input whose events are the right side (required; a lookup
+    /// join's changelog).
     pub right: String,
     /// Window join: `"tumbling"`, `"sliding"` or `"session"` (required).
     #[serde(default)]
@@ -82,7 +86,7 @@ pub struct JoinConfig {
     /// Session: the gap that closes a session, in ms (required, positive).
     #[serde(default)]
     pub gap_ms: Option<u64>,
-    /// Window join: `"inner"` (default) or `"left"`.
+    /// Window and lookup joins: `"inner"` (default) or `"left"`.
     #[serde(default)]
     pub how: Option<JoinHow>,
     /// Interval join: a right event may be this many ms before the left one (required).
@@ -91,7 +95,8 @@ pub struct JoinConfig {
     /// Interval join: a right event may be this many ms after the left one (required).
     #[serde(default)]
     pub upper_ms: Option<u64>,
-    /// `"key"`: join events of the same key (default: every event with every other).
+    /// `"key"`: join events of the same key (default: every event with
+    /// every other; a lookup join always joins by key).
     #[serde(default)]
     pub key_by: Option<KeyBy>,
     /// `"event"` only (the default): joins run on the events' timestamps.
@@ -110,10 +115,11 @@ pub struct JoinConfig {
     /// At the bound: `"fail"` (default) or `"drop_oldest"`.
     #[serde(default)]
     pub on_overflow: JoinOverflowConfig,
-    /// Late events (and events without a timestamp): `"drop"` (default,
-    /// counted) or `"dead_letter"`.
+    /// Window and interval joins: late events (and events without a
+    /// timestamp) are `"drop"`ped (default, counted) or sent to the
+    /// `"dead_letter"` sink.
     #[serde(default)]
-    pub late: LateConfig,
+    pub late: Option<LateConfig>,
 }
 
 fn event_time() -> TimeDomain {
@@ -140,7 +146,7 @@ fn refuse(field: &'static str, set: bool, applies_to: &str) -> Result<(), JoinSp
 impl JoinConfig {
     /// Whether late events go to the dead-letter sink.
     pub fn late_to_dead_letter(&self) -> bool {
-        self.late == LateConfig::DeadLetter
+        self.late == Some(LateConfig::DeadLetter)
     }
 
     /// The join these fields describe.
@@ -203,12 +209,33 @@ impl JoinConfig {
                 };
                 Join::window(&self.name, &self.left, &self.right, join_window).how(how)
             }
+            JoinKindConfig::LookupTable => {
+                let timed = "window and interval joins";
+                refuse("window", window.is_some(), "window joins")?;
+                refuse("size_ms", self.size_ms.is_some(), "window joins")?;
+                refuse("slide_ms", self.slide_ms.is_some(), "window joins")?;
+                refuse("gap_ms", self.gap_ms.is_some(), "window joins")?;
+                refuse("lower_ms", self.lower_ms.is_some(), "interval joins")?;
+                refuse("upper_ms", self.upper_ms.is_some(), "interval joins")?;
+                refuse(
+                    "max_out_of_orderness_ms",
+                    self.max_out_of_orderness_ms.is_some(),
+                    timed,
+                )?;
+                refuse("idle_timeout_ms", self.idle_timeout_ms.is_some(), timed)?;
+                refuse("late", self.late.is_some(), timed)?;
+                let how = match self.how.unwrap_or_default() {
+                    JoinHow::Inner => How::Inner,
+                    JoinHow::Left => How::Left,
+                };
+                Join::lookup_table(&self.name, &self.left, &self.right).how(how)
+            }
             JoinKindConfig::Interval => {
                 refuse("window", window.is_some(), "window joins")?;
                 refuse("size_ms", self.size_ms.is_some(), "window joins")?;
                 refuse("slide_ms", self.slide_ms.is_some(), "window joins")?;
                 refuse("gap_ms", self.gap_ms.is_some(), "window joins")?;
-                refuse("how", self.how.is_some(), "window joins")?;
+                refuse("how", self.how.is_some(), "window and lookup joins")?;
                 Join::interval(
                     &self.name,
                     &self.left,
@@ -224,7 +251,7 @@ impl JoinConfig {
                 JoinOverflowConfig::Fail => JoinOverflow::Fail,
                 JoinOverflowConfig::DropOldest => JoinOverflow::DropOldest,
             })
-            .late(match self.late {
+            .late(match self.late.unwrap_or_default() {
                 LateConfig::Drop => LatePolicy::Drop,
                 LateConfig::DeadLetter => LatePolicy::DeadLetter,
             });

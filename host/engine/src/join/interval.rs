@@ -99,7 +99,7 @@ impl Operator for IntervalJoin {
         watermark.is_some_and(|w| time < w)
     }
 
-    fn copies(&self, _time: u64, _watermark: Option<u64>) -> usize {
+    fn copies(&self, _side: Side, _key: &JoinKey, _time: u64, _watermark: Option<u64>) -> usize {
         1
     }
 

@@ -2,16 +2,18 @@
 //!
 //! A join step reads the union of its inputs, each event tagged with the
 //! header [`INPUT_HEADER`] naming its input; the step's `left` and `right`
-//! name the two inputs it joins. It runs on event time: each input's
-//! watermark trails the highest timestamp seen on it by
-//! `max_out_of_orderness_ms`, and the join's watermark is the minimum over
-//! the inputs, an input idle for `idle_timeout_ms` left out until it sends
-//! again (see [`InputWatermarks`]).
+//! name the two inputs it joins. Window and interval joins run on event
+//! time (a lookup join has none): each input's watermark trails the
+//! highest timestamp seen on it by `max_out_of_orderness_ms`, and the
+//! join's watermark is the minimum over the inputs, an input idle for
+//! `idle_timeout_ms` left out until it sends again (see
+//! [`InputWatermarks`]).
 //!
 //! | join | emits |
 //! | --- | --- |
 //! | window (tumbling, sliding, session) | when the watermark passes a window's end: one batch per window and key, the left events then the right ones, each marked with [`SIDE_HEADER`], with the window's `window-info` |
 //! | interval | as soon as both events of a pair are there: the pair as two consecutive events (left, right) of the output batch |
+//! | lookup table | each left event at once, followed by its key's row in a table fed by the right input (a changelog) |
 //!
 //! Buffers live in the state backend under the join's namespace
 //! ([`Namespace::for_join`]), one entry per key written at a checkpoint
@@ -20,6 +22,7 @@
 
 mod config;
 mod interval;
+mod lookup;
 mod watermark;
 mod windowed;
 
@@ -49,6 +52,10 @@ pub const INPUT_HEADER: &str = "plumber-input";
 
 /// The header a join sets on the events it releases: `left` or `right`.
 pub const SIDE_HEADER: &str = "plumber-side";
+
+/// The header of a lookup join's changelog events: `insert`, `update`,
+/// `upsert` (the default when absent) or `delete`.
+pub const OP_HEADER: &str = "plumber-op";
 
 /// The key a join groups by: the event key when keyed, else `None`.
 pub(crate) type JoinKey = Option<Vec<u8>>;
@@ -130,6 +137,13 @@ pub enum JoinKind {
         /// How far after the left event's time a right event may be, ms.
         upper_ms: u64,
     },
+    /// Each left event with the row of its key in a table fed by the right
+    /// input, a changelog (insert, update or delete by key, the operation
+    /// in [`OP_HEADER`]), as the table stands when the event arrives.
+    LookupTable {
+        /// Whether left events without a row are emitted (`Left`) or not.
+        how: How,
+    },
 }
 
 /// What happens when the buffers would hold more than `max_buffered_events`.
@@ -151,7 +165,9 @@ pub struct JoinCounters {
     pub late: AtomicU64,
     /// Events dropped by `on_overflow: drop_oldest`.
     pub overflow_dropped: AtomicU64,
-    /// Events of an input that is neither side (dead-lettered).
+    /// Events the join cannot take (dead-lettered): of an input that is
+    /// neither side, or a changelog event without a key or with an unknown
+    /// operation.
     pub foreign: AtomicU64,
     /// The most events the buffers held at once.
     pub high_water: AtomicU64,
@@ -214,6 +230,24 @@ impl Join {
         Join::new(name, left, right, JoinKind::Interval { lower_ms, upper_ms })
     }
 
+    /// A lookup join: each event of input `stream` is emitted with the row
+    /// of its key in a table fed by the changelog input `changelog` (inner;
+    /// see [`Join::how`]). The table is keyed by the event key.
+    pub fn lookup_table(
+        name: impl Into<String>,
+        stream: impl Into<String>,
+        changelog: impl Into<String>,
+    ) -> Self {
+        let mut join = Join::new(
+            name,
+            stream,
+            changelog,
+            JoinKind::LookupTable { how: How::Inner },
+        );
+        join.keyed = true;
+        join
+    }
+
     fn new(
         name: impl Into<String>,
         left: impl Into<String>,
@@ -235,10 +269,13 @@ impl Join {
         }
     }
 
-    /// Which keys a windowed join releases (ignored by an interval join).
+    /// Which keys a windowed join releases, or whether a lookup join emits
+    /// events without a row (ignored by an interval join).
     #[must_use]
     pub fn how(mut self, how: How) -> Self {
-        if let JoinKind::Window { how: own, .. } = &mut self.kind {
+        if let JoinKind::Window { how: own, .. } | JoinKind::LookupTable { how: own } =
+            &mut self.kind
+        {
             *own = how;
         }
         self
@@ -377,10 +414,19 @@ impl Join {
 /// What a join keeps per key and how it fires: the windowed and the
 /// interval join.
 trait Operator: Send + Sync {
+    /// Whether the join runs on event time (needs timestamps, has a watermark).
+    fn timed(&self) -> bool {
+        true
+    }
+    /// Why the operator cannot take `event` (it goes to the dead letter).
+    fn reject(&self, _side: Side, _key: &JoinKey, _event: &Event) -> Option<String> {
+        None
+    }
     /// Whether an event of `key` at `time` can no longer be joined.
     fn is_late(&self, key: &JoinKey, time: u64, watermark: Option<u64>) -> bool;
-    /// How many buffered copies adding an event at `time` makes.
-    fn copies(&self, time: u64, watermark: Option<u64>) -> usize;
+    /// How many more events the buffers hold after adding an event of
+    /// `side` and `key` at `time`.
+    fn copies(&self, side: Side, key: &JoinKey, time: u64, watermark: Option<u64>) -> usize;
     /// Buffers `event` (already marked with its side) and joins it with
     /// what is there.
     fn add(&mut self, side: Side, key: JoinKey, time: u64, event: Event, watermark: Option<u64>);
@@ -488,6 +534,7 @@ impl JoinStep {
             JoinKind::Interval { lower_ms, upper_ms } => {
                 Box::new(interval::IntervalJoin::new(lower_ms, upper_ms))
             }
+            JoinKind::LookupTable { how } => Box::new(lookup::LookupTable::new(how)),
         };
         let watermarks = InputWatermarks::new(
             spec.max_out_of_orderness_ms,
@@ -637,32 +684,45 @@ impl JoinStep {
                 }
             };
             self.watermarks.arrived(side, now);
-            let Some(time) = event.timestamp else {
+            let timed = self.operator.timed();
+            let time = match event.timestamp {
+                Some(time) => time,
                 // No time to join it at: as late as can be.
-                self.late(event, side).await?;
-                continue;
+                None if timed => {
+                    self.late(event, side).await?;
+                    continue;
+                }
+                None => 0,
             };
             let key = if self.spec.keyed {
                 event.key.clone()
             } else {
                 None
             };
-            if self
-                .operator
-                .is_late(&key, time, self.watermarks.watermark())
+            if let Some(reason) = self.operator.reject(side, &key, &event) {
+                self.spec.counters.foreign.fetch_add(1, Ordering::Relaxed);
+                self.dead_letter(event, &reason).await?;
+                continue;
+            }
+            if timed
+                && self
+                    .operator
+                    .is_late(&key, time, self.watermarks.watermark())
             {
                 self.late(event, side).await?;
                 continue;
             }
             let watermark = self.watermarks.watermark();
-            self.make_room(self.operator.copies(time, watermark))?;
+            self.make_room(self.operator.copies(side, &key, time, watermark))?;
             event
                 .headers
                 .push((SIDE_HEADER.to_owned(), side.as_str().to_owned()));
             self.operator.add(side, key, time, event, watermark);
             self.note_high_water();
-            self.watermarks.observe(side, time);
-            self.advance(now, out);
+            if timed {
+                self.watermarks.observe(side, time);
+                self.advance(now, out);
+            }
         }
         // An interval join's pairs of the whole batch, as one batch.
         self.operator.flush(out);
@@ -762,7 +822,7 @@ impl Step for JoinStep {
     }
 
     fn timer(&self) -> Option<tokio::time::Instant> {
-        if self.operator.buffered() == 0 {
+        if !self.operator.timed() || self.operator.buffered() == 0 {
             return None;
         }
         self.watermarks

@@ -835,3 +835,162 @@ fn settings_that_cannot_work_name_their_field() {
         assert_eq!(join.validate().unwrap_err().field, field);
     }
 }
+
+/// `events` with the right input made a changelog: one in five deletes
+/// its key's row, the others insert, update or upsert it (or say nothing,
+/// which upserts).
+fn as_changelog(mut events: Vec<Event>) -> Vec<Event> {
+    let mut random = Random(5);
+    for event in events.iter_mut().filter(|e| side_of(e) == 1) {
+        let op = ["delete", "insert", "update", "upsert", ""][random.below(5) as usize];
+        if !op.is_empty() {
+            event.headers.push((OP_HEADER.to_owned(), op.to_owned()));
+        }
+    }
+    events
+}
+
+/// What a lookup join emits, as (key, stream value, row value).
+type Lookup = (String, String, Option<String>);
+
+fn released_lookups(batches: &[Batch]) -> Vec<Lookup> {
+    let mut all = Vec::new();
+    let events: Vec<&Event> = batches.iter().flat_map(|b| &b.events).collect();
+    let mut at = 0;
+    while at < events.len() {
+        let stream = events[at];
+        assert_eq!(header(stream, SIDE_HEADER), Some("left"));
+        let row = events
+            .get(at + 1)
+            .filter(|next| header(next, SIDE_HEADER) == Some("right"));
+        if let Some(row) = row {
+            assert_eq!(row.key, stream.key);
+        }
+        all.push((
+            text(stream.key.as_deref().unwrap()),
+            text(&stream.value),
+            row.map(|row| text(&row.value)),
+        ));
+        at += 1 + usize::from(row.is_some());
+    }
+    all
+}
+
+/// The reference of a lookup join: the events in order, a map from key
+/// to the last row set and not deleted since.
+fn reference_lookups(events: &[Event], how: How) -> Vec<Lookup> {
+    let mut table: BTreeMap<String, String> = BTreeMap::new();
+    let mut all = Vec::new();
+    for event in events {
+        let key = text(event.key.as_deref().unwrap());
+        if side_of(event) == 1 {
+            if header(event, OP_HEADER) == Some("delete") {
+                table.remove(&key);
+            } else {
+                table.insert(key, text(&event.value));
+            }
+            continue;
+        }
+        let row = table.get(&key).cloned();
+        if row.is_some() || how == How::Left {
+            all.push((key, text(&event.value), row));
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn lookup_joins_match_the_reference() {
+    for how in [How::Inner, How::Left] {
+        let events = as_changelog(generate(17, 2_000, 8, 30, 400));
+        let out = run(Join::lookup_table("j", LEFT, RIGHT).how(how), &events).await;
+        let expected = reference_lookups(&events, how);
+        assert!(expected.iter().filter(|l| l.2.is_some()).count() > 300);
+        assert_eq!(released_lookups(&out), expected, "{how:?}");
+        assert!(out.iter().all(|batch| batch.window.is_none()));
+    }
+    let events = as_changelog(generate(17, 2_000, 8, 30, 400));
+    let left = reference_lookups(&events, How::Left);
+    assert!(
+        left.iter().any(|l| l.2.is_none()),
+        "some events find no row"
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_table_survives_a_restart() {
+    let events = as_changelog(generate(23, 1_200, 6, 30, 400));
+    let make = || Join::lookup_table("j", LEFT, RIGHT).how(How::Left);
+    let whole = run(make(), &events).await;
+    for crash_after in [3, 37, 61] {
+        assert_eq!(run_with_restart(make, &events, crash_after).await, whole);
+    }
+}
+
+#[tokio::test]
+async fn a_full_lookup_table_drops_the_least_recently_set_row() {
+    let join = Join::lookup_table("j", LEFT, RIGHT)
+        .how(How::Left)
+        .max_buffered_events(3)
+        .on_overflow(JoinOverflow::DropOldest);
+    let counters = join.counters();
+    let events = vec![
+        event(RIGHT, "k1", 1, 0),
+        event(RIGHT, "k2", 1, 1),
+        event(RIGHT, "k3", 1, 2),
+        // Set again: no longer the oldest.
+        event(RIGHT, "k1", 1, 3),
+        event(RIGHT, "k4", 1, 4),
+        event(LEFT, "k1", 1, 5),
+        event(LEFT, "k2", 1, 6),
+        event(LEFT, "k4", 1, 7),
+    ];
+    let out = run(join, &events).await;
+    let rows: Vec<Option<String>> = released_lookups(&out).into_iter().map(|l| l.2).collect();
+    assert_eq!(
+        rows,
+        vec![Some(format!("{RIGHT}-3")), None, Some(format!("{RIGHT}-4"))]
+    );
+    assert_eq!(counters.overflow_dropped.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn changelog_events_without_a_key_or_with_an_unknown_op_are_refused() {
+    let (dead_letters, mut letters) = dead_letter_sink();
+    let state: SharedState = Arc::new(MemoryState::new());
+    let join = Join::lookup_table("j", LEFT, RIGHT);
+    let mut step = JoinStep::restore(
+        join,
+        "t",
+        "p",
+        &state,
+        Some(dead_letters),
+        &JoinOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut keyless = Event::new("row");
+    keyless
+        .headers
+        .push((INPUT_HEADER.to_owned(), RIGHT.to_owned()));
+    let mut unknown = event(RIGHT, "k", 1, 1);
+    unknown
+        .headers
+        .push((OP_HEADER.to_owned(), "merge".to_owned()));
+    // Events without a timestamp are fine: a lookup has no event time.
+    let mut stream = Event::new("bid").with_key("k");
+    stream
+        .headers
+        .push((INPUT_HEADER.to_owned(), LEFT.to_owned()));
+    step.process(Batch::new(vec![keyless, unknown, stream]), &mut Vec::new())
+        .await
+        .unwrap();
+    let reason = |event: &Event| {
+        header(event, crate::dead_letter::REASON_HEADER)
+            .unwrap()
+            .to_owned()
+    };
+    assert!(reason(&letters.recv().await.unwrap()).contains("without a key"));
+    assert!(reason(&letters.recv().await.unwrap()).contains("`merge`"));
+    assert_eq!(step.buffered_events(), Some(0));
+}

@@ -171,7 +171,7 @@ impl Operator for WindowedJoin {
         }
     }
 
-    fn copies(&self, time: u64, watermark: Option<u64>) -> usize {
+    fn copies(&self, _side: Side, _key: &JoinKey, time: u64, watermark: Option<u64>) -> usize {
         match self.window {
             JoinWindow::Session { .. } => 1,
             _ => self
