@@ -65,27 +65,29 @@ impl WindowedJoin {
     }
 
     /// The windows `[start, end)` of a tumbling or sliding join that cover
-    /// `time`, oldest first.
-    fn assign(&self, time: u64) -> Vec<(u64, u64)> {
+    /// `time`, oldest first (none for a session join); no allocation, as
+    /// it runs for every event.
+    fn assign(&self, time: u64) -> impl Iterator<Item = (u64, u64)> {
         let (size, slide) = match self.window {
             JoinWindow::Tumbling { size_ms } => (size_ms, size_ms),
             JoinWindow::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
-            JoinWindow::Session { .. } => return Vec::new(),
+            // No window covers anything: an empty range.
+            JoinWindow::Session { .. } => (1, 1),
         };
-        let mut bounds = Vec::new();
-        let mut start = time - time % slide;
-        loop {
-            if start.saturating_add(size) <= time {
-                break;
-            }
-            bounds.push((start, start.saturating_add(size)));
-            match start.checked_sub(slide) {
-                Some(earlier) => start = earlier,
-                None => break,
-            }
-        }
-        bounds.reverse();
-        bounds
+        let session = matches!(self.window, JoinWindow::Session { .. });
+        let last_start = time - time % slide;
+        // The earliest start whose window still covers `time`.
+        let span = size.saturating_sub(1) / slide * slide;
+        let first_start = last_start.saturating_sub(span);
+        let count = if session {
+            0
+        } else {
+            (last_start - first_start) / slide + 1
+        };
+        (0..count)
+            .map(move |n| first_start + n * slide)
+            .filter(move |start| start.saturating_add(size) > time)
+            .map(move |start| (start, start.saturating_add(size)))
     }
 
     /// The starts of `key`'s sessions that `[time, time + gap)` overlaps or touches.
@@ -162,7 +164,7 @@ impl Operator for WindowedJoin {
                 // The last window that covers `time` has closed.
                 self.assign(time)
                     .last()
-                    .is_none_or(|(_, end)| *end <= watermark)
+                    .is_none_or(|(_, end)| end <= watermark)
             }
             JoinWindow::Session { gap_ms } => {
                 time.saturating_add(gap_ms) <= watermark
@@ -176,7 +178,6 @@ impl Operator for WindowedJoin {
             JoinWindow::Session { .. } => 1,
             _ => self
                 .assign(time)
-                .iter()
                 .filter(|(_, end)| watermark.is_none_or(|w| *end > w))
                 .count(),
         }
@@ -185,21 +186,22 @@ impl Operator for WindowedJoin {
     fn add(&mut self, side: Side, key: JoinKey, time: u64, event: Event, watermark: Option<u64>) {
         match self.window {
             JoinWindow::Tumbling { .. } | JoinWindow::Sliding { .. } => {
-                let open: Vec<(u64, u64)> = self
-                    .assign(time)
-                    .into_iter()
-                    .filter(|(_, end)| watermark.is_none_or(|w| *end > w))
-                    .collect();
-                let Some(((last_start, last_end), earlier)) = open.split_last() else {
+                // The last window covering `time` always ends after the
+                // watermark (the event is not late), so the event moves
+                // into it and is copied into the earlier open ones.
+                let Some((last_start, last_end)) = self.assign(time).last() else {
                     return;
                 };
+                let earlier = self.assign(time).filter(|(start, end)| {
+                    *start < last_start && watermark.is_none_or(|w| *end > w)
+                });
                 for (start, end) in earlier {
-                    if let Some(pane) = self.pane_mut(&key, *start, *end) {
+                    if let Some(pane) = self.pane_mut(&key, start, end) {
                         pane.push(side, event.clone());
                         self.buffered += 1;
                     }
                 }
-                if let Some(pane) = self.pane_mut(&key, *last_start, *last_end) {
+                if let Some(pane) = self.pane_mut(&key, last_start, last_end) {
                     pane.push(side, event);
                     self.buffered += 1;
                 }
