@@ -26,6 +26,7 @@
 //! | `suite` | all five above (the default) |
 //! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
 
+pub mod joins;
 mod legacy;
 pub mod nexmark;
 pub mod windows;
@@ -49,7 +50,7 @@ pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
 pub struct BenchArgs {
     /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
     /// memory, windows), wordcount, nexmark, scaling, memory, windows,
-    /// batches, guarantees, languages.
+    /// joins, batches, guarantees, languages.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
     pub scenario: Vec<String>,
     /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
@@ -603,7 +604,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "suite" | "all" => {
                 scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
             }
-            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "batches"
+            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "joins" | "batches"
             | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
@@ -611,7 +612,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             other => {
                 return Err(BenchError::Setup(format!(
                     "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
-                     windows, batches, guarantees or languages"
+                     windows, joins, batches, guarantees or languages"
                 )))
             }
         }
@@ -663,6 +664,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "guarantees" => legacy::run_stateful(&args, &rt).await?,
             "languages" => legacy::run_languages(&args).await?,
             "windows" => windows::run(&args, &mut table).await?,
+            "joins" => joins::run(&args, &mut table).await?,
             _ => {}
         }
     }
