@@ -47,7 +47,11 @@ impl JoinInput {
 
     /// Event `i`.
     pub fn event(i: u64) -> Event {
-        let input = if i.is_multiple_of(2) { "bids" } else { "auctions" };
+        let input = if i.is_multiple_of(2) {
+            "bids"
+        } else {
+            "auctions"
+        };
         let mut event = Event::new(i.to_string())
             .with_key(format!("k{}", (i / 2) % KEYS))
             .with_timestamp(i);

@@ -626,20 +626,22 @@ impl JoinStep {
             .map_err(|e| self.native_error(e.to_string()))
     }
 
-    async fn late(&self, event: Event, side: Side) -> Result<(), StepError> {
+    /// An event too late to be joined (or, `untimed`, without a timestamp
+    /// to join it at), by the late policy.
+    async fn late(&self, event: Event, side: Side, untimed: bool) -> Result<(), StepError> {
         self.spec.counters.late.fetch_add(1, Ordering::Relaxed);
-        match self.late_policy() {
+        match self.spec.late {
             LatePolicy::DeadLetter => {
                 let input = &self.spec.inputs[side.index()];
-                let reason = format!("late event of input `{input}`");
+                let reason = if untimed {
+                    format!("event without a timestamp of input `{input}`")
+                } else {
+                    format!("late event of input `{input}`")
+                };
                 self.dead_letter(event, &reason).await
             }
             LatePolicy::Drop => Ok(()),
         }
-    }
-
-    fn late_policy(&self) -> LatePolicy {
-        self.spec.late
     }
 
     /// Makes room for `copies` events, by the overflow policy.
@@ -689,7 +691,7 @@ impl JoinStep {
                 Some(time) => time,
                 // No time to join it at: as late as can be.
                 None if timed => {
-                    self.late(event, side).await?;
+                    self.late(event, side, true).await?;
                     continue;
                 }
                 None => 0,
@@ -709,7 +711,7 @@ impl JoinStep {
                     .operator
                     .is_late(&key, time, self.watermarks.watermark())
             {
-                self.late(event, side).await?;
+                self.late(event, side, false).await?;
                 continue;
             }
             let watermark = self.watermarks.watermark();

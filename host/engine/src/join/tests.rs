@@ -687,6 +687,13 @@ async fn late_and_foreign_events_go_to_the_dead_letter_with_their_input() {
         event(RIGHT, "a", 850, 2),
         event("persons", "a", 1_000, 3),
         Event::new("untagged").with_timestamp(1_000),
+        {
+            let mut untimed = Event::new("untimed").with_key("a");
+            untimed
+                .headers
+                .push((INPUT_HEADER.to_owned(), LEFT.to_owned()));
+            untimed
+        },
     ];
     step.process(Batch::new(events), &mut out).await.unwrap();
     let late = letters.recv().await.unwrap();
@@ -704,6 +711,11 @@ async fn late_and_foreign_events_go_to_the_dead_letter_with_their_input() {
     assert!(header(&untagged, crate::dead_letter::REASON_HEADER)
         .unwrap()
         .contains("without the `plumber-input` header"));
+    let untimed = letters.recv().await.unwrap();
+    assert_eq!(
+        header(&untimed, crate::dead_letter::REASON_HEADER),
+        Some(format!("event without a timestamp of input `{LEFT}`").as_str())
+    );
 }
 
 #[tokio::test]
