@@ -1006,3 +1006,30 @@ async fn changelog_events_without_a_key_or_with_an_unknown_op_are_refused() {
     assert!(reason(&letters.recv().await.unwrap()).contains("`merge`"));
     assert_eq!(step.buffered_events(), Some(0));
 }
+
+#[tokio::test]
+async fn a_release_asks_for_a_checkpoint_when_windows_close_checkpoints() {
+    let requests = Arc::new(tokio::sync::Notify::new());
+    let options = JoinOptions {
+        restore: true,
+        checkpoint_on_close: Some(requests.clone()),
+    };
+    let state: SharedState = Arc::new(MemoryState::new());
+    let mut step = JoinStep::restore(tumbling(How::Inner), "t", "p", &state, None, &options)
+        .await
+        .unwrap();
+    let asked = || async {
+        tokio::time::timeout(Duration::from_millis(10), requests.notified())
+            .await
+            .is_ok()
+    };
+    let mut out = Vec::new();
+    let open = vec![event(LEFT, "a", 10, 0), event(RIGHT, "a", 20, 1)];
+    step.process(Batch::new(open), &mut out).await.unwrap();
+    assert!(out.is_empty());
+    assert!(!asked().await, "nothing released, no checkpoint asked");
+    let close = vec![event(LEFT, "a", 500, 2), event(RIGHT, "a", 500, 3)];
+    step.process(Batch::new(close), &mut out).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(asked().await, "a released window asks for a checkpoint");
+}

@@ -106,7 +106,11 @@ impl WindowedJoin {
     }
 
     fn pane_mut(&mut self, key: &JoinKey, start: u64, end: u64) -> Option<&mut Pane> {
-        let panes = self.open.entry(key.clone()).or_default();
+        // The key is copied only for a key's first window, not per event.
+        if !self.open.contains_key(key) {
+            self.open.insert(key.clone(), Vec::new());
+        }
+        let panes = self.open.get_mut(key)?;
         let at = match panes.binary_search_by_key(&start, |pane| pane.start) {
             Ok(at) => at,
             Err(at) => {
