@@ -1033,3 +1033,20 @@ async fn a_release_asks_for_a_checkpoint_when_windows_close_checkpoints() {
     assert_eq!(out.len(), 1);
     assert!(asked().await, "a released window asks for a checkpoint");
 }
+
+#[tokio::test]
+async fn an_unkeyed_join_joins_every_event_with_every_other() {
+    let events = generate(13, 1_500, 5, 30, 400);
+    let join = Join::window("j", LEFT, RIGHT, JoinWindow::Tumbling { size_ms: 100 })
+        .max_out_of_orderness_ms(30);
+    let out = run(join, &events).await;
+    assert!(out.iter().all(|b| b.window.as_ref().unwrap().key.is_none()));
+    // The reference on the same events with one key for all.
+    let mut one_key = events.clone();
+    for event in &mut one_key {
+        event.key = Some(Vec::new());
+    }
+    let expected = reference_windows(&one_key, 100, 100, 30, How::Inner);
+    assert!(expected.len() > 50);
+    assert_eq!(released_windows(&out), expected);
+}
