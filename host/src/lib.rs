@@ -12,7 +12,7 @@
 //!
 //! | crate | modules |
 //! | --- | --- |
-//! | `plumber-engine` | [`pipeline`], [`step`], [`command`], [`checkpoint`], [`state`] (trait, memory backend), [`window`], [`runtime`], [`streams`] (traits, array, channel, file, stdout), [`config`], [`dead_letter`], [`tenant`], [`swap`], [`shuffle`] (the keyed shuffle's keys and subject tokens), [`retry`] (the backoff policy of every retry), [`histogram`] (lock-free histograms the engine records into) |
+//! | `plumber-engine` | [`pipeline`], [`step`], [`command`], [`checkpoint`], [`state`] (trait, memory backend), [`window`], [`join`], [`runtime`], [`streams`] (traits, array, channel, file, stdout), [`config`], [`dead_letter`], [`tenant`], [`swap`], [`shuffle`] (the keyed shuffle's keys and subject tokens), [`retry`] (the backoff policy of every retry), [`histogram`] (lock-free histograms the engine records into) |
 //! | `plumber-connectors` | [`streams::nats`], [`streams::http`], [`streams::sql`], [`state::RedisState`], [`state::SledState`] and their configs, [`config::register_all`]: each behind the cargo feature of its name (`nats`, `http`, `sql`, `redis`, `sled`; all on by default) |
 //! | `plumber-control` | [`supervisor`], [`admin`], [`metrics`] |
 //!
@@ -25,7 +25,7 @@
 pub use plumber_connectors::{config, state, streams};
 pub use plumber_control::{admin, metrics, supervisor};
 pub use plumber_engine::{
-    checkpoint, command, dead_letter, histogram, pipeline, retry, runtime, shuffle, step, swap,
-    tenant, window,
+    checkpoint, command, dead_letter, histogram, join, pipeline, retry, runtime, shuffle, step,
+    swap, tenant, window,
 };
 pub use plumber_engine::{Batch, ErrorChain, Event, PipeError, WindowInfo};

@@ -19,6 +19,7 @@
 //! | [`streams`] | the `Source` and `Sink` traits; array, channel, file, stdout and discard |
 //! | [`checkpoint`] | checkpoint records and strategies |
 //! | [`window`] | count, time, sliding, session and signal windows |
+//! | [`join`] | windowed, interval and lookup-table joins of two inputs |
 //! | [`dead_letter`] | the dead-letter sink for events that cannot go on |
 //! | [`pipeline`] | the fluent builder and the engine that runs it |
 //! | [`tenant`] | tenants: key isolation and quotas |
@@ -44,6 +45,7 @@ pub mod dead_letter;
 mod error_chain;
 pub mod fault;
 pub mod histogram;
+pub mod join;
 pub mod pipeline;
 pub mod retry;
 pub mod runtime;

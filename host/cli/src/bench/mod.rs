@@ -29,6 +29,7 @@
 
 pub mod gate;
 pub mod graphs;
+pub mod joins;
 mod legacy;
 pub mod nexmark;
 pub mod windows;
@@ -52,7 +53,7 @@ pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
 pub struct BenchArgs {
     /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
     /// memory, windows), wordcount, nexmark, scaling, memory, windows,
-    /// graphs, batches, guarantees, languages.
+    /// graphs, joins, batches, guarantees, languages.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
     pub scenario: Vec<String>,
     /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
@@ -625,15 +626,15 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "suite" | "all" => {
                 scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
             }
-            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs" | "batches"
-            | "guarantees" | "languages" => scenarios.push(name),
+            "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs" | "joins"
+            | "batches" | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
             "stateful" => scenarios.push("guarantees"),
             other => {
                 return Err(BenchError::Setup(format!(
                     "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
-                     windows, graphs, batches, guarantees or languages"
+                     windows, graphs, joins, batches, guarantees or languages"
                 )))
             }
         }
@@ -699,6 +700,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "languages" => legacy::run_languages(&args).await?,
             "windows" => windows::run(&args, &mut table).await?,
             "graphs" => graphs::run(&args, &mut table).await?,
+            "joins" => joins::run(&args, &mut table).await?,
             _ => {}
         }
     }

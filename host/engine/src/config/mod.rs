@@ -842,6 +842,8 @@ fn step_spec(step: &StepConfig) -> Option<StepSpec> {
         ),
         // `check` has validated every window when the config was read.
         StepConfig::Window(window) => window.build().ok().map(Into::into),
+        // `check` has validated every join when the config was read.
+        StepConfig::Join(join) => join.build().ok().map(Into::into),
         // Refused in `builder`; a router only in a graph.
         StepConfig::Repartition(_) | StepConfig::Route(_) => None,
     }

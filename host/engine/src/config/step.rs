@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::strict::{self, object_only, tagged_by_type};
 use super::FieldError;
+use crate::join::JoinConfig;
 use crate::pipeline::{RoutePredicate, Router};
 use crate::runtime::{Capabilities, Grant, PipeLimits, ReadOnlyDir};
 use crate::shuffle::ShuffleKey;
@@ -35,6 +36,8 @@ pub enum StepConfig {
     Wasm(WasmStepConfig),
     /// A native window.
     Window(WindowConfig),
+    /// A native join of two inputs.
+    Join(JoinConfig),
     /// A WASI preview 1 command module speaking the line protocol.
     Command(CommandStepConfig),
     /// A host executable speaking the line protocol (unsandboxed).
@@ -51,6 +54,7 @@ impl StepConfig {
         match self {
             StepConfig::Wasm(pipe) => &pipe.name,
             StepConfig::Window(window) => window.name(),
+            StepConfig::Join(join) => &join.name,
             StepConfig::Command(command) => &command.name,
             StepConfig::Exec(exec) => &exec.name,
             StepConfig::Repartition(repartition) => &repartition.name,
@@ -421,6 +425,17 @@ impl StepConfig {
                 Ok(())
             }
             StepConfig::Route(route) => route.check(),
+            StepConfig::Join(join) => {
+                join.build()
+                    .map_err(|error| FieldError::new(error.field, error.message))?;
+                if join.late_to_dead_letter() && !dead_letter {
+                    return Err(FieldError::new(
+                        "late",
+                        "late events go to the dead-letter sink, but the config has no `dead_letter`",
+                    ));
+                }
+                Ok(())
+            }
             StepConfig::Window(window) => {
                 window
                     .build()
@@ -456,6 +471,7 @@ impl StepConfig {
             StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
             StepConfig::Exec(_)
             | StepConfig::Window(_)
+            | StepConfig::Join(_)
             | StepConfig::Repartition(_)
             | StepConfig::Route(_) => {}
         }

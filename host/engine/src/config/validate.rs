@@ -226,6 +226,7 @@ fn step_offline(step: &StepConfig) -> Result<(), FieldError> {
         }
         StepConfig::Command(_)
         | StepConfig::Window(_)
+        | StepConfig::Join(_)
         | StepConfig::Repartition(_)
         | StepConfig::Route(_) => Ok(()),
     }
@@ -401,6 +402,7 @@ pub async fn guests(
                     })?;
             }
             StepConfig::Window(_)
+            | StepConfig::Join(_)
             | StepConfig::Exec(_)
             | StepConfig::Repartition(_)
             | StepConfig::Route(_) => {}

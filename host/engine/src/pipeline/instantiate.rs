@@ -11,6 +11,7 @@ use super::error::PipelineError;
 use super::status::LiveStatus;
 use crate::command::{CommandError, ExecStep, WasiCommandStep};
 use crate::dead_letter::DeadLetters;
+use crate::join::{Join, JoinOptions, JoinStep};
 use crate::runtime::{InstanceSettings, LoadError, Runtime};
 use crate::state::{Namespace, PendingBound, PipeState, SharedState, WriteMode};
 use crate::step::{NativeStep, Step, WasmPipe, WasmStep};
@@ -57,6 +58,8 @@ pub enum StepSpec {
     Exec(ExecPipe),
     /// A window, restored from the last checkpoint at start.
     Window(Window),
+    /// A join, restored from the last checkpoint at start.
+    Join(Join),
     /// A step that already exists.
     Ready(Box<dyn Step>),
 }
@@ -69,6 +72,7 @@ impl StepSpec {
             StepSpec::Command(pipe) => &pipe.name,
             StepSpec::Exec(pipe) => &pipe.name,
             StepSpec::Window(window) => window.name(),
+            StepSpec::Join(join) => join.name(),
             StepSpec::Ready(step) => step.name(),
         }
     }
@@ -95,6 +99,12 @@ impl From<ExecPipe> for StepSpec {
 impl From<Window> for StepSpec {
     fn from(window: Window) -> Self {
         StepSpec::Window(window)
+    }
+}
+
+impl From<Join> for StepSpec {
+    fn from(join: Join) -> Self {
+        StepSpec::Join(join)
     }
 }
 
@@ -158,6 +168,7 @@ impl StepBuilder<'_, '_> {
             StepSpec::Command(pipe) => Box::new(self.command(&pipe)?),
             StepSpec::Exec(pipe) => Box::new(self.exec(&pipe)?),
             StepSpec::Window(window) => Box::new(self.window(window).await?),
+            StepSpec::Join(join) => Box::new(self.join(join).await?),
             StepSpec::Wasm(pipe) => Box::new(self.wasm(pipe).await?),
         })
     }
@@ -225,6 +236,29 @@ impl StepBuilder<'_, '_> {
             context.state,
             context.dead_letters.cloned(),
             &context.window_options,
+        )
+        .await
+        .map_err(|source| PipelineError::Step {
+            pipeline: context.pipeline.to_owned(),
+            source,
+        })
+    }
+
+    /// A join, its buffers restored from the last checkpoint (as windows
+    /// restore theirs).
+    async fn join(&self, join: Join) -> Result<JoinStep, PipelineError> {
+        let context = self.context;
+        let options = JoinOptions {
+            restore: context.window_options.restore,
+            checkpoint_on_close: context.window_options.checkpoint_on_close.clone(),
+        };
+        JoinStep::restore(
+            join,
+            context.tenant,
+            context.pipeline,
+            context.state,
+            context.dead_letters.cloned(),
+            &options,
         )
         .await
         .map_err(|source| PipelineError::Step {

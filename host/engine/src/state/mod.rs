@@ -337,6 +337,21 @@ impl Namespace {
         )
     }
 
+    /// The namespace of join `join`'s saved buffers in `pipeline` of
+    /// `tenant`. (`#join` cannot follow the pipeline part of a pipe's
+    /// namespace, which continues with a digit, and differs from `#window`
+    /// and `#outbox` from its second byte, so none of them meet.)
+    pub fn for_join(tenant: &str, pipeline: &str, join: &str) -> Self {
+        Namespace(
+            format!(
+                "{}#join{}/",
+                length_prefixed(&[tenant, pipeline]),
+                length_prefixed(&[join])
+            )
+            .into_bytes(),
+        )
+    }
+
     /// The namespace of the outbox of `pipeline` of `tenant`: the output
     /// a pipeline that publishes after the commit holds in its checkpoint
     /// (`#outbox` cannot follow the pipeline part of a pipe's namespace,
@@ -879,6 +894,35 @@ mod tests {
             assert!(!outbox.prefix().starts_with(other.prefix()));
             assert!(!other.prefix().starts_with(outbox.prefix()));
         }
+    }
+
+    #[test]
+    fn join_namespaces_collide_with_nothing() {
+        let join = Namespace::for_join("acme", "p", "count");
+        let others = [
+            Namespace::for_tenant_pipe("acme", "p", "count"),
+            Namespace::for_window("acme", "p", "count"),
+            Namespace::for_outbox("acme", "p"),
+            Namespace::for_join("acme", "p", "count2"),
+            Namespace::for_join("acme", "p/count", ""),
+            Namespace::for_join("acme2", "p", "count"),
+        ];
+        assert!(join
+            .prefix()
+            .starts_with(&Namespace::pipeline_prefix("acme", "p")));
+        for other in &others {
+            assert!(
+                !join.prefix().starts_with(other.prefix())
+                    && !other.prefix().starts_with(join.prefix()),
+                "{:?} and {:?}",
+                String::from_utf8_lossy(join.prefix()),
+                String::from_utf8_lossy(other.prefix())
+            );
+        }
+        // A join's entries are no pipe's, window's or outbox's keys.
+        let mut entry = join.prefix().to_vec();
+        entry.extend_from_slice(b"key/ab");
+        assert_eq!(Namespace::owner_of("acme", "p", &entry), None);
     }
 
     #[test]
