@@ -340,3 +340,52 @@ fn bench_profile_writes_a_perf_map_of_the_guests_code() {
     );
     assert_eq!(run(false), None, "a perf map without --profile");
 }
+
+/// q8 (persons who opened an auction in the 10-second window they joined
+/// in: a native windowed join of persons and auctions) against a reference
+/// computed here by nested loops over the generated events.
+#[tokio::test]
+async fn q8_finds_the_new_persons_who_opened_an_auction_in_their_window() {
+    let guest = guest("nexmark");
+    let events = 120_000;
+    let input = run(Query::Q0, Engine::Native, events, &guest).await;
+    let split = |event: &Event| -> Vec<String> {
+        String::from_utf8(event.value.clone())
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let window = |time: &str| time.parse::<u64>().unwrap() / 10_000 * 10_000;
+    let persons: Vec<Vec<String>> = input
+        .iter()
+        .filter(|e| e.value.starts_with(b"P,"))
+        .map(split)
+        .collect();
+    let auctions: Vec<Vec<String>> = input
+        .iter()
+        .filter(|e| e.value.starts_with(b"A,"))
+        .map(split)
+        .collect();
+    let mut expected: Vec<String> = persons
+        .iter()
+        .filter(|p| {
+            auctions
+                .iter()
+                .any(|a| a[8] == p[1] && window(&a[6]) == window(&p[7]))
+        })
+        .map(|p| format!("{},{},{}", p[1], p[2], window(&p[7])))
+        .collect();
+    expected.sort();
+    assert!(expected.len() > 20, "{} answers", expected.len());
+    eprintln!("{} of {} persons answered", expected.len(), persons.len());
+    for engine in [Engine::Native, Engine::Wasm] {
+        let mut got: Vec<String> = run(Query::Q8, engine, events, &guest)
+            .await
+            .iter()
+            .map(|e| String::from_utf8(e.value.clone()).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "q8 {engine:?}");
+    }
+}

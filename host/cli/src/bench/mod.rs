@@ -19,7 +19,7 @@
 //! | name | what |
 //! | --- | --- |
 //! | `wordcount` | 2M generated lines × 5 words (10,000-word vocabulary): upper-case map, running count per word in state (memory and sled, exactly-once), final counts per tumbling window |
-//! | `nexmark` | the Nexmark generator and queries q0–q7, q11 |
+//! | `nexmark` | the Nexmark generator and queries q0–q8, q11 |
 //! | `scaling` | one and two pipelines in parallel |
 //! | `memory` | peak RSS at 1× and 5× the input |
 //! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order |

@@ -1,5 +1,5 @@
 //! The Nexmark scenario of `plumber bench`: a Nexmark event generator and
-//! queries q0–q7 and q11, each as WASM pipes (the `nexmark` example
+//! queries q0–q8 and q11, each as WASM pipes (the `nexmark` example
 //! guest) and as native steps, around the same native windows.
 //!
 //! # The generator
@@ -68,6 +68,7 @@
 //! | `nexmark q4` | auctions followed to their close (open from their time to `expires`, bids in between raise the final price, closed by the first event after `expires`, counted if they had a bid): per closed auction `category,average` of its category's final prices so far |
 //! | `nexmark q6` | the same closed auctions: per closed auction `seller,average` of the seller's last 10 final prices |
 //! | `nexmark q5` | bids keyed by auction → sliding window 10 s / 2 s (event time) → the auction(s) with the most bids: `window_start,auction,count` |
+//! | `nexmark q8` | persons keyed by id and auctions by seller, each tagged with its input (`plumber-input`) → native windowed join, tumbling 10 s (event time), inner → `id,name,window_start` of each person who opened an auction in the window they joined in |
 //! | `nexmark q11` | bids keyed by bidder → keyed session window, gap 10 s (event time) → `bidder,bids,session_start,session_end` per session |
 //! | `nexmark q7` | `auction,bidder,price,date_time` of bids → tumbling window 10 s (event time) → the bid(s) at the highest price: `window_end,auction,bidder,price` |
 //!
@@ -1115,13 +1116,15 @@ pub enum Query {
     Q5,
     /// Highest bid (tumbling window).
     Q7,
+    /// Monitor new users (a windowed join of persons and auctions).
+    Q8,
     /// User sessions (a keyed session window per bidder).
     Q11,
 }
 
 impl Query {
     /// Every query, in the order of the table.
-    pub const ALL: [Query; 9] = [
+    pub const ALL: [Query; 10] = [
         Query::Q0,
         Query::Q1,
         Query::Q2,
@@ -1130,6 +1133,7 @@ impl Query {
         Query::Q5,
         Query::Q6,
         Query::Q7,
+        Query::Q8,
         Query::Q11,
     ];
 
@@ -1144,6 +1148,7 @@ impl Query {
             Query::Q5 => "q5",
             Query::Q6 => "q6",
             Query::Q7 => "q7",
+            Query::Q8 => "q8",
             Query::Q11 => "q11",
         }
     }
@@ -1191,6 +1196,17 @@ impl Query {
                 let window =
                     Window::tumbling("q7-window", Duration::from_secs(10)).event_time(event_time);
                 step(step(builder, Stage::Q7Bids).then(window), Stage::Q7)
+            }
+            Query::Q8 => {
+                // Nexmark's q8: persons ⋈ auctions on id = seller, tumbling 10 s.
+                let join = plumber::join::Join::window(
+                    "q8-join",
+                    "persons",
+                    "auctions",
+                    plumber::join::JoinWindow::Tumbling { size_ms: 10_000 },
+                )
+                .keyed();
+                step(step(builder, Stage::Q8Tag).then(join), Stage::Q8)
             }
             Query::Q11 => {
                 // Nexmark's q11: a session per bidder, closed after 10 s without a bid.
