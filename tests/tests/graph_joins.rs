@@ -390,3 +390,86 @@ fn a_join_in_a_graph_names_its_own_inputs() {
         }
     }
 }
+
+/// `examples/join.json` (what `examples/run.sh join` runs) gives what its
+/// data says: per auction and 10-second window that has both, its bids and
+/// auctions (one `window-count` line each), and every bid archived.
+#[test]
+fn the_join_example_runs() {
+    let examples = harness::workspace_root().join("examples");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(examples.join("join.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config["state"]["path"] = json!(dir.path().join("state"));
+    config["pipeline"][1]["module"] = json!(harness::guest("window-count"));
+    for (name, source) in config["sources"].as_object_mut().unwrap() {
+        let path = examples.join(source["path"].as_str().unwrap());
+        assert!(path.exists(), "source `{name}`: {}", path.display());
+        source["path"] = json!(path);
+    }
+    config["sinks"]["pairs"]["path"] = json!(dir.path().join("pairs.out"));
+    config["sinks"]["archive"]["path"] = json!(dir.path().join("archive.out"));
+    let path = dir.path().join("join.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let output = Command::new(harness::plumber_binary())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("run")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("plumber run");
+    assert!(
+        output.status.success(),
+        "plumber run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let size = config["pipeline"][0]["size_ms"].as_u64().unwrap();
+    let read = |file: &str| -> Vec<(String, String, u64)> {
+        std::fs::read_to_string(examples.join("data").join(file))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let event: Value = serde_json::from_str(line).unwrap();
+                (
+                    event["value"].as_str().unwrap().to_owned(),
+                    event["key"].as_str().unwrap().to_owned(),
+                    event["timestamp"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let bids = read("join-bids.jsonl");
+    let auctions = read("join-auctions.jsonl");
+    // The data is in order within 1 s (the join's out-of-orderness): nothing
+    // is late, so every bid and auction of a window with both is released.
+    let mut expected = BTreeSet::new();
+    for (bid, bid_key, bid_ts) in &bids {
+        for (auction, auction_key, auction_ts) in &auctions {
+            let start = bid_ts - bid_ts % size;
+            if bid_key == auction_key && start == auction_ts - auction_ts % size {
+                expected.insert(format!("{start}-{}\t{bid}\t1", start + size));
+                expected.insert(format!("{start}-{}\t{auction}\t1", start + size));
+            }
+        }
+    }
+    let expected: Vec<String> = expected.into_iter().collect();
+    assert!(expected.len() > 4, "the example joins too little: {expected:?}");
+    assert!(expected.len() < bids.len() + auctions.len());
+    let mut pairs: Vec<String> = std::fs::read_to_string(dir.path().join("pairs.out"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, expected);
+    let archive: Vec<String> = std::fs::read_to_string(dir.path().join("archive.out"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let values: Vec<String> = bids.into_iter().map(|(value, _, _)| value).collect();
+    assert_eq!(archive, values);
+}
