@@ -402,7 +402,14 @@ fn the_join_example_runs() {
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
     config["state"]["path"] = json!(dir.path().join("state"));
-    config["pipeline"][1]["module"] = json!(harness::guest("window-count"));
+    // The example's own module path, which the harness's build makes.
+    let module = examples.join(config["pipeline"][1]["module"].as_str().unwrap());
+    assert_eq!(
+        module,
+        harness::guest("window-count"),
+        "the example's module"
+    );
+    config["pipeline"][1]["module"] = json!(module);
     for (name, source) in config["sources"].as_object_mut().unwrap() {
         let path = examples.join(source["path"].as_str().unwrap());
         assert!(path.exists(), "source `{name}`: {}", path.display());
@@ -456,7 +463,10 @@ fn the_join_example_runs() {
         }
     }
     let expected: Vec<String> = expected.into_iter().collect();
-    assert!(expected.len() > 4, "the example joins too little: {expected:?}");
+    assert!(
+        expected.len() > 4,
+        "the example joins too little: {expected:?}"
+    );
     assert!(expected.len() < bids.len() + auctions.len());
     let mut pairs: Vec<String> = std::fs::read_to_string(dir.path().join("pairs.out"))
         .unwrap()
