@@ -4,7 +4,7 @@
 //! two file sinks and the `bids` source copied to a third. `plumber run` is
 //! killed with SIGKILL several times mid-stream and restarted; every sink's
 //! output must equal a reference computed here from the generated input
-//! by nested loops (exactly-once). Also: a join's `left`/`right` must name
+//! by nested loops (exactly-once), for an inner and a left join. Also: a join's `left`/`right` must name
 //! one of the step's inputs, refused at config time with the JSON path.
 
 use plumber_tests as harness;
@@ -78,9 +78,11 @@ fn window_of(ts: u64) -> u64 {
 
 /// The lines `window-count` writes for the join's output, by nested loops:
 /// an event (not in `late`) is released iff an event of the other side
-/// (not in `late`) has its key and its tumbling window; `window-count`
-/// writes one line per value (each value is unique, so its count is 1).
+/// (not in `late`) has its key and its tumbling window, or, with `how` =
+/// `"left"`, if it is a bid; `window-count` writes one line per value
+/// (each value is unique, so its count is 1).
 fn expected_pairs(
+    how: &str,
     bids: &[Generated],
     auctions: &[Generated],
     late: &BTreeSet<String>,
@@ -88,6 +90,9 @@ fn expected_pairs(
     let on_time = |e: &&Generated| !late.contains(&e.value);
     let mut released = BTreeSet::new();
     for bid in bids.iter().filter(on_time) {
+        if how == "left" {
+            released.insert((window_of(bid.ts), bid.value.clone()));
+        }
         for auction in auctions.iter().filter(on_time) {
             if bid.key == auction.key && window_of(bid.ts) == window_of(auction.ts) {
                 released.insert((window_of(bid.ts), bid.value.clone()));
@@ -122,7 +127,7 @@ struct JoinGraph {
 }
 
 impl JoinGraph {
-    fn new(per_source: u64) -> Self {
+    fn new(how: &str, per_source: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bids = generate("bid", per_source, 0, 0x5eed_0001);
         let auctions = generate("auction", per_source, LAG_MS, 0x5eed_0002);
@@ -152,7 +157,7 @@ impl JoinGraph {
             "pipeline": [
                 {"name": "bids-auctions", "type": "join", "join": "window", "left": "bids",
                  "right": "auctions", "window": "tumbling", "size_ms": SIZE_MS,
-                 "key_by": "key", "how": "inner", "max_out_of_orderness_ms": DISORDER_MS,
+                 "key_by": "key", "how": how, "max_out_of_orderness_ms": DISORDER_MS,
                  "max_buffered_events": 100_000, "late": "dead_letter",
                  "from": ["bids", "auctions"]},
                 {"name": "count", "type": "wasm", "module": harness::guest("window-count"),
@@ -244,15 +249,26 @@ impl JoinGraph {
 
 #[test]
 fn a_join_in_a_graph_killed_and_restarted_gives_exactly_the_reference_outputs() {
+    check_killed_and_restarted("inner", 20261207);
+}
+
+#[test]
+fn a_left_join_in_a_graph_killed_and_restarted_gives_exactly_the_reference_outputs() {
+    check_killed_and_restarted("left", 20261208);
+}
+
+/// A windowed join (`how`) in the crash graph, killed `PLUMBER_CRASH_KILLS`
+/// (4) times; every sink against the reference.
+fn check_killed_and_restarted(how: &str, seed: u64) {
     let kills = std::env::var("PLUMBER_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let graph = JoinGraph::new(8_000);
-    let everyone_on_time = expected_pairs(&graph.bids, &graph.auctions, &BTreeSet::new());
+    let graph = JoinGraph::new(how, 8_000);
+    let everyone_on_time = expected_pairs(how, &graph.bids, &graph.auctions, &BTreeSet::new());
     assert!(everyone_on_time.len() > 8_000, "{}", everyone_on_time.len());
     let full: u64 = everyone_on_time.iter().map(|l| l.len() as u64 + 1).sum();
-    let landed = graph.run_with_kills(kills, full, 20261207);
+    let landed = graph.run_with_kills(kills, full, seed);
     assert!(
         landed > 0,
         "no kill landed while the graph was running: the test proved nothing"
@@ -305,7 +321,7 @@ fn a_join_in_a_graph_killed_and_restarted_gives_exactly_the_reference_outputs() 
         }
     }
 
-    let expected = expected_pairs(&graph.bids, &graph.auctions, &late);
+    let expected = expected_pairs(how, &graph.bids, &graph.auctions, &late);
     let mut pairs = graph.lines("pairs.txt");
     // Fan-out: both sinks of the guest got the very same sequence.
     assert_eq!(
