@@ -4,6 +4,7 @@
 #   examples/run.sh wordcount  word count over examples/data/words.txt, sled state
 #   examples/run.sh windowed   per-word counts per 10-second event-time window over timestamped events
 #   examples/run.sh graph      a graph: two bid files, a router, the big bids upper-cased to one sink, all to another
+#   examples/run.sh join       a join in a graph: bids and auctions joined per auction and 10-second window, counted, and the bids archived
 #   examples/run.sh library    the names example through the Rust builder API
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +41,18 @@ case "$example" in
     cat target/example-state/graph-alerts.out
     echo "--- every bid of both sources: $(wc -l < target/example-state/graph-archive.out) lines in target/example-state/graph-archive.out"
     ;;
+  join)
+    rm -rf target/example-state/join target/example-state/join-pairs.out target/example-state/join-archive.out
+    cargo run --quiet -p plumber-cli -- run examples/join.json
+    echo "--- the bids and auctions of each auction's 10-second windows that have both (target/example-state/join-pairs.out):"
+    cat target/example-state/join-pairs.out
+    echo "--- every bid: $(wc -l < target/example-state/join-archive.out) lines in target/example-state/join-archive.out"
+    ;;
   library)
     cargo run --quiet -p plumber-examples --bin names
     ;;
   *)
-    echo "unknown example '$example' (names, wordcount, windowed, graph, library)" >&2
+    echo "unknown example '$example' (names, wordcount, windowed, graph, join, library)" >&2
     exit 2
     ;;
 esac

@@ -661,7 +661,7 @@ impl PipelineConfig {
                 .collect(),
         };
         let Err(error) = shape.check() else {
-            return Ok(());
+            return self.check_join_inputs(graph, origin);
         };
         let source = |index: usize| graph.sources.get(index).map_or("", |(name, _)| name);
         let sink = |index: usize| graph.sinks.get(index).map_or("", |sink| &sink.name);
@@ -683,6 +683,32 @@ impl PipelineConfig {
             GraphPlace::SinkInput(index, input) => format!("sinks.{}.from[{input}]", sink(index)),
         };
         Err(invalid(&path, error.message))
+    }
+
+    /// Checks that each join step of a graph joins two of its own inputs:
+    /// `left` and `right` are read from the `plumber-input` header, which
+    /// only carries the names in the step's `from`, so any other name would
+    /// match no event.
+    fn check_join_inputs(&self, graph: &GraphConfig, origin: &str) -> Result<(), ConfigError> {
+        for (index, (step, inputs)) in self.pipeline.iter().zip(&graph.inputs).enumerate() {
+            let StepConfig::Join(join) = step else {
+                continue;
+            };
+            for (field, name) in [("left", &join.left), ("right", &join.right)] {
+                if !inputs.contains(name) {
+                    let known: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
+                    return Err(ConfigError::Invalid {
+                        file: origin.to_owned(),
+                        path: format!("pipeline[{index}].{field}"),
+                        message: cap_quoted(&format!(
+                            "`{name}` is not one of the step's inputs {}",
+                            known.join(", ")
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The JSON path of the `module` field of the pipe called `name`.
