@@ -32,6 +32,15 @@ async fn run(query: Query, engine: Engine, events: u64, guest: &Path) -> Vec<Eve
     received
 }
 
+/// A generated event's comma-separated fields.
+fn fields_of(event: &Event) -> Vec<String> {
+    String::from_utf8(event.value.clone())
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test]
 async fn wasm_and_native_queries_give_the_same_output() {
     let guest = guest("nexmark");
@@ -98,22 +107,15 @@ async fn q3_joins_every_auction_with_its_seller_whichever_came_first() {
     let guest = guest("nexmark");
     let events = 50_000;
     let input = run(Query::Q0, Engine::Native, events, &guest).await;
-    let fields = |event: &Event| -> Vec<String> {
-        String::from_utf8(event.value.clone())
-            .unwrap()
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
     let persons: Vec<Vec<String>> = input
         .iter()
         .filter(|e| e.value.starts_with(b"P,"))
-        .map(fields)
+        .map(fields_of)
         .collect();
     let auctions: Vec<Vec<String>> = input
         .iter()
         .filter(|e| e.value.starts_with(b"A,"))
-        .map(fields)
+        .map(fields_of)
         .collect();
     let mut expected = Vec::new();
     let mut waited = 0;
@@ -165,18 +167,11 @@ async fn q4_and_q6_follow_each_auction_to_its_close() {
     let guest = guest("nexmark");
     let events = 50_000;
     let input = run(Query::Q0, Engine::Native, events, &guest).await;
-    let split = |event: &Event| -> Vec<String> {
-        String::from_utf8(event.value.clone())
-            .unwrap()
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
     let last = input.iter().filter_map(|e| e.timestamp).max().unwrap();
     let bids: Vec<Vec<String>> = input
         .iter()
         .filter(|e| e.value.starts_with(b"B,"))
-        .map(split)
+        .map(fields_of)
         .collect();
     let number = |text: &str| text.parse::<u64>().unwrap();
     // (expires, id, category, seller, final price)
@@ -184,7 +179,7 @@ async fn q4_and_q6_follow_each_auction_to_its_close() {
     for auction in input
         .iter()
         .filter(|e| e.value.starts_with(b"A,"))
-        .map(split)
+        .map(fields_of)
     {
         let (id, start, expires) = (
             number(&auction[1]),
@@ -349,23 +344,16 @@ async fn q8_finds_the_new_persons_who_opened_an_auction_in_their_window() {
     let guest = guest("nexmark");
     let events = 120_000;
     let input = run(Query::Q0, Engine::Native, events, &guest).await;
-    let split = |event: &Event| -> Vec<String> {
-        String::from_utf8(event.value.clone())
-            .unwrap()
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
     let window = |time: &str| time.parse::<u64>().unwrap() / 10_000 * 10_000;
     let persons: Vec<Vec<String>> = input
         .iter()
         .filter(|e| e.value.starts_with(b"P,"))
-        .map(split)
+        .map(fields_of)
         .collect();
     let auctions: Vec<Vec<String>> = input
         .iter()
         .filter(|e| e.value.starts_with(b"A,"))
-        .map(split)
+        .map(fields_of)
         .collect();
     let mut expected: Vec<String> = persons
         .iter()
