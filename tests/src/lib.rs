@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 pub mod cluster;
+pub mod kills;
 pub mod servers;
 pub mod wait;
 

@@ -7,12 +7,13 @@
 //! by nested loops (exactly-once), for an inner and a left join. Also: a join's `left`/`right` must name
 //! one of the step's inputs, refused at config time with the JSON path.
 
+use harness::kills::{self, Lcg};
 use plumber_tests as harness;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -33,19 +34,6 @@ struct Generated {
     /// under others. Every other event is at most `DISORDER_MS` behind the
     /// highest timestamp before it in its own file, so it is never late.
     maybe_late: bool,
-}
-
-/// The kill times' generator of crash.rs.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next_in(&mut self, low: u64, high: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        low + (self.0 >> 33) % (high - low)
-    }
 }
 
 /// `count` events of one source, 10 ms apart (`lag_ms` behind the base),
@@ -213,29 +201,14 @@ impl JoinGraph {
     /// kills that hit a running process.
     fn run_with_kills(&self, kills: u64, full: u64, seed: u64) -> u64 {
         let mut rng = Lcg(seed);
-        let length = || std::fs::metadata(self.out("pairs.txt")).map_or(0, |m| m.len());
+        let watched = self.out("pairs.txt");
         let mut landed = 0;
         for _ in 0..kills {
-            let mut child = self.command().spawn().expect("spawn plumber");
-            let target = length() + full * rng.next_in(3, 25) / 100;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while length() < target
-                && Instant::now() < deadline
-                && child.try_wait().expect("poll").is_none()
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            std::thread::sleep(Duration::from_millis(rng.next_in(0, 30)));
-            if child.try_wait().expect("poll").is_none() {
-                child.kill().expect("SIGKILL");
+            let target = kills::file_len(&watched) + full * rng.next_in(3, 25) / 100;
+            let extra = Duration::from_millis(rng.next_in(0, 30));
+            if kills::kill_once_grown(&mut self.command(), &watched, target, extra) {
                 landed += 1;
             }
-            let output = child.wait_with_output().expect("wait");
-            assert!(
-                output.status.code().is_none_or(|c| c == 0),
-                "plumber failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
         }
         let output = self.command().output().expect("the last run");
         assert!(

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::kills::{self, Lcg};
 use plumber::config::{standard_registry, ConfigError, PipelineConfig};
 use plumber_tests as harness;
 use serde_json::{json, Value};
@@ -351,19 +352,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The kill times' generator of crash.rs.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next_in(&mut self, low: u64, high: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        low + (self.0 >> 33) % (high - low)
-    }
-}
-
 /// The crash graph: ids 0..N split over two file sources (evens and odds),
 /// the key-counter guest reading both (state: a counter per `id % 7`), its
 /// output fanned out to two file sinks, and a third sink copying the odds
@@ -511,29 +499,12 @@ impl CrashGraph {
         let mut rng = Lcg(seed);
         let mut landed = 0;
         let full = self.full_output_len();
-        let length = || std::fs::metadata(self.out("all.txt")).map_or(0, |m| m.len());
+        let watched = self.out("all.txt");
         for _ in 0..kills {
-            let mut child = self.command().spawn().expect("spawn plumber");
-            let target = length() + full * rng.next_in(3, 25) / 100;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while length() < target
-                && Instant::now() < deadline
-                && child.try_wait().expect("poll").is_none()
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            // A little more random time, so kills land in checkpoints too.
-            std::thread::sleep(Duration::from_millis(rng.next_in(0, 30)));
-            if child.try_wait().expect("poll").is_none() {
-                child.kill().expect("SIGKILL");
+            let target = kills::file_len(&watched) + full * rng.next_in(3, 25) / 100;
+            let extra = Duration::from_millis(rng.next_in(0, 30));
+            if kills::kill_once_grown(&mut self.command(), &watched, target, extra) {
                 landed += 1;
-            }
-            let output = child.wait_with_output().expect("wait");
-            if output.status.code().is_some_and(|c| c != 0) {
-                panic!(
-                    "plumber failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
             }
         }
         landed

@@ -5,12 +5,13 @@
 //! computed here from the input (grouping every event by key and window,
 //! the watermark followed event by event).
 
+use harness::kills;
 use plumber_tests as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plumber::config::{standard_registry, ConfigError, PipelineConfig};
 use serde_json::{json, Value};
@@ -301,7 +302,7 @@ impl Scenario {
     }
 
     fn output_len(&self) -> u64 {
-        std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0)
+        kills::file_len(&self.out)
     }
 
     /// Kills `plumber run` each time its output has grown by `step` bytes
@@ -310,26 +311,11 @@ impl Scenario {
     fn run_with_kills(&self, kills: u64, step: u64) -> u64 {
         let mut landed = 0;
         for n in 0..kills {
-            let mut child = self.command().spawn().expect("spawn plumber");
             let target = self.output_len() + step;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while self.output_len() < target
-                && Instant::now() < deadline
-                && child.try_wait().expect("poll").is_none()
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            std::thread::sleep(Duration::from_millis(7 * n));
-            if child.try_wait().expect("poll").is_none() {
-                child.kill().expect("SIGKILL");
+            let extra = Duration::from_millis(7 * n);
+            if kills::kill_once_grown(&mut self.command(), &self.out, target, extra) {
                 landed += 1;
             }
-            let output = child.wait_with_output().expect("wait");
-            assert!(
-                output.status.code().is_none_or(|c| c == 0),
-                "plumber failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
         }
         let output = self.command().output().expect("run to the end");
         assert!(
