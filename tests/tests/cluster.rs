@@ -375,6 +375,28 @@ async fn of_two_contenders_exactly_one_wins_and_the_revision_fences_the_loser() 
         holder.renew(&mut zombie).await,
         Err(RenewError::Lost { .. })
     ));
+    // A renewal whose answer was lost (a leader election) may have landed:
+    // the retry at the old revision is refused, and adopts our own write.
+    let mut unanswered = lease.clone();
+    holder.renew(&mut lease).await.unwrap();
+    assert!(matches!(
+        holder.renew(&mut unanswered.clone()).await,
+        Err(RenewError::Lost { .. })
+    ));
+    holder
+        .renew_after_unanswered(&mut unanswered)
+        .await
+        .unwrap();
+    assert_eq!(unanswered, lease);
+    // Not a write by another owner name, though.
+    let mut renamed = plumber_cluster::lease::Lease {
+        owner: "c".into(),
+        ..stale.clone()
+    };
+    assert!(matches!(
+        holder.renew_after_unanswered(&mut renamed).await,
+        Err(RenewError::Lost { .. })
+    ));
     // A stale release is refused too; the real one frees the partition.
     assert!(holder.release(&stale).await.is_err());
     holder.release(&lease).await.unwrap();
@@ -394,6 +416,11 @@ async fn of_two_contenders_exactly_one_wins_and_the_revision_fences_the_loser() 
     let mut old_owner = lease.clone();
     assert!(matches!(
         holder.renew(&mut old_owner).await,
+        Err(RenewError::Lost { .. })
+    ));
+    // Nor after another owner took it.
+    assert!(matches!(
+        holder.renew_after_unanswered(&mut old_owner).await,
         Err(RenewError::Lost { .. })
     ));
 }

@@ -197,6 +197,51 @@ impl Leases {
         }
     }
 
+    /// Renews `lease` again after a renewal that was not answered. That
+    /// renewal may have landed (its answer lost with the connection, in a
+    /// leader election): the compare-and-set on the old revision is then
+    /// refused, yet the entry is still our own write. So on a refusal the
+    /// entry is read, and a put by `lease.owner` newer than `lease.revision`
+    /// is adopted: nobody else wrote between (an acquire writes its own
+    /// owner, a break or an expiry is a delete), and the keeper is still
+    /// running, so this worker has not acquired the partition again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Leases::renew`].
+    pub async fn renew_after_unanswered(&self, lease: &mut Lease) -> Result<(), RenewError> {
+        let refused = match self.renew(lease).await {
+            Err(RenewError::Lost { message, .. }) => message,
+            other => return other,
+        };
+        match self.store.entry(self.key(lease.partition)).await {
+            Ok(Some(entry))
+                if entry.operation == Operation::Put
+                    && entry.value.as_ref() == lease.owner.as_bytes()
+                    && entry.revision > lease.revision =>
+            {
+                tracing::info!(
+                    partition = lease.partition,
+                    from = lease.revision,
+                    to = entry.revision,
+                    "the unanswered lease renewal had landed: keeping its revision"
+                );
+                lease.revision = entry.revision;
+                Ok(())
+            }
+            Ok(_) => Err(RenewError::Lost {
+                partition: lease.partition,
+                message: refused,
+            }),
+            // Refused, then not answered: whose the entry is stays unknown
+            // until the next try (within the TTL).
+            Err(error) => Err(RenewError::Unanswered {
+                partition: lease.partition,
+                message: format!("{refused}; then reading the lease: {error}"),
+            }),
+        }
+    }
+
     /// Gives `lease` up (a delete expecting its revision), so another
     /// worker can take it at once.
     ///

@@ -338,16 +338,15 @@ impl Keeping {
     /// Renews `lease` if due. `Err` when it is lost: the caller stops the
     /// partition at once. A renewal not answered is retried (soon) until
     /// the TTL since the last one has passed.
-    async fn renew(
-        &self,
-        lease: &mut Lease,
-        renewed: &mut Instant,
-        next: &mut tokio::time::Instant,
-    ) -> Result<(), ()> {
+    async fn renew(&self, lease: &mut Lease, renewal: &mut Renewal) -> Result<(), ()> {
         let partition = lease.partition;
         let every = self.leases.renew_every();
         let asked = Instant::now();
-        let outcome = self.leases.renew(lease).await;
+        let outcome = if renewal.after_unanswered {
+            self.leases.renew_after_unanswered(lease).await
+        } else {
+            self.leases.renew(lease).await
+        };
         self.view
             .counters
             .lease_renew
@@ -355,8 +354,9 @@ impl Keeping {
         match outcome {
             Ok(()) => {
                 self.view.renewed(partition, lease.revision);
-                *renewed = Instant::now();
-                *next = tokio::time::Instant::now() + every;
+                renewal.renewed = Instant::now();
+                renewal.next = tokio::time::Instant::now() + every;
+                renewal.after_unanswered = false;
                 Ok(())
             }
             Err(RenewError::Lost { message, .. }) => {
@@ -365,7 +365,7 @@ impl Keeping {
                 Err(())
             }
             Err(RenewError::Unanswered { message, .. }) => {
-                if renewed.elapsed() >= self.leases.ttl() {
+                if renewal.renewed.elapsed() >= self.leases.ttl() {
                     self.lost();
                     tracing::error!(
                         partition,
@@ -375,7 +375,8 @@ impl Keeping {
                     return Err(());
                 }
                 tracing::warn!(partition, message, "lease renewal not answered");
-                *next = tokio::time::Instant::now() + RENEW_RETRY.min(every);
+                renewal.next = tokio::time::Instant::now() + RENEW_RETRY.min(every);
+                renewal.after_unanswered = true;
                 Ok(())
             }
         }
@@ -389,6 +390,18 @@ impl Keeping {
             .leases_lost
             .fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// When a lease was last renewed and is next due.
+struct Renewal {
+    /// The last renewal (or the acquire) that was answered.
+    renewed: Instant,
+    /// When the next renewal is due.
+    next: tokio::time::Instant,
+    /// Whether the last renewal went unanswered: it may have landed, so
+    /// the next one adopts our own newer write (see
+    /// [`Leases::renew_after_unanswered`]).
+    after_unanswered: bool,
 }
 
 /// How soon a renewal that was not answered is tried again.
@@ -410,8 +423,11 @@ async fn keep(
 ) -> Ended {
     let partition = lease.partition;
     keeping.log_started(&lease);
-    let mut renewed = acquired;
-    let mut next_renewal = tokio::time::Instant::from_std(acquired) + keeping.leases.renew_every();
+    let mut renewal = Renewal {
+        renewed: acquired,
+        next: tokio::time::Instant::from_std(acquired) + keeping.leases.renew_every(),
+        after_unanswered: false,
+    };
     let opening = open_task(
         &keeping.pipeline,
         partition,
@@ -430,8 +446,8 @@ async fn keep(
                     return Ended::Stopped;
                 }
             },
-            () = tokio::time::sleep_until(next_renewal) => {
-                if keeping.renew(&mut lease, &mut renewed, &mut next_renewal).await.is_err() {
+            () = tokio::time::sleep_until(renewal.next) => {
+                if keeping.renew(&mut lease, &mut renewal).await.is_err() {
                     // Dropping `opening` abandons the start (nothing runs yet).
                     keeping.log_stopped(&lease);
                     return Ended::LeaseLost;
@@ -470,8 +486,8 @@ async fn keep(
                 keeping.release(&lease, asked).await;
                 return if handing_over.is_some() { Ended::HandedOver } else { Ended::Stopped };
             }
-            () = tokio::time::sleep_until(next_renewal) => {
-                if keeping.renew(&mut lease, &mut renewed, &mut next_renewal).await.is_err() {
+            () = tokio::time::sleep_until(renewal.next) => {
+                if keeping.renew(&mut lease, &mut renewal).await.is_err() {
                     join.abort();
                     let _ = (&mut join).await;
                     keeping.log_stopped(&lease);
