@@ -231,7 +231,7 @@ mod json_value {
 }
 
 /// The record a checkpoint stores for its pipeline, beside the state writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CheckpointRecord {
     /// The pipeline's name.
     pub pipeline: String,
@@ -248,6 +248,33 @@ pub struct CheckpointRecord {
     /// [`crate::state::StateBackend::claim`]).
     #[serde(default)]
     pub fence: u64,
+    /// The dead-letter sink's committed position, when it has one.
+    #[serde(default)]
+    pub dead_letter_position: Option<u64>,
+}
+
+impl Serialize for CheckpointRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // JSON (sled, Redis) leaves an absent dead-letter position out, so a
+        // record without one is written as before it existed; a binary form
+        // (the memory snapshot, postcard) has every field in order.
+        let dead_letter = !serializer.is_human_readable() || self.dead_letter_position.is_some();
+        let mut record =
+            serializer.serialize_struct("CheckpointRecord", 6 + usize::from(dead_letter))?;
+        record.serialize_field("pipeline", &self.pipeline)?;
+        record.serialize_field("epoch", &self.epoch)?;
+        record.serialize_field("position", &self.position)?;
+        record.serialize_field("committed_at_ms", &self.committed_at_ms)?;
+        record.serialize_field("sink_position", &self.sink_position)?;
+        record.serialize_field("fence", &self.fence)?;
+        if dead_letter {
+            record.serialize_field("dead_letter_position", &self.dead_letter_position)?;
+        } else {
+            record.skip_field("dead_letter_position")?;
+        }
+        record.end()
+    }
 }
 
 impl CheckpointRecord {
@@ -264,6 +291,7 @@ impl CheckpointRecord {
             committed_at_ms,
             sink_position: None,
             fence: 0,
+            dead_letter_position: None,
         }
     }
 
@@ -422,11 +450,17 @@ mod tests {
             CheckpointRecord::from_bytes(start).unwrap().position,
             Position::Start
         );
-        // The earlier form is still what a counting source's position writes.
-        assert_eq!(
-            CheckpointRecord::from_bytes(offset).unwrap().to_bytes(),
-            offset
+        // The earlier form is still what a counting source's position writes
+        // without a dead-letter sink; with one, its position is added.
+        let mut read = CheckpointRecord::from_bytes(offset).unwrap();
+        assert_eq!(read.to_bytes(), offset);
+        read.dead_letter_position = Some(5);
+        let with = String::from_utf8(read.to_bytes()).unwrap();
+        assert!(
+            with.ends_with(r#""fence":2,"dead_letter_position":5}"#),
+            "{with}"
         );
+        assert_eq!(CheckpointRecord::from_bytes(with.as_bytes()).unwrap(), read);
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -355,9 +355,16 @@ impl PipelineBuilder {
         }
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
-        let (dead_letters, dead_letter_task) =
-            self.dead_letter.map(crate::dead_letter::spawn).unzip();
-        let dead_letter_task = dead_letter_task.map(OwnedTask::from);
+        // The steps get the letters' sender now; the sink's task starts once
+        // the sink is brought back to the checkpoint.
+        let mut dead_letter_sink = self.dead_letter;
+        let (dead_letters, dead_letter_inbox) = match dead_letter_sink {
+            Some(_) => {
+                let (letters, inbox) = crate::dead_letter::channel();
+                (Some(letters), Some(inbox))
+            }
+            None => (None, None),
+        };
         let context = StepContext {
             tenant: &self.tenant,
             pipeline: &name,
@@ -382,8 +389,14 @@ impl PipelineBuilder {
 
         // Checkpoint records are kept per tenant and pipeline.
         let scope = checkpoint_scope(&self.tenant, &name);
+        let restored = RestoredEnds {
+            source: &mut source,
+            sink: &mut sink,
+            dead_letter: dead_letter_sink.as_mut(),
+        };
         let (mut resume, resumed_from) =
-            restore(&name, &scope, &state, self.delivery, &mut source, &mut sink).await?;
+            restore(&name, &scope, &state, self.delivery, restored).await?;
+        let dead_letter_task = start_dead_letters(dead_letter_inbox, dead_letter_sink);
         let after_commit = match self.publish {
             Publish::BeforeCommit => None,
             Publish::AfterCommit => {
@@ -479,9 +492,15 @@ impl PipelineBuilder {
         let status = self.status.clone();
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
-        let (dead_letters, dead_letter_task) =
-            self.dead_letter.map(crate::dead_letter::spawn).unzip();
-        let dead_letter_task = dead_letter_task.map(OwnedTask::from);
+        // The graph starts the dead-letter task once the sink is back at
+        // the checkpoint.
+        let (dead_letters, dead_letter_end) = match self.dead_letter {
+            Some(sink) => {
+                let (letters, inbox) = crate::dead_letter::channel();
+                (Some(letters), Some((inbox, sink)))
+            }
+            None => (None, None),
+        };
         let upstream_watermarks = graph
             .sources
             .iter()
@@ -550,7 +569,15 @@ impl PipelineBuilder {
             shutdown: self.shutdown.1,
             dead_letters,
         };
-        let ran = run_graph(setup, wiring, graph.sources, nodes, graph.sinks).await;
+        let ran = run_graph(
+            setup,
+            wiring,
+            graph.sources,
+            nodes,
+            graph.sinks,
+            dead_letter_end,
+        )
+        .await;
         let _lease = lease;
         let mut outcome = Outcome::default();
         let ran = match ran {
@@ -560,16 +587,6 @@ impl PipelineBuilder {
                 None
             }
         };
-        if let Some(task) = dead_letter_task {
-            let result = match task.await {
-                Ok(result) => result.map_err(|source| PipelineError::Stream {
-                    pipeline: name.clone(),
-                    source,
-                }),
-                Err(e) => Err(task_failed(&name, &e)),
-            };
-            outcome.note(result);
-        }
         if let Some(error) = outcome.first_error {
             return Err(error);
         }
@@ -648,18 +665,41 @@ fn window_options(
     }
 }
 
+/// The ends of a linear pipeline that a restart brings back.
+struct RestoredEnds<'a> {
+    source: &'a mut Box<dyn Source>,
+    sink: &'a mut Box<dyn Sink>,
+    dead_letter: Option<&'a mut Box<dyn Sink>>,
+}
+
+/// Starts the dead-letter sink's task, if the pipeline has one.
+fn start_dead_letters(
+    inbox: Option<crate::dead_letter::DeadLetterInbox>,
+    sink: Option<Box<dyn Sink>>,
+) -> Option<OwnedTask<Result<u64, StreamError>>> {
+    match (inbox, sink) {
+        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(inbox, sink))),
+        _ => None,
+    }
+}
+
 /// Claims the pipeline's checkpoints and finds where to start: after the
-/// last checkpoint (the sink brought back to it under exactly-once), or
-/// from the start with checkpoint 0 committed. Seeks the source there.
-/// Returns where the driver starts and the checkpoint resumed from.
+/// last checkpoint (the sink and the dead-letter sink brought back to it
+/// under exactly-once), or from the start with checkpoint 0 committed.
+/// Seeks the source there. Returns where the driver starts and the
+/// checkpoint resumed from.
 async fn restore(
     pipeline: &str,
     scope: &str,
     state: &SharedState,
     delivery: Delivery,
-    source: &mut Box<dyn Source>,
-    sink: &mut Box<dyn Sink>,
+    ends: RestoredEnds<'_>,
 ) -> Result<(Resume, Option<CheckpointRecord>), PipelineError> {
+    let RestoredEnds {
+        source,
+        sink,
+        mut dead_letter,
+    } = ends;
     let state_error = |source| PipelineError::State {
         pipeline: pipeline.to_owned(),
         source,
@@ -679,6 +719,13 @@ async fn restore(
                 sink.recover(record.sink_position)
                     .await
                     .map_err(stream_error)?;
+                // So do their dead letters, which the replay sends again.
+                if let Some(dead_letter) = dead_letter.as_mut() {
+                    dead_letter
+                        .recover(record.dead_letter_position)
+                        .await
+                        .map_err(stream_error)?;
+                }
             }
             (record.epoch + 1, record.position.clone())
         }
@@ -687,6 +734,9 @@ async fn restore(
             // before the first real checkpoint can be recovered exactly too.
             let mut record = CheckpointRecord::new(scope, 0, Position::Start);
             record.sink_position = sink.position().await.map_err(stream_error)?;
+            if let Some(dead_letter) = dead_letter.as_mut() {
+                record.dead_letter_position = dead_letter.position().await.map_err(stream_error)?;
+            }
             record.fence = fence;
             state.commit(&record, &[]).await.map_err(state_error)?;
             (1, Position::Start)
@@ -769,7 +819,9 @@ impl Stages {
             let stats = Arc::new(StageStats::new(step.name(), step.counters()));
             status.add_stage(stats.clone());
             let runner = StageRunner::new(pipeline.to_owned(), step, output, stats, link.clone());
-            tasks.push(OwnedTask::spawn(runner.run(next_rx)));
+            tasks.push(OwnedTask::spawn(crate::dead_letter::in_stage(
+                runner.run(next_rx),
+            )));
             next_rx = input;
         }
         let sink = OwnedTask::spawn(run_sink(

@@ -314,6 +314,10 @@ impl SourceDriver {
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, position.clone());
         record.fence = self.fence;
         record.sink_position = self.last_checkpoint.as_ref().and_then(|c| c.sink_position);
+        record.dead_letter_position = self
+            .last_checkpoint
+            .as_ref()
+            .and_then(|c| c.dead_letter_position);
         let commit_started = tokio::time::Instant::now();
         self.state
             .commit(&record, &[])
@@ -395,6 +399,7 @@ impl SourceDriver {
         let reply = replied.await.map_err(|_| self.disconnected())?;
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, self.position.clone());
         record.sink_position = reply.sink_position;
+        record.dead_letter_position = reply.dead_letter_position;
         record.fence = self.fence;
         crate::fault::hold_before_commit(&self.pipeline, self.epoch).await;
         let commit_started = tokio::time::Instant::now();

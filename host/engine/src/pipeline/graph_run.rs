@@ -23,7 +23,7 @@ use super::stage::{
 use super::status::{LiveStatus, StageStats};
 use super::task::OwnedTask;
 use crate::checkpoint::{CheckpointPolicy, CheckpointRecord, Delivery, Position};
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetterInbox, DeadLetters};
 use crate::state::SharedState;
 use crate::step::{Step, StepError};
 use crate::streams::{CommitListener, Sink, Source, StreamError};
@@ -92,9 +92,16 @@ pub(super) async fn run_graph(
     mut sources: Vec<(String, Box<dyn Source>)>,
     nodes: Vec<(Vec<String>, ReadyNode)>,
     mut sinks: Vec<GraphSink>,
+    dead_letter: Option<(DeadLetterInbox, Box<dyn Sink>)>,
 ) -> Result<GraphOutcome, PipelineError> {
     let pipeline = setup.pipeline.clone();
-    let resume = restore(&setup, &mut sources, &mut sinks).await?;
+    let (dead_letter_inbox, mut dead_letter_sink) = dead_letter.unzip();
+    let resume = restore(&setup, &mut sources, &mut sinks, dead_letter_sink.as_mut()).await?;
+    // Started once the sink is back at the checkpoint, before any step runs.
+    let dead_letter_task = match (dead_letter_inbox, dead_letter_sink) {
+        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(inbox, sink))),
+        _ => None,
+    };
 
     // One channel per edge: the producer's side by output name, the
     // reader's by its input.
@@ -155,7 +162,7 @@ pub(super) async fn run_graph(
             requested: false,
             watermark: None,
         };
-        node_tasks.push(OwnedTask::spawn(runner.run()));
+        node_tasks.push(OwnedTask::spawn(crate::dead_letter::in_stage(runner.run())));
     }
     let mut sink_tasks = Vec::with_capacity(sinks.len());
     let mut sink_names = Vec::with_capacity(sinks.len());
@@ -218,6 +225,18 @@ pub(super) async fn run_graph(
     for task in sink_tasks {
         events_out += outcome.note(joined(task.await));
     }
+    // Its task ends once every sender has gone.
+    drop(setup.dead_letters);
+    if let Some(task) = dead_letter_task {
+        let written = match task.await {
+            Ok(written) => written.map_err(|source| PipelineError::Stream {
+                pipeline: pipeline.clone(),
+                source,
+            }),
+            Err(e) => Err(task_failed(&pipeline, &e)),
+        };
+        outcome.note(written);
+    }
     let driven = match driven {
         Ok(driven) => Some(driven),
         Err(error) => {
@@ -254,6 +273,7 @@ async fn restore(
     setup: &GraphSetup,
     sources: &mut [(String, Box<dyn Source>)],
     sinks: &mut [GraphSink],
+    mut dead_letter: Option<&mut Box<dyn Sink>>,
 ) -> Result<GraphResume, PipelineError> {
     let pipeline = setup.pipeline.as_str();
     let state_error = |source| PipelineError::State {
@@ -300,6 +320,12 @@ async fn restore(
                             .map_err(stream_error)?;
                     }
                 }
+                if let Some(dead_letter) = dead_letter.as_mut() {
+                    dead_letter
+                        .recover(record.dead_letter_position)
+                        .await
+                        .map_err(stream_error)?;
+                }
             }
             (record.epoch + 1, positions.clone())
         }
@@ -320,6 +346,9 @@ async fn restore(
             };
             let mut record = CheckpointRecord::new(&setup.scope, 0, position);
             record.fence = fence;
+            if let Some(dead_letter) = dead_letter.as_mut() {
+                record.dead_letter_position = dead_letter.position().await.map_err(stream_error)?;
+            }
             state.commit(&record, &[]).await.map_err(state_error)?;
             (1, BTreeMap::new())
         }
@@ -535,9 +564,12 @@ impl GraphDriver {
         drop(replies);
         let mut writes = Vec::new();
         let mut sink_positions = BTreeMap::new();
+        // Each sink flushed the dead letters; the last flush holds them all.
+        let mut dead_letter_position = None;
         for _ in 0..self.sinks.len() {
             let (sink, reply) = replied.recv().await.ok_or_else(|| self.disconnected())?;
             writes.extend(reply.writes);
+            dead_letter_position = dead_letter_position.max(reply.dead_letter_position);
             if let (Some(name), Some(position)) = (self.sinks.get(sink), reply.sink_position) {
                 sink_positions.insert(name.clone(), position);
             }
@@ -552,6 +584,7 @@ impl GraphDriver {
         };
         let mut record = CheckpointRecord::new(&self.scope, self.epoch, position);
         record.fence = self.fence;
+        record.dead_letter_position = dead_letter_position;
         crate::fault::hold_before_commit(&self.pipeline, self.epoch).await;
         let commit_started = tokio::time::Instant::now();
         self.state
@@ -957,6 +990,7 @@ impl NodeRunner {
             barrier.writes.push(step.take_writes());
             self.requested = false;
             step.at_barrier().await;
+            crate::dead_letter::passed_barrier(barrier.epoch);
             if let Some(held) = step.buffered_events() {
                 self.stats.buffered.store(held as u64, Ordering::Relaxed);
             }
@@ -1076,10 +1110,11 @@ impl SinkRunner {
                     let Some(mut barrier) = aligned else {
                         continue;
                     };
-                    let sink_position = flush_at_barrier(
+                    let flushed = flush_at_barrier(
                         &self.pipeline,
                         self.sink.as_mut(),
                         self.dead_letters.as_ref(),
+                        barrier.epoch,
                     )
                     .await?;
                     let writes = std::mem::take(&mut barrier.writes);
@@ -1087,7 +1122,8 @@ impl SinkRunner {
                         self.index,
                         BarrierReply {
                             writes,
-                            sink_position,
+                            sink_position: flushed.sink,
+                            dead_letter_position: flushed.dead_letter,
                             outbox_events: 0,
                         },
                     );

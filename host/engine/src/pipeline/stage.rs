@@ -166,6 +166,8 @@ pub(super) struct BarrierReply {
     pub(super) writes: Vec<WriteSet>,
     /// The sink's position after its flush.
     pub(super) sink_position: Option<u64>,
+    /// The dead-letter sink's position after the epoch's letters.
+    pub(super) dead_letter_position: Option<u64>,
     /// Events the sink's outbox sealed into this checkpoint, to be written
     /// once it has committed (0 when publishing before the commit).
     pub(super) outbox_events: u64,
@@ -347,6 +349,7 @@ impl StageRunner {
         barrier.writes.push(self.step.take_writes());
         self.requested = false;
         self.step.at_barrier().await;
+        crate::dead_letter::passed_barrier(barrier.epoch);
         // Sampled at barriers: counting a window's buffers is not free.
         if let Some(held) = self.step.buffered_events() {
             self.stats.buffered.store(held as u64, Ordering::Relaxed);
@@ -514,8 +517,13 @@ pub(super) async fn run_sink(
                         status.events_out.fetch_add(written, Ordering::Relaxed);
                     }
                 }
-                let sink_position =
-                    flush_at_barrier(&pipeline, sink.as_mut(), dead_letters.as_ref()).await?;
+                let flushed = flush_at_barrier(
+                    &pipeline,
+                    sink.as_mut(),
+                    dead_letters.as_ref(),
+                    barrier.epoch,
+                )
+                .await?;
                 if let Some(after) = after_commit.as_mut() {
                     let (writes, sealed) = after.outbox.seal(barrier.epoch);
                     barrier.writes.push(writes);
@@ -529,7 +537,8 @@ pub(super) async fn run_sink(
                     0,
                     BarrierReply {
                         writes,
-                        sink_position,
+                        sink_position: flushed.sink,
+                        dead_letter_position: flushed.dead_letter,
                         outbox_events,
                     },
                 );
@@ -554,20 +563,29 @@ pub(super) async fn run_sink(
     Ok(events_out)
 }
 
-/// Makes the sink's output and the dead letters sent before the barrier
-/// durable; returns the sink's position.
+/// Where a sink and the dead-letter sink are after a barrier's flush.
+pub(super) struct Flushed {
+    /// The sink's position.
+    pub(super) sink: Option<u64>,
+    /// The dead-letter sink's position.
+    pub(super) dead_letter: Option<u64>,
+}
+
+/// Makes the sink's output and the dead letters of the checkpoint closing
+/// `epoch` durable; returns both sinks' positions.
 pub(super) async fn flush_at_barrier(
     pipeline: &str,
     sink: &mut dyn Sink,
     dead_letters: Option<&DeadLetters>,
-) -> Result<Option<u64>, PipelineError> {
+    epoch: u64,
+) -> Result<Flushed, PipelineError> {
     let stream_error = |source: StreamError| PipelineError::Stream {
         pipeline: pipeline.to_owned(),
         source,
     };
     sink.flush().await.map_err(stream_error)?;
-    if let Some(dead_letters) = dead_letters {
-        match dead_letters.flush().await {
+    let dead_letter = match dead_letters {
+        Some(dead_letters) => match dead_letters.flush(epoch).await {
             Ok(flushed) => flushed.map_err(stream_error)?,
             Err(_) => {
                 return Err(PipelineError::Disconnected {
@@ -575,7 +593,11 @@ pub(super) async fn flush_at_barrier(
                     stage: "dead-letter sink".to_owned(),
                 })
             }
-        }
-    }
-    sink.position().await.map_err(stream_error)
+        },
+        None => None,
+    };
+    Ok(Flushed {
+        sink: sink.position().await.map_err(stream_error)?,
+        dead_letter,
+    })
 }

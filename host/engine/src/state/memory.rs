@@ -51,6 +51,53 @@ fn snapshot_error(path: &Path, message: impl std::fmt::Display) -> StateError {
     }
 }
 
+/// What a snapshot's payload starts with since checkpoint records carry the
+/// dead-letter sink's position; a payload without it is of the earlier form.
+const SNAPSHOT_MAGIC: &[u8] = b"plumber-memory-snapshot-2\0";
+
+/// A checkpoint record as snapshots wrote it before dead-letter positions.
+#[derive(Deserialize)]
+struct EarlierRecord {
+    pipeline: String,
+    epoch: u64,
+    position: crate::checkpoint::Position,
+    committed_at_ms: u64,
+    sink_position: Option<u64>,
+    fence: u64,
+}
+
+/// A snapshot's contents before dead-letter positions.
+#[derive(Deserialize)]
+struct EarlierInner {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    checkpoints: HashMap<String, EarlierRecord>,
+}
+
+impl From<EarlierInner> for Inner {
+    fn from(earlier: EarlierInner) -> Self {
+        let checkpoints = earlier
+            .checkpoints
+            .into_iter()
+            .map(|(scope, r)| {
+                let record = CheckpointRecord {
+                    pipeline: r.pipeline,
+                    epoch: r.epoch,
+                    position: r.position,
+                    committed_at_ms: r.committed_at_ms,
+                    sink_position: r.sink_position,
+                    fence: r.fence,
+                    dead_letter_position: None,
+                };
+                (scope, record)
+            })
+            .collect();
+        Inner {
+            entries: earlier.entries,
+            checkpoints,
+        }
+    }
+}
+
 /// Reads and verifies one snapshot file.
 fn read_snapshot(path: &Path) -> Result<Inner, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
@@ -61,7 +108,12 @@ fn read_snapshot(path: &Path) -> Result<Inner, String> {
     if Sha256::digest(payload).as_slice() != digest {
         return Err("its checksum does not match: the file is corrupt or was cut short".to_owned());
     }
-    postcard::from_bytes(payload).map_err(|e| e.to_string())
+    match payload.strip_prefix(SNAPSHOT_MAGIC) {
+        Some(current) => postcard::from_bytes(current).map_err(|e| e.to_string()),
+        None => postcard::from_bytes::<EarlierInner>(payload)
+            .map(Inner::from)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 impl MemoryState {
@@ -109,7 +161,8 @@ impl MemoryState {
     }
 
     fn write_snapshot(&self, path: &Path, inner: &Inner) -> Result<(), StateError> {
-        let mut bytes = postcard::to_allocvec(inner).map_err(|e| snapshot_error(path, e))?;
+        let mut bytes = postcard::to_extend(inner, SNAPSHOT_MAGIC.to_vec())
+            .map_err(|e| snapshot_error(path, e))?;
         let digest = Sha256::digest(&bytes);
         bytes.extend_from_slice(&digest);
         let tmp = sibling(path, ".tmp");
@@ -228,6 +281,26 @@ mod tests {
         writes.insert(key.to_vec(), Some(value.to_vec()));
         let record = CheckpointRecord::new("p", epoch, Position::Offset(epoch * 10));
         state.commit(&record, &[writes]).await.unwrap();
+    }
+
+    /// A record with every position, the dead-letter sink's among them,
+    /// survives a snapshot (written with its marker, read back whole).
+    #[tokio::test]
+    async fn a_dead_letter_position_survives_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.snap");
+        let mut record = CheckpointRecord::new("default/p", 3, Position::Offset(30));
+        record.sink_position = Some(11);
+        record.dead_letter_position = Some(7);
+        MemoryState::with_snapshot(&path)
+            .unwrap()
+            .commit(&record, &[])
+            .await
+            .unwrap();
+        assert!(std::fs::read(&path).unwrap().starts_with(SNAPSHOT_MAGIC));
+        let reopened = MemoryState::with_snapshot(&path).unwrap();
+        let read = reopened.last_checkpoint("default/p").await.unwrap();
+        assert_eq!(read, Some(record));
     }
 
     #[tokio::test]

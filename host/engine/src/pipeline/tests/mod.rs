@@ -220,6 +220,7 @@ impl TestStage {
                                 BarrierReply {
                                     writes,
                                     sink_position: None,
+                                    dead_letter_position: None,
                                     outbox_events: 0,
                                 },
                             );
