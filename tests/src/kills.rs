@@ -2,7 +2,7 @@
 //! shared by the crash tests of lines, graphs and joins.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The kill times' generator (a 64-bit LCG: the same seed, the same kills).
@@ -17,6 +17,22 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         low + (self.0 >> 33) % (high - low)
     }
+}
+
+/// `plumber run CONFIG` with the test cache, warnings only, stdout
+/// discarded and stderr kept (for the failure message): the run a crash
+/// test kills and restarts.
+pub fn plumber_run(config: &Path) -> Command {
+    let mut command = Command::new(crate::plumber_binary());
+    command
+        .arg("--cache-dir")
+        .arg(crate::cache_dir())
+        .arg("run")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// The length of the file at `path` (0 while it does not exist).

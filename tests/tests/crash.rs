@@ -13,7 +13,7 @@ use plumber_tests as harness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const KEYS: u64 = 7;
@@ -77,16 +77,7 @@ impl Scenario {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(harness::plumber_binary());
-        command
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("run")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        harness::kills::plumber_run(&self.config)
     }
 
     /// Bytes the complete output takes (every id once).

@@ -10,7 +10,7 @@
 //! is still on its way to the sink.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use plumber_tests as harness;
@@ -93,16 +93,7 @@ impl Scenario {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(harness::plumber_binary());
-        command
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("run")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        harness::kills::plumber_run(&self.config)
     }
 
     /// Kills the run `kills` times, then lets it finish; returns how many

@@ -12,7 +12,7 @@ use plumber_tests as harness;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -183,16 +183,7 @@ impl JoinGraph {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(harness::plumber_binary());
-        command
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("run")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        harness::kills::plumber_run(&self.config)
     }
 
     /// Kills `plumber run` `kills` times, each once the `pairs` sink has

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::kills::{self, Lcg};
@@ -426,16 +426,7 @@ impl CrashGraph {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(harness::plumber_binary());
-        command
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("run")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        harness::kills::plumber_run(&self.config)
     }
 
     /// Bytes of the counter's complete output (every id once).

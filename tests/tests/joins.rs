@@ -10,7 +10,7 @@ use plumber_tests as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use plumber::config::{standard_registry, ConfigError, PipelineConfig};
@@ -289,16 +289,7 @@ impl Scenario {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(harness::plumber_binary());
-        command
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("run")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+        harness::kills::plumber_run(&self.config)
     }
 
     fn output_len(&self) -> u64 {
