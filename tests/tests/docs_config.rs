@@ -530,6 +530,18 @@ fn code_sections() -> Vec<CodeSection> {
         |v| wasm_step_with("read_only_dir", v),
         object(&[]),
     );
+    for type_name in registry.lookup_types() {
+        add(
+            SectionKey::new(pipeline, "pipeline[].table", Some(("type", type_name))),
+            |v| {
+                with(
+                    "pipeline",
+                    json!([{"type": "lookup", "name": "l", "table": v}]),
+                )
+            },
+            object(&[("type", type_name)]),
+        );
+    }
     add(
         SectionKey::new(pipeline, "pipeline[].on", None),
         |v| {

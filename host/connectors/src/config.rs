@@ -21,6 +21,8 @@ use crate::streams::nats::config::{
 };
 #[cfg(feature = "sql")]
 use crate::streams::sql::config::{SqlSinkConfig, SqlSourceConfig};
+#[cfg(feature = "sql")]
+use crate::streams::sql::lookup::SqlLookupConfig;
 
 /// Adds what this build's features enable: HTTP, NATS, JetStream and SQL
 /// sources and sinks, the Redis and sled state backends, and sled in
@@ -40,7 +42,8 @@ pub fn register_all(registry: &mut Registry) {
     #[cfg(feature = "sql")]
     registry
         .source::<SqlSourceConfig>("sql")
-        .sink::<SqlSinkConfig>("sql");
+        .sink::<SqlSinkConfig>("sql")
+        .lookup::<SqlLookupConfig>("sql");
     #[cfg(feature = "redis")]
     registry.state::<RedisStateConfig>("redis");
     #[cfg(feature = "sled")]

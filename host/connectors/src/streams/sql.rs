@@ -31,6 +31,7 @@
 //! that an inserting sink with an epoch column never writes a flush twice.
 
 pub mod config;
+pub mod lookup;
 
 use std::collections::HashSet;
 use std::fmt;

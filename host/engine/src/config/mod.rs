@@ -56,12 +56,12 @@ pub mod validate;
 pub use cluster::ClusterConfig;
 pub use host::{AdminConfig, HostConfig, DEFAULT_ADMIN_LISTEN};
 pub use registry::{
-    ConnectorSpec, OpenContext, OutputGuarantee, Registry, SinkConfig, SinkSpec, SourceConfig,
-    SourceSpec, StateConfig, StateSpec,
+    ConnectorSpec, LookupConfig, LookupSpec, OpenContext, OutputGuarantee, Registry, SinkConfig,
+    SinkSpec, SourceConfig, SourceSpec, StateConfig, StateSpec,
 };
 pub use step::{
-    CommandStepConfig, ExecStepConfig, RepartitionStepConfig, RouteConfig, RouteStepConfig,
-    StepConfig, WasmStepConfig,
+    CommandStepConfig, ExecStepConfig, LookupStepConfig, LookupTableSection, RepartitionStepConfig,
+    RouteConfig, RouteStepConfig, StepConfig, WasmStepConfig,
 };
 pub use strict::{cap_quoted, excerpt, MAX_QUOTED_CHARS};
 pub use validate::Checks;
@@ -360,7 +360,19 @@ impl PipelineConfig {
         let in_section = |at: &str, (inner, message): (String, String)| {
             invalid(&strict::join(at, &inner), &message)
         };
-        let (from, to, graph, pipeline) = read_shape(registry, &fields, base, &invalid)?;
+        let (from, to, graph, mut pipeline) = read_shape(registry, &fields, base, &invalid)?;
+        // A lookup step's table is a connector section, read here.
+        for (index, step) in pipeline.iter_mut().enumerate() {
+            if let StepConfig::Lookup(lookup) = step {
+                let at = format!("pipeline[{index}].table");
+                let section: Tagged = serde_json::from_value(lookup.table.raw.clone())
+                    .map_err(|error| invalid(&at, &cap_quoted(&error.to_string())))?;
+                let table = registry
+                    .read_lookup(section, base)
+                    .map_err(|error| in_section(&at, error))?;
+                lookup.table.resolved = Some(table);
+            }
+        }
         let state = match fields.state {
             Some(section) => registry
                 .read_state(section, base)
@@ -797,7 +809,9 @@ impl PipelineConfig {
         };
         builder = builder.from_boxed(from.open(context).await?);
         for step in &self.pipeline {
-            if let Some(spec) = step_spec(step) {
+            if let StepConfig::Lookup(lookup) = step {
+                builder = builder.then(lookup_spec(lookup, context).await?);
+            } else if let Some(spec) = step_spec(step) {
                 builder = builder.then(spec);
             }
         }
@@ -817,6 +831,9 @@ impl PipelineConfig {
         for (step, inputs) in self.pipeline.iter().zip(&graph.inputs) {
             builder = match step {
                 StepConfig::Route(route) => builder.route_from(inputs, route.to_router()),
+                StepConfig::Lookup(lookup) => {
+                    builder.then_from(inputs, lookup_spec(lookup, context).await?)
+                }
                 other => match step_spec(other) {
                     Some(spec) => builder.then_from(inputs, spec),
                     None => builder,
@@ -840,6 +857,27 @@ fn not_read(what: &str) -> StreamError {
             format!("{what}: the config was not read by `PipelineConfig::parse_with`"),
         ),
     }
+}
+
+/// A lookup step, its table opened.
+async fn lookup_spec(
+    lookup: &LookupStepConfig,
+    context: &OpenContext<'_>,
+) -> Result<StepSpec, StreamError> {
+    let Some(table) = lookup.table.config() else {
+        return Err(not_read("a lookup step whose table was not read"));
+    };
+    let how = match lookup.how {
+        crate::join::JoinHow::Inner => crate::join::How::Inner,
+        crate::join::JoinHow::Left => crate::join::How::Left,
+    };
+    let step = crate::join::RemoteLookupStep::new(
+        &lookup.name,
+        table.open(context).await?,
+        how,
+        lookup.cache(),
+    );
+    Ok(StepSpec::Ready(Box::new(step)))
 }
 
 /// A step as the builder takes it (`None`: a kind the builder does not
@@ -870,8 +908,9 @@ fn step_spec(step: &StepConfig) -> Option<StepSpec> {
         StepConfig::Window(window) => window.build().ok().map(Into::into),
         // `check` has validated every join when the config was read.
         StepConfig::Join(join) => join.build().ok().map(Into::into),
-        // Refused in `builder`; a router only in a graph.
-        StepConfig::Repartition(_) | StepConfig::Route(_) => None,
+        // Refused in `builder`; a router only in a graph; a lookup opens
+        // its table (`lookup_spec`).
+        StepConfig::Repartition(_) | StepConfig::Route(_) | StepConfig::Lookup(_) => None,
     }
 }
 

@@ -146,6 +146,20 @@ pub enum OutputGuarantee {
     AtLeastOnce(&'static str),
 }
 
+/// The config of a lookup join's table (`"table"` of a `lookup` step).
+#[async_trait]
+pub trait LookupSpec: ConnectorSpec {
+    /// Opens the table (connecting where it has to).
+    ///
+    /// # Errors
+    ///
+    /// A connection failed.
+    async fn open(
+        &self,
+        context: &OpenContext<'_>,
+    ) -> Result<Box<dyn crate::join::RemoteTable>, StreamError>;
+}
+
 /// The config of a state backend (`"state"`).
 #[async_trait]
 pub trait StateSpec: ConnectorSpec {
@@ -176,6 +190,8 @@ pub type SourceConfig = Connector<dyn SourceSpec>;
 pub type SinkConfig = Connector<dyn SinkSpec>;
 /// `"state"`: a state backend as configured.
 pub type StateConfig = Connector<dyn StateSpec>;
+/// `"table"` of a `lookup` step: a table as configured.
+pub type LookupConfig = Connector<dyn LookupSpec>;
 
 impl<S: ?Sized> Connector<S> {
     /// The `"type"` it was configured with.
@@ -222,7 +238,7 @@ macro_rules! downcast {
         }
     )*};
 }
-downcast!(SourceSpec, SinkSpec, StateSpec);
+downcast!(SourceSpec, SinkSpec, StateSpec, LookupSpec);
 
 /// Reads a section's fields (its `type` taken out) as a config; the base
 /// directory resolves relative paths. Errors: the path inside the section
@@ -252,6 +268,13 @@ fn read_sink<T: SinkSpec + DeserializeOwned>(
     Ok(Box::new(read::<T>(section, base)?))
 }
 
+fn read_lookup<T: LookupSpec + DeserializeOwned>(
+    section: Tagged,
+    base: &Path,
+) -> Result<Box<dyn LookupSpec>, (String, String)> {
+    Ok(Box::new(read::<T>(section, base)?))
+}
+
 fn read_state<T: StateSpec + DeserializeOwned>(
     section: Tagged,
     base: &Path,
@@ -270,6 +293,7 @@ pub struct Registry {
     sources: BTreeMap<&'static str, Reader<dyn SourceSpec>>,
     sinks: BTreeMap<&'static str, Reader<dyn SinkSpec>>,
     states: BTreeMap<&'static str, Reader<dyn StateSpec>>,
+    lookups: BTreeMap<&'static str, Reader<dyn LookupSpec>>,
     default_state: Option<DefaultState>,
 }
 
@@ -280,6 +304,7 @@ impl fmt::Debug for Registry {
             .field("sources", &self.source_types())
             .field("sinks", &self.sink_types())
             .field("states", &self.state_types())
+            .field("lookups", &self.lookup_types())
             .field("default_state", &self.default_state.map(|(name, _)| name))
             .finish()
     }
@@ -320,6 +345,12 @@ impl Registry {
         self
     }
 
+    /// Registers `T` as the lookup table of type `name` (replacing any).
+    pub fn lookup<T: LookupSpec + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
+        self.lookups.insert(name, read_lookup::<T>);
+        self
+    }
+
     /// Registers `T` as the state backend of type `name` (replacing any).
     pub fn state<T: StateSpec + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
         self.states.insert(name, read_state::<T>);
@@ -348,6 +379,11 @@ impl Registry {
         self.sinks.keys().copied().collect()
     }
 
+    /// The lookup table types it knows, in order.
+    pub fn lookup_types(&self) -> Vec<&'static str> {
+        self.lookups.keys().copied().collect()
+    }
+
     /// The state backend types it knows, in order.
     pub fn state_types(&self) -> Vec<&'static str> {
         self.states.keys().copied().collect()
@@ -373,6 +409,19 @@ impl Registry {
         base: &Path,
     ) -> Result<SinkConfig, (String, String)> {
         let (type_name, spec) = resolve(&self.sinks, "sink", section, base)?;
+        Ok(Connector {
+            type_name,
+            spec: Arc::from(spec),
+        })
+    }
+
+    /// Reads a lookup step's table section; `base` resolves its relative paths.
+    pub(crate) fn read_lookup(
+        &self,
+        section: Tagged,
+        base: &Path,
+    ) -> Result<LookupConfig, (String, String)> {
+        let (type_name, spec) = resolve(&self.lookups, "lookup table", section, base)?;
         Ok(Connector {
             type_name,
             spec: Arc::from(spec),

@@ -24,7 +24,8 @@ object_only!(
     ExecStepConfig,
     RepartitionStepConfig,
     RouteStepConfig,
-    RouteConfig
+    RouteConfig,
+    LookupStepConfig
 );
 tagged_by_type!(StepConfig);
 
@@ -46,6 +47,8 @@ pub enum StepConfig {
     Repartition(RepartitionStepConfig),
     /// A graph's native router.
     Route(RouteStepConfig),
+    /// A lookup join against an external table (SQL), through a cache.
+    Lookup(LookupStepConfig),
 }
 
 impl StepConfig {
@@ -59,7 +62,86 @@ impl StepConfig {
             StepConfig::Exec(exec) => &exec.name,
             StepConfig::Repartition(repartition) => &repartition.name,
             StepConfig::Route(route) => &route.name,
+            StepConfig::Lookup(lookup) => &lookup.name,
         }
+    }
+}
+
+/// `{"type": "lookup", ...}`: each event followed by the row its key finds
+/// in an external table (docs/joins.md), through a cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct LookupStepConfig {
+    /// The step's name (required, unique in the pipeline).
+    pub name: String,
+    /// The table: `{"type": "sql", "url": …, "query": …}` (required).
+    pub table: LookupTableSection,
+    /// `"inner"` (default: events whose key finds no row are dropped) or
+    /// `"left"` (every event, its row after it when there is one).
+    #[serde(default)]
+    pub how: crate::join::JoinHow,
+    /// How long a looked-up row (or its absence) is used, ms (default 60,000).
+    #[serde(default = "default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+    /// Most keys the cache holds (default 100,000).
+    #[serde(default = "default_cache_max_keys")]
+    pub cache_max_keys: usize,
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    crate::join::DEFAULT_CACHE_TTL_MS
+}
+
+fn default_cache_max_keys() -> usize {
+    crate::join::DEFAULT_CACHE_MAX_KEYS
+}
+
+/// `table` of a lookup step: the section as read, then the table's config
+/// once the connector registry has read it (when the pipeline config is).
+#[derive(Debug, Clone)]
+pub struct LookupTableSection {
+    pub(crate) raw: serde_json::Value,
+    pub(crate) resolved: Option<super::LookupConfig>,
+}
+
+impl LookupTableSection {
+    /// The table's config (`None` before the registry has read it).
+    pub fn config(&self) -> Option<&super::LookupConfig> {
+        self.resolved.as_ref()
+    }
+}
+
+impl<'de> Deserialize<'de> for LookupTableSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(LookupTableSection {
+            raw: serde_json::Value::deserialize(deserializer)?,
+            resolved: None,
+        })
+    }
+}
+
+impl LookupStepConfig {
+    /// The cache its fields say.
+    pub fn cache(&self) -> crate::join::LookupCache {
+        crate::join::LookupCache {
+            ttl: std::time::Duration::from_millis(self.cache_ttl_ms),
+            max_keys: self.cache_max_keys,
+        }
+    }
+
+    /// Checks the fields together.
+    ///
+    /// # Errors
+    ///
+    /// The field at fault and why.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.cache_max_keys == 0 {
+            return Err(FieldError::new(
+                "cache_max_keys",
+                "expected at least 1 key (a lookup needs its batch's rows cached)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -328,6 +410,15 @@ impl StepConfig {
     /// within the step.
     pub(super) fn check(&self, dead_letter: bool) -> Result<(), FieldError> {
         match self {
+            StepConfig::Lookup(lookup) => {
+                lookup.check()?;
+                match lookup.table.config() {
+                    Some(table) => table
+                        .check()
+                        .map_err(|error| FieldError::new(error.path_in("table"), error.message)),
+                    None => Ok(()),
+                }
+            }
             StepConfig::Wasm(pipe) if pipe.module.as_os_str().is_empty() => Err(FieldError::new(
                 "module",
                 "expected the path of a .wasm component",
@@ -473,7 +564,8 @@ impl StepConfig {
             | StepConfig::Window(_)
             | StepConfig::Join(_)
             | StepConfig::Repartition(_)
-            | StepConfig::Route(_) => {}
+            | StepConfig::Route(_)
+            | StepConfig::Lookup(_) => {}
         }
     }
 }

@@ -228,7 +228,8 @@ fn step_offline(step: &StepConfig) -> Result<(), FieldError> {
         | StepConfig::Window(_)
         | StepConfig::Join(_)
         | StepConfig::Repartition(_)
-        | StepConfig::Route(_) => Ok(()),
+        | StepConfig::Route(_)
+        | StepConfig::Lookup(_) => Ok(()),
     }
 }
 
@@ -405,7 +406,8 @@ pub async fn guests(
             | StepConfig::Join(_)
             | StepConfig::Exec(_)
             | StepConfig::Repartition(_)
-            | StepConfig::Route(_) => {}
+            | StepConfig::Route(_)
+            | StepConfig::Lookup(_) => {}
         }
     }
     Ok(())
@@ -438,6 +440,16 @@ pub async fn connect(config: &PipelineConfig, file: &str) -> Result<(), Validate
         sink.check_connected()
             .await
             .map_err(|error| failed(&at, error))?;
+    }
+    for (index, step) in config.pipeline.iter().enumerate() {
+        if let StepConfig::Lookup(lookup) = step {
+            if let Some(table) = lookup.table.config() {
+                table
+                    .check_connected()
+                    .await
+                    .map_err(|error| failed(&format!("pipeline[{index}].table"), error))?;
+            }
+        }
     }
     Ok(())
 }

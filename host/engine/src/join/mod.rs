@@ -23,6 +23,7 @@
 mod config;
 mod interval;
 mod lookup;
+mod remote;
 mod watermark;
 mod windowed;
 
@@ -43,6 +44,10 @@ use crate::{Batch, Event};
 
 pub use config::{
     JoinConfig, JoinHow, JoinKindConfig, JoinLateConfig, JoinOverflowConfig, JoinWindowConfig,
+};
+pub use remote::{
+    LookupCache, RemoteLookupCounters, RemoteLookupStep, RemoteTable, DEFAULT_CACHE_MAX_KEYS,
+    DEFAULT_CACHE_TTL_MS,
 };
 pub use watermark::InputWatermarks;
 
