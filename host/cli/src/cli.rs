@@ -1,5 +1,5 @@
 //! The `plumber` command line: `run`, `validate`, `setup`, `state`,
-//! `cluster`, `bench`, `new`, `build`.
+//! `cluster`, `bench`, `new`, `build`, `test`.
 //!
 //! Exit status: 0 on success, 2 when the config or a pipe's module is bad
 //! (the message names the JSON path or the file), 1 when a run fails.
@@ -114,6 +114,25 @@ pub enum Command {
     },
     /// Measures a WASM pipe against the same logic in native Rust.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Runs a pipeline's steps on events from a JSON-lines file (with
+    /// controlled time: `{"watermark": N}` lines) into memory, and compares
+    /// the output with the expected JSON lines; prints a diff and exits 1
+    /// when they differ (docs/testing-pipes.md).
+    Test {
+        /// The pipeline's JSON config (its `from`, `to` and `state` are
+        /// replaced: nothing it names is opened).
+        config: PathBuf,
+        /// The events to feed in, one JSON object a line, and watermark lines.
+        #[arg(long)]
+        input: PathBuf,
+        /// The events expected out, one JSON object a line.
+        #[arg(long)]
+        expect: PathBuf,
+        /// `key`: each key's events in the same order (keys may
+        /// interleave); `total`: every event in the same order.
+        #[arg(long, value_enum, default_value = "key")]
+        order: crate::replay_test::Order,
+    },
     /// Creates a pipe project: a word counter with a native test and a
     /// pipeline to run it.
     New {
@@ -280,6 +299,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             max_partitions,
             admin,
         } => worker(&config, cluster, id, max_partitions, admin, runtime).await,
+        Command::Test {
+            config,
+            input,
+            expect,
+            order,
+        } => replay_test(&config, &input, &expect, order, runtime).await,
         Command::New { name, lang, sdk } => new_project(&name, &lang, sdk),
         Command::Build { dir, out } => match runtime() {
             Ok(rt) => match crate::build::build(&dir, out.as_deref(), &rt).await {
@@ -458,6 +483,21 @@ async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn replay_test(
+    path: &Path,
+    input: &Path,
+    expect: &Path,
+    order: crate::replay_test::Order,
+    runtime: impl Fn() -> Result<Runtime, Failure>,
+) -> Result<(), Failure> {
+    let config = PipelineConfig::load(path).map_err(Failure::input)?;
+    let result = crate::replay_test::run(path, &config, input, expect, order, runtime()?).await;
+    result.map_err(|failure| Failure {
+        status: failure.status(),
+        message: failure.to_string(),
+    })
 }
 
 fn new_project(name: &str, lang: &str, sdk: Option<PathBuf>) -> Result<(), Failure> {

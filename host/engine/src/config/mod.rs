@@ -752,13 +752,7 @@ impl PipelineConfig {
     ///
     /// The source or a sink could not be opened (bind or connection failed).
     pub async fn builder(&self, state: SharedState) -> Result<PipelineBuilder, StreamError> {
-        let policy = CheckpointPolicy {
-            interval: self.checkpoint.interval_ms.map(Duration::from_millis),
-            every_events: self.checkpoint.every_events,
-            on_window_close: self.checkpoint.on_window_close,
-            max_pending_keys: self.checkpoint.max_pending_keys,
-            max_pending_bytes: self.checkpoint.max_pending_bytes,
-        };
+        let policy = self.checkpoint_policy();
         // Only in a clustered config, which `plumber worker` splits into
         // stages without the step.
         if let Some(StepConfig::Repartition(repartition)) = self
@@ -777,7 +771,76 @@ impl PipelineConfig {
             });
         }
         let context = OpenContext::new(&self.name);
-        let builder = Pipeline::builder(&self.name)
+        let builder = self.common_builder(state, policy);
+        let mut builder = match &self.graph {
+            Some(graph) => self.graph_builder(builder, graph, &context).await?,
+            None => self.line_builder(builder, &context).await?,
+        };
+        if let Some(sink) = &self.dead_letter {
+            builder = builder.dead_letter_boxed(sink.open(&context).await?);
+        }
+        Ok(builder)
+    }
+
+    /// A builder for this pipeline's steps on `state` between `source` and
+    /// `sink` instead of its own `from` and `to`, with `dead_letter` (when
+    /// the config has a dead-letter sink) instead of its own: what
+    /// `plumber test` runs. Nothing the config names is opened.
+    ///
+    /// # Errors
+    ///
+    /// The config is a graph (it has no one source and sink to replace),
+    /// or has a repartition step.
+    pub fn replay_builder(
+        &self,
+        state: SharedState,
+        source: Box<dyn crate::streams::Source>,
+        sink: Box<dyn crate::streams::Sink>,
+        dead_letter: Box<dyn crate::streams::Sink>,
+    ) -> Result<PipelineBuilder, StreamError> {
+        if self.graph.is_some() {
+            return Err(cannot_replay(
+                "a graph (`sources`, `sinks`): only a line's `from` and `to` can be replaced"
+                    .to_owned(),
+            ));
+        }
+        if let Some(StepConfig::Repartition(repartition)) = self
+            .pipeline
+            .iter()
+            .find(|step| matches!(step, StepConfig::Repartition(_)))
+        {
+            return Err(cannot_replay(format!(
+                "the repartition step `{}` runs only in a clustered pipeline",
+                repartition.name
+            )));
+        }
+        let mut builder = self
+            .common_builder(state, self.checkpoint_policy())
+            .from_boxed(source);
+        for step in &self.pipeline {
+            if let Some(spec) = step_spec(step) {
+                builder = builder.then(spec);
+            }
+        }
+        if self.dead_letter.is_some() {
+            builder = builder.dead_letter_boxed(dead_letter);
+        }
+        Ok(builder.to_boxed(sink))
+    }
+
+    fn checkpoint_policy(&self) -> CheckpointPolicy {
+        CheckpointPolicy {
+            interval: self.checkpoint.interval_ms.map(Duration::from_millis),
+            every_events: self.checkpoint.every_events,
+            on_window_close: self.checkpoint.on_window_close,
+            max_pending_keys: self.checkpoint.max_pending_keys,
+            max_pending_bytes: self.checkpoint.max_pending_bytes,
+        }
+    }
+
+    /// The builder's settings every way of running the config shares.
+    fn common_builder(&self, state: SharedState, policy: CheckpointPolicy) -> PipelineBuilder {
+        Pipeline::builder(&self.name)
             .tenant(
                 self.tenant
                     .as_deref()
@@ -787,15 +850,7 @@ impl PipelineConfig {
             .checkpoint(policy)
             .delivery(self.delivery)
             .publish(self.publish)
-            .batch_size(self.batch_size);
-        let mut builder = match &self.graph {
-            Some(graph) => self.graph_builder(builder, graph, &context).await?,
-            None => self.line_builder(builder, &context).await?,
-        };
-        if let Some(sink) = &self.dead_letter {
-            builder = builder.dead_letter_boxed(sink.open(&context).await?);
-        }
-        Ok(builder)
+            .batch_size(self.batch_size)
     }
 
     /// A line: `from`, the steps in order, `to`.
@@ -844,6 +899,15 @@ impl PipelineConfig {
             builder = builder.to_from_boxed(&sink.name, &sink.from, sink.sink.open(context).await?);
         }
         Ok(builder)
+    }
+}
+
+/// A config `PipelineConfig::replay_builder` cannot run.
+fn cannot_replay(what: String) -> StreamError {
+    StreamError::Io {
+        stream: "pipeline config".to_owned(),
+        action: "replay",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, what),
     }
 }
 

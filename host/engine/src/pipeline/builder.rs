@@ -382,6 +382,7 @@ impl PipelineBuilder {
             },
             window_options: WindowOptions {
                 upstream_watermarks: source.reports_watermarks(),
+                controlled_time: source.controls_time(),
                 ..window_options(self.delivery, &self.checkpoint, &self.checkpoint_requests)
             },
         };
@@ -662,6 +663,7 @@ fn window_options(
         restore: delivery != Delivery::AtMostOnce,
         checkpoint_on_close: policy.on_window_close.then(|| requests.clone()),
         upstream_watermarks: false,
+        controlled_time: false,
     }
 }
 

@@ -9,6 +9,7 @@ mod array;
 mod channel;
 mod file;
 pub mod reconnect;
+pub mod replay;
 mod stdout;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ pub use file::{
     FileIdentity, FilePosition, FileSink, FileSource, LineFormat, OnMissingFile,
     DEFAULT_MAX_LINE_BYTES,
 };
+pub use replay::{MemorySink, ReplaySource};
 pub use stdout::config::{DiscardSinkConfig, StdoutSinkConfig};
 pub use stdout::{DiscardSink, StdoutSink};
 
@@ -181,6 +183,15 @@ pub trait Source: Send {
     /// batch when only the watermark moved.
     fn watermark(&self) -> Option<u64> {
         None
+    }
+
+    /// Whether the source controls time for the windows after it (a
+    /// replay in `plumber test`): each watermark it reports
+    /// ([`Source::watermark`]) sets their processing time and moves an
+    /// event-time window's watermark up to it, and no window timer fires
+    /// on its own. Asked once, before the steps are created.
+    fn controls_time(&self) -> bool {
+        false
     }
 }
 

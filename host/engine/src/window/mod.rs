@@ -488,6 +488,11 @@ pub struct WindowStep {
     checkpoint_on_close: Option<Arc<Notify>>,
     /// The watermark comes from the source ([`WindowOptions::upstream_watermarks`]).
     upstream_watermarks: bool,
+    /// Processing time as the source last set it ([`WindowOptions::controlled_time`]);
+    /// `None`: the clock's.
+    controlled_now: Option<u64>,
+    /// Time moves only with the source's watermark ([`WindowOptions::controlled_time`]).
+    controlled_time: bool,
     #[cfg(test)]
     work: Work,
 }
@@ -504,6 +509,11 @@ pub struct WindowOptions {
     /// `max_out_of_orderness_ms`, never one derived from the timestamps
     /// the window sees, and its own `idle_timeout_ms` is not used.
     pub upstream_watermarks: bool,
+    /// The source controls time ([`crate::streams::Source::controls_time`],
+    /// `plumber test`): each watermark it reports sets processing time to
+    /// it and moves an event-time window's watermark up to it (the
+    /// timestamps still move it as usual); no timer fires on its own.
+    pub controlled_time: bool,
 }
 
 impl WindowStep {
@@ -552,7 +562,11 @@ impl WindowStep {
         let triggers_seen = spec.shared.triggers.load(Ordering::SeqCst);
         let mut step = WindowStep {
             event_time: spec.event_time_settings(),
-            last_arrival_ms: clock.now_ms(),
+            last_arrival_ms: if options.controlled_time {
+                0
+            } else {
+                clock.now_ms()
+            },
             open: HashMap::default(),
             unfired: BTreeSet::new(),
             retained: BTreeSet::new(),
@@ -569,6 +583,8 @@ impl WindowStep {
             stale: Vec::new(),
             checkpoint_on_close: options.checkpoint_on_close.clone(),
             upstream_watermarks: options.upstream_watermarks,
+            controlled_time: options.controlled_time,
+            controlled_now: options.controlled_time.then_some(0),
             #[cfg(test)]
             work: Work::default(),
         };
@@ -869,7 +885,7 @@ impl WindowStep {
         match (self.spec.late, &self.dead_letters) {
             (LatePolicy::DeadLetter, Some(dead_letters)) => {
                 dead_letters
-                    .send(event, &self.spec.name, "late event", self.clock.now_ms())
+                    .send(event, &self.spec.name, "late event", self.now_ms())
                     .await
                     .map_err(|e| StepError::Native {
                         step: self.spec.name.clone(),
@@ -1055,7 +1071,7 @@ impl WindowStep {
                 Some(watermark) => watermark,
                 None => return,
             },
-            None => self.clock.now_ms(),
+            None => self.now_ms(),
         };
         self.fire_until(horizon, out);
     }
@@ -1099,7 +1115,7 @@ impl WindowStep {
 
     /// Releases every open buffer (signal trigger; end of a finite source).
     fn release_all(&mut self, out: &mut Vec<Batch>) {
-        let now = self.clock.now_ms();
+        let now = self.now_ms();
         let open = std::mem::take(&mut self.open);
         self.unfired.clear();
         self.retained.clear();
@@ -1200,7 +1216,7 @@ impl WindowStep {
     }
 
     async fn add_batch(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
-        let now = self.clock.now_ms();
+        let now = self.now_ms();
         self.last_arrival_ms = now;
         for event in batch.events {
             if self.is_control(&event) {
@@ -1253,10 +1269,16 @@ impl WindowStep {
         writes
     }
 
+    /// Processing time now: the controlled time under
+    /// [`WindowOptions::controlled_time`], else the clock's.
+    fn now_ms(&self) -> u64 {
+        self.controlled_now.unwrap_or_else(|| self.clock.now_ms())
+    }
+
     fn next_timer(&self) -> Option<tokio::time::Instant> {
         #[cfg(test)]
         self.work.visited.set(self.work.visited.get() + 1);
-        if !self.indexed() {
+        if !self.indexed() || self.controlled_time {
             return None;
         }
         let unfired_end = self.unfired.first().map(|(end, _, _)| *end);
@@ -1279,8 +1301,27 @@ impl WindowStep {
     /// The source's watermark: in event time, with
     /// [`WindowOptions::upstream_watermarks`], the window's watermark
     /// becomes it less `max_out_of_orderness_ms` (never going back), and
-    /// what that closes fires. Ignored otherwise.
+    /// what that closes fires. Under [`WindowOptions::controlled_time`] it
+    /// is the time itself: processing time becomes it, an event-time
+    /// watermark moves up to it, and what that closes fires. Ignored
+    /// otherwise.
     fn upstream_watermark(&mut self, upstream: u64, out: &mut Vec<Batch>) {
+        if self.controlled_time {
+            self.controlled_now = Some(
+                self.controlled_now
+                    .map_or(upstream, |now| now.max(upstream)),
+            );
+            match self.spec.kind {
+                WindowKind::Count { .. } | WindowKind::Signal { .. } => {}
+                _ => {
+                    if self.event_time.is_some() && self.watermark.is_none_or(|w| upstream > w) {
+                        self.watermark = Some(upstream);
+                    }
+                    self.fire_due(out);
+                }
+            }
+            return;
+        }
         let Some(settings) = self.event_time.filter(|_| self.upstream_watermarks) else {
             return;
         };
@@ -1292,7 +1333,7 @@ impl WindowStep {
     }
 
     fn on_wake(&mut self, out: &mut Vec<Batch>) {
-        let now = self.clock.now_ms();
+        let now = self.now_ms();
         match self.spec.kind {
             WindowKind::Signal { .. } => {
                 let triggers = self.spec.shared.triggers.load(Ordering::SeqCst);

@@ -690,6 +690,7 @@ async fn standalone(spec: Window, state: &SharedState) -> WindowStep {
             restore: true,
             checkpoint_on_close: None,
             upstream_watermarks: false,
+            controlled_time: false,
         },
     )
     .await
@@ -1138,6 +1139,7 @@ async fn a_restored_windows_watermark_does_not_go_back_with_the_source() {
         restore: true,
         checkpoint_on_close: None,
         upstream_watermarks: true,
+        controlled_time: false,
     };
     let mut step = WindowStep::restore(spec(), "default", "p", &state, None, &options)
         .await
@@ -1185,5 +1187,88 @@ async fn a_restored_windows_watermark_does_not_go_back_with_the_source() {
     assert_eq!(
         out.iter().map(describe).collect::<Vec<_>>(),
         vec![(5_000, 6_000, None, values(&["b", "c"]))]
+    );
+}
+
+/// Under controlled time (`plumber test`) the source's watermark is the
+/// time: a processing-time window stamps events with it and fires when it
+/// passes the window's end, never on a timer; an event-time window's
+/// watermark moves up to it, beside what its timestamps say.
+#[tokio::test]
+async fn controlled_time_moves_processing_time_and_the_watermark() {
+    let state: SharedState = Arc::new(MemoryState::new());
+    let options = WindowOptions {
+        restore: false,
+        checkpoint_on_close: None,
+        upstream_watermarks: false,
+        controlled_time: true,
+    };
+    let mut processing = WindowStep::restore(
+        Window::tumbling("p", Duration::from_secs(1)),
+        "default",
+        "p",
+        &state,
+        None,
+        &options,
+    )
+    .await
+    .expect("window");
+    let mut out = Vec::new();
+    processing
+        .process(Batch::new(vec![Event::new("a"), Event::new("b")]), &mut out)
+        .await
+        .unwrap();
+    assert!(
+        processing.timer().is_none(),
+        "no timer under controlled time"
+    );
+    processing.watermark(999, &mut out).await.unwrap();
+    assert!(out.is_empty(), "fired before its end: {out:?}");
+    processing.watermark(1_000, &mut out).await.unwrap();
+    processing
+        .process(Batch::new(vec![Event::new("c")]), &mut out)
+        .await
+        .unwrap();
+    processing.watermark(2_500, &mut out).await.unwrap();
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![
+            (0, 1_000, None, values(&["a", "b"])),
+            (1_000, 2_000, None, values(&["c"]))
+        ]
+    );
+
+    let mut event = WindowStep::restore(
+        Window::tumbling("e", Duration::from_secs(1)).event_time(event_time(0, 0)),
+        "default",
+        "e",
+        &state,
+        None,
+        &options,
+    )
+    .await
+    .expect("window");
+    let mut out = Vec::new();
+    event
+        .process(Batch::new(vec![at("x", 100), at("y", 200)]), &mut out)
+        .await
+        .unwrap();
+    event.watermark(1_000, &mut out).await.unwrap();
+    // Late now: its window fired at the controlled watermark.
+    event
+        .process(Batch::new(vec![at("late", 300)]), &mut out)
+        .await
+        .unwrap();
+    // The timestamps still move the watermark, as without control.
+    event
+        .process(Batch::new(vec![at("z", 1_500), at("w", 2_100)]), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(describe).collect::<Vec<_>>(),
+        vec![
+            (0, 1_000, None, values(&["x", "y"])),
+            (1_000, 2_000, None, values(&["z"]))
+        ]
     );
 }
