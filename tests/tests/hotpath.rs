@@ -17,7 +17,7 @@ use plumber::state::{
 };
 use plumber::step::WasmPipe;
 use plumber::streams::{channel_sink, ArraySource};
-use plumber_tests::{cache_dir, guest};
+use plumber_tests::{cache_dir, guest, RedisServer};
 
 /// Lines of five words: four words seen nowhere else (`a<i>` … `d<i>`,
 /// 100,000 distinct keys over 25,000 lines) and, within the line and the
@@ -31,7 +31,14 @@ fn lines() -> Vec<String> {
 /// Word counts of `lines` and each word's running count in input order,
 /// computed directly.
 fn reference(lines: &[String]) -> (Vec<(String, String)>, BTreeMap<String, i64>) {
-    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    reference_from(BTreeMap::new(), lines)
+}
+
+/// [`reference`] from counts already stored.
+fn reference_from(
+    mut counts: BTreeMap<String, i64>,
+    lines: &[String],
+) -> (Vec<(String, String)>, BTreeMap<String, i64>) {
     let mut events = Vec::new();
     for line in lines {
         for word in line.split(' ') {
@@ -198,4 +205,65 @@ fn sleds_page_cache_is_configured_with_a_default_and_a_floor() {
         Err(ConfigError::Invalid { path, .. }) => assert_eq!(path, "state.cache_bytes"),
         other => panic!("expected a refusal at state.cache_bytes, got {other:?}"),
     }
+}
+
+/// On Redis the keys an `add-many` call has not written yet are read in one
+/// `MGET`: counts already committed (some hot words, one of the new keys)
+/// carry on exactly, and keys repeated in the call are read once.
+#[tokio::test]
+async fn add_many_counts_exactly_on_redis_from_committed_values() {
+    let server = RedisServer::start();
+    let options = plumber::state::RedisOptions {
+        key_prefix: "hotpath:".to_owned(),
+        ..plumber::state::RedisOptions::default()
+    };
+    let redis = plumber::state::RedisState::connect(&server.url(), options)
+        .await
+        .expect("connect");
+    let state: SharedState = Arc::new(redis);
+    let namespace = Namespace::for_pipe("hotpath-redis", "wordcount");
+    let mut initial = BTreeMap::new();
+    for (key, count) in [("hot0", 1000), ("hot7", -5), ("a5", 7), ("d24999", 41)] {
+        state
+            .set(&namespace.key(key), count.to_string().as_bytes())
+            .await
+            .expect("set");
+        initial.insert(key.to_owned(), count);
+    }
+    let lines: Vec<String> = lines().into_iter().take(10_000).collect();
+    let lines: Vec<String> = lines
+        .into_iter()
+        .chain(["d24999 a5 hot7".to_owned()])
+        .collect();
+    let (expected_events, expected_counts) = reference_from(initial, &lines);
+    let (events, stored) = count("hotpath-redis", state, &lines, true).await;
+    assert_eq!(events.len(), expected_events.len());
+    assert!(events == expected_events, "output differs");
+    assert!(stored == expected_counts, "state differs");
+    // The new keys were read a batch at a time, not one `GET` each.
+    let (gets, mgets) = (
+        command_calls(server.port(), "get"),
+        command_calls(server.port(), "mget"),
+    );
+    assert!(mgets >= 1, "no MGET");
+    assert!(
+        gets < 100,
+        "{gets} GETs for {} distinct keys",
+        expected_counts.len()
+    );
+}
+
+/// How many times the Redis server at `port` ran `command`
+/// (`INFO commandstats`).
+fn command_calls(port: u16, command: &str) -> u64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a call count"))
 }

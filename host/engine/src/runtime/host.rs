@@ -109,18 +109,16 @@ impl HostCtx {
         keys: &str,
         ops: &[(usize, i64)],
     ) -> Result<Vec<i64>, WitStateError> {
-        let mut values = Vec::with_capacity(ops.len());
         let mut start = 0;
-        for &(end, delta) in ops {
-            let key = keys.get(start..end).unwrap_or_default();
+        for &(end, _) in ops {
+            self.check_key(keys.get(start..end).unwrap_or_default())?;
             start = end;
-            self.check_key(key)?;
-            match self.state.add(key, delta).await {
-                Ok(value) => values.push(value),
-                Err(error) => return Err(self.state_error(error)),
-            }
         }
-        Ok(values)
+        let mut values = Vec::with_capacity(ops.len());
+        match self.state.add_many(keys, ops, &mut values).await {
+            Ok(()) => Ok(values),
+            Err(error) => Err(self.state_error(error)),
+        }
     }
 
     fn state_error(&mut self, error: StateError) -> WitStateError {

@@ -185,6 +185,28 @@ pub trait StateBackend: Send + Sync + 'static {
     /// The backend failed.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
 
+    /// Whether reading many keys with [`StateBackend::get_many`] is much
+    /// cheaper than one by one (a backend across a network): then a pipe's
+    /// `add-many` reads the keys it has not written yet in one call.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
+    /// Reads the committed values of many full keys, in order. The default
+    /// reads them one by one; a backend across a network overrides it with
+    /// one round trip.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Writes a full key now, outside any checkpoint (at-least-once and
     /// at-most-once pipelines write through).
     ///
@@ -749,6 +771,81 @@ impl PipeState {
             return self.backend.add(&self.namespace.key(key), delta).await;
         }
         let current = self.current(key).await?;
+        self.add_to(key, delta, current).await
+    }
+
+    /// Applies each `(key, delta)` in order, as that many [`PipeState::add`]
+    /// calls would, pushing the new values to `values`; key `i` is
+    /// `keys[ops[i-1].0..ops[i].0]`. Under exactly-once on a backend that
+    /// [batches reads](StateBackend::batches_reads), the committed values
+    /// of the keys not yet in the write set are read in one
+    /// [`StateBackend::get_many`] (one round trip instead of one per new key).
+    ///
+    /// # Errors
+    ///
+    /// As [`PipeState::add`], for the first addition that fails (those
+    /// before it are applied).
+    pub async fn add_many(
+        &mut self,
+        keys: &str,
+        ops: &[(usize, i64)],
+        values: &mut Vec<i64>,
+    ) -> Result<(), StateError> {
+        let key_at = |start: usize, end: usize| keys.get(start..end).unwrap_or_default();
+        let mut prefetched: HashMap<&str, Option<Vec<u8>>, KeyHasher> = HashMap::default();
+        if self.mode == WriteMode::Checkpointed
+            && self.quota.is_none()
+            && self.backend.batches_reads()
+        {
+            let mut missing: Vec<&str> = Vec::new();
+            let mut start = 0;
+            for &(end, _) in ops {
+                let key = key_at(start, end);
+                start = end;
+                if !self.writes.contains_key(key.as_bytes()) && !prefetched.contains_key(key) {
+                    prefetched.insert(key, None);
+                    missing.push(key);
+                }
+            }
+            if missing.len() > 1 {
+                let full: Vec<Vec<u8>> =
+                    missing.iter().map(|key| self.namespace.key(key)).collect();
+                let read = self.backend.get_many(&full).await?;
+                for (key, value) in missing.into_iter().zip(read) {
+                    prefetched.insert(key, value);
+                }
+            } else {
+                // One new key (or none): the ordinary path reads it.
+                prefetched.clear();
+            }
+        }
+        let mut start = 0;
+        for &(end, delta) in ops {
+            let key = key_at(start, end);
+            start = end;
+            let read = if prefetched.is_empty() {
+                None
+            } else {
+                prefetched.remove(key)
+            };
+            let value = match read {
+                // Not in the write set before this call: its committed value
+                // was read above (later additions to it find it written).
+                Some(current) => self.add_to(key, delta, current).await?,
+                None => self.add(key, delta).await?,
+            };
+            values.push(value);
+        }
+        Ok(())
+    }
+
+    /// The general path of [`PipeState::add`], from the key's `current` value.
+    async fn add_to(
+        &mut self,
+        key: &str,
+        delta: i64,
+        current: Option<Vec<u8>>,
+    ) -> Result<i64, StateError> {
         let old_len = current.as_ref().map(Vec::len);
         let current = match current {
             None => 0,
