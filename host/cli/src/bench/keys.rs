@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use plumber::checkpoint::Position;
+use plumber::checkpoint::{CheckpointPolicy, Position};
 use plumber::pipeline::PipelineError;
 use plumber::runtime::Runtime;
 use plumber::state::{MemoryState, SharedState, SledState};
@@ -126,7 +126,15 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
             state,
             DiscardSink::new(),
         )
-        .map(|builder| builder.from(DistinctKeySource::new(keys)))
+        .map(|builder| {
+            let policy = CheckpointPolicy::every(setup.checkpoint).with_max_pending(
+                Some(args.max_pending_keys),
+                Some(plumber::checkpoint::DEFAULT_MAX_PENDING_BYTES),
+            );
+            builder
+                .checkpoint(policy)
+                .from(DistinctKeySource::new(keys))
+        })
     };
     let state_error = |name: &str| {
         let name = name.to_owned();

@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// `target/conformance/`, and the Rust one from `examples/guests`).
     #[arg(long = "component", value_delimiter = ',')]
     pub components: Vec<String>,
+    /// `keys`: the pipeline's `checkpoint.max_pending_keys` (default
+    /// 100,000), the bound of its write set.
+    #[arg(long, default_value_t = plumber::checkpoint::DEFAULT_MAX_PENDING_KEYS)]
+    pub max_pending_keys: u64,
     /// Name the guests' JIT code for `perf` (wasmtime's perf map,
     /// `/tmp/perf-<pid>.map`): run under `perf record` with `--only` and
     /// `--in-process` to see guest functions by name.
