@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plumber::config::*;
 use plumber::runtime::PipeLimits;
-use plumber::state::SledStateConfig;
+use plumber::state::{SledState, SledStateConfig};
 use plumber::step::OnError;
 use plumber::window::{EventTime, WindowKind};
 
@@ -31,7 +31,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
     assert_eq!(config.batch_size, 1024);
     assert_eq!(config.checkpoint.interval_ms, Some(1000));
     assert!(
-        matches!(config.state.downcast_ref::<SledStateConfig>(), Some(SledStateConfig { path }) if path == Path::new("/base/p.state"))
+        matches!(config.state.downcast_ref::<SledStateConfig>(), Some(SledStateConfig { path, cache_bytes }) if path == Path::new("/base/p.state") && *cache_bytes == SledState::CACHE_BYTES)
     );
     let StepConfig::Wasm(pipe) = &config.pipeline[0] else {
         panic!("a wasm step")

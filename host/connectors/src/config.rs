@@ -12,7 +12,7 @@ pub use plumber_engine::config::*;
 #[cfg(feature = "redis")]
 use crate::state::RedisStateConfig;
 #[cfg(feature = "sled")]
-use crate::state::SledStateConfig;
+use crate::state::{SledState, SledStateConfig};
 #[cfg(feature = "http")]
 use crate::streams::http::config::{HttpSinkConfig, HttpSourceConfig};
 #[cfg(feature = "nats")]
@@ -102,5 +102,6 @@ impl ReadStandard for PipelineConfig {
 fn sled_beside_config(pipeline: &str, base: &Path) -> Box<dyn StateSpec> {
     Box::new(SledStateConfig {
         path: base.join(format!("{pipeline}.state")),
+        cache_bytes: SledState::CACHE_BYTES,
     })
 }

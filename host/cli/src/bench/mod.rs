@@ -24,12 +24,14 @@
 //! | `memory` | peak RSS at 1× and 5× the input |
 //! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order |
 //! | `graphs` | what a graph's shape costs against a line on 2M events: a union of two sources, fan-out to two sinks, a router |
-//! | `suite` | all five above (the default) |
+//! | `keys` | peak RSS of a running count over 1M distinct keys (one new key per word) on the memory, sled and (`--redis`) Redis backends |
+//! | `suite` | wordcount, nexmark, scaling, memory and windows (the default) |
 //! | `batches`, `guarantees`, `languages` | the earlier figures: batch-size sweep, every guarantee and backend, each guest language |
 
 pub mod gate;
 pub mod graphs;
 pub mod joins;
+pub mod keys;
 mod legacy;
 pub mod nexmark;
 pub mod windows;
@@ -53,7 +55,7 @@ pub const GUESTS_DIR: &str = "examples/guests/target/wasm32-wasip2/release";
 pub struct BenchArgs {
     /// Scenarios, comma-separated: suite (= wordcount, nexmark, scaling,
     /// memory, windows), wordcount, nexmark, scaling, memory, windows,
-    /// graphs, joins, batches, guarantees, languages.
+    /// graphs, joins, keys, batches, guarantees, languages.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["suite".to_owned()])]
     pub scenario: Vec<String>,
     /// Multiplies every input size of the suite (1.0: 2,000,000 lines of
@@ -105,7 +107,7 @@ pub struct BenchArgs {
         default_value = "examples/guests/target/wasm32-wasip2/release/count.wasm"
     )]
     pub count_module: PathBuf,
-    /// A Redis server for `guarantees` (e.g. redis://127.0.0.1:6379/); skipped when absent.
+    /// A Redis server for `guarantees` and `keys` (e.g. redis://127.0.0.1:6379/); skipped when absent.
     #[arg(long)]
     pub redis: Option<String>,
     /// Checkpoint interval in ms (`guarantees`, `languages`, and the suite's stateful runs).
@@ -116,6 +118,10 @@ pub struct BenchArgs {
     /// `target/conformance/`, and the Rust one from `examples/guests`).
     #[arg(long = "component", value_delimiter = ',')]
     pub components: Vec<String>,
+    /// `keys`: the pipeline's `checkpoint.max_pending_keys` (default
+    /// 100,000), the bound of its write set.
+    #[arg(long, default_value_t = plumber::checkpoint::DEFAULT_MAX_PENDING_KEYS)]
+    pub max_pending_keys: u64,
     /// Name the guests' JIT code for `perf` (wasmtime's perf map,
     /// `/tmp/perf-<pid>.map`): run under `perf record` with `--only` and
     /// `--in-process` to see guest functions by name.
@@ -627,14 +633,14 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
                 scenarios.extend(["wordcount", "nexmark", "scaling", "memory", "windows"]);
             }
             "wordcount" | "nexmark" | "scaling" | "memory" | "windows" | "graphs" | "joins"
-            | "batches" | "guarantees" | "languages" => scenarios.push(name),
+            | "keys" | "batches" | "guarantees" | "languages" => scenarios.push(name),
             // The earlier names of two scenarios.
             "map" => scenarios.push("batches"),
             "stateful" => scenarios.push("guarantees"),
             other => {
                 return Err(BenchError::Setup(format!(
                     "unknown scenario `{other}`: use suite, wordcount, nexmark, scaling, memory, \
-                     windows, graphs, joins, batches, guarantees or languages"
+                     windows, graphs, joins, keys, batches, guarantees or languages"
                 )))
             }
         }
@@ -701,6 +707,7 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
             "windows" => windows::run(&args, &mut table).await?,
             "graphs" => graphs::run(&args, &mut table).await?,
             "joins" => joins::run(&args, &mut table).await?,
+            "keys" => keys::run(&args, &rt, &mut table).await?,
             _ => {}
         }
     }

@@ -389,6 +389,25 @@ impl StateBackend for RedisState {
         .await
     }
 
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    /// One `MGET` for all of them: one round trip.
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: &Vec<Vec<u8>> = &keys.iter().map(|key| self.state_key(key)).collect();
+        self.run("MGET", |mut conn| async move {
+            redis::cmd("MGET")
+                .arg(full)
+                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let full = &self.state_key(key);
         self.run("SET", |mut conn| async move {

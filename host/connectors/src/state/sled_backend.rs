@@ -23,20 +23,32 @@ pub struct SledState {
 }
 
 impl SledState {
-    /// Sled's page cache: 32 MiB instead of sled's default 1 GiB, which
-    /// lets a long run's memory grow far past its live state.
+    /// Sled's page cache by default (`cache_bytes`): 32 MiB instead of
+    /// sled's default 1 GiB, which lets a long run's memory grow far past
+    /// its live state.
     pub const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path` with the default page
+    /// cache, [`SledState::CACHE_BYTES`].
     ///
     /// # Errors
     ///
     /// The directory cannot be created or is locked by another process.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
+        SledState::open_with_cache(path, Self::CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database at `path`, its page cache capped at
+    /// `cache_bytes`.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created or is locked by another process.
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: u64) -> Result<Self, StateError> {
         let path = path.as_ref().to_path_buf();
         let db = sled::Config::new()
             .path(&path)
-            .cache_capacity(Self::CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(|source| StateError::Backend {
                 backend: "sled",

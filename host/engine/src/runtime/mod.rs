@@ -31,6 +31,10 @@ pub use guest_output::{LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND};
 pub use host::HostCtx;
 pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES};
 
+/// The name the linker knows our `state` interface by (guests built
+/// against an older minor version are served by semver matching).
+const STATE_INTERFACE: &str = "plumber:pipe/state@0.1.0";
+
 /// Why a component could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -207,6 +211,14 @@ impl Runtime {
         bindings::StatefulPipe::add_to_linker::<HostCtx, HasSelf<HostCtx>>(&mut linker, |ctx| ctx)
             .map_err(LoadError::Engine)?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Engine)?;
+        // Our own `add-many` in place of the generated one (same contract,
+        // keys read in place; see `host::add_many_in_place`).
+        linker.allow_shadowing(true);
+        linker
+            .instance(STATE_INTERFACE)
+            .and_then(|mut state| state.func_wrap_async("add-many", host::add_many_in_place))
+            .map_err(LoadError::Engine)?;
+        linker.allow_shadowing(false);
         let cache = cache.map(|(dir, max_bytes)| ComponentCache::new(dir, &engine, max_bytes));
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {

@@ -202,6 +202,14 @@ impl StateBackend for MemoryState {
         Ok(self.lock().entries.get(key).cloned())
     }
 
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let inner = self.lock();
+        Ok(keys
+            .iter()
+            .map(|key| inner.entries.get(key).cloned())
+            .collect())
+    }
+
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         self.lock().entries.insert(key.to_vec(), value.to_vec());
         Ok(())

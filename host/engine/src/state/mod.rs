@@ -113,13 +113,63 @@ pub type KeyHasher = foldhash::fast::RandomState;
 /// replaced (so a failed call can be undone without a copy per write).
 #[derive(Debug)]
 struct Pending {
-    /// `Some(value)` sets, `None` deletes.
-    value: Option<Vec<u8>>,
+    /// What the key will hold.
+    value: Stored,
     /// The number of the call that last wrote it.
     call: u64,
     /// What the pending write was before the call numbered `call` first
     /// wrote it: `None` when it had none.
-    before: Option<Option<Vec<u8>>>,
+    before: Option<Stored>,
+}
+
+/// A pending write's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stored {
+    /// `Some(value)` sets, `None` deletes.
+    Bytes(Option<Vec<u8>>),
+    /// Sets the integer's decimal text (the encoding of `add`), written out
+    /// only when the value is read or handed over: a counter's many adds
+    /// between two checkpoints neither parse nor format text.
+    Counter(i64),
+}
+
+impl Stored {
+    /// The value as bytes (`None`: deleted).
+    fn to_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Stored::Bytes(value) => value.clone(),
+            Stored::Counter(n) => {
+                let mut text = Vec::with_capacity(decimal_len(*n));
+                write_integer(&mut text, *n);
+                Some(text)
+            }
+        }
+    }
+
+    /// [`Stored::to_bytes`], consuming.
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Stored::Bytes(value) => value,
+            counter @ Stored::Counter(_) => counter.to_bytes(),
+        }
+    }
+
+    /// The length of the value's bytes (`None`: deleted).
+    fn len(&self) -> Option<usize> {
+        match self {
+            Stored::Bytes(value) => value.as_ref().map(Vec::len),
+            Stored::Counter(n) => Some(decimal_len(*n)),
+        }
+    }
+}
+
+/// The length of `n`'s decimal text, as [`write_integer`] writes it.
+fn decimal_len(n: i64) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |log| log as usize + 1);
+    digits + usize::from(n < 0)
 }
 
 /// A key/value store that can commit a checkpoint atomically.
@@ -134,6 +184,28 @@ pub trait StateBackend: Send + Sync + 'static {
     ///
     /// The backend failed.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Whether reading many keys with [`StateBackend::get_many`] is much
+    /// cheaper than one by one (a backend across a network): then a pipe's
+    /// `add-many` reads the keys it has not written yet in one call.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
+    /// Reads the committed values of many full keys, in order. The default
+    /// reads them one by one; a backend across a network overrides it with
+    /// one round trip.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
 
     /// Writes a full key now, outside any checkpoint (at-least-once and
     /// at-most-once pipelines write through).
@@ -204,6 +276,9 @@ pub trait StateBackend: Send + Sync + 'static {
 ///
 /// The bytes are not a decimal integer.
 pub fn parse_integer(key: &[u8], bytes: &[u8]) -> Result<i64, StateError> {
+    if let Some(n) = parse_short_decimal(bytes) {
+        return Ok(n);
+    }
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| text.parse::<i64>().ok())
@@ -213,6 +288,28 @@ pub fn parse_integer(key: &[u8], bytes: &[u8]) -> Result<i64, StateError> {
                 String::from_utf8_lossy(key)
             ))
         })
+}
+
+/// The common case of [`parse_integer`] without going through `str`: an
+/// optional `-` and 1 to 18 ASCII digits (which cannot overflow an `i64`).
+/// `None` for anything else, which the general parser then decides.
+fn parse_short_decimal(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n * 10 + i64::from(digit);
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// `current + delta`, or an error naming the key on overflow.
@@ -538,7 +635,7 @@ impl PipeState {
     /// The value of a guest key: the pipe's own pending write, or the backend's.
     async fn current(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self.writes.get(key.as_bytes()) {
-            Some(pending) => Ok(pending.value.clone()),
+            Some(pending) => Ok(pending.value.to_bytes()),
             None => self.backend.get(&self.namespace.key(key)).await,
         }
     }
@@ -604,7 +701,7 @@ impl PipeState {
         let delta = self.charge(key, old, Some(value.len()))?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.write(key, Some(value));
+                self.write(key, Stored::Bytes(Some(value)));
                 Ok(())
             }
             WriteMode::WriteThrough => {
@@ -625,7 +722,7 @@ impl PipeState {
         let delta = self.charge(key, old, None)?;
         match self.mode {
             WriteMode::Checkpointed => {
-                self.write(key, None);
+                self.write(key, Stored::Bytes(None));
                 Ok(())
             }
             WriteMode::WriteThrough => {
@@ -644,23 +741,28 @@ impl PipeState {
     pub async fn add(&mut self, key: &str, delta: i64) -> Result<i64, StateError> {
         if self.mode == WriteMode::Checkpointed && self.quota.is_none() {
             // The hot path of counters: a key written since the checkpoint
-            // is updated where it lies (allocating only on a call's first
-            // write, to keep the old value for an undo).
+            // is updated where it lies, as an integer (no text parsed or
+            // written, nothing allocated).
             if let Some(pending) = self.writes.get_mut(key.as_bytes()) {
-                if let Some(bytes) = &mut pending.value {
-                    let next =
-                        checked_sum(key.as_bytes(), parse_integer(key.as_bytes(), bytes)?, delta)?;
-                    let old_len = bytes.len();
+                let current = match &pending.value {
+                    Stored::Counter(n) => Some(*n),
+                    Stored::Bytes(Some(bytes)) => Some(parse_integer(key.as_bytes(), bytes)?),
+                    // Deleted in this epoch: the general path below.
+                    Stored::Bytes(None) => None,
+                };
+                if let Some(current) = current {
+                    let next = checked_sum(key.as_bytes(), current, delta)?;
+                    let old_len = pending.value.len().unwrap_or(0);
+                    let value = Stored::Counter(next);
                     if pending.call == self.call {
-                        write_integer(bytes, next);
-                        self.pending_bytes = self.pending_bytes + bytes.len() - old_len;
+                        pending.value = value;
                     } else {
-                        let mut text = Vec::with_capacity(bytes.len() + 1);
-                        write_integer(&mut text, next);
-                        self.pending_bytes = self.pending_bytes + text.len() - old_len;
-                        pending.before = Some(pending.value.replace(text));
+                        // The first write of this call: keep what it replaces
+                        // for an undo.
+                        pending.before = Some(std::mem::replace(&mut pending.value, value));
                         pending.call = self.call;
                     }
+                    self.pending_bytes = self.pending_bytes + decimal_len(next) - old_len;
                     return Ok(next);
                 }
             }
@@ -669,21 +771,95 @@ impl PipeState {
             return self.backend.add(&self.namespace.key(key), delta).await;
         }
         let current = self.current(key).await?;
+        self.add_to(key, delta, current).await
+    }
+
+    /// Applies each `(key, delta)` in order, as that many [`PipeState::add`]
+    /// calls would, pushing the new values to `values`; key `i` is
+    /// `keys[ops[i-1].0..ops[i].0]`. Under exactly-once on a backend that
+    /// [batches reads](StateBackend::batches_reads), the committed values
+    /// of the keys not yet in the write set are read in one
+    /// [`StateBackend::get_many`] (one round trip instead of one per new key).
+    ///
+    /// # Errors
+    ///
+    /// As [`PipeState::add`], for the first addition that fails (those
+    /// before it are applied).
+    pub async fn add_many(
+        &mut self,
+        keys: &str,
+        ops: &[(usize, i64)],
+        values: &mut Vec<i64>,
+    ) -> Result<(), StateError> {
+        let key_at = |start: usize, end: usize| keys.get(start..end).unwrap_or_default();
+        let mut prefetched: HashMap<&str, Option<Vec<u8>>, KeyHasher> = HashMap::default();
+        if self.mode == WriteMode::Checkpointed
+            && self.quota.is_none()
+            && self.backend.batches_reads()
+        {
+            let mut missing: Vec<&str> = Vec::new();
+            let mut start = 0;
+            for &(end, _) in ops {
+                let key = key_at(start, end);
+                start = end;
+                if !self.writes.contains_key(key.as_bytes()) && !prefetched.contains_key(key) {
+                    prefetched.insert(key, None);
+                    missing.push(key);
+                }
+            }
+            if missing.len() > 1 {
+                let full: Vec<Vec<u8>> =
+                    missing.iter().map(|key| self.namespace.key(key)).collect();
+                let read = self.backend.get_many(&full).await?;
+                for (key, value) in missing.into_iter().zip(read) {
+                    prefetched.insert(key, value);
+                }
+            } else {
+                // One new key (or none): the ordinary path reads it.
+                prefetched.clear();
+            }
+        }
+        let mut start = 0;
+        for &(end, delta) in ops {
+            let key = key_at(start, end);
+            start = end;
+            let read = if prefetched.is_empty() {
+                None
+            } else {
+                prefetched.remove(key)
+            };
+            let value = match read {
+                // Not in the write set before this call: its committed value
+                // was read above (later additions to it find it written).
+                Some(current) => self.add_to(key, delta, current).await?,
+                None => self.add(key, delta).await?,
+            };
+            values.push(value);
+        }
+        Ok(())
+    }
+
+    /// The general path of [`PipeState::add`], from the key's `current` value.
+    async fn add_to(
+        &mut self,
+        key: &str,
+        delta: i64,
+        current: Option<Vec<u8>>,
+    ) -> Result<i64, StateError> {
         let old_len = current.as_ref().map(Vec::len);
         let current = match current {
             None => 0,
             Some(bytes) => parse_integer(key.as_bytes(), &bytes)?,
         };
         let next = checked_sum(key.as_bytes(), current, delta)?;
-        let mut text = Vec::new();
-        write_integer(&mut text, next);
-        self.check_call_growth(key, Some(text.len()))?;
-        let charged = self.charge(key, old_len, Some(text.len()))?;
+        let new_len = decimal_len(next);
+        self.check_call_growth(key, Some(new_len))?;
+        let charged = self.charge(key, old_len, Some(new_len))?;
         if self.mode == WriteMode::WriteThrough {
             let result = self.backend.add(&self.namespace.key(key), delta).await;
             return self.refund_failed(charged, result);
         }
-        self.write(key, Some(text));
+        self.write(key, Stored::Counter(next));
         Ok(next)
     }
 
@@ -695,9 +871,7 @@ impl PipeState {
         }
         let existing = self.writes.get(key.as_bytes());
         let keys = self.writes.len() + usize::from(existing.is_none());
-        let old_bytes = existing.map_or(0, |pending| {
-            entry_bytes(key.as_bytes(), pending.value.as_ref())
-        });
+        let old_bytes = existing.map_or(0, |pending| entry_bytes(key.as_bytes(), &pending.value));
         let bytes = self.pending_bytes + key.len() + value_len.unwrap_or(0) - old_bytes;
         let grown = |now: usize, start: usize| now.saturating_sub(start) as u64;
         if let Some(limit) = self.call_bound.keys {
@@ -747,7 +921,7 @@ impl PipeState {
             self.pending_bytes = self
                 .writes
                 .iter()
-                .map(|(key, pending)| entry_bytes(key, pending.value.as_ref()))
+                .map(|(key, pending)| entry_bytes(key, &pending.value))
                 .sum();
             if let Some(quota) = &self.quota {
                 quota.refund(self.charged);
@@ -761,11 +935,11 @@ impl PipeState {
     }
 
     /// Records a write of the call in progress.
-    fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
+    fn write(&mut self, key: &str, value: Stored) {
         let call = self.call;
-        let new_bytes = entry_bytes(key.as_bytes(), value.as_ref());
+        let new_bytes = entry_bytes(key.as_bytes(), &value);
         if let Some(pending) = self.writes.get_mut(key.as_bytes()) {
-            let old_bytes = entry_bytes(key.as_bytes(), pending.value.as_ref());
+            let old_bytes = entry_bytes(key.as_bytes(), &pending.value);
             self.pending_bytes = self.pending_bytes + new_bytes - old_bytes;
             if pending.call == call {
                 pending.value = value;
@@ -778,7 +952,7 @@ impl PipeState {
         match self.writes.entry(key.as_bytes().to_vec()) {
             std::collections::hash_map::Entry::Occupied(mut entry) => {
                 let pending = entry.get_mut();
-                let old_bytes = entry_bytes(key.as_bytes(), pending.value.as_ref());
+                let old_bytes = entry_bytes(key.as_bytes(), &pending.value);
                 self.pending_bytes = self.pending_bytes + new_bytes - old_bytes;
                 if pending.call == call {
                     pending.value = value;
@@ -810,7 +984,7 @@ impl PipeState {
             let mut full = Vec::with_capacity(prefix.len() + key.len());
             full.extend_from_slice(prefix);
             full.extend_from_slice(&key);
-            (full, pending.value)
+            (full, pending.value.into_bytes())
         }));
         writes
     }
@@ -825,13 +999,101 @@ impl PipeState {
 }
 
 /// What a pending entry counts toward [`PendingWrites::bytes`].
-fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
-    key.len() + value.map_or(0, Vec::len)
+fn entry_bytes(key: &[u8], value: &Stored) -> usize {
+    key.len() + value.len().unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast integer parse agrees with `str::parse` (the reference) on
+    /// every edge: signs, zeros, lengths around 18 digits, the `i64` range
+    /// and bytes that are not digits.
+    #[test]
+    fn stored_integers_parse_as_str_parse_does() {
+        let mut cases: Vec<String> = [
+            "",
+            "-",
+            "+",
+            "0",
+            "-0",
+            "007",
+            "-007",
+            "+5",
+            "5+",
+            " 5",
+            "5 ",
+            "1_0",
+            "١",
+            "123456789012345678",
+            "-123456789012345678",
+            "999999999999999999",
+            "1234567890123456789",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "00000000000000000001",
+        ]
+        .iter()
+        .map(|case| (*case).to_owned())
+        .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..10_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let n = seed as i64 >> (seed % 64);
+            cases.push(n.to_string());
+        }
+        for case in &cases {
+            let reference = case.parse::<i64>().ok();
+            let parsed = parse_integer(b"k", case.as_bytes()).ok();
+            assert_eq!(parsed, reference, "{case:?}");
+        }
+        assert!(parse_integer(b"k", &[0xff, b'1']).is_err());
+        // The length of a counter's text, computed without writing it.
+        for case in &cases {
+            if let Ok(n) = case.parse::<i64>() {
+                assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+            }
+        }
+        for n in [0, 9, 10, -1, -10, i64::MAX, i64::MIN] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+    }
+
+    /// A counter written in many calls keeps exact values and an exact undo
+    /// of the failed call, with its buffers reused between calls.
+    #[tokio::test]
+    async fn counters_across_calls_undo_exactly() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let mut state = PipeState::new(
+            backend,
+            Namespace::for_pipe("p", "c"),
+            WriteMode::Checkpointed,
+        );
+        let mut reference = 0i64;
+        for call in 0..50i64 {
+            let before = reference;
+            for _ in 0..3 {
+                assert_eq!(state.add("n", call).await.unwrap(), reference + call);
+                reference += call;
+            }
+            let succeeded = call % 7 != 3;
+            state.end_call(succeeded);
+            if !succeeded {
+                reference = before;
+            }
+            assert_eq!(
+                state.get("n").await.unwrap(),
+                Some(reference.to_string().into_bytes()),
+                "after call {call}"
+            );
+            assert_eq!(state.pending().bytes, 1 + reference.to_string().len());
+        }
+    }
 
     #[test]
     fn a_stored_key_names_its_owner() {
