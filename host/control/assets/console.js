@@ -166,7 +166,8 @@
           points.push(rateIn);
           if (points.length > KEEP) points.shift();
           series.set(p.name, points);
-          sparkline(field(row, "spark"), points);
+          // A line needs two points.
+          if (points.length >= 2) sparkline(field(row, "spark"), points);
         }
       }
       text(summary, `${overview.pipelines.length} pipelines, ${running} running.`);
