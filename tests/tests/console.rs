@@ -560,10 +560,10 @@ async fn the_console_in_a_real_browser() {
         .await;
     browser
         .wait_for(
-            "a rate and a sparkline",
+            "a rate and a sparkline of five points",
             "const row = document.querySelector('tr[data-pipeline=\"orders\"]'); \
              return /^[0-9.]+$/.test(row.querySelector('[data-field=rate_in]').textContent) \
-                 && (row.querySelector('td.spark polyline')?.getAttribute('points') || '').split(' ').length >= 2;",
+                 && (row.querySelector('td.spark polyline')?.getAttribute('points') || '').split(' ').length >= 5;",
             json!([]),
         )
         .await;

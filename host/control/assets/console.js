@@ -105,8 +105,9 @@
       cell.replaceChildren(svg);
     }
     const top = Math.max(1, ...points);
-    const start = KEEP - points.length;
-    const coordinates = points.map((v, i) => `${start + i},${(19 - (v / top) * 18).toFixed(1)}`);
+    // Spread over the whole width: the line's age grows to KEEP points.
+    const step = (KEEP - 1) / Math.max(1, points.length - 1);
+    const coordinates = points.map((v, i) => `${(i * step).toFixed(1)},${(19 - (v / top) * 18).toFixed(1)}`);
     svg.firstChild.setAttribute("points", coordinates.join(" "));
   };
 
