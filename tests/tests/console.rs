@@ -373,10 +373,16 @@ struct Plumber {
 impl Plumber {
     async fn start() -> Plumber {
         let dir = tempfile::tempdir().unwrap();
-        let count = harness::guest("count");
-        for (name, tenant, interval) in [
-            ("orders", "acme", Value::Null),
-            ("clicks", "beta", json!(300)),
+        let count = json!({"name": "count", "type": "wasm", "module": harness::guest("count")});
+        // `clicks` also prints each event (guest log lines) and fails on
+        // those starting with `fail` (dead letters).
+        let loud = json!({"name": "loud", "type": "wasm", "module": harness::guest("probe"),
+                          "config": {"mode": "print"}});
+        let picky = json!({"name": "picky", "type": "wasm", "module": harness::guest("faulty"),
+                           "on_error": "dead_letter"});
+        for (name, tenant, interval, pipeline) in [
+            ("orders", "acme", Value::Null, json!([count])),
+            ("clicks", "beta", json!(300), json!([loud, picky, count])),
         ] {
             std::fs::write(dir.path().join(format!("{name}.in")), "").unwrap();
             let config = json!({
@@ -385,8 +391,9 @@ impl Plumber {
                 "state": {"type": "memory"},
                 "checkpoint": {"interval_ms": interval},
                 "from": {"type": "file", "path": format!("{name}.in"), "follow_ms": 50},
-                "pipeline": [{"name": "count", "type": "wasm", "module": count}],
+                "pipeline": pipeline,
                 "to": {"type": "file", "path": format!("{name}.out")},
+                "dead_letter": {"type": "file", "path": format!("{name}.dead")},
             });
             std::fs::write(
                 dir.path().join(format!("{name}.json")),
@@ -440,7 +447,12 @@ impl Plumber {
                             .append(true)
                             .open(dir.join(format!("{name}.in")))
                             .unwrap();
-                        writeln!(file, "{}", words[round % words.len()]).unwrap();
+                        let word = if round % 10 == 5 {
+                            "fail-me"
+                        } else {
+                            words[round % words.len()]
+                        };
+                        writeln!(file, "{word}").unwrap();
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -463,6 +475,30 @@ impl Plumber {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Waits until the pipeline has dead-lettered something and logged a
+    /// line, by its API.
+    async fn wait_for_dead_letters_and_log(&self, pipeline: &str) {
+        let seen = harness::wait_until_async(WAIT, || async {
+            let detail = self.detail(pipeline).await;
+            !detail["dead_letters"].as_array().unwrap().is_empty()
+                && !detail["log"].as_array().unwrap().is_empty()
+        })
+        .await;
+        assert!(seen, "{pipeline}: no dead letter or log line");
+    }
+
+    /// The values in the pipeline's dead-letter file (JSON lines).
+    fn dead_letter_values(&self, pipeline: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(format!("{pipeline}.dead")))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let letter: Value = serde_json::from_str(line).unwrap();
+                letter["value"].as_str().unwrap().to_owned()
+            })
+            .collect()
     }
 
     fn module_file(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -533,6 +569,18 @@ async fn the_overview_reads_without_javascript() {
         .await;
     assert!(browser.text("#graph").await.contains("count"));
     browser.screenshot("pipeline").await;
+    // Dead letters with their headers, and guest log lines, server-rendered.
+    plumber.wait_for_dead_letters_and_log("clicks").await;
+    browser
+        .goto(&format!("{}/console/pipelines/clicks", plumber.base))
+        .await;
+    let letters = browser.text("#dead-letters").await;
+    assert!(letters.contains("fail-me"), "{letters}");
+    assert!(letters.contains("plumber-dead-letter-reason"), "{letters}");
+    assert!(letters.contains("asked to fail"), "{letters}");
+    let log = browser.text("#guest-log").await;
+    assert!(log.contains("stdout: "), "{log}");
+    assert!(log.contains("loud"), "{log}");
     browser.quit().await;
 }
 
@@ -690,6 +738,35 @@ async fn the_console_in_a_real_browser() {
     browser.goto(&format!("{base}/console/cluster")).await;
     assert!(browser.text("main").await.contains("not a cluster worker"));
     browser.screenshot("cluster").await;
+
+    // Dead letters and log lines of `clicks`, kept live: the page's
+    // newest dead letter is one the dead-letter sink wrote.
+    plumber.wait_for_dead_letters_and_log("clicks").await;
+    browser
+        .goto(&format!("{base}/console/pipelines/clicks"))
+        .await;
+    browser
+        .wait_for(
+            "a dead letter with its headers and a guest log line",
+            "const letter = document.querySelector('#dead-letters tr.letter'); \
+             const line = document.querySelector('#guest-log tr.line'); \
+             return letter !== null && line !== null \
+                 && letter.textContent.includes('plumber-dead-letter-step: picky');",
+            json!([]),
+        )
+        .await;
+    let shown = browser
+        .run(
+            "return document.querySelector('#dead-letters tr.letter td:nth-child(3)').textContent",
+            json!([]),
+        )
+        .await;
+    let written = plumber.dead_letter_values("clicks");
+    assert!(
+        written.iter().any(|value| json!(value) == shown),
+        "{shown} is not in the dead-letter file: {written:?}"
+    );
+    browser.screenshot("pipeline-dead-letters").await;
 
     // A page of another origin posting a form to the admin API (the
     // classic cross-site request): refused for its origin.

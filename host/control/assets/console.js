@@ -190,6 +190,16 @@
     const rateOf = rates();
     let newestEpoch = null;
     const swapsSeen = new Map();
+    let lettersSeen = null;
+    let logSeen = null;
+    const code = (row, value, wrap) => {
+      const td = cell(row, "");
+      if (wrap) td.className = "wrap";
+      const element = document.createElement("code");
+      element.textContent = value;
+      td.appendChild(element);
+      return td;
+    };
     const refresh = poll(url, (detail) => {
       setState(field(facts, "state"), detail.state);
       text(field(facts, "uptime"), orDash(detail.uptime_ms, duration));
@@ -226,6 +236,45 @@
           return row;
         });
         if (rows.length) tbody.replaceChildren(...rows);
+      }
+
+      const lettersKey = JSON.stringify(detail.dead_letters.map((letter) => letter.at_ms));
+      if (lettersKey !== lettersSeen && detail.dead_letters.length) {
+        lettersSeen = lettersKey;
+        document.querySelector("#dead-letters tbody").replaceChildren(
+          ...detail.dead_letters.slice().reverse().map((letter) => {
+            const row = document.createElement("tr");
+            row.className = "letter";
+            cell(row, utc(letter.at_ms));
+            code(row, letter.key === null ? "–" : letter.key);
+            code(row, letter.value, true);
+            const headers = document.createElement("ul");
+            headers.className = "headers";
+            for (const [header, value] of letter.headers) {
+              const item = document.createElement("li");
+              const label = document.createElement("code");
+              label.textContent = header;
+              item.append(label, `: ${value}`);
+              headers.appendChild(item);
+            }
+            cell(row, "").append(headers);
+            row.lastChild.className = "wrap";
+            return row;
+          }));
+      }
+      const logKey = JSON.stringify(detail.log.map((line) => [line.at_ms, line.step]));
+      if (logKey !== logSeen && detail.log.length) {
+        logSeen = logKey;
+        document.querySelector("#guest-log tbody").replaceChildren(
+          ...detail.log.slice().reverse().map((line) => {
+            const row = document.createElement("tr");
+            row.className = "line";
+            cell(row, utc(line.at_ms));
+            cell(row, line.step);
+            cell(row, line.source);
+            code(row, line.text, true);
+            return row;
+          }));
       }
 
       for (const pipe of detail.pipes) {

@@ -22,12 +22,13 @@ use crate::admin::{
     AdminControl, AdminError, CheckpointDone, ModuleUpload, PipeStatus, PipelineStatus, SwapDone,
 };
 use crate::console::model::{
-    PipeView, PipelineDetail, PipelineLive, StageView, StopRequested, TenantView,
+    LogLineView, PipeView, PipelineDetail, PipelineLive, StageView, StopRequested, TenantView,
 };
 use crate::metrics::Scrape;
 use plumber_engine::pipeline::{
     HandleError, LiveStatus, Phase, PipelineBuilder, PipelineError, PipelineHandle, RunReport,
 };
+use plumber_engine::runtime::RECENT_LOG_LINES;
 use plumber_engine::step::{StepCounters, LIMIT_KINDS};
 use plumber_engine::swap::{ModuleSource, SwapError};
 use plumber_engine::tenant::Tenants;
@@ -571,11 +572,34 @@ fn pipeline_detail(pipeline: &Supervised) -> PipelineDetail {
             }
         })
         .collect();
+    let mut log: Vec<LogLineView> = status
+        .stages()
+        .iter()
+        .filter_map(|stage| Some((stage.name.as_str(), stage.counters.as_deref()?)))
+        .flat_map(|(step, counters)| {
+            counters
+                .recent_log
+                .snapshot()
+                .into_iter()
+                .map(move |line| LogLineView {
+                    step: step.to_owned(),
+                    at_ms: line.at_ms,
+                    source: line.source.to_owned(),
+                    text: line.text,
+                })
+        })
+        .collect();
+    // Merged by time (stable: a pipe's own order is kept), the newest
+    // RECENT_LOG_LINES of them.
+    log.sort_by_key(|line| line.at_ms);
+    let log = log.split_off(log.len().saturating_sub(RECENT_LOG_LINES));
     PipelineDetail {
         live: pipeline_live(pipeline),
         stages,
         checkpoints: status.checkpoint_history(),
         pipes,
+        dead_letters: status.recent_dead_letters(),
+        log,
     }
 }
 

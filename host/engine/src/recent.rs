@@ -35,6 +35,18 @@ impl<T: Clone> Recent<T> {
         entries.push_back(entry);
     }
 
+    /// Adds `entries` in order (one lock for all), dropping the oldest
+    /// when full.
+    pub fn extend(&self, entries: impl IntoIterator<Item = T>) {
+        let mut kept = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in entries {
+            if kept.len() == self.capacity {
+                kept.pop_front();
+            }
+            kept.push_back(entry);
+        }
+    }
+
     /// The entries kept, oldest first.
     #[must_use]
     pub fn snapshot(&self) -> Vec<T> {
@@ -76,6 +88,18 @@ mod tests {
             let expected: Vec<u32> = (first..=i).collect();
             assert_eq!(recent.snapshot(), expected, "after pushing {i}");
         }
+    }
+
+    #[test]
+    fn extend_is_pushes_in_order() {
+        let extended = Recent::new(4);
+        let pushed = Recent::new(4);
+        for chunk in [vec![1, 2], vec![3, 4, 5, 6, 7], vec![8]] {
+            extended.extend(chunk.clone());
+            chunk.into_iter().for_each(|n| pushed.push(n));
+            assert_eq!(extended.snapshot(), pushed.snapshot());
+        }
+        assert_eq!(extended.snapshot(), vec![5, 6, 7, 8]);
     }
 
     #[test]

@@ -376,6 +376,57 @@ pub(super) fn pipeline(detail: &PipelineDetail, now_ms: u64, token_required: boo
         main.push_str("</tbody></table></div>\n");
     }
     main.push_str("</section>\n");
+
+    // Dead letters, newest first.
+    main.push_str(
+        "<section aria-labelledby=\"dead-title\"><h2 id=\"dead-title\">Dead letters</h2>\n\
+         <div class=\"scroll\"><table id=\"dead-letters\"><thead><tr>\
+         <th scope=\"col\">When</th><th scope=\"col\">Key</th><th scope=\"col\">Value</th>\
+         <th scope=\"col\">Headers</th></tr></thead><tbody>\n",
+    );
+    if detail.dead_letters.is_empty() {
+        main.push_str("<tr><td colspan=\"4\">None in this run.</td></tr>\n");
+    }
+    for letter in detail.dead_letters.iter().rev() {
+        let headers: String = letter
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                format!("<li><code>{}</code>: {}</li>", escape(name), escape(value))
+            })
+            .collect();
+        let _ = writeln!(
+            main,
+            "<tr class=\"letter\"><td>{}</td><td><code>{}</code></td><td class=\"wrap\"><code>{}</code></td>\
+             <td class=\"wrap\"><ul class=\"headers\">{headers}</ul></td></tr>",
+            utc(letter.at_ms),
+            escape(letter.key.as_deref().unwrap_or("–")),
+            escape(&letter.value),
+        );
+    }
+    main.push_str("</tbody></table></div></section>\n");
+
+    // Guest log lines, newest first.
+    main.push_str(
+        "<section aria-labelledby=\"log-title\"><h2 id=\"log-title\">Guest log</h2>\n\
+         <div class=\"scroll\"><table id=\"guest-log\"><thead><tr>\
+         <th scope=\"col\">When</th><th scope=\"col\">Pipe</th><th scope=\"col\">Level or stream</th>\
+         <th scope=\"col\">Line</th></tr></thead><tbody>\n",
+    );
+    if detail.log.is_empty() {
+        main.push_str("<tr><td colspan=\"4\">No line in this run.</td></tr>\n");
+    }
+    for line in detail.log.iter().rev() {
+        let _ = writeln!(
+            main,
+            "<tr class=\"line\"><td>{}</td><td>{}</td><td>{}</td><td class=\"wrap\"><code>{}</code></td></tr>",
+            utc(line.at_ms),
+            escape(&line.step),
+            escape(&line.source),
+            escape(&line.text),
+        );
+    }
+    main.push_str("</tbody></table></div></section>\n");
     page(
         &live.name,
         Tab::Pipelines,

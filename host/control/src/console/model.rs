@@ -1,6 +1,7 @@
 //! What the console shows, as the engine reports it: the JSON of
 //! `GET /console/api/…` and the data the server-rendered pages are made of.
 
+use plumber_engine::dead_letter::DeadLetterEntry;
 use plumber_engine::pipeline::CheckpointEntry;
 use plumber_engine::swap::SwapEntry;
 
@@ -114,6 +115,25 @@ pub struct PipelineDetail {
     pub checkpoints: Vec<CheckpointEntry>,
     /// Its WASM pipes.
     pub pipes: Vec<PipeView>,
+    /// The last events written to its dead-letter sink, oldest first
+    /// (shortened; the headers say why, where and when).
+    pub dead_letters: Vec<DeadLetterEntry>,
+    /// Its pipes' last log lines, oldest first.
+    pub log: Vec<LogLineView>,
+}
+
+/// A line a pipe wrote to the host's log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLineView {
+    /// The step (pipe) that wrote it.
+    pub step: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// A `log` call's level (`"info"`, `"warn"`, …) or the stream
+    /// (`"stdout"`, `"stderr"`).
+    pub source: String,
+    /// The line, its first 512 bytes.
+    pub text: String,
 }
 
 /// One tenant: its quotas and what it uses.

@@ -53,6 +53,8 @@ impl AdminControl for Hostile {
             stages: vec![],
             checkpoints: vec![],
             pipes: vec![],
+            dead_letters: vec![],
+            log: vec![],
         })
     }
 

@@ -355,8 +355,10 @@ impl PipelineBuilder {
         }
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
-        let (dead_letters, dead_letter_task) =
-            self.dead_letter.map(crate::dead_letter::spawn).unzip();
+        let (dead_letters, dead_letter_task) = self
+            .dead_letter
+            .map(|sink| crate::dead_letter::spawn(sink, status.dead_letter_recorder()))
+            .unzip();
         let dead_letter_task = dead_letter_task.map(OwnedTask::from);
         let context = StepContext {
             tenant: &self.tenant,
@@ -479,8 +481,10 @@ impl PipelineBuilder {
         let status = self.status.clone();
         let state: SharedState = self.state.unwrap_or_else(|| Arc::new(MemoryState::new()));
         let lease = admit(&name, &self.tenant, self.tenants.as_deref(), &state).await?;
-        let (dead_letters, dead_letter_task) =
-            self.dead_letter.map(crate::dead_letter::spawn).unzip();
+        let (dead_letters, dead_letter_task) = self
+            .dead_letter
+            .map(|sink| crate::dead_letter::spawn(sink, status.dead_letter_recorder()))
+            .unzip();
         let dead_letter_task = dead_letter_task.map(OwnedTask::from);
         let upstream_watermarks = graph
             .sources

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::dead_letter::{DeadLetterEntry, RECENT_DEAD_LETTERS};
 use crate::histogram::Histogram;
 use crate::recent::Recent;
 use crate::step::StepCounters;
@@ -126,6 +127,7 @@ pub struct LiveStatus {
     stages: Mutex<Vec<Arc<StageStats>>>,
     pipes: Mutex<Vec<Arc<PipeSlot>>>,
     checkpoint_history: Recent<CheckpointEntry>,
+    dead_letters: Arc<Recent<DeadLetterEntry>>,
 }
 
 impl Default for LiveStatus {
@@ -147,6 +149,7 @@ impl Default for LiveStatus {
             stages: Mutex::new(Vec::new()),
             pipes: Mutex::new(Vec::new()),
             checkpoint_history: Recent::new(CHECKPOINT_HISTORY),
+            dead_letters: Arc::new(Recent::new(RECENT_DEAD_LETTERS)),
         }
     }
 }
@@ -231,6 +234,17 @@ impl LiveStatus {
     /// oldest first.
     pub fn checkpoint_history(&self) -> Vec<CheckpointEntry> {
         self.checkpoint_history.snapshot()
+    }
+
+    /// The last [`RECENT_DEAD_LETTERS`] events written to the dead-letter
+    /// sink in this run, oldest first, shortened.
+    pub fn recent_dead_letters(&self) -> Vec<DeadLetterEntry> {
+        self.dead_letters.snapshot()
+    }
+
+    /// Where the dead-letter task keeps what it wrote.
+    pub(crate) fn dead_letter_recorder(&self) -> Arc<Recent<DeadLetterEntry>> {
+        self.dead_letters.clone()
     }
 
     /// Every stage's counters, in pipeline order.
