@@ -278,6 +278,41 @@ impl Drop for LineLogger {
 mod tests {
     use super::*;
 
+    /// Each line that went to the log is kept, its first 512 bytes (cut
+    /// on a character boundary), the last [`RECENT_LOG_LINES`] of them.
+    #[test]
+    fn logged_lines_are_kept_for_the_console() {
+        let budget = LogBudget::new("t", "p");
+        let mut logger = LineLogger {
+            tags: Arc::new(Tags {
+                tenant: "t".into(),
+                pipe: "p".into(),
+                stream: "stderr",
+            }),
+            budget: budget.clone(),
+            line: Vec::new(),
+            cut: false,
+        };
+        logger.push(b"one\r\ntwo\n");
+        // 300 two-byte characters: 600 bytes, cut to 256 of them.
+        budget.record("warn", &"é".repeat(300));
+        let kept = budget.recent().snapshot();
+        let texts: Vec<(&str, &str)> = kept.iter().map(|l| (l.source, l.text.as_str())).collect();
+        let cut = "é".repeat(SHOWN_LINE / 2);
+        assert_eq!(
+            texts,
+            [("stderr", "one"), ("stderr", "two"), ("warn", cut.as_str())]
+        );
+        // A flood: some lines are dropped; only the last few are kept.
+        for _ in 0..LOG_LINES_PER_SECOND * 2 {
+            logger.push(b"x\n");
+        }
+        assert!(budget.dropped() > 0);
+        let kept = budget.recent().snapshot();
+        assert_eq!(kept.len(), RECENT_LOG_LINES);
+        assert!(kept.iter().all(|line| line.text == "x"));
+    }
+
     #[test]
     fn lines_are_split_and_long_ones_cut() {
         let mut logger = LineLogger {
