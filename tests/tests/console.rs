@@ -836,6 +836,87 @@ async fn the_console_in_a_real_browser() {
     println!("screenshots in {}", screenshot_dir().display());
 }
 
+/// A hundred pipelines: the overview lists them all, server-rendered, and
+/// keeps them live (every row's rate and sparkline). Prints what one
+/// update costs the browser, as its status line says (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_pipelines_stay_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = harness::guest("count");
+    let mut names = Vec::new();
+    for i in 0..100 {
+        let name = format!("p{i:03}");
+        std::fs::write(dir.path().join(format!("{name}.in")), "a\nb\n").unwrap();
+        let config = json!({
+            "name": name,
+            "tenant": format!("t{}", i % 5),
+            "state": {"type": "memory"},
+            "from": {"type": "file", "path": format!("{name}.in"), "follow_ms": 500},
+            "pipeline": [{"name": "count", "type": "wasm", "module": count}],
+            "to": {"type": "discard"},
+        });
+        std::fs::write(dir.path().join(format!("{name}.json")), config.to_string()).unwrap();
+        names.push(format!("{name}.json"));
+    }
+    let host = json!({"pipelines": names, "status_interval_ms": 0});
+    std::fs::write(dir.path().join("host.json"), host.to_string()).unwrap();
+    let port = harness::free_port();
+    let mut child = Command::new(harness::plumber_binary())
+        .current_dir(dir.path())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(["run", "--host", "host.json", "--admin"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start plumber run");
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = harness::wait_until_async(Duration::from_secs(120), || async {
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+    assert!(ready, "plumber run did not get ready at {base}");
+
+    let driver = Driver::start().await;
+    let browser = driver.session("hundred", true, (1280, 800), false).await;
+    browser.goto(&format!("{base}/console")).await;
+    assert_eq!(
+        browser
+            .run(
+                "return document.querySelectorAll('#pipelines tbody tr[data-pipeline]').length",
+                json!([])
+            )
+            .await,
+        json!(100)
+    );
+    browser
+        .wait_for(
+            "every row live: a rate and a sparkline each",
+            "const rows = [...document.querySelectorAll('#pipelines tbody tr[data-pipeline]')]; \
+             return rows.length === 100 && rows.every((row) => \
+                 /^[0-9.]+$/.test(row.querySelector('[data-field=rate_in]').textContent) \
+                 && row.querySelector('td.spark polyline') !== null);",
+            json!([]),
+        )
+        .await;
+    let mut updates = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        updates.push(browser.text("#live").await);
+    }
+    for update in &updates {
+        assert!(update.starts_with("Live: updated"), "{update}");
+        println!("100 pipelines: {update}");
+    }
+    browser.screenshot("overview").await;
+    browser.quit().await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn base64_decodes_as_the_standard_says() {
     // RFC 4648's test vectors.

@@ -57,11 +57,17 @@
     const tick = async () => {
       clearTimeout(timer);
       try {
+        const started = performance.now();
         const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
         if (!response.ok) throw new Error(`the server answered ${response.status}`);
-        apply(await response.json());
+        const answer = await response.json();
+        const fetched = performance.now();
+        apply(answer);
+        const applied = performance.now();
         delay = BASE_MS;
-        text(live, `Live: updated ${new Date().toLocaleTimeString()}.`);
+        // What an update costs: the answer's round trip, then the page's work.
+        text(live, `Live: updated ${new Date().toLocaleTimeString()} ` +
+          `(fetched in ${Math.round(fetched - started)} ms, shown in ${Math.round(applied - fetched)} ms).`);
       } catch (error) {
         delay = Math.min(delay * 2, MAX_MS);
         text(live, `Not updated (${error.message}); trying again in ${Math.round(delay / 1000)} s.`);
