@@ -526,11 +526,19 @@ fn array_table(items: &[serde_json::Value]) -> String {
     if items.is_empty() {
         return "<p>None.</p>\n".to_owned();
     }
-    let columns: Vec<&String> = items
+    let mut columns: Vec<&String> = items
         .iter()
         .find_map(serde_json::Value::as_object)
         .map(|first| first.keys().collect())
         .unwrap_or_default();
+    // What a row is about first; the rest as they come (by name).
+    const FIRST: [&str; 4] = ["partition", "task", "owner", "worker"];
+    columns.sort_by_key(|column| {
+        FIRST
+            .iter()
+            .position(|first| first == column)
+            .unwrap_or(FIRST.len())
+    });
     if columns.is_empty() {
         let mut list = String::from("<ul>");
         for item in items {
@@ -541,7 +549,11 @@ fn array_table(items: &[serde_json::Value]) -> String {
     }
     let mut table = String::from("<div class=\"scroll\"><table><thead><tr>");
     for column in &columns {
-        let _ = write!(table, "<th scope=\"col\">{}</th>", escape(column));
+        let _ = write!(
+            table,
+            "<th scope=\"col\">{}</th>",
+            escape(&column.replace('_', " "))
+        );
     }
     table.push_str("</tr></thead><tbody>\n");
     for item in items {
@@ -580,6 +592,53 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(path_segment("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    /// A worker's view (the shape `plumber worker` answers `GET /cluster`
+    /// with): its facts, and a table of its partitions with their lag.
+    #[test]
+    fn the_cluster_page_shows_a_workers_partitions() {
+        let view = serde_json::json!({
+            "worker": "w1",
+            "pipeline": "orders",
+            "members": 2,
+            "partitions_owned": 2,
+            "partitions": [
+                {"partition": 0, "task": "orders-p0", "revision": 7, "fence": 3,
+                 "committed": 12, "lag": 40, "last_commit_age_ms": 150},
+                {"partition": 3, "task": "orders-p3", "revision": 9, "fence": 1,
+                 "committed": null, "lag": null, "last_commit_age_ms": null},
+            ],
+        });
+        let html = cluster(&Ok(view));
+        for fact in [
+            "<dt>worker</dt><dd>w1</dd>",
+            "<dt>members</dt><dd>2</dd>",
+            "<dt>partitions_owned</dt><dd>2</dd>",
+        ] {
+            assert!(html.contains(fact), "{fact} in {html}");
+        }
+        assert!(html.contains("<h2>partitions</h2>"), "{html}");
+        // The partition first, then the rest by name.
+        assert!(
+            html.contains(
+                "<th scope=\"col\">partition</th><th scope=\"col\">task</th>\
+                 <th scope=\"col\">committed</th><th scope=\"col\">fence</th>\
+                 <th scope=\"col\">lag</th><th scope=\"col\">last commit age ms</th>\
+                 <th scope=\"col\">revision</th>"
+            ),
+            "{html}"
+        );
+        for row in [
+            "<td>0</td><td>orders-p0</td><td>12</td><td>3</td><td>40</td><td>150</td><td>7</td>",
+            "<td>3</td><td>orders-p3</td><td>–</td><td>1</td><td>–</td><td>–</td><td>9</td>",
+        ] {
+            assert!(html.contains(row), "{row} in {html}");
+        }
+        let not_clustered = cluster(&Err(AdminError::NotClustered));
+        assert!(not_clustered.contains("not a cluster worker"));
+        let down = cluster(&Err(AdminError::Unavailable("<no nats>".into())));
+        assert!(down.contains("&lt;no nats&gt;"), "{down}");
     }
 
     #[test]
