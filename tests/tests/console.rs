@@ -795,13 +795,14 @@ async fn the_console_in_a_real_browser() {
         ("/console", "overview"),
         ("/console/pipelines/clicks", "pipeline"),
         ("/console/tenants", "tenants"),
+        ("/console/cluster", "cluster"),
     ] {
         phone.goto(&format!("{base}{page}")).await;
         phone
             .wait_for(
                 "a live update",
                 "return document.querySelector('#live').textContent.startsWith('Live') \
-                     || document.body.dataset.page === 'tenants';",
+                     || ['tenants', 'cluster'].includes(document.body.dataset.page);",
                 json!([]),
             )
             .await;
