@@ -380,7 +380,39 @@
     });
   };
 
-  if (body.dataset.page === "overview") overview();
-  if (body.dataset.page === "pipeline") pipeline();
-  if (live && !body.dataset.page) text(live, "");
+  // Quotas as the server writes them: `used of max`, or `used (no quota)`.
+  const quota = (td, used, max) => {
+    if (!td) return;
+    const wanted = max === null ? `${used} (no quota)` : `${used} of ${max}`;
+    if (td.textContent === wanted) return;
+    if (max !== null) {
+      td.textContent = wanted;
+      return;
+    }
+    const hint = document.createElement("span");
+    hint.className = "hint";
+    hint.textContent = "(no quota)";
+    td.replaceChildren(`${used} `, hint);
+  };
+
+  const tenants = () => {
+    poll("/console/api/tenants", (list) => {
+      for (const tenant of list) {
+        const row = document.querySelector(`tr[data-tenant="${CSS.escape(tenant.tenant)}"]`);
+        if (!row) continue;
+        quota(field(row, "pipelines"), tenant.pipelines, tenant.max_pipelines);
+        quota(field(row, "state_bytes"), tenant.state_bytes, tenant.max_state_bytes);
+        text(field(row, "events_in"), tenant.events_in);
+        text(field(row, "events_out"), tenant.events_out);
+        text(field(row, "errors"), tenant.errors);
+      }
+    });
+  };
+
+  const page = body.dataset.page;
+  if (page === "overview") overview();
+  else if (page === "pipeline") pipeline();
+  else if (page === "tenants") tenants();
+  // What the server rendered is all there is: say so, not that JavaScript is off.
+  else if (live) text(live, "As loaded; reload for newer figures.");
 })();

@@ -456,9 +456,11 @@ pub(super) fn tenants(tenants: &[TenantView]) -> String {
     for tenant in tenants {
         let _ = writeln!(
             main,
-            "<tr data-tenant=\"{name}\"><th scope=\"row\">{name}</th><td>{pipelines}</td>\
-             <td>{state}</td><td class=\"num\">{events_in}</td><td class=\"num\">{events_out}</td>\
-             <td class=\"num\">{errors}</td></tr>",
+            "<tr data-tenant=\"{name}\"><th scope=\"row\">{name}</th>\
+             <td data-field=\"pipelines\">{pipelines}</td><td data-field=\"state_bytes\">{state}</td>\
+             <td class=\"num\" data-field=\"events_in\">{events_in}</td>\
+             <td class=\"num\" data-field=\"events_out\">{events_out}</td>\
+             <td class=\"num\" data-field=\"errors\">{errors}</td></tr>",
             name = escape(&tenant.tenant),
             pipelines = quota(tenant.pipelines.to_string(), tenant.max_pipelines),
             state = quota(tenant.state_bytes.to_string(), tenant.max_state_bytes),
