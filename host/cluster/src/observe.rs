@@ -410,6 +410,18 @@ impl AdminControl for WorkerView {
         }))
     }
 
+    fn overview(&self) -> Vec<plumber_control::console::model::PipelineLive> {
+        self.supervisor.overview()
+    }
+
+    fn detail(&self, pipeline: &str) -> Option<plumber_control::console::model::PipelineDetail> {
+        self.supervisor.detail(pipeline)
+    }
+
+    fn tenants(&self) -> Vec<plumber_control::console::model::TenantView> {
+        AdminControl::tenants(self.supervisor.as_ref())
+    }
+
     async fn checkpoint(&self, pipeline: &str) -> Result<CheckpointDone, AdminError> {
         self.supervisor.checkpoint(pipeline).await
     }

@@ -8,7 +8,9 @@
 //! | `GET /pipelines` | JSON array of [`PipelineStatus`] |
 //! | `POST /pipelines/{pipeline}/checkpoint` | checkpoint now; JSON [`CheckpointDone`] |
 //! | `POST /pipelines/{pipeline}/pipes/{pipe}/module` | replace a pipe's module; JSON [`SwapDone`] |
+//! | `POST /pipelines/{pipeline}/stop` | drain and stop it: a final checkpoint, then it ends; JSON [`StopRequested`] |
 //! | `GET /cluster` | a cluster worker's view: its id, the members, the partitions it owns (JSON); 404 from `plumber run` |
+//! | `GET /console…` | the web console ([`crate::console`]): pages, assets and their JSON |
 //!
 //! The module upload takes either JSON `{"path": "..."}` (with
 //! `Content-Type: application/json`; only a file inside the configured
@@ -53,6 +55,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::console::model::{PipelineDetail, PipelineLive, StopRequested, TenantView};
+
 /// The largest request body accepted: room for a component upload.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -85,6 +89,42 @@ pub trait AdminControl: Send + Sync + 'static {
     /// (e.g. [`AdminError::Unavailable`] when its servers do not answer).
     async fn cluster(&self) -> Result<serde_json::Value, AdminError> {
         Err(AdminError::NotClustered)
+    }
+
+    /// Every pipeline as the console's overview shows it; by default what
+    /// [`AdminControl::pipelines`] says.
+    fn overview(&self) -> Vec<PipelineLive> {
+        self.pipelines()
+            .iter()
+            .map(PipelineLive::from_status)
+            .collect()
+    }
+
+    /// Everything the console's page of `pipeline` shows (stages,
+    /// checkpoint history, modules and their swaps); `None` for an unknown
+    /// pipeline, or by default.
+    fn detail(&self, pipeline: &str) -> Option<PipelineDetail> {
+        let _ = pipeline;
+        None
+    }
+
+    /// Every tenant's quotas and usage, for the console; none by default.
+    fn tenants(&self) -> Vec<TenantView> {
+        Vec::new()
+    }
+
+    /// Asks `pipeline` to drain and stop (a final checkpoint, then it
+    /// ends); returns once asked, not once stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::UnknownPipeline`] if there is no such pipeline,
+    /// [`AdminError::Unavailable`] if it cannot be stopped from here (by
+    /// default).
+    async fn stop(&self, pipeline: &str) -> Result<StopRequested, AdminError> {
+        Err(AdminError::Unavailable(format!(
+            "pipeline `{pipeline}` cannot be stopped through this server"
+        )))
     }
 
     /// Takes a checkpoint of `pipeline` now and returns once it is committed.
@@ -456,16 +496,21 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .route("/pipelines", get(pipelines))
         .route("/cluster", get(cluster))
         .route("/pipelines/{pipeline}/checkpoint", post(checkpoint))
+        .route("/pipelines/{pipeline}/stop", post(stop))
         .route(
             "/pipelines/{pipeline}/pipes/{pipe}/module",
             post(swap_module),
         )
+        .with_state(state.clone())
+        .merge(crate::console::router(
+            state.control.clone(),
+            state.token_digest.is_some(),
+        ))
         .fallback(no_route)
         // Checked before any body is read, so an unauthenticated client
         // cannot make the server buffer an upload.
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn_with_state(state, guard))
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -608,6 +653,13 @@ async fn checkpoint(
     Path(pipeline): Path<String>,
 ) -> Result<Json<CheckpointDone>, AdminError> {
     state.control.checkpoint(&pipeline).await.map(Json)
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    Path(pipeline): Path<String>,
+) -> Result<Json<StopRequested>, AdminError> {
+    state.control.stop(&pipeline).await.map(Json)
 }
 
 /// The JSON form of a module upload.

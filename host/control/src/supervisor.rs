@@ -21,11 +21,15 @@ use tokio::task::JoinHandle;
 use crate::admin::{
     AdminControl, AdminError, CheckpointDone, ModuleUpload, PipeStatus, PipelineStatus, SwapDone,
 };
+use crate::console::model::{
+    LogLineView, PipeView, PipelineDetail, PipelineLive, StageView, StopRequested, TenantView,
+};
 use crate::metrics::Scrape;
 use plumber_engine::pipeline::{
     HandleError, LiveStatus, Phase, PipelineBuilder, PipelineError, PipelineHandle, RunReport,
 };
-use plumber_engine::step::LIMIT_KINDS;
+use plumber_engine::runtime::RECENT_LOG_LINES;
+use plumber_engine::step::{StepCounters, LIMIT_KINDS};
 use plumber_engine::swap::{ModuleSource, SwapError};
 use plumber_engine::tenant::Tenants;
 
@@ -41,6 +45,8 @@ struct Supervised {
     name: String,
     tenant: String,
     handle: PipelineHandle,
+    /// When it was started in this process, for its uptime.
+    started: std::time::Instant,
 }
 
 /// Runs pipelines and answers for them.
@@ -115,6 +121,7 @@ impl Supervisor {
             name: name.to_owned(),
             tenant: tenant.to_owned(),
             handle: handle.clone(),
+            started: std::time::Instant::now(),
         });
         Ok((handle, tokio::spawn(builder.run())))
     }
@@ -160,6 +167,15 @@ impl Supervisor {
             .find(|p| p.name == name)
             .map(|p| p.handle.clone())
             .ok_or_else(|| AdminError::UnknownPipeline(name.to_owned()))
+    }
+
+    fn find<T>(&self, name: &str, f: impl FnOnce(&Supervised) -> T) -> Option<T> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.name == name)
+            .map(f)
     }
 
     fn each<T>(&self, mut f: impl FnMut(&str, &str, &Arc<LiveStatus>) -> T) -> Vec<T> {
@@ -486,6 +502,107 @@ fn gauge_value(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
+/// Failed calls into a pipe: guest errors, traps and limits.
+fn pipe_errors(counters: &StepCounters) -> u64 {
+    counters.guest_errors.load(Ordering::Relaxed)
+        + counters.traps.load(Ordering::Relaxed)
+        + counters
+            .limits
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum::<u64>()
+}
+
+fn pipeline_live(pipeline: &Supervised) -> PipelineLive {
+    let status = pipeline.handle.status();
+    let last = status.last_checkpoint();
+    let lag = status.source_lag.load(Ordering::Relaxed);
+    let errors = status
+        .stages()
+        .iter()
+        .filter_map(|stage| stage.counters.as_deref())
+        .map(pipe_errors)
+        .sum();
+    PipelineLive {
+        name: pipeline.name.clone(),
+        tenant: pipeline.tenant.clone(),
+        state: status.phase().as_str().to_owned(),
+        uptime_ms: Some(u64::try_from(pipeline.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        events_in: status.events_in.load(Ordering::Relaxed),
+        events_out: status.events_out.load(Ordering::Relaxed),
+        lag: (lag >= 0).then_some(lag),
+        last_checkpoint_epoch: last.map(|(epoch, _)| epoch),
+        last_checkpoint_age_ms: last.map(|(_, age)| age.as_millis() as u64),
+        last_checkpoint_micros: last.map(|_| status.last_checkpoint_micros.load(Ordering::Relaxed)),
+        errors,
+        error: status.error(),
+    }
+}
+
+fn pipeline_detail(pipeline: &Supervised) -> PipelineDetail {
+    let status = pipeline.handle.status();
+    let stages = status
+        .stages()
+        .iter()
+        .map(|stage| {
+            let counters = stage.counters.as_deref();
+            let count = |f: fn(&StepCounters) -> u64| counters.map_or(0, f);
+            StageView {
+                name: stage.name.clone(),
+                kind: if counters.is_some() { "wasm" } else { "native" }.to_owned(),
+                events_in: stage.events_in.load(Ordering::Relaxed),
+                events_out: stage.events_out.load(Ordering::Relaxed),
+                buffered: stage.buffered.load(Ordering::Relaxed),
+                errors: count(pipe_errors),
+                dead_lettered: count(|c| c.dead_lettered.load(Ordering::Relaxed)),
+                log_dropped: count(|c| c.log_dropped.load(Ordering::Relaxed)),
+            }
+        })
+        .collect();
+    let pipes = status
+        .pipes()
+        .iter()
+        .map(|slot| {
+            let module = slot.current();
+            PipeView {
+                name: slot.pipe().to_owned(),
+                module: module.path.display().to_string(),
+                version: module.version,
+                swaps: slot.swap_history(),
+            }
+        })
+        .collect();
+    let mut log: Vec<LogLineView> = status
+        .stages()
+        .iter()
+        .filter_map(|stage| Some((stage.name.as_str(), stage.counters.as_deref()?)))
+        .flat_map(|(step, counters)| {
+            counters
+                .recent_log
+                .snapshot()
+                .into_iter()
+                .map(move |line| LogLineView {
+                    step: step.to_owned(),
+                    at_ms: line.at_ms,
+                    source: line.source.to_owned(),
+                    text: line.text,
+                })
+        })
+        .collect();
+    // Merged by time (stable: a pipe's own order is kept), the newest
+    // RECENT_LOG_LINES of them.
+    log.sort_by_key(|line| line.at_ms);
+    let log = log.split_off(log.len().saturating_sub(RECENT_LOG_LINES));
+    PipelineDetail {
+        live: pipeline_live(pipeline),
+        stages,
+        checkpoints: status.checkpoint_history(),
+        pipes,
+        dead_letters: status.recent_dead_letters(),
+        log,
+    }
+}
+
 fn pipeline_status(name: &str, tenant: &str, status: &Arc<LiveStatus>) -> PipelineStatus {
     let last = status.last_checkpoint();
     PipelineStatus {
@@ -532,6 +649,52 @@ fn admin_error(pipeline: &str, error: HandleError) -> AdminError {
 impl AdminControl for Supervisor {
     fn pipelines(&self) -> Vec<PipelineStatus> {
         self.each(pipeline_status)
+    }
+
+    fn overview(&self) -> Vec<PipelineLive> {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(pipeline_live)
+            .collect()
+    }
+
+    fn detail(&self, pipeline: &str) -> Option<PipelineDetail> {
+        self.find(pipeline, pipeline_detail)
+    }
+
+    fn tenants(&self) -> Vec<TenantView> {
+        let overview = self.overview();
+        self.tenants
+            .all()
+            .iter()
+            .map(|usage| {
+                let own = overview.iter().filter(|p| p.tenant == usage.tenant());
+                let (events_in, events_out, errors) = own.fold((0, 0, 0), |(i, o, e), p| {
+                    (i + p.events_in, o + p.events_out, e + p.errors)
+                });
+                TenantView {
+                    tenant: usage.tenant().to_owned(),
+                    pipelines: usage.pipelines() as u64,
+                    max_pipelines: usage.quota().max_pipelines.map(|max| max as u64),
+                    state_bytes: usage.state_bytes(),
+                    max_state_bytes: usage.quota().max_state_bytes,
+                    events_in,
+                    events_out,
+                    errors,
+                }
+            })
+            .collect()
+    }
+
+    async fn stop(&self, pipeline: &str) -> Result<StopRequested, AdminError> {
+        let handle = self.handle(pipeline)?;
+        handle.shutdown();
+        Ok(StopRequested {
+            pipeline: pipeline.to_owned(),
+            state: handle.status().phase().as_str().to_owned(),
+        })
     }
 
     fn ready(&self) -> bool {

@@ -24,11 +24,69 @@
 use std::cell::Cell;
 use std::future::Future;
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::recent::{unix_ms, Recent};
 use crate::streams::{Sink, StreamError};
 use crate::{Batch, Event};
+
+/// How many dead letters [`crate::pipeline::LiveStatus::recent_dead_letters`]
+/// keeps.
+pub const RECENT_DEAD_LETTERS: usize = 32;
+
+/// How much of a dead letter's value, key or header value is kept for
+/// people to look at, in bytes (the sink gets all of it).
+pub const SHOWN_BYTES: usize = 256;
+
+/// A dead letter as the admin console shows it: the start of its value
+/// and key, and its headers (why, where, when).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterEntry {
+    /// When it was written to the dead-letter sink, ms since the Unix
+    /// epoch.
+    pub at_ms: u64,
+    /// The key's first [`SHOWN_BYTES`] bytes, as text (invalid UTF-8
+    /// replaced).
+    pub key: Option<String>,
+    /// The value's first [`SHOWN_BYTES`] bytes, as text.
+    pub value: String,
+    /// How long the value was, in bytes.
+    pub value_bytes: usize,
+    /// Its headers, each value cut to [`SHOWN_BYTES`] bytes.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The start of `bytes` as text: at most [`SHOWN_BYTES`] bytes, invalid
+/// UTF-8 replaced.
+fn shown(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(SHOWN_BYTES)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if bytes.len() > SHOWN_BYTES {
+        text.push('…');
+    }
+    text
+}
+
+impl DeadLetterEntry {
+    /// What is shown of `event`, written at `at_ms`.
+    #[must_use]
+    pub fn of(event: &Event, at_ms: u64) -> DeadLetterEntry {
+        DeadLetterEntry {
+            at_ms,
+            key: event.key.as_deref().map(shown),
+            value: shown(&event.value),
+            value_bytes: event.value.len(),
+            headers: event
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), shown(value.as_bytes())))
+                .collect(),
+        }
+    }
+}
 
 /// Header naming why an event was dead-lettered.
 pub const REASON_HEADER: &str = "plumber-dead-letter-reason";
@@ -164,10 +222,12 @@ pub(crate) fn channel() -> (DeadLetters, DeadLetterInbox) {
 }
 
 /// Starts the task that owns the dead-letter sink. It ends when every
-/// [`DeadLetters`] is dropped, returning how many letters it wrote.
+/// [`DeadLetters`] is dropped, returning how many letters it wrote. What
+/// it writes is also kept, shortened, in `recent`.
 pub(crate) fn start(
     inbox: DeadLetterInbox,
     mut sink: Box<dyn Sink>,
+    recent: Arc<Recent<DeadLetterEntry>>,
 ) -> JoinHandle<Result<u64, StreamError>> {
     // A dead letter is worth its headers (why, where, when): a sink that
     // writes only values writes JSON lines instead.
@@ -208,6 +268,7 @@ pub(crate) fn start(
             }
             if !events.is_empty() {
                 written += events.len() as u64;
+                remember(&recent, &events);
                 sink.write(Batch::new(events)).await?;
             }
             if let Some((_, reply)) = flush {
@@ -221,20 +282,37 @@ pub(crate) fn start(
         // The end of the input: every letter held is due.
         if !held.is_empty() {
             written += held.len() as u64;
-            sink.write(Batch::new(held.into_iter().map(|(_, e)| e).collect()))
-                .await?;
+            let events: Vec<Event> = held.into_iter().map(|(_, e)| e).collect();
+            remember(&recent, &events);
+            sink.write(Batch::new(events)).await?;
         }
         sink.flush().await?;
         Ok(written)
     })
 }
 
+/// Keeps the last of `events` (only as many as `recent` holds: the rest
+/// of a big batch is skipped) for the console.
+fn remember(recent: &Recent<DeadLetterEntry>, events: &[Event]) {
+    let now = unix_ms();
+    let skip = events.len().saturating_sub(recent.capacity());
+    recent.extend(
+        events
+            .iter()
+            .skip(skip)
+            .map(|event| DeadLetterEntry::of(event, now)),
+    );
+}
+
 /// Starts the dead-letter sink's task at once (tests, and sinks with
 /// nothing to bring back).
 #[cfg(test)]
-pub(crate) fn spawn(sink: Box<dyn Sink>) -> (DeadLetters, JoinHandle<Result<u64, StreamError>>) {
+pub(crate) fn spawn(
+    sink: Box<dyn Sink>,
+    recent: Arc<Recent<DeadLetterEntry>>,
+) -> (DeadLetters, JoinHandle<Result<u64, StreamError>>) {
     let (letters, inbox) = channel();
-    (letters, start(inbox, sink))
+    (letters, start(inbox, sink, recent))
 }
 
 #[cfg(test)]
@@ -264,7 +342,8 @@ mod tests {
     async fn a_letter_sent_after_its_stage_passed_the_barrier_waits_for_the_next_flush() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dead.jsonl");
-        let (letters, task) = spawn(Box::new(FileSink::new(&path)));
+        let recent = Arc::new(Recent::new(8));
+        let (letters, task) = spawn(Box::new(FileSink::new(&path)), recent);
         let stage = letters.clone();
         in_stage(async move {
             stage.send(letter("before"), "s", "error", 1).await.unwrap();
@@ -289,5 +368,75 @@ mod tests {
         drop(letters);
         assert_eq!(task.await.unwrap().unwrap(), 4);
         assert_eq!(values(&path), ["before", "after", "free", "held"]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::channel_sink;
+
+    fn event(key: Option<&[u8]>, value: &[u8]) -> Event {
+        Event {
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            timestamp: None,
+            headers: vec![("origin".to_owned(), "test".to_owned())],
+        }
+    }
+
+    /// What the sink writes is also kept, shortened, with the headers that
+    /// say why, where and when; only the last few.
+    #[tokio::test]
+    async fn written_letters_are_kept_shortened_with_their_headers() {
+        let (sink, mut written) = channel_sink(64);
+        let recent = Arc::new(Recent::new(3));
+        let (letters, task) = spawn(Box::new(sink), recent.clone());
+        let long = vec![b'x'; SHOWN_BYTES + 10];
+        letters
+            .send(event(Some(b"k1"), b"first"), "late-step", "late", 10)
+            .await
+            .unwrap();
+        for i in 0..3u8 {
+            letters
+                .send_failed(event(None, &[b'0' + i]), "pipe", "trap", "boom", 20)
+                .await
+                .unwrap();
+        }
+        letters
+            .send(event(Some(&[0xff, b'k']), &long), "late-step", "late", 30)
+            .await
+            .unwrap();
+        letters.flush().await.unwrap().unwrap();
+
+        let kept = recent.snapshot();
+        let values: Vec<&str> = kept.iter().map(|entry| entry.value.as_str()).collect();
+        let long_shown = format!("{}…", "x".repeat(SHOWN_BYTES));
+        assert_eq!(values, ["1", "2", long_shown.as_str()]);
+        assert_eq!(kept[2].value_bytes, SHOWN_BYTES + 10);
+        assert_eq!(kept[2].key.as_deref(), Some("\u{fffd}k"));
+        assert_eq!(kept[0].key, None);
+        let header = |entry: &DeadLetterEntry, name: &str| {
+            entry
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header(&kept[0], "origin").as_deref(), Some("test"));
+        assert_eq!(header(&kept[0], REASON_HEADER).as_deref(), Some("trap"));
+        assert_eq!(header(&kept[0], STEP_HEADER).as_deref(), Some("pipe"));
+        assert_eq!(header(&kept[0], ERROR_HEADER).as_deref(), Some("boom"));
+        assert_eq!(header(&kept[2], TIME_HEADER).as_deref(), Some("30"));
+        assert!(kept.iter().all(|entry| entry.at_ms > 0));
+
+        // The sink got every letter whole.
+        drop(letters);
+        assert_eq!(task.await.unwrap().unwrap(), 5);
+        let mut values = Vec::new();
+        while let Ok(event) = written.try_recv() {
+            values.push(event.value.len());
+        }
+        assert_eq!(values, [5, 1, 1, 1, SHOWN_BYTES + 10]);
     }
 }

@@ -47,6 +47,7 @@ pub mod fault;
 pub mod histogram;
 pub mod join;
 pub mod pipeline;
+pub mod recent;
 pub mod retry;
 pub mod runtime;
 pub mod shuffle;

@@ -15,9 +15,11 @@ use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetters;
 use crate::histogram::Histogram;
+use crate::recent::Recent;
 use crate::retry::RetryPolicy;
 use crate::runtime::{
-    CallError, Capabilities, Grant, LimitKind, LoadError, PipeInstance, PipeLimits, ReadOnlyDir,
+    CallError, Capabilities, Grant, GuestLogLine, LimitKind, LoadError, PipeInstance, PipeLimits,
+    ReadOnlyDir, RECENT_LOG_LINES,
 };
 use crate::state::{PendingWrites, WriteSet};
 use crate::swap::PipeSlot;
@@ -224,6 +226,8 @@ pub struct StepCounters {
     pub call_time: Histogram,
     /// Events per batch into the pipe.
     pub batch_size: Histogram,
+    /// The pipe's last log lines that went to the host's log.
+    pub recent_log: Arc<Recent<GuestLogLine>>,
 }
 
 impl Default for StepCounters {
@@ -242,6 +246,7 @@ impl Default for StepCounters {
             log_dropped: AtomicU64::default(),
             call_time: Histogram::durations(),
             batch_size: Histogram::sizes(),
+            recent_log: Arc::new(Recent::new(RECENT_LOG_LINES)),
         }
     }
 }
@@ -442,13 +447,17 @@ pub struct WasmStep {
 impl WasmStep {
     /// Wraps an instance created by [`crate::runtime::PipeComponent::instantiate`].
     pub fn new(name: impl Into<String>, instance: PipeInstance) -> Self {
+        let recent_log = instance.recent_log();
         WasmStep {
             name: name.into(),
             instance,
             policy: OnError::Fail,
             dead_letters: None,
             slot: None,
-            counters: Arc::new(StepCounters::default()),
+            counters: Arc::new(StepCounters {
+                recent_log,
+                ..StepCounters::default()
+            }),
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
+use crate::recent::{unix_ms, Recent};
 use crate::runtime::{InstanceSettings, PipeComponent, PipeInstance, Runtime};
 use crate::state::{Namespace, PipeState, SharedState, WriteMode};
 use crate::ErrorChain;
@@ -66,6 +67,23 @@ pub struct ModuleInfo {
     pub version: String,
 }
 
+/// How many swap attempts [`PipeSlot::swap_history`] keeps.
+pub const SWAP_HISTORY: usize = 32;
+
+/// One swap attempt of a pipe's module, as the admin console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SwapEntry {
+    /// When it ended (switched in or refused), milliseconds since the
+    /// Unix epoch.
+    pub at_ms: u64,
+    /// The version running before.
+    pub from: String,
+    /// The new module's version; `None` if it was refused before it loaded.
+    pub to: Option<String>,
+    /// Why it was refused; `None` when it runs now.
+    pub refused: Option<String>,
+}
+
 struct PendingSwap {
     component: PipeComponent,
     reply: oneshot::Sender<Result<Swapped, SwapError>>,
@@ -81,6 +99,7 @@ pub struct PipeSlot {
     namespace: Namespace,
     current: Mutex<ModuleInfo>,
     pending: Mutex<Option<PendingSwap>>,
+    history: Recent<SwapEntry>,
 }
 
 impl std::fmt::Debug for PipeSlot {
@@ -106,6 +125,7 @@ impl PipeSlot {
                 version: component.version().to_owned(),
             }),
             pending: Mutex::new(None),
+            history: Recent::new(SWAP_HISTORY),
         }
     }
 
@@ -122,6 +142,21 @@ impl PipeSlot {
             .clone()
     }
 
+    /// The last [`SWAP_HISTORY`] swap attempts of this pipe (switched in or
+    /// refused), oldest first.
+    pub fn swap_history(&self) -> Vec<SwapEntry> {
+        self.history.snapshot()
+    }
+
+    fn record_swap(&self, to: Option<String>, refused: Option<String>, from: String) {
+        self.history.push(SwapEntry {
+            at_ms: unix_ms(),
+            from,
+            to,
+            refused,
+        });
+    }
+
     /// Loads and checks a new module, then queues it for the next barrier;
     /// the returned receiver answers once the step has switched (or not).
     /// The caller should ask for a checkpoint so the barrier comes soon.
@@ -131,6 +166,17 @@ impl PipeSlot {
     /// The module cannot be read, is not a component of our world, imports
     /// what the pipe is not granted, or its `init` fails.
     pub async fn prepare(
+        &self,
+        source: ModuleSource,
+    ) -> Result<oneshot::Receiver<Result<Swapped, SwapError>>, SwapError> {
+        let prepared = self.check(source).await;
+        if let Err(SwapError::Refused { message, .. }) = &prepared {
+            self.record_swap(None, Some(message.clone()), self.current().version);
+        }
+        prepared
+    }
+
+    async fn check(
         &self,
         source: ModuleSource,
     ) -> Result<oneshot::Receiver<Result<Swapped, SwapError>>, SwapError> {
@@ -193,6 +239,11 @@ impl PipeSlot {
                 tracing::info!(pipe = %self.pipe, from = %previous_version, to = %info.version,
                     module = %info.path.display(), "module swapped at a checkpoint barrier");
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = info;
+                self.record_swap(
+                    Some(component.version().to_owned()),
+                    None,
+                    previous_version.clone(),
+                );
                 Ok(Swapped {
                     version: component.version().to_owned(),
                     previous_version,
@@ -200,6 +251,11 @@ impl PipeSlot {
             }
             Err(error) => {
                 tracing::warn!(pipe = %self.pipe, error = %ErrorChain(&error), "module swap refused at the barrier; the old module keeps running");
+                self.record_swap(
+                    Some(component.version().to_owned()),
+                    Some(ErrorChain(&error).to_string()),
+                    previous_version,
+                );
                 Err(SwapError::Refused {
                     pipe: self.pipe.clone(),
                     message: ErrorChain(&error).to_string(),

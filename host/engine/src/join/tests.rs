@@ -660,7 +660,8 @@ async fn buffers_stay_flat_as_the_input_grows() {
 
 fn dead_letter_sink() -> (DeadLetters, tokio::sync::mpsc::Receiver<Event>) {
     let (sink, letters) = channel_sink(64);
-    let (dead_letters, _task) = crate::dead_letter::spawn(Box::new(sink));
+    let recent = Arc::new(crate::recent::Recent::new(4));
+    let (dead_letters, _task) = crate::dead_letter::spawn(Box::new(sink), recent);
     (dead_letters, letters)
 }
 

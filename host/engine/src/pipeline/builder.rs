@@ -397,7 +397,11 @@ impl PipelineBuilder {
         };
         let (mut resume, resumed_from) =
             restore(&name, &scope, &state, self.delivery, restored).await?;
-        let dead_letter_task = start_dead_letters(dead_letter_inbox, dead_letter_sink);
+        let dead_letter_task = start_dead_letters(
+            dead_letter_inbox,
+            dead_letter_sink,
+            status.dead_letter_recorder(),
+        );
         let after_commit = match self.publish {
             Publish::BeforeCommit => None,
             Publish::AfterCommit => {
@@ -678,9 +682,12 @@ struct RestoredEnds<'a> {
 fn start_dead_letters(
     inbox: Option<crate::dead_letter::DeadLetterInbox>,
     sink: Option<Box<dyn Sink>>,
+    recent: Arc<crate::recent::Recent<crate::dead_letter::DeadLetterEntry>>,
 ) -> Option<OwnedTask<Result<u64, StreamError>>> {
     match (inbox, sink) {
-        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(inbox, sink))),
+        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(
+            inbox, sink, recent,
+        ))),
         _ => None,
     }
 }

@@ -407,14 +407,16 @@ impl SourceDriver {
             .commit(&record, &reply.writes)
             .await
             .map_err(|source| self.commit_failed(source))?;
-        self.status
-            .commit_time
-            .record_duration(commit_started.elapsed());
+        let commit_took = commit_started.elapsed();
+        self.status.commit_time.record_duration(commit_took);
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = ?self.position, "checkpoint committed");
         self.status
             .checkpoint_pause
             .record_duration(started.elapsed());
         self.status.committed(self.epoch, started.elapsed());
+        let keys = reply.writes.iter().map(|writes| writes.len()).sum();
+        self.status
+            .record_checkpoint(self.epoch, started.elapsed(), commit_took, keys);
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.committed.send_replace(self.epoch);
         self.epoch += 1;

@@ -99,7 +99,11 @@ pub(super) async fn run_graph(
     let resume = restore(&setup, &mut sources, &mut sinks, dead_letter_sink.as_mut()).await?;
     // Started once the sink is back at the checkpoint, before any step runs.
     let dead_letter_task = match (dead_letter_inbox, dead_letter_sink) {
-        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(inbox, sink))),
+        (Some(inbox), Some(sink)) => Some(OwnedTask::from(crate::dead_letter::start(
+            inbox,
+            sink,
+            setup.status.dead_letter_recorder(),
+        ))),
         _ => None,
     };
 
@@ -594,14 +598,16 @@ impl GraphDriver {
                 pipeline: self.pipeline.clone(),
                 source,
             })?;
-        self.status
-            .commit_time
-            .record_duration(commit_started.elapsed());
+        let commit_took = commit_started.elapsed();
+        self.status.commit_time.record_duration(commit_took);
         tracing::debug!(pipeline = %self.pipeline, epoch = self.epoch, position = %record.position, "graph checkpoint committed");
         self.status
             .checkpoint_pause
             .record_duration(started.elapsed());
         self.status.committed(self.epoch, started.elapsed());
+        let keys = writes.iter().map(|writes| writes.len()).sum();
+        self.status
+            .record_checkpoint(self.epoch, started.elapsed(), commit_took, keys);
         self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.committed.send_replace(self.epoch);
         self.epoch += 1;

@@ -57,4 +57,4 @@ pub use handle::{HandleError, PipelineHandle};
 pub use instantiate::{CommandPipe, ExecPipe, StepSpec};
 pub use outbox::Publish;
 pub use route::{RoutePredicate, Router};
-pub use status::{LiveStatus, Phase, StageStats};
+pub use status::{CheckpointEntry, LiveStatus, Phase, StageStats, CHECKPOINT_HISTORY};

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::dead_letter::{DeadLetterEntry, RECENT_DEAD_LETTERS};
 use crate::histogram::Histogram;
+use crate::recent::Recent;
 use crate::step::StepCounters;
 use crate::swap::PipeSlot;
 
@@ -31,6 +33,25 @@ impl Phase {
             Phase::Failed => "failed",
         }
     }
+}
+
+/// How many committed checkpoints [`LiveStatus::checkpoint_history`] keeps.
+pub const CHECKPOINT_HISTORY: usize = 64;
+
+/// One committed checkpoint, as the admin console's history lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointEntry {
+    /// Its epoch.
+    pub epoch: u64,
+    /// When it was committed, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// How long it held the source back (barrier sent to commit done),
+    /// microseconds.
+    pub pause_micros: u64,
+    /// How long the state backend's atomic commit took, microseconds.
+    pub commit_micros: u64,
+    /// Keys written (or deleted) by the commit.
+    pub keys: u64,
 }
 
 /// Counters of one stage, updated as batches pass.
@@ -105,6 +126,8 @@ pub struct LiveStatus {
     error: Mutex<Option<String>>,
     stages: Mutex<Vec<Arc<StageStats>>>,
     pipes: Mutex<Vec<Arc<PipeSlot>>>,
+    checkpoint_history: Recent<CheckpointEntry>,
+    dead_letters: Arc<Recent<DeadLetterEntry>>,
 }
 
 impl Default for LiveStatus {
@@ -125,6 +148,8 @@ impl Default for LiveStatus {
             error: Mutex::new(None),
             stages: Mutex::new(Vec::new()),
             pipes: Mutex::new(Vec::new()),
+            checkpoint_history: Recent::new(CHECKPOINT_HISTORY),
+            dead_letters: Arc::new(Recent::new(RECENT_DEAD_LETTERS)),
         }
     }
 }
@@ -185,6 +210,41 @@ impl LiveStatus {
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Records a committed checkpoint in [`Self::checkpoint_history`].
+    pub(super) fn record_checkpoint(
+        &self,
+        epoch: u64,
+        pause: Duration,
+        commit: Duration,
+        keys: usize,
+    ) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.checkpoint_history.push(CheckpointEntry {
+            epoch,
+            at_ms: now_ms(),
+            pause_micros: micros(pause),
+            commit_micros: micros(commit),
+            keys: u64::try_from(keys).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// The last [`CHECKPOINT_HISTORY`] checkpoints committed in this run,
+    /// oldest first.
+    pub fn checkpoint_history(&self) -> Vec<CheckpointEntry> {
+        self.checkpoint_history.snapshot()
+    }
+
+    /// The last [`RECENT_DEAD_LETTERS`] events written to the dead-letter
+    /// sink in this run, oldest first, shortened.
+    pub fn recent_dead_letters(&self) -> Vec<DeadLetterEntry> {
+        self.dead_letters.snapshot()
+    }
+
+    /// Where the dead-letter task keeps what it wrote.
+    pub(crate) fn dead_letter_recorder(&self) -> Arc<Recent<DeadLetterEntry>> {
+        self.dead_letters.clone()
     }
 
     /// Every stage's counters, in pipeline order.

@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::AsyncWrite;
+
+use crate::recent::{unix_ms, Recent};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Longest line kept; the rest of a longer line is cut (and said so), so a
@@ -24,6 +26,24 @@ pub const LOG_LINES_PER_SECOND: u32 = 100;
 /// to one second's worth.
 pub const LOG_BYTES_PER_SECOND: u32 = 64 * 1024;
 
+/// How many of a pipe's log lines [`LogBudget::recent`] keeps.
+pub const RECENT_LOG_LINES: usize = 64;
+
+/// How much of a log line is kept for people to look at, in bytes.
+const SHOWN_LINE: usize = 512;
+
+/// A line a guest wrote to the host's log, as the admin console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestLogLine {
+    /// When it was written, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Where it came from: a `log` call's level (`"info"`, `"warn"`, …)
+    /// or the stream (`"stdout"`, `"stderr"`).
+    pub source: &'static str,
+    /// The line (with a `log` call's fields), its first 512 bytes.
+    pub text: String,
+}
+
 /// One pipe's allowance of log lines and bytes: a token bucket per
 /// resource, refilled continuously, holding at most one second's worth.
 /// Shared by every instance the pipe has (a trap does not refill it).
@@ -33,6 +53,7 @@ pub(crate) struct LogBudget {
     pipe: String,
     bucket: Mutex<Bucket>,
     dropped: AtomicU64,
+    recent: Arc<Recent<GuestLogLine>>,
 }
 
 #[derive(Debug)]
@@ -62,7 +83,27 @@ impl LogBudget {
                 dropped_since_warning: 0,
             }),
             dropped: AtomicU64::new(0),
+            recent: Arc::new(Recent::new(RECENT_LOG_LINES)),
         })
+    }
+
+    /// Keeps a line that was admitted and logged, for the console.
+    pub(crate) fn record(&self, source: &'static str, text: &str) {
+        let mut end = text.len().min(SHOWN_LINE);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.recent.push(GuestLogLine {
+            at_ms: unix_ms(),
+            source,
+            text: text[..end].to_owned(),
+        });
+    }
+
+    /// The pipe's last [`RECENT_LOG_LINES`] log lines, shared with whoever
+    /// shows them.
+    pub(crate) fn recent(&self) -> Arc<Recent<GuestLogLine>> {
+        self.recent.clone()
     }
 
     /// Whether a line of `bytes` may be logged now; if not, it is counted
@@ -183,6 +224,7 @@ impl LineLogger {
         } else {
             tracing::info!(target: "plumber::guest", tenant = %tenant, pipe = %pipe, stream, "{text}");
         }
+        self.budget.record(stream, text);
         self.line.clear();
         self.cut = false;
     }
@@ -235,6 +277,41 @@ impl Drop for LineLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each line that went to the log is kept, its first 512 bytes (cut
+    /// on a character boundary), the last [`RECENT_LOG_LINES`] of them.
+    #[test]
+    fn logged_lines_are_kept_for_the_console() {
+        let budget = LogBudget::new("t", "p");
+        let mut logger = LineLogger {
+            tags: Arc::new(Tags {
+                tenant: "t".into(),
+                pipe: "p".into(),
+                stream: "stderr",
+            }),
+            budget: budget.clone(),
+            line: Vec::new(),
+            cut: false,
+        };
+        logger.push(b"one\r\ntwo\n");
+        // 300 two-byte characters: 600 bytes, cut to 256 of them.
+        budget.record("warn", &"é".repeat(300));
+        let kept = budget.recent().snapshot();
+        let texts: Vec<(&str, &str)> = kept.iter().map(|l| (l.source, l.text.as_str())).collect();
+        let cut = "é".repeat(SHOWN_LINE / 2);
+        assert_eq!(
+            texts,
+            [("stderr", "one"), ("stderr", "two"), ("warn", cut.as_str())]
+        );
+        // A flood: some lines are dropped; only the last few are kept.
+        for _ in 0..LOG_LINES_PER_SECOND * 2 {
+            logger.push(b"x\n");
+        }
+        assert!(budget.dropped() > 0);
+        let kept = budget.recent().snapshot();
+        assert_eq!(kept.len(), RECENT_LOG_LINES);
+        assert!(kept.iter().all(|line| line.text == "x"));
+    }
 
     #[test]
     fn lines_are_split_and_long_ones_cut() {

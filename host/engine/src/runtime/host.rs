@@ -272,6 +272,19 @@ impl log::Host for HostCtx {
         if !self.log_budget.admit(message.len() + fields.len()) {
             return;
         }
+        let source = match level {
+            tracing::Level::TRACE => "trace",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::INFO => "info",
+            tracing::Level::WARN => "warn",
+            tracing::Level::ERROR => "error",
+        };
+        if fields.is_empty() {
+            self.log_budget.record(source, &message);
+        } else {
+            self.log_budget
+                .record(source, &format!("{message} {fields}"));
+        }
         let tenant = &*self.tenant;
         let pipe = &*self.pipe;
         let fields = &*fields;

@@ -27,7 +27,9 @@ use crate::state::PipeState;
 pub use cache::{ComponentCache, CACHE_MAX_BYTES_VAR, DEFAULT_CACHE_MAX_BYTES};
 pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
 use guest_output::LogBudget;
-pub use guest_output::{LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND};
+pub use guest_output::{
+    GuestLogLine, LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND, RECENT_LOG_LINES,
+};
 pub use host::HostCtx;
 pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES};
 
@@ -907,6 +909,12 @@ impl PipeInstance {
     /// Time spent inside `process` calls so far.
     pub fn guest_time(&self) -> Duration {
         self.guest_time
+    }
+
+    /// The pipe's last log lines (its `log` calls and its stdout/stderr
+    /// lines that went to the host's log), over every instance.
+    pub fn recent_log(&self) -> Arc<crate::recent::Recent<GuestLogLine>> {
+        self.log_budget.recent()
     }
 
     /// Log lines the pipe wrote past its rate ([`LOG_LINES_PER_SECOND`],

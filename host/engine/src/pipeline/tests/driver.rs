@@ -355,3 +355,31 @@ async fn a_closed_first_stage_fails_the_driver() {
     );
     assert_eq!(rig.last().await, None);
 }
+
+/// Each committed checkpoint is in the status' history, oldest first, with
+/// the keys its commit wrote (one per stage the barrier passed).
+#[tokio::test(start_paused = true)]
+async fn committed_checkpoints_are_kept_in_the_history() {
+    let mut rig = Rig::new();
+    let (first, input) = Output::channel(8, 4);
+    let (to_sink, sink_input) = Output::channel(8, 4);
+    let step = TestStage::step("step", &rig.log, to_sink, AtBarrier::Pass);
+    let step = tokio::spawn(step.run(input));
+    let sink = tokio::spawn(TestStage::sink("sink", &rig.log, AtBarrier::Pass).run(sink_input));
+    let source = ScriptedSource::new(&[1, 1, 1], Then::End, &rig.log);
+    let policy = CheckpointPolicy::at_end_only().and_every_events(2);
+    let driven = rig.drive(policy, Delivery::AtLeastOnce, source, first);
+    let driven = ended(driven).await.expect("the source ends cleanly");
+    ended(step).await.unwrap();
+    ended(sink).await.unwrap();
+
+    let history = rig.status.checkpoint_history();
+    let epochs: Vec<u64> = history.iter().map(|entry| entry.epoch).collect();
+    assert_eq!(epochs, (1..=driven.checkpoints).collect::<Vec<_>>());
+    for entry in &history {
+        // Two stages, one key each per barrier.
+        assert_eq!(entry.keys, 2, "{entry:?}");
+        assert!(entry.commit_micros <= entry.pause_micros, "{entry:?}");
+        assert!(entry.at_ms > 0, "{entry:?}");
+    }
+}
