@@ -372,7 +372,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod recent_tests {
     use super::*;
     use crate::streams::channel_sink;
 
@@ -407,7 +407,7 @@ mod tests {
             .send(event(Some(&[0xff, b'k']), &long), "late-step", "late", 30)
             .await
             .unwrap();
-        letters.flush().await.unwrap().unwrap();
+        letters.flush(1).await.unwrap().unwrap();
 
         let kept = recent.snapshot();
         let values: Vec<&str> = kept.iter().map(|entry| entry.value.as_str()).collect();
