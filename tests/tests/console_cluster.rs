@@ -1,5 +1,6 @@
 //! The web console of a cluster worker: its cluster page lists the
-//! partitions it owns (as `GET /cluster` says), and its pipeline pages work
+//! partitions it owns (as `GET /cluster` says), every partition's owner
+//! and its rebalances, and its pipeline pages work
 //! for the partitions' pipelines. Real servers: a 3-node NATS JetStream
 //! cluster, Redis, one `plumber worker` process.
 
@@ -46,6 +47,24 @@ async fn a_workers_console_shows_its_partitions_and_their_pipelines() {
             "<tr><td>{}</td><td>{}</td>",
             partition["partition"],
             partition["task"].as_str().unwrap()
+        );
+        assert!(page.contains(&row), "no {row} in {page}");
+    }
+
+    // Who holds each partition's lease, from the lease bucket: c1, all
+    // four; and the rounds in which it took them.
+    let owners = view["owners"].as_array().unwrap();
+    assert_eq!(owners.len(), 4, "{view}");
+    assert!(owners.iter().all(|o| o["owner"] == "c1"), "{view}");
+    assert!(view["rebalances"].as_u64().unwrap() >= 1, "{view}");
+    assert_eq!(view["partitions_taken"], 4, "{view}");
+    assert!(page.contains("<h2>owners</h2>"), "{page}");
+    assert!(page.contains("<dt>rebalances</dt>"), "{page}");
+    for owner in owners {
+        let row = format!(
+            "<tr><td>{}</td><td>{}</td><td>c1</td>",
+            owner["partition"],
+            owner["task"].as_str().unwrap()
         );
         assert!(page.contains(&row), "no {row} in {page}");
     }

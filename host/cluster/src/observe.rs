@@ -347,6 +347,36 @@ fn is_fenced(error: &PipelineError) -> bool {
     false
 }
 
+impl WorkerView {
+    /// Every partition with the holder of its lease (`null`: nobody),
+    /// from the lease bucket.
+    async fn owners(
+        &self,
+        context: &jetstream::Context,
+    ) -> Result<Vec<serde_json::Value>, crate::ClusterError> {
+        let pipeline = self.pipeline();
+        let leases = crate::lease::Leases::open(
+            context,
+            &pipeline.leases_bucket(),
+            pipeline.names.clone(),
+            pipeline.lease_ttl(),
+        )
+        .await?;
+        let held = leases.all().await?;
+        Ok((0..pipeline.names.tasks())
+            .map(|partition| {
+                let holder = held.get(&partition);
+                serde_json::json!({
+                    "partition": partition,
+                    "task": pipeline.names.task(partition),
+                    "owner": holder.map(|h| h.owner.clone()),
+                    "revision": holder.map(|h| h.revision),
+                })
+            })
+            .collect())
+    }
+}
+
 #[async_trait::async_trait]
 impl AdminControl for WorkerView {
     fn pipelines(&self) -> Vec<PipelineStatus> {
@@ -362,9 +392,13 @@ impl AdminControl for WorkerView {
         self.render_metrics()
     }
 
-    /// `{"worker", "members", "partitions_owned", "partitions": [{partition,
-    /// task, revision, fence, committed, lag, last_commit_age_ms}]}`: what
-    /// `plumber cluster status` says of this worker's partitions, read now.
+    /// `{"worker", "members", "partitions_owned", "rebalances",
+    /// "partitions_taken", "partitions_handed_over", "leases_lost",
+    /// "partitions": [{partition, task, revision, fence, committed, lag,
+    /// last_commit_age_ms}], "owners": [{partition, task, owner,
+    /// revision}]}`: what `plumber cluster status` says of this worker's
+    /// partitions, and who holds each partition's lease (`null`: nobody),
+    /// read now.
     async fn cluster(&self) -> Result<serde_json::Value, AdminError> {
         let context = self.context.get().ok_or_else(|| {
             AdminError::Unavailable(format!("worker `{}` has not joined yet", self.id))
@@ -401,12 +435,23 @@ impl AdminControl for WorkerView {
                 })
             })
             .collect();
+        let owners = self
+            .owners(context)
+            .await
+            .map_err(|error| AdminError::Unavailable(error.to_string()))?;
+        let counter = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let counters = &self.counters;
         Ok(serde_json::json!({
             "worker": self.id,
             "pipeline": self.pipeline.config.name,
             "members": *self.members.lock().unwrap_or_else(|e| e.into_inner()),
             "partitions_owned": partitions.len(),
+            "rebalances": counter(&counters.rebalances),
+            "partitions_taken": counter(&counters.partitions_taken),
+            "partitions_handed_over": counter(&counters.partitions_handed_over),
+            "leases_lost": counter(&counters.leases_lost),
             "partitions": partitions,
+            "owners": owners,
         }))
     }
 

@@ -549,7 +549,8 @@ fn pipeline_detail(pipeline: &Supervised) -> PipelineDetail {
             let count = |f: fn(&StepCounters) -> u64| counters.map_or(0, f);
             StageView {
                 name: stage.name.clone(),
-                kind: if counters.is_some() { "wasm" } else { "native" }.to_owned(),
+                kind: stage.kind.to_owned(),
+                inputs: stage.inputs.clone(),
                 events_in: stage.events_in.load(Ordering::Relaxed),
                 events_out: stage.events_out.load(Ordering::Relaxed),
                 buffered: stage.buffered.load(Ordering::Relaxed),

@@ -288,6 +288,10 @@ impl Drop for WasiCommandStep {
 
 #[async_trait]
 impl Step for WasiCommandStep {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
     fn name(&self) -> &str {
         &self.lines.step
     }
@@ -387,6 +391,10 @@ impl ExecStep {
 
 #[async_trait]
 impl Step for ExecStep {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
     fn name(&self) -> &str {
         &self.lines.step
     }

@@ -191,6 +191,13 @@ pub trait Step: Send {
         None
     }
 
+    /// What kind of step it is, as the console marks it: `wasm`, `window`,
+    /// `join`, `lookup`, `command`, `exec`, or `native` (a Rust step of the
+    /// embedding host).
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+
     /// Events the step holds (a window's buffers), for metrics.
     fn buffered_events(&self) -> Option<usize> {
         None
@@ -763,6 +770,10 @@ fn describe(event: Option<&Event>) -> String {
 
 #[async_trait]
 impl Step for WasmStep {
+    fn kind(&self) -> &'static str {
+        "wasm"
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

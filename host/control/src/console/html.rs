@@ -248,7 +248,7 @@ pub(super) fn pipeline(detail: &PipelineDetail, now_ms: u64, token_required: boo
         let _ = writeln!(
             main,
             "<li class=\"node node-{kind}\" data-stage=\"{name}\"><span class=\"node-name\">{name}</span>\
-             <span class=\"node-kind\">{kind}</span>\
+             <span class=\"node-kind\">{kind}</span>{from}\
              <span>in <b data-field=\"events_in\">{events_in}</b></span>\
              <span>out <b data-field=\"events_out\">{events_out}</b></span>\
              <span>rate <b data-field=\"rate\">–</b>/s</span>\
@@ -258,6 +258,14 @@ pub(super) fn pipeline(detail: &PipelineDetail, now_ms: u64, token_required: boo
              <span>log lines dropped <b data-field=\"log_dropped\">{log_dropped}</b></span></li>",
             kind = escape(&stage.kind),
             name = escape(&stage.name),
+            from = if stage.inputs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "<span class=\"node-from\">from {}</span>",
+                    escape(&stage.inputs.join(", "))
+                )
+            },
             events_in = stage.events_in,
             events_out = stage.events_out,
             buffered = stage.buffered,

@@ -73,9 +73,12 @@ pub struct Overview {
 pub struct StageView {
     /// The step's name.
     pub name: String,
-    /// `"wasm"` for a WASM pipe, `"native"` for the host's own steps
-    /// (windows, joins, routers, executables).
+    /// Its kind: `wasm`, `window`, `join`, `lookup`, `route`, `command`,
+    /// `exec`, or `native` (a Rust step of the embedding host).
     pub kind: String,
+    /// The outputs it reads, in a graph (its `from`); empty in a line,
+    /// where it reads the stage before it.
+    pub inputs: Vec<String>,
     /// Events in.
     pub events_in: u64,
     /// Events out.

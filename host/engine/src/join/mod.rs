@@ -802,6 +802,10 @@ impl JoinStep {
 
 #[async_trait]
 impl Step for JoinStep {
+    fn kind(&self) -> &'static str {
+        "join"
+    }
+
     fn name(&self) -> &str {
         &self.spec.name
     }

@@ -148,6 +148,10 @@ fn with_side(mut event: Event, side: Side) -> Event {
 
 #[async_trait]
 impl Step for RemoteLookupStep {
+    fn kind(&self) -> &'static str {
+        "lookup"
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -825,7 +825,9 @@ impl Stages {
         let mut tasks = Vec::with_capacity(steps.len());
         for step in steps {
             let (output, input) = Output::channel(capacity, batch_size);
-            let stats = Arc::new(StageStats::new(step.name(), step.counters()));
+            let stats = Arc::new(
+                StageStats::new(step.name(), step.counters()).described(step.kind(), Vec::new()),
+            );
             status.add_stage(stats.clone());
             let runner = StageRunner::new(pipeline.to_owned(), step, output, stats, link.clone());
             tasks.push(OwnedTask::spawn(crate::dead_letter::in_stage(

@@ -139,7 +139,7 @@ pub(super) async fn run_graph(
     let mut take_outputs = |name: &str| outputs.remove(name).unwrap_or_default();
 
     let mut node_tasks = Vec::with_capacity(nodes.len());
-    for ((_, node), inputs) in nodes.into_iter().zip(node_inputs) {
+    for ((from, node), inputs) in nodes.into_iter().zip(node_inputs) {
         let ports = match &node {
             ReadyNode::Step(step) => vec![take_outputs(step.name())],
             ReadyNode::Route(router) => router
@@ -148,11 +148,11 @@ pub(super) async fn run_graph(
                 .map(|route| take_outputs(&format!("{}.{route}", router.name())))
                 .collect(),
         };
-        let counters = match &node {
-            ReadyNode::Step(step) => step.counters(),
-            ReadyNode::Route(_) => None,
+        let (counters, kind) = match &node {
+            ReadyNode::Step(step) => (step.counters(), step.kind()),
+            ReadyNode::Route(_) => (None, "route"),
         };
-        let stats = Arc::new(StageStats::new(node.name(), counters));
+        let stats = Arc::new(StageStats::new(node.name(), counters).described(kind, from));
         setup.status.add_stage(stats.clone());
         let runner = NodeRunner {
             pipeline: pipeline.clone(),

@@ -59,6 +59,10 @@ pub struct CheckpointEntry {
 pub struct StageStats {
     /// The step's name.
     pub name: String,
+    /// Its kind ([`crate::step::Step::kind`], `route` for a graph's router).
+    pub kind: &'static str,
+    /// The outputs it reads, in a graph (its `from`); empty in a line.
+    pub inputs: Vec<String>,
     /// Events in.
     pub events_in: AtomicU64,
     /// Events out.
@@ -78,9 +82,18 @@ pub struct StageStats {
 
 impl StageStats {
     /// Zero counters for the step `name`.
+    /// The same, marked with the step's kind and the outputs it reads.
+    pub(super) fn described(mut self, kind: &'static str, inputs: Vec<String>) -> Self {
+        self.kind = kind;
+        self.inputs = inputs;
+        self
+    }
+
     pub(super) fn new(name: &str, counters: Option<Arc<StepCounters>>) -> Self {
         StageStats {
             name: name.to_owned(),
+            kind: "native",
+            inputs: Vec::new(),
             events_in: AtomicU64::new(0),
             events_out: AtomicU64::new(0),
             buffered: AtomicU64::new(0),

@@ -1153,6 +1153,10 @@ impl WindowStep {
 
 #[async_trait]
 impl Step for WindowStep {
+    fn kind(&self) -> &'static str {
+        "window"
+    }
+
     fn name(&self) -> &str {
         &self.spec.name
     }
