@@ -37,15 +37,7 @@ impl Source for ArraySource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let index = position
-            .offset()
-            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
-        self.next = usize::try_from(index)
-            .ok()
-            .filter(|i| *i <= self.events.len())
-            .ok_or_else(|| {
-                StreamError::seek(self.describe(), position, "past the end of the array")
-            })?;
+        self.next = super::list_index(|| self.describe(), position, self.events.len(), "array")?;
         Ok(())
     }
 

@@ -121,6 +121,23 @@ impl StreamError {
     }
 }
 
+/// The index that `position` (an offset) names in a list of `len` items a
+/// source replays (`what`: the list, for the error), at most `len`.
+pub(crate) fn list_index(
+    stream: impl Fn() -> String,
+    position: &Position,
+    len: usize,
+    what: &str,
+) -> Result<usize, StreamError> {
+    let index = position
+        .offset()
+        .map_err(|e| StreamError::seek(stream(), position, e))?;
+    usize::try_from(index)
+        .ok()
+        .filter(|i| *i <= len)
+        .ok_or_else(|| StreamError::seek(stream(), position, format!("past the end of the {what}")))
+}
+
 /// Where events come from.
 #[async_trait]
 pub trait Source: Send {

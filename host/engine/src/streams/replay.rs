@@ -198,15 +198,7 @@ impl Source for ReplaySource {
     }
 
     async fn seek(&mut self, position: &Position) -> Result<(), StreamError> {
-        let index = position
-            .offset()
-            .map_err(|e| StreamError::seek(self.describe(), position, e))?;
-        self.next = usize::try_from(index)
-            .ok()
-            .filter(|i| *i <= self.items.len())
-            .ok_or_else(|| {
-                StreamError::seek(self.describe(), position, "past the end of the replay")
-            })?;
+        self.next = super::list_index(|| self.describe(), position, self.items.len(), "replay")?;
         // The last mark before the position is the time there.
         self.watermark = self.items[..self.next]
             .iter()
