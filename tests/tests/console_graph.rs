@@ -138,4 +138,29 @@ async fn a_graphs_stages_show_their_kind_and_inputs() {
         page.contains("<span class=\"node-kind\">window</span>"),
         "{page}"
     );
+
+    // The server samples the rates for the sparklines whether or not a
+    // page is open: with 150 bids in, the overview's rates of the last
+    // minutes (one figure per 2 s sample) show them.
+    let bids: String = (0..150)
+        .map(|i| format!("{{\"value\": \"bid {i}\", \"key\": \"k{i}\", \"timestamp\": {i}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("bids.jsonl"), bids).unwrap();
+    let sampled = harness::wait_until_async(Duration::from_secs(60), || async {
+        let overview: Value = client
+            .get(format!("{base}/console/api/overview"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pipeline = &overview["pipelines"][0];
+        let rates = pipeline["rates_in"].as_array().cloned().unwrap_or_default();
+        pipeline["events_in"] == 150
+            && rates.len() >= 2
+            && rates.iter().any(|rate| rate.as_u64().unwrap() > 0)
+    })
+    .await;
+    assert!(sampled, "the overview's rates never showed the 150 bids");
 }

@@ -168,6 +168,11 @@
         text(field(row, "checkpoint"), checkpoint(p));
         text(field(row, "checkpoint_duration"), orDash(p.last_checkpoint_micros, millis));
         text(field(row, "errors"), p.errors);
+        // The server's samples of the last minutes, on first sight.
+        if (!series.has(p.name) && Array.isArray(p.rates_in) && p.rates_in.length > 0) {
+          series.set(p.name, p.rates_in.slice(-KEEP));
+          if (p.rates_in.length >= 2) sparkline(field(row, "spark"), series.get(p.name));
+        }
         if (rateIn !== undefined) {
           const points = series.get(p.name) || [];
           points.push(rateIn);

@@ -47,6 +47,43 @@ struct Supervised {
     handle: PipelineHandle,
     /// When it was started in this process, for its uptime.
     started: std::time::Instant,
+    /// Its events in, sampled for the console's sparklines.
+    rates: Mutex<RateSamples>,
+}
+
+/// How often the supervisor samples each pipeline's events in.
+const RATE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Samples kept: three minutes of rates.
+const RATE_SAMPLES: usize = 91;
+
+/// A pipeline's events in at the last samples, oldest first.
+#[derive(Debug, Default)]
+struct RateSamples(std::collections::VecDeque<(std::time::Instant, u64)>);
+
+impl RateSamples {
+    fn push(&mut self, at: std::time::Instant, events_in: u64) {
+        if self.0.len() == RATE_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((at, events_in));
+    }
+
+    /// Events per second between consecutive samples, oldest first.
+    fn rates(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .zip(self.0.iter().skip(1))
+            .map(|((then, before), (now, after))| {
+                let seconds = now.duration_since(*then).as_secs_f64();
+                let events = after.saturating_sub(*before) as f64;
+                if seconds > 0.0 {
+                    (events / seconds).round() as u64
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
 }
 
 /// Runs pipelines and answers for them.
@@ -86,12 +123,46 @@ impl Supervisor {
         Arc::new_cyclic(|supervisor| {
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(SupervisorCollector(supervisor.clone())));
+            // Sparklines from the first paint: the rates of the last
+            // minutes, sampled here whether or not a page is open.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let sampled = supervisor.clone();
+                runtime.spawn(async move {
+                    let mut every = tokio::time::interval(RATE_SAMPLE_EVERY);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        let Some(supervisor) = sampled.upgrade() else {
+                            break;
+                        };
+                        supervisor.sample_rates();
+                    }
+                });
+            }
             Supervisor {
                 tenants,
                 pipelines: Mutex::new(Vec::new()),
                 registry,
             }
         })
+    }
+
+    /// Samples every pipeline's events in (for the sparklines).
+    fn sample_rates(&self) {
+        let now = std::time::Instant::now();
+        for pipeline in self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let events_in = pipeline.handle.status().events_in.load(Ordering::Relaxed);
+            pipeline
+                .rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now, events_in);
+        }
     }
 
     /// The tenant registry.
@@ -122,6 +193,7 @@ impl Supervisor {
             tenant: tenant.to_owned(),
             handle: handle.clone(),
             started: std::time::Instant::now(),
+            rates: Mutex::default(),
         });
         Ok((handle, tokio::spawn(builder.run())))
     }
@@ -536,6 +608,11 @@ fn pipeline_live(pipeline: &Supervised) -> PipelineLive {
         last_checkpoint_micros: last.map(|_| status.last_checkpoint_micros.load(Ordering::Relaxed)),
         errors,
         error: status.error(),
+        rates_in: pipeline
+            .rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rates(),
     }
 }
 
@@ -746,5 +823,26 @@ impl AdminControl for Supervisor {
             version: swapped.version,
             previous_version: swapped.previous_version,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rate_samples_give_events_per_second_and_keep_three_minutes() {
+        let mut samples = super::RateSamples::default();
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + std::time::Duration::from_secs(s);
+        assert!(samples.rates().is_empty());
+        samples.push(at(0), 0);
+        samples.push(at(2), 200);
+        samples.push(at(4), 200);
+        samples.push(at(6), 1_200);
+        assert_eq!(samples.rates(), [100, 0, 500]);
+        for n in 0..200 {
+            samples.push(at(8 + 2 * n), 1_200 + 10 * n);
+        }
+        assert_eq!(samples.0.len(), super::RATE_SAMPLES);
+        assert!(samples.rates().iter().all(|&rate| rate == 5));
     }
 }

@@ -35,6 +35,11 @@ pub struct PipelineLive {
     pub errors: u64,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Events in per second over the last minutes, oldest first: one
+    /// figure per sample the server took (every 2 s), for the sparkline a
+    /// page draws from its first paint on. Empty where nothing samples.
+    #[serde(default)]
+    pub rates_in: Vec<u64>,
 }
 
 impl PipelineLive {
@@ -54,6 +59,7 @@ impl PipelineLive {
             last_checkpoint_micros: None,
             errors: 0,
             error: status.error.clone(),
+            rates_in: Vec::new(),
         }
     }
 }

@@ -270,6 +270,7 @@ fn the_overview_falls_back_to_the_pipeline_status() {
             last_checkpoint_micros: None,
             errors: 0,
             error: Some("<img src=x onerror=alert(2)>".into()),
+            rates_in: Vec::new(),
         }]
     );
 }
