@@ -170,14 +170,28 @@ async fn kill_the_nats_node_leading(leading: Leading) {
     assert_oracle(&setup.context, &setup.pipeline, events).await;
 }
 
-#[tokio::test]
-async fn killing_the_nats_node_leading_the_input_stream_loses_no_lease() {
-    kill_the_nats_node_leading(Leading::Input).await;
+/// The fault tests run one at a time, each on a runtime of its own: each
+/// runs a 3-node NATS cluster, Redis and three workers, and checks timing
+/// bounds (the zombie's stops within a second of SIGCONT, no lease lapsing
+/// through an election) that four such setups at once starve on two cores.
+fn one_at_a_time(test: impl std::future::Future<Output = ()>) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(test);
 }
 
-#[tokio::test]
-async fn killing_the_nats_node_leading_the_lease_bucket_loses_no_lease() {
-    kill_the_nats_node_leading(Leading::Leases).await;
+#[test]
+fn killing_the_nats_node_leading_the_input_stream_loses_no_lease() {
+    one_at_a_time(kill_the_nats_node_leading(Leading::Input));
+}
+
+#[test]
+fn killing_the_nats_node_leading_the_lease_bucket_loses_no_lease() {
+    one_at_a_time(kill_the_nats_node_leading(Leading::Leases));
 }
 
 // ---------------------------------------------------------------------------
@@ -344,8 +358,10 @@ async fn zombie(hold: bool) {
     // The new owner's fence of the held partition: the zombie's commit,
     // made under an older one, must never replace its checkpoint.
     let new_owner_fence = commit_fences(&setup.pipeline, &[held]).await[&held];
-    zombie.signal(libc::SIGCONT);
+    // Taken before the signal: the zombie may log its first stops before
+    // this thread runs again.
     let continued_us = now_us();
+    zombie.signal(libc::SIGCONT);
     // It stops every old partition: its renewals are refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let stops = loop {
@@ -459,12 +475,12 @@ async fn zombie(hold: bool) {
     assert_oracle(&setup.context, &setup.pipeline, events).await;
 }
 
-#[tokio::test]
-async fn a_zombie_worker_stops_its_old_partitions_when_continued() {
-    zombie(false).await;
+#[test]
+fn a_zombie_worker_stops_its_old_partitions_when_continued() {
+    one_at_a_time(zombie(false));
 }
 
-#[tokio::test]
-async fn a_zombies_commit_held_between_barrier_and_commit_never_lands() {
-    zombie(true).await;
+#[test]
+fn a_zombies_commit_held_between_barrier_and_commit_never_lands() {
+    one_at_a_time(zombie(true));
 }
