@@ -1490,10 +1490,20 @@ async fn try_read_stream_messages(
     context: &jetstream::Context,
     stream: &str,
 ) -> Result<Vec<StoredMessage>, String> {
-    let stream = context
+    let mut stream = context
         .get_stream(stream)
         .await
         .map_err(|e| e.to_string())?;
+    // Read up to the last message stored now: a fetch that comes back
+    // empty before it (a loaded server, a consumer on a replica still
+    // catching up after a restart) is not the end.
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
             ack_policy: jetstream::consumer::AckPolicy::None,
@@ -1535,7 +1545,15 @@ async fn try_read_stream_messages(
             });
         }
         if messages.len() == before {
-            return Ok(messages);
+            let reached = messages.last().map_or(0, |m: &StoredMessage| m.sequence);
+            if reached >= last {
+                return Ok(messages);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "read up to sequence {reached} of {last} in 60 s: fetches came back empty"
+                ));
+            }
         }
     }
 }
