@@ -927,6 +927,20 @@ impl WorkerProcess {
         Metrics(response.text().await.unwrap())
     }
 
+    /// The worker's `GET /cluster` once it has joined (`None` before: the
+    /// server answers 503 until then); any other failure fails the test.
+    pub async fn cluster_view_once_joined(&self) -> Option<serde_json::Value> {
+        let url = format!("{}/cluster", self.admin_url());
+        let response = reqwest::get(&url).await.ok()?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        assert!(status.is_success(), "{url}: {status} {body}");
+        Some(serde_json::from_str(&body).unwrap())
+    }
+
     /// The worker's `GET /cluster`.
     pub async fn cluster_view(&self) -> serde_json::Value {
         let url = format!("{}/cluster", self.admin_url());

@@ -24,9 +24,11 @@ async fn a_workers_console_shows_its_partitions_and_their_pipelines() {
     let base = worker.admin_url();
     // The only worker: it owns every partition once it has settled.
     let owned = harness::wait_until_async(PATIENCE, || async {
-        worker.cluster_view().await["partitions"]
-            .as_array()
-            .is_some_and(|partitions| partitions.len() == 4)
+        worker.cluster_view_once_joined().await.is_some_and(|view| {
+            view["partitions"]
+                .as_array()
+                .is_some_and(|partitions| partitions.len() == 4)
+        })
     })
     .await;
     assert!(
