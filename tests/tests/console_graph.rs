@@ -18,6 +18,11 @@ impl Drop for Running {
     }
 }
 
+/// The JSON the console answers at `url`.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graphs_stages_show_their_kind_and_inputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,14 +83,7 @@ async fn a_graphs_stages_show_their_kind_and_inputs() {
     })
     .await;
     assert!(ready, "the console never listed the graph's four stages");
-    let detail: Value = client
-        .get(format!("{base}/console/api/pipelines/g"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail = get_json(&client, &format!("{base}/console/api/pipelines/g")).await;
     let stages: Vec<(String, String, Vec<String>)> = detail["stages"]
         .as_array()
         .unwrap()
@@ -147,14 +145,7 @@ async fn a_graphs_stages_show_their_kind_and_inputs() {
         .collect();
     std::fs::write(dir.path().join("bids.jsonl"), bids).unwrap();
     let sampled = harness::wait_until_async(Duration::from_secs(60), || async {
-        let overview: Value = client
-            .get(format!("{base}/console/api/overview"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let overview = get_json(&client, &format!("{base}/console/api/overview")).await;
         let pipeline = &overview["pipelines"][0];
         let rates = pipeline["rates_in"].as_array().cloned().unwrap_or_default();
         pipeline["events_in"] == 150
