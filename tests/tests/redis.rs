@@ -177,8 +177,11 @@ async fn commit_with_an_older_fence_is_refused_and_changes_nothing() {
         }
         other => panic!("expected Fenced, got {other:?}"),
     }
-    assert_eq!(old.get(b"k").await.unwrap(), Some(b"old-1".to_vec()));
-    assert_eq!(old.get(b"x").await.unwrap(), None);
+    // (Read through a connection that claimed nothing: the old owner's
+    // own reads are fenced now, see the next test.)
+    let observer = connect_to(&server.url(), LONG).await;
+    assert_eq!(observer.get(b"k").await.unwrap(), Some(b"old-1".to_vec()));
+    assert_eq!(observer.get(b"x").await.unwrap(), None);
     assert_eq!(old.last_checkpoint("p").await.unwrap(), Some(first));
 
     // The new owner commits with its token; another pipeline is not fenced.
@@ -188,6 +191,82 @@ async fn commit_with_an_older_fence_is_refused_and_changes_nothing() {
         .unwrap();
     assert_eq!(new.get(b"k").await.unwrap(), Some(b"new-2".to_vec()));
     old.commit(&record("q", 1, 1, 0), &[]).await.unwrap();
+}
+
+/// A process paused past its lease (a zombie) must not compute with the
+/// state a newer owner committed beyond its own position: once a newer
+/// process claimed the pipeline, the old owner's reads fail like its
+/// commits, single and batched, while the new owner and a connection that
+/// claimed nothing read on.
+#[tokio::test]
+async fn reads_after_a_newer_claim_are_refused_by_the_fence() {
+    let server = RedisServer::start();
+    let old = connect_to(&server.url(), LONG).await;
+    let new = connect_to(&server.url(), LONG).await;
+    let observer = connect_to(&server.url(), LONG).await;
+
+    let ours = old.claim("p").await.unwrap();
+    old.commit(&record("p", 1, 10, ours), &[writes(&[(b"k", Some(b"1"))])])
+        .await
+        .unwrap();
+    // Before the takeover the owner reads its own state.
+    assert_eq!(old.get(b"k").await.unwrap(), Some(b"1".to_vec()));
+    let many: Vec<Vec<u8>> = (0..2_500).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(old.get_many(&many).await.unwrap(), vec![None; 2_500]);
+
+    let newer = new.claim("p").await.unwrap();
+    assert!(newer > ours);
+    let mut moved: Vec<(&[u8], Option<&[u8]>)> = vec![(b"k", Some(b"7"))];
+    let values: Vec<Vec<u8>> = (0..2_500).map(|i| i.to_string().into_bytes()).collect();
+    moved.extend(
+        many.iter()
+            .zip(&values)
+            .map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
+    );
+    new.commit(&record("p", 2, 20, newer), &[writes(&moved)])
+        .await
+        .unwrap();
+
+    let fenced = |outcome: Result<_, StateError>| match outcome {
+        Err(StateError::Fenced {
+            pipeline,
+            ours: got_ours,
+            newer: got_newer,
+        }) => {
+            assert_eq!(pipeline, "p");
+            assert_eq!((got_ours, got_newer), (ours, newer));
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    };
+    fenced(old.get(b"k").await.map(|_| ()));
+    fenced(old.get_many(&many).await.map(|_| ()));
+
+    // The new owner, and a connection that claimed nothing, read what was
+    // committed (more keys than one MGET of the script takes).
+    assert_eq!(new.get(b"k").await.unwrap(), Some(b"7".to_vec()));
+    let expected: Vec<Option<Vec<u8>>> = values.iter().cloned().map(Some).collect();
+    assert_eq!(new.get_many(&many).await.unwrap(), expected);
+    assert_eq!(observer.get_many(&many).await.unwrap(), expected);
+
+    // A connection through which two pipelines claimed does not fence its
+    // reads (no one fence applies to both).
+    let shared = connect_to(&server.url(), LONG).await;
+    shared.claim("a").await.unwrap();
+    shared.claim("b").await.unwrap();
+    observer.claim("a").await.unwrap();
+    assert_eq!(shared.get(b"k").await.unwrap(), Some(b"7".to_vec()));
+
+    // A fenced read of a key of another type is refused the way a plain
+    // GET is.
+    assert_eq!(
+        raw_command(server.port(), &[b"RPUSH", b"plumber:s:list", b"x"]).unwrap(),
+        ":1"
+    );
+    let refused = new.get(b"list").await;
+    assert!(
+        matches!(&refused, Err(StateError::Invalid(message)) if message.contains("WRONGTYPE")),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -87,6 +87,16 @@ pub enum StepError {
         /// Why.
         message: String,
     },
+    /// The state backend failed under a pipe's state call (unreachable, or
+    /// the pipeline claimed by a newer process).
+    #[error("pipe `{step}`: the state backend failed: {source}")]
+    State {
+        /// The pipe's name.
+        step: String,
+        /// Why.
+        #[source]
+        source: crate::state::StateError,
+    },
     /// A native step failed.
     #[error("step `{step}` failed: {message}")]
     Native {
@@ -516,6 +526,15 @@ impl WasmStep {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let guest_before = self.instance.guest_time();
         let result = self.instance.process(unit).await;
+        if let Some(source) = self.instance.take_backend_failure() {
+            // Not the batch's fault: nothing it produced goes on, and no
+            // error policy applies (a fenced read means a newer process
+            // owns the pipeline; dead-lettering would lose the events).
+            return Err(StepError::State {
+                step: self.name.clone(),
+                source,
+            });
+        }
         let guest_after = self.instance.guest_time();
         self.counters
             .call_time

@@ -42,6 +42,24 @@
 //! survives a crash of the server is up to the server's persistence settings
 //! (`appendonly yes` with `appendfsync always` or `everysec`).
 //!
+//! # Reads
+//!
+//! Once a pipeline has claimed its fence through a connection
+//! ([`StateBackend::claim`]), every read through that connection
+//! (`get`, `get_many`) is one script that checks the fencing counter
+//! before it reads, in the same atomic step: when a newer process has
+//! claimed the pipeline, the read fails with [`StateError::Fenced`]
+//! instead of answering. A process that was paused past its lease (a
+//! zombie) therefore never computes with state a newer owner committed
+//! beyond its own position: what it reads is its own checkpoint's state,
+//! so whatever it still produces is what the new owner's replay produces
+//! (and the output's message ids de-duplicate), or it stops. Commits were
+//! fenced already; this fences what a zombie could *publish* before its
+//! commit is refused. A connection through which several pipelines
+//! claimed (pipelines of one `plumber run` sharing one backend) reads
+//! without the check: no one fence applies to all of them, and one
+//! process does not race itself.
+//!
 //! # Reconnecting
 //!
 //! The connection is a [`redis::aio::ConnectionManager`], which replaces a
@@ -91,19 +109,11 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many keys one `SCAN` step and one `MGET` cover.
 const SCAN_BATCH: usize = 1000;
 
-/// The error code the commit script answers with when a newer process holds
-/// the pipeline; the detail is the fencing counter in force.
-const FENCED_CODE: &str = "PLUMBER_FENCED";
-
-/// The commit script. `KEYS[1]` is the fencing counter, `KEYS[2]` the stored
-/// epoch, `KEYS[3]` the checkpoint record, `KEYS[4..]` the state keys;
-/// `ARGV[1]` is our fencing token, `ARGV[2]` the epoch, `ARGV[3]` the record,
-/// and `ARGV[i]` for `i >= 4` says what to do with `KEYS[i]`: `s` followed by
-/// the value to set, or `d` to delete it.
-///
-/// Integers are compared as decimal strings: Lua numbers are doubles, exact
-/// only up to 2^53.
-const COMMIT_SCRIPT: &str = r"
+/// Integers compared as decimal strings (Lua numbers are doubles, exact
+/// only up to 2^53): the start of the commit and read scripts.
+macro_rules! lua_decimals {
+    () => {
+        r"
 local function decimal(text)
   if not text then return nil end
   return string.match(text, '^0*(%d+)$')
@@ -116,7 +126,25 @@ local function greater(a, b)
   end
   return false
 end
+"
+    };
+}
 
+/// The error code the commit script answers with when a newer process holds
+/// the pipeline; the detail is the fencing counter in force.
+const FENCED_CODE: &str = "PLUMBER_FENCED";
+
+/// The commit script. `KEYS[1]` is the fencing counter, `KEYS[2]` the stored
+/// epoch, `KEYS[3]` the checkpoint record, `KEYS[4..]` the state keys;
+/// `ARGV[1]` is our fencing token, `ARGV[2]` the epoch, `ARGV[3]` the record,
+/// and `ARGV[i]` for `i >= 4` says what to do with `KEYS[i]`: `s` followed by
+/// the value to set, or `d` to delete it.
+///
+/// Integers are compared as decimal strings: Lua numbers are doubles, exact
+/// only up to 2^53.
+const COMMIT_SCRIPT: &str = concat!(
+    lua_decimals!(),
+    r"
 local ours = decimal(ARGV[1])
 local epoch = decimal(ARGV[2])
 if not ours or not epoch then
@@ -156,7 +184,63 @@ end
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[2], epoch)
 return 'committed'
-";
+"
+);
+
+/// The fenced read script. `KEYS[1]` is the fencing counter, `KEYS[2..]`
+/// the state keys to read; `ARGV[1]` is our fencing token. Answers the
+/// values in order (nil for an absent key), or the error
+/// [`FENCED_CODE`] with the counter in force when it is greater than ours.
+/// `MGET` takes the keys a thousand at a time: Lua's `unpack` has a limit.
+const READ_SCRIPT: &str = concat!(
+    lua_decimals!(),
+    r"
+local ours = decimal(ARGV[1])
+if not ours then
+  return redis.error_reply('ERR plumber read: the fence must be an integer')
+end
+local fence = redis.call('GET', KEYS[1])
+if fence then
+  local newer = decimal(fence)
+  if not newer then
+    return redis.error_reply('ERR plumber read: the fencing counter is not an integer')
+  end
+  if greater(newer, ours) then
+    return redis.error_reply('PLUMBER_FENCED ' .. newer)
+  end
+end
+if #KEYS == 2 then
+  -- One key: GET, which (unlike MGET) refuses a key of another type.
+  return { redis.call('GET', KEYS[2]) }
+end
+local values = {}
+for first = 2, #KEYS, 1000 do
+  local last = math.min(first + 999, #KEYS)
+  local part = redis.call('MGET', unpack(KEYS, first, last))
+  for i = 1, #part do
+    values[#values + 1] = part[i]
+  end
+end
+return values
+"
+);
+
+/// The reads whose fence a connection checks (see "Reads" above).
+#[derive(Debug, Clone)]
+enum ReadFence {
+    /// No pipeline claimed through this connection yet.
+    Unclaimed,
+    /// One pipeline claimed: reads check its fencing counter against our
+    /// token.
+    One {
+        pipeline: String,
+        counter: Vec<u8>,
+        token: u64,
+    },
+    /// Several pipelines claimed through this connection: no one fence
+    /// applies to its reads.
+    Several,
+}
 
 /// Settings of a [`RedisState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +270,10 @@ pub struct RedisState {
     key_prefix: Vec<u8>,
     reconnect_timeout: Duration,
     commit_script: Script,
+    read_script: Script,
+    /// What reads check (see "Reads" in the module documentation); set by
+    /// `claim`, read once per read call.
+    read_fence: std::sync::Mutex<ReadFence>,
 }
 
 /// Why one attempt of an operation failed for good.
@@ -235,6 +323,8 @@ impl RedisState {
             key_prefix: options.key_prefix.into_bytes(),
             reconnect_timeout: options.reconnect_timeout,
             commit_script: Script::new(COMMIT_SCRIPT),
+            read_script: Script::new(READ_SCRIPT),
+            read_fence: std::sync::Mutex::new(ReadFence::Unclaimed),
         };
         state
             .run("PING", |mut conn| async move {
@@ -341,6 +431,97 @@ impl RedisState {
         self.unavailable(format!("`{operation}` refused: {error}"))
     }
 
+    /// Records that `pipeline` was claimed with `token` through this
+    /// connection: later reads check that fence, unless another pipeline
+    /// claimed through it too.
+    fn claimed(&self, pipeline: &str, token: u64) {
+        let mut fence = self
+            .read_fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *fence = match &*fence {
+            ReadFence::Unclaimed => ReadFence::One {
+                pipeline: pipeline.to_owned(),
+                counter: self.pipeline_key(b"f:", pipeline),
+                token,
+            },
+            ReadFence::One {
+                pipeline: ours,
+                counter,
+                ..
+            } if ours == pipeline => ReadFence::One {
+                pipeline: ours.clone(),
+                counter: counter.clone(),
+                token,
+            },
+            ReadFence::One { .. } | ReadFence::Several => ReadFence::Several,
+        };
+    }
+
+    /// Reads the full keys `full`: through the fenced read script once a
+    /// single pipeline claimed through this connection, else with `MGET`.
+    async fn read(&self, full: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let fence = self
+            .read_fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let ReadFence::One {
+            pipeline,
+            counter,
+            token,
+        } = fence
+        else {
+            if let [key] = full {
+                // GET, which (unlike MGET) refuses a key of another type.
+                let value = self
+                    .run("GET", |mut conn| async move {
+                        redis::cmd("GET")
+                            .arg(key)
+                            .query_async::<Option<Vec<u8>>>(&mut conn)
+                            .await
+                    })
+                    .await?;
+                return Ok(vec![value]);
+            }
+            return self
+                .run("MGET", |mut conn| async move {
+                    redis::cmd("MGET")
+                        .arg(full)
+                        .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                        .await
+                })
+                .await;
+        };
+        let mut invocation = self.read_script.prepare_invoke();
+        invocation.key(&counter).arg(token);
+        for key in full {
+            invocation.key(key);
+        }
+        let invocation = &invocation;
+        let outcome = self
+            .attempt("fenced read", |mut conn| async move {
+                invocation
+                    .invoke_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                    .await
+            })
+            .await;
+        match outcome {
+            Ok(values) => Ok(values),
+            Err(Failure::Redis(error)) if error.code() == Some(FENCED_CODE) => {
+                match error.detail().and_then(|d| d.trim().parse::<u64>().ok()) {
+                    Some(newer) => Err(StateError::Fenced {
+                        pipeline,
+                        ours: token,
+                        newer,
+                    }),
+                    None => Err(self.refused("fenced read", &error)),
+                }
+            }
+            Err(failure) => Err(self.failure("fenced read", failure)),
+        }
+    }
+
     fn unavailable(&self, message: String) -> StateError {
         StateError::Unavailable {
             backend: "redis",
@@ -378,34 +559,25 @@ impl StateBackend for RedisState {
         "redis"
     }
 
+    /// Fenced once a pipeline claimed through this connection (module
+    /// documentation, "Reads").
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let full = &self.state_key(key);
-        self.run("GET", |mut conn| async move {
-            redis::cmd("GET")
-                .arg(full)
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-        })
-        .await
+        let mut values = self.read(&[self.state_key(key)]).await?;
+        Ok(values.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {
         true
     }
 
-    /// One `MGET` for all of them: one round trip.
+    /// One round trip for all of them, fenced once a pipeline claimed
+    /// through this connection (module documentation, "Reads").
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let full: &Vec<Vec<u8>> = &keys.iter().map(|key| self.state_key(key)).collect();
-        self.run("MGET", |mut conn| async move {
-            redis::cmd("MGET")
-                .arg(full)
-                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                .await
-        })
-        .await
+        let full: Vec<Vec<u8>> = keys.iter().map(|key| self.state_key(key)).collect();
+        self.read(&full).await
     }
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
@@ -472,12 +644,16 @@ impl StateBackend for RedisState {
             })
             .await;
         match outcome {
-            Ok(token) => u64::try_from(token).map_err(|_| {
-                StateError::Invalid(format!(
-                    "redis state at {}: the fencing counter of pipeline `{pipeline}` is negative ({token})",
-                    self.address
-                ))
-            }),
+            Ok(token) => {
+                let token = u64::try_from(token).map_err(|_| {
+                    StateError::Invalid(format!(
+                        "redis state at {}: the fencing counter of pipeline `{pipeline}` is negative ({token})",
+                        self.address
+                    ))
+                })?;
+                self.claimed(pipeline, token);
+                Ok(token)
+            }
             Err(Failure::Redis(error))
                 if error.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) =>
             {

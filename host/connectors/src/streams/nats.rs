@@ -873,7 +873,22 @@ impl JetStreamSource {
     /// run or owner left pending in it, and so ending a zombie's pulls)
     /// and creates it again.
     async fn create_consumer(&mut self) -> Result<(), Failure> {
-        if let Ok(info) = self.js_stream.consumer_info(&self.consumer_name).await {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind as InfoKind;
+        let existing = match self.js_stream.consumer_info(&self.consumer_name).await {
+            Ok(info) => Some(info),
+            Err(error) if matches!(error.kind(), InfoKind::NotFound | InfoKind::StreamNotFound) => {
+                None
+            }
+            // Whether a consumer is there, and whose, is unknown: deleting
+            // blind could cut off a partition's new owner (this source a
+            // zombie resumed), so ask again.
+            Err(error) => {
+                return Err(Failure::Unreachable(format!(
+                    "reading the consumer's info: {error}"
+                )))
+            }
+        };
+        if let Some(info) = existing {
             // Another reader replaced the consumer this source had: the
             // partition's new owner (this one a zombie resumed) or a second
             // pipeline on the same name. Deleting it would cut the other

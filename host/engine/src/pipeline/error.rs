@@ -98,6 +98,24 @@ pub enum PipelineError {
 
 /// The text of [`PipelineError::Command`] before its source's: the step is
 /// named once, here when the command's own error does not name it.
+impl PipelineError {
+    /// The pipeline error of step `source` failing: a failure of the state
+    /// backend under a pipe's call is the backend's ([`PipelineError::State`]),
+    /// as it would be at a commit; anything else is the step's.
+    pub(crate) fn of_step(pipeline: &str, source: StepError) -> PipelineError {
+        match source {
+            StepError::State { source, .. } => PipelineError::State {
+                pipeline: pipeline.to_owned(),
+                source,
+            },
+            source => PipelineError::Step {
+                pipeline: pipeline.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
 fn command_context(pipeline: &str, step: &str, source: &CommandError) -> String {
     match source {
         CommandError::Module { .. } => format!("pipeline `{pipeline}`, step `{step}`"),

@@ -1050,10 +1050,7 @@ impl NodeRunner {
     }
 
     fn step_error(&self, source: StepError) -> PipelineError {
-        PipelineError::Step {
-            pipeline: self.pipeline.clone(),
-            source,
-        }
+        PipelineError::of_step(&self.pipeline, source)
     }
 
     fn task_error(&self, message: String) -> PipelineError {

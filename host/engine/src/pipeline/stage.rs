@@ -376,10 +376,7 @@ impl StageRunner {
     }
 
     fn step_error(&self, source: StepError) -> PipelineError {
-        PipelineError::Step {
-            pipeline: self.pipeline.clone(),
-            source,
-        }
+        PipelineError::of_step(&self.pipeline, source)
     }
 
     fn disconnected(&self) -> PipelineError {

@@ -29,6 +29,10 @@ pub struct HostCtx {
     pub(crate) call_started: Instant,
     /// The limit the call in progress went past, if any.
     pub(crate) limit_hit: Option<LimitKind>,
+    /// The first failure of the state backend itself (unreachable, or the
+    /// pipeline claimed by a newer process) in a call: not the event's
+    /// fault, so it stops the pipeline whatever the guest did with it.
+    pub(crate) backend_failure: Option<StateError>,
     /// The pipe's allowance of log lines (shared with its stdout/stderr).
     log_budget: Arc<LogBudget>,
     /// The keys of the `add-many` call in progress, copied end to end out of
@@ -57,6 +61,7 @@ impl HostCtx {
             limits,
             call_started: Instant::now(),
             limit_hit: None,
+            backend_failure: None,
             log_budget,
             add_keys: String::new(),
             add_ops: Vec::new(),
@@ -128,7 +133,11 @@ impl HostCtx {
             pending @ StateError::PendingWrites { .. } => {
                 self.over(LimitKind::PendingWrites, pending.to_string())
             }
-            other => WitStateError::Backend(other.to_string()),
+            other => {
+                let message = other.to_string();
+                self.backend_failure.get_or_insert(other);
+                WitStateError::Backend(message)
+            }
         }
     }
 }

@@ -803,6 +803,13 @@ impl PipeInstance {
         outcome
     }
 
+    /// The state backend's own failure during the last call, if one came
+    /// (taken: asked once per call). The call's outcome must not be used:
+    /// the guest saw an error it may have ignored.
+    pub fn take_backend_failure(&mut self) -> Option<crate::state::StateError> {
+        self.store.data_mut().backend_failure.take()
+    }
+
     /// Hands over a batch the pipe has consumed: its buffers are reused
     /// for the next answer's events (packed calls).
     pub fn recycle(&mut self, events: Vec<crate::Event>) {
