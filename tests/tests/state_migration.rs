@@ -192,6 +192,12 @@ async fn migrate_many_keys(state: SharedState, name: &str, keys: usize) {
         .await
         .expect("v2 accepted");
     let migration = swapped.migration.expect("a migration ran");
+    println!(
+        "{name}: migrated {} keys in {} migrate calls in {} ms",
+        migration.keys,
+        migration.calls,
+        migration.took.as_millis()
+    );
     assert_eq!((migration.from.as_str(), migration.to.as_str()), ("1", "2"));
     assert_eq!(migration.keys, keys);
     assert_eq!(migration.writes, keys);
@@ -463,6 +469,66 @@ async fn the_admin_api_answers_422_with_the_reason_and_the_history_keeps_it() {
     assert!(
         detail_text.contains("refusing to migrate key `k000007`"),
         "{detail_text}"
+    );
+
+    // A second pipeline whose migration succeeds: 200, and the history
+    // says what migrated.
+    let (ok_input, ok_source) = channel_source(1024);
+    let (ok_sink, mut ok_receiver) = channel_sink(1024);
+    let ok_state: SharedState = Arc::new(MemoryState::new());
+    let builder = pipeline(
+        "mig-admin-ok",
+        ok_state.clone(),
+        WasmPipe::new("count", guest("migrate-v1")),
+    )
+    .from(ok_source)
+    .to(ok_sink);
+    let (_ok_handle, ok_task) = supervisor
+        .start("mig-admin-ok", "default", builder)
+        .expect("start");
+    for i in 0..20 {
+        ok_input.send(Event::new(key(i))).await.unwrap();
+    }
+    for _ in 0..20 {
+        ok_receiver.recv().await.expect("v1 output");
+    }
+    let response = client
+        .post(format!("{base}/pipelines/mig-admin-ok/pipes/count/module"))
+        .header("Content-Type", "application/wasm")
+        .body(std::fs::read(guest("migrate-v2")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let detail: serde_json::Value = client
+        .get(format!("{base}/console/api/pipelines/mig-admin-ok"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let migration = detail["pipes"][0]["swaps"][0]["migration"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        migration.starts_with(
+            "state migrated from version `1` to `2`: 20 keys in 1 migrate calls, 20 writes"
+        ),
+        "{detail}"
+    );
+    ok_input.send(Event::new(key(3))).await.unwrap();
+    let after = ok_receiver.recv().await.expect("v2 output");
+    assert_eq!(String::from_utf8_lossy(&after.value), "k000003 2");
+    drop(ok_input);
+    ok_task.await.unwrap().unwrap();
+    assert_eq!(
+        committed(&ok_state, "mig-admin-ok")
+            .await
+            .get(&key(3))
+            .cloned(),
+        Some(2u64.to_le_bytes().to_vec())
     );
 
     // v1 still counts, from where it was.

@@ -362,7 +362,7 @@ impl PipeInstance {
                 *self.store.data_mut().state_mut() = backup;
                 Err(LoadError::StateVersion {
                     pipe: self.settings.pipe.to_string(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -384,7 +384,7 @@ impl PipeInstance {
                 self.store.data_mut().state_mut().end_call(false);
                 Err(LoadError::StateVersion {
                     pipe: self.settings.pipe.to_string(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }

@@ -117,9 +117,9 @@ pub enum LoadError {
     StateVersion {
         /// The pipe's name.
         pipe: String,
-        /// Why.
+        /// Why (boxed: it is large, and rare).
         #[source]
-        source: MigrateError,
+        source: Box<MigrateError>,
     },
     /// The compile cache could not be used.
     #[error("component cache `{path}`")]

@@ -1484,4 +1484,42 @@ mod tests {
         assert_eq!(backend.get(&namespace.key("bob")).await.unwrap(), None);
         assert!(state.take_writes().is_empty());
     }
+
+    #[tokio::test]
+    async fn entries_show_pending_writes_over_committed_state_and_the_version_key_stays_apart() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let namespace = Namespace::for_pipe("p", "count");
+        let other = Namespace::for_pipe("p", "count2");
+        let mut state = PipeState::new(backend.clone(), namespace.clone(), WriteMode::Checkpointed);
+        state.set("a", b"1".to_vec()).await.unwrap();
+        state.set("b", b"2".to_vec()).await.unwrap();
+        state.set("c", b"3".to_vec()).await.unwrap();
+        state.record_state_version("1").await.unwrap();
+        let mut writes = state.take_writes();
+        writes.insert(other.key("z"), Some(b"other pipe".to_vec()));
+        assert_eq!(
+            writes.get(&namespace.state_version_key()),
+            Some(&Some(b"1".to_vec()))
+        );
+        let record = CheckpointRecord::new("p", 1, crate::checkpoint::Position::Offset(0));
+        backend.commit(&record, &[writes]).await.unwrap();
+        assert_eq!(state.state_version().await.unwrap().as_deref(), Some("1"));
+        // Pending: b changed, c deleted, d new.
+        state.set("b", b"20".to_vec()).await.unwrap();
+        state.delete("c").await.unwrap();
+        state.set("d", b"4".to_vec()).await.unwrap();
+        let expected: Vec<(String, Vec<u8>)> = [("a", "1"), ("b", "20"), ("d", "4")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(state.entries().await.unwrap(), expected);
+        assert!(!namespace
+            .state_version_key()
+            .starts_with(namespace.prefix()));
+        assert!(!namespace.state_version_key().starts_with(other.prefix()));
+        // A fork is a copy: what the original writes after it is not in it.
+        let fork = state.fork();
+        state.set("e", b"5".to_vec()).await.unwrap();
+        assert_eq!(fork.entries().await.unwrap(), expected);
+    }
 }
