@@ -18,7 +18,7 @@ use plumber::checkpoint::{CheckpointPolicy, Delivery};
 use plumber::pipeline::{HandleError, Pipeline, PipelineBuilder, PipelineHandle};
 use plumber::runtime::limits::PipeLimits;
 use plumber::runtime::Runtime;
-use plumber::state::{MemoryState, Namespace, SharedState, SledState};
+use plumber::state::{MemoryState, Namespace, RedisOptions, RedisState, SharedState, SledState};
 use plumber::step::WasmPipe;
 use plumber::streams::{channel_sink, channel_source};
 use plumber::supervisor::Supervisor;
@@ -223,6 +223,17 @@ async fn a_swap_migrates_100k_keys_in_sled_and_counts_continue() {
     let dir = tempfile::tempdir().unwrap();
     let state: SharedState = Arc::new(SledState::open(dir.path().join("state")).unwrap());
     migrate_many_keys(state, "mig-sled", 100_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_migrates_100k_keys_in_redis_and_counts_continue() {
+    let server = plumber_tests::RedisServer::start();
+    let state: SharedState = Arc::new(
+        RedisState::connect(&server.url(), RedisOptions::default())
+            .await
+            .expect("connect to Redis"),
+    );
+    migrate_many_keys(state, "mig-redis", 100_000).await;
 }
 
 /// Starts v1 with `config` and `limits`, counts 2 000 keys, and returns
