@@ -236,6 +236,41 @@ async fn a_swap_migrates_100k_keys_in_redis_and_counts_continue() {
     migrate_many_keys(state, "mig-redis", 100_000).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_is_committed_by_the_checkpoint_of_the_switch() {
+    // No checkpoint comes by itself: the only barrier after the events is
+    // the one the swap asks for, so the migrated state must be in its commit.
+    let state: SharedState = Arc::new(MemoryState::new());
+    let builder = Pipeline::builder("mig-commit")
+        .state(state.clone())
+        .delivery(Delivery::ExactlyOnce)
+        .runtime(Runtime::new(Some(cache_dir())).unwrap())
+        .checkpoint(CheckpointPolicy::every(Duration::from_secs(3600)))
+        .batch_size(64)
+        .then(WasmPipe::new("count", guest("migrate-v1")));
+    let handle = builder.handle();
+    let (mut running, task) = Running::start(builder);
+    running.feed((0..300).map(key)).await;
+    running.feed((0..300).step_by(2).map(key)).await;
+    handle
+        .swap_module("count", ModuleSource::Path(guest("migrate-v2")))
+        .await
+        .expect("v2 accepted");
+    let expected = running.expected.clone();
+    // The swap answers at the barrier; its commit follows at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_version(&state, "mig-commit").await.as_deref() != Some("2") {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint of the switch did not commit the new state version"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(committed(&state, "mig-commit").await, as_le(&expected));
+    drop(running);
+    task.await.unwrap();
+}
+
 /// Starts v1 with `config` and `limits`, counts 2 000 keys, and returns
 /// the running pipeline.
 async fn v1_with(
