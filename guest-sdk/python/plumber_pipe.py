@@ -1,4 +1,4 @@
-"""Helpers for plumber pipes written in Python (WIT package ``plumber:pipe@0.1.0``).
+"""Helpers for plumber pipes written in Python (WIT package ``plumber:pipe@0.1.1``).
 
 A pipe is a class: constructed once per instance with the pipe's ``config``
 (JSON text, ``{}`` when absent), its ``process(batch, state)`` returns the
@@ -523,6 +523,44 @@ def export(pipe_class: Callable[[str], Any]) -> type:
                 return out
             except BaseException as e:  # noqa: BLE001 - reported to the host, a trap would lose it
                 raise _to_wit(e) from None
+
+    WitWorld.__qualname__ = WitWorld.__name__ = "WitWorld"
+    return WitWorld
+
+
+def export_versioned(pipe_class: Callable[[str], Any], state_version: str, migrate: Optional[Callable[[str, List[Tuple[str, bytes]]], Iterable[Tuple[str, "bytes | None"]]]] = None) -> type:
+    """The class componentize-py exports for the worlds ``versioned-pipe``
+    (``migrate`` None) and ``migrating-pipe`` of ``wit/migrate.wit``.
+
+    ``init`` and ``process`` are those of :func:`export`; ``state-version``
+    returns ``state_version``; ``migrate(from_version, batch)`` calls
+    ``migrate`` with the version the state was written by and a list of
+    ``(key, value)`` pairs, and returns the ``(key, value or None)`` writes
+    it yields (None deletes the key). Its exceptions become the WIT
+    ``pipe-error``, as in ``process``.
+    """
+    base = export(pipe_class)
+    version = str(state_version)
+
+    class WitWorld(base):  # type: ignore[valid-type, misc]
+        def state_version(self) -> str:
+            return version
+
+    if migrate is not None:
+
+        def _migrate(self: Any, from_version: str, batch: List[Tuple[str, bytes]]) -> List[Tuple[str, Optional[bytes]]]:
+            try:
+                out = []
+                for i, write in enumerate(migrate(from_version, list(batch))):
+                    if not (isinstance(write, tuple) and len(write) == 2 and isinstance(write[0], str)):
+                        raise PipeError(f"migrate returned {write!r} at index {i}, not a (str, bytes or None) tuple")
+                    key, value = write
+                    out.append((key, None if value is None else bytes(value)))
+                return out
+            except BaseException as e:  # noqa: BLE001 - reported to the host, a trap would lose it
+                raise _to_wit(e) from None
+
+        WitWorld.migrate = _migrate  # type: ignore[attr-defined]
 
     WitWorld.__qualname__ = WitWorld.__name__ = "WitWorld"
     return WitWorld

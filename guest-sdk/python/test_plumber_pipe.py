@@ -172,5 +172,46 @@ class ExportChecksTest(unittest.TestCase):
         self.assertIsNone(error.event_index)
 
 
+class ExportVersionedTest(unittest.TestCase):
+    """``export_versioned``: the worlds ``versioned-pipe`` and ``migrating-pipe``."""
+
+    class Pipe:
+        def __init__(self, config):
+            pass
+
+        def process(self, b, state):
+            return []
+
+    def test_state_version_and_migrate_writes(self):
+        def migrate(from_version, pairs):
+            for key, value in pairs:
+                if key == "gone":
+                    yield key, None
+                else:
+                    yield key, bytearray(int(value).to_bytes(8, "little"))
+
+        world = plumber_pipe.export_versioned(self.Pipe, "2", migrate)
+        self.assertEqual(world().state_version(), "2")
+        self.assertEqual(
+            world().migrate("1", [("a", b"7"), ("gone", b"1")]),
+            [("a", (7).to_bytes(8, "little")), ("gone", None)],
+        )
+        self.assertFalse(hasattr(plumber_pipe.export_versioned(self.Pipe, "1")(), "migrate"))
+
+    def test_migrate_failures_are_pipe_errors(self):
+        def raises(from_version, pairs):
+            raise ValueError("not a count")
+
+        def not_a_pair(from_version, pairs):
+            return ["a"]
+
+        with self.assertRaises(PipeError) as caught:
+            plumber_pipe.export_versioned(self.Pipe, "2", raises)().migrate("1", [("a", b"x")])
+        self.assertTrue(caught.exception.message.startswith("unhandled ValueError: not a count"), caught.exception.message)
+        with self.assertRaises(PipeError) as caught:
+            plumber_pipe.export_versioned(self.Pipe, "2", not_a_pair)().migrate("1", [])
+        self.assertEqual(caught.exception.message, "migrate returned 'a' at index 0, not a (str, bytes or None) tuple")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,6 +1,6 @@
 // The component's entry point: the host's imports in, `init` and `process` out.
 // (componentize-js builds this file; the logic is in counter.js.)
-import * as state from 'plumber:pipe/state@0.1.0';
+import * as state from 'plumber:pipe/state@0.1.1';
 import { WordCount } from './counter.js';
 
 let pipe;

@@ -300,7 +300,8 @@
           cell(row, utc(swap.at_ms));
           cell(row, swap.from);
           cell(row, swap.to || "–");
-          const outcome = cell(row, swap.refused ? `refused: ${swap.refused}` : "switched in");
+          const outcome = cell(row, swap.refused ? `refused: ${swap.refused}`
+            : swap.migration ? `switched in; ${swap.migration}` : "switched in");
           if (swap.refused) outcome.className = "refused";
           return row;
         }));

@@ -192,8 +192,9 @@ pub trait Step: Send {
         Ok(())
     }
 
-    /// Called at each checkpoint barrier after [`Step::take_writes`]: the
-    /// one point where a pipe may switch modules.
+    /// Called at each checkpoint barrier before [`Step::take_writes`]: the
+    /// one point where a pipe may switch modules (what the switch writes,
+    /// a state migration, is committed with that barrier's checkpoint).
     async fn at_barrier(&mut self) {}
 
     /// Counters of this step, for metrics.

@@ -9,6 +9,11 @@
 //! batch after it on the new one, and the pipe's state is the same
 //! namespace throughout. A module that fails any check is refused and the
 //! old one keeps running.
+//!
+//! A module that declares another state version than the one recorded
+//! with the pipe's state is migrated at the barrier, before the pipe's
+//! write set is taken, so the migrated state, the new version and the
+//! switch land in the same checkpoint (`runtime::migrate`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::recent::{unix_ms, Recent};
-use crate::runtime::{InstanceSettings, PipeComponent, PipeInstance, Runtime};
+use crate::runtime::{InstanceSettings, Migration, PipeComponent, PipeInstance, Runtime};
 use crate::state::{Namespace, PipeState, SharedState, WriteMode};
 use crate::ErrorChain;
 
@@ -56,6 +61,8 @@ pub struct Swapped {
     pub version: String,
     /// The version it replaced.
     pub previous_version: String,
+    /// The state migration that ran at the switch, if one did.
+    pub migration: Option<Migration>,
 }
 
 /// The module in use by a pipe.
@@ -82,6 +89,9 @@ pub struct SwapEntry {
     pub to: Option<String>,
     /// Why it was refused; `None` when it runs now.
     pub refused: Option<String>,
+    /// The state migration that ran at the switch, as a sentence; `None`
+    /// when none ran.
+    pub migration: Option<String>,
 }
 
 struct PendingSwap {
@@ -149,11 +159,22 @@ impl PipeSlot {
     }
 
     fn record_swap(&self, to: Option<String>, refused: Option<String>, from: String) {
+        self.record_swap_migrated(to, refused, from, None);
+    }
+
+    fn record_swap_migrated(
+        &self,
+        to: Option<String>,
+        refused: Option<String>,
+        from: String,
+        migration: Option<String>,
+    ) {
         self.history.push(SwapEntry {
             at_ms: unix_ms(),
             from,
             to,
             refused,
+            migration,
         });
     }
 
@@ -230,8 +251,10 @@ impl PipeSlot {
             return;
         };
         let previous_version = instance.component().version().to_owned();
-        let result = match instance.replace(component.clone()).await {
-            Ok(()) => {
+        // Before the write set is taken at this barrier: a migration's
+        // writes are committed with the switch.
+        let result = match instance.swap_to(component.clone()).await {
+            Ok(migration) => {
                 let info = ModuleInfo {
                     path: component.path().to_path_buf(),
                     version: component.version().to_owned(),
@@ -239,14 +262,20 @@ impl PipeSlot {
                 tracing::info!(pipe = %self.pipe, from = %previous_version, to = %info.version,
                     module = %info.path.display(), "module swapped at a checkpoint barrier");
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = info;
-                self.record_swap(
+                let described = migration.as_ref().map(describe_migration);
+                if let Some(described) = &described {
+                    tracing::info!(pipe = %self.pipe, "{described}");
+                }
+                self.record_swap_migrated(
                     Some(component.version().to_owned()),
                     None,
                     previous_version.clone(),
+                    described,
                 );
                 Ok(Swapped {
                     version: component.version().to_owned(),
                     previous_version,
+                    migration,
                 })
             }
             Err(error) => {
@@ -264,6 +293,19 @@ impl PipeSlot {
         };
         let _ = reply.send(result);
     }
+}
+
+/// A migration in one sentence, for the swap history and the log.
+fn describe_migration(migration: &Migration) -> String {
+    format!(
+        "state migrated from version `{}` to `{}`: {} keys in {} migrate calls, {} writes, {} ms",
+        migration.from,
+        migration.to,
+        migration.keys,
+        migration.calls,
+        migration.writes,
+        migration.took.as_millis()
+    )
 }
 
 /// The file's identity for change detection: modification time and length.

@@ -371,7 +371,10 @@ pub(super) fn pipeline(detail: &PipelineDetail, now_ms: u64, token_required: boo
                 Some(reason) => {
                     format!("<span class=\"refused\">refused: {}</span>", escape(reason))
                 }
-                None => "switched in".to_owned(),
+                None => match &swap.migration {
+                    Some(migration) => format!("switched in; {}", escape(migration)),
+                    None => "switched in".to_owned(),
+                },
             };
             let _ = writeln!(
                 main,

@@ -993,9 +993,10 @@ impl NodeRunner {
 
     async fn barrier(&mut self, mut barrier: Barrier) -> Result<(), PipelineError> {
         if let ReadyNode::Step(step) = &mut self.node {
+            // A module swap first: its writes ride this barrier.
+            step.at_barrier().await;
             barrier.writes.push(step.take_writes());
             self.requested = false;
-            step.at_barrier().await;
             crate::dead_letter::passed_barrier(barrier.epoch);
             if let Some(held) = step.buffered_events() {
                 self.stats.buffered.store(held as u64, Ordering::Relaxed);

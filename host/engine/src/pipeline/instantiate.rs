@@ -288,10 +288,18 @@ impl StepBuilder<'_, '_> {
             config_json: pipe.config.to_string(),
             packed: pipe.packed,
         });
-        let instance = component
+        let mut instance = component
             .instantiate(&runtime, settings, state)
             .await
             .map_err(failed)?;
+        // The configured module runs; if it declares another state version
+        // than the recorded one, it migrates now (into the first checkpoint)
+        // or the pipeline does not start.
+        if let Some(migration) = instance.reconcile_state_version().await.map_err(failed)? {
+            tracing::info!(pipeline = %context.pipeline, pipe = %pipe.name,
+                from = %migration.from, to = %migration.to, keys = migration.keys,
+                ms = migration.took.as_millis() as u64, "state migrated at start");
+        }
         let slot = Arc::new(PipeSlot::new(&instance, context.state.clone(), namespace));
         context.status.add_pipe(slot.clone());
         if let Some(every) = pipe.watch_module {

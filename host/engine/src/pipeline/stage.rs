@@ -346,9 +346,11 @@ impl StageRunner {
     }
 
     async fn barrier(&mut self, mut barrier: Barrier) -> Result<(), PipelineError> {
+        // A module swap (and its state migration) first: its writes are
+        // committed with this barrier's checkpoint.
+        self.step.at_barrier().await;
         barrier.writes.push(self.step.take_writes());
         self.requested = false;
-        self.step.at_barrier().await;
         crate::dead_letter::passed_barrier(barrier.epoch);
         // Sampled at barriers: counting a window's buffers is not free.
         if let Some(held) = self.step.buffered_events() {

@@ -74,6 +74,10 @@ impl HostCtx {
         &mut self.state
     }
 
+    pub(crate) fn state_ref(&self) -> &PipeState {
+        &self.state
+    }
+
     fn over(&mut self, kind: LimitKind, message: String) -> WitStateError {
         self.limit_hit = Some(kind);
         WitStateError::Limit(message)

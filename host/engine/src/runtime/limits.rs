@@ -39,6 +39,10 @@ pub struct PipeLimits {
     pub max_key_bytes: u64,
     /// Bytes of one state value (default 1 MiB).
     pub max_value_bytes: u64,
+    /// Wall-clock milliseconds a whole state migration at a hot swap may
+    /// run, over all its `migrate` calls (default 60 000); each call is
+    /// also held to `call_timeout_ms`.
+    pub migrate_timeout_ms: u64,
 }
 
 impl Default for PipeLimits {
@@ -50,6 +54,7 @@ impl Default for PipeLimits {
             max_output_bytes: 64 << 20,
             max_key_bytes: 4096,
             max_value_bytes: 1 << 20,
+            migrate_timeout_ms: 60_000,
         }
     }
 }
@@ -58,6 +63,11 @@ impl PipeLimits {
     /// The per-call time limit.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// The time limit of a whole state migration.
+    pub fn migrate_timeout(&self) -> Duration {
+        Duration::from_millis(self.migrate_timeout_ms)
     }
 
     /// The first field that cannot work, with why (for config checks).
@@ -69,6 +79,7 @@ impl PipeLimits {
             ("max_output_bytes", self.max_output_bytes),
             ("max_key_bytes", self.max_key_bytes),
             ("max_value_bytes", self.max_value_bytes),
+            ("migrate_timeout_ms", self.migrate_timeout_ms),
         ];
         if let Some((field, _)) = fields.iter().find(|(_, value)| *value == 0) {
             return Some((field, "expected a positive number"));

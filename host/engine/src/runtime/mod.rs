@@ -13,6 +13,7 @@ mod capabilities;
 mod guest_output;
 mod host;
 pub mod limits;
+mod migrate;
 mod packed;
 
 use std::path::{Path, PathBuf};
@@ -32,10 +33,11 @@ pub use guest_output::{
 };
 pub use host::HostCtx;
 pub use limits::{LimitExceeded, LimitKind, PipeLimits, HEADER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES};
+pub use migrate::{MigrateError, Migration, MIGRATE_BATCH_BYTES, MIGRATE_BATCH_KEYS};
 
 /// The name the linker knows our `state` interface by (guests built
 /// against an older minor version are served by semver matching).
-const STATE_INTERFACE: &str = "plumber:pipe/state@0.1.0";
+const STATE_INTERFACE: &str = "plumber:pipe/state@0.1.1";
 
 /// Why a component could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,16 @@ pub enum LoadError {
         pipe: String,
         /// The guest's error or the trap.
         message: String,
+    },
+    /// The module cannot take over the pipe's state: it declares another
+    /// state version and cannot migrate, or its migration failed.
+    #[error("pipe `{pipe}`: the module cannot take over the pipe's state")]
+    StateVersion {
+        /// The pipe's name.
+        pipe: String,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        source: Box<MigrateError>,
     },
     /// The compile cache could not be used.
     #[error("component cache `{path}`")]
@@ -441,6 +453,8 @@ struct Exports {
     bindings: bindings::StatefulPipe,
     /// `process-packed`, when the component has it and the settings allow it.
     packed: Option<wasmtime::component::Func>,
+    /// `state-version` and `migrate`, when the component has them.
+    versions: migrate::VersionExports,
 }
 
 /// The guest side of `process-packed`: one byte list in, one out.
@@ -555,7 +569,12 @@ impl PipeComponent {
                         }
                         _ => None,
                     };
-                    Ok(Exports { bindings, packed })
+                    let versions = migrate::VersionExports::find(&mut store, &instance)?;
+                    Ok(Exports {
+                        bindings,
+                        packed,
+                        versions,
+                    })
                 })
             }
             Err(e) => Err(e),

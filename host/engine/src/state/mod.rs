@@ -111,7 +111,7 @@ pub type KeyHasher = foldhash::fast::RandomState;
 
 /// A pending write of a [`PipeState`], with what the call in progress
 /// replaced (so a failed call can be undone without a copy per write).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     /// What the key will hold.
     value: Stored,
@@ -493,6 +493,19 @@ impl Namespace {
         &self.0
     }
 
+    /// The key under which the version of the pipe's state format is
+    /// recorded (a module's declared `state-version`): beside the pipe's
+    /// keys, never under its prefix, so no guest key can reach it and a
+    /// scan of the namespace does not see it (`#` cannot follow the pipe
+    /// part of a key where a guest key's `/` does).
+    pub fn state_version_key(&self) -> Vec<u8> {
+        let base = self.0.strip_suffix(b"/").unwrap_or(&self.0);
+        let mut key = Vec::with_capacity(base.len() + STATE_VERSION_SUFFIX.len());
+        key.extend_from_slice(base);
+        key.extend_from_slice(STATE_VERSION_SUFFIX);
+        key
+    }
+
     /// The full key of a guest's key.
     pub fn key(&self, key: &str) -> Vec<u8> {
         let mut full = Vec::with_capacity(self.0.len() + key.len());
@@ -501,6 +514,10 @@ impl Namespace {
         full
     }
 }
+
+/// What [`Namespace::state_version_key`] appends to a pipe's namespace
+/// (without its final `/`).
+const STATE_VERSION_SUFFIX: &[u8] = b"#state-version";
 
 /// How a pipe's writes reach the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -539,6 +556,8 @@ pub struct PipeState {
     call_bound: PendingBound,
     /// The write set's size when the call in progress started.
     call_start: PendingWrites,
+    /// A new state version to record with the next checkpoint.
+    version_write: Option<String>,
 }
 
 /// The most a pipe may write between two checkpoints: keys and bytes of
@@ -574,6 +593,7 @@ impl PipeState {
             pending_bytes: 0,
             call_bound: PendingBound::default(),
             call_start: PendingWrites::default(),
+            version_write: None,
         }
     }
 
@@ -606,7 +626,122 @@ impl PipeState {
             pending_bytes: std::mem::take(&mut self.pending_bytes),
             call_bound: self.call_bound,
             call_start: std::mem::take(&mut self.call_start),
+            version_write: self.version_write.take(),
         }
+    }
+
+    /// A copy of this view with its pending writes: what to go back to
+    /// when a state migration fails.
+    pub fn fork(&self) -> PipeState {
+        PipeState {
+            backend: self.backend.clone(),
+            namespace: self.namespace.clone(),
+            writes: self.writes.clone(),
+            call: self.call,
+            mode: self.mode,
+            quota: self.quota.clone(),
+            charged: self.charged,
+            pending_bytes: self.pending_bytes,
+            call_bound: self.call_bound,
+            call_start: self.call_start,
+            version_write: self.version_write.clone(),
+        }
+    }
+
+    /// How writes reach the backend.
+    pub fn mode(&self) -> WriteMode {
+        self.mode
+    }
+
+    /// The version of the state format recorded with the pipe's state
+    /// (the one set since the last checkpoint first); `None` when no module
+    /// that declares one has run yet.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    pub async fn state_version(&self) -> Result<Option<String>, StateError> {
+        if let Some(version) = &self.version_write {
+            return Ok(Some(version.clone()));
+        }
+        let stored = self
+            .backend
+            .get(&self.namespace.state_version_key())
+            .await?;
+        Ok(stored.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Records `version` as the state's version: with the next checkpoint,
+    /// or at once under write-through.
+    ///
+    /// # Errors
+    ///
+    /// Write-through: the backend failed.
+    pub async fn record_state_version(&mut self, version: &str) -> Result<(), StateError> {
+        match self.mode {
+            WriteMode::Checkpointed => {
+                self.version_write = Some(version.to_owned());
+                Ok(())
+            }
+            WriteMode::WriteThrough => {
+                self.backend
+                    .set(&self.namespace.state_version_key(), version.as_bytes())
+                    .await
+            }
+        }
+    }
+
+    /// Every key of the pipe's namespace with its value as the pipe sees
+    /// it (committed state with the pending writes over it), in key order:
+    /// what a state migration converts.
+    ///
+    /// # Errors
+    ///
+    /// The backend failed.
+    pub async fn entries(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let prefix = self.namespace.prefix();
+        let committed = self.backend.scan_prefix(prefix).await?;
+        let mut entries: std::collections::BTreeMap<String, Vec<u8>> = committed
+            .into_iter()
+            .filter_map(|(full, value)| {
+                let key = full.strip_prefix(prefix)?;
+                // Guest keys are strings; nothing else is written here.
+                Some((String::from_utf8(key.to_vec()).ok()?, value))
+            })
+            .collect();
+        for (key, pending) in &self.writes {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            match pending.value.to_bytes() {
+                Some(value) => {
+                    entries.insert(key.to_owned(), value);
+                }
+                None => {
+                    entries.remove(key);
+                }
+            }
+        }
+        Ok(entries.into_iter().collect())
+    }
+
+    /// Writes what a state migration returned for `key` (`None` deletes
+    /// it) into the write set. Charged to the quota like any write; not
+    /// held to the per-call bound, since a migration rewrites the whole
+    /// namespace in the checkpoint of the switch by design.
+    ///
+    /// # Errors
+    ///
+    /// The tenant's quota would be exceeded, or the backend failed.
+    pub async fn put_migrated(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StateError> {
+        let old = self.old_len(key).await?;
+        self.charge(key, old, value.as_ref().map(Vec::len))?;
+        self.write(key, Stored::Bytes(value));
+        Ok(())
     }
 
     /// How much is waiting for the next checkpoint (nothing under write-through).
@@ -986,6 +1121,12 @@ impl PipeState {
             full.extend_from_slice(&key);
             (full, pending.value.into_bytes())
         }));
+        if let Some(version) = self.version_write.take() {
+            writes.insert(
+                self.namespace.state_version_key(),
+                Some(version.into_bytes()),
+            );
+        }
         writes
     }
 
@@ -993,6 +1134,7 @@ impl PipeState {
     pub fn discard_writes(&mut self) {
         self.end_call(false);
         self.writes.clear();
+        self.version_write = None;
         self.pending_bytes = 0;
         self.call_start = PendingWrites::default();
     }
@@ -1341,5 +1483,43 @@ mod tests {
         state.delete("bob").await.unwrap();
         assert_eq!(backend.get(&namespace.key("bob")).await.unwrap(), None);
         assert!(state.take_writes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_show_pending_writes_over_committed_state_and_the_version_key_stays_apart() {
+        let backend: SharedState = Arc::new(MemoryState::new());
+        let namespace = Namespace::for_pipe("p", "count");
+        let other = Namespace::for_pipe("p", "count2");
+        let mut state = PipeState::new(backend.clone(), namespace.clone(), WriteMode::Checkpointed);
+        state.set("a", b"1".to_vec()).await.unwrap();
+        state.set("b", b"2".to_vec()).await.unwrap();
+        state.set("c", b"3".to_vec()).await.unwrap();
+        state.record_state_version("1").await.unwrap();
+        let mut writes = state.take_writes();
+        writes.insert(other.key("z"), Some(b"other pipe".to_vec()));
+        assert_eq!(
+            writes.get(&namespace.state_version_key()),
+            Some(&Some(b"1".to_vec()))
+        );
+        let record = CheckpointRecord::new("p", 1, crate::checkpoint::Position::Offset(0));
+        backend.commit(&record, &[writes]).await.unwrap();
+        assert_eq!(state.state_version().await.unwrap().as_deref(), Some("1"));
+        // Pending: b changed, c deleted, d new.
+        state.set("b", b"20".to_vec()).await.unwrap();
+        state.delete("c").await.unwrap();
+        state.set("d", b"4".to_vec()).await.unwrap();
+        let expected: Vec<(String, Vec<u8>)> = [("a", "1"), ("b", "20"), ("d", "4")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(state.entries().await.unwrap(), expected);
+        assert!(!namespace
+            .state_version_key()
+            .starts_with(namespace.prefix()));
+        assert!(!namespace.state_version_key().starts_with(other.prefix()));
+        // A fork is a copy: what the original writes after it is not in it.
+        let fork = state.fork();
+        state.set("e", b"5".to_vec()).await.unwrap();
+        assert_eq!(fork.entries().await.unwrap(), expected);
     }
 }
