@@ -120,11 +120,21 @@ func counter(batch plumber.Batch, state *plumber.State) ([]plumber.Event, error)
 	if err != nil {
 		return nil, err
 	}
+	// Every output value in one buffer: one allocation for the batch.
+	size := 0
+	for i := range ops {
+		size += len(ops[i].Key) + 21 // "=" and at most 20 digits
+	}
+	values := make([]byte, 0, size)
 	out := make([]plumber.Event, len(batch.Events))
 	for i, e := range batch.Events {
+		start := len(values)
+		values = append(values, ops[i].Key...)
+		values = append(values, '=')
+		values = strconv.AppendInt(values, counts[i], 10)
 		out[i] = plumber.Event{
 			Key:       e.Value,
-			Value:     []byte(ops[i].Key + "=" + strconv.FormatInt(counts[i], 10)),
+			Value:     values[start:len(values):len(values)],
 			Timestamp: e.Timestamp,
 			Headers:   e.Headers,
 		}
