@@ -1,6 +1,6 @@
 //go:build wasip1
 
-// The canonical-ABI glue of the world plumber:pipe/stateful-pipe@0.1.1 for
+// The canonical-ABI glue of the world plumber:pipe/packed-pipe@0.1.1 for
 // Go's wasip1 c-shared ("reactor") modules, written by hand once.
 //
 // Lowered signatures (32-bit memory; a function whose results flatten to
@@ -12,7 +12,9 @@
 //	export process(batch: batch) -> result<list<event>, pipe-error>
 //	    core: (i32 events.ptr, i32 events.len,
 //	           i32 window.tag, i64 start, i64 end, i32 key.tag, i32 key.ptr, i32 key.len) -> i32 retptr
-//	export cabi_post_init(i32), cabi_post_process(i32)
+//	export process-packed(batch: list<u8>) -> result<list<u8>, pipe-error>
+//	    core: (i32 ptr, i32 len) -> i32 retptr
+//	export cabi_post_init(i32), cabi_post_process(i32), cabi_post_process-packed(i32)
 //	export cabi_realloc(i32 old, i32 old_size, i32 align, i32 new_size) -> i32
 //	export cabi_realloc_adapter: the same, used only by the WASI adapter
 //	import plumber:pipe/state@0.1.1
@@ -21,6 +23,7 @@
 //	    set      (i32 key.ptr, i32 key.len, i32 value.ptr, i32 value.len, i32 retptr)
 //	    delete   (i32 key.ptr, i32 key.len, i32 retptr)
 //	    add      (i32 key.ptr, i32 key.len, i64 delta, i32 retptr)
+//	    add-many (i32 ops.ptr, i32 ops.len, i32 retptr)
 //	import plumber:pipe/log@0.1.1
 //	    log      (i32 level, i32 msg.ptr, i32 msg.len, i32 fields.ptr, i32 fields.len)
 //
@@ -39,6 +42,9 @@
 //	    option<list<u8>> (12, 4): 0 tag, 4 ptr, 8 len
 //	result<_, state-error> (16, 4): 0 tag, 4 state-error
 //	result<s64, state-error> (24, 8): 0 tag, 8 s64 | 8 state-error
+//	tuple<string, s64> (16, 8): 0 key.ptr, 4 key.len, 8 delta
+//	result<list<s64>, state-error> (16, 4): 0 tag, 4 ptr, 8 len | 4 state-error
+//	result<list<u8>, pipe-error> (24, 4): 0 tag, 4 ptr, 8 len | 4 pipe-error
 //
 // Memory the host writes into (export arguments, import results) comes from
 // cabi_realloc, which never calls Go's allocator:
@@ -414,11 +420,44 @@ func wasmProcess(eventsPtr, eventsLen, windowTag uint32, start, end uint64, keyT
 	return uint32(ret)
 }
 
+// wasmProcessPacked is process on the packed crossing (packed.go): the
+// batch arrives as one byte list, is copied into Go memory once, and the
+// events' keys and values are slices of that copy; the answer is encoded
+// into one buffer and returned as one byte list.
+//
+//go:wasmexport process-packed
+func wasmProcessPacked(ptr, length uint32) uint32 {
+	settle()
+	packed := liftBytes(ptr, length)
+	release()
+	ret := uintptr(unsafe.Pointer(&exportRet))
+	batch, perr := decodePacked(packed)
+	var events []Event
+	if perr == nil {
+		events, perr = callProcess(batch, hostState)
+	}
+	if perr != nil {
+		lowerError(ret, perr)
+	} else {
+		size := packedSize(events)
+		base := outBuffer(size)
+		encodePacked(mem(base, size), events)
+		st8(ret, 0)
+		st32(ret+4, uint32(base))
+		st32(ret+8, uint32(size))
+	}
+	finishCall()
+	return uint32(ret)
+}
+
 //go:wasmexport cabi_post_init
 func cabiPostInit(uint32) { releaseOutput() }
 
 //go:wasmexport cabi_post_process
 func cabiPostProcess(uint32) { releaseOutput() }
+
+//go:wasmexport cabi_post_process-packed
+func cabiPostProcessPacked(uint32) { releaseOutput() }
 
 // finishCall ends an export call: grow the arena if the last windows
 // came close to filling it.
@@ -605,6 +644,9 @@ func importDelete(keyPtr, keyLen, ret uint32)
 //go:wasmimport plumber:pipe/state@0.1.1 add
 func importAdd(keyPtr, keyLen uint32, delta int64, ret uint32)
 
+//go:wasmimport plumber:pipe/state@0.1.1 add-many
+func importAddMany(opsPtr, opsLen, ret uint32)
+
 //go:wasmimport plumber:pipe/log@0.1.1 log
 func importLog(level, msgPtr, msgLen, fieldsPtr, fieldsLen uint32)
 
@@ -713,6 +755,39 @@ func hostAdd(key string, delta int64) (int64, error) {
 	release()
 	runtime.KeepAlive(key)
 	return n, err
+}
+
+func hostAddMany(ops []AddOp) ([]int64, error) {
+	if len(ops) == 0 {
+		return []int64{}, nil
+	}
+	// tuple<string, s64> is 16 bytes: key pointer and length, then the delta.
+	list := make([]uint64, 2*len(ops))
+	for i := range ops {
+		key := ops[i].Key
+		list[2*i] = uint64(addrOfString(key)) | uint64(len(key))<<32
+		list[2*i+1] = uint64(ops[i].Delta)
+	}
+	r := importRetAddr()
+	importAddMany(uint32(addrOfWords(list)), uint32(len(ops)), uint32(r))
+	settle()
+	var (
+		values []int64
+		err    error
+	)
+	if ld8(r) == 0 {
+		p, n := lowered(ld32(r+4)), int(ld32(r+8))
+		values = make([]int64, n)
+		for i := range values {
+			values[i] = int64(ld64(p + uintptr(i)*8))
+		}
+	} else {
+		err = liftStateError(r + 4)
+	}
+	release()
+	runtime.KeepAlive(ops)
+	runtime.KeepAlive(list)
+	return values, err
 }
 
 func hostLog(level Level, message string, fields [][2]string) {

@@ -8,7 +8,7 @@
 #   1. GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o core.wasm .
 #      (a WASI preview 1 "reactor" core module; the SDK's glue exports
 #      init/process/cabi_* and imports plumber:pipe/*)
-#   2. wasm-tools component embed <wit> --world stateful-pipe core.wasm -o embedded.wasm
+#   2. wasm-tools component embed <wit> --world packed-pipe core.wasm -o embedded.wasm
 #   3. wasm-tools component new embedded.wasm
 #        --adapt wasi_snapshot_preview1=<reactor adapter> -o <out.wasm>
 #
@@ -47,6 +47,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 (cd "$pipe_dir" && GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o "$tmp/core.wasm" .)
-wasm-tools component embed "$wit" --world stateful-pipe "$tmp/core.wasm" -o "$tmp/embedded.wasm"
+wasm-tools component embed "$wit" --world packed-pipe "$tmp/core.wasm" -o "$tmp/embedded.wasm"
 mkdir -p "$(dirname "$out")"
 wasm-tools component new "$tmp/embedded.wasm" --adapt "wasi_snapshot_preview1=$adapter" -o "$out"

@@ -17,4 +17,5 @@ func hostGetMany([]string) ([][]byte, error) { return nil, noHost() }
 func hostSet(string, []byte) error           { return noHost() }
 func hostDelete(string) error                { return noHost() }
 func hostAdd(string, int64) (int64, error)   { return 0, noHost() }
+func hostAddMany([]AddOp) ([]int64, error)   { return nil, noHost() }
 func hostLog(Level, string, [][2]string)     {}

@@ -219,3 +219,91 @@ func TestLossyStringMatchesOtherLanguages(t *testing.T) {
 		}
 	}
 }
+
+func TestAddManyAppliesInOrderAsAddWould(t *testing.T) {
+	many, one := NewMemoryState(), NewMemoryState()
+	if err := many.SetInt("b", 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := one.SetInt("b", 10); err != nil {
+		t.Fatal(err)
+	}
+	ops := []AddOp{{"a", 1}, {"b", 2}, {"a", 1}, {"c", -5}, {"a", 3}}
+	got, err := many.AddMany(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reference: one Add per operation.
+	want := make([]int64, len(ops))
+	for i, op := range ops {
+		if want[i], err = one.Add(op.Key, op.Delta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(many.Entries(), one.Entries()) {
+		t.Fatalf("AddMany %v, state %v; Add %v, state %v", got, many.Entries(), want, one.Entries())
+	}
+	if got, err := many.AddMany(nil); err != nil || len(got) != 0 {
+		t.Fatalf("empty AddMany: %v %v", got, err)
+	}
+	// A bad key fails the call before anything is added.
+	if _, err := many.AddMany([]AddOp{{"a", 1}, {"\xff", 1}}); err == nil {
+		t.Fatal("invalid UTF-8 key accepted")
+	}
+	if n, _, _ := many.GetInt("a"); n != 5 {
+		t.Fatalf("a = %d after a refused AddMany", n)
+	}
+	// The host's state outside WebAssembly says so.
+	if _, err := hostState.AddMany([]AddOp{{"a", 1}}); err == nil {
+		t.Fatal("host AddMany outside WebAssembly succeeded")
+	}
+}
+
+func TestPackedBatchesRoundTrip(t *testing.T) {
+	stamp := uint64(1_800_000_000_000)
+	events := []Event{
+		{Key: []byte("k1"), Value: []byte("ada"), Timestamp: &stamp, Headers: [][2]string{{"h", "v"}, {"x", ""}}},
+		{Value: []byte{}},
+		{Key: []byte{}, Value: []byte{0xff, 'x'}},
+		{Value: []byte("bad header"), Headers: [][2]string{{"n\xff", "v"}}},
+	}
+	buf := make([]byte, packedSize(events))
+	encodePacked(buf, events)
+	// The first event written out by hand, as plumber-wire lays it out.
+	head := []byte{1, 0, 4, 0, 0, 0, 3, 2, 0, 0, 0, 'k', '1', 3, 0, 0, 0, 'a', 'd', 'a'}
+	if !reflect.DeepEqual(buf[:len(head)], head) {
+		t.Fatalf("encoding starts %v, want %v", buf[:len(head)], head)
+	}
+	batch, perr := decodePacked(buf)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	want := append([]Event{}, events...)
+	want[3].Headers = [][2]string{{"n\uFFFD", "v"}}
+	if !reflect.DeepEqual(batch.Events, want) || batch.Window != nil {
+		t.Fatalf("decoded %+v, want %+v", batch.Events, want)
+	}
+	// Appending to a decoded value must not overwrite the next event.
+	_ = append(batch.Events[0].Value, "!!!!!!!!"...)
+	if string(batch.Events[1].Value) != "" || batch.Events[2].Key == nil {
+		t.Fatalf("append overwrote the buffer: %+v", batch.Events)
+	}
+
+	// A keyed window.
+	win := []byte{1, 2, 5, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 'w', 0, 0, 0, 0}
+	batch, perr = decodePacked(win)
+	if perr != nil || batch.Window == nil || batch.Window.Start != 5 || batch.Window.End != 9 ||
+		string(batch.Window.Key) != "w" || len(batch.Events) != 0 {
+		t.Fatalf("window batch: %+v %v", batch, perr)
+	}
+
+	// Every truncation is an error naming its byte, never a panic.
+	for n := 0; n < len(buf); n++ {
+		if _, perr := decodePacked(buf[:n]); perr == nil || !strings.Contains(perr.Message, "malformed packed batch at byte") {
+			t.Fatalf("truncated to %d bytes: %v", n, perr)
+		}
+	}
+	if _, perr := decodePacked([]byte{2, 0, 0, 0, 0, 0}); perr == nil || !strings.Contains(perr.Message, "unknown version 2") {
+		t.Fatalf("version 2: %v", perr)
+	}
+}

@@ -192,6 +192,10 @@ export class MemoryBackend {
     this.map.set(key, encoder.encode(next.toString()));
     return next;
   }
+
+  addMany(ops) {
+    return ops.map(([key, delta]) => this.add(key, delta));
+  }
 }
 
 function componentError(tag, val) {
@@ -267,6 +271,21 @@ export class State {
   add(key, delta = 1n) {
     const d = toI64(key, delta);
     return this.#call(() => this.backend.add(key, d));
+  }
+
+  /**
+   * Applies each `[key, delta]` in order, as that many `add` calls would, and
+   * returns the new values in order as bigints: one host call for a whole
+   * batch's counters instead of one per key. On an error the additions
+   * before the failing one are applied (as with `add`).
+   */
+  addMany(ops) {
+    const checked = ops.map(([key, delta]) => {
+      if (typeof key !== 'string') throw new TypeError(`a state key must be a string, got ${tag(key)}`);
+      return [key, toI64(key, delta)];
+    });
+    // The host hands back a list<s64> (a BigInt64Array inside a component).
+    return Array.from(this.#call(() => this.backend.addMany(checked)));
   }
 
   /** The UTF-8 text at `key`, or undefined; not UTF-8 is an invalid StateError. */

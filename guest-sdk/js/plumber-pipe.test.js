@@ -24,6 +24,24 @@ test('typed helpers round-trip in memory', () => {
   assert.deepEqual(state.entries(), [['n', '43'], ['point', '[1,"x"]']]);
 });
 
+test('addMany applies in order as add would', () => {
+  const ops = [['a', 1], ['b', 2n], ['a', 1], ['c', -5], ['a', 3n]];
+  const many = State.memory([['b', '10']]);
+  const one = State.memory([['b', '10']]);
+  assert.deepEqual(many.addMany(ops), ops.map(([k, d]) => one.add(k, d)));
+  assert.deepEqual(many.entries(), one.entries());
+  assert.deepEqual(many.addMany([]), []);
+  // Checked before anything is applied.
+  assert.throws(() => many.addMany([['a', 1], [7, 1]]), TypeError);
+  assert.throws(() => many.addMany([['a', 1], ['b', 2n ** 70n]]), (e) => e instanceof StateError && e.kind === 'invalid');
+  assert.equal(many.getInt('a'), 5n);
+  // Stops at the first failing addition, with the host's message.
+  assert.throws(
+    () => State.memory([['x', 'nan']]).addMany([['a', 1], ['x', 1]]),
+    (e) => e instanceof StateError && e.message === 'invalid state operation: value at `x` is not an integer',
+  );
+});
+
 test('type mismatches are invalid StateErrors', () => {
   const state = State.memory([['text', 'not a number'], ['bytes', new Uint8Array([0xff, 0xfe])]]);
   const invalid = (f) => assert.throws(f, (e) => e instanceof StateError && e instanceof PipeError && e.kind === 'invalid' && !e.retryable);

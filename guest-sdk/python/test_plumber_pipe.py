@@ -26,6 +26,23 @@ class MemoryStateTest(unittest.TestCase):
         self.assertIsNone(state.get_json("absent"))
         self.assertEqual(state.entries(), [("n", b"43"), ("point", '[1,"x","é"]'.encode())])
 
+    def test_add_many_applies_in_order_as_add_would(self):
+        ops = [("a", 1), ("b", 2), ("a", 1), ("c", -5), ("a", 3)]
+        many, one = MemoryState({"b": "10"}), MemoryState({"b": "10"})
+        self.assertEqual(many.add_many(ops), [one.add(k, d) for k, d in ops])
+        self.assertEqual(many.entries(), one.entries())
+        self.assertEqual(many.add_many([]), [])
+        # Checked before anything is applied: a non-str key, a delta outside 64 bits.
+        with self.assertRaises(TypeError):
+            many.add_many([("a", 1), (b"k", 1)])
+        with self.assertRaises(StateError):
+            many.add_many([("a", 1), ("b", 2**70)])
+        self.assertEqual(many.get_int("a"), 5)
+        # Stops at the first failing addition, those before it applied.
+        with self.assertRaises(StateError) as caught:
+            MemoryState({"x": "nan"}).add_many([("a", 1), ("x", 1)])
+        self.assertEqual(caught.exception.message, "invalid state operation: value at `x` is not an integer")
+
     def test_type_mismatches_are_invalid_state_errors(self):
         state = MemoryState({"text": "not a number", "bytes": b"\xff\xfe"})
         for call in (

@@ -5,7 +5,7 @@
 //! the guest harness — and run through the same pipelines. Every language
 //! must give the same output events and the same final state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -363,6 +363,114 @@ async fn python_errors_reach_the_dead_letter_with_their_text_not_as_traps() {
             header(ERROR_HEADER).contains(expected),
             "{behaviour}: {}",
             header(ERROR_HEADER)
+        );
+    }
+}
+
+/// The functions a component imports from `plumber:pipe/state` and the
+/// functions it exports, read from its component type (nothing compiled).
+fn state_imports_and_exports(path: &std::path::Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let wit_component::DecodedWasm::Component(resolve, world) =
+        wit_component::decode(&bytes).unwrap()
+    else {
+        panic!("{} is not a component", path.display())
+    };
+    let world = &resolve.worlds[world];
+    let mut state = BTreeSet::new();
+    for item in world.imports.values() {
+        if let wit_parser::WorldItem::Interface { id, .. } = item {
+            let interface = &resolve.interfaces[*id];
+            if interface.name.as_deref() == Some("state") {
+                state.extend(interface.functions.keys().cloned());
+            }
+        }
+    }
+    let exports = world
+        .exports
+        .iter()
+        .map(|(key, _)| resolve.name_world_key(key))
+        .collect();
+    (state, exports)
+}
+
+/// The Go SDK crosses packed and counts with `add-many`: the component
+/// exports `process-packed` (which the host calls instead of `process`) and
+/// its counter imports `add-many` and not `add` (a counter that added per
+/// event would import `add`). Python's and JavaScript's SDKs import
+/// `add-many` (their counters' single call per batch is tested natively,
+/// in examples/conformance/*).
+#[test]
+fn go_crosses_packed_and_counts_with_add_many() {
+    let (state, exports) = state_imports_and_exports(&components()["go"]);
+    assert!(exports.contains("process-packed"), "go exports {exports:?}");
+    assert!(exports.contains("process"), "go exports {exports:?}");
+    assert!(state.contains("add-many"), "go imports {state:?}");
+    assert!(!state.contains("add"), "go imports {state:?}");
+    for language in ["python", "js"] {
+        let (state, _) = state_imports_and_exports(&components()[language]);
+        assert!(state.contains("add-many"), "{language} imports {state:?}");
+    }
+}
+
+/// The counter over many keys: 300,000 events, 200,000 distinct values
+/// (every batch repeats values within itself), counted in every language,
+/// Go both packed and through the canonical ABI. Each event's running count
+/// and the final state must match a count kept here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_many_keys_matches_a_reference_count_in_every_language() {
+    const GROUPS: u64 = 100_000;
+    const DISTINCT: u64 = 100_003; // prime: g * 7919 % DISTINCT is a permutation
+                                   // Groups of three events `a b a`: `a` runs over 100,000 distinct values
+                                   // (one per group) and `b` over another 100,000, so each batch repeats
+                                   // values within itself and the state ends with 200,000 keys.
+    let mut input = Vec::with_capacity(3 * GROUPS as usize);
+    for group in 0..GROUPS {
+        let a = format!("a{}", group * 7919 % DISTINCT);
+        let b = format!("b{}", (group * 104_729 + 1) % DISTINCT);
+        input.push(Event::new(a.clone()));
+        input.push(Event::new(b));
+        input.push(Event::new(a));
+    }
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let expected: Vec<String> = input
+        .iter()
+        .map(|e| {
+            let key = String::from_utf8(e.value.clone()).unwrap();
+            let n = counts.entry(key.clone()).or_default();
+            *n += 1;
+            format!("{key}={n}")
+        })
+        .collect();
+    assert!(counts.len() >= 200_000, "{} distinct", counts.len());
+    let expected_state: BTreeMap<String, String> = counts
+        .into_iter()
+        .map(|(k, n)| (k, n.to_string()))
+        .collect();
+
+    let runs = [
+        ("rust", pipe("rust", "counter")),
+        ("go", pipe("go", "counter")),
+        ("go, canonical ABI", pipe("go", "counter").packed(false)),
+        ("python", pipe("python", "counter")),
+        ("js", pipe("js", "counter")),
+    ];
+    for (name, step) in runs {
+        let outcome = run(name, input.clone(), None, step).await;
+        let report = outcome.result.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.events_out, input.len() as u64, "{name}");
+        let got = values(&outcome.events);
+        if let Some(i) = (0..expected.len()).find(|&i| got.get(i) != Some(&expected[i])) {
+            panic!(
+                "{name}: event {i} is {:?}, expected {:?}",
+                got.get(i),
+                expected[i]
+            );
+        }
+        assert_eq!(outcome.state.len(), expected_state.len(), "{name}");
+        assert!(
+            outcome.state == expected_state,
+            "{name}: final state differs"
         );
     }
 }

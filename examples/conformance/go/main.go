@@ -3,8 +3,10 @@
 //
 //   - transform: each value ASCII-upper-cased (only a-z change); key,
 //     timestamp and headers unchanged.
-//   - counter: per event n = state.Add(value, 1); emits key = value,
-//     value "<value>=<n>", timestamp and headers unchanged.
+//   - counter: per event n = state.Add(value, 1), done for the whole batch
+//     by one state.AddMany (a state error fails the batch, with no event
+//     index); emits key = value, value "<value>=<n>", timestamp and headers
+//     unchanged.
 //   - aggregate: per distinct value of the batch (order of first appearance)
 //     with count c: total = stored + c, stored back; emits key = value,
 //     value "<start>:<end>:<value>:<c>:<total>" (0:0 outside windows).
@@ -108,16 +110,31 @@ func transform(batch plumber.Batch, _ *plumber.State) ([]plumber.Event, error) {
 }
 
 func counter(batch plumber.Batch, state *plumber.State) ([]plumber.Event, error) {
+	// One AddMany for the batch (one host call, in order: a value repeated
+	// in the batch sees the additions before it), not an Add per event.
+	ops := make([]plumber.AddOp, len(batch.Events))
+	for i, e := range batch.Events {
+		ops[i] = plumber.AddOp{Key: plumber.LossyString(e.Value), Delta: 1}
+	}
+	counts, err := state.AddMany(ops)
+	if err != nil {
+		return nil, err
+	}
+	// Every output value in one buffer: one allocation for the batch.
+	size := 0
+	for i := range ops {
+		size += len(ops[i].Key) + 21 // "=" and at most 20 digits
+	}
+	values := make([]byte, 0, size)
 	out := make([]plumber.Event, len(batch.Events))
 	for i, e := range batch.Events {
-		k := plumber.LossyString(e.Value)
-		n, err := state.Add(k, 1)
-		if err != nil {
-			return nil, plumber.AsPipeError(err).AtEvent(i)
-		}
+		start := len(values)
+		values = append(values, ops[i].Key...)
+		values = append(values, '=')
+		values = strconv.AppendInt(values, counts[i], 10)
 		out[i] = plumber.Event{
 			Key:       e.Value,
-			Value:     []byte(k + "=" + strconv.FormatInt(n, 10)),
+			Value:     values[start:len(values):len(values)],
 			Timestamp: e.Timestamp,
 			Headers:   e.Headers,
 		}

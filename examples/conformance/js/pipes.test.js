@@ -36,11 +36,30 @@ test('counter counts each value in state and keeps timestamp and headers', () =>
   assert.deepEqual(state.entries(), [['ada', '2'], ['bob', '2']]);
 });
 
-test('counter points a state error at its event', () => {
+test('counter fails the batch on a state error (one addMany: no event index)', () => {
   assert.throws(
     () => run('counter', [event('ok'), event('x')], State.memory([['x', 'not a number']])),
-    (e) => e instanceof PipeError && e.message === 'invalid state operation: value at `x` is not an integer' && e.retryable === false && e.eventIndex === 1,
+    (e) => e instanceof PipeError && e.message === 'invalid state operation: value at `x` is not an integer' && e.retryable === false && e.eventIndex === undefined,
   );
+});
+
+test('counter makes one addMany call per batch and no add', () => {
+  const state = State.memory();
+  const calls = [];
+  const backend = state.backend;
+  const add = backend.add.bind(backend);
+  const addMany = backend.addMany.bind(backend);
+  backend.add = (k, d) => (calls.push('add'), add(k, d));
+  // MemoryBackend.addMany applies through add: count the call once.
+  backend.addMany = (ops) => {
+    calls.push('addMany');
+    const before = calls.length;
+    const out = addMany(ops);
+    calls.length = before;
+    return out;
+  };
+  assert.deepEqual(values(run('counter', [event('a'), event('b'), event('a')], state)), ['a=1', 'b=1', 'a=2']);
+  assert.deepEqual(calls, ['addMany']);
 });
 
 test('aggregate counts distinct values in order of first appearance with running totals', () => {

@@ -39,11 +39,32 @@ class CounterTest(unittest.TestCase):
         self.assertEqual(state.entries(), [("ada", b"2"), ("bob", b"2")])
 
 
-    def test_a_state_error_points_at_the_event(self):
+    def test_a_state_error_fails_the_batch(self):
+        # One add_many for the batch: the error has no event index.
         with self.assertRaises(PipeError) as caught:
             run("counter", [event("ok"), event("x")], MemoryState({"x": "not a number"}))
         e = caught.exception
-        self.assertEqual((e.message, e.retryable, e.event_index), ("invalid state operation: value at `x` is not an integer", False, 1))
+        self.assertEqual((e.message, e.retryable, e.event_index), ("invalid state operation: value at `x` is not an integer", False, None))
+
+    def test_one_add_many_per_batch_and_no_add(self):
+        calls = []
+
+        class Counting(MemoryState):
+            def add(self, key, delta=1):
+                calls.append("add")
+                return super().add(key, delta)
+
+            def add_many(self, ops):
+                calls.append("add_many")
+                # MemoryState.add_many applies through add: count it once.
+                before = len(calls)
+                out = super().add_many(ops)
+                del calls[before:]
+                return out
+
+        state = Counting()
+        self.assertEqual(values(run("counter", [event("a"), event("b"), event("a")], state)), ["a=1", "b=1", "a=2"])
+        self.assertEqual(calls, ["add_many"])
 
 
 class AggregateTest(unittest.TestCase):

@@ -25,6 +25,10 @@ pub const WIT: &str = include_str!("../../../wit/plumber.wit");
 /// The world pipes are built for.
 pub const WORLD: &str = "stateful-pipe";
 
+/// The world Go pipes are built for: the Go SDK also exports
+/// `process-packed`, the packed crossing.
+pub const GO_WORLD: &str = "packed-pipe";
+
 /// A guest language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Language {
@@ -316,7 +320,8 @@ async fn build_go(dir: &Path, work: &Path, out: &Path) -> Result<(), BuildError>
     Ok(())
 }
 
-/// Embeds our world in a WASI preview 1 reactor module and applies the
+/// Embeds our world for Go pipes ([`GO_WORLD`]) in a WASI preview 1
+/// reactor module and applies the
 /// preview 1 adapter: the steps `wasm-tools component embed` and
 /// `component new --adapt` take, done in process.
 ///
@@ -330,7 +335,7 @@ pub fn componentize_core(mut module: Vec<u8>) -> Result<Vec<u8>, String> {
         .push_str("plumber.wit", WIT)
         .map_err(|e| format!("{e:#}"))?;
     let world = resolve
-        .select_world(&[package], Some(WORLD))
+        .select_world(&[package], Some(GO_WORLD))
         .map_err(|e| format!("{e:#}"))?;
     wit_component::embed_component_metadata(
         &mut module,
