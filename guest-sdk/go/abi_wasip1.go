@@ -1,6 +1,6 @@
 //go:build wasip1
 
-// The canonical-ABI glue of the world plumber:pipe/stateful-pipe@0.1.0 for
+// The canonical-ABI glue of the world plumber:pipe/stateful-pipe@0.1.1 for
 // Go's wasip1 c-shared ("reactor") modules, written by hand once.
 //
 // Lowered signatures (32-bit memory; a function whose results flatten to
@@ -15,13 +15,13 @@
 //	export cabi_post_init(i32), cabi_post_process(i32)
 //	export cabi_realloc(i32 old, i32 old_size, i32 align, i32 new_size) -> i32
 //	export cabi_realloc_adapter: the same, used only by the WASI adapter
-//	import plumber:pipe/state@0.1.0
+//	import plumber:pipe/state@0.1.1
 //	    get      (i32 key.ptr, i32 key.len, i32 retptr)
 //	    get-many (i32 keys.ptr, i32 keys.len, i32 retptr)
 //	    set      (i32 key.ptr, i32 key.len, i32 value.ptr, i32 value.len, i32 retptr)
 //	    delete   (i32 key.ptr, i32 key.len, i32 retptr)
 //	    add      (i32 key.ptr, i32 key.len, i64 delta, i32 retptr)
-//	import plumber:pipe/log@0.1.0
+//	import plumber:pipe/log@0.1.1
 //	    log      (i32 level, i32 msg.ptr, i32 msg.len, i32 fields.ptr, i32 fields.len)
 //
 // Memory layouts (offset: field), all little-endian:
@@ -590,22 +590,22 @@ func lowerError(ret uintptr, e *PipeError) {
 
 // ---- imports -----------------------------------------------------------
 
-//go:wasmimport plumber:pipe/state@0.1.0 get
+//go:wasmimport plumber:pipe/state@0.1.1 get
 func importGet(keyPtr, keyLen, ret uint32)
 
-//go:wasmimport plumber:pipe/state@0.1.0 get-many
+//go:wasmimport plumber:pipe/state@0.1.1 get-many
 func importGetMany(keysPtr, keysLen, ret uint32)
 
-//go:wasmimport plumber:pipe/state@0.1.0 set
+//go:wasmimport plumber:pipe/state@0.1.1 set
 func importSet(keyPtr, keyLen, valuePtr, valueLen, ret uint32)
 
-//go:wasmimport plumber:pipe/state@0.1.0 delete
+//go:wasmimport plumber:pipe/state@0.1.1 delete
 func importDelete(keyPtr, keyLen, ret uint32)
 
-//go:wasmimport plumber:pipe/state@0.1.0 add
+//go:wasmimport plumber:pipe/state@0.1.1 add
 func importAdd(keyPtr, keyLen uint32, delta int64, ret uint32)
 
-//go:wasmimport plumber:pipe/log@0.1.0 log
+//go:wasmimport plumber:pipe/log@0.1.1 log
 func importLog(level, msgPtr, msgLen, fieldsPtr, fieldsLen uint32)
 
 func importRetAddr() uintptr { return uintptr(unsafe.Pointer(&importRet)) }

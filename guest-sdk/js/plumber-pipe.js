@@ -1,4 +1,4 @@
-// Helpers for plumber pipes written in JavaScript (WIT package plumber:pipe@0.1.0).
+// Helpers for plumber pipes written in JavaScript (WIT package plumber:pipe@0.1.1).
 //
 // This module never imports the `plumber:pipe/*` interfaces itself, so it
 // loads both inside a component (built by componentize-js) and in Node (unit
@@ -11,8 +11,8 @@
 //   app.js                        the component's entry: imports the host's
 //                                 interfaces and exports `init` / `process`:
 //
-//     import * as hostState from 'plumber:pipe/state@0.1.0';
-//     import { log as hostLog } from 'plumber:pipe/log@0.1.0';
+//     import * as hostState from 'plumber:pipe/state@0.1.1';
+//     import { log as hostLog } from 'plumber:pipe/log@0.1.1';
 //     import { exportPipe } from './plumber-pipe.js';
 //     import { Counter } from './counter.js';
 //     export const { init, process } = exportPipe(Counter, { hostState, hostLog });
@@ -218,7 +218,7 @@ export class State {
     this.backend = backend;
   }
 
-  /** State over the imported `plumber:pipe/state@0.1.0` namespace. */
+  /** State over the imported `plumber:pipe/state@0.1.1` namespace. */
   static host(hostState) {
     return new State(hostState);
   }
@@ -326,8 +326,8 @@ export class State {
  * exception becomes a non-retryable `pipe-error` naming it (instead of an
  * opaque trap: without WASI stdio a trap's message is lost).
  *
- * `hostState` is the `plumber:pipe/state@0.1.0` namespace; `hostLog`
- * (optional) the `log` function of `plumber:pipe/log@0.1.0`: this module's
+ * `hostState` is the `plumber:pipe/state@0.1.1` namespace; `hostLog`
+ * (optional) the `log` function of `plumber:pipe/log@0.1.1`: this module's
  * `log()` and (unless `routeConsole: false`) `console.*` then write to the
  * host's log.
  */

@@ -1,4 +1,4 @@
-"""Helpers for plumber pipes written in Python (WIT package ``plumber:pipe@0.1.0``).
+"""Helpers for plumber pipes written in Python (WIT package ``plumber:pipe@0.1.1``).
 
 A pipe is a class: constructed once per instance with the pipe's ``config``
 (JSON text, ``{}`` when absent), its ``process(batch, state)`` returns the

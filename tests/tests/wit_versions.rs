@@ -91,10 +91,35 @@ fn released_versions_are_frozen_and_the_current_one_matches_its_copy() {
     let current = read(&workspace_root().join("wit").join("plumber.wit"));
     let version = package_version(&current).expect("wit/plumber.wit declares its version");
     let Some(frozen) = RELEASED.iter().find(|(v, _, _)| *v == version) else {
-        panic!(
-            "wit/plumber.wit is {version}, which has no frozen copy: copy it to \
-             wit/versions/{version}/ and list it in RELEASED when it is released"
+        // The next version, not released yet: it may only add to the
+        // latest release (every line of its contract kept, in order).
+        let numbers = |v: &str| -> Vec<u64> {
+            v.split('.')
+                .map(|n| n.parse().expect("a numeric version"))
+                .collect()
+        };
+        let latest = RELEASED
+            .iter()
+            .map(|(v, _, _)| *v)
+            .max_by_key(|v| numbers(v))
+            .expect("a released version");
+        assert!(
+            numbers(&version) > numbers(latest),
+            "wit/plumber.wit is {version}, which has no frozen copy and is not newer than \
+             {latest}: copy it to wit/versions/{version}/ and list it in RELEASED when it is \
+             released"
         );
+        let released = read(&versions.join(latest).join("plumber.wit"));
+        let is_package = |line: &String| line.starts_with("package ");
+        let mut current_lines = contract(&current).into_iter().filter(|l| !is_package(l));
+        for line in contract(&released).iter().filter(|l| !is_package(l)) {
+            assert!(
+                current_lines.any(|l| &l == line),
+                "wit/plumber.wit ({version}) changes `{line}` of {latest}: a new version \
+                 only adds"
+            );
+        }
+        return;
     };
     let frozen_text = read(&versions.join(frozen.0).join("plumber.wit"));
     assert_eq!(
