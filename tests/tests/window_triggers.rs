@@ -3,7 +3,8 @@
 //! checked against a reference computed here (a plain simulation of the
 //! window and the trigger's rule), through `plumber test` (watermark lines)
 //! and through `plumber run`, also when `plumber run` is SIGKILLed
-//! mid-stream and restarted; and the refusals of a bad trigger.
+//! mid-stream and restarted; the Python `trigger-early-py` against the
+//! same reference; and the refusals of a bad trigger.
 //!
 //! After the window, the `trigger-report` pipe turns every batch the
 //! window releases into `<key>,<start>,<end>,<events>,<first>,<last>`, so
@@ -661,4 +662,40 @@ fn a_trigger_that_fails_on_an_event_stops_the_pipeline_naming_window_and_event()
     assert!(stderr.contains("bad-key"), "{stderr}");
     assert!(stderr.contains("17"), "{stderr}");
     assert!(stderr.contains("has no numeric `amount`"), "{stderr}");
+}
+
+/// `examples/guests/trigger-early-py` built by its `build.sh`
+/// (componentize-py) into `dir`.
+fn python_trigger_early(dir: &Dir) -> PathBuf {
+    let out = dir.path("trigger_early_py.wasm");
+    let script = harness::workspace_root()
+        .join("examples")
+        .join("guests")
+        .join("trigger-early-py")
+        .join("build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "building the Python trigger: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+#[test]
+fn the_python_early_trigger_fires_as_the_reference_in_both_modes() {
+    let build = Dir::new();
+    let module = python_trigger_early(&build);
+    let lines = early_input();
+    let expected = reference(&lines, 1000, None, &early(10), true);
+    for at_end in ["native", "timer"] {
+        let mut window = tumbling(1000);
+        window["trigger"] =
+            json!({ "module": module, "config": { "every": 10, "at_end": at_end } });
+        check_with_plumber_test(window, &lines, &expected);
+    }
 }

@@ -516,7 +516,8 @@ impl PipeComponent {
         log_budget: &Arc<LogBudget>,
     ) -> Result<Started, (LoadError, PipeState)> {
         let pipe = &*settings.pipe;
-        let mut store = new_store(runtime, settings, state, log_budget)?;
+        let mut store =
+            new_store(runtime, settings, state, log_budget).map_err(|failed| *failed)?;
         begin_call(&mut store);
         let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
             Ok(instance) => {
@@ -587,13 +588,14 @@ impl PipeComponent {
 ///
 /// # Errors
 ///
-/// The capabilities could not be set up; the state view comes back.
+/// The capabilities could not be set up; the state view comes back
+/// (boxed: the pair is large and the failure rare).
 pub(crate) fn new_store(
     runtime: &Runtime,
     settings: &InstanceSettings,
     state: PipeState,
     log_budget: &Arc<LogBudget>,
-) -> Result<Store<HostCtx>, (LoadError, PipeState)> {
+) -> Result<Store<HostCtx>, Box<(LoadError, PipeState)>> {
     let pipe = &*settings.pipe;
     let wasi = match settings
         .capabilities
@@ -601,13 +603,13 @@ pub(crate) fn new_store(
     {
         Ok(wasi) => wasi,
         Err(message) => {
-            return Err((
+            return Err(Box::new((
                 LoadError::Capability {
                     pipe: pipe.to_owned(),
                     message,
                 },
                 state,
-            ))
+            )))
         }
     };
     let ctx = HostCtx::new(

@@ -1300,7 +1300,12 @@ impl Step for WindowStep {
 
     async fn wake(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let released = out.len();
-        if self.trigger.is_some() {
+        if self.trigger.is_some() && !self.upstream_watermarks {
+            // Timers the idle watermark reaches run before what it closes.
+            let now = self.now_ms();
+            let idle = self.idle_watermark(now);
+            self.run_timers(idle, Some(now), out).await?;
+        } else if self.trigger.is_some() {
             let now = self.now_ms();
             self.run_timers(None, Some(now), out).await?;
         }
@@ -1457,7 +1462,14 @@ impl WindowStep {
             Some(settings) => {
                 // Idle: the watermark advances with processing time.
                 let idle = settings.idle_timeout_ms?;
-                let end = unfired_end.or_else(|| self.retained.first().map(|(due, _, _)| *due))?;
+                let end = [
+                    unfired_end,
+                    self.retained.first().map(|(due, _, _)| *due),
+                    self.event_timers.first().map(|(at, _, _)| *at),
+                ]
+                .into_iter()
+                .flatten()
+                .min()?;
                 let watermark = self.watermark.unwrap_or(0);
                 let catch_up = end.saturating_sub(watermark);
                 let at = self.last_arrival_ms.saturating_add(idle.max(catch_up));
@@ -1500,6 +1512,21 @@ impl WindowStep {
         }
     }
 
+    /// In event time with `idle_timeout_ms`, once the source has been quiet
+    /// that long: the watermark processing time has moved it to.
+    fn idle_watermark(&self, now: u64) -> Option<u64> {
+        let settings = self.event_time?;
+        let idle = settings.idle_timeout_ms?;
+        let quiet = now.saturating_sub(self.last_arrival_ms);
+        if quiet < idle {
+            return None;
+        }
+        let base = self
+            .max_timestamp
+            .map_or(0, |m| m.saturating_sub(settings.max_out_of_orderness_ms));
+        Some(base.saturating_add(quiet))
+    }
+
     fn on_wake(&mut self, out: &mut Vec<Batch>) {
         let now = self.now_ms();
         match self.spec.kind {
@@ -1513,19 +1540,12 @@ impl WindowStep {
             WindowKind::Count { .. } => {}
             _ => match self.event_time {
                 None => self.fire_due(out),
-                Some(settings) => {
-                    if let Some(idle) = settings.idle_timeout_ms {
-                        let quiet = now.saturating_sub(self.last_arrival_ms);
-                        if quiet >= idle {
-                            let base = self
-                                .max_timestamp
-                                .map_or(0, |m| m.saturating_sub(settings.max_out_of_orderness_ms));
-                            let advanced = base.saturating_add(quiet);
-                            if self.watermark.is_none_or(|w| advanced > w) {
-                                self.watermark = Some(advanced);
-                            }
-                            self.fire_due(out);
+                Some(_) => {
+                    if let Some(advanced) = self.idle_watermark(now) {
+                        if self.watermark.is_none_or(|w| advanced > w) {
+                            self.watermark = Some(advanced);
                         }
+                        self.fire_due(out);
                     }
                 }
             },

@@ -139,7 +139,7 @@ impl TriggerInstance {
         let state = PipeState::new(shared.clone(), namespace, WriteMode::Checkpointed);
         let log_budget = LogBudget::new(tenant, &name);
         let mut store =
-            new_store(runtime, &settings, state, &log_budget).map_err(|(error, _)| error)?;
+            new_store(runtime, &settings, state, &log_budget).map_err(|failed| failed.0)?;
         begin_call(&mut store);
         let exports =
             pre.instantiate_async(&mut store)
