@@ -560,8 +560,12 @@ impl StepConfig {
             // A bare program name is looked up on PATH; a path with a
             // directory part is relative to the config.
             StepConfig::Exec(exec) if exec.path.components().count() > 1 => resolve(&mut exec.path),
+            StepConfig::Window(window) => {
+                if let Some(trigger) = window.trigger_mut() {
+                    resolve(&mut trigger.module);
+                }
+            }
             StepConfig::Exec(_)
-            | StepConfig::Window(_)
             | StepConfig::Join(_)
             | StepConfig::Repartition(_)
             | StepConfig::Route(_)

@@ -226,10 +226,17 @@ impl StepBuilder<'_, '_> {
             .map_err(|source| self.command_error(&pipe.name, source))
     }
 
-    /// A window, its buffers restored from the last checkpoint.
-    async fn window(&self, window: Window) -> Result<WindowStep, PipelineError> {
+    /// A window, its buffers restored from the last checkpoint, and its
+    /// trigger component started when it has one.
+    async fn window(&mut self, window: Window) -> Result<WindowStep, PipelineError> {
         let context = self.context;
-        WindowStep::restore(
+        let step_error = |source| PipelineError::Step {
+            pipeline: context.pipeline.to_owned(),
+            source,
+        };
+        let name = window.name().to_owned();
+        let has_trigger = window.trigger_spec().is_some();
+        let mut step = WindowStep::restore(
             window,
             context.tenant,
             context.pipeline,
@@ -238,10 +245,16 @@ impl StepBuilder<'_, '_> {
             &context.window_options,
         )
         .await
-        .map_err(|source| PipelineError::Step {
-            pipeline: context.pipeline.to_owned(),
-            source,
-        })
+        .map_err(step_error)?;
+        if has_trigger {
+            let trigger = format!("{name}/trigger");
+            let failed = |source| load_error(context.pipeline, &trigger, source);
+            let runtime = self.runtime().map_err(failed)?;
+            step.start_trigger(&runtime, context.tenant, context.pipeline, context.state)
+                .await
+                .map_err(failed)?;
+        }
+        Ok(step)
     }
 
     /// A join, its buffers restored from the last checkpoint (as windows

@@ -27,7 +27,7 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use crate::state::PipeState;
 pub use cache::{ComponentCache, CACHE_MAX_BYTES_VAR, DEFAULT_CACHE_MAX_BYTES};
 pub use capabilities::{Capabilities, Grant, ReadOnlyDir};
-use guest_output::LogBudget;
+pub(crate) use guest_output::LogBudget;
 pub use guest_output::{
     GuestLogLine, LOG_BYTES_PER_SECOND, LOG_LINES_PER_SECOND, RECENT_LOG_LINES,
 };
@@ -288,6 +288,34 @@ impl Runtime {
         bytes: &[u8],
         capabilities: &Capabilities,
     ) -> Result<PipeComponent, LoadError> {
+        let instance_pre = self.prepare(path, bytes, capabilities)?;
+        let pre = bindings::StatefulPipePre::new(instance_pre).map_err(|source| {
+            LoadError::WrongWorld {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let digest = Sha256::digest(bytes);
+        Ok(PipeComponent {
+            path: path.to_path_buf(),
+            version: hex::encode(&digest[..6]),
+            pre,
+        })
+    }
+
+    /// Reads, compiles (through the cache) and checks a component of any
+    /// of our worlds: its imports against `capabilities`, and that the
+    /// linker serves them. Pipes and window triggers are both loaded so.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::load`].
+    pub(crate) fn prepare(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        capabilities: &Capabilities,
+    ) -> Result<wasmtime::component::InstancePre<HostCtx>, LoadError> {
         check_is_component(path, bytes)?;
         let engine = &self.inner.engine;
         let component = match &self.inner.cache {
@@ -311,26 +339,13 @@ impl Runtime {
                 extra: capabilities.describe(),
             });
         }
-        let instance_pre = self
-            .inner
+        self.inner
             .linker
             .instantiate_pre(&component)
             .map_err(|source| LoadError::WrongWorld {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        let pre = bindings::StatefulPipePre::new(instance_pre).map_err(|source| {
-            LoadError::WrongWorld {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        let digest = Sha256::digest(bytes);
-        Ok(PipeComponent {
-            path: path.to_path_buf(),
-            version: hex::encode(&digest[..6]),
-            pre,
-        })
+            })
     }
 
     /// Loads a WASI preview 1 core module (a command pipe), through the
@@ -515,45 +530,8 @@ impl PipeComponent {
         log_budget: &Arc<LogBudget>,
     ) -> Result<Started, (LoadError, PipeState)> {
         let pipe = &*settings.pipe;
-        let wasi = match settings
-            .capabilities
-            .wasi_ctx(&settings.tenant, pipe, log_budget)
-        {
-            Ok(wasi) => wasi,
-            Err(message) => {
-                return Err((
-                    LoadError::Capability {
-                        pipe: pipe.to_owned(),
-                        message,
-                    },
-                    state,
-                ))
-            }
-        };
-        let ctx = HostCtx::new(
-            settings.tenant.clone(),
-            settings.pipe.clone(),
-            state,
-            settings.limits.clone(),
-            log_budget.clone(),
-            wasi,
-        );
-        let mut store = Store::new(runtime.engine(), ctx);
-        store.limiter(|ctx| &mut ctx.limiter);
-        store.set_hostcall_fuel(limits::hostcall_fuel(&settings.limits));
-        store.epoch_deadline_callback(|mut context| {
-            let ctx = context.data_mut();
-            if ctx.call_started.elapsed() >= ctx.limits.call_timeout() {
-                ctx.limit_hit = Some(LimitKind::Time);
-                return Err(LimitExceeded(LimitKind::Time).into());
-            }
-            // Give the worker thread back to tokio at every tick, so a
-            // spinning guest cannot starve other pipelines.
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
+        let mut store =
+            new_store(runtime, settings, state, log_budget).map_err(|failed| *failed)?;
         begin_call(&mut store);
         let instantiated = match self.pre.instance_pre().instantiate_async(&mut store).await {
             Ok(instance) => {
@@ -622,7 +600,100 @@ impl PipeComponent {
     }
 }
 
-fn begin_call(store: &mut Store<HostCtx>) {
+/// A store for one instance of a component: its WASI context from the
+/// settings' capabilities, its state view, and the settings' limits
+/// (memory, hostcall fuel, time per call). Pipes and window triggers run
+/// in such stores alike.
+///
+/// # Errors
+///
+/// The capabilities could not be set up; the state view comes back
+/// (boxed: the pair is large and the failure rare).
+pub(crate) fn new_store(
+    runtime: &Runtime,
+    settings: &InstanceSettings,
+    state: PipeState,
+    log_budget: &Arc<LogBudget>,
+) -> Result<Store<HostCtx>, Box<(LoadError, PipeState)>> {
+    let pipe = &*settings.pipe;
+    let wasi = match settings
+        .capabilities
+        .wasi_ctx(&settings.tenant, pipe, log_budget)
+    {
+        Ok(wasi) => wasi,
+        Err(message) => {
+            return Err(Box::new((
+                LoadError::Capability {
+                    pipe: pipe.to_owned(),
+                    message,
+                },
+                state,
+            )))
+        }
+    };
+    let ctx = HostCtx::new(
+        settings.tenant.clone(),
+        settings.pipe.clone(),
+        state,
+        settings.limits.clone(),
+        log_budget.clone(),
+        wasi,
+    );
+    let mut store = Store::new(runtime.engine(), ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
+    store.set_hostcall_fuel(limits::hostcall_fuel(&settings.limits));
+    store.epoch_deadline_callback(|mut context| {
+        let ctx = context.data_mut();
+        if ctx.call_started.elapsed() >= ctx.limits.call_timeout() {
+            ctx.limit_hit = Some(LimitKind::Time);
+            return Err(LimitExceeded(LimitKind::Time).into());
+        }
+        // Give the worker thread back to tokio at every tick, so a
+        // spinning guest cannot starve other pipelines.
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    Ok(store)
+}
+
+/// What a call that trapped failed of: a limit it went past (time,
+/// memory, what it handed the host) or a trap of its own. Pipes and
+/// window triggers report failures so.
+pub(crate) fn trap_error(store: &Store<HostCtx>, trap: &wasmtime::Error) -> CallError {
+    let bounds = &store.data().limits;
+    match limit_of(store) {
+        Some(LimitKind::Time) => CallError::Limit {
+            kind: LimitKind::Time,
+            message: format!(
+                "stopped after {} ms, its call_timeout_ms",
+                bounds.call_timeout_ms
+            ),
+        },
+        Some(kind) => CallError::Limit {
+            kind,
+            message: limits::cap_message(&format!(
+                "trapped after going past its {kind} limit: {trap:#}"
+            ))
+            .into_owned(),
+        },
+        None if is_hostcall_fuel_exhausted(trap) => CallError::Limit {
+            kind: LimitKind::OutputBytes,
+            message: format!(
+                "handed the host more than {} bytes at once (its answer or a host \
+                 call's arguments; the most that max_output_bytes {} and \
+                 max_output_events {} allow), stopped while it was copied",
+                store.hostcall_fuel(),
+                bounds.max_output_bytes,
+                bounds.max_output_events,
+            ),
+        },
+        None => CallError::Trap(limits::cap_message(&format!("{trap:?}")).into_owned()),
+    }
+}
+
+pub(crate) fn begin_call(store: &mut Store<HostCtx>) {
     let ctx = store.data_mut();
     ctx.call_started = Instant::now();
     ctx.limit_hit = None;
@@ -642,7 +713,7 @@ fn is_hostcall_fuel_exhausted(error: &wasmtime::Error) -> bool {
 }
 
 /// The limit the last call went past, if it did.
-fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
+pub(crate) fn limit_of(store: &Store<HostCtx>) -> Option<LimitKind> {
     let ctx = store.data();
     ctx.limit_hit
         .or(ctx.limiter.refused.then_some(LimitKind::Memory))
@@ -789,34 +860,7 @@ impl PipeInstance {
                     None => CallError::Guest(error),
                 }
             }),
-            Err(trap) => Err(match limit_of(&self.store) {
-                Some(LimitKind::Time) => CallError::Limit {
-                    kind: LimitKind::Time,
-                    message: format!(
-                        "stopped after {} ms, its call_timeout_ms",
-                        self.settings.limits.call_timeout_ms
-                    ),
-                },
-                Some(kind) => CallError::Limit {
-                    kind,
-                    message: limits::cap_message(&format!(
-                        "trapped after going past its {kind} limit: {trap:#}"
-                    ))
-                    .into_owned(),
-                },
-                None if is_hostcall_fuel_exhausted(&trap) => CallError::Limit {
-                    kind: LimitKind::OutputBytes,
-                    message: format!(
-                        "handed the host more than {} bytes at once (its answer or a host \
-                         call's arguments; the most that max_output_bytes {} and \
-                         max_output_events {} allow), stopped while it was copied",
-                        self.store.hostcall_fuel(),
-                        self.settings.limits.max_output_bytes,
-                        self.settings.limits.max_output_events,
-                    ),
-                },
-                None => CallError::Trap(limits::cap_message(&format!("{trap:?}")).into_owned()),
-            }),
+            Err(trap) => Err(trap_error(&self.store, &trap)),
         };
         self.store.data_mut().state_mut().end_call(outcome.is_ok());
         outcome

@@ -17,10 +17,11 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{EventTime, LatePolicy, Overflow, Window, WindowSpecError};
+use super::{EventTime, LatePolicy, Overflow, TriggerSpec, Window, WindowSpecError};
 use crate::config::strict::{self, object_only};
+use crate::runtime::PipeLimits;
 
-object_only!(SignalOn);
+object_only!(SignalOn, TriggerConfig);
 
 /// `{"type": "window", …}`: a window, by its `window` kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +191,9 @@ pub struct TumblingWindowConfig {
     /// At a bound: `fail` (default) or `release` (release the buffer early).
     #[serde(default)]
     pub on_overflow: OverflowConfig,
+    /// A trigger component deciding when the window fires (default: none).
+    #[serde(default)]
+    pub trigger: Option<TriggerConfig>,
 }
 
 /// `"window": "sliding"`: windows of `size_ms` starting every `slide_ms`.
@@ -233,6 +237,9 @@ pub struct SlidingWindowConfig {
     /// At a bound: `fail` (default) or `release` (release the buffer early).
     #[serde(default)]
     pub on_overflow: OverflowConfig,
+    /// A trigger component deciding when the window fires (default: none).
+    #[serde(default)]
+    pub trigger: Option<TriggerConfig>,
 }
 
 /// `"window": "session"`: a session per key, closed after `gap_ms` without events.
@@ -273,6 +280,9 @@ pub struct SessionWindowConfig {
     /// At a bound: `fail` (default) or `release` (release the buffer early).
     #[serde(default)]
     pub on_overflow: OverflowConfig,
+    /// A trigger component deciding when the window fires (default: none).
+    #[serde(default)]
+    pub trigger: Option<TriggerConfig>,
 }
 
 /// `"window": "signal"`: everything buffered, released when triggered.
@@ -302,6 +312,36 @@ pub struct SignalWindowConfig {
     /// At a bound: `fail` (default) or `release` (release the buffer early).
     #[serde(default)]
     pub on_overflow: OverflowConfig,
+}
+
+/// `trigger`: a component of the `trigger` world that decides when the
+/// window fires (docs/windows.md, "Triggers").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct TriggerConfig {
+    /// The component (`.wasm`; relative: against the config's directory).
+    pub module: std::path::PathBuf,
+    /// Passed to the trigger's `init` as JSON text (default `{}`).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub limits: Option<PipeLimits>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+impl TriggerConfig {
+    /// The trigger these settings describe.
+    pub fn spec(&self) -> TriggerSpec {
+        TriggerSpec {
+            module: self.module.clone(),
+            config_json: self.config.to_string(),
+            limits: self.limits.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// Which time a time window uses.
@@ -434,6 +474,7 @@ struct Shared {
     on_overflow: OverflowConfig,
     late: LateConfig,
     event_time: Option<EventTime>,
+    trigger: Option<TriggerSpec>,
 }
 
 impl Shared {
@@ -441,6 +482,9 @@ impl Shared {
     fn apply(self, mut window: Window) -> Result<Window, WindowSpecError> {
         if let Some(settings) = self.event_time {
             window = window.event_time(settings);
+        }
+        if let Some(trigger) = self.trigger {
+            window = window.with_trigger(trigger);
         }
         if self.key_by == Some(KeyBy::Key) {
             window = window.keyed();
@@ -481,6 +525,7 @@ impl CountWindowConfig {
             on_overflow: self.on_overflow,
             late: self.late,
             event_time: None,
+            trigger: None,
         }
         .apply(Window::count(&self.name, events))
     }
@@ -509,6 +554,7 @@ impl TumblingWindowConfig {
             on_overflow: self.on_overflow,
             late: self.late,
             event_time,
+            trigger: self.trigger.as_ref().map(TriggerConfig::spec),
         }
         .apply(Window::tumbling(&self.name, Duration::from_millis(size)))
     }
@@ -539,6 +585,7 @@ impl SlidingWindowConfig {
             on_overflow: self.on_overflow,
             late: self.late,
             event_time,
+            trigger: self.trigger.as_ref().map(TriggerConfig::spec),
         }
         .apply(Window::sliding(
             &self.name,
@@ -571,6 +618,7 @@ impl SessionWindowConfig {
             on_overflow: self.on_overflow,
             late: self.late,
             event_time,
+            trigger: self.trigger.as_ref().map(TriggerConfig::spec),
         }
         .apply(Window::session(&self.name, Duration::from_millis(gap)))
     }
@@ -617,6 +665,7 @@ impl SignalWindowConfig {
             on_overflow: self.on_overflow,
             late: self.late,
             event_time: None,
+            trigger: None,
         }
         .apply(window)
     }
@@ -631,6 +680,16 @@ impl WindowConfig {
             WindowConfig::Sliding(window) => &window.name,
             WindowConfig::Session(window) => &window.name,
             WindowConfig::Signal(window) => &window.name,
+        }
+    }
+
+    /// The trigger section, on the windows that take one.
+    pub fn trigger_mut(&mut self) -> Option<&mut TriggerConfig> {
+        match self {
+            WindowConfig::Tumbling(window) => window.trigger.as_mut(),
+            WindowConfig::Sliding(window) => window.trigger.as_mut(),
+            WindowConfig::Session(window) => window.trigger.as_mut(),
+            WindowConfig::Count(_) | WindowConfig::Signal(_) => None,
         }
     }
 

@@ -40,10 +40,11 @@
 mod buffers;
 mod clock;
 mod config;
+mod plugin;
 mod saved;
 mod trigger;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +62,13 @@ use buffers::{merge_sessions, Buffer, KeyWindows, WindowKey};
 pub use clock::WindowClock;
 pub use config::{
     CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig, SignalOn,
-    SignalWindowConfig, SlidingWindowConfig, TimeDomain, TumblingWindowConfig, WindowConfig,
+    SignalWindowConfig, SlidingWindowConfig, TimeDomain, TriggerConfig, TumblingWindowConfig,
+    WindowConfig,
+};
+pub use plugin::TriggerSpec;
+use plugin::{
+    Decision, TimerCall, TriggerAnswer, TriggerCall, TriggerInstance, TriggerSlot, WindowSummary,
+    WitTimeDomain,
 };
 pub use saved::{merge_saved_meta, saved_entry, SavedEntry};
 use saved::{Entry, Meta};
@@ -168,6 +175,8 @@ pub struct Window {
     pub(crate) overflow: Overflow,
     pub(crate) late: LatePolicy,
     pub(crate) clock: Option<WindowClock>,
+    /// A trigger component deciding when the window fires.
+    pub(crate) trigger: Option<TriggerSpec>,
     shared: Arc<WindowShared>,
 }
 
@@ -192,6 +201,7 @@ impl Window {
             overflow: Overflow::Fail,
             late: LatePolicy::Drop,
             clock: None,
+            trigger: None,
             shared: Arc::default(),
         }
     }
@@ -332,6 +342,19 @@ impl Window {
         self
     }
 
+    /// Lets the trigger component of `spec` decide when the window fires
+    /// (time windows: tumbling, sliding, session; docs/windows.md).
+    #[must_use]
+    pub fn with_trigger(mut self, spec: TriggerSpec) -> Self {
+        self.trigger = Some(spec);
+        self
+    }
+
+    /// The window's trigger component, when it has one.
+    pub fn trigger_spec(&self) -> Option<&TriggerSpec> {
+        self.trigger.as_ref()
+    }
+
     /// A handle to trigger this window and read its counters while it runs.
     pub fn handle(&self) -> WindowHandle {
         WindowHandle {
@@ -377,6 +400,16 @@ impl Window {
                 // A library handle can still trigger it; the config path checks `on` itself.
             }
             _ => {}
+        }
+        let timed = matches!(
+            self.kind,
+            WindowKind::Tumbling { .. } | WindowKind::Sliding { .. } | WindowKind::Session { .. }
+        );
+        if self.trigger.is_some() && !timed {
+            return error(
+                "trigger",
+                "a trigger applies to tumbling, sliding and session windows only",
+            );
         }
         if self.max_events == Some(0) {
             return error("max_events", "expected a bound of at least 1 event");
@@ -493,6 +526,20 @@ pub struct WindowStep {
     controlled_now: Option<u64>,
     /// Time moves only with the source's watermark ([`WindowOptions::controlled_time`]).
     controlled_time: bool,
+    /// The trigger component, once started ([`WindowStep::start_trigger`]).
+    trigger: Option<TriggerInstance>,
+    /// What each window keeps for the trigger, per key and window start.
+    slots: HashMap<WindowKey, BTreeMap<u64, TriggerSlot>, KeyHasher>,
+    /// The trigger's event-time timers: `(at, start, key)`.
+    event_timers: BTreeSet<Due>,
+    /// The trigger's processing-time timers: `(at, start, key)`.
+    processing_timers: BTreeSet<Due>,
+    /// Calls not yet asked: events that joined windows, at most one per key.
+    pending: Vec<TriggerCall>,
+    /// The keys of `pending`.
+    pending_keys: HashSet<WindowKey, KeyHasher>,
+    /// The windows the event being added joined (trigger windows only).
+    touched: Vec<(WindowKey, u64)>,
     #[cfg(test)]
     work: Work,
 }
@@ -585,6 +632,13 @@ impl WindowStep {
             upstream_watermarks: options.upstream_watermarks,
             controlled_time: options.controlled_time,
             controlled_now: options.controlled_time.then_some(0),
+            trigger: None,
+            slots: HashMap::default(),
+            event_timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
+            pending: Vec::new(),
+            pending_keys: HashSet::default(),
+            touched: Vec::new(),
             #[cfg(test)]
             work: Work::default(),
         };
@@ -617,6 +671,20 @@ impl WindowStep {
         for (name, value) in saved {
             match saved::decode(&self.namespace, &name, &value)? {
                 Entry::Meta(saved) => meta = Some(saved),
+                Entry::Trigger(key, slots) => {
+                    for (start, slot) in slots {
+                        if let Some(at) = slot.event_timer {
+                            self.event_timers.insert((at, start, key.clone()));
+                        }
+                        if let Some(at) = slot.processing_timer {
+                            self.processing_timers.insert((at, start, key.clone()));
+                        }
+                        self.slots
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(start, slot);
+                    }
+                }
                 Entry::Key(key, buffers) => {
                     if let Some(windows) = KeyWindows::from_buffers(buffers) {
                         self.open.insert(key, windows);
@@ -818,8 +886,34 @@ impl WindowStep {
             }
         }
         self.buffered = self.buffered.saturating_sub(buffer.events.len());
+        self.forget_slot(key, buffer.start);
         self.mark_dirty(key);
         Some(buffer)
+    }
+
+    /// Drops what the window starting at `start` of `key` kept for the
+    /// trigger (the window closed), timers included.
+    fn forget_slot(&mut self, key: &WindowKey, start: u64) {
+        let Some(slots) = self.slots.get_mut(key) else {
+            return;
+        };
+        if let Some(slot) = slots.remove(&start) {
+            if let Some(at) = slot.event_timer {
+                self.event_timers.remove(&(at, start, key.clone()));
+            }
+            if let Some(at) = slot.processing_timer {
+                self.processing_timers.remove(&(at, start, key.clone()));
+            }
+        }
+        if slots.is_empty() {
+            self.slots.remove(key);
+        }
+    }
+
+    /// Whether the window fires natively at its end (not when its trigger
+    /// said otherwise).
+    fn fires_at_end(&self) -> bool {
+        self.trigger.as_ref().is_none_or(|t| t.fire_at_end)
     }
 
     /// The start of the window `[start, end)` of `key`, opened if needed.
@@ -955,6 +1049,9 @@ impl WindowStep {
                     let Some(copy) = copy else { break };
                     let start = self.time_buffer(&key, start, end);
                     self.push(&key, start, copy, out)?;
+                    if self.spec.trigger.is_some() {
+                        self.touched.push((key.clone(), start));
+                    }
                     self.fire_if_complete(&key, start, end, out);
                 }
             }
@@ -977,6 +1074,9 @@ impl WindowStep {
                 }
                 let start = self.merge_session(&key, time, end, touching);
                 self.push(&key, start, event, out)?;
+                if self.spec.trigger.is_some() {
+                    self.touched.push((key.clone(), start));
+                }
                 self.fire_if_complete(&key, start, merged_end, out);
             }
         }
@@ -1044,7 +1144,7 @@ impl WindowStep {
                 .insert((end.saturating_add(lateness), start, due.2));
             self.mark_dirty(key);
         }
-        if !events.is_empty() {
+        if !events.is_empty() && self.fires_at_end() {
             emit(key.clone(), start, end, events, out);
         }
     }
@@ -1093,11 +1193,11 @@ impl WindowStep {
                 self.retained
                     .insert((end.saturating_add(lateness), start, key.clone()));
                 self.mark_dirty(&key);
-                if !events.is_empty() {
+                if !events.is_empty() && self.fires_at_end() {
                     emit(key, start, end, events, out);
                 }
             } else if let Some(buffer) = self.take_buffer(&key, start) {
-                if !buffer.events.is_empty() {
+                if !buffer.events.is_empty() && self.fires_at_end() {
                     emit(key, start, end, buffer.events.into(), out);
                 }
             }
@@ -1120,10 +1220,14 @@ impl WindowStep {
         self.unfired.clear();
         self.retained.clear();
         self.buffered = 0;
+        self.slots.clear();
+        self.event_timers.clear();
+        self.processing_timers.clear();
+        let fires = self.fires_at_end();
         let mut due = Vec::new();
         for (key, windows) in open {
             for buffer in windows.into_buffers() {
-                if buffer.fired || buffer.events.is_empty() {
+                if buffer.fired || buffer.events.is_empty() || !fires {
                     continue;
                 }
                 let end = match self.spec.kind {
@@ -1196,6 +1300,15 @@ impl Step for WindowStep {
 
     async fn wake(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let released = out.len();
+        if self.trigger.is_some() && !self.upstream_watermarks {
+            // Timers the idle watermark reaches run before what it closes.
+            let now = self.now_ms();
+            let idle = self.idle_watermark(now);
+            self.run_timers(idle, Some(now), out).await?;
+        } else if self.trigger.is_some() {
+            let now = self.now_ms();
+            self.run_timers(None, Some(now), out).await?;
+        }
         self.on_wake(out);
         self.released(released, out);
         Ok(())
@@ -1203,6 +1316,23 @@ impl Step for WindowStep {
 
     async fn watermark(&mut self, watermark: u64, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let released = out.len();
+        if self.trigger.is_some() {
+            // The trigger's timers the new time reaches run before the
+            // windows it closes fire.
+            let (event, processing) = if self.controlled_time {
+                let event = self
+                    .event_time
+                    .map(|_| self.watermark.map_or(watermark, |w| w.max(watermark)));
+                (event, Some(watermark))
+            } else {
+                let event = self
+                    .event_time
+                    .filter(|_| self.upstream_watermarks)
+                    .map(|settings| watermark.saturating_sub(settings.max_out_of_orderness_ms));
+                (event, None)
+            };
+            self.run_timers(event, processing, out).await?;
+        }
         self.upstream_watermark(watermark, out);
         self.released(released, out);
         Ok(())
@@ -1220,6 +1350,9 @@ impl WindowStep {
     }
 
     async fn add_batch(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        if self.trigger.is_some() {
+            return self.add_batch_triggered(batch, out).await;
+        }
         let now = self.now_ms();
         self.last_arrival_ms = now;
         for event in batch.events {
@@ -1261,6 +1394,33 @@ impl WindowStep {
                 None => None,
             };
             writes.insert(name, value);
+            if self.spec.trigger.is_some() {
+                let name = saved::trigger_entry(&self.namespace, &key);
+                let slots: Vec<(u64, &TriggerSlot)> = self
+                    .slots
+                    .get(&key)
+                    .map(|slots| {
+                        slots
+                            .iter()
+                            .filter(|(_, slot)| !slot.is_empty())
+                            .map(|(start, slot)| (*start, slot))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = if slots.is_empty() {
+                    None
+                } else {
+                    match postcard::to_allocvec(&slots) {
+                        Ok(bytes) => Some(bytes),
+                        Err(error) => {
+                            tracing::error!(window = %self.spec.name, "cannot save trigger slots: {error}");
+                            failed.push(key);
+                            continue;
+                        }
+                    }
+                };
+                writes.insert(name, value);
+            }
         }
         self.dirty.extend(failed);
         let meta = self.meta();
@@ -1286,6 +1446,15 @@ impl WindowStep {
             return None;
         }
         let unfired_end = self.unfired.first().map(|(end, _, _)| *end);
+        let timer_at = self.processing_timers.first().map(|(at, _, _)| *at);
+        if let Some(at) = timer_at {
+            let native = match self.event_time {
+                None => unfired_end,
+                Some(_) => None,
+            };
+            let at = native.map_or(at, |end| end.min(at));
+            return Some(self.clock.instant_at(at));
+        }
         match self.event_time {
             None => unfired_end.map(|end| self.clock.instant_at(end)),
             // The source's watermark leaves out its idle upstreams itself.
@@ -1293,7 +1462,14 @@ impl WindowStep {
             Some(settings) => {
                 // Idle: the watermark advances with processing time.
                 let idle = settings.idle_timeout_ms?;
-                let end = unfired_end.or_else(|| self.retained.first().map(|(due, _, _)| *due))?;
+                let end = [
+                    unfired_end,
+                    self.retained.first().map(|(due, _, _)| *due),
+                    self.event_timers.first().map(|(at, _, _)| *at),
+                ]
+                .into_iter()
+                .flatten()
+                .min()?;
                 let watermark = self.watermark.unwrap_or(0);
                 let catch_up = end.saturating_sub(watermark);
                 let at = self.last_arrival_ms.saturating_add(idle.max(catch_up));
@@ -1336,6 +1512,21 @@ impl WindowStep {
         }
     }
 
+    /// In event time with `idle_timeout_ms`, once the source has been quiet
+    /// that long: the watermark processing time has moved it to.
+    fn idle_watermark(&self, now: u64) -> Option<u64> {
+        let settings = self.event_time?;
+        let idle = settings.idle_timeout_ms?;
+        let quiet = now.saturating_sub(self.last_arrival_ms);
+        if quiet < idle {
+            return None;
+        }
+        let base = self
+            .max_timestamp
+            .map_or(0, |m| m.saturating_sub(settings.max_out_of_orderness_ms));
+        Some(base.saturating_add(quiet))
+    }
+
     fn on_wake(&mut self, out: &mut Vec<Batch>) {
         let now = self.now_ms();
         match self.spec.kind {
@@ -1349,24 +1540,328 @@ impl WindowStep {
             WindowKind::Count { .. } => {}
             _ => match self.event_time {
                 None => self.fire_due(out),
-                Some(settings) => {
-                    if let Some(idle) = settings.idle_timeout_ms {
-                        let quiet = now.saturating_sub(self.last_arrival_ms);
-                        if quiet >= idle {
-                            let base = self
-                                .max_timestamp
-                                .map_or(0, |m| m.saturating_sub(settings.max_out_of_orderness_ms));
-                            let advanced = base.saturating_add(quiet);
-                            if self.watermark.is_none_or(|w| advanced > w) {
-                                self.watermark = Some(advanced);
-                            }
-                            self.fire_due(out);
+                Some(_) => {
+                    if let Some(advanced) = self.idle_watermark(now) {
+                        if self.watermark.is_none_or(|w| advanced > w) {
+                            self.watermark = Some(advanced);
                         }
+                        self.fire_due(out);
                     }
                 }
             },
         }
     }
+}
+
+/// Plugin triggers ([`TriggerSpec`]): asking the trigger, applying its answers.
+impl WindowStep {
+    /// Loads and starts the window's trigger component, when it has one
+    /// (its name in errors and logs: `<window>/trigger`).
+    ///
+    /// # Errors
+    ///
+    /// The module cannot be loaded or is not a `trigger` component, or its
+    /// `init` failed.
+    pub(crate) async fn start_trigger(
+        &mut self,
+        runtime: &crate::runtime::Runtime,
+        tenant: &str,
+        pipeline: &str,
+        state: &SharedState,
+    ) -> Result<(), crate::runtime::LoadError> {
+        let Some(spec) = self.spec.trigger.clone() else {
+            return Ok(());
+        };
+        let instance =
+            TriggerInstance::start(runtime, &spec, tenant, pipeline, &self.spec.name, state)
+                .await?;
+        self.trigger = Some(instance);
+        Ok(())
+    }
+
+    /// A trigger failure, naming the window, the module and what it was asked about.
+    fn trigger_error(&self, asked: &str, failure: &str) -> StepError {
+        let module = self
+            .trigger
+            .as_ref()
+            .map(|t| t.module().display().to_string())
+            .unwrap_or_default();
+        StepError::Native {
+            step: self.spec.name.clone(),
+            message: format!(
+                "the trigger `{module}` of window `{}` {failure} ({asked})",
+                self.spec.name
+            ),
+        }
+    }
+
+    /// The summary the trigger is given of the window starting at `start` of `key`.
+    fn summary(&self, key: &WindowKey, start: u64) -> Option<WindowSummary> {
+        let buffer = self.open.get(key)?.get(start)?;
+        Some(WindowSummary {
+            key: key.clone(),
+            start,
+            end: buffer.end,
+            count: u32::try_from(buffer.events.len()).unwrap_or(u32::MAX),
+            watermark: self.watermark,
+            state: self
+                .slots
+                .get(key)
+                .and_then(|slots| slots.get(&start))
+                .and_then(|slot| slot.state.clone()),
+        })
+    }
+
+    /// The watermark `event` would move the window to, when that reaches
+    /// a window's end, a retained window's lateness or a trigger timer:
+    /// what is pending must be decided first, and the timers run.
+    fn closes_something(&self, event: &Event) -> Option<u64> {
+        let settings = self.event_time?;
+        if self.upstream_watermarks {
+            return None;
+        }
+        let time = event.timestamp?;
+        let max = self.max_timestamp.map_or(time, |m| m.max(time));
+        let candidate = max.saturating_sub(settings.max_out_of_orderness_ms);
+        if self.watermark.is_some_and(|w| candidate <= w) {
+            return None;
+        }
+        let first = [
+            self.unfired.first().map(|d| d.0),
+            self.retained.first().map(|d| d.0),
+            self.event_timers.first().map(|d| d.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        (first <= candidate).then_some(candidate)
+    }
+
+    /// A batch through a window with a trigger: each event is added as
+    /// natively, and the windows it joined are asked about in calls that
+    /// hold at most one event per key (so each summary is exact), made
+    /// before anything that depends on the answers.
+    async fn add_batch_triggered(
+        &mut self,
+        batch: Batch,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        let now = self.now_ms();
+        self.last_arrival_ms = now;
+        self.run_timers(None, Some(now), out).await?;
+        for event in batch.events {
+            let key = self.key_of(&event);
+            if self.pending_keys.contains(&key) {
+                self.ask(out).await?;
+            }
+            if let Some(watermark) = self.closes_something(&event) {
+                self.ask(out).await?;
+                self.run_timers(Some(watermark), None, out).await?;
+            }
+            let copy = event.clone();
+            self.touched.clear();
+            self.add(event, now, out).await?;
+            let touched = std::mem::take(&mut self.touched);
+            for (key, start) in &touched {
+                if let Some(window) = self.summary(key, *start) {
+                    self.pending.push(TriggerCall {
+                        event: copy.clone(),
+                        window,
+                    });
+                    self.pending_keys.insert(key.clone());
+                }
+            }
+            self.touched = touched;
+        }
+        self.ask(out).await?;
+        if self.event_time.is_none() {
+            self.fire_due(out);
+        }
+        Ok(())
+    }
+
+    /// Asks the trigger about the pending calls and applies its answers.
+    async fn ask(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let calls = std::mem::take(&mut self.pending);
+        self.pending_keys.clear();
+        let Some(trigger) = self.trigger.as_mut() else {
+            return Ok(());
+        };
+        let answers = match trigger.on_events(&calls).await {
+            Ok(answers) => answers,
+            Err(failure) => {
+                let asked = describe_call(&calls[0].event, &calls[0].window, calls.len());
+                return Err(self.trigger_error(&asked, &failure));
+            }
+        };
+        for (call, answer) in calls.iter().zip(answers) {
+            self.apply(&call.window, answer, out).map_err(|failure| {
+                self.trigger_error(&describe_call(&call.event, &call.window, 1), &failure)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Calls `on-timer` for the timers due by `event` (the watermark) and
+    /// `processing` (the clock), in time order, and applies the answers.
+    async fn run_timers(
+        &mut self,
+        event: Option<u64>,
+        processing: Option<u64>,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        let mut due: Vec<(u64, WitTimeDomain, WindowKey, u64)> = Vec::new();
+        if let Some(horizon) = event {
+            while let Some((at, start, key)) = pop_due(&mut self.event_timers, horizon) {
+                due.push((at, WitTimeDomain::Event, key, start));
+            }
+        }
+        if let Some(horizon) = processing {
+            while let Some((at, start, key)) = pop_due(&mut self.processing_timers, horizon) {
+                due.push((at, WitTimeDomain::Processing, key, start));
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort_by(|a, b| (a.0, &a.2, a.3).cmp(&(b.0, &b.2, b.3)));
+        let mut calls = Vec::with_capacity(due.len());
+        for (at, domain, key, start) in due {
+            if let Some(slot) = self.slots.get_mut(&key).and_then(|s| s.get_mut(&start)) {
+                match domain {
+                    WitTimeDomain::Event => slot.event_timer = None,
+                    WitTimeDomain::Processing => slot.processing_timer = None,
+                }
+            }
+            self.mark_dirty(&key);
+            if let Some(window) = self.summary(&key, start) {
+                calls.push(TimerCall {
+                    timer: plugin::TimerRequest { domain, at },
+                    window,
+                });
+            }
+        }
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let Some(trigger) = self.trigger.as_mut() else {
+            return Ok(());
+        };
+        let answers = match trigger.on_timer(&calls).await {
+            Ok(answers) => answers,
+            Err(failure) => {
+                let asked = describe_timer(&calls[0], calls.len());
+                return Err(self.trigger_error(&asked, &failure));
+            }
+        };
+        for (call, answer) in calls.iter().zip(answers) {
+            self.apply(&call.window, answer, out)
+                .map_err(|failure| self.trigger_error(&describe_timer(call, 1), &failure))?;
+        }
+        Ok(())
+    }
+
+    /// Applies one answer to the window it was about (if it is still open).
+    ///
+    /// # Errors
+    ///
+    /// The answer asks for what cannot be (an event-time timer in
+    /// processing time), as a message.
+    fn apply(
+        &mut self,
+        window: &WindowSummary,
+        answer: TriggerAnswer,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), String> {
+        let key = &window.key;
+        let start = window.start;
+        let Some(end) = self.open.get(key).and_then(|w| w.get(start)).map(|b| b.end) else {
+            return Ok(());
+        };
+        if let Some(timer) = &answer.timer {
+            if timer.domain == WitTimeDomain::Event && self.event_time.is_none() {
+                return Err(format!(
+                    "asked for an event-time timer at {} but the window runs on processing time",
+                    timer.at
+                ));
+            }
+        }
+        let slot = self
+            .slots
+            .entry(key.clone())
+            .or_default()
+            .entry(start)
+            .or_default();
+        slot.state = answer.state;
+        if let Some(timer) = answer.timer {
+            let (field, index) = match timer.domain {
+                WitTimeDomain::Event => (&mut slot.event_timer, &mut self.event_timers),
+                WitTimeDomain::Processing => {
+                    (&mut slot.processing_timer, &mut self.processing_timers)
+                }
+            };
+            if let Some(old) = field.replace(timer.at) {
+                index.remove(&(old, start, key.clone()));
+            }
+            index.insert((timer.at, start, key.clone()));
+        }
+        self.mark_dirty(key);
+        match answer.decision {
+            Decision::Continue => {}
+            Decision::Fire => {
+                if let Some(buffer) = self.open.get(key).and_then(|w| w.get(start)) {
+                    if !buffer.events.is_empty() {
+                        emit(key.clone(), start, end, buffer.copy_events(), out);
+                    }
+                }
+            }
+            Decision::FireAndPurge => {
+                if let Some(buffer) = self.take_buffer(key, start) {
+                    if !buffer.events.is_empty() {
+                        emit(key.clone(), start, end, buffer.events.into(), out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a trigger was asked about, for an error: the first event's key
+/// and timestamp and its window.
+fn describe_call(event: &Event, window: &WindowSummary, calls: usize) -> String {
+    format!(
+        "asked about the event with key {:?} and timestamp {:?} in window [{}, {}){}",
+        event.key.as_deref().map(String::from_utf8_lossy),
+        event.timestamp,
+        window.start,
+        window.end,
+        if calls > 1 {
+            format!(", first of {calls} calls")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// What a trigger was told of a timer, for an error.
+fn describe_timer(call: &TimerCall, calls: usize) -> String {
+    format!(
+        "told of its {:?}-time timer at {} of window [{}, {}) of key {:?}{}",
+        call.timer.domain,
+        call.timer.at,
+        call.window.start,
+        call.window.end,
+        call.window.key.as_deref().map(String::from_utf8_lossy),
+        if calls > 1 {
+            format!(", first of {calls} timers")
+        } else {
+            String::new()
+        }
+    )
 }
 
 #[cfg(test)]

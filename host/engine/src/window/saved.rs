@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::buffers::{Buffer, WindowKey};
+use super::plugin::TriggerSlot;
 use crate::state::Namespace;
 
 /// The entry of the watermark, the highest timestamp and the late count.
@@ -21,6 +22,11 @@ const LEGACY: &[u8] = b"buffers";
 const KEYED: &[u8] = b"key/";
 /// The entry of keyless events (and of an unkeyed window).
 const KEYLESS: &[u8] = b"nokey";
+/// Before the bytes of a key: its windows' trigger slots (windows with a
+/// plugin trigger only).
+const TRIGGER_KEYED: &[u8] = b"trigger/";
+/// The trigger slots of keyless events' windows.
+const TRIGGER_KEYLESS: &[u8] = b"trigger-nokey";
 
 /// What a window saves besides its buffers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +52,16 @@ pub(crate) enum Entry {
     Key(WindowKey, Vec<Buffer>),
     /// Everything, as earlier versions saved it.
     Legacy(Meta, Vec<(WindowKey, Vec<Buffer>)>),
+    /// The trigger slots of one key's windows, by window start.
+    Trigger(WindowKey, Vec<(u64, TriggerSlot)>),
+}
+
+/// The full state key of the trigger slots of `key`'s windows.
+pub(crate) fn trigger_entry(namespace: &Namespace, key: &WindowKey) -> Vec<u8> {
+    match key {
+        Some(bytes) => [namespace.prefix(), TRIGGER_KEYED, bytes].concat(),
+        None => [namespace.prefix(), TRIGGER_KEYLESS].concat(),
+    }
 }
 
 /// The full state key of the entry of `key`.
@@ -89,6 +105,16 @@ pub(crate) fn decode(namespace: &Namespace, full: &[u8], value: &[u8]) -> Result
             late_dropped: legacy.late_dropped,
         };
         return Ok(Entry::Legacy(meta, legacy.open));
+    }
+    let trigger_key = if name == TRIGGER_KEYLESS {
+        Some(None)
+    } else {
+        name.strip_prefix(TRIGGER_KEYED)
+            .map(|bytes| Some(bytes.to_vec()))
+    };
+    if let Some(key) = trigger_key {
+        let slots = postcard::from_bytes(value).map_err(corrupt)?;
+        return Ok(Entry::Trigger(key, slots));
     }
     let key = if name == KEYLESS {
         None

@@ -1,0 +1,701 @@
+//! Windows whose firing a trigger component decides (docs/windows.md,
+//! "Triggers"): the example triggers of `examples/guests/trigger-*`, each
+//! checked against a reference computed here (a plain simulation of the
+//! window and the trigger's rule), through `plumber test` (watermark lines)
+//! and through `plumber run`, also when `plumber run` is SIGKILLed
+//! mid-stream and restarted; the Python `trigger-early-py` against the
+//! same reference; and the refusals of a bad trigger.
+//!
+//! After the window, the `trigger-report` pipe turns every batch the
+//! window releases into `<key>,<start>,<end>,<events>,<first>,<last>`, so
+//! the output lists every fire.
+
+use plumber_tests as harness;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+/// One line of input: an event or a watermark.
+#[derive(Clone, Debug)]
+enum Line {
+    Event {
+        key: String,
+        value: String,
+        timestamp: u64,
+    },
+    Watermark(u64),
+}
+
+fn event(key: &str, value: impl Into<String>, timestamp: u64) -> Line {
+    Line::Event {
+        key: key.to_owned(),
+        value: value.into(),
+        timestamp,
+    }
+}
+
+/// One fire as `trigger-report` writes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Fire {
+    key: String,
+    start: u64,
+    end: u64,
+    values: Vec<String>,
+}
+
+impl Fire {
+    fn line(&self) -> String {
+        format!(
+            "{},{},{},{},{},{}",
+            self.key,
+            self.start,
+            self.end,
+            self.values.len(),
+            self.values.first().map_or("", String::as_str),
+            self.values.last().map_or("", String::as_str)
+        )
+    }
+
+    fn expected_event(&self) -> Value {
+        json!({ "value": self.line(), "key": self.key, "timestamp": self.end })
+    }
+}
+
+/// What the reference trigger decides for an event that joined a window
+/// (the window's values, this event's included).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decide {
+    Continue,
+    Fire,
+    FireAndPurge,
+}
+
+/// A reference of keyed event-time windows (no out-of-orderness, no
+/// lateness, events in time order): tumbling windows of `size` when
+/// `gap` is `None`, sessions of `gap` otherwise. `rule` decides per event;
+/// windows fire natively when the watermark reaches their end and, with
+/// `at_input_end`, at the end of the input, in (end, start, key) order.
+fn reference(
+    lines: &[Line],
+    size: u64,
+    gap: Option<u64>,
+    rule: &dyn Fn(&[String]) -> Decide,
+    at_input_end: bool,
+) -> Vec<Fire> {
+    // (key, start) -> (end, values)
+    let mut open: BTreeMap<(String, u64), (u64, Vec<String>)> = BTreeMap::new();
+    let mut fires = Vec::new();
+    let fire_until = |open: &mut BTreeMap<(String, u64), (u64, Vec<String>)>,
+                      fires: &mut Vec<Fire>,
+                      watermark: u64| {
+        let mut due: Vec<(u64, u64, String)> = open
+            .iter()
+            .filter(|(_, (end, _))| *end <= watermark)
+            .map(|((key, start), (end, _))| (*end, *start, key.clone()))
+            .collect();
+        due.sort();
+        for (end, start, key) in due {
+            let (_, values) = open.remove(&(key.clone(), start)).unwrap();
+            fires.push(Fire {
+                key,
+                start,
+                end,
+                values,
+            });
+        }
+    };
+    for line in lines {
+        match line {
+            Line::Watermark(watermark) => fire_until(&mut open, &mut fires, *watermark),
+            Line::Event {
+                key,
+                value,
+                timestamp,
+            } => {
+                let t = *timestamp;
+                let start = match gap {
+                    None => t - t % size,
+                    Some(gap) => {
+                        // The key's open session that this event touches.
+                        let touching = open
+                            .iter()
+                            .find(|((k, _), (end, _))| k == key && *end >= t)
+                            .map(|((_, start), _)| *start);
+                        match touching {
+                            Some(start) => {
+                                let entry = open.get_mut(&(key.clone(), start)).unwrap();
+                                entry.0 = entry.0.max(t + gap);
+                                start
+                            }
+                            None => {
+                                open.insert((key.clone(), t), (t + gap, Vec::new()));
+                                t
+                            }
+                        }
+                    }
+                };
+                let end = start + gap.unwrap_or(size);
+                let entry = open
+                    .entry((key.clone(), start))
+                    .or_insert_with(|| (end, Vec::new()));
+                entry.1.push(value.clone());
+                let decision = rule(&entry.1);
+                // The native fires the event's watermark brings come
+                // before the trigger's answer about it.
+                fire_until(&mut open, &mut fires, t);
+                let Some((end, values)) = open.get(&(key.clone(), start)).cloned() else {
+                    continue;
+                };
+                let fire = Fire {
+                    key: key.clone(),
+                    start,
+                    end,
+                    values,
+                };
+                match decision {
+                    Decide::Continue => {}
+                    Decide::Fire => fires.push(fire),
+                    Decide::FireAndPurge => {
+                        open.remove(&(key.clone(), start));
+                        fires.push(fire);
+                    }
+                }
+            }
+        }
+    }
+    if at_input_end {
+        fire_until(&mut open, &mut fires, u64::MAX);
+    }
+    fires
+}
+
+/// Fires per key, in order: the order the engine promises.
+fn per_key(fires: &[Fire]) -> BTreeMap<String, Vec<String>> {
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for fire in fires {
+        keys.entry(fire.key.clone()).or_default().push(fire.line());
+    }
+    keys
+}
+
+fn window_step(window: Value, trigger: &str, config: Value) -> Value {
+    let mut window = window;
+    window["trigger"] = json!({ "module": harness::guest(trigger), "config": config });
+    window
+}
+
+fn tumbling(size: u64) -> Value {
+    json!({ "type": "window", "name": "w", "window": "tumbling", "size_ms": size,
+            "time": "event", "key_by": "key" })
+}
+
+fn session(gap: u64) -> Value {
+    json!({ "type": "window", "name": "w", "window": "session", "gap_ms": gap,
+            "time": "event", "key_by": "key" })
+}
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn config(&self, name: &str, config: &Value) -> PathBuf {
+        self.write(name, &serde_json::to_string_pretty(config).unwrap())
+    }
+
+    /// A pipeline of `window` and `trigger-report`, for `plumber test`.
+    fn test_config(&self, window: Value) -> PathBuf {
+        self.config(
+            "test.json",
+            &json!({
+                "name": "triggers",
+                "state": { "type": "memory" },
+                "from": { "type": "file", "path": self.path("unused-in.txt") },
+                "pipeline": [window, report()],
+                "to": { "type": "file", "path": self.path("unused-out.txt") }
+            }),
+        )
+    }
+}
+
+fn report() -> Value {
+    json!({ "type": "wasm", "name": "report", "module": harness::guest("trigger-report") })
+}
+
+fn input_jsonl(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|line| match line {
+            Line::Event {
+                key,
+                value,
+                timestamp,
+            } => json!({ "value": value, "key": key, "timestamp": timestamp }).to_string() + "\n",
+            Line::Watermark(w) => json!({ "watermark": w }).to_string() + "\n",
+        })
+        .collect()
+}
+
+fn plumber_test(config: &Path, input: &Path, expect: &Path) -> Output {
+    Command::new(harness::plumber_binary())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .arg("test")
+        .arg(config)
+        .arg("--input")
+        .arg(input)
+        .arg("--expect")
+        .arg(expect)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Runs `window` + `trigger-report` on `lines` through `plumber test`
+/// and checks the output against `expected` (per key, in order).
+fn check_with_plumber_test(window: Value, lines: &[Line], expected: &[Fire]) {
+    let dir = Dir::new();
+    let config = dir.test_config(window);
+    let input = dir.write("in.jsonl", &input_jsonl(lines));
+    let expect: String = expected
+        .iter()
+        .map(|fire| fire.expected_event().to_string() + "\n")
+        .collect();
+    let expect = dir.write("expect.jsonl", &expect);
+    let output = plumber_test(&config, &input, &expect);
+    assert!(
+        output.status.success(),
+        "plumber test: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Events `0..n` of `keys` keys (`k<i % keys>`), value `i`, at `i * step` ms.
+fn numbered(n: u64, keys: u64, step: u64) -> Vec<Line> {
+    (0..n)
+        .map(|i| event(&format!("k{}", i % keys), i.to_string(), i * step))
+        .collect()
+}
+
+/// `every`: fire each time the window's count reaches a multiple.
+fn early(every: usize) -> impl Fn(&[String]) -> Decide {
+    move |values| {
+        if values.len() % every == 0 {
+            Decide::Fire
+        } else {
+            Decide::Continue
+        }
+    }
+}
+
+/// The input of the early-trigger tests: three keys, windows of 1 s
+/// holding ~33 events of each key, watermark lines between some of them
+/// and a last one past every window.
+fn early_input() -> Vec<Line> {
+    let mut lines = numbered(1000, 3, 10);
+    lines.insert(400, Line::Watermark(3500));
+    lines.insert(700, Line::Watermark(6000));
+    lines.push(Line::Watermark(20_000));
+    lines
+}
+
+#[test]
+fn early_trigger_fires_every_n_events_and_at_the_watermark() {
+    let lines = early_input();
+    let expected = reference(&lines, 1000, None, &early(10), true);
+    // Early fires happened (33 or 34 events per key and window).
+    assert!(expected.iter().filter(|f| f.values.len() == 10).count() > 20);
+    check_with_plumber_test(
+        window_step(tumbling(1000), "trigger-early", json!({ "every": 10 })),
+        &lines,
+        &expected,
+    );
+}
+
+#[test]
+fn early_trigger_through_its_timer_and_state_gives_the_same_fires() {
+    // `"at_end": "timer"`: the native fire at the end is off; the trigger
+    // asks once per window (remembered in the window's trigger state) for
+    // an event-time timer at the end and fires from `on-timer`.
+    let lines = early_input();
+    let expected = reference(&lines, 1000, None, &early(10), true);
+    check_with_plumber_test(
+        window_step(
+            tumbling(1000),
+            "trigger-early",
+            json!({ "every": 10, "at_end": "timer" }),
+        ),
+        &lines,
+        &expected,
+    );
+}
+
+#[test]
+fn without_its_timer_a_trigger_that_turned_the_end_fire_off_fires_only_early() {
+    // The timer-mode trigger keeps the native fire off; with no watermark
+    // past the windows, their timers never come due and the end of the
+    // input releases nothing: only the early fires come out.
+    // Windows ending by 2000 have their timers come due (events at 2000+),
+    // the last one's never does.
+    let lines = numbered(300, 3, 10);
+    let expected = reference(&lines, 1000, None, &early(10), false);
+    assert!(expected
+        .iter()
+        .any(|f| f.end == 2000 && f.values.len() % 10 != 0));
+    assert!(expected
+        .iter()
+        .all(|f| f.end < 3000 || f.values.len() % 10 == 0));
+    check_with_plumber_test(
+        window_step(
+            tumbling(1000),
+            "trigger-early",
+            json!({ "every": 10, "at_end": "timer" }),
+        ),
+        &lines,
+        &expected,
+    );
+}
+
+#[test]
+fn threshold_trigger_fires_when_a_field_exceeds_the_threshold() {
+    // Amounts cycle through 0..=120; above 100 fires the window so far.
+    let mut lines: Vec<Line> = (0..600u64)
+        .map(|i| {
+            let amount = (i * 37) % 121;
+            event(
+                &format!("k{}", i % 4),
+                json!({ "amount": amount, "i": i }).to_string(),
+                i * 7,
+            )
+        })
+        .collect();
+    lines.insert(300, Line::Watermark(2100));
+    let rule = |values: &[String]| {
+        let last: Value = serde_json::from_str(values.last().unwrap()).unwrap();
+        if last["amount"].as_f64().unwrap() > 100.0 {
+            Decide::Fire
+        } else {
+            Decide::Continue
+        }
+    };
+    let expected = reference(&lines, 500, None, &rule, true);
+    assert!(expected.len() > per_key(&expected).len() * 5);
+    check_with_plumber_test(
+        window_step(
+            tumbling(500),
+            "trigger-threshold",
+            json!({ "field": "amount", "threshold": 100 }),
+        ),
+        &lines,
+        &expected,
+    );
+}
+
+#[test]
+fn session_end_trigger_closes_a_session_on_its_end_event() {
+    // Per key, bursts of events 10 ms apart; some bursts end with "end"
+    // (the session closes at once and the next event starts a new one),
+    // others close after the 100 ms gap.
+    let mut lines = Vec::new();
+    let mut t = 0;
+    for burst in 0..40u64 {
+        for i in 0..(3 + burst % 5) {
+            let key = format!("u{}", (burst + i) % 3);
+            lines.push(event(&key, format!("b{burst}-{i}"), t));
+            t += 10;
+        }
+        if burst % 3 == 0 {
+            lines.push(event(&format!("u{}", burst % 3), "end", t));
+            t += 10;
+        }
+        if burst % 4 == 0 {
+            t += 150;
+        }
+        if burst == 20 {
+            lines.push(Line::Watermark(t));
+        }
+    }
+    let rule = |values: &[String]| {
+        if values.last().map(String::as_str) == Some("end") {
+            Decide::FireAndPurge
+        } else {
+            Decide::Continue
+        }
+    };
+    let expected = reference(&lines, 0, Some(100), &rule, true);
+    assert!(expected.iter().any(|f| f.values.last().unwrap() == "end"));
+    assert!(expected.iter().any(|f| f.values.last().unwrap() != "end"));
+    check_with_plumber_test(
+        window_step(session(100), "trigger-session-end", json!({})),
+        &lines,
+        &expected,
+    );
+}
+
+/// A `plumber run` pipeline reading `lines` (JSON events) through `window`
+/// and `trigger-report` to a file, exactly once on sled.
+fn run_config(dir: &Dir, window: Value, lines: &[Line]) -> (PathBuf, PathBuf) {
+    let events: Vec<Line> = lines
+        .iter()
+        .filter(|line| matches!(line, Line::Event { .. }))
+        .cloned()
+        .collect();
+    let input = dir.write("in.jsonl", &input_jsonl(&events));
+    let out = dir.path("out.txt");
+    let config = dir.config(
+        "run.json",
+        &json!({
+            "name": "triggers",
+            "delivery": "exactly_once",
+            "state": { "type": "sled", "path": dir.path("state") },
+            "checkpoint": { "interval_ms": 25 },
+            "batch_size": 20,
+            "from": { "type": "file", "path": input, "format": "json" },
+            "pipeline": [window, report()],
+            "to": { "type": "file", "path": out }
+        }),
+    );
+    (config, out)
+}
+
+fn output_per_key(out: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let key = line.split(',').next().unwrap().to_owned();
+        keys.entry(key).or_default().push(line.to_owned());
+    }
+    keys
+}
+
+#[test]
+fn plumber_run_fires_as_the_reference() {
+    let lines = numbered(2000, 5, 5);
+    let expected = reference(&lines, 1000, None, &early(7), true);
+    let dir = Dir::new();
+    let (config, out) = run_config(
+        &dir,
+        window_step(tumbling(1000), "trigger-early", json!({ "every": 7 })),
+        &lines,
+    );
+    let output = harness::kills::plumber_run(&config).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output_per_key(&out), per_key(&expected));
+}
+
+/// SIGKILLs `plumber run` several times mid-stream, restarts it on the
+/// same config and state, then lets it finish: every fire the trigger
+/// decided comes out exactly once, as in the reference.
+fn exact_under_sigkill(window: Value, lines: &[Line], expected: &[Fire], seed: u64) {
+    let dir = Dir::new();
+    let (config, out) = run_config(&dir, window, lines);
+    let full: u64 = expected.iter().map(|f| f.line().len() as u64 + 1).sum();
+    let mut rng = harness::kills::Lcg(seed);
+    let mut landed = 0;
+    for _ in 0..4 {
+        let target = harness::kills::file_len(&out) + full * rng.next_in(5, 20) / 100;
+        let extra = std::time::Duration::from_millis(rng.next_in(0, 30));
+        if harness::kills::kill_once_grown(
+            &mut harness::kills::plumber_run(&config),
+            &out,
+            target,
+            extra,
+        ) {
+            landed += 1;
+        }
+    }
+    let output = harness::kills::plumber_run(&config).output().unwrap();
+    assert!(
+        output.status.success(),
+        "final run: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(landed >= 2, "only {landed} kills hit a running pipeline");
+    assert_eq!(output_per_key(&out), per_key(expected));
+}
+
+#[test]
+fn early_fires_are_exact_under_sigkill() {
+    let lines = numbered(12_000, 7, 2);
+    let expected = reference(&lines, 1000, None, &early(9), true);
+    exact_under_sigkill(
+        window_step(tumbling(1000), "trigger-early", json!({ "every": 9 })),
+        &lines,
+        &expected,
+        7,
+    );
+}
+
+#[test]
+fn early_fires_through_timers_are_exact_under_sigkill() {
+    // The timers and the trigger state are checkpointed with the windows.
+    // (The last windows' timers never come due: the native fire is off,
+    // so they release nothing at the end of the input.)
+    let lines = numbered(12_000, 7, 2);
+    let expected = reference(&lines, 1000, None, &early(9), false);
+    exact_under_sigkill(
+        window_step(
+            tumbling(1000),
+            "trigger-early",
+            json!({ "every": 9, "at_end": "timer" }),
+        ),
+        &lines,
+        &expected,
+        11,
+    );
+}
+
+#[test]
+fn session_ends_are_exact_under_sigkill() {
+    let mut lines = Vec::new();
+    let mut t = 0;
+    for i in 0..12_000u64 {
+        let key = format!("u{}", i % 11);
+        let value = if i % 13 == 0 {
+            "end".to_owned()
+        } else {
+            i.to_string()
+        };
+        lines.push(event(&key, value, t));
+        t += if i % 50 == 0 { 200 } else { 3 };
+    }
+    let rule = |values: &[String]| {
+        if values.last().map(String::as_str) == Some("end") {
+            Decide::FireAndPurge
+        } else {
+            Decide::Continue
+        }
+    };
+    let expected = reference(&lines, 0, Some(100), &rule, true);
+    exact_under_sigkill(
+        window_step(session(100), "trigger-session-end", json!({})),
+        &lines,
+        &expected,
+        23,
+    );
+}
+
+fn refused(window: Value) -> String {
+    let dir = Dir::new();
+    let config = dir.test_config(window);
+    let input = dir.write("in.jsonl", &input_jsonl(&numbered(3, 1, 1)));
+    let expect = dir.write("expect.jsonl", "");
+    let output = plumber_test(&config, &input, &expect);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_trigger_is_refused_at_start() {
+    // Not a trigger component: a pipe.
+    let stderr = refused(window_step(tumbling(1000), "trigger-report", json!({})));
+    assert!(stderr.contains("w/trigger"), "{stderr}");
+    assert!(stderr.contains("trigger world"), "{stderr}");
+    // A missing file.
+    let mut window = tumbling(1000);
+    window["trigger"] = json!({ "module": "/no/such/trigger.wasm" });
+    let stderr = refused(window);
+    assert!(stderr.contains("/no/such/trigger.wasm"), "{stderr}");
+    // A config its init refuses.
+    let stderr = refused(window_step(
+        tumbling(1000),
+        "trigger-early",
+        json!({ "every": 0 }),
+    ));
+    assert!(stderr.contains("`every` must be at least 1"), "{stderr}");
+    // An unknown field of the section, with its path.
+    let mut window = window_step(tumbling(1000), "trigger-early", json!({}));
+    window["trigger"]["modul"] = json!("x.wasm");
+    let stderr = refused(window);
+    assert!(stderr.contains("pipeline[0].trigger.modul"), "{stderr}");
+    // A window kind without time.
+    let count = json!({ "type": "window", "name": "w", "window": "count", "events": 3,
+                        "trigger": { "module": "x.wasm" } });
+    let stderr = refused(count);
+    assert!(stderr.contains("pipeline[0].trigger"), "{stderr}");
+    assert!(stderr.contains("tumbling, sliding and session"), "{stderr}");
+}
+
+#[test]
+fn a_trigger_that_fails_on_an_event_stops_the_pipeline_naming_window_and_event() {
+    let dir = Dir::new();
+    let config = dir.test_config(window_step(
+        tumbling(1000),
+        "trigger-threshold",
+        json!({ "field": "amount", "threshold": 1 }),
+    ));
+    let lines = vec![
+        event("k", json!({ "amount": 0 }).to_string(), 5),
+        event("bad-key", "not json", 17),
+    ];
+    let input = dir.write("in.jsonl", &input_jsonl(&lines));
+    let expect = dir.write("expect.jsonl", "");
+    let output = plumber_test(&config, &input, &expect);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("window `w`"), "{stderr}");
+    assert!(stderr.contains("bad-key"), "{stderr}");
+    assert!(stderr.contains("17"), "{stderr}");
+    assert!(stderr.contains("has no numeric `amount`"), "{stderr}");
+}
+
+/// `examples/guests/trigger-early-py` built by its `build.sh`
+/// (componentize-py) into `dir`.
+fn python_trigger_early(dir: &Dir) -> PathBuf {
+    let out = dir.path("trigger_early_py.wasm");
+    let script = harness::workspace_root()
+        .join("examples")
+        .join("guests")
+        .join("trigger-early-py")
+        .join("build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "building the Python trigger: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+#[test]
+fn the_python_early_trigger_fires_as_the_reference_in_both_modes() {
+    let build = Dir::new();
+    let module = python_trigger_early(&build);
+    let lines = early_input();
+    let expected = reference(&lines, 1000, None, &early(10), true);
+    for at_end in ["native", "timer"] {
+        let mut window = tumbling(1000);
+        window["trigger"] =
+            json!({ "module": module, "config": { "every": 10, "at_end": at_end } });
+        check_with_plumber_test(window, &lines, &expected);
+    }
+}
