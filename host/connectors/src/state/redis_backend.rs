@@ -109,8 +109,10 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many keys one `SCAN` step and one `MGET` cover.
 const SCAN_BATCH: usize = 1000;
 
-/// Integers compared as decimal strings (Lua numbers are doubles, exact
-/// only up to 2^53): the start of the commit and read scripts.
+/// The start of the commit and read scripts: integers compared as decimal
+/// strings (Lua numbers are doubles, exact only up to 2^53), and the fence
+/// check both make (the error reply when the fencing counter at `counter`
+/// is greater than `ours`, or is not an integer; nil otherwise).
 macro_rules! lua_decimals {
     () => {
         r"
@@ -125,6 +127,19 @@ local function greater(a, b)
     if x ~= y then return x > y end
   end
   return false
+end
+local function refused_by_fence(counter, ours, what)
+  local fence = redis.call('GET', counter)
+  if fence then
+    local newer = decimal(fence)
+    if not newer then
+      return redis.error_reply('ERR plumber ' .. what .. ': the fencing counter is not an integer')
+    end
+    if greater(newer, ours) then
+      return redis.error_reply('PLUMBER_FENCED ' .. newer)
+    end
+  end
+  return nil
 end
 "
     };
@@ -151,16 +166,8 @@ if not ours or not epoch then
   return redis.error_reply('ERR plumber commit: fence and epoch must be integers')
 end
 
-local fence = redis.call('GET', KEYS[1])
-if fence then
-  local newer = decimal(fence)
-  if not newer then
-    return redis.error_reply('ERR plumber commit: the fencing counter is not an integer')
-  end
-  if greater(newer, ours) then
-    return redis.error_reply('PLUMBER_FENCED ' .. newer)
-  end
-end
+local refused = refused_by_fence(KEYS[1], ours, 'commit')
+if refused then return refused end
 
 local committed = redis.call('GET', KEYS[2])
 if committed then
@@ -199,16 +206,8 @@ local ours = decimal(ARGV[1])
 if not ours then
   return redis.error_reply('ERR plumber read: the fence must be an integer')
 end
-local fence = redis.call('GET', KEYS[1])
-if fence then
-  local newer = decimal(fence)
-  if not newer then
-    return redis.error_reply('ERR plumber read: the fencing counter is not an integer')
-  end
-  if greater(newer, ours) then
-    return redis.error_reply('PLUMBER_FENCED ' .. newer)
-  end
-end
+local refused = refused_by_fence(KEYS[1], ours, 'read')
+if refused then return refused end
 if #KEYS == 2 then
   -- One key: GET, which (unlike MGET) refuses a key of another type.
   return { redis.call('GET', KEYS[2]) }
