@@ -77,6 +77,23 @@ fn a_new_python_pipe_tests_builds_and_runs() {
     new_build_run("python", &[("python3", &["-m", "unittest", "-q"])]);
 }
 
+/// `-o` relative to where `plumber build` runs, not to the project (the
+/// language tool runs in the project's directory: componentize-py wrote
+/// the component there).
+#[test]
+fn build_writes_a_relative_out_path_where_it_runs() {
+    let parent = tempfile::tempdir().unwrap();
+    plumber(parent.path(), &["new", "rel-py", "--lang", "python"]);
+    std::fs::create_dir(parent.path().join("out")).unwrap();
+    let built = plumber(parent.path(), &["build", "rel-py", "-o", "out/rel-py.wasm"]);
+    assert!(built.contains("python pipe"), "{built}");
+    assert!(
+        parent.path().join("out").join("rel-py.wasm").is_file(),
+        "no component at out/rel-py.wasm: {built}"
+    );
+    assert!(!parent.path().join("rel-py").join("out").exists());
+}
+
 #[test]
 fn a_new_js_pipe_tests_builds_and_runs() {
     new_build_run(

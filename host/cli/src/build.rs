@@ -229,7 +229,10 @@ pub async fn build(dir: &Path, out: Option<&Path>, runtime: &Runtime) -> Result<
         .file_name()
         .map_or_else(|| "pipe".to_owned(), |n| n.to_string_lossy().into_owned());
     let out = match out {
-        Some(out) => out.to_path_buf(),
+        // Against the directory `plumber build` runs in: the language tools
+        // run in the project's directory, and would take a relative path
+        // against that.
+        Some(out) => std::path::absolute(out).map_err(io(out))?,
         None => dir.join(format!("{name}.wasm")),
     };
     let work = tempfile::tempdir().map_err(io(&dir))?;
