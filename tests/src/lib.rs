@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+pub mod channel_run;
 pub mod cluster;
 pub mod kills;
 pub mod servers;
 pub mod wait;
 
+pub use channel_run::ChannelRun;
 pub use servers::{free_port, raw_command, NatsCluster, NatsServer, PostgresServer, RedisServer};
 pub use wait::{wait_until, wait_until_async};
 

@@ -3,7 +3,7 @@
 //! are refused while the running one keeps going.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumber::admin::{AdminOptions, AdminServer};
@@ -17,65 +17,17 @@ use plumber::supervisor::Supervisor;
 use plumber::swap::{ModuleSource, SwapError};
 use plumber::tenant::Tenants;
 use plumber::Event;
-use plumber_tests::{cache_dir, guest};
-use tokio::sync::mpsc;
+use plumber_tests::{cache_dir, guest, ChannelRun};
 
 const KEYS: [&str; 3] = ["ada", "bob", "cy"];
 
-/// A running swap pipeline: its input, and everything it has written so far.
-struct Running {
-    input: mpsc::Sender<Event>,
-    output: Arc<Mutex<Vec<String>>>,
-    sent: usize,
-}
-
-impl Running {
-    fn start(builder: PipelineBuilder) -> (Self, tokio::task::JoinHandle<()>) {
-        let (input, source) = channel_source(64);
-        let (sink, mut receiver) = channel_sink(64);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let collected = output.clone();
-        tokio::spawn(async move {
-            while let Some(event) = receiver.recv().await {
-                let value = String::from_utf8_lossy(&event.value).into_owned();
-                collected.lock().unwrap().push(value);
-            }
-        });
-        let task = tokio::spawn(async move {
-            builder
-                .from(source)
-                .to(sink)
-                .run()
-                .await
-                .expect("pipeline run");
-        });
-        (
-            Running {
-                input,
-                output,
-                sent: 0,
-            },
-            task,
-        )
+/// Sends `n` events (cycling through the keys) and waits for their output.
+async fn feed(running: &mut ChannelRun, n: usize) {
+    for _ in 0..n {
+        let key = KEYS[running.sent % KEYS.len()];
+        running.send(Event::new(key)).await;
     }
-
-    /// Sends `n` events (cycling through the keys) and waits for their output.
-    async fn feed(&mut self, n: usize) {
-        for _ in 0..n {
-            let key = KEYS[self.sent % KEYS.len()];
-            self.input.send(Event::new(key)).await.expect("send");
-            self.sent += 1;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.output.lock().unwrap().len() < self.sent {
-            assert!(Instant::now() < deadline, "output stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn output(&self) -> Vec<String> {
-        self.output.lock().unwrap().clone()
-    }
+    running.settle(Duration::from_secs(30)).await;
 }
 
 fn swap_pipeline(name: &str, state: SharedState, pipe: WasmPipe) -> PipelineBuilder {
@@ -137,8 +89,8 @@ async fn v1_to_v2_mid_stream_processes_every_event_once_and_refuses_a_broken_v3(
         WasmPipe::new("count", guest("swap-v1")),
     );
     let handle = builder.handle();
-    let (mut running, task) = Running::start(builder);
-    running.feed(300).await;
+    let (mut running, task) = ChannelRun::start(builder, 64);
+    feed(&mut running, 300).await;
     let v1_version = handle.modules()[0].1.version.clone();
 
     // Swap while events keep arriving.
@@ -159,7 +111,7 @@ async fn v1_to_v2_mid_stream_processes_every_event_once_and_refuses_a_broken_v3(
     assert_eq!(swapped.previous_version, v1_version);
     assert_ne!(swapped.version, v1_version);
     assert_eq!(handle.modules()[0].1.version, swapped.version);
-    running.feed(150).await;
+    feed(&mut running, 150).await;
 
     // v3 fails its init: refused, v2 keeps running.
     match handle
@@ -196,7 +148,7 @@ async fn v1_to_v2_mid_stream_processes_every_event_once_and_refuses_a_broken_v3(
         Err(HandleError::UnknownPipe(_))
     ));
     assert_eq!(handle.modules()[0].1.version, swapped.version);
-    running.feed(300).await;
+    feed(&mut running, 300).await;
 
     let output = running.output.clone();
     drop(running);
@@ -416,22 +368,22 @@ async fn a_watched_module_file_is_swapped_when_it_changes() {
         WasmPipe::new("count", &module).watch_module(Duration::from_millis(50)),
     );
     let handle = builder.handle();
-    let (mut running, task) = Running::start(builder);
-    running.feed(30).await;
+    let (mut running, task) = ChannelRun::start(builder, 64);
+    feed(&mut running, 30).await;
     // Let the file's modification time move on before replacing it.
     tokio::time::sleep(Duration::from_millis(20)).await;
     replace(&guest("swap-v2"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !running.output().last().unwrap().starts_with("v2:") {
         assert!(Instant::now() < deadline, "v2 never took over");
-        running.feed(3).await;
+        feed(&mut running, 3).await;
     }
     let v2_version = handle.modules()[0].1.version.clone();
     // A broken file is refused; v2 keeps running.
     tokio::time::sleep(Duration::from_millis(20)).await;
     replace(&guest("swap-v3"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    running.feed(30).await;
+    feed(&mut running, 30).await;
     assert!(running.output().last().unwrap().starts_with("v2:"));
     assert_eq!(handle.modules()[0].1.version, v2_version);
 

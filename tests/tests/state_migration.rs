@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Child;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumber::admin::{AdminOptions, AdminServer};
@@ -25,74 +25,40 @@ use plumber::supervisor::Supervisor;
 use plumber::swap::{ModuleSource, SwapError};
 use plumber::tenant::Tenants;
 use plumber::Event;
-use plumber_tests::{cache_dir, guest};
-use tokio::sync::mpsc;
+use plumber_tests::{cache_dir, guest, ChannelRun};
 
 /// A running pipeline fed through a channel, with everything it wrote and
 /// the counts every key should have reached (the reference).
 struct Running {
-    input: mpsc::Sender<Event>,
-    output: Arc<Mutex<Vec<String>>>,
-    sent: usize,
+    run: ChannelRun,
     expected: HashMap<String, u64>,
 }
 
 impl Running {
     fn start(builder: PipelineBuilder) -> (Self, tokio::task::JoinHandle<()>) {
-        let (input, source) = channel_source(1024);
-        let (sink, mut receiver) = channel_sink(1024);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let collected = output.clone();
-        tokio::spawn(async move {
-            while let Some(event) = receiver.recv().await {
-                let value = String::from_utf8_lossy(&event.value).into_owned();
-                collected.lock().unwrap().push(value);
-            }
-        });
-        let task = tokio::spawn(async move {
-            builder
-                .from(source)
-                .to(sink)
-                .run()
-                .await
-                .expect("pipeline run");
-        });
-        (
-            Running {
-                input,
-                output,
-                sent: 0,
-                expected: HashMap::new(),
-            },
-            task,
-        )
+        let (run, task) = ChannelRun::start(builder, 1024);
+        let running = Running {
+            run,
+            expected: HashMap::new(),
+        };
+        (running, task)
     }
 
     /// Sends one event per key (without waiting for output).
     async fn send(&mut self, keys: impl IntoIterator<Item = String>) {
         for key in keys {
             *self.expected.entry(key.clone()).or_default() += 1;
-            self.input.send(Event::new(key)).await.expect("send");
-            self.sent += 1;
-        }
-    }
-
-    /// Waits until every event sent has its output.
-    async fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.output.lock().unwrap().len() < self.sent {
-            assert!(Instant::now() < deadline, "output stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.run.send(Event::new(key)).await;
         }
     }
 
     async fn feed(&mut self, keys: impl IntoIterator<Item = String>) {
         self.send(keys).await;
-        self.settle().await;
+        self.run.settle(Duration::from_secs(120)).await;
     }
 
     fn output(&self) -> Vec<String> {
-        self.output.lock().unwrap().clone()
+        self.run.output()
     }
 }
 
