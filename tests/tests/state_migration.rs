@@ -60,6 +60,18 @@ impl Running {
     fn output(&self) -> Vec<String> {
         self.run.output()
     }
+
+    /// Ends the run (its input closed, the pipeline finished), checks that
+    /// every key counted 1, 2, 3, … to its expected count, and returns the
+    /// expected counts.
+    async fn finish(self, task: tokio::task::JoinHandle<()>) -> HashMap<String, u64> {
+        let output = self.output();
+        let Running { run, expected } = self;
+        drop(run);
+        task.await.unwrap();
+        check_counts_continue(&output, &expected);
+        expected
+    }
 }
 
 fn key(i: usize) -> String {
@@ -170,11 +182,7 @@ async fn migrate_many_keys(state: SharedState, name: &str, keys: usize) {
     assert!(migration.calls >= keys / plumber::runtime::MIGRATE_BATCH_KEYS);
     running.feed((0..keys).step_by(7).map(key)).await;
 
-    let output = running.output();
-    let expected = running.expected.clone();
-    drop(running);
-    task.await.unwrap();
-    check_counts_continue(&output, &expected);
+    let expected = running.finish(task).await;
     assert_eq!(committed(&state, name).await, as_le(&expected));
     assert_eq!(committed_version(&state, name).await.as_deref(), Some("2"));
 }
@@ -304,11 +312,7 @@ async fn a_failed_migration_keeps_the_old_module_and_the_state_as_they_were() {
         assert_eq!(handle.modules()[0].1.version, v1_version, "{name}");
         running.feed((0..2000).step_by(5).map(key)).await;
 
-        let output = running.output();
-        let expected = running.expected.clone();
-        drop(running);
-        task.await.unwrap();
-        check_counts_continue(&output, &expected);
+        let expected = running.finish(task).await;
         assert_eq!(committed(&state, &name).await, as_text(&expected), "{name}");
         assert_eq!(committed_version(&state, &name).await.as_deref(), Some("1"));
     }
@@ -358,11 +362,7 @@ async fn a_declared_state_change_without_migrate_is_refused() {
     assert_eq!(handle.modules()[0].1.version, swapped.version);
     running.feed((0..2000).step_by(8).map(key)).await;
 
-    let output = running.output();
-    let expected = running.expected.clone();
-    drop(running);
-    task.await.unwrap();
-    check_counts_continue(&output, &expected);
+    let expected = running.finish(task).await;
     assert_eq!(committed(&state, "mig-refuse").await, as_le(&expected));
     assert_eq!(
         committed_version(&state, "mig-refuse").await.as_deref(),
@@ -396,11 +396,7 @@ async fn a_0_1_0_guest_still_loads_and_its_state_is_carried_to_v2() {
     assert_eq!(v2.migration.expect("migrated").keys, 500);
     running.feed((0..500).step_by(3).map(key)).await;
 
-    let output = running.output();
-    let expected = running.expected.clone();
-    drop(running);
-    task.await.unwrap();
-    check_counts_continue(&output, &expected);
+    let expected = running.finish(task).await;
     assert_eq!(committed(&state, "mig-compat").await, as_le(&expected));
     assert_eq!(
         committed_version(&state, "mig-compat").await.as_deref(),
@@ -781,10 +777,7 @@ async fn a_python_v2_migrates_the_state_of_a_rust_v1() {
         "{message}"
     );
     running.feed((0..2000).step_by(9).map(key)).await;
-    let (output, expected) = (running.output(), running.expected.clone());
-    drop(running);
-    task.await.unwrap();
-    check_counts_continue(&output, &expected);
+    let expected = running.finish(task).await;
     assert_eq!(committed(&failing, "mig-py-fail").await, as_text(&expected));
 
     let state: SharedState = Arc::new(MemoryState::new());
@@ -805,10 +798,7 @@ async fn a_python_v2_migrates_the_state_of_a_rust_v1() {
     assert_eq!((migration.from.as_str(), migration.to.as_str()), ("1", "2"));
     assert_eq!(migration.keys, KEYS);
     running.feed((0..KEYS).step_by(3).map(key)).await;
-    let (output, expected) = (running.output(), running.expected.clone());
-    drop(running);
-    task.await.unwrap();
-    check_counts_continue(&output, &expected);
+    let expected = running.finish(task).await;
     assert_eq!(committed(&state, "mig-py").await, as_le(&expected));
     assert_eq!(
         committed_version(&state, "mig-py").await.as_deref(),

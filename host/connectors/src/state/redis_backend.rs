@@ -230,15 +230,20 @@ enum ReadFence {
     /// No pipeline claimed through this connection yet.
     Unclaimed,
     /// One pipeline claimed: reads check its fencing counter against our
-    /// token.
-    One {
-        pipeline: String,
-        counter: Vec<u8>,
-        token: u64,
-    },
+    /// token (shared, so a read takes it without copying it).
+    One(std::sync::Arc<FenceClaim>),
     /// Several pipelines claimed through this connection: no one fence
     /// applies to its reads.
     Several,
+}
+
+/// A pipeline's claim through a connection.
+#[derive(Debug)]
+struct FenceClaim {
+    pipeline: String,
+    /// The Redis key of its fencing counter.
+    counter: Vec<u8>,
+    token: u64,
 }
 
 /// Settings of a [`RedisState`].
@@ -439,21 +444,19 @@ impl RedisState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *fence = match &*fence {
-            ReadFence::Unclaimed => ReadFence::One {
+            ReadFence::Unclaimed => ReadFence::One(std::sync::Arc::new(FenceClaim {
                 pipeline: pipeline.to_owned(),
                 counter: self.pipeline_key(b"f:", pipeline),
                 token,
-            },
-            ReadFence::One {
-                pipeline: ours,
-                counter,
-                ..
-            } if ours == pipeline => ReadFence::One {
-                pipeline: ours.clone(),
-                counter: counter.clone(),
-                token,
-            },
-            ReadFence::One { .. } | ReadFence::Several => ReadFence::Several,
+            })),
+            ReadFence::One(ours) if ours.pipeline == pipeline => {
+                ReadFence::One(std::sync::Arc::new(FenceClaim {
+                    pipeline: ours.pipeline.clone(),
+                    counter: ours.counter.clone(),
+                    token,
+                }))
+            }
+            ReadFence::One(_) | ReadFence::Several => ReadFence::Several,
         };
     }
 
@@ -465,12 +468,7 @@ impl RedisState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let ReadFence::One {
-            pipeline,
-            counter,
-            token,
-        } = fence
-        else {
+        let ReadFence::One(claim) = fence else {
             if let [key] = full {
                 // GET, which (unlike MGET) refuses a key of another type.
                 let value = self
@@ -493,7 +491,7 @@ impl RedisState {
                 .await;
         };
         let mut invocation = self.read_script.prepare_invoke();
-        invocation.key(&counter).arg(token);
+        invocation.key(&claim.counter).arg(claim.token);
         for key in full {
             invocation.key(key);
         }
@@ -510,8 +508,8 @@ impl RedisState {
             Err(Failure::Redis(error)) if error.code() == Some(FENCED_CODE) => {
                 match error.detail().and_then(|d| d.trim().parse::<u64>().ok()) {
                     Some(newer) => Err(StateError::Fenced {
-                        pipeline,
-                        ours: token,
+                        pipeline: claim.pipeline.clone(),
+                        ours: claim.token,
                         newer,
                     }),
                     None => Err(self.refused("fenced read", &error)),
