@@ -359,3 +359,85 @@ async fn open_windows_move_with_their_keys_and_fire_whole_after_the_migration() 
         .collect();
     assert_eq!(counts, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_triggered_windows_state_and_timers_move_with_its_keys() {
+    // The window of `windowed_config` with `trigger-early` (every 3, the
+    // end fire from an event-time timer the trigger asks for once per
+    // window; the native end fire is off). Before the migration, four
+    // events per key in [0, 1000): an early fire at the third; the timer at
+    // 1000 is set. After it, one event far on per key: only the timer,
+    // moved with the key's windows, fires [0, 1000) again, with all four.
+    let setup = setup_from("win1.json", |urls, redis| {
+        let mut config = windowed_config(urls, 4, redis);
+        config["pipeline"][0]["trigger"] = serde_json::json!({
+            "module": harness::guest("trigger-early"),
+            "config": { "every": 3, "at_end": "timer" }
+        });
+        config
+    })
+    .await;
+    let dir = setup.dir.path();
+    let mut six: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&setup.path).unwrap()).unwrap();
+    six["cluster"]["partitions"] = 6.into();
+    let six_path = write_config(dir, "win6.json", &six);
+    let keys: Vec<String> = (0..40).map(|n| format!("u{n}")).collect();
+
+    let mut workers = vec![WorkerProcess::start(&setup.path, "w1", dir)];
+    publish_timed(
+        &setup.context,
+        &timed(&keys, &[100, 200, 300, 400], "a"),
+        50,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    wait_for_output(
+        &setup.context,
+        keys.len() as u64,
+        std::time::Duration::from_secs(300),
+        || logs_of(&workers),
+    )
+    .await;
+    wait_until_committed(&setup, 4, &workers).await;
+    stop_all(&mut workers);
+
+    let done = migrate(&six_path, &[]);
+    assert!(done.status.success(), "{}", text(&done));
+
+    let mut workers = vec![WorkerProcess::start(&six_path, "w1", dir)];
+    publish_timed(
+        &setup.context,
+        &timed(&keys, &[5000], "c"),
+        50,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    wait_for_output(
+        &setup.context,
+        2 * keys.len() as u64,
+        std::time::Duration::from_secs(300),
+        || logs_of(&workers),
+    )
+    .await;
+    // A little longer: no fire may come twice.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop_all(&mut workers);
+
+    // Per key: the early fire (3 events), then the timer's (4).
+    let output = read_stream_messages(&setup.context, "OUT").await;
+    let mut fires: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for message in &output {
+        let parts: Vec<&str> = message.payload.split('\t').collect();
+        assert_eq!(parts[0], "0-1000", "{:?}", message.payload);
+        fires
+            .entry(parts[1].to_owned())
+            .or_default()
+            .push(parts[2].to_owned());
+    }
+    let expected: std::collections::BTreeMap<String, Vec<String>> = keys
+        .iter()
+        .map(|key| (key.clone(), vec!["3".to_owned(), "4".to_owned()]))
+        .collect();
+    assert_eq!(fires, expected);
+}

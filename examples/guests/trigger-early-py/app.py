@@ -6,7 +6,9 @@ summary, and again when the window ends.
 Config: ``{"every": 100, "at_end": "native"}``. With ``"at_end": "timer"``
 the native end-of-window fire is off and the trigger asks instead, once per
 window, for an event-time timer at the window's end (remembered in the
-per-window state the host keeps), and fires from ``on_timer``.
+per-window state the host keeps), and fires from ``on_timer``; a window the
+watermark has already passed (a late event within the allowed lateness)
+gets no timer, which would be in the past: it fires at once instead.
 
 ``decide`` is the logic, tested natively in test_app.py; ``WitWorld`` at the
 bottom is what componentize-py exports (world ``trigger`` of wit/).
@@ -37,13 +39,14 @@ class Config:
         self.timer = at_end == "timer"
 
 
-def decide(config, count, end, state):
+def decide(config, count, end, state, watermark=None):
     """(fire?, new state, timer end or None) for an event that made the
-    window's count ``count``."""
-    fire = count % config.every == 0
+    window's count ``count``, the watermark at ``watermark``."""
+    ended = watermark is not None and watermark >= end
+    fire = count % config.every == 0 or (config.timer and ended)
     asked = state is not None
     new_state = MARK if (config.timer or asked) else None
-    timer = end if (config.timer and not asked) else None
+    timer = end if (config.timer and not asked and not ended) else None
     return fire, new_state, timer
 
 
@@ -71,7 +74,9 @@ if wit_world is not None:
             answers = []
             for call in calls:
                 window = call.window
-                fire, state, timer = decide(CONFIG, window.count, window.end, window.state)
+                fire, state, timer = decide(
+                    CONFIG, window.count, window.end, window.state, window.watermark
+                )
                 answers.append(
                     tt.TriggerAnswer(
                         decision=tt.Decision.FIRE if fire else tt.Decision.CONTINUE,

@@ -572,8 +572,11 @@ async fn read_and_file(
                             .push(value);
                         continue;
                     }
-                    SavedEntry::Keyed(event_key) => (event_key, Filed::Window { window, entry }),
-                    SavedEntry::Keyless => {
+                    // A key's trigger state and timers go where its windows go.
+                    SavedEntry::Keyed(event_key) | SavedEntry::TriggerKeyed(event_key) => {
+                        (event_key, Filed::Window { window, entry })
+                    }
+                    SavedEntry::Keyless | SavedEntry::TriggerKeyless => {
                         return Err(refuse(format!(
                             "window `{window}` of {task} has keyless events open: a window \
                              without a key cannot be split between partitions; let it fire \

@@ -7,6 +7,11 @@
 //! once per window, for an event-time timer at the window's end, fired
 //! from `on-timer`: the same output, through a timer and the per-window
 //! state the host keeps (a one-byte mark that the timer was asked for).
+//! A window the watermark has already passed (a late event within the
+//! allowed lateness) gets no timer, which would be in the past: the
+//! trigger fires it at once, as the native late fire would.
+//! `"at_end": "processing_timer"` is the same with a processing-time timer
+//! at the window's end (for processing-time windows).
 
 // The generated canonical-ABI glue takes one argument per flattened value.
 #![allow(clippy::too_many_arguments)]
@@ -18,7 +23,7 @@ wit_bindgen::generate!({
 
 use plumber::pipe::trigger_types::{Decision, TimeDomain, TimerRequest};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,7 +42,11 @@ impl Default for Config {
 }
 
 static EVERY: AtomicU32 = AtomicU32::new(100);
-static TIMER: AtomicBool = AtomicBool::new(false);
+/// Which timer fires the end: none (native), event time, processing time.
+static TIMER: AtomicU8 = AtomicU8::new(NATIVE);
+const NATIVE: u8 = 0;
+const EVENT_TIMER: u8 = 1;
+const PROCESSING_TIMER: u8 = 2;
 
 fn error(message: String) -> PipeError {
     PipeError {
@@ -57,18 +66,19 @@ impl Guest for TriggerEarly {
             return Err(error("`every` must be at least 1".to_owned()));
         }
         let timer = match config.at_end.as_str() {
-            "native" => false,
-            "timer" => true,
+            "native" => NATIVE,
+            "timer" => EVENT_TIMER,
+            "processing_timer" => PROCESSING_TIMER,
             other => {
                 return Err(error(format!(
-                    "`at_end` is `{other}`: expected \"native\" or \"timer\""
+                    "`at_end` is `{other}`: expected \"native\", \"timer\" or \"processing_timer\""
                 )))
             }
         };
         EVERY.store(config.every, Ordering::Relaxed);
         TIMER.store(timer, Ordering::Relaxed);
         Ok(TriggerOptions {
-            fire_at_end: !timer,
+            fire_at_end: timer == NATIVE,
         })
     }
 
@@ -79,18 +89,24 @@ impl Guest for TriggerEarly {
             .into_iter()
             .map(|call| {
                 let window = call.window;
-                let decision = if window.count % every == 0 {
+                let ended = window.watermark.is_some_and(|w| w >= window.end);
+                let decision = if window.count % every == 0 || (timer == EVENT_TIMER && ended) {
                     Decision::Fire
                 } else {
                     Decision::Continue
                 };
                 // Ask for the end-of-window timer once: the state marks it.
                 let asked = window.state.is_some();
+                let domain = match timer {
+                    EVENT_TIMER if !ended => Some(TimeDomain::Event),
+                    PROCESSING_TIMER => Some(TimeDomain::Processing),
+                    _ => None,
+                };
                 TriggerAnswer {
                     decision,
-                    state: (timer || asked).then(|| vec![1]),
-                    timer: (timer && !asked).then_some(TimerRequest {
-                        domain: TimeDomain::Event,
+                    state: (timer != NATIVE || asked).then(|| vec![1]),
+                    timer: domain.filter(|_| !asked).map(|domain| TimerRequest {
+                        domain,
                         at: window.end,
                     }),
                 }

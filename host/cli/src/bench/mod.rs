@@ -22,7 +22,7 @@
 //! | `nexmark` | the Nexmark generator and queries q0–q8, q11 |
 //! | `scaling` | one and two pipelines in parallel |
 //! | `memory` | peak RSS at 1× and 5× the input |
-//! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order |
+//! | `windows` | native windows at scale: a keyed event-time tumbling window with 10k, 100k and 1M keys, a session of 10k and 160k events arriving partly out of order; and a keyed tumbling window over 200k events of 1k keys with and without the `trigger-early` trigger component |
 //! | `graphs` | what a graph's shape costs against a line on 2M events: a union of two sources, fan-out to two sinks, a router |
 //! | `keys` | peak RSS of a running count over 1M distinct keys (one new key per word) on the memory, sled and (`--redis`) Redis backends |
 //! | `suite` | wordcount, nexmark, scaling, memory and windows (the default) |

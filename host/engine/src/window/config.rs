@@ -17,7 +17,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{EventTime, LatePolicy, Overflow, TriggerSpec, Window, WindowSpecError};
+use super::{
+    EventTime, LatePolicy, Overflow, TriggerOnError, TriggerSpec, Window, WindowSpecError,
+};
 use crate::config::strict::{self, object_only};
 use crate::runtime::PipeLimits;
 
@@ -324,9 +326,14 @@ pub struct TriggerConfig {
     /// Passed to the trigger's `init` as JSON text (default `{}`).
     #[serde(default = "empty_object")]
     pub config: Value,
-    /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults).
+    /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults);
+    /// `max_value_bytes` also bounds the trigger state of one window.
     #[serde(default, deserialize_with = "strict::optional_object")]
     pub limits: Option<PipeLimits>,
+    /// What a failed call does: `fail` (default) stops the pipeline,
+    /// `skip` takes it as answered `continue`.
+    #[serde(default)]
+    pub on_error: TriggerOnError,
 }
 
 fn empty_object() -> Value {
@@ -340,6 +347,7 @@ impl TriggerConfig {
             module: self.module.clone(),
             config_json: self.config.to_string(),
             limits: self.limits.clone().unwrap_or_default(),
+            on_error: self.on_error,
         }
     }
 }

@@ -65,10 +65,11 @@ pub use config::{
     SignalWindowConfig, SlidingWindowConfig, TimeDomain, TriggerConfig, TumblingWindowConfig,
     WindowConfig,
 };
+pub use plugin::TriggerOnError;
 pub use plugin::TriggerSpec;
 use plugin::{
-    Decision, TimerCall, TriggerAnswer, TriggerCall, TriggerInstance, TriggerSlot, WindowSummary,
-    WitTimeDomain,
+    Decision, TimerCall, TriggerAnswer, TriggerCall, TriggerFailure, TriggerInstance, TriggerSlot,
+    WindowSummary, WitTimeDomain,
 };
 pub use saved::{merge_saved_meta, saved_entry, SavedEntry};
 use saved::{Entry, Meta};
@@ -1680,7 +1681,8 @@ impl WindowStep {
         Ok(())
     }
 
-    /// Asks the trigger about the pending calls and applies its answers.
+    /// Asks the trigger about the pending calls and applies its answers;
+    /// then runs the timers they set that are already due.
     async fn ask(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -1690,29 +1692,118 @@ impl WindowStep {
         let Some(trigger) = self.trigger.as_mut() else {
             return Ok(());
         };
-        let answers = match trigger.on_events(&calls).await {
-            Ok(answers) => answers,
-            Err(failure) => {
-                let asked = describe_call(&calls[0].event, &calls[0].window, calls.len());
-                return Err(self.trigger_error(&asked, &failure));
+        match trigger.on_events(&calls).await {
+            Ok(answers) => {
+                for (call, answer) in calls.iter().zip(answers) {
+                    self.settle(&call.window, answer, None, out, || {
+                        describe_call(&call.event, &call.window)
+                    })?;
+                }
             }
-        };
-        for (call, answer) in calls.iter().zip(answers) {
-            self.apply(&call.window, answer, out).map_err(|failure| {
-                self.trigger_error(&describe_call(&call.event, &call.window, 1), &failure)
-            })?;
+            Err(failure) if failure.fatal || calls.len() == 1 => {
+                self.failed(&describe_call(&calls[0].event, &calls[0].window), failure)?;
+            }
+            Err(_) => {
+                // Which call failed: each alone (on a fresh instance after
+                // a trap; the trigger keeps nothing, so asking again is
+                // asking the same).
+                for call in &calls {
+                    let Some(trigger) = self.trigger.as_mut() else {
+                        return Ok(());
+                    };
+                    let describe = || describe_call(&call.event, &call.window);
+                    match trigger.on_events(std::slice::from_ref(call)).await {
+                        Ok(answers) => {
+                            for answer in answers {
+                                self.settle(&call.window, answer, None, out, describe)?;
+                            }
+                        }
+                        Err(failure) => self.failed(&describe(), failure)?,
+                    }
+                }
+            }
+        }
+        self.run_due_timers(out).await
+    }
+
+    /// Runs the trigger timers already due (set by answers just applied:
+    /// a timer the watermark passed while the call was pending fires as
+    /// if it had been set when asked, whatever the batches were).
+    async fn run_due_timers(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
+        let event = self
+            .watermark
+            .filter(|w| self.event_timers.first().is_some_and(|t| t.0 <= *w));
+        let now = self.now_ms();
+        let processing = self
+            .processing_timers
+            .first()
+            .is_some_and(|t| t.0 <= now)
+            .then_some(now);
+        if event.is_some() || processing.is_some() {
+            self.run_timers(event, processing, out).await?;
         }
         Ok(())
     }
 
+    /// Applies an answer, or, when it is malformed, follows `on_error`.
+    fn settle(
+        &mut self,
+        window: &WindowSummary,
+        answer: TriggerAnswer,
+        fired: Option<&plugin::TimerRequest>,
+        out: &mut Vec<Batch>,
+        describe: impl Fn() -> String,
+    ) -> Result<(), StepError> {
+        match self.apply(window, answer, fired, out) {
+            Ok(()) => Ok(()),
+            Err(message) => self.failed(&describe(), TriggerFailure::new(message)),
+        }
+    }
+
+    /// A failed call (or a malformed answer) about `asked`: the pipeline
+    /// stops under `on_error: fail` (or when the instance could not be
+    /// created again); under `skip` the call counts as answered `continue`.
+    fn failed(&self, asked: &str, failure: TriggerFailure) -> Result<(), StepError> {
+        let error = self.trigger_error(asked, &failure.message);
+        let policy = self
+            .spec
+            .trigger
+            .as_ref()
+            .map_or(TriggerOnError::Fail, |spec| spec.on_error);
+        if failure.fatal || policy == TriggerOnError::Fail {
+            return Err(error);
+        }
+        let skipped = self
+            .spec
+            .shared
+            .trigger_skipped
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        tracing::warn!(window = %self.spec.name, skipped, error = %ErrorChain(&error), "trigger call skipped (on_error: skip)");
+        Ok(())
+    }
+
     /// Calls `on-timer` for the timers due by `event` (the watermark) and
-    /// `processing` (the clock), in time order, and applies the answers.
+    /// `processing` (the clock), in time order, and applies the answers;
+    /// again while answers set timers that are due by then.
     async fn run_timers(
         &mut self,
         event: Option<u64>,
         processing: Option<u64>,
         out: &mut Vec<Batch>,
     ) -> Result<(), StepError> {
+        loop {
+            let calls = self.due_timer_calls(event, processing);
+            if calls.is_empty() {
+                return Ok(());
+            }
+            self.tell_timers(calls, out).await?;
+        }
+    }
+
+    /// The calls of the timers due by `event` and `processing`, taken out
+    /// of the windows, in time order.
+    fn due_timer_calls(&mut self, event: Option<u64>, processing: Option<u64>) -> Vec<TimerCall> {
         let mut due: Vec<(u64, WitTimeDomain, WindowKey, u64)> = Vec::new();
         if let Some(horizon) = event {
             while let Some((at, start, key)) = pop_due(&mut self.event_timers, horizon) {
@@ -1723,9 +1814,6 @@ impl WindowStep {
             while let Some((at, start, key)) = pop_due(&mut self.processing_timers, horizon) {
                 due.push((at, WitTimeDomain::Processing, key, start));
             }
-        }
-        if due.is_empty() {
-            return Ok(());
         }
         due.sort_by(|a, b| (a.0, &a.2, a.3).cmp(&(b.0, &b.2, b.3)));
         let mut calls = Vec::with_capacity(due.len());
@@ -1744,36 +1832,110 @@ impl WindowStep {
                 });
             }
         }
-        if calls.is_empty() {
-            return Ok(());
-        }
+        calls
+    }
+
+    /// Tells the trigger of the timers of `calls` and applies the answers.
+    async fn tell_timers(
+        &mut self,
+        calls: Vec<TimerCall>,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
         let Some(trigger) = self.trigger.as_mut() else {
             return Ok(());
         };
-        let answers = match trigger.on_timer(&calls).await {
-            Ok(answers) => answers,
-            Err(failure) => {
-                let asked = describe_timer(&calls[0], calls.len());
-                return Err(self.trigger_error(&asked, &failure));
+        match trigger.on_timer(&calls).await {
+            Ok(answers) => {
+                for (call, answer) in calls.iter().zip(answers) {
+                    self.settle(&call.window, answer, Some(&call.timer), out, || {
+                        describe_timer(call)
+                    })?;
+                }
             }
-        };
-        for (call, answer) in calls.iter().zip(answers) {
-            self.apply(&call.window, answer, out)
-                .map_err(|failure| self.trigger_error(&describe_timer(call, 1), &failure))?;
+            Err(failure) if failure.fatal || calls.len() == 1 => {
+                self.failed(&describe_timer(&calls[0]), failure)?;
+            }
+            Err(_) => {
+                for call in &calls {
+                    let Some(trigger) = self.trigger.as_mut() else {
+                        return Ok(());
+                    };
+                    let describe = || describe_timer(call);
+                    match trigger.on_timer(std::slice::from_ref(call)).await {
+                        Ok(answers) => {
+                            for answer in answers {
+                                self.settle(
+                                    &call.window,
+                                    answer,
+                                    Some(&call.timer),
+                                    out,
+                                    describe,
+                                )?;
+                            }
+                        }
+                        Err(failure) => self.failed(&describe(), failure)?,
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Why `answer` about `window` cannot be applied, if it cannot:
+    /// checked before anything changes, so a skipped answer leaves the
+    /// window as it was. `fired` is the timer the answer is about.
+    fn malformed(
+        &self,
+        window: &WindowSummary,
+        answer: &TriggerAnswer,
+        fired: Option<&plugin::TimerRequest>,
+    ) -> Option<String> {
+        if let Some(timer) = &answer.timer {
+            if timer.domain == WitTimeDomain::Event && self.event_time.is_none() {
+                return Some(format!(
+                    "asked for an event-time timer at {} but the window runs on processing time",
+                    timer.at
+                ));
+            }
+            // The latest time the trigger knows has come, in the timer's
+            // domain: the watermark it was shown, the timer it was told of.
+            let shown = match timer.domain {
+                WitTimeDomain::Event => window.watermark,
+                WitTimeDomain::Processing => None,
+            };
+            let known = shown.max(fired.filter(|f| f.domain == timer.domain).map(|f| f.at));
+            if let Some(known) = known.filter(|known| timer.at <= *known) {
+                return Some(format!(
+                    "asked for a timer in the past: {} time {}, not after {known}, a time it was shown",
+                    domain_name(timer.domain),
+                    timer.at
+                ));
+            }
+        }
+        let max = self
+            .trigger
+            .as_ref()
+            .map_or(u64::MAX, |t| t.max_state_bytes());
+        let bytes = answer.state.as_ref().map_or(0, Vec::len);
+        if bytes as u64 > max {
+            return Some(format!(
+                "answered a trigger state of {bytes} bytes, more than its limits.max_value_bytes ({max})"
+            ));
+        }
+        None
     }
 
     /// Applies one answer to the window it was about (if it is still open).
     ///
     /// # Errors
     ///
-    /// The answer asks for what cannot be (an event-time timer in
-    /// processing time), as a message.
+    /// The answer is malformed ([`WindowStep::malformed`]), as a message;
+    /// nothing changed.
     fn apply(
         &mut self,
         window: &WindowSummary,
         answer: TriggerAnswer,
+        fired: Option<&plugin::TimerRequest>,
         out: &mut Vec<Batch>,
     ) -> Result<(), String> {
         let key = &window.key;
@@ -1781,13 +1943,8 @@ impl WindowStep {
         let Some(end) = self.open.get(key).and_then(|w| w.get(start)).map(|b| b.end) else {
             return Ok(());
         };
-        if let Some(timer) = &answer.timer {
-            if timer.domain == WitTimeDomain::Event && self.event_time.is_none() {
-                return Err(format!(
-                    "asked for an event-time timer at {} but the window runs on processing time",
-                    timer.at
-                ));
-            }
+        if let Some(message) = self.malformed(window, &answer, fired) {
+            return Err(message);
         }
         let slot = self
             .slots
@@ -1830,37 +1987,35 @@ impl WindowStep {
     }
 }
 
-/// What a trigger was asked about, for an error: the first event's key
-/// and timestamp and its window.
-fn describe_call(event: &Event, window: &WindowSummary, calls: usize) -> String {
+/// What a trigger was asked about, for an error: the event's key and
+/// timestamp and its window.
+fn describe_call(event: &Event, window: &WindowSummary) -> String {
     format!(
-        "asked about the event with key {:?} and timestamp {:?} in window [{}, {}){}",
+        "asked about the event with key {:?} and timestamp {:?} in window [{}, {})",
         event.key.as_deref().map(String::from_utf8_lossy),
         event.timestamp,
         window.start,
         window.end,
-        if calls > 1 {
-            format!(", first of {calls} calls")
-        } else {
-            String::new()
-        }
     )
 }
 
+/// A time domain as the docs name it.
+fn domain_name(domain: WitTimeDomain) -> &'static str {
+    match domain {
+        WitTimeDomain::Event => "event",
+        WitTimeDomain::Processing => "processing",
+    }
+}
+
 /// What a trigger was told of a timer, for an error.
-fn describe_timer(call: &TimerCall, calls: usize) -> String {
+fn describe_timer(call: &TimerCall) -> String {
     format!(
-        "told of its {:?}-time timer at {} of window [{}, {}) of key {:?}{}",
-        call.timer.domain,
+        "told of its {}-time timer at {} of window [{}, {}) of key {:?}",
+        domain_name(call.timer.domain),
         call.timer.at,
         call.window.start,
         call.window.end,
         call.window.key.as_deref().map(String::from_utf8_lossy),
-        if calls > 1 {
-            format!(", first of {calls} timers")
-        } else {
-            String::new()
-        }
     )
 }
 

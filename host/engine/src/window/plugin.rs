@@ -49,8 +49,12 @@ pub struct TriggerSpec {
     pub module: PathBuf,
     /// Passed to the trigger's `init` as JSON text.
     pub config_json: String,
-    /// Its sandbox limits (memory, time per call, ...).
+    /// Its sandbox limits (memory, time per call, ...); `max_value_bytes`
+    /// also bounds the trigger state a window keeps.
     pub limits: PipeLimits,
+    /// What a failed call (an error, a trap, a limit, a malformed answer)
+    /// does.
+    pub on_error: TriggerOnError,
 }
 
 impl TriggerSpec {
@@ -60,8 +64,32 @@ impl TriggerSpec {
             module: module.into(),
             config_json: config.to_string(),
             limits: PipeLimits::default(),
+            on_error: TriggerOnError::Fail,
         }
     }
+
+    /// What a failed call does (default: fail).
+    #[must_use]
+    pub fn on_error(mut self, policy: TriggerOnError) -> Self {
+        self.on_error = policy;
+        self
+    }
+}
+
+/// What a failed trigger call does (`trigger.on_error`). A trigger decides
+/// about events that are already in their window, so there is no event to
+/// drop or dead-letter: the only choices are to stop, or to go on as if the
+/// trigger had answered `continue` (state and timers as they were).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerOnError {
+    /// Stop the pipeline with the error (nothing after the last checkpoint
+    /// is committed).
+    #[default]
+    Fail,
+    /// Log and count it, and take the failed call's answer as `continue`
+    /// with the window's trigger state and timers unchanged.
+    Skip,
 }
 
 /// What a window keeps for its trigger: the blob of the trigger's last
@@ -86,6 +114,64 @@ pub(crate) struct TriggerInstance {
     /// Whether the window still fires natively at its end.
     pub(crate) fire_at_end: bool,
     module: PathBuf,
+    /// What creating the instance again needs (after a trap or a limit).
+    maker: Maker,
+    /// The most bytes of trigger state one window keeps.
+    max_state_bytes: u64,
+}
+
+/// Everything an instance is made of, kept to make it again.
+struct Maker {
+    runtime: Runtime,
+    pre: bindings::TriggerPre<HostCtx>,
+    settings: InstanceSettings,
+    shared: SharedState,
+    namespace: Namespace,
+    log_budget: Arc<LogBudget>,
+}
+
+impl Maker {
+    /// A new instance, its `init` called: the store, the exports and
+    /// whether the window still fires natively at its end.
+    async fn make(&self) -> Result<(Store<HostCtx>, bindings::Trigger, bool), LoadError> {
+        let name = &*self.settings.pipe;
+        // The trigger world imports no state: this view is never written.
+        let state = PipeState::new(
+            self.shared.clone(),
+            self.namespace.clone(),
+            WriteMode::Checkpointed,
+        );
+        let mut store = new_store(&self.runtime, &self.settings, state, &self.log_budget)
+            .map_err(|failed| failed.0)?;
+        begin_call(&mut store);
+        let exports = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|source| LoadError::Instantiate {
+                pipe: name.to_owned(),
+                source,
+            })?;
+        let options = match exports
+            .call_init(&mut store, &self.settings.config_json)
+            .await
+        {
+            Ok(Ok(options)) => options,
+            Ok(Err(error)) => {
+                return Err(LoadError::Init {
+                    pipe: name.to_owned(),
+                    message: error.message,
+                })
+            }
+            Err(trap) => {
+                return Err(LoadError::Init {
+                    pipe: name.to_owned(),
+                    message: call_failure(&trap_error(&store, &trap)),
+                })
+            }
+        };
+        Ok((store, exports, options.fire_at_end))
+    }
 }
 
 /// Why a trigger call failed, for the window's error.
@@ -94,6 +180,25 @@ pub(crate) fn call_failure(error: &CallError) -> String {
         CallError::Guest(error) => format!("returned an error: {}", error.message),
         CallError::Trap(message) => format!("trapped: {message}"),
         CallError::Limit { kind, message } => format!("went past its {kind} limit: {message}"),
+    }
+}
+
+/// A failed trigger call.
+#[derive(Debug)]
+pub(crate) struct TriggerFailure {
+    /// What went wrong.
+    pub(crate) message: String,
+    /// No error policy applies: the instance could not be created again.
+    pub(crate) fatal: bool,
+}
+
+impl TriggerFailure {
+    /// A failure the window's `on_error` decides about.
+    pub(crate) fn new(message: String) -> Self {
+        TriggerFailure {
+            message,
+            fatal: false,
+        }
     }
 }
 
@@ -134,41 +239,29 @@ impl TriggerInstance {
             config_json: spec.config_json.clone(),
             packed: false,
         };
-        // The trigger world imports no state: this view is never written.
-        let namespace = Namespace::for_tenant_pipe(tenant, pipeline, &name);
-        let state = PipeState::new(shared.clone(), namespace, WriteMode::Checkpointed);
-        let log_budget = LogBudget::new(tenant, &name);
-        let mut store =
-            new_store(runtime, &settings, state, &log_budget).map_err(|failed| failed.0)?;
-        begin_call(&mut store);
-        let exports =
-            pre.instantiate_async(&mut store)
-                .await
-                .map_err(|source| LoadError::Instantiate {
-                    pipe: name.clone(),
-                    source,
-                })?;
-        let options = match exports.call_init(&mut store, &spec.config_json).await {
-            Ok(Ok(options)) => options,
-            Ok(Err(error)) => {
-                return Err(LoadError::Init {
-                    pipe: name,
-                    message: error.message,
-                })
-            }
-            Err(trap) => {
-                return Err(LoadError::Init {
-                    pipe: name,
-                    message: call_failure(&trap_error(&store, &trap)),
-                })
-            }
+        let maker = Maker {
+            runtime: runtime.clone(),
+            pre,
+            settings,
+            shared: shared.clone(),
+            namespace: Namespace::for_tenant_pipe(tenant, pipeline, &name),
+            log_budget: LogBudget::new(tenant, &name),
         };
+        let (store, exports, fire_at_end) = maker.make().await?;
         Ok(TriggerInstance {
             store,
             exports,
-            fire_at_end: options.fire_at_end,
+            fire_at_end,
             module: path.to_path_buf(),
+            maker,
+            max_state_bytes: spec.limits.max_value_bytes,
         })
+    }
+
+    /// The most bytes of trigger state a window keeps (the trigger's
+    /// `limits.max_value_bytes`).
+    pub(crate) fn max_state_bytes(&self) -> u64 {
+        self.max_state_bytes
     }
 
     /// The module's path, for errors.
@@ -181,14 +274,16 @@ impl TriggerInstance {
     /// # Errors
     ///
     /// The trigger failed, trapped, went past a limit, or answered a number
-    /// of answers other than the number of calls.
+    /// of answers other than the number of calls. After a trap or a limit
+    /// the instance is created again (its state lives in the windows, so
+    /// the new one is equivalent); when that fails, the failure is fatal.
     pub(crate) async fn on_events(
         &mut self,
         calls: &[TriggerCall],
-    ) -> Result<Vec<TriggerAnswer>, String> {
+    ) -> Result<Vec<TriggerAnswer>, TriggerFailure> {
         begin_call(&mut self.store);
         let result = self.exports.call_on_events(&mut self.store, calls).await;
-        self.answers(result, calls.len())
+        self.answers(result, calls.len()).await
     }
 
     /// Tells about the timers of `calls` that came due: one answer each.
@@ -199,28 +294,54 @@ impl TriggerInstance {
     pub(crate) async fn on_timer(
         &mut self,
         calls: &[TimerCall],
-    ) -> Result<Vec<TriggerAnswer>, String> {
+    ) -> Result<Vec<TriggerAnswer>, TriggerFailure> {
         begin_call(&mut self.store);
         let result = self.exports.call_on_timer(&mut self.store, calls).await;
-        self.answers(result, calls.len())
+        self.answers(result, calls.len()).await
     }
 
-    fn answers(
+    async fn answers(
         &mut self,
         result: wasmtime::Result<Result<Vec<TriggerAnswer>, crate::PipeError>>,
         asked: usize,
-    ) -> Result<Vec<TriggerAnswer>, String> {
-        let answers = match result {
-            Ok(Ok(answers)) => answers,
-            Ok(Err(error)) => return Err(call_failure(&CallError::Guest(error))),
-            Err(trap) => return Err(call_failure(&trap_error(&self.store, &trap))),
+    ) -> Result<Vec<TriggerAnswer>, TriggerFailure> {
+        let error = match result {
+            Ok(Ok(answers)) if answers.len() == asked => return Ok(answers),
+            Ok(Ok(answers)) => {
+                return Err(TriggerFailure::new(format!(
+                    "answered {} times for {asked} calls (expected one answer per call)",
+                    answers.len()
+                )))
+            }
+            Ok(Err(error)) => CallError::Guest(error),
+            Err(trap) => trap_error(&self.store, &trap),
         };
-        if answers.len() != asked {
-            return Err(format!(
-                "answered {} times for {asked} calls (expected one answer per call)",
-                answers.len()
-            ));
+        let mut failure = TriggerFailure::new(call_failure(&error));
+        if error.needs_new_instance() {
+            if let Err(source) = self.recreate().await {
+                failure.message = format!(
+                    "{}, and could not be created again: {}",
+                    failure.message,
+                    crate::ErrorChain(&source)
+                );
+                failure.fatal = true;
+            }
         }
-        Ok(answers)
+        Err(failure)
+    }
+
+    /// A fresh instance in place of one a trap or a limit left unusable.
+    async fn recreate(&mut self) -> Result<(), LoadError> {
+        let (store, exports, fire_at_end) = self.maker.make().await?;
+        if fire_at_end != self.fire_at_end {
+            return Err(LoadError::Init {
+                pipe: self.maker.settings.pipe.to_string(),
+                message: "its init answered another fire-at-end than at start".to_owned(),
+            });
+        }
+        self.store = store;
+        self.exports = exports;
+        tracing::info!(trigger = %self.maker.settings.pipe, "trigger instance created again after a failure");
+        Ok(())
     }
 }

@@ -159,6 +159,11 @@ pub enum SavedEntry<'a> {
     Keyless,
     /// Everything, as versions before per-key entries saved it.
     Legacy,
+    /// The trigger state and timers of one key's windows (the event key's
+    /// bytes): they move with the key's windows.
+    TriggerKeyed(&'a [u8]),
+    /// The trigger state and timers of keyless events' windows.
+    TriggerKeyless,
     /// A name this version does not write.
     Unknown,
 }
@@ -174,6 +179,10 @@ pub fn saved_entry(name: &[u8]) -> SavedEntry<'_> {
         SavedEntry::Legacy
     } else if let Some(key) = name.strip_prefix(KEYED) {
         SavedEntry::Keyed(key)
+    } else if name == TRIGGER_KEYLESS {
+        SavedEntry::TriggerKeyless
+    } else if let Some(key) = name.strip_prefix(TRIGGER_KEYED) {
+        SavedEntry::TriggerKeyed(key)
     } else {
         SavedEntry::Unknown
     }
@@ -249,6 +258,8 @@ mod migration_tests {
         assert_eq!(saved_entry(b"key/u7"), SavedEntry::Keyed(b"u7"));
         assert_eq!(saved_entry(b"nokey"), SavedEntry::Keyless);
         assert_eq!(saved_entry(b"buffers"), SavedEntry::Legacy);
+        assert_eq!(saved_entry(b"trigger/u7"), SavedEntry::TriggerKeyed(b"u7"));
+        assert_eq!(saved_entry(b"trigger-nokey"), SavedEntry::TriggerKeyless);
         assert_eq!(saved_entry(b"other"), SavedEntry::Unknown);
     }
 }

@@ -13,6 +13,7 @@ pub(crate) struct WindowShared {
     pub(crate) triggers: AtomicU64,
     pub(crate) late_dropped: AtomicU64,
     pub(crate) late_dead_lettered: AtomicU64,
+    pub(crate) trigger_skipped: AtomicU64,
 }
 
 /// A handle on a window of a running pipeline: trigger a signal window,
@@ -33,6 +34,12 @@ impl WindowHandle {
     /// Late events dropped so far (late policy `drop`).
     pub fn late_dropped(&self) -> u64 {
         self.shared.late_dropped.load(Ordering::SeqCst)
+    }
+
+    /// Trigger calls that failed and were taken as `continue` so far
+    /// (`trigger.on_error: skip`).
+    pub fn trigger_skipped(&self) -> u64 {
+        self.shared.trigger_skipped.load(Ordering::SeqCst)
     }
 
     /// Late events sent to the dead-letter sink so far (late policy `dead_letter`).
