@@ -17,11 +17,11 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{EventTime, LatePolicy, Overflow, TriggerSpec, Window, WindowSpecError};
+use super::{AggregateSpec, EventTime, LatePolicy, Overflow, TriggerSpec, Window, WindowSpecError};
 use crate::config::strict::{self, object_only};
 use crate::runtime::PipeLimits;
 
-object_only!(SignalOn, TriggerConfig);
+object_only!(SignalOn, TriggerConfig, AggregateConfig);
 
 /// `{"type": "window", …}`: a window, by its `window` kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +133,9 @@ pub struct CountWindowConfig {
     /// Events per window (required, at least 1).
     #[serde(default)]
     pub events: Option<usize>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
     /// `"processing"` only (the default): a count window has no time.
     #[serde(default)]
     pub time: TimeDomain,
@@ -194,6 +197,9 @@ pub struct TumblingWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "sliding"`: windows of `size_ms` starting every `slide_ms`.
@@ -240,6 +246,9 @@ pub struct SlidingWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "session"`: a session per key, closed after `gap_ms` without events.
@@ -283,6 +292,9 @@ pub struct SessionWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "signal"`: everything buffered, released when triggered.
@@ -327,6 +339,32 @@ pub struct TriggerConfig {
     /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults).
     #[serde(default, deserialize_with = "strict::optional_object")]
     pub limits: Option<PipeLimits>,
+}
+
+/// `aggregate`: a component of the `aggregator` world that folds the
+/// window's events into accumulators (docs/windows.md, "Aggregating windows").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct AggregateConfig {
+    /// The component (`.wasm`; relative: against the config's directory).
+    pub module: std::path::PathBuf,
+    /// Passed to the aggregator's `init` as JSON text (default `{}`).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub limits: Option<PipeLimits>,
+}
+
+impl AggregateConfig {
+    /// The aggregator these settings describe.
+    pub fn spec(&self) -> AggregateSpec {
+        AggregateSpec {
+            module: self.module.clone(),
+            config_json: self.config.to_string(),
+            limits: self.limits.clone().unwrap_or_default(),
+        }
+    }
 }
 
 fn empty_object() -> Value {
@@ -475,6 +513,7 @@ struct Shared {
     late: LateConfig,
     event_time: Option<EventTime>,
     trigger: Option<TriggerSpec>,
+    aggregate: Option<AggregateSpec>,
 }
 
 impl Shared {
@@ -485,6 +524,9 @@ impl Shared {
         }
         if let Some(trigger) = self.trigger {
             window = window.with_trigger(trigger);
+        }
+        if let Some(aggregate) = self.aggregate {
+            window = window.with_aggregate(aggregate);
         }
         if self.key_by == Some(KeyBy::Key) {
             window = window.keyed();
@@ -526,6 +568,7 @@ impl CountWindowConfig {
             late: self.late,
             event_time: None,
             trigger: None,
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::count(&self.name, events))
     }
@@ -555,6 +598,7 @@ impl TumblingWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::tumbling(&self.name, Duration::from_millis(size)))
     }
@@ -586,6 +630,7 @@ impl SlidingWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::sliding(
             &self.name,
@@ -619,6 +664,7 @@ impl SessionWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::session(&self.name, Duration::from_millis(gap)))
     }
@@ -666,6 +712,7 @@ impl SignalWindowConfig {
             late: self.late,
             event_time: None,
             trigger: None,
+            aggregate: None,
         }
         .apply(window)
     }
@@ -690,6 +737,17 @@ impl WindowConfig {
             WindowConfig::Sliding(window) => window.trigger.as_mut(),
             WindowConfig::Session(window) => window.trigger.as_mut(),
             WindowConfig::Count(_) | WindowConfig::Signal(_) => None,
+        }
+    }
+
+    /// The aggregate section, on the windows that take one.
+    pub fn aggregate_mut(&mut self) -> Option<&mut AggregateConfig> {
+        match self {
+            WindowConfig::Count(window) => window.aggregate.as_mut(),
+            WindowConfig::Tumbling(window) => window.aggregate.as_mut(),
+            WindowConfig::Sliding(window) => window.aggregate.as_mut(),
+            WindowConfig::Session(window) => window.aggregate.as_mut(),
+            WindowConfig::Signal(_) => None,
         }
     }
 
