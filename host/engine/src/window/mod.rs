@@ -856,7 +856,7 @@ impl WindowStep {
     ) -> Result<(), StepError> {
         if self.spec.aggregate.is_some() {
             // Folded into the window's accumulator at the end of the batch.
-            self.queue_add(key, start, event);
+            let _waited = self.queue_add(key, start, event);
             return Ok(());
         }
         let size = event.size_bytes();
@@ -2064,13 +2064,13 @@ impl WindowStep {
     }
 
     /// Queues `event` for the accumulator of the window (or pane) starting
-    /// at `start` of `key`.
-    fn queue_add(&mut self, key: &WindowKey, start: u64, event: Event) {
+    /// at `start` of `key`; whether events of it were already waiting.
+    fn queue_add(&mut self, key: &WindowKey, start: u64, event: Event) -> bool {
         let slot = (key.clone(), start);
         if let Some(&at) = self.pending_index.get(&slot) {
             if let Some(pending) = self.pending_adds.get_mut(at) {
                 pending.events.push(event);
-                return;
+                return true;
             }
         }
         self.pending_index.insert(slot, self.pending_adds.len());
@@ -2079,6 +2079,7 @@ impl WindowStep {
             start,
             events: vec![event],
         });
+        false
     }
 
     /// Adds an event of a tumbling or sliding aggregating window: to its
@@ -2093,11 +2094,20 @@ impl WindowStep {
         out: &mut Vec<Batch>,
     ) -> Result<(), StepError> {
         match self.pane_ms() {
-            Some(pane) => self.queue_add(key, time - time % pane, event),
+            Some(pane) => {
+                let waited = self.queue_add(key, time - time % pane, event);
+                // Its pane already has events of this batch, so the
+                // windows that cover it are open and marked; unless one
+                // has already fired (a late event), there is nothing to do.
+                let earliest_end = bounds.iter().map(|b| b.1).min().unwrap_or(0);
+                if waited && !self.completes(earliest_end) {
+                    return Ok(());
+                }
+            }
             None => {
                 if let Some(&(start, end)) = bounds.first() {
                     let start = self.time_buffer(key, start, end);
-                    self.queue_add(key, start, event);
+                    let _waited = self.queue_add(key, start, event);
                 }
             }
         }
