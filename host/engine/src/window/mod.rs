@@ -180,8 +180,10 @@ pub struct Window {
     pub(crate) clock: Option<WindowClock>,
     /// A trigger component deciding when the window fires.
     pub(crate) trigger: Option<TriggerSpec>,
-    /// An aggregator component folding the window's events into accumulators.
-    pub(crate) aggregate: Option<AggregateSpec>,
+    /// An aggregator component folding the window's events into
+    /// accumulators (boxed: most windows have none, and a step's spec
+    /// stays small).
+    pub(crate) aggregate: Option<Box<AggregateSpec>>,
     shared: Arc<WindowShared>,
 }
 
@@ -367,13 +369,13 @@ impl Window {
     /// sliding and session windows; docs/windows.md, "Aggregating windows").
     #[must_use]
     pub fn with_aggregate(mut self, spec: AggregateSpec) -> Self {
-        self.aggregate = Some(spec);
+        self.aggregate = Some(Box::new(spec));
         self
     }
 
     /// The window's aggregator component, when it has one.
     pub fn aggregate_spec(&self) -> Option<&AggregateSpec> {
-        self.aggregate.as_ref()
+        self.aggregate.as_deref()
     }
 
     /// A handle to trigger this window and read its counters while it runs.
