@@ -92,7 +92,7 @@ use plumber::streams::{DiscardSink, Source, StreamError};
 use plumber::window::{AggregateSpec, EventTime, Window};
 use plumber::{Batch, Event};
 
-use super::{guest, measure, scaled, BenchArgs, BenchError, Engine, Table};
+use super::{guest, measure, scaled, will_measure, BenchArgs, BenchError, Engine, Table};
 
 /// Events of the full-scale scenario (`--scale 1`).
 pub const EVENTS: u64 = 5_000_000;
@@ -1314,8 +1314,12 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
             table.push(row);
         }
     }
-    let aggregator = guest_path(args, "nexmark-aggregate")?;
     for query in Query::AGGREGATED {
+        let scenario = format!("nexmark {} (aggregate)", query.name());
+        if !will_measure(&scenario, Engine::Wasm) {
+            continue;
+        }
+        let aggregator = guest_path(args, "nexmark-aggregate")?;
         let name = format!("nexmark-{}-aggregate", query.name());
         let pipeline = query
             .add_aggregated_steps(
@@ -1329,7 +1333,6 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
                 &aggregator,
             )
             .to(DiscardSink::new());
-        let scenario = format!("nexmark {} (aggregate)", query.name());
         table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
     }
     Ok(())
@@ -1372,9 +1375,13 @@ pub async fn run_memory(
             table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
         }
     }
-    let aggregator = guest_path(args, "nexmark-aggregate")?;
     for query in Query::AGGREGATED {
         for factor in [1, 5] {
+            let scenario = format!("memory nexmark {} {factor}x (aggregate)", query.name());
+            if !will_measure(&scenario, Engine::Wasm) {
+                continue;
+            }
+            let aggregator = guest_path(args, "nexmark-aggregate")?;
             let name = format!("nexmark-memory-{}-{factor}x-aggregate", query.name());
             let pipeline = query
                 .add_aggregated_steps(
@@ -1388,7 +1395,6 @@ pub async fn run_memory(
                     &aggregator,
                 )
                 .to(DiscardSink::new());
-            let scenario = format!("memory nexmark {} {factor}x (aggregate)", query.name());
             table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
         }
     }
