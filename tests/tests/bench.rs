@@ -76,6 +76,50 @@ async fn wasm_and_native_queries_give_the_same_output() {
 }
 
 #[tokio::test]
+async fn aggregated_q5_and_q7_give_the_buffering_output() {
+    // The rows `nexmark q5 (aggregate)` and `nexmark q7 (aggregate)`: the
+    // window keeps the `nexmark-aggregate` guest's accumulators (per pane
+    // for q5) instead of the bids, and gives exactly the native lines.
+    let guest = guest("nexmark");
+    let aggregator = plumber_tests::guest("nexmark-aggregate");
+    for query in Query::AGGREGATED {
+        let events = 120_000;
+        let native = run(query, Engine::Native, events, &guest).await;
+        assert!(!native.is_empty(), "{}: no output", query.name());
+        let rt = Runtime::new(Some(cache_dir())).expect("runtime");
+        let (sink, mut out) = channel_sink(1_000_000);
+        let report = query
+            .add_aggregated_steps(
+                builder(
+                    "nexmark-aggregate-test",
+                    NexmarkSource::new(events, 42),
+                    999,
+                    &rt,
+                ),
+                &guest,
+                &aggregator,
+            )
+            .to(sink)
+            .run()
+            .await
+            .unwrap_or_else(|e| panic!("{} aggregated: {e}", query.name()));
+        assert_eq!(report.events_in, events);
+        let mut aggregated = Vec::new();
+        while let Ok(event) = out.try_recv() {
+            aggregated.push(event);
+        }
+        let lines = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| format!("{:?} {}", e.timestamp, String::from_utf8_lossy(&e.value)))
+                .collect()
+        };
+        assert_eq!(lines(&aggregated), lines(&native), "{}", query.name());
+        assert_eq!(aggregated, native, "{}", query.name());
+    }
+}
+
+#[tokio::test]
 async fn the_windowed_queries_emit_one_result_set_per_window() {
     let guest = guest("nexmark");
     // 12 s of event time: q7 fires [0, 10 s) and [10 s, 20 s) from the base time.

@@ -563,6 +563,17 @@ fn code_sections() -> Vec<CodeSection> {
         },
         object(&[]),
     );
+    add(
+        SectionKey::new(pipeline, "pipeline[].aggregate", None),
+        |v| {
+            with(
+                "pipeline",
+                json!([{"type": "window", "window": "tumbling", "name": "w",
+                        "size_ms": 1000, "aggregate": v}]),
+            )
+        },
+        object(&[]),
+    );
     let host = Root::Host;
     add(
         SectionKey::new(host, "(top level)", None),

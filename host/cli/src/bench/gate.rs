@@ -182,15 +182,24 @@ pub struct SavedRun {
     pub rows: Vec<SavedRow>,
 }
 
+/// The scenario whose native run `scenario` is measured against: its
+/// own, or for a variant of a scenario (`nexmark q5 (aggregate)`: the same
+/// query with an aggregating window) the scenario's.
+#[must_use]
+pub fn baseline_scenario(scenario: &str) -> &str {
+    scenario.strip_suffix(" (aggregate)").unwrap_or(scenario)
+}
+
 /// The ratio of `row`'s events/s to the native row of its scenario in
-/// `rows`.
+/// `rows` ([`baseline_scenario`]).
 #[must_use]
 pub fn vs_native(rows: &[Row], row: &Row) -> Option<f64> {
     if row.engine == Engine::Native {
         return None;
     }
+    let baseline = baseline_scenario(&row.scenario);
     rows.iter()
-        .find(|r| r.scenario == row.scenario && r.engine == Engine::Native)
+        .find(|r| r.scenario == baseline && r.engine == Engine::Native)
         .map(|native| row.rate() / native.rate().max(f64::EPSILON))
 }
 

@@ -265,11 +265,7 @@ impl Table {
             self.header_printed = true;
             println!("{}", self.header());
         }
-        let ratio = self
-            .rows
-            .iter()
-            .find(|r| r.scenario == row.scenario && r.engine == Engine::Native)
-            .map(|native| row.rate() / native.rate().max(f64::EPSILON));
+        let ratio = gate::vs_native(&self.rows, &row);
         println!("{}", self.format(&row, ratio));
         self.rows.push(row);
     }
@@ -681,14 +677,13 @@ pub async fn run(args: BenchArgs, rt: Runtime) -> Result<(), BenchError> {
         // The parent has compiled them.
         &[]
     } else {
-        &["upper", "wordcount", "nexmark"]
+        &["upper", "wordcount", "nexmark", "nexmark-aggregate"]
     };
     for name in guests {
         if let Ok(path) = guest(&args.guests, name) {
-            rt.load(&path, &plumber::runtime::Capabilities::default())
-                .map_err(|e| {
-                    BenchError::Setup(format!("{}: {}", path.display(), plumber::ErrorChain(&e)))
-                })?;
+            rt.precompile(&path).map_err(|e| {
+                BenchError::Setup(format!("{}: {}", path.display(), plumber::ErrorChain(&e)))
+            })?;
         }
     }
     let mut table = Table::new(args.markdown);

@@ -71,6 +71,7 @@
 //! | `nexmark q8` | persons keyed by id and auctions by seller, each tagged with its input (`plumber-input`) → native windowed join, tumbling 10 s (event time), inner → `id,name,window_start` of each person who opened an auction in the window they joined in |
 //! | `nexmark q11` | bids keyed by bidder → keyed session window, gap 10 s (event time) → `bidder,bids,session_start,session_end` per session |
 //! | `nexmark q7` | `auction,bidder,price,date_time` of bids → tumbling window 10 s (event time) → the bid(s) at the highest price: `window_end,auction,bidder,price` |
+//! | `nexmark q5 (aggregate)`, `nexmark q7 (aggregate)` | q5 and q7 with the window aggregating (the `nexmark-aggregate` guest: an accumulator per pane or window instead of the bids); WASM only, its ratio against the native q5 and q7 |
 //!
 //! The native steps implement the logic of the guest line for line (the
 //! guest is a separate crate, so the parsing helpers are duplicated), and
@@ -88,10 +89,10 @@ use plumber::runtime::Runtime;
 use plumber::state::MemoryState;
 use plumber::step::{NativeStep, WasmPipe};
 use plumber::streams::{DiscardSink, Source, StreamError};
-use plumber::window::{EventTime, Window};
+use plumber::window::{AggregateSpec, EventTime, Window};
 use plumber::{Batch, Event};
 
-use super::{guest, measure, scaled, BenchArgs, BenchError, Engine, Table};
+use super::{guest, measure, scaled, will_measure, BenchArgs, BenchError, Engine, Table};
 
 /// Events of the full-scale scenario (`--scale 1`).
 pub const EVENTS: u64 = 5_000_000;
@@ -1219,6 +1220,43 @@ impl Query {
     }
 }
 
+impl Query {
+    /// The queries that also run with an aggregating window.
+    pub const AGGREGATED: [Query; 2] = [Query::Q5, Query::Q7];
+
+    /// Adds q5's or q7's steps to `builder` with the window aggregating
+    /// instead of buffering: the `nexmark` guest at `guest` projects the
+    /// bids, and the window keeps an accumulator per pane (q5) or window
+    /// (q7) of the `nexmark-aggregate` guest at `aggregator`, which emits
+    /// the buffering query's output lines. Another query gets its WASM
+    /// steps ([`Query::add_steps`]).
+    pub fn add_aggregated_steps(
+        self,
+        builder: PipelineBuilder,
+        guest: &Path,
+        aggregator: &Path,
+    ) -> PipelineBuilder {
+        let event_time = EventTime {
+            max_out_of_orderness_ms: 0,
+            ..EventTime::default()
+        };
+        let spec = AggregateSpec::new(aggregator, &serde_json::json!({ "query": self.name() }));
+        match self {
+            Query::Q5 => builder.then(Stage::Q5Bids.wasm_pipe(guest)).then(
+                Window::sliding("q5-window", Duration::from_secs(10), Duration::from_secs(2))
+                    .event_time(event_time)
+                    .with_aggregate(spec),
+            ),
+            Query::Q7 => builder.then(Stage::Q7Bids.wasm_pipe(guest)).then(
+                Window::tumbling("q7-window", Duration::from_secs(10))
+                    .event_time(event_time)
+                    .with_aggregate(spec),
+            ),
+            other => other.add_steps(builder, Engine::Wasm, guest),
+        }
+    }
+}
+
 /// A pipeline reading `source`, as the benchmark runs it: memory state, a
 /// checkpoint at the end only, `batch_size` events per batch. Add steps
 /// ([`Query::add_steps`]) and a sink.
@@ -1276,7 +1314,32 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
             table.push(row);
         }
     }
+    for query in Query::AGGREGATED {
+        let scenario = format!("nexmark {} (aggregate)", query.name());
+        if !will_measure(&scenario, Engine::Wasm) {
+            continue;
+        }
+        let aggregator = guest_path(args, "nexmark-aggregate")?;
+        let name = format!("nexmark-{}-aggregate", query.name());
+        let pipeline = query
+            .add_aggregated_steps(
+                builder(
+                    &name,
+                    NexmarkSource::new(events, args.seed),
+                    args.batch_size,
+                    rt,
+                ),
+                &guest,
+                &aggregator,
+            )
+            .to(DiscardSink::new());
+        table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
+    }
     Ok(())
+}
+
+fn guest_path(args: &BenchArgs, name: &str) -> Result<std::path::PathBuf, BenchError> {
+    guest(&args.guests, name)
 }
 
 /// Peak RSS of the windowed queries (q5, q7) as WASM at 1× and 5× the input
@@ -1309,6 +1372,29 @@ pub async fn run_memory(
                 )
                 .to(DiscardSink::new());
             let scenario = format!("memory nexmark {} {factor}x", query.name());
+            table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
+        }
+    }
+    for query in Query::AGGREGATED {
+        for factor in [1, 5] {
+            let scenario = format!("memory nexmark {} {factor}x (aggregate)", query.name());
+            if !will_measure(&scenario, Engine::Wasm) {
+                continue;
+            }
+            let aggregator = guest_path(args, "nexmark-aggregate")?;
+            let name = format!("nexmark-memory-{}-{factor}x-aggregate", query.name());
+            let pipeline = query
+                .add_aggregated_steps(
+                    builder(
+                        &name,
+                        NexmarkSource::new(base * factor, args.seed),
+                        args.batch_size,
+                        rt,
+                    ),
+                    &guest,
+                    &aggregator,
+                )
+                .to(DiscardSink::new());
             table.push(measure(scenario, Engine::Wasm, 1, vec![pipeline]).await?);
         }
     }

@@ -564,6 +564,9 @@ impl StepConfig {
                 if let Some(trigger) = window.trigger_mut() {
                     resolve(&mut trigger.module);
                 }
+                if let Some(aggregate) = window.aggregate_mut() {
+                    resolve(&mut aggregate.module);
+                }
             }
             StepConfig::Exec(_)
             | StepConfig::Join(_)

@@ -236,6 +236,7 @@ impl StepBuilder<'_, '_> {
         };
         let name = window.name().to_owned();
         let has_trigger = window.trigger_spec().is_some();
+        let has_aggregate = window.aggregate_spec().is_some();
         let mut step = WindowStep::restore(
             window,
             context.tenant,
@@ -251,6 +252,14 @@ impl StepBuilder<'_, '_> {
             let failed = |source| load_error(context.pipeline, &trigger, source);
             let runtime = self.runtime().map_err(failed)?;
             step.start_trigger(&runtime, context.tenant, context.pipeline, context.state)
+                .await
+                .map_err(failed)?;
+        }
+        if has_aggregate {
+            let aggregate = format!("{name}/aggregate");
+            let failed = |source| load_error(context.pipeline, &aggregate, source);
+            let runtime = self.runtime().map_err(failed)?;
+            step.start_aggregate(&runtime, context.tenant, context.pipeline, context.state)
                 .await
                 .map_err(failed)?;
         }

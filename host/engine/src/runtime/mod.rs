@@ -303,9 +303,27 @@ impl Runtime {
         })
     }
 
+    /// Reads and compiles the component at `path` into the compile cache
+    /// and checks its imports, whichever of our worlds it is (a pipe, a
+    /// window trigger or aggregator), so that a later start pays no compile
+    /// (`plumber bench` warms the cache so).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::load`], but for the world.
+    pub fn precompile(&self, path: &Path) -> Result<(), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.prepare(path, &bytes, &Capabilities::default())
+            .map(|_| ())
+    }
+
     /// Reads, compiles (through the cache) and checks a component of any
     /// of our worlds: its imports against `capabilities`, and that the
-    /// linker serves them. Pipes and window triggers are both loaded so.
+    /// linker serves them. Pipes, window triggers and aggregators are all
+    /// loaded so.
     ///
     /// # Errors
     ///

@@ -18,12 +18,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    EventTime, LatePolicy, Overflow, TriggerOnError, TriggerSpec, Window, WindowSpecError,
+    AggregateSpec, EventTime, LatePolicy, Overflow, TriggerOnError, TriggerSpec, Window,
+    WindowSpecError,
 };
 use crate::config::strict::{self, object_only};
 use crate::runtime::PipeLimits;
 
-object_only!(SignalOn, TriggerConfig);
+object_only!(SignalOn, TriggerConfig, AggregateConfig);
 
 /// `{"type": "window", …}`: a window, by its `window` kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +136,9 @@ pub struct CountWindowConfig {
     /// Events per window (required, at least 1).
     #[serde(default)]
     pub events: Option<usize>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
     /// `"processing"` only (the default): a count window has no time.
     #[serde(default)]
     pub time: TimeDomain,
@@ -196,6 +200,9 @@ pub struct TumblingWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "sliding"`: windows of `size_ms` starting every `slide_ms`.
@@ -242,6 +249,9 @@ pub struct SlidingWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "session"`: a session per key, closed after `gap_ms` without events.
@@ -285,6 +295,9 @@ pub struct SessionWindowConfig {
     /// A trigger component deciding when the window fires (default: none).
     #[serde(default)]
     pub trigger: Option<TriggerConfig>,
+    /// An aggregator component keeping accumulators instead of events (default: none).
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
 }
 
 /// `"window": "signal"`: everything buffered, released when triggered.
@@ -334,6 +347,32 @@ pub struct TriggerConfig {
     /// `skip` takes it as answered `continue`.
     #[serde(default)]
     pub on_error: TriggerOnError,
+}
+
+/// `aggregate`: a component of the `aggregator` world that folds the
+/// window's events into accumulators (docs/windows.md, "Aggregating windows").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
+pub struct AggregateConfig {
+    /// The component (`.wasm`; relative: against the config's directory).
+    pub module: std::path::PathBuf,
+    /// Passed to the aggregator's `init` as JSON text (default `{}`).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Its sandbox limits, as a pipe's `limits` (default: a pipe's defaults).
+    #[serde(default, deserialize_with = "strict::optional_object")]
+    pub limits: Option<PipeLimits>,
+}
+
+impl AggregateConfig {
+    /// The aggregator these settings describe.
+    pub fn spec(&self) -> AggregateSpec {
+        AggregateSpec {
+            module: self.module.clone(),
+            config_json: self.config.to_string(),
+            limits: self.limits.clone().unwrap_or_default(),
+        }
+    }
 }
 
 fn empty_object() -> Value {
@@ -483,6 +522,7 @@ struct Shared {
     late: LateConfig,
     event_time: Option<EventTime>,
     trigger: Option<TriggerSpec>,
+    aggregate: Option<AggregateSpec>,
 }
 
 impl Shared {
@@ -493,6 +533,9 @@ impl Shared {
         }
         if let Some(trigger) = self.trigger {
             window = window.with_trigger(trigger);
+        }
+        if let Some(aggregate) = self.aggregate {
+            window = window.with_aggregate(aggregate);
         }
         if self.key_by == Some(KeyBy::Key) {
             window = window.keyed();
@@ -534,6 +577,7 @@ impl CountWindowConfig {
             late: self.late,
             event_time: None,
             trigger: None,
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::count(&self.name, events))
     }
@@ -563,6 +607,7 @@ impl TumblingWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::tumbling(&self.name, Duration::from_millis(size)))
     }
@@ -594,6 +639,7 @@ impl SlidingWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::sliding(
             &self.name,
@@ -627,6 +673,7 @@ impl SessionWindowConfig {
             late: self.late,
             event_time,
             trigger: self.trigger.as_ref().map(TriggerConfig::spec),
+            aggregate: self.aggregate.as_ref().map(AggregateConfig::spec),
         }
         .apply(Window::session(&self.name, Duration::from_millis(gap)))
     }
@@ -674,6 +721,7 @@ impl SignalWindowConfig {
             late: self.late,
             event_time: None,
             trigger: None,
+            aggregate: None,
         }
         .apply(window)
     }
@@ -698,6 +746,17 @@ impl WindowConfig {
             WindowConfig::Sliding(window) => window.trigger.as_mut(),
             WindowConfig::Session(window) => window.trigger.as_mut(),
             WindowConfig::Count(_) | WindowConfig::Signal(_) => None,
+        }
+    }
+
+    /// The aggregate section, on the windows that take one.
+    pub fn aggregate_mut(&mut self) -> Option<&mut AggregateConfig> {
+        match self {
+            WindowConfig::Count(window) => window.aggregate.as_mut(),
+            WindowConfig::Tumbling(window) => window.aggregate.as_mut(),
+            WindowConfig::Sliding(window) => window.aggregate.as_mut(),
+            WindowConfig::Session(window) => window.aggregate.as_mut(),
+            WindowConfig::Signal(_) => None,
         }
     }
 

@@ -37,6 +37,7 @@
 //! it changed: see `saved`), so a restart continues a half-filled window.
 //! When a finite source ends, every open window fires.
 
+mod aggregate;
 mod buffers;
 mod clock;
 mod config;
@@ -58,12 +59,14 @@ use crate::step::{Step, StepError};
 use crate::ErrorChain;
 use crate::{Batch, Event, WindowInfo};
 
+pub use aggregate::AggregateSpec;
+use aggregate::{AddCall, AggregateInstance, EmitCall, MergeCall, WindowBounds};
 use buffers::{merge_sessions, Buffer, KeyWindows, WindowKey};
 pub use clock::WindowClock;
 pub use config::{
-    CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig, SignalOn,
-    SignalWindowConfig, SlidingWindowConfig, TimeDomain, TriggerConfig, TumblingWindowConfig,
-    WindowConfig,
+    AggregateConfig, CountWindowConfig, KeyBy, LateConfig, OverflowConfig, SessionWindowConfig,
+    SignalOn, SignalWindowConfig, SlidingWindowConfig, TimeDomain, TriggerConfig,
+    TumblingWindowConfig, WindowConfig,
 };
 pub use plugin::TriggerOnError;
 pub use plugin::TriggerSpec;
@@ -178,6 +181,10 @@ pub struct Window {
     pub(crate) clock: Option<WindowClock>,
     /// A trigger component deciding when the window fires.
     pub(crate) trigger: Option<TriggerSpec>,
+    /// An aggregator component folding the window's events into
+    /// accumulators (boxed: most windows have none, and a step's spec
+    /// stays small).
+    pub(crate) aggregate: Option<Box<AggregateSpec>>,
     shared: Arc<WindowShared>,
 }
 
@@ -203,6 +210,7 @@ impl Window {
             late: LatePolicy::Drop,
             clock: None,
             trigger: None,
+            aggregate: None,
             shared: Arc::default(),
         }
     }
@@ -356,6 +364,21 @@ impl Window {
         self.trigger.as_ref()
     }
 
+    /// Keeps one accumulator of the aggregator component of `spec` per key
+    /// and window (per key and pane for sliding windows) instead of the
+    /// events, and releases what its `emit` answers (count, tumbling,
+    /// sliding and session windows; docs/windows.md, "Aggregating windows").
+    #[must_use]
+    pub fn with_aggregate(mut self, spec: AggregateSpec) -> Self {
+        self.aggregate = Some(Box::new(spec));
+        self
+    }
+
+    /// The window's aggregator component, when it has one.
+    pub fn aggregate_spec(&self) -> Option<&AggregateSpec> {
+        self.aggregate.as_deref()
+    }
+
     /// A handle to trigger this window and read its counters while it runs.
     pub fn handle(&self) -> WindowHandle {
         WindowHandle {
@@ -411,6 +434,26 @@ impl Window {
                 "trigger",
                 "a trigger applies to tumbling, sliding and session windows only",
             );
+        }
+        if self.aggregate.is_some() {
+            if matches!(self.kind, WindowKind::Signal { .. }) {
+                return error(
+                    "aggregate",
+                    "an aggregate applies to count, tumbling, sliding and session windows only",
+                );
+            }
+            if self.trigger.is_some() {
+                return error(
+                    "aggregate",
+                    "a window takes a trigger or an aggregate, not both",
+                );
+            }
+            if self.overflow == Overflow::Release {
+                return error(
+                    "on_overflow",
+                    "an aggregating window cannot release early: its bound is `max_bytes` of an accumulator, at which it fails",
+                );
+            }
         }
         if self.max_events == Some(0) {
             return error("max_events", "expected a bound of at least 1 event");
@@ -541,8 +584,28 @@ pub struct WindowStep {
     pending_keys: HashSet<WindowKey, KeyHasher>,
     /// The windows the event being added joined (trigger windows only).
     touched: Vec<(WindowKey, u64)>,
+    /// The aggregator component, once started ([`WindowStep::start_aggregate`]).
+    aggregator: Option<AggregateInstance>,
+    /// Events waiting to be folded into their accumulators, per window (or
+    /// pane) in the order they first came: folded at the end of the batch,
+    /// or before anything fires.
+    pending_adds: Vec<PendingAdd>,
+    /// Where each `(key, start)` of `pending_adds` is.
+    pending_index: HashMap<(WindowKey, u64), usize>,
+    /// A sliding aggregating window's pane accumulators, per key and pane start.
+    panes: HashMap<WindowKey, BTreeMap<u64, Vec<u8>>, KeyHasher>,
+    /// Keys that closed a sliding aggregating window: their panes no open
+    /// window covers are dropped once the fires are settled.
+    pane_gc: HashSet<WindowKey, KeyHasher>,
     #[cfg(test)]
     work: Work,
+}
+
+/// Events of one batch waiting for one window's (or pane's) accumulator.
+struct PendingAdd {
+    key: WindowKey,
+    start: u64,
+    events: Vec<Event>,
 }
 
 /// How the pipeline runs its windows.
@@ -640,6 +703,11 @@ impl WindowStep {
             pending: Vec::new(),
             pending_keys: HashSet::default(),
             touched: Vec::new(),
+            aggregator: None,
+            pending_adds: Vec::new(),
+            pending_index: HashMap::new(),
+            panes: HashMap::default(),
+            pane_gc: HashSet::default(),
             #[cfg(test)]
             work: Work::default(),
         };
@@ -690,6 +758,9 @@ impl WindowStep {
                     if let Some(windows) = KeyWindows::from_buffers(buffers) {
                         self.open.insert(key, windows);
                     }
+                }
+                Entry::Panes(key, panes) => {
+                    self.panes.insert(key, panes.into_iter().collect());
                 }
                 Entry::Legacy(saved, open) => {
                     // Replaced by per-key entries at the next checkpoint.
@@ -786,6 +857,11 @@ impl WindowStep {
         event: Event,
         out: &mut Vec<Batch>,
     ) -> Result<(), StepError> {
+        if self.spec.aggregate.is_some() {
+            // Folded into the window's accumulator at the end of the batch.
+            let _waited = self.queue_add(key, start, event);
+            return Ok(());
+        }
         let size = event.size_bytes();
         let (max_events, max_bytes, overflow) = (
             self.spec.max_events,
@@ -888,6 +964,9 @@ impl WindowStep {
         }
         self.buffered = self.buffered.saturating_sub(buffer.events.len());
         self.forget_slot(key, buffer.start);
+        if self.pane_ms().is_some() {
+            self.pane_gc.insert(key.clone());
+        }
         self.mark_dirty(key);
         Some(buffer)
     }
@@ -1007,13 +1086,17 @@ impl WindowStep {
             WindowKind::Count { events } => {
                 let start = self.first_buffer(&key, time);
                 self.push(&key, start, event, out)?;
+                let held = self.held(&key, start);
                 let full = match self.open.get_mut(&key).and_then(|w| w.get_mut(start)) {
                     Some(buffer) => {
                         buffer.end = buffer.end.max(time.saturating_add(1));
-                        buffer.events.len() >= events
+                        held >= events
                     }
                     None => false,
                 };
+                if full && self.spec.aggregate.is_some() {
+                    self.flush_adds().await?;
+                }
                 if full {
                     if let Some(buffer) = self.take_buffer(&key, start) {
                         emit(
@@ -1038,6 +1121,13 @@ impl WindowStep {
                     .collect();
                 if bounds.is_empty() {
                     return self.late(event).await;
+                }
+                if self.spec.aggregate.is_some() {
+                    let before = out.len();
+                    self.add_aggregated(&key, time, &bounds, event, out).await?;
+                    self.finish_add(&key, has_timestamp, time, out).await?;
+                    self.snapshot_panes(before, out);
+                    return Ok(());
                 }
                 let last = bounds.len() - 1;
                 let mut event = Some(event);
@@ -1073,22 +1163,77 @@ impl WindowStep {
                 if self.closed_for_good(merged_end) {
                     return self.late(event).await;
                 }
+                let moves_start =
+                    touching.len() > 1 || touching.first().is_some_and(|start| time < *start);
+                if self.spec.aggregate.is_some() && moves_start {
+                    // The events waiting for the sessions it merges are
+                    // folded into theirs first: the merged one starts elsewhere.
+                    self.flush_adds().await?;
+                }
                 let start = self.merge_session(&key, time, end, touching);
                 self.push(&key, start, event, out)?;
                 if self.spec.trigger.is_some() {
                     self.touched.push((key.clone(), start));
                 }
+                if self.spec.aggregate.is_some() && self.completes(merged_end) {
+                    self.flush_adds().await?;
+                }
                 self.fire_if_complete(&key, start, merged_end, out);
             }
         }
-        self.mark_dirty(&key);
+        self.finish_add(&key, has_timestamp, time, out).await
+    }
+
+    /// The end of adding an event of `key` at `time`: the key changed, the
+    /// watermark moves with the event's timestamp, and what it closes fires.
+    async fn finish_add(
+        &mut self,
+        key: &WindowKey,
+        has_timestamp: bool,
+        time: u64,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        self.mark_dirty(key);
         if let Some(settings) = self.event_time {
             if has_timestamp {
                 self.advance_watermark(settings, time);
             }
+            if self.spec.aggregate.is_some() && self.watermark.is_some_and(|w| self.due_by(w)) {
+                self.flush_adds().await?;
+            }
             self.fire_due(out);
         }
         Ok(())
+    }
+
+    /// Whether a window ending at `end` would fire as soon as an event
+    /// joins it (event time: the watermark has passed its end).
+    fn completes(&self, end: u64) -> bool {
+        self.event_time.is_some() && self.watermark.is_some_and(|w| end <= w)
+    }
+
+    /// Whether firing up to `horizon` would fire or close any window.
+    fn due_by(&self, horizon: u64) -> bool {
+        self.unfired.first().is_some_and(|due| due.0 <= horizon)
+            || self.retained.first().is_some_and(|due| due.0 <= horizon)
+    }
+
+    /// Events in the window starting at `start` of `key`: buffered, or
+    /// folded into its accumulator and waiting to be.
+    fn held(&self, key: &WindowKey, start: u64) -> usize {
+        let Some(buffer) = self.open.get(key).and_then(|w| w.get(start)) else {
+            return 0;
+        };
+        if self.spec.aggregate.is_none() {
+            return buffer.events.len();
+        }
+        let folded: u64 = buffer.events.iter().map(aggregate::folded).sum();
+        let waiting = self
+            .pending_index
+            .get(&(key.clone(), start))
+            .and_then(|&at| self.pending_adds.get(at))
+            .map_or(0, |pending| pending.events.len());
+        usize::try_from(folded).unwrap_or(usize::MAX) + waiting
     }
 
     /// Merges the session `[start, end)` of `key` with the sessions at
@@ -1224,6 +1369,8 @@ impl WindowStep {
         self.slots.clear();
         self.event_timers.clear();
         self.processing_timers.clear();
+        // Every pane goes once the fires are settled.
+        self.pane_gc.extend(self.panes.keys().cloned());
         let fires = self.fires_at_end();
         let mut due = Vec::new();
         for (key, windows) in open {
@@ -1272,7 +1419,10 @@ impl Step for WindowStep {
 
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let released = out.len();
-        let result = self.add_batch(batch, out).await;
+        let mut result = self.add_batch(batch, out).await;
+        if result.is_ok() {
+            result = self.settle_aggregates(released, out).await;
+        }
         self.released(released, out);
         result
     }
@@ -1284,6 +1434,7 @@ impl Step for WindowStep {
     async fn finish(&mut self, out: &mut Vec<Batch>) -> Result<(), StepError> {
         let released = out.len();
         self.release_all(out);
+        self.settle_aggregates(released, out).await?;
         self.released(released, out);
         Ok(())
     }
@@ -1311,6 +1462,7 @@ impl Step for WindowStep {
             self.run_timers(None, Some(now), out).await?;
         }
         self.on_wake(out);
+        self.settle_aggregates(released, out).await?;
         self.released(released, out);
         Ok(())
     }
@@ -1335,6 +1487,7 @@ impl Step for WindowStep {
             self.run_timers(event, processing, out).await?;
         }
         self.upstream_watermark(watermark, out);
+        self.settle_aggregates(released, out).await?;
         self.released(released, out);
         Ok(())
     }
@@ -1364,6 +1517,7 @@ impl WindowStep {
             self.add(event, now, out).await?;
         }
         if self.event_time.is_none() && self.indexed() {
+            self.flush_adds().await?;
             self.fire_due(out);
         }
         Ok(())
@@ -1395,6 +1549,27 @@ impl WindowStep {
                 None => None,
             };
             writes.insert(name, value);
+            if self.pane_ms().is_some() {
+                let name = saved::pane_entry(&self.namespace, &key);
+                let panes: Vec<(u64, &Vec<u8>)> = self
+                    .panes
+                    .get(&key)
+                    .map(|panes| panes.iter().map(|(start, acc)| (*start, acc)).collect())
+                    .unwrap_or_default();
+                let value = if panes.is_empty() {
+                    None
+                } else {
+                    match postcard::to_allocvec(&panes) {
+                        Ok(bytes) => Some(bytes),
+                        Err(error) => {
+                            tracing::error!(window = %self.spec.name, "cannot save panes: {error}");
+                            failed.push(key);
+                            continue;
+                        }
+                    }
+                };
+                writes.insert(name, value);
+            }
             if self.spec.trigger.is_some() {
                 let name = saved::trigger_entry(&self.namespace, &key);
                 let slots: Vec<(u64, &TriggerSlot)> = self
@@ -1985,6 +2160,454 @@ impl WindowStep {
         }
         Ok(())
     }
+}
+
+/// Aggregating windows ([`AggregateSpec`]): folding events into
+/// accumulators, combining and emitting them.
+impl WindowStep {
+    /// Loads and starts the window's aggregator component, when it has
+    /// one (its name in errors and logs: `<window>/aggregate`).
+    ///
+    /// # Errors
+    ///
+    /// The module cannot be loaded or is not an `aggregator` component, or
+    /// its `init` failed.
+    pub(crate) async fn start_aggregate(
+        &mut self,
+        runtime: &crate::runtime::Runtime,
+        tenant: &str,
+        pipeline: &str,
+        state: &SharedState,
+    ) -> Result<(), crate::runtime::LoadError> {
+        let Some(spec) = self.spec.aggregate.clone() else {
+            return Ok(());
+        };
+        let instance =
+            AggregateInstance::start(runtime, &spec, tenant, pipeline, &self.spec.name, state)
+                .await?;
+        self.aggregator = Some(instance);
+        Ok(())
+    }
+
+    /// A sliding aggregating window's pane length: the greatest common
+    /// divisor of its size and slide (`None` for any other window).
+    fn pane_ms(&self) -> Option<u64> {
+        match self.spec.kind {
+            WindowKind::Sliding {
+                size_ms, slide_ms, ..
+            } if self.spec.aggregate.is_some() => Some(gcd(size_ms, slide_ms)),
+            _ => None,
+        }
+    }
+
+    /// An aggregator failure, naming the window, the module and what it was asked.
+    fn aggregate_error(&self, asked: &str, failure: &str) -> StepError {
+        let module = self
+            .aggregator
+            .as_ref()
+            .map(|a| a.module().display().to_string())
+            .or_else(|| {
+                self.spec
+                    .aggregate
+                    .as_ref()
+                    .map(|s| s.module.display().to_string())
+            })
+            .unwrap_or_default();
+        StepError::Native {
+            step: self.spec.name.clone(),
+            message: format!(
+                "the aggregator `{module}` of window `{}` {failure} ({asked})",
+                self.spec.name
+            ),
+        }
+    }
+
+    /// Queues `event` for the accumulator of the window (or pane) starting
+    /// at `start` of `key`; whether events of it were already waiting.
+    fn queue_add(&mut self, key: &WindowKey, start: u64, event: Event) -> bool {
+        let slot = (key.clone(), start);
+        if let Some(&at) = self.pending_index.get(&slot) {
+            if let Some(pending) = self.pending_adds.get_mut(at) {
+                pending.events.push(event);
+                return true;
+            }
+        }
+        self.pending_index.insert(slot, self.pending_adds.len());
+        self.pending_adds.push(PendingAdd {
+            key: key.clone(),
+            start,
+            events: vec![event],
+        });
+        false
+    }
+
+    /// Adds an event of a tumbling or sliding aggregating window: to its
+    /// window's accumulator, or to its pane's (a sliding window's windows
+    /// only mark that they hold events: their panes hold them).
+    async fn add_aggregated(
+        &mut self,
+        key: &WindowKey,
+        time: u64,
+        bounds: &[(u64, u64)],
+        event: Event,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        match self.pane_ms() {
+            Some(pane) => {
+                let waited = self.queue_add(key, time - time % pane, event);
+                // Its pane already has events of this batch, so the
+                // windows that cover it are open and marked; unless one
+                // has already fired (a late event), there is nothing to do.
+                let earliest_end = bounds.iter().map(|b| b.1).min().unwrap_or(0);
+                if waited && !self.completes(earliest_end) {
+                    return Ok(());
+                }
+            }
+            None => {
+                if let Some(&(start, end)) = bounds.first() {
+                    let start = self.time_buffer(key, start, end);
+                    let _waited = self.queue_add(key, start, event);
+                }
+            }
+        }
+        for &(start, end) in bounds {
+            let start = self.time_buffer(key, start, end);
+            if self.pane_ms().is_some() {
+                if let Some(buffer) = self.open.get_mut(key).and_then(|w| w.get_mut(start)) {
+                    if buffer.events.is_empty() {
+                        buffer.events.push_back(Event::new(Vec::new()));
+                        self.buffered += 1;
+                    }
+                }
+            }
+            if self.completes(end) {
+                self.flush_adds().await?;
+            }
+            self.fire_if_complete(key, start, end, out);
+        }
+        Ok(())
+    }
+
+    /// Fails when an accumulator is larger than `max_bytes`.
+    fn check_accumulator(&self, window: &WindowBounds, bytes: usize) -> Result<(), StepError> {
+        match self.spec.max_bytes {
+            Some(max) if bytes > max => Err(StepError::Native {
+                step: self.spec.name.clone(),
+                message: format!(
+                    "the accumulator of window [{}, {}) of key {:?} is {bytes} bytes, more than max_bytes = {max}; raise the bound",
+                    window.start,
+                    window.end,
+                    window.key.as_deref().map(String::from_utf8_lossy)
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Folds the queued events into their accumulators: one `add` call
+    /// (after one `merge` call for windows holding partial accumulators
+    /// of merged sessions).
+    async fn flush_adds(&mut self) -> Result<(), StepError> {
+        if self.pending_adds.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_adds);
+        self.pending_index.clear();
+        let pane_ms = self.pane_ms();
+        let mut merges: Vec<(usize, MergeCall)> = Vec::new();
+        let mut calls: Vec<AddCall> = Vec::with_capacity(pending.len());
+        let mut folded_before: Vec<u64> = Vec::with_capacity(pending.len());
+        for PendingAdd { key, start, events } in pending {
+            let (end, partials, folded) = match pane_ms {
+                Some(pane) => {
+                    let held = self.panes.get_mut(&key).and_then(|p| p.remove(&start));
+                    (start.saturating_add(pane), held.into_iter().collect(), 0)
+                }
+                None => {
+                    let Some(buffer) = self.open.get_mut(&key).and_then(|w| w.get_mut(start))
+                    else {
+                        return Err(StepError::Native {
+                            step: self.spec.name.clone(),
+                            message: format!(
+                                "window [{start}, …) of key {:?} closed before its events were folded (a bug)",
+                                key.as_deref().map(String::from_utf8_lossy)
+                            ),
+                        });
+                    };
+                    let held = std::mem::take(&mut buffer.events);
+                    let end = buffer.end;
+                    self.buffered = self.buffered.saturating_sub(held.len());
+                    let folded: u64 = held.iter().map(aggregate::folded).sum();
+                    let partials: Vec<Vec<u8>> = held.into_iter().map(|e| e.value).collect();
+                    (end, partials, folded)
+                }
+            };
+            let window = WindowBounds { key, start, end };
+            let accumulator = if partials.len() > 1 {
+                merges.push((
+                    calls.len(),
+                    MergeCall {
+                        window: window.clone(),
+                        accumulators: partials,
+                    },
+                ));
+                None
+            } else {
+                partials.into_iter().next()
+            };
+            calls.push(AddCall {
+                window,
+                accumulator,
+                events,
+            });
+            folded_before.push(folded);
+        }
+        if !merges.is_empty() {
+            let (at, merge_calls): (Vec<usize>, Vec<MergeCall>) = merges.into_iter().unzip();
+            let merged = self.call_merge(&merge_calls).await?;
+            for (at, accumulator) in at.into_iter().zip(merged) {
+                if let Some(call) = calls.get_mut(at) {
+                    call.accumulator = Some(accumulator);
+                }
+            }
+        }
+        let Some(aggregator) = self.aggregator.as_mut() else {
+            return Err(self.aggregate_error("add", "was not started"));
+        };
+        let accumulators = match aggregator.add(&calls).await {
+            Ok(accumulators) => accumulators,
+            Err(failure) => {
+                let asked = describe_add(&calls);
+                return Err(self.aggregate_error(&asked, &failure));
+            }
+        };
+        for ((call, accumulator), folded) in calls.into_iter().zip(accumulators).zip(folded_before)
+        {
+            self.check_accumulator(&call.window, accumulator.len())?;
+            let WindowBounds { key, start, .. } = call.window;
+            match pane_ms {
+                Some(_) => {
+                    self.panes
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(start, accumulator);
+                }
+                None => {
+                    if let Some(buffer) = self.open.get_mut(&key).and_then(|w| w.get_mut(start)) {
+                        buffer.bytes = accumulator.len();
+                        let events = folded + call.events.len() as u64;
+                        buffer
+                            .events
+                            .push_back(aggregate::accumulator_event(accumulator, events));
+                        self.buffered += 1;
+                    }
+                }
+            }
+            self.mark_dirty(&key);
+        }
+        Ok(())
+    }
+
+    async fn call_merge(&mut self, calls: &[MergeCall]) -> Result<Vec<Vec<u8>>, StepError> {
+        let Some(aggregator) = self.aggregator.as_mut() else {
+            return Err(self.aggregate_error("merge", "was not started"));
+        };
+        match aggregator.merge(calls).await {
+            Ok(merged) => Ok(merged),
+            Err(failure) => {
+                let asked =
+                    describe_windows("merge the accumulators of", calls.iter().map(|c| &c.window));
+                Err(self.aggregate_error(&asked, &failure))
+            }
+        }
+    }
+
+    /// A sliding aggregating window's released windows carry a mark; here
+    /// it becomes the accumulators of the window's panes, as they are now
+    /// (right after the fire, before any later event is folded in).
+    fn snapshot_panes(&self, from: usize, out: &mut [Batch]) {
+        if self.pane_ms().is_none() {
+            return;
+        }
+        for batch in out.iter_mut().skip(from) {
+            let marked = batch.events.len() == 1
+                && batch.events.first().is_some_and(|e| e.timestamp.is_none());
+            let Some(window) = batch.window.as_ref().filter(|_| marked) else {
+                continue;
+            };
+            batch.events = self
+                .panes
+                .get(&window.key)
+                .map(|panes| {
+                    panes
+                        .range(window.start..window.end)
+                        .map(|(_, acc)| aggregate::accumulator_event(acc.clone(), 0))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+    }
+
+    /// Turns what an aggregating window released since `from` (each
+    /// batch holding its window's accumulators) into what the aggregator
+    /// emits: one `merge` call for the windows with several partial
+    /// accumulators (a sliding window's panes, merged sessions), one
+    /// `emit` call; a window that emits nothing releases no batch. Then
+    /// drops the panes no open window covers.
+    async fn settle_aggregates(
+        &mut self,
+        from: usize,
+        out: &mut Vec<Batch>,
+    ) -> Result<(), StepError> {
+        if self.spec.aggregate.is_none() {
+            return Ok(());
+        }
+        self.flush_adds().await?;
+        self.snapshot_panes(from, out);
+        let bounds = |batch: &Batch| {
+            let window = batch.window.clone().unwrap_or(WindowInfo {
+                start: 0,
+                end: 0,
+                key: None,
+            });
+            WindowBounds {
+                key: window.key,
+                start: window.start,
+                end: window.end,
+            }
+        };
+        let mut merge_at = Vec::new();
+        let mut merges = Vec::new();
+        for (at, batch) in out.iter_mut().enumerate().skip(from) {
+            if batch.events.len() > 1 {
+                let window = bounds(batch);
+                let accumulators = std::mem::take(&mut batch.events)
+                    .into_iter()
+                    .map(|e| e.value)
+                    .collect();
+                merge_at.push(at);
+                merges.push(MergeCall {
+                    window,
+                    accumulators,
+                });
+            }
+        }
+        if !merges.is_empty() {
+            let merged = self.call_merge(&merges).await?;
+            for (at, accumulator) in merge_at.into_iter().zip(merged) {
+                if let Some(batch) = out.get_mut(at) {
+                    batch.events = vec![aggregate::accumulator_event(accumulator, 0)];
+                }
+            }
+        }
+        let mut emit_at = Vec::new();
+        let mut emits = Vec::new();
+        for (at, batch) in out.iter_mut().enumerate().skip(from) {
+            if let Some(accumulator) = batch.events.pop() {
+                emit_at.push(at);
+                emits.push(EmitCall {
+                    window: bounds(batch),
+                    accumulator: accumulator.value,
+                });
+            }
+        }
+        if !emits.is_empty() {
+            let Some(aggregator) = self.aggregator.as_mut() else {
+                return Err(self.aggregate_error("emit", "was not started"));
+            };
+            let released = match aggregator.emit(&emits).await {
+                Ok(released) => released,
+                Err(failure) => {
+                    let asked = describe_windows("emit", emits.iter().map(|c| &c.window));
+                    return Err(self.aggregate_error(&asked, &failure));
+                }
+            };
+            for (at, events) in emit_at.into_iter().zip(released) {
+                if let Some(batch) = out.get_mut(at) {
+                    batch.events = events;
+                }
+            }
+        }
+        let mut at = 0;
+        out.retain(|batch| {
+            let keep = at < from || !batch.events.is_empty();
+            at += 1;
+            keep
+        });
+        self.collect_panes();
+        Ok(())
+    }
+
+    /// Drops the panes of the keys that closed windows that no open window
+    /// of their key covers any more.
+    fn collect_panes(&mut self) {
+        for key in std::mem::take(&mut self.pane_gc) {
+            let first = self.open.get(&key).and_then(KeyWindows::first_start);
+            let Some(panes) = self.panes.get_mut(&key) else {
+                continue;
+            };
+            match first {
+                Some(start) => *panes = panes.split_off(&start),
+                None => panes.clear(),
+            }
+            if panes.is_empty() {
+                self.panes.remove(&key);
+            }
+            self.mark_dirty(&key);
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// What an aggregator was asked to add, for an error: the first window.
+fn describe_add(calls: &[AddCall]) -> String {
+    let Some(first) = calls.first() else {
+        return "add".to_owned();
+    };
+    let event = first.events.first();
+    format!(
+        "asked to add {} event(s) to window [{}, {}) of key {:?}, the first with key {:?} and timestamp {:?}{}",
+        first.events.len(),
+        first.window.start,
+        first.window.end,
+        first.window.key.as_deref().map(String::from_utf8_lossy),
+        event.and_then(|e| e.key.as_deref()).map(String::from_utf8_lossy),
+        event.and_then(|e| e.timestamp),
+        if calls.len() > 1 {
+            format!(", first of {} calls", calls.len())
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The windows an aggregator was asked about, for an error: the first one.
+fn describe_windows<'a>(
+    what: &str,
+    mut windows: impl ExactSizeIterator<Item = &'a WindowBounds>,
+) -> String {
+    let count = windows.len();
+    let Some(first) = windows.next() else {
+        return what.to_owned();
+    };
+    format!(
+        "asked to {what} window [{}, {}) of key {:?}{}",
+        first.start,
+        first.end,
+        first.key.as_deref().map(String::from_utf8_lossy),
+        if count > 1 {
+            format!(", first of {count} windows")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// What a trigger was asked about, for an error: the event's key and

@@ -27,6 +27,11 @@ const KEYLESS: &[u8] = b"nokey";
 const TRIGGER_KEYED: &[u8] = b"trigger/";
 /// The trigger slots of keyless events' windows.
 const TRIGGER_KEYLESS: &[u8] = b"trigger-nokey";
+/// Before the bytes of a key: its pane accumulators (sliding windows with
+/// an aggregate only).
+const PANE_KEYED: &[u8] = b"pane/";
+/// The pane accumulators of keyless events (and of an unkeyed window).
+const PANE_KEYLESS: &[u8] = b"pane-nokey";
 
 /// What a window saves besides its buffers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +59,16 @@ pub(crate) enum Entry {
     Legacy(Meta, Vec<(WindowKey, Vec<Buffer>)>),
     /// The trigger slots of one key's windows, by window start.
     Trigger(WindowKey, Vec<(u64, TriggerSlot)>),
+    /// The pane accumulators of one key, by pane start.
+    Panes(WindowKey, Vec<(u64, Vec<u8>)>),
+}
+
+/// The full state key of the pane accumulators of `key`.
+pub(crate) fn pane_entry(namespace: &Namespace, key: &WindowKey) -> Vec<u8> {
+    match key {
+        Some(bytes) => [namespace.prefix(), PANE_KEYED, bytes].concat(),
+        None => [namespace.prefix(), PANE_KEYLESS].concat(),
+    }
 }
 
 /// The full state key of the trigger slots of `key`'s windows.
@@ -115,6 +130,16 @@ pub(crate) fn decode(namespace: &Namespace, full: &[u8], value: &[u8]) -> Result
     if let Some(key) = trigger_key {
         let slots = postcard::from_bytes(value).map_err(corrupt)?;
         return Ok(Entry::Trigger(key, slots));
+    }
+    let pane_key = if name == PANE_KEYLESS {
+        Some(None)
+    } else {
+        name.strip_prefix(PANE_KEYED)
+            .map(|bytes| Some(bytes.to_vec()))
+    };
+    if let Some(key) = pane_key {
+        let panes = postcard::from_bytes(value).map_err(corrupt)?;
+        return Ok(Entry::Panes(key, panes));
     }
     let key = if name == KEYLESS {
         None
