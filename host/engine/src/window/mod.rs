@@ -179,8 +179,9 @@ pub struct Window {
     pub(crate) overflow: Overflow,
     pub(crate) late: LatePolicy,
     pub(crate) clock: Option<WindowClock>,
-    /// A trigger component deciding when the window fires.
-    pub(crate) trigger: Option<TriggerSpec>,
+    /// A trigger component deciding when the window fires (boxed, as the
+    /// aggregator is: a step's spec stays small).
+    pub(crate) trigger: Option<Box<TriggerSpec>>,
     /// An aggregator component folding the window's events into
     /// accumulators (boxed: most windows have none, and a step's spec
     /// stays small).
@@ -355,13 +356,13 @@ impl Window {
     /// (time windows: tumbling, sliding, session; docs/windows.md).
     #[must_use]
     pub fn with_trigger(mut self, spec: TriggerSpec) -> Self {
-        self.trigger = Some(spec);
+        self.trigger = Some(Box::new(spec));
         self
     }
 
     /// The window's trigger component, when it has one.
     pub fn trigger_spec(&self) -> Option<&TriggerSpec> {
-        self.trigger.as_ref()
+        self.trigger.as_deref()
     }
 
     /// Keeps one accumulator of the aggregator component of `spec` per key
