@@ -131,6 +131,21 @@ async fn add_many_counts_100k_distinct_and_repeated_keys_exactly_on_sled() {
     assert!(stored == expected_counts, "state differs");
 }
 
+/// The same on redb, whose page cache is far smaller than the data here:
+/// 100k distinct keys over many checkpoints, read back from the file.
+#[tokio::test]
+async fn add_many_counts_100k_distinct_and_repeated_keys_exactly_on_redb() {
+    let lines = lines();
+    let (expected_events, expected_counts) = reference(&lines);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state: SharedState = Arc::new(
+        RedbState::open_with_cache(dir.path().join("hotpath.redb"), 1024 * 1024).expect("redb"),
+    );
+    let (events, stored) = count("hotpath-redb", state, &lines, true).await;
+    assert!(events == expected_events, "output differs");
+    assert!(stored == expected_counts, "state differs");
+}
+
 #[tokio::test]
 async fn add_many_on_a_stored_value_that_is_not_an_integer_fails_naming_the_key() {
     let state = Arc::new(MemoryState::new());
