@@ -381,7 +381,7 @@ mod tests {
                 .unwrap();
             let deleted = i % PER_COMMIT == 1 && i + PER_COMMIT < KEYS;
             assert!(!deleted, "key {i} was deleted");
-            let rewritten = i % PER_COMMIT == 0 && i + PER_COMMIT < KEYS;
+            let rewritten = i.is_multiple_of(PER_COMMIT) && i + PER_COMMIT < KEYS;
             let expected = if rewritten {
                 b"again".to_vec()
             } else {
