@@ -377,6 +377,7 @@ fn every_section() -> Vec<(&'static str, serde_json::Value)> {
         ("dead_letter", json!({"type": "stdout"})),
         ("state", json!({"type": "memory"})),
         ("state", json!({"type": "sled", "path": "s"})),
+        ("state", json!({"type": "redb", "path": "s.redb"})),
         (
             "state",
             json!({"type": "redis", "url": "redis://127.0.0.1/"}),
@@ -832,6 +833,18 @@ fn field_mistakes_name_the_exact_path() {
             json!({"type": "sled"}),
             "state.path",
             "missing field `path`",
+        ),
+        (
+            "state",
+            json!({"type": "redb"}),
+            "state.path",
+            "missing field `path`",
+        ),
+        (
+            "state",
+            json!({"type": "redb", "path": "s.redb", "cache_bytes": 4096}),
+            "state.cache_bytes",
+            "too small for redb's page cache",
         ),
         (
             "state",

@@ -316,6 +316,38 @@ fn at_most_once_on_sled_applies_nothing_twice() {
     check_at_most_once(&scenario, landed);
 }
 
+fn redb(scenario_dir: &Path) -> serde_json::Value {
+    // A page cache far below the data's size, so that reads go to the file.
+    serde_json::json!({ "type": "redb", "path": scenario_dir.join("state/crash.redb"),
+                        "cache_bytes": 1_048_576 })
+}
+
+#[test]
+fn exactly_once_on_redb_survives_sigkill() {
+    let scenario =
+        Scenario::with_state(Scenario::new("exactly_once", serde_json::Value::Null), redb);
+    let landed = scenario.run_with_kills(kills(), seed(10));
+    check_exactly_once(&scenario, landed);
+}
+
+#[test]
+fn at_least_once_on_redb_loses_nothing() {
+    let scenario = Scenario::with_state(
+        Scenario::new("at_least_once", serde_json::Value::Null),
+        redb,
+    );
+    let landed = scenario.run_with_kills(kills(), seed(11));
+    check_at_least_once(&scenario, landed);
+}
+
+#[test]
+fn at_most_once_on_redb_applies_nothing_twice() {
+    let scenario =
+        Scenario::with_state(Scenario::new("at_most_once", serde_json::Value::Null), redb);
+    let landed = scenario.run_with_kills(kills(), seed(12));
+    check_at_most_once(&scenario, landed);
+}
+
 #[test]
 fn exactly_once_on_a_memory_snapshot_survives_sigkill() {
     let scenario = Scenario::with_state(

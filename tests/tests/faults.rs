@@ -16,8 +16,18 @@ use plumber_tests::{cache_dir, guest, RedisServer};
 const KEYS: u64 = 5;
 
 async fn redis(server: &RedisServer, reconnect_timeout: Duration) -> SharedState {
+    redis_with_chunks(server, reconnect_timeout, RedisOptions::COMMIT_CHUNK_KEYS).await
+}
+
+/// Commits of more than `chunk` writes are staged in chunks.
+async fn redis_with_chunks(
+    server: &RedisServer,
+    reconnect_timeout: Duration,
+    chunk: usize,
+) -> SharedState {
     let options = RedisOptions {
         reconnect_timeout,
+        commit_chunk_keys: chunk,
         ..RedisOptions::default()
     };
     Arc::new(
@@ -54,11 +64,23 @@ fn ids(dir: &std::path::Path, events: u64) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn a_redis_restart_mid_stream_loses_nothing_and_stays_exact() {
+    restart_mid_stream(RedisOptions::COMMIT_CHUNK_KEYS).await;
+}
+
+/// The same with every commit staged in chunks of two writes: a restart
+/// that cuts a commit between its chunks leaves nothing of it, and the
+/// retry commits it whole.
+#[tokio::test]
+async fn a_redis_restart_mid_stream_with_chunked_commits_stays_exact() {
+    restart_mid_stream(2).await;
+}
+
+async fn restart_mid_stream(chunk: usize) {
     const EVENTS: u64 = 3_000;
     let dir = tempfile::tempdir().unwrap();
     let input = ids(dir.path(), EVENTS);
     let mut server = RedisServer::start();
-    let state = redis(&server, Duration::from_secs(30)).await;
+    let state = redis_with_chunks(&server, Duration::from_secs(30), chunk).await;
     let (sink, mut out) = channel_sink(1);
     let running = tokio::spawn(pipeline(&input, state.clone()).to(sink).run());
 

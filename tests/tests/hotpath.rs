@@ -13,7 +13,8 @@ use plumber::config::{ConfigError, PipelineConfig, ReadStandard};
 use plumber::pipeline::Pipeline;
 use plumber::runtime::Runtime;
 use plumber::state::{
-    MemoryState, Namespace, SharedState, SledState, SledStateConfig, StateBackend,
+    MemoryState, Namespace, RedbState, RedbStateConfig, SharedState, SledState, SledStateConfig,
+    StateBackend,
 };
 use plumber::step::WasmPipe;
 use plumber::streams::{channel_sink, ArraySource};
@@ -130,6 +131,21 @@ async fn add_many_counts_100k_distinct_and_repeated_keys_exactly_on_sled() {
     assert!(stored == expected_counts, "state differs");
 }
 
+/// The same on redb, whose page cache is far smaller than the data here:
+/// 100k distinct keys over many checkpoints, read back from the file.
+#[tokio::test]
+async fn add_many_counts_100k_distinct_and_repeated_keys_exactly_on_redb() {
+    let lines = lines();
+    let (expected_events, expected_counts) = reference(&lines);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state: SharedState = Arc::new(
+        RedbState::open_with_cache(dir.path().join("hotpath.redb"), 1024 * 1024).expect("redb"),
+    );
+    let (events, stored) = count("hotpath-redb", state, &lines, true).await;
+    assert!(events == expected_events, "output differs");
+    assert!(stored == expected_counts, "state differs");
+}
+
 #[tokio::test]
 async fn add_many_on_a_stored_value_that_is_not_an_integer_fails_naming_the_key() {
     let state = Arc::new(MemoryState::new());
@@ -204,6 +220,51 @@ fn sleds_page_cache_is_configured_with_a_default_and_a_floor() {
     )) {
         Err(ConfigError::Invalid { path, .. }) => assert_eq!(path, "state.cache_bytes"),
         other => panic!("expected a refusal at state.cache_bytes, got {other:?}"),
+    }
+}
+
+#[test]
+fn redbs_page_cache_is_configured_with_a_default_and_a_floor() {
+    let redb = |config: &PipelineConfig| {
+        config
+            .state
+            .downcast_ref::<RedbStateConfig>()
+            .expect("redb")
+            .clone()
+    };
+    let default = parse(&with_state(r#"{"type":"redb","path":"s.redb"}"#)).expect("default");
+    assert_eq!(
+        redb(&default),
+        RedbStateConfig {
+            path: Path::new("/base/s.redb").to_path_buf(),
+            cache_bytes: 32 * 1024 * 1024
+        }
+    );
+    assert_eq!(RedbState::CACHE_BYTES, 32 * 1024 * 1024);
+    let set = parse(&with_state(
+        r#"{"type":"redb","path":"s.redb","cache_bytes":4194304}"#,
+    ))
+    .expect("set");
+    assert_eq!(redb(&set).cache_bytes, 4 * 1024 * 1024);
+    for (bad, says) in [
+        (r#""cache_bytes":1000"#, "too small"),
+        (r#""cache_bytes":"32M""#, "invalid type"),
+        (r#""cache":1048576"#, "unknown field `cache`"),
+    ] {
+        match parse(&with_state(&format!(
+            r#"{{"type":"redb","path":"s.redb",{bad}}}"#
+        ))) {
+            Err(ConfigError::Invalid { path, message, .. }) => {
+                let expected = if bad.contains("cache_bytes") {
+                    "state.cache_bytes"
+                } else {
+                    "state.cache"
+                };
+                assert_eq!(path, expected, "{bad}");
+                assert!(message.contains(says), "{bad}: {message}");
+            }
+            other => panic!("{bad}: expected a refusal, got {other:?}"),
+        }
     }
 }
 

@@ -8,12 +8,13 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 /// Each connector feature and the libraries only it brings.
-const CONNECTOR_LIBRARIES: [(&str, &[&str]); 5] = [
+const CONNECTOR_LIBRARIES: [(&str, &[&str]); 6] = [
     ("nats", &["async-nats"]),
     ("http", &["axum", "reqwest"]),
     ("sql", &["sqlx"]),
     ("redis", &["redis"]),
     ("sled", &["sled"]),
+    ("redb", &["redb"]),
 ];
 
 /// What `plumber bench`, `build` and the binary need and a library does not.

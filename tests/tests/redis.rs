@@ -310,6 +310,138 @@ async fn repeated_commit_of_an_epoch_is_a_no_op() {
     assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(second));
 }
 
+/// A state whose commits go in chunks of `chunk` writes.
+async fn chunked(url: &str, chunk: usize) -> RedisState {
+    init_logs();
+    let options = RedisOptions {
+        reconnect_timeout: LONG,
+        commit_chunk_keys: chunk,
+        ..RedisOptions::default()
+    };
+    RedisState::connect(url, options).await.expect("connect")
+}
+
+/// A commit larger than a chunk is staged and applied in one step: every
+/// write lands, a later write set still wins on a shared key, deletions
+/// apply, and no staging list is left behind.
+#[tokio::test]
+async fn a_commit_in_chunks_applies_every_write_and_leaves_no_stage() {
+    let server = RedisServer::start();
+    let state = chunked(&server.url(), 3).await;
+    let token = state.claim("p").await.unwrap();
+    state.set(b"gone", b"old").await.unwrap();
+    let mut first: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..10)
+        .map(|i| {
+            (
+                format!("a{i}").into_bytes(),
+                Some(format!("v{i}").into_bytes()),
+            )
+        })
+        .collect();
+    first.push((b"shared".to_vec(), Some(b"first".to_vec())));
+    first.push((b"gone".to_vec(), None));
+    let second: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+        (b"shared".to_vec(), Some(b"second".to_vec())),
+        (b"b".to_vec(), Some(b"\x00\r\n".to_vec())),
+    ];
+    let committed = record("p", 1, 7, token);
+    state
+        .commit(
+            &committed,
+            &[first.into_iter().collect(), second.into_iter().collect()],
+        )
+        .await
+        .unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            state.get(format!("a{i}").as_bytes()).await.unwrap(),
+            Some(format!("v{i}").into_bytes())
+        );
+    }
+    assert_eq!(
+        state.get(b"shared").await.unwrap(),
+        Some(b"second".to_vec())
+    );
+    assert_eq!(state.get(b"b").await.unwrap(), Some(b"\x00\r\n".to_vec()));
+    assert_eq!(state.get(b"gone").await.unwrap(), None);
+    assert_eq!(state.last_checkpoint("p").await.unwrap(), Some(committed));
+    assert_eq!(
+        raw_command(server.port(), &[b"EXISTS", b"plumber:w:p"]).unwrap(),
+        ":0"
+    );
+    // Exactly a multiple of the chunk: the last chunk rides with the commit.
+    let exact: WriteSet = (0..6)
+        .map(|i| (format!("c{i}").into_bytes(), Some(b"x".to_vec())))
+        .collect();
+    state
+        .commit(&record("p", 2, 8, token), &[exact])
+        .await
+        .unwrap();
+    assert_eq!(state.get(b"c5").await.unwrap(), Some(b"x".to_vec()));
+}
+
+/// A chunked commit by a process a newer one fenced off stages nothing
+/// and applies nothing; a chunked retry of a committed epoch applies
+/// nothing either and cleans its stage up; a stage left by a commit that
+/// never finished (a crash) is not applied by the next one.
+#[tokio::test]
+async fn chunked_commits_keep_the_fence_and_the_epoch_checks() {
+    let server = RedisServer::start();
+    let old = chunked(&server.url(), 2).await;
+    let new = chunked(&server.url(), 2).await;
+    let ours = old.claim("p").await.unwrap();
+    let many = |value: &[u8]| -> WriteSet {
+        (0..7)
+            .map(|i| (format!("k{i}").into_bytes(), Some(value.to_vec())))
+            .collect()
+    };
+    old.commit(&record("p", 1, 10, ours), &[many(b"1")])
+        .await
+        .unwrap();
+    let newer = new.claim("p").await.unwrap();
+    match old
+        .commit(&record("p", 2, 20, ours), &[many(b"stale")])
+        .await
+    {
+        Err(StateError::Fenced {
+            ours: o, newer: n, ..
+        }) => assert_eq!((o, n), (ours, newer)),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert_eq!(
+        raw_command(server.port(), &[b"EXISTS", b"plumber:w:p"]).unwrap(),
+        ":0",
+        "a fenced process staged writes"
+    );
+    for i in 0..7 {
+        assert_eq!(
+            new.get(format!("k{i}").as_bytes()).await.unwrap(),
+            Some(b"1".to_vec())
+        );
+    }
+    // A stage a crashed commit left (another epoch's, and garbage after it).
+    for part in [&b"plumber-stage 2 9"[..], b"plumber:s:k0", b"sfrom a crash"] {
+        raw_command(server.port(), &[b"RPUSH", b"plumber:w:p", part]).unwrap();
+    }
+    let second = record("p", 2, 20, newer);
+    new.commit(&second, &[many(b"2")]).await.unwrap();
+    // The same epoch again, chunked (a retry after a lost reply).
+    new.commit(&record("p", 2, 99, newer), &[many(b"again")])
+        .await
+        .unwrap();
+    for i in 0..7 {
+        assert_eq!(
+            new.get(format!("k{i}").as_bytes()).await.unwrap(),
+            Some(b"2".to_vec())
+        );
+    }
+    assert_eq!(new.last_checkpoint("p").await.unwrap(), Some(second));
+    assert_eq!(
+        raw_command(server.port(), &[b"EXISTS", b"plumber:w:p"]).unwrap(),
+        ":0"
+    );
+}
+
 #[tokio::test]
 async fn scan_prefix_returns_keys_in_order_with_glob_characters() {
     let server = RedisServer::start();

@@ -9,6 +9,8 @@ use std::path::Path;
 
 pub use plumber_engine::config::*;
 
+#[cfg(feature = "redb")]
+use crate::state::RedbStateConfig;
 #[cfg(feature = "redis")]
 use crate::state::RedisStateConfig;
 #[cfg(feature = "sled")]
@@ -25,7 +27,7 @@ use crate::streams::sql::config::{SqlSinkConfig, SqlSourceConfig};
 use crate::streams::sql::lookup::SqlLookupConfig;
 
 /// Adds what this build's features enable: HTTP, NATS, JetStream and SQL
-/// sources and sinks, the Redis and sled state backends, and sled in
+/// sources and sinks, the Redis, sled and redb state backends, and sled in
 /// `<name>.state` beside the config as the state of a config that names
 /// none.
 pub fn register_all(registry: &mut Registry) {
@@ -46,6 +48,8 @@ pub fn register_all(registry: &mut Registry) {
         .lookup::<SqlLookupConfig>("sql");
     #[cfg(feature = "redis")]
     registry.state::<RedisStateConfig>("redis");
+    #[cfg(feature = "redb")]
+    registry.state::<RedbStateConfig>("redb");
     #[cfg(feature = "sled")]
     registry
         .state::<SledStateConfig>("sled")

@@ -143,6 +143,12 @@ pub const TARGETS: &[Target] = &[
         Bound::AtMost(150.0 * 1_000_000.0 / 1_048_576.0),
     ),
     target(
+        "1M distinct keys counted, redb backend: peak RSS < 150 MB",
+        super::keys::REDB_ROW,
+        Measure::PeakRssMib,
+        Bound::AtMost(150.0 * 1_000_000.0 / 1_048_576.0),
+    ),
+    target(
         "1M distinct keys counted, Redis backend: peak RSS < 150 MB",
         super::keys::REDIS_ROW,
         Measure::PeakRssMib,

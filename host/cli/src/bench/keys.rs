@@ -2,11 +2,12 @@
 //!
 //! A running count over [`DistinctKeySource`] (every word of the input a
 //! key never seen before, 1,000,000 of them at `--scale 1`) through the
-//! `wordcount` guest, exactly-once, on the memory, sled and (with
+//! `wordcount` guest, exactly-once, on the memory, sled, redb and (with
 //! `--redis URL`) Redis backends. The figure is each run's peak RSS: what
 //! the process holds beyond its state is bounded by configuration (the
-//! write set by `checkpoint.max_pending_keys`/`max_pending_bytes`, sled's
-//! page cache by its `cache_bytes`), not by the number of keys; the memory
+//! write set by `checkpoint.max_pending_keys`/`max_pending_bytes`, redb's
+//! page cache by its `cache_bytes`), not by the number of keys (sled's
+//! footprint grows with them whatever its `cache_bytes`); the memory
 //! backend holds every key in the process by definition (docs/benchmarks.md
 //! gives its cost per key).
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use plumber::checkpoint::{CheckpointPolicy, Position};
 use plumber::pipeline::PipelineError;
 use plumber::runtime::Runtime;
-use plumber::state::{MemoryState, SharedState, SledState};
+use plumber::state::{MemoryState, RedbState, SharedState, SledState};
 use plumber::streams::{DiscardSink, Source, StreamError};
 use plumber::Event;
 
@@ -30,6 +31,8 @@ pub const DISTINCT_KEYS: u64 = 1_000_000;
 pub const MEMORY_ROW: &str = "keys count (memory)";
 /// See [`MEMORY_ROW`].
 pub const SLED_ROW: &str = "keys count (sled)";
+/// See [`MEMORY_ROW`].
+pub const REDB_ROW: &str = "keys count (redb)";
 /// See [`MEMORY_ROW`].
 pub const REDIS_ROW: &str = "keys count (redis)";
 
@@ -158,8 +161,9 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
     };
     table.push(measure(MEMORY_ROW, Engine::Wasm, 1, memory).await?);
 
-    let dir = tempfile::tempdir()
-        .map_err(|e| BenchError::Setup(format!("cannot make a directory for sled: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| {
+        BenchError::Setup(format!("cannot make a directory for sled and redb: {e}"))
+    })?;
     let sled = if super::will_measure(SLED_ROW, Engine::Wasm) {
         let name = unique_name("sled");
         let state = SledState::open(dir.path()).map_err(state_error(&name))?;
@@ -168,6 +172,15 @@ pub async fn run(args: &BenchArgs, rt: &Runtime, table: &mut Table) -> Result<()
         Vec::new()
     };
     table.push(measure(SLED_ROW, Engine::Wasm, 1, sled).await?);
+
+    let redb = if super::will_measure(REDB_ROW, Engine::Wasm) {
+        let name = unique_name("redb");
+        let state = RedbState::open(dir.path().join("keys.redb")).map_err(state_error(&name))?;
+        vec![builder(name, Arc::new(state))?]
+    } else {
+        Vec::new()
+    };
+    table.push(measure(REDB_ROW, Engine::Wasm, 1, redb).await?);
 
     if let Some(url) = &args.redis {
         let redis = if super::will_measure(REDIS_ROW, Engine::Wasm) {

@@ -1,14 +1,20 @@
-//! State backends that need a library or a server: Redis and sled, each
+//! State backends that need a library or a server: Redis, sled and redb, each
 //! with its config type in `<backend>/config.rs`; and the engine's state
 //! module (the [`StateBackend`] trait, the memory backend), re-exported.
 
 pub use plumber_engine::state::*;
 
+#[cfg(feature = "redb")]
+mod redb_backend;
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "sled")]
 mod sled_backend;
 
+#[cfg(feature = "redb")]
+pub use redb_backend::config::RedbStateConfig;
+#[cfg(feature = "redb")]
+pub use redb_backend::RedbState;
 #[cfg(feature = "redis")]
 pub use redis_backend::config::RedisStateConfig;
 #[cfg(feature = "redis")]

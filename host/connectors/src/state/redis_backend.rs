@@ -13,11 +13,12 @@
 //! | `<prefix>c:<pipeline>`   | the last [`CheckpointRecord`] (its JSON bytes)        |
 //! | `<prefix>e:<pipeline>`   | that record's epoch, a decimal integer                |
 //! | `<prefix>f:<pipeline>`   | the fencing counter [`StateBackend::claim`] increments |
+//! | `<prefix>w:<pipeline>`   | a large commit's staged writes, while it commits       |
 //!
 //! # Commits
 //!
-//! [`StateBackend::commit`] is one Lua script (`EVALSHA`, falling back to
-//! `EVAL` after a server restart emptied the script cache). Redis runs a
+//! [`StateBackend::commit`] is one Lua script (`EVALSHA`, after a
+//! `SCRIPT LOAD` when a server restart emptied the script cache). Redis runs a
 //! script atomically, the way it runs a `MULTI`/`EXEC` block: no other
 //! client's command runs while it executes, and replicas and the append-only
 //! file receive its writes as one transaction. Unlike `MULTI`/`EXEC`, the
@@ -38,7 +39,17 @@
 //!    win on a shared key), then stores the record and its epoch.
 //!
 //! All checks come before the first write, and `SET`/`DEL` cannot fail on a
-//! key's type, so a script that starts writing finishes. Whether a commit
+//! key's type, so a script that starts writing finishes.
+//!
+//! A commit of more writes than [`RedisOptions::commit_chunk_keys`] is not
+//! one command, which this process would hold encoded whole beside the
+//! write sets (the peak memory of a large commit): its writes go in chunks
+//! to a staging list (`<prefix>w:<pipeline>`) that no reader looks at, each
+//! chunk fenced like the commit, and the commit script, with the last
+//! chunk, applies the list and its own writes in the same atomic step as
+//! above, after checking that the list holds exactly this commit's writes.
+//! Nothing is visible before that step, and a crash or a lost connection
+//! before it changes nothing (a retried commit stages anew). Whether a commit
 //! survives a crash of the server is up to the server's persistence settings
 //! (`appendonly yes` with `appendfsync always` or `everysec`).
 //!
@@ -90,11 +101,12 @@ pub mod config;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::io::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{ErrorKind, RedisError, RedisWrite as _, Script, ServerErrorKind};
 
 use super::{StateBackend, StateError, WriteSet};
 use plumber_engine::checkpoint::CheckpointRecord;
@@ -106,6 +118,8 @@ const MIN_IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// ...and a connection attempt never takes longer than this, so that a
 /// server that comes back is found soon.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What follows the key prefix in the Redis key of a state key.
+const STATE_KIND: &[u8] = b"s:";
 /// How many keys one `SCAN` step and one `MGET` cover.
 const SCAN_BATCH: usize = 1000;
 
@@ -127,6 +141,9 @@ local function greater(a, b)
     if x ~= y then return x > y end
   end
   return false
+end
+local function stage_header(ours, epoch)
+  return 'plumber-stage ' .. ours .. ' ' .. epoch
 end
 local function refused_by_fence(counter, ours, what)
   local fence = redis.call('GET', counter)
@@ -150,10 +167,13 @@ end
 const FENCED_CODE: &str = "PLUMBER_FENCED";
 
 /// The commit script. `KEYS[1]` is the fencing counter, `KEYS[2]` the stored
-/// epoch, `KEYS[3]` the checkpoint record, `KEYS[4..]` the state keys;
-/// `ARGV[1]` is our fencing token, `ARGV[2]` the epoch, `ARGV[3]` the record,
-/// and `ARGV[i]` for `i >= 4` says what to do with `KEYS[i]`: `s` followed by
-/// the value to set, or `d` to delete it.
+/// epoch, `KEYS[3]` the checkpoint record, `KEYS[4]` the commit's staged
+/// writes ([`STAGE_SCRIPT`]), `KEYS[5..]` the state keys; `ARGV[1]` is our
+/// fencing token, `ARGV[2]` the epoch, `ARGV[3]` the record, `ARGV[4]` how
+/// many elements the stage must hold (`0`: nothing was staged), and
+/// `ARGV[i]` for `i >= 5` says what to do with `KEYS[i]`: `s` followed by
+/// the value to set, or `d` to delete it. The staged writes are applied
+/// first, in the order they were staged, then `KEYS[5..]`.
 ///
 /// Integers are compared as decimal strings: Lua numbers are doubles, exact
 /// only up to 2^53.
@@ -169,6 +189,11 @@ end
 local refused = refused_by_fence(KEYS[1], ours, 'commit')
 if refused then return refused end
 
+local staged = tonumber(ARGV[4])
+if not staged then
+  return redis.error_reply('ERR plumber commit: the staged count must be an integer')
+end
+
 local committed = redis.call('GET', KEYS[2])
 if committed then
   local stored = decimal(committed)
@@ -176,21 +201,80 @@ if committed then
     return redis.error_reply('ERR plumber commit: the stored epoch is not an integer')
   end
   if not greater(epoch, stored) then
+    if staged > 0 then redis.call('DEL', KEYS[4]) end
     return 'already'
   end
 end
 
-for i = 4, #KEYS do
-  local op = ARGV[i]
+local function apply(key, op)
   if string.sub(op, 1, 1) == 's' then
-    redis.call('SET', KEYS[i], string.sub(op, 2))
+    redis.call('SET', key, string.sub(op, 2))
   else
-    redis.call('DEL', KEYS[i])
+    redis.call('DEL', key)
   end
+end
+
+if staged > 0 then
+  -- The last check: the stage holds this commit's writes, all of them.
+  local length = redis.call('LLEN', KEYS[4])
+  if redis.call('LINDEX', KEYS[4], 0) ~= stage_header(ours, epoch) or length ~= staged + 1 then
+    return redis.error_reply('ERR plumber commit: the staged writes of this commit are incomplete')
+  end
+  for first = 1, length - 1, 1000 do
+    local part = redis.call('LRANGE', KEYS[4], first, math.min(first + 999, length - 1))
+    for j = 1, #part, 2 do
+      apply(part[j], part[j + 1])
+    end
+  end
+  redis.call('DEL', KEYS[4])
+end
+for i = 5, #KEYS do
+  apply(KEYS[i], ARGV[i])
 end
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[2], epoch)
 return 'committed'
+"
+);
+
+/// The script that stages part of a large commit's writes, so that no one
+/// command (and no one buffer of this process) holds all of them: a commit
+/// of more than [`RedisOptions::commit_chunk_keys`] writes sends them in
+/// chunks of that many, each appended by this script to a list that no
+/// reader looks at, and the last chunk with [`COMMIT_SCRIPT`], which
+/// applies the list and its own writes in the one atomic step that makes
+/// any of them visible. A crash or a lost connection before that step
+/// leaves the state as it was (the next attempt starts the list anew; the
+/// list expires an hour after its last chunk otherwise).
+///
+/// `KEYS[1]` is the fencing counter, `KEYS[2]` the list; `ARGV[1]` is our
+/// fencing token, `ARGV[2]` the epoch, `ARGV[3]` `first` for the first
+/// chunk (which empties the list and writes its header) or `more`, and
+/// `ARGV[4..]` pairs of a state key and its operation (as in
+/// [`COMMIT_SCRIPT`]). Answers the list's length, or the error
+/// [`FENCED_CODE`] (writing nothing) when a newer process claimed the
+/// pipeline.
+const STAGE_SCRIPT: &str = concat!(
+    lua_decimals!(),
+    r"
+local ours = decimal(ARGV[1])
+local epoch = decimal(ARGV[2])
+if not ours or not epoch then
+  return redis.error_reply('ERR plumber commit: fence and epoch must be integers')
+end
+local refused = refused_by_fence(KEYS[1], ours, 'commit')
+if refused then return refused end
+if ARGV[3] == 'first' then
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], stage_header(ours, epoch))
+elseif redis.call('LINDEX', KEYS[2], 0) ~= stage_header(ours, epoch) then
+  return redis.error_reply('ERR plumber commit: the staged writes of this commit are gone')
+end
+for first = 4, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[2], 3600000)
+return redis.call('LLEN', KEYS[2])
 "
 );
 
@@ -254,6 +338,20 @@ pub struct RedisOptions {
     /// How long an operation keeps retrying after the connection failed
     /// before it gives up with [`StateError::Unavailable`] (default 30 s).
     pub reconnect_timeout: Duration,
+    /// The most writes one command of a commit carries (default
+    /// [`RedisOptions::COMMIT_CHUNK_KEYS`]): a commit of more is sent in
+    /// chunks of this many, staged and then applied in one atomic step
+    /// ([`STAGE_SCRIPT`]), which bounds what this process holds while it
+    /// commits (at least 1).
+    pub commit_chunk_keys: usize,
+}
+
+impl RedisOptions {
+    /// The writes of one chunk of a commit by default: the peak memory of a
+    /// commit of 100,000 keys measured with chunks of 10,000 is that of a
+    /// commit of 10,000 (docs/benchmarks.md, "Memory against distinct
+    /// keys"), at one more round trip per chunk.
+    pub const COMMIT_CHUNK_KEYS: usize = 10_000;
 }
 
 impl Default for RedisOptions {
@@ -261,6 +359,7 @@ impl Default for RedisOptions {
         RedisOptions {
             key_prefix: "plumber:".to_owned(),
             reconnect_timeout: plumber_engine::streams::reconnect::DEFAULT_RECONNECT_TIMEOUT,
+            commit_chunk_keys: Self::COMMIT_CHUNK_KEYS,
         }
     }
 }
@@ -274,7 +373,9 @@ pub struct RedisState {
     key_prefix: Vec<u8>,
     reconnect_timeout: Duration,
     commit_script: Script,
+    stage_script: Script,
     read_script: Script,
+    commit_chunk_keys: usize,
     /// What reads check (see "Reads" in the module documentation); set by
     /// `claim`, read once per read call.
     read_fence: std::sync::Mutex<ReadFence>,
@@ -327,7 +428,9 @@ impl RedisState {
             key_prefix: options.key_prefix.into_bytes(),
             reconnect_timeout: options.reconnect_timeout,
             commit_script: Script::new(COMMIT_SCRIPT),
+            stage_script: Script::new(STAGE_SCRIPT),
             read_script: Script::new(READ_SCRIPT),
+            commit_chunk_keys: options.commit_chunk_keys.max(1),
             read_fence: std::sync::Mutex::new(ReadFence::Unclaimed),
         };
         state
@@ -345,7 +448,7 @@ impl RedisState {
 
     /// The Redis key of a state key.
     fn state_key(&self, key: &[u8]) -> Vec<u8> {
-        self.prefixed(b"s:", key)
+        self.prefixed(STATE_KIND, key)
     }
 
     /// The Redis key of one of a pipeline's own entries (`c`, `e`, `f`).
@@ -519,6 +622,115 @@ impl RedisState {
         }
     }
 
+    /// The commit script's `EVALSHA` command (its keys and arguments as
+    /// the script documents them) for the writes `entries`, after `staged`
+    /// elements were staged: written straight into the command's one
+    /// buffer, sized first, so that a commit holds its write sets and one
+    /// encoded chunk, not a copy of every key with the prefix beside them.
+    fn commit_command(
+        &self,
+        record: &CheckpointRecord,
+        record_bytes: &[u8],
+        entries: &[Entry<'_>],
+        staged: usize,
+    ) -> std::io::Result<redis::Cmd> {
+        let pipeline_key_len = self.key_prefix.len() + 2 + record.pipeline.len();
+        let sha = self.commit_script.get_hash();
+        let data_len = self.entries_len(entries)
+            + "EVALSHA".len()
+            + sha.len()
+            + 4 * pipeline_key_len
+            + 80
+            + record_bytes.len();
+        let mut command = redis::Cmd::with_capacity(12 + 2 * entries.len(), data_len);
+        command
+            .arg("EVALSHA")
+            .arg(sha)
+            .arg(4 + entries.len())
+            .arg(self.pipeline_key(b"f:", &record.pipeline))
+            .arg(self.pipeline_key(b"e:", &record.pipeline))
+            .arg(self.pipeline_key(b"c:", &record.pipeline))
+            .arg(self.pipeline_key(b"w:", &record.pipeline));
+        for (key, _) in entries {
+            self.write_state_key(&mut command, key)?;
+        }
+        command
+            .arg(record.fence)
+            .arg(record.epoch)
+            .arg(record_bytes)
+            .arg(staged);
+        for (_, value) in entries {
+            write_operation(&mut command, *value)?;
+        }
+        Ok(command)
+    }
+
+    /// The stage script's `EVALSHA` command for one chunk of a commit
+    /// ([`STAGE_SCRIPT`]), written like [`RedisState::commit_command`]'s.
+    fn stage_command(
+        &self,
+        record: &CheckpointRecord,
+        entries: &[Entry<'_>],
+        first: bool,
+    ) -> std::io::Result<redis::Cmd> {
+        let sha = self.stage_script.get_hash();
+        let data_len = self.entries_len(entries)
+            + "EVALSHA".len()
+            + sha.len()
+            + 2 * (self.key_prefix.len() + 2 + record.pipeline.len())
+            + 80;
+        let mut command = redis::Cmd::with_capacity(9 + 2 * entries.len(), data_len);
+        command
+            .arg("EVALSHA")
+            .arg(sha)
+            .arg(2)
+            .arg(self.pipeline_key(b"f:", &record.pipeline))
+            .arg(self.pipeline_key(b"w:", &record.pipeline))
+            .arg(record.fence)
+            .arg(record.epoch)
+            .arg(if first { "first" } else { "more" });
+        for (key, value) in entries {
+            self.write_state_key(&mut command, key)?;
+            write_operation(&mut command, *value)?;
+        }
+        Ok(command)
+    }
+
+    /// The bytes `entries` take in a command: each state key with the
+    /// prefix, and its operation.
+    fn entries_len(&self, entries: &[Entry<'_>]) -> usize {
+        let state_key_len = self.key_prefix.len() + STATE_KIND.len();
+        entries
+            .iter()
+            .map(|(key, value)| state_key_len + key.len() + 1 + value.map_or(0, <[u8]>::len))
+            .sum()
+    }
+
+    /// Appends the Redis key of state key `key` as the command's next
+    /// argument, without building it apart first.
+    fn write_state_key(&self, command: &mut redis::Cmd, key: &[u8]) -> std::io::Result<()> {
+        let mut arg = command.writer_for_next_arg();
+        arg.write_all(&self.key_prefix)?;
+        arg.write_all(STATE_KIND)?;
+        arg.write_all(key)
+    }
+
+    /// Runs one script command of a commit, loading the script first when
+    /// the server lost its script cache (a restart).
+    async fn run_script<T: redis::FromRedisValue>(
+        conn: &mut ConnectionManager,
+        script: &Script,
+        command: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        match command.query_async::<T>(conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(conn).await?;
+                command.query_async::<T>(conn).await
+            }
+            outcome => outcome,
+        }
+    }
+
     fn unavailable(&self, message: String) -> StateError {
         StateError::Unavailable {
             backend: "redis",
@@ -526,6 +738,35 @@ impl RedisState {
             message,
         }
     }
+}
+
+/// One write of a commit: a state key and its value (`None`: delete it).
+type Entry<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Appends a write's operation as the command's next argument: `s` and
+/// the value, or `d`.
+fn write_operation(command: &mut redis::Cmd, value: Option<&[u8]>) -> std::io::Result<()> {
+    match value {
+        Some(value) => {
+            let mut arg = command.writer_for_next_arg();
+            arg.write_all(b"s")?;
+            arg.write_all(value)
+        }
+        None => {
+            command.arg(&b"d"[..]);
+            Ok(())
+        }
+    }
+}
+
+/// Writing into a command's buffer (memory) cannot fail; should it, the
+/// commit fails, not retried, rather than send a broken command.
+fn encoding_error(error: std::io::Error) -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "cannot encode a commit",
+        error.to_string(),
+    ))
 }
 
 /// Whether an error means the server could not be reached (worth waiting
@@ -679,34 +920,31 @@ impl StateBackend for RedisState {
         record: &CheckpointRecord,
         writes: &[WriteSet],
     ) -> Result<(), StateError> {
-        let mut invocation = self.commit_script.prepare_invoke();
-        invocation
-            .key(self.pipeline_key(b"f:", &record.pipeline))
-            .key(self.pipeline_key(b"e:", &record.pipeline))
-            .key(self.pipeline_key(b"c:", &record.pipeline))
-            .arg(record.fence)
-            .arg(record.epoch)
-            .arg(record.to_bytes());
-        for set in writes {
-            for (key, value) in set {
-                invocation.key(self.state_key(key));
-                match value {
-                    Some(value) => {
-                        let mut op = Vec::with_capacity(value.len() + 1);
-                        op.push(b's');
-                        op.extend_from_slice(value);
-                        invocation.arg(op);
-                    }
-                    None => {
-                        invocation.arg(&b"d"[..]);
-                    }
-                }
-            }
-        }
-        let invocation = &invocation;
+        // Later write sets win on a shared key: entries keep their order.
+        let entries: Vec<Entry<'_>> = writes
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
+            .collect();
+        let record_bytes = &record.to_bytes();
+        let chunk = self.commit_chunk_keys;
+        // Whole chunks are staged; the rest (at least one write when there
+        // are any) rides with the commit script.
+        let staged_entries = entries.len().saturating_sub(1) / chunk * chunk;
+        let (staged, last) = entries.split_at(staged_entries);
         let outcome = self
             .attempt("commit", |mut conn| async move {
-                invocation.invoke_async::<String>(&mut conn).await
+                // An attempt after a lost connection starts the stage anew.
+                for (index, part) in staged.chunks(chunk).enumerate() {
+                    let command = self
+                        .stage_command(record, part, index == 0)
+                        .map_err(encoding_error)?;
+                    Self::run_script::<u64>(&mut conn, &self.stage_script, &command).await?;
+                }
+                let command = self
+                    .commit_command(record, record_bytes, last, 2 * staged.len())
+                    .map_err(encoding_error)?;
+                Self::run_script::<String>(&mut conn, &self.commit_script, &command).await
             })
             .await;
         match outcome {

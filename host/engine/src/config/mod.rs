@@ -515,13 +515,13 @@ impl PipelineConfig {
                     ),
                 ));
             }
-            if !matches!(self.state.type_name(), "redis" | "sled") {
+            if !matches!(self.state.type_name(), "redis" | "sled" | "redb") {
                 return Err(invalid(
                     "state.type",
                     format!(
                         "a pipeline with `cluster` keeps its state where the next owner of a \
-                         partition finds it: expected `redis` (or `sled` for a single worker), \
-                         got `{}`",
+                         partition finds it: expected `redis` (or `sled` or `redb` for a single \
+                         worker), got `{}`",
                         self.state.type_name()
                     ),
                 ));
