@@ -441,3 +441,85 @@ async fn a_triggered_windows_state_and_timers_move_with_its_keys() {
         .collect();
     assert_eq!(fires, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregating_sliding_windows_panes_move_with_its_keys() {
+    // The window of `windowed_config` made sliding (1000 every 500) and
+    // aggregating with `aggregate-report`: a key's events live only in its
+    // pane accumulators (`pane/<key>` entries). Before the migration, four
+    // events per key in pane [1000, 1500) (nothing fires: the watermark is
+    // at 900); after it, one event far on per key: windows [500, 1500) and
+    // [1000, 2000) fire, each with the four events the moved panes hold.
+    let setup = setup_from("win1.json", |urls, redis| {
+        let mut config = windowed_config(urls, 4, redis);
+        config["pipeline"] = serde_json::json!([
+            { "name": "per_second", "type": "window", "window": "sliding", "size_ms": 1000,
+              "slide_ms": 500, "time": "event", "max_out_of_orderness_ms": 500,
+              "key_by": "key", "aggregate": { "module": harness::guest("aggregate-report") } }
+        ]);
+        config
+    })
+    .await;
+    let dir = setup.dir.path();
+    let mut six: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&setup.path).unwrap()).unwrap();
+    six["cluster"]["partitions"] = 6.into();
+    let six_path = write_config(dir, "win6.json", &six);
+    let keys: Vec<String> = (0..40).map(|n| format!("u{n}")).collect();
+
+    let mut workers = vec![WorkerProcess::start(&setup.path, "w1", dir)];
+    publish_timed(
+        &setup.context,
+        &timed(&keys, &[1100, 1200, 1300, 1400], "a"),
+        50,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    wait_until_committed(&setup, 4, &workers).await;
+    stop_all(&mut workers);
+
+    let done = migrate(&six_path, &[]);
+    assert!(done.status.success(), "{}", text(&done));
+
+    let mut workers = vec![WorkerProcess::start(&six_path, "w1", dir)];
+    publish_timed(
+        &setup.context,
+        &timed(&keys, &[6000], "c"),
+        50,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    wait_for_output(
+        &setup.context,
+        2 * keys.len() as u64,
+        std::time::Duration::from_secs(300),
+        || logs_of(&workers),
+    )
+    .await;
+    // A little longer: no window may fire twice.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop_all(&mut workers);
+
+    // Per key: `<key>,<start>,<end>,<events>,…` for both windows.
+    let output = read_stream_messages(&setup.context, "OUT").await;
+    let mut fires: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for message in &output {
+        let parts: Vec<&str> = message.payload.split(',').collect();
+        assert!(parts.len() >= 4, "{:?}", message.payload);
+        fires
+            .entry(parts[0].to_owned())
+            .or_default()
+            .push(parts[1..4].join(","));
+    }
+    for windows in fires.values_mut() {
+        windows.sort();
+    }
+    let expected: std::collections::BTreeMap<String, Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            let windows = vec!["1000,2000,4".to_owned(), "500,1500,4".to_owned()];
+            (key.clone(), windows)
+        })
+        .collect();
+    assert_eq!(fires, expected);
+}

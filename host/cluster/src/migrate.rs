@@ -572,11 +572,14 @@ async fn read_and_file(
                             .push(value);
                         continue;
                     }
-                    // A key's trigger state and timers go where its windows go.
-                    SavedEntry::Keyed(event_key) | SavedEntry::TriggerKeyed(event_key) => {
+                    // A key's trigger state and timers, and its pane
+                    // accumulators, go where its windows go.
+                    SavedEntry::Keyed(event_key)
+                    | SavedEntry::TriggerKeyed(event_key)
+                    | SavedEntry::PaneKeyed(event_key) => {
                         (event_key, Filed::Window { window, entry })
                     }
-                    SavedEntry::Keyless | SavedEntry::TriggerKeyless => {
+                    SavedEntry::Keyless | SavedEntry::TriggerKeyless | SavedEntry::PaneKeyless => {
                         return Err(refuse(format!(
                             "window `{window}` of {task} has keyless events open: a window \
                              without a key cannot be split between partitions; let it fire \

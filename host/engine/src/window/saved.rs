@@ -189,6 +189,11 @@ pub enum SavedEntry<'a> {
     TriggerKeyed(&'a [u8]),
     /// The trigger state and timers of keyless events' windows.
     TriggerKeyless,
+    /// The pane accumulators of one key (the event key's bytes; sliding
+    /// windows with an aggregate): they move with the key's windows.
+    PaneKeyed(&'a [u8]),
+    /// The pane accumulators of keyless events.
+    PaneKeyless,
     /// A name this version does not write.
     Unknown,
 }
@@ -208,6 +213,10 @@ pub fn saved_entry(name: &[u8]) -> SavedEntry<'_> {
         SavedEntry::TriggerKeyless
     } else if let Some(key) = name.strip_prefix(TRIGGER_KEYED) {
         SavedEntry::TriggerKeyed(key)
+    } else if name == PANE_KEYLESS {
+        SavedEntry::PaneKeyless
+    } else if let Some(key) = name.strip_prefix(PANE_KEYED) {
+        SavedEntry::PaneKeyed(key)
     } else {
         SavedEntry::Unknown
     }
@@ -284,6 +293,8 @@ mod migration_tests {
         assert_eq!(saved_entry(b"nokey"), SavedEntry::Keyless);
         assert_eq!(saved_entry(b"buffers"), SavedEntry::Legacy);
         assert_eq!(saved_entry(b"trigger/u7"), SavedEntry::TriggerKeyed(b"u7"));
+        assert_eq!(saved_entry(b"pane/u7"), SavedEntry::PaneKeyed(b"u7"));
+        assert_eq!(saved_entry(b"pane-nokey"), SavedEntry::PaneKeyless);
         assert_eq!(saved_entry(b"trigger-nokey"), SavedEntry::TriggerKeyless);
         assert_eq!(saved_entry(b"other"), SavedEntry::Unknown);
     }
