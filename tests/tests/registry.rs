@@ -176,7 +176,7 @@ fn an_unknown_type_names_the_types_the_registry_knows() {
                                "from": {"type": "array", "values": []}, "to": stdout}),
             "state.type",
             "unknown variant `rocksdb`: not a state backend type of this build of plumber; \
-             known: `memory`, `redis`, `sled`",
+             known: `memory`, `redb`, `redis`, `sled`",
         ),
         (
             // The engine alone has no default state: a config says which.
