@@ -194,6 +194,98 @@ fn killing_the_nats_node_leading_the_lease_bucket_loses_no_lease() {
     one_at_a_time(kill_the_nats_node_leading(Leading::Leases));
 }
 
+/// The lease TTL of the run that restarts every NATS node: the lease
+/// bucket has no leader from the stop until the restarted nodes elect one
+/// (about 10 s here), and a lease must outlive that and a renewal period.
+const WHOLE_CLUSTER_RESTART_TTL_MS: u64 = 30_000;
+
+/// Every NATS node stopped (SIGKILL) mid-stream and restarted with its
+/// store. The partitions' consumers keep their state in memory
+/// (`mem_storage`: the checkpoint owns the position), so the restart loses
+/// them: each source creates its consumer again at the sequence after what
+/// it handed out, and the oracle holds (each id once, counts 1..n, the
+/// committed state the truth).
+async fn restart_every_nats_node() {
+    let events = oracle_events();
+    let half = events / 2;
+    let mut setup = oracle_setup_with(64, |config| {
+        config["cluster"]["lease_ttl_ms"] = WHOLE_CLUSTER_RESTART_TTL_MS.into();
+        let all: Vec<&str> = config["cluster"]["url"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|url| url.as_str().unwrap())
+            .collect();
+        let all = all.join(",");
+        config["from"]["url"] = all.clone().into();
+        config["to"]["url"] = all.into();
+    })
+    .await;
+    let (workers, publisher) = three_workers_mid_stream(&setup, events).await;
+    publisher.await.unwrap();
+    // Each partition's consumer is in the servers' memory.
+    let (stream, consumer) = setup.pipeline.task_input(0);
+    let info = setup
+        .context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .consumer_info(&consumer)
+        .await
+        .unwrap();
+    assert!(
+        info.config.memory_storage,
+        "{consumer} keeps its state on disk: {:?}",
+        info.config
+    );
+    let stopped_us = now_us();
+    for node in 0..3 {
+        setup.cluster.stop(node);
+    }
+    eprintln!("every NATS node stopped");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in 0..3 {
+        setup.cluster.restart(node);
+    }
+    eprintln!(
+        "every NATS node restarted with its store {:.2} s after the stop",
+        (now_us() - stopped_us) as f64 / 1e6
+    );
+    let retried = publish_events_retrying(&setup.context, half..events).await;
+    eprintln!("second half published ({retried} chunks published again)");
+    wait_for_output(&setup.context, events, Duration::from_secs(600), || {
+        logs_of(&workers)
+    })
+    .await;
+    // The consumers were created again after the restart.
+    let info = setup
+        .context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .consumer_info(&consumer)
+        .await
+        .unwrap();
+    let created_us = u64::try_from(info.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    assert!(
+        created_us > stopped_us,
+        "{consumer} was created at {created_us} µs, before the restart at {stopped_us} µs"
+    );
+    for worker in &workers {
+        let failed = lines_with(&worker.log_text(), "partition task failed").len();
+        eprintln!(
+            "worker {}: {failed} partition tasks failed and restarted",
+            worker.id
+        );
+    }
+    assert_oracle(&setup.context, &setup.pipeline, events).await;
+}
+
+#[test]
+fn restarting_every_nats_node_loses_the_consumers_and_stays_exact() {
+    one_at_a_time(restart_every_nats_node());
+}
+
 // ---------------------------------------------------------------------------
 // Issue test 8: a zombie worker.
 
