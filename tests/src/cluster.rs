@@ -1160,11 +1160,17 @@ impl OutputProgress {
         OutputProgress { stop, task }
     }
 
+    /// Stops watching; each growth of the output seen: (µs since the
+    /// epoch, messages in the output stream), in time order.
+    pub async fn growth(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+
     /// Stops watching; the longest time between two growths of the output
     /// after `after_us`, and when that stall began (µs since the epoch).
     pub async fn longest_stall_after(self, after_us: u64) -> (std::time::Duration, u64) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let growth = self.task.await.unwrap();
+        let growth = self.growth().await;
         let mut longest = (0, 0);
         let mut previous = growth
             .iter()
