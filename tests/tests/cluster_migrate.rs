@@ -851,12 +851,59 @@ async fn a_two_stage_pipeline_migrates_both_stages_from_4_to_6_partitions() {
         let left = task_keys(&old, task).await;
         assert!(left.is_empty(), "{} keys left in task {task}", left.len());
     }
-    let input_consumers = consumer_names(&setup.context, "IN", "users").await;
-    let shuffle_consumers = consumer_names(&setup.context, "SHUF", "users").await;
-    let expected: Vec<String> = (0..6).map(|p| format!("users-g1s1p{p:02}")).collect();
-    assert_eq!(input_consumers, expected);
-    let expected: Vec<String> = (0..6).map(|p| format!("users-g1s2p{p:02}")).collect();
-    assert_eq!(shuffle_consumers, expected);
+    // (Which of the new generation's durable consumers exist after the
+    // workers stopped is theirs to decide; none of the old one's is left.)
+    for (stream, stage) in [("IN", "s1"), ("SHUF", "s2")] {
+        let consumers = consumer_names(&setup.context, stream, "users").await;
+        let new: Vec<String> = (0..6).map(|p| format!("users-g1{stage}p{p:02}")).collect();
+        assert!(
+            consumers.iter().all(|name| new.contains(name)),
+            "{stream}: {consumers:?}"
+        );
+    }
+
+    // A shuffle stream whose generation was changed by hand (not one
+    // ahead of the input's) is refused, saying what to put back.
+    let mut shuffle = setup.context.get_stream("SHUF").await.unwrap();
+    let mut edited = shuffle.info().await.unwrap().config.clone();
+    edited
+        .metadata
+        .insert("plumber.generation".into(), "5".into());
+    setup.context.update_stream(&edited).await.unwrap();
+    let mut eight = six.clone();
+    eight["cluster"]["partitions"] = 8.into();
+    let eight_path = write_config(dir, "users8.json", &eight);
+    let apart = migrate(&eight_path, &stage2);
+    assert_eq!(apart.status.code(), Some(2), "{}", text(&apart));
+    assert!(
+        text(&apart).contains("the shuffle stream `SHUF` is partitioned 6 ways in generation 5")
+            && text(&apart).contains("never leaves them so"),
+        "{}",
+        text(&apart)
+    );
+}
+
+#[test]
+fn a_stage_2_template_for_a_pipeline_of_one_stage_is_refused() {
+    // Refused before any server is asked (none listens here).
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec!["nats://127.0.0.1:1".to_owned()];
+    let config = cluster_config(&urls, 4, "redis://127.0.0.1:1/");
+    let path = write_config(dir.path(), "keys.json", &config);
+    let refused = migrate(&path, &["--stage2-state-key", "k{key}"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("has none: give its pipes' template with `--state-key`"),
+        "{}",
+        text(&refused)
+    );
+    let bad = migrate(&path, &["--stage2-state-key", "k"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("--stage2-state-key: the state-key template"),
+        "{}",
+        text(&bad)
+    );
 }
 
 /// Events at `offsets` (ms after [`EVENT_TIME_BASE`]) for each of
