@@ -192,8 +192,13 @@ pub enum ClusterCommand {
         config: PathBuf,
         /// Where the event key is in the pipes' state keys: a text with one
         /// `{key}` (`k{key}` for keys `k<event key>`).
+        /// With a `repartition` step, this is stage 1's pipes' template.
         #[arg(long, default_value = plumber_cluster::migrate::DEFAULT_STATE_KEY)]
         state_key: String,
+        /// With a `repartition` step: where the event key (the key the step
+        /// shuffled by) is in stage 2's pipes' state keys (default `{key}`).
+        #[arg(long)]
+        stage2_state_key: Option<String>,
     },
 }
 
@@ -469,11 +474,25 @@ async fn cluster(command: ClusterCommand) -> Result<(), Failure> {
             );
             Ok(())
         }
-        ClusterCommand::Migrate { config, state_key } => {
+        ClusterCommand::Migrate {
+            config,
+            state_key,
+            stage2_state_key,
+        } => {
             let pipeline = plumber_cluster::ClusterPipeline::load(&config).map_err(failure)?;
             let state_key = plumber_cluster::migrate::StateKeyTemplate::parse(&state_key)
                 .map_err(|message| Failure::input_message(format!("--state-key: {message}")))?;
-            let options = plumber_cluster::migrate::MigrateOptions { state_key };
+            let stage2_state_key = stage2_state_key
+                .map(|text| {
+                    plumber_cluster::migrate::StateKeyTemplate::parse(&text).map_err(|message| {
+                        Failure::input_message(format!("--stage2-state-key: {message}"))
+                    })
+                })
+                .transpose()?;
+            let options = plumber_cluster::migrate::MigrateOptions {
+                state_key,
+                stage2_state_key,
+            };
             let report = plumber_cluster::migrate::migrate(&pipeline, &options)
                 .await
                 .map_err(failure)?;

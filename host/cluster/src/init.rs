@@ -80,8 +80,63 @@ pub async fn input_generation(
         .info()
         .await
         .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
+    let generation = generation_of(name, &info.config)?;
+    if let Some(shuffle) = &pipeline.shuffle {
+        check_shuffle_stream(context, pipeline, shuffle, generation).await?;
+    }
     check_stream(name, &pipeline.names, &wanted, &info.config)?;
-    generation_of(name, &info.config)
+    Ok(generation)
+}
+
+/// Checks that a `repartition` step's shuffle stream is in the input
+/// stream's generation `generation` and partitioned as the config says: a
+/// migration switches the shuffle stream first, and one interrupted before
+/// it switched the input stream leaves them apart (workers then refuse, and
+/// running the migration again finishes it).
+async fn check_shuffle_stream(
+    context: &jetstream::Context,
+    pipeline: &ClusterPipeline,
+    shuffle: &crate::spec::Shuffle,
+    generation: u32,
+) -> Result<(), ClusterError> {
+    let name = &shuffle.stream;
+    let mut existing = match context.get_stream(name).await {
+        Ok(existing) => existing,
+        Err(error) if is_not_found(&error) => {
+            return Err(ClusterError::NotInitialised {
+                stream: name.clone(),
+                config: pipeline.origin.clone(),
+            })
+        }
+        Err(error) => {
+            return Err(ClusterError::jetstream(
+                format!("looking up stream `{name}`"),
+                error,
+            ))
+        }
+    };
+    let info = existing
+        .info()
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
+    let found = generation_of(name, &info.config)?;
+    if found != generation {
+        return Err(ClusterError::Mismatch {
+            what: format!("stream `{name}`"),
+            message: format!(
+                "the shuffle stream is in generation {found} of the partitions and the input \
+                 stream `{}` in generation {generation}: a `plumber cluster migrate` stopped \
+                 between its two switches; run it again (with the new `cluster.partitions`) to \
+                 finish it",
+                pipeline.stream
+            ),
+        });
+    }
+    let wanted = stream::SubjectTransform {
+        source: shuffle.names.captured(),
+        destination: shuffle.names.transform_destination(),
+    };
+    check_stream(name, &shuffle.names, &wanted, &info.config)
 }
 
 /// What `init` found and did, a line each.
@@ -162,6 +217,19 @@ pub async fn ensure_stream(
     names: &PartitionNames,
     replicas: usize,
 ) -> Result<String, ClusterError> {
+    ensure_stream_in_generation(context, name, names, replicas, 0).await
+}
+
+/// As [`ensure_stream`]; a stream it creates records `generation`
+/// ([`GENERATION_METADATA`]): a shuffle stream created for a pipeline
+/// whose input stream was migrated before is in the input's generation.
+async fn ensure_stream_in_generation(
+    context: &jetstream::Context,
+    name: &str,
+    names: &PartitionNames,
+    replicas: usize,
+    generation: u32,
+) -> Result<String, ClusterError> {
     let wanted = stream::SubjectTransform {
         source: names.captured(),
         destination: names.transform_destination(),
@@ -189,6 +257,11 @@ pub async fn ensure_stream(
                 subject_transform: Some(wanted.clone()),
                 num_replicas: replicas,
                 duplicate_window: DUPLICATE_WINDOW,
+                metadata: if generation == 0 {
+                    std::collections::HashMap::new()
+                } else {
+                    [(GENERATION_METADATA.to_owned(), generation.to_string())].into()
+                },
                 ..Default::default()
             };
             let mut created = context
@@ -411,9 +484,23 @@ pub async fn init(pipeline: &ClusterPipeline) -> Result<InitReport, ClusterError
             .push(ensure_output_stream(&context, &subject, &name, replicas).await?);
     }
     if let Some(shuffle) = &pipeline.shuffle {
-        report
-            .lines
-            .push(ensure_stream(&context, &shuffle.stream, &shuffle.names, replicas).await?);
+        let mut input = context.get_stream(&pipeline.stream).await.map_err(|e| {
+            ClusterError::jetstream(format!("looking up stream `{}`", pipeline.stream), e)
+        })?;
+        let info = input.info().await.map_err(|e| {
+            ClusterError::jetstream(format!("reading stream `{}`", pipeline.stream), e)
+        })?;
+        let generation = generation_of(&pipeline.stream, &info.config)?;
+        report.lines.push(
+            ensure_stream_in_generation(
+                &context,
+                &shuffle.stream,
+                &shuffle.names,
+                replicas,
+                generation,
+            )
+            .await?,
+        );
     }
     for bucket in [pipeline.members_bucket(), pipeline.leases_bucket()] {
         report

@@ -30,6 +30,16 @@
 //! that check and the switch are published again under the new partition
 //! count (their message id gets `~g<k>`), so none is lost or read by the
 //! wrong partition.
+//!
+//! With a `repartition` step, both stages change: stage 1's state moves by
+//! the input's keys, stage 2's by the shuffle keys' subject tokens (its
+//! pipes' template is `--stage2-state-key`), each stage checkpointed at
+//! the last sequence of the stream it reads, the shuffle stream drained as
+//! the input is. The shuffle stream is switched first and the input stream
+//! last: workers go by the input stream's generation and refuse to start
+//! while the shuffle stream's differs, so a migration interrupted between
+//! the two switches leaves the old generation whole, and running it again
+//! finishes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,6 +48,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use plumber_engine::checkpoint::{CheckpointRecord, Position};
+use plumber_engine::shuffle::subject_token;
 use plumber_engine::state::{
     checkpoint_scope, KeyHasher, KeyOwner, Namespace, SharedState, WriteSet, DEFAULT_TENANT,
 };
@@ -110,8 +121,13 @@ impl Default for StateKeyTemplate {
 /// What to migrate how.
 #[derive(Debug, Clone, Default)]
 pub struct MigrateOptions {
-    /// How pipes' state keys contain their event keys.
+    /// How pipes' state keys contain their event keys (stage 1's pipes,
+    /// with a `repartition` step).
     pub state_key: StateKeyTemplate,
+    /// How stage 2's pipes' state keys contain their event keys (the keys
+    /// the `repartition` step shuffled by); `{key}` when not given. Only for
+    /// a pipeline with a `repartition` step.
+    pub stage2_state_key: Option<StateKeyTemplate>,
 }
 
 /// What a migration did.
@@ -158,17 +174,148 @@ struct NewState {
     keys: u64,
 }
 
+/// A partitioned stream as the migration found it: the input, or a
+/// `repartition` step's shuffle stream.
+struct PartitionedStream {
+    name: String,
+    stream: stream::Stream,
+    config: stream::Config,
+    /// The last sequence when it was read.
+    last: u64,
+    /// The partition count its transform has.
+    partitions: u32,
+    /// Its generation ([`GENERATION_METADATA`]).
+    generation: u32,
+}
+
+impl PartitionedStream {
+    /// Reads stream `name`, partitioned as `names` are named (with any
+    /// count).
+    async fn read(
+        context: &jetstream::Context,
+        pipeline: &ClusterPipeline,
+        name: &str,
+        names: &PartitionNames,
+    ) -> Result<Self, ClusterError> {
+        let mut stream =
+            context
+                .get_stream(name)
+                .await
+                .map_err(|_| ClusterError::NotInitialised {
+                    stream: name.to_owned(),
+                    config: pipeline.origin.clone(),
+                })?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
+            .clone();
+        let config = info.config.clone();
+        let Some(transform) = config.subject_transform.clone() else {
+            return Err(ClusterError::TransformDropped {
+                stream: name.to_owned(),
+                found: format!("no transform, subjects {:?}", config.subjects),
+            });
+        };
+        let partitions =
+            names
+                .partitions_in(&transform.destination)
+                .ok_or_else(|| ClusterError::Mismatch {
+                    what: format!("stream `{name}`"),
+                    message: format!(
+                        "its subject transform `{}` → `{}` is not one plumber makes",
+                        transform.source, transform.destination
+                    ),
+                })?;
+        let generation = generation_of(name, &config)?;
+        Ok(PartitionedStream {
+            name: name.to_owned(),
+            stream,
+            last: info.state.last_sequence,
+            config,
+            partitions,
+            generation,
+        })
+    }
+
+    /// The stream's last sequence now.
+    async fn last_now(&mut self) -> Result<u64, ClusterError> {
+        let name = &self.name;
+        Ok(self
+            .stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
+            .state
+            .last_sequence)
+    }
+
+    /// Switches the stream to `names` (their count) and `generation` in
+    /// one update; returns its last sequence after the switch.
+    async fn switch(
+        &mut self,
+        context: &jetstream::Context,
+        names: &PartitionNames,
+        generation: u32,
+    ) -> Result<(u64, String), ClusterError> {
+        let name = self.name.clone();
+        let wanted = stream::SubjectTransform {
+            source: names.captured(),
+            destination: names.transform_destination(),
+        };
+        self.config.subject_transform = Some(wanted.clone());
+        self.config
+            .metadata
+            .insert(GENERATION_METADATA.to_owned(), generation.to_string());
+        let updated = context
+            .update_stream(&self.config)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("switching stream `{name}`"), e))?;
+        check_stream(&name, names, &wanted, &updated.config)?;
+        Ok((
+            updated.state.last_sequence,
+            format!(
+                "switched stream `{name}`: `{}` → `{}`, generation {generation}",
+                wanted.source, wanted.destination
+            ),
+        ))
+    }
+}
+
+/// One stage's old partitions and where its moved state goes.
+struct Stage<'a> {
+    /// 1 or 2 (1 for a pipeline of one stage).
+    number: u32,
+    /// The stream its tasks read.
+    input: &'a PartitionedStream,
+    /// Its stream's names in the old generation (the filter subjects).
+    old_stream_names: PartitionNames,
+    /// How its pipes' state keys hold the event key, and the flag that
+    /// gives it.
+    template: &'a StateKeyTemplate,
+    flag: &'static str,
+    /// Whether its events' keys reach its stream as [`subject_token`]s
+    /// (a shuffle stream), rather than as the subject's token itself.
+    tokens: bool,
+}
+
 /// Changes `pipeline`'s partition count to its config's
-/// `cluster.partitions` (see the module docs).
+/// `cluster.partitions` (see the module docs). With a `repartition` step,
+/// both stages change, each stage's state moved by the keys of the stream
+/// it reads, and the shuffle stream is switched before the input stream:
+/// the input stream's generation is the one workers go by, so until its
+/// switch the old generation is whole, and a migration interrupted between
+/// the two switches is finished by running it again (workers refuse to
+/// start while the two streams' generations differ).
 ///
 /// # Errors
 ///
 /// [`ClusterError::Migration`] when something stands in the way (workers
-/// running, input not drained, state not keyed by the event key, open
-/// keyless windows, an outbox not yet published, producers publishing, a
-/// `repartition` step), with what to do; the errors of [`connect`] and
-/// [`ClusterError::JetStream`] when a request fails. Before the switch an
-/// error leaves the old generation as it was.
+/// running, input or shuffle stream not drained, state not keyed by the
+/// event key, open keyless windows, an outbox not yet published, producers
+/// publishing, streams switched apart by hand), with what to do; the
+/// errors of [`connect`] and [`ClusterError::JetStream`] when a request
+/// fails. Before the switch an error leaves the old generation as it was.
 pub async fn migrate(
     pipeline: &ClusterPipeline,
     options: &MigrateOptions,
@@ -177,58 +324,60 @@ pub async fn migrate(
         pipeline: pipeline.config.name.clone(),
         message,
     };
-    if let Some(shuffle) = &pipeline.shuffle {
-        return Err(refuse(format!(
-            "it has a `repartition` step (`{}`): a two-stage pipeline's partition count cannot \
-             be changed yet",
-            shuffle.step
-        )));
+    if pipeline.shuffle.is_none() && options.stage2_state_key.is_some() {
+        return Err(refuse(
+            "`--stage2-state-key` is for the pipes after a `repartition` step, and the \
+             pipeline has none: give its pipes' template with `--state-key`"
+                .to_owned(),
+        ));
     }
     let client = connect(&pipeline.cluster.url).await?;
     check_version(&client)?;
     let context = jetstream::new(client.clone());
-    let name = &pipeline.stream;
-    let mut input = context
-        .get_stream(name)
-        .await
-        .map_err(|_| ClusterError::NotInitialised {
-            stream: name.clone(),
-            config: pipeline.origin.clone(),
-        })?;
-    let info = input
-        .info()
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
-        .clone();
-    let mut config = info.config.clone();
-    let Some(transform) = config.subject_transform.clone() else {
-        return Err(ClusterError::TransformDropped {
-            stream: name.clone(),
-            found: format!("no transform, subjects {:?}", config.subjects),
-        });
+    let mut input =
+        PartitionedStream::read(&context, pipeline, &pipeline.stream, &pipeline.names).await?;
+    let mut shuffle = match &pipeline.shuffle {
+        Some(step) => {
+            Some(PartitionedStream::read(&context, pipeline, &step.stream, &step.names).await?)
+        }
+        None => None,
     };
     let target = pipeline.names.partitions;
-    let existing = pipeline
-        .names
-        .partitions_in(&transform.destination)
-        .ok_or_else(|| ClusterError::Mismatch {
-            what: format!("stream `{name}`"),
-            message: format!(
-                "its subject transform `{}` → `{}` is not one plumber makes",
-                transform.source, transform.destination
-            ),
-        })?;
-    let generation = generation_of(name, &config)?;
+    let existing = input.partitions;
+    let generation = input.generation;
     let mut report = MigrationReport {
         from: existing,
         to: target,
         generation,
         ..MigrationReport::default()
     };
-    if existing == target {
+    // The shuffle stream goes with the input stream, one switch behind.
+    let mut resuming = false;
+    if let Some(shuffle) = &shuffle {
+        if shuffle.generation == generation + 1 {
+            resuming = true;
+            report.lines.push(format!(
+                "stream `{}` was switched to generation {} ({} partitions) by a migration that \
+                 stopped before it switched the input stream `{}`: finishing it from generation \
+                 {generation}, which is untouched",
+                shuffle.name, shuffle.generation, shuffle.partitions, input.name
+            ));
+        } else if shuffle.generation != generation || shuffle.partitions != existing {
+            return Err(refuse(format!(
+                "the shuffle stream `{}` is partitioned {} ways in generation {}, and the input \
+                 stream `{}` {existing} ways in generation {generation}: `plumber cluster \
+                 migrate` never leaves them so. Give the shuffle stream the input stream's \
+                 partition count (its subject transform) and generation (its metadata \
+                 `{GENERATION_METADATA}`), then migrate",
+                shuffle.name, shuffle.partitions, shuffle.generation, input.name
+            )));
+        }
+    }
+    if existing == target && !resuming {
         report.lines.push(format!(
-            "stream `{name}` is partitioned {target} ways already (generation {generation}): \
-             nothing to migrate"
+            "stream `{}` is partitioned {target} ways already (generation {generation}): \
+             nothing to migrate",
+            input.name
         ));
         return Ok(report);
     }
@@ -238,6 +387,13 @@ pub async fn migrate(
         ..pipeline.names.clone()
     }
     .with_generation(generation);
+    if let Some(step) = &mut old.shuffle {
+        step.names = PartitionNames {
+            partitions: existing,
+            ..step.names.clone()
+        }
+        .with_generation(generation);
+    }
     let mut new = pipeline.clone();
     new.set_generation(generation + 1);
     let tenant = pipeline
@@ -270,154 +426,256 @@ pub async fn migrate(
         )));
     }
 
+    let default_template = StateKeyTemplate::default();
+    let mut stages = vec![Stage {
+        number: 1,
+        input: &input,
+        old_stream_names: old.names.clone(),
+        template: &options.state_key,
+        flag: "--state-key",
+        tokens: false,
+    }];
+    if let (Some(shuffle), Some(step)) = (&shuffle, &old.shuffle) {
+        stages.push(Stage {
+            number: 2,
+            input: shuffle,
+            old_stream_names: step.names.clone(),
+            template: options
+                .stage2_state_key
+                .as_ref()
+                .unwrap_or(&default_template),
+            flag: "--stage2-state-key",
+            tokens: true,
+        });
+    }
+
     // 2. Every partition's input is covered by its last checkpoint.
-    let last = info.state.last_sequence;
     let states = PartitionStates::default();
-    let mut old_states = Vec::with_capacity(existing as usize);
-    let mut undrained = Vec::new();
-    for partition in 0..existing {
-        let task = old.names.task(partition);
-        let state = states
-            .open(&old.partition_config(partition)?)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
-        let record = state
-            .last_checkpoint(&checkpoint_scope(&tenant, &task))
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("reading the checkpoint of {task}"), e))?;
-        let committed = match record.as_ref().map(|r| &r.position) {
-            None | Some(Position::Start) => 0,
-            Some(Position::Offset(sequence)) => *sequence,
-            Some(other) => {
-                return Err(refuse(format!(
-                    "the checkpoint of {task} holds the position {other:?}, not a stream sequence"
-                )))
+    let mut old_states: Vec<Vec<(String, SharedState)>> = Vec::with_capacity(stages.len());
+    for stage in &stages {
+        let mut stage_states = Vec::with_capacity(existing as usize);
+        let mut undrained = Vec::new();
+        for partition in 0..existing {
+            let index = (stage.number - 1) * existing + partition;
+            let task = old.names.task(index);
+            let state = states
+                .open(&old.partition_config(index)?)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
+            let record = state
+                .last_checkpoint(&checkpoint_scope(&tenant, &task))
+                .await
+                .map_err(|e| {
+                    ClusterError::jetstream(format!("reading the checkpoint of {task}"), e)
+                })?;
+            let committed = match record.as_ref().map(|r| &r.position) {
+                None | Some(Position::Start) => 0,
+                Some(Position::Offset(sequence)) => *sequence,
+                Some(other) => {
+                    return Err(refuse(format!(
+                        "the checkpoint of {task} holds the position {other:?}, not a stream \
+                         sequence"
+                    )))
+                }
+            };
+            let subject = stage.old_stream_names.filter_subject(partition);
+            let pending = count_after(&stage.input.stream, &subject, committed).await?;
+            if pending > 0 {
+                undrained.push(format!(
+                    "{task}: {pending} message(s) after its checkpoint at sequence {committed}"
+                ));
             }
-        };
-        let pending = count_after(&input, &old.names.filter_subject(partition), committed).await?;
-        if pending > 0 {
-            undrained.push(format!(
-                "{task}: {pending} message(s) after its checkpoint at sequence {committed}"
-            ));
+            stage_states.push((task, state));
         }
-        old_states.push((task, state));
+        if !undrained.is_empty() {
+            return Err(refuse(if stage.number == 1 {
+                format!(
+                    "the input is not drained — {}. Stop the producers, run the workers until \
+                     `plumber cluster status` shows lag 0 everywhere, stop them with SIGTERM (a \
+                     final checkpoint), then migrate",
+                    undrained.join("; ")
+                )
+            } else {
+                format!(
+                    "the shuffle stream `{}` is not drained — {}. Stage 1 has published events \
+                     that stage 2 has not checkpointed: run the workers until `plumber cluster \
+                     status` shows lag 0 for every task of both stages, stop them with SIGTERM \
+                     (a final checkpoint), then migrate",
+                    stage.input.name,
+                    undrained.join("; ")
+                )
+            }));
+        }
+        old_states.push(stage_states);
     }
-    if !undrained.is_empty() {
+
+    // 3. The state, filed under the new partitions: every stage's before
+    // anything is written.
+    let mut filed = Vec::with_capacity(stages.len());
+    for (stage, stage_states) in stages.iter().zip(&old_states) {
+        let new_tasks: Vec<String> = (0..target)
+            .map(|partition| new.names.task((stage.number - 1) * target + partition))
+            .collect();
+        let moved = read_and_file(stage_states, &tenant, &new_tasks, stage, &refuse).await?;
+        report.keys_moved += moved.keys;
+        filed.push((new_tasks, moved));
+    }
+
+    // 4. Written beside the old generation, each stage checkpointed at its
+    // stream's last sequence.
+    let mut new_states: Vec<Vec<(String, SharedState)>> = Vec::with_capacity(stages.len());
+    for (stage, (new_tasks, moved)) in stages.iter().zip(filed) {
+        let mut writes = moved.writes;
+        for (window, metas) in &moved.metas {
+            let values: Vec<&[u8]> = metas.iter().map(Vec::as_slice).collect();
+            for (partition, (write, task)) in writes.iter_mut().zip(&new_tasks).enumerate() {
+                // The late count once, in the first partition.
+                let merged = merge_saved_meta(&values, partition == 0).map_err(&refuse)?;
+                let mut key = Namespace::for_window(&tenant, task, window)
+                    .prefix()
+                    .to_vec();
+                key.extend_from_slice(b"meta");
+                write.insert(key, Some(merged));
+            }
+        }
+        let mut stage_states = Vec::with_capacity(target as usize);
+        for (partition, (mut write, task)) in (0..target).zip(writes.into_iter().zip(new_tasks)) {
+            let index = (stage.number - 1) * target + partition;
+            let state = states
+                .open(&new.partition_config(index)?)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
+            // What an interrupted run left there goes.
+            let prefix = Namespace::pipeline_prefix(&tenant, &task);
+            for (key, _) in state
+                .scan_prefix(&prefix)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("reading the state of {task}"), e))?
+            {
+                write.entry(key).or_insert(None);
+            }
+            commit_at(
+                &state,
+                &tenant,
+                &task,
+                Position::Offset(stage.input.last),
+                &[write],
+            )
+            .await?;
+            stage_states.push((task, state));
+        }
+        new_states.push(stage_states);
+    }
+    for stage in &stages {
+        report.lines.push(format!(
+            "wrote the state of {target} partitions of {}generation {}, each checkpointed at \
+             sequence {} of stream `{}`",
+            if stages.len() > 1 {
+                format!("stage {} of ", stage.number)
+            } else {
+                String::new()
+            },
+            generation + 1,
+            stage.input.last,
+            stage.input.name
+        ));
+    }
+    report
+        .lines
+        .push(format!("moved {} state keys", report.keys_moved));
+    let lasts: Vec<u64> = stages.iter().map(|stage| stage.input.last).collect();
+    drop(stages);
+
+    // 5. Still quiet and still nobody running: switch the shuffle stream,
+    // then the input stream.
+    let now = input.last_now().await?;
+    if now != input.last {
         return Err(refuse(format!(
-            "the input is not drained — {}. Stop the producers, run the workers until `plumber \
-             cluster status` shows lag 0 everywhere, stop them with SIGTERM (a final \
-             checkpoint), then migrate",
-            undrained.join("; ")
-        )));
-    }
-
-    // 3. The state, filed under the new partitions.
-    let moved = read_and_file(&old_states, &tenant, &new.names, target, options, &refuse).await?;
-    report.keys_moved = moved.keys;
-    let mut writes = moved.writes;
-    for (window, metas) in &moved.metas {
-        let values: Vec<&[u8]> = metas.iter().map(Vec::as_slice).collect();
-        for (partition, write) in writes.iter_mut().enumerate() {
-            // The late count once, in the first partition.
-            let merged = merge_saved_meta(&values, partition == 0).map_err(&refuse)?;
-            let task = new.names.task(u32::try_from(partition).unwrap_or(u32::MAX));
-            let mut key = Namespace::for_window(&tenant, &task, window)
-                .prefix()
-                .to_vec();
-            key.extend_from_slice(b"meta");
-            write.insert(key, Some(merged));
-        }
-    }
-
-    // 4. Written beside the old generation, checkpointed at `last`.
-    let mut new_states = Vec::with_capacity(target as usize);
-    for (partition, mut write) in (0..target).zip(writes) {
-        let task = new.names.task(partition);
-        let state = states
-            .open(&new.partition_config(partition)?)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("opening the state of {task}"), e))?;
-        // What an interrupted run left there goes.
-        let prefix = Namespace::pipeline_prefix(&tenant, &task);
-        for (key, _) in state
-            .scan_prefix(&prefix)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("reading the state of {task}"), e))?
-        {
-            write.entry(key).or_insert(None);
-        }
-        commit_at(&state, &tenant, &task, Position::Offset(last), &[write]).await?;
-        new_states.push((task, state));
-    }
-    report.lines.push(format!(
-        "wrote the state of {target} partitions of generation {} ({} keys), each checkpointed \
-         at stream sequence {last}",
-        generation + 1,
-        report.keys_moved
-    ));
-
-    // 5. Still quiet and still nobody running: switch.
-    let now = input
-        .info()
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?
-        .state
-        .last_sequence;
-    if now != last {
-        return Err(refuse(format!(
-            "producers are publishing to `{}` (the stream's last sequence moved from {last} to \
+            "producers are publishing to `{}` (the stream's last sequence moved from {} to \
              {now} during the migration): stop them and run the migration again",
-            pipeline.names.captured()
+            pipeline.names.captured(),
+            input.last
         )));
+    }
+    if let Some(shuffle) = &mut shuffle {
+        let now = shuffle.last_now().await?;
+        if now != shuffle.last {
+            return Err(refuse(format!(
+                "something publishes to the shuffle stream `{}` (its last sequence moved from \
+                 {} to {now} during the migration): a stage-1 worker still runs; stop it and \
+                 run the migration again",
+                shuffle.name, shuffle.last
+            )));
+        }
     }
     refuse_held_leases(&leases, &old.names, &refuse).await?;
     hold_before_switch().await;
-    let wanted = stream::SubjectTransform {
-        source: new.names.captured(),
-        destination: new.names.transform_destination(),
-    };
-    config.subject_transform = Some(wanted.clone());
-    config
-        .metadata
-        .insert(GENERATION_METADATA.to_owned(), (generation + 1).to_string());
-    let updated = context
-        .update_stream(&config)
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("switching stream `{name}`"), e))?;
-    check_stream(name, &new.names, &wanted, &updated.config)?;
-    let cut = updated.state.last_sequence;
+    let mut switched = Vec::new();
+    if let (Some(shuffle), Some(old_step), Some(new_step)) =
+        (&mut shuffle, &old.shuffle, &new.shuffle)
+    {
+        let (cut, line) = shuffle
+            .switch(&context, &new_step.names, generation + 1)
+            .await?;
+        report.lines.push(line);
+        hold_between_switches().await;
+        switched.push((
+            shuffle.name.clone(),
+            shuffle.stream.clone(),
+            old_step.names.clone(),
+            cut,
+            1,
+        ));
+    }
+    let (cut, line) = input.switch(&context, &new.names, generation + 1).await?;
+    report.lines.push(line);
     report.generation = generation + 1;
-    report.lines.push(format!(
-        "switched stream `{name}`: `{}` → `{}`, generation {}",
-        wanted.source,
-        wanted.destination,
-        generation + 1
-    ));
+    switched.insert(
+        0,
+        (
+            input.name.clone(),
+            input.stream.clone(),
+            old.names.clone(),
+            cut,
+            0,
+        ),
+    );
 
     // Arrived between the check and the switch: filed by the old count.
-    if cut > last {
-        report.republished =
-            republish(&context, &input, &old.names, last, cut, generation + 1).await?;
-        for (task, state) in &new_states {
-            commit_at(state, &tenant, task, Position::Offset(cut), &[]).await?;
+    for (name, stream, old_names, cut, stage) in &switched {
+        let last = lasts.get(*stage).copied().unwrap_or(*cut);
+        if *cut <= last {
+            continue;
+        }
+        let republished =
+            republish(&context, stream, old_names, last, *cut, generation + 1).await?;
+        report.republished += republished;
+        for (task, state) in new_states.get(*stage).into_iter().flatten() {
+            commit_at(state, &tenant, task, Position::Offset(*cut), &[]).await?;
         }
         report.lines.push(format!(
-            "published again {} message(s) that arrived during the switch (sequences {}..={cut}); \
-             the new partitions start after {cut}",
-            report.republished,
+            "published again {republished} message(s) of `{name}` that arrived during the \
+             switch (sequences {}..={cut}); the new partitions start after {cut}",
             last + 1
         ));
     }
 
     // 6. The old generation goes.
     let mut cleanup = String::new();
-    for partition in 0..existing {
-        let consumer = old.names.consumer(partition);
-        if let Err(error) = input.delete_consumer(&consumer).await {
-            let _ = write!(cleanup, " consumer `{consumer}`: {error};");
+    for (stage, (_, stream, _, _, _)) in switched.iter().enumerate() {
+        let first = u32::try_from(stage).unwrap_or(u32::MAX) * existing;
+        for index in first..first + existing {
+            let consumer = old.names.consumer(index);
+            if let Err(error) = stream.delete_consumer(&consumer).await {
+                let _ = write!(cleanup, " consumer `{consumer}`: {error};");
+            }
         }
     }
-    for (task, state) in &old_states {
+    for ((task, state), last) in old_states
+        .iter()
+        .zip(&lasts)
+        .flat_map(|(stage, last)| stage.iter().map(move |old| (old, *last)))
+    {
         let prefix = Namespace::pipeline_prefix(&tenant, task);
         let deletes: WriteSet = match state.scan_prefix(&prefix).await {
             Ok(keys) => keys.into_iter().map(|(key, _)| (key, None)).collect(),
@@ -432,9 +690,10 @@ pub async fn migrate(
             let _ = write!(cleanup, " state of {task}: {error};");
         }
     }
+    let consumers = existing * u32::try_from(switched.len()).unwrap_or(1);
     if cleanup.is_empty() {
         report.lines.push(format!(
-            "deleted the {existing} consumers and the state of generation {generation}"
+            "deleted the {consumers} consumers and the state of generation {generation}"
         ));
     } else {
         report.lines.push(format!(
@@ -450,20 +709,35 @@ pub async fn migrate(
 /// a producer that the switch handles happen on purpose).
 pub const HOLD_BEFORE_SWITCH: &str = "PLUMBER_FAULT_HOLD_BEFORE_SWITCH";
 
+/// The fault point that holds a two-stage migration between the switch of
+/// the shuffle stream and that of the input stream for `<ms>` (a testing
+/// aid: a migration killed there is one interrupted between its switches).
+pub const HOLD_BETWEEN_SWITCHES: &str = "PLUMBER_FAULT_HOLD_BETWEEN_SWITCHES";
+
 /// Waits as [`HOLD_BEFORE_SWITCH`] says, if it is set.
 async fn hold_before_switch() {
-    let Ok(value) = std::env::var(HOLD_BEFORE_SWITCH) else {
+    hold(HOLD_BEFORE_SWITCH, "holding before the switch").await;
+}
+
+/// Waits as [`HOLD_BETWEEN_SWITCHES`] says, if it is set.
+async fn hold_between_switches() {
+    hold(HOLD_BETWEEN_SWITCHES, "holding between the two switches").await;
+}
+
+/// Waits the milliseconds the fault point `variable` says, if it is set.
+async fn hold(variable: &str, what: &str) {
+    let Ok(value) = std::env::var(variable) else {
         return;
     };
     match value.parse::<u64>() {
         Ok(ms) => {
             tracing::warn!(
                 hold_ms = ms,
-                "fault point {HOLD_BEFORE_SWITCH}: holding before the switch (a testing aid)"
+                "fault point {variable}: {what} (a testing aid)"
             );
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        Err(_) => tracing::error!("{HOLD_BEFORE_SWITCH} ignored: `{value}` is not milliseconds"),
+        Err(_) => tracing::error!("{variable} ignored: `{value}` is not milliseconds"),
     }
 }
 
@@ -522,19 +796,21 @@ async fn count_after(
     Ok(pending)
 }
 
-/// Reads every old partition's state and files each key under its new
-/// partition.
+/// Reads every old partition's state of `stage` and files each key under
+/// its new partition (`new_tasks`, one per partition of the new count).
 async fn read_and_file(
     old_states: &[(String, SharedState)],
     tenant: &str,
-    new_names: &PartitionNames,
-    target: u32,
-    options: &MigrateOptions,
+    new_tasks: &[String],
+    stage: &Stage<'_>,
     refuse: &impl Fn(String) -> ClusterError,
 ) -> Result<NewState, ClusterError> {
     let existing = u32::try_from(old_states.len()).unwrap_or(u32::MAX);
+    let target = u32::try_from(new_tasks.len()).unwrap_or(u32::MAX);
+    let template = stage.template;
     let mut moved = NewState {
-        writes: (0..target)
+        writes: new_tasks
+            .iter()
             .map(|_| WriteSet::with_hasher(KeyHasher::default()))
             .collect(),
         metas: BTreeMap::new(),
@@ -552,13 +828,14 @@ async fn read_and_file(
             // goes given the new partition's task name.
             let (event_key, filed) = match Namespace::owner_of(tenant, task, &full) {
                 Some(KeyOwner::Pipe { pipe, key }) => {
-                    let Some(event_key) = options.state_key.event_key(key) else {
+                    let Some(event_key) = template.event_key(key) else {
                         return Err(refuse(format!(
                             "the state key {:?} of pipe `{pipe}` in {task} does not have the \
                              shape of the state-key template {:?}: give the template that \
-                             finds the event key in the pipe's keys (`--state-key`)",
+                             finds the event key in the pipe's keys (`{}`)",
                             shown(key),
-                            options.state_key.text
+                            template.text,
+                            stage.flag
                         )));
                     };
                     (event_key, Filed::Pipe { pipe, key })
@@ -610,20 +887,30 @@ async fn read_and_file(
                     )))
                 }
             };
-            let was = partition_of(event_key, existing);
+            // The token its stream files the key by.
+            let token = if stage.tokens {
+                subject_token(event_key).into_bytes()
+            } else {
+                event_key.to_vec()
+            };
+            let was = partition_of(&token, existing);
             if was != partition {
                 return Err(refuse(format!(
                     "{task} holds state of event key {:?} (stored as {:?}), which belongs to \
                      partition {was} of {existing}: its pipes' state is not keyed by the event \
                      key as the state-key template {:?} says, and moving it by that key would \
-                     split a key's state (give the right `--state-key`)",
+                     split a key's state (give the right `{}`)",
                     shown(event_key),
                     shown(&full),
-                    options.state_key.text
+                    template.text,
+                    stage.flag
                 )));
             }
-            let to = partition_of(event_key, target);
-            let new_key = filed.key_in(tenant, &new_names.task(to));
+            let to = partition_of(&token, target);
+            let Some(new_task) = new_tasks.get(to as usize) else {
+                continue;
+            };
+            let new_key = filed.key_in(tenant, new_task);
             if let Some(write) = moved.writes.get_mut(to as usize) {
                 write.insert(new_key, Some(value));
             }

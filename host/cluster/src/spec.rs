@@ -725,6 +725,31 @@ mod tests {
     }
 
     #[test]
+    fn a_later_generation_names_both_stages_and_counts_the_new_upstreams() {
+        // After `plumber cluster migrate` to 16: both stages' tasks,
+        // consumers and Redis tags are the new generation's, and stage 2
+        // waits for the watermarks of the 16 new stage-1 tasks.
+        let windowed = TWO_STAGES.replace(
+            r#"{"name": "count", "type": "wasm", "module": "count.wasm"}"#,
+            r#"{"name": "w", "type": "window", "window": "tumbling", "size_ms": 1000,
+                "time": "event"}"#,
+        );
+        let mut pipeline = ClusterPipeline::parse(&windowed, "c.json", Path::new(".")).unwrap();
+        pipeline.set_generation(1);
+        let one = pipeline.partition_json(3);
+        assert_eq!(one["name"], "orders.s1#g1p03");
+        assert_eq!(one["from"]["consumer"], "count-g1s1p03");
+        assert_eq!(one["to"]["watermark_partitions"], 16);
+        let two = pipeline.partition_json(16 + 3);
+        assert_eq!(two["name"], "orders.s2#g1p03");
+        assert_eq!(two["from"]["consumer"], "count-g1s2p03");
+        assert_eq!(two["from"]["filter_subject"], "orders-by_user-p.3.>");
+        assert_eq!(two["from"]["watermark_upstreams"], 16);
+        assert_eq!(two["state"]["key_prefix"], "plumber:{orders.s2#g1p03}:");
+        assert_eq!(pipeline.shuffle.unwrap().names.generation, 1);
+    }
+
+    #[test]
     fn a_pipeline_without_repartition_keeps_one_stage() {
         let pipeline = ClusterPipeline::parse(CONFIG, "c.json", Path::new(".")).unwrap();
         assert!(pipeline.shuffle.is_none());
