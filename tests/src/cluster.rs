@@ -27,6 +27,35 @@ pub fn plumber(args: &[&str]) -> Output {
         .expect("run plumber")
 }
 
+/// As [`plumber`], for a command expected to exit by itself (a refusal):
+/// one still running after `limit` is killed and the test fails, rather
+/// than waiting for ever on a worker that started when it should not have.
+pub fn plumber_exiting_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(harness::plumber_binary())
+        .arg("--cache-dir")
+        .arg(harness::cache_dir())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run plumber");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait for plumber").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("plumber's output");
+            panic!(
+                "`plumber {}` still ran after {limit:?} (killed):\n{}",
+                args.join(" "),
+                text(&output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("plumber's output")
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",

@@ -714,7 +714,10 @@ async fn a_two_stage_pipeline_migrates_both_stages_from_4_to_6_partitions() {
     child.wait().unwrap();
     drop(log);
     for config in [&setup.path, &six_path] {
-        let refused = plumber(&["worker", config.to_str().unwrap(), "--id", "early"]);
+        let refused = plumber_exiting_within(
+            &["worker", config.to_str().unwrap(), "--id", "early"],
+            std::time::Duration::from_secs(60),
+        );
         assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
         assert!(
             text(&refused).contains("stopped between its two switches; run it again"),
