@@ -1602,12 +1602,10 @@ async fn try_read_stream_messages(
                 stored_us,
             });
         }
-        if messages.len() == before {
-            if std::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "read up to sequence {reached} of {last} in 60 s: fetches came back empty"
-                ));
-            }
+        if messages.len() == before && std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "read up to sequence {reached} of {last} in 60 s: fetches came back empty"
+            ));
         }
     }
 }
