@@ -577,15 +577,26 @@ pub fn first_start_after(
 
 /// The fence of each partition's last checkpoint (0 for none).
 pub async fn commit_fences(pipeline: &ClusterPipeline, partitions: &[u32]) -> BTreeMap<u32, u64> {
-    let mut fences = BTreeMap::new();
+    last_checkpoints(pipeline, partitions)
+        .await
+        .into_iter()
+        .map(|(partition, record)| (partition, record.map_or(0, |r| r.fence)))
+        .collect()
+}
+
+/// Each partition's last checkpoint record, read from the state backend.
+pub async fn last_checkpoints(
+    pipeline: &ClusterPipeline,
+    partitions: &[u32],
+) -> BTreeMap<u32, Option<plumber::checkpoint::CheckpointRecord>> {
+    let mut records = BTreeMap::new();
     for partition in partitions {
         let config = pipeline.partition_config(*partition).unwrap();
         let state = config.open_state().await.unwrap();
         let scope = plumber::state::checkpoint_scope(plumber::state::DEFAULT_TENANT, &config.name);
-        let record = state.last_checkpoint(&scope).await.unwrap();
-        fences.insert(*partition, record.map_or(0, |r| r.fence));
+        records.insert(*partition, state.last_checkpoint(&scope).await.unwrap());
     }
-    fences
+    records
 }
 
 /// Waits until each of `partitions` has a checkpoint committed by a new
@@ -760,6 +771,12 @@ pub async fn read_stream_messages(
     stream: &str,
 ) -> Vec<StoredMessage> {
     read_stream_messages_patiently(context, stream).await
+}
+
+/// The sequence of the last message stream `stream` stored (0 for none).
+pub async fn stream_last_sequence(context: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = context.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
 }
 
 /// How many messages stream `stream` holds.
@@ -1520,9 +1537,18 @@ pub async fn read_stream_messages_patiently(
     context: &jetstream::Context,
     stream: &str,
 ) -> Vec<StoredMessage> {
+    read_stream_messages_from(context, stream, 1).await
+}
+
+/// As [`read_stream_messages_patiently`], from stream sequence `first` on.
+pub async fn read_stream_messages_from(
+    context: &jetstream::Context,
+    stream: &str,
+    first: u64,
+) -> Vec<StoredMessage> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        match try_read_stream_messages(context, stream).await {
+        match try_read_stream_messages(context, stream, first).await {
             Ok(messages) => return messages,
             Err(error) => {
                 assert!(
@@ -1538,6 +1564,7 @@ pub async fn read_stream_messages_patiently(
 async fn try_read_stream_messages(
     context: &jetstream::Context,
     stream: &str,
+    first: u64,
 ) -> Result<Vec<StoredMessage>, String> {
     let mut stream = context
         .get_stream(stream)
@@ -1553,18 +1580,35 @@ async fn try_read_stream_messages(
         .state
         .last_sequence;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deliver_policy = if first > 1 {
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: first,
+        }
+    } else {
+        jetstream::consumer::DeliverPolicy::All
+    };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
             ack_policy: jetstream::consumer::AckPolicy::None,
+            deliver_policy,
             ..Default::default()
         })
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = Vec::new();
     loop {
+        // No more than are left to read: a fetch asking for more may wait
+        // for them until it expires.
+        let reached = messages
+            .last()
+            .map_or(first.saturating_sub(1), |m: &StoredMessage| m.sequence);
+        if reached >= last {
+            return Ok(messages);
+        }
+        let left = usize::try_from(last - reached).unwrap_or(usize::MAX);
         let mut batch = consumer
             .fetch()
-            .max_messages(5000)
+            .max_messages(left.min(5000))
             .expires(std::time::Duration::from_secs(2))
             .messages()
             .await
@@ -1593,16 +1637,10 @@ async fn try_read_stream_messages(
                 stored_us,
             });
         }
-        if messages.len() == before {
-            let reached = messages.last().map_or(0, |m: &StoredMessage| m.sequence);
-            if reached >= last {
-                return Ok(messages);
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "read up to sequence {reached} of {last} in 60 s: fetches came back empty"
-                ));
-            }
+        if messages.len() == before && std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "read up to sequence {reached} of {last} in 60 s: fetches came back empty"
+            ));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Helpers for plumber's integration tests (all of them live in
 //! `tests/tests/`): building the example guests from source and locating
-//! them, the `plumber` binary, the real servers ([`servers`]), and waiting
-//! for a condition ([`wait`]).
+//! them, the `plumber` binary, the real servers ([`servers`]), waiting
+//! for a condition ([`wait`]), and what the window tests share
+//! ([`windows`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod kills;
 pub mod servers;
 pub mod wait;
+pub mod windows;
 
 pub use channel_run::ChannelRun;
 pub use servers::{free_port, raw_command, NatsCluster, NatsServer, PostgresServer, RedisServer};

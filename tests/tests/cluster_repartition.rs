@@ -164,6 +164,68 @@ async fn a_shuffle_by_field_files_each_key_under_its_partition() {
 
 // Issue test 9
 
+/// How many moments a kill is tried at (see the test below) before the
+/// test gives up.
+const KILL_ATTEMPTS: u32 = 10;
+
+/// How many of the shuffle stream's newest messages are looked at for
+/// publishes past a frozen worker's commits: the newest are where such
+/// publishes stand, and reading few keeps the freeze short.
+const SHUFFLE_TAIL: u64 = 2_000;
+
+/// The committed input position of each stage-1 task of `tasks` whose last
+/// checkpoint still carries the fence it had in `fences`: the commits of
+/// the owner the fences were read under, for those of its tasks no new
+/// owner has committed since.
+async fn owner_commits(
+    pipeline: &ClusterPipeline,
+    tasks: &[u32],
+    fences: &BTreeMap<u32, u64>,
+) -> BTreeMap<u32, u64> {
+    let stage_1: Vec<u32> = tasks
+        .iter()
+        .copied()
+        .filter(|task| pipeline.names.stage_of(*task).0 == 1)
+        .collect();
+    committed_positions(pipeline, &stage_1)
+        .await
+        .into_iter()
+        .filter(|(task, (_, fence))| *fence == fences[task])
+        .map(|(task, (position, _))| (task, position))
+        .collect()
+}
+
+/// How many of `shuffled`, stored before `before_us`, a stage-1 task of
+/// `commits` (task → its last committed input sequence) published from
+/// input past that commit: what its next owner reads and publishes again.
+/// A shuffle message's id is `<task>:<input sequence>:<index>`.
+fn published_past_commits(
+    pipeline: &ClusterPipeline,
+    shuffled: &[StoredMessage],
+    commits: &BTreeMap<u32, u64>,
+    before_us: u64,
+) -> u64 {
+    let mut past = 0;
+    for message in shuffled {
+        let Some(id) = &message.id else { continue };
+        let mut parts = id.rsplitn(3, ':');
+        let (_, input_sequence, task) = (parts.next(), parts.next(), parts.next());
+        let (Some(input_sequence), Some(task)) = (input_sequence, task) else {
+            continue;
+        };
+        let input_sequence: u64 = input_sequence.parse().unwrap();
+        for (committed_task, committed) in commits {
+            if task == pipeline.names.task(*committed_task)
+                && input_sequence > *committed
+                && message.stored_us < before_us
+            {
+                past += 1;
+            }
+        }
+    }
+    past
+}
+
 /// Two stages of 16 partitions (32 tasks) on three workers; while stage 1
 /// is publishing into the shuffle stream, a worker that runs stage-2 tasks
 /// is killed (SIGKILL). Its tasks of both stages are taken over by the
@@ -204,48 +266,112 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
-    // The worker holding the most stage-2 tasks.
-    let before: Vec<Ownership> = workers
-        .iter()
-        .flat_map(|w| ownership_changes(&w.log_text()))
-        .collect();
-    let (victim, orphans) = workers
-        .iter()
-        .enumerate()
-        .map(|(index, worker)| (index, held_at_end(&before, &worker.id)))
-        .max_by_key(|(_, held)| held.iter().filter(|task| **task >= PARTITIONS).count())
-        .unwrap();
+    // The kill must find a stage-1 task of the victim with publishes past
+    // its last commit (what the boundary's replay is about), which holds
+    // at most moments but not at all (a task just committed, or is still
+    // starting after a move). So the victim is frozen (SIGSTOP: it sends
+    // and commits nothing more), the precondition is read from the
+    // servers, and it is killed then, or let go on (SIGCONT) and tried
+    // again a little later.
+    // The freeze stays well within the leases' TTL (a renewal period): no
+    // lease lapses meanwhile, so nobody takes over before the kill, and a
+    // worker let go on is not a zombie.
+    let freeze_limit = setup.pipeline.lease_ttl() / 4;
+    let mut attempt = 0;
+    let (victim, orphans, stage_2, fences, dead_commits, killed_us, publishing) = loop {
+        attempt += 1;
+        // The worker holding the most stage-2 tasks.
+        let before: Vec<Ownership> = workers
+            .iter()
+            .flat_map(|w| ownership_changes(&w.log_text()))
+            .collect();
+        let (victim, orphans) = workers
+            .iter()
+            .enumerate()
+            .map(|(index, worker)| (index, held_at_end(&before, &worker.id)))
+            .max_by_key(|(_, held)| held.iter().filter(|task| **task >= PARTITIONS).count())
+            .unwrap();
+        let stage_2: Vec<u32> = orphans
+            .iter()
+            .copied()
+            .filter(|task| *task >= PARTITIONS)
+            .collect();
+        assert!(
+            !stage_2.is_empty(),
+            "no worker owns a stage-2 task:\n{}",
+            logs_of(&workers)
+        );
+        let fences = commit_fences(&setup.pipeline, &orphans).await;
+        let publishing = !publisher.is_finished();
+        workers[victim].signal(libc::SIGSTOP);
+        let frozen = std::time::Instant::now();
+        let looked = tokio::time::timeout(freeze_limit, async {
+            // What it sent before the freeze lands.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let dead_commits = owner_commits(&setup.pipeline, &orphans, &fences).await;
+            let last = stream_last_sequence(&setup.context, "SHUF").await;
+            let from = last.saturating_sub(SHUFFLE_TAIL) + 1;
+            let tail = read_stream_messages_from(&setup.context, "SHUF", from).await;
+            let past = published_past_commits(&setup.pipeline, &tail, &dead_commits, u64::MAX);
+            (dead_commits, past, tail.len())
+        })
+        .await;
+        let froze_for = frozen.elapsed();
+        // Not looked at within the limit: let go on, as with none past.
+        let (dead_commits, past, looked_at) = looked.unwrap_or_default();
+        if past > 0 {
+            workers[victim].signal(libc::SIGKILL);
+            let killed_us = now_us();
+            eprintln!(
+                "kill {attempt}: {} frozen for {froze_for:?} with {past} of the last \
+                 {looked_at} shuffle messages published past its stage-1 commits \
+                 {dead_commits:?}, then killed",
+                workers[victim].id
+            );
+            break (
+                victim,
+                orphans,
+                stage_2,
+                fences,
+                dead_commits,
+                killed_us,
+                publishing,
+            );
+        }
+        workers[victim].signal(libc::SIGCONT);
+        assert!(
+            attempt < KILL_ATTEMPTS,
+            "in {KILL_ATTEMPTS} tries, {} never had, within a freeze of {freeze_limit:?}, a \
+             stage-1 task with publishes past its last commit (the last time: {past} of \
+             {looked_at} past its stage-1 commits {dead_commits:?}, frozen for {froze_for:?}; \
+             none read when the freeze reached its limit): the kill cannot exercise the \
+             boundary's replay:\n{}",
+            workers[victim].id,
+            logs_of(&workers)
+        );
+        eprintln!(
+            "kill {attempt}: {} had {past} of {looked_at} publishes past its stage-1 commits \
+             {dead_commits:?} when frozen for {froze_for:?}; trying again",
+            workers[victim].id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     let victim_id = workers[victim].id.clone();
-    let stage_2: Vec<u32> = orphans
-        .iter()
-        .copied()
-        .filter(|task| *task >= PARTITIONS)
-        .collect();
     assert!(
-        !stage_2.is_empty(),
-        "no worker owns a stage-2 task:\n{}",
-        logs_of(&workers)
+        publishing,
+        "every event was published before the victim was stopped: the test would not kill \
+         mid-stream"
     );
-    let fences = commit_fences(&setup.pipeline, &orphans).await;
-    let killed_us = now_us();
-    workers[victim].signal(libc::SIGKILL);
-    assert!(
-        !publisher.is_finished(),
-        "every event was published before the kill: the test would not kill mid-stream"
-    );
-    // The dead owner's last commits (the fence tells them from a new
-    // owner's, who may have committed already).
-    let stage_1: Vec<u32> = orphans
-        .iter()
-        .copied()
-        .filter(|task| *task < PARTITIONS)
-        .collect();
-    let dead_commits: BTreeMap<u32, u64> = committed_positions(&setup.pipeline, &stage_1)
-        .await
-        .into_iter()
-        .filter(|(task, (_, fence))| *fence == fences[task])
-        .map(|(task, (position, _))| (task, position))
-        .collect();
+    // The frozen worker committed nothing after its commits were read
+    // (those of its tasks no new owner committed since).
+    let after_kill = owner_commits(&setup.pipeline, &orphans, &fences).await;
+    for (task, position) in &after_kill {
+        assert_eq!(
+            dead_commits.get(task),
+            Some(position),
+            "task {task}: {victim_id} committed after it was frozen"
+        );
+    }
     let (recommitted, slowest) = wait_for_commits_after(
         &setup.pipeline,
         &fences,
@@ -316,24 +442,7 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     // kill. The new owner read them again from that commit on and
     // published them again with the same ids: the stream dropped them.
     let shuffled = read_stream_messages(&setup.context, "SHUF").await;
-    let mut replayed = 0u64;
-    for message in &shuffled {
-        let Some(id) = &message.id else { continue };
-        let mut parts = id.rsplitn(3, ':');
-        let (_, input_sequence, task) = (parts.next(), parts.next(), parts.next());
-        let (Some(input_sequence), Some(task)) = (input_sequence, task) else {
-            continue;
-        };
-        let input_sequence: u64 = input_sequence.parse().unwrap();
-        for (dead_task, committed) in &dead_commits {
-            if task == setup.pipeline.names.task(*dead_task)
-                && input_sequence > *committed
-                && message.stored_us < killed_us
-            {
-                replayed += 1;
-            }
-        }
-    }
+    let replayed = published_past_commits(&setup.pipeline, &shuffled, &dead_commits, killed_us);
     eprintln!(
         "shuffle stream: {} messages; {replayed} of them were published by the killed worker \
          past its last stage-1 commit (tasks {:?}) and so published again by their new owners, \

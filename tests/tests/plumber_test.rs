@@ -6,7 +6,7 @@ use plumber_tests as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
 
@@ -44,19 +44,7 @@ impl Case {
     }
 
     fn test(&self, config: &Path, input: &Path, expect: &Path, extra: &[&str]) -> Output {
-        Command::new(harness::plumber_binary())
-            .arg("--cache-dir")
-            .arg(harness::cache_dir())
-            .arg("test")
-            .arg(config)
-            .arg("--input")
-            .arg(input)
-            .arg("--expect")
-            .arg(expect)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run plumber")
+        harness::windows::plumber_test(config, input, expect, extra)
     }
 }
 

@@ -16,28 +16,12 @@ use plumber_tests as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use harness::windows::Fire as _;
+use harness::windows::{
+    self, event, numbered, output_per_key, per_key, report, sliding, tumbling, Dir, Line,
+};
 use serde_json::{json, Value};
-
-/// One line of input: an event or a watermark.
-#[derive(Clone, Debug)]
-enum Line {
-    Event {
-        key: String,
-        value: String,
-        timestamp: u64,
-    },
-    Watermark(u64),
-}
-
-fn event(key: &str, value: impl Into<String>, timestamp: u64) -> Line {
-    Line::Event {
-        key: key.to_owned(),
-        value: value.into(),
-        timestamp,
-    }
-}
 
 /// One released window, as `trigger-report` writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +48,12 @@ impl Fire {
             first: events.iter().find(|e| e.1 == min).unwrap().0.clone(),
             last: events.iter().rev().find(|e| e.1 == max).unwrap().0.clone(),
         }
+    }
+}
+
+impl windows::Fire for Fire {
+    fn key(&self) -> &str {
+        &self.key
     }
 
     fn line(&self) -> String {
@@ -159,14 +149,6 @@ fn session_reference(lines: &[Line], gap: u64) -> Vec<Fire> {
     fires
 }
 
-fn per_key(fires: &[Fire]) -> BTreeMap<String, Vec<String>> {
-    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for fire in fires {
-        keys.entry(fire.key.clone()).or_default().push(fire.line());
-    }
-    keys
-}
-
 fn aggregated(window: Value) -> Value {
     with_aggregate(window, &harness::guest("aggregate-report"), json!({}))
 }
@@ -177,108 +159,18 @@ fn with_aggregate(window: Value, module: &Path, config: Value) -> Value {
     window
 }
 
-fn tumbling(size: u64) -> Value {
-    json!({ "type": "window", "name": "w", "window": "tumbling", "size_ms": size,
-            "time": "event", "key_by": "key" })
-}
-
-fn sliding(size: u64, slide: u64) -> Value {
-    json!({ "type": "window", "name": "w", "window": "sliding", "size_ms": size,
-            "slide_ms": slide, "time": "event", "key_by": "key" })
-}
-
 fn session(gap: u64, out_of_orderness: u64) -> Value {
     json!({ "type": "window", "name": "w", "window": "session", "gap_ms": gap,
             "time": "event", "key_by": "key", "max_out_of_orderness_ms": out_of_orderness })
 }
 
-fn report() -> Value {
-    json!({ "type": "wasm", "name": "report", "module": harness::guest("trigger-report") })
-}
-
-struct Dir(tempfile::TempDir);
-
-impl Dir {
-    fn new() -> Self {
-        Dir(tempfile::tempdir().unwrap())
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn config(&self, name: &str, config: &Value) -> PathBuf {
-        self.write(name, &serde_json::to_string_pretty(config).unwrap())
-    }
-
-    /// A pipeline of `steps`, for `plumber test`.
-    fn test_config(&self, steps: Vec<Value>) -> PathBuf {
-        self.config(
-            "test.json",
-            &json!({
-                "name": "aggregates",
-                "state": { "type": "memory" },
-                "from": { "type": "file", "path": self.path("unused-in.txt") },
-                "pipeline": steps,
-                "to": { "type": "file", "path": self.path("unused-out.txt") }
-            }),
-        )
-    }
-}
-
-fn input_jsonl(lines: &[Line]) -> String {
-    lines
-        .iter()
-        .map(|line| match line {
-            Line::Event {
-                key,
-                value,
-                timestamp,
-            } => json!({ "value": value, "key": key, "timestamp": timestamp }).to_string() + "\n",
-            Line::Watermark(w) => json!({ "watermark": w }).to_string() + "\n",
-        })
-        .collect()
-}
-
-fn plumber_test(config: &Path, input: &Path, expect: &Path) -> Output {
-    Command::new(harness::plumber_binary())
-        .arg("--cache-dir")
-        .arg(harness::cache_dir())
-        .arg("test")
-        .arg(config)
-        .arg("--input")
-        .arg(input)
-        .arg("--expect")
-        .arg(expect)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+/// The name of this file's pipelines.
+const NAME: &str = "aggregates";
 
 /// Runs `steps` on `lines` through `plumber test` and checks the output
 /// against `expected` (per key, in order).
 fn check(steps: Vec<Value>, lines: &[Line], expected: &[Fire]) {
-    let dir = Dir::new();
-    let config = dir.test_config(steps);
-    let input = dir.write("in.jsonl", &input_jsonl(lines));
-    let expect: String = expected
-        .iter()
-        .map(|fire| fire.expected_event().to_string() + "\n")
-        .collect();
-    let expect = dir.write("expect.jsonl", &expect);
-    let output = plumber_test(&config, &input, &expect);
-    assert!(
-        output.status.success(),
-        "plumber test: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    windows::check(NAME, steps, lines, expected);
 }
 
 /// The window aggregating, and the window buffering followed by
@@ -286,13 +178,6 @@ fn check(steps: Vec<Value>, lines: &[Line], expected: &[Fire]) {
 fn check_both_ways(window: Value, lines: &[Line], expected: &[Fire]) {
     check(vec![aggregated(window.clone())], lines, expected);
     check(vec![window, report()], lines, expected);
-}
-
-/// Events `0..n` of `keys` keys (`k<i % keys>`), value `i`, at `i * step` ms.
-fn numbered(n: u64, keys: u64, step: u64) -> Vec<Line> {
-    (0..n)
-        .map(|i| event(&format!("k{}", i % keys), i.to_string(), i * step))
-        .collect()
 }
 
 #[test]
@@ -452,13 +337,7 @@ fn a_window_too_big_to_buffer_runs_on_its_accumulators() {
         .collect();
     check(vec![aggregated(window.clone())], &lines, &expected);
 
-    let dir = Dir::new();
-    let config = dir.test_config(vec![window, report()]);
-    let input = dir.write("in.jsonl", &input_jsonl(&lines[..20_000]));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = windows::failing(NAME, vec![window, report()], &lines[..20_000]);
     assert!(stderr.contains("is full"), "{stderr}");
 }
 
@@ -466,53 +345,11 @@ fn a_window_too_big_to_buffer_runs_on_its_accumulators() {
 fn max_bytes_bounds_an_accumulator() {
     let mut window = tumbling(1000);
     window["max_bytes"] = json!(100);
-    let dir = Dir::new();
-    let config = dir.test_config(vec![aggregated(window)]);
     let long = "x".repeat(80);
     let lines = vec![event("k", "short", 1), event("k", long, 2)];
-    let input = dir.write("in.jsonl", &input_jsonl(&lines));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = windows::failing(NAME, vec![aggregated(window)], &lines);
     assert!(stderr.contains("max_bytes = 100"), "{stderr}");
     assert!(stderr.contains("window [0, 1000)"), "{stderr}");
-}
-
-/// A `plumber run` pipeline reading `lines` (JSON events) through `window`
-/// to a file, exactly once on sled.
-fn run_config(dir: &Dir, window: Value, lines: &[Line]) -> (PathBuf, PathBuf) {
-    let events: Vec<Line> = lines
-        .iter()
-        .filter(|line| matches!(line, Line::Event { .. }))
-        .cloned()
-        .collect();
-    let input = dir.write("in.jsonl", &input_jsonl(&events));
-    let out = dir.path("out.txt");
-    let config = dir.config(
-        "run.json",
-        &json!({
-            "name": "aggregates",
-            "delivery": "exactly_once",
-            "state": { "type": "sled", "path": dir.path("state") },
-            "checkpoint": { "interval_ms": 25 },
-            "batch_size": 20,
-            "from": { "type": "file", "path": input, "format": "json" },
-            "pipeline": [window],
-            "to": { "type": "file", "path": out }
-        }),
-    );
-    (config, out)
-}
-
-fn output_per_key(out: &Path) -> BTreeMap<String, Vec<String>> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in text.lines() {
-        let key = line.split(',').next().unwrap().to_owned();
-        keys.entry(key).or_default().push(line.to_owned());
-    }
-    keys
 }
 
 #[test]
@@ -520,46 +357,18 @@ fn plumber_run_aggregates_as_the_reference() {
     let lines = numbered(3000, 5, 2);
     let expected = sliding_reference(&lines, 1000, 250);
     let dir = Dir::new();
-    let (config, out) = run_config(&dir, aggregated(sliding(1000, 250)), &lines);
-    let output = harness::kills::plumber_run(&config).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let steps = vec![aggregated(sliding(1000, 250))];
+    let (config, out) = windows::run_config(&dir, NAME, steps, &lines);
+    windows::run_to_end(&config);
     assert_eq!(output_per_key(&out), per_key(&expected));
 }
 
-/// SIGKILLs `plumber run` several times mid-stream, restarts it on the
-/// same config and state, then lets it finish: every window comes out
-/// exactly once, as in the reference (accumulators and panes are saved
-/// with each checkpoint, atomically with the source position).
+/// SIGKILLs `plumber run` of `window` several times mid-stream: every
+/// window comes out exactly once, as in the reference (accumulators and
+/// panes are saved with each checkpoint, atomically with the source
+/// position).
 fn exact_under_sigkill(window: Value, lines: &[Line], expected: &[Fire], seed: u64) {
-    let dir = Dir::new();
-    let (config, out) = run_config(&dir, window, lines);
-    let full: u64 = expected.iter().map(|f| f.line().len() as u64 + 1).sum();
-    let mut rng = harness::kills::Lcg(seed);
-    let mut landed = 0;
-    for _ in 0..4 {
-        let target = harness::kills::file_len(&out) + full * rng.next_in(5, 20) / 100;
-        let extra = std::time::Duration::from_millis(rng.next_in(0, 30));
-        if harness::kills::kill_once_grown(
-            &mut harness::kills::plumber_run(&config),
-            &out,
-            target,
-            extra,
-        ) {
-            landed += 1;
-        }
-    }
-    let output = harness::kills::plumber_run(&config).output().unwrap();
-    assert!(
-        output.status.success(),
-        "final run: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(landed >= 2, "only {landed} kills hit a running pipeline");
-    assert_eq!(output_per_key(&out), per_key(expected));
+    windows::exact_under_sigkill(NAME, vec![window], lines, expected, seed);
 }
 
 #[test]
@@ -582,18 +391,7 @@ fn sessions_are_exact_under_sigkill() {
 }
 
 fn refused(steps: Vec<Value>) -> String {
-    let dir = Dir::new();
-    let config = dir.test_config(steps);
-    let input = dir.write("in.jsonl", &input_jsonl(&numbered(3, 1, 1)));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    windows::refused(NAME, steps)
 }
 
 #[test]
@@ -639,15 +437,8 @@ fn a_bad_aggregate_is_refused_at_start_with_its_path() {
 }
 
 fn failing(config: Value, lines: &[Line]) -> String {
-    let dir = Dir::new();
     let window = with_aggregate(tumbling(1000), &harness::guest("aggregate-report"), config);
-    let config = dir.test_config(vec![window]);
-    let input = dir.write("in.jsonl", &input_jsonl(lines));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    stderr
+    windows::failing(NAME, vec![window], lines)
 }
 
 #[test]
@@ -669,23 +460,12 @@ fn a_failing_aggregator_stops_the_pipeline_naming_window_and_module() {
 /// `examples/guests/aggregate-report-py` built by its `build.sh`
 /// (componentize-py) into `dir`.
 fn python_aggregate_report(dir: &Dir) -> PathBuf {
-    let out = dir.path("aggregate_report_py.wasm");
-    let script = harness::workspace_root()
-        .join("examples")
-        .join("guests")
-        .join("aggregate-report-py")
-        .join("build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "building the Python aggregator: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    windows::build_python_guest(
+        dir,
+        "aggregate-report-py",
+        "aggregate_report_py.wasm",
+        "aggregator",
+    )
 }
 
 #[test]

@@ -14,28 +14,13 @@ use plumber_tests as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use harness::windows::Fire as _;
+use harness::windows::{
+    self, event, input_jsonl, numbered, output_per_key, per_key, report, sliding, tumbling, Dir,
+    Line,
+};
 use serde_json::{json, Value};
-
-/// One line of input: an event or a watermark.
-#[derive(Clone, Debug)]
-enum Line {
-    Event {
-        key: String,
-        value: String,
-        timestamp: u64,
-    },
-    Watermark(u64),
-}
-
-fn event(key: &str, value: impl Into<String>, timestamp: u64) -> Line {
-    Line::Event {
-        key: key.to_owned(),
-        value: value.into(),
-        timestamp,
-    }
-}
 
 /// One fire as `trigger-report` writes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,7 +31,11 @@ struct Fire {
     values: Vec<String>,
 }
 
-impl Fire {
+impl windows::Fire for Fire {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
     fn line(&self) -> String {
         format!(
             "{},{},{},{},{},{}",
@@ -254,24 +243,10 @@ fn reference_sliding(
     fires
 }
 
-/// Fires per key, in order: the order the engine promises.
-fn per_key(fires: &[Fire]) -> BTreeMap<String, Vec<String>> {
-    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for fire in fires {
-        keys.entry(fire.key.clone()).or_default().push(fire.line());
-    }
-    keys
-}
-
 fn window_step(window: Value, trigger: &str, config: Value) -> Value {
     let mut window = window;
     window["trigger"] = json!({ "module": harness::guest(trigger), "config": config });
     window
-}
-
-fn tumbling(size: u64) -> Value {
-    json!({ "type": "window", "name": "w", "window": "tumbling", "size_ms": size,
-            "time": "event", "key_by": "key" })
 }
 
 fn session(gap: u64) -> Value {
@@ -279,100 +254,13 @@ fn session(gap: u64) -> Value {
             "time": "event", "key_by": "key" })
 }
 
-struct Dir(tempfile::TempDir);
-
-impl Dir {
-    fn new() -> Self {
-        Dir(tempfile::tempdir().unwrap())
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn config(&self, name: &str, config: &Value) -> PathBuf {
-        self.write(name, &serde_json::to_string_pretty(config).unwrap())
-    }
-
-    /// A pipeline of `window` and `trigger-report`, for `plumber test`.
-    fn test_config(&self, window: Value) -> PathBuf {
-        self.config(
-            "test.json",
-            &json!({
-                "name": "triggers",
-                "state": { "type": "memory" },
-                "from": { "type": "file", "path": self.path("unused-in.txt") },
-                "pipeline": [window, report()],
-                "to": { "type": "file", "path": self.path("unused-out.txt") }
-            }),
-        )
-    }
-}
-
-fn report() -> Value {
-    json!({ "type": "wasm", "name": "report", "module": harness::guest("trigger-report") })
-}
-
-fn input_jsonl(lines: &[Line]) -> String {
-    lines
-        .iter()
-        .map(|line| match line {
-            Line::Event {
-                key,
-                value,
-                timestamp,
-            } => json!({ "value": value, "key": key, "timestamp": timestamp }).to_string() + "\n",
-            Line::Watermark(w) => json!({ "watermark": w }).to_string() + "\n",
-        })
-        .collect()
-}
-
-fn plumber_test(config: &Path, input: &Path, expect: &Path) -> Output {
-    Command::new(harness::plumber_binary())
-        .arg("--cache-dir")
-        .arg(harness::cache_dir())
-        .arg("test")
-        .arg(config)
-        .arg("--input")
-        .arg(input)
-        .arg("--expect")
-        .arg(expect)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+/// The name of this file's pipelines.
+const NAME: &str = "triggers";
 
 /// Runs `window` + `trigger-report` on `lines` through `plumber test`
 /// and checks the output against `expected` (per key, in order).
 fn check_with_plumber_test(window: Value, lines: &[Line], expected: &[Fire]) {
-    let dir = Dir::new();
-    let config = dir.test_config(window);
-    let input = dir.write("in.jsonl", &input_jsonl(lines));
-    let expect: String = expected
-        .iter()
-        .map(|fire| fire.expected_event().to_string() + "\n")
-        .collect();
-    let expect = dir.write("expect.jsonl", &expect);
-    let output = plumber_test(&config, &input, &expect);
-    assert!(
-        output.status.success(),
-        "plumber test: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Events `0..n` of `keys` keys (`k<i % keys>`), value `i`, at `i * step` ms.
-fn numbered(n: u64, keys: u64, step: u64) -> Vec<Line> {
-    (0..n)
-        .map(|i| event(&format!("k{}", i % keys), i.to_string(), i * step))
-        .collect()
+    windows::check(NAME, vec![window, report()], lines, expected);
 }
 
 /// `every`: fire each time the window's count reaches a multiple.
@@ -533,37 +421,7 @@ fn session_end_trigger_closes_a_session_on_its_end_event() {
 /// A `plumber run` pipeline reading `lines` (JSON events) through `window`
 /// and `trigger-report` to a file, exactly once on sled.
 fn run_config(dir: &Dir, window: Value, lines: &[Line]) -> (PathBuf, PathBuf) {
-    let events: Vec<Line> = lines
-        .iter()
-        .filter(|line| matches!(line, Line::Event { .. }))
-        .cloned()
-        .collect();
-    let input = dir.write("in.jsonl", &input_jsonl(&events));
-    let out = dir.path("out.txt");
-    let config = dir.config(
-        "run.json",
-        &json!({
-            "name": "triggers",
-            "delivery": "exactly_once",
-            "state": { "type": "sled", "path": dir.path("state") },
-            "checkpoint": { "interval_ms": 25 },
-            "batch_size": 20,
-            "from": { "type": "file", "path": input, "format": "json" },
-            "pipeline": [window, report()],
-            "to": { "type": "file", "path": out }
-        }),
-    );
-    (config, out)
-}
-
-fn output_per_key(out: &Path) -> BTreeMap<String, Vec<String>> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in text.lines() {
-        let key = line.split(',').next().unwrap().to_owned();
-        keys.entry(key).or_default().push(line.to_owned());
-    }
-    keys
+    windows::run_config(dir, NAME, vec![window, report()], lines)
 }
 
 #[test]
@@ -576,44 +434,15 @@ fn plumber_run_fires_as_the_reference() {
         window_step(tumbling(1000), "trigger-early", json!({ "every": 7 })),
         &lines,
     );
-    let output = harness::kills::plumber_run(&config).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    windows::run_to_end(&config);
     assert_eq!(output_per_key(&out), per_key(&expected));
 }
 
-/// SIGKILLs `plumber run` several times mid-stream, restarts it on the
-/// same config and state, then lets it finish: every fire the trigger
-/// decided comes out exactly once, as in the reference.
+/// SIGKILLs `plumber run` of `window` + `trigger-report` several times
+/// mid-stream: every fire the trigger decided comes out exactly once, as
+/// in the reference.
 fn exact_under_sigkill(window: Value, lines: &[Line], expected: &[Fire], seed: u64) {
-    let dir = Dir::new();
-    let (config, out) = run_config(&dir, window, lines);
-    let full: u64 = expected.iter().map(|f| f.line().len() as u64 + 1).sum();
-    let mut rng = harness::kills::Lcg(seed);
-    let mut landed = 0;
-    for _ in 0..4 {
-        let target = harness::kills::file_len(&out) + full * rng.next_in(5, 20) / 100;
-        let extra = std::time::Duration::from_millis(rng.next_in(0, 30));
-        if harness::kills::kill_once_grown(
-            &mut harness::kills::plumber_run(&config),
-            &out,
-            target,
-            extra,
-        ) {
-            landed += 1;
-        }
-    }
-    let output = harness::kills::plumber_run(&config).output().unwrap();
-    assert!(
-        output.status.success(),
-        "final run: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(landed >= 2, "only {landed} kills hit a running pipeline");
-    assert_eq!(output_per_key(&out), per_key(expected));
+    windows::exact_under_sigkill(NAME, vec![window, report()], lines, expected, seed);
 }
 
 #[test]
@@ -678,18 +507,7 @@ fn session_ends_are_exact_under_sigkill() {
 }
 
 fn refused(window: Value) -> String {
-    let dir = Dir::new();
-    let config = dir.test_config(window);
-    let input = dir.write("in.jsonl", &input_jsonl(&numbered(3, 1, 1)));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    windows::refused(NAME, vec![window, report()])
 }
 
 #[test]
@@ -725,21 +543,16 @@ fn a_bad_trigger_is_refused_at_start() {
 
 #[test]
 fn a_trigger_that_fails_on_an_event_stops_the_pipeline_naming_window_and_event() {
-    let dir = Dir::new();
-    let config = dir.test_config(window_step(
+    let window = window_step(
         tumbling(1000),
         "trigger-threshold",
         json!({ "field": "amount", "threshold": 1 }),
-    ));
+    );
     let lines = vec![
         event("k", json!({ "amount": 0 }).to_string(), 5),
         event("bad-key", "not json", 17),
     ];
-    let input = dir.write("in.jsonl", &input_jsonl(&lines));
-    let expect = dir.write("expect.jsonl", "");
-    let output = plumber_test(&config, &input, &expect);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = windows::failing(NAME, vec![window, report()], &lines);
     assert!(stderr.contains("window `w`"), "{stderr}");
     assert!(stderr.contains("bad-key"), "{stderr}");
     assert!(stderr.contains("17"), "{stderr}");
@@ -749,23 +562,7 @@ fn a_trigger_that_fails_on_an_event_stops_the_pipeline_naming_window_and_event()
 /// `examples/guests/trigger-early-py` built by its `build.sh`
 /// (componentize-py) into `dir`.
 fn python_trigger_early(dir: &Dir) -> PathBuf {
-    let out = dir.path("trigger_early_py.wasm");
-    let script = harness::workspace_root()
-        .join("examples")
-        .join("guests")
-        .join("trigger-early-py")
-        .join("build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "building the Python trigger: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    windows::build_python_guest(dir, "trigger-early-py", "trigger_early_py.wasm", "trigger")
 }
 
 #[test]
@@ -780,11 +577,6 @@ fn the_python_early_trigger_fires_as_the_reference_in_both_modes() {
             json!({ "module": module, "config": { "every": 10, "at_end": at_end } });
         check_with_plumber_test(window, &lines, &expected);
     }
-}
-
-fn sliding(size: u64, slide: u64) -> Value {
-    json!({ "type": "window", "name": "w", "window": "sliding", "size_ms": size,
-            "slide_ms": slide, "time": "event", "key_by": "key" })
 }
 
 #[test]
@@ -1057,12 +849,13 @@ fn a_failing_trigger_stops_the_pipeline_naming_window_module_and_event() {
         ("short", "answered 0 times for 1 calls"),
     ] {
         let dir = Dir::new();
-        let config = dir.test_config(faulty_window(tumbling(1000), json!({}), "fail"));
+        let window = faulty_window(tumbling(1000), json!({}), "fail");
+        let config = dir.test_config(NAME, vec![window, report()]);
         let mut lines = numbered(150, 3, 10);
         lines[119] = event("k2", format!("{fault}-119"), 1190);
         let input = dir.write("in.jsonl", &input_jsonl(&lines));
         let expect = dir.write("expect.jsonl", "");
-        let output = plumber_test(&config, &input, &expect);
+        let output = windows::plumber_test(&config, &input, &expect, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{fault}: {stderr}");
         for part in [
@@ -1087,14 +880,15 @@ fn a_failing_trigger_under_skip_is_created_again_and_the_rest_fires_as_the_refer
     let expected = reference(&lines, 1000, None, &faulty_rule(5), true);
     assert!(expected.iter().filter(|f| f.values.len() % 5 == 0).count() > 80);
     let dir = Dir::new();
-    let config = dir.test_config(faulty_window(tumbling(1000), json!({ "every": 5 }), "skip"));
+    let window = faulty_window(tumbling(1000), json!({ "every": 5 }), "skip");
+    let config = dir.test_config(NAME, vec![window, report()]);
     let input = dir.write("in.jsonl", &input_jsonl(&lines));
     let expect: String = expected
         .iter()
         .map(|fire| fire.expected_event().to_string() + "\n")
         .collect();
     let expect = dir.write("expect.jsonl", &expect);
-    let output = plumber_test(&config, &input, &expect);
+    let output = windows::plumber_test(&config, &input, &expect, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
@@ -1142,12 +936,7 @@ fn after_a_trigger_trap_stopped_plumber_run_a_restart_gives_the_exact_output() {
         ),
         &lines,
     );
-    let output = harness::kills::plumber_run(&config).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    windows::run_to_end(&config);
     assert_eq!(output_per_key(&out), per_key(&expected));
 }
 

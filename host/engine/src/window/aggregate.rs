@@ -12,18 +12,17 @@
 //! group of windows that fire together.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use wasmtime::Store;
 
 use crate::runtime::{
-    begin_call, new_store, trap_error, CallError, Capabilities, HostCtx, InstanceSettings,
-    LoadError, LogBudget, PipeLimits, Runtime,
+    begin_call, new_store, trap_error, CallError, HostCtx, LoadError, LogBudget, PipeLimits,
+    Runtime,
 };
 use crate::state::{Namespace, PipeState, SharedState, WriteMode};
 use crate::Event;
 
-use super::plugin::call_failure;
+use super::plugin::{call_failure, WindowGuest};
 
 /// Host bindings of the `aggregator` world; the types and the log it
 /// shares with the pipe worlds are those of [`crate::runtime::bindings`].
@@ -112,24 +111,16 @@ impl AggregateInstance {
         shared: &SharedState,
     ) -> Result<Self, LoadError> {
         let path = spec.module.as_path();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let pre = runtime.prepare(path, &bytes, &Capabilities::default())?;
-        let pre = bindings::AggregatorPre::new(pre).map_err(|source| LoadError::WrongWorld {
-            path: path.to_path_buf(),
-            source: source.context("expected a component of the plumber:pipe aggregator world"),
-        })?;
-        let name = format!("{window}/aggregate");
-        let settings = InstanceSettings {
-            tenant: tenant.into(),
-            pipe: name.as_str().into(),
-            limits: Arc::new(spec.limits.clone()),
-            capabilities: Capabilities::default(),
-            config_json: spec.config_json.clone(),
-            packed: false,
+        let guest = WindowGuest {
+            module: path,
+            world: "aggregator",
+            tenant,
+            name: format!("{window}/aggregate"),
+            limits: &spec.limits,
+            config_json: &spec.config_json,
         };
+        let (pre, settings) = guest.load(runtime, bindings::AggregatorPre::new)?;
+        let name = settings.pipe.to_string();
         // The aggregator world imports no state: this view is never written.
         let namespace = Namespace::for_tenant_pipe(tenant, pipeline, &name);
         let state = PipeState::new(shared.clone(), namespace, WriteMode::Checkpointed);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 use crate::runtime::{
@@ -174,6 +175,61 @@ impl Maker {
     }
 }
 
+/// A window's guest component (its trigger or its aggregator), as the
+/// window names and configures it.
+pub(super) struct WindowGuest<'a> {
+    /// The component file.
+    pub(super) module: &'a Path,
+    /// The `plumber:pipe` world it must be a component of.
+    pub(super) world: &'static str,
+    pub(super) tenant: &'a str,
+    /// Its instance's name in logs and errors: `<window>/<role>`.
+    pub(super) name: String,
+    pub(super) limits: &'a PipeLimits,
+    /// Passed to its `init`.
+    pub(super) config_json: &'a str,
+}
+
+impl WindowGuest<'_> {
+    /// Loads the component like a pipe (the compile cache, the import
+    /// check), as a component of the world `typed` binds, with the settings
+    /// of its instances: its limits and config, and nothing granted beyond
+    /// what every pipe has.
+    ///
+    /// # Errors
+    ///
+    /// The module cannot be read, is not a component, imports what it is
+    /// not granted, or is not a component of `self.world`.
+    pub(super) fn load<P>(
+        self,
+        runtime: &Runtime,
+        typed: impl FnOnce(InstancePre<HostCtx>) -> wasmtime::Result<P>,
+    ) -> Result<(P, InstanceSettings), LoadError> {
+        let path = self.module;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let pre = runtime.prepare(path, &bytes, &Capabilities::default())?;
+        let pre = typed(pre).map_err(|source| LoadError::WrongWorld {
+            path: path.to_path_buf(),
+            source: source.context(format!(
+                "expected a component of the plumber:pipe {} world",
+                self.world
+            )),
+        })?;
+        let settings = InstanceSettings {
+            tenant: self.tenant.into(),
+            pipe: self.name.as_str().into(),
+            limits: Arc::new(self.limits.clone()),
+            capabilities: Capabilities::default(),
+            config_json: self.config_json.to_owned(),
+            packed: false,
+        };
+        Ok((pre, settings))
+    }
+}
+
 /// Why a trigger call failed, for the window's error.
 pub(crate) fn call_failure(error: &CallError) -> String {
     match error {
@@ -221,24 +277,16 @@ impl TriggerInstance {
         shared: &SharedState,
     ) -> Result<Self, LoadError> {
         let path = spec.module.as_path();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let pre = runtime.prepare(path, &bytes, &Capabilities::default())?;
-        let pre = bindings::TriggerPre::new(pre).map_err(|source| LoadError::WrongWorld {
-            path: path.to_path_buf(),
-            source: source.context("expected a component of the plumber:pipe trigger world"),
-        })?;
-        let name = format!("{window}/trigger");
-        let settings = InstanceSettings {
-            tenant: tenant.into(),
-            pipe: name.as_str().into(),
-            limits: Arc::new(spec.limits.clone()),
-            capabilities: Capabilities::default(),
-            config_json: spec.config_json.clone(),
-            packed: false,
+        let guest = WindowGuest {
+            module: path,
+            world: "trigger",
+            tenant,
+            name: format!("{window}/trigger"),
+            limits: &spec.limits,
+            config_json: &spec.config_json,
         };
+        let (pre, settings) = guest.load(runtime, bindings::TriggerPre::new)?;
+        let name = settings.pipe.to_string();
         let maker = Maker {
             runtime: runtime.clone(),
             pre,
