@@ -61,11 +61,32 @@ pub async fn input_generation(
         source: pipeline.names.captured(),
         destination: pipeline.names.transform_destination(),
     };
+    let info = initialised_stream(context, pipeline, name).await?;
+    let generation = generation_of(name, &info.config)?;
+    if let Some(shuffle) = &pipeline.shuffle {
+        check_shuffle_stream(context, pipeline, shuffle, generation).await?;
+    }
+    check_stream(name, &pipeline.names, &wanted, &info.config)?;
+    Ok(generation)
+}
+
+/// The info of stream `name`, which `plumber cluster init` makes for
+/// `pipeline`.
+///
+/// # Errors
+///
+/// [`ClusterError::NotInitialised`] when the stream does not exist; a
+/// JetStream error when it cannot be looked up or read.
+async fn initialised_stream(
+    context: &jetstream::Context,
+    pipeline: &ClusterPipeline,
+    name: &str,
+) -> Result<stream::Info, ClusterError> {
     let mut existing = match context.get_stream(name).await {
         Ok(existing) => existing,
         Err(error) if is_not_found(&error) => {
             return Err(ClusterError::NotInitialised {
-                stream: name.clone(),
+                stream: name.to_owned(),
                 config: pipeline.origin.clone(),
             })
         }
@@ -76,16 +97,11 @@ pub async fn input_generation(
             ))
         }
     };
-    let info = existing
+    existing
         .info()
         .await
-        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
-    let generation = generation_of(name, &info.config)?;
-    if let Some(shuffle) = &pipeline.shuffle {
-        check_shuffle_stream(context, pipeline, shuffle, generation).await?;
-    }
-    check_stream(name, &pipeline.names, &wanted, &info.config)?;
-    Ok(generation)
+        .cloned()
+        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))
 }
 
 /// Checks that a `repartition` step's shuffle stream is in the input
@@ -100,25 +116,7 @@ async fn check_shuffle_stream(
     generation: u32,
 ) -> Result<(), ClusterError> {
     let name = &shuffle.stream;
-    let mut existing = match context.get_stream(name).await {
-        Ok(existing) => existing,
-        Err(error) if is_not_found(&error) => {
-            return Err(ClusterError::NotInitialised {
-                stream: name.clone(),
-                config: pipeline.origin.clone(),
-            })
-        }
-        Err(error) => {
-            return Err(ClusterError::jetstream(
-                format!("looking up stream `{name}`"),
-                error,
-            ))
-        }
-    };
-    let info = existing
-        .info()
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("reading stream `{name}`"), e))?;
+    let info = initialised_stream(context, pipeline, name).await?;
     let found = generation_of(name, &info.config)?;
     if found != generation {
         return Err(ClusterError::Mismatch {
