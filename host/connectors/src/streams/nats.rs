@@ -574,9 +574,11 @@ type Pending = Arc<Mutex<BTreeMap<u64, Subject>>>;
 ///
 /// **The consumer keeps its state in memory** (`mem_storage`), replicated
 /// like the stream but never written to the servers' disks: since the
-/// checkpoint owns the position, a consumer the servers lose (all its
-/// replicas restarted) is created again at the sequence after the last
-/// event handed out, like any other lost consumer. On a 3-node cluster
+/// checkpoint owns the position, a consumer whose state the servers lose
+/// (all its replicas restarted: the cluster brings it back from its
+/// config, with nothing delivered or acked) is found not where the source
+/// left off and created again at the sequence after the last event handed
+/// out, like any other consumer out of step. On a 3-node cluster
 /// this took about a third off the servers' CPU per event
 /// (docs/cluster.md, "Throughput: one worker against two").
 ///
