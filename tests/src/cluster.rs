@@ -544,6 +544,37 @@ pub fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// In a two-stage pipeline of `partitions` partitions a stage (tasks
+/// `partitions..` are stage 2's): the index of the worker holding the most
+/// stage-2 tasks now, all the tasks it holds, and its stage-2 tasks.
+///
+/// # Panics
+///
+/// When no worker holds a stage-2 task (with the workers' logs).
+pub fn stage_2_victim(workers: &[WorkerProcess], partitions: u32) -> (usize, Vec<u32>, Vec<u32>) {
+    let now: Vec<Ownership> = workers
+        .iter()
+        .flat_map(|w| ownership_changes(&w.log_text()))
+        .collect();
+    let (victim, held) = workers
+        .iter()
+        .enumerate()
+        .map(|(index, worker)| (index, held_at_end(&now, &worker.id)))
+        .max_by_key(|(_, held)| held.iter().filter(|task| **task >= partitions).count())
+        .unwrap();
+    let stage_2: Vec<u32> = held
+        .iter()
+        .copied()
+        .filter(|task| *task >= partitions)
+        .collect();
+    assert!(
+        !stage_2.is_empty(),
+        "no worker owns a stage-2 task:\n{}",
+        logs_of(workers)
+    );
+    (victim, held, stage_2)
+}
+
 /// The partitions `worker` holds at the end of its log (started, not
 /// stopped).
 pub fn held_at_end(changes: &[Ownership], worker: &str) -> Vec<u32> {

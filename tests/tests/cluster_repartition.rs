@@ -281,26 +281,7 @@ async fn a_killed_stage_2_worker_is_taken_over_and_the_two_stage_oracle_holds() 
     let (victim, orphans, stage_2, fences, dead_commits, killed_us, publishing) = loop {
         attempt += 1;
         // The worker holding the most stage-2 tasks.
-        let before: Vec<Ownership> = workers
-            .iter()
-            .flat_map(|w| ownership_changes(&w.log_text()))
-            .collect();
-        let (victim, orphans) = workers
-            .iter()
-            .enumerate()
-            .map(|(index, worker)| (index, held_at_end(&before, &worker.id)))
-            .max_by_key(|(_, held)| held.iter().filter(|task| **task >= PARTITIONS).count())
-            .unwrap();
-        let stage_2: Vec<u32> = orphans
-            .iter()
-            .copied()
-            .filter(|task| *task >= PARTITIONS)
-            .collect();
-        assert!(
-            !stage_2.is_empty(),
-            "no worker owns a stage-2 task:\n{}",
-            logs_of(&workers)
-        );
+        let (victim, orphans, stage_2) = stage_2_victim(&workers, PARTITIONS);
         let fences = commit_fences(&setup.pipeline, &orphans).await;
         let publishing = !publisher.is_finished();
         workers[victim].signal(libc::SIGSTOP);

@@ -217,27 +217,8 @@ async fn a_killed_stage_2_worker_leaves_the_windows_exact() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let before: Vec<Ownership> = workers
-        .iter()
-        .flat_map(|w| ownership_changes(&w.log_text()))
-        .collect();
-    let (victim, orphans) = workers
-        .iter()
-        .enumerate()
-        .map(|(index, worker)| (index, held_at_end(&before, &worker.id)))
-        .max_by_key(|(_, held)| held.iter().filter(|task| **task >= PARTITIONS).count())
-        .unwrap();
+    let (victim, orphans, stage_2) = stage_2_victim(&workers, PARTITIONS);
     let victim_id = workers[victim].id.clone();
-    let stage_2: Vec<u32> = orphans
-        .iter()
-        .copied()
-        .filter(|t| *t >= PARTITIONS)
-        .collect();
-    assert!(
-        !stage_2.is_empty(),
-        "no worker owns a stage-2 task:\n{}",
-        logs_of(&workers)
-    );
     let fences = commit_fences(&setup.pipeline, &stage_2).await;
     let released_before = stream_messages_patiently(&setup.context, "OUT").await;
     let killed_us = now_us();
