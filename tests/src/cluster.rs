@@ -410,6 +410,31 @@ pub async fn wait_for_output(
     }
 }
 
+/// The counters task `task` of `pipeline` has committed: the counting
+/// guest's state (`k<key>` → its count), as (key, count).
+pub async fn committed_counts(pipeline: &ClusterPipeline, task: u32) -> Vec<(u64, i64)> {
+    let config = pipeline.partition_config(task).unwrap();
+    let state = config.open_state().await.unwrap();
+    let namespace = plumber::state::Namespace::for_tenant_pipe(
+        plumber::state::DEFAULT_TENANT,
+        &config.name,
+        "count",
+    );
+    let prefix = namespace.prefix();
+    state
+        .scan_prefix(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, value)| {
+            let key = std::str::from_utf8(&key[prefix.len()..]).unwrap();
+            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
+            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+            (key, value)
+        })
+        .collect()
+}
+
 /// The oracle: every id in `0..events` exactly once in `OUT`, each key's
 /// counts exactly 1..n in id order, and the committed Redis state of all
 /// partitions equal to the truth (each key in its own partition only).
@@ -457,17 +482,7 @@ pub async fn assert_oracle(context: &jetstream::Context, pipeline: &ClusterPipel
     // The committed state.
     let mut counts: BTreeMap<u64, (i64, u32)> = BTreeMap::new();
     for partition in 0..pipeline.names.partitions {
-        let config = pipeline.partition_config(partition).unwrap();
-        let state = config.open_state().await.unwrap();
-        let namespace = plumber::state::Namespace::for_tenant_pipe(
-            plumber::state::DEFAULT_TENANT,
-            &config.name,
-            "count",
-        );
-        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
-            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
-            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
-            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+        for (key, value) in committed_counts(pipeline, partition).await {
             assert_eq!(
                 partition_of(key.to_string().as_bytes(), pipeline.names.partitions),
                 partition,
@@ -926,18 +941,7 @@ pub async fn assert_two_stage_oracle(
     // The committed state of stage 2.
     let mut counts: BTreeMap<u64, i64> = BTreeMap::new();
     for partition in 0..partitions {
-        let task = partitions + partition;
-        let config = pipeline.partition_config(task).unwrap();
-        let state = config.open_state().await.unwrap();
-        let namespace = plumber::state::Namespace::for_tenant_pipe(
-            plumber::state::DEFAULT_TENANT,
-            &config.name,
-            "count",
-        );
-        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
-            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
-            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
-            let value: i64 = String::from_utf8(value).unwrap().parse().unwrap();
+        for (key, value) in committed_counts(pipeline, partitions + partition).await {
             let token = plumber::shuffle::subject_token(shuffle_key(key).as_bytes());
             assert_eq!(
                 partition_of(token.as_bytes(), partitions),

@@ -824,17 +824,8 @@ async fn a_two_stage_pipeline_migrates_both_stages_from_4_to_6_partitions() {
     pipeline.set_generation(1);
     let mut counted = std::collections::BTreeMap::new();
     for partition in 0..6 {
-        let config = pipeline.partition_config(6 + partition).unwrap();
-        let state = config.open_state().await.unwrap();
-        let namespace = plumber::state::Namespace::for_tenant_pipe(
-            plumber::state::DEFAULT_TENANT,
-            &config.name,
-            "count",
-        );
-        for (key, value) in state.scan_prefix(namespace.prefix()).await.unwrap() {
-            let key = String::from_utf8(key[namespace.prefix().len()..].to_vec()).unwrap();
-            let key: u64 = key.strip_prefix('k').unwrap().parse().unwrap();
-            let value: u64 = String::from_utf8(value).unwrap().parse().unwrap();
+        for (key, value) in committed_counts(&pipeline, 6 + partition).await {
+            let value = u64::try_from(value).unwrap();
             let token = plumber::shuffle::subject_token(key.to_string().as_bytes());
             assert_eq!(
                 plumber_cluster::partition::partition_of(token.as_bytes(), 6),
