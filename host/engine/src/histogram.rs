@@ -21,10 +21,12 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// The factor from recorded values to exported ones.
-    fn scale(self) -> f64 {
+    /// Recorded values per exported one. Dividing by it (not multiplying
+    /// by its inverse, which is not exact in binary) keeps a bound of 30 s
+    /// `30`, not `30.000000000000004`, in the exported bucket labels.
+    fn per_exported(self) -> f64 {
         match self {
-            Unit::Nanoseconds => 1e-9,
+            Unit::Nanoseconds => 1e9,
             Unit::Count => 1.0,
         }
     }
@@ -149,23 +151,23 @@ impl HistogramSnapshot {
     /// The sum of the values, in exported units (seconds for durations).
     #[must_use]
     pub fn sum(&self) -> f64 {
-        self.sum as f64 * self.unit.scale()
+        self.sum as f64 / self.unit.per_exported()
     }
 
     /// The largest value, in exported units.
     #[must_use]
     pub fn max(&self) -> f64 {
-        self.max as f64 * self.unit.scale()
+        self.max as f64 / self.unit.per_exported()
     }
 
     /// Each bucket's upper bound (exported units, `+Inf` last) and how many
     /// values fell in it (not cumulative), as `prometheus-client` takes them.
     #[must_use]
     pub fn buckets(&self) -> Vec<(f64, u64)> {
-        let scale = self.unit.scale();
+        let per_exported = self.unit.per_exported();
         self.bounds
             .iter()
-            .map(|bound| *bound as f64 * scale)
+            .map(|bound| *bound as f64 / per_exported)
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.counts.iter().copied())
             .collect()
@@ -233,6 +235,19 @@ mod tests {
         let buckets = snapshot.buckets();
         assert!(buckets.contains(&(0.005, 1)), "{buckets:?}");
         assert!(buckets.contains(&(0.01, 1)), "{buckets:?}");
+    }
+
+    #[test]
+    fn duration_bounds_are_exported_as_their_decimal_seconds() {
+        // The bucket labels of `/metrics` print these: `30`, not
+        // `30.000000000000004`.
+        let buckets = Histogram::durations().snapshot().buckets();
+        for (bound, (exported, _)) in DURATION_BOUNDS.iter().zip(&buckets) {
+            let decimal = format!("{}.{:09}", bound / 1_000_000_000, bound % 1_000_000_000);
+            let seconds: f64 = decimal.parse().unwrap();
+            assert_eq!(*exported, seconds, "the bound of {bound} ns");
+            assert_eq!(exported.to_string().parse::<f64>().unwrap(), seconds);
+        }
     }
 
     #[test]
