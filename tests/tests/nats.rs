@@ -1389,3 +1389,88 @@ async fn jetstream_exactly_once_survives_sigkill_while_a_producer_sends() {
         committed.values().sum::<u64>()
     );
 }
+
+/// `plumber run` at its default log level: the NATS client's line for
+/// every connection it opens stays out (a worker opens hundreds), and a
+/// connection lost to a server restart is reported naming its stream, as
+/// is getting it back. Nothing is lost or repeated meanwhile.
+#[tokio::test]
+async fn a_lost_connection_is_logged_naming_its_stream_and_opening_one_is_not() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "IN", &["in"]).await;
+    create_stream(&js, "OUT", &["out"]).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("pipeline.json");
+    let json = serde_json::json!({
+        "name": "logs",
+        "state": { "type": "sled", "path": dir.path().join("state") },
+        "checkpoint": { "interval_ms": 100 },
+        "from": { "type": "jetstream", "url": url, "stream": "IN", "consumer": "logs" },
+        "pipeline": [{ "name": "upper", "type": "wasm", "module": harness::guest("upper") }],
+        "to": { "type": "jetstream", "url": url, "subject": "out" }
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = tokio::process::Command::new(harness::plumber_binary())
+        .arg("run")
+        .arg(&config)
+        .env("PLUMBER_CACHE_DIR", harness::cache_dir())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn plumber run");
+    publish_js(&js, "in", &["a", "b", "c"]).await;
+    wait_for_messages(&js, "OUT", 3, Duration::from_secs(60)).await;
+
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let js = jetstream::new(client(&server).await);
+    publish_js(&js, "in", &["d", "e"]).await;
+    wait_for_messages(&js, "OUT", 5, Duration::from_secs(60)).await;
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("plumber stopped after SIGINT")
+        .expect("wait");
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    let messages = stream_messages(&js, "OUT").await;
+    let got: Vec<&str> = messages.iter().map(|(value, _)| value.as_str()).collect();
+    assert_eq!(
+        got,
+        ["A", "B", "C", "D", "E"],
+        "each message once, in order"
+    );
+
+    for quiet in ["event: connected", "connected successfully"] {
+        assert!(
+            !log.contains(quiet),
+            "`{quiet}` at the default level:\n{log}"
+        );
+    }
+    for who in [
+        "JetStream source `IN` (consumer `logs`)",
+        "JetStream sink `out`",
+    ] {
+        let says = |what: &str| {
+            log.lines()
+                .any(|line| line.contains(who) && line.contains(what))
+        };
+        assert!(
+            says("lost the connection to the NATS server; reconnecting"),
+            "{who}'s lost connection:\n{log}"
+        );
+        assert!(
+            says("connected to the NATS server again"),
+            "{who}'s new connection:\n{log}"
+        );
+    }
+}

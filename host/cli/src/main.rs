@@ -11,7 +11,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The NATS client logs every connection it opens at info
+                // (a worker opens hundreds); plumber logs the ones lost,
+                // naming the stream (streams::nats::connect_options).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr closed) is dropped; the

@@ -166,7 +166,10 @@ pub async fn connect(servers: &[String]) -> Result<Client, ClusterError> {
                 .map_err(|error| failed(format!("`{server}` is not a NATS URL: {error}")))?,
         );
     }
-    let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
+    let options = plumber_connectors::streams::nats::connect_options(format!(
+        "the cluster's connection to {joined}"
+    ))
+    .connection_timeout(CONNECT_TIMEOUT);
     match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addresses)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(failed(error.to_string())),

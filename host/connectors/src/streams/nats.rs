@@ -19,7 +19,7 @@ pub mod config;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -190,13 +190,47 @@ pub(crate) fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, Str
 }
 
 async fn connect(url: &str, stream: impl FnOnce() -> String) -> Result<Client, StreamError> {
+    let stream = stream();
     let servers = match server_addrs(url) {
         Ok(servers) => servers,
-        Err(message) => return Err(invalid(stream(), "connect", message)),
+        Err(message) => return Err(invalid(stream, "connect", message)),
     };
-    async_nats::connect(servers)
+    connect_options(stream.clone())
+        .connect(servers)
         .await
-        .map_err(|e| io_error(stream(), "connect", e))
+        .map_err(|e| io_error(stream, "connect", e))
+}
+
+/// Connect options whose connection logs its events as `who`'s (the
+/// stream or the cluster it serves): a lost connection at `warn`, a
+/// regained one at `info`, the server's complaints (slow consumer, lame
+/// duck, errors) at `warn`. The first connection is not logged: a worker
+/// opens two per partition, hundreds as it starts. (The client's own
+/// lines, which name no stream, are left to `async_nats=info`.)
+#[must_use]
+pub fn connect_options(who: String) -> async_nats::ConnectOptions {
+    let connected_once = Arc::new(AtomicBool::new(false));
+    async_nats::ConnectOptions::new().event_callback(move |event| {
+        let (who, connected_once) = (who.clone(), connected_once.clone());
+        async move {
+            use async_nats::Event;
+            match event {
+                Event::Connected => {
+                    if connected_once.swap(true, Ordering::Relaxed) {
+                        tracing::info!("{who}: connected to the NATS server again");
+                    }
+                }
+                Event::Disconnected => {
+                    tracing::warn!("{who}: lost the connection to the NATS server; reconnecting");
+                }
+                Event::Closed | Event::Draining => tracing::debug!("{who}: NATS {event}"),
+                Event::LameDuckMode
+                | Event::SlowConsumer(_)
+                | Event::ServerError(_)
+                | Event::ClientError(_) => tracing::warn!("{who}: NATS {event}"),
+            }
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
