@@ -136,6 +136,17 @@ pub enum ClusterError {
         /// What differs.
         message: String,
     },
+    /// `plumber cluster drain` named a worker that does not answer.
+    #[error(
+        "no worker `{id}` answers its ping (members bucket `{bucket}`): `plumber cluster \
+         status CONFIG` lists the pipeline's workers"
+    )]
+    NoSuchWorker {
+        /// The worker named.
+        id: String,
+        /// The pipeline's members bucket.
+        bucket: String,
+    },
     /// A JetStream request failed.
     #[error("{action} failed: {message}")]
     JetStream {
@@ -169,6 +180,7 @@ impl ClusterError {
                 | ClusterError::Mismatch { .. }
                 | ClusterError::NotInitialised { .. }
                 | ClusterError::Migration { .. }
+                | ClusterError::NoSuchWorker { .. }
         )
     }
 }

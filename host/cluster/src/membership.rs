@@ -216,7 +216,7 @@ impl Members {
     ///
     /// # Errors
     ///
-    /// [`ClusterError::Invalid`] when no worker `id` runs,
+    /// [`ClusterError::NoSuchWorker`] when no worker `id` runs,
     /// [`ClusterError::JetStream`] when it does not answer.
     pub async fn drain(&self, id: &str) -> Result<(), ClusterError> {
         let request = async_nats::Request::new()
@@ -229,10 +229,9 @@ impl Members {
         {
             Ok(_) => Ok(()),
             Err(error) if error.kind() == RequestErrorKind::NoResponders => {
-                Err(ClusterError::Invalid {
-                    file: "WORKER".into(),
-                    path: "WORKER".into(),
-                    message: format!("no worker `{id}` runs this pipeline"),
+                Err(ClusterError::NoSuchWorker {
+                    id: id.to_owned(),
+                    bucket: self.bucket.clone(),
                 })
             }
             Err(error) => Err(ClusterError::jetstream(format!("draining `{id}`"), error)),
