@@ -489,7 +489,7 @@ async fn a_dead_workers_ping_finds_no_responders_at_once() {
         .await
         .unwrap();
     let answering = worker
-        .answer_pings("w1", std::sync::Arc::default())
+        .answer_pings("w1", "instance-1", std::sync::Arc::default())
         .await
         .unwrap();
     worker

@@ -664,3 +664,106 @@ async fn a_second_worker_on_sled_state_is_refused_naming_state_type() {
         successor.log_text()
     );
 }
+
+// One process per worker id
+
+/// Two processes with one worker id would take each other's partitions
+/// (each ends the other's leases as a dead holder's). A second `d1` is
+/// refused (exit 2, naming the id) while the first keeps all it holds; of
+/// two processes started at the same moment with one id, never do both
+/// run; a crashed worker's successor with its id starts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_running_workers_id_is_refused() {
+    let server = NatsServer::start();
+    let redis = harness::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "ids.json",
+        &cluster_config(&[server.url()], 4, &redis.url()),
+    );
+    let pipeline = ClusterPipeline::load(&path).unwrap();
+    plumber_cluster::init::init(&pipeline).await.unwrap();
+    let refused = |log: &str| {
+        log.contains("a worker with id `d1` runs this pipeline already")
+            && log.contains("give this one another `--id`")
+    };
+
+    let first = WorkerProcess::start_with_admin(&path, "d1", dir.path());
+    wait_for_full_ownership(&[&first], 4).await;
+    let again = dir.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    let mut second = WorkerProcess::start(&path, "d1", &again);
+    let status = second.wait_exit(PATIENCE);
+    let log = second.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(refused(&log), "{log}");
+    assert!(log.contains("(it answers its ping)"), "{log}");
+    // The first kept what it had: nothing stopped, nothing taken again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = first.metrics().await;
+    assert_eq!(
+        metrics.get("plumber_cluster_partitions_owned", &worker_label("d1")),
+        4.0
+    );
+    assert!(
+        !first.log_text().contains("partition stopped"),
+        "d1 gave a partition up:\n{}",
+        first.log_text()
+    );
+
+    // A crash, and a successor with the same id at once.
+    first.signal(libc::SIGKILL);
+    let mut first = first;
+    first.wait_exit(PATIENCE);
+    let successor_dir = dir.path().join("successor");
+    std::fs::create_dir(&successor_dir).unwrap();
+    let mut successor = WorkerProcess::start_with_admin(&path, "d1", &successor_dir);
+    wait_for_full_ownership(&[&successor], 4).await;
+    assert_eq!(
+        successor.terminate().code(),
+        Some(0),
+        "{}",
+        successor.log_text()
+    );
+
+    // Two at the same moment (no worker runs): at most one runs. The
+    // fault point holds each after its check that nobody answers the id
+    // (both pass it) and before it answers there itself.
+    let hold = [(
+        plumber_cluster::fault::HOLD_AFTER_ID_CHECK,
+        "2000".to_owned(),
+    )];
+    let twins: Vec<WorkerProcess> = ["twin-a", "twin-b"]
+        .iter()
+        .map(|name| {
+            let twin_dir = dir.path().join(name);
+            std::fs::create_dir(&twin_dir).unwrap();
+            WorkerProcess::start_with_env(&path, "d1", &twin_dir, &hold)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut twins = twins;
+    let running: Vec<bool> = twins
+        .iter_mut()
+        .map(|twin| twin.child.try_wait().unwrap().is_none())
+        .collect();
+    let logs: Vec<String> = twins.iter().map(WorkerProcess::log_text).collect();
+    assert!(
+        !(running[0] && running[1]),
+        "both processes with id d1 run:\n{}\n---\n{}",
+        logs[0],
+        logs[1]
+    );
+    for (twin, log) in twins.iter_mut().zip(&logs) {
+        assert!(log.contains("holding after the check of the id"), "{log}");
+        if twin.child.try_wait().unwrap().is_some() {
+            assert_eq!(twin.wait_exit(PATIENCE).code(), Some(2), "{log}");
+            assert!(refused(log), "{log}");
+        }
+    }
+    eprintln!(
+        "of two processes started at once with one id, {} ran",
+        running.iter().filter(|r| **r).count()
+    );
+}

@@ -26,6 +26,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod assign;
+pub mod fault;
 pub mod init;
 pub mod lease;
 pub mod membership;
@@ -136,6 +137,18 @@ pub enum ClusterError {
         /// What differs.
         message: String,
     },
+    /// Another process runs as this worker's id.
+    #[error(
+        "a worker with id `{id}` runs this pipeline already ({how}): two processes with one id \
+         would take each other's partitions; stop it, or give this one another `--id` (the \
+         default is `<host>-<pid>`)"
+    )]
+    WorkerIdTaken {
+        /// The id.
+        id: String,
+        /// How it was found.
+        how: String,
+    },
     /// `plumber cluster drain` named a worker that does not answer.
     #[error(
         "no worker `{id}` answers its ping (members bucket `{bucket}`): `plumber cluster \
@@ -181,6 +194,7 @@ impl ClusterError {
                 | ClusterError::NotInitialised { .. }
                 | ClusterError::Migration { .. }
                 | ClusterError::NoSuchWorker { .. }
+                | ClusterError::WorkerIdTaken { .. }
         )
     }
 }

@@ -23,6 +23,10 @@ pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// The payload of a drain request on a worker's ping subject.
 const DRAIN: &[u8] = b"drain";
 
+/// The payload of a request every process answering a worker's ping
+/// subject answers with its instance token (see [`Members::answer_pings`]).
+const WHO: &[u8] = b"who";
+
 /// What a worker publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -110,7 +114,8 @@ impl Members {
 
     /// Starts answering pings as `id` (until the returned task is aborted
     /// or the connection closes); a drain request (`plumber cluster drain`)
-    /// sets `drain`.
+    /// sets `drain`, and a "who" request is answered with `instance` (a
+    /// token of this process: [`Members::answered_by_another`]).
     ///
     /// # Errors
     ///
@@ -118,6 +123,7 @@ impl Members {
     pub async fn answer_pings(
         &self,
         id: &str,
+        instance: &str,
         drain: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, ClusterError> {
         let mut pings = self
@@ -131,13 +137,16 @@ impl Members {
             .await
             .map_err(|e| ClusterError::jetstream("flushing the ping subscription", e))?;
         let client = self.client.clone();
+        let instance = instance.to_owned();
         Ok(tokio::spawn(async move {
             while let Some(ping) = pings.next().await {
-                let answer = if ping.payload.as_ref() == DRAIN {
-                    drain.store(true, Ordering::SeqCst);
-                    "draining"
-                } else {
-                    "pong"
+                let answer = match ping.payload.as_ref() {
+                    DRAIN => {
+                        drain.store(true, Ordering::SeqCst);
+                        "draining".to_owned()
+                    }
+                    WHO => instance.clone(),
+                    _ => "pong".to_owned(),
                 };
                 if let Some(reply) = ping.reply {
                     if let Err(error) = client.publish(reply, answer.into()).await {
@@ -236,6 +245,45 @@ impl Members {
             }
             Err(error) => Err(ClusterError::jetstream(format!("draining `{id}`"), error)),
         }
+    }
+
+    /// Whether a process other than `instance` answers worker `id`'s ping
+    /// subject: asked once `instance` answers there itself, so of two
+    /// processes that took the same id at the same moment each sees the
+    /// other (the answers are gathered for [`PING_TIMEOUT`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::JetStream`] when the request cannot be sent.
+    pub async fn answered_by_another(
+        &self,
+        id: &str,
+        instance: &str,
+    ) -> Result<bool, ClusterError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ClusterError::jetstream(format!("asking who answers the pings of `{id}`"), e)
+        };
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| failed(&e))?;
+        self.client
+            .publish_with_reply(self.ping_subject(id), inbox, WHO.into())
+            .await
+            .map_err(|e| failed(&e))?;
+        self.client.flush().await.map_err(|e| failed(&e))?;
+        let gathered = tokio::time::timeout(PING_TIMEOUT, async {
+            while let Some(answer) = answers.next().await {
+                if answer.payload.as_ref() != instance.as_bytes() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        Ok(gathered.unwrap_or(false))
     }
 
     /// Pings worker `id`.

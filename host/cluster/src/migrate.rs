@@ -716,29 +716,12 @@ pub const HOLD_BETWEEN_SWITCHES: &str = "PLUMBER_FAULT_HOLD_BETWEEN_SWITCHES";
 
 /// Waits as [`HOLD_BEFORE_SWITCH`] says, if it is set.
 async fn hold_before_switch() {
-    hold(HOLD_BEFORE_SWITCH, "holding before the switch").await;
+    crate::fault::hold(HOLD_BEFORE_SWITCH, "holding before the switch").await;
 }
 
 /// Waits as [`HOLD_BETWEEN_SWITCHES`] says, if it is set.
 async fn hold_between_switches() {
-    hold(HOLD_BETWEEN_SWITCHES, "holding between the two switches").await;
-}
-
-/// Waits the milliseconds the fault point `variable` says, if it is set.
-async fn hold(variable: &str, what: &str) {
-    let Ok(value) = std::env::var(variable) else {
-        return;
-    };
-    match value.parse::<u64>() {
-        Ok(ms) => {
-            tracing::warn!(
-                hold_ms = ms,
-                "fault point {variable}: {what} (a testing aid)"
-            );
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        Err(_) => tracing::error!("{variable} ignored: `{value}` is not milliseconds"),
-    }
+    crate::fault::hold(HOLD_BETWEEN_SWITCHES, "holding between the two switches").await;
 }
 
 /// Refuses while any of `names`' leases is held.

@@ -151,6 +151,19 @@ pub async fn run_observed(
         max_partitions: options.max_partitions,
         draining: false,
     };
+    // Before anything is written under the id: a second process with the
+    // id of a running worker would end that one's leases as a dead
+    // holder's, and it would end the new one's.
+    match members.ping(&me.id).await {
+        Ping::Dead => {}
+        Ping::Alive => return Err(id_taken(&me.id, "it answers its ping")),
+        Ping::Unknown => {
+            return Err(id_taken(
+                &me.id,
+                "it is connected but does not answer its ping: hung?",
+            ))
+        }
+    }
     if !pipeline.shared_state() {
         // Registered before looking, and not answering pings yet: of two
         // workers starting at once, each sees the other (both refuse) or
@@ -173,7 +186,25 @@ pub async fn run_observed(
         }
     }
     let drain = Arc::new(AtomicBool::new(false));
-    let pings = members.answer_pings(&me.id, drain.clone()).await?;
+    crate::fault::hold(
+        crate::fault::HOLD_AFTER_ID_CHECK,
+        "holding after the check of the id",
+    )
+    .await;
+    let instance = client.new_inbox();
+    let pings = members
+        .answer_pings(&me.id, &instance, drain.clone())
+        .await?;
+    // Two processes that passed the ping above at the same moment: each
+    // answers now, so each sees the other (both refuse) or one sees the
+    // first (it refuses).
+    if members.answered_by_another(&me.id, &instance).await? {
+        pings.abort();
+        return Err(id_taken(
+            &me.id,
+            "another process started with it at the same moment",
+        ));
+    }
     members.heartbeat(&me).await?;
     view.joined(context.clone(), &pipeline);
     tracing::info!(worker = %me.id, partitions = pipeline.names.partitions,
@@ -265,6 +296,14 @@ async fn live_others(members: &Members, me: &str) -> Result<Vec<String>, Cluster
         }
     }
     Ok(live)
+}
+
+/// The refusal of a worker whose id another process runs as.
+fn id_taken(id: &str, how: &str) -> ClusterError {
+    ClusterError::WorkerIdTaken {
+        id: id.to_owned(),
+        how: how.to_owned(),
+    }
 }
 
 /// The refusal of a second worker on a pipeline whose state is local.
