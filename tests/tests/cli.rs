@@ -305,13 +305,19 @@ fn validate_connect_reaches_the_servers_it_otherwise_names() {
     assert!(!stdout.contains("not checked"), "{stdout}");
 
     let nobody = format!("redis://127.0.0.1:{}/", harness::free_port());
-    config["state"] =
-        serde_json::json!({"type": "redis", "url": nobody, "reconnect_timeout_ms": 200});
+    config["state"] = serde_json::json!({"type": "redis", "url": nobody,
+        "reconnect_timeout_ms": 200, "key_prefix": "tenant-a:"});
     let path = write_config(dir.path(), config);
     let output = plumber(&["validate", "--connect"], &path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("at `state.url`"), "{stderr}");
+    // The retries say whose keys wait (a worker's partitions each have
+    // their own prefix).
+    assert!(
+        stderr.contains("redis state (keys `tenant-a:…`): `PING` failed"),
+        "{stderr}"
+    );
     // Without --connect the same config is fine.
     assert!(plumber(&["validate"], &path).status.success());
 }

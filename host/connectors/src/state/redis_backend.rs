@@ -477,7 +477,12 @@ impl RedisState {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let mut retry = Reconnect::new(
-            "redis state",
+            // The prefix tells apart the partitions of a worker, each
+            // with its own `{<pipeline>#p<NN>}` in it.
+            format!(
+                "redis state (keys `{}…`)",
+                String::from_utf8_lossy(&self.key_prefix)
+            ),
             format!("the Redis server at {}", self.address),
             operation,
             self.reconnect_timeout,

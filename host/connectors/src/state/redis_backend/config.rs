@@ -44,9 +44,10 @@ impl ConnectorSpec for RedisStateConfig {
     }
 
     async fn check_connected(&self) -> Result<(), FieldError> {
+        // The check waits its own time, not the pipeline's reconnect timeout.
         let options = RedisOptions {
             reconnect_timeout: CONNECT_TIMEOUT,
-            ..RedisOptions::default()
+            ..self.options()
         };
         RedisState::connect(&self.url, options)
             .await
@@ -58,6 +59,15 @@ impl ConnectorSpec for RedisStateConfig {
 #[async_trait]
 impl StateSpec for RedisStateConfig {
     async fn open(&self) -> Result<SharedState, StateError> {
+        Ok(Arc::new(
+            RedisState::connect(&self.url, self.options()).await?,
+        ))
+    }
+}
+
+impl RedisStateConfig {
+    /// The options this config sets, the defaults for the rest.
+    fn options(&self) -> RedisOptions {
         let mut options = RedisOptions::default();
         if let Some(prefix) = &self.key_prefix {
             options.key_prefix = prefix.clone();
@@ -65,6 +75,6 @@ impl StateSpec for RedisStateConfig {
         if let Some(ms) = self.reconnect_timeout_ms {
             options.reconnect_timeout = Duration::from_millis(ms);
         }
-        Ok(Arc::new(RedisState::connect(&self.url, options).await?))
+        options
     }
 }
