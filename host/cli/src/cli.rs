@@ -99,8 +99,9 @@ pub enum Command {
         /// `cluster.url`.
         #[arg(long)]
         cluster: Option<String>,
-        /// This worker's id, unique among the pipeline's workers (default:
-        /// the host name and the process id).
+        /// This worker's id, unique among the pipeline's workers: a process
+        /// started with the id of a running one is refused (default: the
+        /// host name and the process id).
         #[arg(long)]
         id: Option<String>,
         /// The most partitions this worker runs (default: its fair share).
