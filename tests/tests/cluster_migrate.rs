@@ -266,7 +266,8 @@ async fn wait_until_committed(setup: &OracleSetup, partitions: u32, workers: &[W
 }
 
 /// Waits until each of `consumers` (stream, consumer) has delivered and
-/// had acked (after a commit) everything of its stream.
+/// had acked (after a commit) everything of its stream; each must have
+/// something to deliver.
 async fn wait_until_consumed(
     setup: &OracleSetup,
     consumers: &[(&str, String)],
@@ -278,7 +279,16 @@ async fn wait_until_consumed(
         for (stream, name) in consumers {
             let stream = setup.context.get_stream(*stream).await.unwrap();
             match stream.consumer_info(name).await {
-                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                // A consumer just created reports nothing pending before it
+                // has counted (seen: 0 pending, 0 unacked, nothing delivered
+                // with 40 messages in its partition), so it must have had
+                // acks up to what it delivered: every consumer here has
+                // messages.
+                Ok(info)
+                    if info.num_pending == 0
+                        && info.num_ack_pending == 0
+                        && info.ack_floor.stream_sequence > 0
+                        && info.ack_floor.stream_sequence >= info.delivered.stream_sequence => {}
                 Ok(info) => open.push(format!(
                     "{name}: {} pending, {} unacked",
                     info.num_pending, info.num_ack_pending

@@ -731,8 +731,10 @@ async fn a_killed_workers_partitions_publish_after_the_commit_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let seen_at = Instant::now();
     let orphans = held_at_end(&ownership_changes(&workers[1].log_text()), "w2");
     workers[1].signal(libc::SIGKILL);
+    let kill_delay = seen_at.elapsed();
     let killed = Instant::now();
     assert!(
         !orphans.is_empty(),
@@ -789,7 +791,10 @@ async fn a_killed_workers_partitions_publish_after_the_commit_exactly_once() {
     );
     assert!(
         !republished.is_empty() && duplicates > 0,
-        "no outbox of w2 was published again by its partitions' new owners"
+        "no outbox of w2 was published again by its partitions' new owners: {} republished, \
+         {duplicates} duplicates reported, w2 killed {:?} after its log showed a publish",
+        republished.len(),
+        kill_delay
     );
 }
 
