@@ -281,14 +281,15 @@ async fn wait_until_consumed(
             match stream.consumer_info(name).await {
                 // A consumer just created reports nothing pending before it
                 // has counted (seen: 0 pending, 0 unacked, nothing delivered
-                // with 40 messages in its partition), so it must have had
-                // acks up to what it delivered: every consumer here has
-                // messages.
+                // or acked with 40 messages in its partition), so its acks
+                // must also have reached what it delivered (by delivery
+                // count: a filtered consumer's delivered stream sequence
+                // runs past its last message) and past the stream's start.
                 Ok(info)
                     if info.num_pending == 0
                         && info.num_ack_pending == 0
-                        && info.ack_floor.stream_sequence > 0
-                        && info.ack_floor.stream_sequence >= info.delivered.stream_sequence => {}
+                        && info.ack_floor.consumer_sequence == info.delivered.consumer_sequence
+                        && info.ack_floor.stream_sequence > 0 => {}
                 Ok(info) => open.push(format!(
                     "{name}: {} pending, {} unacked",
                     info.num_pending, info.num_ack_pending
