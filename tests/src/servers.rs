@@ -446,6 +446,22 @@ impl NatsCluster {
         self.dir.path().join(format!("n{node}.log"))
     }
 
+    /// The last `lines` lines of each node's log, to say why in a failure.
+    fn log_tails(&self, lines: usize) -> String {
+        (0..CLUSTER_NODES)
+            .map(|node| {
+                let log = std::fs::read_to_string(self.log(node)).unwrap_or_default();
+                let all: Vec<&str> = log.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!(
+                    "--- n{node} (client port {}):\n{tail}",
+                    self.client_ports[node]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn spawn_node(&self, node: usize) -> Child {
         let routes: Vec<String> = self
             .route_ports
@@ -507,7 +523,8 @@ impl NatsCluster {
             .await
             .expect("connect to the cluster");
         let context = async_nats::jetstream::new(client);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A loaded machine has taken more than 30 s once.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let created = context
                 .create_stream(async_nats::jetstream::stream::Config {
@@ -524,7 +541,8 @@ impl NatsCluster {
                 }
                 Err(error) => assert!(
                     Instant::now() < deadline,
-                    "the NATS cluster has no JetStream leader after 30 s: {error}"
+                    "the NATS cluster has no JetStream leader after 60 s: {error}\n{}",
+                    self.log_tails(20)
                 ),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
