@@ -987,8 +987,10 @@ impl WorkerProcess {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let log = self.log_text();
+            // Only a whole line: the worker may be writing it as we read.
             if let Some(url) = log
-                .lines()
+                .split_inclusive('\n')
+                .filter_map(|line| line.strip_suffix('\n'))
                 .find_map(|line| line.strip_prefix("admin server listening on "))
             {
                 return url.trim().to_owned();

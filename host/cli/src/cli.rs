@@ -275,7 +275,10 @@ async fn start_admin(
             plumber::admin::AdminServerError::Bind { .. } => Failure::run(error),
             _ => Failure::input(error),
         })?;
-    eprintln!("admin server listening on http://{}", server.local_addr());
+    // One write: stderr is unbuffered, and a reader of the log (a test,
+    // a supervisor) must not see the line without its address.
+    let line = format!("admin server listening on http://{}\n", server.local_addr());
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     Ok(server)
 }
 async fn dispatch(cli: Cli) -> ExitCode {

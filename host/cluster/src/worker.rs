@@ -154,7 +154,16 @@ pub async fn run_observed(
     // Before anything is written under the id: a second process with the
     // id of a running worker would end that one's leases as a dead
     // holder's, and it would end the new one's.
-    match members.ping(&me.id).await {
+    // An unanswered ping (a server slow under load, or a hung process) is
+    // asked again before it refuses the start.
+    let mut found = members.ping(&me.id).await;
+    for _ in 1..ID_CHECK_PINGS {
+        if found != Ping::Unknown {
+            break;
+        }
+        found = members.ping(&me.id).await;
+    }
+    match found {
         Ping::Dead => {}
         Ping::Alive => return Err(id_taken(&me.id, "it answers its ping")),
         Ping::Unknown => {
@@ -297,6 +306,10 @@ async fn live_others(members: &Members, me: &str) -> Result<Vec<String>, Cluster
     }
     Ok(live)
 }
+
+/// How many times a starting worker pings its own id while the ping goes
+/// unanswered (each waits up to [`crate::membership::PING_TIMEOUT`]).
+const ID_CHECK_PINGS: usize = 5;
 
 /// The refusal of a worker whose id another process runs as.
 fn id_taken(id: &str, how: &str) -> ClusterError {
