@@ -792,7 +792,7 @@ async fn a_killed_workers_partitions_publish_after_the_commit_exactly_once() {
     assert!(
         !republished.is_empty() && duplicates > 0,
         "no outbox of w2 was published again by its partitions' new owners: {} republished, \
-         {duplicates} duplicates reported, w2 killed {:?} after its log showed a publish",
+         {duplicates} duplicates reported, w2 killed {:?} after the test saw its publish line",
         republished.len(),
         kill_delay
     );

@@ -379,6 +379,10 @@ pub struct RedisState {
     /// What reads check (see "Reads" in the module documentation); set by
     /// `claim`, read once per read call.
     read_fence: std::sync::Mutex<ReadFence>,
+    /// What retries call this state in their warnings, made once: the key
+    /// prefix tells apart a worker's partitions, each with its own
+    /// `{<pipeline>#p<NN>}` in it.
+    retry_name: String,
 }
 
 /// Why one attempt of an operation failed for good.
@@ -422,6 +426,7 @@ impl RedisState {
                 message: format!("cannot set up the connection: {e}"),
             }
         })?;
+        let retry_name = format!("redis state (keys `{}…`)", options.key_prefix);
         let state = RedisState {
             connection,
             address,
@@ -432,6 +437,7 @@ impl RedisState {
             read_script: Script::new(READ_SCRIPT),
             commit_chunk_keys: options.commit_chunk_keys.max(1),
             read_fence: std::sync::Mutex::new(ReadFence::Unclaimed),
+            retry_name,
         };
         state
             .run("PING", |mut conn| async move {
@@ -477,12 +483,7 @@ impl RedisState {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let mut retry = Reconnect::new(
-            // The prefix tells apart the partitions of a worker, each
-            // with its own `{<pipeline>#p<NN>}` in it.
-            format!(
-                "redis state (keys `{}…`)",
-                String::from_utf8_lossy(&self.key_prefix)
-            ),
+            self.retry_name.as_str(),
             format!("the Redis server at {}", self.address),
             operation,
             self.reconnect_timeout,
